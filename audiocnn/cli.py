@@ -1,0 +1,52 @@
+"""`audiocnn` console command: run a stage or write params.yaml from conf/.
+
+    audiocnn params [overrides...]            write params.yaml (what `make params` does)
+    audiocnn <stage> [overrides...]           prepare | featurize | train | evaluate
+    audiocnn show-config [overrides...]       print the composed config
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from omegaconf import OmegaConf
+
+from audiocnn.config import ConfigError, compose_config, validate_config, write_params
+
+STAGES = {
+    "prepare": ("audiocnn.data.prepare", "prepare"),
+    "featurize": ("audiocnn.features.featurize", "featurize"),
+    "train": ("audiocnn.training.train", "train"),
+    "evaluate": ("audiocnn.evaluation.evaluate", "evaluate"),
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="audiocnn", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("command", choices=["params", "show-config", *STAGES])
+    parser.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. model=cnn optimizer.lr=3e-4")
+    parser.add_argument("--output", default="params.yaml", help="file `params` writes (default: params.yaml)")
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "params":
+            print(f"wrote {write_params(args.output, args.overrides)}")
+            return 0
+        cfg = compose_config(args.overrides)
+        validate_config(cfg)
+    except ConfigError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    if args.command == "show-config":
+        print(OmegaConf.to_yaml(cfg))
+        return 0
+    from importlib import import_module
+
+    module, function = STAGES[args.command]
+    getattr(import_module(module), function)(cfg)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,182 @@
+"""Config: compose `conf/` (Hydra), load `params.yaml` (DVC), validate before any work.
+
+Both ways in end in the same resolved `DictConfig`, which `validate_config` checks
+setting by setting; a bad one raises `ConfigError` whose message names the setting,
+and `stage_main` prints it as one line and exits with status 2.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Callable
+
+from omegaconf import DictConfig, OmegaConf
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+CONF_DIR = REPO_ROOT / "conf"
+CONFIG_NAME = "config"
+
+
+class ConfigError(ValueError):
+    """A setting is wrong; the message starts with the setting's dotted name."""
+
+
+def config_groups() -> dict[str, list[str]]:
+    """{group: [option, ...]} for every config group folder in conf/."""
+    return {
+        group.name: sorted(p.stem for p in group.glob("*.yaml"))
+        for group in sorted(CONF_DIR.iterdir())
+        if group.is_dir() and not group.name.startswith((".", "_"))
+    }
+
+
+def check_group_overrides(overrides: list[str]) -> None:
+    """Fail on `group=option` overrides naming an option that has no yaml in conf/<group>/."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    groups = config_groups()
+    for override in OverridesParser.create().parse_overrides(overrides):
+        group = override.key_or_group
+        if group not in groups or override.is_delete():
+            continue
+        choices = [str(v) for v in override.sweep_string_iterator()] if override.is_sweep_override() else [
+            str(override.value())
+        ]
+        for choice in choices:
+            if choice not in groups[group]:
+                raise ConfigError(f"{group}={choice}: unknown {group} config; allowed: {', '.join(groups[group])}")
+
+
+def compose_config(overrides: list[str] | tuple[str, ...] = ()) -> DictConfig:
+    """Compose conf/config.yaml with `overrides`, resolved, exactly as DVC writes params.yaml."""
+    from hydra import compose, initialize_config_dir
+
+    check_group_overrides(list(overrides))
+    with initialize_config_dir(str(CONF_DIR), version_base=None):
+        cfg = compose(config_name=CONFIG_NAME, overrides=list(overrides))
+    OmegaConf.resolve(cfg)
+    return cfg
+
+
+def write_params(path: Path | str = "params.yaml", overrides: list[str] | tuple[str, ...] = ()) -> Path:
+    """Write the composition of conf/ (plus `overrides`) to `path`, as `dvc exp run` does."""
+    path = Path(path)
+    path.write_text(OmegaConf.to_yaml(compose_config(overrides)), encoding="utf-8")
+    return path
+
+
+def load_params(path: Path | str = "params.yaml") -> DictConfig:
+    """Load a params.yaml written by DVC or `write_params`."""
+    path = Path(path)
+    if not path.exists():
+        raise ConfigError(f"params file {path} not found; run `make params` or `dvc exp run`")
+    return OmegaConf.load(path)
+
+
+def _positive(cfg: DictConfig, key: str, kind: type = float) -> None:
+    value = OmegaConf.select(cfg, key)
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or value <= 0 or (
+        kind is int and int(value) != value
+    ):
+        raise ConfigError(f"{key}={value}: must be a positive {'integer' if kind is int else 'number'}")
+
+
+def _one_of(cfg: DictConfig, key: str, allowed: tuple) -> None:
+    value = OmegaConf.select(cfg, key)
+    if value not in allowed:
+        raise ConfigError(f"{key}={value}: allowed: {', '.join(map(str, allowed))}")
+
+
+def validate_features(cfg: DictConfig) -> None:
+    for key in ("features.sr", "features.hop_length", "features.n_bins", "features.bins_per_octave",
+                "features.window_frames", "features.batch_size", "features.shard_mb"):
+        _positive(cfg, key, int)
+    _positive(cfg, "features.fmin")
+    _positive(cfg, "features.amin")
+    _one_of(cfg, "features.device", ("auto", "cpu", "cuda"))
+    f = cfg.features
+    nyquist = f.sr / 2
+    top = f.fmin * 2 ** ((f.n_bins - 1) / f.bins_per_octave)
+    if top > nyquist:
+        import math
+
+        most = int(math.floor(f.bins_per_octave * math.log2(nyquist / f.fmin))) + 1
+        raise ConfigError(
+            f"features.n_bins={f.n_bins}: top bin {top:.0f} Hz is above Nyquist {nyquist:.0f} Hz "
+            f"(features.sr={f.sr}); with features.fmin={f.fmin} at most {most} bins fit"
+        )
+
+
+def validate_model(cfg: DictConfig) -> None:
+    from audiocnn.models.blocks import BlockSpec
+    from audiocnn.models.shapes import ShapeError, trace_shapes
+
+    if "_target_" not in cfg.model:
+        raise ConfigError("model._target_: missing; choose a config from conf/model/")
+    specs = []
+    for index, block in enumerate(cfg.model.get("blocks") or []):
+        try:
+            specs.append(BlockSpec.from_config(OmegaConf.to_container(block, resolve=True)))
+        except (TypeError, ValueError) as error:
+            raise ConfigError(f"model.blocks[{index}]: {error}") from None
+    if not specs:
+        raise ConfigError("model.blocks: empty; a model needs at least one conv block")
+    try:
+        trace_shapes(specs, (cfg.features.n_bins, cfg.features.window_frames))
+    except ShapeError as error:
+        raise ConfigError(f"{error} (input {cfg.features.n_bins} bins x {cfg.features.window_frames} frames)") from None
+
+
+def validate_config(cfg: DictConfig) -> None:
+    """Check every setting a stage relies on; raise `ConfigError` naming the first bad one."""
+    from audiocnn.data.sources import SOURCES
+
+    _one_of(cfg, "data.name", tuple(SOURCES))
+    validate_features(cfg)
+    validate_model(cfg)
+    _positive(cfg, "optimizer.lr")
+    for key in ("trainer.max_epochs", "trainer.batch_size"):
+        _positive(cfg, key, int)
+    fractions = cfg.data.get("val_fraction", 0) + cfg.data.get("test_fraction", 0)
+    if not 0 < fractions < 1:
+        raise ConfigError(f"data.val_fraction + data.test_fraction = {fractions}: must be between 0 and 1")
+
+
+def stage_main(stage: Callable[[DictConfig], object], hydra_task: Callable[[DictConfig], object] | None = None):
+    """Entry point of a `pipelines/*.py` file.
+
+    `--params FILE` (how dvc.yaml calls it): load FILE, validate, run `stage`.
+    Otherwise: Hydra command line (`key=value` overrides, `-m` sweeps) composed from conf/,
+    each job validated and passed to `hydra_task` (default: `stage`).
+    """
+    argv = sys.argv[1:]
+    try:
+        if argv[:1] == ["--params"]:
+            cfg = load_params(argv[1] if len(argv) > 1 else "params.yaml")
+            validate_config(cfg)
+            return stage(cfg)
+        check_group_overrides([a for a in argv if not a.startswith("-")])
+    except ConfigError as error:
+        _exit_with(error)
+    _hydra_main(hydra_task or stage)
+
+
+def _exit_with(error: ConfigError):
+    print(f"error: {error}", file=sys.stderr)
+    sys.exit(2)
+
+
+def _hydra_main(task: Callable[[DictConfig], object]):
+    import hydra
+
+    @hydra.main(config_path=str(CONF_DIR), config_name=CONFIG_NAME, version_base=None)
+    def run(cfg: DictConfig):
+        OmegaConf.resolve(cfg)
+        try:
+            validate_config(cfg)
+        except ConfigError as error:
+            _exit_with(error)
+        return task(cfg)
+
+    run()

@@ -1,0 +1,1 @@
+"""Features: the Constant-Q front-end (nnAudio) and the sharded float16 feature store."""

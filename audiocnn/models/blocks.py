@@ -1,0 +1,128 @@
+"""Convolutional building blocks and the output-size arithmetic they follow.
+
+Every conv and pooling layer obeys, per axis, out = floor((W - F_eff + 2P) / S) + 1 with
+F_eff = D * (F - 1) + 1 for dilation D. `BlockSpec.output_size` applies it so a stack
+can be checked before any tensor is built (see `audiocnn.models.shapes`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+from torch import nn
+
+Pair = tuple[int, int]  # (frequency, time)
+
+
+def _pair(value: int | list[int] | tuple[int, int], name: str) -> Pair:
+    if isinstance(value, int):
+        return (value, value)
+    items = tuple(int(v) for v in value)
+    if len(items) != 2:
+        raise ValueError(f"{name} must be an int or a [frequency, time] pair, got {value!r}")
+    return items  # type: ignore[return-value]
+
+
+def conv_output_size(size: int, kernel: int, stride: int, padding: int, dilation: int = 1) -> int:
+    """floor((W - F_eff + 2P) / S) + 1, the output length of a conv or pooling layer."""
+    effective = dilation * (kernel - 1) + 1
+    return (size - effective + 2 * padding) // stride + 1
+
+
+@dataclass(frozen=True)
+class BlockSpec:
+    """One conv - batch norm - ReLU - pooling block, as written in `conf/model/*.yaml`.
+
+    Sizes are ints or [frequency, time] pairs. `pool` is `max`, `avg` or `none`;
+    `pool_stride` defaults to `pool_size`.
+    """
+
+    channels: int
+    kernel: Pair = (3, 3)
+    stride: Pair = (1, 1)
+    padding: Pair = (1, 1)
+    dilation: Pair = (1, 1)
+    pool: str = "max"
+    pool_size: Pair = (2, 2)
+    pool_stride: Pair | None = None
+    batch_norm: bool = True
+    dropout: float = 0.0
+
+    @classmethod
+    def from_config(cls, spec: Mapping[str, Any]) -> "BlockSpec":
+        spec = dict(spec)
+        unknown = set(spec) - set(cls.__dataclass_fields__)
+        if unknown:
+            raise ValueError(f"unknown keys {sorted(unknown)}; allowed: {sorted(cls.__dataclass_fields__)}")
+        for key in ("kernel", "stride", "padding", "dilation", "pool_size", "pool_stride"):
+            if spec.get(key) is not None:
+                spec[key] = _pair(spec[key], key)
+        if spec.get("pool", "max") not in ("max", "avg", "none"):
+            raise ValueError(f"pool={spec['pool']!r}; allowed: max, avg, none")
+        return cls(**spec)
+
+    @property
+    def effective_pool_stride(self) -> Pair:
+        return self.pool_stride or self.pool_size
+
+    def layer_sizes(self, size: Pair) -> list[tuple[str, Pair, Pair, Pair, Pair]]:
+        """(layer, kernel, stride, padding, output size) for the conv and the pooling layer."""
+        freq, time = (
+            conv_output_size(size[axis], self.kernel[axis], self.stride[axis], self.padding[axis], self.dilation[axis])
+            for axis in (0, 1)
+        )
+        layers = [("conv", self.kernel, self.stride, self.padding, (freq, time))]
+        if self.pool != "none":
+            stride = self.effective_pool_stride
+            pooled = tuple(conv_output_size((freq, time)[a], self.pool_size[a], stride[a], 0) for a in (0, 1))
+            layers.append(("pool", self.pool_size, stride, (0, 0), pooled))  # type: ignore[arg-type]
+        return layers
+
+
+class ConvBlock(nn.Sequential):
+    """Conv2d -> BatchNorm2d -> ReLU -> (Max|Avg)Pool2d -> Dropout.
+
+    Input `(batch, in_channels, freq, time)`, output `(batch, spec.channels, freq', time')`
+    with the sizes given by `BlockSpec.layer_sizes`.
+    """
+
+    def __init__(self, in_channels: int, spec: BlockSpec):
+        layers: list[nn.Module] = [
+            nn.Conv2d(
+                in_channels,
+                spec.channels,
+                kernel_size=spec.kernel,
+                stride=spec.stride,
+                padding=spec.padding,
+                dilation=spec.dilation,
+                bias=not spec.batch_norm,
+            )
+        ]
+        if spec.batch_norm:
+            layers.append(nn.BatchNorm2d(spec.channels))
+        layers.append(nn.ReLU(inplace=True))
+        if spec.pool == "max":
+            layers.append(nn.MaxPool2d(spec.pool_size, spec.effective_pool_stride))
+        elif spec.pool == "avg":
+            layers.append(nn.AvgPool2d(spec.pool_size, spec.effective_pool_stride))
+        if spec.dropout > 0:
+            layers.append(nn.Dropout2d(spec.dropout))
+        super().__init__(*layers)
+
+
+class ConvStack(nn.Sequential):
+    """Input batch norm over the log-CQT, then one `ConvBlock` per spec.
+
+    `(batch, 1, n_bins, frames)` -> `(batch, specs[-1].channels, freq', time')`.
+    The input norm learns the scale of the log-amplitudes, so the store keeps raw values.
+    """
+
+    def __init__(self, specs: list[BlockSpec]):
+        layers: list[nn.Module] = [nn.BatchNorm2d(1)]
+        channels = 1
+        for spec in specs:
+            layers.append(ConvBlock(channels, spec))
+            channels = spec.channels
+        super().__init__(*layers)
+        self.out_channels = channels

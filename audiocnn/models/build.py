@@ -1,0 +1,23 @@
+"""The one place that turns a `model` config into an `nn.Module` (via `_target_`)."""
+
+from __future__ import annotations
+
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+from torch import nn
+
+# Keys of a model config that describe it but are not constructor arguments.
+DESCRIPTIVE_KEYS = ("name",)
+
+
+def model_kwargs(model_cfg: DictConfig) -> dict:
+    """The model config as constructor arguments (with `_target_`), minus descriptive keys."""
+    kwargs = OmegaConf.to_container(model_cfg, resolve=True)
+    for key in DESCRIPTIVE_KEYS:
+        kwargs.pop(key, None)
+    return kwargs
+
+
+def build_model(model_cfg: DictConfig, n_classes: int) -> nn.Module:
+    """Instantiate `model_cfg._target_` with its arguments and `n_classes`."""
+    return instantiate(model_kwargs(model_cfg), n_classes=n_classes, _convert_="all")

@@ -1,0 +1,74 @@
+"""`CRNN`: conv blocks that keep a time axis, then a (bi)LSTM/GRU over time.
+
+(batch, 1, n_bins, frames)
+  -> ConvStack                      (batch, C, F', T')   pooling mostly over frequency
+  -> mean over F'                   (batch, T', C)       one feature vector per time step
+  -> LSTM / GRU                     (batch, T', H * directions)
+  -> temporal pooling (last|mean|max) (batch, H * directions)
+  -> dropout -> linear              (batch, n_classes) logits
+The recurrent layer sees the frames in order, so "A then B" differs from "B then A".
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping, Sequence
+
+import torch
+from torch import Tensor, nn
+
+from audiocnn.models.blocks import BlockSpec, ConvStack
+
+RNNS = {"gru": nn.GRU, "lstm": nn.LSTM}
+TEMPORAL_POOLS = ("last", "mean", "max")
+
+
+class CRNN(nn.Module):
+    def __init__(
+        self,
+        n_classes: int,
+        blocks: Sequence[Mapping[str, Any]],
+        rnn: str = "gru",
+        hidden_size: int = 128,
+        num_layers: int = 1,
+        bidirectional: bool = True,
+        temporal_pool: str = "mean",
+        dropout: float = 0.3,
+    ):
+        super().__init__()
+        if rnn not in RNNS:
+            raise ValueError(f"model.rnn={rnn!r}; allowed: {', '.join(RNNS)}")
+        if temporal_pool not in TEMPORAL_POOLS:
+            raise ValueError(f"model.temporal_pool={temporal_pool!r}; allowed: {', '.join(TEMPORAL_POOLS)}")
+        self.specs = [BlockSpec.from_config(b) for b in blocks]
+        self.backbone = ConvStack(self.specs)
+        self.rnn = RNNS[rnn](
+            input_size=self.backbone.out_channels,
+            hidden_size=hidden_size,
+            num_layers=num_layers,
+            batch_first=True,
+            bidirectional=bidirectional,
+            dropout=dropout if num_layers > 1 else 0.0,
+        )
+        self.bidirectional = bidirectional
+        self.temporal_pool = temporal_pool
+        width = hidden_size * (2 if bidirectional else 1)
+        self.head = nn.Sequential(nn.Dropout(dropout), nn.Linear(width, n_classes))
+
+    def embed(self, x: Tensor) -> Tensor:
+        """(batch, 1, n_bins, frames) -> (batch, hidden * directions)."""
+        sequence = self.backbone(x).mean(dim=2).transpose(1, 2)  # (batch, T', C)
+        outputs, _ = self.rnn(sequence)  # (batch, T', H * directions)
+        if self.temporal_pool == "mean":
+            return outputs.mean(dim=1)
+        if self.temporal_pool == "max":
+            return outputs.amax(dim=1)
+        if not self.bidirectional:
+            return outputs[:, -1]
+        # "last" for a bidirectional RNN: the forward pass ends at the last frame, the
+        # backward pass at the first.
+        half = outputs.shape[-1] // 2
+        return torch.cat([outputs[:, -1, :half], outputs[:, 0, half:]], dim=1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """(batch, 1, n_bins, frames) -> (batch, n_classes) logits."""
+        return self.head(self.embed(x))

@@ -1,0 +1,88 @@
+"""MLflow: where runs go, how a run is opened and named, what it records.
+
+Default store: `sqlite:///mlflow.db` at the repository root (`tracking.uri`);
+`MLFLOW_TRACKING_URI` overrides it. A run records the flattened resolved config as
+params, the git commit and the manifest checksum as tags.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+import mlflow
+from omegaconf import DictConfig, OmegaConf
+
+MAX_PARAM_LENGTH = 6000  # MLflow's limit on a param value
+
+
+def tracking_uri(cfg: DictConfig) -> str:
+    return os.environ.get("MLFLOW_TRACKING_URI") or cfg.tracking.uri
+
+
+def flatten_config(cfg: DictConfig) -> dict[str, str]:
+    """{"model.blocks": "[...]", "optimizer.lr": "0.001", ...}: dotted keys, lists kept whole."""
+    flat: dict[str, str] = {}
+
+    def walk(node, prefix: str) -> None:
+        if isinstance(node, dict):
+            for key, value in node.items():
+                walk(value, f"{prefix}{key}.")
+        else:
+            flat[prefix[:-1]] = str(node)[:MAX_PARAM_LENGTH]
+
+    walk(OmegaConf.to_container(cfg, resolve=True), "")
+    return flat
+
+
+def git_commit() -> str | None:
+    try:
+        return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True,
+                              timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def default_run_name(cfg: DictConfig, suffix: str = "") -> str:
+    """`<model>-<data>[-<overrides>]`, so runs are told apart in the MLflow UI table."""
+    return cfg.tracking.get("run_name") or "-".join(p for p in (cfg.model.name, cfg.data.name, suffix) if p)
+
+
+def configure(cfg: DictConfig) -> str:
+    uri = tracking_uri(cfg)
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_experiment(cfg.tracking.experiment)
+    return uri
+
+
+@contextmanager
+def open_run(cfg: DictConfig, *, run_id: str | None = None, run_name: str | None = None,
+             tags: dict | None = None) -> Iterator[mlflow.ActiveRun]:
+    """Start (or, with `run_id`, resume) a run; a run that raises is marked FAILED."""
+    configure(cfg)
+    with mlflow.start_run(run_id=run_id, run_name=None if run_id else run_name) as run:
+        if tags:
+            mlflow.set_tags(tags)
+        try:
+            yield run
+        except BaseException:
+            mlflow.end_run(status="FAILED")
+            raise
+
+
+def run_tags(cfg: DictConfig) -> dict[str, str]:
+    tags = {"data": cfg.data.name, "model": cfg.model.name}
+    commit = git_commit()
+    if commit:
+        tags["mlflow.source.git.commit"] = commit
+    manifest = Path(cfg.paths.prepared) / "manifest.csv"
+    if manifest.exists():
+        from audiocnn.features.store import file_md5
+
+        tags["data.manifest_md5"] = file_md5(manifest)
+    if os.environ.get("DVC_EXP_NAME"):
+        tags["dvc.exp_name"] = os.environ["DVC_EXP_NAME"]
+    return tags

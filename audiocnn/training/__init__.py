@@ -1,0 +1,1 @@
+"""Training: window datasets over the feature store, the LightningModule, the train stage."""

@@ -1,0 +1,64 @@
+"""`Classifier`: the LightningModule around any `nn.Module` that maps windows to logits."""
+
+from __future__ import annotations
+
+import lightning as L
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+from torch import Tensor, nn
+from torchmetrics.classification import MulticlassAccuracy
+
+
+class Classifier(L.LightningModule):
+    """Cross-entropy training of `model`: `(batch, 1, n_bins, frames)` -> `(batch, n_classes)`.
+
+    Logs train/val loss and accuracy once per epoch; the optimizer comes from the
+    `optimizer` config (`_target_`, default AdamW).
+    """
+
+    def __init__(self, model: nn.Module, optimizer_cfg: DictConfig, n_classes: int):
+        super().__init__()
+        self.model = model
+        self.optimizer_cfg = OmegaConf.to_container(optimizer_cfg, resolve=True)
+        self.loss = nn.CrossEntropyLoss()
+        self.train_acc = MulticlassAccuracy(num_classes=n_classes, average="micro")
+        self.val_acc = MulticlassAccuracy(num_classes=n_classes, average="micro")
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.model(x)
+
+    def _step(self, batch, stage: str, accuracy: MulticlassAccuracy) -> Tensor:
+        x, y = batch
+        logits = self(x)
+        loss = self.loss(logits, y)
+        accuracy(logits, y)
+        self.log(f"{stage}_loss", loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=len(y))
+        self.log(f"{stage}_acc", accuracy, on_step=False, on_epoch=True, prog_bar=True, batch_size=len(y))
+        return loss
+
+    def training_step(self, batch, batch_idx: int) -> Tensor:
+        return self._step(batch, "train", self.train_acc)
+
+    def validation_step(self, batch, batch_idx: int) -> Tensor:
+        return self._step(batch, "val", self.val_acc)
+
+    def configure_optimizers(self):
+        kwargs = {k: v for k, v in self.optimizer_cfg.items() if k != "name"}
+        return instantiate(kwargs, params=self.model.parameters())
+
+
+@torch.inference_mode()
+def predict_probabilities(model: nn.Module, loader, device: torch.device) -> tuple[Tensor, Tensor]:
+    """Class probabilities per clip from a sliding-window loader: `(clips, n_classes)`, labels `(clips,)`.
+
+    Each clip's window logits are softmaxed and averaged (long clips vote over windows).
+    """
+    model.eval().to(device)
+    probabilities, labels = [], []
+    for windows, y, counts in loader:
+        window_probs = model(windows.to(device)).softmax(dim=1).cpu()
+        for clip_probs in window_probs.split(counts.tolist()):
+            probabilities.append(clip_probs.mean(dim=0))
+        labels.append(y)
+    return torch.stack(probabilities), torch.cat(labels)

@@ -1,0 +1,101 @@
+"""The train stage: feature store -> best checkpoint, `model.pt`, an MLflow run.
+
+Writes to `paths.models`: `best.ckpt` (Lightning, best validation loss), `model.pt`
+(weights + the configs needed to rebuild the model; loads with `weights_only=True`) and
+`run.json` (the MLflow run the evaluate stage adds its test metrics to).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import lightning as L
+import mlflow
+import numpy as np
+import torch
+from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
+from lightning.pytorch.loggers import MLFlowLogger
+from omegaconf import DictConfig, OmegaConf
+
+from audiocnn import atomic, tracking
+from audiocnn.data.prepare import prepare
+from audiocnn.features.featurize import featurize, store_dir
+from audiocnn.models import build_model
+from audiocnn.training.datamodule import StoreDataModule
+from audiocnn.training.module import Classifier
+
+# The logged model needs only these to be loaded; pinning them skips MLflow's slow
+# requirement inference (it imports the model in a subprocess).
+MODEL_REQUIREMENTS = ["torch", "nnAudio", "audiocnn"]
+
+
+def ensure_inputs(cfg: DictConfig) -> None:
+    """Run prepare / featurize for this config if their outputs are missing (Hydra runs)."""
+    if not (Path(cfg.paths.prepared) / "manifest.csv").exists():
+        prepare(cfg)
+    meta = store_dir(cfg) / "store.json"
+    if not meta.exists() or not json.loads(meta.read_text()).get("complete"):
+        featurize(cfg)
+
+
+def load_trained(models_dir: str | Path) -> tuple[torch.nn.Module, dict]:
+    """Rebuild the model saved by `train` in `models_dir`; returns (model, bundle)."""
+    bundle = torch.load(Path(models_dir) / "model.pt", map_location="cpu", weights_only=True)
+    model = build_model(OmegaConf.create(bundle["model"]), len(bundle["classes"]))
+    model.load_state_dict(bundle["state_dict"])
+    return model.eval(), bundle
+
+
+def _best_weights(checkpoint: str) -> dict:
+    # Our own checkpoint, written moments ago by this process: trusted, so full unpickling.
+    state = torch.load(checkpoint, map_location="cpu", weights_only=False)["state_dict"]
+    return {key.removeprefix("model."): value for key, value in state.items() if key.startswith("model.")}
+
+
+def train(cfg: DictConfig, run_name_suffix: str = "") -> dict:
+    """Fit `cfg.model` on the train split, early-stopped on validation loss; return a summary."""
+    ensure_inputs(cfg)
+    L.seed_everything(cfg.seed, workers=True)
+    data = StoreDataModule(cfg)
+    model = build_model(cfg.model, len(data.classes))
+    out = Path(cfg.paths.models)
+    out.mkdir(parents=True, exist_ok=True)
+    name = tracking.default_run_name(cfg, run_name_suffix)
+    with tracking.open_run(cfg, run_name=name, tags=tracking.run_tags(cfg)) as run:
+        mlflow.log_params(tracking.flatten_config(cfg))
+        n_parameters = sum(p.numel() for p in model.parameters())
+        mlflow.log_metric("n_parameters", n_parameters)
+        mlflow.log_text(str(model), "model_summary.txt")
+        checkpoint = ModelCheckpoint(dirpath=out, filename="best", monitor="val_loss", mode="min", save_top_k=1,
+                                     enable_version_counter=False)
+        trainer = L.Trainer(
+            max_epochs=cfg.trainer.max_epochs, accelerator=cfg.trainer.accelerator, devices=cfg.trainer.devices,
+            precision=cfg.trainer.precision, deterministic=cfg.trainer.deterministic,
+            log_every_n_steps=cfg.trainer.log_every_n_steps, default_root_dir=out,
+            callbacks=[EarlyStopping(monitor="val_loss", mode="min", patience=cfg.trainer.patience), checkpoint],
+            logger=MLFlowLogger(tracking_uri=tracking.tracking_uri(cfg), run_id=run.info.run_id),
+        )
+        module = Classifier(model, cfg.optimizer, len(data.classes))
+        trainer.fit(module, datamodule=data)
+        model.load_state_dict(_best_weights(checkpoint.best_model_path))
+        best_val = trainer.validate(module, datamodule=data, verbose=False)[0]
+        model.eval().cpu()
+        torch.save({"state_dict": model.state_dict(), "model": OmegaConf.to_container(cfg.model, resolve=True),
+                    "features": OmegaConf.to_container(cfg.features, resolve=True), "classes": data.classes},
+                   out / "model.pt")
+        summary = {
+            "run_id": run.info.run_id, "experiment_id": run.info.experiment_id,
+            "tracking_uri": tracking.tracking_uri(cfg), "run_name": name,
+            "best_val_loss": best_val["val_loss"], "best_val_acc": best_val["val_acc"], "epochs": trainer.current_epoch,
+            "n_parameters": n_parameters,
+        }
+        mlflow.log_metrics({"best_val_loss": summary["best_val_loss"], "best_val_acc": summary["best_val_acc"]})
+        if cfg.tracking.log_model:
+            example = np.zeros((1, 1, cfg.features.n_bins, cfg.features.window_frames), dtype=np.float32)
+            mlflow.pytorch.log_model(model, name="model", serialization_format="pickle", input_example=example,
+                                     pip_requirements=MODEL_REQUIREMENTS)
+        atomic.write_json(out / "run.json", summary)
+    print(f"train: best val_loss {summary['best_val_loss']:.4f}, val_acc {summary['best_val_acc']:.4f} after {summary['epochs']} epochs; "
+          f"MLflow run {summary['run_id']} ({name})")
+    return summary
