@@ -48,6 +48,29 @@ def check_group_overrides(overrides: list[str]) -> None:
                 raise ConfigError(f"{group}={choice}: unknown {group} config; allowed: {', '.join(groups[group])}")
 
 
+def expand_sweep(overrides: list[str], limit: int = 256) -> list[list[str]]:
+    """The override lists of the jobs a `-m` sweep would run (the first `limit` of them).
+
+    Choice and range sweeps are expanded; other sweeps (e.g. Optuna intervals) are left
+    to the sweeper and checked per job.
+    """
+    from itertools import islice, product
+
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    options = []
+    for override in OverridesParser.create().parse_overrides(overrides):
+        key = override.get_key_element()
+        if override.is_sweep_override():
+            try:
+                options.append([f"{key}={v}" for v in override.sweep_string_iterator()])
+            except Exception:  # noqa: BLE001 - not enumerable here (interval); the job validates it
+                continue
+        else:
+            options.append([override.input_line])
+    return [list(job) for job in islice(product(*options), limit)]
+
+
 def compose_config(overrides: list[str] | tuple[str, ...] = ()) -> DictConfig:
     """Compose conf/config.yaml with `overrides`, resolved, exactly as DVC writes params.yaml."""
     from hydra import compose, initialize_config_dir
@@ -156,7 +179,8 @@ def stage_main(stage: Callable[[DictConfig], object], hydra_task: Callable[[Dict
             cfg = load_params(argv[1] if len(argv) > 1 else "params.yaml")
             validate_config(cfg)
             return stage(cfg)
-        check_group_overrides([a for a in argv if not a.startswith("-")])
+        for overrides in expand_sweep([a for a in argv if not a.startswith("-")]):
+            validate_config(compose_config(overrides))
     except ConfigError as error:
         _exit_with(error)
     _hydra_main(hydra_task or stage)

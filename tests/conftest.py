@@ -1,0 +1,54 @@
+"""Shared fixtures: a tiny demo config with every path under a temporary folder."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from audiocnn.config import compose_config
+
+REPO = Path(__file__).resolve().parent.parent
+
+TINY = [
+    "data.clips_per_class=6",
+    "features.batch_size=8",
+    "features.num_workers=0",
+    "trainer.max_epochs=2",
+    "trainer.batch_size=8",
+    "trainer.log_every_n_steps=1",
+    "tracking.log_model=false",
+]
+
+
+def tiny_config(root: Path, *overrides: str):
+    """The default config shrunk for tests, writing only under `root`."""
+    paths = [f"paths.{key}={root / key}" for key in ("raw", "prepared", "features", "models", "metrics")]
+    cfg = compose_config([*TINY, *paths, f"tracking.uri=sqlite:///{root / 'mlflow.db'}", *overrides])
+    return cfg
+
+
+@pytest.fixture
+def tiny_cfg(tmp_path):
+    return tiny_config(tmp_path)
+
+
+@pytest.fixture(scope="session")
+def prepared_store(tmp_path_factory):
+    """A prepared + featurized tiny demo dataset, shared by the tests that only read it."""
+    from audiocnn.data.prepare import prepare
+    from audiocnn.features.featurize import featurize
+
+    root = tmp_path_factory.mktemp("store")
+    cfg = tiny_config(root)
+    prepare(cfg)
+    featurize(cfg)
+    return cfg
+
+
+@pytest.fixture(autouse=True)
+def _no_external_tracking(monkeypatch):
+    """Tests never write to a tracking server set in the developer's environment."""
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    os.environ.setdefault("GIT_PYTHON_REFRESH", "quiet")

@@ -1,0 +1,89 @@
+"""Config: params.yaml is the composition of conf/, and bad settings fail before any work."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+import yaml
+from omegaconf import OmegaConf
+
+from audiocnn.config import ConfigError, compose_config, config_groups, validate_config
+from tests.conftest import REPO
+
+
+def test_params_yaml_equals_composition_of_conf():
+    committed = yaml.safe_load((REPO / "params.yaml").read_text())
+    assert committed == OmegaConf.to_container(compose_config(), resolve=True)
+
+
+def test_required_groups_exist():
+    groups = config_groups()
+    for group in ("data", "features", "model", "optimizer", "trainer", "tracking"):
+        assert groups.get(group), group
+    assert {"cnn", "crnn_gru", "crnn_lstm"} <= set(groups["model"])
+
+
+@pytest.mark.parametrize("model", config_groups()["model"])
+def test_every_model_config_composes_and_validates(model):
+    cfg = compose_config([f"model={model}"])
+    validate_config(cfg)
+    assert cfg.model.name == model
+
+
+@pytest.mark.parametrize(
+    "overrides, expected",
+    [
+        (["features.n_bins=200"], "features.n_bins=200: top bin"),
+        (["features.hop_length=0"], "features.hop_length=0"),
+        (["optimizer.lr=-1"], "optimizer.lr=-1"),
+        (["model=cnn", "features.window_frames=12"], "model.blocks[3]: time 1 -> 0 with pooling kernel 2"),
+        (["model.blocks.0.pool=median"], "model.blocks[0]: pool='median'"),
+    ],
+)
+def test_bad_settings_name_the_setting(overrides, expected):
+    with pytest.raises(ConfigError, match=expected.replace("[", r"\[").replace("]", r"\]")):
+        validate_config(compose_config(overrides))
+
+
+def test_unknown_group_option_lists_the_choices():
+    with pytest.raises(ConfigError, match=r"model=resnet9000: unknown model config; allowed: cnn, crnn_gru"):
+        compose_config(["model=resnet9000"])
+
+
+@pytest.mark.parametrize(
+    "args, expected",
+    [
+        (["model=nope"], "error: model=nope: unknown model config; allowed: cnn, crnn_gru, crnn_lstm"),
+        (["-m", "model=cnn,nope"], "error: model=nope: unknown model config"),
+        (["features.n_bins=120"], "error: features.n_bins=120: top bin 31605 Hz is above Nyquist 8000 Hz"),
+        (["model=cnn", "features.window_frames=12"], "error: model.blocks[3]: time 1 -> 0"),
+    ],
+)
+def test_entrypoint_fails_in_one_line_before_any_work(tmp_path, args, expected):
+    """Run the real entrypoint in an empty folder: exit 2, one line on stderr, nothing written."""
+    result = subprocess.run([sys.executable, str(REPO / "pipelines" / "train.py"), *args], cwd=tmp_path,
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(expected), result.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_dvc_params_file_is_validated_too(tmp_path):
+    bad = OmegaConf.to_container(compose_config(["features.n_bins=200"]))
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(bad))
+    result = subprocess.run([sys.executable, str(REPO / "pipelines" / "prepare.py"), "--params", "params.yaml"],
+                            cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2
+    assert result.stderr.startswith("error: features.n_bins=200")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["params.yaml"]
+
+
+def test_cli_writes_params_and_rejects_bad_settings(tmp_path):
+    from audiocnn.cli import main
+
+    assert main(["params", "model=cnn", "--output", str(tmp_path / "p.yaml")]) == 0
+    assert yaml.safe_load((tmp_path / "p.yaml").read_text())["model"]["name"] == "cnn"
+    assert main(["show-config", "features.n_bins=500"]) == 2
