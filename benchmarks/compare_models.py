@@ -1,0 +1,83 @@
+"""Compare models on the demo data: overall test accuracy and accuracy on the order-only classes.
+
+    .venv/bin/python benchmarks/compare_models.py                      # cnn vs crnn_gru, seeds 0 1 2
+    .venv/bin/python benchmarks/compare_models.py --models cnn crnn_gru crnn_lstm --seeds 0
+
+Every run is the real pipeline (prepare, featurize, train, evaluate) with the default
+config plus `model=<name> seed=<seed>`, tracked in MLflow like any other run. Writes
+benchmarks/results/compare_models.json and prints a Markdown table for the README.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import time
+from pathlib import Path
+
+import torch
+
+from audiocnn.config import compose_config, validate_config
+from audiocnn.data.sources.demo import ORDER_ONLY_CLASSES
+from audiocnn.evaluation.evaluate import evaluate
+from audiocnn.training.train import train
+
+RESULTS = Path(__file__).parent / "results" / "compare_models.json"
+
+
+def machine() -> str:
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
+    return f"{platform.machine()}, {torch.get_num_threads()} CPU threads, {gpu}, torch {torch.__version__}"
+
+
+def run_one(model: str, seed: int, work: Path) -> dict:
+    out = work / f"{model}-seed{seed}"
+    cfg = compose_config([f"model={model}", f"seed={seed}", f"paths.models={out}/model",
+                          f"paths.metrics={out}/metrics", "tracking.experiment=audiocnn-benchmarks"])
+    validate_config(cfg)
+    started = time.perf_counter()
+    summary = train(cfg, run_name_suffix=f"seed={seed}")
+    seconds = time.perf_counter() - started
+    metrics = evaluate(cfg)
+    order = [metrics["per_class_accuracy"][c] for c in ORDER_ONLY_CLASSES]
+    return {"model": model, "seed": seed, "accuracy": metrics["accuracy"], "macro_f1": metrics["macro_f1"],
+            "order_only_accuracy": sum(order) / len(order), "epochs": summary["epochs"],
+            "train_seconds": round(seconds, 1), "n_parameters": summary["n_parameters"]}
+
+
+def mean_std(values: list[float]) -> str:
+    if len(values) == 1:
+        return f"{values[0]:.3f}"
+    return f"{statistics.mean(values):.3f} ± {statistics.stdev(values):.3f}"
+
+
+def table(runs: list[dict]) -> str:
+    lines = ["| model | parameters | test accuracy | order-only classes accuracy | macro-F1 | train time (s) |",
+             "|---|---|---|---|---|---|"]
+    for model in dict.fromkeys(r["model"] for r in runs):
+        rows = [r for r in runs if r["model"] == model]
+        lines.append(
+            f"| {model} | {rows[0]['n_parameters']:,} | {mean_std([r['accuracy'] for r in rows])} | "
+            f"{mean_std([r['order_only_accuracy'] for r in rows])} | {mean_std([r['macro_f1'] for r in rows])} | "
+            f"{statistics.mean(r['train_seconds'] for r in rows):.0f} |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--models", nargs="+", default=["cnn", "crnn_gru"])
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    parser.add_argument("--work", type=Path, default=Path("data/benchmarks/compare_models"))
+    args = parser.parse_args()
+    runs = [run_one(model, seed, args.work) for model in args.models for seed in args.seeds]
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS.write_text(json.dumps({"machine": machine(), "order_only_classes": list(ORDER_ONLY_CLASSES),
+                                   "runs": runs}, indent=2) + "\n")
+    print(f"\nmachine: {machine()}; seeds {args.seeds}; mean ± std over seeds\n")
+    print(table(runs))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,138 @@
+"""End to end with the real tools: `dvc repro`, `dvc exp run`, MLflow, Hydra entrypoints.
+
+The project is copied to a temporary git repository whose conf/ is shrunk to a tiny
+demo (a few clips per class, a few epochs), then driven exactly as a user would.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import mlflow
+import pytest
+import yaml
+
+from tests.conftest import REPO
+
+pytestmark = pytest.mark.slow
+
+PROJECT_FILES = ["audiocnn", "conf", "pipelines", "dvc.yaml", ".dvc/config", ".dvcignore", ".gitignore"]
+TINY_CONF = {
+    "data/demo.yaml": {"clips_per_class": 16},
+    "features/cqt.yaml": {"num_workers": 0},
+    "trainer/default.yaml": {"max_epochs": 4, "batch_size": 16, "log_every_n_steps": 1},
+    "tracking/mlflow.yaml": {"log_model": False},
+    "optimizer/adamw.yaml": {"lr": 3.0e-3},
+}
+
+
+def run(args: list[str], cwd: Path, timeout: int = 600) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    result = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+    assert result.returncode == 0, f"{' '.join(args)} failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
+    return result
+
+
+def compose_params(project: Path) -> None:
+    """params.yaml from the project's conf/, the way DVC's Hydra integration writes it."""
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
+
+    with initialize_config_dir(str(project / "conf"), version_base=None):
+        cfg = compose(config_name="config")
+    OmegaConf.resolve(cfg)
+    (project / "params.yaml").write_text(OmegaConf.to_yaml(cfg))
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("project")
+    for name in PROJECT_FILES:
+        source, target = REPO / name, root / name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if source.is_dir():
+            shutil.copytree(source, target, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            shutil.copy(source, target)
+    for name, changes in TINY_CONF.items():
+        path = root / "conf" / name
+        path.write_text(yaml.safe_dump({**yaml.safe_load(path.read_text()), **changes}, sort_keys=False))
+    compose_params(root)
+    run(["git", "init", "-q"], root)
+    run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "init", "--allow-empty"], root)
+    run(["git", "add", "-A"], root)
+    run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "project"], root)
+    return root
+
+
+def mlflow_runs(project: Path):
+    mlflow.set_tracking_uri(f"sqlite:///{project / 'mlflow.db'}")
+    return mlflow.search_runs(search_all_experiments=True)
+
+
+def test_dvc_repro_runs_every_stage_and_tracks_the_run(project):
+    result = run(["dvc", "repro"], project)
+    for stage in ("prepare", "featurize", "train", "evaluate"):
+        assert f"Running stage '{stage}'" in result.stdout
+
+    assert len(list((project / "data/raw/demo").rglob("*.wav"))) == 16 * 8
+    assert (project / "data/prepared/manifest.csv").exists()
+    assert list((project / "data/features").glob("demo-*/shard-00000.f16"))
+    assert (project / "data/models/model.pt").exists() and (project / "data/models/best.ckpt").exists()
+    metrics = json.loads((project / "metrics/test.json").read_text())
+    assert set(metrics) >= {"accuracy", "macro_f1", "per_class_f1"}
+    assert metrics["accuracy"] > 1 / 8 + 0.1, metrics  # clearly above chance for 8 classes
+    assert (project / "metrics/predictions.csv").exists() and (project / "metrics/confusion_matrix.png").exists()
+
+    runs = mlflow_runs(project)
+    run_id = json.loads((project / "data/models/run.json").read_text())["run_id"]
+    row = runs.set_index("run_id").loc[run_id]
+    assert row["status"] == "FINISHED"
+    assert row["metrics.test_accuracy"] == pytest.approx(metrics["accuracy"])
+    assert row["params.model.name"] == "crnn_gru" and row["params.optimizer.lr"] == "0.003"
+    assert not pd_isna(row["metrics.val_loss"]) and not pd_isna(row["metrics.train_acc"])
+    artifacts = mlflow.MlflowClient().list_artifacts(run_id, "evaluation")
+    assert {Path(a.path).name for a in artifacts} >= {"confusion_matrix.png", "test.json"}
+
+    again = run(["dvc", "repro"], project)
+    assert "Running stage" not in again.stdout and "up to date" in again.stdout
+
+    shown = run(["dvc", "metrics", "show"], project).stdout
+    assert "metrics/test.json" in shown and "accuracy" in shown
+    run(["dvc", "plots", "show", "-o", "plots"], project)
+    assert (project / "plots/index.html").exists()
+
+
+def test_dvc_exp_run_with_hydra_override(project):
+    run(["dvc", "repro"], project)  # baseline (no-op when the previous test ran)
+    run(["git", "add", "-A"], project)
+    run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "baseline"], project)
+    result = run(["dvc", "exp", "run", "-S", "model=cnn", "-n", "try-cnn"], project)
+    assert "Running stage 'train'" in result.stdout and "Running stage 'prepare'" not in result.stdout
+    exps = run(["dvc", "exp", "show", "--json"], project).stdout
+    assert "try-cnn" in exps
+    table = run(["dvc", "exp", "show", "--no-pager", "--csv"], project).stdout
+    assert "try-cnn" in table and "cnn" in table
+    runs = mlflow_runs(project)
+    assert "cnn" in set(runs["params.model.name"])
+
+
+def test_hydra_entrypoint_runs_an_experiment_without_dvc(project):
+    result = run([sys.executable, "pipelines/train.py", "model=cnn", "trainer.max_epochs=1"], project)
+    assert "evaluate: test accuracy" in result.stdout
+    outputs = list((project / "data/hydra/runs").glob("*/metrics/test.json"))
+    assert outputs, "the Hydra job writes its metrics into its own output folder"
+    runs = mlflow_runs(project)
+    assert any(name.startswith("cnn-demo-trainer.max_epochs=1") for name in runs["tags.mlflow.runName"])
+
+
+def pd_isna(value) -> bool:
+    import pandas as pd
+
+    return bool(pd.isna(value))
