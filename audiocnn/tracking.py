@@ -53,7 +53,12 @@ def default_run_name(cfg: DictConfig, suffix: str = "") -> str:
 
 def configure(cfg: DictConfig) -> str:
     uri = tracking_uri(cfg)
+    user_setting = os.environ.get("MLFLOW_TRACKING_URI")
     mlflow.set_tracking_uri(uri)
+    # mlflow.set_tracking_uri also exports MLFLOW_TRACKING_URI; undo that, or it would pass for
+    # the user's setting and override the tracking.uri of every later config in this process.
+    if user_setting is None:
+        os.environ.pop("MLFLOW_TRACKING_URI", None)
     mlflow.set_experiment(cfg.tracking.experiment)
     return uri
 

@@ -20,7 +20,9 @@ from pathlib import Path
 import torch
 
 from audiocnn.config import compose_config, validate_config
+from audiocnn.data.prepare import prepare
 from audiocnn.data.sources.demo import ORDER_ONLY_CLASSES
+from audiocnn.features.featurize import featurize
 from audiocnn.evaluation.evaluate import evaluate
 from audiocnn.training.train import train
 
@@ -32,11 +34,18 @@ def machine() -> str:
     return f"{platform.machine()}, {torch.get_num_threads()} CPU threads, {gpu}, torch {torch.__version__}"
 
 
+def benchmark_config(work: Path, *overrides: str):
+    """Default config with every path under `work` (the DVC outputs in data/ are left alone)."""
+    paths = [f"paths.{key}={work / key}" for key in ("raw", "prepared", "features")]
+    cfg = compose_config([*paths, "tracking.experiment=audiocnn-benchmarks", *overrides])
+    validate_config(cfg)
+    return cfg
+
+
 def run_one(model: str, seed: int, work: Path) -> dict:
     out = work / f"{model}-seed{seed}"
-    cfg = compose_config([f"model={model}", f"seed={seed}", f"paths.models={out}/model",
-                          f"paths.metrics={out}/metrics", "tracking.experiment=audiocnn-benchmarks"])
-    validate_config(cfg)
+    cfg = benchmark_config(work, f"model={model}", f"seed={seed}", f"paths.models={out}/model",
+                           f"paths.metrics={out}/metrics")
     started = time.perf_counter()
     summary = train(cfg, run_name_suffix=f"seed={seed}")
     seconds = time.perf_counter() - started
@@ -71,6 +80,9 @@ def main() -> None:
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--work", type=Path, default=Path("data/benchmarks/compare_models"))
     args = parser.parse_args()
+    cfg = benchmark_config(args.work)
+    prepare(cfg)  # regenerated every time: the demo is deterministic, so this is cheap and never stale
+    featurize(cfg)
     runs = [run_one(model, seed, args.work) for model in args.models for seed in args.seeds]
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps({"machine": machine(), "order_only_classes": list(ORDER_ONLY_CLASSES),

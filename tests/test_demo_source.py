@@ -147,9 +147,9 @@ def test_order_only_pair_rises_and_falls():
     up, down = demo.ORDER_ONLY_CLASSES
     all_pitches = []
     for label, sign in ((up, 1), (down, -1)):
-        for i in range(10):
+        for i in range(20):
             pitches = _note_pitches(demo.render_clip(label, seed=0, index=i))
-            assert 3 <= len(pitches) <= 4, (label, i, pitches)
+            assert len(pitches) == 2, (label, i, pitches)
             steps = np.diff(np.log2(pitches)) * 12  # semitones between consecutive notes
             assert np.all(sign * steps > 0.5), (label, i, pitches)
             all_pitches += pitches
@@ -170,7 +170,7 @@ def test_order_only_pair_same_note_distribution():
             assert len(set(midis)) == len(midis)
             assert midis == sorted(midis, reverse=(label == down))
             for (o1, l1, *_), (o2, *_) in zip(plan, plan[1:]):
-                assert 0.05 <= o2 - (o1 + l1) <= 0.4 + 1e-9  # silent gap between notes
+                assert 1.5 <= o2 - (o1 + l1) <= 2.2 + 1e-9  # gap longer than a plain CNN's receptive field
             assert onsets[-1] + plan[-1][1] <= 3.0
 
 

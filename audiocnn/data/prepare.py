@@ -72,7 +72,9 @@ def prepare(cfg: DictConfig) -> pd.DataFrame:
     Path(cfg.paths.raw).mkdir(parents=True, exist_ok=True)
     clips, classes = sources.collect(cfg.data, Path(cfg.paths.raw))
     kept, skipped = probe_clips(clips, classes)
-    frame = assign_splits(pd.DataFrame(kept, columns=sorted({k for c in kept for k in c})), cfg.data, cfg.seed)
+    # The manifest columns are there even when no clip is usable, so that case ends in EmptySplitError.
+    columns = sorted({k for c in kept for k in c} | {"path", "label", "group", "duration", "sr"})
+    frame = assign_splits(pd.DataFrame(kept, columns=columns), cfg.data, cfg.seed)
     frame = frame[MANIFEST_COLUMNS].reset_index(drop=True)
 
     counts = frame["split"].value_counts()

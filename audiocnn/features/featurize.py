@@ -90,7 +90,7 @@ def featurize(cfg: DictConfig) -> Path:
     todo = manifest[manifest["clip_id"] > last_done].reset_index(drop=True)
     device = pick_device(cfg.features.device)
     frontend = LogCQT.from_config(cfg.features).to(device).eval()
-    writer = ShardWriter(root, cfg.features.n_bins, int(cfg.features.shard_mb) << 20, first_shard=len(done))
+    writer = ShardWriter(root, cfg.features.n_bins, int(float(cfg.features.shard_mb) * 2**20), first_shard=len(done))
     loader = DataLoader(
         DecodedClips(todo, cfg.features.sr), batch_size=cfg.features.batch_size, collate_fn=pad_batch,
         num_workers=cfg.features.num_workers, pin_memory=device.type == "cuda",

@@ -14,13 +14,14 @@ background noise at a random SNR of 10-30 dB. Classes, in label order:
 * ``membrane`` -- struck circular membrane: inharmonic modes 1, 1.59, 2.14, 2.30, 2.65, fast
                   decay, downward pitch glide, short click.
 * ``bowed``    -- bowed string: band-limited sawtooth with delayed vibrato, slow attack.
-* ``arpeggio_up`` / ``arpeggio_down`` -- ORDER-ONLY pair. Both use the same dedicated mallet
+* ``interval_up`` / ``interval_down`` -- ORDER-ONLY pair. Both use the same dedicated mallet
   timbre (sine + decaying ~4x and ~10x partials, used by no other class) and the same
-  generator: 3-4 distinct pitches from the full range, separated by silent gaps of ~0.15-0.4 s.
-  The only difference is that the pitches are played sorted ascending vs descending. The
-  multiset of notes (pitch, length, loudness) has the same distribution in both classes, so a
-  model that pools time away (and whose receptive field does not span a gap plus two notes)
-  is at chance between them; a model that keeps temporal order (e.g. an RNN over time) is not.
+  generator: two short notes at distinct pitches (at least 3 semitones apart) from the full
+  range, separated by a silent gap of 1.6-2.2 s, played low-then-high vs high-then-low. The
+  multiset of notes (pitch, length, loudness) has the same distribution in both classes, and
+  the gap is longer than the receptive field in time of the default ``cnn`` (about 1.5 s), so a
+  model that pools time away sees two unrelated notes and can only guess the order from where
+  they sit in the window; a model that keeps temporal order (an RNN over time) reads it.
 
 The instrument classes play 1-4 notes each at random MIDI pitches 40-84 (E2-C6, 3 2/3
 octaves) with random onsets and durations. Each clip draws all its randomness from its own
@@ -37,8 +38,9 @@ import soundfile as sf
 from scipy import signal
 
 CLASSES: tuple[str, ...] = ("pluck", "bell", "organ", "wind", "membrane", "bowed",
-                            "arpeggio_up", "arpeggio_down")
-ORDER_ONLY_CLASSES: tuple[str, str] = ("arpeggio_up", "arpeggio_down")
+                            "interval_up", "interval_down")
+ORDER_ONLY_CLASSES: tuple[str, str] = ("interval_up", "interval_down")
+ORDER_ONLY_MIN_DURATION = 3.2  # s: room for two notes and the long gap between them
 MIDI_RANGE: tuple[int, int] = (40, 84)  # inclusive: E2 (82.4 Hz) .. C6 (1046.5 Hz)
 BAND_LIMIT_HZ = 3800.0                  # highest partial synthesised on purpose
 MEMBRANE_RATIOS = (1.0, 1.59, 2.14, 2.30, 2.65)
@@ -168,17 +170,16 @@ _TIMBRES = {
 def _plan_notes(label: str, rng: np.random.Generator, duration: float):
     """Return [(onset_s, length_s, midi, velocity)] for one clip."""
     if label in ORDER_ONLY_CLASSES:
-        n = int(rng.integers(3, 5))
-        pitches = np.sort(sample_midi(rng, n, distinct=True))
-        if label == "arpeggio_down":
-            pitches = pitches[::-1]
-        lengths, gaps = rng.uniform(0.25, 0.6, n), rng.uniform(0.15, 0.4, n - 1)
-        lead = rng.uniform(0.05, 0.3)  # squeeze notes and gaps alike if the clip is too short
-        scale = min(1.0, (duration - lead - 0.05) / (lengths.sum() + gaps.sum()))
-        lengths, gaps = lengths * scale, gaps * scale
-        onsets = lead + np.concatenate([[0.0], np.cumsum(lengths[:-1] + gaps)])
-        velocity = rng.uniform(0.6, 1.0, n)
-        return list(zip(onsets, lengths, pitches, velocity))
+        pitches = sample_midi(rng, 2, distinct=True)
+        while abs(pitches[1] - pitches[0]) < 3:
+            pitches = sample_midi(rng, 2, distinct=True)
+        pitches = np.sort(pitches)[:: 1 if label == ORDER_ONLY_CLASSES[0] else -1]
+        lengths, gap = rng.uniform(0.25, 0.4, 2), rng.uniform(1.6, 2.2)
+        scale = min(1.0, (duration - 0.1) / (lengths.sum() + gap))  # squeeze only if the clip is too short
+        lengths, gap = lengths * scale, gap * scale
+        lead = rng.uniform(0.05, max(0.05, duration - 0.05 - lengths.sum() - gap))
+        onsets = [lead, lead + lengths[0] + gap]
+        return list(zip(onsets, lengths, pitches, rng.uniform(0.6, 1.0, 2)))
     notes = []
     for _ in range(int(rng.integers(1, 5))):
         onset = rng.uniform(0.0, duration - 0.4)
@@ -191,7 +192,8 @@ def render_clip(label: str, *, seed: int = 0, index: int = 0, sr: int = 16000,
                 min_duration: float = 2.0, max_duration: float = 4.0) -> np.ndarray:
     """Synthesise clip ``index`` of class ``label`` as float64 in [-0.99, 0.99] (before quantisation)."""
     rng = clip_rng(seed, CLASSES.index(label), index)
-    duration = rng.uniform(min_duration, max_duration)
+    low = max(min_duration, min(ORDER_ONLY_MIN_DURATION, max_duration)) if label in ORDER_ONLY_CLASSES else min_duration
+    duration = rng.uniform(low, max_duration)
     n = int(round(duration * sr))
     synth, sample_params = _TIMBRES["mallet" if label in ORDER_ONLY_CLASSES else label]
     params = sample_params(rng)

@@ -1,0 +1,86 @@
+"""Audio I/O: decoding, downmixing, resampling, non-finite samples, probing."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+
+from audiocnn.data.audio import load_audio, probe_audio
+
+
+def _tone(freq: float, sr: int, seconds: float, amplitude: float = 0.5) -> np.ndarray:
+    t = np.arange(int(round(sr * seconds))) / sr
+    return (amplitude * np.sin(2 * np.pi * freq * t)).astype(np.float32)
+
+
+def test_stereo_is_downmixed_to_the_mean_of_its_channels(tmp_path):
+    rng = np.random.default_rng(0)
+    stereo = rng.uniform(-0.5, 0.5, (1000, 2)).astype(np.float32)
+    path = tmp_path / "stereo.wav"
+    sf.write(path, stereo, 16000, subtype="FLOAT")
+    mono = load_audio(path, 16000)
+    assert mono.dtype == torch.float32 and mono.shape == (1000,)
+    np.testing.assert_allclose(mono.numpy(), stereo.mean(axis=1), atol=1e-7)
+
+
+def test_resampling_gives_the_target_length_and_keeps_pitch(tmp_path):
+    path = tmp_path / "a440.wav"
+    sf.write(path, _tone(440.0, 44100, 1.0), 44100, subtype="PCM_16")
+    wave = load_audio(path, 16000)
+    assert wave.shape == (16000,)
+    spectrum = np.abs(np.fft.rfft(wave.numpy()))
+    freqs = np.fft.rfftfreq(len(wave), 1 / 16000)
+    assert abs(freqs[spectrum.argmax()] - 440.0) <= 1.0
+    # The tone's level survives resampling (no gain error); 0.5 amplitude -> RMS ~0.354.
+    assert np.sqrt(np.mean(wave.numpy()[1000:-1000] ** 2)) == pytest.approx(0.5 / np.sqrt(2), rel=0.02)
+
+
+def test_no_resampling_at_the_file_rate(tmp_path):
+    tone = _tone(1000.0, 8000, 0.25)
+    path = tmp_path / "tone.wav"
+    sf.write(path, tone, 8000, subtype="FLOAT")
+    np.testing.assert_array_equal(load_audio(path, 8000).numpy(), tone)
+
+
+@pytest.mark.parametrize("target_sr", [16000, 8000])
+def test_non_finite_samples_become_zero(tmp_path, target_sr):
+    samples = _tone(300.0, 16000, 0.1)
+    bad = [10, 200, 1500]
+    samples[bad[0]], samples[bad[1]], samples[bad[2]] = np.nan, np.inf, -np.inf
+    path = tmp_path / "nan.wav"
+    sf.write(path, samples, 16000, subtype="FLOAT")
+    raw, _ = sf.read(path, dtype="float32")
+    assert np.isnan(raw[bad[0]]) and np.isinf(raw[bad[1]])  # the file really holds them
+    wave = load_audio(path, target_sr)
+    assert torch.isfinite(wave).all()
+    if target_sr == 16000:
+        assert (wave[bad] == 0).all()
+        good = np.setdiff1d(np.arange(len(samples)), bad)
+        np.testing.assert_array_equal(wave.numpy()[good], samples[good])
+    else:
+        assert wave.shape == (800,)
+
+
+def test_probe_reports_duration_rate_and_channels(tmp_path):
+    path = tmp_path / "probe.wav"
+    sf.write(path, np.zeros((22050, 2), np.float32), 44100, subtype="PCM_16")
+    info = probe_audio(path)
+    assert info.sr == 44100 and info.channels == 2 and info.frames == 22050
+    assert info.duration == pytest.approx(0.5)
+
+
+def test_probe_raises_on_a_file_without_frames(tmp_path):
+    path = tmp_path / "empty.wav"
+    sf.write(path, np.zeros(0, np.float32), 16000, subtype="PCM_16")
+    assert path.stat().st_size > 0  # a valid header, no audio
+    with pytest.raises(ValueError, match="empty"):
+        probe_audio(path)
+
+
+def test_probe_raises_on_a_text_file_named_wav(tmp_path):
+    path = tmp_path / "notes.wav"
+    path.write_text("this is not audio\n")
+    with pytest.raises(RuntimeError):
+        probe_audio(path)

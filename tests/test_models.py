@@ -1,0 +1,215 @@
+"""Models: block specs, shape arithmetic, the CNN and CRNN families, and `build_model`."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+import torch
+from torch import nn
+
+from audiocnn.config import compose_config, config_groups
+from audiocnn.models import build_model
+from audiocnn.models.blocks import BlockSpec, ConvBlock, conv_output_size
+from audiocnn.models.crnn import CRNN
+from audiocnn.models.shapes import ShapeError, trace_shapes
+
+N_CLASSES = 5
+MODELS = config_groups()["model"]
+
+
+def _model_and_input(name: str, batch: int = 3):
+    cfg = compose_config([f"model={name}"])
+    torch.manual_seed(0)
+    model = build_model(cfg.model, n_classes=N_CLASSES).eval()
+    x = torch.randn(batch, 1, cfg.features.n_bins, cfg.features.window_frames)
+    return cfg, model, x
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_every_model_config_gives_batch_by_classes_logits(name):
+    _, model, x = _model_and_input(name)
+    with torch.no_grad():
+        out = model(x)
+    assert out.shape == (3, N_CLASSES)
+    assert torch.isfinite(out).all()
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_trace_shapes_matches_the_sizes_pytorch_produces(name):
+    cfg, model, x = _model_and_input(name, batch=2)
+    blocks = [m for m in model.backbone if isinstance(m, ConvBlock)]
+    assert len(blocks) == len(cfg.model.blocks)
+    seen = []
+    hooks = [b.register_forward_hook(lambda _m, _i, out: seen.append(tuple(out.shape[2:]))) for b in blocks]
+    with torch.no_grad():
+        model(x)
+    for hook in hooks:
+        hook.remove()
+    expected = trace_shapes(model.specs, (cfg.features.n_bins, cfg.features.window_frames))
+    assert seen == [tuple(s) for s in expected]
+
+
+def _grid():
+    for size, kernel, stride, padding, dilation in itertools.product(
+        (1, 4, 7, 16, 33), (1, 2, 3, 5), (1, 2, 3), (0, 1, 2), (1, 2)
+    ):
+        effective = dilation * (kernel - 1) + 1
+        if size + 2 * padding >= effective:  # torch refuses an empty output
+            yield size, kernel, stride, padding, dilation
+
+
+def test_conv_output_size_matches_torch_conv_and_pooling():
+    checked = 0
+    for size, kernel, stride, padding, dilation in _grid():
+        expected = (size - (dilation * (kernel - 1) + 1) + 2 * padding) // stride + 1
+        got = conv_output_size(size, kernel, stride, padding, dilation)
+        assert got == expected
+        x = torch.zeros(1, 1, size, size + 3)
+        conv = nn.Conv2d(1, 1, kernel, stride=stride, padding=padding, dilation=dilation)
+        out = conv(x).shape[2:]
+        assert out == (got, conv_output_size(size + 3, kernel, stride, padding, dilation)), (
+            size, kernel, stride, padding, dilation)
+        if padding <= kernel // 2:  # torch's pooling limit on padding
+            pooled = nn.MaxPool2d(kernel, stride=stride, padding=padding, dilation=dilation)(x).shape[2:]
+            assert pooled[0] == got, (size, kernel, stride, padding, dilation)
+        checked += 1
+    assert checked > 200
+
+
+def test_shape_error_names_block_axis_sizes_and_layer():
+    specs = [BlockSpec.from_config({"channels": 4, "kernel": 3, "padding": 1, "pool": "max", "pool_size": 2})] * 3
+    specs.append(BlockSpec.from_config({"channels": 4, "kernel": 3, "stride": 2, "padding": 0, "pool": "none"}))
+    # time: 16 -> 8 -> 4 -> 2, then a 3-wide unpadded conv leaves nothing.
+    with pytest.raises(ShapeError) as error:
+        trace_shapes(specs, (64, 16))
+    assert str(error.value) == "model.blocks[3]: time 2 -> 0 with kernel 3, stride 2, padding 0"
+    # PyTorch agrees that this stack cannot run.
+    model = nn.Sequential(*[ConvBlock(1 if i == 0 else 4, s) for i, s in enumerate(specs)]).eval()
+    with pytest.raises(RuntimeError):
+        model(torch.zeros(1, 1, 64, 16))
+
+
+def test_shape_error_names_a_pooling_layer():
+    specs = [BlockSpec.from_config({"channels": 4, "kernel": 3, "padding": 1, "pool": "avg", "pool_size": [2, 4]})]
+    with pytest.raises(ShapeError, match=r"^model\.blocks\[0\]: time 3 -> 0 with pooling kernel 4, stride 4, "
+                                         r"padding 0$"):
+        trace_shapes(specs, (8, 3))
+
+
+def test_block_spec_rejects_unknown_keys_and_bad_pool_names():
+    with pytest.raises(ValueError, match=r"unknown keys \['kernal'\]; allowed: .*'kernel'"):
+        BlockSpec.from_config({"channels": 8, "kernal": 3})
+    with pytest.raises(ValueError, match=r"pool='median'; allowed: max, avg, none"):
+        BlockSpec.from_config({"channels": 8, "pool": "median"})
+    with pytest.raises(ValueError, match="kernel must be an int or a \\[frequency, time\\] pair"):
+        BlockSpec.from_config({"channels": 8, "kernel": [3, 3, 3]})
+
+
+def _layers(block: ConvBlock, kind: type) -> list[nn.Module]:
+    return [m for m in block if isinstance(m, kind)]
+
+
+def test_block_settings_shape_the_built_layers():
+    spec = BlockSpec.from_config({
+        "channels": 6, "kernel": [5, 3], "stride": [2, 1], "padding": [2, 0], "dilation": [1, 2],
+        "pool": "avg", "pool_size": [3, 2], "pool_stride": [1, 2], "batch_norm": False, "dropout": 0.25,
+    })
+    block = ConvBlock(2, spec)
+    (conv,) = _layers(block, nn.Conv2d)
+    assert (conv.in_channels, conv.out_channels) == (2, 6)
+    assert conv.kernel_size == (5, 3) and conv.stride == (2, 1)
+    assert conv.padding == (2, 0) and conv.dilation == (1, 2)
+    assert conv.bias is not None  # no batch norm to absorb the bias
+    assert not _layers(block, nn.BatchNorm2d)
+    (pool,) = _layers(block, nn.AvgPool2d)
+    assert tuple(pool.kernel_size) == (3, 2) and tuple(pool.stride) == (1, 2)
+    assert not _layers(block, nn.MaxPool2d)
+    (dropout,) = _layers(block, nn.Dropout2d)
+    assert dropout.p == 0.25
+    # The sizes the layers produce are the sizes the spec predicts.
+    out = block.eval()(torch.zeros(1, 2, 40, 30))
+    assert tuple(out.shape) == (1, 6, *spec.layer_sizes((40, 30))[-1][-1])
+
+
+def test_block_defaults_and_pool_variants():
+    default = ConvBlock(1, BlockSpec.from_config({"channels": 4}))
+    (conv,) = _layers(default, nn.Conv2d)
+    assert conv.bias is None and len(_layers(default, nn.BatchNorm2d)) == 1
+    (pool,) = _layers(default, nn.MaxPool2d)
+    assert pool.kernel_size == (2, 2) and pool.stride == (2, 2)  # pool_stride defaults to pool_size
+    assert not _layers(default, nn.Dropout2d)
+
+    none = ConvBlock(1, BlockSpec.from_config({"channels": 4, "pool": "none"}))
+    assert not _layers(none, nn.MaxPool2d) and not _layers(none, nn.AvgPool2d)
+    assert none.eval()(torch.zeros(1, 1, 9, 7)).shape == (1, 4, 9, 7)
+
+
+CRNN_BLOCKS = [
+    {"channels": 8, "kernel": 3, "padding": 1, "pool": "max", "pool_size": [2, 1]},
+    {"channels": 8, "kernel": 3, "padding": 1, "pool": "max", "pool_size": [2, 1]},
+]
+
+
+def _crnn(**kwargs) -> CRNN:
+    torch.manual_seed(0)
+    return CRNN(n_classes=4, blocks=CRNN_BLOCKS, hidden_size=6, dropout=0.0, **kwargs).eval()
+
+
+def test_crnn_output_depends_on_the_order_of_frames():
+    model = _crnn()
+    x = torch.randn(2, 1, 16, 20)
+    with torch.no_grad():
+        forward, backward = model(x), model(x.flip(-1))
+    assert not torch.allclose(forward, backward, atol=1e-4)
+
+
+@pytest.mark.parametrize("rnn", ["gru", "lstm"])
+@pytest.mark.parametrize("bidirectional", [False, True])
+@pytest.mark.parametrize("temporal_pool", ["last", "mean", "max"])
+def test_crnn_rnn_kinds_and_temporal_pools(rnn, bidirectional, temporal_pool):
+    model = _crnn(rnn=rnn, bidirectional=bidirectional, temporal_pool=temporal_pool)
+    assert isinstance(model.rnn, {"gru": nn.GRU, "lstm": nn.LSTM}[rnn])
+    assert model.rnn.bidirectional is bidirectional
+    x = torch.randn(3, 1, 16, 10)
+    with torch.no_grad():
+        logits = model(x)
+        embedding = model.embed(x)
+        outputs, _ = model.rnn(model.backbone(x).mean(dim=2).transpose(1, 2))  # (batch, T, H * dirs)
+    assert logits.shape == (3, 4)
+    assert embedding.shape == (3, 6 * (2 if bidirectional else 1))
+    if temporal_pool == "mean":
+        expected = outputs.mean(dim=1)
+    elif temporal_pool == "max":
+        expected = outputs.amax(dim=1)
+    elif bidirectional:  # forward direction ends at the last frame, backward at the first
+        expected = torch.cat([outputs[:, -1, :6], outputs[:, 0, 6:]], dim=1)
+    else:
+        expected = outputs[:, -1]
+    torch.testing.assert_close(embedding, expected)
+
+
+def test_crnn_and_cnn_reject_unknown_options():
+    with pytest.raises(ValueError, match=r"model.rnn='transformer'; allowed: gru, lstm"):
+        _crnn(rnn="transformer")
+    with pytest.raises(ValueError, match=r"model.temporal_pool='median'; allowed: last, mean, max"):
+        _crnn(temporal_pool="median")
+    from audiocnn.models.cnn import CNN
+
+    with pytest.raises(ValueError, match=r"model.global_pool='sum'; allowed: avg, max, avgmax"):
+        CNN(n_classes=2, blocks=CRNN_BLOCKS, global_pool="sum")
+
+
+@pytest.mark.parametrize("global_pool, width", [("avg", 8), ("max", 8), ("avgmax", 16)])
+def test_cnn_global_pool_width(global_pool, width):
+    from audiocnn.models.cnn import CNN
+
+    model = CNN(n_classes=3, blocks=CRNN_BLOCKS, global_pool=global_pool).eval()
+    x = torch.randn(2, 1, 16, 12)
+    with torch.no_grad():
+        embedding = model.embed(x)
+        features = model.backbone(x).flatten(2)
+    assert embedding.shape == (2, width)
+    if global_pool == "max":
+        torch.testing.assert_close(embedding, features.amax(dim=2))
+    assert model(x).shape == (2, 3)

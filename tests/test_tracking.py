@@ -1,0 +1,126 @@
+"""MLflow helpers: flattened params, runs on a SQLite store, FAILED runs, where runs go."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import mlflow
+import pytest
+from mlflow import MlflowClient
+from omegaconf import OmegaConf
+
+from audiocnn import tracking
+from audiocnn.config import compose_config
+from tests.conftest import tiny_config
+
+
+@pytest.fixture(scope="module")
+def store_root(tmp_path_factory):
+    """One tracking folder for the module (creating a SQLite store takes a moment); MLflow's
+    process-wide tracking URI is put back afterwards."""
+    saved_uri = mlflow.get_tracking_uri() if mlflow.is_tracking_uri_set() else None
+    saved_env = os.environ.get("MLFLOW_TRACKING_URI")
+    yield tmp_path_factory.mktemp("tracking")
+    while mlflow.active_run():
+        mlflow.end_run()
+    mlflow.set_tracking_uri(saved_uri)
+    if saved_env is None:
+        os.environ.pop("MLFLOW_TRACKING_URI", None)
+    else:
+        os.environ["MLFLOW_TRACKING_URI"] = saved_env
+
+
+@pytest.fixture
+def cfg(store_root):
+    return tiny_config(store_root)
+
+
+def _client(cfg) -> MlflowClient:
+    return MlflowClient(tracking_uri=cfg.tracking.uri)
+
+
+def test_flatten_config_gives_dotted_string_params():
+    cfg = OmegaConf.create({"a": {"b": 1, "c": [1, 2], "d": {"e": None}}, "f": "x", "g": 0.5,
+                            "ref": "${a.b}"})
+    assert tracking.flatten_config(cfg) == {"a.b": "1", "a.c": "[1, 2]", "a.d.e": "None", "f": "x", "g": "0.5",
+                                            "ref": "1"}
+
+
+def test_flatten_config_of_the_real_config_keeps_lists_whole():
+    cfg = compose_config(["model=cnn"])
+    flat = tracking.flatten_config(cfg)
+    assert all(isinstance(v, str) for v in flat.values())
+    assert flat["optimizer.lr"] == str(cfg.optimizer.lr)
+    assert flat["features.n_bins"] == "84"
+    assert flat["model.blocks"].startswith("[{") and "'channels': 16" in flat["model.blocks"]
+    assert not any(key.startswith("model.blocks.") for key in flat)
+    assert all(len(v) <= tracking.MAX_PARAM_LENGTH for v in flat.values())
+
+
+def test_open_run_records_tags_and_params_on_a_sqlite_store(cfg):
+    assert cfg.tracking.uri.startswith("sqlite:///")
+    params = tracking.flatten_config(cfg)
+    with tracking.open_run(cfg, run_name="tiny-run", tags={"data": "demo", "purpose": "test"}) as run:
+        mlflow.log_params(params)
+        mlflow.log_metric("val_loss", 0.25)
+    assert Path(cfg.tracking.uri.removeprefix("sqlite:///")).is_file()
+    stored = _client(cfg).get_run(run.info.run_id)
+    assert stored.info.status == "FINISHED"
+    assert stored.info.run_name == "tiny-run"
+    assert stored.data.tags["data"] == "demo" and stored.data.tags["purpose"] == "test"
+    assert stored.data.params == params
+    assert stored.data.metrics["val_loss"] == 0.25
+    experiment = _client(cfg).get_experiment(stored.info.experiment_id)
+    assert experiment.name == cfg.tracking.experiment
+
+    # Resuming by id (as the evaluate stage does) adds to the same run.
+    with tracking.open_run(cfg, run_id=run.info.run_id):
+        mlflow.log_metric("test_accuracy", 0.5)
+    resumed = _client(cfg).get_run(run.info.run_id)
+    assert resumed.data.metrics["test_accuracy"] == 0.5 and resumed.info.status == "FINISHED"
+
+
+def test_a_run_that_raises_is_marked_failed(cfg):
+    with pytest.raises(ZeroDivisionError):
+        with tracking.open_run(cfg, run_name="doomed") as run:
+            1 / 0
+    assert mlflow.active_run() is None
+    assert _client(cfg).get_run(run.info.run_id).info.status == "FAILED"
+
+
+def test_mlflow_tracking_uri_env_var_wins_over_the_config(store_root, monkeypatch):
+    # The config points at a store that cannot even be created; the variable at the real one.
+    cfg = tiny_config(store_root, f"tracking.uri=sqlite:///{store_root / 'missing' / 'nowhere.db'}")
+    server = f"sqlite:///{store_root / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", server)
+    assert tracking.tracking_uri(cfg) == server
+    with tracking.open_run(cfg, run_name="to-the-team-store") as run:
+        pass
+    assert MlflowClient(tracking_uri=server).get_run(run.info.run_id).info.status == "FINISHED"
+    assert not (store_root / "missing").exists()
+    assert os.environ["MLFLOW_TRACKING_URI"] == server  # the user's setting is left as it was
+
+
+def test_a_configured_run_does_not_override_the_next_config(store_root):
+    first = tiny_config(store_root)
+    second = tiny_config(store_root, f"tracking.uri=sqlite:///{store_root / 'second.db'}")
+    tracking.configure(first)
+    # mlflow.set_tracking_uri exports MLFLOW_TRACKING_URI; that must not pass for the user's setting.
+    assert tracking.tracking_uri(second) == second.tracking.uri
+    assert os.environ.get("MLFLOW_TRACKING_URI") is None
+
+
+def test_run_tags_name_data_model_and_manifest(tmp_path):
+    cfg = tiny_config(tmp_path)
+    tags = tracking.run_tags(cfg)
+    assert tags["data"] == "demo" and tags["model"] == cfg.model.name
+    assert "data.manifest_md5" not in tags  # no manifest yet
+    manifest = Path(cfg.paths.prepared) / "manifest.csv"
+    manifest.parent.mkdir(parents=True)
+    manifest.write_text("path,label\n")
+    from audiocnn.features.store import file_md5
+
+    assert tracking.run_tags(cfg)["data.manifest_md5"] == file_md5(manifest)
+    assert tracking.default_run_name(cfg) == f"{cfg.model.name}-demo"
+    assert tracking.default_run_name(cfg, "lr0.1") == f"{cfg.model.name}-demo-lr0.1"
