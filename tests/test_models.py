@@ -21,7 +21,7 @@ MODELS = config_groups()["model"]
 def _model_and_input(name: str, batch: int = 3):
     cfg = compose_config([f"model={name}"])
     torch.manual_seed(0)
-    model = build_model(cfg.model, n_classes=N_CLASSES).eval()
+    model = build_model(cfg.model, n_classes=N_CLASSES, n_bins=cfg.features.n_bins).eval()
     x = torch.randn(batch, 1, cfg.features.n_bins, cfg.features.window_frames)
     return cfg, model, x
 
@@ -153,7 +153,7 @@ CRNN_BLOCKS = [
 
 def _crnn(**kwargs) -> CRNN:
     torch.manual_seed(0)
-    return CRNN(n_classes=4, blocks=CRNN_BLOCKS, hidden_size=6, dropout=0.0, **kwargs).eval()
+    return CRNN(n_classes=4, n_bins=16, blocks=CRNN_BLOCKS, hidden_size=6, dropout=0.0, **kwargs).eval()
 
 
 def test_crnn_output_depends_on_the_order_of_frames():
@@ -175,7 +175,7 @@ def test_crnn_rnn_kinds_and_temporal_pools(rnn, bidirectional, temporal_pool):
     with torch.no_grad():
         logits = model(x)
         embedding = model.embed(x)
-        outputs, _ = model.rnn(model.backbone(x).mean(dim=2).transpose(1, 2))  # (batch, T, H * dirs)
+        outputs, _ = model.rnn(model.backbone(x).flatten(1, 2).transpose(1, 2))  # (batch, T, H * dirs)
     assert logits.shape == (3, 4)
     assert embedding.shape == (3, 6 * (2 if bidirectional else 1))
     if temporal_pool == "mean":
@@ -197,14 +197,14 @@ def test_crnn_and_cnn_reject_unknown_options():
     from audiocnn.models.cnn import CNN
 
     with pytest.raises(ValueError, match=r"model.global_pool='sum'; allowed: avg, max, avgmax"):
-        CNN(n_classes=2, blocks=CRNN_BLOCKS, global_pool="sum")
+        CNN(n_classes=2, n_bins=16, blocks=CRNN_BLOCKS, global_pool="sum")
 
 
 @pytest.mark.parametrize("global_pool, width", [("avg", 8), ("max", 8), ("avgmax", 16)])
 def test_cnn_global_pool_width(global_pool, width):
     from audiocnn.models.cnn import CNN
 
-    model = CNN(n_classes=3, blocks=CRNN_BLOCKS, global_pool=global_pool).eval()
+    model = CNN(n_classes=3, n_bins=16, blocks=CRNN_BLOCKS, global_pool=global_pool).eval()
     x = torch.randn(2, 1, 16, 12)
     with torch.no_grad():
         embedding = model.embed(x)

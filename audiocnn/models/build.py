@@ -18,6 +18,6 @@ def model_kwargs(model_cfg: DictConfig) -> dict:
     return kwargs
 
 
-def build_model(model_cfg: DictConfig, n_classes: int) -> nn.Module:
-    """Instantiate `model_cfg._target_` with its arguments and `n_classes`."""
-    return instantiate(model_kwargs(model_cfg), n_classes=n_classes, _convert_="all")
+def build_model(model_cfg: DictConfig, n_classes: int, n_bins: int) -> nn.Module:
+    """Instantiate `model_cfg._target_` with its arguments, `n_classes` and `n_bins` (CQT bins)."""
+    return instantiate(model_kwargs(model_cfg), n_classes=n_classes, n_bins=n_bins, _convert_="all")

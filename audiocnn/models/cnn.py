@@ -14,6 +14,7 @@ import torch
 from torch import Tensor, nn
 
 from audiocnn.models.blocks import BlockSpec, ConvStack
+from audiocnn.models.shapes import UNBOUNDED_TIME, trace_shapes
 
 GLOBAL_POOLS = ("avg", "max", "avgmax")
 
@@ -22,6 +23,7 @@ class CNN(nn.Module):
     def __init__(
         self,
         n_classes: int,
+        n_bins: int,
         blocks: Sequence[Mapping[str, Any]],
         global_pool: str = "avgmax",
         dropout: float = 0.3,
@@ -30,6 +32,7 @@ class CNN(nn.Module):
         if global_pool not in GLOBAL_POOLS:
             raise ValueError(f"model.global_pool={global_pool!r}; allowed: {', '.join(GLOBAL_POOLS)}")
         self.specs = [BlockSpec.from_config(b) for b in blocks]
+        trace_shapes(self.specs, (n_bins, UNBOUNDED_TIME))  # fail now if the stack collapses frequency
         self.backbone = ConvStack(self.specs)
         self.global_pool = global_pool
         width = self.backbone.out_channels * (2 if global_pool == "avgmax" else 1)

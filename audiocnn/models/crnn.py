@@ -2,7 +2,8 @@
 
 (batch, 1, n_bins, frames)
   -> ConvStack                      (batch, C, F', T')   pooling mostly over frequency
-  -> mean over F'                   (batch, T', C)       one feature vector per time step
+  -> flatten C x F'                 (batch, T', C * F')  one feature vector per time step; keeping
+                                                         F' keeps pitch height, which the RNN compares
   -> LSTM / GRU                     (batch, T', H * directions)
   -> temporal pooling (last|mean|max) (batch, H * directions)
   -> dropout -> linear              (batch, n_classes) logits
@@ -17,6 +18,7 @@ import torch
 from torch import Tensor, nn
 
 from audiocnn.models.blocks import BlockSpec, ConvStack
+from audiocnn.models.shapes import UNBOUNDED_TIME, trace_shapes
 
 RNNS = {"gru": nn.GRU, "lstm": nn.LSTM}
 TEMPORAL_POOLS = ("last", "mean", "max")
@@ -26,6 +28,7 @@ class CRNN(nn.Module):
     def __init__(
         self,
         n_classes: int,
+        n_bins: int,
         blocks: Sequence[Mapping[str, Any]],
         rnn: str = "gru",
         hidden_size: int = 128,
@@ -41,8 +44,9 @@ class CRNN(nn.Module):
             raise ValueError(f"model.temporal_pool={temporal_pool!r}; allowed: {', '.join(TEMPORAL_POOLS)}")
         self.specs = [BlockSpec.from_config(b) for b in blocks]
         self.backbone = ConvStack(self.specs)
+        out_bins = trace_shapes(self.specs, (n_bins, UNBOUNDED_TIME))[-1][0]
         self.rnn = RNNS[rnn](
-            input_size=self.backbone.out_channels,
+            input_size=self.backbone.out_channels * out_bins,
             hidden_size=hidden_size,
             num_layers=num_layers,
             batch_first=True,
@@ -56,7 +60,7 @@ class CRNN(nn.Module):
 
     def embed(self, x: Tensor) -> Tensor:
         """(batch, 1, n_bins, frames) -> (batch, hidden * directions)."""
-        sequence = self.backbone(x).mean(dim=2).transpose(1, 2)  # (batch, T', C)
+        sequence = self.backbone(x).flatten(1, 2).transpose(1, 2)  # (batch, T', C * F')
         outputs, _ = self.rnn(sequence)  # (batch, T', H * directions)
         if self.temporal_pool == "mean":
             return outputs.mean(dim=1)

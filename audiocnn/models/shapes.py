@@ -5,6 +5,8 @@ from __future__ import annotations
 from audiocnn.models.blocks import BlockSpec, Pair
 
 AXES = ("frequency", "time")
+# A time length no block can shrink to zero: traces the frequency axis of a stack alone.
+UNBOUNDED_TIME = 1 << 20
 
 
 class ShapeError(ValueError):

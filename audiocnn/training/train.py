@@ -42,7 +42,7 @@ def ensure_inputs(cfg: DictConfig) -> None:
 def load_trained(models_dir: str | Path) -> tuple[torch.nn.Module, dict]:
     """Rebuild the model saved by `train` in `models_dir`; returns (model, bundle)."""
     bundle = torch.load(Path(models_dir) / "model.pt", map_location="cpu", weights_only=True)
-    model = build_model(OmegaConf.create(bundle["model"]), len(bundle["classes"]))
+    model = build_model(OmegaConf.create(bundle["model"]), len(bundle["classes"]), bundle["features"]["n_bins"])
     model.load_state_dict(bundle["state_dict"])
     return model.eval(), bundle
 
@@ -58,7 +58,7 @@ def train(cfg: DictConfig, run_name_suffix: str = "") -> dict:
     ensure_inputs(cfg)
     L.seed_everything(cfg.seed, workers=True)
     data = StoreDataModule(cfg)
-    model = build_model(cfg.model, len(data.classes))
+    model = build_model(cfg.model, len(data.classes), cfg.features.n_bins)
     out = Path(cfg.paths.models)
     out.mkdir(parents=True, exist_ok=True)
     name = tracking.default_run_name(cfg, run_name_suffix)

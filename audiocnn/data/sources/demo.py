@@ -16,7 +16,7 @@ background noise at a random SNR of 10-30 dB. Classes, in label order:
 * ``bowed``    -- bowed string: band-limited sawtooth with delayed vibrato, slow attack.
 * ``interval_up`` / ``interval_down`` -- ORDER-ONLY pair. Both use the same dedicated mallet
   timbre (sine + decaying ~4x and ~10x partials, used by no other class) and the same
-  generator: two short notes at distinct pitches (at least 3 semitones apart) from the full
+  generator: two short notes at distinct pitches (at least a fourth apart) from the full
   range, separated by a silent gap of 1.6-2.2 s, played low-then-high vs high-then-low. The
   multiset of notes (pitch, length, loudness) has the same distribution in both classes, and
   the gap is longer than the receptive field in time of the default ``cnn`` (about 1.5 s), so a
@@ -41,6 +41,7 @@ CLASSES: tuple[str, ...] = ("pluck", "bell", "organ", "wind", "membrane", "bowed
                             "interval_up", "interval_down")
 ORDER_ONLY_CLASSES: tuple[str, str] = ("interval_up", "interval_down")
 ORDER_ONLY_MIN_DURATION = 3.2  # s: room for two notes and the long gap between them
+MIN_INTERVAL = 5  # semitones between the two notes of the order-only pair (a fourth or more)
 MIDI_RANGE: tuple[int, int] = (40, 84)  # inclusive: E2 (82.4 Hz) .. C6 (1046.5 Hz)
 BAND_LIMIT_HZ = 3800.0                  # highest partial synthesised on purpose
 MEMBRANE_RATIOS = (1.0, 1.59, 2.14, 2.30, 2.65)
@@ -171,7 +172,7 @@ def _plan_notes(label: str, rng: np.random.Generator, duration: float):
     """Return [(onset_s, length_s, midi, velocity)] for one clip."""
     if label in ORDER_ONLY_CLASSES:
         pitches = sample_midi(rng, 2, distinct=True)
-        while abs(pitches[1] - pitches[0]) < 3:
+        while abs(pitches[1] - pitches[0]) < MIN_INTERVAL:
             pitches = sample_midi(rng, 2, distinct=True)
         pitches = np.sort(pitches)[:: 1 if label == ORDER_ONLY_CLASSES[0] else -1]
         lengths, gap = rng.uniform(0.25, 0.4, 2), rng.uniform(1.6, 2.2)
