@@ -8,12 +8,12 @@ background noise at a random SNR of 10-30 dB. Classes, in label order:
 * ``pluck``    -- Karplus-Strong plucked string (noise burst into a damped, fractionally tuned
                   delay loop, run by ``scipy.signal.lfilter``).
 * ``bell``     -- FM bell: inharmonic carrier:modulator ratio ~1:1.4, decaying index, long decay.
-* ``organ``    -- additive organ: harmonic partials with random drawbar weights, flat sustain.
+* ``organ``    -- additive organ: drawbar harmonics 1, 2, 3, 4, 6, 8 with random weights, flat sustain.
 * ``wind``     -- noise-excited wind: white noise through narrow resonators at the pitch and its
                   first harmonics, slow breathy attack with a high-passed noise puff.
 * ``membrane`` -- struck circular membrane: inharmonic modes 1, 1.59, 2.14, 2.30, 2.65, fast
                   decay, downward pitch glide, short click.
-* ``bowed``    -- bowed string: band-limited sawtooth with delayed vibrato, slow attack.
+* ``bowed``    -- bowed string: band-limited sawtooth with delayed vibrato (25-60 cents), slow attack.
 * ``interval_up`` / ``interval_down`` -- ORDER-ONLY pair. Both use the same dedicated mallet
   timbre (sine + decaying ~4x and ~10x partials, used by no other class) and the same
   generator: two short notes at distinct pitches (at least a fourth apart) from the full
@@ -94,9 +94,12 @@ def _bell(f, n, sr, rng, p):
     return np.exp(-t / tau) * np.sin(2 * np.pi * f * t + mod) * _env(n, sr, 0.002, 0.03)
 
 
+ORGAN_DRAWBARS = np.array([1, 2, 3, 4, 6, 8])  # harmonics of the 8', 4', 2 2/3', 2', 1 1/3', 1' stops
+
+
 def _organ(f, n, sr, rng, p):
     t = np.arange(n) / sr
-    k = np.arange(1, int(min(len(p["weights"]), BAND_LIMIT_HZ // f)) + 1)
+    k = ORGAN_DRAWBARS[ORGAN_DRAWBARS * f < BAND_LIMIT_HZ]
     phases = rng.uniform(0, 2 * np.pi, k.size)
     tone = (p["weights"][:k.size, None] * np.sin(2 * np.pi * f * k[:, None] * t + phases[:, None])).sum(0)
     return tone * _env(n, sr, p["attack"], 0.05)
@@ -153,14 +156,14 @@ _TIMBRES = {
     "pluck": (_pluck, lambda r: {"loop_gain": r.uniform(0.990, 0.998), "dark": r.uniform(0.0, 0.6)}),
     "bell": (_bell, lambda r: {"ratio": 1.4 * r.uniform(0.98, 1.02), "index": r.uniform(2.0, 5.0),
                                "tau": r.uniform(0.8, 2.0)}),
-    "organ": (_organ, lambda r: {"weights": r.uniform(0.1, 1.0, 10) / np.arange(1, 11) ** 0.7,
+    "organ": (_organ, lambda r: {"weights": r.uniform(0.2, 1.0, len(ORGAN_DRAWBARS)) / ORGAN_DRAWBARS ** 0.5,
                                  "attack": r.uniform(0.01, 0.04)}),
     "wind": (_wind, lambda r: {"q": r.uniform(25.0, 60.0), "h2": r.uniform(0.1, 0.5),
                                "h3": r.uniform(0.0, 0.3), "breath": r.uniform(0.2, 0.6),
                                "attack": r.uniform(0.06, 0.15)}),
     "membrane": (_membrane, lambda r: {"drop": r.uniform(0.05, 0.15), "tau": r.uniform(0.12, 0.35),
                                        "amps": r.uniform(0.3, 1.0, len(MEMBRANE_RATIOS)) * [1, .8, .7, .6, .5]}),
-    "bowed": (_bowed, lambda r: {"rate": r.uniform(4.5, 6.5), "depth": r.uniform(10.0, 35.0),
+    "bowed": (_bowed, lambda r: {"rate": r.uniform(4.5, 6.5), "depth": r.uniform(25.0, 60.0),
                                  "tilt": r.uniform(0.9, 1.4), "attack": r.uniform(0.08, 0.25)}),
     "mallet": (_mallet, lambda r: {"tau": r.uniform(0.25, 0.5), "r2": r.uniform(3.9, 4.05),
                                    "a2": r.uniform(0.2, 0.45), "r3": r.uniform(9.2, 10.0),
