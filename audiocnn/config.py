@@ -150,6 +150,17 @@ def validate_model(cfg: DictConfig) -> None:
         trace_shapes(specs, (cfg.features.n_bins, cfg.features.window_frames))
     except ShapeError as error:
         raise ConfigError(f"{error} (input {cfg.features.n_bins} bins x {cfg.features.window_frames} frames)") from None
+    from audiocnn.models import build_model
+
+    import torch
+
+    try:  # building and one forward pass are cheap and check every other model option
+        model = build_model(cfg.model, n_classes=2, n_bins=cfg.features.n_bins).eval()
+        with torch.no_grad():
+            model(torch.zeros(1, 1, cfg.features.n_bins, cfg.features.window_frames))
+    except Exception as error:  # noqa: BLE001 - hydra wraps the constructor's error; report its cause
+        cause = error.__cause__ or error
+        raise ConfigError(f"model: {str(cause).splitlines()[0]}") from None
 
 
 def validate_config(cfg: DictConfig) -> None:

@@ -40,6 +40,8 @@ def test_every_model_config_composes_and_validates(model):
         (["optimizer.lr=-1"], "optimizer.lr=-1"),
         (["model=cnn", "features.window_frames=12"], "model.blocks[3]: time 1 -> 0 with pooling kernel 2"),
         (["model.blocks.0.pool=median"], "model.blocks[0]: pool='median'"),
+        (["model.rnn=transformer"], "model: model.rnn='transformer'; allowed: gru, lstm"),
+        (["+model.colour=red"], "model: .*colour"),
     ],
 )
 def test_bad_settings_name_the_setting(overrides, expected):

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Mapping
 
-from torch import nn
+from torch import Tensor, nn
 
 Pair = tuple[int, int]  # (frequency, time)
 
@@ -32,13 +32,17 @@ def conv_output_size(size: int, kernel: int, stride: int, padding: int, dilation
 
 @dataclass(frozen=True)
 class BlockSpec:
-    """One conv - batch norm - ReLU - pooling block, as written in `conf/model/*.yaml`.
+    """One block of a conv stack, as written in `conf/model/*.yaml`.
 
+    `type: conv` (default) is conv - batch norm - ReLU - pooling; `type: residual` is a
+    ResNet basic block (two convs with the block's kernel, the first with its stride, plus
+    an identity or 1x1-conv shortcut) followed by the same optional pooling.
     Sizes are ints or [frequency, time] pairs. `pool` is `max`, `avg` or `none`;
     `pool_stride` defaults to `pool_size`.
     """
 
     channels: int
+    type: str = "conv"
     kernel: Pair = (3, 3)
     stride: Pair = (1, 1)
     padding: Pair = (1, 1)
@@ -60,6 +64,8 @@ class BlockSpec:
                 spec[key] = _pair(spec[key], key)
         if spec.get("pool", "max") not in ("max", "avg", "none"):
             raise ValueError(f"pool={spec['pool']!r}; allowed: max, avg, none")
+        if spec.get("type", "conv") not in BLOCK_TYPES:
+            raise ValueError(f"type={spec['type']!r}; allowed: {', '.join(BLOCK_TYPES)}")
         return cls(**spec)
 
     @property
@@ -67,17 +73,30 @@ class BlockSpec:
         return self.pool_stride or self.pool_size
 
     def layer_sizes(self, size: Pair) -> list[tuple[str, Pair, Pair, Pair, Pair]]:
-        """(layer, kernel, stride, padding, output size) for the conv and the pooling layer."""
-        freq, time = (
-            conv_output_size(size[axis], self.kernel[axis], self.stride[axis], self.padding[axis], self.dilation[axis])
-            for axis in (0, 1)
-        )
-        layers = [("conv", self.kernel, self.stride, self.padding, (freq, time))]
+        """(layer, kernel, stride, padding, output size) for each conv and the pooling layer."""
+        layers = []
+        for stride in [self.stride] + ([(1, 1)] if self.type == "residual" else []):
+            size = tuple(  # type: ignore[assignment]
+                conv_output_size(size[a], self.kernel[a], stride[a], self.padding[a], self.dilation[a]) for a in (0, 1)
+            )
+            layers.append(("conv", self.kernel, stride, self.padding, size))
+        freq, time = size
         if self.pool != "none":
             stride = self.effective_pool_stride
             pooled = tuple(conv_output_size((freq, time)[a], self.pool_size[a], stride[a], 0) for a in (0, 1))
             layers.append(("pool", self.pool_size, stride, (0, 0), pooled))  # type: ignore[arg-type]
         return layers
+
+
+BLOCK_TYPES = ("conv", "residual")
+
+
+def _pooling(spec: BlockSpec) -> list[nn.Module]:
+    if spec.pool == "max":
+        return [nn.MaxPool2d(spec.pool_size, spec.effective_pool_stride)]
+    if spec.pool == "avg":
+        return [nn.AvgPool2d(spec.pool_size, spec.effective_pool_stride)]
+    return []
 
 
 class ConvBlock(nn.Sequential):
@@ -102,17 +121,45 @@ class ConvBlock(nn.Sequential):
         if spec.batch_norm:
             layers.append(nn.BatchNorm2d(spec.channels))
         layers.append(nn.ReLU(inplace=True))
-        if spec.pool == "max":
-            layers.append(nn.MaxPool2d(spec.pool_size, spec.effective_pool_stride))
-        elif spec.pool == "avg":
-            layers.append(nn.AvgPool2d(spec.pool_size, spec.effective_pool_stride))
+        layers += _pooling(spec)
         if spec.dropout > 0:
             layers.append(nn.Dropout2d(spec.dropout))
         super().__init__(*layers)
 
 
+class ResidualBlock(nn.Module):
+    """ResNet basic block: relu(bn(conv(relu(bn(conv(x))))) + shortcut(x)), then pooling.
+
+    `(batch, in_channels, F, T)` -> `(batch, spec.channels, F', T')`. The shortcut is the
+    identity when shapes match, else a strided 1x1 conv + batch norm (ResNet's option B).
+    Padding should keep sizes ("same"), so that both branches agree.
+    """
+
+    def __init__(self, in_channels: int, spec: BlockSpec):
+        super().__init__()
+        conv = dict(kernel_size=spec.kernel, padding=spec.padding, dilation=spec.dilation, bias=False)
+        self.conv1 = nn.Conv2d(in_channels, spec.channels, stride=spec.stride, **conv)
+        self.bn1 = nn.BatchNorm2d(spec.channels)
+        self.conv2 = nn.Conv2d(spec.channels, spec.channels, stride=1, **conv)
+        self.bn2 = nn.BatchNorm2d(spec.channels)
+        self.relu = nn.ReLU(inplace=True)
+        self.shortcut: nn.Module = nn.Identity()
+        if in_channels != spec.channels or spec.stride != (1, 1):
+            self.shortcut = nn.Sequential(
+                nn.Conv2d(in_channels, spec.channels, kernel_size=1, stride=spec.stride, bias=False),
+                nn.BatchNorm2d(spec.channels),
+            )
+        tail = _pooling(spec) + ([nn.Dropout2d(spec.dropout)] if spec.dropout > 0 else [])
+        self.tail = nn.Sequential(*tail)
+
+    def forward(self, x: Tensor) -> Tensor:
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.relu(self.bn2(self.conv2(out)) + self.shortcut(x))
+        return self.tail(out)
+
+
 class ConvStack(nn.Sequential):
-    """Input batch norm over the log-CQT, then one `ConvBlock` per spec.
+    """Input batch norm over the log-CQT, then one `ConvBlock` or `ResidualBlock` per spec.
 
     `(batch, 1, n_bins, frames)` -> `(batch, specs[-1].channels, freq', time')`.
     The input norm learns the scale of the log-amplitudes, so the store keeps raw values.
@@ -122,7 +169,7 @@ class ConvStack(nn.Sequential):
         layers: list[nn.Module] = [nn.BatchNorm2d(1)]
         channels = 1
         for spec in specs:
-            layers.append(ConvBlock(channels, spec))
+            layers.append((ResidualBlock if spec.type == "residual" else ConvBlock)(channels, spec))
             channels = spec.channels
         super().__init__(*layers)
         self.out_channels = channels

@@ -6,8 +6,8 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
-# Keys of a model config that describe it but are not constructor arguments.
-DESCRIPTIVE_KEYS = ("name",)
+# Keys of a model config that are not constructor arguments (identity, transfer learning).
+DESCRIPTIVE_KEYS = ("name", "init_from", "freeze")
 
 
 def model_kwargs(model_cfg: DictConfig) -> dict:

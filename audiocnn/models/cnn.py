@@ -1,9 +1,14 @@
-"""`CNN`: a plain 2D CNN over the log-CQT that pools time and frequency away.
+"""`CNN`: a 2D CNN over the log-CQT that pools time and frequency away.
 
-(batch, 1, n_bins, frames) -> ConvStack -> (batch, C, F', T') -> global pooling over
-(F', T') -> (batch, C or 2C) -> dropout -> linear -> (batch, n_classes) logits.
-Global pooling makes it invariant to where an event happens, and so blind to the
-order of events beyond one receptive field: compare it with `CRNN`.
+(batch, 1, n_bins, frames) -> ConvStack -> (batch, C, F', T') -> pooling -> (batch, width)
+-> [dropout -> linear -> ReLU] per `head_hidden` -> dropout -> linear -> (batch, n_classes).
+
+`global_pool`: `avg`, `max` or `avgmax` pool over (F', T') (width C or 2C); `grid`
+average-pools to a fixed `grid_size` and flattens (width C * gh * gw), as AlexNet and
+LeNet feed their fully connected layers. Global pooling makes the model invariant to
+where an event happens, and so blind to the order of events beyond one receptive field:
+compare it with `CRNN`. The same class builds LeNet, AlexNet, VGG and ResNet shapes from
+their block lists (conf/model/).
 """
 
 from __future__ import annotations
@@ -16,7 +21,7 @@ from torch import Tensor, nn
 from audiocnn.models.blocks import BlockSpec, ConvStack
 from audiocnn.models.shapes import UNBOUNDED_TIME, trace_shapes
 
-GLOBAL_POOLS = ("avg", "max", "avgmax")
+GLOBAL_POOLS = ("avg", "max", "avgmax", "grid")
 
 
 class CNN(nn.Module):
@@ -26,6 +31,8 @@ class CNN(nn.Module):
         n_bins: int,
         blocks: Sequence[Mapping[str, Any]],
         global_pool: str = "avgmax",
+        grid_size: Sequence[int] = (4, 4),
+        head_hidden: Sequence[int] = (),
         dropout: float = 0.3,
     ):
         super().__init__()
@@ -35,11 +42,18 @@ class CNN(nn.Module):
         trace_shapes(self.specs, (n_bins, UNBOUNDED_TIME))  # fail now if the stack collapses frequency
         self.backbone = ConvStack(self.specs)
         self.global_pool = global_pool
-        width = self.backbone.out_channels * (2 if global_pool == "avgmax" else 1)
-        self.head = nn.Sequential(nn.Dropout(dropout), nn.Linear(width, n_classes))
+        self.grid = nn.AdaptiveAvgPool2d(tuple(grid_size)) if global_pool == "grid" else None
+        width = self.backbone.out_channels * {"avgmax": 2, "grid": grid_size[0] * grid_size[1]}.get(global_pool, 1)
+        layers: list[nn.Module] = []
+        for hidden in head_hidden:
+            layers += [nn.Dropout(dropout), nn.Linear(width, hidden), nn.ReLU(inplace=True)]
+            width = hidden
+        self.head = nn.Sequential(*layers, nn.Dropout(dropout), nn.Linear(width, n_classes))
 
     def embed(self, x: Tensor) -> Tensor:
         """(batch, 1, n_bins, frames) -> (batch, width) pooled features."""
+        if self.grid is not None:
+            return self.grid(self.backbone(x)).flatten(1)  # (batch, C * gh * gw)
         features = self.backbone(x).flatten(2)  # (batch, C, F' * T')
         pooled = []
         if self.global_pool in ("avg", "avgmax"):
