@@ -50,14 +50,14 @@ def test_bad_settings_name_the_setting(overrides, expected):
 
 
 def test_unknown_group_option_lists_the_choices():
-    with pytest.raises(ConfigError, match=r"model=resnet9000: unknown model config; allowed: cnn, crnn_gru"):
+    with pytest.raises(ConfigError, match=r"model=resnet9000: unknown model config; allowed: alexnet, cnn, crnn_gru"):
         compose_config(["model=resnet9000"])
 
 
 @pytest.mark.parametrize(
     "args, expected",
     [
-        (["model=nope"], "error: model=nope: unknown model config; allowed: cnn, crnn_gru, crnn_lstm"),
+        (["model=nope"], "error: model=nope: unknown model config; allowed: alexnet, cnn, crnn_gru, crnn_lstm, lenet, resnet, vgg"),
         (["-m", "model=cnn,nope"], "error: model=nope: unknown model config"),
         (["features.n_bins=120"], "error: features.n_bins=120: top bin 31605 Hz is above Nyquist 8000 Hz"),
         (["model=cnn", "features.window_frames=12"], "error: model.blocks[3]: time 1 -> 0"),

@@ -10,7 +10,7 @@ from torch import nn
 
 from audiocnn.config import compose_config, config_groups
 from audiocnn.models import build_model
-from audiocnn.models.blocks import BlockSpec, ConvBlock, conv_output_size
+from audiocnn.models.blocks import BlockSpec, ConvBlock, ResidualBlock, conv_output_size
 from audiocnn.models.crnn import CRNN
 from audiocnn.models.shapes import ShapeError, trace_shapes
 
@@ -38,7 +38,7 @@ def test_every_model_config_gives_batch_by_classes_logits(name):
 @pytest.mark.parametrize("name", MODELS)
 def test_trace_shapes_matches_the_sizes_pytorch_produces(name):
     cfg, model, x = _model_and_input(name, batch=2)
-    blocks = [m for m in model.backbone if isinstance(m, ConvBlock)]
+    blocks = [m for m in model.backbone if isinstance(m, (ConvBlock, ResidualBlock))]
     assert len(blocks) == len(cfg.model.blocks)
     seen = []
     hooks = [b.register_forward_hook(lambda _m, _i, out: seen.append(tuple(out.shape[2:]))) for b in blocks]

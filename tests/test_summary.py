@@ -35,7 +35,8 @@ def _pytorch_feature_maps(model: nn.Module, n_bins: int, frames: int) -> list[tu
         if out.dim() == 4:
             seen.append(tuple(out.shape[1:]))
 
-    leaves = [m for m in model.modules() if not list(m.children())]
+    empty_containers = (nn.Sequential, nn.ModuleList, nn.ModuleDict)  # no-ops, not layers
+    leaves = [m for m in model.modules() if not list(m.children()) and not isinstance(m, empty_containers)]
     handles = [m.register_forward_hook(hook) for m in leaves]
     model.eval()
     with torch.no_grad():
@@ -120,6 +121,12 @@ def test_receptive_field_with_dilation_and_stride():
     assert _fields(model) == [(5, 3), (7, 5), (15, 13), (15, 15), (15, 19)]
 
 
+def test_receptive_field_of_an_adaptive_pool_is_its_widest_window():
+    # conv 3x3 on 8 x 10 -> 6 x 8; adaptive pool to 4 bins: windows [0,2) [1,3) [3,5) [4,6), widest 2
+    model = nn.Sequential(nn.Conv2d(1, 1, 3), nn.AdaptiveAvgPool2d((4, None)))
+    assert _fields(model, 8, 10) == [(3, 3), (4, 3)]
+
+
 class _Residual(nn.Module):
     def __init__(self):
         super().__init__()
@@ -161,6 +168,29 @@ def test_rnn_row_has_a_time_by_hidden_shape_and_gate_macs():
     steps = cfg.features.window_frames // 4  # the config's blocks pool time twice by 2
     assert row.output_shape == (steps, rnn.hidden_size * 2)
     assert row.macs == steps * 2 * 3 * (rnn.input_size * rnn.hidden_size + rnn.hidden_size**2)
+
+
+class _Recurrent(nn.Module):
+    """(1, 1, F, T) -> a 2-layer bidirectional LSTM over T with F features, time first."""
+
+    def __init__(self, n_bins: int):
+        super().__init__()
+        self.rnn = nn.LSTM(n_bins, 8, num_layers=2, bidirectional=True)
+        self.relu = nn.ReLU()
+
+    def forward(self, x):
+        out, _ = self.rnn(self.relu(x)[0, 0].T.unsqueeze(1))  # (T, 1, F)
+        return self.relu(out[-1])  # (1, 16): the same ReLU a second time
+
+
+def test_lstm_macs_sum_layers_and_directions_and_a_reused_module_counts_params_once():
+    summary = summarize(_Recurrent(6), 6, 5)
+    assert [(r.name, r.output_shape) for r in summary.rows] == [
+        ("relu", (1, 6, 5)), ("rnn", (5, 16)), ("relu", (16,))  # time-first RNN: T x H without the batch
+    ]
+    per_step = 2 * 4 * (6 * 8 + 8 * 8) + 2 * 4 * (16 * 8 + 8 * 8)
+    assert summary.rows[1].macs == summary.total_macs == 5 * per_step
+    assert [r.params for r in summary.rows] == [0, summary.total_params, 0]
 
 
 def test_cli_prints_the_table(capsys):
