@@ -24,6 +24,7 @@ from torch import nn
 
 BRANCH_WORDS = ("shortcut", "downsample")
 RNN_GATES = {nn.GRU: 3, nn.LSTM: 4, nn.RNN: 1}
+CONTAINERS = (nn.Sequential, nn.ModuleList, nn.ModuleDict)  # empty ones are no-ops, not layers
 Field = tuple[tuple[int, int], tuple[int, int]]  # ((rf_bins, rf_frames), (jump_bins, jump_frames))
 
 
@@ -51,14 +52,8 @@ class ModelSummary:
         """The summary as fixed-width text, one line per row, totals at the bottom."""
         header = ("Layer", "Type", "Output shape", "Params", "RF bins x frames", "MACs")
         lines = [
-            (
-                r.name,
-                r.kind,
-                " x ".join(map(str, r.output_shape)),
-                f"{r.params:,}",
-                "" if r.rf_bins is None else f"{r.rf_bins} x {r.rf_frames}",
-                human(r.macs),
-            )
+            (r.name, r.kind, " x ".join(map(str, r.output_shape)), f"{r.params:,}",
+             "" if r.rf_bins is None else f"{r.rf_bins} x {r.rf_frames}", human(r.macs))
             for r in self.rows
         ]
         widths = [max(len(line[i]) for line in [header, *lines]) for i in range(len(header))]
@@ -91,13 +86,26 @@ def _pair(value) -> tuple[int, int]:
     return (value, value) if isinstance(value, int) else tuple(value)  # type: ignore[return-value]
 
 
-def _advance(field: Field, module: nn.Module) -> Field:
-    """The field after `module`; layers without a kernel (BN, ReLU, dropout) keep it."""
-    if not isinstance(module, (nn.Conv2d, nn.MaxPool2d, nn.AvgPool2d)):
+def _window(module: nn.Module, size: tuple[int, int]):
+    """(kernel, stride, dilation) pairs of a windowed layer; None for layers without a window."""
+    if isinstance(module, (nn.Conv2d, nn.MaxPool2d, nn.AvgPool2d)):
+        dilation = _pair(getattr(module, "dilation", 1))  # AvgPool2d has no dilation
+        return _pair(module.kernel_size), _pair(module.stride or module.kernel_size), dilation
+    if isinstance(module, (nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)):
+        # Window i spans [floor(i*W/n), ceil((i+1)*W/n)): take the widest one, and the
+        # mean step rounded down (exact when n divides W).
+        out = [size[a] if o is None else o for a, o in enumerate(_pair(module.output_size))]
+        kernel = tuple(max(-(-(i + 1) * w // n) - i * w // n for i in range(n)) for w, n in zip(size, out))
+        return kernel, tuple(max(1, w // n) for w, n in zip(size, out)), (1, 1)
+    return None
+
+
+def _advance(field: Field, module: nn.Module, size: tuple[int, int]) -> Field:
+    """The field after `module` on an input of `size` (F, T); BN, ReLU, dropout keep it."""
+    window = _window(module, size)
+    if window is None:
         return field
-    kernel, stride = _pair(module.kernel_size), _pair(module.stride or module.kernel_size)
-    dilation = _pair(getattr(module, "dilation", 1))  # AvgPool2d has no dilation
-    rf, jump = field
+    (kernel, stride, dilation), (rf, jump) = window, field
     rf = tuple(rf[a] + dilation[a] * (kernel[a] - 1) * jump[a] for a in (0, 1))
     jump = tuple(jump[a] * stride[a] for a in (0, 1))
     return rf, jump  # type: ignore[return-value]
@@ -124,10 +132,11 @@ def _macs(module: nn.Module, out: torch.Tensor) -> int:
         gates, hidden = RNN_GATES[type(module)], module.hidden_size
         state = module.proj_size or hidden  # LSTM with projections feeds back proj_size values
         directions = 2 if module.bidirectional else 1
-        per_step = 0
-        for layer in range(module.num_layers):
-            inputs = module.input_size if layer == 0 else state * directions
-            per_step += directions * (gates * (inputs * hidden + state * hidden) + (hidden * state if module.proj_size else 0))
+        projection = hidden * state if module.proj_size else 0
+        per_step = sum(  # layers after the first read both directions' outputs
+            directions * (gates * (inputs * hidden + state * hidden) + projection)
+            for inputs in [module.input_size] + [state * directions] * (module.num_layers - 1)
+        )
         return steps * per_step
     return 0
 
@@ -159,7 +168,7 @@ def summarize(model: nn.Module, n_bins: int, frames: int, name: str | None = Non
         if key and _branch_root(key) == key:  # a branch starts from the block that holds it
             branches[key] = entry.get(key.rpartition(".")[0], main)
 
-    def hook(module, _inputs, output):
+    def hook(module, inputs, output):
         nonlocal main
         out = output[0] if isinstance(output, (tuple, list)) else output
         key = names[module]
@@ -167,18 +176,19 @@ def summarize(model: nn.Module, n_bins: int, frames: int, name: str | None = Non
         counted.update(id(p) for p in new)
         rf = None
         if out.dim() == 4:
-            root = _branch_root(key)
+            root, size = _branch_root(key), tuple(inputs[0].shape[-2:]) if inputs else (1, 1)
             if root is None:
-                main = rf = _advance(main, module)
+                main = rf = _advance(main, module, size)
             else:
-                branches[root] = rf = _advance(branches.get(root, main), module)
+                branches[root] = rf = _advance(branches.get(root, main), module, size)
         rows.append(LayerRow(
             key, type(module).__name__, _shape(module, out), sum(p.numel() for p in new),
             rf[0][0] if rf else None, rf[0][1] if rf else None, _macs(module, out),
         ))
 
     handles = [m.register_forward_pre_hook(pre_hook) for m in model.modules()]
-    handles += [m.register_forward_hook(hook) for m in model.modules() if not list(m.children())]
+    leaves = [m for m in model.modules() if not list(m.children()) and not isinstance(m, CONTAINERS)]
+    handles += [m.register_forward_hook(hook) for m in leaves]
     was_training = model.training
     first = next(model.parameters(), None)
     x = torch.zeros(1, 1, n_bins, frames, device=first.device if first is not None else None)

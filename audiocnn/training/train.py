@@ -22,6 +22,7 @@ from audiocnn import atomic, tracking
 from audiocnn.data.prepare import prepare
 from audiocnn.features.featurize import featurize, store_dir
 from audiocnn.models import build_model
+from audiocnn.models.summary import summarize
 from audiocnn.training.datamodule import StoreDataModule
 from audiocnn.training.module import Classifier
 
@@ -64,9 +65,10 @@ def train(cfg: DictConfig, run_name_suffix: str = "") -> dict:
     name = tracking.default_run_name(cfg, run_name_suffix)
     with tracking.open_run(cfg, run_name=name, tags=tracking.run_tags(cfg)) as run:
         mlflow.log_params(tracking.flatten_config(cfg))
-        n_parameters = sum(p.numel() for p in model.parameters())
-        mlflow.log_metric("n_parameters", n_parameters)
-        mlflow.log_text(str(model), "model_summary.txt")
+        summary_table = summarize(model, cfg.features.n_bins, cfg.features.window_frames, name=cfg.model.name)
+        n_parameters = summary_table.total_params
+        mlflow.log_metrics({"n_parameters": n_parameters, "multiply_adds": summary_table.total_macs})
+        mlflow.log_text(summary_table.table(), "model_summary.txt")
         checkpoint = ModelCheckpoint(dirpath=out, filename="best", monitor="val_loss", mode="min", save_top_k=1,
                                      enable_version_counter=False)
         trainer = L.Trainer(
