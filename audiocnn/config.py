@@ -136,8 +136,14 @@ def validate_model(cfg: DictConfig) -> None:
     from audiocnn.models.blocks import BlockSpec
     from audiocnn.models.shapes import ShapeError, trace_shapes
 
+    from audiocnn.training.transfer import FREEZE_OPTIONS
+
     if "_target_" not in cfg.model:
         raise ConfigError("model._target_: missing; choose a config from conf/model/")
+    _one_of(cfg, "model.freeze", FREEZE_OPTIONS)
+    source = cfg.model.get("init_from")
+    if source and not str(source).startswith(("runs:/", "models:/")) and not Path(source).exists():
+        raise ConfigError(f"model.init_from={source}: no such file or folder")
     specs = []
     for index, block in enumerate(cfg.model.get("blocks") or []):
         try:
@@ -171,6 +177,7 @@ def validate_config(cfg: DictConfig) -> None:
     validate_features(cfg)
     validate_model(cfg)
     _positive(cfg, "optimizer.lr")
+    _positive(cfg, "optimizer.backbone_lr_scale")
     for key in ("trainer.max_epochs", "trainer.batch_size"):
         _positive(cfg, key, int)
     fractions = cfg.data.get("val_fraction", 0) + cfg.data.get("test_fraction", 0)

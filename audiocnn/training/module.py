@@ -9,6 +9,8 @@ from omegaconf import DictConfig, OmegaConf
 from torch import Tensor, nn
 from torchmetrics.classification import MulticlassAccuracy
 
+from audiocnn.training.transfer import frozen_modules, parameter_groups
+
 
 class Classifier(L.LightningModule):
     """Cross-entropy training of `model`: `(batch, 1, n_bins, frames)` -> `(batch, n_classes)`.
@@ -43,9 +45,17 @@ class Classifier(L.LightningModule):
     def validation_step(self, batch, batch_idx: int) -> Tensor:
         return self._step(batch, "val", self.val_acc)
 
+    def on_train_epoch_start(self) -> None:
+        # Lightning puts every module in train mode each epoch; frozen parts stay in eval
+        # mode so that their batch norm statistics do not drift either.
+        for module in frozen_modules(self.model):
+            module.eval()
+
     def configure_optimizers(self):
-        kwargs = {k: v for k, v in self.optimizer_cfg.items() if k != "name"}
-        return instantiate(kwargs, params=self.model.parameters())
+        """The `optimizer` config over head and backbone parameter groups (see `transfer`)."""
+        kwargs = {k: v for k, v in self.optimizer_cfg.items() if k not in ("name", "backbone_lr_scale")}
+        groups = parameter_groups(self.model, kwargs["lr"], self.optimizer_cfg.get("backbone_lr_scale", 1.0))
+        return instantiate(kwargs, _partial_=True)(groups)  # partial: Hydra would wrap the tensors
 
 
 @torch.inference_mode()

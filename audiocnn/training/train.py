@@ -25,6 +25,7 @@ from audiocnn.models import build_model
 from audiocnn.models.summary import summarize
 from audiocnn.training.datamodule import StoreDataModule
 from audiocnn.training.module import Classifier
+from audiocnn.training.transfer import freeze, load_matching, load_state
 
 # The logged model needs only these to be loaded; pinning them skips MLflow's slow
 # requirement inference (it imports the model in a subprocess).
@@ -60,6 +61,11 @@ def train(cfg: DictConfig, run_name_suffix: str = "") -> dict:
     L.seed_everything(cfg.seed, workers=True)
     data = StoreDataModule(cfg)
     model = build_model(cfg.model, len(data.classes), cfg.features.n_bins)
+    transfer = None
+    if cfg.model.get("init_from"):
+        transfer = load_matching(model, load_state(cfg.model.init_from))
+        print(f"train: model.init_from={cfg.model.init_from}: {transfer.describe()}")
+    freeze(model, cfg.model.get("freeze", "none"))
     out = Path(cfg.paths.models)
     out.mkdir(parents=True, exist_ok=True)
     name = tracking.default_run_name(cfg, run_name_suffix)
@@ -69,6 +75,8 @@ def train(cfg: DictConfig, run_name_suffix: str = "") -> dict:
         n_parameters = summary_table.total_params
         mlflow.log_metrics({"n_parameters": n_parameters, "multiply_adds": summary_table.total_macs})
         mlflow.log_text(summary_table.table(), "model_summary.txt")
+        if transfer:
+            mlflow.log_dict(vars(transfer), "transfer.json")
         checkpoint = ModelCheckpoint(dirpath=out, filename="best", monitor="val_loss", mode="min", save_top_k=1,
                                      enable_version_counter=False)
         trainer = L.Trainer(
@@ -96,7 +104,7 @@ def train(cfg: DictConfig, run_name_suffix: str = "") -> dict:
         if cfg.tracking.log_model:
             example = np.zeros((1, 1, cfg.features.n_bins, cfg.features.window_frames), dtype=np.float32)
             mlflow.pytorch.log_model(model, name="model", serialization_format="pickle", input_example=example,
-                                     pip_requirements=MODEL_REQUIREMENTS)
+                                     pip_requirements=MODEL_REQUIREMENTS, extra_files=[str(out / "model.pt")])
         atomic.write_json(out / "run.json", summary)
     print(f"train: best val_loss {summary['best_val_loss']:.4f}, val_acc {summary['best_val_acc']:.4f} after {summary['epochs']} epochs; "
           f"MLflow run {summary['run_id']} ({name})")

@@ -225,7 +225,7 @@ def render_clip(label: str, *, seed: int = 0, index: int = 0, sr: int = 16000,
 
 def generate_demo(root: Path, *, seed: int = 0, clips_per_class: int = 80, sr: int = 16000,
                   min_duration: float = 2.0, max_duration: float = 4.0,
-                  progress: bool = True) -> list[dict]:
+                  progress: bool = True, classes: tuple[str, ...] | list[str] | None = None) -> list[dict]:
     """Write root/<class>/<class>_<index:04d>.wav (16-bit PCM mono, sr) and return one dict per clip:
     {"path": str (absolute), "label": str, "group": str (the file stem)}, in class then index order.
 
@@ -238,7 +238,10 @@ def generate_demo(root: Path, *, seed: int = 0, clips_per_class: int = 80, sr: i
     from tqdm.auto import tqdm
 
     root = Path(root).resolve()
-    jobs = [(label, i) for label in CLASSES for i in range(clips_per_class)]
+    unknown = sorted(set(classes or ()) - set(CLASSES))
+    if unknown:
+        raise ValueError(f"data.classes: unknown demo classes {unknown}; allowed: {', '.join(CLASSES)}")
+    jobs = [(label, i) for label in (classes or CLASSES) for i in range(clips_per_class)]
     records = []
     for label, i in tqdm(jobs, desc="demo clips", unit="clip", disable=not progress):
         folder = root / label
@@ -262,6 +265,6 @@ def collect(data_cfg, raw_root: Path) -> tuple[list[dict], list[str]]:
     """Source adapter (`data=demo`): generate the clips under `raw_root/demo/` and list them."""
     clips = generate_demo(
         Path(raw_root) / "demo", seed=data_cfg.seed, clips_per_class=data_cfg.clips_per_class, sr=data_cfg.sr,
-        min_duration=data_cfg.min_duration, max_duration=data_cfg.max_duration,
+        min_duration=data_cfg.min_duration, max_duration=data_cfg.max_duration, classes=data_cfg.get("classes"),
     )
-    return clips, list(CLASSES)
+    return clips, list(data_cfg.get("classes") or CLASSES)
