@@ -9,8 +9,9 @@ import torch
 
 from audiocnn.models import build_model
 from audiocnn.training.module import Classifier
-from audiocnn.training.train import load_trained, train
-from audiocnn.training.transfer import TransferReport, freeze, load_matching, load_state, parameter_groups
+from audiocnn.training.checkpoints import load_state, load_trained
+from audiocnn.training.train import train
+from audiocnn.training.transfer import TransferReport, freeze, load_matching, parameter_groups
 from tests.conftest import tiny_config
 
 SUBSET = "[pluck,bell,organ]"

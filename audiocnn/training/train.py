@@ -25,7 +25,8 @@ from audiocnn.models import build_model
 from audiocnn.models.summary import summarize
 from audiocnn.training.datamodule import StoreDataModule
 from audiocnn.training.module import Classifier
-from audiocnn.training.transfer import freeze, load_matching, load_state
+from audiocnn.training.checkpoints import best_weights, load_state
+from audiocnn.training.transfer import freeze, load_matching
 
 # The logged model needs only these to be loaded; pinning them skips MLflow's slow
 # requirement inference (it imports the model in a subprocess).
@@ -39,20 +40,6 @@ def ensure_inputs(cfg: DictConfig) -> None:
     meta = store_dir(cfg) / "store.json"
     if not meta.exists() or not json.loads(meta.read_text()).get("complete"):
         featurize(cfg)
-
-
-def load_trained(models_dir: str | Path) -> tuple[torch.nn.Module, dict]:
-    """Rebuild the model saved by `train` in `models_dir`; returns (model, bundle)."""
-    bundle = torch.load(Path(models_dir) / "model.pt", map_location="cpu", weights_only=True)
-    model = build_model(OmegaConf.create(bundle["model"]), len(bundle["classes"]), bundle["features"]["n_bins"])
-    model.load_state_dict(bundle["state_dict"])
-    return model.eval(), bundle
-
-
-def _best_weights(checkpoint: str) -> dict:
-    # Our own checkpoint, written moments ago by this process: trusted, so full unpickling.
-    state = torch.load(checkpoint, map_location="cpu", weights_only=False)["state_dict"]
-    return {key.removeprefix("model."): value for key, value in state.items() if key.startswith("model.")}
 
 
 def train(cfg: DictConfig, run_name_suffix: str = "") -> dict:
@@ -88,7 +75,7 @@ def train(cfg: DictConfig, run_name_suffix: str = "") -> dict:
         )
         module = Classifier(model, cfg.optimizer, len(data.classes))
         trainer.fit(module, datamodule=data)
-        model.load_state_dict(_best_weights(checkpoint.best_model_path))
+        model.load_state_dict(best_weights(checkpoint.best_model_path))
         best_val = trainer.validate(module, datamodule=data, verbose=False)[0]
         model.eval().cpu()
         torch.save({"state_dict": model.state_dict(), "model": OmegaConf.to_container(cfg.model, resolve=True),

@@ -1,18 +1,14 @@
 """Transfer learning and fine-tuning: load matching weights, freeze the backbone.
 
-`model.init_from` names the weights to start from: a `model.pt` written by the train
-stage (or its folder), a Lightning `.ckpt`, `runs:/<run id>/model` or
-`models:/<name>/<version>` from MLflow. Tensors are matched by name and shape, so a
-model pre-trained on other classes gives its backbone and gets a new head.
-Everything whose name does not start with `head.` is the backbone.
+`model.init_from` names the weights to start from (see `checkpoints.load_state`).
+Tensors are matched by name and shape, so a model pre-trained on other classes gives
+its backbone and gets a new head. Everything whose name does not start with `head.` is
+the backbone.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
-
-import torch
 from torch import Tensor, nn
 
 FREEZE_OPTIONS = ("none", "backbone")
@@ -30,33 +26,6 @@ class TransferReport:
         skipped = f" (skipped: {', '.join(self.skipped)})" if self.skipped else ""
         new = f" (new: {', '.join(self.new)})" if self.new else ""
         return f"loaded {len(self.loaded)} tensors, skipped {len(self.skipped)}{skipped}, new {len(self.new)}{new}"
-
-
-def weights_file(source: str) -> Path:
-    """Local path of the weights named by `source` (downloads MLflow URIs)."""
-    if source.startswith(("runs:/", "models:/")):
-        import mlflow
-
-        local = Path(mlflow.artifacts.download_artifacts(artifact_uri=source))
-        found = [local] if local.is_file() else sorted(local.rglob("model.pt"))
-        if not found:
-            raise FileNotFoundError(f"model.init_from={source}: no model.pt in the MLflow model "
-                                    "(was it logged with tracking.log_model=true?)")
-        return found[0]
-    path = Path(source)
-    path = path / "model.pt" if path.is_dir() else path
-    if not path.exists():
-        raise FileNotFoundError(f"model.init_from={source}: {path} does not exist")
-    return path
-
-
-def load_state(source: str) -> dict[str, Tensor]:
-    """The state dict in `source`; never unpickles code (`weights_only=True`)."""
-    loaded = torch.load(weights_file(source), map_location="cpu", weights_only=True)
-    state = loaded.get("state_dict", loaded)
-    if any(key.startswith("model.") for key in state):  # a Lightning checkpoint of `Classifier`
-        state = {k.removeprefix("model."): v for k, v in state.items() if k.startswith("model.")}
-    return state
 
 
 def load_matching(model: nn.Module, state: dict[str, Tensor]) -> TransferReport:

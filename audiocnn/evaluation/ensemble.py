@@ -1,0 +1,65 @@
+"""Ensembles: average the class probabilities of several trained models on the test split.
+
+`python pipelines/evaluate.py ensemble='[<run id>,<run id>,...]'` (members may also be
+`runs:/` / `models:/` URIs or model folders). Every member must have been trained on
+the same classes and feature parameters as the current config. Writes into
+`<paths.metrics>/ensemble/` (the single model's DVC outputs are left alone):
+`ensemble.json` with the ensemble's and every member's metrics side by
+side, and records an MLflow run for the ensemble.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import mlflow
+import torch
+from omegaconf import DictConfig
+
+from audiocnn import atomic, tracking
+from audiocnn.evaluation.evaluate import log_test_metrics, write_reports
+from audiocnn.features.cqt import FEATURE_KEYS, pick_device
+from audiocnn.training.checkpoints import load_trained
+from audiocnn.training.datamodule import StoreDataModule
+from audiocnn.training.module import predict_probabilities
+
+
+def member_probabilities(member: str, data: StoreDataModule, cfg: DictConfig) -> tuple[dict, torch.Tensor,
+                                                                                      torch.Tensor]:
+    """(description, probabilities (clips, n_classes), labels (clips,)) of one member."""
+    model, bundle = load_trained(member)
+    if bundle["classes"] != data.classes:
+        raise ValueError(f"ensemble member {member} was trained on classes {bundle['classes']}, not {data.classes}")
+    different = [k for k in FEATURE_KEYS if bundle["features"][k] != cfg.features[k]]
+    if different:
+        raise ValueError(f"ensemble member {member} used other features ({', '.join(different)}); "
+                         "set features.* to the members' values")
+    probabilities, labels = predict_probabilities(model, data.test_dataloader(), pick_device(cfg.features.device))
+    return {"member": member, "model": bundle["model"]["name"]}, probabilities, labels
+
+
+def evaluate_ensemble(cfg: DictConfig) -> dict:
+    """Mean of the members' probabilities; returns the ensemble's metrics (members in `members`)."""
+    tracking.configure(cfg)  # members given as run ids are fetched from this tracking store
+    data = StoreDataModule(cfg)
+    members, stacked = [], []
+    for member in cfg.ensemble:
+        description, probabilities, labels = member_probabilities(str(member), data, cfg)
+        accuracy = float((probabilities.argmax(dim=1) == labels).float().mean())
+        members.append({**description, "accuracy": round(accuracy, 4)})
+        stacked.append(probabilities)
+    out = Path(cfg.paths.metrics) / "ensemble"
+    metrics, files = write_reports(torch.stack(stacked).mean(dim=0), labels, data, out,
+                                   f"ensemble of {len(members)} on {cfg.data.name}")
+    report = {"ensemble": {k: v for k, v in metrics.items() if k != "confusion_matrix"}, "members": members}
+    atomic.write_json(out / "ensemble.json", report)
+    with tracking.open_run(cfg, run_name=f"ensemble{len(members)}-{cfg.data.name}",
+                           tags={**tracking.run_tags(cfg), "model": "ensemble"}):
+        mlflow.log_params({f"member_{i}": m["member"] for i, m in enumerate(members)})
+        mlflow.log_metrics({f"member_{i}_test_accuracy": m["accuracy"] for i, m in enumerate(members)})
+        log_test_metrics(metrics, [*files, out / "ensemble.json"])
+    width = max(len(m["member"]) for m in members)
+    for m in members:
+        print(f"  {m['member']:<{width}}  {m['model']:<10} test accuracy {m['accuracy']:.4f}")
+    print(f"  {'ensemble (mean probability)':<{width + 11}} test accuracy {metrics['accuracy']:.4f}")
+    return metrics

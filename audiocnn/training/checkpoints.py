@@ -1,0 +1,66 @@
+"""Saved models: where their weights are, and loading them without unpickling code.
+
+A source is a `model.pt` written by the train stage (or its folder), a Lightning
+`.ckpt`, an MLflow `runs:/<run id>/model` or `models:/<name>/<version>` URI, or a bare
+MLflow run id.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import torch
+from omegaconf import OmegaConf
+from torch import Tensor, nn
+
+from audiocnn.models import build_model
+
+RUN_ID = re.compile(r"^[0-9a-f]{32}$")
+
+
+def weights_file(source: str) -> Path:
+    """Local path of the weights named by `source` (downloads MLflow URIs)."""
+    if RUN_ID.match(source) and not Path(source).exists():
+        source = f"runs:/{source}/model"
+    if source.startswith(("runs:/", "models:/")):
+        import mlflow
+
+        local = Path(mlflow.artifacts.download_artifacts(artifact_uri=source))
+        found = [local] if local.is_file() else sorted(local.rglob("model.pt"))
+        if not found:
+            raise FileNotFoundError(f"{source}: no model.pt in this MLflow model "
+                                    "(was it logged with tracking.log_model=true?)")
+        return found[0]
+    path = Path(source)
+    path = path / "model.pt" if path.is_dir() else path
+    if not path.exists():
+        raise FileNotFoundError(f"{source}: {path} does not exist")
+    return path
+
+
+def load_state(source: str) -> dict[str, Tensor]:
+    """The state dict in `source`; never unpickles code (`weights_only=True`)."""
+    loaded = torch.load(weights_file(source), map_location="cpu", weights_only=True)
+    state = loaded.get("state_dict", loaded)
+    if any(key.startswith("model.") for key in state):  # a Lightning checkpoint of `Classifier`
+        state = {k.removeprefix("model."): v for k, v in state.items() if k.startswith("model.")}
+    return state
+
+
+def load_trained(source: str | Path) -> tuple[nn.Module, dict]:
+    """Rebuild a model saved by `train`: returns (model in eval mode, bundle).
+
+    The bundle holds `state_dict`, the `model` and `features` configs and `classes`.
+    """
+    bundle = torch.load(weights_file(str(source)), map_location="cpu", weights_only=True)
+    model = build_model(OmegaConf.create(bundle["model"]), len(bundle["classes"]), bundle["features"]["n_bins"])
+    model.load_state_dict(bundle["state_dict"])
+    return model.eval(), bundle
+
+
+def best_weights(checkpoint: str) -> dict:
+    """The model's tensors from a Lightning checkpoint of `Classifier`."""
+    # Our own checkpoint, written moments ago by this process: trusted, so full unpickling.
+    state = torch.load(checkpoint, map_location="cpu", weights_only=False)["state_dict"]
+    return {key.removeprefix("model."): value for key, value in state.items() if key.startswith("model.")}
