@@ -180,9 +180,12 @@ def validate_config(cfg: DictConfig) -> None:
     _positive(cfg, "optimizer.backbone_lr_scale")
     for key in ("trainer.max_epochs", "trainer.batch_size"):
         _positive(cfg, key, int)
-    fractions = cfg.data.get("val_fraction", 0) + cfg.data.get("test_fraction", 0)
-    if not 0 < fractions < 1:
-        raise ConfigError(f"data.val_fraction + data.test_fraction = {fractions}: must be between 0 and 1")
+    if "root" in cfg.data and (cfg.data.root is None or not Path(cfg.data.root).exists()):
+        raise ConfigError(f"data.root={cfg.data.root}: set it to the folder of your copy of {cfg.data.name}")
+    if "val_fraction" in cfg.data:
+        fractions = cfg.data.val_fraction + cfg.data.test_fraction
+        if not 0 < fractions < 1:
+            raise ConfigError(f"data.val_fraction + data.test_fraction = {fractions}: must be between 0 and 1")
 
 
 def stage_main(stage: Callable[[DictConfig], object], hydra_task: Callable[[DictConfig], object] | None = None):

@@ -12,48 +12,26 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import statistics
-import time
 from pathlib import Path
 
-import torch
+from common import benchmark_config, machine, train_and_evaluate
 
-from audiocnn.config import compose_config, validate_config
 from audiocnn.data.prepare import prepare
 from audiocnn.data.sources.demo import ORDER_ONLY_CLASSES
 from audiocnn.features.featurize import featurize
-from audiocnn.evaluation.evaluate import evaluate
-from audiocnn.training.train import train
 
 RESULTS = Path(__file__).parent / "results" / "compare_models.json"
-
-
-def machine() -> str:
-    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
-    return f"{platform.machine()}, {torch.get_num_threads()} CPU threads, {gpu}, torch {torch.__version__}"
-
-
-def benchmark_config(work: Path, *overrides: str):
-    """Default config with every path under `work` (the DVC outputs in data/ are left alone)."""
-    paths = [f"paths.{key}={work / key}" for key in ("raw", "prepared", "features")]
-    cfg = compose_config([*paths, "tracking.experiment=audiocnn-benchmarks", *overrides])
-    validate_config(cfg)
-    return cfg
 
 
 def run_one(model: str, seed: int, work: Path) -> dict:
     out = work / f"{model}-seed{seed}"
     cfg = benchmark_config(work, f"model={model}", f"seed={seed}", f"paths.models={out}/model",
                            f"paths.metrics={out}/metrics")
-    started = time.perf_counter()
-    summary = train(cfg, run_name_suffix=f"seed={seed}")
-    seconds = time.perf_counter() - started
-    metrics = evaluate(cfg)
-    order = [metrics["per_class_accuracy"][c] for c in ORDER_ONLY_CLASSES]
-    return {"model": model, "seed": seed, "accuracy": metrics["accuracy"], "macro_f1": metrics["macro_f1"],
-            "order_only_accuracy": sum(order) / len(order), "epochs": summary["epochs"],
-            "train_seconds": round(seconds, 1), "n_parameters": summary["n_parameters"]}
+    result = train_and_evaluate(cfg, run_name_suffix=f"seed={seed}")
+    order = [result["metrics"]["per_class_accuracy"][c] for c in ORDER_ONLY_CLASSES]
+    return {"model": model, "seed": seed, "order_only_accuracy": sum(order) / len(order),
+            **{k: v for k, v in result.items() if k != "metrics"}}
 
 
 def mean_std(values: list[float]) -> str:

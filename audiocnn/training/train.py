@@ -85,7 +85,7 @@ def train(cfg: DictConfig, run_name_suffix: str = "") -> dict:
             "run_id": run.info.run_id, "experiment_id": run.info.experiment_id,
             "tracking_uri": tracking.tracking_uri(cfg), "run_name": name,
             "best_val_loss": best_val["val_loss"], "best_val_acc": best_val["val_acc"], "epochs": trainer.current_epoch,
-            "n_parameters": n_parameters,
+            "n_parameters": n_parameters, "multiply_adds": summary_table.total_macs,
         }
         mlflow.log_metrics({"best_val_loss": summary["best_val_loss"], "best_val_acc": summary["best_val_acc"]})
         if cfg.tracking.log_model:
