@@ -32,7 +32,7 @@ def train_and_evaluate(cfg, run_name_suffix: str) -> dict:
     summary = train(cfg, run_name_suffix=run_name_suffix)
     seconds = time.perf_counter() - started
     metrics = evaluate(cfg)
-    epochs = summary["epochs"] + 1  # Lightning counts from 0
+    epochs = summary["epochs"]  # epochs completed (Lightning's current_epoch after fit)
     return {"accuracy": metrics["accuracy"], "macro_f1": metrics["macro_f1"], "metrics": metrics,
             "epochs": epochs, "train_seconds": round(seconds, 1),
             "seconds_per_epoch": round(seconds / epochs, 2), "n_parameters": summary["n_parameters"],

@@ -22,7 +22,7 @@ from tqdm import tqdm
 from audiocnn import atomic
 from audiocnn.data.audio import load_audio
 from audiocnn.features.cqt import FEATURE_KEYS, FRONTEND_VERSION, LogCQT, n_frames, pick_device
-from audiocnn.features.store import INDEX_COLUMNS, ShardWriter, file_md5, finished_shards, params_hash
+from audiocnn.features.store import INDEX_COLUMNS, TEXT_COLUMNS, ShardWriter, file_md5, finished_shards, params_hash
 
 
 def store_params(cfg: DictConfig) -> dict:
@@ -77,7 +77,7 @@ def _open_store(root: Path, params: dict, manifest_md5: str) -> list[pd.DataFram
 def featurize(cfg: DictConfig) -> Path:
     """Compute the CQT of every manifest clip into the store for `cfg`; return its folder."""
     manifest_path = Path(cfg.paths.prepared) / "manifest.csv"
-    manifest = pd.read_csv(manifest_path)
+    manifest = pd.read_csv(manifest_path, dtype=TEXT_COLUMNS)
     manifest.insert(0, "clip_id", np.arange(len(manifest)))
     root, params = store_dir(cfg), store_params(cfg)
     done = _open_store(root, params, file_md5(manifest_path))

@@ -22,6 +22,8 @@ import pandas as pd
 from audiocnn import atomic
 
 INDEX_COLUMNS = ["clip_id", "path", "label", "split", "shard", "start", "length"]
+# Labels are names, even when they look like numbers (FSDD's digits).
+TEXT_COLUMNS = {"path": str, "label": str, "split": str, "group": str}
 DTYPE = np.float16
 
 
@@ -89,7 +91,7 @@ def finished_shards(root: Path) -> list[pd.DataFrame]:
         csv, data = root / f"{shard_name(index)}.csv", root / f"{shard_name(index)}.f16"
         if not (csv.exists() and data.exists()):
             break
-        done.append(pd.read_csv(csv))
+        done.append(pd.read_csv(csv, dtype=TEXT_COLUMNS))
     return done
 
 
@@ -110,7 +112,7 @@ class FeatureStore:
         if not self.meta.get("complete"):
             raise RuntimeError(f"feature store {self.root} is incomplete; rerun featurize to resume it")
         self.n_bins = int(self.meta["params"]["n_bins"])
-        self.index = pd.read_csv(self.root / "index.csv")
+        self.index = pd.read_csv(self.root / "index.csv", dtype=TEXT_COLUMNS)
         self._locations = self.index[["shard", "start", "length"]].to_numpy(dtype=np.int64)
         self._shards: dict[int, np.memmap] = {}
 
