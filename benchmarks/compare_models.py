@@ -41,14 +41,14 @@ def mean_std(values: list[float]) -> str:
 
 
 def table(runs: list[dict]) -> str:
-    lines = ["| model | parameters | test accuracy | order-only classes accuracy | macro-F1 | train time (s) |",
+    lines = ["| model | parameters | test accuracy | order-only classes accuracy | macro-F1 | epochs |",
              "|---|---|---|---|---|---|"]
     for model in dict.fromkeys(r["model"] for r in runs):
         rows = [r for r in runs if r["model"] == model]
         lines.append(
             f"| {model} | {rows[0]['n_parameters']:,} | {mean_std([r['accuracy'] for r in rows])} | "
             f"{mean_std([r['order_only_accuracy'] for r in rows])} | {mean_std([r['macro_f1'] for r in rows])} | "
-            f"{statistics.mean(r['train_seconds'] for r in rows):.0f} |")
+            f"{statistics.mean(r['epochs'] for r in rows):.0f} |")
     return "\n".join(lines)
 
 
