@@ -42,6 +42,27 @@ def ensure_inputs(cfg: DictConfig) -> None:
         featurize(cfg)
 
 
+def build_trainer(cfg: DictConfig, out: Path, run_id: str) -> tuple[L.Trainer, ModelCheckpoint]:
+    """Lightning Trainer: early stopping on val_loss, best checkpoint kept as `out/best.ckpt`."""
+    checkpoint = ModelCheckpoint(dirpath=out, filename="best", monitor="val_loss", mode="min", save_top_k=1,
+                                 enable_version_counter=False)
+    trainer = L.Trainer(
+        max_epochs=cfg.trainer.max_epochs, accelerator=cfg.trainer.accelerator, devices=cfg.trainer.devices,
+        precision=cfg.trainer.precision, deterministic=cfg.trainer.deterministic,
+        log_every_n_steps=cfg.trainer.log_every_n_steps, default_root_dir=out,
+        callbacks=[EarlyStopping(monitor="val_loss", mode="min", patience=cfg.trainer.patience), checkpoint],
+        logger=MLFlowLogger(tracking_uri=tracking.tracking_uri(cfg), run_id=run_id),
+    )
+    return trainer, checkpoint
+
+
+def save_bundle(model: torch.nn.Module, cfg: DictConfig, classes: list[str], path: Path) -> None:
+    """`model.pt`: weights plus what rebuilds the model; tensors and plain data only (weights_only)."""
+    with atomic.atomic_path(path) as tmp:
+        torch.save({"state_dict": model.state_dict(), "model": OmegaConf.to_container(cfg.model, resolve=True),
+                    "features": OmegaConf.to_container(cfg.features, resolve=True), "classes": classes}, tmp)
+
+
 def train(cfg: DictConfig, run_name_suffix: str = "") -> dict:
     """Fit `cfg.model` on the train split, early-stopped on validation loss; return a summary."""
     ensure_inputs(cfg)
@@ -64,23 +85,12 @@ def train(cfg: DictConfig, run_name_suffix: str = "") -> dict:
         mlflow.log_text(summary_table.table(), "model_summary.txt")
         if transfer:
             mlflow.log_dict(vars(transfer), "transfer.json")
-        checkpoint = ModelCheckpoint(dirpath=out, filename="best", monitor="val_loss", mode="min", save_top_k=1,
-                                     enable_version_counter=False)
-        trainer = L.Trainer(
-            max_epochs=cfg.trainer.max_epochs, accelerator=cfg.trainer.accelerator, devices=cfg.trainer.devices,
-            precision=cfg.trainer.precision, deterministic=cfg.trainer.deterministic,
-            log_every_n_steps=cfg.trainer.log_every_n_steps, default_root_dir=out,
-            callbacks=[EarlyStopping(monitor="val_loss", mode="min", patience=cfg.trainer.patience), checkpoint],
-            logger=MLFlowLogger(tracking_uri=tracking.tracking_uri(cfg), run_id=run.info.run_id),
-        )
+        trainer, checkpoint = build_trainer(cfg, out, run.info.run_id)
         module = Classifier(model, cfg.optimizer, len(data.classes))
         trainer.fit(module, datamodule=data)
         model.load_state_dict(best_weights(checkpoint.best_model_path))
         best_val = trainer.validate(module, datamodule=data, verbose=False)[0]
-        model.eval().cpu()
-        torch.save({"state_dict": model.state_dict(), "model": OmegaConf.to_container(cfg.model, resolve=True),
-                    "features": OmegaConf.to_container(cfg.features, resolve=True), "classes": data.classes},
-                   out / "model.pt")
+        save_bundle(model.eval().cpu(), cfg, data.classes, out / "model.pt")
         summary = {
             "run_id": run.info.run_id, "experiment_id": run.info.experiment_id,
             "tracking_uri": tracking.tracking_uri(cfg), "run_name": name,
@@ -93,6 +103,6 @@ def train(cfg: DictConfig, run_name_suffix: str = "") -> dict:
             mlflow.pytorch.log_model(model, name="model", serialization_format="pickle", input_example=example,
                                      pip_requirements=MODEL_REQUIREMENTS, extra_files=[str(out / "model.pt")])
         atomic.write_json(out / "run.json", summary)
-    print(f"train: best val_loss {summary['best_val_loss']:.4f}, val_acc {summary['best_val_acc']:.4f} after {summary['epochs']} epochs; "
-          f"MLflow run {summary['run_id']} ({name})")
+    print(f"train: best val_loss {summary['best_val_loss']:.4f}, val_acc {summary['best_val_acc']:.4f} "
+          f"after {summary['epochs']} epochs; MLflow run {summary['run_id']} ({name})")
     return summary
