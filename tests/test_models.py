@@ -166,7 +166,7 @@ def test_crnn_output_depends_on_the_order_of_frames():
 
 @pytest.mark.parametrize("rnn", ["gru", "lstm"])
 @pytest.mark.parametrize("bidirectional", [False, True])
-@pytest.mark.parametrize("temporal_pool", ["last", "mean", "max"])
+@pytest.mark.parametrize("temporal_pool", ["last", "mean", "max", "attention"])
 def test_crnn_rnn_kinds_and_temporal_pools(rnn, bidirectional, temporal_pool):
     model = _crnn(rnn=rnn, bidirectional=bidirectional, temporal_pool=temporal_pool)
     assert isinstance(model.rnn, {"gru": nn.GRU, "lstm": nn.LSTM}[rnn])
@@ -182,6 +182,9 @@ def test_crnn_rnn_kinds_and_temporal_pools(rnn, bidirectional, temporal_pool):
         expected = outputs.mean(dim=1)
     elif temporal_pool == "max":
         expected = outputs.amax(dim=1)
+    elif temporal_pool == "attention":
+        weights = torch.softmax(model.attention(outputs), dim=1)
+        expected = (weights * outputs).sum(dim=1)
     elif bidirectional:  # forward direction ends at the last frame, backward at the first
         expected = torch.cat([outputs[:, -1, :6], outputs[:, 0, 6:]], dim=1)
     else:
@@ -192,7 +195,7 @@ def test_crnn_rnn_kinds_and_temporal_pools(rnn, bidirectional, temporal_pool):
 def test_crnn_and_cnn_reject_unknown_options():
     with pytest.raises(ValueError, match=r"model.rnn='transformer'; allowed: gru, lstm"):
         _crnn(rnn="transformer")
-    with pytest.raises(ValueError, match=r"model.temporal_pool='median'; allowed: last, mean, max"):
+    with pytest.raises(ValueError, match=r"model.temporal_pool='median'; allowed: last, mean, max, attention"):
         _crnn(temporal_pool="median")
     from audiocnn.models.cnn import CNN
 

@@ -5,7 +5,8 @@
   -> flatten C x F'                 (batch, T', C * F')  one feature vector per time step; keeping
                                                          F' keeps pitch height, which the RNN compares
   -> LSTM / GRU                     (batch, T', H * directions)
-  -> temporal pooling (last|mean|max) (batch, H * directions)
+  -> temporal pooling               (batch, H * directions)   last state, mean, max, or attention
+                                                             (softmax-weighted sum of the steps)
   -> dropout -> linear              (batch, n_classes) logits
 The recurrent layer sees the frames in order, so "A then B" differs from "B then A".
 """
@@ -21,7 +22,7 @@ from audiocnn.models.blocks import BlockSpec, ConvStack
 from audiocnn.models.shapes import UNBOUNDED_TIME, trace_shapes
 
 RNNS = {"gru": nn.GRU, "lstm": nn.LSTM}
-TEMPORAL_POOLS = ("last", "mean", "max")
+TEMPORAL_POOLS = ("last", "mean", "max", "attention")
 
 
 class CRNN(nn.Module):
@@ -56,6 +57,7 @@ class CRNN(nn.Module):
         self.bidirectional = bidirectional
         self.temporal_pool = temporal_pool
         width = hidden_size * (2 if bidirectional else 1)
+        self.attention = nn.Linear(width, 1) if temporal_pool == "attention" else None
         self.head = nn.Sequential(nn.Dropout(dropout), nn.Linear(width, n_classes))
 
     def embed(self, x: Tensor) -> Tensor:
@@ -66,6 +68,9 @@ class CRNN(nn.Module):
             return outputs.mean(dim=1)
         if self.temporal_pool == "max":
             return outputs.amax(dim=1)
+        if self.attention is not None:
+            weights = self.attention(outputs).softmax(dim=1)  # (batch, T', 1): how much each step counts
+            return (weights * outputs).sum(dim=1)
         if not self.bidirectional:
             return outputs[:, -1]
         # "last" for a bidirectional RNN: the forward pass ends at the last frame, the
