@@ -47,8 +47,16 @@ def prepared_store(tmp_path_factory):
     return cfg
 
 
-@pytest.fixture(autouse=True)
-def _no_external_tracking(monkeypatch):
+@pytest.fixture(autouse=True, scope="session")
+def _no_external_tracking_server():
     """Tests never write to a tracking server set in the developer's environment."""
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    os.environ.pop("MLFLOW_TRACKING_URI", None)
     os.environ.setdefault("GIT_PYTHON_REFRESH", "quiet")
+
+
+@pytest.fixture(autouse=True)
+def _no_tracking_uri_left_behind():
+    """`mlflow.set_tracking_uri` exports MLFLOW_TRACKING_URI: drop it after each test, or the
+    next module's fixtures (set up before any function fixture) would log to this test's store."""
+    yield
+    os.environ.pop("MLFLOW_TRACKING_URI", None)
