@@ -63,6 +63,17 @@ def test_init_from_an_mlflow_run_reports_loaded_skipped_and_new(pretrained, tmp_
     assert "skipped 2" in report.describe()
 
 
+def test_init_from_a_registered_model_version(pretrained):
+    pre_cfg, summary = pretrained
+    import mlflow
+
+    mlflow.set_tracking_uri(pre_cfg.tracking.uri)
+    version = mlflow.register_model(f"runs:/{summary['run_id']}/model", "audiocnn-transfer-test")
+    state = load_state(f"models:/audiocnn-transfer-test/{version.version}")
+    pretrained_state = torch.load(f"{pre_cfg.paths.models}/model.pt", weights_only=True)["state_dict"]
+    torch.testing.assert_close(state["head.1.weight"], pretrained_state["head.1.weight"])
+
+
 def test_lightning_checkpoint_loads_too(pretrained):
     pre_cfg, _ = pretrained
     state = load_state(f"{pre_cfg.paths.models}/best.ckpt")
