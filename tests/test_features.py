@@ -186,3 +186,20 @@ def test_a_complete_store_is_reused_and_a_changed_manifest_rebuilds_it(tmp_path,
     store = FeatureStore(root)
     assert len(store) == len(manifest) - 5
     assert store.index["path"].tolist() == manifest["path"].iloc[:-5].tolist()
+
+
+def test_is_featurized_follows_the_manifest(tmp_path):
+    from audiocnn.data.prepare import prepare
+    from audiocnn.features.featurize import featurize, is_featurized
+    from tests.conftest import tiny_config
+
+    cfg = tiny_config(tmp_path, "data.clips_per_class=4")
+    prepare(cfg)
+    assert not is_featurized(cfg)
+    featurize(cfg)
+    assert is_featurized(cfg)
+    smaller = tiny_config(tmp_path, "data.clips_per_class=3")
+    prepare(smaller)  # same store folder (same features), new manifest
+    assert not is_featurized(smaller)
+    featurize(smaller)
+    assert is_featurized(smaller)

@@ -28,7 +28,7 @@ def test_prepare_writes_manifest_classes_and_report_only_under_its_paths(tmp_pat
     frame = prepare(cfg)
 
     prepared = Path(cfg.paths.prepared)
-    assert sorted(os.listdir(prepared)) == ["classes.json", "manifest.csv", "report.json"]
+    assert sorted(os.listdir(prepared)) == ["classes.json", "manifest.csv", "report.json", "settings.json"]
     manifest = pd.read_csv(prepared / "manifest.csv")
     assert list(manifest.columns) == ["path", "label", "split", "fold", "group", "duration", "sr"]
     assert list(manifest.columns) == MANIFEST_COLUMNS
@@ -99,3 +99,16 @@ def test_an_empty_split_stops_prepare_and_names_the_split(tmp_path, overrides, s
     assert report["splits"][split] == 0
     assert not (prepared / "manifest.csv").exists()
     assert not (prepared / "classes.json").exists()
+
+
+def test_is_prepared_only_for_the_same_data_settings(tmp_path):
+    from audiocnn.data.prepare import is_prepared, prepare
+    from tests.conftest import tiny_config
+
+    cfg = tiny_config(tmp_path)
+    assert not is_prepared(cfg)
+    prepare(cfg)
+    assert is_prepared(cfg)
+    assert is_prepared(tiny_config(tmp_path, "model=cnn"))  # other stages' settings do not matter
+    assert not is_prepared(tiny_config(tmp_path, "data.clips_per_class=5"))
+    assert not is_prepared(tiny_config(tmp_path, "seed=1"))

@@ -1,4 +1,4 @@
-"""The prepare stage: source -> `manifest.csv`, `classes.json`, `report.json`.
+"""The prepare stage: source -> `manifest.csv`, `classes.json`, `report.json`, `settings.json`.
 
 manifest.csv has one row per usable clip: `path,label,split,fold,group,duration,sr`.
 Every file is probed; unusable ones are listed in report.json with their reason and the
@@ -7,12 +7,13 @@ run goes on. Only an empty split stops it.
 
 from __future__ import annotations
 
+import json
 import os
 from collections import Counter
 from pathlib import Path
 
 import pandas as pd
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from audiocnn import atomic
 from audiocnn.data import sources
@@ -66,6 +67,18 @@ def assign_splits(frame: pd.DataFrame, data_cfg: DictConfig, seed: int) -> pd.Da
     return frame
 
 
+def data_settings(cfg: DictConfig) -> dict:
+    """What the manifest depends on: the `data` config and the seed."""
+    return {"data": OmegaConf.to_container(cfg.data, resolve=True), "seed": cfg.seed}
+
+
+def is_prepared(cfg: DictConfig) -> bool:
+    """True when `paths.prepared` holds a manifest made from these data settings."""
+    settings = Path(cfg.paths.prepared) / "settings.json"
+    return (Path(cfg.paths.prepared) / "manifest.csv").exists() and settings.exists() and \
+        json.loads(settings.read_text()) == data_settings(cfg)
+
+
 def prepare(cfg: DictConfig) -> pd.DataFrame:
     """Build `paths.prepared`/{manifest.csv, classes.json, report.json} for `cfg.data`."""
     out = Path(cfg.paths.prepared)
@@ -96,6 +109,7 @@ def prepare(cfg: DictConfig) -> pd.DataFrame:
     atomic.write_json(out / "classes.json", list(classes))
     with atomic.atomic_path(out / "manifest.csv") as tmp:
         frame.to_csv(tmp, index=False)
+    atomic.write_json(out / "settings.json", data_settings(cfg))
     reasons = ", ".join(f"{n} {r}" for r, n in report["skipped_by_reason"].items()) or "none"
     print(f"prepare: kept {len(frame)} clips ({', '.join(f'{s} {n}' for s, n in report['splits'].items())}); "
           f"skipped {len(skipped)} ({reasons})")

@@ -35,6 +35,16 @@ def store_dir(cfg: DictConfig) -> Path:
     return Path(cfg.paths.features) / f"{cfg.data.name}-{params_hash(store_params(cfg))}"
 
 
+def is_featurized(cfg: DictConfig) -> bool:
+    """True when the store for `cfg` is complete and was made from the current manifest."""
+    meta_path = store_dir(cfg) / "store.json"
+    manifest = Path(cfg.paths.prepared) / "manifest.csv"
+    if not meta_path.exists() or not manifest.exists():
+        return False
+    meta = json.loads(meta_path.read_text())
+    return bool(meta.get("complete")) and meta.get("manifest_md5") == file_md5(manifest)
+
+
 class DecodedClips(Dataset):
     """Manifest rows -> (position, waveform (samples,) at `sr`, error message or "")."""
 

@@ -7,7 +7,6 @@ Writes to `paths.models`: `best.ckpt` (Lightning, best validation loss), `model.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import lightning as L
@@ -19,8 +18,8 @@ from lightning.pytorch.loggers import MLFlowLogger
 from omegaconf import DictConfig, OmegaConf
 
 from audiocnn import atomic, tracking
-from audiocnn.data.prepare import prepare
-from audiocnn.features.featurize import featurize, store_dir
+from audiocnn.data.prepare import is_prepared, prepare
+from audiocnn.features.featurize import featurize, is_featurized
 from audiocnn.models import build_model
 from audiocnn.models.summary import summarize
 from audiocnn.training.datamodule import StoreDataModule
@@ -34,11 +33,10 @@ MODEL_REQUIREMENTS = ["torch", "nnAudio", "audiocnn"]
 
 
 def ensure_inputs(cfg: DictConfig) -> None:
-    """Run prepare / featurize for this config if their outputs are missing (Hydra runs)."""
-    if not (Path(cfg.paths.prepared) / "manifest.csv").exists():
+    """Run prepare / featurize if their outputs are missing or were made for other settings."""
+    if not is_prepared(cfg):
         prepare(cfg)
-    meta = store_dir(cfg) / "store.json"
-    if not meta.exists() or not json.loads(meta.read_text()).get("complete"):
+    if not is_featurized(cfg):
         featurize(cfg)
 
 
