@@ -47,7 +47,7 @@ def shard_name(index: int) -> str:
 class ShardWriter:
     """Appends clips' frames to shards of at most ~`shard_bytes`; memory use is one clip.
 
-    `finished` lists the index rows of shards already on disk (from an earlier run).
+    `first_shard` continues the numbering after the shards an earlier run finished.
     """
 
     def __init__(self, root: Path, n_bins: int, shard_bytes: int, first_shard: int = 0):

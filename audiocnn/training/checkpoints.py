@@ -57,10 +57,3 @@ def load_trained(source: str | Path) -> tuple[nn.Module, dict]:
     model = build_model(OmegaConf.create(bundle["model"]), len(bundle["classes"]), bundle["features"]["n_bins"])
     model.load_state_dict(bundle["state_dict"])
     return model.eval(), bundle
-
-
-def best_weights(checkpoint: str) -> dict:
-    """The model's tensors from a Lightning checkpoint of `Classifier`."""
-    # Our own checkpoint, written moments ago by this process: trusted, so full unpickling.
-    state = torch.load(checkpoint, map_location="cpu", weights_only=False)["state_dict"]
-    return {key.removeprefix("model."): value for key, value in state.items() if key.startswith("model.")}

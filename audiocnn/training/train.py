@@ -24,7 +24,7 @@ from audiocnn.models import build_model
 from audiocnn.models.summary import summarize
 from audiocnn.training.datamodule import StoreDataModule
 from audiocnn.training.module import Classifier
-from audiocnn.training.checkpoints import best_weights, load_state
+from audiocnn.training.checkpoints import load_state
 from audiocnn.training.transfer import freeze, load_matching
 
 # The logged model needs only these to be loaded; pinning them skips MLflow's slow
@@ -86,7 +86,7 @@ def train(cfg: DictConfig, run_name_suffix: str = "") -> dict:
         trainer, checkpoint = build_trainer(cfg, out, run.info.run_id)
         module = Classifier(model, cfg.optimizer, len(data.classes))
         trainer.fit(module, datamodule=data)
-        model.load_state_dict(best_weights(checkpoint.best_model_path))
+        model.load_state_dict(load_state(checkpoint.best_model_path))
         best_val = trainer.validate(module, datamodule=data, verbose=False)[0]
         save_bundle(model.eval().cpu(), cfg, data.classes, out / "model.pt")
         summary = {

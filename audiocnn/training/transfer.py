@@ -58,9 +58,12 @@ def freeze(model: nn.Module, what: str) -> None:
 
 def frozen_modules(model: nn.Module) -> list[nn.Module]:
     """Modules all of whose parameters are frozen: kept in eval mode so batch norm statistics stay too."""
-    return [m for name, m in model.named_children()
-            if not is_head(f"{name}.") and any(True for _ in m.parameters())
-            and not any(p.requires_grad for p in m.parameters())]
+    frozen = []
+    for module in model.children():
+        parameters = list(module.parameters())
+        if parameters and not any(p.requires_grad for p in parameters):
+            frozen.append(module)
+    return frozen
 
 
 def parameter_groups(model: nn.Module, lr: float, backbone_lr_scale: float) -> list[dict]:
