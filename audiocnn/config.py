@@ -180,8 +180,9 @@ def validate_config(cfg: DictConfig) -> None:
     _positive(cfg, "optimizer.backbone_lr_scale")
     for key in ("trainer.max_epochs", "trainer.batch_size"):
         _positive(cfg, key, int)
-    if "root" in cfg.data and (cfg.data.root is None or not Path(cfg.data.root).exists()):
-        raise ConfigError(f"data.root={cfg.data.root}: set it to the folder of your copy of {cfg.data.name}")
+    from audiocnn.data.sources import validate as validate_data
+
+    validate_data(cfg.data)  # roots, downloads, CSV file, group regex, split scheme
     if "val_fraction" in cfg.data:
         fractions = cfg.data.val_fraction + cfg.data.test_fraction
         if not 0 < fractions < 1:

@@ -17,10 +17,11 @@ from omegaconf import DictConfig, OmegaConf
 
 from audiocnn import atomic
 from audiocnn.data import sources
-from audiocnn.data.audio import probe_audio
+from audiocnn.data.checks import LeakageError, Unusable, check_leakage, inspect_file, merge_duplicate_groups
 from audiocnn.data.splits import SPLITS, grouped_stratified_split
 
 MANIFEST_COLUMNS = ["path", "label", "split", "fold", "group", "duration", "sr"]
+DEFAULT_MAX_SECONDS = 600.0  # longer files are skipped: featurize pads a batch to its longest clip
 
 
 class EmptySplitError(RuntimeError):
@@ -34,24 +35,34 @@ def _display_path(path: str) -> str:
     return absolute if relative.startswith("..") else relative
 
 
-def probe_clips(clips: list[dict], classes: list[str]) -> tuple[list[dict], list[dict]]:
-    """Split `clips` into usable rows (with duration and sr) and skipped `{path, reason}` records."""
+def probe_clips(clips: list[dict], classes: list[str], max_seconds: float | None = DEFAULT_MAX_SECONDS
+                ) -> tuple[list[dict], list[dict]]:
+    """Split `clips` into usable rows and skipped `{path, reason}` records.
+
+    A usable row gains `duration`, `sr`, `channels`, `md5` and `note` (why a kept file deserves
+    a look, or ""). A reason reads `<category>: <detail>`; a clip the source already ruled out
+    carries its reason in `skip`.
+    """
     kept, skipped, seen = [], [], set()
     for clip in clips:
         path = _display_path(str(clip["path"]))
+        if clip.get("skip"):
+            skipped.append({"path": path, "reason": clip["skip"]})
+            continue
         if path in seen:
-            skipped.append({"path": path, "reason": "duplicate path"})
+            skipped.append({"path": path, "reason": "duplicate path: listed more than once"})
             continue
         seen.add(path)
         if clip["label"] not in classes:
-            skipped.append({"path": path, "reason": f"label {clip['label']!r} is not in the class list"})
+            skipped.append({"path": path, "reason": f"label not in the class list: {clip['label']!r}"})
             continue
         try:
-            info = probe_audio(path)
-        except Exception as error:  # noqa: BLE001 - any decoder failure is a reason to skip, not to stop
-            skipped.append({"path": path, "reason": f"unreadable: {str(error).splitlines()[0]}"})
+            facts = inspect_file(path, max_seconds)
+        except Unusable as error:
+            skipped.append({"path": path, "reason": str(error)})
             continue
-        kept.append({**clip, "path": path, "duration": round(info.duration, 4), "sr": info.sr})
+        kept.append({**clip, "path": path, "duration": round(facts.duration, 4), "sr": facts.sr,
+                     "channels": facts.channels, "md5": facts.md5, "note": facts.note})
     return kept, skipped
 
 
@@ -84,10 +95,25 @@ def prepare(cfg: DictConfig) -> pd.DataFrame:
     out = Path(cfg.paths.prepared)
     Path(cfg.paths.raw).mkdir(parents=True, exist_ok=True)
     clips, classes = sources.collect(cfg.data, Path(cfg.paths.raw))
-    kept, skipped = probe_clips(clips, classes)
+    kept, skipped = probe_clips(clips, classes, cfg.data.get("max_seconds", DEFAULT_MAX_SECONDS))
     # The manifest columns are there even when no clip is usable, so that case ends in EmptySplitError.
-    columns = sorted({k for c in kept for k in c} | {"path", "label", "group", "duration", "sr"})
-    frame = assign_splits(pd.DataFrame(kept, columns=columns), cfg.data, cfg.seed)
+    columns = sorted({k for c in kept for k in c} | {"path", "label", "group", "fold", "duration", "sr", "md5"})
+    frame = pd.DataFrame(kept, columns=columns)
+    frame["fold"] = frame["fold"].fillna("").astype(str)
+    # Splits the source gave (and the fold chosen) are kept as they are; any other split is made here,
+    # and then every copy of one recording joins one group, so copies never straddle two splits.
+    made_here = cfg.data.get("fold") is not None or "split" not in frame or frame["split"].isna().any()
+    if made_here and len(frame):
+        frame["group"] = merge_duplicate_groups(frame)
+    frame = assign_splits(frame, cfg.data, cfg.seed)
+    leakage = None
+    try:
+        check_leakage(frame, check_groups=made_here)
+    except LeakageError as error:
+        leakage = error
+    handled = [{"path": row["path"], "note": row["note"]} for row in kept if row["note"]]
+    audio = {"sample_rates": dict(Counter(str(row["sr"]) for row in kept)),
+             "channels": dict(Counter(str(row["channels"]) for row in kept))}
     frame = frame[MANIFEST_COLUMNS].reset_index(drop=True)
 
     counts = frame["split"].value_counts()
@@ -97,20 +123,27 @@ def prepare(cfg: DictConfig) -> pd.DataFrame:
         "skipped": len(skipped),
         "skipped_by_reason": dict(Counter(s["reason"].split(":")[0] for s in skipped)),
         "splits": {split: int(counts.get(split, 0)) for split in SPLITS},
+        "audio": audio,
+        "leakage": str(leakage) if leakage else None,
         "skipped_files": skipped,
+        "handled_files": handled,
     }
     atomic.write_json(out / "report.json", report)
+    reasons = ", ".join(f"{n} {r}" for r, n in report["skipped_by_reason"].items()) or "none"
+    print(f"prepare: kept {len(frame)} clips ({', '.join(f'{s} {n}' for s, n in report['splits'].items())}); "
+          f"skipped {len(skipped)} ({reasons}); {len(handled)} kept with a note; details in {out / 'report.json'}")
+    if leakage:
+        raise leakage
     empty = [split for split in SPLITS if counts.get(split, 0) == 0]
     if empty:
+        why = ("change data.val_fraction / data.test_fraction or add data" if made_here
+               else "the dataset's own split has no usable clip there")
         raise EmptySplitError(
             f"split {empty[0]!r} is empty after skipping {len(skipped)} unusable files "
-            f"(see {out / 'report.json'}); add data or change data.val_fraction / data.test_fraction"
+            f"(see {out / 'report.json'}); {why}"
         )
     atomic.write_json(out / "classes.json", list(classes))
     with atomic.atomic_path(out / "manifest.csv") as tmp:
         frame.to_csv(tmp, index=False)
     atomic.write_json(out / "settings.json", data_settings(cfg))
-    reasons = ", ".join(f"{n} {r}" for r, n in report["skipped_by_reason"].items()) or "none"
-    print(f"prepare: kept {len(frame)} clips ({', '.join(f'{s} {n}' for s, n in report['splits'].items())}); "
-          f"skipped {len(skipped)} ({reasons})")
     return frame

@@ -16,6 +16,32 @@ from omegaconf import DictConfig
 SOURCES = tuple(sorted(m.name for m in pkgutil.iter_modules(__path__) if not m.name.startswith("_")))
 
 
+def validate(data_cfg: DictConfig) -> None:
+    """Raise `ConfigError` for a data setting that cannot work (before any file is touched)."""
+    import re
+
+    from audiocnn.config import ConfigError
+    from audiocnn.data.sources._common import compile_group_regex
+
+    name = data_cfg.name
+    root = data_cfg.get("root")
+    if root is not None and not Path(root).exists():
+        raise ConfigError(f"data.root={root}: no such folder; point it at your copy of {name}")
+    if "root" in data_cfg and root is None and not (data_cfg.get("download") or {}).get("url"):
+        raise ConfigError(f"data.root=null: data={name} cannot be downloaded; set data.root to your copy")
+    if "csv" in data_cfg and (data_cfg.csv is None or not Path(data_cfg.csv).is_file()):
+        raise ConfigError(f"data.csv={data_cfg.csv}: no such file; give the CSV listing path,label[,split,fold,group]")
+    try:
+        compile_group_regex(data_cfg)
+    except re.error as error:
+        raise ConfigError(f"data.group_regex={data_cfg.get('group_regex')}: {error}") from None
+    if "split_scheme" in data_cfg and data_cfg.split_scheme not in ("fault_filtered", "random"):
+        raise ConfigError(f"data.split_scheme={data_cfg.split_scheme}: allowed: fault_filtered, random")
+    limit = data_cfg.get("max_seconds")
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, (int, float)) or limit <= 0):
+        raise ConfigError(f"data.max_seconds={limit}: must be a positive number of seconds or null (no limit)")
+
+
 def collect(data_cfg: DictConfig, raw_root: Path) -> tuple[list[dict], list[str]]:
     """Run the `data_cfg.name` source's `collect` (files under `raw_root` if it makes any)."""
     module = import_module(f"{__name__}.{data_cfg.name}")

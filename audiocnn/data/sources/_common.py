@@ -1,0 +1,49 @@
+"""Helpers shared by the dataset sources: file names -> groups, split names, audio files in a folder."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+# Spellings of split names found in dataset metadata and user CSVs.
+SPLIT_ALIASES = {"train": "train", "training": "train", "val": "val", "valid": "val", "validation": "val",
+                 "dev": "val", "test": "test", "testing": "test", "eval": "test", "evaluation": "test"}
+
+
+def normalize_split(value) -> str | None:
+    """`"Validation"` -> `"val"`; None for a blank cell; raises `ValueError` for anything else."""
+    text = "" if value is None else str(value).strip().lower()
+    if text in ("", "nan", "none"):
+        return None
+    if text not in SPLIT_ALIASES:
+        raise ValueError(f"split {value!r} is not one of train/val/test")
+    return SPLIT_ALIASES[text]
+
+
+def group_from_name(name: str, pattern: re.Pattern | None) -> str:
+    """The group of a file: the regex's named group `group` (or group 1) on its name; else its stem.
+
+    `data.group_regex='^(?P<group>[a-z]+)_'` makes every file of one speaker one group.
+    """
+    if pattern is not None:
+        match = pattern.search(name)
+        if match:
+            return match.group("group") if "group" in pattern.groupindex else match.group(1)
+    return Path(name).stem
+
+
+def compile_group_regex(data_cfg) -> re.Pattern | None:
+    """`data.group_regex` compiled (None when unset); needs a named group `group` or a group 1."""
+    source = data_cfg.get("group_regex")
+    if not source:
+        return None
+    pattern = re.compile(source)
+    if "group" not in pattern.groupindex and pattern.groups < 1:
+        raise re.error("needs a named group (?P<group>...) or a capturing group")
+    return pattern
+
+
+def audio_files(folder: Path) -> list[Path]:
+    """Files under `folder` (recursively), sorted; hidden files (.DS_Store, ._x) are not audio."""
+    return sorted(p for p in folder.rglob("*") if not p.name.startswith(".") and (p.is_file() or p.is_symlink()
+                                                                                   or p.suffix))
