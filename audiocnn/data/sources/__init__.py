@@ -42,6 +42,11 @@ def validate(data_cfg: DictConfig) -> None:
         raise ConfigError(f"data.max_seconds={limit}: must be a positive number of seconds or null (no limit)")
 
 
+def publishes_split(name: str) -> bool:
+    """True for a dataset whose split is published and used as is (its module sets PUBLISHED_SPLIT)."""
+    return bool(getattr(import_module(f"{__name__}.{name}"), "PUBLISHED_SPLIT", False))
+
+
 def collect(data_cfg: DictConfig, raw_root: Path) -> tuple[list[dict], list[str]]:
     """Run the `data_cfg.name` source's `collect` (files under `raw_root` if it makes any)."""
     module = import_module(f"{__name__}.{data_cfg.name}")

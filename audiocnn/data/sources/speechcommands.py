@@ -17,6 +17,8 @@ from audiocnn.data.download import dataset_root
 BACKGROUND = "_background_noise_"
 HASH_DIVIDER = "_nohash_"
 
+PUBLISHED_SPLIT = True  # the published lists already keep each speaker in one split
+
 
 def _listed(root: Path, name: str) -> set[str]:
     path = root / name
