@@ -11,6 +11,7 @@ import pandas as pd
 import pytest
 import soundfile as sf
 
+from audiocnn.data.checks import file_md5
 from audiocnn.data.prepare import MANIFEST_COLUMNS, EmptySplitError, prepare, probe_clips
 from audiocnn.data.sources.demo import CLASSES
 from tests.conftest import tiny_config
@@ -52,7 +53,8 @@ def test_prepare_writes_manifest_classes_and_report_only_under_its_paths(tmp_pat
 
 def _wav(path: Path, samples: int = 8000, sr: int = 16000) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
-    sf.write(path, np.zeros(samples, np.float32), sr, subtype="PCM_16")
+    # Quiet noise: an all-zero file would be skipped as silent.
+    sf.write(path, np.random.default_rng(samples).uniform(-0.1, 0.1, samples).astype(np.float32), sr, subtype="PCM_16")
     return path
 
 
@@ -72,13 +74,14 @@ def test_probe_clips_skips_unusable_files_with_a_reason(tmp_path):
     ]
     kept, skipped = probe_clips(clips, ["a", "b"])
 
-    assert kept == [{"path": str(good), "label": "a", "group": "g1", "duration": 1.5, "sr": 16000}]
+    assert kept == [{"path": str(good), "label": "a", "group": "g1", "duration": 1.5, "sr": 16000, "channels": 1,
+                     "md5": file_md5(good), "note": ""}]
     reasons = {Path(s["path"]).name: s["reason"] for s in skipped}
-    assert reasons["good.wav"] == "duplicate path"
-    assert reasons["other.wav"] == "label 'zebra' is not in the class list"
+    assert reasons["good.wav"] == "duplicate path: listed more than once"
+    assert reasons["other.wav"] == "label not in the class list: 'zebra'"
     assert reasons["text.wav"].startswith("unreadable: ")
-    assert reasons["empty.wav"].startswith("unreadable: ") and "empty" in reasons["empty.wav"]
-    assert reasons["missing.wav"].startswith("unreadable: ")
+    assert reasons["empty.wav"] == "empty: no audio frames"
+    assert reasons["missing.wav"] == "missing file: no such file"
     assert len(skipped) == 5
 
 

@@ -76,8 +76,8 @@ def inspect_file(path: str, max_seconds: float | None) -> FileFacts:
         raise Unusable("unreadable: permission denied")
     try:
         info = probe_audio(path)
-    except ValueError as error:  # a valid header without frames
-        raise Unusable(f"empty: {error}") from None
+    except ValueError:  # a valid header without frames
+        raise Unusable("empty: no audio frames") from None
     except Exception as error:  # noqa: BLE001 - any decoder failure is a reason to skip, not to stop
         raise Unusable(f"unreadable: {str(error).splitlines()[0]}") from None
     if max_seconds and info.duration > max_seconds:
