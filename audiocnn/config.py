@@ -183,6 +183,13 @@ def validate_config(cfg: DictConfig) -> None:
     from audiocnn.data.sources import validate as validate_data
 
     validate_data(cfg.data)  # roots, downloads, CSV file, group regex, split scheme
+    _one_of(cfg, "data.protocol", ("holdout", "cv"))
+    if cfg.data.protocol == "cv" and cfg.data.get("fold") is not None:
+        raise ConfigError(f"data.fold={cfg.data.fold} with data.protocol=cv: cv runs every fold; set one of them")
+    seeds = cfg.trainer.get("seeds")
+    if seeds is not None and (not OmegaConf.is_list(seeds) or not seeds or len(set(seeds)) != len(seeds)
+                              or not all(isinstance(s, int) for s in seeds)):
+        raise ConfigError(f"trainer.seeds={seeds}: a list of distinct integers such as [0,1,2], or null")
     if "val_fraction" in cfg.data:
         fractions = cfg.data.val_fraction + cfg.data.test_fraction
         if not 0 < fractions < 1:

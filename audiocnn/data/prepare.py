@@ -12,10 +12,12 @@ import os
 from collections import Counter
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 
 from audiocnn import atomic
+from audiocnn.config import ConfigError
 from audiocnn.data import sources
 from audiocnn.data.checks import LeakageError, Unusable, check_leakage, inspect_file, merge_duplicate_groups
 from audiocnn.data.splits import SPLITS, grouped_stratified_split
@@ -67,14 +69,40 @@ def probe_clips(clips: list[dict], classes: list[str], max_seconds: float | None
 
 
 def assign_splits(frame: pd.DataFrame, data_cfg: DictConfig, seed: int) -> pd.DataFrame:
-    """Keep official splits where the source gave them; otherwise stratified + grouped."""
+    """Official splits where the source gave them, else stratified + grouped; `data.fold` picks a test fold."""
+    frame["fold"] = frame["fold"].fillna("").astype(str) if "fold" in frame else ""
+    if data_cfg.get("fold") is not None:
+        return _fold_splits(frame, str(data_cfg.fold), data_cfg, seed)
     if "split" not in frame or frame["split"].isna().any():
         frame["split"] = grouped_stratified_split(
             frame["label"], frame["group"], val_fraction=data_cfg.val_fraction,
             test_fraction=data_cfg.test_fraction, seed=seed,
         )
-    if "fold" not in frame:
-        frame["fold"] = -1
+    return frame
+
+
+def fold_values(frame: pd.DataFrame) -> list[str]:
+    """The distinct non-empty folds of a manifest, in natural order ("2" before "10")."""
+    folds = set(frame["fold"].fillna("").astype(str)) - {""}
+    return sorted(folds, key=lambda f: (0, int(f), "") if f.isdigit() else (1, 0, f))
+
+
+def _fold_splits(frame: pd.DataFrame, fold: str, data_cfg: DictConfig, seed: int) -> pd.DataFrame:
+    """Fold `fold` is the test split. The other folds keep the source's own validation rows when
+    it has an official split (FSDD: recordings 5-9), else give a grouped stratified `val_fraction`."""
+    available = fold_values(frame)
+    if fold not in available:
+        raise ConfigError(f"data.fold={fold}: data={data_cfg.name} has folds {available or 'none'}")
+    test = (frame["fold"] == fold).to_numpy()
+    rest = frame.loc[~test]
+    if "split" in frame and frame["split"].notna().all():
+        rest_split = np.where(rest["split"] == "val", "val", "train")
+    else:
+        rest_split = grouped_stratified_split(rest["label"], rest["group"], val_fraction=data_cfg.val_fraction,
+                                              test_fraction=0.0, seed=seed).to_numpy()
+    split = np.full(len(frame), "test", dtype=object)
+    split[~test] = rest_split
+    frame["split"] = split
     return frame
 
 
@@ -99,18 +127,18 @@ def prepare(cfg: DictConfig) -> pd.DataFrame:
     # The manifest columns are there even when no clip is usable, so that case ends in EmptySplitError.
     columns = sorted({k for c in kept for k in c} | {"path", "label", "group", "fold", "duration", "sr", "md5"})
     frame = pd.DataFrame(kept, columns=columns)
-    frame["fold"] = frame["fold"].fillna("").astype(str)
-    # Splits the source gave (and the fold chosen) are kept as they are; any other split is made here,
-    # and then every copy of one recording joins one group, so copies never straddle two splits.
-    made_here = cfg.data.get("fold") is not None or "split" not in frame or frame["split"].isna().any()
-    if made_here and len(frame):
+    # Where prepare makes (part of) the split, every copy of one recording first joins one group,
+    # so copies never straddle two splits.
+    given = "split" in frame and frame["split"].notna().all()
+    if (not given or cfg.data.get("fold") is not None) and len(frame):
         frame["group"] = merge_duplicate_groups(frame)
     frame = assign_splits(frame, cfg.data, cfg.seed)
-    # Groups are checked in every split but a published one used as is (FSDD's puts each speaker
-    # in every split by design); identical files are checked in every split.
+    # Identical files are checked in every split; groups in every split but those built on a
+    # published split (FSDD's puts each speaker in every split by design, and with data.fold its
+    # validation rows are the other speakers' recordings 5-9).
     leakage = None
     try:
-        check_leakage(frame, check_groups=made_here or not sources.publishes_split(cfg.data.name))
+        check_leakage(frame, check_groups=not (given and sources.publishes_split(cfg.data.name)))
     except LeakageError as error:
         leakage = error
     handled = [{"path": row["path"], "note": row["note"]} for row in kept if row["note"]]
@@ -138,7 +166,7 @@ def prepare(cfg: DictConfig) -> pd.DataFrame:
         raise leakage
     empty = [split for split in SPLITS if counts.get(split, 0) == 0]
     if empty:
-        why = ("change data.val_fraction / data.test_fraction or add data" if made_here
+        why = ("change data.val_fraction / data.test_fraction or add data" if not given
                else "the dataset's own split has no usable clip there")
         raise EmptySplitError(
             f"split {empty[0]!r} is empty after skipping {len(skipped)} unusable files "

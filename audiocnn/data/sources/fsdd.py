@@ -2,9 +2,9 @@
 
 Official split: index 0-4 test, 5-49 train. Validation is carved out of train as index
 5-9 (every speaker and digit, never a test recording). The group and the fold are the
-speaker, so `data.fold=<speaker>` / `data.protocol=cv` is leave-one-speaker-out.
-`data.root` points at an existing copy (its `recordings/` folder or the folder above);
-without it the release in `data.download` is fetched into `paths.raw`.
+speaker, so `data.fold=<speaker>` / `data.protocol=cv` is leave-one-speaker-out (validation:
+the other speakers' recordings 5-9). `data.root` points at an existing copy (its `recordings/`
+folder or the folder above); without it the release in `data.download` is fetched into `paths.raw`.
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ def collect(data_cfg, raw_root: Path) -> tuple[list[dict], list[str]]:
             clips.append({"path": str(path), "label": path.stem, "group": "unknown", "fold": ""})
             continue
         clips.append({"path": str(path), "label": match["digit"], "group": match["speaker"],
-                      "split": official_split(int(match["index"])), "fold": match["speaker"]})
+                      "fold": match["speaker"], "split": official_split(int(match["index"]))})
     if not clips:
         raise FileNotFoundError(f"data.root={root}: no .wav recordings in {folder}")
     return clips, CLASSES
