@@ -17,6 +17,7 @@ import pytest
 import soundfile as sf
 
 from audiocnn.config import compose_config, validate_config
+from audiocnn.data.audio import load_audio
 from audiocnn.data.checks import LeakageError, check_leakage, scan_samples
 from audiocnn.data.prepare import EmptySplitError, prepare
 
@@ -113,6 +114,10 @@ def test_every_bad_file_is_skipped_or_handled_and_reported(tmp_path, monkeypatch
     assert notes == {"six_channels.wav": "6 channels, downmixed to mono",
                      "rate_192k.wav": "192000 Hz, resampled to features.sr"}
     assert report["audio"] == {"sample_rates": {"16000": 17, "192000": 1}, "channels": {"1": 17, "6": 1}}
+    # What featurize will read from them: mono at features.sr.
+    for name in ("six_channels.wav", "rate_192k.wav"):
+        wave = load_audio(tmp_path / "inputs" / "audio" / name, cfg.features.sr)
+        assert wave.shape == (int(0.2 * cfg.features.sr),) and bool(wave.abs().max() > 0)
 
     out = capsys.readouterr().out.strip().splitlines()
     summary = [line for line in out if line.startswith("prepare:")]
