@@ -233,6 +233,20 @@ def test_choosing_fsdd_selects_the_speech_front_end_unless_features_is_given():
     assert compose_config([]).features.sr == 16000  # the default dataset keeps the default front-end
 
 
+@pytest.mark.parametrize("overrides, sr", [(["data=fsdd"], 8000), (["data=fsdd", "features=cqt"], 16000)])
+def test_dvc_exp_run_composition_selects_the_speech_front_end_too(tmp_path, overrides, sr):
+    """`dvc exp run -S data=fsdd` writes params.yaml with DVC's own Hydra composition."""
+    from dvc.utils.hydra import compose_and_dump
+    from omegaconf import OmegaConf
+
+    from audiocnn.config import CONF_DIR
+
+    out = tmp_path / "params.yaml"
+    compose_and_dump(out, str(CONF_DIR), None, "config", str(tmp_path), overrides)
+    params = OmegaConf.load(out)
+    assert params.features.sr == sr and params.data.name == "fsdd"
+
+
 # ---------------------------------------------------------------- folder
 
 def test_folder_grouped_by_regex_with_every_format(tmp_path):

@@ -1,6 +1,7 @@
 """Your own recordings listed in a CSV file (`data=csv data.csv=<file.csv>`).
 
-Columns: `path,label` and optionally `split` (train/val/test; blank = let prepare choose),
+Columns: `path,label` and optionally `split` (train/val/test, for every row: if any cell is blank,
+prepare makes the whole split itself),
 `fold` and `group`. Relative paths are resolved against the CSV's folder, so a dataset folder
 with its CSV can move as a whole. Classes are `data.classes` (a label outside it is skipped and
 reported) or the sorted distinct labels. Without a `group` column the group comes from
