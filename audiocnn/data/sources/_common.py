@@ -44,6 +44,10 @@ def compile_group_regex(data_cfg) -> re.Pattern | None:
 
 
 def audio_files(folder: Path) -> list[Path]:
-    """Files under `folder` (recursively), sorted; hidden files (.DS_Store, ._x) are not audio."""
-    return sorted(p for p in folder.rglob("*") if not p.name.startswith(".") and (p.is_file() or p.is_symlink()
-                                                                                   or p.suffix))
+    """Entries under `folder` (recursively) that claim to be files, sorted.
+
+    Hidden files (.DS_Store, ._x) are not audio. A broken link or a folder named like a file
+    (`x.wav/`) is listed on purpose, so prepare reports it instead of silently missing it.
+    """
+    return sorted(p for p in folder.rglob("*")
+                  if not p.name.startswith(".") and (p.is_file() or p.is_symlink() or p.suffix))
