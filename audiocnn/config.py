@@ -18,7 +18,11 @@ CONF_DIR = REPO_ROOT / "conf"
 CONFIG_NAME = "config"
 
 
-class ConfigError(ValueError):
+class InputError(Exception):
+    """Settings or data the user must fix: `stage_main` prints the message as one line."""
+
+
+class ConfigError(InputError, ValueError):
     """A setting is wrong; the message starts with the setting's dotted name."""
 
 
@@ -211,14 +215,15 @@ def stage_main(stage: Callable[[DictConfig], object], hydra_task: Callable[[Dict
             return stage(cfg)
         for overrides in expand_sweep([a for a in argv if not a.startswith("-")]):
             validate_config(compose_config(overrides))
-    except ConfigError as error:
+    except InputError as error:
         _exit_with(error)
     _hydra_main(hydra_task or stage)
 
 
-def _exit_with(error: ConfigError):
+def _exit_with(error: InputError):
+    """A bad setting (found before any work) exits 2; bad data found while working exits 1."""
     print(f"error: {error}", file=sys.stderr)
-    sys.exit(2)
+    sys.exit(2 if isinstance(error, ConfigError) else 1)
 
 
 def _hydra_main(task: Callable[[DictConfig], object]):
@@ -229,8 +234,8 @@ def _hydra_main(task: Callable[[DictConfig], object]):
         OmegaConf.resolve(cfg)
         try:
             validate_config(cfg)
-        except ConfigError as error:
+            return task(cfg)
+        except InputError as error:
             _exit_with(error)
-        return task(cfg)
 
     run()

@@ -89,3 +89,20 @@ def test_cli_writes_params_and_rejects_bad_settings(tmp_path):
     assert main(["params", "model=cnn", "--output", str(tmp_path / "p.yaml")]) == 0
     assert yaml.safe_load((tmp_path / "p.yaml").read_text())["model"]["name"] == "cnn"
     assert main(["show-config", "features.n_bins=500"]) == 2
+
+
+def test_bad_data_found_while_working_is_one_line_and_exit_1(tmp_path, monkeypatch, capsys):
+    """EmptySplitError, LeakageError, DownloadError reach the user as `error: ...`, not a traceback."""
+    from audiocnn.config import stage_main, write_params
+    from audiocnn.data.prepare import EmptySplitError
+
+    params = write_params(tmp_path / "params.yaml")
+    monkeypatch.setattr("sys.argv", ["prepare.py", "--params", str(params)])
+
+    def stage(cfg):
+        raise EmptySplitError("split 'val' is empty after skipping 3 unusable files")
+
+    with pytest.raises(SystemExit) as exit_info:
+        stage_main(stage)
+    assert exit_info.value.code == 1
+    assert capsys.readouterr().err == "error: split 'val' is empty after skipping 3 unusable files\n"

@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 import soundfile as sf
 
+from audiocnn.config import InputError
 from audiocnn.data.audio import probe_audio
 
 BLOCK_FRAMES = 1 << 16     # samples per channel decoded at a time
@@ -26,7 +27,7 @@ LONG_CLIP_S = 60.0         # longer clips get a note (scored by sliding windows)
 OFFENDERS_SHOWN = 5
 
 
-class LeakageError(RuntimeError):
+class LeakageError(InputError, RuntimeError):
     """The same recording or group sits in two splits: test accuracy would be inflated."""
 
 

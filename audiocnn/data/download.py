@@ -28,11 +28,13 @@ from urllib.parse import urlparse
 
 from tqdm import tqdm
 
+from audiocnn.config import InputError
+
 CHUNK = 1 << 20
 ALGORITHMS = ("sha256", "md5")
 
 
-class DownloadError(RuntimeError):
+class DownloadError(InputError, RuntimeError):
     """A download failed or its checksum does not match the config."""
 
 

@@ -17,7 +17,7 @@ import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 
 from audiocnn import atomic
-from audiocnn.config import ConfigError
+from audiocnn.config import ConfigError, InputError
 from audiocnn.data import sources
 from audiocnn.data.checks import LeakageError, Unusable, check_leakage, inspect_file, merge_duplicate_groups
 from audiocnn.data.splits import SPLITS, grouped_stratified_split
@@ -26,7 +26,7 @@ MANIFEST_COLUMNS = ["path", "label", "split", "fold", "group", "duration", "sr"]
 DEFAULT_MAX_SECONDS = 600.0  # longer files are skipped: featurize pads a batch to its longest clip
 
 
-class EmptySplitError(RuntimeError):
+class EmptySplitError(InputError, RuntimeError):
     """A split has no usable clip, so training or evaluation would be meaningless."""
 
 
