@@ -1,0 +1,90 @@
+"""The order in which featurize computes clips: buckets of similar length, long clips in chunks.
+
+A *piece* is one waveform the front-end transforms: a whole clip, or one chunk of a clip
+longer than `features.chunk_seconds`. Pieces are sorted by length so a batch pads
+little; a long clip's chunks stay together, in order, so its frames land back to back
+in one shard. The plan is a pure function of the manifest and the settings, which is
+what lets a killed run skip exactly the clips its finished shards hold, and lets the
+ranks of a `torchrun` split it without talking to each other.
+
+A chunk covering frames [f0, f1) is cut from samples [f0 * hop - margin, f1 * hop + margin)
+(zeros beyond the clip, like the front-end's own padding), with `margin` >= the
+front-end's radius; its frames [margin / hop, margin / hop + f1 - f0) then equal the
+frames of the whole clip.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from audiocnn.features.cqt import n_frames
+
+
+@dataclass(frozen=True)
+class Piece:
+    position: int  # row of the manifest
+    start: int  # first sample (may be < 0: zeros); whole clips: 0
+    stop: int  # end sample; whole clips: -1 (to the end, however long it decodes)
+    skip: int  # leading frames to drop
+    keep: int  # frames to keep; whole clips: -1 (all)
+    last: bool  # the clip's last piece
+
+    @property
+    def whole(self) -> bool:
+        return self.stop < 0
+
+
+def chunk_margin(radius: int, hop_length: int) -> int:
+    """Samples of context each side of a chunk: the front-end's radius rounded up to whole hops."""
+    return math.ceil(radius / hop_length) * hop_length
+
+
+def clip_pieces(position: int, samples: int, chunk_frames: int, hop_length: int, margin: int) -> list[Piece]:
+    """The pieces of one clip of `samples` samples (at the front-end's rate)."""
+    total = n_frames(samples, hop_length)
+    if total <= chunk_frames:
+        return [Piece(position, 0, -1, 0, -1, True)]
+    pieces = []
+    for f0 in range(0, total, chunk_frames):
+        f1 = min(f0 + chunk_frames, total)
+        pieces.append(Piece(position, f0 * hop_length - margin, f1 * hop_length + margin, margin // hop_length,
+                            f1 - f0, f1 == total))
+    return pieces
+
+
+def plan_pieces(manifest: pd.DataFrame, sr: int, hop_length: int, chunk_seconds: float, margin: int,
+                samples_of=None) -> list[Piece]:
+    """Every manifest clip as pieces, shortest clips first, long clips chunked.
+
+    `manifest` needs `duration` (seconds); `samples_of(position)` gives a long clip's
+    exact length (its header), since a chunk plan must know where the clip ends.
+    """
+    chunk_frames = max(1, int(chunk_seconds * sr) // hop_length)
+    expected = np.round(manifest["duration"].to_numpy(dtype=float) * sr).astype(np.int64)
+    order = np.argsort(expected, kind="stable")
+    pieces: list[Piece] = []
+    for position in order.tolist():
+        if n_frames(int(expected[position]), hop_length) <= chunk_frames or samples_of is None:
+            pieces.append(Piece(position, 0, -1, 0, -1, True))
+        else:
+            pieces.extend(clip_pieces(position, samples_of(position), chunk_frames, hop_length, margin))
+    return pieces
+
+
+def rank_share(pieces: list[Piece], rank: int, world: int) -> list[Piece]:
+    """The pieces of every `world`-th clip in plan order, starting with clip `rank` (lengths stay balanced)."""
+    if world == 1:
+        return pieces
+    clips: dict[int, int] = {}
+    for piece in pieces:
+        clips.setdefault(piece.position, len(clips))
+    return [piece for piece in pieces if clips[piece.position] % world == rank]
+
+
+def batches(pieces: list[Piece], batch_size: int) -> list[list[int]]:
+    """Consecutive pieces in groups of `batch_size` (indices into `pieces`)."""
+    return [list(range(i, min(i + batch_size, len(pieces)))) for i in range(0, len(pieces), batch_size)]
