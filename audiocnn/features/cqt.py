@@ -100,6 +100,21 @@ class LogCQT(nn.Module):
         return 0.5 * torch.log(power.clamp_min(self.amin ** 2)).transpose(1, 2)
 
 
+class CQTFrontend(nn.Module):
+    """The model's front-end on the fly: (batch, samples) waveform -> (batch, 1, n_bins, frames)."""
+
+    def __init__(self, cqt: LogCQT):
+        super().__init__()
+        self.cqt = cqt
+
+    @classmethod
+    def from_config(cls, features: DictConfig) -> "CQTFrontend":
+        return cls(LogCQT.from_config(features))
+
+    def forward(self, waveform: Tensor) -> Tensor:
+        return self.cqt(waveform)[:, None]
+
+
 def pick_device(setting: str) -> torch.device:
     """`auto` -> CUDA when there is a GPU, else CPU."""
     if setting == "auto":
