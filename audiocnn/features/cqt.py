@@ -2,7 +2,7 @@
 
 The kernels are nnAudio `CQT1992v2`'s (bins geometrically spaced, f_k = fmin * 2^(k / B),
 a Hann-windowed complex exponential of Q cycles per bin, L1-normalised, output scaled by
-sqrt(kernel length) as librosa does). nnAudio applies them as one strided conv1d in which
+sqrt(kernel length) as librosa does), with librosa's Q (see `librosa_filter_scale`). nnAudio applies them as one strided conv1d in which
 every kernel is zero-padded to the longest one (16,384 taps at 16 kHz from 32.7 Hz): a
 bin of the top octave then multiplies ~16,000 zeros for ~130 useful taps. `LogCQT`
 applies the same kernels octave by octave, each cropped to the support of its longest
@@ -30,6 +30,16 @@ FEATURE_KEYS = ("sr", "hop_length", "fmin", "n_bins", "bins_per_octave", "amin")
 # Largest framed block (elements) one matrix product materialises: bounds memory for any
 # batch or clip length (64 MB of float32).
 BLOCK_ELEMENTS = 1 << 24
+
+
+def librosa_filter_scale(bins_per_octave: int) -> float:
+    """nnAudio's `filter_scale` that gives librosa's Q (librosa >= 0.10).
+
+    nnAudio sets Q = filter_scale / (2^(1/B) - 1); librosa sets Q = 1 / alpha with
+    alpha = (2^(2/B) - 1) / (2^(2/B) + 1), about 3 % longer kernels (narrower bands).
+    """
+    alpha = (2 ** (2 / bins_per_octave) - 1) / (2 ** (2 / bins_per_octave) + 1)
+    return (2 ** (1 / bins_per_octave) - 1) / alpha
 
 
 def n_frames(samples: int, hop_length: int) -> int:
@@ -66,7 +76,7 @@ class LogCQT(nn.Module):
         self.hop_length, self.amin = hop_length, amin
         self.cqt = CQT1992v2(
             sr=sr, hop_length=hop_length, fmin=fmin, n_bins=n_bins, bins_per_octave=bins_per_octave,
-            pad_mode="constant", output_format="Magnitude", trainable=trainable, verbose=False,
+            filter_scale=librosa_filter_scale(bins_per_octave), pad_mode="constant", output_format="Magnitude", trainable=trainable, verbose=False,
         )
         real = self.cqt.cqt_kernels_real.detach()[:, 0]
         self.width = real.shape[1]
