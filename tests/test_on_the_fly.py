@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pytest
 import soundfile as sf
 import torch
 
@@ -57,6 +58,7 @@ def test_store_and_on_the_fly_give_the_same_logits_for_the_same_weights_and_clip
         torch.testing.assert_close(on_the_fly(waves), from_store(frames), atol=1e-3, rtol=1e-3)
 
 
+@pytest.mark.slow
 def test_train_and_evaluate_on_the_fly_with_trainable_kernels(tmp_path):
     from audiocnn.evaluation.evaluate import evaluate
     from audiocnn.training.checkpoints import load_trained

@@ -33,6 +33,11 @@ from audiocnn.features.store import (TEXT_COLUMNS, ShardWriter, clips_md5, finis
                                      shard_prefix)
 
 
+# Most samples in one padded CQT batch (32 MB of float32): with chunked long clips, the
+# memory featurize needs is bounded by constants, never by the data.
+BATCH_SAMPLES = 1 << 23
+
+
 def store_params(cfg: DictConfig) -> dict:
     """The parameters that shape the stored frames (and so name the store)."""
     return {**{key: cfg.features[key] for key in FEATURE_KEYS}, "frontend_version": FRONTEND_VERSION}
@@ -123,7 +128,7 @@ def featurize_share(cfg: DictConfig, root: Path, manifest: pd.DataFrame, rank: i
     todo = [p for p in rank_share(plan, rank, world) if p.position not in done_ids]
     writer = ShardWriter(root, f.n_bins, int(float(f.shard_mb) * 2**20), first_shard=len(done), prefix=prefix)
     loader = DataLoader(
-        DecodedPieces(paths, todo, f.sr), batch_sampler=batches(todo, f.batch_size), collate_fn=pad_batch,
+        DecodedPieces(paths, todo, f.sr), batch_sampler=batches(todo, f.batch_size, BATCH_SAMPLES), collate_fn=pad_batch,
         num_workers=f.num_workers, pin_memory=device.type == "cuda",
         worker_init_fn=_one_thread if f.num_workers else None,
     )

@@ -32,6 +32,7 @@ class Piece:
     skip: int  # leading frames to drop
     keep: int  # frames to keep; whole clips: -1 (all)
     last: bool  # the clip's last piece
+    samples: int  # length of the waveform (whole clips: expected from the manifest's duration)
 
     @property
     def whole(self) -> bool:
@@ -47,12 +48,12 @@ def clip_pieces(position: int, samples: int, chunk_frames: int, hop_length: int,
     """The pieces of one clip of `samples` samples (at the front-end's rate)."""
     total = n_frames(samples, hop_length)
     if total <= chunk_frames:
-        return [Piece(position, 0, -1, 0, -1, True)]
+        return [Piece(position, 0, -1, 0, -1, True, samples)]
     pieces = []
     for f0 in range(0, total, chunk_frames):
         f1 = min(f0 + chunk_frames, total)
-        pieces.append(Piece(position, f0 * hop_length - margin, f1 * hop_length + margin, margin // hop_length,
-                            f1 - f0, f1 == total))
+        start, stop = f0 * hop_length - margin, f1 * hop_length + margin
+        pieces.append(Piece(position, start, stop, margin // hop_length, f1 - f0, f1 == total, stop - start))
     return pieces
 
 
@@ -69,7 +70,7 @@ def plan_pieces(manifest: pd.DataFrame, sr: int, hop_length: int, chunk_seconds:
     pieces: list[Piece] = []
     for position in order.tolist():
         if n_frames(int(expected[position]), hop_length) <= chunk_frames or samples_of is None:
-            pieces.append(Piece(position, 0, -1, 0, -1, True))
+            pieces.append(Piece(position, 0, -1, 0, -1, True, int(expected[position])))
         else:
             pieces.extend(clip_pieces(position, samples_of(position), chunk_frames, hop_length, margin))
     return pieces
@@ -85,6 +86,18 @@ def rank_share(pieces: list[Piece], rank: int, world: int) -> list[Piece]:
     return [piece for piece in pieces if clips[piece.position] % world == rank]
 
 
-def batches(pieces: list[Piece], batch_size: int) -> list[list[int]]:
-    """Consecutive pieces in groups of `batch_size` (indices into `pieces`)."""
-    return [list(range(i, min(i + batch_size, len(pieces)))) for i in range(0, len(pieces), batch_size)]
+def batches(pieces: list[Piece], batch_size: int, max_samples: int) -> list[list[int]]:
+    """Consecutive pieces (indices into `pieces`) in groups of at most `batch_size`, and
+    of at most `max_samples` once padded to their longest: memory per batch is bounded
+    whatever the clips' lengths (a batch holds at least one piece)."""
+    groups, group, longest = [], [], 0
+    for number, piece in enumerate(pieces):
+        longest_with = max(longest, piece.samples)
+        if group and (len(group) == batch_size or longest_with * (len(group) + 1) > max_samples):
+            groups.append(group)
+            group, longest_with = [], piece.samples
+        group.append(number)
+        longest = longest_with
+    if group:
+        groups.append(group)
+    return groups
