@@ -11,7 +11,7 @@ Fidelity: minimum per-clip correlation of log-magnitudes (80 dB range) over the 
 whose kernel lies inside the clip ("inside") and over all cells ("all": edges included),
 on 84 pure tones (one per bin), a sweep, white noise and 30 FSDD clips; per-octave
 correlation on FSDD (the lowest octave is where they differ). Speed: CQT only, batches
-of 64 FSDD clips (resampled once beforehand), CPU time per audio-second.
+of 64 FSDD clips (resampled once beforehand), audio-seconds per CPU-second on one thread.
 Writes benchmarks/results/cqt_variants.json.
 """
 
@@ -64,7 +64,9 @@ def fidelity(transform, lengths: np.ndarray, clips: dict[str, list[np.ndarray]])
 
 
 def speed(transform, waves: list[torch.Tensor]) -> float:
-    """Audio-seconds per CPU-second, batches of 64 clips sorted by length."""
+    """Audio-seconds per CPU-second on one thread (fair on a shared machine), batches of 64
+    clips sorted by length."""
+    torch.set_num_threads(1)
     waves = sorted(waves, key=len)
     batches = []
     for i in range(0, len(waves), 64):
