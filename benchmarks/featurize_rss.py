@@ -47,7 +47,6 @@ def featurize_in_child(work: Path, *overrides: str) -> dict:
               "stage_main(featurize)\n"
               "print('maxrss_self_kb', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)\n"
               "print('maxrss_workers_kb', resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)")
-    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
     started = time.perf_counter()
     done = subprocess.run([sys.executable, "-c", script, str(params)], cwd=REPO, check=True, capture_output=True,
                           text=True)
@@ -59,7 +58,7 @@ def featurize_in_child(work: Path, *overrides: str) -> dict:
             "peak_rss_mb_worker": round(int(values["maxrss_workers_kb"]) / 1024),
             "peak_rss_mb": round(max(int(values["maxrss_self_kb"]), int(values["maxrss_workers_kb"])) / 1024),
             "clips": meta["clips"], "frames": meta["frames"], "store_mb": round(sum(
-                p.stat().st_size for p in store.glob("*.f16")) / 2**20), "parent_children_before": before}
+                p.stat().st_size for p in store.glob("*.f16")) / 2**20)}
 
 
 def fsdd_hours(hours: float, work: Path) -> dict:

@@ -1,12 +1,12 @@
 """Training DataLoader throughput: windows per second read from the feature store.
 
     .venv/bin/python benchmarks/loader.py                     # FSDD store, speech front-end
-    .venv/bin/python benchmarks/loader.py --workers 0 2 --seconds 10
+    .venv/bin/python benchmarks/loader.py --workers 0 2 --batch-sizes 32 128 --seconds 10
 
 Featurizes the 3,000 FSDD recordings (`features=speech`: 64-frame windows of 84 bins),
-then iterates `StoreDataModule.train_dataloader()` (random windows, shuffled, batches of
-`trainer.batch_size`) for `--seconds` after a warm-up batch, with `trainer.num_workers`
-= each of `--workers`. For comparison, the same loader with per-item `__getitem__` and
+then iterates `StoreDataModule.train_dataloader()` (random windows, shuffled) for
+`--seconds` after a warm-up batch, for each `trainer.num_workers` in `--workers` and
+`trainer.batch_size` in `--batch-sizes`. For comparison, the same loader with per-item `__getitem__` and
 the default collate (how the windows were read before batched extraction). Writes
 benchmarks/results/loader.json; the last line is `windows_per_second=<best>`.
 """
@@ -14,6 +14,7 @@ benchmarks/results/loader.json; the last line is `windows_per_second=<best>`.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import tempfile
 import time
@@ -57,29 +58,35 @@ def per_item_loader(data: StoreDataModule, workers: int) -> DataLoader:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--workers", type=int, nargs="*", default=[0, 2])
+    parser.add_argument("--batch-sizes", type=int, nargs="*", default=[32, 128])
     parser.add_argument("--seconds", type=float, default=5.0)
-    parser.add_argument("overrides", nargs="*", help="config overrides, e.g. trainer.batch_size=128")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="loader-bench-"))
     write_fsdd_manifest(work / "prepared")
     base = ["data=fsdd", f"data.root={work}", "features=speech", f"paths.prepared={work / 'prepared'}",
-            f"paths.features={work / 'features'}", *args.overrides]
+            f"paths.features={work / 'features'}"]
     cfg = compose_config(base)
     validate_config(cfg)
     featurize(cfg)
     result = {"machine": machine(), "load_average_before": [round(x, 2) for x in os.getloadavg()],
-              "batch_size": cfg.trainer.batch_size, "window": [cfg.features.n_bins, cfg.features.window_frames],
-              "overrides": args.overrides, "batched": {}, "per_item": {}}
+              "window": [cfg.features.n_bins, cfg.features.window_frames], "runs": []}
     for workers in args.workers:
-        data = StoreDataModule(compose_config([*base, f"trainer.num_workers={workers}"]))
-        result["batched"][workers] = round(windows_per_second(data.train_dataloader(), args.seconds))
-        result["per_item"][workers] = round(windows_per_second(per_item_loader(data, workers), args.seconds))
-        print(f"num_workers={workers}: batched {result['batched'][workers]} windows/s, "
-              f"per item {result['per_item'][workers]} windows/s", flush=True)
+        for batch_size in args.batch_sizes:
+            data = StoreDataModule(compose_config([*base, f"trainer.num_workers={workers}",
+                                                   f"trainer.batch_size={batch_size}"]))
+            run = {"num_workers": workers, "batch_size": batch_size,
+                   "batched": round(windows_per_second(data.train_dataloader(), args.seconds)),
+                   "per_item": round(windows_per_second(per_item_loader(data, workers), args.seconds))}
+            result["runs"].append(run)
+            print(json.dumps(run), flush=True)
     result["load_average_after"] = [round(x, 2) for x in os.getloadavg()]
     RESULTS.parent.mkdir(exist_ok=True)
     atomic.write_json(RESULTS, result)
-    print(f"windows_per_second={max(result['batched'].values())}")
+    print("| num_workers | batch size | batched windows/s | per-item windows/s |")
+    print("|---|---|---|---|")
+    for run in result["runs"]:
+        print(f"| {run['num_workers']} | {run['batch_size']} | {run['batched']} | {run['per_item']} |")
+    print(f"windows_per_second={max(run['batched'] for run in result['runs'])}")
 
 
 if __name__ == "__main__":

@@ -120,8 +120,13 @@ def featurize_share(cfg: DictConfig, root: Path, manifest: pd.DataFrame, rank: i
     frontend = LogCQT.from_config(f).to(device).eval()
     paths = manifest["path"].tolist()
     margin = chunk_margin(frontend.radius, f.hop_length)
-    plan = plan_pieces(manifest, f.sr, f.hop_length, float(f.chunk_seconds), margin,
-                       samples_of=lambda position: clip_samples(paths[position], f.sr))
+    def samples_of(position: int) -> int | None:
+        try:
+            return clip_samples(paths[position], f.sr)
+        except Exception:  # noqa: BLE001 - decoded whole in a worker, which reports why it fails
+            return None
+
+    plan = plan_pieces(manifest, f.sr, f.hop_length, float(f.chunk_seconds), margin, samples_of=samples_of)
     prefix = shard_prefix(rank, world)
     done = finished_shards(root, prefix)
     done_ids = set(pd.concat(done)["clip_id"].tolist()) if done else set()

@@ -62,17 +62,19 @@ def plan_pieces(manifest: pd.DataFrame, sr: int, hop_length: int, chunk_seconds:
     """Every manifest clip as pieces, shortest clips first, long clips chunked.
 
     `manifest` needs `duration` (seconds); `samples_of(position)` gives a long clip's
-    exact length (its header), since a chunk plan must know where the clip ends.
+    exact length (its header), since a chunk plan must know where the clip ends, or None.
     """
     chunk_frames = max(1, int(chunk_seconds * sr) // hop_length)
     expected = np.round(manifest["duration"].to_numpy(dtype=float) * sr).astype(np.int64)
     order = np.argsort(expected, kind="stable")
     pieces: list[Piece] = []
     for position in order.tolist():
-        if n_frames(int(expected[position]), hop_length) <= chunk_frames or samples_of is None:
+        long = samples_of is not None and n_frames(int(expected[position]), hop_length) > chunk_frames
+        samples = samples_of(position) if long else None  # None: unreadable header, decoded (and reported) whole
+        if samples is None:
             pieces.append(Piece(position, 0, -1, 0, -1, True, int(expected[position])))
         else:
-            pieces.extend(clip_pieces(position, samples_of(position), chunk_frames, hop_length, margin))
+            pieces.extend(clip_pieces(position, samples, chunk_frames, hop_length, margin))
     return pieces
 
 
