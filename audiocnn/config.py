@@ -122,6 +122,11 @@ def validate_features(cfg: DictConfig) -> None:
     _positive(cfg, "features.shard_mb")  # may be fractional (small shards in tests)
     _positive(cfg, "features.fmin")
     _positive(cfg, "features.amin")
+    _positive(cfg, "features.chunk_seconds")
+    for key in ("features.on_the_fly", "features.trainable"):
+        _one_of(cfg, key, (True, False))
+    if cfg.features.trainable and not cfg.features.on_the_fly:
+        raise ConfigError("features.trainable=true: needs features.on_the_fly=true (stored frames are fixed)")
     _one_of(cfg, "features.device", ("auto", "cpu", "cuda"))
     f = cfg.features
     nyquist = f.sr / 2

@@ -83,7 +83,7 @@ def test_featurize_stores_the_log_cqt_of_every_manifest_clip(cpu_store_cfg, fron
     manifest = pd.read_csv(Path(cfg.paths.prepared) / "manifest.csv")
     assert store.meta["complete"] and store.meta["clips"] == len(manifest) == len(store)
     assert store.index["clip_id"].tolist() == list(range(len(manifest)))
-    for column in ("path", "label", "split"):
+    for column in ("path", "label"):  # no split: the store does not depend on it
         assert store.index[column].tolist() == manifest[column].tolist()
     assert store.meta["frames"] == int(store.index["length"].sum())
 
@@ -102,7 +102,7 @@ def test_featurize_stores_the_log_cqt_of_every_manifest_clip(cpu_store_cfg, fron
 def test_store_frames_are_a_memory_mapped_view(prepared_store):
     store = FeatureStore(store_dir(prepared_store))
     frames = store.frames(3)
-    shard = store.shard(int(store.index.loc[3, "shard"]))
+    shard = store.shard(store.index.loc[3, "shard"])
     assert isinstance(shard, np.memmap)
     assert not frames.flags.owndata and np.shares_memory(frames, shard)
     base = frames

@@ -134,3 +134,27 @@ def test_datamodule_splits_are_disjoint_and_follow_the_manifest(prepared_store):
     # Groups do not leak across splits either.
     groups = manifest.groupby("group")["split"].nunique()
     assert (groups == 1).all()
+
+
+@pytest.mark.parametrize("window", [16, 4096])  # inside every clip / longer than every clip (padded)
+def test_a_batch_is_the_windows_cut_one_by_one(store, window):
+    rows = np.arange(len(store))
+    dataset = WindowDataset(store, rows, rows % 3, window, "center", floor=-9.0)
+    x, y = dataset.__getitems__(list(range(len(rows))))
+    assert x.shape == (len(rows), 1, store.n_bins, window) and x.dtype == torch.float32 and x.is_contiguous()
+    for item in range(len(rows)):
+        one, label = dataset[item]
+        torch.testing.assert_close(x[item], one, rtol=0, atol=0)
+        assert y[item] == label
+
+
+def test_random_batches_stay_inside_each_clip(store):
+    window = 16
+    rows = np.arange(len(store))
+    dataset = WindowDataset(store, rows, rows, window, "random", floor=-9.0, seed=3)
+    x, _ = dataset.__getitems__(list(rows))
+    for item, row in enumerate(rows):
+        frames = store.frames(int(row)).astype(np.float32)
+        starts = [s for s in range(len(frames) - window + 1)
+                  if np.array_equal(frames[s: s + window].T, x[item, 0].numpy())]
+        assert starts  # the window is some crop of the clip

@@ -1,9 +1,13 @@
 """The featurize stage: manifest -> feature store (decode, resample, batched CQT, write).
 
-Decoding and resampling run in DataLoader workers; the CQT runs batched on the GPU when
-there is one. Frames go to the store folder `<paths.features>/<data.name>-<hash>`, where
-the hash covers every parameter that shapes the frames, so changing `features.*` never
-reuses stale frames. A killed run resumes after the last finished shard.
+Decoding and resampling run in DataLoader workers (pinned memory on CUDA); the CQT runs
+batched on the GPU when there is one. Clips are bucketed by length (little padding) and
+clips longer than `features.chunk_seconds` are cut into overlapping chunks, so memory
+is bounded by the batch, never by the dataset or the longest file. Frames go to the
+store folder `<paths.features>/<data.name>-<hash>`, where the hash covers every parameter
+that shapes the frames. A killed run resumes after its finished shards. Under `torchrun`
+each rank featurizes its share of the clips into its own shards and rank 0 writes the
+index once all are done.
 """
 
 from __future__ import annotations
@@ -21,8 +25,17 @@ from tqdm import tqdm
 
 from audiocnn import atomic
 from audiocnn.data.audio import load_audio
+from audiocnn.features import distributed
 from audiocnn.features.cqt import FEATURE_KEYS, FRONTEND_VERSION, LogCQT, n_frames, pick_device
-from audiocnn.features.store import INDEX_COLUMNS, TEXT_COLUMNS, ShardWriter, file_md5, finished_shards, params_hash
+from audiocnn.features.decode import clip_samples, load_segment
+from audiocnn.features.plan import Piece, batches, chunk_margin, plan_pieces, rank_share
+from audiocnn.features.store import (TEXT_COLUMNS, ShardWriter, clips_md5, finished_shards, params_hash,
+                                     shard_prefix)
+
+
+# Most samples in one padded CQT batch (32 MB of float32): with chunked long clips, the
+# memory featurize needs is bounded by constants, never by the data.
+BATCH_SAMPLES = 1 << 23
 
 
 def store_params(cfg: DictConfig) -> dict:
@@ -35,99 +48,159 @@ def store_dir(cfg: DictConfig) -> Path:
     return Path(cfg.paths.features) / f"{cfg.data.name}-{params_hash(store_params(cfg))}"
 
 
+def read_manifest(cfg: DictConfig) -> pd.DataFrame:
+    return pd.read_csv(Path(cfg.paths.prepared) / "manifest.csv", dtype=TEXT_COLUMNS, keep_default_na=False)
+
+
 def is_featurized(cfg: DictConfig) -> bool:
-    """True when the store for `cfg` is complete and was made from the current manifest."""
+    """True when the store for `cfg` is complete and holds the current manifest's clips.
+
+    Only the clips (paths, labels) count: a manifest re-split into other folds or splits
+    keeps its store.
+    """
     meta_path = store_dir(cfg) / "store.json"
-    manifest = Path(cfg.paths.prepared) / "manifest.csv"
-    if not meta_path.exists() or not manifest.exists():
+    if not meta_path.exists() or not (Path(cfg.paths.prepared) / "manifest.csv").exists():
         return False
     meta = json.loads(meta_path.read_text())
-    return bool(meta.get("complete")) and meta.get("manifest_md5") == file_md5(manifest)
+    return bool(meta.get("complete")) and meta.get("clips_md5") == clips_md5(read_manifest(cfg))
 
 
-class DecodedClips(Dataset):
-    """Manifest rows -> (position, waveform (samples,) at `sr`, error message or "")."""
+class DecodedPieces(Dataset):
+    """Pieces of manifest clips -> (piece number, waveform (samples,) at `sr`, error message or "")."""
 
-    def __init__(self, rows: pd.DataFrame, sr: int):
-        self.paths, self.sr = rows["path"].tolist(), sr
+    def __init__(self, paths: list[str], pieces: list[Piece], sr: int):
+        self.paths, self.pieces, self.sr = paths, pieces, sr
 
     def __len__(self) -> int:
-        return len(self.paths)
+        return len(self.pieces)
 
-    def __getitem__(self, position: int):
+    def __getitem__(self, number: int):
+        piece = self.pieces[number]
+        path = self.paths[piece.position]
         try:
-            return position, load_audio(self.paths[position], self.sr), ""
+            wave = load_audio(path, self.sr) if piece.whole else load_segment(path, self.sr, piece.start, piece.stop)
+            return number, wave, ""
         except Exception as error:  # noqa: BLE001 - reported and skipped, the run goes on
-            return position, torch.zeros(0), f"undecodable: {str(error).splitlines()[0]}"
+            return number, torch.zeros(0), f"undecodable: {str(error).splitlines()[0]}"
 
 
 def pad_batch(items):
-    """Zero-pad waveforms to the longest: (positions, (batch, samples), lengths, errors)."""
-    positions, waves, errors = zip(*items)
+    """Zero-pad waveforms to the longest: (piece numbers, (batch, samples), lengths, errors)."""
+    numbers, waves, errors = zip(*items)
     lengths = torch.tensor([len(w) for w in waves])
     batch = torch.zeros(len(waves), max(int(lengths.max()), 1))
     for row, wave in enumerate(waves):
         batch[row, : len(wave)] = wave
-    return list(positions), batch, lengths, list(errors)
+    return list(numbers), batch, lengths, list(errors)
 
 
-def _open_store(root: Path, params: dict, manifest_md5: str) -> list[pd.DataFrame]:
-    """Reuse finished shards of an interrupted run on the same inputs; wipe anything else."""
+def _one_thread(worker_id: int) -> None:
+    torch.set_num_threads(1)  # decoding workers; the main process's CQT gets the cores
+
+
+def _open_store(root: Path, params: dict, digest: str, world: int) -> dict:
+    """Keep a store of the same inputs (finished shards are reused); wipe anything else."""
     meta_path = root / "store.json"
+    meta = {"params": params, "clips_md5": digest, "world": world, "complete": False}
     if meta_path.exists():
-        meta = json.loads(meta_path.read_text())
-        if meta.get("params") == params and meta.get("manifest_md5") == manifest_md5:
-            return finished_shards(root)
+        old = json.loads(meta_path.read_text())
+        if old.get("params") == params and old.get("clips_md5") == digest and (
+                old.get("complete") or old.get("world") == world):
+            return old
         shutil.rmtree(root)
     root.mkdir(parents=True, exist_ok=True)
-    atomic.write_json(meta_path, {"params": params, "manifest_md5": manifest_md5, "complete": False})
-    return []
+    atomic.write_json(meta_path, meta)
+    return meta
+
+
+def featurize_share(cfg: DictConfig, root: Path, manifest: pd.DataFrame, rank: int, world: int,
+                    device: torch.device) -> list[dict]:
+    """Featurize this rank's share of the plan into its shards; returns the clips it skipped."""
+    f = cfg.features
+    frontend = LogCQT.from_config(f).to(device).eval()
+    paths = manifest["path"].tolist()
+    margin = chunk_margin(frontend.radius, f.hop_length)
+    def samples_of(position: int) -> int | None:
+        try:
+            return clip_samples(paths[position], f.sr)
+        except Exception:  # noqa: BLE001 - decoded whole in a worker, which reports why it fails
+            return None
+
+    plan = plan_pieces(manifest, f.sr, f.hop_length, float(f.chunk_seconds), margin, samples_of=samples_of)
+    prefix = shard_prefix(rank, world)
+    done = finished_shards(root, prefix)
+    done_ids = set(pd.concat(done)["clip_id"].tolist()) if done else set()
+    todo = [p for p in rank_share(plan, rank, world) if p.position not in done_ids]
+    writer = ShardWriter(root, f.n_bins, int(float(f.shard_mb) * 2**20), first_shard=len(done), prefix=prefix)
+    loader = DataLoader(
+        DecodedPieces(paths, todo, f.sr), batch_sampler=batches(todo, f.batch_size, BATCH_SAMPLES), collate_fn=pad_batch,
+        num_workers=f.num_workers, pin_memory=device.type == "cuda",
+        worker_init_fn=_one_thread if f.num_workers else None,
+    )
+    durations = manifest["duration"].to_numpy(dtype=float)
+    skipped, failed = [], set()
+    with tqdm(total=float(sum(durations[p.position] for p in todo if p.last)), disable=rank != 0,
+              desc=f"featurize ({device.type}{f', {world} ranks' if world > 1 else ''})",
+              bar_format="{l_bar}{bar}| {n:.0f}/{total:.0f} audio-s [{elapsed}<{remaining}]") as bar:
+        for numbers, batch, lengths, errors in loader:
+            with torch.inference_mode():
+                spectra = frontend(batch.to(device, non_blocking=True)).to(torch.float16).cpu().numpy()
+            for number, spectrum, length, error in zip(numbers, spectra, lengths.tolist(), errors):
+                piece = todo[number]
+                clip = {"clip_id": piece.position, "path": paths[piece.position],
+                        "label": manifest["label"].iat[piece.position]}
+                if piece.position in failed:
+                    continue
+                if error:
+                    skipped.append({"path": clip["path"], "reason": error})
+                    failed.add(piece.position)
+                    writer.abandon_clip()
+                    continue
+                keep = n_frames(length, f.hop_length) if piece.whole else piece.keep
+                writer.add(clip, spectrum[:, piece.skip: piece.skip + keep].T, last=piece.last)
+                if piece.last:
+                    bar.update(float(durations[piece.position]))
+    writer.close_shard()
+    return skipped
 
 
 def featurize(cfg: DictConfig) -> Path:
-    """Compute the CQT of every manifest clip into the store for `cfg`; return its folder."""
-    manifest_path = Path(cfg.paths.prepared) / "manifest.csv"
-    manifest = pd.read_csv(manifest_path, dtype=TEXT_COLUMNS)
-    manifest.insert(0, "clip_id", np.arange(len(manifest)))
-    root, params = store_dir(cfg), store_params(cfg)
-    done = _open_store(root, params, file_md5(manifest_path))
+    """Compute the CQT of every manifest clip into the store for `cfg`; return its folder.
+
+    Under `torchrun` (WORLD_SIZE > 1) every rank runs this; each takes its share.
+    """
+    rank, world = distributed.setup(cfg.features.device)
+    try:
+        return _featurize(cfg, rank, world)
+    finally:
+        distributed.teardown()
+
+
+def _featurize(cfg: DictConfig, rank: int, world: int) -> Path:
+    manifest = read_manifest(cfg)
+    root, params, digest = store_dir(cfg), store_params(cfg), clips_md5(manifest)
+    if rank == 0:
+        meta = _open_store(root, params, digest, world)
+    distributed.barrier()
     meta = json.loads((root / "store.json").read_text())
     if meta.get("complete"):
-        print(f"featurize: {root} is up to date ({meta['clips']} clips)")
+        if rank == 0:
+            print(f"featurize: {root} is up to date ({meta['clips']} clips)")
         return root
 
-    last_done = int(done[-1]["clip_id"].max()) if done else -1
-    todo = manifest[manifest["clip_id"] > last_done].reset_index(drop=True)
-    device = pick_device(cfg.features.device)
-    frontend = LogCQT.from_config(cfg.features).to(device).eval()
-    writer = ShardWriter(root, cfg.features.n_bins, int(float(cfg.features.shard_mb) * 2**20), first_shard=len(done))
-    loader = DataLoader(
-        DecodedClips(todo, cfg.features.sr), batch_size=cfg.features.batch_size, collate_fn=pad_batch,
-        num_workers=cfg.features.num_workers, pin_memory=device.type == "cuda",
-    )
-    skipped = []
-    hop = cfg.features.hop_length
-    with tqdm(total=float(todo["duration"].sum()), desc=f"featurize ({device.type})",
-              bar_format="{l_bar}{bar}| {n:.0f}/{total:.0f} audio-s [{elapsed}<{remaining}]") as bar:
-        for positions, batch, lengths, errors in loader:
-            with torch.inference_mode():
-                spectra = frontend(batch.to(device, non_blocking=True)).to(torch.float16).cpu().numpy()
-            for position, spectrum, length, error in zip(positions, spectra, lengths.tolist(), errors):
-                clip = todo.iloc[position]
-                if error:
-                    skipped.append({"path": clip["path"], "reason": error})
-                    continue
-                writer.add(clip[INDEX_COLUMNS[:4]].to_dict(), spectrum[:, : n_frames(length, hop)].T)
-            bar.update(float(todo["duration"].iloc[positions].sum()))
-    writer.close_shard()
-
-    index = pd.concat(finished_shards(root), ignore_index=True)
-    with atomic.atomic_path(root / "index.csv") as tmp:
-        index.to_csv(tmp, index=False)
-    atomic.write_json(root / "store.json", {
-        **meta, "complete": True, "clips": len(index), "frames": int(index["length"].sum()),
-        "shards": int(index["shard"].nunique()), "skipped": skipped,
-    })
-    print(f"featurize: wrote {len(index)} clips ({int(index['length'].sum())} frames) to {root}; "
-          f"skipped {len(skipped)}")
+    device = distributed.device(cfg.features.device)
+    skipped = featurize_share(cfg, root, manifest, rank, world, device)
+    skipped = distributed.gather(skipped)
+    if rank == 0:
+        shards = [rows for r in range(world) for rows in finished_shards(root, shard_prefix(r, world))]
+        index = pd.concat(shards, ignore_index=True).sort_values("clip_id", kind="stable").reset_index(drop=True)
+        with atomic.atomic_path(root / "index.csv") as tmp:
+            index.to_csv(tmp, index=False)
+        atomic.write_json(root / "store.json", {
+            **meta, "complete": True, "clips": len(index), "frames": int(index["length"].sum()),
+            "shards": int(index["shard"].nunique()), "skipped": skipped,
+        })
+        print(f"featurize: wrote {len(index)} clips ({int(index['length'].sum())} frames) to {root}; "
+              f"skipped {len(skipped)}")
+    distributed.barrier()
     return root

@@ -39,21 +39,33 @@ def weights_file(source: str) -> Path:
     return path
 
 
-def load_state(source: str) -> dict[str, Tensor]:
-    """The state dict in `source`; never unpickles code (`weights_only=True`)."""
+def load_state(source: str, prefix: str = "model.") -> dict[str, Tensor]:
+    """The state dict in `source`; never unpickles code (`weights_only=True`).
+
+    From a Lightning checkpoint of `Classifier`, the part under `prefix` (the model, or
+    with `prefix="frontend."` the on-the-fly CQT).
+    """
     loaded = torch.load(weights_file(source), map_location="cpu", weights_only=True)
     state = loaded.get("state_dict", loaded)
-    if any(key.startswith("model.") for key in state):  # a Lightning checkpoint of `Classifier`
-        state = {k.removeprefix("model."): v for k, v in state.items() if k.startswith("model.")}
+    if any(key.startswith(("model.", "frontend.")) for key in state):
+        state = {k.removeprefix(prefix): v for k, v in state.items() if k.startswith(prefix)}
     return state
 
 
 def load_trained(source: str | Path) -> tuple[nn.Module, dict]:
     """Rebuild a model saved by `train`: returns (model in eval mode, bundle).
 
-    The bundle holds `state_dict`, the `model` and `features` configs and `classes`.
+    The bundle holds `state_dict`, the `model` and `features` configs and `classes`. A
+    model trained on the fly (`features.on_the_fly`) comes back with its CQT front-end:
+    it takes waveform windows `(batch, samples)`.
     """
     bundle = torch.load(weights_file(str(source)), map_location="cpu", weights_only=True)
     model = build_model(OmegaConf.create(bundle["model"]), len(bundle["classes"]), bundle["features"]["n_bins"])
     model.load_state_dict(bundle["state_dict"])
+    if bundle["features"].get("on_the_fly"):
+        from audiocnn.features.cqt import CQTFrontend
+
+        frontend = CQTFrontend.from_config(OmegaConf.create(bundle["features"]))
+        frontend.load_state_dict(bundle["frontend"])
+        model = nn.Sequential(frontend, model)
     return model.eval(), bundle

@@ -1,4 +1,9 @@
-"""`StoreDataModule`: train/val/test loaders over the memory-mapped feature store."""
+"""`StoreDataModule`: train/val/test loaders of windows, from the feature store or on the fly.
+
+Each clip's split comes from the current manifest (the store holds none), so re-splitting
+the data (another fold) reuses the store. With `features.on_the_fly=true` there is no
+store: the loaders give waveform windows and the model's front-end computes the CQT.
+"""
 
 from __future__ import annotations
 
@@ -8,12 +13,13 @@ from pathlib import Path
 
 import lightning as L
 import numpy as np
+import torch
 from omegaconf import DictConfig
 from torch.utils.data import DataLoader
 
-from audiocnn.features.featurize import store_dir
-from audiocnn.features.store import FeatureStore
-from audiocnn.training.windows import WindowDataset, collate_sliding, seed_worker
+from audiocnn.features.featurize import read_manifest, store_dir
+from audiocnn.features.store import FeatureStore, clips_md5
+from audiocnn.training.windows import AudioClips, WaveformWindowDataset, WindowDataset, already_batched, seed_worker
 
 
 def load_classes(cfg: DictConfig) -> list[str]:
@@ -21,32 +27,52 @@ def load_classes(cfg: DictConfig) -> list[str]:
 
 
 class StoreDataModule(L.LightningDataModule):
-    """Windows of `features.window_frames` frames; labels are indices into classes.json."""
+    """Windows of `features.window_frames` frames; labels are indices into classes.json.
+
+    `store` is the `FeatureStore` (or, on the fly, the manifest's `AudioClips`); its
+    `index` rows are the clips, `rows(split)` picks a split's rows.
+    """
 
     def __init__(self, cfg: DictConfig):
         super().__init__()
         self.cfg = cfg
+        self.on_the_fly = bool(cfg.features.get("on_the_fly", False))
         self.classes = load_classes(cfg)
-        self.store = FeatureStore(store_dir(cfg))
+        manifest = read_manifest(cfg)
+        if self.on_the_fly:
+            self.store = AudioClips(manifest, cfg.features.sr, cfg.features.hop_length)
+        else:
+            self.store = FeatureStore(store_dir(cfg))
+            if self.store.meta.get("clips_md5") != clips_md5(manifest):
+                raise RuntimeError(f"feature store {self.store.root} holds other clips than the manifest; "
+                                   "rerun featurize")
         self.floor = math.log(cfg.features.amin)
+        # The store's clip_id is the manifest row; clips featurize skipped have no row.
+        self.splits = manifest["split"].to_numpy()[self.store.index["clip_id"].to_numpy()]
         lookup = {name: i for i, name in enumerate(self.classes)}
-        self.labels = self.store.index["label"].map(lookup).to_numpy()
-        if np.isnan(self.labels.astype(float)).any():
-            raise RuntimeError(f"feature store {self.store.root} has labels outside classes.json; rerun featurize")
+        labels = self.store.index["label"].map(lookup)
+        if labels.isna().any():
+            raise RuntimeError(f"{self.store_name} has labels outside classes.json; rerun prepare/featurize")
+        self.labels = labels.to_numpy(dtype=np.int64)
+
+    @property
+    def store_name(self) -> str:
+        return "the manifest" if self.on_the_fly else f"feature store {self.store.root}"
 
     def rows(self, split: str) -> np.ndarray:
-        return np.flatnonzero(self.store.index["split"].to_numpy() == split)
+        return np.flatnonzero(self.splits == split)
 
-    def dataset(self, split: str, mode: str) -> WindowDataset:
-        rows = self.rows(split)
-        return WindowDataset(self.store, rows, self.labels[rows], self.cfg.features.window_frames, mode,
-                             self.floor, seed=self.cfg.seed)
+    def dataset(self, split: str, mode: str):
+        rows, window = self.rows(split), self.cfg.features.window_frames
+        if self.on_the_fly:
+            return WaveformWindowDataset(self.store, rows, self.labels[rows], window, mode, seed=self.cfg.seed)
+        return WindowDataset(self.store, rows, self.labels[rows], window, mode, self.floor, seed=self.cfg.seed)
 
     def _loader(self, dataset, shuffle: bool, **kwargs) -> DataLoader:
         workers = self.cfg.trainer.num_workers
         return DataLoader(dataset, batch_size=self.cfg.trainer.batch_size, shuffle=shuffle, num_workers=workers,
                           persistent_workers=workers > 0, worker_init_fn=seed_worker if workers else None,
-                          **kwargs)
+                          collate_fn=already_batched, pin_memory=torch.cuda.is_available(), **kwargs)
 
     def train_dataloader(self) -> DataLoader:
         return self._loader(self.dataset("train", "random"), shuffle=True, drop_last=len(self.rows("train")) >
@@ -56,4 +82,4 @@ class StoreDataModule(L.LightningDataModule):
         return self._loader(self.dataset("val", "center"), shuffle=False)
 
     def test_dataloader(self) -> DataLoader:
-        return self._loader(self.dataset("test", "sliding"), shuffle=False, collate_fn=collate_sliding)
+        return self._loader(self.dataset("test", "sliding"), shuffle=False)

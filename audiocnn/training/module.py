@@ -15,12 +15,15 @@ from audiocnn.training.transfer import frozen_modules, parameter_groups
 class Classifier(L.LightningModule):
     """Cross-entropy training of `model`: `(batch, 1, n_bins, frames)` -> `(batch, n_classes)`.
 
-    Logs train/val loss and accuracy once per epoch; the optimizer comes from the
+    `frontend` turns a batch into the model's input: `nn.Identity()` for windows from the
+    feature store; `CQTFrontend` (waveforms `(batch, samples)` -> CQT) on the fly. Logs train/val loss and accuracy once per epoch; the optimizer comes from the
     `optimizer` config (`_target_`, default AdamW).
     """
 
-    def __init__(self, model: nn.Module, optimizer_cfg: DictConfig, n_classes: int):
+    def __init__(self, model: nn.Module, optimizer_cfg: DictConfig, n_classes: int,
+                 frontend: nn.Module | None = None):
         super().__init__()
+        self.frontend = frontend if frontend is not None else nn.Identity()
         self.model = model
         self.optimizer_cfg = OmegaConf.to_container(optimizer_cfg, resolve=True)
         self.loss = nn.CrossEntropyLoss()
@@ -28,11 +31,12 @@ class Classifier(L.LightningModule):
         self.val_acc = MulticlassAccuracy(num_classes=n_classes, average="micro")
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.model(x)
+        return self.model(self.frontend(x))
 
     def _step(self, batch, stage: str, accuracy: MulticlassAccuracy) -> Tensor:
         x, y = batch
-        logits = self(x)
+        features = self.frontend(x)
+        logits = self.model(features)
         loss = self.loss(logits, y)
         accuracy(logits, y)
         self.log(f"{stage}_loss", loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=len(y))
@@ -55,6 +59,9 @@ class Classifier(L.LightningModule):
         """The `optimizer` config over head and backbone parameter groups (see `transfer`)."""
         kwargs = {k: v for k, v in self.optimizer_cfg.items() if k not in ("name", "backbone_lr_scale")}
         groups = parameter_groups(self.model, kwargs["lr"], self.optimizer_cfg.get("backbone_lr_scale", 1.0))
+        trainable_frontend = [p for p in self.frontend.parameters() if p.requires_grad]  # features.trainable
+        if trainable_frontend:
+            groups.append({"params": trainable_frontend})
         return instantiate(kwargs, _partial_=True)(groups)  # partial: Hydra would wrap the tensors
 
 

@@ -19,6 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from audiocnn import atomic, tracking
 from audiocnn.data.prepare import is_prepared, prepare
+from audiocnn.features.cqt import CQTFrontend
 from audiocnn.features.featurize import featurize, is_featurized
 from audiocnn.models import build_model
 from audiocnn.models.summary import summarize
@@ -36,7 +37,7 @@ def ensure_inputs(cfg: DictConfig) -> None:
     """Run prepare / featurize if their outputs are missing or were made for other settings."""
     if not is_prepared(cfg):
         prepare(cfg)
-    if not is_featurized(cfg):
+    if not cfg.features.on_the_fly and not is_featurized(cfg):
         featurize(cfg)
 
 
@@ -54,11 +55,18 @@ def build_trainer(cfg: DictConfig, out: Path, run_id: str) -> tuple[L.Trainer, M
     return trainer, checkpoint
 
 
-def save_bundle(model: torch.nn.Module, cfg: DictConfig, classes: list[str], path: Path) -> None:
-    """`model.pt`: weights plus what rebuilds the model; tensors and plain data only (weights_only)."""
+def save_bundle(model: torch.nn.Module, cfg: DictConfig, classes: list[str], path: Path,
+                frontend: torch.nn.Module | None = None) -> None:
+    """`model.pt`: weights plus what rebuilds the model; tensors and plain data only (weights_only).
+
+    On the fly, `frontend` (the CQT, trained kernels included) is saved too.
+    """
+    bundle = {"state_dict": model.state_dict(), "model": OmegaConf.to_container(cfg.model, resolve=True),
+              "features": OmegaConf.to_container(cfg.features, resolve=True), "classes": classes}
+    if frontend is not None:
+        bundle["frontend"] = frontend.state_dict()
     with atomic.atomic_path(path) as tmp:
-        torch.save({"state_dict": model.state_dict(), "model": OmegaConf.to_container(cfg.model, resolve=True),
-                    "features": OmegaConf.to_container(cfg.features, resolve=True), "classes": classes}, tmp)
+        torch.save(bundle, tmp)
 
 
 def train(cfg: DictConfig, run_name_suffix: str = "") -> dict:
@@ -84,11 +92,14 @@ def train(cfg: DictConfig, run_name_suffix: str = "") -> dict:
         if transfer:
             mlflow.log_dict(vars(transfer), "transfer.json")
         trainer, checkpoint = build_trainer(cfg, out, run.info.run_id)
-        module = Classifier(model, cfg.optimizer, len(data.classes))
+        frontend = CQTFrontend.from_config(cfg.features) if cfg.features.on_the_fly else None
+        module = Classifier(model, cfg.optimizer, len(data.classes), frontend=frontend)
         trainer.fit(module, datamodule=data)
         model.load_state_dict(load_state(checkpoint.best_model_path))
         best_val = trainer.validate(module, datamodule=data, verbose=False)[0]
-        save_bundle(model.eval().cpu(), cfg, data.classes, out / "model.pt")
+        if frontend is not None:  # the best checkpoint's kernels (they train with features.trainable)
+            frontend.load_state_dict(load_state(checkpoint.best_model_path, prefix="frontend."))
+        save_bundle(model.eval().cpu(), cfg, data.classes, out / "model.pt", frontend.cpu() if frontend is not None else None)
         summary = {
             "run_id": run.info.run_id, "experiment_id": run.info.experiment_id,
             "tracking_uri": tracking.tracking_uri(cfg), "run_name": name,

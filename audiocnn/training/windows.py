@@ -1,19 +1,31 @@
-"""Fixed-size windows cut from stored clips of any length.
+"""Fixed-size windows cut from clips of any length: stored frames, or waveforms on the fly.
 
 Train: one random window per clip per epoch. Validation: the centred window. Test:
 every window of a sliding grid (hop = half a window), whose logits are averaged per clip.
-Short clips are padded with the log floor, i.e. with silence.
+Short clips are padded with silence (the log floor for frames, zeros for waveforms).
+
+Datasets here answer a whole batch at once (`__getitems__`, which the DataLoader calls
+with the batch's indices): one vectorised pass instead of one Python call per window is
+what lets two CPU cores serve tens of thousands of windows per second. Use them with
+`collate_fn=already_batched`.
 """
 
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import torch
 from torch.utils.data import Dataset
 
+from audiocnn.features.cqt import n_frames
+from audiocnn.features.decode import clip_samples, load_segment
 from audiocnn.features.store import FeatureStore
 
 MODES = ("random", "center", "sliding")
+# float16 -> float32 by table lookup (indexed by the half's bits): numpy's and torch's CPU
+# casts of float16 run at a few tens of millions of values per second, `np.take` on
+# this table at several hundred millions.
+HALF_TO_FLOAT = np.arange(1 << 16, dtype=np.uint16).view(np.float16).astype(np.float32)
 
 
 def window_starts(length: int, window: int, mode: str, rng: np.random.Generator | None = None) -> list[int]:
@@ -32,30 +44,65 @@ def window_starts(length: int, window: int, mode: str, rng: np.random.Generator 
     return starts
 
 
+def batch_starts(lengths: np.ndarray, window: int, mode: str, rng: np.random.Generator) -> np.ndarray:
+    """`window_starts` for many clips at once (random or center): one start per clip."""
+    slack = np.maximum(lengths - window, 0)
+    if mode == "random":
+        return np.floor(rng.random(len(lengths)) * (slack + 1)).astype(np.int64)
+    return slack // 2
+
+
 def cut_window(frames: np.ndarray, start: int, window: int, floor: float) -> np.ndarray:
     """(length, n_bins) frames -> (n_bins, window) float32, padded with `floor`."""
-    piece = np.asarray(frames[start: start + window], dtype=np.float32)
+    piece = np.take(HALF_TO_FLOAT, np.asarray(frames[start: start + window]).view(np.uint16))
     if len(piece) < window:
         piece = np.concatenate([piece, np.full((window - len(piece), piece.shape[1]), floor, np.float32)])
     return piece.T
 
 
-class WindowDataset(Dataset):
-    """Rows of a `FeatureStore` as windows: item -> (x, label).
+def already_batched(batch):
+    """collate_fn for datasets whose `__getitems__` returns the finished batch."""
+    return batch
 
-    random/center: x is `(1, n_bins, window)`. sliding: x is `(n_windows, 1, n_bins, window)`.
-    """
 
-    def __init__(self, store: FeatureStore, rows: np.ndarray, labels: np.ndarray, window: int,
-                 mode: str, floor: float, seed: int = 0):
+def collate_sliding(items):
+    """[(windows (n_i, ...), label)] -> ((sum n_i, ...), labels (B,), counts (B,))."""
+    windows, labels = zip(*items)
+    return torch.cat(windows), torch.tensor(labels), torch.tensor([len(w) for w in windows])
+
+
+class _Windows(Dataset):
+    """Shared by the frame and waveform datasets: rows, labels, mode, per-worker RNG."""
+
+    def __init__(self, rows: np.ndarray, labels: np.ndarray, window: int, mode: str, seed: int):
         if mode not in MODES:
             raise ValueError(f"mode={mode!r}; allowed: {MODES}")
-        self.store, self.rows, self.labels = store, rows, labels
-        self.window, self.mode, self.floor, self.seed = window, mode, floor, seed
+        self.rows, self.labels = np.asarray(rows), np.asarray(labels)
+        self.window, self.mode, self.seed = window, mode, seed
         self.rng = np.random.default_rng(seed)
 
     def __len__(self) -> int:
         return len(self.rows)
+
+    def __getitems__(self, items: list[int]):
+        """The batch of `items`: (x, labels) or, sliding, (x, labels, windows per clip)."""
+        if self.mode == "sliding":
+            return collate_sliding([self[item] for item in items])
+        return self.batch(np.asarray(items)), torch.from_numpy(self.labels[items].astype(np.int64))
+
+
+class WindowDataset(_Windows):
+    """Rows of a `FeatureStore` as windows: item -> (x, label).
+
+    random/center: x is `(1, n_bins, window)`. sliding: x is `(n_windows, 1, n_bins, window)`.
+    Batches (`__getitems__`): x is `(batch, 1, n_bins, window)` float32.
+    """
+
+    def __init__(self, store: FeatureStore, rows: np.ndarray, labels: np.ndarray, window: int,
+                 mode: str, floor: float, seed: int = 0):
+        super().__init__(rows, labels, window, mode, seed)
+        self.store, self.floor = store, floor
+        self._plain: dict[int, np.ndarray] = {}
 
     def __getitem__(self, item: int):
         frames = self.store.frames(int(self.rows[item]))
@@ -64,15 +111,82 @@ class WindowDataset(Dataset):
         x = torch.from_numpy(windows if self.mode == "sliding" else windows[0])
         return x, int(self.labels[item])
 
+    def _bits(self, shard: int) -> np.ndarray:
+        """The mapped shard as a plain uint16 array (slicing a `np.memmap` costs Python overhead)."""
+        if shard not in self._plain:
+            self._plain[shard] = self.store.shard(shard).view(np.ndarray).view(np.uint16)
+        return self._plain[shard]
+
+    def __getstate__(self):  # workers map the shards themselves
+        return {**self.__dict__, "_plain": {}}
+
+    def batch(self, items: np.ndarray) -> torch.Tensor:
+        locations = self.store._locations[self.rows[items]]  # (batch, 3): shard, start, length
+        starts = batch_starts(locations[:, 2], self.window, self.mode, self.rng)
+        floor = np.array(self.floor, dtype=np.float16).view(np.uint16)
+        out = np.full((len(items), self.window, self.store.n_bins), floor, dtype=np.uint16)  # float16 bits
+        for row, ((shard, first, length), start) in enumerate(zip(locations.tolist(), starts.tolist())):
+            take = min(self.window, length - start)
+            out[row, :take] = self._bits(shard)[first + start: first + start + take]
+        # float16 -> float32 and (frames, bins) -> (bins, frames) in one gather.
+        return torch.from_numpy(np.take(HALF_TO_FLOAT, out.transpose(0, 2, 1)))[:, None]
+
+
+class AudioClips:
+    """The clips of a manifest read as waveforms (on-the-fly mode's stand-in for a `FeatureStore`).
+
+    `index` has clip_id, path, label like a store's; `segment(row, start, stop)` decodes
+    only samples [start, stop) of a clip at `sr`.
+    """
+
+    def __init__(self, manifest: pd.DataFrame, sr: int, hop_length: int):
+        self.index = manifest[["path", "label"]].reset_index(drop=True)
+        self.index.insert(0, "clip_id", np.arange(len(manifest)))
+        self.sr, self.hop_length = sr, hop_length
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def frames(self, row: int) -> int:
+        """The number of frames the front-end gives for clip `row`."""
+        return n_frames(clip_samples(self.index["path"].iat[row], self.sr), self.hop_length)
+
+    def segment(self, row: int, start: int, stop: int) -> torch.Tensor:
+        return load_segment(self.index["path"].iat[row], self.sr, start, stop)
+
+
+class WaveformWindowDataset(_Windows):
+    """Clips as waveform windows whose CQT is the window of frames `WindowDataset` would cut.
+
+    A window of `window` frames starting at frame s is samples [s * hop, (s + window - 1) * hop):
+    the front-end turns those `(window - 1) * hop` samples into exactly `window` frames
+    centred where the stored ones are (only frames within the kernels' reach of the window's
+    edges differ: the stored ones saw the rest of the clip).
+    random/center: x is `(samples,)`; sliding: `(n_windows, samples)`; batches `(batch, samples)`.
+    """
+
+    def __init__(self, clips: AudioClips, rows: np.ndarray, labels: np.ndarray, window: int, mode: str,
+                 seed: int = 0):
+        super().__init__(rows, labels, window, mode, seed)
+        self.clips = clips
+        self.samples = (window - 1) * clips.hop_length
+
+    def _cut(self, row: int, start_frame: int) -> torch.Tensor:
+        start = start_frame * self.clips.hop_length
+        return self.clips.segment(row, start, start + self.samples)
+
+    def __getitem__(self, item: int):
+        row = int(self.rows[item])
+        starts = window_starts(self.clips.frames(row), self.window, self.mode, self.rng)
+        windows = torch.stack([self._cut(row, s) for s in starts])
+        return (windows if self.mode == "sliding" else windows[0]), int(self.labels[item])
+
+    def batch(self, items: np.ndarray) -> torch.Tensor:
+        return torch.stack([self[int(item)][0] for item in items])
+
 
 def seed_worker(worker_id: int) -> None:
     """Give each DataLoader worker its own window RNG (otherwise all draw the same crops)."""
     info = torch.utils.data.get_worker_info()
     dataset = info.dataset
     dataset.rng = np.random.default_rng([dataset.seed, worker_id, torch.initial_seed() % 2**32])
-
-
-def collate_sliding(items):
-    """[(windows (n_i, 1, F, W), label)] -> ((sum n_i, 1, F, W), labels (B,), counts (B,))."""
-    windows, labels = zip(*items)
-    return torch.cat(windows), torch.tensor(labels), torch.tensor([len(w) for w in windows])
