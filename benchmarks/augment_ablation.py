@@ -19,11 +19,13 @@ and skips the cells already there (with the same settings).
 from __future__ import annotations
 
 import argparse
+import fcntl
 import json
 import statistics
 import time
 from pathlib import Path
 
+import torch
 from common import benchmark_config, machine, train_and_evaluate
 
 from audiocnn.data.prepare import prepare
@@ -79,18 +81,20 @@ def main() -> None:
     parser.add_argument("--override", nargs="*", default=[], help="extra Hydra overrides for every cell")
     parser.add_argument("--work", type=Path, default=Path("data/benchmarks/augment_ablation"))
     parser.add_argument("--results", type=Path, default=RESULTS)
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default); with "
+                        "several workers on disjoint --folds, 1 each")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     settings = {"model": args.model, "max_epochs": args.max_epochs, "patience": args.patience,
                 "batch_size": args.batch_size, "overrides": args.override}
     base = ["data=fsdd", f"data.root={args.fsdd_root.resolve()}", "features=speech", f"model={args.model}",
             f"trainer.max_epochs={args.max_epochs}", f"trainer.patience={args.patience}",
             f"trainer.batch_size={args.batch_size}", "tracking.log_model=false", "evaluate.explain=false",
             *args.override]
-    previous = json.loads(args.results.read_text()) if args.results.exists() else {}
-    runs = previous.get("runs", []) if previous.get("settings") == settings else []
     for config in args.configs:
         for fold in args.folds:
-            if any(r["config"] == config and r["fold"] == fold for r in runs):
+            if any(r["config"] == config and r["fold"] == fold for r in record(args.results, settings)):
                 continue
             work = args.work / f"fold-{fold}"  # one prepared manifest + feature store per held-out speaker
             cell = [*base, f"data.fold={fold}", augment_override(config)]
@@ -101,17 +105,36 @@ def main() -> None:
             cfg = benchmark_config(work, *cell, f"paths.models={out}/model", f"paths.metrics={out}/metrics")
             started = time.perf_counter()
             result = train_and_evaluate(cfg, run_name_suffix=f"ablation-{config}-{fold}")
-            runs.append({"config": config, "fold": fold, "accuracy": result["accuracy"],
-                         "balanced_accuracy": result["metrics"]["balanced_accuracy"],
-                         "macro_f1": result["macro_f1"], "accuracy_ci95": result["metrics"]["accuracy_ci95"],
-                         "epochs": result["epochs"], "seconds": round(time.perf_counter() - started, 1)})
-            args.results.parent.mkdir(parents=True, exist_ok=True)
-            report = {"machine": machine(), "settings": settings, "summary": summarise(runs, args.configs),
-                      "runs": runs}
-            args.results.write_text(json.dumps(report, indent=2) + "\n")
+            record(args.results, settings, {
+                "config": config, "fold": fold, "accuracy": result["accuracy"],
+                "balanced_accuracy": result["metrics"]["balanced_accuracy"], "macro_f1": result["macro_f1"],
+                "accuracy_ci95": result["metrics"]["accuracy_ci95"], "epochs": result["epochs"],
+                "seconds": round(time.perf_counter() - started, 1)})
             print(f"ablation: {config} on {fold}: accuracy {result['accuracy']:.3f}", flush=True)
+    runs = record(args.results, settings)
+    configs = list(dict.fromkeys([*CONFIGS, *args.configs, *(r["config"] for r in runs)]))
     print(f"\nmachine: {machine()}; {settings}\n")
-    print(table(summarise(runs, args.configs), args.folds))
+    print(table(summarise(runs, configs), SPEAKERS))
+
+
+def record(path: Path, settings: dict, run: dict | None = None) -> list[dict]:
+    """The runs in `path` made with `settings` (others are dropped), after appending `run`.
+
+    Locked, so that workers on disjoint folds can share one results file.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.with_suffix(".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        previous = json.loads(path.read_text()) if path.exists() else {}
+        runs = previous.get("runs", []) if previous.get("settings") == settings else []
+        if run is not None:
+            runs.append(run)
+            configs = list(dict.fromkeys([*CONFIGS, *(r["config"] for r in runs)]))
+            report = {"machine": machine(), "settings": settings, "summary": summarise(runs, configs), "runs": runs}
+            tmp = path.with_suffix(".tmp")
+            tmp.write_text(json.dumps(report, indent=2) + "\n")
+            tmp.replace(path)
+    return runs
 
 
 if __name__ == "__main__":
