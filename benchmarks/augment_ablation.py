@@ -22,6 +22,7 @@ import argparse
 import fcntl
 import json
 import statistics
+import tempfile
 import time
 from pathlib import Path
 
@@ -123,7 +124,7 @@ def record(path: Path, settings: dict, run: dict | None = None) -> list[dict]:
     Locked, so that workers on disjoint folds can share one results file.
     """
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path.with_suffix(".lock"), "w") as lock:
+    with open(Path(tempfile.gettempdir()) / f"{path.name}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         previous = json.loads(path.read_text()) if path.exists() else {}
         runs = previous.get("runs", []) if previous.get("settings") == settings else []
