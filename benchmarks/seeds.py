@@ -17,6 +17,7 @@ import argparse
 import json
 from pathlib import Path
 
+import torch
 from common import benchmark_config, machine
 
 from audiocnn.repeats import run_repeats, variants, variant_config
@@ -50,7 +51,10 @@ def main() -> None:
     parser.add_argument("--max-epochs", type=int, default=30)
     parser.add_argument("--override", nargs="*", default=[], help="extra Hydra overrides")
     parser.add_argument("--work", type=Path, default=Path("data/benchmarks/seeds"))
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     results = json.loads(RESULTS.read_text())["results"] if RESULTS.exists() else {}
     for dataset in args.datasets:
         work = args.work / dataset
