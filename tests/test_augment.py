@@ -174,3 +174,38 @@ def test_apply_to_some_picks_about_p_of_the_batch():
     x = torch.zeros(4000, 1)
     out = A._apply_to_some(x, 0.3, lambda v: v + 1)
     assert np.isclose(out.mean().item(), 0.3, atol=0.03)
+
+
+def test_classifier_trains_on_mixed_targets_and_validates_on_clean_batches():
+    import lightning as L
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from audiocnn.training.module import Classifier
+
+    class Recorder(torch.nn.Module):
+        """Linear model that records the batches it sees."""
+
+        def __init__(self):
+            super().__init__()
+            self.head = torch.nn.Linear(4 * 6, 3)
+            self.seen = []
+
+        def forward(self, x):
+            self.seen.append((self.training, x.detach().clone()))
+            return self.head(x.flatten(1))
+
+    torch.manual_seed(0)
+    x = torch.randn(16, 1, 4, 6)
+    y = torch.arange(16) % 3
+    model = Recorder()
+    module = Classifier(model, compose_config([]).optimizer, 3,
+                        augment=A.SpectrogramAugment({"mixup": {"p": 1.0}, "gain": {"p": 1.0}}, 3, FLOOR, BPO))
+    loader = DataLoader(TensorDataset(x, y), batch_size=16)
+    trainer = L.Trainer(max_epochs=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                        enable_model_summary=False, num_sanity_val_steps=0)
+    trainer.fit(module, loader, loader)
+    train_batches = [b for training, b in model.seen if training]
+    val_batches = [b for training, b in model.seen if not training]
+    assert train_batches and not torch.equal(train_batches[0], x)  # augmented in training
+    assert val_batches and torch.equal(val_batches[0], x)  # untouched in validation
+    assert torch.isfinite(trainer.callback_metrics["train_loss"])
