@@ -34,7 +34,7 @@ from audiocnn.features.featurize import featurize
 
 RESULTS = Path(__file__).parent / "results" / "augment_ablation.json"
 SPEAKERS = ["george", "jackson", "lucas", "nicolas", "theo", "yweweler"]
-CONFIGS = ["none", "combo", "pitch_shift", "specaugment", "time_shift", "gain", "noise", "mixup"]
+CONFIGS = ["none", "pitch_shift", "combo", "specaugment", "time_shift", "gain", "noise", "mixup"]
 
 
 def augment_override(config: str) -> str:
