@@ -164,6 +164,12 @@ def test_bad_augment_settings_fail_before_any_work(override, message):
         validate_config(compose_config(overrides))
 
 
+def test_waveform_transforms_need_on_the_fly_features():
+    with pytest.raises(ConfigError, match=r"augment\.waveform=\['gain', 'noise'\]: waveform transforms need "
+                                          r"features\.on_the_fly=true"):
+        validate_config(compose_config(["augment=waveform"]))
+
+
 def test_unknown_augment_option_is_named():
     with pytest.raises(ConfigError, match="augment=wobble: unknown augment config"):
         compose_config(["augment=[specaugment,wobble]"])

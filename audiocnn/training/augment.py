@@ -237,6 +237,9 @@ def validate_augment(cfg) -> None:
     unknown = set(augment) - {"transforms", "waveform"}
     if unknown:
         raise ConfigError(f"augment.{sorted(unknown)[0]}: unknown key; allowed: transforms, waveform")
+    if augment.get("waveform") and not cfg.features.get("on_the_fly", False):
+        raise ConfigError(f"augment.waveform={sorted(augment['waveform'])}: waveform transforms need "
+                          "features.on_the_fly=true (stored features are spectrograms already)")
     try:
         SpectrogramAugment(augment.get("transforms"), 2, math.log(cfg.features.amin), cfg.features.bins_per_octave)
         WaveformAugment(augment.get("waveform"))
