@@ -43,12 +43,13 @@ def plot_reliability_diagram(bins: dict[str, list], ece: float, path: str | Path
     """
     lower = np.asarray(bins["lower"])
     width = 1.0 / len(lower)
-    accuracy = np.array([a if a is not None else 0.0 for a in bins["accuracy"]])
-    confidence = np.array([c if c is not None else lo + width / 2 for c, lo in zip(bins["confidence"], lower)])
+    filled = np.array([a is not None for a in bins["accuracy"]])  # empty bins get no bar
+    accuracy = np.array([a for a in bins["accuracy"] if a is not None], dtype=float)
+    confidence = np.array([c for c in bins["confidence"] if c is not None], dtype=float)
     fig, (top, bottom) = plt.subplots(2, 1, figsize=(5.5, 6.5), height_ratios=[3, 1], sharex=True)
-    top.bar(lower, accuracy, width=width, align="edge", edgecolor="black", color="tab:blue", label="accuracy")
-    top.bar(lower, confidence - accuracy, bottom=accuracy, width=width, align="edge", color="tab:red", alpha=0.3,
-            label="gap to confidence")
+    top.bar(lower[filled], accuracy, width=width, align="edge", edgecolor="black", color="tab:blue", label="accuracy")
+    top.bar(lower[filled], np.abs(confidence - accuracy), bottom=np.minimum(confidence, accuracy), width=width,
+            align="edge", color="tab:red", alpha=0.35, label="gap to mean confidence")
     top.plot([0, 1], [0, 1], "k--", linewidth=1, label="perfect calibration")
     top.set_ylabel("accuracy")
     top.set_ylim(0, 1)
