@@ -15,7 +15,7 @@ from audiocnn import atomic  # noqa: E402
 
 
 def _save(fig, path: str | Path) -> Path:
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0, 1, 0.97) if fig._suptitle is not None else (0, 0, 1, 1))  # room for the suptitle
     with atomic.atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=90)
     plt.close(fig)
