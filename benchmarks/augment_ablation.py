@@ -46,7 +46,10 @@ def summarise(runs: list[dict], configs: list[str]) -> list[dict]:
     """Per config: mean / std of accuracy over the speakers done, the worst speaker."""
     rows = []
     for config in configs:
-        done = sorted((r for r in runs if r["config"] == config), key=lambda r: r["fold"])
+        first = {}  # the first run of each (config, fold): workers that met on a cell may both have run it
+        for r in runs:
+            first.setdefault((r["config"], r["fold"]), r)
+        done = sorted((r for (c, _), r in first.items() if c == config), key=lambda r: r["fold"])
         if not done:
             continue
         accuracies = [r["accuracy"] for r in done]
