@@ -87,7 +87,13 @@ def main() -> None:
     parser.add_argument("--results", type=Path, default=RESULTS)
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default); with "
                         "several workers on disjoint --folds, 1 each")
+    parser.add_argument("--report", action="store_true", help="only print the table of the results file")
     args = parser.parse_args()
+    if args.report:
+        report = json.loads(args.results.read_text())
+        print(f"machine: {report['machine']}; {report['settings']}\n")
+        print(table(report["summary"], SPEAKERS))
+        return
     if args.threads:
         torch.set_num_threads(args.threads)
     settings = {"model": args.model, "max_epochs": args.max_epochs, "patience": args.patience,
