@@ -6,6 +6,10 @@
     audiocnn summary [overrides...] [--classes N]
                                               print the model layer by layer (shapes,
                                               params, receptive field, multiply-adds)
+    audiocnn explain AUDIO --model SOURCE [--output PNG]
+                                              Grad-CAM of one audio file for a trained model
+                                              (a model folder, model.pt, runs:/<id>/model,
+                                              models:/<name>/<version> or a run id)
 """
 
 from __future__ import annotations
@@ -28,14 +32,21 @@ STAGES = {
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="audiocnn", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("command", choices=["params", "show-config", "summary", *STAGES])
+    parser.add_argument("command", choices=["params", "show-config", "summary", "explain", *STAGES])
     parser.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. model=cnn optimizer.lr=3e-4")
-    parser.add_argument("--output", default="params.yaml", help="file `params` writes (default: params.yaml)")
+    parser.add_argument("--output", default=None,
+                        help="file `params` writes (default: params.yaml); `explain`: the PNG "
+                        "(default: <audio stem>_gradcam.png beside the audio)")
     parser.add_argument("--classes", type=int, default=10, help="classes the `summary` model predicts (default: 10)")
+    parser.add_argument("--model", help="`explain`: the trained model (folder, model.pt, runs:/..., models:/...)")
+    parser.add_argument("--tracking-uri", help="`explain`: MLflow tracking URI for runs:/ and models:/ sources "
+                        "(default: MLFLOW_TRACKING_URI, else sqlite:///mlflow.db)")
     args = parser.parse_args(argv)
+    if args.command == "explain":
+        return explain(args)
     try:
         if args.command == "params":
-            print(f"wrote {write_params(args.output, args.overrides)}")
+            print(f"wrote {write_params(args.output or 'params.yaml', args.overrides)}")
             return 0
         if args.classes < 1:
             raise ConfigError(f"--classes={args.classes}: must be a positive integer")
@@ -64,6 +75,35 @@ def print_summary(cfg, n_classes: int) -> int:
     model = build_model(cfg.model, n_classes=n_classes, n_bins=cfg.features.n_bins)
     summary = summarize(model, cfg.features.n_bins, cfg.features.window_frames, name=cfg.model.get("name"))
     print(summary.table())
+    return 0
+
+
+def explain(args) -> int:
+    """`audiocnn explain AUDIO --model SOURCE [--output PNG]`: write the Grad-CAM PNG of one file."""
+    from pathlib import Path
+
+    if len(args.overrides) != 1 or not args.model:
+        print("error: usage: audiocnn explain AUDIO --model SOURCE [--output PNG]", file=sys.stderr)
+        return 2
+    audio = Path(args.overrides[0])
+    if not audio.is_file():
+        print(f"error: {audio}: no such audio file", file=sys.stderr)
+        return 2
+    if args.model.startswith(("runs:/", "models:/")) or not Path(args.model).exists():
+        import os
+
+        import mlflow
+
+        mlflow.set_tracking_uri(args.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI", "sqlite:///mlflow.db"))
+    from audiocnn.evaluation.explain import explain_file
+
+    output = Path(args.output) if args.output else audio.with_name(f"{audio.stem}_gradcam.png")
+    try:
+        path, label, probability = explain_file(audio, args.model, output)
+    except FileNotFoundError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    print(f"explain: {audio.name}: predicted {label} ({probability:.2f}); Grad-CAM -> {path}")
     return 0
 
 

@@ -45,8 +45,10 @@ def check_group_overrides(overrides: list[str]) -> None:
         if group not in groups or override.is_delete():
             continue
         choices = [str(v) for v in override.sweep_string_iterator()] if override.is_sweep_override() else [
-            str(override.value())
+            override.value()
         ]
+        # a list selects several options of one group at once (augment=[specaugment,pitch_shift])
+        choices = [str(c) for choice in choices for c in (choice if isinstance(choice, list) else [choice])]
         for choice in choices:
             if choice not in groups[group]:
                 raise ConfigError(f"{group}={choice}: unknown {group} config; allowed: {', '.join(groups[group])}")
@@ -187,6 +189,13 @@ def validate_config(cfg: DictConfig) -> None:
     validate_model(cfg)
     _positive(cfg, "optimizer.lr")
     _positive(cfg, "optimizer.backbone_lr_scale")
+    from audiocnn.evaluation.settings import validate_evaluate
+    from audiocnn.training.augment import validate_augment
+    from audiocnn.training.optim import validate_optimisation
+
+    validate_augment(cfg)
+    validate_optimisation(cfg)
+    validate_evaluate(cfg)
     for key in ("trainer.max_epochs", "trainer.batch_size"):
         _positive(cfg, key, int)
     from audiocnn.data.sources import validate as validate_data

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import copy
 import json
+import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -24,7 +25,8 @@ from audiocnn import atomic, tracking
 from audiocnn.config import ConfigError
 from audiocnn.data.prepare import fold_values, is_prepared, prepare
 from audiocnn.evaluation.evaluate import evaluate
-from audiocnn.evaluation.plots import plot_confusion_matrix
+from audiocnn.evaluation.calibration import binned_calibration_error, confidence_bins
+from audiocnn.evaluation.plots import plot_confusion_matrix, plot_reliability_diagram
 from audiocnn.features.store import TEXT_COLUMNS
 from audiocnn.training.train import train
 
@@ -130,7 +132,8 @@ def summarize(results: list[dict]) -> dict:
 
 
 def write_aggregate(cfg: DictConfig, results: list[dict]) -> dict:
-    """`test.json` (aggregate), `predictions.csv` and `confusion_matrix.png` (all variants pooled)."""
+    """`test.json` (aggregate); `predictions.csv`, `confusion_matrix.png`, `reliability_diagram.png`
+    (all variants pooled); `explain/<label>/` (each variant's explanations)."""
     out = Path(cfg.paths.metrics)
     aggregate = summarize(results)
     atomic.write_json(out / "test.json", aggregate)
@@ -145,9 +148,18 @@ def write_aggregate(cfg: DictConfig, results: list[dict]) -> dict:
     classes = json.loads((Path(variant_config(cfg, results[0]["variant"]).paths.prepared) / "classes.json").read_text())
     matrix = pd.crosstab(pd.Categorical(predictions["actual"], classes), pd.Categorical(predictions["predicted"], classes),
                          dropna=False).to_numpy()
+    title = f"{cfg.model.name} on {cfg.data.name}, {len(results)} runs pooled"
     plot_confusion_matrix(matrix.tolist(), classes, out / "confusion_matrix.png",
-                          title=f"{cfg.model.name} on {cfg.data.name}, {len(results)} runs pooled: "
-                                f"accuracy {aggregate['accuracy']:.3f} +/- {aggregate['accuracy_std']:.3f}")
+                          title=f"{title}: accuracy {aggregate['accuracy']:.3f} +/- {aggregate['accuracy_std']:.3f}")
+    bins = confidence_bins(predictions["confidence"].to_numpy(), (predictions["actual"] == predictions["predicted"]).to_numpy(),
+                           (cfg.get("evaluate") or {}).get("calibration_bins", 15))
+    pooled_ece = binned_calibration_error(bins)
+    plot_reliability_diagram(bins, pooled_ece, out / "reliability_diagram.png", title=f"{title}: ECE {pooled_ece:.3f}")
+    for result in results:  # each run's explanations side by side under the DVC plot folder
+        label = result["variant"].label
+        explained = Path(variant_config(cfg, result["variant"]).paths.metrics) / "explain"
+        if explained.is_dir():
+            shutil.copytree(explained, out / "explain" / label, dirs_exist_ok=True)
     print("repeats:\n" + "\n".join(
         f"  {label:<24} accuracy {m['accuracy']:.4f}  macro-F1 {m.get('macro_f1', float('nan')):.4f}"
         for label, m in aggregate["runs"].items()))
@@ -161,7 +173,7 @@ def log_aggregate(cfg: DictConfig, parent: str, aggregate: dict) -> None:
         mlflow.log_metrics({f"test_{k}": v for k, v in aggregate.items() if isinstance(v, float)})
         for label, metrics in aggregate["runs"].items():
             mlflow.log_metrics({f"test_{k}.{label}": v for k, v in metrics.items()})
-        for name in ("test.json", "predictions.csv", "confusion_matrix.png"):
+        for name in ("test.json", "predictions.csv", "confusion_matrix.png", "reliability_diagram.png"):
             mlflow.log_artifact(str(Path(cfg.paths.metrics) / name), artifact_path="evaluation")
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -84,3 +85,46 @@ def test_predict_probabilities_averages_window_probabilities_per_clip():
     # Averaging probabilities is not averaging logits: the second clip tells them apart.
     windows = batches[0][0][1:4, 0, 0, :3]
     assert not torch.allclose(probabilities[1], windows.mean(dim=0).softmax(dim=0))
+
+
+def test_balanced_accuracy_top_k_and_per_class_precision_recall():
+    labels = torch.tensor([0, 0, 0, 0, 1, 2])
+    probs = torch.tensor([[0.6, 0.3, 0.1], [0.6, 0.3, 0.1], [0.6, 0.3, 0.1], [0.6, 0.3, 0.1],
+                          [0.5, 0.4, 0.1], [0.2, 0.5, 0.3]])  # predicts 0,0,0,0,0,1
+    metrics = classification_metrics(probs, labels, CLASSES, top_k=[1, 2, 5])
+    assert metrics["accuracy"] == pytest.approx(4 / 6)
+    assert metrics["balanced_accuracy"] == pytest.approx((1 + 0 + 0) / 3)  # mean recall
+    assert metrics["top_k_accuracy"] == {"top_1": pytest.approx(4 / 6), "top_2": 1.0}  # k=5 > 3 classes: skipped
+    assert metrics["per_class_recall"] == {"cat": 1.0, "dog": 0.0, "owl": 0.0}
+    assert metrics["per_class_precision"] == {"cat": 0.8, "dog": 0.0, "owl": 0.0}
+
+
+def test_expected_calibration_error_and_reliability_bins():
+    from audiocnn.evaluation.calibration import expected_calibration_error, reliability_bins
+
+    # 10 clips at confidence 0.9, 6 right: |0.6 - 0.9| = 0.3; 10 at 0.64, 6 right: 0.04.
+    probs = torch.tensor([[0.9, 0.05, 0.05]] * 10 + [[0.64, 0.18, 0.18]] * 10)
+    labels = torch.tensor([0] * 6 + [1] * 4 + [0] * 6 + [2] * 4)
+    assert expected_calibration_error(probs, labels, n_bins=10) == pytest.approx(0.17, abs=1e-4)
+    bins = reliability_bins(probs, labels, n_bins=10)
+    assert bins["count"][8] == 10 and bins["count"][6] == 10 and sum(bins["count"]) == 20
+    assert bins["accuracy"][8] == 0.6 and bins["confidence"][8] == 0.9 and bins["accuracy"][0] is None
+
+
+def test_bootstrap_interval_is_seeded_and_brackets_the_accuracy():
+    from audiocnn.evaluation.calibration import bootstrap_accuracy_ci
+
+    correct = np.array([1] * 80 + [0] * 20)
+    low, high = bootstrap_accuracy_ci(correct, resamples=1000, seed=0)
+    assert low < 0.8 < high and (low, high) == bootstrap_accuracy_ci(correct, resamples=1000, seed=0)
+    assert high - low == pytest.approx(2 * 1.96 * (0.8 * 0.2 / 100) ** 0.5, abs=0.03)  # the normal approximation
+    assert bootstrap_accuracy_ci(np.ones(30)) == (1.0, 1.0)
+
+
+def test_reliability_diagram_writes_a_png(tmp_path):
+    from audiocnn.evaluation.calibration import reliability_bins
+    from audiocnn.evaluation.plots import plot_reliability_diagram
+
+    probs = torch.softmax(torch.randn(50, 3) * 2, dim=1)
+    path = plot_reliability_diagram(reliability_bins(probs, torch.randint(0, 3, (50,))), 0.1, tmp_path / "r.png")
+    assert path.read_bytes()[:8] == PNG_SIGNATURE

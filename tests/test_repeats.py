@@ -93,7 +93,9 @@ def test_seeds_run_under_one_parent_run_with_mean_and_std(tmp_path):
     assert report["accuracy_std"] == pytest.approx(np.std(accuracies, ddof=1))
     predictions = pd.read_csv(tmp_path / "metrics" / "predictions.csv")
     assert set(predictions["run"]) == {"seed-0", "seed-1"}
-    assert (tmp_path / "metrics" / "confusion_matrix.png").stat().st_size > 0
+    for figure in ("confusion_matrix.png", "reliability_diagram.png"):
+        assert (tmp_path / "metrics" / figure).stat().st_size > 0
+    assert sorted(p.name for p in (tmp_path / "metrics" / "explain").iterdir()) == ["seed-0", "seed-1"]
 
     state = json.loads((tmp_path / "models" / "repeats.json").read_text())
     parent = mlflow.MlflowClient(cfg.tracking.uri).get_run(state["parent_run_id"])

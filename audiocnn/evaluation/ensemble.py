@@ -17,7 +17,7 @@ import torch
 from omegaconf import DictConfig
 
 from audiocnn import atomic, tracking
-from audiocnn.evaluation.evaluate import log_test_metrics, write_reports
+from audiocnn.evaluation.evaluate import NOT_IN_JSON, log_test_metrics, write_reports
 from audiocnn.features.cqt import FEATURE_KEYS, pick_device
 from audiocnn.training.checkpoints import load_trained
 from audiocnn.training.datamodule import StoreDataModule
@@ -50,8 +50,8 @@ def evaluate_ensemble(cfg: DictConfig) -> dict:
         stacked.append(probabilities)
     out = Path(cfg.paths.metrics) / "ensemble"
     metrics, files = write_reports(torch.stack(stacked).mean(dim=0), labels, data, out,
-                                   f"ensemble of {len(members)} on {cfg.data.name}")
-    report = {"ensemble": {k: v for k, v in metrics.items() if k != "confusion_matrix"}, "members": members}
+                                   f"ensemble of {len(members)} on {cfg.data.name}", cfg.get("evaluate"))
+    report = {"ensemble": {k: v for k, v in metrics.items() if k not in NOT_IN_JSON}, "members": members}
     atomic.write_json(out / "ensemble.json", report)
     with tracking.open_run(cfg, run_name=f"ensemble{len(members)}-{cfg.data.name}",
                            tags={**tracking.run_tags(cfg), "model": "ensemble"}):

@@ -1,8 +1,11 @@
 """The evaluate stage: trained model + test split -> metrics/, plots, MLflow.
 
-Writes `<paths.metrics>/test.json` (DVC metrics), `predictions.csv` (one row per test
-clip; also the DVC confusion plot's data) and `confusion_matrix.png`, and adds the test
-metrics and files to the training run in MLflow.
+Writes `<paths.metrics>/test.json` (DVC metrics: accuracy and its bootstrap 95% CI,
+balanced accuracy, macro-F1, top-k, per-class precision/recall/F1, ECE),
+`predictions.csv` (one row per test clip; also the DVC confusion plot's data),
+`confusion_matrix.png`, `reliability_diagram.png` and, with `evaluate.explain`,
+`explain/{gradcam,saliency,filters}.png`; adds the test metrics and files to the
+training run in MLflow.
 """
 
 from __future__ import annotations
@@ -16,24 +19,38 @@ import torch
 from omegaconf import DictConfig
 
 from audiocnn import atomic, tracking
+from audiocnn.evaluation.calibration import bootstrap_accuracy_ci, expected_calibration_error, reliability_bins
+from audiocnn.evaluation.explain import explain_model
 from audiocnn.evaluation.metrics import classification_metrics
-from audiocnn.evaluation.plots import plot_confusion_matrix
+from audiocnn.evaluation.plots import plot_confusion_matrix, plot_reliability_diagram
 from audiocnn.features.cqt import pick_device
 from audiocnn.training.datamodule import StoreDataModule
 from audiocnn.training.module import predict_probabilities
 from audiocnn.training.checkpoints import load_trained
 
+NOT_IN_JSON = ("confusion_matrix", "calibration")  # in predictions.csv / the PNGs and MLflow instead
+
 
 def write_reports(probabilities: torch.Tensor, labels: torch.Tensor, data: StoreDataModule, out: Path,
-                  title: str) -> tuple[dict, list[Path]]:
+                  title: str, settings: dict | DictConfig | None = None) -> tuple[dict, list[Path]]:
     """Metrics of per-clip `probabilities` `(clips, n_classes)` against `labels` `(clips,)`.
 
-    Writes `test.json`, `predictions.csv` (one row per test clip; the DVC confusion
-    plot's data) and `confusion_matrix.png` into `out`; returns (metrics, files).
+    `settings` is the `evaluate` config (top_k, calibration_bins, bootstrap_resamples,
+    bootstrap_seed). Writes into `out`: `test.json` (DVC metrics), `predictions.csv` (one
+    row per test clip; the DVC confusion plot's data), `confusion_matrix.png` (row-normalised)
+    and `reliability_diagram.png`; returns (metrics, files). `metrics["calibration"]` holds
+    the reliability bins (not written to test.json).
     """
-    metrics = classification_metrics(probabilities, labels, data.classes)
-    test_rows = data.store.index.iloc[data.rows("test")]
+    settings = dict(settings or {})
+    n_bins = settings.get("calibration_bins", 15)
+    metrics = classification_metrics(probabilities, labels, data.classes, list(settings.get("top_k", [1])))
     confidence, predicted = probabilities.max(dim=1)
+    low, high = bootstrap_accuracy_ci(predicted == labels, settings.get("bootstrap_resamples", 1000),
+                                      settings.get("bootstrap_seed", 0))
+    metrics["accuracy_ci95"] = {"low": low, "high": high}
+    metrics["ece"] = round(expected_calibration_error(probabilities, labels, n_bins), 4)
+    metrics["calibration"] = reliability_bins(probabilities, labels, n_bins)
+    test_rows = data.store.index.iloc[data.rows("test")]
     predictions = pd.DataFrame({
         "path": test_rows["path"].to_numpy(),
         "actual": [data.classes[i] for i in labels.tolist()],
@@ -42,16 +59,24 @@ def write_reports(probabilities: torch.Tensor, labels: torch.Tensor, data: Store
     })
     with atomic.atomic_path(out / "predictions.csv") as tmp:
         predictions.to_csv(tmp, index=False)
-    atomic.write_json(out / "test.json", {k: v for k, v in metrics.items() if k != "confusion_matrix"})
+    atomic.write_json(out / "test.json", {k: v for k, v in metrics.items() if k not in NOT_IN_JSON})
     png = plot_confusion_matrix(metrics["confusion_matrix"], data.classes, out / "confusion_matrix.png",
                                 title=f"{title}: accuracy {metrics['accuracy']:.3f}")
-    return metrics, [out / "test.json", out / "predictions.csv", png]
+    reliability = plot_reliability_diagram(metrics["calibration"], metrics["ece"], out / "reliability_diagram.png",
+                                           title=f"{title}: ECE {metrics['ece']:.3f}")
+    return metrics, [out / "test.json", out / "predictions.csv", png, reliability]
 
 
 def log_test_metrics(metrics: dict, files: list[Path]) -> None:
     """Test metrics and report files into the active MLflow run."""
-    mlflow.log_metrics({"test_accuracy": metrics["accuracy"], "test_macro_f1": metrics["macro_f1"]})
-    mlflow.log_metrics({f"test_f1_{c}": v for c, v in metrics["per_class_f1"].items()})
+    ci = metrics["accuracy_ci95"]
+    mlflow.log_metrics({"test_accuracy": metrics["accuracy"], "test_macro_f1": metrics["macro_f1"],
+                        "test_balanced_accuracy": metrics["balanced_accuracy"], "test_ece": metrics["ece"],
+                        "test_accuracy_ci95_low": ci["low"], "test_accuracy_ci95_high": ci["high"]})
+    mlflow.log_metrics({f"test_{name}_accuracy": v for name, v in metrics["top_k_accuracy"].items()})
+    for kind in ("f1", "precision", "recall"):
+        mlflow.log_metrics({f"test_{kind}_{c}": v for c, v in metrics[f"per_class_{kind}"].items()})
+    mlflow.log_dict(metrics["calibration"], "evaluation/calibration.json")
     for path in files:
         mlflow.log_artifact(str(path), artifact_path="evaluation")
 
@@ -68,10 +93,17 @@ def evaluate(cfg: DictConfig) -> dict:
         raise RuntimeError(f"the model in {cfg.paths.models} was trained on other classes; rerun train")
     probabilities, labels = predict_probabilities(model, data.test_dataloader(), pick_device(cfg.features.device))
     out = Path(cfg.paths.metrics)
-    metrics, files = write_reports(probabilities, labels, data, out, f"{cfg.model.name} on {cfg.data.name}")
+    settings = cfg.get("evaluate") or {}
+    metrics, files = write_reports(probabilities, labels, data, out, f"{cfg.model.name} on {cfg.data.name}",
+                                   settings)
+    if settings.get("explain", False):
+        files += explain_model(model, data, bundle["features"], out / "explain",
+                               settings.get("explain_clips_per_class", 2))
     run = json.loads((Path(cfg.paths.models) / "run.json").read_text())
     with tracking.open_run(cfg, run_id=run["run_id"]):
         log_test_metrics(metrics, files)
-    print(f"evaluate: test accuracy {metrics['accuracy']:.4f}, macro-F1 {metrics['macro_f1']:.4f} "
+    ci = metrics["accuracy_ci95"]
+    print(f"evaluate: test accuracy {metrics['accuracy']:.4f} (95% CI {ci['low']:.3f}-{ci['high']:.3f}), "
+          f"balanced {metrics['balanced_accuracy']:.4f}, macro-F1 {metrics['macro_f1']:.4f}, ECE {metrics['ece']:.3f} "
           f"on {metrics['n_clips']} clips -> {out / 'test.json'}")
     return metrics

@@ -1,4 +1,4 @@
-"""Figures: the confusion matrix as a PNG."""
+"""Figures of the evaluate stage: confusion matrix and reliability diagram (PNG)."""
 
 from __future__ import annotations
 
@@ -28,6 +28,37 @@ def plot_confusion_matrix(matrix: list[list[int]], classes: list[str], path: str
     for (row, col), count in np.ndenumerate(counts):
         if count:
             ax.text(col, row, str(count), ha="center", va="center", color="white" if rates[row, col] > 0.5 else "black")
+    fig.tight_layout()
+    with atomic.atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=100)
+    plt.close(fig)
+    return Path(path)
+
+
+def plot_reliability_diagram(bins: dict[str, list], ece: float, path: str | Path, title: str = "") -> Path:
+    """Accuracy against mean confidence per confidence bin (`calibration.reliability_bins`).
+
+    Bars at the diagonal mean calibrated; below it, over-confident. The bin's clip count is
+    written over each bar; the lower panel shows how the clips spread over the bins.
+    """
+    lower = np.asarray(bins["lower"])
+    width = 1.0 / len(lower)
+    filled = np.array([a is not None for a in bins["accuracy"]])  # empty bins get no bar
+    accuracy = np.array([a for a in bins["accuracy"] if a is not None], dtype=float)
+    confidence = np.array([c for c in bins["confidence"] if c is not None], dtype=float)
+    fig, (top, bottom) = plt.subplots(2, 1, figsize=(5.5, 6.5), height_ratios=[3, 1], sharex=True)
+    top.bar(lower[filled], accuracy, width=width, align="edge", edgecolor="black", color="tab:blue", label="accuracy")
+    top.bar(lower[filled], np.abs(confidence - accuracy), bottom=np.minimum(confidence, accuracy), width=width,
+            align="edge", color="tab:red", alpha=0.35, label="gap to mean confidence")
+    top.plot([0, 1], [0, 1], "k--", linewidth=1, label="perfect calibration")
+    top.set_ylabel("accuracy")
+    top.set_ylim(0, 1)
+    top.legend(loc="upper left", fontsize=8)
+    top.set_title(title or f"reliability diagram: ECE {ece:.3f}")
+    bottom.bar(lower, bins["count"], width=width, align="edge", edgecolor="black", color="gray")
+    bottom.set_xlabel("confidence (top probability)")
+    bottom.set_ylabel("clips")
+    bottom.set_xlim(0, 1)
     fig.tight_layout()
     with atomic.atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=100)

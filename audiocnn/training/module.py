@@ -4,29 +4,38 @@ from __future__ import annotations
 
 import lightning as L
 import torch
-from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch import Tensor, nn
 from torchmetrics.classification import MulticlassAccuracy
 
-from audiocnn.training.transfer import frozen_modules, parameter_groups
+from audiocnn.training.augment import SpectrogramAugment, WaveformAugment
+from audiocnn.training.optim import build_optimizer, build_scheduler
+from audiocnn.training.transfer import frozen_modules
 
 
 class Classifier(L.LightningModule):
     """Cross-entropy training of `model`: `(batch, 1, n_bins, frames)` -> `(batch, n_classes)`.
 
     `frontend` turns a batch into the model's input: `nn.Identity()` for windows from the
-    feature store; `CQTFrontend` (waveforms `(batch, samples)` -> CQT) on the fly. Logs train/val loss and accuracy once per epoch; the optimizer comes from the
-    `optimizer` config (`_target_`, default AdamW).
+    feature store; `CQTFrontend` (waveforms `(batch, samples)` -> CQT) on the fly. Logs
+    train/val loss and accuracy once per epoch. The optimizer and learning-rate schedule
+    come from the `optimizer` and `scheduler` configs (see `optim`). In training only,
+    `waveform_augment` runs before the front-end and `augment` after it (see `augment`);
+    with mixup the loss takes the mixed targets, accuracy the true labels.
     """
 
     def __init__(self, model: nn.Module, optimizer_cfg: DictConfig, n_classes: int,
-                 frontend: nn.Module | None = None):
+                 scheduler_cfg: DictConfig | None = None, augment: SpectrogramAugment | None = None,
+                 waveform_augment: WaveformAugment | None = None, label_smoothing: float = 0.0,
+                 class_weights: Tensor | None = None, frontend: nn.Module | None = None):
         super().__init__()
         self.frontend = frontend if frontend is not None else nn.Identity()
         self.model = model
         self.optimizer_cfg = OmegaConf.to_container(optimizer_cfg, resolve=True)
-        self.loss = nn.CrossEntropyLoss()
+        self.scheduler_cfg = OmegaConf.to_container(scheduler_cfg, resolve=True) if scheduler_cfg else {"name": "none"}
+        self.augment = augment or SpectrogramAugment({}, n_classes, floor=0.0, bins_per_octave=12)
+        self.waveform_augment = waveform_augment or WaveformAugment({})
+        self.loss = nn.CrossEntropyLoss(weight=class_weights, label_smoothing=label_smoothing)
         self.train_acc = MulticlassAccuracy(num_classes=n_classes, average="micro")
         self.val_acc = MulticlassAccuracy(num_classes=n_classes, average="micro")
 
@@ -35,9 +44,14 @@ class Classifier(L.LightningModule):
 
     def _step(self, batch, stage: str, accuracy: MulticlassAccuracy) -> Tensor:
         x, y = batch
+        targets = y
+        if stage == "train":
+            x = self.waveform_augment(x)  # identity unless on-the-fly features with augment.waveform
         features = self.frontend(x)
+        if stage == "train":
+            features, targets = self.augment(features, y)  # targets: (batch,) or mixed (batch, n_classes)
         logits = self.model(features)
-        loss = self.loss(logits, y)
+        loss = self.loss(logits, targets)
         accuracy(logits, y)
         self.log(f"{stage}_loss", loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=len(y))
         self.log(f"{stage}_acc", accuracy, on_step=False, on_epoch=True, prog_bar=True, batch_size=len(y))
@@ -56,13 +70,17 @@ class Classifier(L.LightningModule):
             module.eval()
 
     def configure_optimizers(self):
-        """The `optimizer` config over head and backbone parameter groups (see `transfer`)."""
-        kwargs = {k: v for k, v in self.optimizer_cfg.items() if k not in ("name", "backbone_lr_scale")}
-        groups = parameter_groups(self.model, kwargs["lr"], self.optimizer_cfg.get("backbone_lr_scale", 1.0))
+        """The `optimizer` over head and backbone parameter groups, with the `scheduler` config's schedule."""
+        optimizer = build_optimizer(self.model, self.optimizer_cfg)
         trainable_frontend = [p for p in self.frontend.parameters() if p.requires_grad]  # features.trainable
         if trainable_frontend:
-            groups.append({"params": trainable_frontend})
-        return instantiate(kwargs, _partial_=True)(groups)  # partial: Hydra would wrap the tensors
+            optimizer.add_param_group({"params": trainable_frontend})
+        if self.scheduler_cfg.get("name", "none") == "none":
+            return optimizer
+        # the schedule's length: onecycle counts optimizer steps, cosine counts epochs
+        schedule = build_scheduler(optimizer, self.scheduler_cfg, self.trainer.max_epochs,
+                                   self.trainer.estimated_stepping_batches)
+        return {"optimizer": optimizer, "lr_scheduler": schedule}
 
 
 @torch.inference_mode()

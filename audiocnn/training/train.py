@@ -7,6 +7,7 @@ Writes to `paths.models`: `best.ckpt` (Lightning, best validation loss), `model.
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import lightning as L
@@ -24,7 +25,9 @@ from audiocnn.features.featurize import featurize, is_featurized
 from audiocnn.models import build_model
 from audiocnn.models.summary import summarize
 from audiocnn.training.datamodule import StoreDataModule
+from audiocnn.training.augment import SpectrogramAugment, WaveformAugment
 from audiocnn.training.module import Classifier
+from audiocnn.training.optim import class_weights, resolve_precision
 from audiocnn.training.checkpoints import load_state
 from audiocnn.training.transfer import freeze, load_matching
 
@@ -47,7 +50,8 @@ def build_trainer(cfg: DictConfig, out: Path, run_id: str) -> tuple[L.Trainer, M
                                  enable_version_counter=False)
     trainer = L.Trainer(
         max_epochs=cfg.trainer.max_epochs, accelerator=cfg.trainer.accelerator, devices=cfg.trainer.devices,
-        precision=cfg.trainer.precision, deterministic=cfg.trainer.deterministic,
+        precision=resolve_precision(cfg.trainer.precision, cfg.trainer.accelerator),
+        gradient_clip_val=cfg.trainer.get("gradient_clip_val"), deterministic=cfg.trainer.deterministic,
         log_every_n_steps=cfg.trainer.log_every_n_steps, default_root_dir=out,
         callbacks=[EarlyStopping(monitor="val_loss", mode="min", patience=cfg.trainer.patience), checkpoint],
         logger=MLFlowLogger(tracking_uri=tracking.tracking_uri(cfg), run_id=run_id),
@@ -67,6 +71,21 @@ def save_bundle(model: torch.nn.Module, cfg: DictConfig, classes: list[str], pat
         bundle["frontend"] = frontend.state_dict()
     with atomic.atomic_path(path) as tmp:
         torch.save(bundle, tmp)
+
+
+def build_module(cfg: DictConfig, model: torch.nn.Module, data: StoreDataModule) -> Classifier:
+    """The LightningModule with the run's loss options, schedule and (training-only) augmentation."""
+    n_classes = len(data.classes)
+    augment = cfg.get("augment") or {}
+    weights = class_weights(data.labels[data.rows("train")], n_classes, cfg.trainer.get("class_weights", "none"))
+    return Classifier(
+        model, cfg.optimizer, n_classes, scheduler_cfg=cfg.get("scheduler"),
+        augment=SpectrogramAugment(augment.get("transforms"), n_classes, math.log(cfg.features.amin),
+                                   cfg.features.bins_per_octave),
+        waveform_augment=WaveformAugment(augment.get("waveform") if cfg.features.get("on_the_fly") else None),
+        label_smoothing=cfg.trainer.get("label_smoothing", 0.0), class_weights=weights,
+        frontend=CQTFrontend.from_config(cfg.features) if cfg.features.on_the_fly else None,
+    )
 
 
 def train(cfg: DictConfig, run_name_suffix: str = "") -> dict:
@@ -92,8 +111,8 @@ def train(cfg: DictConfig, run_name_suffix: str = "") -> dict:
         if transfer:
             mlflow.log_dict(vars(transfer), "transfer.json")
         trainer, checkpoint = build_trainer(cfg, out, run.info.run_id)
-        frontend = CQTFrontend.from_config(cfg.features) if cfg.features.on_the_fly else None
-        module = Classifier(model, cfg.optimizer, len(data.classes), frontend=frontend)
+        module = build_module(cfg, model, data)
+        frontend = module.frontend if cfg.features.on_the_fly else None
         trainer.fit(module, datamodule=data)
         model.load_state_dict(load_state(checkpoint.best_model_path))
         best_val = trainer.validate(module, datamodule=data, verbose=False)[0]

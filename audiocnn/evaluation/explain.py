@@ -1,0 +1,155 @@
+"""What the model looks at: Grad-CAM over the CQT, first-layer filters, saliency per CQT bin.
+
+- Grad-CAM (Selvaraju et al. 2017): the activations A of the last conv block (after its
+  ReLU, before its pooling: the finest map that has seen the most context) are weighted
+  by the spatial mean of d score / d A per channel, summed, rectified and bilinearly
+  upsampled to the input's `(n_bins, frames)`. Works for the CNN family and the CRNN
+  (whose recurrent part lies downstream of that block).
+- Saliency profile: mean |d logit_c / d input| over clips of class c and over time, one
+  value per CQT bin: which frequencies the model listens to for each class.
+- The first conv layer's filters, as small images (frequency x time).
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from audiocnn.models.blocks import ConvBlock, ResidualBlock
+
+
+def target_layer(model: nn.Module) -> nn.Module:
+    """The module whose output Grad-CAM weighs: the last conv block's (last) ReLU."""
+    blocks = [m for m in model.backbone if isinstance(m, (ConvBlock, ResidualBlock))]
+    if not blocks:
+        raise ValueError(f"{type(model).__name__} has no conv block in .backbone for Grad-CAM")
+    block = blocks[-1]
+    if isinstance(block, ResidualBlock):
+        return block.relu  # called twice; the hook keeps the second call (the block's output)
+    return [m for m in block if isinstance(m, nn.ReLU)][-1]
+
+
+def _cudnn_off():
+    # cuDNN's RNN backward refuses eval mode; the CRNN needs gradients in eval mode here.
+    return torch.backends.cudnn.flags(enabled=False)
+
+
+def grad_cam(model: nn.Module, x: Tensor, classes: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """Grad-CAM maps of `x` `(batch, 1, n_bins, frames)` for `classes` (batch,) (default: predicted).
+
+    Returns (maps `(batch, n_bins, frames)` in [0, 1] (each divided by its maximum; all zero
+    if nothing speaks for the class), logits `(batch, n_classes)`).
+    """
+    model.eval()
+    captured: list[Tensor] = []
+    handle = target_layer(model).register_forward_hook(lambda module, args, output: captured.append(output))
+    try:
+        with torch.enable_grad(), _cudnn_off():
+            logits = model(x)
+            classes = logits.argmax(dim=1) if classes is None else classes.to(logits.device)
+            activation = captured[-1]
+            score = logits.gather(1, classes.view(-1, 1)).sum()
+            gradient, = torch.autograd.grad(score, activation)
+    finally:
+        handle.remove()
+    weights = gradient.mean(dim=(2, 3), keepdim=True)  # (batch, C, 1, 1): importance of each channel
+    cam = torch.relu((weights * activation).sum(dim=1, keepdim=True)).detach()  # (batch, 1, F', T')
+    cam = nn.functional.interpolate(cam, size=x.shape[-2:], mode="bilinear", align_corners=False)[:, 0]
+    peak = cam.flatten(1).amax(dim=1).clamp_min(1e-12).view(-1, 1, 1)
+    return cam / peak, logits.detach()
+
+
+def saliency_profile(model: nn.Module, x: Tensor, classes: Tensor) -> Tensor:
+    """Mean |d logit_class / d input| over the clips and frames: `(n_bins,)`.
+
+    `x` `(batch, 1, n_bins, frames)`, `classes` (batch,): the logit each clip is differentiated for.
+    """
+    model.eval()
+    x = x.detach().clone().requires_grad_(True)
+    with torch.enable_grad(), _cudnn_off():
+        logits = model(x)
+        gradient, = torch.autograd.grad(logits.gather(1, classes.view(-1, 1)).sum(), x)
+    return gradient.abs().mean(dim=(0, 1, 3))
+
+
+def first_conv_filters(model: nn.Module) -> Tensor:
+    """The first Conv2d's weights averaged over input channels: `(filters, kernel_f, kernel_t)`."""
+    conv = next(m for m in model.modules() if isinstance(m, nn.Conv2d))
+    return conv.weight.detach().mean(dim=1).cpu()
+
+
+def bin_frequencies(features: dict, n_bins: int | None = None) -> np.ndarray:
+    """Centre frequency of each CQT bin, f_k = fmin * 2^(k / bins_per_octave) (Hz)."""
+    bins = np.arange(n_bins or features["n_bins"])
+    return features["fmin"] * 2.0 ** (bins / features["bins_per_octave"])
+
+
+def pick_clips(labels: np.ndarray, per_class: int) -> list[int]:
+    """Positions of the first `per_class` clips of each class present in `labels`, class by class."""
+    picked = []
+    for label in sorted(set(labels.tolist())):
+        picked += np.flatnonzero(labels == label)[:per_class].tolist()
+    return picked
+
+
+def explain_model(model: nn.Module, data, features: dict, out: Path, per_class: int = 2) -> list[Path]:
+    """Grad-CAM grid, saliency profiles and first-layer filters of `model` on `data`'s test split.
+
+    `data` is a `StoreDataModule`; the centred window of each clip is used. Writes
+    `gradcam.png`, `saliency.png` and `filters.png` into `out`; returns their paths.
+    """
+    from audiocnn.evaluation.explain_plots import plot_filters, plot_gradcam_grid, plot_saliency
+
+    model = model.cpu().eval()
+    dataset = data.dataset("test", "center")
+    labels = np.asarray(dataset.labels)
+    chosen = pick_clips(labels, per_class)
+    x = torch.stack([dataset[i][0] for i in chosen])  # (clips, 1, n_bins, frames)
+    y = torch.as_tensor(labels[chosen])
+    maps, logits = grad_cam(model, x)
+    probabilities = logits.softmax(dim=1)
+    titles = [f"true {data.classes[t]}\npred {data.classes[p]} ({probabilities[i, p]:.2f})"
+              for i, (t, p) in enumerate(zip(y.tolist(), logits.argmax(dim=1).tolist()))]
+    out.mkdir(parents=True, exist_ok=True)
+    files = [plot_gradcam_grid(x[:, 0].numpy(), maps.numpy(), titles, out / "gradcam.png",
+                               title=f"Grad-CAM for the predicted class ({len(chosen)} test clips)")]
+    # Saliency over up to 16 clips per class (the whole test split would cost a backward pass each).
+    profiles = {}
+    for label in sorted(set(labels.tolist())):
+        rows = np.flatnonzero(labels == label)[:16]
+        batch = torch.stack([dataset[i][0] for i in rows])
+        profiles[data.classes[label]] = saliency_profile(model, batch, torch.full((len(rows),), label)).numpy()
+    files.append(plot_saliency(profiles, bin_frequencies(features), out / "saliency.png"))
+    files.append(plot_filters(first_conv_filters(model).numpy(), out / "filters.png"))
+    return files
+
+
+def explain_file(audio: Path, source: str, output: Path) -> tuple[Path, str, float]:
+    """Grad-CAM of one audio file for the model saved at `source` (folder, model.pt or MLflow URI).
+
+    The whole clip is transformed by the model's own CQT front-end (padded with silence
+    to at least one training window); returns (PNG path, predicted class, probability).
+    """
+    from audiocnn.data.audio import load_audio
+    from audiocnn.evaluation.explain_plots import plot_gradcam_grid
+    from audiocnn.features.cqt import LogCQT
+    from audiocnn.training.checkpoints import load_trained
+
+    model, bundle = load_trained(source)
+    features = bundle["features"]
+    waveform = load_audio(audio, features["sr"])
+    with torch.no_grad():
+        spectrogram = LogCQT.from_config(features)(waveform[None])  # (1, n_bins, frames)
+    frames = max(spectrogram.shape[-1], features.get("window_frames", 1))
+    floor = math.log(features["amin"])
+    x = nn.functional.pad(spectrogram, (0, frames - spectrogram.shape[-1]), value=floor)[:, None]
+    maps, logits = grad_cam(model, x)
+    probability, predicted = logits.softmax(dim=1)[0].max(dim=0)
+    label = bundle["classes"][int(predicted)]
+    plot_gradcam_grid(x[:, 0].numpy(), maps.numpy(), [f"predicted {label} ({float(probability):.2f})"], output,
+                      title=f"Grad-CAM: {Path(audio).name}", columns=1)
+    return Path(output), label, float(probability)
