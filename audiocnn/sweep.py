@@ -72,6 +72,7 @@ class SweepParentRun(Callback):
         self.experiment_id = mlflow.get_experiment_by_name(config.tracking.experiment).experiment_id
         overrides = " ".join(config.hydra.overrides.task)
         tags = {"data": config.data.name, "sweep": "true", "hydra.overrides": overrides,
+                "hydra.hydra_overrides": " ".join(config.hydra.overrides.hydra),
                 "hydra.sweeper": config.hydra.sweeper._target_.rsplit(".", 1)[-1],
                 "hydra.launcher": config.hydra.launcher._target_.rsplit(".", 1)[-1]}
         commit = tracking.git_commit()

@@ -50,9 +50,8 @@ def compose_params(project: Path) -> None:
     (project / "params.yaml").write_text(OmegaConf.to_yaml(cfg))
 
 
-@pytest.fixture(scope="module")
-def project(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("project")
+def copy_project(root: Path, tiny_conf: dict = TINY_CONF) -> Path:
+    """The project's files in a new git repository at `root`, conf/ shrunk by `tiny_conf`."""
     for name in PROJECT_FILES:
         source, target = REPO / name, root / name
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -60,7 +59,7 @@ def project(tmp_path_factory) -> Path:
             shutil.copytree(source, target, ignore=shutil.ignore_patterns("__pycache__"))
         else:
             shutil.copy(source, target)
-    for name, changes in TINY_CONF.items():
+    for name, changes in tiny_conf.items():
         path = root / "conf" / name
         path.write_text(yaml.safe_dump({**yaml.safe_load(path.read_text()), **changes}, sort_keys=False))
     compose_params(root)
@@ -69,6 +68,11 @@ def project(tmp_path_factory) -> Path:
     run(["git", "add", "-A"], root)
     run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "project"], root)
     return root
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory) -> Path:
+    return copy_project(tmp_path_factory.mktemp("project"))
 
 
 def mlflow_runs(project: Path):
