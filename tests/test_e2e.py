@@ -125,6 +125,50 @@ def test_dvc_exp_run_with_hydra_override(project):
     assert "try-cnn" in table and "cnn" in table
     runs = mlflow_runs(project)
     assert "cnn" in set(runs["params.model.name"])
+    # The MLflow run names the DVC experiment and the commit it started from, so the views join.
+    tagged = runs[runs["tags.dvc.exp_name"] == "try-cnn"]
+    commit = run(["git", "rev-parse", "HEAD"], project).stdout.strip()
+    assert list(tagged["params.model.name"]) == ["cnn"]
+    assert list(tagged["tags.mlflow.source.git.commit"]) == [commit]
+    assert list(tagged["tags.dvc.exp_baseline_rev"]) == [commit]
+
+
+def test_dvc_queue_runs_experiments_and_plots_diff_compares_them(project):
+    """`dvc exp run --queue` + `dvc queue start`: each queued experiment runs in a temporary copy
+    of the project, yet logs to the project's MLflow store, tagged with its name and commit."""
+    import time
+
+    commit = run(["git", "rev-parse", "HEAD"], project).stdout.strip()  # the baseline of the previous test
+    names = {"q-lr1e-3": "optimizer.lr=1e-3", "q-gru32": "model.hidden_size=32"}
+    for name, setting in names.items():
+        run(["dvc", "exp", "run", "--queue", "-S", setting, "-n", name], project)
+    run(["dvc", "queue", "start", "-j", "1"], project)
+    deadline = time.time() + 900
+    while True:  # `dvc queue start` returns at once; the worker runs the queue in the background
+        status = run(["dvc", "queue", "status"], project).stdout
+        if not any(word in status for word in ("Queued", "Running")):
+            break
+        assert time.time() < deadline, status
+        time.sleep(5)
+    assert status.count("Success") >= 2 and "Failed" not in status, status
+
+    table = run(["dvc", "exp", "show", "--no-pager", "--csv", "--keep"], project).stdout
+    header, *rows = table.splitlines()
+    assert "metrics/test.json:accuracy" in header and "optimizer.lr" in header and "model.name" in header
+    for name in names:
+        assert any(row.startswith(f"{name},") for row in rows), table
+
+    run(["dvc", "plots", "diff", *names, "-o", "plots_diff"], project)
+    html = (project / "plots_diff/index.html").read_text()
+    assert all(name in html for name in names)
+
+    runs = mlflow_runs(project)
+    for name in names:
+        tagged = runs[runs["tags.dvc.exp_name"] == name]
+        assert len(tagged) == 1 and tagged["status"].iloc[0] == "FINISHED", name
+        assert tagged["tags.dvc.exp_baseline_rev"].iloc[0] == commit
+        assert tagged["tags.mlflow.source.git.commit"].iloc[0] == commit
+        assert tagged["metrics.test_accuracy"].notna().all()
 
 
 def test_hydra_entrypoint_runs_an_experiment_without_dvc(project):
