@@ -110,7 +110,9 @@ def test_mlflow_models_serve_answers_a_posted_wav_file(trained, tmp_path):
     process = subprocess.Popen(
         [str(mlflow_bin), "models", "serve", "-m", summary["registered_model"], "--env-manager", "local",
          "-h", "127.0.0.1", "-p", str(port)],
-        env={**os.environ, "MLFLOW_TRACKING_URI": cfg.tracking.uri}, cwd=tmp_path,
+        # the server runs `uvicorn` from PATH: the environment's bin folder, as in an activated venv
+        env={**os.environ, "MLFLOW_TRACKING_URI": cfg.tracking.uri,
+             "PATH": f"{mlflow_bin.parent}{os.pathsep}{os.environ['PATH']}"}, cwd=tmp_path,
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         wait_for(f"http://127.0.0.1:{port}/ping", process)
