@@ -25,13 +25,14 @@ CHROMIUM = next((shutil.which(name) for name in ("chromium", "chromium-browser",
 
 @pytest.fixture
 def server(tmp_path):
-    """URL of a real `mlflow server` over tmp_path/mlflow.db and tmp_path/artifacts; killed afterwards."""
-    port = free_port()
+    """URL of a real `mlflow server` over tmp_path/server/{mlflow.db,artifacts}; killed afterwards."""
+    port, home = free_port(), tmp_path / "server"
+    home.mkdir()
     process = subprocess.Popen(
         [str(Path(sys.executable).parent / "mlflow"), "server", "--backend-store-uri",
-         f"sqlite:///{tmp_path / 'mlflow.db'}", "--artifacts-destination", str(tmp_path / "artifacts"),
+         f"sqlite:///{home / 'mlflow.db'}", "--artifacts-destination", str(home / "artifacts"),
          "-h", "127.0.0.1", "-p", str(port), "--workers", "1"],
-        cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        cwd=home, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     url = f"http://127.0.0.1:{port}"
     try:
         wait_for(f"{url}/health", process)
