@@ -20,8 +20,8 @@ from audiocnn.config import ConfigError, compose_config, validate_config, write_
 STAGES = {
     "prepare": ("audiocnn.data.prepare", "prepare"),
     "featurize": ("audiocnn.features.featurize", "featurize"),
-    "train": ("audiocnn.training.train", "train"),
-    "evaluate": ("audiocnn.evaluation.evaluate", "evaluate"),
+    "train": ("audiocnn.repeats", "train_stage"),
+    "evaluate": ("audiocnn.repeats", "evaluate_stage"),
 }
 
 

@@ -182,6 +182,13 @@ def validate_config(cfg: DictConfig) -> None:
         _positive(cfg, key, int)
     if "root" in cfg.data and (cfg.data.root is None or not Path(cfg.data.root).exists()):
         raise ConfigError(f"data.root={cfg.data.root}: set it to the folder of your copy of {cfg.data.name}")
+    _one_of(cfg, "data.protocol", ("holdout", "cv"))
+    if cfg.data.protocol == "cv" and cfg.data.get("fold") is not None:
+        raise ConfigError(f"data.fold={cfg.data.fold} with data.protocol=cv: cv runs every fold; set one of them")
+    seeds = cfg.trainer.get("seeds")
+    if seeds is not None and (not OmegaConf.is_list(seeds) or not seeds or len(set(seeds)) != len(seeds)
+                              or not all(isinstance(s, int) for s in seeds)):
+        raise ConfigError(f"trainer.seeds={seeds}: a list of distinct integers such as [0,1,2], or null")
     if "val_fraction" in cfg.data:
         fractions = cfg.data.val_fraction + cfg.data.test_fraction
         if not 0 < fractions < 1:

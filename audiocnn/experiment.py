@@ -1,7 +1,8 @@
 """One experiment from the Hydra command line: (prepare, featurize if missing) -> train -> evaluate.
 
 Each Hydra job writes its model and metrics into its own output folder, so sweeps never
-overwrite each other or the DVC-tracked `data/models` and `metrics/`.
+overwrite each other or the DVC-tracked `data/models` and `metrics/`. Folds
+(`data.protocol=cv`) and seeds (`trainer.seeds`) run as repeats (audiocnn/repeats.py).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from omegaconf import DictConfig
 from audiocnn import tracking
 from audiocnn.config import ConfigError
 from audiocnn.evaluation.evaluate import evaluate
+from audiocnn.repeats import is_repeated, run_repeats
 from audiocnn.training.train import train
 
 
@@ -34,6 +36,8 @@ def run_experiment(cfg: DictConfig) -> float:
     output_dir, overrides = _job_output_dir()
     cfg.paths.models = f"{output_dir}/model"
     cfg.paths.metrics = f"{output_dir}/metrics"
+    if is_repeated(cfg):
+        return run_repeats(cfg, run_name_suffix=overrides)["best_val_acc"]
     summary = train(cfg, run_name_suffix=overrides)
     evaluate(cfg)
     return summary["best_val_acc"]

@@ -26,17 +26,30 @@ from audiocnn.config import ConfigError
 RANK_METRIC = "best_val_acc"
 
 
+def children(client: MlflowClient, experiment_id: str, run_id: str) -> list:
+    return client.search_runs([experiment_id], filter_string=f"tags.mlflow.parentRunId = '{run_id}'",
+                              max_results=10000)
+
+
+def validation_accuracy(client: MlflowClient, experiment_id: str, run) -> float | None:
+    """A job's `best_val_acc`; for a job that repeats folds/seeds (audiocnn/repeats.py: a parent
+    run of its own), the mean over its runs."""
+    if RANK_METRIC in run.data.metrics:
+        return run.data.metrics[RANK_METRIC]
+    values = [r.data.metrics[RANK_METRIC] for r in children(client, experiment_id, run.info.run_id)
+              if RANK_METRIC in r.data.metrics]
+    return sum(values) / len(values) if values else None
+
+
 def ranked_jobs(client: MlflowClient, experiment_id: str, parent_run_id: str) -> list[dict]:
     """The parent's child runs, best validation accuracy first (runs without one last)."""
-    runs = client.search_runs([experiment_id], filter_string=f"tags.mlflow.parentRunId = '{parent_run_id}'",
-                              max_results=10000)
     jobs = [{
         "overrides": run.data.tags.get("hydra.overrides", run.info.run_name),
-        "val_acc": run.data.metrics.get(RANK_METRIC),
+        "val_acc": validation_accuracy(client, experiment_id, run),
         "test_acc": run.data.metrics.get("test_accuracy"),
         "status": run.info.status,
         "run_id": run.info.run_id,
-    } for run in runs]
+    } for run in children(client, experiment_id, parent_run_id)]
     return sorted(jobs, key=lambda job: (job["val_acc"] is None, -(job["val_acc"] or 0.0)))
 
 

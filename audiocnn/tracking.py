@@ -24,6 +24,7 @@ from omegaconf import DictConfig, OmegaConf
 from audiocnn.config import ConfigError
 
 MAX_PARAM_LENGTH = 6000  # MLflow's limit on a param value
+# A run opened while this is set becomes a child of that run (sweeps, folds, seeds).
 PARENT_RUN_ENV = "AUDIOCNN_PARENT_RUN_ID"
 LOCAL_STORE = "sqlite:///mlflow.db"
 HEALTH_TIMEOUT_S = 5.0
@@ -149,15 +150,13 @@ def open_run(cfg: DictConfig, *, run_id: str | None = None, run_name: str | None
              tags: dict | None = None, parent_run_id: str | None = None) -> Iterator[mlflow.ActiveRun]:
     """Start (or, with `run_id`, resume) a run; a run that raises is marked FAILED.
 
-    A new run is nested under `parent_run_id`, or else under `$AUDIOCNN_PARENT_RUN_ID` when set
-    (a Hydra sweep's parent run; see audiocnn/sweep.py).
+    A new run is the child of `parent_run_id`, or of `$AUDIOCNN_PARENT_RUN_ID` when that is set.
     """
     configure(cfg)
-    tags = dict(tags or {})
     parent = None if run_id else parent_run_id or os.environ.get(PARENT_RUN_ENV)
-    if parent:
-        tags["mlflow.parentRunId"] = parent  # what MLflow's own nested runs set; the UI nests by it
     with mlflow.start_run(run_id=run_id, run_name=None if run_id else run_name) as run:
+        if parent:
+            mlflow.set_tag("mlflow.parentRunId", parent)
         if tags:
             mlflow.set_tags(tags)
         try:
@@ -165,6 +164,41 @@ def open_run(cfg: DictConfig, *, run_id: str | None = None, run_name: str | None
         except BaseException:
             mlflow.end_run(status="FAILED")
             raise
+
+
+def start_parent_run(cfg: DictConfig, run_name: str, tags: dict | None = None) -> str:
+    """Create a RUNNING run to group child runs (folds, seeds, sweep jobs) without making it active.
+
+    It nests under `$AUDIOCNN_PARENT_RUN_ID` itself when that is set (a sweep of cross-validations).
+    """
+    configure(cfg)
+    experiment = mlflow.get_experiment_by_name(cfg.tracking.experiment)
+    tags = {**(tags or {}), "mlflow.runName": run_name}
+    if os.environ.get(PARENT_RUN_ENV):
+        tags["mlflow.parentRunId"] = os.environ[PARENT_RUN_ENV]
+    run = mlflow.MlflowClient().create_run(experiment.experiment_id, run_name=run_name, tags=tags)
+    mlflow.MlflowClient().log_batch(run.info.run_id, params=[
+        mlflow.entities.Param(k, v) for k, v in flatten_config(cfg).items()])
+    return run.info.run_id
+
+
+def end_parent_run(cfg: DictConfig, run_id: str, status: str = "FINISHED") -> None:
+    configure(cfg)
+    mlflow.MlflowClient().set_terminated(run_id, status=status)
+
+
+@contextmanager
+def children_of(run_id: str) -> Iterator[None]:
+    """Runs opened inside this block (in this process or its children) nest under `run_id`."""
+    previous = os.environ.get(PARENT_RUN_ENV)
+    os.environ[PARENT_RUN_ENV] = run_id
+    try:
+        yield
+    finally:
+        if previous is None:
+            os.environ.pop(PARENT_RUN_ENV, None)
+        else:
+            os.environ[PARENT_RUN_ENV] = previous
 
 
 def hydra_overrides() -> str | None:

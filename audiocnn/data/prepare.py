@@ -12,10 +12,12 @@ import os
 from collections import Counter
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 
 from audiocnn import atomic
+from audiocnn.config import ConfigError
 from audiocnn.data import sources
 from audiocnn.data.audio import probe_audio
 from audiocnn.data.splits import SPLITS, grouped_stratified_split
@@ -56,14 +58,40 @@ def probe_clips(clips: list[dict], classes: list[str]) -> tuple[list[dict], list
 
 
 def assign_splits(frame: pd.DataFrame, data_cfg: DictConfig, seed: int) -> pd.DataFrame:
-    """Keep official splits where the source gave them; otherwise stratified + grouped."""
+    """Official splits where the source gave them, else stratified + grouped; `data.fold` picks a test fold."""
+    frame["fold"] = frame["fold"].fillna("").astype(str) if "fold" in frame else ""
+    if data_cfg.get("fold") is not None:
+        return _fold_splits(frame, str(data_cfg.fold), data_cfg, seed)
     if "split" not in frame or frame["split"].isna().any():
         frame["split"] = grouped_stratified_split(
             frame["label"], frame["group"], val_fraction=data_cfg.val_fraction,
             test_fraction=data_cfg.test_fraction, seed=seed,
         )
-    if "fold" not in frame:
-        frame["fold"] = -1
+    return frame
+
+
+def fold_values(frame: pd.DataFrame) -> list[str]:
+    """The distinct non-empty folds of a manifest, in natural order ("2" before "10")."""
+    folds = set(frame["fold"].fillna("").astype(str)) - {""}
+    return sorted(folds, key=lambda f: (0, int(f), "") if f.isdigit() else (1, 0, f))
+
+
+def _fold_splits(frame: pd.DataFrame, fold: str, data_cfg: DictConfig, seed: int) -> pd.DataFrame:
+    """Fold `fold` is the test split. The other folds keep the source's own validation rows when
+    it has an official split (FSDD: recordings 5-9), else give a grouped stratified `val_fraction`."""
+    available = fold_values(frame)
+    if fold not in available:
+        raise ConfigError(f"data.fold={fold}: data={data_cfg.name} has folds {available or 'none'}")
+    test = (frame["fold"] == fold).to_numpy()
+    rest = frame.loc[~test]
+    if "split" in frame and frame["split"].notna().all():
+        rest_split = np.where(rest["split"] == "val", "val", "train")
+    else:
+        rest_split = grouped_stratified_split(rest["label"], rest["group"], val_fraction=data_cfg.val_fraction,
+                                              test_fraction=0.0, seed=seed).to_numpy()
+    split = np.full(len(frame), "test", dtype=object)
+    split[~test] = rest_split
+    frame["split"] = split
     return frame
 
 

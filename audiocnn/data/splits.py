@@ -34,6 +34,7 @@ def grouped_stratified_split(
         row = per_group.to_numpy()[index]
         # Deficit each split would have on this group's labels, relative to target.
         deficit = ((targets - counts) * (row > 0)).sum(axis=1) / np.maximum(fractions, 1e-9)
+        deficit[fractions == 0] = -np.inf  # a split with no share never takes a group
         split = int(np.argmax(deficit))
         counts[split] += row
         assignment[per_group.index[index]] = SPLITS[split]

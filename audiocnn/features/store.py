@@ -23,7 +23,7 @@ from audiocnn import atomic
 
 INDEX_COLUMNS = ["clip_id", "path", "label", "split", "shard", "start", "length"]
 # Labels are names, even when they look like numbers (FSDD's digits).
-TEXT_COLUMNS = {"path": str, "label": str, "split": str, "group": str}
+TEXT_COLUMNS = {"path": str, "label": str, "split": str, "fold": str, "group": str}
 DTYPE = np.float16
 
 

@@ -1,7 +1,9 @@
 """Free Spoken Digit Dataset (`data=fsdd`): 8 kHz recordings named `{digit}_{speaker}_{index}.wav`.
 
 Official split: index 0-4 test, 5-49 train. Validation is carved out of train as index
-5-9 (every speaker and digit, never a test recording). The group is the speaker.
+5-9 (every speaker and digit, never a test recording). The group and the fold are the
+speaker, so `data.fold=<speaker>` is leave-one-speaker-out (validation: the other
+speakers' recordings 5-9).
 `data.root` points at an existing copy (its `recordings/` folder or the folder above).
 """
 
@@ -31,7 +33,7 @@ def collect(data_cfg, raw_root: Path) -> tuple[list[dict], list[str]]:
             clips.append({"path": str(path), "label": path.stem, "group": "unknown"})
             continue
         clips.append({"path": str(path), "label": match["digit"], "group": match["speaker"],
-                      "split": official_split(int(match["index"]))})
+                      "fold": match["speaker"], "split": official_split(int(match["index"]))})
     if not clips:
         raise FileNotFoundError(f"data.root={data_cfg.root}: no .wav recordings in {folder}")
     return clips, CLASSES
