@@ -107,7 +107,9 @@ class AudioClassifier(mlflow.pyfunc.PythonModel):
         windows = np.stack([cut_window(frames, s, self.window, self.floor) for s in starts])[:, None]
         return self.model(torch.from_numpy(windows)).softmax(dim=1).mean(dim=0)
 
-    def predict(self, context, model_input, params=None) -> list[dict]:
+    # Annotated as a DataFrame (what MLflow passes for `dataframe_records`): MLflow then neither
+    # converts the input nor warns; dicts of columns and lists of records are accepted as well.
+    def predict(self, context, model_input: pd.DataFrame, params=None) -> list[dict]:
         predictions = []
         for record in as_records(model_input):
             probs = self.probabilities(self.waveform(record)).tolist()
