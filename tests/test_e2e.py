@@ -34,6 +34,8 @@ TINY_CONF = {
 def run(args: list[str], cwd: Path, timeout: int = 600) -> subprocess.CompletedProcess:
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
     env.pop("MLFLOW_TRACKING_URI", None)
+    if (cwd / "audiocnn").is_dir():  # the copy's package, hence its (shrunk) conf/, not the installed one
+        env["PYTHONPATH"] = str(cwd)
     result = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
     assert result.returncode == 0, f"{' '.join(args)} failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
     return result
