@@ -33,8 +33,10 @@ test: $(STAMP)
 test-fast: $(STAMP)
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest -m "not slow"
 
+# The MLflow UI over the project's store (mlflow.db; artifacts in mlruns/), on this machine only.
+UI_PORT ?= 5000
 ui: $(STAMP)
-	$(BIN)/mlflow ui --backend-store-uri sqlite:///mlflow.db -h 127.0.0.1 -p 5000
+	$(BIN)/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlflow.db -h 127.0.0.1 -p $(UI_PORT)
 
 clean:
 	rm -rf data/raw data/prepared data/features data/models data/hydra metrics mlruns mlflow.db

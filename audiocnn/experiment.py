@@ -7,8 +7,12 @@ overwrite each other or the DVC-tracked `data/models` and `metrics/`. Folds
 
 from __future__ import annotations
 
+import sys
+
 from omegaconf import DictConfig
 
+from audiocnn import tracking
+from audiocnn.config import ConfigError
 from audiocnn.evaluation.evaluate import evaluate
 from audiocnn.repeats import is_repeated, run_repeats
 from audiocnn.training.train import train
@@ -24,6 +28,11 @@ def _job_output_dir() -> tuple[str, str]:
 
 def run_experiment(cfg: DictConfig) -> float:
     """Train and evaluate `cfg`; return the validation accuracy (what a sweep optimises)."""
+    try:  # before any work: a tracking server that does not answer ends the job in one line
+        tracking.ensure_available(cfg)
+    except ConfigError as error:
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(2)
     output_dir, overrides = _job_output_dir()
     cfg.paths.models = f"{output_dir}/model"
     cfg.paths.metrics = f"{output_dir}/metrics"

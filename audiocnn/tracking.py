@@ -1,14 +1,19 @@
 """MLflow: where runs go, how a run is opened and named, what it records.
 
 Default store: `sqlite:///mlflow.db` at the repository root (`tracking.uri`);
-`MLFLOW_TRACKING_URI` overrides it. A run records the flattened resolved config as
-params, the git commit and the manifest checksum as tags.
+`MLFLOW_TRACKING_URI` overrides it. A server that does not answer stops a stage before
+any work, unless `tracking.required=false` (then the local store is used, and said so).
+A run records the flattened resolved config as params; the git commit, the manifest
+checksum, the DVC experiment and the Hydra overrides as tags. Runs nest under a parent
+(a Hydra sweep's) given by `parent_run_id` or `AUDIOCNN_PARENT_RUN_ID`.
 """
 
 from __future__ import annotations
 
 import os
 import subprocess
+import urllib.error
+import urllib.request
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
@@ -16,13 +21,76 @@ from typing import Iterator
 import mlflow
 from omegaconf import DictConfig, OmegaConf
 
+from audiocnn.config import ConfigError
+
 MAX_PARAM_LENGTH = 6000  # MLflow's limit on a param value
 # A run opened while this is set becomes a child of that run (sweeps, folds, seeds).
 PARENT_RUN_ENV = "AUDIOCNN_PARENT_RUN_ID"
+LOCAL_STORE = "sqlite:///mlflow.db"
+HEALTH_TIMEOUT_S = 5.0
+_checked: dict[str, str] = {}  # server URI -> URI actually used, so a process checks a server once
+
+
+class TrackingUnavailable(ConfigError):
+    """The tracking server does not answer and `tracking.required` is true."""
+
+
+def project_root() -> Path:
+    """The folder relative store paths are taken from: `$DVC_ROOT` when DVC runs the stage (for a
+    queued experiment, that is the project, not the temporary copy it runs in, whose store
+    would be deleted with it), else the working directory."""
+    return Path(os.environ.get("DVC_ROOT") or Path.cwd()).resolve()
+
+
+def _anchor(uri: str) -> str:
+    """`sqlite:///relative.db` -> `sqlite:////<project root>/relative.db`; other URIs unchanged."""
+    if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
+        return f"sqlite:///{project_root() / uri.removeprefix('sqlite:///')}"
+    return uri
 
 
 def tracking_uri(cfg: DictConfig) -> str:
-    return os.environ.get("MLFLOW_TRACKING_URI") or cfg.tracking.uri
+    return _anchor(os.environ.get("MLFLOW_TRACKING_URI") or cfg.tracking.uri)
+
+
+def server_problem(uri: str, timeout: float = HEALTH_TIMEOUT_S) -> str | None:
+    """Why the MLflow server at an http(s) `uri` cannot be used (None if it answers `/health`)."""
+    if not uri.startswith(("http://", "https://")):
+        return None
+    try:
+        with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=timeout) as response:
+            return None if response.status == 200 else f"/health answered HTTP {response.status}"
+    except urllib.error.HTTPError as error:
+        return f"/health answered HTTP {error.code}"
+    except (urllib.error.URLError, OSError) as error:
+        return str(getattr(error, "reason", error))
+
+
+def ensure_available(cfg: DictConfig) -> str:
+    """The tracking URI to use, checked before any work.
+
+    An unreachable server raises `TrackingUnavailable` (one line: URI, reason, what to do),
+    or with `tracking.required=false` switches this process to the local store: the
+    config's own `tracking.uri` when that is not a server, else `sqlite:///mlflow.db`.
+    """
+    uri = tracking_uri(cfg)
+    if uri in _checked:
+        return _checked[uri]
+    problem = server_problem(uri)
+    if problem is None:
+        _checked[uri] = uri
+        return uri
+    own = cfg.tracking.uri
+    fallback = _anchor(own if not own.startswith(("http://", "https://")) else LOCAL_STORE)
+    if cfg.tracking.get("required", True):
+        raise TrackingUnavailable(
+            f"tracking.uri={uri}: MLflow tracking server not reachable ({problem}); start it, fix "
+            f"MLFLOW_TRACKING_URI / tracking.uri, or set tracking.required=false to log to {fallback}")
+    print(f"tracking: {uri} is not reachable ({problem}); tracking.required=false: logging to the local "
+          f"store {fallback} instead")
+    os.environ["MLFLOW_TRACKING_URI"] = fallback  # every later step of this process (Lightning's logger too)
+    _checked[uri] = _checked[fallback] = fallback
+    return fallback
 
 
 def flatten_config(cfg: DictConfig) -> dict[str, str]:
@@ -53,15 +121,27 @@ def default_run_name(cfg: DictConfig, suffix: str = "") -> str:
     return cfg.tracking.get("run_name") or "-".join(p for p in (cfg.model.name, cfg.data.name, suffix) if p)
 
 
+def _use_experiment(name: str, uri: str) -> None:
+    """Select experiment `name`, creating it if needed. In a local SQLite store its artifacts go
+    next to the database file (`<db folder>/mlruns`), not under whatever the working directory is."""
+    if uri.startswith("sqlite:///") and mlflow.get_experiment_by_name(name) is None:
+        artifacts = Path(uri.removeprefix("sqlite:///")).parent / "mlruns"
+        try:
+            mlflow.create_experiment(name, artifact_location=artifacts.as_uri())
+        except mlflow.exceptions.MlflowException:
+            pass  # created meanwhile by a parallel job
+    mlflow.set_experiment(name)
+
+
 def configure(cfg: DictConfig) -> str:
-    uri = tracking_uri(cfg)
+    uri = ensure_available(cfg)
     user_setting = os.environ.get("MLFLOW_TRACKING_URI")
     mlflow.set_tracking_uri(uri)
     # mlflow.set_tracking_uri also exports MLFLOW_TRACKING_URI; undo that, or it would pass for
     # the user's setting and override the tracking.uri of every later config in this process.
     if user_setting is None:
         os.environ.pop("MLFLOW_TRACKING_URI", None)
-    mlflow.set_experiment(cfg.tracking.experiment)
+    _use_experiment(cfg.tracking.experiment, uri)
     return uri
 
 
@@ -121,7 +201,17 @@ def children_of(run_id: str) -> Iterator[None]:
             os.environ[PARENT_RUN_ENV] = previous
 
 
+def hydra_overrides() -> str | None:
+    """The current Hydra job's command-line overrides (`model=cnn optimizer.lr=0.001`), if in one."""
+    from hydra.core.hydra_config import HydraConfig
+
+    if not HydraConfig.initialized():
+        return None
+    return " ".join(HydraConfig.get().overrides.task)
+
+
 def run_tags(cfg: DictConfig) -> dict[str, str]:
+    """Tags joining a run to its code, data, DVC experiment and Hydra job."""
     tags = {"data": cfg.data.name, "model": cfg.model.name}
     commit = git_commit()
     if commit:
@@ -131,6 +221,11 @@ def run_tags(cfg: DictConfig) -> dict[str, str]:
         from audiocnn.features.store import file_md5
 
         tags["data.manifest_md5"] = file_md5(manifest)
-    if os.environ.get("DVC_EXP_NAME"):
-        tags["dvc.exp_name"] = os.environ["DVC_EXP_NAME"]
+    # Set by `dvc exp run` (workspace and queued) for the stages it runs.
+    for variable, tag in (("DVC_EXP_NAME", "dvc.exp_name"), ("DVC_EXP_BASELINE_REV", "dvc.exp_baseline_rev")):
+        if os.environ.get(variable):
+            tags[tag] = os.environ[variable]
+    overrides = hydra_overrides()
+    if overrides is not None:
+        tags["hydra.overrides"] = overrides
     return tags

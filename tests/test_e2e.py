@@ -34,6 +34,8 @@ TINY_CONF = {
 def run(args: list[str], cwd: Path, timeout: int = 600) -> subprocess.CompletedProcess:
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
     env.pop("MLFLOW_TRACKING_URI", None)
+    if (cwd / "audiocnn").is_dir():  # the copy's package, hence its (shrunk) conf/, not the installed one
+        env["PYTHONPATH"] = str(cwd)
     result = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
     assert result.returncode == 0, f"{' '.join(args)} failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
     return result
@@ -50,9 +52,8 @@ def compose_params(project: Path) -> None:
     (project / "params.yaml").write_text(OmegaConf.to_yaml(cfg))
 
 
-@pytest.fixture(scope="module")
-def project(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("project")
+def copy_project(root: Path, tiny_conf: dict = TINY_CONF) -> Path:
+    """The project's files in a new git repository at `root`, conf/ shrunk by `tiny_conf`."""
     for name in PROJECT_FILES:
         source, target = REPO / name, root / name
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -60,7 +61,7 @@ def project(tmp_path_factory) -> Path:
             shutil.copytree(source, target, ignore=shutil.ignore_patterns("__pycache__"))
         else:
             shutil.copy(source, target)
-    for name, changes in TINY_CONF.items():
+    for name, changes in tiny_conf.items():
         path = root / "conf" / name
         path.write_text(yaml.safe_dump({**yaml.safe_load(path.read_text()), **changes}, sort_keys=False))
     compose_params(root)
@@ -69,6 +70,11 @@ def project(tmp_path_factory) -> Path:
     run(["git", "add", "-A"], root)
     run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "project"], root)
     return root
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory) -> Path:
+    return copy_project(tmp_path_factory.mktemp("project"))
 
 
 def mlflow_runs(project: Path):
@@ -121,6 +127,50 @@ def test_dvc_exp_run_with_hydra_override(project):
     assert "try-cnn" in table and "cnn" in table
     runs = mlflow_runs(project)
     assert "cnn" in set(runs["params.model.name"])
+    # The MLflow run names the DVC experiment and the commit it started from, so the views join.
+    tagged = runs[runs["tags.dvc.exp_name"] == "try-cnn"]
+    commit = run(["git", "rev-parse", "HEAD"], project).stdout.strip()
+    assert list(tagged["params.model.name"]) == ["cnn"]
+    assert list(tagged["tags.mlflow.source.git.commit"]) == [commit]
+    assert list(tagged["tags.dvc.exp_baseline_rev"]) == [commit]
+
+
+def test_dvc_queue_runs_experiments_and_plots_diff_compares_them(project):
+    """`dvc exp run --queue` + `dvc queue start`: each queued experiment runs in a temporary copy
+    of the project, yet logs to the project's MLflow store, tagged with its name and commit."""
+    import time
+
+    commit = run(["git", "rev-parse", "HEAD"], project).stdout.strip()  # the baseline of the previous test
+    names = {"q-lr1e-3": "optimizer.lr=1e-3", "q-gru32": "model.hidden_size=32"}
+    for name, setting in names.items():
+        run(["dvc", "exp", "run", "--queue", "-S", setting, "-n", name], project)
+    run(["dvc", "queue", "start", "-j", "1"], project)
+    deadline = time.time() + 900
+    while True:  # `dvc queue start` returns at once; the worker runs the queue in the background
+        status = run(["dvc", "queue", "status"], project).stdout
+        if not any(word in status for word in ("Queued", "Running")):
+            break
+        assert time.time() < deadline, status
+        time.sleep(5)
+    assert status.count("Success") >= 2 and "Failed" not in status, status
+
+    table = run(["dvc", "exp", "show", "--no-pager", "--csv"], project).stdout
+    header, *rows = table.splitlines()
+    assert {"Experiment", "accuracy", "macro_f1", "optimizer.lr", "model.name"} <= set(header.split(","))
+    for name in names:
+        assert any(row.startswith(f"{name},") for row in rows), table
+
+    run(["dvc", "plots", "diff", *names, "-o", "plots_diff"], project)
+    html = (project / "plots_diff/index.html").read_text()
+    assert all(name in html for name in names)
+
+    runs = mlflow_runs(project)
+    for name in names:
+        tagged = runs[runs["tags.dvc.exp_name"] == name]
+        assert len(tagged) == 1 and tagged["status"].iloc[0] == "FINISHED", name
+        assert tagged["tags.dvc.exp_baseline_rev"].iloc[0] == commit
+        assert tagged["tags.mlflow.source.git.commit"].iloc[0] == commit
+        assert tagged["metrics.test_accuracy"].notna().all()
 
 
 def test_hydra_entrypoint_runs_an_experiment_without_dvc(project):

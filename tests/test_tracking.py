@@ -124,3 +124,119 @@ def test_run_tags_name_data_model_and_manifest(tmp_path):
     assert tracking.run_tags(cfg)["data.manifest_md5"] == file_md5(manifest)
     assert tracking.default_run_name(cfg) == f"{cfg.model.name}-demo"
     assert tracking.default_run_name(cfg, "lr0.1") == f"{cfg.model.name}-demo-lr0.1"
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_runs_nest_under_a_parent_given_or_from_the_environment(cfg, monkeypatch):
+    with tracking.open_run(cfg, run_name="parent") as parent:
+        pass
+    with tracking.open_run(cfg, run_name="child", parent_run_id=parent.info.run_id) as child:
+        pass
+    monkeypatch.setenv(tracking.PARENT_RUN_ENV, parent.info.run_id)
+    with tracking.open_run(cfg, run_name="sweep-job") as job:
+        pass
+    with tracking.open_run(cfg, run_id=job.info.run_id):  # resuming keeps the run where it is
+        mlflow.log_metric("test_accuracy", 1.0)
+    for run in (child, job):
+        assert _client(cfg).get_run(run.info.run_id).data.tags["mlflow.parentRunId"] == parent.info.run_id
+    monkeypatch.delenv(tracking.PARENT_RUN_ENV)
+    with tracking.open_run(cfg, run_name="alone") as alone:
+        pass
+    assert "mlflow.parentRunId" not in _client(cfg).get_run(alone.info.run_id).data.tags
+
+
+def test_run_tags_join_dvc_experiments_and_hydra_jobs(tmp_path, monkeypatch):
+    cfg = tiny_config(tmp_path)
+    monkeypatch.setenv("DVC_EXP_NAME", "try-cnn")
+    monkeypatch.setenv("DVC_EXP_BASELINE_REV", "a" * 40)
+    tags = tracking.run_tags(cfg)
+    assert tags["dvc.exp_name"] == "try-cnn" and tags["dvc.exp_baseline_rev"] == "a" * 40
+    assert "hydra.overrides" not in tags  # not inside a Hydra job
+
+
+def test_relative_sqlite_store_is_anchored_at_the_dvc_root(tmp_path, monkeypatch):
+    cfg = tiny_config(tmp_path, "tracking.uri=sqlite:///mlflow.db")
+    monkeypatch.setenv("DVC_ROOT", str(tmp_path))  # a queued DVC experiment runs in a temporary copy
+    assert tracking.tracking_uri(cfg) == f"sqlite:///{tmp_path.resolve() / 'mlflow.db'}"
+    monkeypatch.delenv("DVC_ROOT")
+    assert tracking.tracking_uri(cfg) == f"sqlite:///{Path.cwd().resolve() / 'mlflow.db'}"
+
+
+def test_an_unreachable_server_stops_training_before_any_work(tmp_path, monkeypatch):
+    from audiocnn.training.train import train
+
+    monkeypatch.setattr(tracking, "_checked", {})
+    server = f"http://127.0.0.1:{free_port()}"  # nothing listens there
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", server)
+    cfg = tiny_config(tmp_path)
+    with pytest.raises(tracking.TrackingUnavailable) as error:
+        train(cfg)
+    message = str(error.value)
+    assert message.startswith(f"tracking.uri={server}: MLflow tracking server not reachable")
+    assert "tracking.required=false" in message and "\n" not in message
+    assert not Path(cfg.paths.prepared).exists() and not Path(cfg.paths.raw).exists()  # no work done
+
+
+def test_the_entrypoint_refuses_in_one_line_when_the_server_is_down(tmp_path):
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO
+
+    server = f"http://127.0.0.1:{free_port()}"
+    paths = [f"paths.{key}={tmp_path / key}" for key in ("raw", "prepared", "features", "models", "metrics")]
+    result = subprocess.run([sys.executable, str(REPO / "pipelines/train.py"), *paths, f"hydra.run.dir={tmp_path}/h"],
+                            env={**os.environ, "MLFLOW_TRACKING_URI": server}, capture_output=True, text=True,
+                            timeout=300)
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert result.stderr.strip().splitlines()[-1].startswith(f"error: tracking.uri={server}: MLflow tracking server")
+    assert not (tmp_path / "raw").exists()
+
+
+def test_required_false_falls_back_to_the_local_store_and_says_so(store_root, monkeypatch, capsys):
+    monkeypatch.setattr(tracking, "_checked", {})
+    server = f"http://127.0.0.1:{free_port()}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", server)
+    cfg = tiny_config(store_root, "tracking.required=false")
+    assert tracking.ensure_available(cfg) == cfg.tracking.uri
+    assert f"{server} is not reachable" in capsys.readouterr().out
+    with tracking.open_run(cfg, run_name="offline") as run:
+        mlflow.log_metric("val_acc", 0.5)
+    assert _client(cfg).get_run(run.info.run_id).data.metrics["val_acc"] == 0.5
+    # A server configured in tracking.uri itself falls back to ./mlflow.db.
+    monkeypatch.delenv("MLFLOW_TRACKING_URI")
+    own = tiny_config(store_root, f"tracking.uri={server}/", "tracking.required=false")
+    assert tracking.ensure_available(own) == f"sqlite:///{Path.cwd().resolve() / 'mlflow.db'}"
+    monkeypatch.setattr(tracking, "_checked", {})
+
+
+def test_a_training_run_that_crashes_is_marked_failed(prepared_store, tmp_path, monkeypatch):
+    import lightning as L
+
+    from audiocnn.training import train as train_module
+
+    class Crash(L.Callback):
+        def on_train_epoch_end(self, trainer, pl_module):
+            raise RuntimeError("boom in epoch 0")
+
+    build_trainer = train_module.build_trainer
+
+    def crashing_trainer(*args, **kwargs):
+        trainer, checkpoint = build_trainer(*args, **kwargs)
+        trainer.callbacks.append(Crash())
+        return trainer, checkpoint
+
+    monkeypatch.setattr(train_module, "build_trainer", crashing_trainer)
+    cfg = tiny_config(tmp_path, f"paths.prepared={prepared_store.paths.prepared}",
+                      f"paths.features={prepared_store.paths.features}", "tracking.run_name=crashing")
+    with pytest.raises(RuntimeError, match="boom"):
+        train_module.train(cfg)
+    runs = mlflow.search_runs(experiment_names=[cfg.tracking.experiment], filter_string="run_name = 'crashing'")
+    assert list(runs["status"]) == ["FAILED"]

@@ -12,7 +12,6 @@ from pathlib import Path
 
 import lightning as L
 import mlflow
-import numpy as np
 import torch
 from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 from lightning.pytorch.loggers import MLFlowLogger
@@ -24,16 +23,13 @@ from audiocnn.features.cqt import CQTFrontend
 from audiocnn.features.featurize import featurize, is_featurized
 from audiocnn.models import build_model
 from audiocnn.models.summary import summarize
+from audiocnn.serving import log_audio_model
 from audiocnn.training.datamodule import StoreDataModule
 from audiocnn.training.augment import SpectrogramAugment, WaveformAugment
 from audiocnn.training.module import Classifier
 from audiocnn.training.optim import class_weights, resolve_precision
 from audiocnn.training.checkpoints import load_state
 from audiocnn.training.transfer import freeze, load_matching
-
-# The logged model needs only these to be loaded; pinning them skips MLflow's slow
-# requirement inference (it imports the model in a subprocess).
-MODEL_REQUIREMENTS = ["torch", "nnAudio", "audiocnn"]
 
 
 def ensure_inputs(cfg: DictConfig) -> None:
@@ -90,6 +86,7 @@ def build_module(cfg: DictConfig, model: torch.nn.Module, data: StoreDataModule)
 
 def train(cfg: DictConfig, run_name_suffix: str = "") -> dict:
     """Fit `cfg.model` on the train split, early-stopped on validation loss; return a summary."""
+    tracking.ensure_available(cfg)  # an unreachable tracking server stops us before any work
     ensure_inputs(cfg)
     L.seed_everything(cfg.seed, workers=True)
     data = StoreDataModule(cfg)
@@ -126,10 +123,11 @@ def train(cfg: DictConfig, run_name_suffix: str = "") -> dict:
             "n_parameters": n_parameters, "multiply_adds": summary_table.total_macs,
         }
         mlflow.log_metrics({"best_val_loss": summary["best_val_loss"], "best_val_acc": summary["best_val_acc"]})
-        if cfg.tracking.log_model:
-            example = np.zeros((1, 1, cfg.features.n_bins, cfg.features.window_frames), dtype=np.float32)
-            mlflow.pytorch.log_model(model, name="model", serialization_format="pickle", input_example=example,
-                                     pip_requirements=MODEL_REQUIREMENTS, extra_files=[str(out / "model.pt")])
+        if cfg.tracking.log_model:  # the best weights, serving raw audio (audiocnn/serving.py)
+            info = log_audio_model(out / "model.pt", cfg.tracking.get("registered_model"))
+            summary["model_uri"] = info.model_uri
+            if info.registered_model_version:
+                summary["registered_model"] = f"models:/{cfg.tracking.registered_model}/{info.registered_model_version}"
         atomic.write_json(out / "run.json", summary)
     print(f"train: best val_loss {summary['best_val_loss']:.4f}, val_acc {summary['best_val_acc']:.4f} "
           f"after {summary['epochs']} epochs; MLflow run {summary['run_id']} ({name})")

@@ -1,0 +1,125 @@
+"""One MLflow parent run per Hydra multirun sweep, and a ranked table of its jobs at the end.
+
+Configured in conf/config.yaml (`hydra.callbacks.sweep_parent_run`). At the start of a
+`-m` sweep (grid, Optuna, any launcher) it creates the parent run and exports
+`AUDIOCNN_PARENT_RUN_ID`, which `tracking.open_run` in every job reads (jobs in other
+processes, joblib or SLURM, inherit the variable), so each job's run is a child of it.
+At the end it ranks the children by validation accuracy, prints the table, logs it to
+the parent run (`sweep_results.md`, `sweep_results.json`) and ends the parent.
+"""
+
+from __future__ import annotations
+
+import atexit
+import os
+import sys
+import time
+from pathlib import Path
+
+from hydra.experimental.callback import Callback
+from mlflow import MlflowClient
+from omegaconf import DictConfig
+
+from audiocnn import atomic, tracking
+from audiocnn.config import ConfigError
+
+RANK_METRIC = "best_val_acc"
+
+
+def children(client: MlflowClient, experiment_id: str, run_id: str) -> list:
+    return client.search_runs([experiment_id], filter_string=f"tags.mlflow.parentRunId = '{run_id}'",
+                              max_results=10000)
+
+
+def validation_accuracy(client: MlflowClient, experiment_id: str, run) -> float | None:
+    """A job's `best_val_acc`; for a job that repeats folds/seeds (audiocnn/repeats.py: a parent
+    run of its own), the mean over its runs."""
+    if RANK_METRIC in run.data.metrics:
+        return run.data.metrics[RANK_METRIC]
+    values = [r.data.metrics[RANK_METRIC] for r in children(client, experiment_id, run.info.run_id)
+              if RANK_METRIC in r.data.metrics]
+    return sum(values) / len(values) if values else None
+
+
+def ranked_jobs(client: MlflowClient, experiment_id: str, parent_run_id: str) -> list[dict]:
+    """The parent's child runs, best validation accuracy first (runs without one last)."""
+    jobs = [{
+        "overrides": run.data.tags.get("hydra.overrides", run.info.run_name),
+        "val_acc": validation_accuracy(client, experiment_id, run),
+        "test_acc": run.data.metrics.get("test_accuracy"),
+        "status": run.info.status,
+        "run_id": run.info.run_id,
+    } for run in children(client, experiment_id, parent_run_id)]
+    return sorted(jobs, key=lambda job: (job["val_acc"] is None, -(job["val_acc"] or 0.0)))
+
+
+def format_table(jobs: list[dict]) -> str:
+    """Markdown table: rank | overrides | val acc | test acc | status | run id."""
+    def number(value):
+        return "-" if value is None else f"{value:.4f}"
+
+    lines = ["| rank | overrides | val acc | test acc | status | run id |", "|---|---|---|---|---|---|"]
+    lines += [f"| {rank} | {job['overrides'] or '(defaults)'} | {number(job['val_acc'])} | "
+              f"{number(job['test_acc'])} | {job['status']} | {job['run_id']} |"
+              for rank, job in enumerate(jobs, start=1)]
+    return "\n".join(lines)
+
+
+class SweepParentRun(Callback):
+    """Hydra callback: parent MLflow run for a multirun sweep (see the module docstring)."""
+
+    def __init__(self) -> None:
+        self.client: MlflowClient | None = None
+        self.run_id: str | None = None
+        self.experiment_id: str | None = None
+
+    def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
+        try:
+            uri = tracking.configure(config)
+        except ConfigError as error:
+            print(f"error: {error}", file=sys.stderr)
+            sys.exit(2)
+        import mlflow
+
+        self.client = MlflowClient(tracking_uri=uri)
+        self.experiment_id = mlflow.get_experiment_by_name(config.tracking.experiment).experiment_id
+        overrides = " ".join(config.hydra.overrides.task)
+        tags = {"data": config.data.name, "sweep": "true", "hydra.overrides": overrides,
+                "hydra.hydra_overrides": " ".join(config.hydra.overrides.hydra),
+                "hydra.sweeper": config.hydra.sweeper._target_.rsplit(".", 1)[-1],
+                "hydra.launcher": config.hydra.launcher._target_.rsplit(".", 1)[-1]}
+        commit = tracking.git_commit()
+        if commit:
+            tags["mlflow.source.git.commit"] = commit
+        name = f"sweep-{config.data.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+        run = self.client.create_run(self.experiment_id, run_name=name, tags=tags)
+        self.run_id = run.info.run_id
+        os.environ[tracking.PARENT_RUN_ENV] = self.run_id
+        atexit.register(self._end, "FAILED")  # a sweep that dies before on_multirun_end
+        print(f"sweep: MLflow parent run {self.run_id} ({name}) in {uri}")
+
+    def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
+        if self.run_id is None:
+            return
+        jobs = ranked_jobs(self.client, self.experiment_id, self.run_id)
+        table = format_table(jobs)
+        print(f"sweep: {len(jobs)} jobs, best validation accuracy first\n{table}")
+        self.client.log_text(self.run_id, table + "\n", "sweep_results.md")
+        self.client.log_dict(self.run_id, jobs, "sweep_results.json")
+        sweep_dir = Path(config.hydra.sweep.dir)
+        if sweep_dir.is_dir():
+            atomic.write_text(sweep_dir / "sweep_results.md", table + "\n")
+        best = next((job for job in jobs if job["val_acc"] is not None), None)
+        if best:
+            self.client.log_metric(self.run_id, RANK_METRIC, best["val_acc"])
+            if best["test_acc"] is not None:
+                self.client.log_metric(self.run_id, "test_accuracy", best["test_acc"])
+            self.client.set_tag(self.run_id, "best_run_id", best["run_id"])
+        self._end("FINISHED")  # the table says which jobs failed
+
+    def _end(self, status: str) -> None:
+        if self.run_id is None:
+            return
+        self.client.set_terminated(self.run_id, status)
+        os.environ.pop(tracking.PARENT_RUN_ENV, None)
+        self.run_id = None

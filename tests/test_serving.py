@@ -1,0 +1,134 @@
+"""The logged model: a pyfunc registered as `audiocnn-<data>` that takes raw audio (base64 file
+bytes or a float array with its rate) and answers class probabilities, in process and behind
+the real `mlflow models serve`."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pandas as pd
+import pytest
+import soundfile as sf
+
+from tests.conftest import tiny_config
+from tests.test_tracking import free_port
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def trained(prepared_store, tmp_path_factory):
+    """A tiny model trained with `tracking.log_model=true` and evaluated (predictions.csv)."""
+    from audiocnn.evaluation.evaluate import evaluate
+    from audiocnn.training.train import train
+
+    root = tmp_path_factory.mktemp("serving")
+    cfg = tiny_config(root, f"paths.prepared={prepared_store.paths.prepared}",
+                      f"paths.features={prepared_store.paths.features}", "tracking.log_model=true")
+    summary = train(cfg)
+    evaluate(cfg)
+    os.environ.pop("MLFLOW_TRACKING_URI", None)
+    return cfg, summary, pd.read_csv(Path(cfg.paths.metrics) / "predictions.csv")
+
+
+def encoded(path: str) -> str:
+    return base64.b64encode(Path(path).read_bytes()).decode()
+
+
+def test_the_best_model_is_registered_and_predicts_from_raw_audio(trained):
+    cfg, summary, predictions = trained
+    assert summary["registered_model"] == "models:/audiocnn-demo/1"
+    mlflow.set_tracking_uri(cfg.tracking.uri)
+    model = mlflow.pyfunc.load_model(summary["registered_model"])
+    rows = predictions.head(3)
+    answers = model.predict(pd.DataFrame({"audio_base64": [encoded(p) for p in rows["path"]]}))
+    classes = json.loads((Path(cfg.paths.prepared) / "classes.json").read_text())
+    for answer, (_, row) in zip(answers, rows.iterrows()):
+        assert list(answer["probabilities"]) == [str(c) for c in classes]
+        assert sum(answer["probabilities"].values()) == pytest.approx(1.0, abs=1e-5)
+        # Same decode, CQT and sliding-window vote as the evaluate stage (which reads float16 frames).
+        assert answer["label"] == row["predicted"]
+        assert answer["probabilities"][row["predicted"]] == pytest.approx(row["confidence"], abs=5e-3)
+
+    # A float array at another sample rate is resampled inside; stereo is averaged.
+    samples, sr = sf.read(rows["path"].iloc[0], dtype="float32")
+    stereo = np.stack([samples, samples], axis=1)
+    from_array = model.predict({"samples": [stereo.tolist()], "sample_rate": [sr]})
+    assert from_array[0]["probabilities"] == pytest.approx(answers[0]["probabilities"], abs=1e-5)
+    with pytest.raises(ValueError, match="audio_base64, or samples and sample_rate"):
+        model.predict(pd.DataFrame({"nothing": [1]}))
+
+
+def test_the_logged_model_keeps_model_pt_for_transfer_and_ensembles(trained):
+    from audiocnn.training.checkpoints import load_trained, weights_file
+
+    cfg, summary, _ = trained
+    mlflow.set_tracking_uri(cfg.tracking.uri)
+    for source in (f"runs:/{summary['run_id']}/model", summary["registered_model"], summary["run_id"]):
+        assert weights_file(source).name == "model.pt"
+    model, bundle = load_trained(summary["registered_model"])
+    assert bundle["features"]["sr"] == cfg.features.sr and not model.training
+    # Code-based logging: the model folder holds the code, not a pickle.
+    local = Path(mlflow.artifacts.download_artifacts(summary["registered_model"]))
+    assert (local / "serving.py").exists() and (local / "artifacts/model.pt").exists()
+    assert not list(local.rglob("*.pkl")) and "loader_module: mlflow.pyfunc.loaders.code_model" in (
+        local / "MLmodel").read_text()
+
+
+def wait_for(url: str, process: subprocess.Popen, seconds: float = 180) -> None:
+    deadline = time.time() + seconds
+    while time.time() < deadline:
+        assert process.poll() is None, process.stdout.read()
+        try:
+            with urllib.request.urlopen(url, timeout=2):
+                return
+        except OSError:
+            time.sleep(1)
+    raise TimeoutError(f"{url} did not answer in {seconds} s")
+
+
+def post(url: str, payload: dict) -> dict:
+    request = urllib.request.Request(url, data=json.dumps(payload).encode(),
+                                     headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=120) as response:
+        return json.loads(response.read())
+
+
+def test_mlflow_models_serve_answers_a_posted_wav_file(trained, tmp_path):
+    cfg, summary, predictions = trained
+    port = free_port()
+    mlflow_bin = Path(sys.executable).parent / "mlflow"
+    process = subprocess.Popen(
+        [str(mlflow_bin), "models", "serve", "-m", summary["registered_model"], "--env-manager", "local",
+         "-h", "127.0.0.1", "-p", str(port)],
+        # the server runs `uvicorn` from PATH: the environment's bin folder, as in an activated venv
+        env={**os.environ, "MLFLOW_TRACKING_URI": cfg.tracking.uri,
+             "PATH": f"{mlflow_bin.parent}{os.pathsep}{os.environ['PATH']}"}, cwd=tmp_path,
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        wait_for(f"http://127.0.0.1:{port}/ping", process)
+        row = predictions.iloc[0]
+        answer = post(f"http://127.0.0.1:{port}/invocations",
+                      {"dataframe_records": [{"audio_base64": encoded(row["path"])}]})["predictions"][0]
+        assert answer["label"] == row["predicted"]
+        assert sum(answer["probabilities"].values()) == pytest.approx(1.0, abs=1e-5)
+        samples, sr = sf.read(row["path"], dtype="float32")
+        from_array = post(f"http://127.0.0.1:{port}/invocations",
+                          {"inputs": {"samples": [samples.tolist()], "sample_rate": [sr]}})["predictions"][0]
+        assert from_array["label"] == row["predicted"]
+        assert from_array["probabilities"] == pytest.approx(answer["probabilities"], abs=1e-5)
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()

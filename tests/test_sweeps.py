@@ -1,0 +1,95 @@
+"""Hydra sweeps end to end: grid, Optuna and joblib-parallel sweeps, each job an MLflow child run
+of one parent run per sweep, with the ranked table printed and logged at the end.
+
+Runs `python pipelines/train.py -m ...` in a temporary copy of the project with a tiny demo.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from mlflow import MlflowClient
+
+from tests.test_e2e import TINY_CONF, copy_project, run
+
+pytestmark = pytest.mark.slow
+
+FAST = ["trainer.max_epochs=1"]
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory) -> Path:
+    """A tiny project (6 clips per class) whose inputs are prepared and featurized once by DVC,
+    so the sweeps' jobs (parallel ones too) only train and evaluate."""
+    root = copy_project(tmp_path_factory.mktemp("sweeps"), {**TINY_CONF, "data/demo.yaml": {"clips_per_class": 6}})
+    run(["dvc", "repro", "featurize"], root)
+    return root
+
+
+def sweep_runs(project: Path, overrides: str):
+    """(parent run, its child runs) of the sweep launched with `overrides`."""
+    client = MlflowClient(tracking_uri=f"sqlite:///{project / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("audiocnn")
+    parents = client.search_runs([experiment.experiment_id],
+                                 filter_string=f"tags.sweep = 'true' and tags.`hydra.overrides` = '{overrides}'")
+    assert len(parents) == 1, [p.data.tags for p in parents]
+    parent = parents[0]
+    children = client.search_runs([experiment.experiment_id],
+                                  filter_string=f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
+    return client, parent, children
+
+
+def table_rows(stdout: str) -> list[list[str]]:
+    rows = [line for line in stdout.splitlines() if line.startswith("| ") and not line.startswith("| rank")]
+    return [[cell.strip() for cell in row.strip("|").split("|")] for row in rows]
+
+
+def test_grid_sweep_nests_every_job_under_one_parent_and_ranks_them(project):
+    overrides = ["model=cnn,crnn_gru", "optimizer.lr=1e-3,3e-4"]
+    result = run([sys.executable, "pipelines/train.py", "-m", *overrides, *FAST], project)
+    client, parent, children = sweep_runs(project, " ".join([*overrides, *FAST]))
+
+    assert parent.info.status == "FINISHED"
+    assert len(children) == 4 and {c.info.status for c in children} == {"FINISHED"}
+    jobs = {c.data.tags["hydra.overrides"] for c in children}
+    assert jobs == {f"model={m} optimizer.lr={lr} trainer.max_epochs=1" for m in ("cnn", "crnn_gru")
+                    for lr in ("0.001", "0.0003")}
+    assert all("test_accuracy" in c.data.metrics for c in children)  # each job evaluated
+
+    rows = table_rows(result.stdout)
+    assert [row[0] for row in rows] == ["1", "2", "3", "4"]
+    val_accs = [float(row[2]) for row in rows]
+    assert val_accs == sorted(val_accs, reverse=True)
+    assert {row[5] for row in rows} == {c.info.run_id for c in children}
+    assert parent.data.metrics["best_val_acc"] == pytest.approx(val_accs[0], abs=1e-4)
+    assert parent.data.tags["best_run_id"] == rows[0][5]
+    logged = Path(client.download_artifacts(parent.info.run_id, "sweep_results.md")).read_text()
+    assert rows[0][5] in logged and len(table_rows(logged)) == 4
+
+
+def test_optuna_search_runs_n_trials_and_maximises_val_acc(project):
+    overrides = ["hparams_search=optuna", *FAST]
+    result = run([sys.executable, "pipelines/train.py", "-m", "hydra.sweeper.n_trials=3", *overrides], project)
+    _, parent, children = sweep_runs(project, " ".join(overrides))
+    assert "hydra.sweeper.n_trials=3" in parent.data.tags["hydra.hydra_overrides"].split()
+    assert parent.data.tags["hydra.sweeper"] == "OptunaSweeper"
+    assert len(children) == 3 and {c.info.status for c in children} == {"FINISHED"}
+    assert len(table_rows(result.stdout)) == 3
+    for child in children:  # every trial drew the searched settings
+        for key in ("model", "optimizer.lr", "model.dropout", "model.blocks.0.channels"):
+            assert key + "=" in child.data.tags["hydra.overrides"]
+    results = sorted((project / "data/hydra/multirun").glob("*/optimization_results.yaml"))
+    best = yaml.safe_load(results[-1].read_text())
+    assert best["best_value"] == pytest.approx(max(c.data.metrics["best_val_acc"] for c in children))
+
+
+def test_joblib_launcher_runs_jobs_in_parallel_processes(project):
+    overrides = ["model=cnn", "optimizer.lr=1e-3,3e-4", *FAST]
+    run([sys.executable, "pipelines/train.py", "-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", *overrides],
+        project)
+    _, parent, children = sweep_runs(project, " ".join(overrides))
+    assert parent.data.tags["hydra.launcher"] == "JoblibLauncher"
+    assert len(children) == 2 and {c.info.status for c in children} == {"FINISHED"}
