@@ -87,8 +87,12 @@ class AudioClassifier(mlflow.pyfunc.PythonModel):
         features = bundle["features"]
         self.sr, self.window = int(features["sr"]), int(features["window_frames"])
         self.floor = math.log(features["amin"])
-        self.frontend = LogCQT(**{k: features[k] for k in ("sr", "hop_length", "fmin", "n_bins",
-                                                             "bins_per_octave", "amin")}).eval()
+        if features.get("on_the_fly"):  # trained on the fly: its own (possibly trained) CQT kernels
+            frontend, self.model = self.model
+            self.frontend = frontend.cqt
+        else:
+            self.frontend = LogCQT(**{k: features[k] for k in ("sr", "hop_length", "fmin", "n_bins",
+                                                                 "bins_per_octave", "amin")}).eval()
 
     def waveform(self, record: dict) -> torch.Tensor:
         encoded = record.get("audio_base64")
@@ -102,7 +106,8 @@ class AudioClassifier(mlflow.pyfunc.PythonModel):
     @torch.inference_mode()
     def probabilities(self, waveform: torch.Tensor) -> torch.Tensor:
         """`(samples,)` at `self.sr` -> `(n_classes,)`: mean of the sliding windows' softmax."""
-        frames = self.frontend(waveform[None])[0].T.numpy()  # (frames, n_bins)
+        # (frames, n_bins) float16, as the feature store holds them (cut_window reads float16)
+        frames = self.frontend(waveform[None])[0].T.to(torch.float16).contiguous().numpy()
         starts = window_starts(len(frames), self.window, "sliding")
         windows = np.stack([cut_window(frames, s, self.window, self.floor) for s in starts])[:, None]
         return self.model(torch.from_numpy(windows)).softmax(dim=1).mean(dim=0)

@@ -65,7 +65,7 @@ def test_train_and_evaluate_on_the_fly_with_trainable_kernels(tmp_path):
     from audiocnn.training.train import train
 
     cfg = tiny_config(tmp_path, "model=cnn", "features.on_the_fly=true", "features.trainable=true",
-                      "trainer.max_epochs=1")
+                      "trainer.max_epochs=1", "tracking.log_model=true")
     summary = train(cfg)
     assert not (tmp_path / "features").exists()  # no store
     model, bundle = load_trained(cfg.paths.models)
@@ -79,3 +79,15 @@ def test_train_and_evaluate_on_the_fly_with_trainable_kernels(tmp_path):
     metrics = evaluate(cfg)
     assert metrics["n_clips"] == len(pd.read_csv(Path(cfg.paths.prepared) / "manifest.csv").query("split == 'test'"))
     assert summary["epochs"] >= 1
+
+    # The logged pyfunc serves raw audio through the trained kernels, not a fresh CQT.
+    import mlflow
+
+    mlflow.set_tracking_uri(cfg.tracking.uri)
+    served = mlflow.pyfunc.load_model(summary["registered_model"])
+    assert served.unwrap_python_model().frontend is not None
+    clip = pd.read_csv(Path(cfg.paths.prepared) / "manifest.csv")["path"].iloc[0]
+    samples, sr = sf.read(clip, dtype="float32")
+    answer = served.predict({"samples": [samples.tolist()], "sample_rate": [sr]})[0]
+    assert list(answer["probabilities"]) == bundle["classes"]
+    assert sum(answer["probabilities"].values()) == pytest.approx(1.0, abs=1e-5)

@@ -96,7 +96,9 @@ def evaluate(cfg: DictConfig) -> dict:
     settings = cfg.get("evaluate") or {}
     metrics, files = write_reports(probabilities, labels, data, out, f"{cfg.model.name} on {cfg.data.name}",
                                    settings)
-    if settings.get("explain", False):
+    if settings.get("explain", False) and bundle["features"].get("on_the_fly"):
+        print("evaluate: no explanations for a model trained on the fly (they need stored CQT windows)")
+    elif settings.get("explain", False):
         files += explain_model(model, data, bundle["features"], out / "explain",
                                settings.get("explain_clips_per_class", 2))
     run = json.loads((Path(cfg.paths.models) / "run.json").read_text())
