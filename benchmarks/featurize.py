@@ -66,7 +66,7 @@ def _librosa_many(job: tuple[list[str], str]) -> int:
 def run(clips: int, overrides: list[str]) -> dict:
     work = Path(tempfile.mkdtemp(prefix="featurize-bench-"))
     cfg = compose_config([f"paths.prepared={work / 'prepared'}", f"paths.features={work / 'features'}",
-                          "data=fsdd", f"data.root={work}", "features.device=cpu", *overrides])
+                          "data=fsdd", "features=cqt", f"data.root={work}", "features.device=cpu", *overrides])
     validate_config(cfg)
     manifest = write_fsdd_manifest(work / "prepared", clips)
     audio_seconds = float(manifest["duration"].sum())

@@ -39,7 +39,8 @@ REPO = Path(__file__).resolve().parent.parent
 
 def featurize_in_child(work: Path, *overrides: str) -> dict:
     """Run the featurize stage in a child process; its wall time and peak RSS (MB)."""
-    params = write_params(work / "params.yaml", ["data=fsdd", f"data.root={work}", f"paths.prepared={work / 'prepared'}",
+    params = write_params(work / "params.yaml", ["data=fsdd", "features=cqt", f"data.root={work}",
+                                                 f"paths.prepared={work / 'prepared'}",
                                                  f"paths.features={work / 'features'}", "features.device=cpu",
                                                  *overrides])
     script = ("import resource, sys; sys.argv = ['featurize', '--params', sys.argv[1]]\n"
