@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import os
 import platform
 import time
 from pathlib import Path
 
 import torch
 
+from audiocnn import atomic
 from audiocnn.config import compose_config, validate_config
 from audiocnn.evaluation.evaluate import evaluate
 from audiocnn.training.train import train
@@ -16,6 +18,24 @@ from audiocnn.training.train import train
 def machine() -> str:
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
     return f"{platform.machine()}, {torch.get_num_threads()} CPU threads, {gpu}, torch {torch.__version__}"
+
+
+def load_average() -> list[float]:
+    """The 1, 5 and 15 minute load averages: timings on a busy machine are not comparable."""
+    return [round(x, 2) for x in os.getloadavg()]
+
+
+def save_results(path: Path, result: dict) -> None:
+    """Stamp `load_average_after` and write `result` to `path` atomically."""
+    result["load_average_after"] = load_average()
+    atomic.write_json(path, result)
+
+
+def dataset_overrides(dataset: str, fsdd_root: Path) -> list[str]:
+    """Config overrides for a benchmark dataset: the demo, or FSDD at `fsdd_root`."""
+    if dataset == "fsdd":
+        return ["data=fsdd", f"data.root={fsdd_root.resolve()}", "features=speech"]
+    return ["data=demo"]
 
 
 def benchmark_config(work: Path, *overrides: str):

@@ -26,10 +26,9 @@ import warnings
 from pathlib import Path
 
 import numpy as np
-from common import machine
+from common import load_average, machine, save_results
 from fsdd_manifest import write_fsdd_manifest
 
-from audiocnn import atomic
 from audiocnn.config import compose_config, validate_config
 from audiocnn.data.audio import load_audio
 from audiocnn.features.featurize import featurize
@@ -72,7 +71,7 @@ def run(clips: int, overrides: list[str]) -> dict:
     audio_seconds = float(manifest["duration"].sum())
     params = {k: cfg.features[k] for k in ("sr", "hop_length", "fmin", "n_bins", "bins_per_octave", "amin")}
     paths = manifest["path"].tolist()
-    load_before = os.getloadavg()
+    load_before = load_average()
 
     started = time.perf_counter()
     featurize(cfg)
@@ -100,8 +99,7 @@ def run(clips: int, overrides: list[str]) -> dict:
         "audio_seconds_per_second": {k: round(v, 1) for k, v in speed.items()},
         "ratio_single": round(speed["project"] / speed["librosa_single"], 2),
         "ratio_pool": round(speed["project"] / speed["librosa_pool"], 2),
-        "load_average_before": [round(x, 2) for x in load_before],
-        "load_average_after": [round(x, 2) for x in os.getloadavg()],
+        "load_average_before": load_before,
     }
 
 
@@ -111,8 +109,7 @@ def main() -> None:
     parser.add_argument("overrides", nargs="*", help="config overrides, e.g. features.batch_size=128")
     args = parser.parse_args()
     result = run(args.clips, args.overrides)
-    RESULTS.parent.mkdir(exist_ok=True)
-    atomic.write_json(RESULTS, result)
+    save_results(RESULTS, result)
     print(json.dumps(result, indent=2))
     print("| method | audio-s per s | vs librosa single |")
     print("|---|---|---|")

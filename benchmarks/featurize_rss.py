@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import resource
 import subprocess
 import sys
@@ -27,10 +26,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import soundfile as sf
-from common import machine
+from common import load_average, machine, save_results
 from fsdd_manifest import FSDD, write_fsdd_manifest
 
-from audiocnn import atomic
 from audiocnn.config import write_params
 
 RESULTS = Path(__file__).parent / "results" / "featurize_rss.json"
@@ -95,7 +93,7 @@ def main() -> None:
     args = parser.parse_args()
     if not (FSDD / "recordings").exists():
         sys.exit(f"FSDD not found at {FSDD} (set FSDD_ROOT)")
-    result = {"machine": machine(), "load_average_before": [round(x, 2) for x in os.getloadavg()], "datasets": []}
+    result = {"machine": machine(), "load_average_before": load_average(), "datasets": []}
     for hours in args.hours:
         with tempfile.TemporaryDirectory(prefix="rss-") as work:
             result["datasets"].append(fsdd_hours(hours, Path(work)))
@@ -104,9 +102,7 @@ def main() -> None:
         with tempfile.TemporaryDirectory(prefix="rss-long-") as work:
             result["long_clip"] = long_clip(args.long_hours, Path(work))
             print(json.dumps(result["long_clip"]), flush=True)
-    result["load_average_after"] = [round(x, 2) for x in os.getloadavg()]
-    RESULTS.parent.mkdir(exist_ok=True)
-    atomic.write_json(RESULTS, result)
+    save_results(RESULTS, result)
     print("| featurized | clips | audio | peak RSS | wall time |")
     print("|---|---|---|---|---|")
     for row in result["datasets"]:

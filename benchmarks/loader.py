@@ -15,16 +15,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import tempfile
 import time
 from pathlib import Path
 
-from common import machine
+from common import load_average, machine, save_results
 from fsdd_manifest import write_fsdd_manifest
 from torch.utils.data import DataLoader
 
-from audiocnn import atomic
 from audiocnn.config import compose_config, validate_config
 from audiocnn.features.featurize import featurize
 from audiocnn.training.datamodule import StoreDataModule
@@ -68,7 +66,7 @@ def main() -> None:
     cfg = compose_config(base)
     validate_config(cfg)
     featurize(cfg)
-    result = {"machine": machine(), "load_average_before": [round(x, 2) for x in os.getloadavg()],
+    result = {"machine": machine(), "load_average_before": load_average(),
               "window": [cfg.features.n_bins, cfg.features.window_frames], "runs": []}
     for workers in args.workers:
         for batch_size in args.batch_sizes:
@@ -79,9 +77,7 @@ def main() -> None:
                    "per_item": round(windows_per_second(per_item_loader(data, workers), args.seconds))}
             result["runs"].append(run)
             print(json.dumps(run), flush=True)
-    result["load_average_after"] = [round(x, 2) for x in os.getloadavg()]
-    RESULTS.parent.mkdir(exist_ok=True)
-    atomic.write_json(RESULTS, result)
+    save_results(RESULTS, result)
     print("| num_workers | batch size | batched windows/s | per-item windows/s |")
     print("|---|---|---|---|")
     for run in result["runs"]:

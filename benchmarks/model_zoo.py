@@ -16,19 +16,13 @@ import argparse
 import json
 from pathlib import Path
 
-from common import benchmark_config, machine, train_and_evaluate
+from common import benchmark_config, dataset_overrides, machine, train_and_evaluate
 
 from audiocnn.config import config_groups
 from audiocnn.data.prepare import prepare
 from audiocnn.features.featurize import featurize
 
 RESULTS = Path(__file__).parent / "results" / "model_zoo.json"
-
-
-def dataset_overrides(dataset: str, fsdd_root: Path) -> list[str]:
-    if dataset == "fsdd":
-        return ["data=fsdd", f"data.root={fsdd_root.resolve()}", "features=speech"]
-    return ["data=demo"]
 
 
 def human(count: float) -> str:

@@ -18,17 +18,11 @@ import json
 from pathlib import Path
 
 import torch
-from common import benchmark_config, machine
+from common import benchmark_config, dataset_overrides, machine
 
 from audiocnn.repeats import run_repeats, variants, variant_config
 
 RESULTS = Path(__file__).parent / "results" / "seeds.json"
-
-
-def dataset_overrides(dataset: str, fsdd_root: Path) -> list[str]:
-    if dataset == "fsdd":
-        return ["data=fsdd", f"data.root={fsdd_root.resolve()}", "features=speech"]
-    return ["data=demo"]
 
 
 def table(results: dict) -> str:

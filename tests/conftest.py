@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -60,3 +61,12 @@ def _no_tracking_uri_left_behind():
     next module's fixtures (set up before any function fixture) would log to this test's store."""
     yield
     os.environ.pop("MLFLOW_TRACKING_URI", None)
+
+
+def stop_process(process: subprocess.Popen, timeout: float = 30) -> None:
+    """Terminate a server started by a test; kill it if it does not exit within `timeout` s."""
+    process.terminate()
+    try:
+        process.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()

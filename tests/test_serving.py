@@ -19,7 +19,7 @@ import pandas as pd
 import pytest
 import soundfile as sf
 
-from tests.conftest import tiny_config
+from tests.conftest import stop_process, tiny_config
 from tests.test_tracking import free_port
 
 pytestmark = pytest.mark.slow
@@ -127,8 +127,4 @@ def test_mlflow_models_serve_answers_a_posted_wav_file(trained, tmp_path):
         assert from_array["label"] == row["predicted"]
         assert from_array["probabilities"] == pytest.approx(answer["probabilities"], abs=1e-5)
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
+        stop_process(process)

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import tiny_config
+from tests.conftest import stop_process, tiny_config
 from tests.test_serving import wait_for
 from tests.test_tracking import free_port
 
@@ -38,11 +38,7 @@ def server(tmp_path):
         wait_for(f"{url}/health", process)
         yield url
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
+        stop_process(process)
 
 
 def rendered(url: str, profile: Path) -> str:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import pandas as pd
+
 # Spellings of split names found in dataset metadata and user CSVs.
 SPLIT_ALIASES = {"train": "train", "training": "train", "val": "val", "valid": "val", "validation": "val",
                  "dev": "val", "test": "test", "testing": "test", "eval": "test", "evaluation": "test"}
@@ -51,3 +53,16 @@ def audio_files(folder: Path) -> list[Path]:
     """
     return sorted(p for p in folder.rglob("*")
                   if not p.name.startswith(".") and (p.is_file() or p.is_symlink() or p.suffix))
+
+
+def read_metadata(root: Path, relative: Path, layout: str) -> pd.DataFrame:
+    """A dataset's metadata CSV (every cell a string); a clear error when `root` is not that layout."""
+    if not (root / relative).is_file():
+        raise FileNotFoundError(f"data.root={root}: no {relative} (expected the {layout} layout)")
+    return pd.read_csv(root / relative, dtype=str, keep_default_na=False)
+
+
+def classes_by_id(meta: pd.DataFrame, id_column: str, name_column: str) -> list[str]:
+    """Class names ordered by the dataset's own integer class id."""
+    order = meta.assign(**{id_column: meta[id_column].astype(int)}).drop_duplicates(id_column)
+    return order.sort_values(id_column)[name_column].tolist()

@@ -11,22 +11,18 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import pandas as pd
-
 from audiocnn.data.download import dataset_root
+from audiocnn.data.sources._common import classes_by_id, read_metadata
 
 METADATA = Path("meta") / "esc50.csv"
 
 
 def collect(data_cfg, raw_root: Path) -> tuple[list[dict], list[str]]:
     root = dataset_root(data_cfg, raw_root)
-    if not (root / METADATA).is_file():
-        raise FileNotFoundError(f"data.root={root}: no {METADATA} (expected the ESC-50 repository layout)")
-    meta = pd.read_csv(root / METADATA, dtype=str, keep_default_na=False)
+    meta = read_metadata(root, METADATA, "ESC-50 repository")
     if data_cfg.get("esc10"):
         meta = meta[meta["esc10"].str.lower() == "true"]
-    order = meta.assign(target=meta["target"].astype(int)).drop_duplicates("target").sort_values("target")
-    classes = order["category"].tolist()
+    classes = classes_by_id(meta, "target", "category")
     clips = [{"path": str(root / "audio" / row.filename), "label": row.category, "group": f"src-{row.src_file}",
               "fold": str(int(row.fold))} for row in meta.itertuples()]
     return clips, classes

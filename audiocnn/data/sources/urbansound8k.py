@@ -10,20 +10,16 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import pandas as pd
-
 from audiocnn.data.download import dataset_root
+from audiocnn.data.sources._common import classes_by_id, read_metadata
 
 METADATA = Path("metadata") / "UrbanSound8K.csv"
 
 
 def collect(data_cfg, raw_root: Path) -> tuple[list[dict], list[str]]:
     root = dataset_root(data_cfg, raw_root)
-    if not (root / METADATA).is_file():
-        raise FileNotFoundError(f"data.root={root}: no {METADATA} (expected the UrbanSound8K layout)")
-    meta = pd.read_csv(root / METADATA, dtype=str, keep_default_na=False)
-    order = meta.assign(classID=meta["classID"].astype(int)).drop_duplicates("classID").sort_values("classID")
-    classes = order["class"].tolist()
+    meta = read_metadata(root, METADATA, "UrbanSound8K")
+    classes = classes_by_id(meta, "classID", "class")
     clips = []
     for row in meta.to_dict("records"):
         fold = str(int(row["fold"]))
