@@ -125,6 +125,8 @@ def validate_features(cfg: DictConfig) -> None:
     _positive(cfg, "features.fmin")
     _positive(cfg, "features.amin")
     _positive(cfg, "features.chunk_seconds")
+    if cfg.features.get("top_db") is not None:
+        _positive(cfg, "features.top_db")
     for key in ("features.on_the_fly", "features.trainable"):
         _one_of(cfg, key, (True, False))
     if cfg.features.trainable and not cfg.features.on_the_fly:
@@ -172,7 +174,7 @@ def validate_model(cfg: DictConfig) -> None:
     import torch
 
     try:  # building and one forward pass are cheap and check every other model option
-        model = build_model(cfg.model, n_classes=2, n_bins=cfg.features.n_bins).eval()
+        model = build_model(cfg.model, n_classes=2, n_bins=cfg.features.n_bins, top_db=cfg.features.get("top_db")).eval()
         with torch.no_grad():
             model(torch.zeros(1, 1, cfg.features.n_bins, cfg.features.window_frames))
     except Exception as error:  # noqa: BLE001 - hydra wraps the constructor's error; report its cause

@@ -4,10 +4,12 @@
     .venv/bin/python benchmarks/augment_ablation.py --configs none pitch_shift --folds theo   # a probe
 
 For every augment config (`conf/augment/<name>.yaml`, or a `+`-joined list such as
-`specaugment+pitch_shift`, passed to Hydra as `augment=[specaugment,pitch_shift]`) and
+`specaugment+pitch_shift`, passed to Hydra as `augment=[specaugment,pitch_shift]`; after a
+`:` further `:`-separated overrides for that row, e.g. `none:features.top_db=null`) and
 every FSDD speaker, the speaker's 500 clips are the test split (`data.fold=<speaker>`),
-validation is a grouped (whole-speaker) share of the others, the rest trains. Each cell
-is the real pipeline (prepare, featurize, train with early stopping, evaluate), tracked
+validation is the other speakers' recordings 5-9 (FSDD's own validation rows), the rest
+trains. Each cell is the real pipeline (prepare, featurize, train, keep the checkpoint with
+the best validation loss, evaluate), tracked
 in MLflow under the experiment `audiocnn-benchmarks`. Reports per config the mean and
 std of test accuracy over speakers and the worst speaker.
 
@@ -34,12 +36,18 @@ from audiocnn.features.featurize import featurize
 
 RESULTS = Path(__file__).parent / "results" / "augment_ablation.json"
 SPEAKERS = ["george", "jackson", "lucas", "nicolas", "theo", "yweweler"]
-CONFIGS = ["none", "pitch_shift", "combo", "specaugment", "time_shift", "gain", "noise", "mixup"]
+CONFIGS = ["none", "none:features.top_db=null", "pitch_shift", "specaugment", "time_shift", "gain", "noise",
+           "mixup", "combo"]
+# Every cell: a 256-sample hop (half the speech front-end's frames: half the compute) and a
+# cosine schedule over all epochs.
+DEFAULT_OVERRIDES = ["features.hop_length=256", "features.window_frames=32", "scheduler=cosine"]
 
 
-def augment_override(config: str) -> str:
-    parts = config.split("+")
-    return f"augment={parts[0]}" if len(parts) == 1 else f"augment=[{','.join(parts)}]"
+def config_overrides(config: str) -> list[str]:
+    """`specaugment+pitch_shift:features.top_db=null` -> the Hydra overrides of that row."""
+    augments, *extra = config.split(":")
+    parts = augments.split("+")
+    return [f"augment={parts[0]}" if len(parts) == 1 else f"augment=[{','.join(parts)}]", *extra]
 
 
 def summarise(runs: list[dict], configs: list[str]) -> list[dict]:
@@ -80,9 +88,9 @@ def main() -> None:
     parser.add_argument("--folds", nargs="+", default=SPEAKERS)
     parser.add_argument("--model", default="crnn_gru")
     parser.add_argument("--max-epochs", type=int, default=15)
-    parser.add_argument("--patience", type=int, default=4)
+    parser.add_argument("--patience", type=int, default=15)
     parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--override", nargs="*", default=[], help="extra Hydra overrides for every cell")
+    parser.add_argument("--override", nargs="*", default=DEFAULT_OVERRIDES, help="Hydra overrides for every cell")
     parser.add_argument("--work", type=Path, default=Path("data/benchmarks/augment_ablation"))
     parser.add_argument("--results", type=Path, default=RESULTS)
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default); with "
@@ -107,11 +115,11 @@ def main() -> None:
             if any(r["config"] == config and r["fold"] == fold for r in record(args.results, settings)):
                 continue
             work = args.work / f"fold-{fold}"  # one prepared manifest + feature store per held-out speaker
-            cell = [*base, f"data.fold={fold}", augment_override(config)]
+            cell = [*base, f"data.fold={fold}", *config_overrides(config)]
             data_cfg = benchmark_config(work, *cell)
             prepare(data_cfg)
             featurize(data_cfg)
-            out = work / config
+            out = work / config.replace(":", "_").replace("=", "-")
             cfg = benchmark_config(work, *cell, f"paths.models={out}/model", f"paths.metrics={out}/metrics")
             started = time.perf_counter()
             result = train_and_evaluate(cfg, run_name_suffix=f"ablation-{config}-{fold}")

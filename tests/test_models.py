@@ -10,7 +10,7 @@ from torch import nn
 
 from audiocnn.config import compose_config, config_groups
 from audiocnn.models import build_model
-from audiocnn.models.blocks import BlockSpec, ConvBlock, ResidualBlock, conv_output_size
+from audiocnn.models.blocks import BlockSpec, ConvBlock, PeakNormalize, ResidualBlock, conv_output_size
 from audiocnn.models.crnn import CRNN
 from audiocnn.models.shapes import ShapeError, trace_shapes
 
@@ -216,3 +216,27 @@ def test_cnn_global_pool_width(global_pool, width):
     if global_pool == "max":
         torch.testing.assert_close(embedding, features.amax(dim=2))
     assert model(x).shape == (2, 3)
+
+
+def test_peak_normalize_puts_the_peak_at_zero_and_floors_top_db_below():
+    x = torch.tensor([[[[-2.0, -3.0], [-30.0, -2.5]]]])  # (1, 1, 2 bins, 2 frames), peak -2
+    out = PeakNormalize(top_db=20).eval()(x)  # 20 dB = ln(10) in natural-log magnitude
+    floor = -torch.log(torch.tensor(10.0))
+    assert torch.allclose(out, torch.stack([torch.tensor(0.0), torch.tensor(-1.0), floor, torch.tensor(-0.5)]).view(1, 1, 2, 2))
+
+
+@pytest.mark.parametrize("name", ["cnn", "crnn_gru"])
+def test_top_db_makes_the_model_blind_to_level_and_to_noise_far_below_the_peak(name):
+    cfg = compose_config([f"model={name}", "features.top_db=60"])
+    torch.manual_seed(0)
+    model = build_model(cfg.model, N_CLASSES, cfg.features.n_bins, top_db=cfg.features.top_db).eval()
+    x = torch.randn(2, 1, cfg.features.n_bins, cfg.features.window_frames)
+    quiet_floor = x.clone()
+    quiet_floor[..., :4] = -40.0  # a silent stretch at a lower noise floor (>60 dB below the peak either way)
+    x[..., :4] = -30.0
+    with torch.no_grad():
+        assert torch.allclose(model(x), model(x - 3.0), atol=1e-5)  # 26 dB quieter recording: same logits
+        assert torch.allclose(model(x), model(quiet_floor), atol=1e-5)
+        raw = build_model(cfg.model, N_CLASSES, cfg.features.n_bins).eval()
+        raw.load_state_dict(model.state_dict())  # same weights (PeakNormalize has none), no normalisation
+        assert not torch.allclose(raw(x), raw(x - 3.0), atol=1e-3)

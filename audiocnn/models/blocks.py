@@ -7,6 +7,7 @@ can be checked before any tensor is built (see `audiocnn.models.shapes`).
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any, Mapping
 
@@ -156,6 +157,31 @@ class ResidualBlock(nn.Module):
         out = self.relu(self.bn1(self.conv1(x)))
         out = self.relu(self.bn2(self.conv2(out)) + self.shortcut(x))
         return self.tail(out)
+
+
+class PeakNormalize(nn.Module):
+    """Each example's log-magnitudes relative to its own peak, floored `top_db` dB below it.
+
+    `(batch, 1, n_bins, frames)` natural-log magnitudes -> the same shape, values in
+    [-top_db * ln(10) / 20, 0]: librosa's `amplitude_to_db(ref=np.max, top_db=...)`. A
+    recording's level and its noise floor (microphone, room) stop telling speakers apart.
+    """
+
+    def __init__(self, top_db: float):
+        super().__init__()
+        self.top_db = float(top_db)
+        self.floor = -self.top_db / 20 * math.log(10)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return (x - x.amax(dim=(-2, -1), keepdim=True)).clamp_min(self.floor)
+
+    def extra_repr(self) -> str:
+        return f"top_db={self.top_db:g}"
+
+
+def peak_normalize(top_db: float | None) -> nn.Module:
+    """`PeakNormalize(top_db)`, or the identity for `top_db=None` (`features.top_db`)."""
+    return nn.Identity() if top_db is None else PeakNormalize(top_db)
 
 
 class ConvStack(nn.Sequential):

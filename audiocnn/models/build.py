@@ -18,6 +18,7 @@ def model_kwargs(model_cfg: DictConfig) -> dict:
     return kwargs
 
 
-def build_model(model_cfg: DictConfig, n_classes: int, n_bins: int) -> nn.Module:
-    """Instantiate `model_cfg._target_` with its arguments, `n_classes` and `n_bins` (CQT bins)."""
-    return instantiate(model_kwargs(model_cfg), n_classes=n_classes, n_bins=n_bins, _convert_="all")
+def build_model(model_cfg: DictConfig, n_classes: int, n_bins: int, top_db: float | None = None) -> nn.Module:
+    """Instantiate `model_cfg._target_` with its arguments, `n_classes`, `n_bins` (CQT bins) and
+    `top_db` (`features.top_db`: the model's input is peak-normalised, see `PeakNormalize`)."""
+    return instantiate(model_kwargs(model_cfg), n_classes=n_classes, n_bins=n_bins, top_db=top_db, _convert_="all")

@@ -18,7 +18,7 @@ from typing import Any, Mapping, Sequence
 import torch
 from torch import Tensor, nn
 
-from audiocnn.models.blocks import BlockSpec, ConvStack
+from audiocnn.models.blocks import BlockSpec, ConvStack, peak_normalize
 from audiocnn.models.shapes import UNBOUNDED_TIME, trace_shapes
 
 GLOBAL_POOLS = ("avg", "max", "avgmax", "grid")
@@ -34,6 +34,7 @@ class CNN(nn.Module):
         grid_size: Sequence[int] = (4, 4),
         head_hidden: Sequence[int] = (),
         dropout: float = 0.3,
+        top_db: float | None = None,
     ):
         super().__init__()
         if global_pool not in GLOBAL_POOLS:
@@ -41,6 +42,7 @@ class CNN(nn.Module):
         self.specs = [BlockSpec.from_config(b) for b in blocks]
         trace_shapes(self.specs, (n_bins, UNBOUNDED_TIME))  # fail now if the stack collapses frequency
         self.backbone = ConvStack(self.specs)
+        self.normalize = peak_normalize(top_db)  # (batch, 1, n_bins, frames), before the backbone
         self.global_pool = global_pool
         self.grid = nn.AdaptiveAvgPool2d(tuple(grid_size)) if global_pool == "grid" else None
         width = self.backbone.out_channels * {"avgmax": 2, "grid": grid_size[0] * grid_size[1]}.get(global_pool, 1)
@@ -53,8 +55,8 @@ class CNN(nn.Module):
     def embed(self, x: Tensor) -> Tensor:
         """(batch, 1, n_bins, frames) -> (batch, width) pooled features."""
         if self.grid is not None:
-            return self.grid(self.backbone(x)).flatten(1)  # (batch, C * gh * gw)
-        features = self.backbone(x).flatten(2)  # (batch, C, F' * T')
+            return self.grid(self.backbone(self.normalize(x))).flatten(1)  # (batch, C * gh * gw)
+        features = self.backbone(self.normalize(x)).flatten(2)  # (batch, C, F' * T')
         pooled = []
         if self.global_pool in ("avg", "avgmax"):
             pooled.append(features.mean(dim=2))

@@ -18,7 +18,7 @@ from typing import Any, Mapping, Sequence
 import torch
 from torch import Tensor, nn
 
-from audiocnn.models.blocks import BlockSpec, ConvStack
+from audiocnn.models.blocks import BlockSpec, ConvStack, peak_normalize
 from audiocnn.models.shapes import UNBOUNDED_TIME, trace_shapes
 
 RNNS = {"gru": nn.GRU, "lstm": nn.LSTM}
@@ -37,6 +37,7 @@ class CRNN(nn.Module):
         bidirectional: bool = True,
         temporal_pool: str = "mean",
         dropout: float = 0.3,
+        top_db: float | None = None,
     ):
         super().__init__()
         if rnn not in RNNS:
@@ -45,6 +46,7 @@ class CRNN(nn.Module):
             raise ValueError(f"model.temporal_pool={temporal_pool!r}; allowed: {', '.join(TEMPORAL_POOLS)}")
         self.specs = [BlockSpec.from_config(b) for b in blocks]
         self.backbone = ConvStack(self.specs)
+        self.normalize = peak_normalize(top_db)  # (batch, 1, n_bins, frames), before the backbone
         out_bins = trace_shapes(self.specs, (n_bins, UNBOUNDED_TIME))[-1][0]
         self.rnn = RNNS[rnn](
             input_size=self.backbone.out_channels * out_bins,
@@ -62,7 +64,7 @@ class CRNN(nn.Module):
 
     def embed(self, x: Tensor) -> Tensor:
         """(batch, 1, n_bins, frames) -> (batch, hidden * directions)."""
-        sequence = self.backbone(x).flatten(1, 2).transpose(1, 2)  # (batch, T', C * F')
+        sequence = self.backbone(self.normalize(x)).flatten(1, 2).transpose(1, 2)  # (batch, T', C * F')
         outputs, _ = self.rnn(sequence)  # (batch, T', H * directions)
         if self.temporal_pool == "mean":
             return outputs.mean(dim=1)

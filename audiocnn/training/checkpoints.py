@@ -60,7 +60,8 @@ def load_trained(source: str | Path) -> tuple[nn.Module, dict]:
     it takes waveform windows `(batch, samples)`.
     """
     bundle = torch.load(weights_file(str(source)), map_location="cpu", weights_only=True)
-    model = build_model(OmegaConf.create(bundle["model"]), len(bundle["classes"]), bundle["features"]["n_bins"])
+    model = build_model(OmegaConf.create(bundle["model"]), len(bundle["classes"]), bundle["features"]["n_bins"],
+                        bundle["features"].get("top_db"))
     model.load_state_dict(bundle["state_dict"])
     if bundle["features"].get("on_the_fly"):
         from audiocnn.features.cqt import CQTFrontend

@@ -90,7 +90,7 @@ def train(cfg: DictConfig, run_name_suffix: str = "") -> dict:
     ensure_inputs(cfg)
     L.seed_everything(cfg.seed, workers=True)
     data = StoreDataModule(cfg)
-    model = build_model(cfg.model, len(data.classes), cfg.features.n_bins)
+    model = build_model(cfg.model, len(data.classes), cfg.features.n_bins, cfg.features.get("top_db"))
     transfer = None
     if cfg.model.get("init_from"):
         transfer = load_matching(model, load_state(cfg.model.init_from))
