@@ -1,21 +1,26 @@
 """Augmentation ablation on FSDD, leave-one-speaker-out: does each augmentation help unseen speakers?
 
-    .venv/bin/python benchmarks/augment_ablation.py --fsdd-root ../shared/data/fsdd
+    .venv/bin/python benchmarks/augment_ablation.py --fsdd-root ../shared/data/fsdd --threads 1
     .venv/bin/python benchmarks/augment_ablation.py --configs none pitch_shift --folds theo   # a probe
+    .venv/bin/python benchmarks/augment_ablation.py --report      # the table of the results file
 
-For every augment config (`conf/augment/<name>.yaml`, or a `+`-joined list such as
-`specaugment+pitch_shift`, passed to Hydra as `augment=[specaugment,pitch_shift]`; after a
-`:` further `:`-separated overrides for that row, e.g. `none:features.top_db=null`) and
-every FSDD speaker, the speaker's 500 clips are the test split (`data.fold=<speaker>`),
-validation is the other speakers' recordings 5-9 (FSDD's own validation rows), the rest
-trains. Each cell is the real pipeline (prepare, featurize, train, keep the checkpoint with
-the best validation loss, evaluate), tracked
-in MLflow under the experiment `audiocnn-benchmarks`. Reports per config the mean and
-std of test accuracy over speakers and the worst speaker.
+A row (`--configs`) is an augment config (`conf/augment/<name>.yaml`), or a `+`-joined
+list such as `specaugment+pitch_shift`, passed to Hydra as `augment=[specaugment,pitch_shift]`;
+after a `:`, further `:`-separated overrides for that row (`none:features.top_db=null`,
+`mixup:seed=1`). `ensemble:<row>` trains nothing: it averages the class probabilities of the
+models of `<row>`, `<row>:seed=1` and `<row>:seed=2` (run those first). A row that was also
+run with other seeds gets a further row: each speaker's accuracy averaged over the seeds.
 
-Runs config by config (the most informative first), writing
-benchmarks/results/augment_ablation.json after every cell; an interrupted run resumes
-and skips the cells already there (with the same settings).
+For every row and every FSDD speaker, the speaker's 500 clips are the test split
+(`data.fold=<speaker>`), validation is the other speakers' recordings 5-9 (FSDD's own
+validation rows), the rest trains. Each cell is the real pipeline (prepare, featurize,
+train, keep the checkpoint with the best validation loss, evaluate), tracked in MLflow
+under the experiment `audiocnn-benchmarks`. Reports per row the mean and std of test
+accuracy over speakers and the worst speaker.
+
+Runs row by row, writing benchmarks/results/augment_ablation.json after every cell; an
+interrupted run resumes and skips the cells already there (with the same settings).
+Several workers on disjoint `--folds` may share the results file.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ from __future__ import annotations
 import argparse
 import fcntl
 import json
+import re
 import statistics
 import tempfile
 import time
@@ -32,12 +38,19 @@ import torch
 from common import benchmark_config, machine, train_and_evaluate
 
 from audiocnn.data.prepare import prepare
+from audiocnn.evaluation.ensemble import evaluate_ensemble
 from audiocnn.features.featurize import featurize
 
 RESULTS = Path(__file__).parent / "results" / "augment_ablation.json"
 SPEAKERS = ["george", "jackson", "lucas", "nicolas", "theo", "yweweler"]
-CONFIGS = ["none", "none:features.top_db=null", "pitch_shift", "specaugment", "time_shift", "gain", "noise",
-           "mixup", "combo"]
+BEST = "specaugment+time_shift+mixup"  # conf/augment/combo.yaml
+CONFIGS = ["none", "none:features.top_db=null",
+           "pitch_shift", "specaugment", "time_shift", "gain", "noise", "mixup",  # each alone
+           "pitch_shift+specaugment+time_shift+gain", "pitch_shift+specaugment+time_shift",  # combinations
+           "specaugment+time_shift", BEST,
+           "none:seed=1", "none:seed=2", "specaugment+time_shift:seed=1", "specaugment+time_shift:seed=2",
+           f"{BEST}:seed=1", f"{BEST}:seed=2", "ensemble:none", f"ensemble:{BEST}"]
+ENSEMBLE_SEEDS = [0, 1, 2]  # the members of an `ensemble:<config>` row
 # Every cell: a 256-sample hop (half the speech front-end's frames: half the compute) and a
 # cosine schedule over all epochs.
 DEFAULT_OVERRIDES = ["features.hop_length=256", "features.window_frames=32", "scheduler=cosine"]
@@ -50,24 +63,51 @@ def config_overrides(config: str) -> list[str]:
     return [f"augment={parts[0]}" if len(parts) == 1 else f"augment=[{','.join(parts)}]", *extra]
 
 
+def all_configs(runs: list[dict]) -> list[str]:
+    """The rows of the table: CONFIGS' order first, then any other row that was run."""
+    return list(dict.fromkeys([*CONFIGS, *(r["config"] for r in runs)]))
+
+
 def summarise(runs: list[dict], configs: list[str]) -> list[dict]:
-    """Per config: mean / std of accuracy over the speakers done, the worst speaker."""
+    """Per config: mean / std of accuracy over the speakers done, the worst speaker; then the
+    seed means (`seed_means`)."""
+    first = {}  # the first run of each (config, fold): workers that met on a cell may both have run it
+    for r in runs:
+        first.setdefault((r["config"], r["fold"]), r)
     rows = []
     for config in configs:
-        first = {}  # the first run of each (config, fold): workers that met on a cell may both have run it
-        for r in runs:
-            first.setdefault((r["config"], r["fold"]), r)
-        done = sorted((r for (c, _), r in first.items() if c == config), key=lambda r: r["fold"])
-        if not done:
+        done = [r for (c, _), r in first.items() if c == config]
+        if done:
+            rows.append(row(config, {r["fold"]: r["accuracy"] for r in done},
+                            statistics.fmean(r["epochs"] for r in done)))
+    return rows + seed_means(rows)
+
+
+def row(config: str, per_fold: dict[str, float], epochs: float) -> dict:
+    """One table row from `per_fold` (speaker -> accuracy): mean / std over the speakers, the worst."""
+    worst = min(per_fold, key=per_fold.get)
+    return {"config": config, "folds": len(per_fold), "mean": round(statistics.fmean(per_fold.values()), 4),
+            "std": round(statistics.stdev(per_fold.values()), 4) if len(per_fold) > 1 else 0.0,
+            "worst_fold": worst, "worst": round(per_fold[worst], 4),
+            "per_fold": {fold: round(per_fold[fold], 4) for fold in sorted(per_fold)},
+            "mean_epochs": round(epochs, 1)}
+
+
+def seed_means(rows: list[dict]) -> list[dict]:
+    """For a config also run as `<config>:seed=N` (seed 0 is the config itself), on every speaker:
+    a row of each speaker's accuracy averaged over the seeds; `seed_std` is the std of the
+    seeds' means over speakers."""
+    complete = [r for r in rows if r["folds"] == len(SPEAKERS)]
+    means = []
+    for base in (r["config"] for r in complete):
+        seeds = [r for r in complete if re.fullmatch(re.escape(base) + r"(:seed=\d+)?", r["config"])]
+        if len(seeds) < 2:
             continue
-        accuracies = [r["accuracy"] for r in done]
-        worst = min(done, key=lambda r: r["accuracy"])
-        rows.append({"config": config, "folds": len(done), "mean": round(statistics.fmean(accuracies), 4),
-                     "std": round(statistics.stdev(accuracies), 4) if len(done) > 1 else 0.0,
-                     "worst_fold": worst["fold"], "worst": round(worst["accuracy"], 4),
-                     "per_fold": {r["fold"]: round(r["accuracy"], 4) for r in done},
-                     "mean_epochs": round(statistics.fmean(r["epochs"] for r in done), 1)})
-    return rows
+        per_fold = {fold: statistics.fmean(r["per_fold"][fold] for r in seeds) for fold in SPEAKERS}
+        mean = row(f"{base}, mean of {len(seeds)} seeds", per_fold, statistics.fmean(r["mean_epochs"] for r in seeds))
+        mean["seed_std"] = round(statistics.stdev(r["mean"] for r in seeds), 4)
+        means.append(mean)
+    return means
 
 
 def table(rows: list[dict], folds: list[str]) -> str:
@@ -76,6 +116,8 @@ def table(rows: list[dict], folds: list[str]) -> str:
     for row in rows:
         cells = [f"{row['per_fold'][f]:.3f}" if f in row["per_fold"] else "—" for f in folds]
         partial = "" if row["folds"] == len(folds) else f" ({row['folds']} of {len(folds)} speakers)"
+        if "seed_std" in row:
+            partial += f" (seeds' means ± {row['seed_std']:.3f})"
         lines.append(f"| `{row['config']}` | {row['mean']:.3f} ± {row['std']:.3f}{partial} | "
                      f"{row['worst']:.3f} ({row['worst_fold']}) | " + " | ".join(cells) + f" | {row['mean_epochs']} |")
     return "\n".join(lines)
@@ -100,7 +142,7 @@ def main() -> None:
     if args.report:
         report = json.loads(args.results.read_text())
         print(f"machine: {report['machine']}; {report['settings']}\n")
-        print(table(report["summary"], SPEAKERS))
+        print(table(summarise(report["runs"], all_configs(report["runs"])), SPEAKERS))
         return
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -114,25 +156,47 @@ def main() -> None:
         for fold in args.folds:
             if any(r["config"] == config and r["fold"] == fold for r in record(args.results, settings)):
                 continue
-            work = args.work / f"fold-{fold}"  # one prepared manifest + feature store per held-out speaker
-            cell = [*base, f"data.fold={fold}", *config_overrides(config)]
-            data_cfg = benchmark_config(work, *cell)
-            prepare(data_cfg)
-            featurize(data_cfg)
-            out = work / config.replace(":", "_").replace("=", "-")
-            cfg = benchmark_config(work, *cell, f"paths.models={out}/model", f"paths.metrics={out}/metrics")
             started = time.perf_counter()
-            result = train_and_evaluate(cfg, run_name_suffix=f"ablation-{config}-{fold}")
+            result = run_cell(args.work / f"fold-{fold}", base, config, fold)
             record(args.results, settings, {
                 "config": config, "fold": fold, "accuracy": result["accuracy"],
-                "balanced_accuracy": result["metrics"]["balanced_accuracy"], "macro_f1": result["macro_f1"],
-                "accuracy_ci95": result["metrics"]["accuracy_ci95"], "epochs": result["epochs"],
+                "balanced_accuracy": result["balanced_accuracy"], "macro_f1": result["macro_f1"],
+                "accuracy_ci95": result["accuracy_ci95"], "epochs": result["epochs"],
                 "seconds": round(time.perf_counter() - started, 1)})
             print(f"ablation: {config} on {fold}: accuracy {result['accuracy']:.3f}", flush=True)
     runs = record(args.results, settings)
-    configs = list(dict.fromkeys([*CONFIGS, *args.configs, *(r["config"] for r in runs)]))
     print(f"\nmachine: {machine()}; {settings}\n")
-    print(table(summarise(runs, configs), SPEAKERS))
+    print(table(summarise(runs, all_configs(runs)), SPEAKERS))
+
+
+def cell_dir(work: Path, config: str) -> Path:
+    return work / config.replace(":", "_").replace("=", "-")
+
+
+def run_cell(work: Path, base: list[str], config: str, fold: str) -> dict:
+    """Test metrics of `config` with `fold` held out; `work` holds the fold's manifest and store.
+
+    `ensemble:<config>` trains nothing: it averages the probabilities of the models that
+    `<config>`, `<config>:seed=1`, ... (ENSEMBLE_SEEDS) left in their cells.
+    """
+    ensemble = config.startswith("ensemble:")
+    member = config.removeprefix("ensemble:")
+    cell = [*base, f"data.fold={fold}", *config_overrides(member)]
+    data_cfg = benchmark_config(work, *cell)
+    prepare(data_cfg)
+    featurize(data_cfg)
+    out = cell_dir(work, config)
+    cfg = benchmark_config(work, *cell, f"paths.models={out}/model", f"paths.metrics={out}/metrics")
+    if not ensemble:
+        result = train_and_evaluate(cfg, run_name_suffix=f"ablation-{config}-{fold}")
+        return {**result["metrics"], "epochs": result["epochs"]}
+    members = [cell_dir(work, member if seed == 0 else f"{member}:seed={seed}") / "model" for seed in ENSEMBLE_SEEDS]
+    missing = [str(m) for m in members if not (m / "model.pt").exists()]
+    if missing:
+        raise SystemExit(f"{config}: run the members first (--configs {member} {member}:seed=1 ...); "
+                         f"missing {', '.join(missing)}")
+    cfg.ensemble = [str(m) for m in members]
+    return {**evaluate_ensemble(cfg), "epochs": cfg.trainer.max_epochs}
 
 
 def record(path: Path, settings: dict, run: dict | None = None) -> list[dict]:
@@ -147,8 +211,8 @@ def record(path: Path, settings: dict, run: dict | None = None) -> list[dict]:
         runs = previous.get("runs", []) if previous.get("settings") == settings else []
         if run is not None:
             runs.append(run)
-            configs = list(dict.fromkeys([*CONFIGS, *(r["config"] for r in runs)]))
-            report = {"machine": machine(), "settings": settings, "summary": summarise(runs, configs), "runs": runs}
+            report = {"machine": machine(), "settings": settings, "summary": summarise(runs, all_configs(runs)),
+                      "runs": runs}
             tmp = path.with_suffix(".tmp")
             tmp.write_text(json.dumps(report, indent=2) + "\n")
             tmp.replace(path)

@@ -129,6 +129,12 @@ def test_p_zero_and_eval_mode_are_the_identity(config):
     assert out is x and targets is labels
 
 
+def test_combo_is_the_ablations_best_combination():
+    """`augment=combo` is the README's best row, run by the ablation as a `+`-joined list."""
+    best = compose_config(["augment=[specaugment,time_shift,mixup]"]).augment
+    assert compose_config(["augment=combo"]).augment == best
+
+
 def test_waveform_gain_and_noise():
     torch.manual_seed(0)
     wave = torch.sin(torch.linspace(0, 400, 16000)).repeat(2, 1)
