@@ -170,6 +170,7 @@ def main() -> None:
 
 
 def cell_dir(work: Path, config: str) -> Path:
+    """Where a row's model and metrics go in a fold's `work` folder."""
     return work / config.replace(":", "_").replace("=", "-")
 
 
