@@ -54,9 +54,10 @@ class CNN(nn.Module):
 
     def embed(self, x: Tensor) -> Tensor:
         """(batch, 1, n_bins, frames) -> (batch, width) pooled features."""
+        features = self.backbone(self.normalize(x))  # (batch, C, F', T')
         if self.grid is not None:
-            return self.grid(self.backbone(self.normalize(x))).flatten(1)  # (batch, C * gh * gw)
-        features = self.backbone(self.normalize(x)).flatten(2)  # (batch, C, F' * T')
+            return self.grid(features).flatten(1)  # (batch, C * gh * gw)
+        features = features.flatten(2)  # (batch, C, F' * T')
         pooled = []
         if self.global_pool in ("avg", "avgmax"):
             pooled.append(features.mean(dim=2))
