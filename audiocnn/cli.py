@@ -19,13 +19,14 @@ import sys
 
 from omegaconf import OmegaConf
 
-from audiocnn.config import ConfigError, compose_config, validate_config, write_params
+from audiocnn.config import compose_config, validate_config, write_params
+from audiocnn.errors import ConfigError, InputError
 
 STAGES = {
     "prepare": ("audiocnn.data.prepare", "prepare"),
     "featurize": ("audiocnn.features.featurize", "featurize"),
-    "train": ("audiocnn.repeats", "train_stage"),
-    "evaluate": ("audiocnn.repeats", "evaluate_stage"),
+    "train": ("audiocnn.experiment", "train_stage"),
+    "evaluate": ("audiocnn.experiment", "evaluate_stage"),
 }
 
 
@@ -63,7 +64,11 @@ def main(argv: list[str] | None = None) -> int:
     from importlib import import_module
 
     module, function = STAGES[args.command]
-    getattr(import_module(module), function)(cfg)
+    try:
+        getattr(import_module(module), function)(cfg)
+    except InputError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2 if isinstance(error, ConfigError) else 1
     return 0
 
 
@@ -95,12 +100,12 @@ def explain(args) -> int:
         import mlflow
 
         mlflow.set_tracking_uri(args.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI", "sqlite:///mlflow.db"))
-    from audiocnn.evaluation.explain import explain_file
+    from audiocnn.inference.explain import explain_file
 
     output = Path(args.output) if args.output else audio.with_name(f"{audio.stem}_gradcam.png")
     try:
         path, label, probability = explain_file(audio, args.model, output)
-    except FileNotFoundError as error:
+    except (FileNotFoundError, InputError) as error:  # a missing model, or a model file refused as unsafe
         print(f"error: {error}", file=sys.stderr)
         return 2
     print(f"explain: {audio.name}: predicted {label} ({probability:.2f}); Grad-CAM -> {path}")

@@ -13,17 +13,11 @@ from typing import Callable
 
 from omegaconf import DictConfig, OmegaConf
 
+from audiocnn.errors import ConfigError, InputError, ShapeError
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 CONF_DIR = REPO_ROOT / "conf"
 CONFIG_NAME = "config"
-
-
-class InputError(Exception):
-    """Settings or data the user must fix: `stage_main` prints the message as one line."""
-
-
-class ConfigError(InputError, ValueError):
-    """A setting is wrong; the message starts with the setting's dotted name."""
 
 
 def config_groups() -> dict[str, list[str]]:
@@ -147,12 +141,15 @@ def validate_features(cfg: DictConfig) -> None:
 
 def validate_model(cfg: DictConfig) -> None:
     from audiocnn.models.blocks import BlockSpec
-    from audiocnn.models.shapes import ShapeError, trace_shapes
+    from audiocnn.models.shapes import trace_shapes
 
     from audiocnn.training.transfer import FREEZE_OPTIONS
 
-    if "_target_" not in cfg.model:
-        raise ConfigError("model._target_: missing; choose a config from conf/model/")
+    from audiocnn.models.bundle import MODEL_CLASSES
+
+    if cfg.model.get("_target_") not in MODEL_CLASSES:  # what a model file may name when it is loaded back
+        raise ConfigError(f"model._target_={cfg.model.get('_target_')}: not an audiocnn model; allowed: "
+                          f"{', '.join(MODEL_CLASSES)} (choose a config from conf/model/)")
     _one_of(cfg, "model.freeze", FREEZE_OPTIONS)
     source = cfg.model.get("init_from")
     if source and not str(source).startswith(("runs:/", "models:/")) and not Path(source).exists():

@@ -1,21 +1,120 @@
-"""One experiment from the Hydra command line: (prepare, featurize if missing) -> train -> evaluate.
+"""Orchestration: the one place that composes the stages into experiments.
 
-Each Hydra job writes its model and metrics into its own output folder, so sweeps never
-overwrite each other or the DVC-tracked `data/models` and `metrics/`. Folds
-(`data.protocol=cv`) and seeds (`trainer.seeds`) run as repeats (audiocnn/repeats.py).
+The stages each read their inputs and write their outputs (prepare, featurize, train,
+evaluate: `audiocnn.data`, `.features`, `.training`, `.evaluation`). This module decides
+what runs around them:
+- `train_stage` / `evaluate_stage`: what `dvc repro` runs (`pipelines/train.py --params`,
+  `pipelines/evaluate.py --params`): one model, or every fold/seed variant (`repeats`).
+- `run_experiment`: one Hydra job (`python pipelines/train.py model=cnn`, sweeps with `-m`):
+  makes missing inputs (prepare, featurize), trains, logs the servable model, evaluates,
+  writing into the job's own output folder so sweeps never overwrite each other or the
+  DVC-tracked `data/models` and `metrics/`.
+- `train_model` = the train stage + the servable model logged to its MLflow run
+  (`tracking.log_model`); `evaluate_model` = one model, or `ensemble=[...]`.
 """
 
 from __future__ import annotations
 
-import sys
+import json
+from pathlib import Path
 
+import numpy as np
 from omegaconf import DictConfig
 
-from audiocnn import tracking
-from audiocnn.config import ConfigError
+from audiocnn import atomic, repeats, tracking
+from audiocnn.data.prepare import is_prepared, prepare
+from audiocnn.evaluation.ensemble import evaluate_ensemble
 from audiocnn.evaluation.evaluate import evaluate
-from audiocnn.repeats import is_repeated, run_repeats
+from audiocnn.features.featurize import featurize, is_featurized
+from audiocnn.inference.pyfunc import log_audio_model
 from audiocnn.training.train import train
+
+
+def ensure_inputs(cfg: DictConfig) -> None:
+    """Run prepare / featurize when their outputs are missing or were made for other settings."""
+    if not is_prepared(cfg):
+        prepare(cfg)
+    if not cfg.features.on_the_fly and not is_featurized(cfg):
+        featurize(cfg)
+
+
+def log_servable_model(cfg: DictConfig, summary: dict) -> dict:
+    """Log `<paths.models>/model.pt` as the training run's pyfunc (raw audio in, probabilities out;
+    `audiocnn.inference.pyfunc`), registered as `tracking.registered_model`; record its URIs in run.json."""
+    out = Path(cfg.paths.models)
+    with tracking.open_run(cfg, run_id=summary["run_id"]):
+        info = log_audio_model(out / "model.pt", cfg.tracking.get("registered_model"))
+    summary = {**summary, "model_uri": info.model_uri}
+    if info.registered_model_version:
+        summary["registered_model"] = f"models:/{cfg.tracking.registered_model}/{info.registered_model_version}"
+    atomic.write_json(out / "run.json", summary)
+    return summary
+
+
+def train_model(cfg: DictConfig, run_name_suffix: str = "") -> dict:
+    """Train one model (the train stage) and, with `tracking.log_model`, log it servable."""
+    summary = train(cfg, run_name_suffix=run_name_suffix)
+    return log_servable_model(cfg, summary) if cfg.tracking.log_model else summary
+
+
+def evaluate_model(cfg: DictConfig) -> dict:
+    """Test metrics of the model in `paths.models`, or of the ensemble `ensemble=[...]`."""
+    return evaluate_ensemble(cfg) if cfg.get("ensemble") else evaluate(cfg)
+
+
+def run_repeats(cfg: DictConfig, steps: tuple[str, ...] = ("train", "evaluate"), run_name_suffix: str = "") -> dict:
+    """Run `steps` for every fold/seed variant of `cfg` under one MLflow parent run.
+
+    "train" opens the parent (recorded in `<paths.models>/repeats.json`); an "evaluate"-only
+    call (DVC's evaluate stage) picks it up there. After "evaluate", the aggregate is written
+    and logged. Returns it (`best_val_acc`: the mean over variants, what a sweep optimises).
+    Each variant has its own manifest (its `data.fold` and `seed`), prepared here when missing;
+    they all share the feature store of `paths.prepared`'s clips.
+    """
+    if "train" in steps:
+        if not is_prepared(cfg):  # the folds are read from the manifest
+            prepare(cfg)
+        todo = repeats.variants(cfg)
+        parent = repeats.start(cfg, todo, run_name_suffix)
+    else:
+        parent, todo = repeats.resume(cfg)
+    try:
+        results = []
+        with tracking.children_of(parent):
+            for number, variant in enumerate(todo, 1):
+                print(f"repeats: {variant.label} ({number}/{len(todo)})")
+                single = repeats.variant_config(cfg, variant)
+                if "train" in steps:
+                    if not is_prepared(single):
+                        prepare(single)
+                    summary = train_model(single, run_name_suffix=run_name_suffix)
+                else:
+                    summary = json.loads((Path(single.paths.models) / "run.json").read_text())
+                metrics = evaluate_model(single) if "evaluate" in steps else {}
+                results.append({"variant": variant, "best_val_acc": summary["best_val_acc"], **metrics})
+        if "evaluate" not in steps:
+            return {"best_val_acc": float(np.mean([r["best_val_acc"] for r in results]))}
+        aggregate = repeats.write_aggregate(cfg, results)
+        repeats.log_aggregate(cfg, parent, aggregate)
+    except BaseException:
+        tracking.end_parent_run(cfg, parent, "FAILED")
+        raise
+    tracking.end_parent_run(cfg, parent, "FINISHED")
+    return aggregate
+
+
+def train_stage(cfg: DictConfig) -> dict:
+    """DVC's train stage: one model, or every variant when folds/seeds are repeated."""
+    if repeats.is_repeated(cfg):
+        return run_repeats(cfg, steps=("train",))
+    return train_model(cfg)
+
+
+def evaluate_stage(cfg: DictConfig) -> dict:
+    """DVC's evaluate stage: one model's (or an ensemble's) test metrics, or the aggregate over the variants."""
+    if repeats.is_repeated(cfg) and not cfg.get("ensemble"):
+        return run_repeats(cfg, steps=("evaluate",))
+    return evaluate_model(cfg)
 
 
 def _job_output_dir() -> tuple[str, str]:
@@ -27,17 +126,14 @@ def _job_output_dir() -> tuple[str, str]:
 
 
 def run_experiment(cfg: DictConfig) -> float:
-    """Train and evaluate `cfg`; return the validation accuracy (what a sweep optimises)."""
-    try:  # before any work: a tracking server that does not answer ends the job in one line
-        tracking.ensure_available(cfg)
-    except ConfigError as error:
-        print(f"error: {error}", file=sys.stderr)
-        sys.exit(2)
+    """One Hydra job: inputs, train, evaluate `cfg`; returns the validation accuracy (what a sweep optimises)."""
+    tracking.ensure_available(cfg)  # before any work: a tracking server that does not answer ends the job
     output_dir, overrides = _job_output_dir()
     cfg.paths.models = f"{output_dir}/model"
     cfg.paths.metrics = f"{output_dir}/metrics"
-    if is_repeated(cfg):
+    ensure_inputs(cfg)
+    if repeats.is_repeated(cfg):
         return run_repeats(cfg, run_name_suffix=overrides)["best_val_acc"]
-    summary = train(cfg, run_name_suffix=overrides)
-    evaluate(cfg)
+    summary = train_model(cfg, run_name_suffix=overrides)
+    evaluate_model(cfg)
     return summary["best_val_acc"]

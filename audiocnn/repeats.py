@@ -1,6 +1,6 @@
 """Repeated experiments under one MLflow parent run: folds (`data.protocol=cv`) and seeds (`trainer.seeds`).
 
-Each variant (fold x seed) is an ordinary experiment with `data.fold` and `seed` set, and
+The parts of a repeated experiment; `audiocnn.experiment.run_repeats` runs them. Each variant (fold x seed) is an ordinary experiment with `data.fold` and `seed` set, and
 its own manifest (`<paths.models>/prepared/<label>`), model (`<paths.models>/<label>`) and
 metrics (`<paths.metrics>/<label>`); the feature store is shared. The variants' MLflow runs
 are children of one parent run, which gets the mean, std and min of every test metric;
@@ -22,13 +22,11 @@ import pandas as pd
 from omegaconf import DictConfig
 
 from audiocnn import atomic, tracking
-from audiocnn.config import ConfigError
-from audiocnn.data.prepare import fold_values, is_prepared, prepare
-from audiocnn.evaluation.evaluate import evaluate
+from audiocnn.data.prepare import fold_values
+from audiocnn.errors import ConfigError
 from audiocnn.evaluation.calibration import binned_calibration_error, confidence_bins
 from audiocnn.evaluation.plots import plot_confusion_matrix, plot_reliability_diagram
 from audiocnn.features.store import TEXT_COLUMNS
-from audiocnn.training.train import train
 
 STATE_FILE = "repeats.json"  # in paths.models: the parent run and the variants, for the evaluate stage
 
@@ -45,10 +43,9 @@ def is_repeated(cfg: DictConfig) -> bool:
 
 
 def variants(cfg: DictConfig) -> list[Variant]:
-    """Every fold (when `data.protocol=cv`) times every seed of `trainer.seeds` (else `seed`)."""
+    """Every fold (when `data.protocol=cv`, read from the prepared manifest) times every seed of
+    `trainer.seeds` (else `seed`)."""
     if cfg.data.get("protocol", "holdout") == "cv":
-        if not is_prepared(cfg):
-            prepare(cfg)
         folds = fold_values(pd.read_csv(Path(cfg.paths.prepared) / "manifest.csv", dtype=TEXT_COLUMNS))
         if not folds:
             raise ConfigError(f"data.protocol=cv: data={cfg.data.name} has no folds; use trainer.seeds instead")
@@ -81,44 +78,21 @@ def parent_run_name(cfg: DictConfig, suffix: str = "") -> str:
     return f"{tracking.default_run_name(cfg, suffix)}-{kind}"
 
 
-def run_repeats(cfg: DictConfig, steps: tuple[str, ...] = ("train", "evaluate"), run_name_suffix: str = "") -> dict:
-    """Run `steps` for every variant of `cfg`; after "evaluate", write and log the aggregate.
-
-    The "train" step opens the parent run and records it in `<paths.models>/repeats.json`;
-    an "evaluate"-only call (DVC's evaluate stage) picks the parent and variants up there.
-    Returns the aggregate (`best_val_acc` is the mean over variants, what a sweep optimises).
-    """
-    state_path = Path(cfg.paths.models) / STATE_FILE
-    if "train" in steps:
-        todo = variants(cfg)
-        tags = {**tracking.run_tags(cfg), "audiocnn.repeats": ",".join(v.label for v in todo)}
-        parent = tracking.start_parent_run(cfg, parent_run_name(cfg, run_name_suffix), tags)
-        atomic.write_json(state_path, {"parent_run_id": parent, "variants": [asdict(v) for v in todo]})
-    else:
-        state = json.loads(state_path.read_text())
-        parent, todo = state["parent_run_id"], [Variant(**v) for v in state["variants"]]
-    try:
-        results = []
-        with tracking.children_of(parent):
-            for number, variant in enumerate(todo, 1):
-                print(f"repeats: {variant.label} ({number}/{len(todo)})")
-                single = variant_config(cfg, variant)
-                summary = train(single, run_name_suffix=run_name_suffix) if "train" in steps else \
-                    json.loads((Path(single.paths.models) / "run.json").read_text())
-                metrics = evaluate(single) if "evaluate" in steps else {}
-                results.append({"variant": variant, "best_val_acc": summary["best_val_acc"], **metrics})
-        if "evaluate" not in steps:
-            return {"best_val_acc": float(np.mean([r["best_val_acc"] for r in results]))}
-        aggregate = write_aggregate(cfg, results)
-        log_aggregate(cfg, parent, aggregate)
-    except BaseException:
-        tracking.end_parent_run(cfg, parent, "FAILED")
-        raise
-    tracking.end_parent_run(cfg, parent, "FINISHED")
-    return aggregate
+def start(cfg: DictConfig, todo: list[Variant], run_name_suffix: str = "") -> str:
+    """Open the parent run of `todo` and record both in `<paths.models>/repeats.json`; returns its id."""
+    tags = {**tracking.run_tags(cfg), "audiocnn.repeats": ",".join(v.label for v in todo)}
+    parent = tracking.start_parent_run(cfg, parent_run_name(cfg, run_name_suffix), tags)
+    atomic.write_json(Path(cfg.paths.models) / STATE_FILE, {"parent_run_id": parent, "variants": [asdict(v) for v in todo]})
+    return parent
 
 
-def summarize(results: list[dict]) -> dict:
+def resume(cfg: DictConfig) -> tuple[str, list[Variant]]:
+    """(parent run id, variants) written by `start` (the evaluate stage picks them up here)."""
+    state = json.loads((Path(cfg.paths.models) / STATE_FILE).read_text())
+    return state["parent_run_id"], [Variant(**v) for v in state["variants"]]
+
+
+def aggregate_metrics(results: list[dict]) -> dict:
     """Mean, std (ddof=1) and min over variants of every float metric they all have, plus each variant's."""
     keys = [k for k, v in results[0].items() if isinstance(v, float) and all(isinstance(r.get(k), float) for r in results)]
     aggregate: dict = {"n_runs": len(results)}
@@ -135,7 +109,7 @@ def write_aggregate(cfg: DictConfig, results: list[dict]) -> dict:
     """`test.json` (aggregate); `predictions.csv`, `confusion_matrix.png`, `reliability_diagram.png`
     (all variants pooled); `explain/<label>/` (each variant's explanations)."""
     out = Path(cfg.paths.metrics)
-    aggregate = summarize(results)
+    aggregate = aggregate_metrics(results)
     atomic.write_json(out / "test.json", aggregate)
     frames = []
     for result in results:
@@ -175,15 +149,3 @@ def log_aggregate(cfg: DictConfig, parent: str, aggregate: dict) -> None:
             mlflow.log_metrics({f"test_{k}.{label}": v for k, v in metrics.items()})
         for name in ("test.json", "predictions.csv", "confusion_matrix.png", "reliability_diagram.png"):
             mlflow.log_artifact(str(Path(cfg.paths.metrics) / name), artifact_path="evaluation")
-
-
-def train_stage(cfg: DictConfig) -> dict:
-    """DVC's train stage: one model, or every variant when folds/seeds are repeated."""
-    return run_repeats(cfg, steps=("train",)) if is_repeated(cfg) else train(cfg)
-
-
-def evaluate_stage(cfg: DictConfig) -> dict:
-    """DVC's evaluate stage: one model's test metrics, or the aggregate over the variants."""
-    if is_repeated(cfg) and not cfg.get("ensemble"):
-        return run_repeats(cfg, steps=("evaluate",))
-    return evaluate(cfg)

@@ -21,7 +21,7 @@ from mlflow import MlflowClient
 from omegaconf import DictConfig
 
 from audiocnn import atomic, tracking
-from audiocnn.config import ConfigError
+from audiocnn.errors import ConfigError
 
 RANK_METRIC = "best_val_acc"
 

@@ -10,6 +10,7 @@ checksum, the DVC experiment and the Hydra overrides as tags. Runs nest under a 
 
 from __future__ import annotations
 
+import hashlib
 import os
 import subprocess
 import urllib.error
@@ -21,7 +22,7 @@ from typing import Iterator
 import mlflow
 from omegaconf import DictConfig, OmegaConf
 
-from audiocnn.config import ConfigError
+from audiocnn.errors import ConfigError, TrackingUnavailable
 
 MAX_PARAM_LENGTH = 6000  # MLflow's limit on a param value
 # A run opened while this is set becomes a child of that run (sweeps, folds, seeds).
@@ -29,10 +30,6 @@ PARENT_RUN_ENV = "AUDIOCNN_PARENT_RUN_ID"
 LOCAL_STORE = "sqlite:///mlflow.db"
 HEALTH_TIMEOUT_S = 5.0
 _checked: dict[str, str] = {}  # server URI -> URI actually used, so a process checks a server once
-
-
-class TrackingUnavailable(ConfigError):
-    """The tracking server does not answer and `tracking.required` is true."""
 
 
 def project_root() -> Path:
@@ -218,9 +215,8 @@ def run_tags(cfg: DictConfig) -> dict[str, str]:
         tags["mlflow.source.git.commit"] = commit
     manifest = Path(cfg.paths.prepared) / "manifest.csv"
     if manifest.exists():
-        from audiocnn.features.store import file_md5
-
-        tags["data.manifest_md5"] = file_md5(manifest)
+        with open(manifest, "rb") as handle:
+            tags["data.manifest_md5"] = hashlib.file_digest(handle, "md5").hexdigest()
     # Set by `dvc exp run` (workspace and queued) for the stages it runs.
     for variable, tag in (("DVC_EXP_NAME", "dvc.exp_name"), ("DVC_EXP_BASELINE_REV", "dvc.exp_baseline_rev")):
         if os.environ.get(variable):

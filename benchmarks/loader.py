@@ -4,7 +4,7 @@
     .venv/bin/python benchmarks/loader.py --workers 0 2 --batch-sizes 32 128 --seconds 10
 
 Featurizes the 3,000 FSDD recordings (`features=speech`: 64-frame windows of 84 bins),
-then iterates `StoreDataModule.train_dataloader()` (random windows, shuffled) for
+then iterates `WindowDataModule.train_dataloader()` (random windows, shuffled) for
 `--seconds` after a warm-up batch, for each `trainer.num_workers` in `--workers` and
 `trainer.batch_size` in `--batch-sizes`. For comparison, the same loader with per-item `__getitem__` and
 the default collate (how the windows were read before batched extraction). Writes
@@ -25,7 +25,7 @@ from torch.utils.data import DataLoader
 
 from audiocnn.config import compose_config, validate_config
 from audiocnn.features.featurize import featurize
-from audiocnn.training.datamodule import StoreDataModule
+from audiocnn.training.datamodule import WindowDataModule
 from audiocnn.training.windows import seed_worker
 
 RESULTS = Path(__file__).parent / "results" / "loader.json"
@@ -45,7 +45,7 @@ def windows_per_second(loader: DataLoader, seconds: float) -> float:
     return count / (time.perf_counter() - started)
 
 
-def per_item_loader(data: StoreDataModule, workers: int) -> DataLoader:
+def per_item_loader(data: WindowDataModule, workers: int) -> DataLoader:
     """The same windows, one `__getitem__` per window and the default collate."""
     dataset = data.dataset("train", "random")
     dataset.__class__ = type("PerItem", (dataset.__class__,), {"__getitems__": None})
@@ -70,7 +70,7 @@ def main() -> None:
               "window": [cfg.features.n_bins, cfg.features.window_frames], "runs": []}
     for workers in args.workers:
         for batch_size in args.batch_sizes:
-            data = StoreDataModule(compose_config([*base, f"trainer.num_workers={workers}",
+            data = WindowDataModule(compose_config([*base, f"trainer.num_workers={workers}",
                                                    f"trainer.batch_size={batch_size}"]))
             run = {"num_workers": workers, "batch_size": batch_size,
                    "batched": round(windows_per_second(data.train_dataloader(), args.seconds)),

@@ -7,8 +7,7 @@ missing inputs are made, then train and evaluate.
 """
 
 from audiocnn.config import stage_main
-from audiocnn.experiment import run_experiment
-from audiocnn.repeats import train_stage
+from audiocnn.experiment import run_experiment, train_stage
 
 if __name__ == "__main__":
     stage_main(train_stage, hydra_task=run_experiment)

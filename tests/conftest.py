@@ -63,6 +63,15 @@ def _no_tracking_uri_left_behind():
     os.environ.pop("MLFLOW_TRACKING_URI", None)
 
 
+def train(cfg, run_name_suffix: str = "") -> dict:
+    """What a Hydra job does before it evaluates: make the missing inputs (prepare, featurize),
+    train, log the servable model when `tracking.log_model` (`audiocnn.experiment`)."""
+    from audiocnn.experiment import ensure_inputs, train_model
+
+    ensure_inputs(cfg)
+    return train_model(cfg, run_name_suffix=run_name_suffix)
+
+
 def stop_process(process: subprocess.Popen, timeout: float = 30) -> None:
     """Terminate a server started by a test; kill it if it does not exit within `timeout` s."""
     process.terminate()

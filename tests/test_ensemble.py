@@ -8,12 +8,12 @@ import mlflow
 import pytest
 import torch
 
-from audiocnn.evaluation.evaluate import evaluate
+from audiocnn.experiment import evaluate_model as evaluate
 from audiocnn.features.cqt import pick_device
-from audiocnn.training.checkpoints import load_trained
-from audiocnn.training.datamodule import StoreDataModule
-from audiocnn.training.module import predict_probabilities
-from audiocnn.training.train import train
+from audiocnn.models.bundle import load_bundle as load_trained
+from audiocnn.training.datamodule import WindowDataModule
+from audiocnn.training.vote import predict_probabilities
+from tests.conftest import train
 from tests.conftest import tiny_config
 
 
@@ -33,7 +33,7 @@ def test_ensemble_averages_member_probabilities(members):
     cfg = tiny_config(root, f"ensemble=[{run_id},{folder}]")
     metrics = evaluate(cfg)
 
-    data = StoreDataModule(cfg)
+    data = WindowDataModule(cfg)
     probabilities = []
     for source in (f"runs:/{run_id}/model", folder):
         model, _ = load_trained(source)

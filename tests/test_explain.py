@@ -9,12 +9,13 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
+from omegaconf import OmegaConf
 
 from audiocnn.cli import main
 from audiocnn.evaluation.explain import bin_frequencies, first_conv_filters, grad_cam, saliency_profile
 from audiocnn.models import build_model
 from audiocnn.training.datamodule import load_classes
-from audiocnn.training.train import save_bundle
+from audiocnn.models.bundle import save_bundle
 from tests.conftest import tiny_config
 
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -58,7 +59,8 @@ def test_explain_cli_writes_a_grad_cam_png(tmp_path, capsys, prepared_store):
     cfg = tiny_config(tmp_path, "model=crnn_gru")
     classes = load_classes(prepared_store)
     model = build_model(cfg.model, len(classes), cfg.features.n_bins)
-    save_bundle(model.eval(), cfg, classes, tmp_path / "model" / "model.pt")
+    save_bundle(model.eval(), OmegaConf.to_container(cfg.model), OmegaConf.to_container(cfg.features), classes,
+                tmp_path / "model" / "model.pt")
     audio = tmp_path / "tone.wav"
     t = np.arange(16000 * 2) / 16000
     sf.write(audio, (0.3 * np.sin(2 * np.pi * 220 * t)).astype(np.float32), 16000)
@@ -73,7 +75,7 @@ def test_explain_cli_writes_a_grad_cam_png(tmp_path, capsys, prepared_store):
 def test_evaluate_writes_every_report_and_explains(tmp_path, prepared_store):
     """Train two epochs with augmentation and a schedule, then evaluate: the whole report set."""
     from audiocnn.evaluation.evaluate import evaluate
-    from audiocnn.training.train import train
+    from tests.conftest import train
 
     cfg = tiny_config(tmp_path, "augment=combo", "scheduler=cosine",
                       "trainer.class_weights=balanced", "trainer.label_smoothing=0.1",

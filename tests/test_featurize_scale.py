@@ -124,7 +124,7 @@ def test_long_clips_are_chunked_with_the_same_frames_as_whole(tmp_path):
 
 
 def test_resplitting_the_manifest_keeps_the_store(clips, tmp_path):
-    from audiocnn.training.datamodule import StoreDataModule
+    from audiocnn.training.datamodule import WindowDataModule
 
     import shutil
 
@@ -139,7 +139,7 @@ def test_resplitting_the_manifest_keeps_the_store(clips, tmp_path):
     manifest.to_csv(manifest_path, index=False)
     assert is_featurized(cfg)
     assert featurize(cfg) == root and (root / "index.csv").stat().st_mtime_ns == stamp  # not re-featurized
-    data = StoreDataModule(compose_config(["data=fsdd", f"data.root={tmp_path}", f"paths.prepared={tmp_path / 'prepared'}",
+    data = WindowDataModule(compose_config(["data=fsdd", f"data.root={tmp_path}", f"paths.prepared={tmp_path / 'prepared'}",
                                            f"paths.features={tmp_path / 'features'}"]))
     test_paths = set(data.store.index["path"].iloc[data.rows("test")])
     assert test_paths == set(manifest.loc[manifest["fold"] == "0", "path"])

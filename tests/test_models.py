@@ -174,7 +174,7 @@ def test_crnn_rnn_kinds_and_temporal_pools(rnn, bidirectional, temporal_pool):
     x = torch.randn(3, 1, 16, 10)
     with torch.no_grad():
         logits = model(x)
-        embedding = model.embed(x)
+        embedding = model.forward_head(model.forward_features(x), pre_logits=True)
         outputs, _ = model.rnn(model.backbone(x).flatten(1, 2).transpose(1, 2))  # (batch, T, H * dirs)
     assert logits.shape == (3, 4)
     assert embedding.shape == (3, 6 * (2 if bidirectional else 1))
@@ -199,18 +199,18 @@ def test_crnn_and_cnn_reject_unknown_options():
         _crnn(temporal_pool="median")
     from audiocnn.models.cnn import CNN
 
-    with pytest.raises(ValueError, match=r"model.global_pool='sum'; allowed: avg, max, avgmax"):
+    with pytest.raises(ValueError, match=r"model.global_pool='sum'; allowed: avg, max, catavgmax, grid"):
         CNN(n_classes=2, n_bins=16, blocks=CRNN_BLOCKS, global_pool="sum")
 
 
-@pytest.mark.parametrize("global_pool, width", [("avg", 8), ("max", 8), ("avgmax", 16)])
+@pytest.mark.parametrize("global_pool, width", [("avg", 8), ("max", 8), ("catavgmax", 16)])
 def test_cnn_global_pool_width(global_pool, width):
     from audiocnn.models.cnn import CNN
 
     model = CNN(n_classes=3, n_bins=16, blocks=CRNN_BLOCKS, global_pool=global_pool).eval()
     x = torch.randn(2, 1, 16, 12)
     with torch.no_grad():
-        embedding = model.embed(x)
+        embedding = model.forward_head(model.forward_features(x), pre_logits=True)
         features = model.backbone(x).flatten(2)
     assert embedding.shape == (2, width)
     if global_pool == "max":

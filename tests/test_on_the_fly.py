@@ -14,7 +14,7 @@ import torch
 from audiocnn.features.cqt import CQTFrontend
 from audiocnn.features.featurize import featurize
 from audiocnn.models import build_model
-from audiocnn.training.datamodule import StoreDataModule
+from audiocnn.training.datamodule import WindowDataModule
 from audiocnn.training.module import Classifier
 from tests.conftest import tiny_config
 
@@ -42,7 +42,7 @@ def test_store_and_on_the_fly_give_the_same_logits_for_the_same_weights_and_clip
     stored_cfg = tiny_config(tmp_path, "model=cnn", f"features.window_frames={WINDOW}", "features.device=cpu")
     featurize(stored_cfg)
     fly_cfg = tiny_config(tmp_path, "model=cnn", f"features.window_frames={WINDOW}", "features.on_the_fly=true")
-    stored, fly = StoreDataModule(stored_cfg), StoreDataModule(fly_cfg)
+    stored, fly = WindowDataModule(stored_cfg), WindowDataModule(fly_cfg)
     frames, labels = next(iter(stored._loader(stored.dataset("test", "center"), shuffle=False)))
     waves, fly_labels = next(iter(fly._loader(fly.dataset("test", "center"), shuffle=False)))
     assert frames.shape == (6, 1, 84, WINDOW) and waves.shape == (6, (WINDOW - 1) * HOP)
@@ -61,8 +61,8 @@ def test_store_and_on_the_fly_give_the_same_logits_for_the_same_weights_and_clip
 @pytest.mark.slow
 def test_train_and_evaluate_on_the_fly_with_trainable_kernels(tmp_path):
     from audiocnn.evaluation.evaluate import evaluate
-    from audiocnn.training.checkpoints import load_trained
-    from audiocnn.training.train import train
+    from audiocnn.models.bundle import load_bundle as load_trained
+    from tests.conftest import train
 
     cfg = tiny_config(tmp_path, "model=cnn", "features.on_the_fly=true", "features.trainable=true",
                       "trainer.max_epochs=1", "tracking.log_model=true")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from pathlib import Path
@@ -11,7 +12,6 @@ import pandas as pd
 import pytest
 import soundfile as sf
 
-from audiocnn.data.checks import file_md5
 from audiocnn.data.prepare import MANIFEST_COLUMNS, EmptySplitError, prepare, probe_clips
 from audiocnn.data.sources.demo import CLASSES
 from tests.conftest import tiny_config
@@ -75,7 +75,7 @@ def test_probe_clips_skips_unusable_files_with_a_reason(tmp_path):
     kept, skipped = probe_clips(clips, ["a", "b"])
 
     assert kept == [{"path": str(good), "label": "a", "group": "g1", "duration": 1.5, "sr": 16000, "channels": 1,
-                     "md5": file_md5(good), "note": ""}]
+                     "md5": hashlib.md5(good.read_bytes()).hexdigest(), "note": ""}]
     reasons = {Path(s["path"]).name: s["reason"] for s in skipped}
     assert reasons["good.wav"] == "duplicate path: listed more than once"
     assert reasons["other.wav"] == "label not in the class list: 'zebra'"

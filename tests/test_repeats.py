@@ -13,7 +13,8 @@ from omegaconf import OmegaConf
 
 from audiocnn.config import ConfigError, compose_config, validate_config
 from audiocnn.data.prepare import assign_splits, fold_values
-from audiocnn.repeats import evaluate_stage, run_repeats, train_stage, variants
+from audiocnn.experiment import evaluate_stage, run_repeats, train_stage
+from audiocnn.repeats import variants
 from tests.conftest import tiny_config
 
 FSDD = os.environ.get("FSDD_RECORDINGS", os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data",
@@ -68,8 +69,12 @@ def test_bad_repeat_settings_are_refused(tmp_path, overrides, message):
 
 
 def test_cv_on_a_dataset_without_folds_is_refused(tmp_path):
+    from audiocnn.data.prepare import prepare
+
+    cfg = tiny_config(tmp_path, "data.protocol=cv")
+    prepare(cfg)
     with pytest.raises(ConfigError, match="data.protocol=cv: data=demo has no folds"):
-        variants(tiny_config(tmp_path, "data.protocol=cv"))
+        variants(cfg)
 
 
 def _children(cfg, parent_id):

@@ -29,7 +29,7 @@ pytestmark = pytest.mark.slow
 def trained(prepared_store, tmp_path_factory):
     """A tiny model trained with `tracking.log_model=true` and evaluated (predictions.csv)."""
     from audiocnn.evaluation.evaluate import evaluate
-    from audiocnn.training.train import train
+    from tests.conftest import train
 
     root = tmp_path_factory.mktemp("serving")
     cfg = tiny_config(root, f"paths.prepared={prepared_store.paths.prepared}",
@@ -69,7 +69,7 @@ def test_the_best_model_is_registered_and_predicts_from_raw_audio(trained):
 
 
 def test_the_logged_model_keeps_model_pt_for_transfer_and_ensembles(trained):
-    from audiocnn.training.checkpoints import load_trained, weights_file
+    from audiocnn.models.bundle import load_bundle as load_trained, weights_file
 
     cfg, summary, _ = trained
     mlflow.set_tracking_uri(cfg.tracking.uri)
@@ -79,7 +79,7 @@ def test_the_logged_model_keeps_model_pt_for_transfer_and_ensembles(trained):
     assert bundle["features"]["sr"] == cfg.features.sr and not model.training
     # Code-based logging: the model folder holds the code, not a pickle.
     local = Path(mlflow.artifacts.download_artifacts(summary["registered_model"]))
-    assert (local / "serving.py").exists() and (local / "artifacts/model.pt").exists()
+    assert (local / "pyfunc.py").exists() and (local / "artifacts/model.pt").exists()
     assert not list(local.rglob("*.pkl")) and "loader_module: mlflow.pyfunc.loaders.code_model" in (
         local / "MLmodel").read_text()
 

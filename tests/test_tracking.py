@@ -119,9 +119,9 @@ def test_run_tags_name_data_model_and_manifest(tmp_path):
     manifest = Path(cfg.paths.prepared) / "manifest.csv"
     manifest.parent.mkdir(parents=True)
     manifest.write_text("path,label\n")
-    from audiocnn.features.store import file_md5
+    import hashlib
 
-    assert tracking.run_tags(cfg)["data.manifest_md5"] == file_md5(manifest)
+    assert tracking.run_tags(cfg)["data.manifest_md5"] == hashlib.md5(manifest.read_bytes()).hexdigest()
     assert tracking.default_run_name(cfg) == f"{cfg.model.name}-demo"
     assert tracking.default_run_name(cfg, "lr0.1") == f"{cfg.model.name}-demo-lr0.1"
 
@@ -170,7 +170,7 @@ def test_relative_sqlite_store_is_anchored_at_the_dvc_root(tmp_path, monkeypatch
 
 
 def test_an_unreachable_server_stops_training_before_any_work(tmp_path, monkeypatch):
-    from audiocnn.training.train import train
+    from tests.conftest import train
 
     monkeypatch.setattr(tracking, "_checked", {})
     server = f"http://127.0.0.1:{free_port()}"  # nothing listens there

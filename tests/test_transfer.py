@@ -9,8 +9,8 @@ import torch
 
 from audiocnn.models import build_model
 from audiocnn.training.module import Classifier
-from audiocnn.training.checkpoints import load_state, load_trained
-from audiocnn.training.train import train
+from audiocnn.models.bundle import load_bundle as load_trained, load_state
+from tests.conftest import train
 from audiocnn.training.transfer import TransferReport, freeze, load_matching, parameter_groups
 from tests.conftest import tiny_config
 
@@ -42,10 +42,10 @@ def test_frozen_backbone_stays_and_new_head_trains(pretrained, tmp_path):
     assert bundle["classes"] == ["pluck", "bell", "organ"]
     for key, value in _backbone(before).items():  # weights and batch-norm statistics unchanged
         torch.testing.assert_close(after[key], value, msg=f"{key} changed although frozen")
-    assert after["head.1.weight"].shape == (3, before["head.1.weight"].shape[1])
+    assert after["head.fc.weight"].shape == (3, before["head.fc.weight"].shape[1])
     torch.manual_seed(cfg.seed)
-    fresh_head = build_model(cfg.model, 3, cfg.features.n_bins).state_dict()["head.1.weight"]
-    assert not torch.allclose(after["head.1.weight"], fresh_head), "the head did not train"
+    fresh_head = build_model(cfg.model, 3, cfg.features.n_bins).state_dict()["head.fc.weight"]
+    assert not torch.allclose(after["head.fc.weight"], fresh_head), "the head did not train"
 
 
 def test_init_from_an_mlflow_run_reports_loaded_skipped_and_new(pretrained, tmp_path):
@@ -56,8 +56,8 @@ def test_init_from_an_mlflow_run_reports_loaded_skipped_and_new(pretrained, tmp_
     state = load_state(f"runs:/{summary['run_id']}/model")
     model = build_model(tiny_config(tmp_path, "model=cnn").model, n_classes=3, n_bins=84)
     report = load_matching(model, state)
-    assert set(report.skipped) == {"head.1.weight", "head.1.bias"}  # 8 classes there, 3 here
-    assert set(report.new) == {"head.1.weight", "head.1.bias"}
+    assert set(report.skipped) == {"head.fc.weight", "head.fc.bias"}  # 8 classes there, 3 here
+    assert set(report.new) == {"head.fc.weight", "head.fc.bias"}
     assert report.loaded and all(not k.startswith("head.") for k in report.loaded)
     torch.testing.assert_close(model.state_dict()["backbone.1.0.weight"], state["backbone.1.0.weight"])
     assert "skipped 2" in report.describe()
@@ -71,7 +71,7 @@ def test_init_from_a_registered_model_version(pretrained):
     version = mlflow.register_model(f"runs:/{summary['run_id']}/model", "audiocnn-transfer-test")
     state = load_state(f"models:/audiocnn-transfer-test/{version.version}")
     pretrained_state = torch.load(f"{pre_cfg.paths.models}/model.pt", weights_only=True)["state_dict"]
-    torch.testing.assert_close(state["head.1.weight"], pretrained_state["head.1.weight"])
+    torch.testing.assert_close(state["head.fc.weight"], pretrained_state["head.fc.weight"])
 
 
 def test_lightning_checkpoint_loads_too(pretrained):

@@ -58,7 +58,7 @@ def test_a_run_logged_to_a_server_shows_in_the_mlflow_ui(server, prepared_store,
     from mlflow import MlflowClient
 
     from audiocnn.evaluation.evaluate import evaluate
-    from audiocnn.training.train import train
+    from tests.conftest import train
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", server)
     cfg = tiny_config(tmp_path, f"paths.prepared={prepared_store.paths.prepared}",

@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 import soundfile as sf
 
-from audiocnn.config import InputError
+from audiocnn.errors import LeakageError, Unusable
 from audiocnn.data.audio import probe_audio
 
 BLOCK_FRAMES = 1 << 16     # samples per channel decoded at a time
@@ -27,14 +27,6 @@ LONG_CLIP_S = 60.0         # longer clips get a note (scored by sliding windows)
 OFFENDERS_SHOWN = 5
 
 
-class LeakageError(InputError, RuntimeError):
-    """The same recording or group sits in two splits: test accuracy would be inflated."""
-
-
-class Unusable(Exception):
-    """A file prepare must skip; `str(error)` is the report's reason, `<category>: <detail>`."""
-
-
 @dataclass(frozen=True)
 class FileFacts:
     duration: float
@@ -42,14 +34,6 @@ class FileFacts:
     channels: int
     md5: str
     note: str  # "" or why the file deserves a look though it was kept
-
-
-def file_md5(path: str | Path) -> str:
-    digest = hashlib.md5()
-    with open(path, "rb") as handle:
-        while block := handle.read(1 << 20):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def scan_samples(path: str | Path) -> tuple[int, float]:
@@ -98,7 +82,9 @@ def inspect_file(path: str, max_seconds: float | None) -> FileFacts:
         notes.append(f"{info.sr} Hz, resampled to features.sr")
     if info.duration > LONG_CLIP_S:
         notes.append(f"{info.duration:.0f} s long, scored by sliding windows")
-    return FileFacts(duration=info.duration, sr=info.sr, channels=info.channels, md5=file_md5(path),
+    with open(path, "rb") as handle:
+        md5 = hashlib.file_digest(handle, "md5").hexdigest()
+    return FileFacts(duration=info.duration, sr=info.sr, channels=info.channels, md5=md5,
                      note="; ".join(notes))
 
 

@@ -28,14 +28,10 @@ from urllib.parse import urlparse
 
 from tqdm import tqdm
 
-from audiocnn.config import InputError
+from audiocnn.errors import DownloadError
 
 CHUNK = 1 << 20
 ALGORITHMS = ("sha256", "md5")
-
-
-class DownloadError(InputError, RuntimeError):
-    """A download failed or its checksum does not match the config."""
 
 
 def parse_checksum(spec: str) -> tuple[str, str]:
@@ -44,15 +40,6 @@ def parse_checksum(spec: str) -> tuple[str, str]:
     if algorithm not in ALGORITHMS or not digest:
         raise DownloadError(f"checksum {spec!r}: write it as '<algorithm>:<hex digest>' with algorithm in {ALGORITHMS}")
     return algorithm, digest.lower()
-
-
-def file_digest(path: Path, algorithm: str = "sha256") -> str:
-    """Hex digest of a file, read in 1 MiB blocks (constant memory)."""
-    digest = hashlib.new(algorithm)
-    with open(path, "rb") as handle:
-        while block := handle.read(CHUNK):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def fetch(url: str, dest: Path, checksum: str | None, progress: bool = True) -> Path:
@@ -74,7 +61,8 @@ def fetch(url: str, dest: Path, checksum: str | None, progress: bool = True) -> 
             raise DownloadError(f"download of {url} failed: {error}") from None
         os.replace(part, dest)
     if expected is not None:
-        actual = file_digest(dest, algorithm)
+        with open(dest, "rb") as handle:
+            actual = hashlib.file_digest(handle, algorithm).hexdigest()
         if actual != expected:
             dest.unlink()
             raise DownloadError(f"checksum mismatch for {url}: expected {algorithm} {expected}, got {actual} "

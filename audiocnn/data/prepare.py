@@ -17,17 +17,13 @@ import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 
 from audiocnn import atomic
-from audiocnn.config import ConfigError, InputError
+from audiocnn.errors import ConfigError, EmptySplitError, LeakageError, Unusable
 from audiocnn.data import sources
-from audiocnn.data.checks import LeakageError, Unusable, check_leakage, inspect_file, merge_duplicate_groups
+from audiocnn.data.checks import check_leakage, inspect_file, merge_duplicate_groups
 from audiocnn.data.splits import SPLITS, grouped_stratified_split
 
 MANIFEST_COLUMNS = ["path", "label", "split", "fold", "group", "duration", "sr"]
 DEFAULT_MAX_SECONDS = 600.0  # longer files are skipped: featurize pads a batch to its longest clip
-
-
-class EmptySplitError(InputError, RuntimeError):
-    """A split has no usable clip, so training or evaluation would be meaningless."""
 
 
 def _display_path(path: str) -> str:

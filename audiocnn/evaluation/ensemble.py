@@ -17,22 +17,23 @@ import torch
 from omegaconf import DictConfig
 
 from audiocnn import atomic, tracking
-from audiocnn.evaluation.evaluate import NOT_IN_JSON, log_test_metrics, write_reports
+from audiocnn.errors import ConfigError
+from audiocnn.evaluation.reports import NOT_IN_JSON, log_test_metrics, write_reports
 from audiocnn.features.cqt import FEATURE_KEYS, pick_device
-from audiocnn.training.checkpoints import load_trained
-from audiocnn.training.datamodule import StoreDataModule
-from audiocnn.training.module import predict_probabilities
+from audiocnn.models.bundle import load_bundle
+from audiocnn.training.datamodule import WindowDataModule
+from audiocnn.training.vote import predict_probabilities
 
 
-def member_probabilities(member: str, data: StoreDataModule, cfg: DictConfig) -> tuple[dict, torch.Tensor,
+def member_probabilities(member: str, data: WindowDataModule, cfg: DictConfig) -> tuple[dict, torch.Tensor,
                                                                                       torch.Tensor]:
     """(description, probabilities (clips, n_classes), labels (clips,)) of one member."""
-    model, bundle = load_trained(member)
+    model, bundle = load_bundle(member)
     if bundle["classes"] != data.classes:
-        raise ValueError(f"ensemble member {member} was trained on classes {bundle['classes']}, not {data.classes}")
+        raise ConfigError(f"ensemble: member {member} was trained on classes {bundle['classes']}, not {data.classes}")
     different = [k for k in FEATURE_KEYS if bundle["features"][k] != cfg.features[k]]
     if different:
-        raise ValueError(f"ensemble member {member} used other features ({', '.join(different)}); "
+        raise ConfigError(f"ensemble: member {member} used other features ({', '.join(different)}); "
                          "set features.* to the members' values")
     probabilities, labels = predict_probabilities(model, data.test_dataloader(), pick_device(cfg.features.device))
     return {"member": member, "model": bundle["model"]["name"]}, probabilities, labels
@@ -41,7 +42,7 @@ def member_probabilities(member: str, data: StoreDataModule, cfg: DictConfig) ->
 def evaluate_ensemble(cfg: DictConfig) -> dict:
     """Mean of the members' probabilities; returns the ensemble's metrics (members in `members`)."""
     tracking.configure(cfg)  # members given as run ids are fetched from this tracking store
-    data = StoreDataModule(cfg)
+    data = WindowDataModule(cfg)
     members, stacked = [], []
     for member in cfg.ensemble:
         description, probabilities, labels = member_probabilities(str(member), data, cfg)

@@ -1,10 +1,10 @@
 """What the model looks at: Grad-CAM over the CQT, first-layer filters, saliency per CQT bin.
 
-- Grad-CAM (Selvaraju et al. 2017): the activations A of the last conv block (after its
-  ReLU, before its pooling: the finest map that has seen the most context) are weighted
-  by the spatial mean of d score / d A per channel, summed, rectified and bilinearly
-  upsampled to the input's `(n_bins, frames)`. Works for the CNN family and the CRNN
-  (whose recurrent part lies downstream of that block).
+- Grad-CAM (Selvaraju et al. 2017): the conv feature map A = `model.forward_features(x)`
+  (the model interface, `audiocnn.models.head`) is weighted by the spatial mean of
+  d score / d A per channel, summed, rectified and bilinearly upsampled to the input's
+  `(n_bins, frames)`. Works for the CNN family and the CRNN alike (the recurrent part
+  is in `forward_head`, downstream of A).
 - Saliency profile: mean |d logit_c / d input| over clips of class c and over time, one
   value per CQT bin: which frequencies the model listens to for each class.
 - The first conv layer's filters, as small images (frequency x time).
@@ -19,18 +19,6 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from audiocnn.models.blocks import ConvBlock, ResidualBlock
-
-
-def target_layer(model: nn.Module) -> nn.Module:
-    """The module whose output Grad-CAM weighs: the last conv block's (last) ReLU."""
-    blocks = [m for m in model.backbone if isinstance(m, (ConvBlock, ResidualBlock))]
-    if not blocks:
-        raise ValueError(f"{type(model).__name__} has no conv block in .backbone for Grad-CAM")
-    block = blocks[-1]
-    if isinstance(block, ResidualBlock):
-        return block.relu  # called twice; the hook keeps the second call (the block's output)
-    return [m for m in block if isinstance(m, nn.ReLU)][-1]
 
 
 def _cudnn_off():
@@ -45,17 +33,12 @@ def grad_cam(model: nn.Module, x: Tensor, classes: Tensor | None = None) -> tupl
     if nothing speaks for the class), logits `(batch, n_classes)`).
     """
     model.eval()
-    captured: list[Tensor] = []
-    handle = target_layer(model).register_forward_hook(lambda module, args, output: captured.append(output))
-    try:
-        with torch.enable_grad(), _cudnn_off():
-            logits = model(x)
-            classes = logits.argmax(dim=1) if classes is None else classes.to(logits.device)
-            activation = captured[-1]
-            score = logits.gather(1, classes.view(-1, 1)).sum()
-            gradient, = torch.autograd.grad(score, activation)
-    finally:
-        handle.remove()
+    with torch.enable_grad(), _cudnn_off():
+        activation = model.forward_features(x)  # (batch, C, F', T')
+        logits = model.forward_head(activation)
+        classes = logits.argmax(dim=1) if classes is None else classes.to(logits.device)
+        score = logits.gather(1, classes.view(-1, 1)).sum()
+        gradient, = torch.autograd.grad(score, activation)
     weights = gradient.mean(dim=(2, 3), keepdim=True)  # (batch, C, 1, 1): importance of each channel
     cam = torch.relu((weights * activation).sum(dim=1, keepdim=True)).detach()  # (batch, 1, F', T')
     cam = nn.functional.interpolate(cam, size=x.shape[-2:], mode="bilinear", align_corners=False)[:, 0]
@@ -99,7 +82,7 @@ def pick_clips(labels: np.ndarray, per_class: int) -> list[int]:
 def explain_model(model: nn.Module, data, features: dict, out: Path, per_class: int = 2) -> list[Path]:
     """Grad-CAM grid, saliency profiles and first-layer filters of `model` on `data`'s test split.
 
-    `data` is a `StoreDataModule`; the centred window of each clip is used. Writes
+    `data` is a `WindowDataModule`; the centred window of each clip is used. Writes
     `gradcam.png`, `saliency.png` and `filters.png` into `out`; returns their paths.
     """
     from audiocnn.evaluation.explain_plots import plot_filters, plot_gradcam_grid, plot_saliency
@@ -126,30 +109,3 @@ def explain_model(model: nn.Module, data, features: dict, out: Path, per_class: 
     files.append(plot_saliency(profiles, bin_frequencies(features), out / "saliency.png"))
     files.append(plot_filters(first_conv_filters(model).numpy(), out / "filters.png"))
     return files
-
-
-def explain_file(audio: Path, source: str, output: Path) -> tuple[Path, str, float]:
-    """Grad-CAM of one audio file for the model saved at `source` (folder, model.pt or MLflow URI).
-
-    The whole clip is transformed by the model's own CQT front-end (padded with silence
-    to at least one training window); returns (PNG path, predicted class, probability).
-    """
-    from audiocnn.data.audio import load_audio
-    from audiocnn.evaluation.explain_plots import plot_gradcam_grid
-    from audiocnn.features.cqt import LogCQT
-    from audiocnn.training.checkpoints import load_trained
-
-    model, bundle = load_trained(source)
-    features = bundle["features"]
-    waveform = load_audio(audio, features["sr"])
-    with torch.no_grad():
-        spectrogram = LogCQT.from_config(features)(waveform[None])  # (1, n_bins, frames)
-    frames = max(spectrogram.shape[-1], features.get("window_frames", 1))
-    floor = math.log(features["amin"])
-    x = nn.functional.pad(spectrogram, (0, frames - spectrogram.shape[-1]), value=floor)[:, None]
-    maps, logits = grad_cam(model, x)
-    probability, predicted = logits.softmax(dim=1)[0].max(dim=0)
-    label = bundle["classes"][int(predicted)]
-    plot_gradcam_grid(x[:, 0].numpy(), maps.numpy(), [f"predicted {label} ({float(probability):.2f})"], output,
-                      title=f"Grad-CAM: {Path(audio).name}", columns=1)
-    return Path(output), label, float(probability)

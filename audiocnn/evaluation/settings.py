@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+from audiocnn.errors import ConfigError
+
 EVALUATE_KEYS = {"top_k", "calibration_bins", "bootstrap_resamples", "bootstrap_seed", "explain",
                  "explain_clips_per_class"}
 
 
 def validate_evaluate(cfg) -> None:
     """Raise `ConfigError` naming the first bad `evaluate.*` setting."""
-    from audiocnn.config import ConfigError
 
     settings = cfg.get("evaluate")
     if settings is None:

@@ -24,10 +24,10 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from audiocnn import atomic
-from audiocnn.data.audio import load_audio
+from audiocnn.errors import MissingInputError
+from audiocnn.data.audio import clip_samples, load_audio, load_segment
 from audiocnn.features import distributed
 from audiocnn.features.cqt import FEATURE_KEYS, FRONTEND_VERSION, LogCQT, n_frames, pick_device
-from audiocnn.features.decode import clip_samples, load_segment
 from audiocnn.features.plan import Piece, batches, chunk_margin, plan_pieces, rank_share
 from audiocnn.features.store import (TEXT_COLUMNS, ShardWriter, clips_md5, finished_shards, params_hash,
                                      shard_prefix)
@@ -49,7 +49,12 @@ def store_dir(cfg: DictConfig) -> Path:
 
 
 def read_manifest(cfg: DictConfig) -> pd.DataFrame:
-    return pd.read_csv(Path(cfg.paths.prepared) / "manifest.csv", dtype=TEXT_COLUMNS, keep_default_na=False)
+    """`<paths.prepared>/manifest.csv`; a missing one is an error naming the prepare stage."""
+    path = Path(cfg.paths.prepared) / "manifest.csv"
+    if not path.exists():
+        raise MissingInputError(f"paths.prepared={cfg.paths.prepared}: no manifest.csv; run the prepare stage first "
+                                "(`dvc repro prepare` or `audiocnn prepare`)")
+    return pd.read_csv(path, dtype=TEXT_COLUMNS, keep_default_na=False)
 
 
 def is_featurized(cfg: DictConfig) -> bool:

@@ -37,14 +37,6 @@ def params_hash(params: dict) -> str:
     return hashlib.sha1(json.dumps(params, sort_keys=True).encode()).hexdigest()[:12]
 
 
-def file_md5(path: str | Path) -> str:
-    digest = hashlib.md5()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def clips_md5(manifest: pd.DataFrame) -> str:
     """Checksum of what a store depends on in a manifest: the clips' paths and labels, in order."""
     digest = hashlib.md5()

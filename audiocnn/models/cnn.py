@@ -1,9 +1,10 @@
 """`CNN`: a 2D CNN over the log-CQT that pools time and frequency away.
 
-(batch, 1, n_bins, frames) -> ConvStack -> (batch, C, F', T') -> pooling -> (batch, width)
--> [dropout -> linear -> ReLU] per `head_hidden` -> dropout -> linear -> (batch, n_classes).
+(batch, 1, n_bins, frames) -> ConvStack -> (batch, C, F', T')      forward_features
+-> pooling -> (batch, width) -> ClassifierHead -> (batch, n_classes)   forward_head
 
-`global_pool`: `avg`, `max` or `avgmax` pool over (F', T') (width C or 2C); `grid`
+`global_pool`: `avg`, `max` or `catavgmax` (both, concatenated, as timm names it) pool
+over (F', T') (width C or 2C); `grid`
 average-pools to a fixed `grid_size` and flattens (width C * gh * gw), as AlexNet and
 LeNet feed their fully connected layers. Global pooling makes the model invariant to
 where an event happens, and so blind to the order of events beyond one receptive field:
@@ -19,18 +20,19 @@ import torch
 from torch import Tensor, nn
 
 from audiocnn.models.blocks import BlockSpec, ConvStack, peak_normalize
+from audiocnn.models.head import ClassifierHead, CQTClassifier
 from audiocnn.models.shapes import UNBOUNDED_TIME, trace_shapes
 
-GLOBAL_POOLS = ("avg", "max", "avgmax", "grid")
+GLOBAL_POOLS = ("avg", "max", "catavgmax", "grid")
 
 
-class CNN(nn.Module):
+class CNN(CQTClassifier):
     def __init__(
         self,
         n_classes: int,
         n_bins: int,
         blocks: Sequence[Mapping[str, Any]],
-        global_pool: str = "avgmax",
+        global_pool: str = "catavgmax",
         grid_size: Sequence[int] = (4, 4),
         head_hidden: Sequence[int] = (),
         dropout: float = 0.3,
@@ -45,26 +47,25 @@ class CNN(nn.Module):
         self.normalize = peak_normalize(top_db)  # (batch, 1, n_bins, frames), before the backbone
         self.global_pool = global_pool
         self.grid = nn.AdaptiveAvgPool2d(tuple(grid_size)) if global_pool == "grid" else None
-        width = self.backbone.out_channels * {"avgmax": 2, "grid": grid_size[0] * grid_size[1]}.get(global_pool, 1)
-        layers: list[nn.Module] = []
-        for hidden in head_hidden:
-            layers += [nn.Dropout(dropout), nn.Linear(width, hidden), nn.ReLU(inplace=True)]
-            width = hidden
-        self.head = nn.Sequential(*layers, nn.Dropout(dropout), nn.Linear(width, n_classes))
+        width = self.backbone.out_channels * {"catavgmax": 2, "grid": grid_size[0] * grid_size[1]}.get(global_pool, 1)
+        self.head = ClassifierHead(width, n_classes, head_hidden, dropout)
 
-    def embed(self, x: Tensor) -> Tensor:
-        """(batch, 1, n_bins, frames) -> (batch, width) pooled features."""
-        features = self.backbone(self.normalize(x))  # (batch, C, F', T')
+    def forward_features(self, x: Tensor) -> Tensor:
+        """(batch, 1, n_bins, frames) -> (batch, C, F', T') conv feature map."""
+        return self.backbone(self.normalize(x))
+
+    def pool(self, features: Tensor) -> Tensor:
+        """(batch, C, F', T') -> (batch, width) by `global_pool`."""
         if self.grid is not None:
             return self.grid(features).flatten(1)  # (batch, C * gh * gw)
         features = features.flatten(2)  # (batch, C, F' * T')
         pooled = []
-        if self.global_pool in ("avg", "avgmax"):
+        if self.global_pool in ("avg", "catavgmax"):
             pooled.append(features.mean(dim=2))
-        if self.global_pool in ("max", "avgmax"):
+        if self.global_pool in ("max", "catavgmax"):
             pooled.append(features.amax(dim=2))
         return torch.cat(pooled, dim=1)
 
-    def forward(self, x: Tensor) -> Tensor:
-        """(batch, 1, n_bins, frames) -> (batch, n_classes) logits."""
-        return self.head(self.embed(x))
+    def forward_head(self, features: Tensor, pre_logits: bool = False) -> Tensor:
+        """(batch, C, F', T') -> (batch, n_classes) logits (or, `pre_logits`, the head's input to `fc`)."""
+        return self.head(self.pool(features), pre_logits=pre_logits)

@@ -1,13 +1,13 @@
 """`CRNN`: conv blocks that keep a time axis, then a (bi)LSTM/GRU over time.
 
 (batch, 1, n_bins, frames)
-  -> ConvStack                      (batch, C, F', T')   pooling mostly over frequency
+  -> ConvStack                      (batch, C, F', T')   pooling mostly over frequency (forward_features)
   -> flatten C x F'                 (batch, T', C * F')  one feature vector per time step; keeping
                                                          F' keeps pitch height, which the RNN compares
   -> LSTM / GRU                     (batch, T', H * directions)
   -> temporal pooling               (batch, H * directions)   last state, mean, max, or attention
                                                              (softmax-weighted sum of the steps)
-  -> dropout -> linear              (batch, n_classes) logits
+  -> ClassifierHead                 (batch, n_classes) logits     (all after the ConvStack: forward_head)
 The recurrent layer sees the frames in order, so "A then B" differs from "B then A".
 """
 
@@ -19,13 +19,14 @@ import torch
 from torch import Tensor, nn
 
 from audiocnn.models.blocks import BlockSpec, ConvStack, peak_normalize
+from audiocnn.models.head import ClassifierHead, CQTClassifier
 from audiocnn.models.shapes import UNBOUNDED_TIME, trace_shapes
 
 RNNS = {"gru": nn.GRU, "lstm": nn.LSTM}
 TEMPORAL_POOLS = ("last", "mean", "max", "attention")
 
 
-class CRNN(nn.Module):
+class CRNN(CQTClassifier):
     def __init__(
         self,
         n_classes: int,
@@ -60,11 +61,15 @@ class CRNN(nn.Module):
         self.temporal_pool = temporal_pool
         width = hidden_size * (2 if bidirectional else 1)
         self.attention = nn.Linear(width, 1) if temporal_pool == "attention" else None
-        self.head = nn.Sequential(nn.Dropout(dropout), nn.Linear(width, n_classes))
+        self.head = ClassifierHead(width, n_classes, (), dropout)
 
-    def embed(self, x: Tensor) -> Tensor:
-        """(batch, 1, n_bins, frames) -> (batch, hidden * directions)."""
-        sequence = self.backbone(self.normalize(x)).flatten(1, 2).transpose(1, 2)  # (batch, T', C * F')
+    def forward_features(self, x: Tensor) -> Tensor:
+        """(batch, 1, n_bins, frames) -> (batch, C, F', T') conv feature map."""
+        return self.backbone(self.normalize(x))
+
+    def sequence_embedding(self, features: Tensor) -> Tensor:
+        """(batch, C, F', T') -> (batch, hidden * directions): the RNN over time, pooled."""
+        sequence = features.flatten(1, 2).transpose(1, 2)  # (batch, T', C * F')
         outputs, _ = self.rnn(sequence)  # (batch, T', H * directions)
         if self.temporal_pool == "mean":
             return outputs.mean(dim=1)
@@ -80,6 +85,6 @@ class CRNN(nn.Module):
         half = outputs.shape[-1] // 2
         return torch.cat([outputs[:, -1, :half], outputs[:, 0, half:]], dim=1)
 
-    def forward(self, x: Tensor) -> Tensor:
-        """(batch, 1, n_bins, frames) -> (batch, n_classes) logits."""
-        return self.head(self.embed(x))
+    def forward_head(self, features: Tensor, pre_logits: bool = False) -> Tensor:
+        """(batch, C, F', T') -> (batch, n_classes) logits (or, `pre_logits`, the head's input to `fc`)."""
+        return self.head(self.sequence_embedding(features), pre_logits=pre_logits)

@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
+from audiocnn.errors import ShapeError
 from audiocnn.models.blocks import BlockSpec, Pair
 
 AXES = ("frequency", "time")
 # A time length no block can shrink to zero: traces the frequency axis of a stack alone.
 UNBOUNDED_TIME = 1 << 20
-
-
-class ShapeError(ValueError):
-    """A block shrinks an axis below 1; the message names the block and the sizes."""
 
 
 def trace_shapes(specs: list[BlockSpec], input_size: Pair, *, key: str = "model.blocks") -> list[Pair]:

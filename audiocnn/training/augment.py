@@ -22,6 +22,8 @@ import torch
 from torch import Tensor, nn
 from torchaudio.transforms import FrequencyMasking, TimeMasking
 
+from audiocnn.errors import ConfigError
+
 DB_TO_NEPER = math.log(10) / 20  # gain of g dB = + g * ln(10) / 20 in natural-log amplitude
 
 
@@ -231,7 +233,6 @@ def validate_augment(cfg) -> None:
     """Raise `ConfigError` naming the first bad `augment.*` setting (before any work)."""
     from omegaconf import OmegaConf
 
-    from audiocnn.config import ConfigError
 
     augment = OmegaConf.to_container(cfg.get("augment") or {}, resolve=True)
     unknown = set(augment) - {"transforms", "waveform"}

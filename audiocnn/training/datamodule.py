@@ -1,4 +1,4 @@
-"""`StoreDataModule`: train/val/test loaders of windows, from the feature store or on the fly.
+"""`WindowDataModule`: train/val/test loaders of windows, from the feature store or on the fly.
 
 Each clip's split comes from the current manifest (the store holds none), so re-splitting
 the data (another fold) reuses the store. With `features.on_the_fly=true` there is no
@@ -26,7 +26,7 @@ def load_classes(cfg: DictConfig) -> list[str]:
     return json.loads((Path(cfg.paths.prepared) / "classes.json").read_text())
 
 
-class StoreDataModule(L.LightningDataModule):
+class WindowDataModule(L.LightningDataModule):
     """Windows of `features.window_frames` frames; labels are indices into classes.json.
 
     `store` is the `FeatureStore` (or, on the fly, the manifest's `AudioClips`); its

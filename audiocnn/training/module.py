@@ -75,25 +75,9 @@ class Classifier(L.LightningModule):
         trainable_frontend = [p for p in self.frontend.parameters() if p.requires_grad]  # features.trainable
         if trainable_frontend:
             optimizer.add_param_group({"params": trainable_frontend})
-        if self.scheduler_cfg.get("name", "none") == "none":
+        if "_target_" not in self.scheduler_cfg:  # scheduler=none: a constant learning rate
             return optimizer
         # the schedule's length: onecycle counts optimizer steps, cosine counts epochs
         schedule = build_scheduler(optimizer, self.scheduler_cfg, self.trainer.max_epochs,
                                    self.trainer.estimated_stepping_batches)
         return {"optimizer": optimizer, "lr_scheduler": schedule}
-
-
-@torch.inference_mode()
-def predict_probabilities(model: nn.Module, loader, device: torch.device) -> tuple[Tensor, Tensor]:
-    """Class probabilities per clip from a sliding-window loader: `(clips, n_classes)`, labels `(clips,)`.
-
-    Each clip's window logits are softmaxed and averaged (long clips vote over windows).
-    """
-    model.eval().to(device)
-    probabilities, labels = [], []
-    for windows, y, counts in loader:
-        window_probs = model(windows.to(device)).softmax(dim=1).cpu()
-        for clip_probs in window_probs.split(counts.tolist()):
-            probabilities.append(clip_probs.mean(dim=0))
-        labels.append(y)
-    return torch.stack(probabilities), torch.cat(labels)

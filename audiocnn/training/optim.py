@@ -1,33 +1,32 @@
 """Optimisation recipe: optimizer over parameter groups, learning-rate schedule, loss, precision.
 
-`conf/optimizer/` (`sgd`, `adamw`, `adadelta`: a `_target_` plus its arguments) and
-`conf/scheduler/` (`none`, `plateau`, `cosine`, `onecycle`: a `name` plus settings; the
-schedule needs the run's length, known only at fit time, so it is built here rather than
-instantiated). `optimizer.backbone_lr_scale` makes two parameter groups (see `transfer`);
-every schedule scales each group's own learning rate.
+`conf/optimizer/` (`sgd`, `adamw`, `adadelta`) and `conf/scheduler/` (`none`, `plateau`,
+`cosine`, `onecycle`) are `_target_`s plus their arguments, instantiated with `_partial_`:
+the optimizer gets its parameter groups, the scheduler its optimizer and the run's length
+(known only at fit time: `max_epochs`, `total_steps`) when its function takes them. A
+scheduler config also says when Lightning steps it (`interval`) and, for plateau, what it
+watches (`monitor`). `optimizer.backbone_lr_scale` makes two parameter groups (see
+`transfer`); every schedule scales each group's own learning rate.
 """
 
 from __future__ import annotations
 
+import inspect
 import math
 from typing import Any, Mapping
 
 import numpy as np
 import torch
-from hydra.utils import instantiate
+from hydra.utils import get_method, instantiate
 from torch import nn
 from torch.optim import Optimizer
-from torch.optim.lr_scheduler import CosineAnnealingLR, LinearLR, OneCycleLR, ReduceLROnPlateau, SequentialLR
+from torch.optim.lr_scheduler import CosineAnnealingLR, LinearLR, LRScheduler, OneCycleLR, SequentialLR
 
+from audiocnn.errors import ConfigError
 from audiocnn.training.transfer import parameter_groups
 
-SCHEDULERS = ("none", "plateau", "cosine", "onecycle")
-SCHEDULER_KEYS = {
-    "none": set(),
-    "plateau": {"monitor", "factor", "patience", "min_lr"},
-    "cosine": {"warmup_epochs", "warmup_start_factor", "min_lr_factor"},
-    "onecycle": {"pct_start", "div_factor", "final_div_factor"},
-}
+LIGHTNING_KEYS = ("name", "interval", "monitor")  # how Lightning runs a scheduler, not its arguments
+RUN_LENGTH = ("max_epochs", "total_steps")  # given at fit time to schedules that take them
 PRECISIONS = ("32-true", "32", "bf16-mixed")
 CLASS_WEIGHTS = ("none", "balanced")
 
@@ -39,35 +38,44 @@ def build_optimizer(model: nn.Module, optimizer_cfg: Mapping[str, Any]) -> Optim
     return instantiate(kwargs, _partial_=True)(groups)  # partial: Hydra would wrap the tensors
 
 
+def warmup_cosine(optimizer: Optimizer, max_epochs: int, warmup_epochs: int = 3, warmup_start_factor: float = 0.1,
+                  min_lr_factor: float = 0.01) -> LRScheduler:
+    """Linear warm-up over `warmup_epochs`, then cosine decay to `min_lr_factor` x the smallest lr."""
+    base = [group["lr"] for group in optimizer.param_groups]
+    cosine = CosineAnnealingLR(optimizer, T_max=max(1, max_epochs - warmup_epochs), eta_min=min(base) * min_lr_factor)
+    if warmup_epochs <= 0:
+        return cosine
+    ramp = LinearLR(optimizer, start_factor=warmup_start_factor, total_iters=warmup_epochs)
+    return SequentialLR(optimizer, [ramp, cosine], milestones=[warmup_epochs])
+
+
+def one_cycle(optimizer: Optimizer, total_steps: int, pct_start: float = 0.3, div_factor: float = 25.0,
+              final_div_factor: float = 1e4) -> OneCycleLR:
+    """`OneCycleLR` peaking at each parameter group's own lr (`optimizer.lr`, scaled for the backbone)."""
+    return OneCycleLR(optimizer, max_lr=[group["lr"] for group in optimizer.param_groups],
+                      total_steps=max(1, int(total_steps)), pct_start=pct_start, div_factor=div_factor,
+                      final_div_factor=final_div_factor)
+
+
+def scheduler_arguments(scheduler_cfg: Mapping[str, Any]) -> dict:
+    return {k: v for k, v in scheduler_cfg.items() if k not in LIGHTNING_KEYS}
+
+
 def build_scheduler(optimizer: Optimizer, scheduler_cfg: Mapping[str, Any], max_epochs: int,
                     total_steps: int) -> dict | None:
-    """Lightning's `lr_scheduler` dict for `scheduler_cfg`, or None for `none`.
+    """Lightning's `lr_scheduler` dict for `scheduler_cfg`, or None without a `_target_` (`none`).
 
-    `total_steps` (optimizer steps of the whole run) sizes `onecycle`; `max_epochs` sizes `cosine`.
+    `total_steps` (optimizer steps of the whole run) and `max_epochs` go to schedules that take them.
     """
-    name = scheduler_cfg.get("name", "none")
-    if name == "none":
+    if "_target_" not in scheduler_cfg:
         return None
-    if name == "plateau":
-        scheduler = ReduceLROnPlateau(optimizer, mode="min", factor=scheduler_cfg["factor"],
-                                      patience=scheduler_cfg["patience"], min_lr=scheduler_cfg["min_lr"])
-        return {"scheduler": scheduler, "monitor": scheduler_cfg["monitor"], "interval": "epoch"}
-    if name == "cosine":
-        warmup = int(scheduler_cfg["warmup_epochs"])
-        base = [group["lr"] for group in optimizer.param_groups]
-        cosine = CosineAnnealingLR(optimizer, T_max=max(1, max_epochs - warmup),
-                                   eta_min=min(base) * scheduler_cfg["min_lr_factor"])
-        if warmup > 0:
-            ramp = LinearLR(optimizer, start_factor=scheduler_cfg["warmup_start_factor"], total_iters=warmup)
-            cosine = SequentialLR(optimizer, [ramp, cosine], milestones=[warmup])
-        return {"scheduler": cosine, "interval": "epoch"}
-    if name == "onecycle":
-        scheduler = OneCycleLR(optimizer, max_lr=[group["lr"] for group in optimizer.param_groups],
-                               total_steps=max(1, int(total_steps)), pct_start=scheduler_cfg["pct_start"],
-                               div_factor=scheduler_cfg["div_factor"],
-                               final_div_factor=scheduler_cfg["final_div_factor"])
-        return {"scheduler": scheduler, "interval": "step"}
-    raise ValueError(f"scheduler.name={name!r}; allowed: {', '.join(SCHEDULERS)}")
+    factory = instantiate(scheduler_arguments(scheduler_cfg), _partial_=True)
+    accepted = inspect.signature(get_method(scheduler_cfg["_target_"])).parameters
+    length = {k: v for k, v in (("max_epochs", max_epochs), ("total_steps", total_steps)) if k in accepted}
+    schedule = {"scheduler": factory(optimizer, **length), "interval": scheduler_cfg.get("interval", "epoch")}
+    if scheduler_cfg.get("monitor"):
+        schedule["monitor"] = scheduler_cfg["monitor"]
+    return schedule
 
 
 def class_weights(train_labels: np.ndarray, n_classes: int, mode: str) -> torch.Tensor | None:
@@ -100,20 +108,22 @@ def resolve_precision(precision: str, accelerator: str) -> str:
 
 def validate_optimisation(cfg) -> None:
     """Raise `ConfigError` naming the first bad optimizer/scheduler/trainer setting."""
-    from audiocnn.config import ConfigError
 
     scheduler = cfg.get("scheduler") or {"name": "none"}
-    name = scheduler.get("name")
-    if name not in SCHEDULERS:
-        raise ConfigError(f"scheduler.name={name}: allowed: {', '.join(SCHEDULERS)}")
-    unknown = set(scheduler) - SCHEDULER_KEYS[name] - {"name"}
-    if unknown:
-        raise ConfigError(f"scheduler.{sorted(unknown)[0]}: not a setting of scheduler {name}; allowed: "
-                          f"{', '.join(sorted(SCHEDULER_KEYS[name])) or 'none'}")
-    missing = SCHEDULER_KEYS[name] - set(scheduler)
-    if missing:
-        raise ConfigError(f"scheduler.{sorted(missing)[0]}: missing for scheduler {name}")
-    if name == "plateau" and scheduler.monitor not in ("val_loss",):
+    name = scheduler.get("name", "none")
+    if "_target_" in scheduler:
+        try:
+            accepted = inspect.signature(get_method(scheduler["_target_"])).parameters
+        except Exception as error:  # noqa: BLE001 - hydra says why it cannot import it
+            raise ConfigError(f"scheduler._target_={scheduler['_target_']}: {str(error).splitlines()[0]}") from None
+        allowed = sorted(set(accepted) - {"optimizer", *RUN_LENGTH} - {"verbose", "last_epoch"})
+        for key in scheduler_arguments(scheduler):
+            if key not in (*allowed, "_target_", "_partial_"):
+                raise ConfigError(f"scheduler.{key}: not a setting of scheduler {name}; allowed: "
+                                  f"{', '.join(allowed) or 'none'}")
+    if scheduler.get("interval", "epoch") not in ("epoch", "step"):
+        raise ConfigError(f"scheduler.interval={scheduler.interval}: allowed: epoch, step")
+    if scheduler.get("monitor", "val_loss") not in ("val_loss",):
         raise ConfigError(f"scheduler.monitor={scheduler.monitor}: allowed: val_loss")
     for key in ("factor", "warmup_start_factor", "min_lr_factor", "pct_start"):
         if key in scheduler and not 0 < scheduler[key] <= 1:

@@ -2,8 +2,8 @@
 
 `model.init_from` names the weights to start from (see `checkpoints.load_state`).
 Tensors are matched by name and shape, so a model pre-trained on other classes gives
-its backbone and gets a new head. Everything whose name does not start with `head.` is
-the backbone.
+its backbone and gets a new head. The head is the model's `head` (its `ClassifierHead`,
+see `audiocnn.models.head`); every other parameter is the backbone.
 """
 
 from __future__ import annotations
@@ -44,16 +44,19 @@ def load_matching(model: nn.Module, state: dict[str, Tensor]) -> TransferReport:
     return report
 
 
-def is_head(name: str) -> bool:
-    return name.startswith("head.")
+def head_parameter_ids(model: nn.Module) -> set[int]:
+    """ids of the parameters of `model.head` (the whole model counts as head if it has none)."""
+    head = getattr(model, "head", model)
+    return {id(p) for p in head.parameters()}
 
 
 def freeze(model: nn.Module, what: str) -> None:
     """`backbone`: only the head trains (transfer learning); `none`: everything trains."""
     if what not in FREEZE_OPTIONS:
         raise ValueError(f"model.freeze={what!r}; allowed: {', '.join(FREEZE_OPTIONS)}")
-    for name, parameter in model.named_parameters():
-        parameter.requires_grad_(what == "none" or is_head(name))
+    head = head_parameter_ids(model)
+    for parameter in model.parameters():
+        parameter.requires_grad_(what == "none" or id(parameter) in head)
 
 
 def frozen_modules(model: nn.Module) -> list[nn.Module]:
@@ -68,8 +71,9 @@ def frozen_modules(model: nn.Module) -> list[nn.Module]:
 
 def parameter_groups(model: nn.Module, lr: float, backbone_lr_scale: float) -> list[dict]:
     """Trainable parameters in two groups: backbone at `lr * backbone_lr_scale`, head at `lr`."""
-    backbone = [p for n, p in model.named_parameters() if p.requires_grad and not is_head(n)]
-    head = [p for n, p in model.named_parameters() if p.requires_grad and is_head(n)]
+    in_head = head_parameter_ids(model)
+    backbone = [p for p in model.parameters() if p.requires_grad and id(p) not in in_head]
+    head = [p for p in model.parameters() if p.requires_grad and id(p) in in_head]
     groups = [{"params": head, "lr": lr}]
     if backbone:
         groups.append({"params": backbone, "lr": lr * backbone_lr_scale})

@@ -18,7 +18,7 @@ import torch
 from torch.utils.data import Dataset
 
 from audiocnn.features.cqt import n_frames
-from audiocnn.features.decode import clip_samples, load_segment
+from audiocnn.data.audio import clip_samples, load_segment
 from audiocnn.features.store import FeatureStore
 
 MODES = ("random", "center", "sliding")
@@ -147,7 +147,7 @@ class AudioClips:
     def __len__(self) -> int:
         return len(self.index)
 
-    def frames(self, row: int) -> int:
+    def frame_count(self, row: int) -> int:
         """The number of frames the front-end gives for clip `row`."""
         return n_frames(clip_samples(self.index["path"].iat[row], self.sr), self.hop_length)
 
@@ -177,7 +177,7 @@ class WaveformWindowDataset(_Windows):
 
     def __getitem__(self, item: int):
         row = int(self.rows[item])
-        starts = window_starts(self.clips.frames(row), self.window, self.mode, self.rng)
+        starts = window_starts(self.clips.frame_count(row), self.window, self.mode, self.rng)
         windows = torch.stack([self._cut(row, s) for s in starts])
         return (windows if self.mode == "sliding" else windows[0]), int(self.labels[item])
 

@@ -13,6 +13,8 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
+from audiocnn.errors import ConfigError
+
 SOURCES = tuple(sorted(m.name for m in pkgutil.iter_modules(__path__) if not m.name.startswith("_")))
 
 
@@ -20,7 +22,6 @@ def validate(data_cfg: DictConfig) -> None:
     """Raise `ConfigError` for a data setting that cannot work (before any file is touched)."""
     import re
 
-    from audiocnn.config import ConfigError
     from audiocnn.data.sources._common import compile_group_regex
 
     name = data_cfg.name

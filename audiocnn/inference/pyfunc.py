@@ -12,51 +12,25 @@ averaged per clip.
 Output, one record per clip: {"label": best class, "probabilities": {class: p, ...}}.
 
 The model directory holds `artifacts/model.pt` (the train stage's bundle: weights,
-model/features configs, class names; loaded with `weights_only=True`) and this file,
-logged as code (`python_model=<this file>`), so nothing is unpickled.
+model/features configs, class names; checked and built through the allow-list of
+`audiocnn.models.bundle`) and this file, logged as code (`python_model=<this file>`),
+so nothing is unpickled. Scoring is `Predictor`'s: the evaluate stage's windows and vote.
 """
 
 from __future__ import annotations
 
 import base64
-import io
-import math
 from pathlib import Path
 
 import mlflow
 import numpy as np
 import pandas as pd
-import soundfile as sf
-import torch
-import torchaudio.functional as AF
 
-from audiocnn.features.cqt import LogCQT
-from audiocnn.training.checkpoints import load_trained
-from audiocnn.training.windows import cut_window, window_starts
+from audiocnn.data.audio import decode_bytes, from_samples
+from audiocnn.inference.predictor import Predictor
 
 # What loading the model needs; pinning them skips MLflow's slow requirement inference.
 MODEL_REQUIREMENTS = ["torch", "torchaudio", "nnAudio", "soundfile", "audiocnn"]
-
-
-def decode_audio(data: bytes, sr: int) -> torch.Tensor:
-    """Encoded audio file bytes -> mono float32 waveform at `sr` Hz, `(samples,)`."""
-    samples, file_sr = sf.read(io.BytesIO(data), dtype="float32", always_2d=True)
-    return to_waveform(samples, file_sr, sr)
-
-
-def to_waveform(samples, sample_rate: int, sr: int) -> torch.Tensor:
-    """`(samples,)` or `(samples, channels)` floats -> mono float32 `(samples,)` at `sr` Hz.
-
-    Same steps as `audiocnn.data.audio.load_audio`: average channels, zero non-finite
-    samples, resample with torchaudio.
-    """
-    array = np.asarray(samples, dtype=np.float32)
-    if array.ndim == 2:
-        array = array.mean(axis=1)
-    if array.ndim != 1 or array.size == 0:
-        raise ValueError(f"samples: expected a non-empty (samples,) or (samples, channels) array, got {array.shape}")
-    mono = torch.nan_to_num(torch.from_numpy(np.ascontiguousarray(array)), nan=0.0, posinf=0.0, neginf=0.0)
-    return AF.resample(mono, int(sample_rate), sr) if int(sample_rate) != sr else mono
 
 
 def as_records(model_input) -> list[dict]:
@@ -82,42 +56,26 @@ class AudioClassifier(mlflow.pyfunc.PythonModel):
     """Raw audio -> class probabilities (see the module docstring for the input and output)."""
 
     def load_context(self, context) -> None:
-        self.model, bundle = load_trained(context.artifacts["model.pt"])
-        self.classes: list[str] = [str(c) for c in bundle["classes"]]
-        features = bundle["features"]
-        self.sr, self.window = int(features["sr"]), int(features["window_frames"])
-        self.floor = math.log(features["amin"])
-        if features.get("on_the_fly"):  # trained on the fly: its own (possibly trained) CQT kernels
-            frontend, self.model = self.model
-            self.frontend = frontend.cqt
-        else:
-            self.frontend = LogCQT(**{k: features[k] for k in ("sr", "hop_length", "fmin", "n_bins",
-                                                                 "bins_per_octave", "amin")}).eval()
+        self.predictor = Predictor.load(context.artifacts["model.pt"])
+        self.classes = self.predictor.classes
 
-    def waveform(self, record: dict) -> torch.Tensor:
+    def waveform(self, record: dict):
+        """One input row -> mono float32 `(samples,)` at the model's `features.sr` (`audiocnn.data.audio`)."""
+        sr = self.predictor.sr
         encoded = record.get("audio_base64")
         if isinstance(encoded, str) and encoded:
-            return decode_audio(base64.b64decode(encoded), self.sr)
+            return decode_bytes(base64.b64decode(encoded), sr)
         samples = record.get("samples")
         if samples is not None and record.get("sample_rate"):
-            return to_waveform(samples, int(record["sample_rate"]), self.sr)
+            return from_samples(samples, int(record["sample_rate"]), sr)
         raise ValueError("each row needs audio_base64, or samples and sample_rate")
-
-    @torch.inference_mode()
-    def probabilities(self, waveform: torch.Tensor) -> torch.Tensor:
-        """`(samples,)` at `self.sr` -> `(n_classes,)`: mean of the sliding windows' softmax."""
-        # (frames, n_bins) float16, as the feature store holds them (cut_window reads float16)
-        frames = self.frontend(waveform[None])[0].T.to(torch.float16).contiguous().numpy()
-        starts = window_starts(len(frames), self.window, "sliding")
-        windows = np.stack([cut_window(frames, s, self.window, self.floor) for s in starts])[:, None]
-        return self.model(torch.from_numpy(windows)).softmax(dim=1).mean(dim=0)
 
     # Annotated as a DataFrame (what MLflow passes for `dataframe_records`): MLflow then neither
     # converts the input nor warns; dicts of columns and lists of records are accepted as well.
     def predict(self, context, model_input: pd.DataFrame, params=None) -> list[dict]:
         predictions = []
         for record in as_records(model_input):
-            probs = self.probabilities(self.waveform(record)).tolist()
+            probs = self.predictor.probabilities(self.waveform(record)).tolist()
             predictions.append({"label": self.classes[int(np.argmax(probs))],
                                 "probabilities": dict(zip(self.classes, probs))})
         return predictions
@@ -132,5 +90,5 @@ def log_audio_model(bundle: Path, registered_model: str | None = None):
     )
 
 
-if __name__ != "audiocnn.serving":  # loaded by MLflow as the logged model's code
+if __name__ != "audiocnn.inference.pyfunc":  # loaded by MLflow as the logged model's code
     mlflow.models.set_model(AudioClassifier())

@@ -1,0 +1,71 @@
+"""Reports of per-clip test probabilities: test.json, predictions.csv, the PNGs, MLflow metrics.
+
+Shared by the evaluate stage (one model) and ensembles (mean of members' probabilities).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import mlflow
+import pandas as pd
+import torch
+from omegaconf import DictConfig
+
+from audiocnn import atomic
+from audiocnn.evaluation.calibration import bootstrap_accuracy_ci, expected_calibration_error, reliability_bins
+from audiocnn.evaluation.metrics import classification_metrics
+from audiocnn.evaluation.plots import plot_confusion_matrix, plot_reliability_diagram
+from audiocnn.training.datamodule import WindowDataModule
+
+NOT_IN_JSON = ("confusion_matrix", "calibration")  # in predictions.csv / the PNGs and MLflow instead
+
+
+def write_reports(probabilities: torch.Tensor, labels: torch.Tensor, data: WindowDataModule, out: Path,
+                  title: str, settings: dict | DictConfig | None = None) -> tuple[dict, list[Path]]:
+    """Metrics of per-clip `probabilities` `(clips, n_classes)` against `labels` `(clips,)`.
+
+    `settings` is the `evaluate` config (top_k, calibration_bins, bootstrap_resamples,
+    bootstrap_seed). Writes into `out`: `test.json` (DVC metrics), `predictions.csv` (one
+    row per test clip; the DVC confusion plot's data), `confusion_matrix.png` (row-normalised)
+    and `reliability_diagram.png`; returns (metrics, files). `metrics["calibration"]` holds
+    the reliability bins (not written to test.json).
+    """
+    settings = dict(settings or {})
+    n_bins = settings.get("calibration_bins", 15)
+    metrics = classification_metrics(probabilities, labels, data.classes, list(settings.get("top_k", [1])))
+    confidence, predicted = probabilities.max(dim=1)
+    low, high = bootstrap_accuracy_ci(predicted == labels, settings.get("bootstrap_resamples", 1000),
+                                      settings.get("bootstrap_seed", 0))
+    metrics["accuracy_ci95"] = {"low": low, "high": high}
+    metrics["ece"] = round(expected_calibration_error(probabilities, labels, n_bins), 4)
+    metrics["calibration"] = reliability_bins(probabilities, labels, n_bins)
+    test_rows = data.store.index.iloc[data.rows("test")]
+    predictions = pd.DataFrame({
+        "path": test_rows["path"].to_numpy(),
+        "actual": [data.classes[i] for i in labels.tolist()],
+        "predicted": [data.classes[i] for i in predicted.tolist()],
+        "confidence": confidence.numpy().round(4),
+    })
+    with atomic.atomic_path(out / "predictions.csv") as tmp:
+        predictions.to_csv(tmp, index=False)
+    atomic.write_json(out / "test.json", {k: v for k, v in metrics.items() if k not in NOT_IN_JSON})
+    png = plot_confusion_matrix(metrics["confusion_matrix"], data.classes, out / "confusion_matrix.png",
+                                title=f"{title}: accuracy {metrics['accuracy']:.3f}")
+    reliability = plot_reliability_diagram(metrics["calibration"], metrics["ece"], out / "reliability_diagram.png",
+                                           title=f"{title}: ECE {metrics['ece']:.3f}")
+    return metrics, [out / "test.json", out / "predictions.csv", png, reliability]
+
+
+def log_test_metrics(metrics: dict, files: list[Path]) -> None:
+    """Test metrics and report files into the active MLflow run."""
+    ci = metrics["accuracy_ci95"]
+    mlflow.log_metrics({"test_accuracy": metrics["accuracy"], "test_macro_f1": metrics["macro_f1"],
+                        "test_balanced_accuracy": metrics["balanced_accuracy"], "test_ece": metrics["ece"],
+                        "test_accuracy_ci95_low": ci["low"], "test_accuracy_ci95_high": ci["high"]})
+    mlflow.log_metrics({f"test_{name}_accuracy": v for name, v in metrics["top_k_accuracy"].items()})
+    for kind in ("f1", "precision", "recall"):
+        mlflow.log_metrics({f"test_{kind}_{c}": v for c, v in metrics[f"per_class_{kind}"].items()})
+    mlflow.log_dict(metrics["calibration"], "evaluation/calibration.json")
+    for path in files:
+        mlflow.log_artifact(str(path), artifact_path="evaluation")

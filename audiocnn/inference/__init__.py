@@ -1,0 +1,1 @@
+"""Using a trained model: load a bundle and score audio (`Predictor`), the MLflow pyfunc, explain one file."""

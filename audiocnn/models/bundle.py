@@ -1,0 +1,179 @@
+"""`model.pt`, the trained-model bundle: written by the train stage, read by every consumer.
+
+A bundle is plain data and tensors (it loads with `torch.load(weights_only=True)`):
+    format       BUNDLE_FORMAT
+    state_dict   {name: tensor}  the model's weights
+    model        the `model` config: `_target_` (one of MODEL_CLASSES) and its arguments
+    features     the `features` config (sr, hop_length, fmin, n_bins, ..., window_frames)
+    classes      [class name, ...] in logit order
+    frontend     {name: tensor}  only for a model trained on the fly: its CQT kernels
+
+A model file is untrusted data: it may come from a registry or a colleague. It is never
+passed to `hydra.utils.instantiate`; `build_from_bundle` checks its schema first and
+builds only audiocnn's own model classes (MODEL_CLASSES) with arguments their
+constructors declare, so no mapping in a file can name code to run. Anything else is
+refused with a `BundleError` naming the offending key.
+
+A *source* is a `model.pt` (or its folder), a Lightning `.ckpt`, an MLflow
+`runs:/<run id>/model` or `models:/<name>/<version|alias>` URI, or a bare MLflow run id.
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+import re
+from pathlib import Path
+from typing import Any, Mapping
+
+import torch
+from torch import Tensor, nn
+
+from audiocnn import atomic
+from audiocnn.errors import BundleError
+from audiocnn.features.cqt import FEATURE_KEYS, CQTFrontend
+from audiocnn.models.build import DESCRIPTIVE_KEYS
+from audiocnn.models.cnn import CNN
+from audiocnn.models.crnn import CRNN
+
+BUNDLE_FORMAT = 2  # 2: timm-style head (`head.fc`), `global_pool: catavgmax`
+MODEL_CLASSES: dict[str, type[nn.Module]] = {"audiocnn.models.cnn.CNN": CNN, "audiocnn.models.crnn.CRNN": CRNN}
+BUILT_IN_ARGUMENTS = ("n_classes", "n_bins", "top_db")  # given by the bundle's classes and features
+RUN_ID = re.compile(r"^[0-9a-f]{32}$")
+PLAIN = (str, int, float, bool, type(None))
+
+
+def weights_file(source: str | Path) -> Path:
+    """Local path of the `model.pt` / checkpoint named by `source` (downloads MLflow URIs)."""
+    source = str(source)
+    if RUN_ID.match(source) and not Path(source).exists():
+        source = f"runs:/{source}/model"
+    if source.startswith(("runs:/", "models:/")):
+        import mlflow
+
+        local = Path(mlflow.artifacts.download_artifacts(artifact_uri=source))
+        found = [local] if local.is_file() else sorted(local.rglob("model.pt"))
+        if not found:
+            raise FileNotFoundError(f"{source}: no model.pt in this MLflow model "
+                                    "(was it logged with tracking.log_model=true?)")
+        return found[0]
+    path = Path(source)
+    path = path / "model.pt" if path.is_dir() else path
+    if not path.exists():
+        raise FileNotFoundError(f"{source}: {path} does not exist")
+    return path
+
+
+def _read(path: Path) -> dict:
+    try:
+        loaded = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # noqa: BLE001 - a pickle that wants code, or not a torch file at all
+        raise BundleError(f"{path}: not a model file audiocnn can read safely ({str(error).splitlines()[0]})") from None
+    if not isinstance(loaded, dict):
+        raise BundleError(f"{path}: a model file holds a mapping, not {type(loaded).__name__}")
+    return loaded
+
+
+def _check_state(state: Any, where: str) -> dict[str, Tensor]:
+    if not isinstance(state, Mapping) or not all(isinstance(k, str) and isinstance(v, Tensor)
+                                                  for k, v in state.items()):
+        raise BundleError(f"{where}: must map parameter names to tensors")
+    return dict(state)
+
+
+def _check_plain(value: Any, where: str) -> None:
+    """Only numbers, strings, booleans, None and lists / string-keyed mappings of them; no `_target_`."""
+    if isinstance(value, Mapping):
+        for key, item in value.items():
+            if not isinstance(key, str) or key == "_target_":
+                raise BundleError(f"{where}.{key}: not allowed in a model file (model files are data, not code)")
+            _check_plain(item, f"{where}.{key}")
+    elif isinstance(value, (list, tuple)):
+        for index, item in enumerate(value):
+            _check_plain(item, f"{where}[{index}]")
+    elif not isinstance(value, PLAIN) or (isinstance(value, float) and not math.isfinite(value)):
+        raise BundleError(f"{where}={value!r}: not a plain finite value")
+
+
+def check_bundle(bundle: dict, where: str = "model.pt") -> None:
+    """Raise `BundleError` naming the first key of `bundle` that is not what audiocnn writes."""
+    if bundle.get("format") != BUNDLE_FORMAT:
+        raise BundleError(f"{where}: format={bundle.get('format', 1)!r}: this audiocnn reads bundle format "
+                          f"{BUNDLE_FORMAT}; retrain the model (or load it with the audiocnn that wrote it)")
+    for key in ("state_dict", "model", "features", "classes"):
+        if key not in bundle:
+            raise BundleError(f"{where}: {key}: missing")
+    _check_state(bundle["state_dict"], f"{where}: state_dict")
+    if "frontend" in bundle:
+        _check_state(bundle["frontend"], f"{where}: frontend")
+    model = bundle["model"]
+    if not isinstance(model, Mapping) or model.get("_target_") not in MODEL_CLASSES:
+        target = model.get("_target_") if isinstance(model, Mapping) else model
+        raise BundleError(f"{where}: model._target_={target!r}: not an audiocnn model; allowed: "
+                          f"{', '.join(MODEL_CLASSES)}")
+    _check_plain({k: v for k, v in model.items() if k != "_target_"}, f"{where}: model")
+    accepted = set(inspect.signature(MODEL_CLASSES[model["_target_"]]).parameters) - set(BUILT_IN_ARGUMENTS)
+    for key in model:
+        if key not in (*accepted, *DESCRIPTIVE_KEYS, "_target_"):
+            raise BundleError(f"{where}: model.{key}: not an argument of {model['_target_']}; allowed: "
+                              f"{', '.join(sorted(accepted))}")
+    features = bundle["features"]
+    _check_plain(features, f"{where}: features")
+    for key in (*FEATURE_KEYS, "window_frames"):
+        value = features.get(key) if isinstance(features, Mapping) else None
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+            raise BundleError(f"{where}: features.{key}={value!r}: must be a positive number")
+    classes = bundle["classes"]
+    if not isinstance(classes, list) or not classes or not all(isinstance(c, str) for c in classes):
+        raise BundleError(f"{where}: classes: must be a non-empty list of class names")
+
+
+def build_from_bundle(bundle: dict, where: str = "model.pt") -> nn.Module:
+    """The bundle's model with its weights, in eval mode; a model trained on the fly comes back
+    as `nn.Sequential(CQTFrontend, model)` taking waveform windows `(batch, samples)`."""
+    check_bundle(bundle, where)
+    spec = bundle["model"]
+    arguments = {k: v for k, v in spec.items() if k not in (*DESCRIPTIVE_KEYS, "_target_")}
+    features = bundle["features"]
+    try:
+        model = MODEL_CLASSES[spec["_target_"]](n_classes=len(bundle["classes"]), n_bins=int(features["n_bins"]),
+                                                top_db=features.get("top_db"), **arguments)
+        model.load_state_dict(bundle["state_dict"])
+        if features.get("on_the_fly"):
+            frontend = CQTFrontend.from_config(features)
+            frontend.load_state_dict(bundle["frontend"])
+            model = nn.Sequential(frontend, model)
+    except (TypeError, ValueError, RuntimeError, KeyError) as error:
+        raise BundleError(f"{where}: does not build: {str(error).splitlines()[0]}") from None
+    return model.eval()
+
+
+def load_bundle(source: str | Path) -> tuple[nn.Module, dict]:
+    """(model in eval mode, bundle) for a model `source` (see the module docstring)."""
+    path = weights_file(source)
+    bundle = _read(path)
+    return build_from_bundle(bundle, str(path)), bundle
+
+
+def load_state(source: str | Path, prefix: str = "model.") -> dict[str, Tensor]:
+    """The weights in `source`, a bundle or a Lightning checkpoint (`state_dict` under `prefix`,
+    e.g. `model.`, or `frontend.` for an on-the-fly CQT). Tensors only; never code."""
+    path = weights_file(source)
+    loaded = _read(path)
+    state = _check_state(loaded.get("state_dict", loaded), f"{path}: state_dict")
+    if any(key.startswith(("model.", "frontend.")) for key in state):
+        state = {k.removeprefix(prefix): v for k, v in state.items() if k.startswith(prefix)}
+    return state
+
+
+def save_bundle(model: nn.Module, model_cfg: dict, features_cfg: dict, classes: list[str], path: Path,
+                frontend: nn.Module | None = None) -> Path:
+    """Write `model.pt` atomically: `model`'s weights plus the plain configs that rebuild it."""
+    bundle = {"format": BUNDLE_FORMAT, "state_dict": model.state_dict(), "model": dict(model_cfg),
+              "features": dict(features_cfg), "classes": [str(c) for c in classes]}
+    if frontend is not None:
+        bundle["frontend"] = frontend.state_dict()
+    check_bundle(bundle, str(path))  # what we write, we can read back
+    with atomic.atomic_path(path) as tmp:
+        torch.save(bundle, tmp)
+    return Path(path)
