@@ -62,18 +62,20 @@ def evaluate_model(cfg: DictConfig) -> dict:
     return evaluate_ensemble(cfg) if cfg.get("ensemble") else evaluate(cfg)
 
 
-def run_repeats(cfg: DictConfig, steps: tuple[str, ...] = ("train", "evaluate"), run_name_suffix: str = "") -> dict:
+def run_repeats(cfg: DictConfig, steps: tuple[str, ...] = ("train", "evaluate"), run_name_suffix: str = "",
+                make_inputs: bool = True) -> dict:
     """Run `steps` for every fold/seed variant of `cfg` under one MLflow parent run.
 
     "train" opens the parent (recorded in `<paths.models>/repeats.json`); an "evaluate"-only
     call (DVC's evaluate stage) picks it up there. After "evaluate", the aggregate is written
     and logged. Returns it (`best_val_acc`: the mean over variants, what a sweep optimises).
-    Each variant has its own manifest (its `data.fold` and `seed`), prepared here when missing;
-    they all share the feature store of `paths.prepared`'s clips.
+    `make_inputs`: prepare and featurize `cfg` first when needed (not in DVC's train stage,
+    whose inputs are the earlier stages'). Each variant has its own manifest (its `data.fold`
+    and `seed`), prepared here; all share the feature store of `paths.prepared`'s clips.
     """
     if "train" in steps:
-        if not is_prepared(cfg):  # the folds are read from the manifest
-            prepare(cfg)
+        if make_inputs:
+            ensure_inputs(cfg)
         todo = repeats.variants(cfg)
         parent = repeats.start(cfg, todo, run_name_suffix)
     else:
@@ -106,7 +108,7 @@ def run_repeats(cfg: DictConfig, steps: tuple[str, ...] = ("train", "evaluate"),
 def train_stage(cfg: DictConfig) -> dict:
     """DVC's train stage: one model, or every variant when folds/seeds are repeated."""
     if repeats.is_repeated(cfg):
-        return run_repeats(cfg, steps=("train",))
+        return run_repeats(cfg, steps=("train",), make_inputs=False)
     return train_model(cfg)
 
 
@@ -131,9 +133,9 @@ def run_experiment(cfg: DictConfig) -> float:
     output_dir, overrides = _job_output_dir()
     cfg.paths.models = f"{output_dir}/model"
     cfg.paths.metrics = f"{output_dir}/metrics"
-    ensure_inputs(cfg)
     if repeats.is_repeated(cfg):
         return run_repeats(cfg, run_name_suffix=overrides)["best_val_acc"]
+    ensure_inputs(cfg)
     summary = train_model(cfg, run_name_suffix=overrides)
     evaluate_model(cfg)
     return summary["best_val_acc"]

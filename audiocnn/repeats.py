@@ -26,7 +26,7 @@ from audiocnn.data.prepare import fold_values
 from audiocnn.errors import ConfigError
 from audiocnn.evaluation.calibration import binned_calibration_error, confidence_bins
 from audiocnn.evaluation.plots import plot_confusion_matrix, plot_reliability_diagram
-from audiocnn.features.store import TEXT_COLUMNS
+from audiocnn.features.featurize import read_manifest
 
 STATE_FILE = "repeats.json"  # in paths.models: the parent run and the variants, for the evaluate stage
 
@@ -46,7 +46,7 @@ def variants(cfg: DictConfig) -> list[Variant]:
     """Every fold (when `data.protocol=cv`, read from the prepared manifest) times every seed of
     `trainer.seeds` (else `seed`)."""
     if cfg.data.get("protocol", "holdout") == "cv":
-        folds = fold_values(pd.read_csv(Path(cfg.paths.prepared) / "manifest.csv", dtype=TEXT_COLUMNS))
+        folds = fold_values(read_manifest(cfg))
         if not folds:
             raise ConfigError(f"data.protocol=cv: data={cfg.data.name} has no folds; use trainer.seeds instead")
     else:

@@ -85,7 +85,12 @@ def _children(cfg, parent_id):
 
 def test_seeds_run_under_one_parent_run_with_mean_and_std(tmp_path):
     """Through DVC's two stages: train trains every seed, evaluate scores them and aggregates."""
+    from audiocnn.data.prepare import prepare
+    from audiocnn.features.featurize import featurize
+
     cfg = tiny_config(tmp_path, "trainer.seeds=[0,1]", "trainer.max_epochs=1")
+    prepare(cfg)  # the stages DVC runs before train
+    featurize(cfg)
     train_stage(cfg)
     assert not (tmp_path / "metrics" / "test.json").exists()
     aggregate = evaluate_stage(cfg)
