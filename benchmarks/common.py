@@ -11,8 +11,7 @@ import torch
 
 from audiocnn import atomic
 from audiocnn.config import compose_config, validate_config
-from audiocnn.evaluation.evaluate import evaluate
-from audiocnn.training.train import train
+from audiocnn.experiment import ensure_inputs, evaluate_model, train_model
 
 
 def machine() -> str:
@@ -48,10 +47,11 @@ def benchmark_config(work: Path, *overrides: str):
 
 def train_and_evaluate(cfg, run_name_suffix: str) -> dict:
     """Train then evaluate `cfg` (a real tracked run); returns its numbers and timings."""
+    ensure_inputs(cfg)
     started = time.perf_counter()
-    summary = train(cfg, run_name_suffix=run_name_suffix)
+    summary = train_model(cfg, run_name_suffix=run_name_suffix)
     seconds = time.perf_counter() - started
-    metrics = evaluate(cfg)
+    metrics = evaluate_model(cfg)
     epochs = summary["epochs"]  # epochs completed (Lightning's current_epoch after fit)
     return {"accuracy": metrics["accuracy"], "macro_f1": metrics["macro_f1"], "metrics": metrics,
             "epochs": epochs, "train_seconds": round(seconds, 1),

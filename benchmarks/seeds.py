@@ -3,7 +3,7 @@
     .venv/bin/python benchmarks/seeds.py --fsdd-root ../shared/data/fsdd
     .venv/bin/python benchmarks/seeds.py --datasets demo --max-epochs 10
 
-Each dataset is one `trainer.seeds=[0,1,2]` experiment (audiocnn.repeats.run_repeats):
+Each dataset is one `trainer.seeds=[0,1,2]` experiment (audiocnn.experiment.run_repeats):
 one training + evaluation per seed, all children of one MLflow parent run that gets the
 mean, std and min. Per seed the evaluate stage's bootstrap 95% interval of the test
 accuracy (1000 resamples of the test clips) is kept too: it measures the uncertainty
@@ -20,7 +20,8 @@ from pathlib import Path
 import torch
 from common import benchmark_config, dataset_overrides, machine
 
-from audiocnn.repeats import run_repeats, variants, variant_config
+from audiocnn.experiment import run_repeats
+from audiocnn.repeats import variant_config, variants
 
 RESULTS = Path(__file__).parent / "results" / "seeds.json"
 

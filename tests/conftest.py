@@ -64,10 +64,12 @@ def _no_tracking_uri_left_behind():
 
 
 def train(cfg, run_name_suffix: str = "") -> dict:
-    """What a Hydra job does before it evaluates: make the missing inputs (prepare, featurize),
-    train, log the servable model when `tracking.log_model` (`audiocnn.experiment`)."""
+    """What a Hydra job does before it evaluates (`audiocnn.experiment.run_experiment`): check the
+    tracking server, make the missing inputs (prepare, featurize), train, log the servable model."""
+    from audiocnn import tracking
     from audiocnn.experiment import ensure_inputs, train_model
 
+    tracking.ensure_available(cfg)
     ensure_inputs(cfg)
     return train_model(cfg, run_name_suffix=run_name_suffix)
 
