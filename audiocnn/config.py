@@ -7,6 +7,8 @@ and `stage_main` prints it as one line and exits with status 2.
 
 from __future__ import annotations
 
+import hashlib
+import os
 import sys
 from pathlib import Path
 from typing import Callable
@@ -217,8 +219,11 @@ def stage_main(stage: Callable[[DictConfig], object], hydra_task: Callable[[Dict
     """Entry point of a `pipelines/*.py` file.
 
     `--params FILE` (how dvc.yaml calls it): load FILE, validate, run `stage`.
-    Otherwise: Hydra command line (`key=value` overrides, `-m` sweeps) composed from conf/,
-    each job validated and passed to `hydra_task` (default: `stage`).
+    Otherwise: Hydra command line (`key=value` overrides, `-m` sweeps) composed from conf/.
+    Every job a sweep will run is validated before the first starts (a bad job fails the
+    sweep before any work), and only once: a job validated here is not validated again;
+    jobs the sweeper makes up as it goes (Optuna's intervals) are validated when they start.
+    Each job is passed to `hydra_task` (default: `stage`).
     """
     argv = sys.argv[1:]
     try:
@@ -227,10 +232,29 @@ def stage_main(stage: Callable[[DictConfig], object], hydra_task: Callable[[Dict
             validate_config(cfg)
             return stage(cfg)
         for overrides in expand_sweep([a for a in argv if not a.startswith("-")]):
-            validate_config(compose_config(overrides))
+            job = compose_config(overrides)
+            validate_config(job)
+            _mark_validated(job)
     except InputError as error:
         _exit_with(error)
     _hydra_main(hydra_task or stage)
+
+
+VALIDATED_ENV = "AUDIOCNN_VALIDATED_JOBS"  # jobs validated before the sweep (inherited by launcher processes)
+
+
+def _job_key(cfg: DictConfig) -> str:
+    """A job's identity: its resolved config (the same however its overrides were spelled)."""
+    return hashlib.sha1(OmegaConf.to_yaml(cfg, resolve=True).encode()).hexdigest()[:16]
+
+
+def _mark_validated(cfg: DictConfig) -> None:
+    keys = set(filter(None, os.environ.get(VALIDATED_ENV, "").split(",")))
+    os.environ[VALIDATED_ENV] = ",".join(sorted(keys | {_job_key(cfg)}))
+
+
+def _was_validated(cfg: DictConfig) -> bool:
+    return _job_key(cfg) in os.environ.get(VALIDATED_ENV, "").split(",")
 
 
 def _exit_with(error: InputError):
@@ -246,7 +270,8 @@ def _hydra_main(task: Callable[[DictConfig], object]):
     def run(cfg: DictConfig):
         OmegaConf.resolve(cfg)
         try:
-            validate_config(cfg)
+            if not _was_validated(cfg):
+                validate_config(cfg)
             return task(cfg)
         except InputError as error:
             _exit_with(error)

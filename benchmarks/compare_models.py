@@ -29,7 +29,7 @@ def run_one(model: str, seed: int, work: Path) -> dict:
     cfg = benchmark_config(work, f"model={model}", f"seed={seed}", f"paths.models={out}/model",
                            f"paths.metrics={out}/metrics")
     result = train_and_evaluate(cfg, run_name_suffix=f"seed={seed}")
-    order = [result["metrics"]["per_class_accuracy"][c] for c in ORDER_ONLY_CLASSES]
+    order = [result["metrics"]["per_class_recall"][c] for c in ORDER_ONLY_CLASSES]
     return {"model": model, "seed": seed, "order_only_accuracy": sum(order) / len(order),
             **{k: v for k, v in result.items() if k != "metrics"}}
 

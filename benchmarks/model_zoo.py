@@ -67,7 +67,7 @@ def main() -> None:
                                    f"paths.metrics={out}/metrics")
             result = train_and_evaluate(cfg, run_name_suffix="zoo")
             runs.append({"model": model, "dataset": dataset, **{k: v for k, v in result.items() if k != "metrics"},
-                         "per_class_accuracy": result["metrics"]["per_class_accuracy"]})
+                         "per_class_recall": result["metrics"]["per_class_recall"]})
             RESULTS.parent.mkdir(parents=True, exist_ok=True)
             RESULTS.write_text(json.dumps({"machine": machine(), "max_epochs": args.max_epochs, "runs": runs},
                                           indent=2) + "\n")

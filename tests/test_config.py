@@ -107,3 +107,20 @@ def test_bad_data_found_while_working_is_one_line_and_exit_1(tmp_path, monkeypat
         stage_main(stage)
     assert exit_info.value.code == 1
     assert capsys.readouterr().err == "error: split 'val' is empty after skipping 3 unusable files\n"
+
+
+def test_a_sweep_validates_each_job_once_before_any_job_runs(tmp_path, monkeypatch):
+    """`-m model=cnn,crnn_gru`: both jobs are validated up front (a bad one would stop the sweep
+    before any work) and not a second time when they run."""
+    import audiocnn.config as config
+
+    calls, ran = [], []
+    real = config.validate_config
+    monkeypatch.setattr(config, "validate_config", lambda cfg: (calls.append(cfg.model.name), real(cfg))[1])
+    monkeypatch.delenv(config.VALIDATED_ENV, raising=False)
+    monkeypatch.setattr("sys.argv", [
+        "train.py", "-m", "model=cnn,crnn_gru", f"tracking.uri=sqlite:///{tmp_path / 'mlflow.db'}",
+        f"hydra.sweep.dir={tmp_path / 'sweep'}", "hydra/job_logging=disabled", "hydra/hydra_logging=disabled"])
+    config.stage_main(lambda cfg: None, hydra_task=lambda cfg: ran.append(cfg.model.name) or 0.0)
+    assert ran == ["cnn", "crnn_gru"]
+    assert sorted(calls) == ["cnn", "crnn_gru"], f"validated {calls}"

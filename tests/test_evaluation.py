@@ -32,7 +32,7 @@ def test_classification_metrics_on_known_predictions():
     # Rows are the true class, columns the predicted one.
     assert metrics["confusion_matrix"] == [[1, 1, 0], [0, 2, 0], [1, 0, 1]]
     # Recall per class: cat 1/2, dog 2/2, owl 1/2.
-    assert metrics["per_class_accuracy"] == {"cat": 0.5, "dog": 1.0, "owl": 0.5}
+    assert metrics["per_class_recall"] == {"cat": 0.5, "dog": 1.0, "owl": 0.5}
     # Precision: cat 1/2, dog 2/3, owl 1/1 -> F1: 0.5, 0.8, 2/3.
     assert metrics["per_class_f1"] == {"cat": 0.5, "dog": 0.8, "owl": 0.6667}
     assert metrics["macro_f1"] == pytest.approx((0.5 + 0.8 + 2 / 3) / 3, abs=1e-6)

@@ -25,8 +25,8 @@ def classification_metrics(probabilities: torch.Tensor, labels: torch.Tensor, cl
 
     `probabilities` is `(clips, n_classes)`, `labels` is `(clips,)` of class indices.
     Balanced accuracy is the mean of the per-class recalls (torchmetrics' macro accuracy).
-    `top_k_accuracy` has one entry `top_<k>` per k <= n_classes. `per_class_accuracy` is
-    the recall (kept under that name for the DVC metrics of older runs). The confusion
+    `top_k_accuracy` has one entry `top_<k>` per k <= n_classes. A class's accuracy is its
+    recall (`per_class_recall`). The confusion
     matrix is a list of rows: row = true class, column = predicted class.
     """
     n = len(classes)
@@ -42,7 +42,6 @@ def classification_metrics(probabilities: torch.Tensor, labels: torch.Tensor, cl
                            for k in top_k if k <= n},
         "n_clips": int(len(labels)),
         "per_class_f1": _per_class(per_class_f1, classes),
-        "per_class_accuracy": _per_class(recall, classes),
         "per_class_precision": _per_class(multiclass_precision(probabilities, labels, **args), classes),
         "per_class_recall": _per_class(recall, classes),
         "confusion_matrix": multiclass_confusion_matrix(probabilities, labels, num_classes=n).tolist(),
