@@ -17,6 +17,7 @@ import torch
 from omegaconf import DictConfig
 from torch.utils.data import DataLoader
 
+from audiocnn.errors import MissingInputError
 from audiocnn.features.featurize import read_manifest, store_dir
 from audiocnn.features.store import FeatureStore, clips_md5
 from audiocnn.training.windows import AudioClips, WaveformWindowDataset, WindowDataset, already_batched, seed_worker
@@ -44,15 +45,16 @@ class WindowDataModule(L.LightningDataModule):
         else:
             self.store = FeatureStore(store_dir(cfg))
             if self.store.meta.get("clips_md5") != clips_md5(manifest):
-                raise RuntimeError(f"feature store {self.store.root} holds other clips than the manifest; "
-                                   "rerun featurize")
+                raise MissingInputError(f"feature store {self.store.root} holds other clips than the manifest; "
+                                        "run the featurize stage again")
         self.floor = math.log(cfg.features.amin)
         # The store's clip_id is the manifest row; clips featurize skipped have no row.
         self.splits = manifest["split"].to_numpy()[self.store.index["clip_id"].to_numpy()]
         lookup = {name: i for i, name in enumerate(self.classes)}
         labels = self.store.index["label"].map(lookup)
         if labels.isna().any():
-            raise RuntimeError(f"{self.store_name} has labels outside classes.json; rerun prepare/featurize")
+            raise MissingInputError(f"{self.store_name} has labels outside classes.json; run the prepare and "
+                                    "featurize stages again")
         self.labels = labels.to_numpy(dtype=np.int64)
 
     @property
