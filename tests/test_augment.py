@@ -77,6 +77,43 @@ def test_frequency_and_time_masks_set_exactly_one_band_to_the_floor():
     assert changed[:, 0, 0].sum(dim=1).max() < 8
 
 
+def _bands(masked: torch.Tensor) -> int:
+    """Number of contiguous runs of True in a 1-D bool tensor."""
+    flags = masked.int()
+    return int(flags[0]) + int((flags[1:] - flags[:-1] == 1).sum())
+
+
+@pytest.mark.parametrize("axis", ["freq", "time"])
+def test_mask_count_applies_that_many_independent_masks(axis):
+    """`count: 3` puts up to three bands per example: more masked positions than one band of fewer than
+    `max_bins` can ever cover, in more than one band, never more than three. Through the
+    `SpectrogramAugment` entry too, so the config's `count` is what reaches `mask`."""
+    width, size = 6, 96
+    x = torch.randn(256, 1, size, size)
+    name, dim = ("freq_mask", 3) if axis == "freq" else ("time_mask", 2)
+    settings = {"p": 1.0, "count": 3, ("max_bins" if axis == "freq" else "max_frames"): width}
+
+    def masked_positions(out: torch.Tensor) -> torch.Tensor:
+        """(batch, size) bool: positions on the masked axis whose whole band is at the floor."""
+        return (out[:, 0] == FLOOR).all(dim=dim - 1)
+
+    torch.manual_seed(0)
+    one = A.SpectrogramAugment({name: {**settings, "count": 1}}, 2, FLOOR, BPO).train()(x, torch.zeros(256).long())[0]
+    torch.manual_seed(0)
+    three = A.SpectrogramAugment({name: settings}, 2, FLOOR, BPO).train()(x, torch.zeros(256).long())[0]
+    covered_one, covered_three = masked_positions(one).sum(dim=1), masked_positions(three).sum(dim=1)
+    assert covered_one.max() < width  # one mask: fewer than max_bins positions, always
+    assert covered_three.max() >= width, "count=3 never covered more than one mask can"
+    assert covered_three.float().mean() > covered_one.float().mean()
+    bands = [_bands(row) for row in masked_positions(three)]
+    assert max(bands) > 1 and max(bands) <= 3
+    assert max(_bands(row) for row in masked_positions(one)) <= 1
+    # Unmasked positions are untouched.
+    keep = ~masked_positions(three)
+    keep = (keep[:, None, :, None] if axis == "freq" else keep[:, None, None, :]).expand_as(x)
+    assert torch.equal(three[keep], x[keep])
+
+
 def test_log_gain_adds_the_gain_and_keeps_the_floor():
     x = torch.tensor([FLOOR, -5.0, 0.0, 1.0]).view(1, 1, 4, 1).repeat(2, 1, 1, 1)
     out = A.log_gain(x, torch.tensor([20.0, -80.0]), FLOOR)
