@@ -258,3 +258,53 @@ def test_classifier_trains_on_mixed_targets_and_validates_on_clean_batches():
     assert train_batches and not torch.equal(train_batches[0], x)  # augmented in training
     assert val_batches and torch.equal(val_batches[0], x)  # untouched in validation
     assert torch.isfinite(trainer.callback_metrics["train_loss"])
+
+
+def test_combo_config_wires_its_transforms_into_training_only(tmp_path, prepared_store):
+    """`augment=combo` as the train stage builds it (`build_module` on the composed config, a real 1-epoch
+    Lightning fit on the tiny feature store): the module's augmentation holds the combo's four transforms
+    with their settings; in training the model is fed the augmented batch (not the loader's) and the loss
+    gets mixup's soft targets; in validation the model sees the loader's batch untouched."""
+    import lightning as L
+
+    from audiocnn.models import build_model
+    from audiocnn.training.datamodule import StoreDataModule
+    from audiocnn.training.train import build_module
+    from tests.conftest import tiny_config
+
+    cfg = tiny_config(tmp_path, "augment=combo", "model=cnn")
+    for key in ("raw", "prepared", "features"):
+        cfg.paths[key] = prepared_store.paths[key]
+    L.seed_everything(0)
+    data = StoreDataModule(cfg)
+    module = build_module(cfg, build_model(cfg.model, len(data.classes), cfg.features.n_bins), data)
+    combo = compose_config(["augment=combo"]).augment.transforms
+    assert set(module.augment.settings) == {"time_shift", "freq_mask", "time_mask", "mixup"} == set(combo)
+    for name, settings in combo.items():
+        assert {k: module.augment.settings[name][k] for k in settings} == dict(settings), name
+
+    seen = {"augment": [], "model": [], "loss": []}
+    module.augment.register_forward_hook(
+        lambda m, args, out: seen["augment"].append((m.training, args[0].clone(), out[0].clone())))
+    module.model.register_forward_pre_hook(lambda m, args: seen["model"].append((m.training, args[0].clone())))
+    module.loss.register_forward_pre_hook(lambda m, args: seen["loss"].append(args[1].clone()))
+    trainer = L.Trainer(max_epochs=1, limit_train_batches=2, limit_val_batches=1, accelerator="cpu", logger=False,
+                        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                        num_sanity_val_steps=0)
+    trainer.fit(module, datamodule=data)
+
+    train_inputs = [x for training, x in seen["model"] if training]
+    val_inputs = [x for training, x in seen["model"] if not training]
+    augmented = [(clean, out) for training, clean, out in seen["augment"] if training]
+    assert len(train_inputs) == len(augmented) == 2, "the training batches did not go through the augmentation"
+    for (clean, out), fed in zip(augmented, train_inputs):
+        assert not torch.equal(out, clean), "combo left a training batch unchanged"
+        assert torch.equal(fed, out), "the model was not fed the augmented batch"
+    soft = [t for t in seen["loss"] if t.dim() == 2]
+    assert len(soft) == 2, "the training loss did not get mixup's class-probability targets"
+    assert any((t.max(dim=1).values < 1 - 1e-6).any() for t in soft), "no training target was mixed"
+    assert all(t.dim() == 1 for t in seen["loss"][2:])  # validation: the labels
+
+    clean_val = next(iter(data.val_dataloader()))[0]
+    assert len(val_inputs) == 1 and torch.equal(val_inputs[0], clean_val)
+    assert all(out is clean or torch.equal(out, clean) for training, clean, out in seen["augment"] if not training)
