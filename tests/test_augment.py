@@ -77,6 +77,43 @@ def test_frequency_and_time_masks_set_exactly_one_band_to_the_floor():
     assert changed[:, 0, 0].sum(dim=1).max() < 8
 
 
+def _bands(masked: torch.Tensor) -> int:
+    """Number of contiguous runs of True in a 1-D bool tensor."""
+    flags = masked.int()
+    return int(flags[0]) + int((flags[1:] - flags[:-1] == 1).sum())
+
+
+@pytest.mark.parametrize("axis", ["freq", "time"])
+def test_mask_count_applies_that_many_independent_masks(axis):
+    """`count: 3` puts up to three bands per example: more masked positions than one band of fewer than
+    `max_bins` can ever cover, in more than one band, never more than three. Through the
+    `SpectrogramAugment` entry too, so the config's `count` is what reaches `mask`."""
+    width, size = 6, 96
+    x = torch.randn(256, 1, size, size)
+    name, dim = ("freq_mask", 3) if axis == "freq" else ("time_mask", 2)
+    settings = {"p": 1.0, "count": 3, ("max_bins" if axis == "freq" else "max_frames"): width}
+
+    def masked_positions(out: torch.Tensor) -> torch.Tensor:
+        """(batch, size) bool: positions on the masked axis whose whole band is at the floor."""
+        return (out[:, 0] == FLOOR).all(dim=dim - 1)
+
+    torch.manual_seed(0)
+    one = A.SpectrogramAugment({name: {**settings, "count": 1}}, 2, FLOOR, BPO).train()(x, torch.zeros(256).long())[0]
+    torch.manual_seed(0)
+    three = A.SpectrogramAugment({name: settings}, 2, FLOOR, BPO).train()(x, torch.zeros(256).long())[0]
+    covered_one, covered_three = masked_positions(one).sum(dim=1), masked_positions(three).sum(dim=1)
+    assert covered_one.max() < width  # one mask: fewer than max_bins positions, always
+    assert covered_three.max() >= width, "count=3 never covered more than one mask can"
+    assert covered_three.float().mean() > covered_one.float().mean()
+    bands = [_bands(row) for row in masked_positions(three)]
+    assert max(bands) > 1 and max(bands) <= 3
+    assert max(_bands(row) for row in masked_positions(one)) <= 1
+    # Unmasked positions are untouched.
+    keep = ~masked_positions(three)
+    keep = (keep[:, None, :, None] if axis == "freq" else keep[:, None, None, :]).expand_as(x)
+    assert torch.equal(three[keep], x[keep])
+
+
 def test_log_gain_adds_the_gain_and_keeps_the_floor():
     x = torch.tensor([FLOOR, -5.0, 0.0, 1.0]).view(1, 1, 4, 1).repeat(2, 1, 1, 1)
     out = A.log_gain(x, torch.tensor([20.0, -80.0]), FLOOR)
@@ -221,3 +258,53 @@ def test_classifier_trains_on_mixed_targets_and_validates_on_clean_batches():
     assert train_batches and not torch.equal(train_batches[0], x)  # augmented in training
     assert val_batches and torch.equal(val_batches[0], x)  # untouched in validation
     assert torch.isfinite(trainer.callback_metrics["train_loss"])
+
+
+def test_combo_config_wires_its_transforms_into_training_only(tmp_path, prepared_store):
+    """`augment=combo` as the train stage builds it (`build_module` on the composed config, a real 1-epoch
+    Lightning fit on the tiny feature store): the module's augmentation holds the combo's four transforms
+    with their settings; in training the model is fed the augmented batch (not the loader's) and the loss
+    gets mixup's soft targets; in validation the model sees the loader's batch untouched."""
+    import lightning as L
+
+    from audiocnn.models import build_model
+    from audiocnn.training.datamodule import WindowDataModule
+    from audiocnn.training.train import build_module
+    from tests.conftest import tiny_config
+
+    cfg = tiny_config(tmp_path, "augment=combo", "model=cnn")
+    for key in ("raw", "prepared", "features"):
+        cfg.paths[key] = prepared_store.paths[key]
+    L.seed_everything(0)
+    data = WindowDataModule(cfg)
+    module = build_module(cfg, build_model(cfg.model, len(data.classes), cfg.features.n_bins), data)
+    combo = compose_config(["augment=combo"]).augment.transforms
+    assert set(module.augment.settings) == {"time_shift", "freq_mask", "time_mask", "mixup"} == set(combo)
+    for name, settings in combo.items():
+        assert {k: module.augment.settings[name][k] for k in settings} == dict(settings), name
+
+    seen = {"augment": [], "model": [], "loss": []}
+    module.augment.register_forward_hook(
+        lambda m, args, out: seen["augment"].append((m.training, args[0].clone(), out[0].clone())))
+    module.model.register_forward_pre_hook(lambda m, args: seen["model"].append((m.training, args[0].clone())))
+    module.loss.register_forward_pre_hook(lambda m, args: seen["loss"].append(args[1].clone()))
+    trainer = L.Trainer(max_epochs=1, limit_train_batches=2, limit_val_batches=1, accelerator="cpu", logger=False,
+                        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                        num_sanity_val_steps=0)
+    trainer.fit(module, datamodule=data)
+
+    train_inputs = [x for training, x in seen["model"] if training]
+    val_inputs = [x for training, x in seen["model"] if not training]
+    augmented = [(clean, out) for training, clean, out in seen["augment"] if training]
+    assert len(train_inputs) == len(augmented) == 2, "the training batches did not go through the augmentation"
+    for (clean, out), fed in zip(augmented, train_inputs):
+        assert not torch.equal(out, clean), "combo left a training batch unchanged"
+        assert torch.equal(fed, out), "the model was not fed the augmented batch"
+    soft = [t for t in seen["loss"] if t.dim() == 2]
+    assert len(soft) == 2, "the training loss did not get mixup's class-probability targets"
+    assert any((t.max(dim=1).values < 1 - 1e-6).any() for t in soft), "no training target was mixed"
+    assert all(t.dim() == 1 for t in seen["loss"][2:])  # validation: the labels
+
+    clean_val = next(iter(data.val_dataloader()))[0]
+    assert len(val_inputs) == 1 and torch.equal(val_inputs[0], clean_val)
+    assert all(out is clean or torch.equal(out, clean) for training, clean, out in seen["augment"] if not training)

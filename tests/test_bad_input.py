@@ -177,6 +177,50 @@ def test_leakage_check_names_groups_in_two_splits():
     check_leakage(frame, check_groups=False)  # a published split (FSDD's) is only checked for identical files
 
 
+def _speaker_csv(folder: Path, leak: bool, group_column: bool) -> Path:
+    """A CSV with its own split: speakers alice/bob in train, carol in val, dave in test (two labels each).
+
+    With `leak`, one of alice's clips is listed in test as well. Groups come from a `group`
+    column, or else from the file name (`<speaker>_<n>.wav`, read by `data.group_regex`).
+    """
+    audio, rows = folder / "audio", []
+    speakers = {"alice": "train", "bob": "train", "carol": "val", "dave": "test"}
+    for speaker, split in speakers.items():
+        for k, label in enumerate(("a", "b", "a", "b")):
+            name = write(audio / f"{speaker}_{k}.wav", noise(0.2, 8000), 8000)  # distinct noise: no identical files
+            rows.append({"path": f"audio/{name}", "label": label, "split": split, "group": speaker})
+    if leak:
+        rows[3]["split"] = "test"  # alice_3.wav: alice now in train and test
+    table = pd.DataFrame(rows)
+    if not group_column:
+        table = table.drop(columns="group")
+    table.to_csv(folder / "list.csv", index=False)
+    return folder / "list.csv"
+
+
+@pytest.mark.parametrize("group_column", [True, False], ids=["group-column", "group-regex"])
+def test_prepare_refuses_a_given_split_that_puts_one_speaker_in_two_splits(tmp_path, group_column):
+    """Through `prepare` (not only `check_leakage`): a user's own split (data=csv) is checked for groups
+    spanning splits; the error and report.json name the group, and no manifest is written. The same
+    speakers without the stray clip prepare fine, split as given."""
+    paths = [f"paths.{key}={tmp_path / 'out' / key}" for key in ("raw", "prepared")]
+    regex = [] if group_column else ["data.group_regex='^(?P<group>[a-z]+)_'"]
+    table = _speaker_csv(tmp_path / "leaky", leak=True, group_column=group_column)
+    cfg = compose_config(["data=csv", f"data.csv={table}", *regex, *paths])
+    with pytest.raises(LeakageError, match=r"1 groups in two splits: alice \(test, train\)"):
+        prepare(cfg)
+    report = json.loads((tmp_path / "out" / "prepared" / "report.json").read_text())
+    assert "alice (test, train)" in report["leakage"]
+    assert not (tmp_path / "out" / "prepared" / "manifest.csv").exists()
+
+    table = _speaker_csv(tmp_path / "clean", leak=False, group_column=group_column)
+    cfg = compose_config(["data=csv", f"data.csv={table}", *regex, *paths])
+    frame = prepare(cfg)
+    assert frame.groupby("group")["split"].unique().map(list).to_dict() == {
+        "alice": ["train"], "bob": ["train"], "carol": ["val"], "dave": ["test"]}
+    assert json.loads((tmp_path / "out" / "prepared" / "report.json").read_text())["leakage"] is None
+
+
 def test_only_an_empty_split_stops_prepare_and_it_says_which(tmp_path):
     audio = tmp_path / "audio"
     rows = [{"path": f"audio/{write(audio / f'{s}{k}.wav', noise(0.2, 8000), 8000)}", "label": "a", "split": s}

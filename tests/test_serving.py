@@ -5,6 +5,7 @@ the real `mlflow models serve`."""
 from __future__ import annotations
 
 import base64
+import io
 import json
 import os
 import subprocess
@@ -66,6 +67,95 @@ def test_the_best_model_is_registered_and_predicts_from_raw_audio(trained):
     assert from_array[0]["probabilities"] == pytest.approx(answers[0]["probabilities"], abs=1e-5)
     with pytest.raises(ValueError, match="audio_base64, or samples and sample_rate"):
         model.predict(pd.DataFrame({"nothing": [1]}))
+
+
+@pytest.fixture(scope="module")
+def confident(trained, tmp_path_factory):
+    """The trained model with its last layer's logits scaled up 50 times, logged as the pyfunc the
+    train stage logs (`log_audio_model`) and loaded back: two epochs leave the tiny model's answers
+    close to uniform, which would hide a wrong downmix or resampling; this one's answers move."""
+    import torch
+
+    from audiocnn import tracking
+    from audiocnn.inference.pyfunc import log_audio_model
+    from audiocnn.models.bundle import load_bundle as load_trained
+
+    cfg, _, predictions = trained
+    model, bundle = load_trained(cfg.paths.models)
+    last = [name for name, m in model.head.named_modules() if isinstance(m, torch.nn.Linear)][-1]
+    scaled = {f"head.{last}.weight", f"head.{last}.bias"}
+    bundle["state_dict"] = {k: v * 50 if k in scaled else v for k, v in bundle["state_dict"].items()}
+    path = tmp_path_factory.mktemp("confident") / "model.pt"
+    torch.save(bundle, path)
+    with tracking.open_run(cfg, run_name="confident"):
+        info = log_audio_model(path)
+    os.environ.pop("MLFLOW_TRACKING_URI", None)
+    mlflow.set_tracking_uri(cfg.tracking.uri)
+    return mlflow.pyfunc.load_model(info.model_uri), cfg, predictions
+
+
+def _wav_base64(samples: np.ndarray, sr: int) -> str:
+    """A float WAV file of `samples` (`(samples,)` or `(samples, channels)`), base64-encoded."""
+    buffer = io.BytesIO()
+    sf.write(buffer, samples, sr, format="WAV", subtype="FLOAT")
+    return base64.b64encode(buffer.getvalue()).decode()
+
+
+def _probabilities(answer: dict) -> np.ndarray:
+    return np.array(list(answer["probabilities"].values()))
+
+
+def _largest_gap(a: dict, b: dict) -> float:
+    return float(np.abs(_probabilities(a) - _probabilities(b)).max())
+
+
+@pytest.mark.parametrize("rate", [22050, 44100])
+def test_a_clip_sent_at_another_rate_gets_the_answer_of_the_original(confident, rate):
+    """The same clip resampled by a reference resampler (soxr, very high quality) from its 16 kHz to
+    `rate` and sent as samples with `sample_rate=rate`, or as a WAV file at that rate, is resampled back
+    inside and answered as the original. Sending those samples as if they were 16 kHz (a model that
+    ignored the rate) answers differently, so the check can tell the two apart."""
+    import soxr
+
+    model, cfg, predictions = confident
+    samples, sr = sf.read(predictions["path"].iloc[0], dtype="float32")
+    assert sr == cfg.features.sr == 16000
+    original = model.predict({"samples": [samples.tolist()], "sample_rate": [sr]})[0]
+    resampled = soxr.resample(samples, sr, rate, quality="VHQ").astype(np.float32)
+
+    as_samples = model.predict({"samples": [resampled.tolist()], "sample_rate": [rate]})[0]
+    as_file = model.predict(pd.DataFrame({"audio_base64": [_wav_base64(resampled, rate)]}))[0]
+    assert _largest_gap(as_samples, original) < 0.01
+    assert _largest_gap(as_file, original) < 0.01
+    assert as_samples["label"] == as_file["label"] == original["label"]
+
+    misread = model.predict({"samples": [resampled.tolist()], "sample_rate": [sr]})[0]
+    assert _largest_gap(misread, original) > 5 * max(_largest_gap(as_samples, original), 0.01)
+
+
+def test_a_stereo_clip_is_answered_as_the_mean_of_its_channels(confident):
+    """Stereo with different channels (two test clips of different classes, left and right) is
+    downmixed as the mean: the answer equals that for the mono mean of the two channels, as samples
+    and as a WAV file, and differs from the answer for either channel alone or for their sum."""
+    model, cfg, predictions = confident
+    first = predictions.iloc[0]
+    second = predictions[predictions["actual"] != first["actual"]].iloc[0]
+    left, sr = sf.read(first["path"], dtype="float32")
+    right, _ = sf.read(second["path"], dtype="float32")
+    length = min(len(left), len(right))
+    stereo = np.stack([left[:length], right[:length]], axis=1)
+    mean = stereo.mean(axis=1)
+
+    def answer(samples: np.ndarray) -> dict:
+        return model.predict({"samples": [samples.tolist()], "sample_rate": [sr]})[0]
+
+    expected = answer(mean)
+    from_samples = answer(stereo)
+    from_file = model.predict(pd.DataFrame({"audio_base64": [_wav_base64(stereo, sr)]}))[0]
+    assert from_samples["probabilities"] == pytest.approx(expected["probabilities"], abs=1e-5)
+    assert from_file["probabilities"] == pytest.approx(expected["probabilities"], abs=1e-5)
+    for other in (left[:length], right[:length], stereo.sum(axis=1)):
+        assert _largest_gap(answer(other), expected) > 0.02
 
 
 def test_the_logged_model_keeps_model_pt_for_transfer_and_ensembles(trained):

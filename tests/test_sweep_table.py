@@ -1,12 +1,18 @@
-"""The sweep callback's ranked table, on a real SQLite store (fast; sweeps end to end: test_sweeps.py)."""
+"""The sweep callback (parent run, nesting, ranked table), on a real SQLite store (fast; sweeps end to end:
+test_sweeps.py)."""
 
 from __future__ import annotations
 
+import atexit
+import os
+from pathlib import Path
+
 import mlflow
 from mlflow import MlflowClient
+from omegaconf import OmegaConf
 
 from audiocnn import tracking
-from audiocnn.sweep import format_table, ranked_jobs
+from audiocnn.sweep import SweepParentRun, format_table, ranked_jobs
 from tests.conftest import tiny_config
 
 
@@ -36,3 +42,56 @@ def test_jobs_rank_by_validation_accuracy_and_repeated_jobs_by_their_mean(tmp_pa
     assert lines[0] == "| rank | overrides | val acc | test acc | status | run id |"
     assert lines[3].startswith("| 2 | optimizer.lr=0.01 | 0.7500 | 0.6500 | FINISHED |")
     assert lines[5].startswith("| 4 | model.dropout=2 | - | - |")
+
+
+def sweep_config(root: Path, task: list[str]):
+    """A job config plus the `hydra` node Hydra hands `on_multirun_start` / `on_multirun_end`."""
+    hydra = {"overrides": {"task": task, "hydra": ["hydra/launcher=basic"]},
+             "sweeper": {"_target_": "hydra._internal.core_plugins.basic_sweeper.BasicSweeper"},
+             "launcher": {"_target_": "hydra._internal.core_plugins.basic_launcher.BasicLauncher"},
+             "sweep": {"dir": str(root / "multirun"), "subdir": "0"}}
+    return OmegaConf.create({**OmegaConf.to_container(tiny_config(root)), "hydra": hydra})
+
+
+def test_sweep_callback_exports_its_parent_run_nests_jobs_ranks_and_ends(tmp_path, monkeypatch, capsys):
+    """`SweepParentRun.on_multirun_start` creates the parent run and exports its id in
+    AUDIOCNN_PARENT_RUN_ID, so a job's `tracking.open_run` nests under it (jobs run in this process or
+    inherit the variable); `on_multirun_end` ranks the jobs, logs the table, ends the parent FINISHED
+    and drops the variable."""
+    monkeypatch.delenv(tracking.PARENT_RUN_ENV, raising=False)
+    task = ["optimizer.lr=0.1,0.01"]
+    config = sweep_config(tmp_path, task)
+    (tmp_path / "multirun").mkdir()
+    callback = SweepParentRun()
+    try:
+        callback.on_multirun_start(config)
+        parent = os.environ.get(tracking.PARENT_RUN_ENV)
+        assert parent and parent == callback.run_id, "the parent run id is not exported to the jobs"
+        client = MlflowClient(tracking_uri=tracking.tracking_uri(config))
+        run = client.get_run(parent)
+        assert run.info.status == "RUNNING"
+        assert run.data.tags["sweep"] == "true" and run.data.tags["hydra.overrides"] == " ".join(task)
+        assert run.data.tags["hydra.sweeper"] == "BasicSweeper" and run.data.tags["hydra.launcher"] == "BasicLauncher"
+
+        jobs = {}
+        for overrides, val_acc in (("optimizer.lr=0.1", 0.5), ("optimizer.lr=0.01", 0.75)):
+            job_cfg = tiny_config(tmp_path, overrides)
+            with tracking.open_run(job_cfg, run_name=overrides, tags={"hydra.overrides": overrides}) as job:
+                mlflow.log_metrics({"best_val_acc": val_acc, "test_accuracy": val_acc - 0.1})
+            jobs[overrides] = job.info.run_id
+            assert client.get_run(job.info.run_id).data.tags["mlflow.parentRunId"] == parent
+
+        callback.on_multirun_end(config)
+    finally:
+        atexit.unregister(callback._end)
+    assert os.environ.get(tracking.PARENT_RUN_ENV) is None, "the ended sweep still exports its parent run"
+    run = client.get_run(parent)
+    assert run.info.status == "FINISHED"
+    assert run.data.metrics["best_val_acc"] == 0.75 and run.data.metrics["test_accuracy"] == 0.65
+    assert run.data.tags["best_run_id"] == jobs["optimizer.lr=0.01"]
+    table = (tmp_path / "multirun" / "sweep_results.md").read_text()
+    rows = [line for line in table.splitlines() if line.startswith("| 1 ") or line.startswith("| 2 ")]
+    assert rows[0].startswith("| 1 | optimizer.lr=0.01 | 0.7500 | 0.6500 | FINISHED | " + jobs["optimizer.lr=0.01"])
+    assert rows[1].startswith("| 2 | optimizer.lr=0.1 | 0.5000 |")
+    assert Path(client.download_artifacts(parent, "sweep_results.md", str(tmp_path))).read_text() == table
+    assert f"sweep: MLflow parent run {parent}" in capsys.readouterr().out

@@ -10,6 +10,7 @@ import torch
 from audiocnn.models import build_model
 from audiocnn.training.module import Classifier
 from audiocnn.models.bundle import load_bundle as load_trained, load_state
+from audiocnn.training.optim import build_optimizer
 from tests.conftest import train
 from audiocnn.training.transfer import TransferReport, freeze, load_matching, parameter_groups
 from tests.conftest import tiny_config
@@ -90,6 +91,37 @@ def test_fine_tuning_uses_a_lower_backbone_learning_rate(tmp_path):
     freeze(model, "backbone")
     groups = parameter_groups(model, 0.01, 0.1)
     assert len(groups) == 1 and all(p.requires_grad for p in groups[0]["params"])
+    # the one group is exactly the head (not an empty list, which would pass the line above)
+    assert [id(p) for p in groups[0]["params"]] == [id(p) for p in model.head.parameters()]
+
+
+def test_freezing_the_backbone_leaves_exactly_the_head_trainable_and_training(tmp_path):
+    """`freeze(model, "backbone")`: every `model.head` parameter (at least one) requires grad, every other
+    parameter does not; one real optimizer step then moves the head and leaves the backbone as it was."""
+    cfg = tiny_config(tmp_path, "model=cnn", "optimizer.lr=0.01")
+    torch.manual_seed(0)
+    model = build_model(cfg.model, 3, cfg.features.n_bins)
+    freeze(model, "backbone")
+
+    head = {id(p) for p in model.head.parameters()}
+    assert head, "the model has no head parameters"
+    assert all(p.requires_grad for p in model.head.parameters()), "freeze=backbone froze the head"
+    others = [name for name, p in model.named_parameters() if id(p) not in head]
+    assert others, "the model has no backbone parameters"
+    still_trainable = [name for name, p in model.named_parameters() if id(p) not in head and p.requires_grad]
+    assert still_trainable == [], f"not frozen: {still_trainable}"
+
+    before = {name: p.detach().clone() for name, p in model.named_parameters()}
+    optimizer = build_optimizer(model, dict(cfg.optimizer))
+    x = torch.randn(4, 1, cfg.features.n_bins, cfg.features.window_frames)
+    loss = torch.nn.functional.cross_entropy(model(x), torch.tensor([0, 1, 2, 0]))
+    loss.backward()
+    optimizer.step()
+    after = dict(model.named_parameters())
+    head_names = [name for name, p in after.items() if id(p) in head]
+    assert all(not torch.equal(after[name], before[name]) for name in head_names), "the head did not move"
+    for name in others:
+        assert torch.equal(after[name], before[name]), f"{name} changed although frozen"
 
 
 def test_bad_transfer_settings_fail_before_work(tmp_path):
