@@ -6,6 +6,11 @@
     audiocnn summary [overrides...] [--classes N]
                                               print the model layer by layer (shapes,
                                               params, receptive field, multiply-adds)
+    audiocnn predict INPUT... --model SOURCE [--output preds.csv|.jsonl] [--timeline]
+                                              classify files, folders, globs or path lists
+                                              (`audiocnn predict --help`)
+    audiocnn export --model SOURCE --format onnx|torchscript --output FILE
+                                              the model with its CQT inside, runnable without audiocnn
     audiocnn explain AUDIO --model SOURCE [--output PNG]
                                               Grad-CAM of one audio file for a trained model
                                               (a model folder, model.pt, runs:/<id>/model,
@@ -31,6 +36,9 @@ STAGES = {
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] in (["predict"], ["export"]):  # commands with their own options
+        return use_model(argv[0], argv[1:])
     parser = argparse.ArgumentParser(prog="audiocnn", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("command", choices=["params", "show-config", "summary", "explain", *STAGES])
@@ -70,6 +78,17 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {error}", file=sys.stderr)
         return 2 if isinstance(error, ConfigError) else 1
     return 0
+
+
+def use_model(command: str, argv: list[str]) -> int:
+    """`predict` / `export` (audiocnn.inference): a missing or refused model is one `error:` line."""
+    from importlib import import_module
+
+    try:
+        return import_module(f"audiocnn.inference.{command}").main(argv)
+    except (FileNotFoundError, ValueError, InputError) as error:
+        print(f"error: {str(error).splitlines()[0]}", file=sys.stderr)
+        return 2
 
 
 def print_summary(cfg, n_classes: int) -> int:

@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import mlflow
 import numpy as np
 from omegaconf import DictConfig
 
@@ -26,6 +27,7 @@ from audiocnn.data.prepare import is_prepared, prepare
 from audiocnn.evaluation.ensemble import evaluate_ensemble
 from audiocnn.evaluation.evaluate import evaluate
 from audiocnn.features.featurize import featurize, is_featurized
+from audiocnn.inference.export import export_model
 from audiocnn.inference.pyfunc import log_audio_model
 from audiocnn.training.train import train
 
@@ -51,9 +53,21 @@ def log_servable_model(cfg: DictConfig, summary: dict) -> dict:
     return summary
 
 
+def export_onnx(cfg: DictConfig, summary: dict) -> dict:
+    """`<paths.models>/model.onnx` (`audiocnn.inference.export`), logged with the training run."""
+    out = Path(cfg.paths.models)
+    path = export_model(out / "model.pt", "onnx", out / "model.onnx")
+    with tracking.open_run(cfg, run_id=summary["run_id"]):
+        mlflow.log_artifact(str(path))
+    return summary
+
+
 def train_model(cfg: DictConfig, run_name_suffix: str = "") -> dict:
-    """Train one model (the train stage) and, with `tracking.log_model`, log it servable."""
+    """Train one model (the train stage); with `tracking.log_model` log it servable, with
+    `tracking.export_onnx` export and log `model.onnx`."""
     summary = train(cfg, run_name_suffix=run_name_suffix)
+    if cfg.tracking.get("export_onnx", False):
+        summary = export_onnx(cfg, summary)
     return log_servable_model(cfg, summary) if cfg.tracking.log_model else summary
 
 

@@ -1,59 +1,177 @@
-"""`Predictor`: a trained model ready to score waveforms, the way the evaluate stage scores clips.
+"""`Predictor`: a trained model scoring recordings the way the evaluate stage scores test clips.
 
-waveform `(samples,)` at `features.sr`
-  -> the model's CQT front-end (its own kernels when it was trained on the fly) -> frames
-     `(frames, n_bins)`, rounded to float16 as the feature store holds them
-  -> every window of the sliding grid (`window_starts(..., "sliding")`, cut as training cuts them)
-  -> the model's logits per window -> `vote`: mean of the windows' softmax = `(n_classes,)`
-Decoding and resampling to `features.sr` are `audiocnn.data.audio`'s, shared with every stage.
+    file or array -> `audiocnn.data.audio` (decode, downmix, resample to features.sr), in the
+      pieces featurize uses (`features.plan.clip_pieces`: whole clips up to
+      `features.chunk_seconds`, longer ones in chunks with the front-end's margin), so memory
+      does not grow with duration and the frames equal the feature store's
+    -> the model's own CQT front-end -> frames rounded to float16, as the store holds them
+    -> the sliding windows of `training.windows.window_starts` (hop: half a window, as
+       evaluate; settable), cut by `training.windows.cut_window`
+    -> the model, on batches of windows drawn from all inputs -> softmax
+    -> per clip, the mean of its windows' probabilities (`training.vote`'s vote).
+`audiocnn.inference.api.load_model(source)` wraps it (the Python API); the CLI (`audiocnn
+predict`) and the MLflow pyfunc are thin layers over that.
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Iterator, Sequence
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
-from audiocnn.features.cqt import LogCQT
+from audiocnn.data.audio import clip_samples, from_samples, load_audio, load_segment
+from audiocnn.features.cqt import LogCQT, n_frames, pick_device
+from audiocnn.features.plan import chunk_margin, clip_pieces
+from audiocnn.inference.graph import ClipClassifier
 from audiocnn.models.bundle import load_bundle
-from audiocnn.training.vote import vote
 from audiocnn.training.windows import cut_window, window_starts
 
 
-class Predictor:
-    """`Predictor.load(source)`: any model source `audiocnn.models.bundle.weights_file` takes."""
+@dataclass
+class Scored:
+    """One input's answer: `probabilities` `(n_classes,)` (None if it could not be read, see `error`)."""
 
-    def __init__(self, model: nn.Module, bundle: dict):
+    name: str
+    duration: float = 0.0
+    probabilities: np.ndarray | None = None
+    windows: list[tuple[int, np.ndarray]] = field(default_factory=list)  # (start frame, probabilities)
+    error: str = ""
+
+
+class Predictor:
+    """`Predictor.load(source)`: any source `audiocnn.models.bundle.weights_file` takes."""
+
+    def __init__(self, model: nn.Module, bundle: dict, device: str = "cpu", batch_size: int = 64):
         features = bundle["features"]
         self.classes: list[str] = [str(c) for c in bundle["classes"]]
         self.features = dict(features)
         self.sr, self.window = int(features["sr"]), int(features["window_frames"])
+        self.hop_length = int(features["hop_length"])
         self.floor = math.log(features["amin"])
         if features.get("on_the_fly"):  # trained on the fly: its own (possibly trained) CQT kernels
             frontend, self.model = model
             self.cqt = frontend.cqt
         else:
-            self.model, self.cqt = model, LogCQT.from_config(features).eval()
+            self.model, self.cqt = model, LogCQT.from_config(features)
+        self.device = pick_device(device)
+        self.model, self.cqt = self.model.eval().to(self.device), self.cqt.eval().to(self.device)
+        self.batch_size = batch_size
+        self.chunk_frames = max(1, int(float(features.get("chunk_seconds", 60)) * self.sr) // self.hop_length)
+        self.margin = chunk_margin(self.cqt.radius, self.hop_length)
 
     @classmethod
-    def load(cls, source: str | Path) -> "Predictor":
-        return cls(*load_bundle(source))
+    def load(cls, source: str | Path, **kwargs) -> "Predictor":
+        return cls(*load_bundle(source), **kwargs)
+
+    def graph(self) -> ClipClassifier:
+        """The whole path from waveform to probabilities as one module (what `export` writes)."""
+        return ClipClassifier(self.cqt, self.model, self.window, self.features["amin"]).cpu().eval()
 
     @torch.inference_mode()
     def frames(self, waveform: Tensor) -> np.ndarray:
         """`(samples,)` at `self.sr` -> `(frames, n_bins)` float16 log-CQT frames."""
-        return self.cqt(waveform[None])[0].T.to(torch.float16).contiguous().numpy()
+        return self.cqt(waveform[None].to(self.device))[0].T.to(torch.float16).cpu().numpy()
 
-    def windows(self, frames: np.ndarray) -> Tensor:
-        """`(frames, n_bins)` -> `(n_windows, 1, n_bins, window)` float32, the sliding grid."""
-        starts = window_starts(len(frames), self.window, "sliding")
-        return torch.from_numpy(np.stack([cut_window(frames, s, self.window, self.floor) for s in starts])[:, None])
+    def _frame_pieces(self, source) -> Iterator[np.ndarray]:
+        """The clip's frames in consecutive pieces, as featurize computes them."""
+        samples = clip_samples(source, self.sr) if isinstance(source, (str, Path)) else len(source)
+        for piece in clip_pieces(0, samples, self.chunk_frames, self.hop_length, self.margin):
+            if isinstance(source, (str, Path)):
+                wave = load_audio(source, self.sr) if piece.whole else load_segment(source, self.sr, piece.start,
+                                                                                    piece.stop)
+            else:
+                wave = source if piece.whole else _segment(source, piece.start, piece.stop)
+            frames = self.frames(wave)
+            keep = n_frames(len(wave), self.hop_length) if piece.whole else piece.keep
+            yield frames[piece.skip: piece.skip + keep]
+
+    def _windows(self, source, hop: int | None) -> Iterator[tuple[int, np.ndarray]]:
+        """(start frame, window `(n_bins, window)` float32) for every sliding window of the clip;
+        only the frames from the next window's start on are kept between pieces."""
+        samples = clip_samples(source, self.sr) if isinstance(source, (str, Path)) else len(source)
+        starts = window_starts(n_frames(samples, self.hop_length), self.window, "sliding", hop=hop)
+        buffer, offset, todo = np.zeros((0, int(self.features["n_bins"])), np.float16), 0, 0
+        for piece in self._frame_pieces(source):
+            buffer = np.concatenate([buffer, piece])
+            while todo < len(starts) and starts[todo] + self.window <= offset + len(buffer):
+                yield starts[todo], cut_window(buffer, starts[todo] - offset, self.window, self.floor)
+                todo += 1
+            drop = (starts[todo] - offset) if todo < len(starts) else len(buffer)
+            buffer, offset = buffer[drop:], offset + drop
+        for start in starts[todo:]:  # a clip shorter than a window: padded with the floor
+            yield start, cut_window(buffer, start - offset, self.window, self.floor)
 
     @torch.inference_mode()
+    def _run(self, windows: list[np.ndarray]) -> np.ndarray:
+        """`[(n_bins, window)] * n` -> `(n, n_classes)` softmax probabilities."""
+        x = torch.from_numpy(np.stack(windows)[:, None]).to(self.device)
+        return self.model(x).float().softmax(dim=1).cpu().numpy()
+
+    def score(self, inputs: Sequence, sample_rate: int | None = None, hop: int | None = None,
+              keep_windows: bool = False) -> Iterator[Scored]:
+        """One `Scored` per input (a path, or a sample array at `sample_rate`), in order.
+
+        Windows are batched across inputs (`batch_size` per model call); a file that cannot be
+        read gets its `error` and the others go on.
+        """
+        waiting: list[Scored] = []  # not yet yielded, in input order
+        batch: list[np.ndarray] = []
+        owners: list[tuple[Scored, int]] = []  # (whose window, its start frame), aligned with `batch`
+
+        def flush():
+            for (result, start), probs in zip(owners, self._run(batch) if batch else []):
+                result.windows.append((start, probs))
+            batch.clear()
+            owners.clear()
+
+        for number, item in enumerate(inputs):
+            is_file = isinstance(item, (str, Path))
+            result = Scored(name=str(item) if is_file else f"array {number}")
+            try:
+                source = item if is_file else from_samples(item, sample_rate, self.sr)
+                result.duration = (clip_samples(source, self.sr) if is_file else len(source)) / self.sr
+                for start, window in self._windows(source, hop):
+                    batch.append(window)
+                    owners.append((result, start))
+                    if len(batch) >= self.batch_size:
+                        flush()
+            except Exception as error:  # noqa: BLE001 - reported with its reason; the other inputs go on
+                result.error = f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
+                keep = [i for i, (owner, _) in enumerate(owners) if owner is not result]
+                batch[:], owners[:] = [batch[i] for i in keep], [owners[i] for i in keep]
+            waiting.append(result)
+            while waiting and (waiting[0].error or all(owner is not waiting[0] for owner, _ in owners)):
+                yield _finish(waiting.pop(0), keep_windows)
+        flush()
+        for result in waiting:
+            yield _finish(result, keep_windows)
+
     def probabilities(self, waveform: Tensor) -> Tensor:
-        """`(samples,)` at `self.sr` -> `(n_classes,)`: mean of the sliding windows' softmax."""
-        windows = self.windows(self.frames(waveform))
-        return vote(self.model(windows), [len(windows)])[0]
+        """`(samples,)` at `self.sr` -> `(n_classes,)`: the mean of the sliding windows' softmax."""
+        result = next(self.score([waveform.numpy()], sample_rate=self.sr))
+        if result.error:
+            raise ValueError(result.error)
+        return torch.from_numpy(result.probabilities)
+
+
+def _segment(wave: Tensor, start: int, stop: int) -> Tensor:
+    """Samples [start, stop) of `wave`, zeros outside it."""
+    out = torch.zeros(stop - start)
+    lo, hi = max(start, 0), min(stop, len(wave))
+    if hi > lo:
+        out[lo - start: hi - start] = wave[lo:hi]
+    return out
+
+
+def _finish(result: Scored, keep_windows: bool) -> Scored:
+    if not result.error:
+        result.windows.sort(key=lambda w: w[0])
+        result.probabilities = np.mean([p for _, p in result.windows], axis=0)
+    if not keep_windows:
+        result.windows = []
+    return result

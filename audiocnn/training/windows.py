@@ -28,8 +28,10 @@ MODES = ("random", "center", "sliding")
 HALF_TO_FLOAT = np.arange(1 << 16, dtype=np.uint16).view(np.float16).astype(np.float32)
 
 
-def window_starts(length: int, window: int, mode: str, rng: np.random.Generator | None = None) -> list[int]:
-    """Start frames of the windows to cut from a clip of `length` frames."""
+def window_starts(length: int, window: int, mode: str, rng: np.random.Generator | None = None,
+                  hop: int | None = None) -> list[int]:
+    """Start frames of the windows to cut from a clip of `length` frames (sliding: every `hop`
+    frames, default half a window, plus one window ending on the last frame)."""
     slack = length - window
     if slack <= 0:
         return [0]
@@ -37,7 +39,7 @@ def window_starts(length: int, window: int, mode: str, rng: np.random.Generator 
         return [int((rng or np.random.default_rng()).integers(0, slack + 1))]
     if mode == "center":
         return [slack // 2]
-    hop = max(window // 2, 1)
+    hop = hop or max(window // 2, 1)
     starts = list(range(0, slack + 1, hop))
     if starts[-1] != slack:
         starts.append(slack)  # the last window ends on the clip's last frame

@@ -1,0 +1,95 @@
+"""The Python API: `from audiocnn import load_model`; `load_model(source).predict(...)` -> records.
+
+A record per input (what `audiocnn predict` prints and writes, and what the pyfunc builds on):
+    {"path": ..., "label": best class, "confidence": its probability, "duration": seconds,
+     "top_k": [[label, probability], ...] best first, "probabilities": {class: p, ...},
+     "timeline": [{"start_s", "end_s", "label", "probability"}, ...]   with timeline=True,
+     "error": reason}                                                   for an input that could not be read
+"""
+
+from __future__ import annotations
+
+import zipfile
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import numpy as np
+
+EXPORT_SUFFIXES = (".onnx", ".ts", ".torchscript")
+
+
+def is_torchscript(path: Path) -> bool:
+    """A TorchScript archive (its zip holds `code/`); a `model.pt` bundle holds only data."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            return any("/code/" in name for name in archive.namelist())
+    except (zipfile.BadZipFile, OSError):
+        return False
+
+
+class Model:
+    """A trained model ready to classify recordings (a bundle, or an exported ONNX / TorchScript file)."""
+
+    def __init__(self, backend, source: str):
+        self.backend, self.source = backend, source
+        self.classes: list[str] = backend.classes
+        self.features: dict = backend.features
+
+    @classmethod
+    def load(cls, source: str | Path, device: str = "cpu", batch_size: int = 64) -> "Model":
+        path = Path(str(source))
+        if path.suffix == ".onnx":
+            from audiocnn.inference.exported import OnnxBackend
+
+            return cls(OnnxBackend(path), str(source))
+        if path.is_file() and (path.suffix in EXPORT_SUFFIXES or is_torchscript(path)):
+            from audiocnn.inference.exported import TorchScriptBackend
+
+            return cls(TorchScriptBackend(path), str(source))
+        from audiocnn.inference.predictor import Predictor
+
+        return cls(Predictor.load(source, device=device, batch_size=batch_size), str(source))
+
+    @property
+    def window_seconds(self) -> float:
+        return (int(self.features["window_frames"]) - 1) * int(self.features["hop_length"]) / int(self.features["sr"])
+
+    def iter_predict(self, inputs: Sequence, sample_rate: int | None = None, top_k: int = 3, timeline: bool = False,
+                     hop_seconds: float | None = None) -> Iterator[dict]:
+        """`predict`, one record at a time (in input order) as soon as it is known."""
+        if any(not isinstance(item, (str, Path)) for item in inputs) and not sample_rate:
+            raise ValueError("sample_rate: needed for sample arrays (the rate of the arrays, in Hz)")
+        hop = None
+        if hop_seconds is not None:
+            hop = max(1, round(hop_seconds * int(self.features["sr"]) / int(self.features["hop_length"])))
+        for scored in self.backend.score(list(inputs), sample_rate=sample_rate, hop=hop, keep_windows=timeline):
+            yield self.record(scored, top_k, timeline)
+
+    def predict(self, inputs: Sequence, sample_rate: int | None = None, top_k: int = 3, timeline: bool = False,
+                hop_seconds: float | None = None) -> list[dict]:
+        """Records for `inputs` (paths, or sample arrays `(samples,)` / `(samples, channels)` at
+        `sample_rate`); see the module docstring. `hop_seconds`: the window hop (default half a window)."""
+        return list(self.iter_predict(inputs, sample_rate, top_k, timeline, hop_seconds))
+
+    def record(self, scored, top_k: int, timeline: bool) -> dict:
+        record = {"path": scored.name, "duration": round(float(scored.duration), 4)}
+        if scored.error:
+            return {**record, "error": scored.error}
+        probabilities = np.asarray(scored.probabilities, dtype=float)
+        order = np.argsort(-probabilities, kind="stable")
+        record.update(label=self.classes[order[0]], confidence=float(probabilities[order[0]]),
+                      top_k=[[self.classes[i], float(probabilities[i])] for i in order[:top_k]],
+                      probabilities=dict(zip(self.classes, map(float, probabilities))))
+        if timeline:
+            step = int(self.features["hop_length"]) / int(self.features["sr"])
+            record["timeline"] = [{"start_s": round(start * step, 4),
+                                   "end_s": round(min(start * step + self.window_seconds, scored.duration), 4),
+                                   "label": self.classes[int(np.argmax(p))], "probability": float(np.max(p))}
+                                  for start, p in scored.windows]
+        return record
+
+
+def load_model(source: str | Path, device: str = "cpu", batch_size: int = 64) -> Model:
+    """`source`: a model folder, `model.pt`, `runs:/<id>/model`, `models:/<name>/<version|alias>`, a
+    run id, or an exported `.onnx` (onnxruntime) or TorchScript file. `batch_size`: windows per call."""
+    return Model.load(source, device=device, batch_size=batch_size)

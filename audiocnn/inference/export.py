@@ -1,0 +1,102 @@
+"""`audiocnn export --model SOURCE --format onnx|torchscript --output FILE`.
+
+The file holds the whole path from a mono float32 waveform at the model's `features.sr`,
+`(batch, samples)` of any length, to class probabilities (`inference.graph.ClipClassifier`:
+CQT, log, float16 rounding, windows, model with its peak normalisation, vote). Outputs:
+    probabilities          (batch, n_classes)   the mean of the windows' softmax
+    window_probabilities   (batch, n_windows, n_classes)
+    window_starts          (n_windows,)         first frame of each window
+    window_weights         (n_windows,)         1, or 0 for a last window that repeats the hop grid's
+Metadata (`audiocnn`: JSON with `classes`, `features`, `window_hop_frames`): ONNX
+`metadata_props`, TorchScript extra file `audiocnn.json`.
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+from audiocnn import atomic
+from audiocnn.inference.exported import METADATA_KEY
+from audiocnn.inference.graph import ClipClassifier
+from audiocnn.inference.predictor import Predictor
+
+FORMATS = ("onnx", "torchscript")
+OUTPUTS = ["probabilities", "window_probabilities", "window_starts", "window_weights"]
+
+
+class ExportGraph(nn.Module):
+    """`ClipClassifier` with every output named in the module docstring."""
+
+    def __init__(self, graph: ClipClassifier):
+        super().__init__()
+        self.graph = graph
+
+    def forward(self, waveform: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        windows, starts, weights = self.graph.window_probabilities(waveform)
+        probabilities = (windows * weights[None, :, None]).sum(dim=1) / weights.sum()
+        return probabilities, windows, starts, weights
+
+
+def metadata(predictor: Predictor) -> str:
+    return json.dumps({"classes": predictor.classes, "features": predictor.features,
+                       "window_hop_frames": max(predictor.window // 2, 1)})
+
+
+def export_model(source: str | Path, fmt: str, output: str | Path) -> Path:
+    """Write the model at `source` as `fmt` to `output` (atomically); returns the path."""
+    if fmt not in FORMATS:
+        raise ValueError(f"--format={fmt}: allowed: {', '.join(FORMATS)}")
+    predictor = Predictor.load(source)
+    module = ExportGraph(predictor.graph()).eval()
+    example = torch.zeros(1, (predictor.window + 1) * predictor.hop_length)  # any length works: sizes are traced
+    output = Path(output)
+    with atomic.atomic_path(output) as tmp, warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the tracer's notes on shape arithmetic, which it records as ops
+        if fmt == "onnx":
+            _export_onnx(module, example, tmp, metadata(predictor))
+        else:
+            traced = torch.jit.trace(module, example, check_trace=False)
+            torch.jit.save(traced, str(tmp), _extra_files={f"{METADATA_KEY}.json": metadata(predictor)})
+    return output
+
+
+def _export_onnx(module: nn.Module, example: Tensor, path: Path, meta: str) -> None:
+    import onnx
+
+    torch.onnx.export(module, (example,), str(path), dynamo=False, opset_version=17, input_names=["waveform"],
+                      output_names=OUTPUTS, dynamic_axes={"waveform": {0: "batch", 1: "samples"},
+                                                          "probabilities": {0: "batch"},
+                                                          "window_probabilities": {0: "batch", 1: "windows"},
+                                                          "window_starts": {0: "windows"},
+                                                          "window_weights": {0: "windows"}})
+    model = onnx.load(str(path))
+    entry = model.metadata_props.add()
+    entry.key, entry.value = METADATA_KEY, meta
+    onnx.save(model, str(path))
+
+
+def main(argv: list[str]) -> int:
+    """`audiocnn export --model SOURCE --format onnx|torchscript --output FILE`."""
+    import argparse
+    import sys
+
+    parser = argparse.ArgumentParser(prog="audiocnn export", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", required=True, help="model folder, model.pt, runs:/<id>/model, models:/<name>/<v>")
+    parser.add_argument("--format", required=True, choices=FORMATS)
+    parser.add_argument("--output", required=True, help="the file to write (e.g. model.onnx, model.ts)")
+    parser.add_argument("--tracking-uri", help="MLflow tracking URI for runs:/ and models:/ sources")
+    args = parser.parse_args(argv)
+    if args.tracking_uri:
+        import mlflow
+
+        mlflow.set_tracking_uri(args.tracking_uri)
+    path = export_model(args.model, args.format, args.output)
+    print(f"export: {args.model} -> {path} ({args.format}; input: mono float32 waveforms (batch, samples) at "
+          "the model's features.sr; outputs: " + ", ".join(OUTPUTS) + ")", file=sys.stderr)
+    return 0

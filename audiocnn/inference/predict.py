@@ -1,0 +1,141 @@
+"""`audiocnn predict INPUT... --model SOURCE`: classify recordings with a trained model.
+
+INPUT: audio files, folders (recursive: every file with an extension soundfile reads), glob
+patterns, or a `.txt` / `.csv` list of paths (one per line, or a `path` column). SOURCE: a
+model folder, `model.pt`, `runs:/<id>/model`, `models:/<name>/<version|alias|latest>`, a run
+id, or an exported `.onnx` / TorchScript file. Output: a table on stdout, or `--output
+preds.csv|.jsonl` with one row per file; `--timeline` adds one row per window (which class
+when). A file that cannot be read is reported with its reason and the rest go on; the exit
+status is 1 only when nothing could be predicted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import glob
+import json
+import sys
+from pathlib import Path
+
+import soundfile as sf
+from tqdm import tqdm
+
+from audiocnn import atomic
+
+# What soundfile (libsndfile) reads, as file extensions, plus common aliases.
+AUDIO_SUFFIXES = {f".{name.lower()}" for name in sf.available_formats()} | {".aif", ".aiff", ".oga", ".opus"}
+
+
+def expand_inputs(inputs: list[str]) -> list[str]:
+    """Files, folders (recursive), globs and path lists -> the audio paths, in order, without repeats."""
+    paths: list[str] = []
+    for item in inputs:
+        path = Path(item)
+        if path.is_dir():
+            paths += [str(p) for p in sorted(path.rglob("*")) if p.suffix.lower() in AUDIO_SUFFIXES
+                      and not p.name.startswith(".")]
+        elif path.suffix.lower() in (".txt", ".csv") and path.is_file():
+            paths += read_list(path)
+        elif not path.exists() and glob.has_magic(item):
+            paths += sorted(glob.glob(item, recursive=True))
+        else:
+            paths.append(item)  # a file (or a missing one: reported with its reason)
+    return list(dict.fromkeys(paths))
+
+
+def read_list(path: Path) -> list[str]:
+    """A `.csv` with a `path` column (or paths in its first column), or a `.txt` of one path per line;
+    relative paths are taken from the list's folder."""
+    with open(path, newline="", encoding="utf-8") as handle:
+        rows = [row for row in csv.reader(handle) if row and row[0].strip() and not row[0].startswith("#")]
+    column = rows[0].index("path") if path.suffix == ".csv" and rows and "path" in rows[0] else 0
+    if path.suffix == ".csv" and rows and "path" in rows[0]:
+        rows = rows[1:]
+    return [str(p if (p := Path(row[column].strip())).is_absolute() else path.parent / p) for row in rows]
+
+
+def file_rows(record: dict, top_k: int) -> dict:
+    row = {"path": record["path"], "label": record.get("label", ""), "confidence": record.get("confidence", ""),
+           "duration": record["duration"]}
+    for rank, (label, probability) in enumerate(record.get("top_k", [])[:top_k], 1):
+        row[f"top{rank}_label"], row[f"top{rank}_probability"] = label, round(probability, 6)
+    if record.get("error"):
+        row["error"] = record["error"]
+    return row
+
+
+def write_output(path: Path, rows: list[dict]) -> None:
+    """`.jsonl`: one JSON object per line; anything else: CSV with the union of the rows' columns."""
+    with atomic.atomic_path(path) as tmp:
+        with open(tmp, "w", newline="", encoding="utf-8") as handle:
+            if path.suffix == ".jsonl":
+                handle.writelines(json.dumps(row) + "\n" for row in rows)
+            else:
+                columns = list(dict.fromkeys(key for row in rows for key in row))
+                writer = csv.DictWriter(handle, fieldnames=columns)
+                writer.writeheader()
+                writer.writerows(rows)
+
+
+def print_table(records: list[dict]) -> None:
+    width = max([len(r["path"]) for r in records] + [4])
+    print(f"{'path':<{width}}  {'label':<12} {'confidence':>10} {'duration':>9}")
+    for r in records:
+        if r.get("error"):
+            print(f"{r['path']:<{width}}  error: {r['error']}")
+        else:
+            print(f"{r['path']:<{width}}  {r['label']:<12} {r['confidence']:>10.4f} {r['duration']:>8.2f}s")
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="audiocnn predict", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("inputs", nargs="+", help="audio files, folders, globs, or .txt/.csv lists of paths")
+    parser.add_argument("--model", required=True, help="the trained model (see above)")
+    parser.add_argument("--output", help="write preds.csv or preds.jsonl instead of printing a table")
+    parser.add_argument("--top-k", type=int, default=3, help="labels and probabilities kept per file (default 3)")
+    parser.add_argument("--timeline", action="store_true", help="also one row per window: path, start_s, end_s, "
+                        "label, probability (to <output stem>_timeline.<ext>, or printed)")
+    parser.add_argument("--hop-s", type=float, help="window hop in seconds (default: half a window, as evaluate)")
+    parser.add_argument("--batch-size", type=int, default=64, help="windows per model call (default 64)")
+    parser.add_argument("--device", default="cpu", help="cpu | cuda | auto (model.pt sources)")
+    parser.add_argument("--tracking-uri", help="MLflow tracking URI for runs:/ and models:/ sources")
+    args = parser.parse_args(argv)
+    for name, value in (("--top-k", args.top_k), ("--batch-size", args.batch_size)):
+        if value < 1:
+            parser.error(f"{name}={value}: must be a positive integer")
+    if args.hop_s is not None and not args.hop_s > 0:
+        parser.error(f"--hop-s={args.hop_s}: must be a positive number of seconds")
+    if args.tracking_uri:
+        import mlflow
+
+        mlflow.set_tracking_uri(args.tracking_uri)
+    from audiocnn.inference.api import load_model
+
+    paths = expand_inputs(args.inputs)
+    if not paths:
+        print("error: no audio files in the inputs", file=sys.stderr)
+        return 1
+    model = load_model(args.model, device=args.device, batch_size=args.batch_size)
+    records = []
+    with tqdm(total=len(paths), desc="predict", unit="file", disable=None, file=sys.stderr) as bar:
+        for record in model.iter_predict(paths, top_k=args.top_k, timeline=args.timeline, hop_seconds=args.hop_s):
+            records.append(record)
+            bar.update(1)
+    failed = [r for r in records if r.get("error")]
+    for record in failed:
+        print(f"skipped {record['path']}: {record['error']}", file=sys.stderr)
+    timeline = [{"path": r["path"], **w} for r in records for w in r.get("timeline", [])]
+    if args.output:
+        output = Path(args.output)
+        write_output(output, [file_rows(r, args.top_k) for r in records])
+        if args.timeline:
+            write_output(output.with_name(f"{output.stem}_timeline{output.suffix}"), timeline)
+    else:
+        print_table(records)
+        for row in timeline:
+            print(f"{row['path']}  {row['start_s']:8.2f}-{row['end_s']:<8.2f} {row['label']:<12} {row['probability']:.4f}")
+    print(f"predict: {len(records) - len(failed)} of {len(records)} files predicted"
+          f"{f', {len(failed)} skipped' if failed else ''}", file=sys.stderr)
+    return 0 if len(failed) < len(records) else 1
