@@ -16,7 +16,7 @@ from typing import Iterator, Sequence
 import numpy as np
 
 from audiocnn.data.audio import from_samples, load_audio
-from audiocnn.inference.predictor import Scored
+from audiocnn.inference.results import Scored
 
 METADATA_KEY = "audiocnn"  # ONNX metadata_props key / TorchScript extra file: {"classes", "features", ...}
 

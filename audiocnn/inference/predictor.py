@@ -16,7 +16,6 @@ predict`) and the MLflow pyfunc are thin layers over that.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator, Sequence
 
@@ -28,19 +27,9 @@ from audiocnn.data.audio import clip_samples, from_samples, load_audio, load_seg
 from audiocnn.features.cqt import LogCQT, n_frames, pick_device
 from audiocnn.features.plan import chunk_margin, clip_pieces
 from audiocnn.inference.graph import ClipClassifier
+from audiocnn.inference.results import Scored
 from audiocnn.models.bundle import load_bundle
 from audiocnn.training.windows import cut_window, window_starts
-
-
-@dataclass
-class Scored:
-    """One input's answer: `probabilities` `(n_classes,)` (None if it could not be read, see `error`)."""
-
-    name: str
-    duration: float = 0.0
-    probabilities: np.ndarray | None = None
-    windows: list[tuple[int, np.ndarray]] = field(default_factory=list)  # (start frame, probabilities)
-    error: str = ""
 
 
 class Predictor:
