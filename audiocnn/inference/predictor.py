@@ -32,6 +32,9 @@ from audiocnn.models.bundle import load_bundle
 from audiocnn.training.windows import cut_window, window_starts
 
 
+GROUP_SAMPLES = 1 << 23  # most samples of short clips in one CQT batch (32 MB of float32)
+
+
 class Predictor:
     """`Predictor.load(source)`: any source `audiocnn.models.bundle.weights_file` takes."""
 
@@ -64,28 +67,31 @@ class Predictor:
     @torch.inference_mode()
     def frames(self, waveform: Tensor) -> np.ndarray:
         """`(samples,)` at `self.sr` -> `(frames, n_bins)` float16 log-CQT frames."""
-        return self.cqt(waveform[None].to(self.device))[0].T.to(torch.float16).cpu().numpy()
+        return self.batch_frames([waveform])[0]
 
-    def _frame_pieces(self, source) -> Iterator[np.ndarray]:
-        """The clip's frames in consecutive pieces, as featurize computes them."""
-        samples = clip_samples(source, self.sr) if isinstance(source, (str, Path)) else len(source)
-        for piece in clip_pieces(0, samples, self.chunk_frames, self.hop_length, self.margin):
-            if isinstance(source, (str, Path)):
-                wave = load_audio(source, self.sr) if piece.whole else load_segment(source, self.sr, piece.start,
-                                                                                    piece.stop)
-            else:
-                wave = source if piece.whole else _segment(source, piece.start, piece.stop)
-            frames = self.frames(wave)
-            keep = n_frames(len(wave), self.hop_length) if piece.whole else piece.keep
-            yield frames[piece.skip: piece.skip + keep]
+    @torch.inference_mode()
+    def batch_frames(self, waves: list[Tensor]) -> list[np.ndarray]:
+        """Several waveforms in one CQT call, zero-padded to the longest (zero padding leaves each
+        clip's frames as they are alone, as in featurize): `[(frames_i, n_bins)]` float16."""
+        batch = torch.zeros(len(waves), max(max(len(w) for w in waves), 1))
+        for row, wave in enumerate(waves):
+            batch[row, : len(wave)] = wave
+        frames = self.cqt(batch.to(self.device)).to(torch.float16).cpu().numpy()  # (batch, n_bins, frames)
+        return [frames[row, :, : n_frames(len(wave), self.hop_length)].T for row, wave in enumerate(waves)]
 
-    def _windows(self, source, hop: int | None) -> Iterator[tuple[int, np.ndarray]]:
-        """(start frame, window `(n_bins, window)` float32) for every sliding window of the clip;
-        only the frames from the next window's start on are kept between pieces."""
-        samples = clip_samples(source, self.sr) if isinstance(source, (str, Path)) else len(source)
+    def _frame_pieces(self, source, pieces) -> Iterator[np.ndarray]:
+        """A long clip's frames in consecutive chunks, as featurize computes them."""
+        for piece in pieces:
+            wave = (load_segment(source, self.sr, piece.start, piece.stop) if isinstance(source, (str, Path))
+                    else _segment(source, piece.start, piece.stop))
+            yield self.frames(wave)[piece.skip: piece.skip + piece.keep]
+
+    def _windows(self, frame_pieces, samples: int, hop: int | None) -> Iterator[tuple[int, np.ndarray]]:
+        """(start frame, window `(n_bins, window)` float32) for every sliding window of a clip of
+        `samples` samples; between pieces only the frames from the next window's start on are kept."""
         starts = window_starts(n_frames(samples, self.hop_length), self.window, "sliding", hop=hop)
         buffer, offset, todo = np.zeros((0, int(self.features["n_bins"])), np.float16), 0, 0
-        for piece in self._frame_pieces(source):
+        for piece in frame_pieces:
             buffer = np.concatenate([buffer, piece])
             while todo < len(starts) and starts[todo] + self.window <= offset + len(buffer):
                 yield starts[todo], cut_window(buffer, starts[todo] - offset, self.window, self.floor)
@@ -105,38 +111,63 @@ class Predictor:
               keep_windows: bool = False) -> Iterator[Scored]:
         """One `Scored` per input (a path, or a sample array at `sample_rate`), in order.
 
-        Windows are batched across inputs (`batch_size` per model call); a file that cannot be
+        Short clips are decoded and go through the CQT several at a time; long ones in chunks.
+        Windows are batched across inputs (`batch_size` per model call). A file that cannot be
         read gets its `error` and the others go on.
         """
         waiting: list[Scored] = []  # not yet yielded, in input order
+        group: list[tuple[Scored, Tensor]] = []  # short clips decoded, waiting for one batched CQT
         batch: list[np.ndarray] = []
         owners: list[tuple[Scored, int]] = []  # (whose window, its start frame), aligned with `batch`
+        open_windows: dict[int, int] = {}  # id(result) -> windows in `batch`, or -1 while in `group`
 
-        def flush():
+        def run_batch():
             for (result, start), probs in zip(owners, self._run(batch) if batch else []):
                 result.windows.append((start, probs))
+                open_windows[id(result)] -= 1
             batch.clear()
             owners.clear()
+
+        def add_windows(result: Scored, frame_pieces, samples: int):
+            open_windows[id(result)] = 0
+            for start, window in self._windows(frame_pieces, samples, hop):
+                batch.append(window)
+                owners.append((result, start))
+                open_windows[id(result)] += 1
+                if len(batch) >= self.batch_size:
+                    run_batch()
+
+        def run_group():
+            if group:
+                for (result, wave), frames in zip(group, self.batch_frames([w for _, w in group])):
+                    add_windows(result, [frames], len(wave))
+                group.clear()
 
         for number, item in enumerate(inputs):
             is_file = isinstance(item, (str, Path))
             result = Scored(name=str(item) if is_file else f"array {number}")
+            waiting.append(result)
             try:
                 source = item if is_file else from_samples(item, sample_rate, self.sr)
-                result.duration = (clip_samples(source, self.sr) if is_file else len(source)) / self.sr
-                for start, window in self._windows(source, hop):
-                    batch.append(window)
-                    owners.append((result, start))
-                    if len(batch) >= self.batch_size:
-                        flush()
+                samples = clip_samples(source, self.sr) if is_file else len(source)
+                result.duration = samples / self.sr
+                pieces = clip_pieces(0, samples, self.chunk_frames, self.hop_length, self.margin)
+                if pieces[0].whole:
+                    group.append((result, load_audio(source, self.sr) if is_file else source))
+                    open_windows[id(result)] = -1
+                    if len(group) >= self.batch_size or sum(len(w) for _, w in group) > GROUP_SAMPLES:
+                        run_group()
+                else:
+                    add_windows(result, self._frame_pieces(source, pieces), samples)
             except Exception as error:  # noqa: BLE001 - reported with its reason; the other inputs go on
                 result.error = f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
                 keep = [i for i, (owner, _) in enumerate(owners) if owner is not result]
                 batch[:], owners[:] = [batch[i] for i in keep], [owners[i] for i in keep]
-            waiting.append(result)
-            while waiting and (waiting[0].error or all(owner is not waiting[0] for owner, _ in owners)):
+                group[:] = [(r, w) for r, w in group if r is not result]
+            while waiting and (waiting[0].error or open_windows.get(id(waiting[0])) == 0):
                 yield _finish(waiting.pop(0), keep_windows)
-        flush()
+        run_group()
+        run_batch()
         for result in waiting:
             yield _finish(result, keep_windows)
 

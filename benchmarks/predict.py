@@ -1,0 +1,141 @@
+"""End-to-end `predict` throughput: PyTorch eager, TorchScript and onnxruntime, in one run.
+
+    .venv/bin/python benchmarks/predict.py                # FSDD folder + a 1-hour file
+    .venv/bin/python benchmarks/predict.py --clips 300 --hours 0.25
+
+The model is the default `crnn_gru` with FSDD's speech front-end (`data=fsdd`: 8 kHz, hop
+128, 84 bins), randomly initialised: throughput does not depend on the weights. Inputs:
+`--clips` FSDD recordings (a folder), and one `--hours`-long 8 kHz WAV made of FSDD
+recordings back to back. Each (backend, input) runs `audiocnn predict` in a fresh child
+process (after one warm-up file) and reports audio-seconds per second, the multiple of real
+time and the child's peak RSS. For the eager backend, where the time goes: decode +
+resample alone, the CQT alone, and the rest (windows + model). Writes
+benchmarks/results/predict.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+from common import load_average, machine, save_results
+from fsdd_manifest import FSDD
+
+RESULTS = Path(__file__).parent / "results" / "predict.json"
+REPO = Path(__file__).resolve().parent.parent
+
+CHILD = """
+import json, resource, sys, time
+from audiocnn import load_model
+from audiocnn.inference.predict import expand_inputs
+model = load_model(sys.argv[1])
+paths = expand_inputs([sys.argv[2]])
+model.predict(paths[:1])  # warm-up (first calls allocate and pick kernels)
+started = time.perf_counter()
+records = model.predict(paths)
+seconds = time.perf_counter() - started
+print(json.dumps({"seconds": seconds, "audio_seconds": sum(r["duration"] for r in records),
+                  "files": len(records), "errors": sum("error" in r for r in records),
+                  "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+"""
+
+PARTS = """
+import json, sys, time, torch
+from audiocnn.data.audio import load_audio
+from audiocnn.inference.predict import expand_inputs
+from audiocnn.inference.predictor import Predictor
+predictor = Predictor.load(sys.argv[1])
+paths = expand_inputs([sys.argv[2]])
+started = time.perf_counter(); waves = [load_audio(p, predictor.sr) for p in paths]; decode = time.perf_counter() - started
+started = time.perf_counter()
+for wave in waves:
+    predictor.frames(wave)
+cqt = time.perf_counter() - started
+print(json.dumps({"decode_resample_s": decode, "cqt_s": cqt}))
+"""
+
+
+def child(code: str, *args: str) -> dict:
+    """Run `code` in a fresh interpreter (its peak RSS is its own); its JSON answer."""
+    result = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, cwd=REPO,
+                            check=True)
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def make_inputs(work: Path, clips: int, hours: float) -> dict[str, Path]:
+    recordings = sorted((FSDD / "recordings").glob("*.wav"))[:clips]
+    folder = work / "fsdd"
+    folder.mkdir()
+    for path in recordings:
+        (folder / path.name).symlink_to(path)
+    inputs = {f"FSDD folder ({len(recordings)} clips)": folder}
+    if hours > 0:
+        long = work / "long" / "one_hour.wav"
+        long.parent.mkdir()
+        target = int(hours * 3600 * 8000)
+        with sf.SoundFile(long, "w", samplerate=8000, channels=1, subtype="PCM_16") as out:
+            written, index = 0, 0
+            while written < target:
+                wave, _ = sf.read(recordings[index % len(recordings)], dtype="float32")
+                wave = wave[: target - written]
+                out.write(wave)
+                written, index = written + len(wave), index + 1
+        inputs[f"one {hours:g}-hour file"] = long.parent
+    return inputs
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--clips", type=int, default=3000)
+    parser.add_argument("--hours", type=float, default=1.0)
+    args = parser.parse_args()
+    import torch
+    from omegaconf import OmegaConf
+
+    from audiocnn.config import compose_config
+    from audiocnn.inference.export import export_model
+    from audiocnn.models import build_model
+    from audiocnn.models.bundle import save_bundle
+
+    before = load_average()
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        torch.manual_seed(0)
+        cfg = compose_config(["data=fsdd"])
+        model = build_model(cfg.model, 10, cfg.features.n_bins, cfg.features.top_db).eval()
+        save_bundle(model, OmegaConf.to_container(cfg.model), OmegaConf.to_container(cfg.features),
+                    [str(d) for d in range(10)], work / "model" / "model.pt")
+        sources = {"PyTorch eager": str(work / "model"),
+                   "TorchScript": str(export_model(work / "model", "torchscript", work / "model.ts")),
+                   "onnxruntime": str(export_model(work / "model", "onnx", work / "model.onnx"))}
+        rows = []
+        for input_name, folder in make_inputs(work, args.clips, args.hours).items():
+            parts = child(PARTS, sources["PyTorch eager"], str(folder))
+            for backend, source in sources.items():
+                run = child(CHILD, source, str(folder))
+                rss = round(run["peak_rss_mb"], 1)
+                speed = run["audio_seconds"] / run["seconds"]
+                row = {"input": input_name, "backend": backend, "files": run["files"], "errors": run["errors"],
+                       "audio_seconds": round(run["audio_seconds"], 1), "seconds": round(run["seconds"], 2),
+                       "audio_seconds_per_second": round(speed, 1), "peak_rss_mb": rss}
+                if backend == "PyTorch eager":
+                    row["time_split_s"] = {"decode_resample": round(parts["decode_resample_s"], 2),
+                                           "cqt": round(parts["cqt_s"], 2),
+                                           "windows_and_model": round(run["seconds"] - parts["decode_resample_s"]
+                                                                      - parts["cqt_s"], 2)}
+                rows.append(row)
+                print(f"{input_name:<28} {backend:<14} {speed:9.0f}x real time  {rss:7.0f} MB peak RSS")
+    save_results(RESULTS, {"machine": machine(), "load_average_before": before, "model": "crnn_gru, data=fsdd "
+                           "(speech front-end), untrained", "rows": rows,
+                           "command": "benchmarks/predict.py " + " ".join(sys.argv[1:])})
+
+
+if __name__ == "__main__":
+    main()
