@@ -85,7 +85,8 @@ def test_train_and_evaluate_on_the_fly_with_trainable_kernels(tmp_path):
 
     mlflow.set_tracking_uri(cfg.tracking.uri)
     served = mlflow.pyfunc.load_model(summary["registered_model"])
-    assert served.unwrap_python_model().frontend is not None
+    served_cqt = served.unwrap_python_model().predictor.cqt
+    assert torch.equal(served_cqt.cqt.cqt_kernels_real, trained["cqt.cqt.cqt_kernels_real"])  # the learned kernels
     clip = pd.read_csv(Path(cfg.paths.prepared) / "manifest.csv")["path"].iloc[0]
     samples, sr = sf.read(clip, dtype="float32")
     answer = served.predict({"samples": [samples.tolist()], "sample_rate": [sr]})[0]

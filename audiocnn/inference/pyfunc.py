@@ -30,7 +30,7 @@ from audiocnn.data.audio import decode_bytes, from_samples
 from audiocnn.inference.predictor import Predictor
 
 # What loading the model needs; pinning them skips MLflow's slow requirement inference.
-MODEL_REQUIREMENTS = ["torch", "torchaudio", "nnAudio", "soundfile", "audiocnn"]
+MODEL_REQUIREMENTS = ["torch", "torchaudio", "nnAudio", "soundfile", "soxr", "audiocnn"]
 
 
 def as_records(model_input) -> list[dict]:
