@@ -43,6 +43,11 @@ def max_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+# A child's own peak RSS: VmHWM. Its `ru_maxrss` would start at this (pytest) process's peak,
+# which Linux carries over subprocess's fork + exec, and hide what the child itself used.
+HWM = "int(next(l for l in open('/proc/self/status') if l.startswith('VmHWM')).split()[1])"
+
+
 @pytest.mark.parametrize("rate", RATES)
 def test_load_audio_equals_reference_resamplers(tmp_path, rate):
     import librosa
@@ -115,7 +120,7 @@ def test_resampling_cost_does_not_depend_on_the_reduced_ratio(rate):
 
 def featurize_peak_rss_mb(root: Path, work: Path) -> float:
     """Prepare the `folder` dataset at `root` (in process), then featurize it in a child process
-    (the real stage, CPU, no DataLoader workers); the child's peak RSS in MB."""
+    (the real stage, CPU, no DataLoader workers); the child's own peak RSS in MB."""
     from audiocnn.config import write_params
     from audiocnn.data.prepare import prepare
     from tests.test_sources import config
@@ -125,9 +130,9 @@ def featurize_peak_rss_mb(root: Path, work: Path) -> float:
     params = write_params(work / "params.yaml", [
         "data=folder", f"data.root={root}", f"paths.prepared={out / 'prepared'}", f"paths.features={out / 'features'}",
         "features.device=cpu", "features.num_workers=0", "features.batch_size=8"])
-    script = ("import resource, sys; sys.argv = ['featurize', '--params', sys.argv[1]]\n"
+    script = ("import sys; sys.argv = ['featurize', '--params', sys.argv[1]]\n"
               "from audiocnn.config import stage_main\nfrom audiocnn.features.featurize import featurize\n"
-              "stage_main(featurize)\nprint('maxrss_kb', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)")
+              f"stage_main(featurize)\nprint('maxrss_kb', {HWM})")
     done = subprocess.run([sys.executable, "-c", script, str(params)], cwd=REPO, check=True, capture_output=True,
                           text=True, timeout=300)
     store = next((out / "features").iterdir())
