@@ -140,6 +140,7 @@ def featurize_peak_rss_mb(root: Path, work: Path) -> float:
     return int(done.stdout.split("maxrss_kb")[-1].split()[0]) / 1024
 
 
+@pytest.mark.slow  # two featurize processes (~20 s); test_resampling_cost_... catches a big kernel in-process
 def test_featurize_peak_rss_with_a_16001_hz_file_is_that_without_it(tmp_path):
     """A 3 KB WAV at 16,001 Hz made featurize peak at 5.3 GB; now it costs what any clip costs."""
     rng = np.random.default_rng(0)

@@ -103,9 +103,27 @@ def load_audio(path: str | Path, sr: int) -> torch.Tensor:
     return resample(to_mono(data), file_sr, sr)
 
 
+def probe_bytes(data: bytes) -> AudioInfo:
+    """Header facts of an encoded audio file held in memory; raises like `probe_audio`."""
+    info = sf.info(io.BytesIO(data))
+    if info.frames <= 0:
+        raise ValueError("empty: no audio frames")
+    return AudioInfo(duration=info.frames / info.samplerate, sr=info.samplerate, channels=info.channels,
+                     frames=info.frames)
+
+
+def read_bytes(data: bytes, max_frames: int | None = None) -> tuple[np.ndarray, int]:
+    """An encoded file's bytes -> (`(samples, channels)` float32 as stored, its rate), nothing
+    cleaned; at most `max_frames` samples per channel are decoded (None: all), so a header
+    that under-reports the length cannot make decoding unbounded."""
+    samples, file_sr = sf.read(io.BytesIO(data), frames=-1 if max_frames is None else max_frames, dtype="float32",
+                               always_2d=True)
+    return samples, int(file_sr)
+
+
 def decode_bytes(data: bytes, sr: int) -> torch.Tensor:
     """An encoded audio file's bytes (WAV, FLAC, OGG...) -> mono float32 `(samples,)` at `sr` Hz."""
-    samples, file_sr = sf.read(io.BytesIO(data), dtype="float32", always_2d=True)
+    samples, file_sr = read_bytes(data)
     return resample(to_mono(samples), file_sr, sr)
 
 
