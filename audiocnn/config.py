@@ -197,6 +197,9 @@ def validate_config(cfg: DictConfig) -> None:
     validate_augment(cfg)
     validate_optimisation(cfg)
     validate_evaluate(cfg)
+    from audiocnn.inference.requests import validate_serving
+
+    validate_serving(cfg)
     for key in ("trainer.max_epochs", "trainer.batch_size"):
         _positive(cfg, key, int)
     from audiocnn.data.sources import validate as validate_data

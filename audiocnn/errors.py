@@ -52,3 +52,11 @@ class EmptySplitError(InputError, RuntimeError):
 
 class Unusable(Exception):
     """A file prepare must skip; `str(error)` is the report's reason, `<category>: <detail>`."""
+
+
+class RequestError(InputError, ValueError):
+    """A serving request the model cannot score (encoding, shape, rate, values, limits).
+
+    The pyfunc answers it with HTTP 400 and this message, which names the field and says
+    what to send instead; nothing of the server (traceback, paths) goes with it.
+    """

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import mlflow
 import numpy as np
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from audiocnn import atomic, repeats, tracking
 from audiocnn.data.prepare import is_prepared, prepare
@@ -45,7 +45,9 @@ def log_servable_model(cfg: DictConfig, summary: dict) -> dict:
     `audiocnn.inference.pyfunc`), registered as `tracking.registered_model`; record its URIs in run.json."""
     out = Path(cfg.paths.models)
     with tracking.open_run(cfg, run_id=summary["run_id"]):
-        info = log_audio_model(out / "model.pt", cfg.tracking.get("registered_model"))
+        serving = cfg.get("serving")  # the request limits, stored with the model
+        info = log_audio_model(out / "model.pt", cfg.tracking.get("registered_model"),
+                               OmegaConf.to_container(serving, resolve=True) if serving is not None else None)
     summary = {**summary, "model_uri": info.model_uri}
     if info.registered_model_version:
         summary["registered_model"] = f"models:/{cfg.tracking.registered_model}/{info.registered_model_version}"

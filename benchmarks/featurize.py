@@ -4,7 +4,7 @@
     .venv/bin/python benchmarks/featurize.py --clips 3000
 
 Same clips, same work for all three: decode (soundfile), resample to `features.sr`
-(torchaudio), CQT, log, float16, write to disk.
+(soxr, `audiocnn.data.audio`), CQT, log, float16, write to disk.
 (a) the project: `audiocnn.features.featurize.featurize` (DataLoader decoding workers,
     length-bucketed batched CQT), timed from the call to the finished store.
 (b) `librosa.cqt` clip by clip in this process (numba warmed up first).

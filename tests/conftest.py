@@ -74,6 +74,34 @@ def train(cfg, run_name_suffix: str = "") -> dict:
     return train_model(cfg, run_name_suffix=run_name_suffix)
 
 
+def untrained_bundle(root: Path, *overrides: str) -> Path:
+    """`root/model.pt` of an untrained model (`model=cnn` unless overridden): a real bundle in a
+    second, for tests of what happens around the model (requests, decoding), not of training."""
+    from omegaconf import OmegaConf
+
+    from audiocnn.models.build import build_model
+    from audiocnn.models.bundle import save_bundle
+
+    cfg = compose_config(["model=cnn", *overrides])
+    classes = ["zero", "one", "two"]
+    model = build_model(cfg.model, len(classes), cfg.features.n_bins, cfg.features.top_db)
+    Path(root).mkdir(parents=True, exist_ok=True)
+    return save_bundle(model.eval(), OmegaConf.to_container(cfg.model, resolve=True),
+                       OmegaConf.to_container(cfg.features, resolve=True), classes, Path(root) / "model.pt")
+
+
+def tiny_classifier(root: Path, model_config: dict | None = None):
+    """The pyfunc's `AudioClassifier` loaded (as MLflow loads it) around an untrained bundle."""
+    from types import SimpleNamespace
+
+    from audiocnn.inference.pyfunc import AudioClassifier
+
+    classifier = AudioClassifier()
+    classifier.load_context(SimpleNamespace(artifacts={"model.pt": str(untrained_bundle(root))},
+                                            model_config=model_config or {}))
+    return classifier
+
+
 def stop_process(process: subprocess.Popen, timeout: float = 30) -> None:
     """Terminate a server started by a test; kill it if it does not exit within `timeout` s."""
     process.terminate()

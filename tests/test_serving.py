@@ -65,8 +65,11 @@ def test_the_best_model_is_registered_and_predicts_from_raw_audio(trained):
     stereo = np.stack([samples, samples], axis=1)
     from_array = model.predict({"samples": [stereo.tolist()], "sample_rate": [sr]})
     assert from_array[0]["probabilities"] == pytest.approx(answers[0]["probabilities"], abs=1e-5)
-    with pytest.raises(ValueError, match="audio_base64, or samples and sample_rate"):
-        model.predict(pd.DataFrame({"nothing": [1]}))
+    with pytest.raises(mlflow.exceptions.MlflowException, match="audio_base64, or samples and sample_rate"):
+        model.predict(pd.DataFrame({"nothing": [1]}))  # a 400 over HTTP (tests/test_requests.py)
+    from audiocnn.inference.requests import Limits
+
+    assert model.unwrap_python_model().limits == Limits.from_settings(cfg.serving)  # logged with cfg.serving
 
 
 @pytest.fixture(scope="module")

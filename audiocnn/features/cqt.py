@@ -26,7 +26,9 @@ from torch import Tensor, nn
 # Bump when the front-end's output (or the store layout) changes for the same settings:
 # it is part of the feature store's hash, so old stores are never reused.
 # 2: octave-cropped kernels; store index without splits (splits come from the manifest).
-FRONTEND_VERSION = 2
+# 3: resampling by soxr HQ instead of torchaudio's sinc (frames of every file whose rate is
+#    not features.sr change; clip lengths too, soxr rounds n * sr / source_sr to nearest).
+FRONTEND_VERSION = 3
 FEATURE_KEYS = ("sr", "hop_length", "fmin", "n_bins", "bins_per_octave", "amin")
 
 

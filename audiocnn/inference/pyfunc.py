@@ -1,15 +1,24 @@
 """The logged model: an MLflow pyfunc that takes raw audio and returns class probabilities.
 
-Input, one row per clip (a pandas DataFrame, a dict of columns or a list of records;
-over HTTP `{"dataframe_records": [...]}` or `{"inputs": {...}}`), either
-    audio_base64    a whole audio file (WAV, FLAC, OGG: anything soundfile reads), base64
+Input (`audiocnn.inference.requests` has the exact rules): one clip per DataFrame row or
+record, or one dict; over HTTP `{"dataframe_records": [...]}` or `{"inputs": {...}}`. A clip is
+    audio_base64    a whole audio file (WAV, FLAC, OGG: anything libsndfile reads), base64
 or
-    samples         a float waveform (mono, or `(samples, channels)`), with
-    sample_rate     its rate in Hz.
+    samples         floats shaped `(samples,)` or `(samples, channels)`, with
+    sample_rate     their rate in Hz (a number: one clip; a list: one rate per clip).
 Inside, as the train/evaluate stages do: downmix, resample to `features.sr`, log-CQT
 (nnAudio), every window of a sliding grid (hop = half a window), window probabilities
 averaged per clip.
 Output, one record per clip: {"label": best class, "probabilities": {class: p, ...}}.
+
+Every request gets predictions or a refusal: a request the model cannot score (bad base64,
+not audio, a channels-first array, a rate of 0 or 1e9, NaN or 1e30 samples, longer than
+`serving.max_seconds`...) raises `MlflowException(reason, INVALID_PARAMETER_VALUE)`, which
+`mlflow models serve` answers with HTTP 400 and `{"error_code", "message", "reason", ...}`:
+`message` is MLflow's "Failed to predict data '<excerpt of the request>'. Error: <reason>",
+`reason` the reason alone; no traceback. A failure inside the model is HTTP 500 with a one-line message
+(the traceback goes to the server's log, not to the client). The limits are the `serving`
+config group, stored as the logged model's `model_config`.
 
 The model directory holds `artifacts/model.pt` (the train stage's bundle: weights,
 model/features configs, class names; checked and built through the allow-list of
@@ -19,37 +28,25 @@ so nothing is unpickled. Scoring is `Predictor`'s: the evaluate stage's windows 
 
 from __future__ import annotations
 
-import base64
+import logging
 from pathlib import Path
+from typing import Mapping
 
 import mlflow
 import numpy as np
 import pandas as pd
+from mlflow.exceptions import MlflowException
+from mlflow.protos.databricks_pb2 import INTERNAL_ERROR, INVALID_PARAMETER_VALUE
 
-from audiocnn.data.audio import decode_bytes, from_samples
+from audiocnn.data.audio import from_samples
+from audiocnn.errors import RequestError
 from audiocnn.inference.predictor import Predictor
+from audiocnn.inference.requests import ONE_CLIP, Limits, as_records, parse_clip
+
+LOG = logging.getLogger(__name__)
 
 # What loading the model needs; pinning them skips MLflow's slow requirement inference.
-MODEL_REQUIREMENTS = ["torch", "torchaudio", "nnAudio", "soundfile", "audiocnn"]
-
-
-def as_records(model_input) -> list[dict]:
-    """DataFrame / dict of columns / list of records -> list of {column: value}."""
-    if isinstance(model_input, pd.DataFrame):
-        return model_input.to_dict(orient="records")
-    if isinstance(model_input, dict):
-        columns = {k: (v.tolist() if isinstance(v, np.ndarray) else v) for k, v in model_input.items()}
-        if "samples" in columns and columns["samples"] and not isinstance(columns["samples"][0], (list, tuple)):
-            columns = {k: [v] for k, v in columns.items()}  # one clip given as {"samples": [...], "sample_rate": n}
-        if "audio_base64" in columns and isinstance(columns["audio_base64"], str):
-            columns = {k: [v] for k, v in columns.items()}
-        lengths = {len(v) for v in columns.values() if isinstance(v, (list, tuple))}
-        return [{k: v[i] if isinstance(v, (list, tuple)) else v for k, v in columns.items()}
-                for i in range(max(lengths, default=1))]
-    if isinstance(model_input, list):
-        return list(model_input)
-    raise TypeError(f"unsupported input {type(model_input).__name__}; send rows with audio_base64, "
-                    "or samples and sample_rate")
+MODEL_REQUIREMENTS = ["torch", "torchaudio", "nnAudio", "soundfile", "soxr", "audiocnn"]
 
 
 class AudioClassifier(mlflow.pyfunc.PythonModel):
@@ -58,35 +55,58 @@ class AudioClassifier(mlflow.pyfunc.PythonModel):
     def load_context(self, context) -> None:
         self.predictor = Predictor.load(context.artifacts["model.pt"])
         self.classes = self.predictor.classes
+        # The limits it was logged with (`serving`); a model logged before they existed: the defaults.
+        self.limits = Limits.from_settings(getattr(context, "model_config", None), where="model_config")
 
     def waveform(self, record: dict):
-        """One input row -> mono float32 `(samples,)` at the model's `features.sr` (`audiocnn.data.audio`)."""
-        sr = self.predictor.sr
-        encoded = record.get("audio_base64")
-        if isinstance(encoded, str) and encoded:
-            return decode_bytes(base64.b64decode(encoded), sr)
-        samples = record.get("samples")
-        if samples is not None and record.get("sample_rate"):
-            return from_samples(samples, int(record["sample_rate"]), sr)
-        raise ValueError("each row needs audio_base64, or samples and sample_rate")
+        """One clip's record -> mono float32 `(samples,)` at the model's `features.sr`; `RequestError`
+        when the record is not a clip the model may score (`audiocnn.inference.requests`)."""
+        samples, rate = parse_clip(record, self.limits)
+        return from_samples(samples, rate, self.predictor.sr)
+
+    def waveforms(self, model_input) -> list:
+        """Every clip of the request, decoded and checked before any is scored."""
+        records = as_records(model_input)
+        if not records:
+            raise RequestError(f"the request holds no clips; send {ONE_CLIP}")
+        waveforms = []
+        for row, record in enumerate(records):
+            try:
+                waveforms.append(self.waveform(record))
+            except RequestError as error:
+                raise RequestError(f"clip {row}: {error}" if len(records) > 1 else str(error)) from None
+        return waveforms
 
     # Annotated as a DataFrame (what MLflow passes for `dataframe_records`): MLflow then neither
-    # converts the input nor warns; dicts of columns and lists of records are accepted as well.
+    # converts the input nor warns; dicts (one clip or columns) and lists of records are accepted as well.
     def predict(self, context, model_input: pd.DataFrame, params=None) -> list[dict]:
-        predictions = []
-        for record in as_records(model_input):
-            probs = self.predictor.probabilities(self.waveform(record)).tolist()
-            predictions.append({"label": self.classes[int(np.argmax(probs))],
-                                "probabilities": dict(zip(self.classes, probs))})
-        return predictions
+        try:
+            waveforms = self.waveforms(model_input)
+        except RequestError as error:  # HTTP 400 with the reason; `from None`: no traceback goes with it
+            # The scoring server prefixes `message` with an excerpt of the request; `reason` stays ours alone.
+            raise MlflowException(str(error), error_code=INVALID_PARAMETER_VALUE, reason=str(error)) from None
+        try:
+            predictions = []
+            for waveform in waveforms:
+                probs = self.predictor.probabilities(waveform).tolist()
+                predictions.append({"label": self.classes[int(np.argmax(probs))],
+                                    "probabilities": dict(zip(self.classes, probs))})
+            return predictions
+        except Exception as error:  # noqa: BLE001 - the model's fault, not the client's: 500, trace in the log
+            LOG.exception("scoring failed")
+            raise MlflowException(f"internal error while scoring ({type(error).__name__}); see the server log",
+                                  error_code=INTERNAL_ERROR) from None
 
 
-def log_audio_model(bundle: Path, registered_model: str | None = None):
-    """Log `bundle` (a train stage `model.pt`) as the active run's pyfunc `model`; register it
-    as `registered_model` when given. Returns MLflow's ModelInfo."""
+def log_audio_model(bundle: Path, registered_model: str | None = None, serving: Mapping | None = None):
+    """Log `bundle` (a train stage `model.pt`) as the active run's pyfunc `model`, with the request
+    limits `serving` (the `serving` config group; None: the defaults) as its `model_config`;
+    register it as `registered_model` when given. Returns MLflow's ModelInfo."""
+    limits = Limits.from_settings(serving)
     return mlflow.pyfunc.log_model(
         name="model", python_model=str(Path(__file__).resolve()), artifacts={"model.pt": str(bundle)},
-        pip_requirements=MODEL_REQUIREMENTS, registered_model_name=registered_model or None,
+        model_config=limits.as_dict(), pip_requirements=MODEL_REQUIREMENTS,
+        registered_model_name=registered_model or None,
     )
 
 
