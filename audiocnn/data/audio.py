@@ -17,6 +17,10 @@ soxr's one-shot resampling is delay-compensated: output sample j is the band-lim
 signal at source time j * source_sr / sr, and a clip of n samples gives
 `int(n * sr / source_sr + 0.5)` samples (`resampled_length`).
 
+The work is done in numpy (`read_audio`, `read_segment`, `samples_array`, `resample_array`);
+`load_audio`, `load_segment`, `from_samples`, `decode_bytes` hand the same values over as
+torch tensors (torch is imported only then, so `predict --model model.onnx` never loads it).
+
 `load_segment(path, sr, start, stop)` returns samples [start, stop) of the clip as
 `load_audio(path, sr)` would give them, zero outside the clip. It reads only that stretch
 plus `MARGIN` samples (of the lower rate) each side, more than the reach of soxr's HQ
@@ -38,7 +42,6 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 import soxr
-import torch
 
 QUALITY = "HQ"  # soxr's default (librosa's `soxr_hq`): 20-bit precision, ~0.9 x Nyquist passband
 # Samples of the lower of the two rates read beyond each end of a segment: soxr HQ's
@@ -64,24 +67,43 @@ def probe_audio(path: str | Path) -> AudioInfo:
                      frames=info.frames)
 
 
-def to_mono(samples: np.ndarray) -> torch.Tensor:
+def _tensor(array: np.ndarray):
+    """float32 numpy -> torch tensor (torch imported here: the onnxruntime path never needs it)."""
+    import torch
+
+    return torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32))
+
+
+def mono_array(samples: np.ndarray) -> np.ndarray:
     """`(samples, channels)` floats -> mono float32 `(samples,)`: channel mean, non-finite -> 0."""
-    mono = torch.from_numpy(np.ascontiguousarray(np.asarray(samples, dtype=np.float32).mean(axis=1)))
-    return torch.nan_to_num(mono, nan=0.0, posinf=0.0, neginf=0.0)
+    mono = np.asarray(samples, dtype=np.float32).mean(axis=1, dtype=np.float32)
+    return np.nan_to_num(mono, nan=0.0, posinf=0.0, neginf=0.0)
 
 
-def resample(mono: torch.Tensor, source_sr: int, sr: int) -> torch.Tensor:
+def to_mono(samples: np.ndarray):
+    """`mono_array` as a torch tensor `(samples,)`."""
+    return _tensor(mono_array(samples))
+
+
+def resample_array(mono: np.ndarray, source_sr: int, sr: int) -> np.ndarray:
     """`(samples,)` float32 at `source_sr` -> `(resampled_length(samples, source_sr, sr),)` at `sr`.
 
     Memory and time grow with the input and output lengths only, whatever the rate pair.
     """
     source_sr, sr = int(source_sr), int(sr)
+    mono = np.asarray(mono, dtype=np.float32)
     if source_sr == sr:
         return mono
     if len(mono) == 0:
-        return mono.new_zeros(0)
-    out = soxr.resample(mono.detach().cpu().numpy().astype(np.float32, copy=False), source_sr, sr, quality=QUALITY)
-    return torch.from_numpy(np.ascontiguousarray(out, dtype=np.float32))
+        return np.zeros(0, np.float32)
+    return np.ascontiguousarray(soxr.resample(mono, source_sr, sr, quality=QUALITY), dtype=np.float32)
+
+
+def resample(mono, source_sr: int, sr: int):
+    """`resample_array` for a torch tensor `(samples,)` (returns a tensor)."""
+    if int(source_sr) == int(sr):
+        return mono
+    return _tensor(resample_array(mono.detach().cpu().numpy(), source_sr, sr))
 
 
 def resampled_length(source_frames: int, source_sr: int, sr: int) -> int:
@@ -97,10 +119,15 @@ def clip_samples(path: str | Path, sr: int) -> int:
     return resampled_length(info.frames, info.samplerate, sr)
 
 
-def load_audio(path: str | Path, sr: int) -> torch.Tensor:
-    """Decode the file at `path` to a mono float32 waveform at `sr` Hz: `(samples,)`."""
+def read_audio(path: str | Path, sr: int) -> np.ndarray:
+    """Decode the file at `path` to a mono float32 numpy waveform at `sr` Hz: `(samples,)`."""
     data, file_sr = sf.read(str(path), dtype="float32", always_2d=True)  # (samples, channels)
-    return resample(to_mono(data), file_sr, sr)
+    return resample_array(mono_array(data), file_sr, sr)
+
+
+def load_audio(path: str | Path, sr: int):
+    """`read_audio` as a torch tensor `(samples,)`."""
+    return _tensor(read_audio(path, sr))
 
 
 def probe_bytes(data: bytes) -> AudioInfo:
@@ -121,34 +148,44 @@ def read_bytes(data: bytes, max_frames: int | None = None) -> tuple[np.ndarray, 
     return samples, int(file_sr)
 
 
-def decode_bytes(data: bytes, sr: int) -> torch.Tensor:
-    """An encoded audio file's bytes (WAV, FLAC, OGG...) -> mono float32 `(samples,)` at `sr` Hz."""
+def decode_bytes(data: bytes, sr: int):
+    """An encoded audio file's bytes (WAV, FLAC, OGG...) -> mono float32 tensor `(samples,)` at `sr` Hz."""
     samples, file_sr = read_bytes(data)
-    return resample(to_mono(samples), file_sr, sr)
+    return _tensor(resample_array(mono_array(samples), file_sr, sr))
 
 
-def from_samples(samples: np.ndarray, sample_rate: int, sr: int) -> torch.Tensor:
-    """A sample array `(samples,)` or `(samples, channels)` at `sample_rate` -> mono `(samples,)` at `sr`."""
+def samples_array(samples: np.ndarray, sample_rate: int, sr: int) -> np.ndarray:
+    """A sample array `(samples,)` or `(samples, channels)` at `sample_rate` -> mono numpy `(samples,)` at `sr`."""
     array = np.asarray(samples, dtype=np.float32)
     if array.ndim == 1:
         array = array[:, None]
     if array.ndim != 2 or array.size == 0:
         raise ValueError(f"samples: expected a non-empty (samples,) or (samples, channels) array, got {array.shape}")
-    return resample(to_mono(array), sample_rate, sr)
+    return resample_array(mono_array(array), sample_rate, sr)
 
 
-def _read_mono(path: str, start: int, stop: int) -> torch.Tensor:
+def from_samples(samples: np.ndarray, sample_rate: int, sr: int):
+    """`samples_array` as a torch tensor `(samples,)`."""
+    return _tensor(samples_array(samples, sample_rate, sr))
+
+
+def _read_mono(path: str, start: int, stop: int) -> np.ndarray:
     data, _ = sf.read(path, start=start, stop=stop, dtype="float32", always_2d=True)
-    return to_mono(data)
+    return mono_array(data)
 
 
-def load_segment(path: str | Path, sr: int, start: int, stop: int) -> torch.Tensor:
+def load_segment(path: str | Path, sr: int, start: int, stop: int):
+    """`read_segment` as a torch tensor `(stop - start,)`."""
+    return _tensor(read_segment(path, sr, start, stop))
+
+
+def read_segment(path: str | Path, sr: int, start: int, stop: int) -> np.ndarray:
     """Samples [start, stop) of the mono clip at `sr`: shape `(stop - start,)`, zeros outside the clip."""
     path = str(path)
     info = sf.info(path)
     source_sr, source_frames = info.samplerate, info.frames
     total = resampled_length(source_frames, source_sr, sr)
-    out = torch.zeros(stop - start)
+    out = np.zeros(stop - start, np.float32)
     lo, hi = max(start, 0), min(stop, total)
     if hi <= lo:
         return out
@@ -162,7 +199,7 @@ def load_segment(path: str | Path, sr: int, start: int, stop: int) -> torch.Tens
     first_block = max((lo * source_sr // sr - reach) // orig, 0)
     read_lo = first_block * orig
     read_hi = min(source_frames, -(-hi * source_sr // sr) + reach)
-    resampled = resample(_read_mono(path, read_lo, read_hi), source_sr, sr)
+    resampled = resample_array(_read_mono(path, read_lo, read_hi), source_sr, sr)
     offset = first_block * new  # output index of resampled[0]
     out[lo - start: hi - start] = resampled[lo - offset: hi - offset]
     return out

@@ -15,7 +15,7 @@ from typing import Iterator, Sequence
 
 import numpy as np
 
-from audiocnn.data.audio import from_samples, load_audio
+from audiocnn.data.audio import read_audio, samples_array
 from audiocnn.inference.results import Scored
 
 METADATA_KEY = "audiocnn"  # ONNX metadata_props key / TorchScript extra file: {"classes", "features", ...}
@@ -40,7 +40,7 @@ class _ExportedBackend:
             is_file = isinstance(item, (str, Path))
             result = Scored(name=str(item) if is_file else f"array {number}")
             try:
-                wave = (load_audio(item, self.sr) if is_file else from_samples(item, sample_rate, self.sr)).numpy()
+                wave = read_audio(item, self.sr) if is_file else samples_array(item, sample_rate, self.sr)
                 result.duration = len(wave) / self.sr
                 probabilities, windows, starts, weights = self.run(wave[None].astype(np.float32))
                 result.probabilities = probabilities[0]
