@@ -56,6 +56,13 @@ def test_figures_draw_dollar_signs_in_class_names_as_text(tmp_path):
     assert plot_saliency({n: np.ones(4) for n in names}, np.arange(1, 5.0), tmp_path / "s.png").exists()
 
 
+def test_folds_named_with_any_digits_sort_without_crashing():
+    from audiocnn.data.prepare import fold_values
+
+    frame = pd.DataFrame({"fold": ["10", "2", "²", "٣", "a", "", "/../x"]})
+    assert fold_values(frame) == ["2", "10", "/../x", "a", "²", "٣"]
+
+
 @pytest.mark.parametrize("cell", ["=cmd", "+1", "-2", "@SUM(A1)", "\tx", "\rx", "'quoted", "''", "plain", "", "a=b"])
 def test_csv_cells_are_escaped_against_formulas_and_read_back_exactly(cell):
     written = csv_cell(cell)

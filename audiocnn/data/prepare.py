@@ -84,7 +84,8 @@ def assign_splits(frame: pd.DataFrame, data_cfg: DictConfig, seed: int) -> pd.Da
 def fold_values(frame: pd.DataFrame) -> list[str]:
     """The distinct non-empty folds of a manifest, in natural order ("2" before "10")."""
     folds = set(frame["fold"].fillna("").astype(str)) - {""}
-    return sorted(folds, key=lambda f: (0, int(f), "") if f.isdigit() else (1, 0, f))
+    # isascii: "²".isdigit() is true but int("²") fails; a fold name is data, never trusted
+    return sorted(folds, key=lambda f: (0, int(f), "") if f.isascii() and f.isdigit() else (1, 0, f))
 
 
 def _fold_splits(frame: pd.DataFrame, fold: str, data_cfg: DictConfig, seed: int) -> pd.DataFrame:
