@@ -16,7 +16,6 @@ from audiocnn.evaluation.settings import EVALUATE_KEYS
 from audiocnn.validation.rules import rules
 from tests.conftest import REPO
 
-CSV = [f"data.csv={REPO / 'README.md'}"]  # any existing file: the CSV is read by prepare, not here
 FOLDER = [f"data.root={REPO / 'tests'}"]
 
 BAD = [
