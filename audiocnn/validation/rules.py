@@ -137,6 +137,11 @@ def _betas(value) -> str | None:
     return problem or (None if len(value) == 2 else "must be a pair of numbers in [0, 1)")
 
 
+def _member(value) -> str | None:
+    """An ensemble member; Hydra reads an all-digit run id or folder name as an integer (used as text)."""
+    return None if isinstance(value, int) and not isinstance(value, bool) else Text()(value)
+
+
 def _fold(value) -> str | None:
     if value is None or (isinstance(value, int) and not isinstance(value, bool)) or not Text()(value):
         return None
@@ -206,7 +211,7 @@ def rules() -> dict[str, Callable]:
         "data.download.url": _url, "data.download.checksum": _checksum,
         "tracking.uri": Text(), "tracking.experiment": Text(), "tracking.run_name": Text(null=True),
         "tracking.required": BOOL, "tracking.log_model": BOOL, "tracking.registered_model": _registered_model,
-        "seed": SEED, "ensemble": _list_of(Text(), "a list of MLflow run ids, model URIs or model folders",
+        "seed": SEED, "ensemble": _list_of(_member, "a list of MLflow run ids, model URIs or model folders",
                                            empty=True),
         **{f"paths.{k}": Text() for k in ("raw", "prepared", "features", "models", "metrics")},
     }
