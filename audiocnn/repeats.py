@@ -6,6 +6,9 @@ metrics (`<paths.metrics>/<label>`); the feature store is shared. The variants' 
 are children of one parent run, which gets the mean, std and min of every test metric;
 `<paths.metrics>/test.json` holds that aggregate (what `dvc metrics show` reads) and
 `<paths.metrics>/predictions.csv` every variant's test predictions.
+A fold's name comes from the data, so its folder and key part is its slug (`fold-<slug>`,
+`audiocnn.data.names.slug_map`): a fold `/../../x` names `fold-x`, never a path outside
+`paths.*`. repeats.json records the mapping (`names.folds`) next to each variant's original fold.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ import pandas as pd
 from omegaconf import DictConfig
 
 from audiocnn import atomic, tracking
+from audiocnn.data.names import escape_columns, slug_map, unescape_columns
 from audiocnn.data.prepare import fold_values
 from audiocnn.errors import ConfigError
 from audiocnn.evaluation.calibration import binned_calibration_error, confidence_bins
@@ -33,8 +37,8 @@ STATE_FILE = "repeats.json"  # in paths.models: the parent run and the variants,
 
 @dataclass(frozen=True)
 class Variant:
-    label: str         # "fold-george", "seed-1", "fold-3-seed-1"
-    fold: str | None
+    label: str         # "fold-george", "seed-1", "fold-3-seed-1": safe as a folder name and a metric key
+    fold: str | None   # the fold as the data names it
     seed: int
 
 
@@ -52,12 +56,18 @@ def variants(cfg: DictConfig) -> list[Variant]:
     else:
         folds = [None if cfg.data.get("fold") is None else str(cfg.data.fold)]
     seeds = [int(s) for s in cfg.trainer.seeds] if cfg.trainer.get("seeds") else [int(cfg.seed)]
+    slugs = fold_slugs(folds)
     result = []
     for fold in folds:
         for seed in seeds:
-            parts = ([f"fold-{fold}"] if len(folds) > 1 else []) + ([f"seed-{seed}"] if len(seeds) > 1 else [])
+            parts = ([f"fold-{slugs[fold]}"] if len(folds) > 1 else []) + ([f"seed-{seed}"] if len(seeds) > 1 else [])
             result.append(Variant("-".join(parts), fold, seed))
     return result
+
+
+def fold_slugs(folds: list) -> dict:
+    """{fold: slug} of the non-null `folds` (`audiocnn.data.names.slug_map`)."""
+    return slug_map([f for f in folds if f is not None], "fold")
 
 
 def variant_config(cfg: DictConfig, variant: Variant) -> DictConfig:
@@ -82,7 +92,9 @@ def start(cfg: DictConfig, todo: list[Variant], run_name_suffix: str = "") -> st
     """Open the parent run of `todo` and record both in `<paths.models>/repeats.json`; returns its id."""
     tags = {**tracking.run_tags(cfg), "audiocnn.repeats": ",".join(v.label for v in todo)}
     parent = tracking.start_parent_run(cfg, parent_run_name(cfg, run_name_suffix), tags)
-    atomic.write_json(Path(cfg.paths.models) / STATE_FILE, {"parent_run_id": parent, "variants": [asdict(v) for v in todo]})
+    names = {"folds": fold_slugs(list(dict.fromkeys(v.fold for v in todo)))}
+    atomic.write_json(Path(cfg.paths.models) / STATE_FILE,
+                      {"parent_run_id": parent, "variants": [asdict(v) for v in todo], "names": names})
     return parent
 
 
@@ -114,11 +126,12 @@ def write_aggregate(cfg: DictConfig, results: list[dict]) -> dict:
     frames = []
     for result in results:
         single = variant_config(cfg, result["variant"])
-        frame = pd.read_csv(Path(single.paths.metrics) / "predictions.csv", dtype={"actual": str, "predicted": str})
-        frames.append(frame.assign(run=result["variant"].label))
+        frame = pd.read_csv(Path(single.paths.metrics) / "predictions.csv",
+                            dtype={"path": str, "actual": str, "predicted": str}, keep_default_na=False)
+        frames.append(unescape_columns(frame).assign(run=result["variant"].label))
     predictions = pd.concat(frames, ignore_index=True)
     with atomic.atomic_path(out / "predictions.csv") as tmp:
-        predictions.to_csv(tmp, index=False)
+        escape_columns(predictions).to_csv(tmp, index=False)
     classes = json.loads((Path(variant_config(cfg, results[0]["variant"]).paths.prepared) / "classes.json").read_text())
     matrix = pd.crosstab(pd.Categorical(predictions["actual"], classes), pd.Categorical(predictions["predicted"], classes),
                          dropna=False).to_numpy()

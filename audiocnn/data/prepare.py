@@ -1,6 +1,9 @@
 """The prepare stage: source -> `manifest.csv`, `classes.json`, `report.json`, `settings.json`.
 
-manifest.csv has one row per usable clip: `path,label,split,fold,group,duration,sr`.
+manifest.csv has one row per usable clip: `path,label,split,fold,group,duration,sr`; its text
+cells are CSV-escaped (`audiocnn.data.names.csv_cell`: a label like `=cmd` is written `'=cmd`),
+and `features.featurize.read_manifest` reads them back unescaped. report.json's `names` maps
+every class and fold to the slug used for it in paths and metric keys.
 Every file is probed; unusable ones are listed in report.json with their reason and the
 run goes on. Only an empty split stops it.
 """
@@ -20,6 +23,7 @@ from audiocnn import atomic
 from audiocnn.errors import ConfigError, EmptySplitError, LeakageError, Unusable
 from audiocnn.data import sources
 from audiocnn.data.checks import check_leakage, inspect_file, merge_duplicate_groups
+from audiocnn.data.names import escape_columns, slug_map
 from audiocnn.data.splits import SPLITS, grouped_stratified_split
 
 MANIFEST_COLUMNS = ["path", "label", "split", "fold", "group", "duration", "sr"]
@@ -80,7 +84,8 @@ def assign_splits(frame: pd.DataFrame, data_cfg: DictConfig, seed: int) -> pd.Da
 def fold_values(frame: pd.DataFrame) -> list[str]:
     """The distinct non-empty folds of a manifest, in natural order ("2" before "10")."""
     folds = set(frame["fold"].fillna("").astype(str)) - {""}
-    return sorted(folds, key=lambda f: (0, int(f), "") if f.isdigit() else (1, 0, f))
+    # isascii: "²".isdigit() is true but int("²") fails; a fold name is data, never trusted
+    return sorted(folds, key=lambda f: (0, int(f), "") if f.isascii() and f.isdigit() else (1, 0, f))
 
 
 def _fold_splits(frame: pd.DataFrame, fold: str, data_cfg: DictConfig, seed: int) -> pd.DataFrame:
@@ -141,6 +146,9 @@ def prepare(cfg: DictConfig) -> pd.DataFrame:
     audio = {"sample_rates": dict(Counter(str(row["sr"]) for row in kept)),
              "channels": dict(Counter(str(row["channels"]) for row in kept))}
     frame = frame[MANIFEST_COLUMNS].reset_index(drop=True)
+    # Names from the data become path components and metric keys only as slugs; an unresolvable
+    # collision stops here, before any training.
+    names = {"classes": slug_map(classes, "class"), "folds": slug_map(fold_values(frame), "fold")}
 
     counts = frame["split"].value_counts()
     report = {
@@ -151,6 +159,7 @@ def prepare(cfg: DictConfig) -> pd.DataFrame:
         "splits": {split: int(counts.get(split, 0)) for split in SPLITS},
         "audio": audio,
         "leakage": str(leakage) if leakage else None,
+        "names": names,
         "skipped_files": skipped,
         "handled_files": handled,
     }
@@ -170,6 +179,6 @@ def prepare(cfg: DictConfig) -> pd.DataFrame:
         )
     atomic.write_json(out / "classes.json", list(classes))
     with atomic.atomic_path(out / "manifest.csv") as tmp:
-        frame.to_csv(tmp, index=False)
+        escape_columns(frame).to_csv(tmp, index=False)
     atomic.write_json(out / "settings.json", data_settings(cfg))
     return frame

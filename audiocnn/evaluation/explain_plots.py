@@ -12,6 +12,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from audiocnn import atomic  # noqa: E402
+from audiocnn.evaluation.plots import PLAIN_TEXT  # noqa: E402 - class names in titles and legends are plain text
 
 
 def _save(fig, path: str | Path) -> Path:
@@ -22,6 +23,7 @@ def _save(fig, path: str | Path) -> Path:
     return Path(path)
 
 
+@matplotlib.rc_context(PLAIN_TEXT)
 def plot_gradcam_grid(spectrograms: np.ndarray, maps: np.ndarray, titles: list[str], path: str | Path,
                       title: str = "", columns: int = 2) -> Path:
     """For each clip, its log-CQT `(n_bins, frames)` and the Grad-CAM map over it, side by side.
@@ -46,17 +48,17 @@ def plot_gradcam_grid(spectrograms: np.ndarray, maps: np.ndarray, titles: list[s
     return _save(fig, path)
 
 
+@matplotlib.rc_context(PLAIN_TEXT)
 def plot_saliency(profiles: dict[str, np.ndarray], frequencies: np.ndarray, path: str | Path) -> Path:
     """Per class, mean |gradient| per CQT bin against the bin's frequency (log axis), each
     profile scaled to its maximum so that classes compare by shape."""
     fig, ax = plt.subplots(figsize=(8, 4.5))
-    for name, profile in profiles.items():
-        ax.plot(frequencies, profile / max(profile.max(), 1e-12), label=name, linewidth=1.2)
+    lines = [ax.plot(frequencies, profile / max(profile.max(), 1e-12), linewidth=1.2)[0] for profile in profiles.values()]
     ax.set_xscale("log")
     ax.set_xlabel("CQT bin frequency (Hz)")
     ax.set_ylabel("mean |d logit / d input| (scaled)")
     ax.set_title("Which frequencies each class's score depends on")
-    ax.legend(fontsize=7, ncol=2)
+    ax.legend(lines, list(profiles), fontsize=7, ncol=2)  # explicit: a label starting with "_" is still listed
     ax.grid(True, which="both", alpha=0.3)
     return _save(fig, path)
 

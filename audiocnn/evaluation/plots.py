@@ -1,4 +1,8 @@
-"""Figures of the evaluate stage: confusion matrix and reliability diagram (PNG)."""
+"""Figures of the evaluate stage: confusion matrix and reliability diagram (PNG).
+
+Class names come from the data and are drawn as plain text (`PLAIN_TEXT`): a class named
+`$5 & $10` would otherwise be parsed as mathtext and stop the figure.
+"""
 
 from __future__ import annotations
 
@@ -12,7 +16,10 @@ import numpy as np  # noqa: E402
 
 from audiocnn import atomic  # noqa: E402
 
+PLAIN_TEXT = {"text.parse_math": False}  # `$` in a class name is a dollar sign, not mathtext
 
+
+@matplotlib.rc_context(PLAIN_TEXT)
 def plot_confusion_matrix(matrix: list[list[int]], classes: list[str], path: str | Path, title: str = "") -> Path:
     """Row-normalised confusion matrix (true class per row) with the counts written in."""
     counts = np.asarray(matrix)
@@ -35,6 +42,7 @@ def plot_confusion_matrix(matrix: list[list[int]], classes: list[str], path: str
     return Path(path)
 
 
+@matplotlib.rc_context(PLAIN_TEXT)
 def plot_reliability_diagram(bins: dict[str, list], ece: float, path: str | Path, title: str = "") -> Path:
     """Accuracy against mean confidence per confidence bin (`calibration.reliability_bins`).
 

@@ -1,6 +1,10 @@
 """Reports of per-clip test probabilities: test.json, predictions.csv, the PNGs, MLflow metrics.
 
 Shared by the evaluate stage (one model) and ensembles (mean of members' probabilities).
+Class names come from the data: test.json and predictions.csv keep them as they are (the CSV's
+text cells escaped against spreadsheet formulas, `audiocnn.data.names.csv_cell`); MLflow metric
+keys use their slugs (`test_f1_R_B` for class `R&B`), the mapping logged as
+`evaluation/metric_keys.json`.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ import torch
 from omegaconf import DictConfig
 
 from audiocnn import atomic
+from audiocnn.data.names import escape_columns, slug_map
 from audiocnn.evaluation.calibration import bootstrap_accuracy_ci, expected_calibration_error, reliability_bins
 from audiocnn.evaluation.metrics import classification_metrics
 from audiocnn.evaluation.plots import plot_confusion_matrix, plot_reliability_diagram
@@ -48,7 +53,7 @@ def write_reports(probabilities: torch.Tensor, labels: torch.Tensor, data: Windo
         "confidence": confidence.numpy().round(4),
     })
     with atomic.atomic_path(out / "predictions.csv") as tmp:
-        predictions.to_csv(tmp, index=False)
+        escape_columns(predictions).to_csv(tmp, index=False)
     atomic.write_json(out / "test.json", {k: v for k, v in metrics.items() if k not in NOT_IN_JSON})
     png = plot_confusion_matrix(metrics["confusion_matrix"], data.classes, out / "confusion_matrix.png",
                                 title=f"{title}: accuracy {metrics['accuracy']:.3f}")
@@ -64,8 +69,10 @@ def log_test_metrics(metrics: dict, files: list[Path]) -> None:
                         "test_balanced_accuracy": metrics["balanced_accuracy"], "test_ece": metrics["ece"],
                         "test_accuracy_ci95_low": ci["low"], "test_accuracy_ci95_high": ci["high"]})
     mlflow.log_metrics({f"test_{name}_accuracy": v for name, v in metrics["top_k_accuracy"].items()})
+    keys = slug_map(metrics["per_class_f1"], "class")  # class names are data: only slugs become keys
     for kind in ("f1", "precision", "recall"):
-        mlflow.log_metrics({f"test_{kind}_{c}": v for c, v in metrics[f"per_class_{kind}"].items()})
+        mlflow.log_metrics({f"test_{kind}_{keys[c]}": v for c, v in metrics[f"per_class_{kind}"].items()})
+    mlflow.log_dict({"classes": keys}, "evaluation/metric_keys.json")
     mlflow.log_dict(metrics["calibration"], "evaluation/calibration.json")
     for path in files:
         mlflow.log_artifact(str(path), artifact_path="evaluation")

@@ -26,6 +26,7 @@ from tqdm import tqdm
 from audiocnn import atomic
 from audiocnn.errors import MissingInputError
 from audiocnn.data.audio import clip_samples, load_audio, load_segment
+from audiocnn.data.names import unescape_columns
 from audiocnn.features import distributed
 from audiocnn.features.cqt import FEATURE_KEYS, FRONTEND_VERSION, LogCQT, n_frames, pick_device
 from audiocnn.features.plan import Piece, batches, chunk_margin, plan_pieces, rank_share
@@ -49,12 +50,13 @@ def store_dir(cfg: DictConfig) -> Path:
 
 
 def read_manifest(cfg: DictConfig) -> pd.DataFrame:
-    """`<paths.prepared>/manifest.csv`; a missing one is an error naming the prepare stage."""
+    """`<paths.prepared>/manifest.csv`, its text cells unescaped (`audiocnn.data.names.read_csv_cell`);
+    a missing one is an error naming the prepare stage."""
     path = Path(cfg.paths.prepared) / "manifest.csv"
     if not path.exists():
         raise MissingInputError(f"paths.prepared={cfg.paths.prepared}: no manifest.csv; run the prepare stage first "
                                 "(`dvc repro prepare` or `audiocnn prepare`)")
-    return pd.read_csv(path, dtype=TEXT_COLUMNS, keep_default_na=False)
+    return unescape_columns(pd.read_csv(path, dtype=TEXT_COLUMNS, keep_default_na=False))
 
 
 def is_featurized(cfg: DictConfig) -> bool:

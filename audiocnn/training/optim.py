@@ -12,7 +12,6 @@ watches (`monitor`). `optimizer.backbone_lr_scale` makes two parameter groups (s
 from __future__ import annotations
 
 import inspect
-import math
 from typing import Any, Mapping
 
 import numpy as np
@@ -107,7 +106,8 @@ def resolve_precision(precision: str, accelerator: str) -> str:
 
 
 def validate_optimisation(cfg) -> None:
-    """Raise `ConfigError` naming the first bad optimizer/scheduler/trainer setting."""
+    """Raise `ConfigError` naming the first bad scheduler setting: a key its `_target_` does not take,
+    an `interval` or `monitor` Lightning cannot use (each key's range: `audiocnn.validation.rules`)."""
 
     scheduler = cfg.get("scheduler") or {"name": "none"}
     name = scheduler.get("name", "none")
@@ -125,17 +125,3 @@ def validate_optimisation(cfg) -> None:
         raise ConfigError(f"scheduler.interval={scheduler.interval}: allowed: epoch, step")
     if scheduler.get("monitor", "val_loss") not in ("val_loss",):
         raise ConfigError(f"scheduler.monitor={scheduler.monitor}: allowed: val_loss")
-    for key in ("factor", "warmup_start_factor", "min_lr_factor", "pct_start"):
-        if key in scheduler and not 0 < scheduler[key] <= 1:
-            raise ConfigError(f"scheduler.{key}={scheduler[key]}: must be in (0, 1]")
-    trainer = cfg.trainer
-    if str(trainer.get("precision", "32-true")) not in PRECISIONS:
-        raise ConfigError(f"trainer.precision={trainer.precision}: allowed: {', '.join(PRECISIONS)}")
-    if trainer.get("class_weights", "none") not in CLASS_WEIGHTS:
-        raise ConfigError(f"trainer.class_weights={trainer.class_weights}: allowed: {', '.join(CLASS_WEIGHTS)}")
-    smoothing = trainer.get("label_smoothing", 0.0)
-    if not isinstance(smoothing, (int, float)) or not 0 <= smoothing < 1:
-        raise ConfigError(f"trainer.label_smoothing={smoothing}: must be a number in [0, 1)")
-    clip = trainer.get("gradient_clip_val")
-    if clip is not None and (not isinstance(clip, (int, float)) or clip <= 0 or math.isinf(clip)):
-        raise ConfigError(f"trainer.gradient_clip_val={clip}: must be null or a positive number")

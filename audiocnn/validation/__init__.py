@@ -1,0 +1,44 @@
+"""Every setting is checked before any work: `validate_config(cfg)` raises `ConfigError` naming the first bad one.
+
+1. `rules.check_rules`: each key of conf/'s `features`, `trainer`, `optimizer`, `data` and
+   `tracking` groups and the top-level `seed`, `ensemble` and `paths.*` has a rule (a range, an
+   allowed set or a type); a key those groups do not know is refused (a typo would otherwise be
+   ignored), an optimizer key must be an argument of `optimizer._target_`.
+2. `checks`: what no single key shows (top bin below Nyquist, a GPU for `accelerator=gpu`, the
+   optimizer class, the model built once, demo classes, fractions, cv with a fold).
+3. The groups with their own checker, next to the code they configure: `augment`
+   (`training.augment.validate_augment`), `scheduler` (`training.optim.validate_optimisation`),
+   `evaluate` (`evaluation.settings.validate_evaluate`), the data sources' files and regexes
+   (`data.sources.validate`).
+
+NaN and inf are never numbers here, bools are not integers, and `3.0` is not an integer. Every
+message is one line, `<dotted key>=<value>: <what is allowed>`, e.g.
+`optimizer.lr=nan: must be a finite positive number`. Hydra structured configs were not used:
+OmegaConf accepts NaN and inf for a float field, knows no ranges, and reports a type error in
+several lines that do not say what is allowed.
+"""
+
+from __future__ import annotations
+
+from omegaconf import DictConfig
+
+from audiocnn.validation.checks import (validate_data, validate_features, validate_hardware, validate_model,
+                                        validate_optimizer)
+from audiocnn.validation.rules import check_rules
+
+
+def validate_config(cfg: DictConfig) -> None:
+    """Check every setting a stage relies on; raise `ConfigError` naming the first bad one."""
+    from audiocnn.evaluation.settings import validate_evaluate
+    from audiocnn.training.augment import validate_augment
+    from audiocnn.training.optim import validate_optimisation
+
+    check_rules(cfg)  # types and ranges of every key first: the checks below compute with them
+    validate_features(cfg)
+    validate_hardware(cfg)
+    validate_optimizer(cfg)
+    validate_model(cfg)
+    validate_augment(cfg)
+    validate_optimisation(cfg)
+    validate_evaluate(cfg)
+    validate_data(cfg)

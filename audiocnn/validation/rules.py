@@ -1,0 +1,267 @@
+"""One rule per setting: `rules()` maps each dotted key to a check, `check_rules` applies them all.
+
+A rule is a callable `value -> None | what is allowed` (`Number`, `Choice`, `Text`, or a function
+for lists and mappings; one that checks a mapping raises `ConfigError` naming the key inside it
+itself); `check_rules` turns a problem into `ConfigError("<key>=<value>: <what is
+allowed>")`, refuses keys of `CHECKED_GROUPS` that have no rule, and a missing key a stage reads
+without a default. See `audiocnn.validation` for what is checked elsewhere.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable
+
+from omegaconf import DictConfig, ListConfig, OmegaConf
+
+from audiocnn.errors import ConfigError, DownloadError
+
+SEED_MAX = 2**32 - 1  # numpy and Lightning seeds are unsigned 32-bit integers
+
+
+def show(value) -> str:
+    """A value as the user would write it on the command line."""
+    if isinstance(value, (DictConfig, ListConfig)):
+        value = OmegaConf.to_container(value, resolve=True)
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return str(value).lower()
+    return str(value)
+
+
+@dataclass(frozen=True)
+class Number:
+    """A finite number (an `int` when `integer`) in [low, high] (open ends where said); null if `null`."""
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False
+    high_open: bool = False
+    integer: bool = False
+    null: bool = False
+
+    def allowed(self) -> str:
+        kind = "an integer" if self.integer else "a finite number"
+        if self.low == 0 and self.low_open and self.high is None:
+            text = "a positive integer" if self.integer else "a finite positive number"
+        elif self.high is None:
+            text = f"{kind} >= {self.low}" if self.low is not None else kind
+        else:
+            text = f"{kind} in {'(' if self.low_open else '['}{self.low}, {self.high}{')' if self.high_open else ']'}"
+        return f"must be {text}" + (" or null" if self.null else "")
+
+    def __call__(self, value) -> str | None:
+        if value is None and self.null:
+            return None
+        ok = isinstance(value, int if self.integer else (int, float)) and not isinstance(value, bool)
+        ok = ok and math.isfinite(value)
+        if ok and self.low is not None:
+            ok = value > self.low if self.low_open else value >= self.low
+        if ok and self.high is not None:
+            ok = value < self.high if self.high_open else value <= self.high
+        return None if ok else self.allowed()
+
+
+@dataclass(frozen=True)
+class Choice:
+    """One of `values` (compared with their type: 1 is not true); `text`: compared as strings."""
+    values: tuple
+    text: bool = False
+
+    def __call__(self, value) -> str | None:
+        if self.text and not isinstance(value, (bool, DictConfig, ListConfig)):
+            ok = str(value) in self.values
+        else:
+            ok = any(value == v and type(value) is type(v) for v in self.values)
+        return None if ok else f"allowed: {', '.join(show(v) for v in self.values)}"
+
+
+@dataclass(frozen=True)
+class Text:
+    """A non-empty string (null too when `null`)."""
+    null: bool = False
+
+    def __call__(self, value) -> str | None:
+        if (value is None and self.null) or (isinstance(value, str) and value.strip()):
+            return None
+        return "must be a non-empty string" + (" or null" if self.null else "")
+
+
+def _list_of(check: Callable, what: str, distinct: bool = True, null: bool = True, empty: bool = False):
+    """A list whose items pass `check` (distinct unless told), or null."""
+    def rule(value) -> str | None:
+        if value is None and null:
+            return None
+        items = list(value) if isinstance(value, (list, ListConfig)) else None
+        if items is None or (not items and not empty) or any(check(i) for i in items) or (
+                distinct and len({show(i) for i in items}) != len(items)):
+            return f"must be {what}" + (" or null" if null else "")
+        return None
+    return rule
+
+
+def _devices(value) -> str | None:
+    if value == "auto" or (value == -1 and type(value) is int) or not Number(0, low_open=True, integer=True)(value):
+        return None
+    if isinstance(value, str) and value.replace(",", "").replace(" ", "").isdigit():
+        return None  # "0,1": Lightning's device-index string
+    if not _list_of(Number(0, integer=True), "", null=False)(value):
+        return None
+    return "allowed: auto, a positive number of devices, -1 (all), or a list of device indices such as [0,1]"
+
+
+def _callbacks(value) -> str | None:
+    """name -> null or {_target_: dotted class path, ...}; the class is imported when the trainer is built
+    (importing Lightning here would cost every stage seconds), so only its top-level package is looked up."""
+    import importlib.util
+    import re
+
+    if value is None:
+        return None
+    if not isinstance(value, DictConfig):
+        return "must be a mapping of name -> {_target_: <Lightning callback class>, ...} or null"
+    for name, spec in value.items():
+        if spec is None:
+            continue
+        target = spec.get("_target_") if isinstance(spec, DictConfig) else None
+        if not (isinstance(target, str) and re.fullmatch(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)+", target)
+                and importlib.util.find_spec(target.split(".")[0])):
+            raise ConfigError(f"trainer.callbacks.{name}._target_={show(target)}: must be the dotted path of an "
+                              "installed callback class, e.g. lightning.pytorch.callbacks.EarlyStopping")
+    return None
+
+
+def _betas(value) -> str | None:
+    problem = _list_of(Number(0, 1, high_open=True), "a pair of numbers in [0, 1)", distinct=False, null=False)(value)
+    return problem or (None if len(value) == 2 else "must be a pair of numbers in [0, 1)")
+
+
+def _member(value) -> str | None:
+    """An ensemble member; Hydra reads an all-digit run id or folder name as an integer (used as text)."""
+    return None if isinstance(value, int) and not isinstance(value, bool) else Text()(value)
+
+
+def _fold(value) -> str | None:
+    if value is None or (isinstance(value, int) and not isinstance(value, bool)) or not Text()(value):
+        return None
+    return "must be null or a fold of the dataset (a name or an integer)"
+
+
+def _url(value) -> str | None:
+    return None if isinstance(value, str) and value.startswith(("http://", "https://")) else \
+        "must be an http(s) URL"
+
+
+def _checksum(value) -> str | None:
+    from audiocnn.data.download import parse_checksum
+
+    if value is None:
+        return None
+    try:
+        parse_checksum(value)
+    except DownloadError:
+        return "must be null or '<algorithm>:<hex digest>' with algorithm sha256 or md5"
+    return None
+
+
+POSITIVE = Number(0, low_open=True)
+POSITIVE_INT = Number(0, low_open=True, integer=True)
+COUNT = Number(0, integer=True)
+SEED = Number(0, SEED_MAX, integer=True)
+FRACTION = Number(0, 1, low_open=True, high_open=True)
+BOOL = Choice((True, False))
+
+
+def rules() -> dict[str, Callable]:
+    """{dotted key: rule} for every checked setting."""
+    from audiocnn.data.sources import SOURCES
+    from audiocnn.training.optim import CLASS_WEIGHTS, PRECISIONS
+
+    names = _list_of(Text(), "a list of distinct class names (strings)")
+    return {
+        **{f"features.{k}": POSITIVE_INT for k in ("sr", "hop_length", "n_bins", "bins_per_octave", "window_frames",
+                                                   "batch_size")},
+        **{f"features.{k}": POSITIVE for k in ("fmin", "amin", "chunk_seconds", "shard_mb")},
+        "features.top_db": Number(0, low_open=True, null=True), "features.num_workers": COUNT,
+        "features.device": Choice(("auto", "cpu", "cuda")), "features.on_the_fly": BOOL, "features.trainable": BOOL,
+        "trainer.max_epochs": POSITIVE_INT, "trainer.batch_size": POSITIVE_INT, "trainer.patience": COUNT,
+        "trainer.seeds": _list_of(SEED, f"a list of distinct integers in [0, {SEED_MAX}] such as [0,1,2]"),
+        "trainer.num_workers": COUNT, "trainer.accelerator": Choice(("auto", "cpu", "gpu", "cuda", "mps")),
+        "trainer.devices": _devices, "trainer.precision": Choice(PRECISIONS, text=True),
+        "trainer.log_every_n_steps": POSITIVE_INT, "trainer.deterministic": Choice((True, False, "warn")),
+        "trainer.gradient_clip_val": Number(0, low_open=True, null=True),
+        "trainer.label_smoothing": Number(0, 1, high_open=True), "trainer.class_weights": Choice(CLASS_WEIGHTS),
+        "trainer.callbacks": _callbacks,
+        "optimizer._target_": Text(), "optimizer.name": Text(), "optimizer.lr": POSITIVE,
+        "optimizer.backbone_lr_scale": POSITIVE, "optimizer.weight_decay": Number(0),
+        "optimizer.momentum": Number(0, 1, high_open=True), "optimizer.dampening": Number(0, 1),
+        "optimizer.nesterov": BOOL, "optimizer.amsgrad": BOOL, "optimizer.rho": Number(0, 1),
+        "optimizer.eps": POSITIVE, "optimizer.betas": _betas,
+        **{f"scheduler.{k}": Number(0, 1, low_open=True) for k in ("factor", "warmup_start_factor", "min_lr_factor",
+                                                                   "pct_start")},
+        "scheduler.warmup_epochs": COUNT, "scheduler.patience": COUNT, "scheduler.div_factor": POSITIVE,
+        "scheduler.final_div_factor": POSITIVE, "scheduler.min_lr": Number(0), "scheduler.mode": Choice(("min",)),
+        "data.name": Choice(SOURCES), "data.root": Text(null=True), "data.csv": Text(null=True),
+        "data.classes": names, "data.group_regex": Text(null=True), "data.fold": _fold,
+        "data.protocol": Choice(("holdout", "cv")), "data.val_fraction": FRACTION, "data.test_fraction": FRACTION,
+        "data.max_seconds": Number(0, low_open=True, null=True), "data.seed": SEED, "data.clips_per_class": POSITIVE_INT,
+        "data.min_duration": POSITIVE, "data.max_duration": POSITIVE, "data.sr": POSITIVE_INT, "data.esc10": BOOL,
+        "data.split_scheme": Choice(("fault_filtered", "random")),
+        "data.download.url": _url, "data.download.checksum": _checksum,
+        "tracking.uri": Text(), "tracking.experiment": Text(), "tracking.run_name": Text(null=True),
+        "tracking.required": BOOL, "tracking.log_model": BOOL, "tracking.registered_model": _registered_model,
+        "seed": SEED, "ensemble": _list_of(_member, "a list of MLflow run ids, model URIs or model folders",
+                                           empty=True),
+        **{f"paths.{k}": Text() for k in ("raw", "prepared", "features", "models", "metrics")},
+    }
+
+
+def _registered_model(value) -> str | None:
+    if value is None or (not Text()(value) and not any(c in value for c in "/:")):
+        return None
+    return "must be null or a model name without '/' or ':'"
+
+
+# A key a stage reads without a default must be there: every features/trainer/tracking/paths key but
+# those in OPTIONAL (read with `.get(key, default)`), and REQUIRED; other groups' keys vary by option.
+REQUIRED_GROUPS = ("features", "trainer", "tracking", "paths")
+REQUIRED = {"optimizer._target_", "optimizer.lr", "data.name", "data.protocol", "seed"}
+OPTIONAL = {"features.top_db", "trainer.seeds", "trainer.patience", "trainer.gradient_clip_val",
+            "trainer.label_smoothing", "trainer.class_weights", "trainer.callbacks", "tracking.run_name",
+            "tracking.registered_model"}
+# Unknown keys refused; an optimizer's keys are the arguments of its class (`checks.validate_optimizer`).
+CHECKED_GROUPS = ("features", "trainer", "data", "tracking")
+_ABSENT = object()
+
+
+def check_rules(cfg: DictConfig) -> None:
+    """Apply `rules()` to `cfg`: missing required keys, unknown keys and bad values raise `ConfigError`."""
+    table = rules()
+    for key, rule in table.items():
+        group = key.split(".")[0]
+        value = OmegaConf.select(cfg, key, default=_ABSENT)
+        if value is _ABSENT:
+            if key in REQUIRED or (group in REQUIRED_GROUPS and key not in OPTIONAL):
+                raise ConfigError(f"{key}: missing; {rule(_ABSENT)}")
+            continue
+        problem = rule(value)
+        if problem:
+            raise ConfigError(f"{key}={show(value)}: {problem}")
+    for group in CHECKED_GROUPS:
+        for key in _leaf_keys(cfg.get(group) or {}, group, table):
+            if key not in table:
+                known = sorted(k.removeprefix(f"{group}.") for k in table if k.startswith(f"{group}."))
+                raise ConfigError(f"{key}: unknown setting; allowed: {', '.join(known)}")
+
+
+def _leaf_keys(node: DictConfig, prefix: str, rules: dict) -> list[str]:
+    """Dotted keys under `node`; a mapping is entered only where rules name keys inside it."""
+    keys = []
+    for key in node:
+        full = f"{prefix}.{key}"
+        if isinstance(node[key], DictConfig) and full not in rules and any(r.startswith(full + ".") for r in rules):
+            keys += _leaf_keys(node[key], full, rules)
+        else:
+            keys.append(full)
+    return keys

@@ -1,0 +1,242 @@
+"""Every setting is checked before any work: NaN, inf, wrong types, out-of-range and unknown keys fail in
+`validate_config` with one line that starts with the setting's dotted name and says what is allowed."""
+
+from __future__ import annotations
+
+import copy
+import functools
+import subprocess
+import sys
+
+import pytest
+from omegaconf import OmegaConf, open_dict
+
+from audiocnn.config import ConfigError, compose_config, config_groups, validate_config
+from audiocnn.evaluation.settings import EVALUATE_KEYS
+from audiocnn.validation.rules import rules
+from tests.conftest import REPO
+
+FOLDER = [f"data.root={REPO / 'tests'}"]
+
+BAD = [
+    # the cases of the issue
+    (["optimizer.lr=nan"], "optimizer.lr=nan: must be a finite positive number"),
+    (["optimizer.lr=inf"], "optimizer.lr=inf: must be a finite positive number"),
+    (["features.amin=nan"], "features.amin=nan: must be a finite positive number"),
+    (["features.amin=inf"], "features.amin=inf: must be a finite positive number"),
+    (["features.top_db=nan"], "features.top_db=nan: must be a finite positive number or null"),
+    (["features.top_db=inf"], "features.top_db=inf: must be a finite positive number or null"),
+    (["features.fmin=nan"], "features.fmin=nan: must be a finite positive number"),
+    (["features.fmin=inf"], "features.fmin=inf: must be a finite positive number"),
+    (["trainer.max_epochs=nan"], "trainer.max_epochs=nan: must be a positive integer"),
+    (["trainer.max_epochs=inf"], "trainer.max_epochs=inf: must be a positive integer"),
+    (["trainer.num_workers=-1"], "trainer.num_workers=-1: must be an integer >= 0"),
+    (["features.num_workers=-1"], "features.num_workers=-1: must be an integer >= 0"),
+    (["optimizer.weight_decay=-1"], "optimizer.weight_decay=-1: must be a finite number >= 0"),
+    (["trainer.accelerator=tpu"], "trainer.accelerator=tpu: allowed: auto, cpu, gpu, cuda, mps"),
+    (["seed=abc"], "seed=abc: must be an integer in [0, 4294967295]"),
+    # features
+    (["features.sr=0"], "features.sr=0: must be a positive integer"),
+    (["features.sr=16000.5"], "features.sr=16000.5: must be a positive integer"),
+    (["features.hop_length=true"], "features.hop_length=true: must be a positive integer"),
+    (["features.n_bins=nan"], "features.n_bins=nan: must be a positive integer"),
+    (["features.bins_per_octave=-12"], "features.bins_per_octave=-12: must be a positive integer"),
+    (["features.window_frames=0"], "features.window_frames=0: must be a positive integer"),
+    (["features.batch_size=abc"], "features.batch_size=abc: must be a positive integer"),
+    (["features.chunk_seconds=inf"], "features.chunk_seconds=inf: must be a finite positive number"),
+    (["features.shard_mb=0"], "features.shard_mb=0: must be a finite positive number"),
+    (["features.device=tpu"], "features.device=tpu: allowed: auto, cpu, cuda"),
+    (["features.on_the_fly=maybe"], "features.on_the_fly=maybe: allowed: true, false"),
+    (["features.trainable=1"], "features.trainable=1: allowed: true, false"),
+    (["features.trainable=true"], "features.trainable=true: needs features.on_the_fly=true"),
+    (["features.n_bins=200"], "features.n_bins=200: top bin"),
+    (["+features.colour=red"], "features.colour: unknown setting; allowed: amin, batch_size"),
+    # trainer
+    (["trainer.max_epochs=2.5"], "trainer.max_epochs=2.5: must be a positive integer"),
+    (["trainer.batch_size=0"], "trainer.batch_size=0: must be a positive integer"),
+    (["trainer.patience=-1"], "trainer.patience=-1: must be an integer >= 0"),
+    (["trainer.seeds=[0,nan]"], "trainer.seeds=[0, nan]: must be a list of distinct integers"),
+    (["trainer.seeds=[1,1]"], "trainer.seeds=[1, 1]: must be a list of distinct integers"),
+    (["trainer.devices=0"], "trainer.devices=0: allowed: auto, a positive number of devices, -1 (all)"),
+    (["trainer.devices=[0,-2]"], "trainer.devices=[0, -2]: allowed: auto, a positive number of devices, -1 (all)"),
+    (["trainer.precision=16"], "trainer.precision=16: allowed: 32-true, 32, bf16-mixed"),
+    (["trainer.log_every_n_steps=0"], "trainer.log_every_n_steps=0: must be a positive integer"),
+    (["trainer.deterministic=sometimes"], "trainer.deterministic=sometimes: allowed: true, false, warn"),
+    (["trainer.gradient_clip_val=nan"], "trainer.gradient_clip_val=nan: must be a finite positive number or null"),
+    (["trainer.label_smoothing=nan"], "trainer.label_smoothing=nan: must be a finite number in [0, 1)"),
+    (["trainer.class_weights=inverse"], "trainer.class_weights=inverse: allowed: none, balanced"),
+    (["trainer.callbacks.early_stopping._target_=nope"], "trainer.callbacks.early_stopping._target_=nope: must be "
+                                                         "the dotted path of an installed callback class"),
+    (["trainer.callbacks=3"], "trainer.callbacks=3: must be a mapping"),
+    (["+trainer.fast_dev_run=true"], "trainer.fast_dev_run: unknown setting; allowed: accelerator, batch_size"),
+    (["~trainer.max_epochs"], "trainer.max_epochs: missing; must be a positive integer"),
+    # optimizer
+    (["optimizer.backbone_lr_scale=0"], "optimizer.backbone_lr_scale=0: must be a finite positive number"),
+    (["optimizer.name=''"], "optimizer.name=: must be a non-empty string"),
+    (["optimizer._target_=os.system"], "optimizer._target_=os.system: not a torch.optim.Optimizer class"),
+    (["optimizer._target_=torch.optim.Nope"], "optimizer._target_=torch.optim.Nope: not a torch.optim.Optimizer"),
+    (["optimizer=sgd", "optimizer.momentum=1.5"], "optimizer.momentum=1.5: must be a finite number in [0, 1)"),
+    (["optimizer=sgd", "optimizer.momentum=0", "optimizer.nesterov=true"], "optimizer.nesterov=true: needs "
+                                                                            "optimizer.momentum > 0"),
+    (["optimizer=sgd", "optimizer.nesterov=yes"], "optimizer.nesterov=yes: allowed: true, false"),
+    (["optimizer=sgd", "+optimizer.dampening=2"], "optimizer.dampening=2: must be a finite number in [0, 1]"),
+    (["+optimizer.amsgrad=1"], "optimizer.amsgrad=1: allowed: true, false"),
+    (["optimizer=adadelta", "optimizer.rho=2"], "optimizer.rho=2: must be a finite number in [0, 1]"),
+    (["optimizer=adadelta", "optimizer.eps=0"], "optimizer.eps=0: must be a finite positive number"),
+    (["+optimizer.betas=[0.9,1.5]"], "optimizer.betas=[0.9, 1.5]: must be a pair of numbers in [0, 1)"),
+    (["+optimizer.betas=[0.9]"], "optimizer.betas=[0.9]: must be a pair of numbers in [0, 1)"),
+    (["+optimizer.maximize=nan"], "optimizer.maximize=nan: must be a finite number, true/false"),
+    (["+optimizer.colour=red"], "optimizer.colour: not an argument of torch.optim.AdamW; allowed: amsgrad, betas"),
+    (["optimizer=sgd", "+optimizer.amsgrad=true"], "optimizer.amsgrad: not an argument of torch.optim.SGD"),
+    (["~optimizer.lr"], "optimizer.lr: missing; must be a finite positive number"),
+    # scheduler (its keys' ranges; the keys themselves: tests/test_optim.py)
+    (["scheduler=plateau", "scheduler.factor=nan"], "scheduler.factor=nan: must be a finite number in (0, 1]"),
+    (["scheduler=cosine", "scheduler.warmup_start_factor=abc"], "scheduler.warmup_start_factor=abc: must be"),
+    (["scheduler=cosine", "scheduler.min_lr_factor=0"], "scheduler.min_lr_factor=0: must be a finite number in (0"),
+    (["scheduler=onecycle", "scheduler.pct_start=inf"], "scheduler.pct_start=inf: must be a finite number in (0"),
+    (["scheduler=cosine", "scheduler.warmup_epochs=-1"], "scheduler.warmup_epochs=-1: must be an integer >= 0"),
+    (["scheduler=plateau", "scheduler.patience=nan"], "scheduler.patience=nan: must be an integer >= 0"),
+    (["scheduler=onecycle", "scheduler.div_factor=inf"], "scheduler.div_factor=inf: must be a finite positive"),
+    (["scheduler=onecycle", "scheduler.final_div_factor=0"], "scheduler.final_div_factor=0: must be a finite pos"),
+    (["scheduler=plateau", "scheduler.min_lr=-1"], "scheduler.min_lr=-1: must be a finite number >= 0"),
+    (["scheduler=plateau", "scheduler.mode=max"], "scheduler.mode=max: allowed: min"),
+    # data
+    (["data.name=nope"], "data.name=nope: allowed: csv, demo"),
+    (["data.protocol=loso"], "data.protocol=loso: allowed: holdout, cv"),
+    (["data.val_fraction=nan"], "data.val_fraction=nan: must be a finite number in (0, 1)"),
+    (["data.test_fraction=1"], "data.test_fraction=1: must be a finite number in (0, 1)"),
+    (["data.val_fraction=0.6", "data.test_fraction=0.5"], "data.val_fraction + data.test_fraction = 1.1: must be"),
+    (["data.clips_per_class=0"], "data.clips_per_class=0: must be a positive integer"),
+    (["data.min_duration=inf"], "data.min_duration=inf: must be a finite positive number"),
+    (["data.max_duration=nan"], "data.max_duration=nan: must be a finite positive number"),
+    (["data.min_duration=5"], "data.min_duration=5: must be <= data.max_duration=4.0"),
+    (["data.sr=-1"], "data.sr=-1: must be a positive integer"),
+    (["data.seed=-1"], "data.seed=-1: must be an integer in [0, 4294967295]"),
+    (["data.classes=[pluck,nope]"], "data.classes=['pluck', 'nope']: unknown demo classes ['nope']"),
+    (["data.classes=[1,2]"], "data.classes=[1, 2]: must be a list of distinct class names (strings) or null"),
+    (["data.fold=true"], "data.fold=true: must be null or a fold of the dataset"),
+    (["data.fold=1", "data.protocol=cv"], "data.fold=1 with data.protocol=cv: cv runs every fold"),
+    (["+data.colour=red"], "data.colour: unknown setting; allowed: classes, clips_per_class"),
+    (["data=folder", *FOLDER, "data.max_seconds=nan"], "data.max_seconds=nan: must be a finite positive number or"),
+    (["data=folder", "data.root=''"], "data.root=: must be a non-empty string or null"),
+    (["data=folder", *FOLDER, "data.group_regex=''"], "data.group_regex=: must be a non-empty string or null"),
+    (["data=csv", "data.csv=''"], "data.csv=: must be a non-empty string or null"),
+    (["data=esc50", "data.esc10=maybe"], "data.esc10=maybe: allowed: true, false"),
+    (["data=gtzan", "data.split_scheme=artist"], "data.split_scheme=artist: allowed: fault_filtered, random"),
+    (["data=esc50", "data.download.url=ftp://x"], "data.download.url=ftp://x: must be an http(s) URL"),
+    (["data=esc50", "data.download.checksum=crc32:ab"], "data.download.checksum=crc32:ab: must be null or "
+                                                        "'<algorithm>:<hex digest>'"),
+    # evaluate
+    (["evaluate.top_k=[0]"], "evaluate.top_k=[0]: must be a list of positive integers"),
+    (["evaluate.top_k=3"], "evaluate.top_k=3: must be a list of positive integers"),
+    (["evaluate.calibration_bins=nan"], "evaluate.calibration_bins=nan: must be a positive integer"),
+    (["evaluate.bootstrap_resamples=0"], "evaluate.bootstrap_resamples=0: must be a positive integer"),
+    (["evaluate.bootstrap_seed=-1"], "evaluate.bootstrap_seed=-1: must be an integer in [0, 4294967295]"),
+    (["evaluate.explain=maybe"], "evaluate.explain=maybe: allowed: true, false"),
+    (["evaluate.explain_clips_per_class=inf"], "evaluate.explain_clips_per_class=inf: must be a positive integer"),
+    (["+evaluate.colour=red"], "evaluate.colour: unknown key; allowed: bootstrap_resamples"),
+    # tracking
+    (["tracking.uri=''"], "tracking.uri=: must be a non-empty string"),
+    (["tracking.experiment=null"], "tracking.experiment=null: must be a non-empty string"),
+    (["tracking.run_name=''"], "tracking.run_name=: must be a non-empty string or null"),
+    (["tracking.required=maybe"], "tracking.required=maybe: allowed: true, false"),
+    (["tracking.log_model=1"], "tracking.log_model=1: allowed: true, false"),
+    (["tracking.registered_model=a/b"], "tracking.registered_model=a/b: must be null or a model name without"),
+    (["+tracking.colour=red"], "tracking.colour: unknown setting; allowed: experiment, log_model"),
+    # top level
+    (["seed=nan"], "seed=nan: must be an integer in [0, 4294967295]"),
+    (["seed=-1"], "seed=-1: must be an integer in [0, 4294967295]"),
+    (["seed=1.5"], "seed=1.5: must be an integer in [0, 4294967295]"),
+    (["seed=true"], "seed=true: must be an integer in [0, 4294967295]"),
+    (["ensemble=['']"], "ensemble=['']: must be a list of MLflow run ids, model URIs or model folders"),
+    (["paths.models=''"], "paths.models=: must be a non-empty string"),
+    (["paths.raw=null"], "paths.raw=null: must be a non-empty string"),
+    (["paths.prepared=''"], "paths.prepared=: must be a non-empty string"),
+    (["paths.features=3"], "paths.features=3: must be a non-empty string"),
+    (["paths.metrics=' '"], "paths.metrics= : must be a non-empty string"),
+]
+
+
+@functools.lru_cache(maxsize=None)
+def _composed(groups: tuple[str, ...]):
+    return compose_config(list(groups))
+
+
+def config_with(overrides: list[str]):
+    """`compose_config(overrides)`, composed once per choice of config groups: the other overrides are
+    parsed by Hydra's own parser (so `nan`, `inf`, `''`, `+key`, `~key` mean what they mean on the
+    command line) and applied to a copy. The real command line: the entrypoint test below."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    parsed = OverridesParser.create().parse_overrides(overrides)
+    groups = tuple(o.input_line for o in parsed if o.key_or_group in config_groups())
+    cfg = copy.deepcopy(_composed(groups))
+    for override in parsed:
+        if override.key_or_group in config_groups():
+            continue
+        with open_dict(cfg):
+            if override.is_delete():
+                parent, _, leaf = override.key_or_group.rpartition(".")
+                del (OmegaConf.select(cfg, parent) if parent else cfg)[leaf]
+            else:
+                OmegaConf.update(cfg, override.key_or_group, override.value(), force_add=True)
+    return cfg
+
+
+def test_applying_overrides_to_a_composed_config_equals_composing_them():
+    overrides = ["optimizer=sgd", "optimizer.lr=nan", "seed=abc", "+trainer.x=[1,2]", "~trainer.max_epochs",
+                 "tracking.uri=''"]
+    assert OmegaConf.to_yaml(config_with(overrides)) == OmegaConf.to_yaml(compose_config(overrides))
+
+
+@pytest.mark.parametrize("overrides, message", BAD, ids=[" ".join(o) for o, _ in BAD])
+def test_a_bad_setting_fails_before_any_work_naming_it(overrides, message):
+    with pytest.raises(ConfigError) as error:
+        validate_config(config_with(overrides))
+    text = str(error.value)
+    assert text.startswith(message), text
+    assert "\n" not in text
+
+
+def test_every_rule_has_a_bad_case_above():
+    tested = {message.split("=")[0].split(":")[0].split(" ")[0] for _, message in BAD}
+    assert sorted(set(rules()) - tested) == []
+
+
+def _leaves(node, prefix):
+    from omegaconf import DictConfig
+
+    for key, value in node.items():
+        if isinstance(value, DictConfig) and f"{prefix}.{key}" != "trainer.callbacks":
+            yield from _leaves(value, f"{prefix}.{key}")
+        else:
+            yield f"{prefix}.{key}"
+
+
+@pytest.mark.parametrize("group", ["data", "optimizer", "scheduler", "features"])
+def test_every_key_of_every_conf_option_has_a_check(group):
+    """Every key conf/ can set has a rule (or is checked by the group's own validator)."""
+    own = {f"evaluate.{k}" for k in EVALUATE_KEYS} | {f"scheduler.{k}" for k in ("name", "_target_", "interval",
+                                                                                  "monitor")}
+    table = set(rules()) | own
+    for option in config_groups()[group]:
+        cfg = compose_config([f"{group}={option}"])
+        keys = [k for name in ("features", "trainer", "optimizer", "data", "tracking", "evaluate", "scheduler",
+                               "paths") for k in _leaves(cfg[name], name)] + ["seed", "ensemble"]
+        assert [k for k in keys if k not in table] == [], option
+
+
+def test_the_entrypoint_exits_2_with_one_line_and_makes_no_data_folder(tmp_path):
+    """`python pipelines/train.py trainer.max_epochs=nan` from the repository: exit 2, one `error:` line,
+    none of paths.* (nor an MLflow store) created."""
+    paths = [f"paths.{key}={tmp_path / 'data' / key}" for key in ("raw", "prepared", "features", "models", "metrics")]
+    hydra_runs = REPO / "data" / "hydra"
+    before = sorted(hydra_runs.rglob("*")) if hydra_runs.exists() else []
+    result = subprocess.run([sys.executable, "pipelines/train.py", "trainer.max_epochs=nan", *paths,
+                             f"tracking.uri=sqlite:///{tmp_path / 'mlflow.db'}"],
+                            cwd=REPO, capture_output=True, text=True, timeout=180)
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert lines == ["error: trainer.max_epochs=nan: must be a positive integer"], result.stderr
+    assert list(tmp_path.iterdir()) == []
+    assert (sorted(hydra_runs.rglob("*")) if hydra_runs.exists() else []) == before
