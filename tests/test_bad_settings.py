@@ -142,7 +142,8 @@ BAD = [
     (["tracking.required=maybe"], "tracking.required=maybe: allowed: true, false"),
     (["tracking.log_model=1"], "tracking.log_model=1: allowed: true, false"),
     (["tracking.registered_model=a/b"], "tracking.registered_model=a/b: must be null or a model name without"),
-    (["+tracking.colour=red"], "tracking.colour: unknown setting; allowed: experiment, log_model"),
+    (["tracking.export_onnx=yes"], "tracking.export_onnx=yes: allowed: true, false"),
+    (["+tracking.colour=red"], "tracking.colour: unknown setting; allowed: experiment, export_onnx, log_model"),
     # top level
     (["seed=nan"], "seed=nan: must be an integer in [0, 4294967295]"),
     (["seed=-1"], "seed=-1: must be an integer in [0, 4294967295]"),

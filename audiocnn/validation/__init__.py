@@ -30,6 +30,7 @@ from audiocnn.validation.rules import check_rules
 def validate_config(cfg: DictConfig) -> None:
     """Check every setting a stage relies on; raise `ConfigError` naming the first bad one."""
     from audiocnn.evaluation.settings import validate_evaluate
+    from audiocnn.inference.requests import validate_serving
     from audiocnn.training.augment import validate_augment
     from audiocnn.training.optim import validate_optimisation
 
@@ -41,4 +42,5 @@ def validate_config(cfg: DictConfig) -> None:
     validate_augment(cfg)
     validate_optimisation(cfg)
     validate_evaluate(cfg)
+    validate_serving(cfg)
     validate_data(cfg)

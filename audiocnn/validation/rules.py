@@ -211,6 +211,7 @@ def rules() -> dict[str, Callable]:
         "data.download.url": _url, "data.download.checksum": _checksum,
         "tracking.uri": Text(), "tracking.experiment": Text(), "tracking.run_name": Text(null=True),
         "tracking.required": BOOL, "tracking.log_model": BOOL, "tracking.registered_model": _registered_model,
+        "tracking.export_onnx": BOOL,
         "seed": SEED, "ensemble": _list_of(_member, "a list of MLflow run ids, model URIs or model folders",
                                            empty=True),
         **{f"paths.{k}": Text() for k in ("raw", "prepared", "features", "models", "metrics")},
@@ -229,7 +230,7 @@ REQUIRED_GROUPS = ("features", "trainer", "tracking", "paths")
 REQUIRED = {"optimizer._target_", "optimizer.lr", "data.name", "data.protocol", "seed"}
 OPTIONAL = {"features.top_db", "trainer.seeds", "trainer.patience", "trainer.gradient_clip_val",
             "trainer.label_smoothing", "trainer.class_weights", "trainer.callbacks", "tracking.run_name",
-            "tracking.registered_model"}
+            "tracking.registered_model", "tracking.export_onnx"}
 # Unknown keys refused; an optimizer's keys are the arguments of its class (`checks.validate_optimizer`).
 CHECKED_GROUPS = ("features", "trainer", "data", "tracking")
 _ABSENT = object()
