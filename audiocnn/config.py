@@ -123,7 +123,7 @@ def validate_features(cfg: DictConfig) -> None:
     _positive(cfg, "features.chunk_seconds")
     if cfg.features.get("top_db") is not None:
         _positive(cfg, "features.top_db")
-    for key in ("features.on_the_fly", "features.trainable"):
+    for key in ("features.on_the_fly", "features.trainable", "features.verify"):
         _one_of(cfg, key, (True, False))
     if cfg.features.trainable and not cfg.features.on_the_fly:
         raise ConfigError("features.trainable=true: needs features.on_the_fly=true (stored frames are fixed)")
@@ -186,6 +186,9 @@ def validate_config(cfg: DictConfig) -> None:
     from audiocnn.data.sources import SOURCES
 
     _one_of(cfg, "data.name", tuple(SOURCES))
+    timeout = cfg.get("lock_timeout_s")
+    if not isinstance(timeout, (int, float)) or isinstance(timeout, bool) or timeout < 0:
+        raise ConfigError(f"lock_timeout_s={timeout}: must be a number of seconds >= 0")
     validate_features(cfg)
     validate_model(cfg)
     _positive(cfg, "optimizer.lr")
