@@ -166,7 +166,7 @@ def _keep_checked_shards(root: Path, old: dict, checksum: bool) -> bool:
     for name, problem in problems.items():
         print(f"featurize: {root}: {problem}; featurizing its {records[name].get('rows', '?')} clips again")
         drop_shard(root, name)
-    if old.get("complete") and not problems and set(records) == set(old.get("shard_files") or {}):
+    if old.get("complete") and not problems and set(records) == set(old.get("shard_files", [None])):
         if checksum:
             print(f"featurize: {root}: {len(records)} shards match their sizes and {CHECKSUM} checksums")
         return True

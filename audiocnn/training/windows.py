@@ -95,9 +95,13 @@ class _Windows(Dataset):
         else:
             batch = self.batch(np.asarray(items)), torch.from_numpy(self.labels[items].astype(np.int64))
             clip_of_window = np.asarray(items)
-        finite = torch.isfinite(batch[0].flatten(1)).all(dim=1)
-        if not bool(finite.all()):
-            self._non_finite(int(clip_of_window[int(torch.argmin(finite.int()))]))
+        # A NaN or inf makes its window's sum non-finite (0.1 ms a batch, where torch.isfinite(x).all()
+        # takes ~3 ms on one core); a flagged window is confirmed value by value (a finite overflow is not bad).
+        windows = batch[0].flatten(1)
+        suspects = (~torch.isfinite(windows.sum(dim=1))).nonzero().flatten().tolist()
+        bad = [w for w in suspects if not bool(torch.isfinite(windows[w]).all())]
+        if bad:
+            self._non_finite(int(clip_of_window[bad[0]]))
         return batch
 
     def _non_finite(self, item: int):
