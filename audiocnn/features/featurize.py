@@ -25,7 +25,6 @@ other clips and are told to featurize again.
 from __future__ import annotations
 
 import json
-import shutil
 from contextlib import nullcontext
 from pathlib import Path
 
@@ -42,8 +41,9 @@ from audiocnn.data.audio import clip_samples, load_audio, load_segment
 from audiocnn.features import distributed
 from audiocnn.features.cqt import FEATURE_KEYS, FRONTEND_VERSION, LogCQT, n_frames, pick_device
 from audiocnn.features.plan import Piece, batches, chunk_margin, plan_pieces, rank_share
-from audiocnn.features.store import (CHECKSUM, TEXT_COLUMNS, ShardWriter, check_shards, clips_md5, drop_shard,
-                                     finished_shards, next_shard, params_hash, shard_prefix, shard_rows)
+from audiocnn.features.reopen import open_store
+from audiocnn.features.store import (CHECKSUM, TEXT_COLUMNS, ShardWriter, check_shards, clips_md5, finished_shards,
+                                     next_shard, params_hash, shard_prefix, shard_rows)
 
 
 # Most samples in one padded CQT batch (32 MB of float32): with chunked long clips, the
@@ -132,49 +132,6 @@ def _one_thread(worker_id: int) -> None:
     torch.set_num_threads(1)  # decoding workers; the main process's CQT gets the cores
 
 
-def _open_store(root: Path, meta: dict, checksum: bool) -> dict:
-    """Keep a store of the same inputs, less the shards that fail their check; wipe anything else.
-
-    Call it holding the store's lock. `meta` is the new store's store.json (not complete);
-    the result is the store.json to go on from: the old one when nothing needs writing.
-    """
-    meta_path = root / "store.json"
-    if meta_path.exists():
-        old = json.loads(meta_path.read_text())
-        same = old.get("params") == meta["params"] and old.get("clips_md5") == meta["clips_md5"]
-        if same and (old.get("complete") or old.get("world") == meta["world"]):
-            return old if _keep_checked_shards(root, old, checksum or not old.get("complete")) else meta
-        if not same and old.get("params") == meta["params"]:
-            print(f"featurize: {root} holds the clips of another manifest (paths.prepared="
-                  f"{old.get('prepared', '?')}); rebuilding it for paths.prepared={meta['prepared']}")
-        shutil.rmtree(root)
-    root.mkdir(parents=True, exist_ok=True)
-    atomic.write_json(meta_path, meta)
-    return meta
-
-
-def _keep_checked_shards(root: Path, old: dict, checksum: bool) -> bool:
-    """Drop every shard that is unfinished or fails its size (and `checksum`) check; True when
-    `old` is complete and lost nothing (up to date). Otherwise store.json is marked incomplete."""
-    for stale in root.glob(".*.tmp*"):
-        stale.unlink()  # a killed writer's temporary files (we hold the lock: nobody else writes)
-    records = finished_shards(root)
-    for path in root.glob("shard-*"):
-        if path.stem not in records:
-            path.unlink()  # an unfinished shard's pieces: its clips are featurized again
-    problems = check_shards(root, records, checksum)
-    for name, problem in problems.items():
-        print(f"featurize: {root}: {problem}; featurizing its {records[name].get('rows', '?')} clips again")
-        drop_shard(root, name)
-    if old.get("complete") and not problems and set(records) == set(old.get("shard_files", [None])):
-        if checksum:
-            print(f"featurize: {root}: {len(records)} shards match their sizes and {CHECKSUM} checksums")
-        return True
-    print(f"featurize: resuming {root} after {len(records) - len(problems)} checked shards "
-          f"(sizes{f' and {CHECKSUM} checksums' if checksum else ''})")
-    return False
-
-
 def featurize_share(cfg: DictConfig, root: Path, manifest: pd.DataFrame, rank: int, world: int,
                     device: torch.device) -> list[dict]:
     """Featurize this rank's share of the plan into its shards; returns the clips it skipped."""
@@ -252,9 +209,7 @@ def _featurize_locked(cfg: DictConfig, rank: int, world: int, manifest: pd.DataF
     if rank == 0:
         fresh = {"params": store_params(cfg), "clips_md5": clips_md5(manifest), "prepared": str(cfg.paths.prepared),
                  "world": world, "complete": False}
-        meta = _open_store(root, fresh, checksum=bool(cfg.features.get("verify", False)))
-        if not meta.get("complete"):
-            atomic.write_json(root / "store.json", meta)
+        open_store(root, fresh, checksum=bool(cfg.features.get("verify", False)))
     distributed.barrier()
     meta = json.loads((root / "store.json").read_text())
     if meta.get("complete"):
