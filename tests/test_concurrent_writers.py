@@ -160,7 +160,7 @@ def test_a_featurize_started_while_another_writes_waits_then_rebuilds_and_a_shor
     assert holder in waiting.stdout
     error = [line for line in gave_up.err if line.startswith("error:")]
     assert len(error) == 1 and holder in error[0] and "after lock_timeout_s=1 s" in error[0], gave_up.err[-5:]
-    assert f"wrote 40 clips" in a.stdout  # a finished its own store, untouched while it wrote ...
+    assert "wrote 40 clips" in a.stdout  # a finished its own store, untouched while it wrote ...
     assert (f"holds the clips of another manifest (paths.prepared={clips / 'prepared_a'}); rebuilding it"
             in waiting.stdout)  # ... which b found complete, and replaced with its own
     assert "wrote 20 clips" in waiting.stdout

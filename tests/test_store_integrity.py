@@ -121,6 +121,7 @@ def test_a_shard_with_its_middle_overwritten_by_0xff_is_found_by_verify_and_rewr
     assert isinstance(problem, StoreError) and f"{name}.f16 does not match the blake2b checksum" in str(problem)
 
     verify = tiny_config(tmp_path, "features.shard_mb=0.05", "features.device=cpu", "features.verify=true")
+    assert not is_featurized(verify)  # with features.verify=true the up-to-date check reads the checksums
     assert featurize(verify) == root
     _assert_rewritten_only(cfg, root, name, before, reference)
 

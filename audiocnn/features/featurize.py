@@ -70,14 +70,16 @@ def read_manifest(cfg: DictConfig) -> pd.DataFrame:
     return pd.read_csv(path, dtype=TEXT_COLUMNS, keep_default_na=False)
 
 
-def store_problem(cfg: DictConfig, checksum: bool = False) -> InputError | None:
+def store_problem(cfg: DictConfig, checksum: bool | None = None) -> InputError | None:
     """Why the store for `cfg` cannot be used as it is, as the error to raise; None when it can.
 
     Usable: complete, holding the current manifest's clips, and every shard of the size
-    (and, with `checksum`, the checksum) recorded when it was written. Only the clips
-    (paths, labels) count: a manifest re-split into other folds or splits keeps its store.
+    (and, with `checksum`, default `features.verify`, the checksum) recorded when it was
+    written. Only the clips (paths, labels) count: a manifest re-split into other folds or
+    splits keeps its store.
     """
     root = store_dir(cfg)
+    checksum = bool(cfg.features.get("verify", False)) if checksum is None else checksum
     meta_path = root / "store.json"
     meta = json.loads(meta_path.read_text()) if meta_path.exists() else {}
     if not meta.get("complete") or not (Path(cfg.paths.prepared) / "manifest.csv").exists() or \
@@ -95,7 +97,8 @@ def store_problem(cfg: DictConfig, checksum: bool = False) -> InputError | None:
 
 
 def is_featurized(cfg: DictConfig) -> bool:
-    """True when the store for `cfg` is usable as it is (`store_problem`; sizes checked, not checksums)."""
+    """True when the store for `cfg` is usable as it is (`store_problem`: sizes, and checksums with
+    `features.verify=true`, so that a Hydra run with it featurizes, which rewrites the bad shards)."""
     return store_problem(cfg) is None
 
 
