@@ -77,6 +77,9 @@ def folder_lock(folder: str | Path, timeout_s: float, setting: str, stage: str) 
     try:
         lock.acquire(timeout=0)
     except Timeout:
+        settle = time.monotonic() + 1.0  # the holder writes its owner file just after taking the lock
+        while not owner.exists() and time.monotonic() < settle:
+            time.sleep(0.05)
         print(f"{stage}: waiting up to {setting}={timeout_s:g} s for {folder}, which {lock_holder(folder)} "
               "is writing", flush=True)
         try:

@@ -48,7 +48,7 @@ def new_checksum():
 
 
 def file_checksum(path: Path) -> str:
-    """The checksum of a file's bytes, read in 8 MiB blocks."""
+    """The checksum of a file's bytes, read block by block."""
     with open(path, "rb") as handle:
         return hashlib.file_digest(handle, new_checksum).hexdigest()
 
