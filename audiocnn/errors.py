@@ -50,6 +50,31 @@ class EmptySplitError(InputError, RuntimeError):
     """A split has no usable clip, so training or evaluation would be meaningless."""
 
 
+class StoreError(InputError, RuntimeError):
+    """A feature store is incomplete or damaged (a shard's size differs from the one recorded at
+    write time, its checksum does not match, its frames are not finite); the message names the
+    shard or clip and says to run featurize again."""
+
+
+class NonFiniteError(InputError, ArithmeticError):
+    """Training met a non-finite input batch (naming its first bad clip) or a non-finite loss.
+
+    Raised in a DataLoader worker, it reaches the main process rebuilt by torch from the
+    worker's traceback text ("Caught NonFiniteError in DataLoader worker process 0. Original
+    Traceback ..."); the constructor keeps only the original message, so it stays one line.
+    """
+
+    def __init__(self, message: str = ""):
+        if "\nOriginal Traceback" in message:
+            message = message.rstrip().rsplit(f"{type(self).__name__}: ", 1)[-1]
+        super().__init__(message)
+
+
+class LockedError(InputError, TimeoutError):
+    """Another process still holds the writer lock of a folder after the lock timeout; the
+    message says who (pid, host, start time, from the `.lock.owner` file next to the lock)."""
+
+
 class Unusable(Exception):
     """A file prepare must skip; `str(error)` is the report's reason, `<category>: <detail>`."""
 

@@ -25,6 +25,8 @@ from omegaconf import DictConfig, OmegaConf
 from audiocnn.errors import ConfigError, TrackingUnavailable
 
 MAX_PARAM_LENGTH = 6000  # MLflow's limit on a param value
+MAX_TAG_LENGTH = 5000  # and on a tag value
+FAILURE_TAG = "audiocnn.failure"  # why a FAILED run failed: the error's type and first line
 # A run opened while this is set becomes a child of that run (sweeps, folds, seeds).
 PARENT_RUN_ENV = "AUDIOCNN_PARENT_RUN_ID"
 LOCAL_STORE = "sqlite:///mlflow.db"
@@ -145,7 +147,8 @@ def configure(cfg: DictConfig) -> str:
 @contextmanager
 def open_run(cfg: DictConfig, *, run_id: str | None = None, run_name: str | None = None,
              tags: dict | None = None, parent_run_id: str | None = None) -> Iterator[mlflow.ActiveRun]:
-    """Start (or, with `run_id`, resume) a run; a run that raises is marked FAILED.
+    """Start (or, with `run_id`, resume) a run; a run that raises is marked FAILED, and its
+    error's first line is its `audiocnn.failure` tag (`NonFiniteError: ...`).
 
     A new run is the child of `parent_run_id`, or of `$AUDIOCNN_PARENT_RUN_ID` when that is set.
     """
@@ -158,7 +161,9 @@ def open_run(cfg: DictConfig, *, run_id: str | None = None, run_name: str | None
             mlflow.set_tags(tags)
         try:
             yield run
-        except BaseException:
+        except BaseException as error:
+            reason = str(error).strip().splitlines()
+            mlflow.set_tag(FAILURE_TAG, f"{type(error).__name__}: {reason[0] if reason else ''}"[:MAX_TAG_LENGTH])
             mlflow.end_run(status="FAILED")
             raise
 

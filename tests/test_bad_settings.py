@@ -143,6 +143,9 @@ BAD = [
     (["tracking.log_model=1"], "tracking.log_model=1: allowed: true, false"),
     (["tracking.registered_model=a/b"], "tracking.registered_model=a/b: must be null or a model name without"),
     (["tracking.export_onnx=yes"], "tracking.export_onnx=yes: allowed: true, false"),
+    (["features.verify=sometimes"], "features.verify=sometimes: allowed: true, false"),
+    (["lock_timeout_s=-1"], "lock_timeout_s=-1: must be a finite number >= 0"),
+    (["lock_timeout_s=nan"], "lock_timeout_s=nan: must be a finite number >= 0"),
     (["+tracking.colour=red"], "tracking.colour: unknown setting; allowed: experiment, export_onnx, log_model"),
     # top level
     (["seed=nan"], "seed=nan: must be an integer in [0, 4294967295]"),

@@ -45,9 +45,10 @@ def test_prepare_writes_manifest_classes_and_report_only_under_its_paths(tmp_pat
     assert report["kept"] == len(manifest) and report["skipped"] == 0 and report["skipped_files"] == []
     assert report["splits"] == manifest["split"].value_counts().to_dict()
 
-    # Only the configured raw and prepared folders were written; nothing in the working directory.
+    # Only the configured raw and prepared folders were written (and, beside paths.prepared, its
+    # writer lock file: the owner file goes when the lock is released); nothing in the working directory.
     assert os.listdir(cwd) == []
-    assert sorted(os.listdir(tmp_path / "out")) == ["prepared", "raw"]
+    assert sorted(os.listdir(tmp_path / "out")) == [".prepared.lock", "prepared", "raw"]
     assert all(Path(p).resolve().is_relative_to(Path(cfg.paths.raw).resolve()) for p in manifest["path"])
 
 

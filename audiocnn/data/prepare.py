@@ -5,7 +5,9 @@ cells are CSV-escaped (`audiocnn.data.names.csv_cell`: a label like `=cmd` is wr
 and `features.featurize.read_manifest` reads them back unescaped. report.json's `names` maps
 every class and fold to the slug used for it in paths and metric keys.
 Every file is probed; unusable ones are listed in report.json with their reason and the
-run goes on. Only an empty split stops it.
+run goes on. Only an empty split stops it. One writer at a time: prepare holds the lock of
+`paths.prepared` (`atomic.folder_lock`) while it writes; a second prepare of the same
+folder waits up to `lock_timeout_s`, then writes its own manifest (the last one wins).
 """
 
 from __future__ import annotations
@@ -120,7 +122,12 @@ def is_prepared(cfg: DictConfig) -> bool:
 
 
 def prepare(cfg: DictConfig) -> pd.DataFrame:
-    """Build `paths.prepared`/{manifest.csv, classes.json, report.json} for `cfg.data`."""
+    """Build `paths.prepared`/{manifest.csv, classes.json, report.json} for `cfg.data`, holding its lock."""
+    with atomic.folder_lock(cfg.paths.prepared, float(cfg.get("lock_timeout_s", 300)), "lock_timeout_s", "prepare"):
+        return _prepare(cfg)
+
+
+def _prepare(cfg: DictConfig) -> pd.DataFrame:
     out = Path(cfg.paths.prepared)
     Path(cfg.paths.raw).mkdir(parents=True, exist_ok=True)
     clips, classes = sources.collect(cfg.data, Path(cfg.paths.raw))

@@ -8,12 +8,24 @@ store folder `<paths.features>/<data.name>-<hash>`, where the hash covers every 
 that shapes the frames. A killed run resumes after its finished shards. Under `torchrun`
 each rank featurizes its share of the clips into its own shards and rank 0 writes the
 index once all are done.
+
+The store checks itself: every shard's size and blake2b checksum are recorded as it is
+written. An existing store is up to date only if every shard still has its recorded size
+(and, when resuming an incomplete store or with `features.verify=true`, its checksum);
+shards that fail are dropped and just their clips featurized again into new shards.
+
+One writer at a time: featurize holds the store folder's lock (`atomic.folder_lock`) while
+it checks and writes. A second featurize of the same store waits (up to `lock_timeout_s`)
+and then finds it up to date, or, when the store holds another manifest's clips (the
+folder name covers the feature parameters, not the clips), rebuilds it for its own
+manifest: the last writer's clips win, and readers of the other manifest see a store of
+other clips and are told to featurize again.
 """
 
 from __future__ import annotations
 
 import json
-import shutil
+from contextlib import nullcontext
 from pathlib import Path
 
 import numpy as np
@@ -24,14 +36,15 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from audiocnn import atomic
-from audiocnn.errors import MissingInputError
+from audiocnn.errors import InputError, MissingInputError, StoreError
 from audiocnn.data.audio import clip_samples, load_audio, load_segment
 from audiocnn.data.names import unescape_columns
 from audiocnn.features import distributed
 from audiocnn.features.cqt import FEATURE_KEYS, FRONTEND_VERSION, LogCQT, n_frames, pick_device
 from audiocnn.features.plan import Piece, batches, chunk_margin, plan_pieces, rank_share
-from audiocnn.features.store import (TEXT_COLUMNS, ShardWriter, clips_md5, finished_shards, params_hash,
-                                     shard_prefix)
+from audiocnn.features.reopen import open_store
+from audiocnn.features.store import (CHECKSUM, TEXT_COLUMNS, ShardWriter, check_shards, clips_md5, finished_shards,
+                                     next_shard, params_hash, shard_prefix, shard_rows)
 
 
 # Most samples in one padded CQT batch (32 MB of float32): with chunked long clips, the
@@ -59,17 +72,36 @@ def read_manifest(cfg: DictConfig) -> pd.DataFrame:
     return unescape_columns(pd.read_csv(path, dtype=TEXT_COLUMNS, keep_default_na=False))
 
 
-def is_featurized(cfg: DictConfig) -> bool:
-    """True when the store for `cfg` is complete and holds the current manifest's clips.
+def store_problem(cfg: DictConfig, checksum: bool | None = None) -> InputError | None:
+    """Why the store for `cfg` cannot be used as it is, as the error to raise; None when it can.
 
-    Only the clips (paths, labels) count: a manifest re-split into other folds or splits
-    keeps its store.
+    Usable: complete, holding the current manifest's clips, and every shard of the size
+    (and, with `checksum`, default `features.verify`, the checksum) recorded when it was
+    written. Only the clips (paths, labels) count: a manifest re-split into other folds or
+    splits keeps its store.
     """
-    meta_path = store_dir(cfg) / "store.json"
-    if not meta_path.exists() or not (Path(cfg.paths.prepared) / "manifest.csv").exists():
-        return False
-    meta = json.loads(meta_path.read_text())
-    return bool(meta.get("complete")) and meta.get("clips_md5") == clips_md5(read_manifest(cfg))
+    root = store_dir(cfg)
+    checksum = bool(cfg.features.get("verify", False)) if checksum is None else checksum
+    meta_path = root / "store.json"
+    meta = json.loads(meta_path.read_text()) if meta_path.exists() else {}
+    if not meta.get("complete") or not (Path(cfg.paths.prepared) / "manifest.csv").exists() or \
+            meta.get("clips_md5") != clips_md5(read_manifest(cfg)):
+        return MissingInputError(f"paths.features={cfg.paths.features}: no complete feature store for this manifest "
+                                 "and these features; run the featurize stage first (`dvc repro featurize` or "
+                                 "`audiocnn featurize`)")
+    records = meta.get("shard_files")
+    problems = check_shards(root, records, checksum) if records is not None else {
+        "": "written without shard sizes and checksums (by an older audiocnn)"}
+    if problems:
+        return StoreError(f"feature store {root}: {next(iter(problems.values()))}; run the featurize stage "
+                          "again to rewrite it")
+    return None
+
+
+def is_featurized(cfg: DictConfig) -> bool:
+    """True when the store for `cfg` is usable as it is (`store_problem`: sizes, and checksums with
+    `features.verify=true`, so that a Hydra run with it featurizes, which rewrites the bad shards)."""
+    return store_problem(cfg) is None
 
 
 class DecodedPieces(Dataset):
@@ -105,21 +137,6 @@ def _one_thread(worker_id: int) -> None:
     torch.set_num_threads(1)  # decoding workers; the main process's CQT gets the cores
 
 
-def _open_store(root: Path, params: dict, digest: str, world: int) -> dict:
-    """Keep a store of the same inputs (finished shards are reused); wipe anything else."""
-    meta_path = root / "store.json"
-    meta = {"params": params, "clips_md5": digest, "world": world, "complete": False}
-    if meta_path.exists():
-        old = json.loads(meta_path.read_text())
-        if old.get("params") == params and old.get("clips_md5") == digest and (
-                old.get("complete") or old.get("world") == world):
-            return old
-        shutil.rmtree(root)
-    root.mkdir(parents=True, exist_ok=True)
-    atomic.write_json(meta_path, meta)
-    return meta
-
-
 def featurize_share(cfg: DictConfig, root: Path, manifest: pd.DataFrame, rank: int, world: int,
                     device: torch.device) -> list[dict]:
     """Featurize this rank's share of the plan into its shards; returns the clips it skipped."""
@@ -135,10 +152,11 @@ def featurize_share(cfg: DictConfig, root: Path, manifest: pd.DataFrame, rank: i
 
     plan = plan_pieces(manifest, f.sr, f.hop_length, float(f.chunk_seconds), margin, samples_of=samples_of)
     prefix = shard_prefix(rank, world)
-    done = finished_shards(root, prefix)
-    done_ids = set(pd.concat(done)["clip_id"].tolist()) if done else set()
+    done = finished_shards(root)  # any rank's (a repaired store keeps the shards of another world size)
+    done_ids = set(shard_rows(root, done)["clip_id"].tolist())
     todo = [p for p in rank_share(plan, rank, world) if p.position not in done_ids]
-    writer = ShardWriter(root, f.n_bins, int(float(f.shard_mb) * 2**20), first_shard=len(done), prefix=prefix)
+    writer = ShardWriter(root, f.n_bins, int(float(f.shard_mb) * 2**20), first_shard=next_shard(done, prefix),
+                         prefix=prefix)
     loader = DataLoader(
         DecodedPieces(paths, todo, f.sr), batch_sampler=batches(todo, f.batch_size, BATCH_SAMPLES), collate_fn=pad_batch,
         num_workers=f.num_workers, pin_memory=device.type == "cuda",
@@ -185,9 +203,18 @@ def featurize(cfg: DictConfig) -> Path:
 
 def _featurize(cfg: DictConfig, rank: int, world: int) -> Path:
     manifest = read_manifest(cfg)
-    root, params, digest = store_dir(cfg), store_params(cfg), clips_md5(manifest)
+    root = store_dir(cfg)
+    lock = atomic.folder_lock(root, float(cfg.get("lock_timeout_s", 300)), "lock_timeout_s", "featurize") \
+        if rank == 0 else nullcontext()  # rank 0 holds it for all ranks
+    with lock:
+        return _featurize_locked(cfg, rank, world, manifest, root)
+
+
+def _featurize_locked(cfg: DictConfig, rank: int, world: int, manifest: pd.DataFrame, root: Path) -> Path:
     if rank == 0:
-        meta = _open_store(root, params, digest, world)
+        fresh = {"params": store_params(cfg), "clips_md5": clips_md5(manifest), "prepared": str(cfg.paths.prepared),
+                 "world": world, "complete": False}
+        open_store(root, fresh, checksum=bool(cfg.features.get("verify", False)))
     distributed.barrier()
     meta = json.loads((root / "store.json").read_text())
     if meta.get("complete"):
@@ -199,13 +226,14 @@ def _featurize(cfg: DictConfig, rank: int, world: int) -> Path:
     skipped = featurize_share(cfg, root, manifest, rank, world, device)
     skipped = distributed.gather(skipped)
     if rank == 0:
-        shards = [rows for r in range(world) for rows in finished_shards(root, shard_prefix(r, world))]
-        index = pd.concat(shards, ignore_index=True).sort_values("clip_id", kind="stable").reset_index(drop=True)
+        records = finished_shards(root)
+        index = shard_rows(root, records).sort_values("clip_id", kind="stable").reset_index(drop=True)
         with atomic.atomic_path(root / "index.csv") as tmp:
             index.to_csv(tmp, index=False)
         atomic.write_json(root / "store.json", {
             **meta, "complete": True, "clips": len(index), "frames": int(index["length"].sum()),
             "shards": int(index["shard"].nunique()), "skipped": skipped,
+            "shard_files": {name: {"bytes": r["bytes"], CHECKSUM: r[CHECKSUM]} for name, r in records.items()},
         })
         print(f"featurize: wrote {len(index)} clips ({int(index['length'].sum())} frames) to {root}; "
               f"skipped {len(skipped)}")

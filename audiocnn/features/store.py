@@ -1,13 +1,21 @@
 """Feature store: float16 CQT frames in shards, read back by memory mapping.
 
 Layout of one store folder (its name carries a hash of the parameters that shaped it):
-    store.json            parameters, the clip list's checksum, `complete`, counts
+    store.json            parameters, the clip list's checksum, `complete`, counts, and
+                          `shard_files`: every shard's size in bytes and blake2b checksum
     shard-00000.f16       raw float16 frames, shape (frames, n_bins), clips back to back
     shard-00000.csv       the index rows of that shard
+    shard-00000.json      the shard's record, written last: bytes, blake2b, rows, frames
     index.csv             all rows, by clip_id: clip_id,path,label,shard,start,length
-A shard and its csv are written under temporary names and renamed, so a killed writer
-leaves only finished shards, which a restart reuses. With several writers
+A shard and its csv are written under temporary names (with the writer's pid) and
+renamed, and its record last, so a killed writer leaves only finished shards (all three
+files), which a restart checks against their records and reuses. With several writers
 (`torchrun`), rank r of w writes `shard-r{r}of{w}-00000.f16`, ... instead.
+
+The checksum is taken over the bytes as they are written (no second read). Readers check
+every shard's size against `shard_files` when they open the store (a stat per shard);
+featurize checks sizes always and checksums on resume or with `features.verify=true`,
+and rewrites only the shards that fail (`check_shards`, `drop_shard`).
 
 The store holds no split or fold: it depends only on the clips (path, label) and the
 feature parameters, and readers take each clip's split from the current manifest, so
@@ -19,17 +27,30 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from audiocnn import atomic
+from audiocnn.errors import MissingInputError, StoreError
 
 INDEX_COLUMNS = ["clip_id", "path", "label", "shard", "start", "length"]
 # Labels are names, even when they look like numbers (FSDD's digits); folds too.
 TEXT_COLUMNS = {"path": str, "label": str, "split": str, "group": str, "fold": str, "shard": str}
 DTYPE = np.float16
+CHECKSUM = "blake2b"  # 128-bit blake2b of a shard's bytes (hashlib; fast, and in the standard library)
+
+
+def new_checksum():
+    return hashlib.blake2b(digest_size=16)
+
+
+def file_checksum(path: Path) -> str:
+    """The checksum of a file's bytes, read block by block."""
+    with open(path, "rb") as handle:
+        return hashlib.file_digest(handle, new_checksum).hexdigest()
 
 
 def params_hash(params: dict) -> str:
@@ -68,9 +89,11 @@ class ShardWriter:
         self.frames = 0  # frames in the open shard
         self.clip_start = None  # first frame of the clip being written
         self.handle = None
+        self.digest = new_checksum()
+        self.bytes = 0  # bytes written to the open shard
 
     def _tmp(self) -> Path:
-        return self.root / f".{shard_name(self.shard, self.prefix)}.f16.tmp"
+        return self.root / f".{shard_name(self.shard, self.prefix)}.f16.tmp-{os.getpid()}"
 
     def add(self, clip: dict, frames: np.ndarray, last: bool = True) -> None:
         """Append `frames` (length, n_bins) of `clip` (clip_id, path, label)."""
@@ -78,7 +101,10 @@ class ShardWriter:
             self.handle = open(self._tmp(), "wb")
         if self.clip_start is None:
             self.clip_start = self.frames
-        self.handle.write(np.ascontiguousarray(frames, dtype=DTYPE).tobytes())
+        data = np.ascontiguousarray(frames, dtype=DTYPE).tobytes()
+        self.handle.write(data)
+        self.digest.update(data)
+        self.bytes += len(data)
         self.frames += len(frames)
         if not last:
             return
@@ -93,7 +119,7 @@ class ShardWriter:
         self.clip_start = None
 
     def close_shard(self) -> None:
-        """Finish the open shard: flush, fsync, rename, then write its index csv."""
+        """Finish the open shard: flush, fsync, rename, write its index csv, then its record."""
         if self.handle is None:
             return
         self.handle.flush()
@@ -103,19 +129,70 @@ class ShardWriter:
         os.replace(self._tmp(), self.root / f"{name}.f16")
         with atomic.atomic_path(self.root / f"{name}.csv") as tmp:
             pd.DataFrame(self.rows, columns=INDEX_COLUMNS).to_csv(tmp, index=False)
-        self.handle, self.rows, self.frames = None, [], 0
+        atomic.write_json(self.root / f"{name}.json", {
+            "bytes": self.bytes, CHECKSUM: self.digest.hexdigest(), "rows": len(self.rows), "frames": self.frames})
+        self.handle, self.rows, self.frames, self.bytes, self.digest = None, [], 0, 0, new_checksum()
         self.shard += 1
 
 
-def finished_shards(root: Path, prefix: str = "shard-") -> list[pd.DataFrame]:
-    """Index rows of the shards with `prefix` that were completely written, in shard order."""
-    done = []
-    for index in range(10**5):
-        name = shard_name(index, prefix)
-        if not ((root / f"{name}.csv").exists() and (root / f"{name}.f16").exists()):
-            break
-        done.append(pd.read_csv(root / f"{name}.csv", dtype=TEXT_COLUMNS))
+SHARD_FILE = re.compile(r"^(shard-(?:r\d+of\d+-)?)(\d{5})\.json$")
+
+
+def finished_shards(root: Path) -> dict[str, dict]:
+    """{shard name: its record} of every completely written shard (any rank's), by name.
+
+    Finished means its frames, csv and record are all there; numbers may have gaps (a shard
+    dropped for repair). `next_shard` numbers new shards after the highest.
+    """
+    done = {}
+    for path in sorted(root.glob("shard-*.json")) if root.exists() else []:
+        name = path.stem
+        if SHARD_FILE.match(path.name) and (root / f"{name}.csv").exists() and (root / f"{name}.f16").exists():
+            try:
+                done[name] = json.loads(path.read_text())
+            except ValueError:
+                continue  # an unreadable record: the shard is not finished
     return done
+
+
+def next_shard(names, prefix: str) -> int:
+    """The number after the highest finished shard with `prefix` (0 if none)."""
+    numbers = [int(m.group(2)) for m in map(SHARD_FILE.match, (f"{n}.json" for n in names))
+               if m and m.group(1) == prefix]
+    return max(numbers, default=-1) + 1
+
+
+def shard_rows(root: Path, names) -> pd.DataFrame:
+    """The index rows of shards `names`, concatenated."""
+    frames = [pd.read_csv(root / f"{name}.csv", dtype=TEXT_COLUMNS) for name in names]
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=INDEX_COLUMNS)
+
+
+def shard_problem(root: Path, name: str, record: dict | None, checksum: bool = False) -> str | None:
+    """What is wrong with shard `name` against its `record` (None: nothing): missing, size, checksum."""
+    path = root / f"{name}.f16"
+    if record is None:
+        return f"{path.name} has no size and checksum on record"
+    if not path.exists():
+        return f"{path.name} is missing"
+    size = path.stat().st_size
+    if size != record["bytes"]:
+        return f"{path.name} is {size} bytes, {record['bytes']} were written (truncated or replaced)"
+    if checksum and file_checksum(path) != record[CHECKSUM]:
+        return f"{path.name} does not match the {CHECKSUM} checksum written with it (overwritten or corrupted)"
+    return None
+
+
+def check_shards(root: Path, records: dict[str, dict], checksum: bool) -> dict[str, str]:
+    """{shard name: problem} for the shards of `records` whose file does not match its record."""
+    problems = {name: shard_problem(root, name, record, checksum) for name, record in records.items()}
+    return {name: problem for name, problem in problems.items() if problem}
+
+
+def drop_shard(root: Path, name: str) -> None:
+    """Delete a shard: its record first (so it stops counting as finished), then its csv and frames."""
+    for suffix in (".json", ".csv", ".f16"):
+        (root / f"{name}{suffix}").unlink(missing_ok=True)
 
 
 class FeatureStore:
@@ -130,15 +207,32 @@ class FeatureStore:
         self.root = Path(root)
         meta_path = self.root / "store.json"
         if not meta_path.exists():
-            raise FileNotFoundError(f"no feature store at {self.root} (run the featurize stage)")
+            raise MissingInputError(f"no feature store at {self.root} (run the featurize stage)")
         self.meta = json.loads(meta_path.read_text())
         if not self.meta.get("complete"):
-            raise RuntimeError(f"feature store {self.root} is incomplete; rerun featurize to resume it")
+            raise StoreError(f"feature store {self.root} is incomplete; rerun featurize to resume it")
         self.n_bins = int(self.meta["params"]["n_bins"])
         self.index = pd.read_csv(self.root / "index.csv", dtype=TEXT_COLUMNS)
         codes, self.shard_names = pd.factorize(self.index["shard"])
         self._locations = np.stack([codes, self.index["start"], self.index["length"]], axis=1).astype(np.int64)
         self._shards: dict[int, np.memmap] = {}
+        problem = self.problem()
+        if problem:
+            raise StoreError(f"feature store {self.root}: {problem}; run the featurize stage again to rewrite it")
+
+    def problem(self, checksum: bool = False) -> str | None:
+        """The first shard whose file does not match the size (and `checksum`) recorded at write time."""
+        records = self.meta.get("shard_files")
+        if records is None:
+            return "written without shard sizes and checksums (by an older audiocnn)"
+        for name in self.shard_names:
+            problem = shard_problem(self.root, name, records.get(name), checksum)
+            if problem:
+                return problem
+        return None
+
+    def path_of(self, row: int) -> str:
+        return str(self.index["path"].iat[row])
 
     def __len__(self) -> int:
         return len(self.index)

@@ -8,6 +8,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch import Tensor, nn
 from torchmetrics.classification import MulticlassAccuracy
 
+from audiocnn.errors import NonFiniteError
 from audiocnn.training.augment import SpectrogramAugment, WaveformAugment
 from audiocnn.training.optim import build_optimizer, build_scheduler
 from audiocnn.training.transfer import frozen_modules
@@ -21,7 +22,10 @@ class Classifier(L.LightningModule):
     train/val loss and accuracy once per epoch. The optimizer and learning-rate schedule
     come from the `optimizer` and `scheduler` configs (see `optim`). In training only,
     `waveform_augment` runs before the front-end and `augment` after it (see `augment`);
-    with mixup the loss takes the mixed targets, accuracy the true labels.
+    with mixup the loss takes the mixed targets, accuracy the true labels. A non-finite loss
+    stops training with `NonFiniteError` (the data sets stop it first, naming the clip, when
+    an input window is not finite; so a non-finite loss here means the run diverged or the
+    front-end / augmentation made the non-finite values). It costs one scalar sync per step.
     """
 
     def __init__(self, model: nn.Module, optimizer_cfg: DictConfig, n_classes: int,
@@ -52,10 +56,22 @@ class Classifier(L.LightningModule):
             features, targets = self.augment(features, y)  # targets: (batch,) or mixed (batch, n_classes)
         logits = self.model(features)
         loss = self.loss(logits, targets)
+        if not bool(torch.isfinite(loss)):
+            raise NonFiniteError(self._why_non_finite(stage, loss, x, features))
         accuracy(logits, y)
         self.log(f"{stage}_loss", loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=len(y))
         self.log(f"{stage}_acc", accuracy, on_step=False, on_epoch=True, prog_bar=True, batch_size=len(y))
         return loss
+
+    def _why_non_finite(self, stage: str, loss: Tensor, x: Tensor, features: Tensor) -> str:
+        where = f"{stage}_loss={float(loss)} at epoch {self.current_epoch}, step {self.global_step}"
+        if not bool(torch.isfinite(x).all()):
+            return f"{where}: the input batch is not finite (its loader did not check it)"
+        if not bool(torch.isfinite(features).all()):
+            return (f"{where}: the inputs are finite but the front-end or augmentation made non-finite values; "
+                    "check features.* and augment.*")
+        return (f"{where} with finite inputs: training diverged; lower optimizer.lr or set "
+                "trainer.gradient_clip_val")
 
     def training_step(self, batch, batch_idx: int) -> Tensor:
         return self._step(batch, "train", self.train_acc)

@@ -25,7 +25,7 @@ from audiocnn import atomic, tracking
 from audiocnn.data.prepare import is_prepared
 from audiocnn.errors import InputError, MissingInputError
 from audiocnn.features.cqt import CQTFrontend
-from audiocnn.features.featurize import is_featurized
+from audiocnn.features.featurize import store_problem
 from audiocnn.models import build_model
 from audiocnn.models.bundle import load_state, save_bundle
 from audiocnn.models.summary import summarize
@@ -37,14 +37,14 @@ from audiocnn.training.transfer import freeze, load_matching
 
 
 def check_inputs(cfg: DictConfig) -> None:
-    """Raise `MissingInputError` naming the stage to run when the manifest or the store is missing."""
+    """Raise `MissingInputError` naming the stage to run when the manifest or the store is missing, and
+    `StoreError` naming the shard when a shard's size is not the one recorded when it was written."""
     if not is_prepared(cfg):
         raise MissingInputError(f"paths.prepared={cfg.paths.prepared}: no manifest for these data settings; run "
                                 "the prepare stage first (`dvc repro prepare` or `audiocnn prepare`)")
-    if not cfg.features.on_the_fly and not is_featurized(cfg):
-        raise MissingInputError(f"paths.features={cfg.paths.features}: no complete feature store for this manifest "
-                                "and these features; run the featurize stage first (`dvc repro featurize` or "
-                                "`audiocnn featurize`)")
+    problem = None if cfg.features.on_the_fly else store_problem(cfg)
+    if problem is not None:
+        raise problem  # missing (MissingInputError) or a shard not of its recorded size (StoreError)
 
 
 def build_trainer(cfg: DictConfig, out: Path, run_id: str) -> tuple[L.Trainer, ModelCheckpoint]:

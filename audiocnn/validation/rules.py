@@ -185,6 +185,7 @@ def rules() -> dict[str, Callable]:
         **{f"features.{k}": POSITIVE for k in ("fmin", "amin", "chunk_seconds", "shard_mb")},
         "features.top_db": Number(0, low_open=True, null=True), "features.num_workers": COUNT,
         "features.device": Choice(("auto", "cpu", "cuda")), "features.on_the_fly": BOOL, "features.trainable": BOOL,
+        "features.verify": BOOL, "lock_timeout_s": Number(0),
         "trainer.max_epochs": POSITIVE_INT, "trainer.batch_size": POSITIVE_INT, "trainer.patience": COUNT,
         "trainer.seeds": _list_of(SEED, f"a list of distinct integers in [0, {SEED_MAX}] such as [0,1,2]"),
         "trainer.num_workers": COUNT, "trainer.accelerator": Choice(("auto", "cpu", "gpu", "cuda", "mps")),
