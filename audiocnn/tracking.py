@@ -22,7 +22,7 @@ from typing import Iterator
 import mlflow
 from omegaconf import DictConfig, OmegaConf
 
-from audiocnn.errors import ConfigError, TrackingUnavailable
+from audiocnn.errors import TrackingUnavailable
 
 MAX_PARAM_LENGTH = 6000  # MLflow's limit on a param value
 MAX_TAG_LENGTH = 5000  # and on a tag value

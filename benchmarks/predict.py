@@ -20,10 +20,8 @@ import json
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
-import numpy as np
 import soundfile as sf
 from common import load_average, machine, save_results
 from fsdd_manifest import FSDD

@@ -28,7 +28,6 @@ import json
 from contextlib import nullcontext
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import torch
 from omegaconf import DictConfig
@@ -40,7 +39,7 @@ from audiocnn.errors import InputError, MissingInputError, StoreError
 from audiocnn.data.audio import clip_samples, load_audio, load_segment
 from audiocnn.data.names import unescape_columns
 from audiocnn.features import distributed
-from audiocnn.features.cqt import FEATURE_KEYS, FRONTEND_VERSION, LogCQT, n_frames, pick_device
+from audiocnn.features.cqt import FEATURE_KEYS, FRONTEND_VERSION, LogCQT, n_frames
 from audiocnn.features.plan import Piece, batches, chunk_margin, plan_pieces, rank_share
 from audiocnn.features.reopen import open_store
 from audiocnn.features.store import (CHECKSUM, TEXT_COLUMNS, ShardWriter, check_shards, clips_md5, finished_shards,
