@@ -73,7 +73,8 @@ def build_module(cfg: DictConfig, model: torch.nn.Module, data: WindowDataModule
         model, cfg.optimizer, n_classes, scheduler_cfg=cfg.get("scheduler"),
         augment=SpectrogramAugment(augment.get("transforms"), n_classes, math.log(cfg.features.amin),
                                    cfg.features.bins_per_octave),
-        waveform_augment=WaveformAugment(augment.get("waveform") if cfg.features.get("on_the_fly") else None),
+        waveform_augment=WaveformAugment(augment.get("waveform") if cfg.features.get("on_the_fly") else None,
+                                         cfg.features.sr),
         label_smoothing=cfg.trainer.get("label_smoothing", 0.0), class_weights=weights,
         frontend=CQTFrontend.from_config(cfg.features) if cfg.features.on_the_fly else None,
     )
