@@ -18,6 +18,8 @@ def test_swa_is_off_by_default_and_the_switch_composes_and_validates():
     validate_config(cfg)
     with pytest.raises(ConfigError, match=r"trainer\.callbacks\.swa\._target_=nope: must be the dotted path"):
         validate_config(compose_config(["+trainer/callbacks=swa", "trainer.callbacks.swa._target_=nope"]))
+    with pytest.raises(ConfigError, match=r"trainer\.callbacks\.swa\.annealing_strategy=step: allowed: cos, linear"):
+        validate_config(compose_config(["+trainer/callbacks=swa", "trainer.callbacks.swa.annealing_strategy=step"]))
 
 
 def test_two_epochs_with_swa_train_and_save_the_averaged_weights(tmp_path, prepared_store, monkeypatch):
