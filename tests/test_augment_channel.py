@@ -155,3 +155,35 @@ def test_bad_channel_settings_fail_with_one_line(overrides, message):
 def test_waveform_channel_transforms_need_the_sample_rate():
     with pytest.raises(ValueError, match=r"augment\.waveform\.reverb: needs the sample rate"):
         A.WaveformAugment({"reverb": {}})
+
+
+def test_on_the_fly_training_runs_the_waveform_channel_transforms_at_the_feature_rate(tmp_path, prepared_store):
+    """`features.on_the_fly=true` with waveform eq, lowpass and reverb, as the train stage builds it: the module
+    filters at features.sr, and a 1-batch Lightning fit feeds the front-end the changed waveforms."""
+    import lightning as L
+
+    from audiocnn.models import build_model
+    from audiocnn.training.datamodule import WindowDataModule
+    from audiocnn.training.train import build_module
+    from tests.conftest import tiny_config
+
+    cfg = tiny_config(tmp_path, "model=cnn", "features.on_the_fly=true", "+augment.waveform.eq.p=1",
+                      "+augment.waveform.lowpass.p=1", "+augment.waveform.reverb.p=1")
+    for key in ("raw", "prepared"):
+        cfg.paths[key] = prepared_store.paths[key]
+    validate_config(cfg)
+    L.seed_everything(0)
+    data = WindowDataModule(cfg)
+    module = build_module(cfg, build_model(cfg.model, len(data.classes), cfg.features.n_bins), data)
+    assert module.waveform_augment.context["sr"] == cfg.features.sr
+    assert list(module.waveform_augment.settings) == ["eq", "lowpass", "reverb"]
+    seen = []
+    module.waveform_augment.register_forward_hook(lambda m, args, out: seen.append((m.training, args[0], out)))
+    trainer = L.Trainer(max_epochs=1, limit_train_batches=1, limit_val_batches=1, accelerator="cpu", logger=False,
+                        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                        num_sanity_val_steps=0)
+    trainer.fit(module, datamodule=data)
+    trained = [(clean, out) for training, clean, out in seen if training]
+    assert len(trained) == 1 and trained[0][1].shape == trained[0][0].shape
+    assert not torch.equal(*trained[0]) and torch.isfinite(trained[0][1]).all()
+    assert all(out is clean for training, clean, out in seen if not training)
