@@ -152,7 +152,8 @@ def test_mixup_module_returns_soft_targets_the_loss_accepts():
     assert torch.isfinite(loss)
 
 
-@pytest.mark.parametrize("config", ["specaugment", "pitch_shift", "time_shift", "gain", "noise", "mixup", "combo"])
+@pytest.mark.parametrize("config", ["specaugment", "pitch_shift", "time_shift", "gain", "noise", "mixup", "combo",
+                                    "channel"])
 def test_p_zero_and_eval_mode_are_the_identity(config):
     cfg = compose_config([f"augment={config}"])
     transforms = {name: {**settings, "p": 0.0} for name, settings in cfg.augment.transforms.items()}

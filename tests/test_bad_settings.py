@@ -17,6 +17,8 @@ from audiocnn.validation.rules import rules
 from tests.conftest import REPO
 
 FOLDER = [f"data.root={REPO / 'tests'}"]
+SWA = "+trainer.callbacks.swa._target_=lightning.pytorch.callbacks.StochasticWeightAveraging"  # +trainer/callbacks=swa
+SWA_LR = "+trainer.callbacks.swa.swa_lrs=1e-3"
 
 BAD = [
     # the cases of the issue
@@ -68,6 +70,12 @@ BAD = [
     (["trainer.callbacks.early_stopping._target_=nope"], "trainer.callbacks.early_stopping._target_=nope: must be "
                                                          "the dotted path of an installed callback class"),
     (["trainer.callbacks=3"], "trainer.callbacks=3: must be a mapping"),
+    ([SWA], "trainer.callbacks.swa.swa_lrs: missing; must be a finite positive number"),
+    ([SWA, "+trainer.callbacks.swa.swa_lrs=0"], "trainer.callbacks.swa.swa_lrs=0: must be a finite positive number"),
+    ([SWA, SWA_LR, "+trainer.callbacks.swa.swa_epoch_start=1.5"],
+     "trainer.callbacks.swa.swa_epoch_start=1.5: must be an epoch number >= 1 or a fraction in (0, 1]"),
+    ([SWA, SWA_LR, "+trainer.callbacks.swa.lr=1"],
+     "trainer.callbacks.swa.lr: unknown argument of StochasticWeightAveraging; allowed: swa_lrs"),
     (["+trainer.fast_dev_run=true"], "trainer.fast_dev_run: unknown setting; allowed: accelerator, batch_size"),
     (["~trainer.max_epochs"], "trainer.max_epochs: missing; must be a positive integer"),
     # optimizer

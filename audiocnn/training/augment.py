@@ -3,7 +3,9 @@
 Spectrogram transforms act on a log-amplitude CQT batch `(batch, 1, n_bins, frames)`
 whose floor (silence) is `log(features.amin)`; waveform transforms act on `(batch,
 samples)` before the front-end (on-the-fly features only). Each transform is a pure
-function here plus an entry in `SPECTROGRAM` / `WAVEFORM`; `SpectrogramAugment` and
+function here plus an entry in `SPECTROGRAM` / `WAVEFORM` (the recording-condition ones,
+eq / tilt / reverb / freq_warp / lowpass, live in `augment_channel.py` and are merged into
+these tables, the one list of transforms); `SpectrogramAugment` and
 `WaveformAugment` apply the ones named in `augment.transforms` / `augment.waveform`,
 each to a random subset of the batch (every example independently with probability
 `p`), in the fixed order of those tables. In eval mode both are the identity.
@@ -23,6 +25,7 @@ from torch import Tensor, nn
 from torchaudio.transforms import FrequencyMasking, TimeMasking
 
 from audiocnn.errors import ConfigError
+from audiocnn.training.augment_channel import CHANNEL_SPECTROGRAM, CHANNEL_WAVEFORM, LIMITS
 
 DB_TO_NEPER = math.log(10) / 20  # gain of g dB = + g * ln(10) / 20 in natural-log amplitude
 
@@ -124,6 +127,7 @@ SPECTROGRAM: dict[str, tuple[dict, Transform]] = {
         x, torch.randint(-s["max_frames"], s["max_frames"] + 1, (len(x),), device=x.device), c["floor"])),
     "gain": ({"max_db": 6.0}, lambda x, s, c: log_gain(
         x, _uniform(-s["max_db"], s["max_db"], len(x), x.device), c["floor"])),
+    **CHANNEL_SPECTROGRAM,  # eq, tilt, reverb, freq_warp (augment_channel.py)
     "noise": ({"min_snr_db": 10.0, "max_snr_db": 30.0}, lambda x, s, c: log_noise(
         x, _uniform(s["min_snr_db"], s["max_snr_db"], len(x), x.device))),
     "freq_mask": ({"max_bins": 12, "count": 2}, lambda x, s, c: mask(
@@ -133,14 +137,16 @@ SPECTROGRAM: dict[str, tuple[dict, Transform]] = {
 }
 WAVEFORM: dict[str, tuple[dict, Transform]] = {
     "gain": ({"max_db": 6.0}, lambda w, s, c: waveform_gain(w, _uniform(-s["max_db"], s["max_db"], len(w), w.device))),
+    **CHANNEL_WAVEFORM,  # eq, lowpass, reverb (augment_channel.py; they need the sample rate)
     "noise": ({"min_snr_db": 10.0, "max_snr_db": 30.0}, lambda w, s, c: waveform_noise(
         w, _uniform(s["min_snr_db"], s["max_snr_db"], len(w), w.device))),
 }
 MIXUP_DEFAULTS = {"alpha": 0.2}
 
 
-def _settings(table: Mapping[str, tuple[dict, Transform]], name: str, given: Mapping[str, Any], where: str) -> dict:
-    """The transform's defaults overridden by `given`; unknown names or keys raise ValueError."""
+def _settings(table: Mapping[str, tuple[dict, Transform]], name: str, given: Mapping[str, Any], where: str,
+              context: Mapping[str, Any] | None = None) -> dict:
+    """The transform's defaults overridden by `given`; unknown names or keys, bad values raise ValueError."""
     allowed = [*table, "mixup"] if where == "augment.transforms" else list(table)
     if name not in allowed:
         raise ValueError(f"{where}.{name}: unknown transform; allowed: {', '.join(allowed)}")
@@ -152,8 +158,12 @@ def _settings(table: Mapping[str, tuple[dict, Transform]], name: str, given: Map
     if not 0 <= settings["p"] <= 1:
         raise ValueError(f"{where}.{name}.p={settings['p']}: must be between 0 and 1")
     for key, value in settings.items():
-        if not isinstance(value, (int, float)) or isinstance(value, bool) or value < 0:
-            raise ValueError(f"{where}.{name}.{key}={value}: must be a number >= 0")
+        if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0 <= value < math.inf:
+            raise ValueError(f"{where}.{name}.{key}={value}: must be a finite number >= 0")
+    check = LIMITS.get(("spectrogram" if where == "augment.transforms" else "waveform", name))
+    problem = check(settings, context or {}) if check else None
+    if problem:
+        raise ValueError(f"{where}.{name}.{problem}")
     return settings
 
 
@@ -186,7 +196,8 @@ class SpectrogramAugment(nn.Module):
                 _settings(SPECTROGRAM, name, {}, "augment.transforms")  # raises: unknown transform
         self.n_classes = n_classes
         max_semitones = self.settings.get("pitch_shift", {}).get("max_semitones", 0)
-        self.context = {"floor": floor, "max_bins": int(round(max_semitones * bins_per_octave / 12))}
+        self.context = {"floor": floor, "max_bins": int(round(max_semitones * bins_per_octave / 12)),
+                        "bins_per_octave": bins_per_octave}
 
     def forward(self, x: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
         if not self.training or not self.settings:
@@ -208,21 +219,25 @@ class SpectrogramAugment(nn.Module):
 
 
 class WaveformAugment(nn.Module):
-    """`augment.waveform` (gain, noise) on `(batch, samples)` waveforms in training mode."""
+    """`augment.waveform` on `(batch, samples)` waveforms at `sample_rate` Hz in training mode."""
 
-    def __init__(self, transforms: Mapping[str, Mapping[str, Any]] | None):
+    def __init__(self, transforms: Mapping[str, Mapping[str, Any]] | None, sample_rate: int | None = None):
         super().__init__()
         given = dict(transforms or {})
-        self.settings = {name: _settings(WAVEFORM, name, dict(given[name] or {}), "augment.waveform")
+        self.context = {"sr": sample_rate}
+        self.settings = {name: _settings(WAVEFORM, name, dict(given[name] or {}), "augment.waveform", self.context)
                          for name in given}
         self.settings = {name: self.settings[name] for name in WAVEFORM if name in self.settings}
+        needs_rate = sorted(set(self.settings) & set(CHANNEL_WAVEFORM))
+        if needs_rate and sample_rate is None:
+            raise ValueError(f"augment.waveform.{needs_rate[0]}: needs the sample rate (features.sr)")
 
     def forward(self, waveform: Tensor) -> Tensor:
         if not self.training:
             return waveform
         for name, settings in self.settings.items():
             transform = WAVEFORM[name][1]
-            waveform = _apply_to_some(waveform, settings["p"], lambda w: transform(w, settings, {}))
+            waveform = _apply_to_some(waveform, settings["p"], lambda w: transform(w, settings, self.context))
         return waveform
 
     def extra_repr(self) -> str:
@@ -243,6 +258,6 @@ def validate_augment(cfg) -> None:
                           "features.on_the_fly=true (stored features are spectrograms already)")
     try:
         SpectrogramAugment(augment.get("transforms"), 2, math.log(cfg.features.amin), cfg.features.bins_per_octave)
-        WaveformAugment(augment.get("waveform"))
+        WaveformAugment(augment.get("waveform"), cfg.features.sr)
     except (ValueError, TypeError) as error:
         raise ConfigError(str(error)) from None

@@ -17,7 +17,7 @@ import lightning as L
 import mlflow
 import torch
 from hydra.utils import instantiate
-from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.callbacks import ModelCheckpoint, StochasticWeightAveraging
 from lightning.pytorch.loggers import MLFlowLogger
 from omegaconf import DictConfig, OmegaConf
 
@@ -64,6 +64,23 @@ def build_trainer(cfg: DictConfig, out: Path, run_id: str) -> tuple[L.Trainer, M
     return trainer, checkpoint
 
 
+def swa_average(trainer: L.Trainer, module: L.LightningModule) -> bool:
+    """With `trainer.callbacks.swa` (conf/trainer/callbacks/swa.yaml): put SWA's average into `module` and
+    return True, so the stage keeps it instead of best.ckpt; False without the callback or when training
+    stopped (early) before averaging began. Lightning moves the average in itself (and recomputes BatchNorm
+    statistics) only when training reaches max_epochs; after an early stop the parameters are moved here."""
+    swa = next((c for c in trainer.callbacks if isinstance(c, StochasticWeightAveraging)), None)
+    if swa is None:
+        return False
+    averaged = int(swa.n_averaged) if swa.n_averaged is not None else 0
+    if averaged == 0 or swa._average_model is None:
+        print("train: trainer.callbacks.swa: training stopped before swa_epoch_start; keeping the best checkpoint")
+        return False
+    swa.transfer_weights(swa._average_model, module)
+    print(f"train: trainer.callbacks.swa: keeping the average of {averaged} epochs' weights (not best.ckpt)")
+    return True
+
+
 def build_module(cfg: DictConfig, model: torch.nn.Module, data: WindowDataModule) -> Classifier:
     """The LightningModule with the run's loss options, schedule and (training-only) augmentation."""
     n_classes = len(data.classes)
@@ -73,7 +90,8 @@ def build_module(cfg: DictConfig, model: torch.nn.Module, data: WindowDataModule
         model, cfg.optimizer, n_classes, scheduler_cfg=cfg.get("scheduler"),
         augment=SpectrogramAugment(augment.get("transforms"), n_classes, math.log(cfg.features.amin),
                                    cfg.features.bins_per_octave),
-        waveform_augment=WaveformAugment(augment.get("waveform") if cfg.features.get("on_the_fly") else None),
+        waveform_augment=WaveformAugment(augment.get("waveform") if cfg.features.get("on_the_fly") else None,
+                                         cfg.features.sr),
         label_smoothing=cfg.trainer.get("label_smoothing", 0.0), class_weights=weights,
         frontend=CQTFrontend.from_config(cfg.features) if cfg.features.on_the_fly else None,
     )
@@ -119,9 +137,11 @@ def train(cfg: DictConfig, run_name_suffix: str = "") -> dict:
         module = build_module(cfg, model, data)
         frontend = module.frontend if cfg.features.on_the_fly else None
         trainer.fit(module, datamodule=data)
-        model.load_state_dict(load_state(checkpoint.best_model_path))
+        averaged = swa_average(trainer, module)
+        if not averaged:
+            model.load_state_dict(load_state(checkpoint.best_model_path))
         best_val = trainer.validate(module, datamodule=data, verbose=False)[0]
-        if frontend is not None:  # the best checkpoint's kernels (they train with features.trainable)
+        if frontend is not None and not averaged:  # the best checkpoint's kernels (features.trainable)
             frontend.load_state_dict(load_state(checkpoint.best_model_path, prefix="frontend."))
         save_bundle(model.eval().cpu(), OmegaConf.to_container(cfg.model, resolve=True),
                     OmegaConf.to_container(cfg.features, resolve=True), data.classes, out / "model.pt",
@@ -129,7 +149,8 @@ def train(cfg: DictConfig, run_name_suffix: str = "") -> dict:
         summary = {
             "run_id": run.info.run_id, "experiment_id": run.info.experiment_id,
             "tracking_uri": tracking.tracking_uri(cfg), "run_name": name,
-            "best_val_loss": best_val["val_loss"], "best_val_acc": best_val["val_acc"], "epochs": trainer.current_epoch,
+            "best_val_loss": best_val["val_loss"], "best_val_acc": best_val["val_acc"],
+            "epochs": min(trainer.current_epoch, cfg.trainer.max_epochs),  # not SWA's extra BatchNorm pass
             "n_parameters": n_parameters, "multiply_adds": summary_table.total_macs,
         }
         mlflow.log_metrics({"best_val_loss": summary["best_val_loss"], "best_val_acc": summary["best_val_acc"]})

@@ -129,7 +129,28 @@ def _callbacks(value) -> str | None:
                 and importlib.util.find_spec(target.split(".")[0])):
             raise ConfigError(f"trainer.callbacks.{name}._target_={show(target)}: must be the dotted path of an "
                               "installed callback class, e.g. lightning.pytorch.callbacks.EarlyStopping")
+        if target.endswith(".StochasticWeightAveraging"):
+            _swa_arguments(f"trainer.callbacks.{name}", spec)
     return None
+
+
+# Lightning checks these only when the trainer is built (after prepare and featurize); conf/trainer/callbacks/swa.yaml
+SWA_ARGUMENTS = {"swa_lrs": Number(0, low_open=True), "annealing_epochs": Number(0, low_open=True, integer=True),
+                 "annealing_strategy": Choice(("cos", "linear")), "device": Text(null=True),
+                 "swa_epoch_start": lambda v: None if (not Number(1, integer=True)(v) or not Number(
+                     0, 1, low_open=True)(v)) else "must be an epoch number >= 1 or a fraction in (0, 1] of max_epochs"}
+
+
+def _swa_arguments(where: str, spec: DictConfig) -> None:
+    for key, value in spec.items():
+        rule = SWA_ARGUMENTS.get(key) if key != "_target_" else (lambda v: None)
+        if rule is None:
+            raise ConfigError(f"{where}.{key}: unknown argument of StochasticWeightAveraging; allowed: "
+                              f"{', '.join(SWA_ARGUMENTS)}")
+        if rule(value):
+            raise ConfigError(f"{where}.{key}={show(value)}: {rule(value)}")
+    if "swa_lrs" not in spec:
+        raise ConfigError(f"{where}.swa_lrs: missing; {SWA_ARGUMENTS['swa_lrs'](None)}")
 
 
 def _betas(value) -> str | None:
