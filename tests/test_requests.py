@@ -52,6 +52,7 @@ def model_dir(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("requests")
     bundle = untrained_bundle(root / "bundle")
     mlflow.set_tracking_uri(f"sqlite:///{root / 'mlflow.db'}")
+    mlflow.set_experiment("requests")  # not the experiment id an earlier module's store left active
     try:
         with mlflow.start_run():
             info = log_audio_model(bundle, serving={"max_seconds": 5})
