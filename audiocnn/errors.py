@@ -50,6 +50,10 @@ class EmptySplitError(InputError, RuntimeError):
     """A split has no usable clip, so training or evaluation would be meaningless."""
 
 
+class StageFailed(InputError, RuntimeError):
+    """A stage run in processes of its own exited with an error; their output above says why."""
+
+
 class Unusable(Exception):
     """A file prepare must skip; `str(error)` is the report's reason, `<category>: <detail>`."""
 
