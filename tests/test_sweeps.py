@@ -129,6 +129,9 @@ def test_a_sweep_of_ddp_jobs_has_one_folder_and_one_run_per_job_not_per_process(
         " ".join(["model=cnn", f"optimizer.lr={lr}", *DDP, *FAST]) for lr in ("0.001", "0.0003")}
     assert all(c.info.run_name.startswith("cnn-demo-optimizer.lr=") for c in children)
     assert all("test_accuracy" in c.data.metrics for c in children)
+    client = MlflowClient(tracking_uri=f"sqlite:///{project / 'mlflow.db'}")
+    every = client.search_runs([parent.info.experiment_id], filter_string="tags.`hydra.overrides` LIKE '%strategy=ddp%'")
+    assert sorted(r.info.run_id for r in every) == sorted([parent.info.run_id, *(c.info.run_id for c in children)])
     assert result.stdout.count("train: process 1 of 2") == 2 and result.stdout.count("train: process 0 of 2") == 2
 
     assert sorted(p.name for p in sweep_dir.iterdir() if p.is_dir()) == ["0", "1"]
