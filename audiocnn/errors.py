@@ -75,6 +75,10 @@ class LockedError(InputError, TimeoutError):
     message says who (pid, host, start time, from the `.lock.owner` file next to the lock)."""
 
 
+class StageFailed(InputError, RuntimeError):
+    """A stage run in processes of its own exited with an error; their output above says why."""
+
+
 class Unusable(Exception):
     """A file prepare must skip; `str(error)` is the report's reason, `<category>: <detail>`."""
 

@@ -11,11 +11,21 @@ what runs around them:
   DVC-tracked `data/models` and `metrics/`.
 - `train_model` = the train stage + the servable model logged to its MLflow run
   (`tracking.log_model`); `evaluate_model` = one model, or `ensemble=[...]`.
+Under DDP (`trainer.devices=N`, torchrun, SLURM; `audiocnn.training.distributed`) every
+process runs the same trainings; only the main one opens runs, writes outputs and
+evaluates, and makes missing inputs while the others wait. A Hydra job that trains in
+several processes runs DVC's train stage (`pipelines/train.py --params`) in processes of
+its own (`train_in_processes`): Lightning re-runs the command of its main process for the
+others, which for a Hydra job would be the whole sweep.
 """
 
 from __future__ import annotations
 
+import copy
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import mlflow
@@ -23,17 +33,25 @@ import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
 from audiocnn import atomic, repeats, tracking
+from audiocnn.config import REPO_ROOT
 from audiocnn.data.prepare import is_prepared, prepare
+from audiocnn.errors import StageFailed
 from audiocnn.evaluation.ensemble import evaluate_ensemble
 from audiocnn.evaluation.evaluate import evaluate
 from audiocnn.features.featurize import featurize, is_featurized
 from audiocnn.inference.export import export_model
 from audiocnn.inference.pyfunc import log_audio_model
-from audiocnn.training.train import train
+from audiocnn.training import distributed
+from audiocnn.training.train import planned_processes, train
 
 
 def ensure_inputs(cfg: DictConfig) -> None:
-    """Run prepare / featurize when their outputs are missing or were made for other settings."""
+    """Run prepare / featurize when their outputs are missing or were made for other settings
+    (a DDP process other than the main one waits for the main one to make them)."""
+    if not distributed.is_main_process():
+        distributed.wait_for(lambda: is_prepared(cfg) and (cfg.features.on_the_fly or is_featurized(cfg)),
+                             f"the manifest in {cfg.paths.prepared} and the feature store")
+        return
     if not is_prepared(cfg):
         prepare(cfg)
     if not cfg.features.on_the_fly and not is_featurized(cfg):
@@ -68,6 +86,8 @@ def train_model(cfg: DictConfig, run_name_suffix: str = "") -> dict:
     """Train one model (the train stage); with `tracking.log_model` log it servable, with
     `tracking.export_onnx` export and log `model.onnx`."""
     summary = train(cfg, run_name_suffix=run_name_suffix)
+    if not distributed.is_main_process():  # another DDP process: it trained, the main one logs
+        return summary
     if cfg.tracking.get("export_onnx", False):
         summary = export_onnx(cfg, summary)
     return log_servable_model(cfg, summary) if cfg.tracking.log_model else summary
@@ -93,6 +113,11 @@ def run_repeats(cfg: DictConfig, steps: tuple[str, ...] = ("train", "evaluate"),
         if make_inputs:
             ensure_inputs(cfg)
         todo = repeats.variants(cfg)
+        prepare_variants(cfg, todo)  # all before the first fit, whose DDP processes re-run this
+        if not distributed.is_main_process():  # another DDP process: the same fits, nothing else
+            for variant in todo:
+                train_model(repeats.variant_config(cfg, variant), run_name_suffix=run_name_suffix)
+            return {}
         parent = repeats.start(cfg, todo, run_name_suffix)
     else:
         parent, todo = repeats.resume(cfg)
@@ -103,8 +128,6 @@ def run_repeats(cfg: DictConfig, steps: tuple[str, ...] = ("train", "evaluate"),
                 print(f"repeats: {variant.label} ({number}/{len(todo)})")
                 single = repeats.variant_config(cfg, variant)
                 if "train" in steps:
-                    if not is_prepared(single):
-                        prepare(single)
                     summary = train_model(single, run_name_suffix=run_name_suffix)
                 else:
                     summary = json.loads((Path(single.paths.models) / "run.json").read_text())
@@ -121,6 +144,16 @@ def run_repeats(cfg: DictConfig, steps: tuple[str, ...] = ("train", "evaluate"),
     return aggregate
 
 
+def prepare_variants(cfg: DictConfig, todo: list) -> None:
+    """Each variant's manifest (its fold and seed), made by the main process; the others wait for them."""
+    for variant in todo:
+        single = repeats.variant_config(cfg, variant)
+        if not distributed.is_main_process():
+            distributed.wait_for(lambda: is_prepared(single), f"the manifest of {variant.label}")
+        elif not is_prepared(single):
+            prepare(single)
+
+
 def train_stage(cfg: DictConfig) -> dict:
     """DVC's train stage: one model, or every variant when folds/seeds are repeated."""
     if repeats.is_repeated(cfg):
@@ -130,6 +163,8 @@ def train_stage(cfg: DictConfig) -> dict:
 
 def evaluate_stage(cfg: DictConfig) -> dict:
     """DVC's evaluate stage: one model's (or an ensemble's) test metrics, or the aggregate over the variants."""
+    if not distributed.is_main_process():
+        return {}
     if repeats.is_repeated(cfg) and not cfg.get("ensemble"):
         return run_repeats(cfg, steps=("evaluate",))
     return evaluate_model(cfg)
@@ -149,9 +184,36 @@ def run_experiment(cfg: DictConfig) -> float:
     output_dir, overrides = _job_output_dir()
     cfg.paths.models = f"{output_dir}/model"
     cfg.paths.metrics = f"{output_dir}/metrics"
+    if planned_processes(cfg) > 1:
+        ensure_inputs(cfg)
+        train_in_processes(cfg, Path(output_dir) / "train_params.yaml", overrides)
+        if not distributed.is_main_process():  # a job started by torchrun / srun on every rank
+            return 0.0
+        if repeats.is_repeated(cfg):
+            return run_repeats(cfg, steps=("evaluate",))["best_val_acc"]
+        evaluate_model(cfg)
+        return json.loads((Path(cfg.paths.models) / "run.json").read_text())["best_val_acc"]
     if repeats.is_repeated(cfg):
         return run_repeats(cfg, run_name_suffix=overrides)["best_val_acc"]
     ensure_inputs(cfg)
     summary = train_model(cfg, run_name_suffix=overrides)
     evaluate_model(cfg)
     return summary["best_val_acc"]
+
+
+def train_in_processes(cfg: DictConfig, params: Path, run_name_suffix: str = "") -> None:
+    """DVC's train stage for `cfg` in a process of its own (`pipelines/train.py --params <params>`),
+    from which Lightning starts the other DDP processes with the same command.
+
+    The job's folder stays the only output folder (`params`, `model/`, `metrics/`); the run keeps
+    the name and `hydra.overrides` tag it gets in-process; each job gets a fresh process group.
+    """
+    job = copy.deepcopy(cfg)
+    job.tracking.run_name = tracking.default_run_name(cfg, run_name_suffix)
+    atomic.write_text(params, OmegaConf.to_yaml(job))
+    command = [sys.executable, str(REPO_ROOT / "pipelines" / "train.py"), "--params", str(params)]
+    env = {**os.environ, tracking.HYDRA_OVERRIDES_ENV: tracking.hydra_overrides() or ""}
+    print(f"train: {planned_processes(cfg)} processes: {' '.join(command)}", flush=True)
+    status = subprocess.call(command, env=env)
+    if status != 0:
+        raise StageFailed(f"train: `{' '.join(command)}` exited with status {status} (its output above says why)")

@@ -29,6 +29,8 @@ MAX_TAG_LENGTH = 5000  # and on a tag value
 FAILURE_TAG = "audiocnn.failure"  # why a FAILED run failed: the error's type and first line
 # A run opened while this is set becomes a child of that run (sweeps, folds, seeds).
 PARENT_RUN_ENV = "AUDIOCNN_PARENT_RUN_ID"
+# A Hydra job's overrides, for the train stage it runs in processes of its own (DDP, `experiment`).
+HYDRA_OVERRIDES_ENV = "AUDIOCNN_HYDRA_OVERRIDES"
 LOCAL_STORE = "sqlite:///mlflow.db"
 HEALTH_TIMEOUT_S = 5.0
 _checked: dict[str, str] = {}  # server URI -> URI actually used, so a process checks a server once
@@ -204,11 +206,12 @@ def children_of(run_id: str) -> Iterator[None]:
 
 
 def hydra_overrides() -> str | None:
-    """The current Hydra job's command-line overrides (`model=cnn optimizer.lr=0.001`), if in one."""
+    """The current Hydra job's command-line overrides (`model=cnn optimizer.lr=0.001`), if in one
+    (or in a process a Hydra job started to train in, `$AUDIOCNN_HYDRA_OVERRIDES`)."""
     from hydra.core.hydra_config import HydraConfig
 
     if not HydraConfig.initialized():
-        return None
+        return os.environ.get(HYDRA_OVERRIDES_ENV)
     return " ".join(HydraConfig.get().overrides.task)
 
 

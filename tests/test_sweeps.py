@@ -6,6 +6,7 @@ Runs `python pipelines/train.py -m ...` in a temporary copy of the project with 
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
@@ -93,3 +94,50 @@ def test_joblib_launcher_runs_jobs_in_parallel_processes(project):
     _, parent, children = sweep_runs(project, " ".join(overrides))
     assert parent.data.tags["hydra.launcher"] == "JoblibLauncher"
     assert len(children) == 2 and {c.info.status for c in children} == {"FINISHED"}
+
+
+def test_slurm_launcher_machinery_runs_each_job_as_a_submitit_process(project):
+    """hydra/launcher=slurm_local: the submitit machinery of the SLURM launcher, with local processes."""
+    overrides = ["model=cnn", "optimizer.lr=1e-3,3e-4", *FAST]
+    sweep_dir = project / "data/hydra/multirun/submitit"
+    run([sys.executable, "pipelines/train.py", "-m", "hydra/launcher=slurm_local", f"hydra.sweep.dir={sweep_dir}",
+         *overrides], project)
+    _, parent, children = sweep_runs(project, " ".join(overrides))
+    assert parent.info.status == "FINISHED" and parent.data.tags["hydra.launcher"] == "LocalLauncher"
+    assert len(children) == 2 and {c.info.status for c in children} == {"FINISHED"}
+    assert all("test_accuracy" in c.data.metrics for c in children)
+    logs = sorted(sweep_dir.glob(".submitit/*/*_log.out"))  # one submitit job (a process of its own) per Hydra job
+    assert len(logs) == 2 and all("evaluate: test accuracy" in log.read_text() for log in logs), logs
+    assert sorted(p.name for p in sweep_dir.iterdir() if p.is_dir() and not p.name.startswith(".")) == ["0", "1"]
+
+
+DDP = ["trainer.strategy=ddp", "trainer.devices=2", "trainer.accelerator=cpu"]
+
+
+def test_a_sweep_of_ddp_jobs_has_one_folder_and_one_run_per_job_not_per_process(project):
+    """Each job trains in 2 gloo processes (the train stage in processes of its own, from which
+    Lightning starts the second): one output folder and one MLflow child run per job."""
+    overrides = ["model=cnn", "optimizer.lr=1e-3,3e-4", *DDP, *FAST]
+    sweep_dir = project / "data/hydra/multirun/ddp"
+    runs_dir = project / "data/hydra/runs"
+    before = sorted(runs_dir.iterdir()) if runs_dir.exists() else []
+    result = run([sys.executable, "pipelines/train.py", "-m", f"hydra.sweep.dir={sweep_dir}", *overrides], project)
+    _, parent, children = sweep_runs(project, " ".join(overrides))
+    assert parent.info.status == "FINISHED"
+    assert len(children) == 2 and {c.info.status for c in children} == {"FINISHED"}
+    assert {c.data.tags["hydra.overrides"] for c in children} == {
+        " ".join(["model=cnn", f"optimizer.lr={lr}", *DDP, *FAST]) for lr in ("0.001", "0.0003")}
+    assert all(c.info.run_name.startswith("cnn-demo-optimizer.lr=") for c in children)
+    assert all("test_accuracy" in c.data.metrics for c in children)
+    client = MlflowClient(tracking_uri=f"sqlite:///{project / 'mlflow.db'}")
+    every = client.search_runs([parent.info.experiment_id], filter_string="tags.`hydra.overrides` LIKE '%strategy=ddp%'")
+    assert sorted(r.info.run_id for r in every) == sorted([parent.info.run_id, *(c.info.run_id for c in children)])
+    assert result.stdout.count("train: process 1 of 2") == 2 and result.stdout.count("train: process 0 of 2") == 2
+
+    assert sorted(p.name for p in sweep_dir.iterdir() if p.is_dir()) == ["0", "1"]
+    for job in ("0", "1"):
+        summary = json.loads((sweep_dir / job / "model/run.json").read_text())
+        assert summary["processes"] == 2 and summary["run_id"] in {c.info.run_id for c in children}
+        assert (sweep_dir / job / "model/model.pt").exists() and (sweep_dir / job / "metrics/test.json").exists()
+    assert not list(project.glob("**/train_ddp_process_*")) and not list(project.glob("**/lightning_logs"))
+    assert (sorted(runs_dir.iterdir()) if runs_dir.exists() else []) == before  # no Hydra run folder per process

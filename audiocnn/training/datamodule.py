@@ -3,6 +3,8 @@
 Each clip's split comes from the current manifest (the store holds none), so re-splitting
 the data (another fold) reuses the store. With `features.on_the_fly=true` there is no
 store: the loaders give waveform windows and the model's front-end computes the CQT.
+Under DDP (attached to a Trainer of several processes) each loader serves this process's
+share of the clips (`training.distributed`), and each process draws its own crops.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from torch.utils.data import DataLoader
 from audiocnn.errors import MissingInputError
 from audiocnn.features.featurize import read_manifest, store_dir
 from audiocnn.features.store import FeatureStore, clips_md5
+from audiocnn.training import distributed
 from audiocnn.training.windows import AudioClips, WaveformWindowDataset, WindowDataset, already_batched, seed_worker
 
 
@@ -64,11 +67,19 @@ class WindowDataModule(L.LightningDataModule):
     def rows(self, split: str) -> np.ndarray:
         return np.flatnonzero(self.splits == split)
 
+    def ranks(self) -> tuple[int, int]:
+        """(this process's rank, number of processes) of the Trainer using the loaders; (0, 1) without one."""
+        trainer = self.trainer
+        return (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
+
     def dataset(self, split: str, mode: str):
         rows, window = self.rows(split), self.cfg.features.window_frames
+        rank = self.ranks()[0]
+        # the same crops as one process on rank 0; every other process its own
+        seed = self.cfg.seed if rank == 0 else int(np.random.SeedSequence([self.cfg.seed, rank]).generate_state(1)[0])
         if self.on_the_fly:
-            return WaveformWindowDataset(self.store, rows, self.labels[rows], window, mode, seed=self.cfg.seed)
-        return WindowDataset(self.store, rows, self.labels[rows], window, mode, self.floor, seed=self.cfg.seed)
+            return WaveformWindowDataset(self.store, rows, self.labels[rows], window, mode, seed=seed)
+        return WindowDataset(self.store, rows, self.labels[rows], window, mode, self.floor, seed=seed)
 
     def _loader(self, dataset, shuffle: bool, **kwargs) -> DataLoader:
         workers = self.cfg.trainer.num_workers
@@ -77,11 +88,18 @@ class WindowDataModule(L.LightningDataModule):
                           collate_fn=already_batched, pin_memory=torch.cuda.is_available(), **kwargs)
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader(self.dataset("train", "random"), shuffle=True, drop_last=len(self.rows("train")) >
-                            self.cfg.trainer.batch_size)
+        dataset, (rank, world) = self.dataset("train", "random"), self.ranks()
+        batch = self.cfg.trainer.batch_size
+        if world == 1:
+            return self._loader(dataset, shuffle=True, drop_last=len(dataset) > batch)
+        sampler = distributed.train_sampler(len(dataset), rank, world, self.cfg.seed)
+        return self._loader(dataset, shuffle=False, sampler=sampler, drop_last=len(sampler) > batch)
 
     def val_dataloader(self) -> DataLoader:
-        return self._loader(self.dataset("val", "center"), shuffle=False)
+        dataset, (rank, world) = self.dataset("val", "center"), self.ranks()
+        if world == 1:
+            return self._loader(dataset, shuffle=False)
+        return self._loader(dataset, shuffle=False, sampler=distributed.StridedSampler(len(dataset), rank, world))
 
     def test_dataloader(self) -> DataLoader:
         return self._loader(self.dataset("test", "sliding"), shuffle=False)

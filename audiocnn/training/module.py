@@ -6,6 +6,7 @@ import lightning as L
 import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import Tensor, nn
+from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
 
 from audiocnn.errors import NonFiniteError
@@ -26,6 +27,9 @@ class Classifier(L.LightningModule):
     stops training with `NonFiniteError` (the data sets stop it first, naming the clip, when
     an input window is not finite; so a non-finite loss here means the run diverged or the
     front-end / augmentation made the non-finite values). It costs one scalar sync per step.
+    Loss and accuracy are torchmetrics states, so under DDP the epoch's figures are those of
+    every process's clips together (exact, also when the processes hold unequal shares),
+    the same on every process: early stopping and the best checkpoint decide alike.
     """
 
     def __init__(self, model: nn.Module, optimizer_cfg: DictConfig, n_classes: int,
@@ -42,6 +46,7 @@ class Classifier(L.LightningModule):
         self.loss = nn.CrossEntropyLoss(weight=class_weights, label_smoothing=label_smoothing)
         self.train_acc = MulticlassAccuracy(num_classes=n_classes, average="micro")
         self.val_acc = MulticlassAccuracy(num_classes=n_classes, average="micro")
+        self.train_loss_mean, self.val_loss_mean = MeanMetric(), MeanMetric()  # weighted by batch size
 
     def forward(self, x: Tensor) -> Tensor:
         return self.model(self.frontend(x))
@@ -59,7 +64,9 @@ class Classifier(L.LightningModule):
         if not bool(torch.isfinite(loss)):
             raise NonFiniteError(self._why_non_finite(stage, loss, x, features))
         accuracy(logits, y)
-        self.log(f"{stage}_loss", loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=len(y))
+        mean = self.train_loss_mean if stage == "train" else self.val_loss_mean
+        mean.update(loss.detach(), weight=len(y))
+        self.log(f"{stage}_loss", mean, on_step=False, on_epoch=True, prog_bar=True, batch_size=len(y))
         self.log(f"{stage}_acc", accuracy, on_step=False, on_epoch=True, prog_bar=True, batch_size=len(y))
         return loss
 
@@ -78,6 +85,11 @@ class Classifier(L.LightningModule):
 
     def validation_step(self, batch, batch_idx: int) -> Tensor:
         return self._step(batch, "val", self.val_acc)
+
+    def on_train_start(self) -> None:
+        # Under DDP every process starts from the same seed; give each its own augmentation draws.
+        if self.trainer.world_size > 1:
+            torch.manual_seed((torch.initial_seed() + 1_000_003 * self.global_rank) % 2**63)
 
     def on_train_epoch_start(self) -> None:
         # Lightning puts every module in train mode each epoch; frozen parts stay in eval

@@ -6,6 +6,9 @@ bundle: weights + the configs that rebuild the model, see `audiocnn.models.bundl
 exist: a missing manifest or feature store is an error naming the stage that makes it
 (`audiocnn.experiment` makes them for Hydra runs). Logging the servable model is not done
 here but by the orchestration layer (`audiocnn.experiment.log_servable_model`).
+With several processes (`trainer.strategy=ddp trainer.devices=N`, `audiocnn.training.distributed`)
+every process runs the same fit and validation; only the main one logs to MLflow and
+writes `model.pt` and `run.json` (Lightning writes `best.ckpt` from rank 0 only).
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ from audiocnn.features.featurize import store_problem
 from audiocnn.models import build_model
 from audiocnn.models.bundle import load_state, save_bundle
 from audiocnn.models.summary import summarize
+from audiocnn.training import distributed
 from audiocnn.training.augment import SpectrogramAugment, WaveformAugment
 from audiocnn.training.datamodule import WindowDataModule
 from audiocnn.training.module import Classifier
@@ -47,19 +51,35 @@ def check_inputs(cfg: DictConfig) -> None:
         raise problem  # missing (MissingInputError) or a shard not of its recorded size (StoreError)
 
 
-def build_trainer(cfg: DictConfig, out: Path, run_id: str) -> tuple[L.Trainer, ModelCheckpoint]:
+def trainer_settings(cfg: DictConfig) -> dict:
+    """Where and how many processes Lightning trains with (`trainer.accelerator/devices/strategy/num_nodes`)."""
+    return {"accelerator": cfg.trainer.accelerator, "devices": cfg.trainer.devices,
+            "strategy": cfg.trainer.get("strategy", "auto"), "num_nodes": cfg.trainer.get("num_nodes", 1)}
+
+
+def planned_processes(cfg: DictConfig) -> int:
+    """How many processes `cfg` trains in (devices x nodes, as Lightning resolves them), starting none."""
+    with distributed.quiet_lightning():
+        trainer = L.Trainer(**trainer_settings(cfg), logger=False, enable_checkpointing=False,
+                            enable_progress_bar=False, enable_model_summary=False)
+    return trainer.world_size
+
+
+def build_trainer(cfg: DictConfig, out: Path, run_id: str | None) -> tuple[L.Trainer, ModelCheckpoint]:
     """Lightning Trainer with `trainer.callbacks` (instantiated from conf/) and the best checkpoint
-    on val_loss kept as `out/best.ckpt` (the stage's own output, so not configurable)."""
+    on val_loss kept as `out/best.ckpt` (the stage's own output, so not configurable).
+    `run_id`: the MLflow run Lightning logs to; None in the processes that do not log (DDP rank > 0).
+    The loaders split the data across processes themselves (`use_distributed_sampler=False`)."""
     checkpoint = ModelCheckpoint(dirpath=out, filename="best", monitor="val_loss", mode="min", save_top_k=1,
                                  enable_version_counter=False)
     callbacks = [instantiate(spec) for spec in (cfg.trainer.get("callbacks") or {}).values() if spec]
     trainer = L.Trainer(
-        max_epochs=cfg.trainer.max_epochs, accelerator=cfg.trainer.accelerator, devices=cfg.trainer.devices,
+        **trainer_settings(cfg), max_epochs=cfg.trainer.max_epochs,
         precision=resolve_precision(cfg.trainer.precision, cfg.trainer.accelerator),
         gradient_clip_val=cfg.trainer.get("gradient_clip_val"), deterministic=cfg.trainer.deterministic,
         log_every_n_steps=cfg.trainer.log_every_n_steps, default_root_dir=out,
-        callbacks=[*callbacks, checkpoint],
-        logger=MLFlowLogger(tracking_uri=tracking.tracking_uri(cfg), run_id=run_id),
+        callbacks=[*callbacks, checkpoint], use_distributed_sampler=False,
+        logger=MLFlowLogger(tracking_uri=tracking.tracking_uri(cfg), run_id=run_id) if run_id else False,
     )
     return trainer, checkpoint
 
@@ -113,8 +133,32 @@ def initial_weights(cfg: DictConfig, model: torch.nn.Module):
     return transfer
 
 
+def fit(cfg: DictConfig, model: torch.nn.Module, data: WindowDataModule, out: Path, run_id: str | None):
+    """Fit, load the best checkpoint into `model` (and the on-the-fly front-end), validate it.
+
+    Returns (trainer, best validation metrics, front-end or None). Every DDP process calls this.
+    """
+    trainer, checkpoint = build_trainer(cfg, out, run_id)
+    module = build_module(cfg, model, data)
+    frontend = module.frontend if cfg.features.on_the_fly else None
+    trainer.fit(module, datamodule=data)
+    if trainer.world_size > 1:
+        print(f"train: process {trainer.global_rank} of {trainer.world_size}: {trainer.global_step} optimizer "
+              f"steps over {trainer.current_epoch} epochs, {trainer.num_training_batches} batches per epoch")
+    averaged = swa_average(trainer, module)
+    if not averaged:  # every process: validate() is collective
+        model.load_state_dict(load_state(checkpoint.best_model_path))
+    best_val = trainer.validate(module, datamodule=data, verbose=False)[0]
+    if frontend is not None and not averaged:  # the best checkpoint's kernels (features.trainable)
+        frontend.load_state_dict(load_state(checkpoint.best_model_path, prefix="frontend."))
+    return trainer, best_val, frontend
+
+
 def train(cfg: DictConfig, run_name_suffix: str = "") -> dict:
-    """Fit `cfg.model` on the train split, early-stopped on validation loss; return a summary."""
+    """Fit `cfg.model` on the train split, early-stopped on validation loss; return a summary.
+
+    In a DDP process other than the main one: the same fit, nothing logged or written; returns {}.
+    """
     tracking.ensure_available(cfg)  # an unreachable tracking server stops us before any work
     check_inputs(cfg)
     L.seed_everything(cfg.seed, workers=True)
@@ -124,6 +168,9 @@ def train(cfg: DictConfig, run_name_suffix: str = "") -> dict:
     freeze(model, cfg.model.get("freeze", "none"))
     out = Path(cfg.paths.models)
     out.mkdir(parents=True, exist_ok=True)
+    if not distributed.is_main_process():
+        fit(cfg, model, data, out, run_id=None)
+        return {}
     name = tracking.default_run_name(cfg, run_name_suffix)
     with tracking.open_run(cfg, run_name=name, tags=tracking.run_tags(cfg)) as run:
         mlflow.log_params(tracking.flatten_config(cfg))
@@ -133,16 +180,7 @@ def train(cfg: DictConfig, run_name_suffix: str = "") -> dict:
         mlflow.log_text(summary_table.table(), "model_summary.txt")
         if transfer:
             mlflow.log_dict(vars(transfer), "transfer.json")
-        trainer, checkpoint = build_trainer(cfg, out, run.info.run_id)
-        module = build_module(cfg, model, data)
-        frontend = module.frontend if cfg.features.on_the_fly else None
-        trainer.fit(module, datamodule=data)
-        averaged = swa_average(trainer, module)
-        if not averaged:
-            model.load_state_dict(load_state(checkpoint.best_model_path))
-        best_val = trainer.validate(module, datamodule=data, verbose=False)[0]
-        if frontend is not None and not averaged:  # the best checkpoint's kernels (features.trainable)
-            frontend.load_state_dict(load_state(checkpoint.best_model_path, prefix="frontend."))
+        trainer, best_val, frontend = fit(cfg, model, data, out, run.info.run_id)
         save_bundle(model.eval().cpu(), OmegaConf.to_container(cfg.model, resolve=True),
                     OmegaConf.to_container(cfg.features, resolve=True), data.classes, out / "model.pt",
                     frontend.cpu() if frontend is not None else None)
@@ -152,6 +190,7 @@ def train(cfg: DictConfig, run_name_suffix: str = "") -> dict:
             "best_val_loss": best_val["val_loss"], "best_val_acc": best_val["val_acc"],
             "epochs": min(trainer.current_epoch, cfg.trainer.max_epochs),  # not SWA's extra BatchNorm pass
             "n_parameters": n_parameters, "multiply_adds": summary_table.total_macs,
+            "processes": trainer.world_size, "train_steps": trainer.global_step,  # optimizer steps of each process
         }
         mlflow.log_metrics({"best_val_loss": summary["best_val_loss"], "best_val_acc": summary["best_val_acc"]})
         atomic.write_json(out / "run.json", summary)

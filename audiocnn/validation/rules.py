@@ -18,6 +18,9 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from audiocnn.errors import ConfigError, DownloadError
 
 SEED_MAX = 2**32 - 1  # numpy and Lightning seeds are unsigned 32-bit integers
+# Lightning strategies the train stage supports: ddp re-runs the command once per extra process
+# (audiocnn.training.distributed); ddp_spawn would pickle the data module into its processes.
+STRATEGIES = ("auto", "ddp", "ddp_find_unused_parameters_true")
 
 
 def show(value) -> str:
@@ -210,7 +213,8 @@ def rules() -> dict[str, Callable]:
         "trainer.max_epochs": POSITIVE_INT, "trainer.batch_size": POSITIVE_INT, "trainer.patience": COUNT,
         "trainer.seeds": _list_of(SEED, f"a list of distinct integers in [0, {SEED_MAX}] such as [0,1,2]"),
         "trainer.num_workers": COUNT, "trainer.accelerator": Choice(("auto", "cpu", "gpu", "cuda", "mps")),
-        "trainer.devices": _devices, "trainer.precision": Choice(PRECISIONS, text=True),
+        "trainer.devices": _devices, "trainer.strategy": Choice(STRATEGIES), "trainer.num_nodes": POSITIVE_INT,
+        "trainer.precision": Choice(PRECISIONS, text=True),
         "trainer.log_every_n_steps": POSITIVE_INT, "trainer.deterministic": Choice((True, False, "warn")),
         "trainer.gradient_clip_val": Number(0, low_open=True, null=True),
         "trainer.label_smoothing": Number(0, 1, high_open=True), "trainer.class_weights": Choice(CLASS_WEIGHTS),
@@ -251,8 +255,8 @@ def _registered_model(value) -> str | None:
 REQUIRED_GROUPS = ("features", "trainer", "tracking", "paths")
 REQUIRED = {"optimizer._target_", "optimizer.lr", "data.name", "data.protocol", "seed"}
 OPTIONAL = {"features.top_db", "trainer.seeds", "trainer.patience", "trainer.gradient_clip_val",
-            "trainer.label_smoothing", "trainer.class_weights", "trainer.callbacks", "tracking.run_name",
-            "tracking.registered_model", "tracking.export_onnx"}
+            "trainer.strategy", "trainer.num_nodes", "trainer.label_smoothing", "trainer.class_weights",
+            "trainer.callbacks", "tracking.run_name", "tracking.registered_model", "tracking.export_onnx"}
 # Unknown keys refused; an optimizer's keys are the arguments of its class (`checks.validate_optimizer`).
 CHECKED_GROUPS = ("features", "trainer", "data", "tracking")
 _ABSENT = object()
