@@ -92,10 +92,9 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--output", required=True, help="the file to write (e.g. model.onnx, model.ts)")
     parser.add_argument("--tracking-uri", help="MLflow tracking URI for runs:/ and models:/ sources")
     args = parser.parse_args(argv)
-    if args.tracking_uri:
-        import mlflow
+    from audiocnn.inference.predict import use_tracking
 
-        mlflow.set_tracking_uri(args.tracking_uri)
+    use_tracking(args.model, args.tracking_uri)
     path = export_model(args.model, args.format, args.output)
     print(f"export: {args.model} -> {path} ({args.format}; input: mono float32 waveforms (batch, samples) at "
           "the model's features.sr; outputs: " + ", ".join(OUTPUTS) + ")", file=sys.stderr)

@@ -15,6 +15,8 @@ import argparse
 import csv
 import glob
 import json
+import os
+import re
 import sys
 from pathlib import Path
 
@@ -88,6 +90,16 @@ def print_table(records: list[dict]) -> None:
             print(f"{r['path']:<{width}}  {r['label']:<12} {r['confidence']:>10.4f} {r['duration']:>8.2f}s")
 
 
+def use_tracking(source: str, uri: str | None) -> None:
+    """MLflow sources (`runs:/`, `models:/`, a run id) are read from `--tracking-uri`, else
+    `MLFLOW_TRACKING_URI`, else the project's `sqlite:///mlflow.db` (what the train stage logs to)."""
+    if uri or (source.startswith(("runs:/", "models:/")) or re.fullmatch(r"[0-9a-f]{32}", source)):
+        if uri or not os.environ.get("MLFLOW_TRACKING_URI"):
+            import mlflow
+
+            mlflow.set_tracking_uri(uri or "sqlite:///mlflow.db")
+
+
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="audiocnn predict", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -100,17 +112,15 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--hop-s", type=float, help="window hop in seconds (default: half a window, as evaluate)")
     parser.add_argument("--batch-size", type=int, default=64, help="windows per model call (default 64)")
     parser.add_argument("--device", default="cpu", help="cpu | cuda | auto (model.pt sources)")
-    parser.add_argument("--tracking-uri", help="MLflow tracking URI for runs:/ and models:/ sources")
+    parser.add_argument("--tracking-uri", help="MLflow tracking URI for runs:/ and models:/ sources (default: "
+                        "MLFLOW_TRACKING_URI, else sqlite:///mlflow.db)")
     args = parser.parse_args(argv)
     for name, value in (("--top-k", args.top_k), ("--batch-size", args.batch_size)):
         if value < 1:
             parser.error(f"{name}={value}: must be a positive integer")
     if args.hop_s is not None and not args.hop_s > 0:
         parser.error(f"--hop-s={args.hop_s}: must be a positive number of seconds")
-    if args.tracking_uri:
-        import mlflow
-
-        mlflow.set_tracking_uri(args.tracking_uri)
+    use_tracking(args.model, args.tracking_uri)
     from audiocnn.inference.api import load_model
 
     paths = expand_inputs(args.inputs)
