@@ -68,6 +68,7 @@ BAD = [
     (["trainer.callbacks.early_stopping._target_=nope"], "trainer.callbacks.early_stopping._target_=nope: must be "
                                                          "the dotted path of an installed callback class"),
     (["trainer.callbacks=3"], "trainer.callbacks=3: must be a mapping"),
+    (["trainer.resume=maybe"], "trainer.resume=maybe: allowed: true, false"),
     (["+trainer.fast_dev_run=true"], "trainer.fast_dev_run: unknown setting; allowed: accelerator, batch_size"),
     (["~trainer.max_epochs"], "trainer.max_epochs: missing; must be a positive integer"),
     # optimizer

@@ -2,7 +2,9 @@
 
 Writes to `paths.models`: `best.ckpt` (Lightning, best validation loss), `model.pt` (the
 bundle: weights + the configs that rebuild the model, see `audiocnn.models.bundle`) and
-`run.json` (the MLflow run the evaluate stage adds its test metrics to). Its inputs must
+`run.json` (the MLflow run the evaluate stage adds its test metrics to; the settings'
+fingerprint and the code it was made with). While it trains, `last.ckpt` and `resume.json`:
+a rerun after a kill or crash resumes from them in the same MLflow run (`resume`). Its inputs must
 exist: a missing manifest or feature store is an error naming the stage that makes it
 (`audiocnn.experiment` makes them for Hydra runs). Logging the servable model is not done
 here but by the orchestration layer (`audiocnn.experiment.log_servable_model`).
@@ -22,6 +24,7 @@ from lightning.pytorch.loggers import MLFlowLogger
 from omegaconf import DictConfig, OmegaConf
 
 from audiocnn import atomic, tracking
+from audiocnn.training import resume
 from audiocnn.data.prepare import is_prepared
 from audiocnn.errors import InputError, MissingInputError
 from audiocnn.features.cqt import CQTFrontend
@@ -33,6 +36,7 @@ from audiocnn.training.augment import SpectrogramAugment, WaveformAugment
 from audiocnn.training.datamodule import WindowDataModule
 from audiocnn.training.module import Classifier
 from audiocnn.training.optim import class_weights, resolve_precision
+from audiocnn.training.resume import BEST, AtomicCheckpointIO, RngState
 from audiocnn.training.transfer import freeze, load_matching
 
 
@@ -47,19 +51,31 @@ def check_inputs(cfg: DictConfig) -> None:
                                 "`audiocnn featurize`)")
 
 
+class RunLogger(MLFlowLogger):
+    """Lightning's MLflow logger, except that it leaves ending the run to `tracking.open_run`: its
+    own `finalize` marks the run FINISHED when fit returns, before `model.pt` is written."""
+
+    def finalize(self, status: str = "success") -> None:
+        pass
+
+
 def build_trainer(cfg: DictConfig, out: Path, run_id: str) -> tuple[L.Trainer, ModelCheckpoint]:
-    """Lightning Trainer with `trainer.callbacks` (instantiated from conf/) and the best checkpoint
-    on val_loss kept as `out/best.ckpt` (the stage's own output, so not configurable)."""
+    """Lightning Trainer with `trainer.callbacks` (instantiated from conf/), the best checkpoint
+    on val_loss kept as `out/best.ckpt` (the stage's own output, so not configurable) and every
+    epoch's `out/last.ckpt` (with the generators' state) to resume from; checkpoints written atomically."""
     checkpoint = ModelCheckpoint(dirpath=out, filename="best", monitor="val_loss", mode="min", save_top_k=1,
                                  enable_version_counter=False)
+    # Not `save_last=True`: that rewrites last.ckpt only in epochs where best.ckpt improved.
+    last = ModelCheckpoint(dirpath=out, filename="last", monitor=None, save_top_k=1, every_n_epochs=1,
+                           enable_version_counter=False)
     callbacks = [instantiate(spec) for spec in (cfg.trainer.get("callbacks") or {}).values() if spec]
     trainer = L.Trainer(
         max_epochs=cfg.trainer.max_epochs, accelerator=cfg.trainer.accelerator, devices=cfg.trainer.devices,
         precision=resolve_precision(cfg.trainer.precision, cfg.trainer.accelerator),
         gradient_clip_val=cfg.trainer.get("gradient_clip_val"), deterministic=cfg.trainer.deterministic,
         log_every_n_steps=cfg.trainer.log_every_n_steps, default_root_dir=out,
-        callbacks=[*callbacks, checkpoint],
-        logger=MLFlowLogger(tracking_uri=tracking.tracking_uri(cfg), run_id=run_id),
+        callbacks=[*callbacks, RngState(), checkpoint, last], plugins=[AtomicCheckpointIO()],
+        logger=RunLogger(tracking_uri=tracking.tracking_uri(cfg), run_id=run_id),
     )
     return trainer, checkpoint
 
@@ -95,45 +111,67 @@ def initial_weights(cfg: DictConfig, model: torch.nn.Module):
     return transfer
 
 
-def train(cfg: DictConfig, run_name_suffix: str = "") -> dict:
-    """Fit `cfg.model` on the train split, early-stopped on validation loss; return a summary."""
-    tracking.ensure_available(cfg)  # an unreachable tracking server stops us before any work
-    check_inputs(cfg)
-    L.seed_everything(cfg.seed, workers=True)
-    data = WindowDataModule(cfg)
-    model = build_model(cfg.model, len(data.classes), cfg.features.n_bins, cfg.features.get("top_db"))
-    transfer = initial_weights(cfg, model)
-    freeze(model, cfg.model.get("freeze", "none"))
-    out = Path(cfg.paths.models)
-    out.mkdir(parents=True, exist_ok=True)
-    name = tracking.default_run_name(cfg, run_name_suffix)
-    with tracking.open_run(cfg, run_name=name, tags=tracking.run_tags(cfg)) as run:
-        mlflow.log_params(tracking.flatten_config(cfg))
-        summary_table = summarize(model, cfg.features.n_bins, cfg.features.window_frames, name=cfg.model.name)
-        n_parameters = summary_table.total_params
-        mlflow.log_metrics({"n_parameters": n_parameters, "multiply_adds": summary_table.total_macs})
+def log_run_inputs(cfg: DictConfig, run_id: str, summary_table, transfer) -> None:
+    """Params, model size and summary, transfer report: what a run resumed already has is not logged again."""
+    logged = mlflow.MlflowClient().get_run(run_id).data
+    mlflow.log_params({k: v for k, v in tracking.flatten_config(cfg).items() if k not in logged.params})
+    if "n_parameters" not in logged.metrics:
+        mlflow.log_metrics({"n_parameters": summary_table.total_params, "multiply_adds": summary_table.total_macs})
         mlflow.log_text(summary_table.table(), "model_summary.txt")
         if transfer:
             mlflow.log_dict(vars(transfer), "transfer.json")
-        trainer, checkpoint = build_trainer(cfg, out, run.info.run_id)
+
+
+def train(cfg: DictConfig, run_name_suffix: str = "") -> dict:
+    """Fit `cfg.model` on the train split, early-stopped on validation loss; return a summary.
+
+    A rerun in the same `paths.models` with the same settings resumes where a killed one stopped
+    (`resume.plan`); `trainer.resume=false` starts afresh."""
+    tracking.ensure_available(cfg)  # an unreachable tracking server stops us before any work
+    check_inputs(cfg)
+    out = Path(cfg.paths.models)
+    out.mkdir(parents=True, exist_ok=True)
+    start = resume.plan(cfg, out)
+    if start.message:
+        print(f"train: {start.message}")
+    L.seed_everything(cfg.seed, workers=True)
+    data = WindowDataModule(cfg)
+    model = build_model(cfg.model, len(data.classes), cfg.features.n_bins, cfg.features.get("top_db"))
+    transfer = initial_weights(cfg, model) if start.ckpt is None else None  # else the checkpoint has them
+    freeze(model, cfg.model.get("freeze", "none"))
+    name = tracking.default_run_name(cfg, run_name_suffix)
+    with tracking.open_run(cfg, run_id=start.run_id, run_name=name, tags=tracking.run_tags(cfg)) as run:
+        run_id = run.info.run_id
+        if not start.fit_done:
+            resume.record(cfg, out, run_id)
+        summary_table = summarize(model, cfg.features.n_bins, cfg.features.window_frames, name=cfg.model.name)
+        log_run_inputs(cfg, run_id, summary_table, transfer)
+        trainer, checkpoint = build_trainer(cfg, out, run_id)
         module = build_module(cfg, model, data)
         frontend = module.frontend if cfg.features.on_the_fly else None
-        trainer.fit(module, datamodule=data)
-        model.load_state_dict(load_state(checkpoint.best_model_path))
+        epochs = start.epochs
+        if not start.fit_done:
+            trainer.fit(module, datamodule=data, ckpt_path=start.ckpt)
+            epochs = trainer.current_epoch
+            resume.record(cfg, out, run_id, fit_done=True, epochs=epochs)
+        best = checkpoint.best_model_path or str(out / BEST)
+        model.load_state_dict(load_state(best))
         best_val = trainer.validate(module, datamodule=data, verbose=False)[0]
         if frontend is not None:  # the best checkpoint's kernels (they train with features.trainable)
-            frontend.load_state_dict(load_state(checkpoint.best_model_path, prefix="frontend."))
+            frontend.load_state_dict(load_state(best, prefix="frontend."))
         save_bundle(model.eval().cpu(), OmegaConf.to_container(cfg.model, resolve=True),
                     OmegaConf.to_container(cfg.features, resolve=True), data.classes, out / "model.pt",
                     frontend.cpu() if frontend is not None else None)
         summary = {
-            "run_id": run.info.run_id, "experiment_id": run.info.experiment_id,
+            "run_id": run_id, "experiment_id": run.info.experiment_id,
             "tracking_uri": tracking.tracking_uri(cfg), "run_name": name,
-            "best_val_loss": best_val["val_loss"], "best_val_acc": best_val["val_acc"], "epochs": trainer.current_epoch,
-            "n_parameters": n_parameters, "multiply_adds": summary_table.total_macs,
+            "best_val_loss": best_val["val_loss"], "best_val_acc": best_val["val_acc"], "epochs": epochs,
+            "n_parameters": summary_table.total_params, "multiply_adds": summary_table.total_macs,
+            "fingerprint": resume.fingerprint(cfg), "code": resume.code_digest(),
         }
         mlflow.log_metrics({"best_val_loss": summary["best_val_loss"], "best_val_acc": summary["best_val_acc"]})
         atomic.write_json(out / "run.json", summary)
+        resume.finish(cfg, out, run_id)
     print(f"train: best val_loss {summary['best_val_loss']:.4f}, val_acc {summary['best_val_acc']:.4f} "
           f"after {summary['epochs']} epochs; MLflow run {summary['run_id']} ({name})")
     return summary
