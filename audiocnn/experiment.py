@@ -96,7 +96,8 @@ def run_repeats(cfg: DictConfig, steps: tuple[str, ...] = ("train", "evaluate"),
     "train" opens the parent (recorded in `<paths.models>/repeats.json`; a rerun with the same
     settings reopens it and skips the variants already trained, `train_model(skip_finished=True)`)
     and, without "evaluate", ends it; an "evaluate"-only call (DVC's evaluate stage) reopens it.
-    After "evaluate", the aggregate is written and logged. Returns it (`best_val_acc`: the mean over variants, what a sweep optimises).
+    After "evaluate", the aggregate is written and logged. Returns it (`best_val_acc`: the mean
+    over variants, what a sweep optimises).
     `make_inputs`: prepare and featurize `cfg` first when needed (not in DVC's train stage,
     whose inputs are the earlier stages'). Each variant has its own manifest (its `data.fold`
     and `seed`), prepared here; all share the feature store of `paths.prepared`'s clips.

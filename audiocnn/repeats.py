@@ -94,23 +94,23 @@ def parent_run_name(cfg: DictConfig, suffix: str = "") -> str:
 def start(cfg: DictConfig, todo: list[Variant], run_name_suffix: str = "") -> str:
     """The parent run of `todo`, recorded with them in `<paths.models>/repeats.json`; returns its id.
 
-    The parent `repeats.json` already names for these settings and variants is reopened (a rerun
-    after a kill goes on under it), unless `trainer.resume=false`; else a new one is opened."""
+    The parent `repeats.json` already names for these settings, variants and code is reopened (a
+    rerun after a kill goes on under it), unless `trainer.resume=false`; else a new one is opened."""
     out = Path(cfg.paths.models)
-    fingerprint = resume.fingerprint(cfg)
+    made_from = {"fingerprint": resume.fingerprint(cfg), "code": resume.code_digest()}
     try:
         state = json.loads((out / STATE_FILE).read_text())
     except (OSError, ValueError):
         state = {}
-    if (cfg.trainer.get("resume", True) and state.get("fingerprint") == fingerprint
-            and state.get("variants") == [asdict(v) for v in todo] and tracking.reopen_run(cfg, state["parent_run_id"])):
+    same = {k: state.get(k) for k in made_from} == made_from and state.get("variants") == [asdict(v) for v in todo]
+    if cfg.trainer.get("resume", True) and same and tracking.reopen_run(cfg, state["parent_run_id"]):
         print(f"repeats: resuming MLflow parent run {state['parent_run_id']}")
         return state["parent_run_id"]
     tags = {**tracking.run_tags(cfg), "audiocnn.repeats": ",".join(v.label for v in todo)}
     parent = tracking.start_parent_run(cfg, parent_run_name(cfg, run_name_suffix), tags)
     names = {"folds": fold_slugs(list(dict.fromkeys(v.fold for v in todo)))}
     atomic.write_json(out / STATE_FILE, {"parent_run_id": parent, "variants": [asdict(v) for v in todo],
-                                         "names": names, "fingerprint": fingerprint})
+                                         "names": names, **made_from})
     return parent
 
 

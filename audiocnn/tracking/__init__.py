@@ -178,15 +178,16 @@ def open_run(cfg: DictConfig, *, run_id: str | None = None, run_name: str | None
     """Start (or, with `run_id`, resume: RUNNING again) a run owned by this process (`owners`).
 
     A run that raises is marked FAILED (KILLED for Ctrl-C), the exception in `audiocnn.end_reason`.
-    A new run is the child of `parent_run_id`, or of `$AUDIOCNN_PARENT_RUN_ID` when that is set.
+    The run is the child of `parent_run_id`, or of `$AUDIOCNN_PARENT_RUN_ID` when that is set (a run
+    resumed under another parent, a repeat's after its parent was replaced, moves there).
     """
     configure(cfg)
-    parent = None if run_id else parent_run_id or os.environ.get(PARENT_RUN_ENV)
+    parent = parent_run_id or os.environ.get(PARENT_RUN_ENV)
     new_tags = None if run_id else {**(tags or {}), **owners.owner_tags()}  # owned from its creation
     with mlflow.start_run(run_id=run_id, run_name=None if run_id else run_name, tags=new_tags) as run:
         if run_id:
             claim(mlflow.MlflowClient(), run_id)
-        if parent:
+        if parent and parent != run.data.tags.get("mlflow.parentRunId") and parent != run.info.run_id:
             mlflow.set_tag("mlflow.parentRunId", parent)
         if tags and run_id:
             mlflow.set_tags(tags)

@@ -14,8 +14,10 @@ fingerprint is the same; other settings, another manifest, a run missing from th
 `trainer.resume=false` start afresh, and say why in one line. A finished training starts
 afresh too (DVC reruns the stage only when something changed); orchestration skips a
 finished training instead (`finished`: `run.json` and `model.pt` of the same fingerprint and
-the same code, `code_digest`). Exact with `trainer.num_workers=0`: with workers, the windows
-after a resume are drawn by new worker processes (the same distribution, not the same draws).
+the same code, `code_digest`). The resumed training is the uninterrupted one exactly with
+`trainer.deterministic=true` and `trainer.num_workers=0`; with workers, the windows after a
+resume are drawn by new worker processes (the same distribution, not the same draws). The
+code is not part of the fingerprint: a training resumes after a fix to the code that crashed it.
 """
 
 from __future__ import annotations
