@@ -271,3 +271,24 @@ def test_a_sweep_rerun_into_its_folder_reopens_its_parent_run(tmp_path, monkeypa
         atexit.unregister(first._end)
         atexit.unregister(second._end)
     assert client.get_run(parent).info.status == "FINISHED"
+
+
+def test_a_checkpoint_write_cut_short_leaves_the_previous_checkpoint_whole(tmp_path, monkeypatch):
+    """`AtomicCheckpointIO` writes beside the checkpoint and renames: a write that dies half-way
+    leaves the old last.ckpt readable and no partial file under its name."""
+    io = resume.AtomicCheckpointIO()
+    path = tmp_path / resume.LAST
+    io.save_checkpoint({"epoch": 1, "state_dict": {"w": torch.ones(3)}}, path)
+    real_save = torch.save
+
+    def dies_half_way(obj, target, *args, **kwargs):
+        Path(target).write_bytes(b"PK\x03\x04 half a checkpoint")
+        raise OSError("No space left on device")
+
+    monkeypatch.setattr(torch, "save", dies_half_way)
+    with pytest.raises(OSError, match="No space left"):
+        io.save_checkpoint({"epoch": 2, "state_dict": {"w": torch.zeros(3)}}, path)
+    monkeypatch.setattr(torch, "save", real_save)
+    assert resume.checkpoint_epochs(path) == 2  # epoch 1 (0-based) is complete: 2 epochs
+    assert torch.equal(torch.load(path, weights_only=True)["state_dict"]["w"], torch.ones(3))
+    assert [p.name for p in tmp_path.iterdir()] == [resume.LAST]
