@@ -41,7 +41,7 @@ from audiocnn.evaluation.evaluate import evaluate
 from audiocnn.features.featurize import featurize, is_featurized
 from audiocnn.inference.export import export_model
 from audiocnn.inference.pyfunc import log_audio_model
-from audiocnn.training import distributed
+from audiocnn.training import distributed, resume
 from audiocnn.training.train import planned_processes, train
 
 
@@ -82,15 +82,25 @@ def export_onnx(cfg: DictConfig, summary: dict) -> dict:
     return summary
 
 
-def train_model(cfg: DictConfig, run_name_suffix: str = "") -> dict:
+def train_model(cfg: DictConfig, run_name_suffix: str = "", skip_finished: bool = False) -> dict:
     """Train one model (the train stage); with `tracking.log_model` log it servable, with
-    `tracking.export_onnx` export and log `model.onnx`."""
-    summary = train(cfg, run_name_suffix=run_name_suffix)
+    `tracking.export_onnx` export and log `model.onnx`. `skip_finished`: a model `paths.models`
+    already holds for these settings and this code is kept, not trained again (repeats and
+    Hydra jobs rerun after a kill); only what was not done after its training is done."""
+    summary = resume.finished(cfg) if skip_finished else None
+    if summary is None:
+        summary = train(cfg, run_name_suffix=run_name_suffix)
+    else:
+        print(f"train: {cfg.paths.models} already holds this training (MLflow run {summary['run_id']}); "
+              "not trained again")
     if not distributed.is_main_process():  # another DDP process: it trained, the main one logs
         return summary
-    if cfg.tracking.get("export_onnx", False):
+    out = Path(cfg.paths.models)
+    onnx = out / "model.onnx"
+    if cfg.tracking.get("export_onnx", False) and not (onnx.exists() and onnx.stat().st_mtime >=
+                                                       (out / "model.pt").stat().st_mtime):
         summary = export_onnx(cfg, summary)
-    return log_servable_model(cfg, summary) if cfg.tracking.log_model else summary
+    return log_servable_model(cfg, summary) if cfg.tracking.log_model and "model_uri" not in summary else summary
 
 
 def evaluate_model(cfg: DictConfig) -> dict:
@@ -102,9 +112,11 @@ def run_repeats(cfg: DictConfig, steps: tuple[str, ...] = ("train", "evaluate"),
                 make_inputs: bool = True) -> dict:
     """Run `steps` for every fold/seed variant of `cfg` under one MLflow parent run.
 
-    "train" opens the parent (recorded in `<paths.models>/repeats.json`); an "evaluate"-only
-    call (DVC's evaluate stage) picks it up there. After "evaluate", the aggregate is written
-    and logged. Returns it (`best_val_acc`: the mean over variants, what a sweep optimises).
+    "train" opens the parent (recorded in `<paths.models>/repeats.json`; a rerun with the same
+    settings reopens it and skips the variants already trained, `train_model(skip_finished=True)`)
+    and, without "evaluate", ends it; an "evaluate"-only call (DVC's evaluate stage) reopens it.
+    After "evaluate", the aggregate is written and logged. Returns it (`best_val_acc`: the mean
+    over variants, what a sweep optimises).
     `make_inputs`: prepare and featurize `cfg` first when needed (not in DVC's train stage,
     whose inputs are the earlier stages'). Each variant has its own manifest (its `data.fold`
     and `seed`), prepared here; all share the feature store of `paths.prepared`'s clips.
@@ -120,7 +132,8 @@ def run_repeats(cfg: DictConfig, steps: tuple[str, ...] = ("train", "evaluate"),
             return {}
         parent = repeats.start(cfg, todo, run_name_suffix)
     else:
-        parent, todo = repeats.resume(cfg)
+        parent, todo = repeats.resume_parent(cfg)
+        tracking.reopen_run(cfg, parent)
     try:
         results = []
         with tracking.children_of(parent):
@@ -128,17 +141,19 @@ def run_repeats(cfg: DictConfig, steps: tuple[str, ...] = ("train", "evaluate"),
                 print(f"repeats: {variant.label} ({number}/{len(todo)})")
                 single = repeats.variant_config(cfg, variant)
                 if "train" in steps:
-                    summary = train_model(single, run_name_suffix=run_name_suffix)
+                    summary = train_model(single, run_name_suffix=run_name_suffix, skip_finished=True)
                 else:
                     summary = json.loads((Path(single.paths.models) / "run.json").read_text())
                 metrics = evaluate_model(single) if "evaluate" in steps else {}
                 results.append({"variant": variant, "best_val_acc": summary["best_val_acc"], **metrics})
-        if "evaluate" not in steps:
+        if "evaluate" not in steps:  # the evaluate stage reopens the parent
+            tracking.end_parent_run(cfg, parent, "FINISHED")
             return {"best_val_acc": float(np.mean([r["best_val_acc"] for r in results]))}
         aggregate = repeats.write_aggregate(cfg, results)
         repeats.log_aggregate(cfg, parent, aggregate)
-    except BaseException:
-        tracking.end_parent_run(cfg, parent, "FAILED")
+    except BaseException as error:
+        tracking.end_parent_run(cfg, parent, "KILLED" if isinstance(error, KeyboardInterrupt) else "FAILED",
+                                reason=f"{type(error).__name__}: {error}")
         raise
     tracking.end_parent_run(cfg, parent, "FINISHED")
     return aggregate
@@ -196,7 +211,7 @@ def run_experiment(cfg: DictConfig) -> float:
     if repeats.is_repeated(cfg):
         return run_repeats(cfg, run_name_suffix=overrides)["best_val_acc"]
     ensure_inputs(cfg)
-    summary = train_model(cfg, run_name_suffix=overrides)
+    summary = train_model(cfg, run_name_suffix=overrides, skip_finished=True)
     evaluate_model(cfg)
     return summary["best_val_acc"]
 

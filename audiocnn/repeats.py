@@ -5,7 +5,9 @@ its own manifest (`<paths.models>/prepared/<label>`), model (`<paths.models>/<la
 metrics (`<paths.metrics>/<label>`); the feature store is shared. The variants' MLflow runs
 are children of one parent run, which gets the mean, std and min of every test metric;
 `<paths.metrics>/test.json` holds that aggregate (what `dvc metrics show` reads) and
-`<paths.metrics>/predictions.csv` every variant's test predictions.
+`<paths.metrics>/predictions.csv` every variant's test predictions. A rerun with the same
+settings goes on under the same parent run and skips the variants whose training had
+finished (`audiocnn.training.resume.finished`); the one a kill interrupted resumes.
 A fold's name comes from the data, so its folder and key part is its slug (`fold-<slug>`,
 `audiocnn.data.names.slug_map`): a fold `/../../x` names `fold-x`, never a path outside
 `paths.*`. repeats.json records the mapping (`names.folds`) next to each variant's original fold.
@@ -31,6 +33,7 @@ from audiocnn.errors import ConfigError
 from audiocnn.evaluation.calibration import binned_calibration_error, confidence_bins
 from audiocnn.evaluation.plots import plot_confusion_matrix, plot_reliability_diagram
 from audiocnn.features.featurize import read_manifest
+from audiocnn.training import resume
 
 STATE_FILE = "repeats.json"  # in paths.models: the parent run and the variants, for the evaluate stage
 
@@ -89,16 +92,29 @@ def parent_run_name(cfg: DictConfig, suffix: str = "") -> str:
 
 
 def start(cfg: DictConfig, todo: list[Variant], run_name_suffix: str = "") -> str:
-    """Open the parent run of `todo` and record both in `<paths.models>/repeats.json`; returns its id."""
+    """The parent run of `todo`, recorded with them in `<paths.models>/repeats.json`; returns its id.
+
+    The parent `repeats.json` already names for these settings, variants and code is reopened (a
+    rerun after a kill goes on under it), unless `trainer.resume=false`; else a new one is opened."""
+    out = Path(cfg.paths.models)
+    made_from = {"fingerprint": resume.fingerprint(cfg), "code": resume.code_digest()}
+    try:
+        state = json.loads((out / STATE_FILE).read_text())
+    except (OSError, ValueError):
+        state = {}
+    same = {k: state.get(k) for k in made_from} == made_from and state.get("variants") == [asdict(v) for v in todo]
+    if cfg.trainer.get("resume", True) and same and tracking.reopen_run(cfg, state["parent_run_id"]):
+        print(f"repeats: resuming MLflow parent run {state['parent_run_id']}")
+        return state["parent_run_id"]
     tags = {**tracking.run_tags(cfg), "audiocnn.repeats": ",".join(v.label for v in todo)}
     parent = tracking.start_parent_run(cfg, parent_run_name(cfg, run_name_suffix), tags)
     names = {"folds": fold_slugs(list(dict.fromkeys(v.fold for v in todo)))}
-    atomic.write_json(Path(cfg.paths.models) / STATE_FILE,
-                      {"parent_run_id": parent, "variants": [asdict(v) for v in todo], "names": names})
+    atomic.write_json(out / STATE_FILE, {"parent_run_id": parent, "variants": [asdict(v) for v in todo],
+                                         "names": names, **made_from})
     return parent
 
 
-def resume(cfg: DictConfig) -> tuple[str, list[Variant]]:
+def resume_parent(cfg: DictConfig) -> tuple[str, list[Variant]]:
     """(parent run id, variants) written by `start` (the evaluate stage picks them up here)."""
     state = json.loads((Path(cfg.paths.models) / STATE_FILE).read_text())
     return state["parent_run_id"], [Variant(**v) for v in state["variants"]]

@@ -6,11 +6,16 @@ Configured in conf/config.yaml (`hydra.callbacks.sweep_parent_run`). At the star
 processes, joblib or SLURM, inherit the variable), so each job's run is a child of it.
 At the end it ranks the children by validation accuracy, prints the table, logs it to
 the parent run (`sweep_results.md`, `sweep_results.json`) and ends the parent.
+The parent is recorded in `<hydra.sweep.dir>/sweep.json`: the same sweep rerun into the same
+folder (`hydra.sweep.dir=...`, after a kill) reopens it, and each job resumes or skips its
+training there (`audiocnn.experiment.run_experiment`). Like every run, the parent records its
+owning process (`audiocnn.tracking.owners`), so one whose process died is marked KILLED.
 """
 
 from __future__ import annotations
 
 import atexit
+import json
 import os
 import sys
 import time
@@ -22,8 +27,10 @@ from omegaconf import DictConfig
 
 from audiocnn import atomic, tracking
 from audiocnn.errors import ConfigError
+from audiocnn.tracking import owners
 
 RANK_METRIC = "best_val_acc"
+STATE_FILE = "sweep.json"  # in hydra.sweep.dir: the parent run, for a rerun into the same folder
 
 
 def children(client: MlflowClient, experiment_id: str, run_id: str) -> list:
@@ -84,7 +91,9 @@ class SweepParentRun(Callback):
         self.client = MlflowClient(tracking_uri=uri)
         self.experiment_id = mlflow.get_experiment_by_name(config.tracking.experiment).experiment_id
         overrides = " ".join(config.hydra.overrides.task)
-        tags = {"data": config.data.name, "sweep": "true", "hydra.overrides": overrides,
+        if self._resume(config, overrides, uri):
+            return
+        tags = {**owners.owner_tags(), "data": config.data.name, "sweep": "true", "hydra.overrides": overrides,
                 "hydra.hydra_overrides": " ".join(config.hydra.overrides.hydra),
                 "hydra.sweeper": config.hydra.sweeper._target_.rsplit(".", 1)[-1],
                 "hydra.launcher": config.hydra.launcher._target_.rsplit(".", 1)[-1]}
@@ -97,6 +106,23 @@ class SweepParentRun(Callback):
         os.environ[tracking.PARENT_RUN_ENV] = self.run_id
         atexit.register(self._end, "FAILED")  # a sweep that dies before on_multirun_end
         print(f"sweep: MLflow parent run {self.run_id} ({name}) in {uri}")
+        atomic.write_json(Path(config.hydra.sweep.dir) / STATE_FILE, {"parent_run_id": self.run_id,
+                                                                      "overrides": overrides})
+
+    def _resume(self, config: DictConfig, overrides: str, uri: str) -> bool:
+        """Reopen the parent run `sweep.json` names for the same overrides (not with trainer.resume=false)."""
+        try:
+            state = json.loads((Path(config.hydra.sweep.dir) / STATE_FILE).read_text())
+        except (OSError, ValueError):
+            return False
+        if (not config.trainer.get("resume", True) or state.get("overrides") != overrides
+                or not tracking.reopen_run(config, state["parent_run_id"])):
+            return False
+        self.run_id = state["parent_run_id"]
+        os.environ[tracking.PARENT_RUN_ENV] = self.run_id
+        atexit.register(self._end, "FAILED")
+        print(f"sweep: resuming MLflow parent run {self.run_id} in {uri}")
+        return True
 
     def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
         if self.run_id is None:

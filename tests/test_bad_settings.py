@@ -80,6 +80,7 @@ BAD = [
      "trainer.callbacks.swa.swa_epoch_start=1.5: must be an epoch number >= 1 or a fraction in (0, 1]"),
     ([SWA, SWA_LR, "+trainer.callbacks.swa.lr=1"],
      "trainer.callbacks.swa.lr: unknown argument of StochasticWeightAveraging; allowed: swa_lrs"),
+    (["trainer.resume=maybe"], "trainer.resume=maybe: allowed: true, false"),
     (["+trainer.fast_dev_run=true"], "trainer.fast_dev_run: unknown setting; allowed: accelerator, batch_size"),
     (["~trainer.max_epochs"], "trainer.max_epochs: missing; must be a positive integer"),
     # optimizer

@@ -34,7 +34,9 @@ class WindowDataModule(L.LightningDataModule):
     """Windows of `features.window_frames` frames; labels are indices into classes.json.
 
     `store` is the `FeatureStore` (or, on the fly, the manifest's `AudioClips`); its
-    `index` rows are the clips, `rows(split)` picks a split's rows.
+    `index` rows are the clips, `rows(split)` picks a split's rows. Its state in a checkpoint is
+    the training windows' generator (`trainer.num_workers=0`; workers seed their own), so that a
+    resumed training draws the windows the uninterrupted one would have.
     """
 
     def __init__(self, cfg: DictConfig):
@@ -59,6 +61,8 @@ class WindowDataModule(L.LightningDataModule):
             raise MissingInputError(f"{self.store_name} has labels outside classes.json; run the prepare and "
                                     "featurize stages again")
         self.labels = labels.to_numpy(dtype=np.int64)
+        self.train_set = None
+        self._window_state: dict | None = None  # from a checkpoint, for the next training set
 
     @property
     def store_name(self) -> str:
@@ -88,12 +92,23 @@ class WindowDataModule(L.LightningDataModule):
                           collate_fn=already_batched, pin_memory=torch.cuda.is_available(), **kwargs)
 
     def train_dataloader(self) -> DataLoader:
-        dataset, (rank, world) = self.dataset("train", "random"), self.ranks()
+        self.train_set = self.dataset("train", "random")
+        if self._window_state is not None:  # resumed from a checkpoint: the crops go on where they were
+            self.train_set.rng.bit_generator.state = self._window_state
+        dataset, (rank, world) = self.train_set, self.ranks()
         batch = self.cfg.trainer.batch_size
         if world == 1:
             return self._loader(dataset, shuffle=True, drop_last=len(dataset) > batch)
         sampler = distributed.train_sampler(len(dataset), rank, world, self.cfg.seed)
         return self._loader(dataset, shuffle=False, sampler=sampler, drop_last=len(sampler) > batch)
+
+    def state_dict(self) -> dict:
+        if self.train_set is None or self.cfg.trainer.num_workers:
+            return {}
+        return {"train_windows": self.train_set.rng.bit_generator.state}
+
+    def load_state_dict(self, state: dict) -> None:
+        self._window_state = state.get("train_windows")
 
     def val_dataloader(self) -> DataLoader:
         dataset, (rank, world) = self.dataset("val", "center"), self.ranks()

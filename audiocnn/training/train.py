@@ -2,7 +2,9 @@
 
 Writes to `paths.models`: `best.ckpt` (Lightning, best validation loss), `model.pt` (the
 bundle: weights + the configs that rebuild the model, see `audiocnn.models.bundle`) and
-`run.json` (the MLflow run the evaluate stage adds its test metrics to). Its inputs must
+`run.json` (the MLflow run the evaluate stage adds its test metrics to; the settings'
+fingerprint and the code it was made with). While it trains, `last.ckpt` and `resume.json`:
+a rerun after a kill or crash resumes from them in the same MLflow run (`resume`). Its inputs must
 exist: a missing manifest or feature store is an error naming the stage that makes it
 (`audiocnn.experiment` makes them for Hydra runs). Logging the servable model is not done
 here but by the orchestration layer (`audiocnn.experiment.log_servable_model`).
@@ -14,6 +16,7 @@ writes `model.pt` and `run.json` (Lightning writes `best.ckpt` from rank 0 only)
 from __future__ import annotations
 
 import math
+import os
 from pathlib import Path
 
 import lightning as L
@@ -32,11 +35,12 @@ from audiocnn.features.featurize import store_problem
 from audiocnn.models import build_model
 from audiocnn.models.bundle import load_state, save_bundle
 from audiocnn.models.summary import summarize
-from audiocnn.training import distributed
+from audiocnn.training import distributed, resume
 from audiocnn.training.augment import SpectrogramAugment, WaveformAugment
 from audiocnn.training.datamodule import WindowDataModule
 from audiocnn.training.module import Classifier
 from audiocnn.training.optim import class_weights, resolve_precision
+from audiocnn.training.resume import BEST, AtomicCheckpointIO, RngState
 from audiocnn.training.transfer import freeze, load_matching
 
 
@@ -49,6 +53,17 @@ def check_inputs(cfg: DictConfig) -> None:
     problem = None if cfg.features.on_the_fly else store_problem(cfg)
     if problem is not None:
         raise problem  # missing (MissingInputError) or a shard not of its recorded size (StoreError)
+
+
+RESUME_ENV = "AUDIOCNN_RESUME_CKPT"  # the main process's plan, for the DDP processes Lightning starts
+
+
+class RunLogger(MLFlowLogger):
+    """Lightning's MLflow logger, except that it leaves ending the run to `tracking.open_run`: its
+    own `finalize` marks the run FINISHED when fit returns, before `model.pt` is written."""
+
+    def finalize(self, status: str = "success") -> None:
+        pass
 
 
 def trainer_settings(cfg: DictConfig) -> dict:
@@ -69,17 +84,22 @@ def build_trainer(cfg: DictConfig, out: Path, run_id: str | None) -> tuple[L.Tra
     """Lightning Trainer with `trainer.callbacks` (instantiated from conf/) and the best checkpoint
     on val_loss kept as `out/best.ckpt` (the stage's own output, so not configurable).
     `run_id`: the MLflow run Lightning logs to; None in the processes that do not log (DDP rank > 0).
-    The loaders split the data across processes themselves (`use_distributed_sampler=False`)."""
+    The loaders split the data across processes themselves (`use_distributed_sampler=False`). Every
+    epoch's `out/last.ckpt` (with the generators' state) is kept to resume from; writes are atomic."""
     checkpoint = ModelCheckpoint(dirpath=out, filename="best", monitor="val_loss", mode="min", save_top_k=1,
                                  enable_version_counter=False)
+    # Not `save_last=True`: that rewrites last.ckpt only in epochs where best.ckpt improved.
+    last = ModelCheckpoint(dirpath=out, filename="last", monitor=None, save_top_k=1, every_n_epochs=1,
+                           enable_version_counter=False)
     callbacks = [instantiate(spec) for spec in (cfg.trainer.get("callbacks") or {}).values() if spec]
     trainer = L.Trainer(
         **trainer_settings(cfg), max_epochs=cfg.trainer.max_epochs,
         precision=resolve_precision(cfg.trainer.precision, cfg.trainer.accelerator),
         gradient_clip_val=cfg.trainer.get("gradient_clip_val"), deterministic=cfg.trainer.deterministic,
         log_every_n_steps=cfg.trainer.log_every_n_steps, default_root_dir=out,
-        callbacks=[*callbacks, checkpoint], use_distributed_sampler=False,
-        logger=MLFlowLogger(tracking_uri=tracking.tracking_uri(cfg), run_id=run_id) if run_id else False,
+        callbacks=[*callbacks, RngState(), checkpoint, last], plugins=[AtomicCheckpointIO()],
+        use_distributed_sampler=False,
+        logger=RunLogger(tracking_uri=tracking.tracking_uri(cfg), run_id=run_id) if run_id else False,
     )
     return trainer, checkpoint
 
@@ -133,67 +153,93 @@ def initial_weights(cfg: DictConfig, model: torch.nn.Module):
     return transfer
 
 
-def fit(cfg: DictConfig, model: torch.nn.Module, data: WindowDataModule, out: Path, run_id: str | None):
-    """Fit, load the best checkpoint into `model` (and the on-the-fly front-end), validate it.
+def fit(cfg: DictConfig, model: torch.nn.Module, data: WindowDataModule, out: Path, run_id: str | None,
+        start: resume.Start):
+    """Fit (from `start.ckpt`; not at all when `start.fit_done`), load the best checkpoint (or SWA's
+    average) into `model` and the on-the-fly front-end, validate it.
 
-    Returns (trainer, best validation metrics, front-end or None). Every DDP process calls this.
+    Returns (trainer, best validation metrics, front-end or None, epochs). Every DDP process calls this.
     """
     trainer, checkpoint = build_trainer(cfg, out, run_id)
     module = build_module(cfg, model, data)
     frontend = module.frontend if cfg.features.on_the_fly else None
-    trainer.fit(module, datamodule=data)
-    if trainer.world_size > 1:
-        print(f"train: process {trainer.global_rank} of {trainer.world_size}: {trainer.global_step} optimizer "
-              f"steps over {trainer.current_epoch} epochs, {trainer.num_training_batches} batches per epoch")
-    averaged = swa_average(trainer, module)
+    epochs, averaged = start.epochs, False
+    if not start.fit_done:
+        trainer.fit(module, datamodule=data, ckpt_path=start.ckpt)
+        epochs = min(trainer.current_epoch, cfg.trainer.max_epochs)  # not SWA's extra BatchNorm pass
+        if trainer.world_size > 1:
+            print(f"train: process {trainer.global_rank} of {trainer.world_size}: {trainer.global_step} optimizer "
+                  f"steps over {trainer.current_epoch} epochs, {trainer.num_training_batches} batches per epoch")
+        averaged = swa_average(trainer, module)
+        if run_id:
+            resume.record(cfg, out, run_id, fit_done=True, epochs=epochs)
+    best = checkpoint.best_model_path or str(out / BEST)
     if not averaged:  # every process: validate() is collective
-        model.load_state_dict(load_state(checkpoint.best_model_path))
+        model.load_state_dict(load_state(best))
     best_val = trainer.validate(module, datamodule=data, verbose=False)[0]
     if frontend is not None and not averaged:  # the best checkpoint's kernels (features.trainable)
-        frontend.load_state_dict(load_state(checkpoint.best_model_path, prefix="frontend."))
-    return trainer, best_val, frontend
+        frontend.load_state_dict(load_state(best, prefix="frontend."))
+    return trainer, best_val, frontend, epochs
+
+
+def log_run_inputs(cfg: DictConfig, run_id: str, summary_table, transfer) -> None:
+    """Params, model size and summary, transfer report: what a run resumed already has is not logged again."""
+    logged = mlflow.MlflowClient().get_run(run_id).data
+    mlflow.log_params({k: v for k, v in tracking.flatten_config(cfg).items() if k not in logged.params})
+    if "n_parameters" not in logged.metrics:
+        mlflow.log_metrics({"n_parameters": summary_table.total_params, "multiply_adds": summary_table.total_macs})
+        mlflow.log_text(summary_table.table(), "model_summary.txt")
+        if transfer:
+            mlflow.log_dict(vars(transfer), "transfer.json")
 
 
 def train(cfg: DictConfig, run_name_suffix: str = "") -> dict:
     """Fit `cfg.model` on the train split, early-stopped on validation loss; return a summary.
 
-    In a DDP process other than the main one: the same fit, nothing logged or written; returns {}.
+    A rerun in the same `paths.models` with the same settings resumes where a killed one stopped
+    (`resume.plan`); `trainer.resume=false` starts afresh. In a DDP process other than the main
+    one: the same fit (from the main process's checkpoint), nothing logged or written; returns {}.
     """
     tracking.ensure_available(cfg)  # an unreachable tracking server stops us before any work
     check_inputs(cfg)
+    out = Path(cfg.paths.models)
+    out.mkdir(parents=True, exist_ok=True)
+    main = distributed.is_main_process()
+    start = resume.plan(cfg, out) if main else resume.Start(ckpt=os.environ.get(RESUME_ENV) or None)
+    if main:
+        os.environ[RESUME_ENV] = start.ckpt or ""  # the DDP processes Lightning starts inherit it
+        if start.message:
+            print(f"train: {start.message}")
     L.seed_everything(cfg.seed, workers=True)
     data = WindowDataModule(cfg)
     model = build_model(cfg.model, len(data.classes), cfg.features.n_bins, cfg.features.get("top_db"))
-    transfer = initial_weights(cfg, model)
+    transfer = initial_weights(cfg, model) if start.ckpt is None else None  # else the checkpoint has them
     freeze(model, cfg.model.get("freeze", "none"))
-    out = Path(cfg.paths.models)
-    out.mkdir(parents=True, exist_ok=True)
-    if not distributed.is_main_process():
-        fit(cfg, model, data, out, run_id=None)
+    if not main:
+        fit(cfg, model, data, out, None, start)
         return {}
     name = tracking.default_run_name(cfg, run_name_suffix)
-    with tracking.open_run(cfg, run_name=name, tags=tracking.run_tags(cfg)) as run:
-        mlflow.log_params(tracking.flatten_config(cfg))
+    with tracking.open_run(cfg, run_id=start.run_id, run_name=name, tags=tracking.run_tags(cfg)) as run:
+        run_id = run.info.run_id
+        if not start.fit_done:
+            resume.record(cfg, out, run_id)
         summary_table = summarize(model, cfg.features.n_bins, cfg.features.window_frames, name=cfg.model.name)
-        n_parameters = summary_table.total_params
-        mlflow.log_metrics({"n_parameters": n_parameters, "multiply_adds": summary_table.total_macs})
-        mlflow.log_text(summary_table.table(), "model_summary.txt")
-        if transfer:
-            mlflow.log_dict(vars(transfer), "transfer.json")
-        trainer, best_val, frontend = fit(cfg, model, data, out, run.info.run_id)
+        log_run_inputs(cfg, run_id, summary_table, transfer)
+        trainer, best_val, frontend, epochs = fit(cfg, model, data, out, run_id, start)
         save_bundle(model.eval().cpu(), OmegaConf.to_container(cfg.model, resolve=True),
                     OmegaConf.to_container(cfg.features, resolve=True), data.classes, out / "model.pt",
                     frontend.cpu() if frontend is not None else None)
         summary = {
-            "run_id": run.info.run_id, "experiment_id": run.info.experiment_id,
+            "run_id": run_id, "experiment_id": run.info.experiment_id,
             "tracking_uri": tracking.tracking_uri(cfg), "run_name": name,
-            "best_val_loss": best_val["val_loss"], "best_val_acc": best_val["val_acc"],
-            "epochs": min(trainer.current_epoch, cfg.trainer.max_epochs),  # not SWA's extra BatchNorm pass
-            "n_parameters": n_parameters, "multiply_adds": summary_table.total_macs,
+            "best_val_loss": best_val["val_loss"], "best_val_acc": best_val["val_acc"], "epochs": epochs,
+            "n_parameters": summary_table.total_params, "multiply_adds": summary_table.total_macs,
             "processes": trainer.world_size, "train_steps": trainer.global_step,  # optimizer steps of each process
+            "fingerprint": resume.fingerprint(cfg), "code": resume.code_digest(),
         }
         mlflow.log_metrics({"best_val_loss": summary["best_val_loss"], "best_val_acc": summary["best_val_acc"]})
         atomic.write_json(out / "run.json", summary)
+        resume.finish(cfg, out, run_id)
     print(f"train: best val_loss {summary['best_val_loss']:.4f}, val_acc {summary['best_val_acc']:.4f} "
           f"after {summary['epochs']} epochs; MLflow run {summary['run_id']} ({name})")
     return summary

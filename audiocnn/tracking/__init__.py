@@ -6,6 +6,8 @@ any work, unless `tracking.required=false` (then the local store is used, and sa
 A run records the flattened resolved config as params; the git commit, the manifest
 checksum, the DVC experiment and the Hydra overrides as tags. Runs nest under a parent
 (a Hydra sweep's) given by `parent_run_id` or `AUDIOCNN_PARENT_RUN_ID`.
+Every run records the process that owns it while it is RUNNING (`owners`); opening the store
+(`configure`) marks KILLED the RUNNING runs whose process on this host is gone.
 """
 
 from __future__ import annotations
@@ -22,7 +24,8 @@ from typing import Iterator
 import mlflow
 from omegaconf import DictConfig, OmegaConf
 
-from audiocnn.errors import TrackingUnavailable
+from audiocnn.errors import ConfigError, TrackingUnavailable
+from audiocnn.tracking import owners
 
 MAX_PARAM_LENGTH = 6000  # MLflow's limit on a param value
 MAX_TAG_LENGTH = 5000  # and on a tag value
@@ -135,6 +138,8 @@ def _use_experiment(name: str, uri: str) -> None:
 
 
 def configure(cfg: DictConfig) -> str:
+    """Point MLflow at the store and experiment of `cfg`; runs of this experiment that a dead
+    process of this host left RUNNING are marked KILLED (`owners.reap`)."""
     uri = ensure_available(cfg)
     user_setting = os.environ.get("MLFLOW_TRACKING_URI")
     mlflow.set_tracking_uri(uri)
@@ -143,30 +148,63 @@ def configure(cfg: DictConfig) -> str:
     if user_setting is None:
         os.environ.pop("MLFLOW_TRACKING_URI", None)
     _use_experiment(cfg.tracking.experiment, uri)
+    try:
+        owners.reap(mlflow.MlflowClient(), mlflow.get_experiment_by_name(cfg.tracking.experiment).experiment_id)
+    except mlflow.exceptions.MlflowException as error:  # never a reason to stop a stage
+        print(f"tracking: could not look for runs left RUNNING by dead processes ({str(error).splitlines()[0]})")
     return uri
+
+
+def claim(client, run_id: str) -> None:
+    """Make this process the owner of `run_id` (a run reopened after its process died loses its end reason)."""
+    client.log_batch(run_id, tags=[mlflow.entities.RunTag(k, v) for k, v in owners.owner_tags().items()])
+    if owners.END_REASON_TAG in client.get_run(run_id).data.tags:
+        client.delete_tag(run_id, owners.END_REASON_TAG)
+
+
+def reopen_run(cfg: DictConfig, run_id: str) -> bool:
+    """Set `run_id` RUNNING again, owned by this process, without making it active (a parent run
+    resumed); False when the store has no such run."""
+    configure(cfg)
+    client = mlflow.MlflowClient()
+    try:
+        client.get_run(run_id)
+    except mlflow.exceptions.MlflowException:
+        return False
+    client.update_run(run_id, status="RUNNING")
+    claim(client, run_id)
+    return True
 
 
 @contextmanager
 def open_run(cfg: DictConfig, *, run_id: str | None = None, run_name: str | None = None,
              tags: dict | None = None, parent_run_id: str | None = None) -> Iterator[mlflow.ActiveRun]:
-    """Start (or, with `run_id`, resume) a run; a run that raises is marked FAILED, and its
-    error's first line is its `audiocnn.failure` tag (`NonFiniteError: ...`).
+    """Start (or, with `run_id`, resume: RUNNING again) a run owned by this process (`owners`); a run
+    that raises is marked FAILED (KILLED for Ctrl-C), its error's first line its `audiocnn.failure`
+    tag (`NonFiniteError: ...`) and the whole reason its `audiocnn.end_reason`.
 
-    A new run is the child of `parent_run_id`, or of `$AUDIOCNN_PARENT_RUN_ID` when that is set.
+    A run that raises is marked FAILED (KILLED for Ctrl-C), the exception in `audiocnn.end_reason`.
+    The run is the child of `parent_run_id`, or of `$AUDIOCNN_PARENT_RUN_ID` when that is set (a run
+    resumed under another parent, a repeat's after its parent was replaced, moves there).
     """
     configure(cfg)
-    parent = None if run_id else parent_run_id or os.environ.get(PARENT_RUN_ENV)
-    with mlflow.start_run(run_id=run_id, run_name=None if run_id else run_name) as run:
-        if parent:
+    parent = parent_run_id or os.environ.get(PARENT_RUN_ENV)
+    new_tags = None if run_id else {**(tags or {}), **owners.owner_tags()}  # owned from its creation
+    with mlflow.start_run(run_id=run_id, run_name=None if run_id else run_name, tags=new_tags) as run:
+        if run_id:
+            claim(mlflow.MlflowClient(), run_id)
+        if parent and parent != run.data.tags.get("mlflow.parentRunId") and parent != run.info.run_id:
             mlflow.set_tag("mlflow.parentRunId", parent)
-        if tags:
+        if tags and run_id:
             mlflow.set_tags(tags)
         try:
             yield run
         except BaseException as error:
-            reason = str(error).strip().splitlines()
-            mlflow.set_tag(FAILURE_TAG, f"{type(error).__name__}: {reason[0] if reason else ''}"[:MAX_TAG_LENGTH])
-            mlflow.end_run(status="FAILED")
+            reason = f"{type(error).__name__}: {error}".strip().rstrip(":")
+            first = str(error).strip().splitlines()
+            mlflow.set_tag(FAILURE_TAG, f"{type(error).__name__}: {first[0] if first else ''}"[:MAX_TAG_LENGTH])
+            mlflow.set_tag(owners.END_REASON_TAG, reason[:MAX_PARAM_LENGTH])
+            mlflow.end_run(status="KILLED" if isinstance(error, KeyboardInterrupt) else "FAILED")
             raise
 
 
@@ -177,7 +215,7 @@ def start_parent_run(cfg: DictConfig, run_name: str, tags: dict | None = None) -
     """
     configure(cfg)
     experiment = mlflow.get_experiment_by_name(cfg.tracking.experiment)
-    tags = {**(tags or {}), "mlflow.runName": run_name}
+    tags = {**(tags or {}), **owners.owner_tags(), "mlflow.runName": run_name}
     if os.environ.get(PARENT_RUN_ENV):
         tags["mlflow.parentRunId"] = os.environ[PARENT_RUN_ENV]
     run = mlflow.MlflowClient().create_run(experiment.experiment_id, run_name=run_name, tags=tags)
@@ -186,8 +224,11 @@ def start_parent_run(cfg: DictConfig, run_name: str, tags: dict | None = None) -
     return run.info.run_id
 
 
-def end_parent_run(cfg: DictConfig, run_id: str, status: str = "FINISHED") -> None:
+def end_parent_run(cfg: DictConfig, run_id: str, status: str = "FINISHED", reason: str | None = None) -> None:
+    """End a run `start_parent_run` made (`reason`: why it did not finish, kept as `audiocnn.end_reason`)."""
     configure(cfg)
+    if reason:
+        mlflow.MlflowClient().set_tag(run_id, owners.END_REASON_TAG, reason[:MAX_PARAM_LENGTH])
     mlflow.MlflowClient().set_terminated(run_id, status=status)
 
 
