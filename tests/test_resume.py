@@ -45,7 +45,8 @@ def train_process(cfg, root: Path, name: str) -> subprocess.Popen:
     params = root / f"{name}.yaml"
     OmegaConf.save(cfg, params)
     return subprocess.Popen([sys.executable, "pipelines/train.py", "--params", str(params)], cwd=REPO,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env={**os.environ, "PYTHONPATH": str(REPO)})  # the tests' callbacks (tests/pace.py)
 
 
 def finish(process: subprocess.Popen, timeout: float = 300) -> str:

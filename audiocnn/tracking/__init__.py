@@ -24,7 +24,7 @@ from typing import Iterator
 import mlflow
 from omegaconf import DictConfig, OmegaConf
 
-from audiocnn.errors import ConfigError, TrackingUnavailable
+from audiocnn.errors import TrackingUnavailable
 from audiocnn.tracking import owners
 
 MAX_PARAM_LENGTH = 6000  # MLflow's limit on a param value
