@@ -123,7 +123,9 @@ def test_two_cpu_processes_train_one_run_one_model_with_half_the_steps_each(prep
     assert len(runs) == 1 and runs["status"].iloc[0] == "FINISHED", runs
     summary = json.loads((models / "run.json").read_text())
     assert summary["run_id"] == runs["run_id"].iloc[0] and summary["processes"] == 2
-    assert sorted(p.name for p in models.iterdir()) == ["best.ckpt", "model.pt", "run.json"]
+    # one process wrote: the model, its run, and resume.json saying the training finished (no last.ckpt left)
+    assert sorted(p.name for p in models.iterdir()) == ["best.ckpt", "model.pt", "resume.json", "run.json"]
+    assert json.loads((models / "resume.json").read_text())["finished"] is True
     assert not list(tmp_path.glob("**/lightning_logs"))
 
     n_train = len(WindowDataModule(cfg).rows("train"))
