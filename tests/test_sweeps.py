@@ -98,7 +98,7 @@ def test_joblib_launcher_runs_jobs_in_parallel_processes(project):
 
 def test_slurm_launcher_machinery_runs_each_job_as_a_submitit_process(project):
     """hydra/launcher=slurm_local: the submitit machinery of the SLURM launcher, with local processes."""
-    overrides = ["model=cnn", "optimizer.lr=1e-3,3e-4", *FAST]
+    overrides = ["model=cnn", "optimizer.lr=1e-3,3e-4", "seed=3", *FAST]  # seed: not the joblib sweep's overrides
     sweep_dir = project / "data/hydra/multirun/submitit"
     run([sys.executable, "pipelines/train.py", "-m", "hydra/launcher=slurm_local", f"hydra.sweep.dir={sweep_dir}",
          *overrides], project)
