@@ -30,7 +30,7 @@ RESULTS = Path(__file__).parent / "results" / "predict.json"
 REPO = Path(__file__).resolve().parent.parent
 
 CHILD = """
-import json, resource, sys, time
+import json, sys, time
 from audiocnn import load_model
 from audiocnn.inference.predict import expand_inputs
 model = load_model(sys.argv[1])
@@ -41,7 +41,8 @@ records = model.predict(paths)
 seconds = time.perf_counter() - started
 print(json.dumps({"seconds": seconds, "audio_seconds": sum(r["duration"] for r in records),
                   "files": len(records), "errors": sum("error" in r for r in records),
-                  "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+                  # VmHWM: this process's own peak (ru_maxrss of a subprocess starts at its parent's)
+                  "peak_rss_mb": int(next(l for l in open("/proc/self/status") if l.startswith("VmHWM")).split()[1]) / 1024}))
 """
 
 PARTS = """
