@@ -51,9 +51,9 @@ def read_list(path: Path) -> list[str]:
     relative paths are taken from the list's folder."""
     with open(path, newline="", encoding="utf-8") as handle:
         rows = [row for row in csv.reader(handle) if row and row[0].strip() and not row[0].startswith("#")]
-    column = rows[0].index("path") if path.suffix == ".csv" and rows and "path" in rows[0] else 0
-    if path.suffix == ".csv" and rows and "path" in rows[0]:
-        rows = rows[1:]
+    column = 0
+    if path.suffix == ".csv" and rows and "path" in rows[0]:  # a header row names the column
+        column, rows = rows[0].index("path"), rows[1:]
     return [str(p if (p := Path(row[column].strip())).is_absolute() else path.parent / p) for row in rows]
 
 
