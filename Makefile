@@ -24,7 +24,7 @@ params: $(STAMP)
 
 run: $(STAMP)
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/dvc repro
-	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/dvc metrics show
+	$(BIN)/audiocnn results
 
 test: $(STAMP)
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest

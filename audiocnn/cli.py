@@ -3,6 +3,8 @@
     audiocnn params [overrides...]            write params.yaml (what `make params` does)
     audiocnn <stage> [overrides...]           prepare | featurize | train | evaluate
     audiocnn show-config [overrides...]       print the composed config
+    audiocnn results [overrides...]           the last evaluate's test results in a few lines
+                                              (`make run` ends with it; all figures: metrics/)
     audiocnn summary [overrides...] [--classes N]
                                               print the model layer by layer (shapes,
                                               params, receptive field, multiply-adds)
@@ -41,7 +43,7 @@ def main(argv: list[str] | None = None) -> int:
         return use_model(argv[0], argv[1:])
     parser = argparse.ArgumentParser(prog="audiocnn", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("command", choices=["params", "show-config", "summary", "explain", *STAGES])
+    parser.add_argument("command", choices=["params", "show-config", "results", "summary", "explain", *STAGES])
     parser.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. model=cnn optimizer.lr=3e-4")
     parser.add_argument("--output", default=None,
                         help="file `params` writes (default: params.yaml); `explain`: the PNG "
@@ -69,6 +71,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.command == "summary":
         return print_summary(cfg, args.classes)
+    if args.command == "results":
+        return print_results(cfg)
     from importlib import import_module
 
     module, function = STAGES[args.command]
@@ -99,6 +103,22 @@ def print_summary(cfg, n_classes: int) -> int:
     model = build_model(cfg.model, n_classes=n_classes, n_bins=cfg.features.n_bins, top_db=cfg.features.get("top_db"))
     summary = summarize(model, cfg.features.n_bins, cfg.features.window_frames, name=cfg.model.get("name"))
     print(summary.table())
+    return 0
+
+
+def print_results(cfg) -> int:
+    """`<paths.metrics>/test.json` as a few lines: accuracy with its CI, macro-F1, ECE, the worst class."""
+    import json
+    from pathlib import Path
+
+    from audiocnn.evaluation.reports import describe_results
+
+    path = Path(cfg.paths.metrics) / "test.json"
+    if not path.is_file():
+        print(f"error: {path}: no test results yet; run `dvc repro` (or the evaluate stage) first", file=sys.stderr)
+        return 2
+    print(describe_results(json.loads(path.read_text())))
+    print(f"(all figures: {path}, {path.with_name('per_class.json')}, {path.with_name('confusion_matrix.png')})")
     return 0
 
 

@@ -134,11 +134,11 @@ def aggregate_metrics(results: list[dict]) -> dict:
 
 
 def write_aggregate(cfg: DictConfig, results: list[dict]) -> dict:
-    """`test.json` (aggregate); `predictions.csv`, `confusion_matrix.png`, `reliability_diagram.png`
+    """`test.json` (aggregate, with the worst class of the pooled predictions); `per_class.json`
+    (pooled recall per class); `predictions.csv`, `confusion_matrix.png`, `reliability_diagram.png`
     (all variants pooled); `explain/<label>/` (each variant's explanations)."""
     out = Path(cfg.paths.metrics)
     aggregate = aggregate_metrics(results)
-    atomic.write_json(out / "test.json", aggregate)
     frames = []
     for result in results:
         single = variant_config(cfg, result["variant"])
@@ -151,6 +151,11 @@ def write_aggregate(cfg: DictConfig, results: list[dict]) -> dict:
     classes = json.loads((Path(variant_config(cfg, results[0]["variant"]).paths.prepared) / "classes.json").read_text())
     matrix = pd.crosstab(pd.Categorical(predictions["actual"], classes), pd.Categorical(predictions["predicted"], classes),
                          dropna=False).to_numpy()
+    recall = {c: round(float(matrix[i, i] / max(matrix[i].sum(), 1)), 4) for i, c in enumerate(classes)}
+    worst = min(recall, key=recall.get)
+    aggregate["worst_class"] = {"name": worst, "recall": recall[worst], "pooled_over_runs": len(results)}
+    atomic.write_json(out / "test.json", aggregate)
+    atomic.write_json(out / "per_class.json", {"per_class_recall": recall, "pooled_over_runs": len(results)})
     title = f"{cfg.model.name} on {cfg.data.name}, {len(results)} runs pooled"
     plot_confusion_matrix(matrix.tolist(), classes, out / "confusion_matrix.png",
                           title=f"{title}: accuracy {aggregate['accuracy']:.3f} +/- {aggregate['accuracy_std']:.3f}")
@@ -176,5 +181,5 @@ def log_aggregate(cfg: DictConfig, parent: str, aggregate: dict) -> None:
         mlflow.log_metrics({f"test_{k}": v for k, v in aggregate.items() if isinstance(v, float)})
         for label, metrics in aggregate["runs"].items():
             mlflow.log_metrics({f"test_{k}.{label}": v for k, v in metrics.items()})
-        for name in ("test.json", "predictions.csv", "confusion_matrix.png", "reliability_diagram.png"):
+        for name in ("test.json", "per_class.json", "predictions.csv", "confusion_matrix.png", "reliability_diagram.png"):
             mlflow.log_artifact(str(Path(cfg.paths.metrics) / name), artifact_path="evaluation")

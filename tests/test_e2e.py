@@ -92,7 +92,10 @@ def test_dvc_repro_runs_every_stage_and_tracks_the_run(project):
     assert list((project / "data/features").glob("demo-*/shard-00000.f16"))
     assert (project / "data/models/model.pt").exists() and (project / "data/models/best.ckpt").exists()
     metrics = json.loads((project / "metrics/test.json").read_text())
-    assert set(metrics) >= {"accuracy", "macro_f1", "per_class_f1"}
+    assert set(metrics) >= {"accuracy", "macro_f1", "worst_class"} and "per_class_f1" not in metrics
+    per_class = json.loads((project / "metrics/per_class.json").read_text())
+    assert len(per_class["per_class_f1"]) == 8
+    assert metrics["worst_class"]["recall"] == min(per_class["per_class_recall"].values())
     assert metrics["accuracy"] > 1 / 8 + 0.1, metrics  # clearly above chance for 8 classes
     assert (project / "metrics/predictions.csv").exists() and (project / "metrics/confusion_matrix.png").exists()
 
@@ -110,7 +113,13 @@ def test_dvc_repro_runs_every_stage_and_tracks_the_run(project):
     assert "Running stage" not in again.stdout and "up to date" in again.stdout
 
     shown = run(["dvc", "metrics", "show"], project).stdout
-    assert "metrics/test.json" in shown and "accuracy" in shown
+    assert "metrics/test.json" in shown and "accuracy" in shown and "per_class" not in shown
+    assert max(len(line) for line in shown.splitlines()) < 400, shown  # no per-class columns
+    summary = run(["audiocnn", "results"], project).stdout  # what `make run` ends with
+    lines = summary.splitlines()
+    assert lines[0].startswith(f"test accuracy  {metrics['accuracy']:.3f}  (95% CI ")
+    assert f"macro-F1       {metrics['macro_f1']:.3f}" in lines and f"ECE            {metrics['ece']:.3f}" in lines
+    assert f"worst class    {metrics['worst_class']['name']} " in summary and len(lines) <= 6
     run(["dvc", "plots", "show", "-o", "plots"], project)
     assert (project / "plots/index.html").exists()
 

@@ -131,9 +131,10 @@ def test_evaluate_writes_every_report_and_explains(tmp_path, prepared_store):
     metrics = evaluate(cfg)
     out = tmp_path / "metrics"
     saved = json.loads((out / "test.json").read_text())
-    for key in ("accuracy", "balanced_accuracy", "macro_f1", "top_k_accuracy", "ece", "accuracy_ci95",
-                "per_class_precision", "per_class_recall", "per_class_f1"):
+    for key in ("accuracy", "balanced_accuracy", "macro_f1", "top_k_accuracy", "ece", "accuracy_ci95", "worst_class"):
         assert key in saved
+    per_class = json.loads((out / "per_class.json").read_text())
+    assert set(per_class) == {"per_class_precision", "per_class_recall", "per_class_f1"}
     assert set(saved["top_k_accuracy"]) == {"top_1", "top_3"}
     assert saved["accuracy_ci95"]["low"] <= metrics["accuracy"] <= saved["accuracy_ci95"]["high"]
     for png in ("confusion_matrix.png", "reliability_diagram.png", "explain/gradcam.png", "explain/saliency.png",

@@ -120,8 +120,10 @@ def test_class_names_with_symbols_train_evaluate_and_log_under_slug_keys(tmp_pat
     metrics = evaluate(cfg)
 
     assert set(metrics["per_class_f1"]) == set(classes)
-    test = json.loads((Path(cfg.paths.metrics) / "test.json").read_text())
+    test = json.loads((Path(cfg.paths.metrics) / "per_class.json").read_text())
     assert set(test["per_class_f1"]) == set(classes)
+    worst = json.loads((Path(cfg.paths.metrics) / "test.json").read_text())["worst_class"]["name"]
+    assert worst in classes  # the original name, not its slug
     assert (Path(cfg.paths.metrics) / "explain" / "saliency.png").stat().st_size > 0
     logged = mlflow.MlflowClient(cfg.tracking.uri).get_run(summary["run_id"]).data.metrics
     assert {"test_f1_R_B", "test_f1_cmd", "test_f1_5_10", "test_precision_R_B", "test_recall_cmd"} <= set(logged)

@@ -13,6 +13,7 @@ from omegaconf import OmegaConf
 
 from audiocnn.config import ConfigError, compose_config, validate_config
 from audiocnn.data.prepare import assign_splits, fold_values
+from audiocnn.evaluation.reports import describe_results
 from audiocnn.experiment import evaluate_stage, run_repeats, train_stage
 from audiocnn.repeats import variants
 from tests.conftest import tiny_config
@@ -103,6 +104,10 @@ def test_seeds_run_under_one_parent_run_with_mean_and_std(tmp_path):
     assert report["accuracy_std"] == pytest.approx(np.std(accuracies, ddof=1))
     predictions = pd.read_csv(tmp_path / "metrics" / "predictions.csv")
     assert set(predictions["run"]) == {"seed-0", "seed-1"}
+    pooled_recall = predictions.assign(hit=predictions.actual == predictions.predicted).groupby("actual").hit.mean()
+    assert report["worst_class"]["recall"] == pytest.approx(pooled_recall.min(), abs=1e-4)
+    assert report["worst_class"]["name"] in set(pooled_recall[pooled_recall == pooled_recall.min()].index)
+    assert describe_results(report).splitlines()[0].startswith(f"test accuracy  {report['accuracy']:.3f} +/- ")
     for figure in ("confusion_matrix.png", "reliability_diagram.png"):
         assert (tmp_path / "metrics" / figure).stat().st_size > 0
     assert sorted(p.name for p in (tmp_path / "metrics" / "explain").iterdir()) == ["seed-0", "seed-1"]

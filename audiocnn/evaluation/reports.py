@@ -24,6 +24,7 @@ from audiocnn.evaluation.plots import plot_confusion_matrix, plot_reliability_di
 from audiocnn.training.datamodule import WindowDataModule
 
 NOT_IN_JSON = ("confusion_matrix", "calibration")  # in predictions.csv / the PNGs and MLflow instead
+PER_CLASS = ("per_class_f1", "per_class_precision", "per_class_recall")  # per_class.json, not test.json
 
 
 def write_reports(probabilities: torch.Tensor, labels: torch.Tensor, data: WindowDataModule, out: Path,
@@ -54,12 +55,15 @@ def write_reports(probabilities: torch.Tensor, labels: torch.Tensor, data: Windo
     })
     with atomic.atomic_path(out / "predictions.csv") as tmp:
         escape_columns(predictions).to_csv(tmp, index=False)
-    atomic.write_json(out / "test.json", {k: v for k, v in metrics.items() if k not in NOT_IN_JSON})
+    worst = min(metrics["per_class_recall"], key=metrics["per_class_recall"].get)
+    metrics["worst_class"] = {"name": worst, "recall": metrics["per_class_recall"][worst]}
+    atomic.write_json(out / "per_class.json", {k: metrics[k] for k in PER_CLASS})
+    atomic.write_json(out / "test.json", {k: v for k, v in metrics.items() if k not in NOT_IN_JSON + PER_CLASS})
     png = plot_confusion_matrix(metrics["confusion_matrix"], data.classes, out / "confusion_matrix.png",
                                 title=f"{title}: accuracy {metrics['accuracy']:.3f}")
     reliability = plot_reliability_diagram(metrics["calibration"], metrics["ece"], out / "reliability_diagram.png",
                                            title=f"{title}: ECE {metrics['ece']:.3f}")
-    return metrics, [out / "test.json", out / "predictions.csv", png, reliability]
+    return metrics, [out / "test.json", out / "per_class.json", out / "predictions.csv", png, reliability]
 
 
 def log_test_metrics(metrics: dict, files: list[Path]) -> None:
@@ -76,3 +80,20 @@ def log_test_metrics(metrics: dict, files: list[Path]) -> None:
     mlflow.log_dict(metrics["calibration"], "evaluation/calibration.json")
     for path in files:
         mlflow.log_artifact(str(path), artifact_path="evaluation")
+
+
+def describe_results(metrics: dict) -> str:
+    """A few readable lines from a `test.json`: one model's (accuracy with its CI) or repeats' (mean +/- std)."""
+    if "accuracy_ci95" in metrics:
+        ci = metrics["accuracy_ci95"]
+        lines = [f"test accuracy  {metrics['accuracy']:.3f}  (95% CI {ci['low']:.3f}-{ci['high']:.3f}, "
+                 f"{metrics['n_clips']} clips)"]
+    else:
+        lines = [f"test accuracy  {metrics['accuracy']:.3f} +/- {metrics['accuracy_std']:.3f}  "
+                 f"(min {metrics['accuracy_min']:.3f} over {metrics['n_runs']} runs)"]
+    lines.append(f"macro-F1       {metrics['macro_f1']:.3f}")
+    lines.append(f"ECE            {metrics['ece']:.3f}")
+    if "worst_class" in metrics:
+        worst = metrics["worst_class"]
+        lines.append(f"worst class    {worst['name']} (recall {worst['recall']:.3f})")
+    return "\n".join(lines)
