@@ -32,12 +32,26 @@ def config_groups() -> dict[str, list[str]]:
     }
 
 
+def parse_overrides(overrides: list[str]) -> list:
+    """Hydra's parse of command-line `overrides`; one that is not Hydra syntax is a ConfigError naming it."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import OverrideParseException
+
+    parser, parsed = OverridesParser.create(), []
+    for line in overrides:
+        try:
+            parsed += parser.parse_overrides([line])
+        except OverrideParseException:
+            key, _, value = line.partition("=")
+            raise ConfigError(f"{line}: not a valid Hydra override; quote a value with special characters "
+                              f"inside the shell quotes: '{key}=\"{value}\"'") from None
+    return parsed
+
+
 def check_group_overrides(overrides: list[str]) -> None:
     """Fail on `group=option` overrides naming an option that has no yaml in conf/<group>/."""
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-
     groups = config_groups()
-    for override in OverridesParser.create().parse_overrides(overrides):
+    for override in parse_overrides(overrides):
         group = override.key_or_group
         if group not in groups or override.is_delete():
             continue
@@ -59,10 +73,8 @@ def expand_sweep(overrides: list[str], limit: int = 256) -> list[list[str]]:
     """
     from itertools import islice, product
 
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-
     options = []
-    for override in OverridesParser.create().parse_overrides(overrides):
+    for override in parse_overrides(overrides):
         key = override.get_key_element()
         if override.is_sweep_override():
             try:

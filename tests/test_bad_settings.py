@@ -257,3 +257,18 @@ def test_the_entrypoint_exits_2_with_one_line_and_makes_no_data_folder(tmp_path)
     assert lines == ["error: trainer.max_epochs=nan: must be a positive integer"], result.stderr
     assert list(tmp_path.iterdir()) == []
     assert (sorted(hydra_runs.rglob("*")) if hydra_runs.exists() else []) == before
+
+
+@pytest.mark.parametrize("command", [["pipelines/train.py"], ["-m", "audiocnn.cli", "show-config"]])
+def test_an_override_hydra_cannot_parse_is_one_line_saying_how_to_quote_it(tmp_path, command):
+    """A regex with brackets, as a shell user first types it: one `error:` line naming the override
+    and the quoting that works (it was a Hydra traceback)."""
+    result = subprocess.run([sys.executable, *command, "data=folder", f"data.root={tmp_path}",
+                             "data.group_regex=^(?P<group>[^_]+)_"], cwd=REPO, capture_output=True, text=True, timeout=180)
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.strip().splitlines() == [
+        "error: data.group_regex=^(?P<group>[^_]+)_: not a valid Hydra override; quote a value with special "
+        """characters inside the shell quotes: 'data.group_regex="^(?P<group>[^_]+)_"'"""]
+    quoted = subprocess.run([sys.executable, "-m", "audiocnn.cli", "show-config", "data=folder", f"data.root={tmp_path}",
+                             'data.group_regex="^(?P<group>[^_]+)_"'], cwd=REPO, capture_output=True, text=True, timeout=180)
+    assert "group_regex: ^(?P<group>[^_]+)_" in quoted.stdout, quoted.stderr
