@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import platform
+import subprocess
 import time
 from pathlib import Path
 
@@ -14,9 +15,22 @@ from audiocnn.config import compose_config, validate_config
 from audiocnn.experiment import ensure_inputs, evaluate_model, train_model
 
 
+def commit() -> str:
+    """The checkout's commit, `+changes` when tracked files differ from it (the figures' provenance)."""
+    repo = Path(__file__).resolve().parents[1]
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=repo, capture_output=True, text=True,
+                              check=True).stdout.strip()
+        dirty = subprocess.run(["git", "diff", "--quiet", "HEAD", "--", "audiocnn", "conf", "benchmarks"], cwd=repo).returncode
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown commit"
+    return f"commit {head}{'+changes' if dirty else ''}"
+
+
 def machine() -> str:
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
-    return f"{platform.machine()}, {torch.get_num_threads()} CPU threads, {gpu}, torch {torch.__version__}"
+    return (f"{platform.machine()}, {torch.get_num_threads()} CPU threads, {gpu}, torch {torch.__version__}, "
+            f"{commit()}")
 
 
 def load_average() -> list[float]:
