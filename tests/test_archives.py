@@ -172,3 +172,19 @@ def test_a_broken_archive_is_one_error_line_and_leaves_nothing(case, tmp_path):
     archive = tmp_path / ("a.zip" if case.startswith("zip") else "a.tar.gz" if "gz" in case else "a.tar")
     build(archive)
     assert expected in _refusal(archive, tmp_path)
+
+
+def test_the_bytes_written_are_counted_against_the_limit_too(tmp_path):
+    """zipfile and tarfile stop at a member's declared size, so the declared check already bounds what they
+    write; the count of bytes written is the second line, checked here on real files."""
+    from audiocnn.data.archives import _Budget
+
+    archive = tmp_path / "a.zip"
+    archive.write_bytes(bytes(1000))
+    written = tmp_path / "member.bin"
+    written.write_bytes(bytes(600))
+    budget = _Budget(archive, max_bytes=1000, max_ratio=None)
+    budget.wrote(written)
+    with pytest.raises(ArchiveLimitError, match="a.zip: extraction stopped after writing 1200 bytes, more than "
+                                                "data.download.max_bytes=1000"):
+        budget.wrote(written)

@@ -342,3 +342,29 @@ def test_a_fetch_in_progress_elsewhere_is_waited_for_and_its_scratch_left_alone(
     finally:
         done.set()
         holder.join(5)
+
+
+def test_the_prepare_entry_point_reports_a_cut_download_in_one_error_line(scripted, tmp_path):
+    """`python pipelines/prepare.py --params FILE` (as dvc.yaml runs it): exit 1, one `error:` line, no traceback."""
+    import os
+    import subprocess
+    import sys
+
+    from audiocnn.config import write_params
+    from tests.conftest import REPO
+
+    server, url = scripted
+    body = _fsdd_tar(tmp_path / "v1.0.9.tar.gz").read_bytes()
+    server.routes["/v1.0.9.tar.gz"] = _answer(body[:300], announced=len(body))
+    paths = [f"paths.{key}={tmp_path / 'data' / key}" for key in ("raw", "prepared", "features", "models", "metrics")]
+    params = write_params(tmp_path / "params.yaml", ["data=fsdd", f"data.download.url={url}/v1.0.9.tar.gz",
+                                                     "data.download.checksum=null", *paths,
+                                                     f"tracking.uri=sqlite:///{tmp_path / 'mlflow.db'}"])
+    result = subprocess.run([sys.executable, "pipelines/prepare.py", "--params", str(params)], cwd=REPO,
+                            capture_output=True, text=True, timeout=180, env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert result.returncode == 1, result.stderr
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert errors == [f"error: download of {url}/v1.0.9.tar.gz failed: received 300 of {len(body)} bytes (the "
+                      f"transfer was cut); nothing was kept, run again to retry"], result.stderr
+    assert "Traceback" not in result.stderr + result.stdout
+    assert _files(tmp_path / "data" / "raw") == []
