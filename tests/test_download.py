@@ -368,3 +368,31 @@ def test_the_prepare_entry_point_reports_a_cut_download_in_one_error_line(script
                       f"transfer was cut); nothing was kept, run again to retry"], result.stderr
     assert "Traceback" not in result.stderr + result.stdout
     assert _files(tmp_path / "data" / "raw") == []
+
+
+def test_prepare_waits_for_another_fetch_of_the_dataset_up_to_lock_timeout_s(served, tmp_path):
+    from audiocnn.atomic import folder_lock
+    from audiocnn.data.prepare import prepare
+    from audiocnn.errors import LockedError
+    from audiocnn.config import compose_config
+
+    www, url = served
+    _fsdd_tar(www / "v1.0.9.tar.gz")
+    cfg = compose_config(["data=fsdd", f"data.download.url={url}/v1.0.9.tar.gz", "data.download.checksum=null",
+                          "lock_timeout_s=0.5", f"paths.raw={tmp_path / 'raw'}", f"paths.prepared={tmp_path / 'p'}"])
+    held, done = threading.Event(), threading.Event()
+
+    def other_process():  # holds the lock 3 s: longer than lock_timeout_s, far shorter than the default
+        with folder_lock(tmp_path / "raw" / "fsdd", 1, "lock_timeout_s", "download"):
+            held.set()
+            done.wait(3)
+
+    holder = threading.Thread(target=other_process)
+    holder.start()
+    try:
+        assert held.wait(5)
+        with pytest.raises(LockedError, match=r"raw/fsdd: still being written by .* after lock_timeout_s=0.5 s"):
+            prepare(cfg)
+    finally:
+        done.set()
+        holder.join(5)
