@@ -229,6 +229,22 @@ def test_a_cut_transfer_keeps_nothing_and_a_rerun_downloads_again(scripted, tmp_
     assert server.requests == ["/v1.0.9.tar.gz"] * 2
 
 
+def test_a_cut_chunked_transfer_without_a_content_length_is_cut_too(scripted, tmp_path):
+    server, url = scripted
+
+    def chunked_then_cut(handler):
+        handler.send_response(200)
+        handler.send_header("Transfer-Encoding", "chunked")
+        handler.end_headers()
+        handler.wfile.write(b"64\r\n" + b"x" * 100 + b"\r\n" + b"64\r\n" + b"x" * 30)  # 2nd chunk: 30 of 100
+        handler.close_connection = True
+
+    server.routes["/v1.0.9.tar.gz"] = chunked_then_cut
+    with pytest.raises(DownloadError, match=r"received 130 bytes, then the transfer was cut \(a chunk was incomplete"):
+        dataset_root(_cfg(url), tmp_path / "raw", progress=False)
+    assert _files(tmp_path / "raw") == []
+
+
 def test_a_cut_transfer_with_a_checksum_blames_the_transfer_not_the_config(scripted, tmp_path):
     server, url = scripted
     archive = _fsdd_tar(tmp_path / "v1.0.9.tar.gz")

@@ -102,6 +102,9 @@ def _transfer(url: str, dest: Path, progress: bool, timeout_s: float) -> dict:
             raise DownloadError(f"download of {url} stalled: no data for data.download.timeout_s={timeout_s:g} s "
                                 f"after {received} of {total or 'an unknown number of'} bytes; nothing was kept, "
                                 f"run again to retry") from None
+        if isinstance(error, http.client.IncompleteRead):  # a chunked answer (no Content-Length) ended early
+            raise DownloadError(f"download of {url} failed: received {received} bytes, then the transfer was cut "
+                                f"(a chunk was incomplete); nothing was kept, run again to retry") from None
         raise DownloadError(f"download of {url} failed: {error}") from None
     except OSError as error:  # socket errors (connection reset, ...) and the disk
         raise DownloadError(f"download of {url} failed: {error}") from None
