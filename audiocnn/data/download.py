@@ -80,6 +80,10 @@ def _announced(response) -> int | None:
         return None
 
 
+def _after(received: int, total: int | None) -> str:
+    return f" after {received} of {total or 'an unknown number of'} bytes; nothing was kept" if received else ""
+
+
 def _transfer(url: str, dest: Path, progress: bool, timeout_s: float) -> dict:
     """Stream `url` to `dest` via `dest.part`; `dest` appears only when every announced byte arrived."""
     part = dest.with_name(dest.name + ".part")
@@ -105,9 +109,9 @@ def _transfer(url: str, dest: Path, progress: bool, timeout_s: float) -> dict:
         if isinstance(error, http.client.IncompleteRead):  # a chunked answer (no Content-Length) ended early
             raise DownloadError(f"download of {url} failed: received {received} bytes, then the transfer was cut "
                                 f"(a chunk was incomplete); nothing was kept, run again to retry") from None
-        raise DownloadError(f"download of {url} failed: {error}") from None
+        raise DownloadError(f"download of {url} failed: {error}{_after(received, total)}") from None
     except OSError as error:  # socket errors (connection reset, ...) and the disk
-        raise DownloadError(f"download of {url} failed: {error}") from None
+        raise DownloadError(f"download of {url} failed: {error}{_after(received, total)}") from None
     finally:
         part.unlink(missing_ok=True)
     record = {"url": url, "bytes": received, "announced": total}
@@ -145,7 +149,10 @@ def _remove_leftovers(target: Path, part: Path) -> None:
     for stale in [*target.parent.glob(scratch_prefix(target) + "*"), part]:
         if stale.exists():
             print(f"download: removing {stale.name}, left by an interrupted run")
-            shutil.rmtree(stale) if stale.is_dir() and not stale.is_symlink() else stale.unlink()
+            if stale.is_dir() and not stale.is_symlink():
+                shutil.rmtree(stale)
+            else:
+                stale.unlink()
 
 
 def dataset_root(data_cfg, raw_root: Path, progress: bool = True, lock_timeout_s: float = 300.0) -> Path:
