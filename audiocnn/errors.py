@@ -42,6 +42,11 @@ class DownloadError(InputError, RuntimeError):
     """A dataset download or archive failed its checks (network, checksum, unsafe member)."""
 
 
+class ArchiveLimitError(DownloadError):
+    """Extracting an archive would write more than `data.download.max_bytes` / `max_ratio` allow.
+    The archive itself is fine (it stays downloaded): the setting names what to raise."""
+
+
 class LeakageError(InputError, RuntimeError):
     """The same recording or group sits in two splits: test accuracy would be inflated."""
 

@@ -139,6 +139,13 @@ BAD = [
     (["data=esc50", "data.download.url=ftp://x"], "data.download.url=ftp://x: must be an http(s) URL"),
     (["data=esc50", "data.download.checksum=crc32:ab"], "data.download.checksum=crc32:ab: must be null or "
                                                         "'<algorithm>:<hex digest>'"),
+    (["data=esc50", "data.download.timeout_s=0"], "data.download.timeout_s=0: must be a finite positive number"),
+    (["data=esc50", "data.download.timeout_s=inf"], "data.download.timeout_s=inf: must be a finite positive number"),
+    (["data=fsdd", "data.download.max_bytes=1.5"], "data.download.max_bytes=1.5: must be a positive integer or null"),
+    (["data=gtzan", "data.download.max_bytes=-1"], "data.download.max_bytes=-1: must be a positive integer or null"),
+    (["data=esc50", "data.download.max_ratio=0"], "data.download.max_ratio=0: must be a finite positive number or "
+                                                  "null"),
+    (["data=esc50", "data.download.max_ratio=nan"], "data.download.max_ratio=nan: must be a finite positive number"),
     # evaluate
     (["evaluate.top_k=[0]"], "evaluate.top_k=[0]: must be a list of positive integers"),
     (["evaluate.top_k=3"], "evaluate.top_k=3: must be a list of positive integers"),

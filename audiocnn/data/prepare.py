@@ -25,6 +25,7 @@ from audiocnn import atomic
 from audiocnn.errors import ConfigError, EmptySplitError, LeakageError, Unusable
 from audiocnn.data import sources
 from audiocnn.data.checks import check_leakage, inspect_file, merge_duplicate_groups
+from audiocnn.data.download import dataset_root
 from audiocnn.data.names import escape_columns, slug_map
 from audiocnn.data.splits import SPLITS, grouped_stratified_split
 
@@ -130,6 +131,8 @@ def prepare(cfg: DictConfig) -> pd.DataFrame:
 def _prepare(cfg: DictConfig) -> pd.DataFrame:
     out = Path(cfg.paths.prepared)
     Path(cfg.paths.raw).mkdir(parents=True, exist_ok=True)
+    if "download" in cfg.data:  # a known dataset: fetched first, waiting up to lock_timeout_s for another fetch
+        dataset_root(cfg.data, Path(cfg.paths.raw), lock_timeout_s=float(cfg.get("lock_timeout_s", 300)))
     clips, classes = sources.collect(cfg.data, Path(cfg.paths.raw))
     kept, skipped = probe_clips(clips, classes, cfg.data.get("max_seconds", DEFAULT_MAX_SECONDS))
     # The manifest columns are there even when no clip is usable, so that case ends in EmptySplitError.
