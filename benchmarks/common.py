@@ -27,10 +27,13 @@ def commit() -> str:
     return f"commit {head}{'+changes' if dirty else ''}"
 
 
+COMMIT = commit()  # taken when the benchmark starts: the code it imported, whatever HEAD is later
+
+
 def machine() -> str:
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
     return (f"{platform.machine()}, {torch.get_num_threads()} CPU threads, {gpu}, torch {torch.__version__}, "
-            f"{commit()}")
+            f"{COMMIT}")
 
 
 def load_average() -> list[float]:
