@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test test-fast params ui install clean
+.PHONY: run test test-fast params ui figures install clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -37,6 +37,11 @@ test-fast: $(STAMP)
 UI_PORT ?= 5000
 ui: $(STAMP)
 	$(BIN)/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlflow.db -h 127.0.0.1 -p $(UI_PORT)
+
+# The pictures in docs/img/ from this checkout's `make run` outputs and a throwaway MLflow
+# server rendered by headless Chromium (tools/make_figures.py; `--no-ui` without Chromium).
+figures: $(STAMP)
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python tools/make_figures.py
 
 clean:
 	rm -rf data/raw data/prepared data/features data/models data/hydra metrics mlruns mlflow.db
