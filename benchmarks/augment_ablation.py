@@ -1,6 +1,6 @@
 """Augmentation ablation on FSDD, leave-one-speaker-out: does each augmentation help unseen speakers?
 
-    .venv/bin/python benchmarks/augment_ablation.py --fsdd-root ../shared/data/fsdd --threads 1
+    .venv/bin/python benchmarks/augment_ablation.py --fsdd-root ../free-spoken-digit-dataset --threads 1
     .venv/bin/python benchmarks/augment_ablation.py --configs none pitch_shift --folds theo   # a probe
     .venv/bin/python benchmarks/augment_ablation.py --report      # the table of the results file
 
@@ -125,7 +125,7 @@ def table(rows: list[dict], folds: list[str]) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--fsdd-root", type=Path, default=Path("../shared/data/fsdd"))
+    parser.add_argument("--fsdd-root", type=Path, default=Path("../free-spoken-digit-dataset"))
     parser.add_argument("--configs", nargs="+", default=CONFIGS)
     parser.add_argument("--folds", nargs="+", default=SPEAKERS)
     parser.add_argument("--model", default="crnn_gru")

@@ -1,6 +1,6 @@
 """Every model on the demo data and on FSDD: parameters, multiply-adds, time per epoch, accuracy.
 
-    .venv/bin/python benchmarks/model_zoo.py --fsdd-root ../shared/data/fsdd
+    .venv/bin/python benchmarks/model_zoo.py --fsdd-root ../free-spoken-digit-dataset
     .venv/bin/python benchmarks/model_zoo.py --models cnn vgg --datasets demo --max-epochs 10
 
 Each cell is the real pipeline (prepare, featurize, train with early stopping, evaluate)
@@ -50,7 +50,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", nargs="+", default=config_groups()["model"])
     parser.add_argument("--datasets", nargs="+", default=["demo", "fsdd"], choices=["demo", "fsdd"])
-    parser.add_argument("--fsdd-root", type=Path, default=Path("../shared/data/fsdd"))
+    parser.add_argument("--fsdd-root", type=Path, default=Path("../free-spoken-digit-dataset"))
     parser.add_argument("--max-epochs", type=int, default=30)
     parser.add_argument("--work", type=Path, default=Path("data/benchmarks/model_zoo"))
     args = parser.parse_args()

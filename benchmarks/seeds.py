@@ -1,6 +1,6 @@
 """The default model over 3 seeds on the demo data and on FSDD's official split, with confidence intervals.
 
-    .venv/bin/python benchmarks/seeds.py --fsdd-root ../shared/data/fsdd
+    .venv/bin/python benchmarks/seeds.py --fsdd-root ../free-spoken-digit-dataset
     .venv/bin/python benchmarks/seeds.py --datasets demo --max-epochs 10
 
 Each dataset is one `trainer.seeds=[0,1,2]` experiment (audiocnn.experiment.run_repeats):
@@ -41,7 +41,7 @@ def table(results: dict) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--datasets", nargs="+", default=["demo", "fsdd"], choices=["demo", "fsdd"])
-    parser.add_argument("--fsdd-root", type=Path, default=Path("../shared/data/fsdd"))
+    parser.add_argument("--fsdd-root", type=Path, default=Path("../free-spoken-digit-dataset"))
     parser.add_argument("--seeds", default="[0,1,2]")
     parser.add_argument("--max-epochs", type=int, default=30)
     parser.add_argument("--override", nargs="*", default=[], help="extra Hydra overrides")
