@@ -119,5 +119,5 @@ def test_every_readme_quickstart_command_runs_as_written(tmp_path):
             run_to_end(command, project, env)
 
     predictions = pd.read_csv(project / "preds.csv")
-    assert len(predictions) == 16 and set(predictions["label"]) <= {"low", "high"}
+    assert len(predictions) == 32 and set(predictions["label"]) <= {"low", "high"}
     assert list((project / "data/hydra/multirun").glob("*/*/model/model.pt")), "the sweep trained its jobs"
