@@ -101,6 +101,10 @@ def validate_model(cfg: DictConfig) -> None:
     source = cfg.model.get("init_from")
     if source and not str(source).startswith(("runs:/", "models:/")) and not Path(source).exists():
         raise ConfigError(f"model.init_from={source}: no such file or folder")
+    norm = (cfg.model.get("norm") or {}).get("type", "none")
+    if norm != "none" and cfg.features.get("top_db") is not None:
+        raise ConfigError(f"model.norm.type={norm}: needs features.top_db=null (features.top_db="
+                          f"{show(cfg.features.top_db)}): choose one input normalisation")
     specs = []
     for index, block in enumerate(cfg.model.get("blocks") or []):
         try:

@@ -200,6 +200,7 @@ BOOL = Choice((True, False))
 def rules() -> dict[str, Callable]:
     """{dotted key: rule} for every checked setting."""
     from audiocnn.data.sources import SOURCES
+    from audiocnn.models.norm import NORM_TYPES, norm_rule
     from audiocnn.training.optim import CLASS_WEIGHTS, PRECISIONS
 
     names = _list_of(Text(), "a list of distinct class names (strings)")
@@ -235,6 +236,9 @@ def rules() -> dict[str, Callable]:
         "data.min_duration": POSITIVE, "data.max_duration": POSITIVE, "data.sr": POSITIVE_INT, "data.esc10": BOOL,
         "data.split_scheme": Choice(("fault_filtered", "random")),
         "data.download.url": _url, "data.download.checksum": _checksum,
+        "model.norm.type": Choice(NORM_TYPES), "model.norm": norm_rule, "model.norm.trainable": BOOL,
+        **{f"model.norm.{k}": Number(0, 1, low_open=True) for k in ("alpha", "r", "s")},
+        **{f"model.norm.{k}": POSITIVE for k in ("delta", "eps", "min_std")},
         "tracking.uri": Text(), "tracking.experiment": Text(), "tracking.run_name": Text(null=True),
         "tracking.required": BOOL, "tracking.log_model": BOOL, "tracking.registered_model": _registered_model,
         "tracking.export_onnx": BOOL,
