@@ -202,3 +202,28 @@ def test_every_norm_option_composes_validates_and_has_a_rule_for_each_key():
         validate_config(cfg)
         assert cfg.model.norm.type == option
         assert [k for k in cfg.model.norm if f"model.norm.{k}" not in rules()] == []
+
+
+def test_on_the_fly_bin_statistics_are_those_of_the_train_clips_centred_windows(prepared_store):
+    from audiocnn.features.cqt import n_frames
+    from audiocnn.training.datamodule import WindowDataModule
+    from audiocnn.training.norm_stats import fit_bin_norm
+
+    cfg = prepared_store.copy()
+    OmegaConf.update(cfg, "features.on_the_fly", True)
+    f = cfg.features
+    model = build_model(compose_config(["model=cnn", "norm=bin_norm"]).model, 8, f.n_bins)
+    moments = fit_bin_norm(model, WindowDataModule(cfg), f)
+    manifest = pd.read_csv(Path(cfg.paths.prepared) / "manifest.csv")
+    cqt, frames = LogCQT.from_config(f), []
+    for path in manifest.loc[manifest["split"] == "train", "path"]:
+        wave = sf.read(path, dtype="float32")[0]
+        start = max(n_frames(len(wave), f.hop_length) - f.window_frames, 0) // 2 * f.hop_length
+        piece = np.zeros((f.window_frames - 1) * f.hop_length, np.float32)
+        part = wave[start: start + len(piece)]
+        piece[: len(part)] = part
+        frames.append(cqt(torch.from_numpy(piece)[None])[0].T.to(torch.float16).double().numpy())
+    frames = np.concatenate(frames)
+    assert moments.count == len(frames)
+    np.testing.assert_allclose(model.input_norm.mean.numpy(), frames.mean(axis=0), atol=1e-4)
+    np.testing.assert_allclose(model.input_norm.std.numpy(), frames.std(axis=0), atol=1e-4)
