@@ -167,6 +167,21 @@ BAD = [
     (["lock_timeout_s=-1"], "lock_timeout_s=-1: must be a finite number >= 0"),
     (["lock_timeout_s=nan"], "lock_timeout_s=nan: must be a finite number >= 0"),
     (["+tracking.colour=red"], "tracking.colour: unknown setting; allowed: experiment, export_onnx, log_model"),
+    # model.norm (conf/norm/)
+    (["norm=pcen", "model.norm.type=fancy"], "model.norm.type=fancy: allowed: none, pcen, bin_norm"),
+    (["model.norm=3"], "model.norm=3: must be a mapping with type: none, pcen or bin_norm"),
+    (["norm=pcen", "+model.norm.colour=red"], "model.norm.colour: not a setting of model.norm.type=pcen; allowed: "
+                                              "alpha, delta, r, s, eps, trainable"),
+    (["norm=bin_norm", "+model.norm.alpha=0.9"], "model.norm.alpha: not a setting of model.norm.type=bin_norm"),
+    (["norm=pcen", "model.norm.alpha=1.5"], "model.norm.alpha=1.5: must be a finite number in (0, 1]"),
+    (["norm=pcen", "model.norm.delta=0"], "model.norm.delta=0: must be a finite positive number"),
+    (["norm=pcen", "model.norm.r=nan"], "model.norm.r=nan: must be a finite number in (0, 1]"),
+    (["norm=pcen", "model.norm.s=0"], "model.norm.s=0: must be a finite number in (0, 1]"),
+    (["norm=pcen", "model.norm.eps=-1"], "model.norm.eps=-1: must be a finite positive number"),
+    (["norm=pcen", "model.norm.trainable=yes"], "model.norm.trainable=yes: allowed: true, false"),
+    (["norm=bin_norm", "model.norm.min_std=inf"], "model.norm.min_std=inf: must be a finite positive number"),
+    (["norm=pcen", "features.top_db=40"], "model.norm.type=pcen: needs features.top_db=null (features.top_db=40)"),
+    (["data=fsdd", "norm=bin_norm"], "model.norm.type=bin_norm: needs features.top_db=null"),
     # top level
     (["seed=nan"], "seed=nan: must be an integer in [0, 4294967295]"),
     (["seed=-1"], "seed=-1: must be an integer in [0, 4294967295]"),

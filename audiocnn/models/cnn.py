@@ -21,6 +21,7 @@ from torch import Tensor, nn
 
 from audiocnn.models.blocks import BlockSpec, ConvStack, peak_normalize
 from audiocnn.models.head import ClassifierHead, CQTClassifier
+from audiocnn.models.norm import input_norm
 from audiocnn.models.shapes import UNBOUNDED_TIME, trace_shapes
 
 GLOBAL_POOLS = ("avg", "max", "catavgmax", "grid")
@@ -37,6 +38,7 @@ class CNN(CQTClassifier):
         head_hidden: Sequence[int] = (),
         dropout: float = 0.3,
         top_db: float | None = None,
+        norm: Mapping[str, Any] | None = None,
     ):
         super().__init__()
         if global_pool not in GLOBAL_POOLS:
@@ -44,6 +46,7 @@ class CNN(CQTClassifier):
         self.specs = [BlockSpec.from_config(b) for b in blocks]
         trace_shapes(self.specs, (n_bins, UNBOUNDED_TIME))  # fail now if the stack collapses frequency
         self.backbone = ConvStack(self.specs)
+        self.input_norm = input_norm(norm, n_bins, top_db)  # model.norm: PCEN / per-bin (models.norm), first
         self.normalize = peak_normalize(top_db)  # (batch, 1, n_bins, frames), before the backbone
         self.global_pool = global_pool
         self.grid = nn.AdaptiveAvgPool2d(tuple(grid_size)) if global_pool == "grid" else None
@@ -52,7 +55,7 @@ class CNN(CQTClassifier):
 
     def forward_features(self, x: Tensor) -> Tensor:
         """(batch, 1, n_bins, frames) -> (batch, C, F', T') conv feature map."""
-        return self.backbone(self.normalize(x))
+        return self.backbone(self.normalize(self.input_norm(x)))
 
     def pool(self, features: Tensor) -> Tensor:
         """(batch, C, F', T') -> (batch, width) by `global_pool`."""

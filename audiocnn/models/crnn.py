@@ -20,6 +20,7 @@ from torch import Tensor, nn
 
 from audiocnn.models.blocks import BlockSpec, ConvStack, peak_normalize
 from audiocnn.models.head import ClassifierHead, CQTClassifier
+from audiocnn.models.norm import input_norm
 from audiocnn.models.shapes import UNBOUNDED_TIME, trace_shapes
 
 RNNS = {"gru": nn.GRU, "lstm": nn.LSTM}
@@ -39,6 +40,7 @@ class CRNN(CQTClassifier):
         temporal_pool: str = "mean",
         dropout: float = 0.3,
         top_db: float | None = None,
+        norm: Mapping[str, Any] | None = None,
     ):
         super().__init__()
         if rnn not in RNNS:
@@ -47,6 +49,7 @@ class CRNN(CQTClassifier):
             raise ValueError(f"model.temporal_pool={temporal_pool!r}; allowed: {', '.join(TEMPORAL_POOLS)}")
         self.specs = [BlockSpec.from_config(b) for b in blocks]
         self.backbone = ConvStack(self.specs)
+        self.input_norm = input_norm(norm, n_bins, top_db)  # model.norm: PCEN / per-bin (models.norm), first
         self.normalize = peak_normalize(top_db)  # (batch, 1, n_bins, frames), before the backbone
         out_bins = trace_shapes(self.specs, (n_bins, UNBOUNDED_TIME))[-1][0]
         self.rnn = RNNS[rnn](
@@ -65,7 +68,7 @@ class CRNN(CQTClassifier):
 
     def forward_features(self, x: Tensor) -> Tensor:
         """(batch, 1, n_bins, frames) -> (batch, C, F', T') conv feature map."""
-        return self.backbone(self.normalize(x))
+        return self.backbone(self.normalize(self.input_norm(x)))
 
     def sequence_embedding(self, features: Tensor) -> Tensor:
         """(batch, C, F', T') -> (batch, hidden * directions): the RNN over time, pooled."""

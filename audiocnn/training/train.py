@@ -39,6 +39,7 @@ from audiocnn.training import distributed, resume
 from audiocnn.training.augment import SpectrogramAugment, WaveformAugment
 from audiocnn.training.datamodule import WindowDataModule
 from audiocnn.training.module import Classifier
+from audiocnn.training.norm_stats import fit_bin_norm
 from audiocnn.training.optim import class_weights, resolve_precision
 from audiocnn.training.resume import BEST, AtomicCheckpointIO, RngState
 from audiocnn.training.transfer import freeze, load_matching
@@ -215,6 +216,7 @@ def train(cfg: DictConfig, run_name_suffix: str = "") -> dict:
     model = build_model(cfg.model, len(data.classes), cfg.features.n_bins, cfg.features.get("top_db"))
     transfer = initial_weights(cfg, model) if start.ckpt is None else None  # else the checkpoint has them
     freeze(model, cfg.model.get("freeze", "none"))
+    fit_bin_norm(model, data, cfg.features)  # model.norm.type=bin_norm: the train split's per-bin mean and std
     if not main:
         fit(cfg, model, data, out, None, start)
         return {}

@@ -8,7 +8,8 @@ from pathlib import Path
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from audiocnn.errors import ConfigError
-from audiocnn.validation.rules import Choice, Number, rules, show
+from audiocnn.validation.kinds import Choice, Number, show
+from audiocnn.validation.rules import rules
 
 
 def validate_features(cfg: DictConfig) -> None:
@@ -101,6 +102,10 @@ def validate_model(cfg: DictConfig) -> None:
     source = cfg.model.get("init_from")
     if source and not str(source).startswith(("runs:/", "models:/")) and not Path(source).exists():
         raise ConfigError(f"model.init_from={source}: no such file or folder")
+    norm = (cfg.model.get("norm") or {}).get("type", "none")
+    if norm != "none" and cfg.features.get("top_db") is not None:
+        raise ConfigError(f"model.norm.type={norm}: needs features.top_db=null (features.top_db="
+                          f"{show(cfg.features.top_db)}): choose one input normalisation")
     specs = []
     for index, block in enumerate(cfg.model.get("blocks") or []):
         try:

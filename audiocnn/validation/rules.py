@@ -1,6 +1,6 @@
 """One rule per setting: `rules()` maps each dotted key to a check, `check_rules` applies them all.
 
-A rule is a callable `value -> None | what is allowed` (`Number`, `Choice`, `Text`, or a function
+A rule is a callable `value -> None | what is allowed` (`Number`, `Choice`, `Text` from `kinds`, or a function
 for lists and mappings; one that checks a mapping raises `ConfigError` naming the key inside it
 itself); `check_rules` turns a problem into `ConfigError("<key>=<value>: <what is
 allowed>")`, refuses keys of `CHECKED_GROUPS` that have no rule, and a missing key a stage reads
@@ -9,99 +9,16 @@ without a default. See `audiocnn.validation` for what is checked elsewhere.
 
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass
 from typing import Callable
 
-from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf
 
 from audiocnn.errors import ConfigError, DownloadError
-
-SEED_MAX = 2**32 - 1  # numpy and Lightning seeds are unsigned 32-bit integers
+from audiocnn.validation.kinds import (BOOL, COUNT, FRACTION, POSITIVE, POSITIVE_INT, SEED, SEED_MAX, Choice,
+                                       Number, Text, _list_of, show)
 # Lightning strategies the train stage supports: ddp re-runs the command once per extra process
 # (audiocnn.training.distributed); ddp_spawn would pickle the data module into its processes.
 STRATEGIES = ("auto", "ddp", "ddp_find_unused_parameters_true")
-
-
-def show(value) -> str:
-    """A value as the user would write it on the command line."""
-    if isinstance(value, (DictConfig, ListConfig)):
-        value = OmegaConf.to_container(value, resolve=True)
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return str(value).lower()
-    return str(value)
-
-
-@dataclass(frozen=True)
-class Number:
-    """A finite number (an `int` when `integer`) in [low, high] (open ends where said); null if `null`."""
-    low: float | None = None
-    high: float | None = None
-    low_open: bool = False
-    high_open: bool = False
-    integer: bool = False
-    null: bool = False
-
-    def allowed(self) -> str:
-        kind = "an integer" if self.integer else "a finite number"
-        if self.low == 0 and self.low_open and self.high is None:
-            text = "a positive integer" if self.integer else "a finite positive number"
-        elif self.high is None:
-            text = f"{kind} >= {self.low}" if self.low is not None else kind
-        else:
-            text = f"{kind} in {'(' if self.low_open else '['}{self.low}, {self.high}{')' if self.high_open else ']'}"
-        return f"must be {text}" + (" or null" if self.null else "")
-
-    def __call__(self, value) -> str | None:
-        if value is None and self.null:
-            return None
-        ok = isinstance(value, int if self.integer else (int, float)) and not isinstance(value, bool)
-        ok = ok and math.isfinite(value)
-        if ok and self.low is not None:
-            ok = value > self.low if self.low_open else value >= self.low
-        if ok and self.high is not None:
-            ok = value < self.high if self.high_open else value <= self.high
-        return None if ok else self.allowed()
-
-
-@dataclass(frozen=True)
-class Choice:
-    """One of `values` (compared with their type: 1 is not true); `text`: compared as strings."""
-    values: tuple
-    text: bool = False
-
-    def __call__(self, value) -> str | None:
-        if self.text and not isinstance(value, (bool, DictConfig, ListConfig)):
-            ok = str(value) in self.values
-        else:
-            ok = any(value == v and type(value) is type(v) for v in self.values)
-        return None if ok else f"allowed: {', '.join(show(v) for v in self.values)}"
-
-
-@dataclass(frozen=True)
-class Text:
-    """A non-empty string (null too when `null`)."""
-    null: bool = False
-
-    def __call__(self, value) -> str | None:
-        if (value is None and self.null) or (isinstance(value, str) and value.strip()):
-            return None
-        return "must be a non-empty string" + (" or null" if self.null else "")
-
-
-def _list_of(check: Callable, what: str, distinct: bool = True, null: bool = True, empty: bool = False):
-    """A list whose items pass `check` (distinct unless told), or null."""
-    def rule(value) -> str | None:
-        if value is None and null:
-            return None
-        items = list(value) if isinstance(value, (list, ListConfig)) else None
-        if items is None or (not items and not empty) or any(check(i) for i in items) or (
-                distinct and len({show(i) for i in items}) != len(items)):
-            return f"must be {what}" + (" or null" if null else "")
-        return None
-    return rule
 
 
 def _devices(value) -> str | None:
@@ -189,17 +106,10 @@ def _checksum(value) -> str | None:
     return None
 
 
-POSITIVE = Number(0, low_open=True)
-POSITIVE_INT = Number(0, low_open=True, integer=True)
-COUNT = Number(0, integer=True)
-SEED = Number(0, SEED_MAX, integer=True)
-FRACTION = Number(0, 1, low_open=True, high_open=True)
-BOOL = Choice((True, False))
-
-
 def rules() -> dict[str, Callable]:
     """{dotted key: rule} for every checked setting."""
     from audiocnn.data.sources import SOURCES
+    from audiocnn.models.norm import NORM_TYPES, norm_rule
     from audiocnn.training.optim import CLASS_WEIGHTS, PRECISIONS
 
     names = _list_of(Text(), "a list of distinct class names (strings)")
@@ -237,6 +147,9 @@ def rules() -> dict[str, Callable]:
         "data.download.url": _url, "data.download.checksum": _checksum, "data.download.timeout_s": POSITIVE,
         "data.download.max_bytes": Number(0, low_open=True, integer=True, null=True),
         "data.download.max_ratio": Number(0, low_open=True, null=True),
+        "model.norm.type": Choice(NORM_TYPES), "model.norm": norm_rule, "model.norm.trainable": BOOL,
+        **{f"model.norm.{k}": Number(0, 1, low_open=True) for k in ("alpha", "r", "s")},
+        **{f"model.norm.{k}": POSITIVE for k in ("delta", "eps", "min_std")},
         "tracking.uri": Text(), "tracking.experiment": Text(), "tracking.run_name": Text(null=True),
         "tracking.required": BOOL, "tracking.log_model": BOOL, "tracking.registered_model": _registered_model,
         "tracking.export_onnx": BOOL,
