@@ -103,7 +103,8 @@ class SweepParentRun(Callback):
         self.run_id = run.info.run_id
         os.environ[tracking.PARENT_RUN_ENV] = self.run_id
         atexit.register(self._end, "FAILED")  # a sweep that dies before on_multirun_end
-        print(f"sweep: MLflow parent run {self.run_id} ({name}) in {tracking.redact(uri)}")
+        print(f"sweep: MLflow parent run {self.run_id} ({name}) in {tracking.redact(uri)}"
+              + (f"; in the UI: {url}" if (url := tracking.ui_url(uri, self.experiment_id, self.run_id)) else ""))
         atomic.write_json(Path(config.hydra.sweep.dir) / STATE_FILE, {"parent_run_id": self.run_id,
                                                                       "overrides": overrides})
 

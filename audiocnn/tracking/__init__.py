@@ -36,8 +36,12 @@ FAILURE_TAG = "audiocnn.failure"  # why a FAILED run failed: the error's type an
 # A run opened while this is set becomes a child of that run (sweeps, folds, seeds).
 PARENT_RUN_ENV = "AUDIOCNN_PARENT_RUN_ID"
 LOCAL_STORE = "sqlite:///mlflow.db"
-# The experiment tag that makes the MLflow UI (3.x) open an experiment in its model-training view, not GenAI's.
+# The experiment tag that says it is model training (MLflow's own kinds), and the query that opens the
+# MLflow 3.17 UI in its model-training view: that UI takes the view from the URL (else the last one
+# chosen, GenAI at first), not from the tag. MLflow's own "View run at" links, which lack it, are not printed.
 EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")
+UI_VIEW = "workflowType=machine_learning"
+SUPPRESS_MLFLOW_URLS = "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"
 __all__ = ["HEALTH_TIMEOUT_S", "HYDRA_OVERRIDES_ENV", "git_commit", "hydra_overrides", "log_dataset", "run_tags",
            "server_problem", "source_tags", "TrackingUnavailable"]
 _checked: dict[str, str] = {}  # server URI -> URI actually used, so a process checks a server once
@@ -126,6 +130,15 @@ def default_run_name(cfg: DictConfig, suffix: str = "", kind: str = "") -> str:
     return run_name(cfg.model.name, cfg.data.name, suffix, kind)
 
 
+def ui_url(uri: str, experiment_id: str, run_id: str | None = None) -> str | None:
+    """The MLflow UI page of an experiment (or one of its runs) on an http(s) server, in its
+    model-training view, without credentials; None for other stores."""
+    if not uri.startswith(("http://", "https://")):
+        return None
+    page = f"{redact(uri).rstrip('/')}/#/experiments/{experiment_id}" + (f"/runs/{run_id}" if run_id else "")
+    return f"{page}?{UI_VIEW}"
+
+
 def _use_experiment(name: str, uri: str) -> None:
     """Select experiment `name`, creating it if needed. In a local SQLite store its artifacts go
     next to the database file (`<db folder>/mlruns`), not under whatever the working directory is.
@@ -145,6 +158,7 @@ def configure(cfg: DictConfig) -> str:
     """Point MLflow at the store and experiment of `cfg`; runs of this experiment that a dead
     process of this host left RUNNING are marked KILLED (`owners.reap`)."""
     uri = ensure_available(cfg)
+    os.environ.setdefault(SUPPRESS_MLFLOW_URLS, "true")  # see UI_VIEW
     user_setting = os.environ.get("MLFLOW_TRACKING_URI")
     mlflow.set_tracking_uri(uri)
     # mlflow.set_tracking_uri also exports MLFLOW_TRACKING_URI; undo that, or it would pass for

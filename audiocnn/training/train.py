@@ -243,4 +243,7 @@ def train(cfg: DictConfig, run_name_suffix: str = "") -> dict:
         resume.finish(cfg, out, run_id)
     print(f"train: best val_loss {summary['best_val_loss']:.4f}, val_acc {summary['best_val_acc']:.4f} "
           f"after {summary['epochs']} epochs; MLflow run {summary['run_id']} ({name})")
+    url = tracking.ui_url(summary["tracking_uri"], summary["experiment_id"], summary["run_id"])
+    if url:
+        print(f"train: in the MLflow UI: {url}")
     return summary
