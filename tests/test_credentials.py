@@ -59,6 +59,7 @@ def _train(overrides: list[str], run_dir: Path) -> subprocess.CompletedProcess:
                           env={**env, "PYTHONPATH": str(REPO)}, capture_output=True, text=True, timeout=600)
 
 
+@pytest.mark.slow  # a training through the entry point, logged to a real server
 def test_a_run_logged_to_a_basic_auth_server_records_no_credential(auth_server, prepared_store, tmp_path):
     uri = f"http://admin:{PASSWORD}@{auth_server}"
     overrides = _overrides(tmp_path, prepared_store, uri, f"+deploy.api_token={TOKEN}",
@@ -116,3 +117,17 @@ def test_the_entrypoint_refuses_wrong_credentials_before_any_work(auth_server, p
                            "refused (HTTP 401)"), last
     assert PASSWORD not in result.stdout + result.stderr
     assert not (tmp_path / "models").exists()
+
+
+def test_after_the_check_the_uri_is_used_without_its_user_info(auth_server, tmp_path, monkeypatch):
+    """Whatever prints or records MLflow's tracking URI later (MLflow itself, Lightning) sees no password."""
+    import mlflow
+
+    for variable in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"):
+        monkeypatch.delenv(variable, raising=False)  # put back afterwards
+    monkeypatch.setattr(tracking, "_checked", {})
+    cfg = tiny_config(tmp_path, f"tracking.uri=http://admin:{PASSWORD}@{auth_server}")
+    assert tracking.configure(cfg) == f"http://{auth_server}" == tracking.tracking_uri(cfg)
+    assert PASSWORD not in mlflow.get_tracking_uri()
+    assert os.environ["MLFLOW_TRACKING_PASSWORD"] == PASSWORD  # what the client sends instead
+    assert MlflowClient().get_experiment_by_name(cfg.tracking.experiment) is not None

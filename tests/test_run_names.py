@@ -56,3 +56,18 @@ def test_redaction_of_uris_and_secret_settings():
         "tracking.uri=http://***@h +db.PASSWORD=*** optimizer.lr=1"
     flat = tracking.flatten_config(compose_config(["tracking.uri=http://admin:hunter2@h:5000", "+deploy.api_token=t0k"]))
     assert flat["tracking.uri"] == "http://***@h:5000" and flat["deploy.api_token"] == "***"
+
+
+def test_a_failure_reason_holding_credentials_is_recorded_redacted(tmp_path):
+    import mlflow
+    import pytest
+
+    from tests.conftest import tiny_config
+
+    cfg = tiny_config(tmp_path)
+    with pytest.raises(RuntimeError):
+        with tracking.open_run(cfg, run_name="leaky") as run:
+            raise RuntimeError("upload to https://bot:hunter2@store.example/x failed")
+    tags = mlflow.MlflowClient(tracking_uri=cfg.tracking.uri).get_run(run.info.run_id).data.tags
+    assert tags[tracking.FAILURE_TAG] == "RuntimeError: upload to https://***@store.example/x failed"
+    assert "hunter2" not in tags["audiocnn.end_reason"]

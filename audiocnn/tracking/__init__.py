@@ -25,6 +25,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from audiocnn.errors import TrackingUnavailable
 from audiocnn.tracking import owners
+# Re-exported: callers use tracking.server_problem, .run_tags, .log_dataset, .redact, ...
 from audiocnn.tracking.health import CREDENTIALS, HEALTH_TIMEOUT_S, carry_credentials, server_problem
 from audiocnn.tracking.lineage import (HYDRA_OVERRIDES_ENV, git_commit, hydra_overrides, log_dataset,
                                        run_tags, source_tags)
@@ -42,8 +43,6 @@ LOCAL_STORE = "sqlite:///mlflow.db"
 EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")
 UI_VIEW = "workflowType=machine_learning"
 SUPPRESS_MLFLOW_URLS = "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"
-__all__ = ["HEALTH_TIMEOUT_S", "HYDRA_OVERRIDES_ENV", "git_commit", "hydra_overrides", "log_dataset", "run_tags",
-           "server_problem", "source_tags", "TrackingUnavailable"]
 _checked: dict[str, str] = {}  # server URI -> URI actually used, so a process checks a server once
 
 
