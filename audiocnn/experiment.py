@@ -141,6 +141,7 @@ def run_repeats(cfg: DictConfig, steps: tuple[str, ...] = ("train", "evaluate"),
                 print(f"repeats: {variant.label} ({number}/{len(todo)})")
                 single = repeats.variant_config(cfg, variant)
                 if "train" in steps:
+                    single.tracking.run_name = repeats.variant_run_name(cfg, variant, run_name_suffix)
                     summary = train_model(single, run_name_suffix=run_name_suffix, skip_finished=True)
                 else:
                     summary = json.loads((Path(single.paths.models) / "run.json").read_text())

@@ -87,8 +87,13 @@ def variant_config(cfg: DictConfig, variant: Variant) -> DictConfig:
 
 
 def parent_run_name(cfg: DictConfig, suffix: str = "") -> str:
-    kind = "cv" if cfg.data.get("protocol") == "cv" else "seeds"
-    return f"{tracking.default_run_name(cfg, suffix)}-{kind}"
+    """`<model>-<data>[-<what the overrides change>]-cv` (or `-seeds`; `tracking.default_run_name`)."""
+    return tracking.default_run_name(cfg, suffix, "cv" if cfg.data.get("protocol") == "cv" else "seeds")
+
+
+def variant_run_name(cfg: DictConfig, variant: Variant, suffix: str = "") -> str:
+    """A variant's run name: its parent's without the `-cv`, then its label (`...-fold-3-seed-1`)."""
+    return tracking.default_run_name(cfg, suffix, variant.label)
 
 
 def start(cfg: DictConfig, todo: list[Variant], run_name_suffix: str = "") -> str:

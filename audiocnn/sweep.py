@@ -27,7 +27,7 @@ from omegaconf import DictConfig
 
 from audiocnn import atomic, tracking
 from audiocnn.errors import ConfigError
-from audiocnn.tracking import owners
+from audiocnn.tracking import names, owners
 
 RANK_METRIC = "best_val_acc"
 STATE_FILE = "sweep.json"  # in hydra.sweep.dir: the parent run, for a rerun into the same folder
@@ -90,22 +90,21 @@ class SweepParentRun(Callback):
 
         self.client = MlflowClient(tracking_uri=uri)
         self.experiment_id = mlflow.get_experiment_by_name(config.tracking.experiment).experiment_id
-        overrides = " ".join(config.hydra.overrides.task)
+        overrides = names.redact_overrides(config.hydra.overrides.task)
         if self._resume(config, overrides, uri):
             return
-        tags = {**owners.owner_tags(), "data": config.data.name, "sweep": "true", "hydra.overrides": overrides,
-                "hydra.hydra_overrides": " ".join(config.hydra.overrides.hydra),
+        tags = {**owners.owner_tags(), **tracking.source_tags(), "data": config.data.name, "sweep": "true",
+                "hydra.overrides": overrides,
+                "hydra.hydra_overrides": names.redact_overrides(config.hydra.overrides.hydra),
                 "hydra.sweeper": config.hydra.sweeper._target_.rsplit(".", 1)[-1],
                 "hydra.launcher": config.hydra.launcher._target_.rsplit(".", 1)[-1]}
-        commit = tracking.git_commit()
-        if commit:
-            tags["mlflow.source.git.commit"] = commit
         name = f"sweep-{config.data.name}-{time.strftime('%Y%m%d-%H%M%S')}"
         run = self.client.create_run(self.experiment_id, run_name=name, tags=tags)
         self.run_id = run.info.run_id
         os.environ[tracking.PARENT_RUN_ENV] = self.run_id
         atexit.register(self._end, "FAILED")  # a sweep that dies before on_multirun_end
-        print(f"sweep: MLflow parent run {self.run_id} ({name}) in {uri}")
+        print(f"sweep: MLflow parent run {self.run_id} ({name}) in {tracking.redact(uri)}"
+              + (f"; in the UI: {url}" if (url := tracking.ui_url(uri, self.experiment_id, self.run_id)) else ""))
         atomic.write_json(Path(config.hydra.sweep.dir) / STATE_FILE, {"parent_run_id": self.run_id,
                                                                       "overrides": overrides})
 
@@ -121,7 +120,7 @@ class SweepParentRun(Callback):
         self.run_id = state["parent_run_id"]
         os.environ[tracking.PARENT_RUN_ENV] = self.run_id
         atexit.register(self._end, "FAILED")
-        print(f"sweep: resuming MLflow parent run {self.run_id} in {uri}")
+        print(f"sweep: resuming MLflow parent run {self.run_id} in {tracking.redact(uri)}")
         return True
 
     def on_multirun_end(self, config: DictConfig, **kwargs) -> None:

@@ -127,7 +127,7 @@ def test_a_sweep_of_ddp_jobs_has_one_folder_and_one_run_per_job_not_per_process(
     assert len(children) == 2 and {c.info.status for c in children} == {"FINISHED"}
     assert {c.data.tags["hydra.overrides"] for c in children} == {
         " ".join(["model=cnn", f"optimizer.lr={lr}", *DDP, *FAST]) for lr in ("0.001", "0.0003")}
-    assert all(c.info.run_name.startswith("cnn-demo-optimizer.lr=") for c in children)
+    assert all(c.info.run_name.startswith("cnn-demo-lr=") for c in children)
     assert all("test_accuracy" in c.data.metrics for c in children)
     client = MlflowClient(tracking_uri=f"sqlite:///{project / 'mlflow.db'}")
     every = client.search_runs([parent.info.experiment_id], filter_string="tags.`hydra.overrides` LIKE '%strategy=ddp%'")

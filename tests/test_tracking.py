@@ -123,7 +123,7 @@ def test_run_tags_name_data_model_and_manifest(tmp_path):
 
     assert tracking.run_tags(cfg)["data.manifest_md5"] == hashlib.md5(manifest.read_bytes()).hexdigest()
     assert tracking.default_run_name(cfg) == f"{cfg.model.name}-demo"
-    assert tracking.default_run_name(cfg, "lr0.1") == f"{cfg.model.name}-demo-lr0.1"
+    assert tracking.default_run_name(cfg, "optimizer.lr=0.1") == f"{cfg.model.name}-demo-lr=0.1"
 
 
 def free_port() -> int:

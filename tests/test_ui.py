@@ -1,6 +1,7 @@
 """The MLflow UI end to end: a real `mlflow server` on loopback (SQLite + artifacts folder),
 a short training logged to it through MLFLOW_TRACKING_URI, and the UI rendered by headless
-Chromium showing the run and its metrics. Skipped (saying why) when Chromium is not installed
+Chromium showing the run and its metrics, and in the runs table its name, Dataset, Source and
+Models columns, in the model-training view that the URL audiocnn prints opens. Skipped (saying why) when Chromium is not installed
 (Debian: `apt-get install chromium`; .ci/run installs it)."""
 
 from __future__ import annotations
@@ -46,7 +47,7 @@ def rendered(url: str, profile: Path) -> str:
     result = subprocess.run(
         [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
          "--disable-component-update", "--disable-sync", f"--user-data-dir={profile}",
-         "--virtual-time-budget=15000", "--dump-dom", url],
+         "--virtual-time-budget=15000", "--window-size=2400,1200", "--dump-dom", url],  # wide: every column drawn
         capture_output=True, text=True, timeout=180)
     assert result.returncode == 0, result.stderr[-2000:]
     return result.stdout
@@ -54,7 +55,7 @@ def rendered(url: str, profile: Path) -> str:
 
 @pytest.mark.skipif(CHROMIUM is None, reason="Chromium not installed (apt-get install chromium): "
                                               "the MLflow UI cannot be rendered")
-def test_a_run_logged_to_a_server_shows_in_the_mlflow_ui(server, prepared_store, tmp_path, monkeypatch):
+def test_a_run_logged_to_a_server_shows_in_the_mlflow_ui(server, prepared_store, tmp_path, monkeypatch, capsys):
     from mlflow import MlflowClient
 
     from audiocnn.evaluation.evaluate import evaluate
@@ -62,9 +63,11 @@ def test_a_run_logged_to_a_server_shows_in_the_mlflow_ui(server, prepared_store,
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", server)
     cfg = tiny_config(tmp_path, f"paths.prepared={prepared_store.paths.prepared}",
-                      f"paths.features={prepared_store.paths.features}", "tracking.run_name=ui-check-crnn")
-    summary = train(cfg)
+                      f"paths.features={prepared_store.paths.features}", "tracking.log_model=true",
+                      "tracking.export_onnx=false", "tracking.registered_model=null")
+    summary = train(cfg, run_name_suffix=f"optimizer.lr=0.002,paths.models={tmp_path}/models")
     evaluate(cfg)
+    printed = capsys.readouterr().out
     assert summary["tracking_uri"] == server
     run = MlflowClient(tracking_uri=server).get_run(summary["run_id"])
     assert run.info.status == "FINISHED" and "test_accuracy" in run.data.metrics
@@ -72,7 +75,16 @@ def test_a_run_logged_to_a_server_shows_in_the_mlflow_ui(server, prepared_store,
 
     experiment = f"{server}/#/experiments/{summary['experiment_id']}"
     table = rendered(f"{experiment}/runs", tmp_path / "chromium-1")
-    assert "ui-check-crnn" in table
+    assert summary["run_name"] == "crnn_gru-demo-lr=0.002" and summary["run_name"] in table  # no path in it
+    tags = run.data.tags
+    assert f"demo ({run.inputs.dataset_inputs[0].dataset.digest}" in table  # Dataset: name (digest)
+    assert Path(tags["mlflow.source.name"]).name in table  # Source
+    assert summary["model_uri"].removeprefix("models:/") in table  # Models: the logged model, linked
+    # The URL train prints opens the model-training view (its nav has the model registry, not GenAI's judges).
+    url = f"{experiment}/runs/{summary['run_id']}?workflowType=machine_learning"
+    assert f"train: in the MLflow UI: {url}" in printed and "View run" not in printed
+    view = rendered(url.replace(f"/runs/{summary['run_id']}", "/runs"), tmp_path / "chromium-3")
+    assert "Model registry" in view and "Judges" not in view and "Judges" in table
     page = rendered(f"{experiment}/runs/{summary['run_id']}", tmp_path / "chromium-2")
     for metric in ("val_acc", "val_loss", "train_loss", "best_val_acc", "test_accuracy"):
         assert metric in page, f"{metric} not in the run page"

@@ -4,7 +4,10 @@ Default store: `sqlite:///mlflow.db` at the repository root (`tracking.uri`);
 `MLFLOW_TRACKING_URI` overrides it. A server that does not answer stops a stage before
 any work, unless `tracking.required=false` (then the local store is used, and said so).
 A run records the flattened resolved config as params; the git commit, the manifest
-checksum, the DVC experiment and the Hydra overrides as tags. Runs nest under a parent
+checksum, the DVC experiment and the Hydra overrides as tags (`lineage`), the manifest as its
+dataset. Credentials never are: URIs lose their user info and secret settings their value
+(`names`) in params, tags, run names and messages; run names say briefly what differs (`names`).
+The experiment opens in the MLflow UI's model-training view (`EXPERIMENT_KIND`). Runs nest under a parent
 (a Hydra sweep's) given by `parent_run_id` or `AUDIOCNN_PARENT_RUN_ID`.
 Every run records the process that owns it while it is RUNNING (`owners`); opening the store
 (`configure`) marks KILLED the RUNNING runs whose process on this host is gone.
@@ -12,11 +15,7 @@ Every run records the process that owns it while it is RUNNING (`owners`); openi
 
 from __future__ import annotations
 
-import hashlib
 import os
-import subprocess
-import urllib.error
-import urllib.request
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
@@ -26,16 +25,24 @@ from omegaconf import DictConfig, OmegaConf
 
 from audiocnn.errors import TrackingUnavailable
 from audiocnn.tracking import owners
+# Re-exported: callers use tracking.server_problem, .run_tags, .log_dataset, .redact, ...
+from audiocnn.tracking.health import CREDENTIALS, HEALTH_TIMEOUT_S, carry_credentials, server_problem
+from audiocnn.tracking.lineage import (HYDRA_OVERRIDES_ENV, git_commit, hydra_overrides, log_dataset,
+                                       run_tags, source_tags)
+from audiocnn.tracking.names import redact, redact_setting, run_name
 
 MAX_PARAM_LENGTH = 6000  # MLflow's limit on a param value
 MAX_TAG_LENGTH = 5000  # and on a tag value
 FAILURE_TAG = "audiocnn.failure"  # why a FAILED run failed: the error's type and first line
 # A run opened while this is set becomes a child of that run (sweeps, folds, seeds).
 PARENT_RUN_ENV = "AUDIOCNN_PARENT_RUN_ID"
-# A Hydra job's overrides, for the train stage it runs in processes of its own (DDP, `experiment`).
-HYDRA_OVERRIDES_ENV = "AUDIOCNN_HYDRA_OVERRIDES"
 LOCAL_STORE = "sqlite:///mlflow.db"
-HEALTH_TIMEOUT_S = 5.0
+# The experiment tag that says it is model training (MLflow's own kinds), and the query that opens the
+# MLflow 3.17 UI in its model-training view: that UI takes the view from the URL (else the last one
+# chosen, GenAI at first), not from the tag. MLflow's own "View run at" links, which lack it, are not printed.
+EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")
+UI_VIEW = "workflowType=machine_learning"
+SUPPRESS_MLFLOW_URLS = "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"
 _checked: dict[str, str] = {}  # server URI -> URI actually used, so a process checks a server once
 
 
@@ -53,52 +60,53 @@ def _anchor(uri: str) -> str:
     return uri
 
 
-def tracking_uri(cfg: DictConfig) -> str:
+def _configured_uri(cfg: DictConfig) -> str:
     return _anchor(os.environ.get("MLFLOW_TRACKING_URI") or cfg.tracking.uri)
 
 
-def server_problem(uri: str, timeout: float = HEALTH_TIMEOUT_S) -> str | None:
-    """Why the MLflow server at an http(s) `uri` cannot be used (None if it answers `/health`)."""
-    if not uri.startswith(("http://", "https://")):
-        return None
-    try:
-        with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=timeout) as response:
-            return None if response.status == 200 else f"/health answered HTTP {response.status}"
-    except urllib.error.HTTPError as error:
-        return f"/health answered HTTP {error.code}"
-    except (urllib.error.URLError, OSError) as error:
-        return str(getattr(error, "reason", error))
+def tracking_uri(cfg: DictConfig) -> str:
+    """The tracking URI of `cfg`: once `ensure_available` checked it, the one it uses (credentials moved
+    to the environment, `health.carry_credentials`; or the local store it fell back to)."""
+    uri = _configured_uri(cfg)
+    return _checked.get(uri, uri)
 
 
 def ensure_available(cfg: DictConfig) -> str:
     """The tracking URI to use, checked before any work.
 
+    A URI with user info (`http://user:password@host`) is used without it, the credentials moved to
+    MLFLOW_TRACKING_USERNAME / _PASSWORD, where the client (and the processes this one starts) read
+    them: MLflow prints the URI of every run it ends, and nothing may print the password.
     An unreachable server raises `TrackingUnavailable` (one line: URI, reason, what to do),
     or with `tracking.required=false` switches this process to the local store: the
     config's own `tracking.uri` when that is not a server, else `sqlite:///mlflow.db`.
     """
-    uri = tracking_uri(cfg)
+    uri = _configured_uri(cfg)
     if uri in _checked:
         return _checked[uri]
     problem = server_problem(uri)
     if problem is None:
-        _checked[uri] = uri
-        return uri
+        _checked[uri] = carry_credentials(uri)
+        return _checked[uri]
     own = cfg.tracking.uri
     fallback = _anchor(own if not own.startswith(("http://", "https://")) else LOCAL_STORE)
+    if cfg.tracking.get("required", True) and problem.startswith(CREDENTIALS):
+        raise TrackingUnavailable(redact(f"tracking.uri={uri}: MLflow tracking server: {problem}; fix them, or "
+                                         f"set tracking.required=false to log to {fallback}"))
     if cfg.tracking.get("required", True):
-        raise TrackingUnavailable(
+        raise TrackingUnavailable(redact(
             f"tracking.uri={uri}: MLflow tracking server not reachable ({problem}); start it, fix "
-            f"MLFLOW_TRACKING_URI / tracking.uri, or set tracking.required=false to log to {fallback}")
-    print(f"tracking: {uri} is not reachable ({problem}); tracking.required=false: logging to the local "
-          f"store {fallback} instead")
+            f"MLFLOW_TRACKING_URI / tracking.uri, or set tracking.required=false to log to {fallback}"))
+    print(redact(f"tracking: {uri} is not reachable ({problem}); tracking.required=false: logging to the "
+                 f"local store {fallback} instead"))
     os.environ["MLFLOW_TRACKING_URI"] = fallback  # every later step of this process (Lightning's logger too)
     _checked[uri] = _checked[fallback] = fallback
     return fallback
 
 
 def flatten_config(cfg: DictConfig) -> dict[str, str]:
-    """{"model.blocks": "[...]", "optimizer.lr": "0.001", ...}: dotted keys, lists kept whole."""
+    """{"model.blocks": "[...]", "optimizer.lr": "0.001", ...}: dotted keys, lists kept whole; no
+    credentials (`names.redact_setting`: `tracking.uri=http://***@host`, `x.password=***`)."""
     flat: dict[str, str] = {}
 
     def walk(node, prefix: str) -> None:
@@ -106,41 +114,50 @@ def flatten_config(cfg: DictConfig) -> dict[str, str]:
             for key, value in node.items():
                 walk(value, f"{prefix}{key}.")
         else:
-            flat[prefix[:-1]] = str(node)[:MAX_PARAM_LENGTH]
+            flat[prefix[:-1]] = redact_setting(prefix[:-1], str(node))[:MAX_PARAM_LENGTH]
 
     walk(OmegaConf.to_container(cfg, resolve=True), "")
     return flat
 
 
-def git_commit() -> str | None:
-    try:
-        return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True,
-                              timeout=10).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
+def default_run_name(cfg: DictConfig, suffix: str = "", kind: str = "") -> str:
+    """`tracking.run_name`, else `<model>-<data>[-<what the overrides `suffix` change>][-<kind>]`
+    (`names.run_name`: short, no paths, URIs or credentials), so runs are told apart in the MLflow UI."""
+    given = cfg.tracking.get("run_name")
+    if given:
+        return redact(f"{given}-{kind}" if kind else given)
+    return run_name(cfg.model.name, cfg.data.name, suffix, kind)
+
+
+def ui_url(uri: str, experiment_id: str, run_id: str | None = None) -> str | None:
+    """The MLflow UI page of an experiment (or one of its runs) on an http(s) server, in its
+    model-training view, without credentials; None for other stores."""
+    if not uri.startswith(("http://", "https://")):
         return None
-
-
-def default_run_name(cfg: DictConfig, suffix: str = "") -> str:
-    """`<model>-<data>[-<overrides>]`, so runs are told apart in the MLflow UI table."""
-    return cfg.tracking.get("run_name") or "-".join(p for p in (cfg.model.name, cfg.data.name, suffix) if p)
+    page = f"{redact(uri).rstrip('/')}/#/experiments/{experiment_id}" + (f"/runs/{run_id}" if run_id else "")
+    return f"{page}?{UI_VIEW}"
 
 
 def _use_experiment(name: str, uri: str) -> None:
     """Select experiment `name`, creating it if needed. In a local SQLite store its artifacts go
-    next to the database file (`<db folder>/mlruns`), not under whatever the working directory is."""
+    next to the database file (`<db folder>/mlruns`), not under whatever the working directory is.
+    An experiment without `mlflow.experimentKind` gets `EXPERIMENT_KIND` (the model-training view)."""
     if uri.startswith("sqlite:///") and mlflow.get_experiment_by_name(name) is None:
         artifacts = Path(uri.removeprefix("sqlite:///")).parent / "mlruns"
         try:
             mlflow.create_experiment(name, artifact_location=artifacts.as_uri())
         except mlflow.exceptions.MlflowException:
             pass  # created meanwhile by a parallel job
-    mlflow.set_experiment(name)
+    experiment = mlflow.set_experiment(name)
+    if EXPERIMENT_KIND[0] not in experiment.tags:
+        mlflow.MlflowClient().set_experiment_tag(experiment.experiment_id, *EXPERIMENT_KIND)
 
 
 def configure(cfg: DictConfig) -> str:
     """Point MLflow at the store and experiment of `cfg`; runs of this experiment that a dead
     process of this host left RUNNING are marked KILLED (`owners.reap`)."""
     uri = ensure_available(cfg)
+    os.environ.setdefault(SUPPRESS_MLFLOW_URLS, "true")  # see UI_VIEW
     user_setting = os.environ.get("MLFLOW_TRACKING_URI")
     mlflow.set_tracking_uri(uri)
     # mlflow.set_tracking_uri also exports MLFLOW_TRACKING_URI; undo that, or it would pass for
@@ -151,7 +168,8 @@ def configure(cfg: DictConfig) -> str:
     try:
         owners.reap(mlflow.MlflowClient(), mlflow.get_experiment_by_name(cfg.tracking.experiment).experiment_id)
     except mlflow.exceptions.MlflowException as error:  # never a reason to stop a stage
-        print(f"tracking: could not look for runs left RUNNING by dead processes ({str(error).splitlines()[0]})")
+        print(redact(f"tracking: could not look for runs left RUNNING by dead processes "
+                     f"({str(error).splitlines()[0]})"))
     return uri
 
 
@@ -200,8 +218,8 @@ def open_run(cfg: DictConfig, *, run_id: str | None = None, run_name: str | None
         try:
             yield run
         except BaseException as error:
-            reason = f"{type(error).__name__}: {error}".strip().rstrip(":")
-            first = str(error).strip().splitlines()
+            reason = redact(f"{type(error).__name__}: {error}".strip().rstrip(":"))
+            first = redact(str(error)).strip().splitlines()
             mlflow.set_tag(FAILURE_TAG, f"{type(error).__name__}: {first[0] if first else ''}"[:MAX_TAG_LENGTH])
             mlflow.set_tag(owners.END_REASON_TAG, reason[:MAX_PARAM_LENGTH])
             mlflow.end_run(status="KILLED" if isinstance(error, KeyboardInterrupt) else "FAILED")
@@ -221,6 +239,7 @@ def start_parent_run(cfg: DictConfig, run_name: str, tags: dict | None = None) -
     run = mlflow.MlflowClient().create_run(experiment.experiment_id, run_name=run_name, tags=tags)
     mlflow.MlflowClient().log_batch(run.info.run_id, params=[
         mlflow.entities.Param(k, v) for k, v in flatten_config(cfg).items()])
+    log_dataset(cfg, run.info.run_id)
     return run.info.run_id
 
 
@@ -228,7 +247,7 @@ def end_parent_run(cfg: DictConfig, run_id: str, status: str = "FINISHED", reaso
     """End a run `start_parent_run` made (`reason`: why it did not finish, kept as `audiocnn.end_reason`)."""
     configure(cfg)
     if reason:
-        mlflow.MlflowClient().set_tag(run_id, owners.END_REASON_TAG, reason[:MAX_PARAM_LENGTH])
+        mlflow.MlflowClient().set_tag(run_id, owners.END_REASON_TAG, redact(reason)[:MAX_PARAM_LENGTH])
     mlflow.MlflowClient().set_terminated(run_id, status=status)
 
 
@@ -244,33 +263,3 @@ def children_of(run_id: str) -> Iterator[None]:
             os.environ.pop(PARENT_RUN_ENV, None)
         else:
             os.environ[PARENT_RUN_ENV] = previous
-
-
-def hydra_overrides() -> str | None:
-    """The current Hydra job's command-line overrides (`model=cnn optimizer.lr=0.001`), if in one
-    (or in a process a Hydra job started to train in, `$AUDIOCNN_HYDRA_OVERRIDES`)."""
-    from hydra.core.hydra_config import HydraConfig
-
-    if not HydraConfig.initialized():
-        return os.environ.get(HYDRA_OVERRIDES_ENV)
-    return " ".join(HydraConfig.get().overrides.task)
-
-
-def run_tags(cfg: DictConfig) -> dict[str, str]:
-    """Tags joining a run to its code, data, DVC experiment and Hydra job."""
-    tags = {"data": cfg.data.name, "model": cfg.model.name}
-    commit = git_commit()
-    if commit:
-        tags["mlflow.source.git.commit"] = commit
-    manifest = Path(cfg.paths.prepared) / "manifest.csv"
-    if manifest.exists():
-        with open(manifest, "rb") as handle:
-            tags["data.manifest_md5"] = hashlib.file_digest(handle, "md5").hexdigest()
-    # Set by `dvc exp run` (workspace and queued) for the stages it runs.
-    for variable, tag in (("DVC_EXP_NAME", "dvc.exp_name"), ("DVC_EXP_BASELINE_REV", "dvc.exp_baseline_rev")):
-        if os.environ.get(variable):
-            tags[tag] = os.environ[variable]
-    overrides = hydra_overrides()
-    if overrides is not None:
-        tags["hydra.overrides"] = overrides
-    return tags

@@ -175,7 +175,7 @@ def plan(cfg: DictConfig, out: Path) -> Start:
         run = mlflow.MlflowClient().get_run(state["run_id"])
     except mlflow.exceptions.MlflowException:
         return _fresh(out, f"not resuming {where}: its MLflow run {state['run_id']} is not in "
-                           f"{tracking.tracking_uri(cfg)}")
+                           f"{tracking.redact(tracking.tracking_uri(cfg))}")
     tags = run.data.tags
     if run.info.status == "RUNNING" and owners.on_this_machine(tags) and owners.owner_alive(tags):
         raise InputError(f"paths.models={out}: MLflow run {run.info.run_id} is being trained there by "

@@ -187,6 +187,7 @@ def log_run_inputs(cfg: DictConfig, run_id: str, summary_table, transfer) -> Non
     """Params, model size and summary, transfer report: what a run resumed already has is not logged again."""
     logged = mlflow.MlflowClient().get_run(run_id).data
     mlflow.log_params({k: v for k, v in tracking.flatten_config(cfg).items() if k not in logged.params})
+    tracking.log_dataset(cfg, run_id)  # the Dataset column: data.name, digest the manifest's MD5
     if "n_parameters" not in logged.metrics:
         mlflow.log_metrics({"n_parameters": summary_table.total_params, "multiply_adds": summary_table.total_macs})
         mlflow.log_text(summary_table.table(), "model_summary.txt")
@@ -233,7 +234,7 @@ def train(cfg: DictConfig, run_name_suffix: str = "") -> dict:
                     frontend.cpu() if frontend is not None else None)
         summary = {
             "run_id": run_id, "experiment_id": run.info.experiment_id,
-            "tracking_uri": tracking.tracking_uri(cfg), "run_name": name,
+            "tracking_uri": tracking.redact(tracking.tracking_uri(cfg)), "run_name": name,
             "best_val_loss": best_val["val_loss"], "best_val_acc": best_val["val_acc"], "epochs": epochs,
             "n_parameters": summary_table.total_params, "multiply_adds": summary_table.total_macs,
             "processes": trainer.world_size, "train_steps": trainer.global_step,  # optimizer steps of each process
@@ -244,4 +245,7 @@ def train(cfg: DictConfig, run_name_suffix: str = "") -> dict:
         resume.finish(cfg, out, run_id)
     print(f"train: best val_loss {summary['best_val_loss']:.4f}, val_acc {summary['best_val_acc']:.4f} "
           f"after {summary['epochs']} epochs; MLflow run {summary['run_id']} ({name})")
+    url = tracking.ui_url(summary["tracking_uri"], summary["experiment_id"], summary["run_id"])
+    if url:
+        print(f"train: in the MLflow UI: {url}")
     return summary
