@@ -139,7 +139,7 @@ def mlflow_sweep_screenshot(out: Path) -> Path:
             # Sorted by a metric (URL search parameters), the UI lists the parent and its
             # children flat; nested rows would start collapsed.
             page = (f"{url}/#/experiments/{experiment.experiment_id}/runs"
-                    "?orderByKey=metrics.%60best_val_acc%60&orderByAsc=false")
+                    "?orderByKey=metrics.%60best_val_acc%60&orderByAsc=false&workflowType=machine_learning")
             print(f"figures: sweep parent {parent.info.run_name}; rendering {page}")
             return screenshot(page, out / "mlflow_runs.png", home / "chromium")
         finally:
