@@ -148,6 +148,8 @@ BAD = [
     (["evaluate.explain=maybe"], "evaluate.explain=maybe: allowed: true, false"),
     (["evaluate.explain_clips_per_class=inf"], "evaluate.explain_clips_per_class=inf: must be a positive integer"),
     (["+evaluate.colour=red"], "evaluate.colour: unknown key; allowed: bootstrap_resamples"),
+    # model (checked by building it)
+    (["model.freq_pool=median"], "model: model.freq_pool='median'; allowed: flatten, max, attention, max_centroid"),
     # tracking
     (["tracking.uri=''"], "tracking.uri=: must be a non-empty string"),
     (["tracking.experiment=null"], "tracking.experiment=null: must be a non-empty string"),
