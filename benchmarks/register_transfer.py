@@ -137,36 +137,37 @@ def main() -> None:
     parser.add_argument("--directions", nargs="+", default=list(REGISTERS), choices=REGISTERS,
                         help="the register each model trains on")
     parser.add_argument("--split-midi", type=int, default=62, help="low: MIDI 40..split-1, high: split..84")
-    parser.add_argument("--clips-per-class", type=int, default=40, help="per register: train + val (1 in 5)")
-    parser.add_argument("--test-clips-per-class", type=int, default=15, help="per register")
-    parser.add_argument("--epochs", type=int, default=15)
+    parser.add_argument("--clips-per-class", type=int, default=25, help="per register: train + val (1 in 5)")
+    parser.add_argument("--test-clips-per-class", type=int, default=10, help="per register")
+    parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--data-seed", type=int, default=7)
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     parser.add_argument("--set", nargs="*", default=[], help="further Hydra overrides for every cell")
     parser.add_argument("--work", type=Path, default=Path("data/benchmarks/register_transfer"))
-    parser.add_argument("--results", type=Path, default=RESULTS)
+    parser.add_argument("--results", type=Path, nargs="+", default=[RESULTS],
+                        help="the file written (the first); --report joins the runs of every one")
     parser.add_argument("--report", action="store_true", help="print the table of --results and stop")
     args = parser.parse_args()
     if args.report:
-        print(table(json.loads(args.results.read_text())["runs"]))
+        print(table([run for path in args.results for run in json.loads(path.read_text())["runs"]]))
         return
     if args.threads:
         torch.set_num_threads(args.threads)
     args.work = args.work.resolve()
     clips = write_clips(args.work, args)
     csvs = {register: write_csv(args.work, register, clips, args.clips_per_class) for register in args.directions}
-    settings = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items() if k not in ("report",)}
+    settings = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items() if k not in ("report", "results")}
     result = {"machine": machine(), "load_average_before": load_average(), "settings": settings,
               "classes": list(CLASSES), "order_only_classes": list(ORDER_ONLY_CLASSES),
               "registers": registers(args.split_midi), "runs": []}
-    for row in args.models:
-        for augment in args.augment:
+    for augment in args.augment:
+        for row in args.models:
             for register in args.directions:
                 result["runs"].append(run_cell(args.work, row, augment, register, csvs[register], args))
                 result["summary"] = summary(result["runs"])
-                args.results.parent.mkdir(parents=True, exist_ok=True)
-                save_results(args.results, result)
+                args.results[0].parent.mkdir(parents=True, exist_ok=True)
+                save_results(args.results[0], result)
     print(f"\nmachine: {machine()}; {args.clips_per_class} train+val and {args.test_clips_per_class} test clips "
           f"per class and register; {args.epochs} epochs\n")
     print(table(result["runs"]))
