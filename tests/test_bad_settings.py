@@ -129,6 +129,10 @@ BAD = [
     (["data.classes=[1,2]"], "data.classes=[1, 2]: must be a list of distinct class names (strings) or null"),
     (["data.fold=true"], "data.fold=true: must be null or a fold of the dataset"),
     (["data.fold=1", "data.protocol=cv"], "data.fold=1 with data.protocol=cv: cv runs every fold"),
+    (["data.val_groups=0"], "data.val_groups=0: must be null, a positive number of groups, or a list of distinct"),
+    (["data.val_groups=[]"], "data.val_groups=[]: must be null, a positive number of groups, or a list of distinct"),
+    (["data.val_groups=[a,a]"], "data.val_groups=['a', 'a']: must be null, a positive number of groups, or a list"),
+    (["data.val_groups=1.5"], "data.val_groups=1.5: must be null, a positive number of groups, or a list"),
     (["+data.colour=red"], "data.colour: unknown setting; allowed: classes, clips_per_class"),
     (["data=folder", *FOLDER, "data.max_seconds=nan"], "data.max_seconds=nan: must be a finite positive number or"),
     (["data=folder", "data.root=''"], "data.root=: must be a non-empty string or null"),
@@ -155,6 +159,8 @@ BAD = [
     (["evaluate.explain=maybe"], "evaluate.explain=maybe: allowed: true, false"),
     (["evaluate.explain_clips_per_class=inf"], "evaluate.explain_clips_per_class=inf: must be a positive integer"),
     (["+evaluate.colour=red"], "evaluate.colour: unknown key; allowed: bootstrap_resamples"),
+    # model (checked by building it)
+    (["model.freq_pool=median"], "model: model.freq_pool='median'; allowed: flatten, max, attention, max_centroid"),
     # tracking
     (["tracking.uri=''"], "tracking.uri=: must be a non-empty string"),
     (["tracking.experiment=null"], "tracking.experiment=null: must be a non-empty string"),

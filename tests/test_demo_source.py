@@ -183,3 +183,19 @@ def test_timbres_are_distinct_on_average():
     cents = {label: np.median([centroid(demo.render_clip(label, index=i)) for i in range(4)])
              for label in demo.CLASSES}
     assert len({round(c, -1) for c in cents.values()}) >= 4
+
+
+@pytest.mark.parametrize("midi_range", [(40, 61), (62, 84)])
+def test_midi_range_keeps_every_note_of_every_class_in_the_register(midi_range):
+    """benchmarks/register_transfer.py: low and high registers; order-only pairs still rise and fall."""
+    for label in demo.CLASSES:
+        for i in range(15):
+            plan = demo._plan_notes(label, demo.clip_rng(0, demo.CLASSES.index(label), i), 3.5, midi_range)
+            assert all(midi_range[0] <= note[2] <= midi_range[1] for note in plan), (label, plan)
+    up, down = demo.ORDER_ONLY_CLASSES
+    for label, sign in ((up, 1), (down, -1)):
+        pitches = _note_pitches(demo.render_clip(label, seed=0, index=0, midi_range=midi_range))
+        assert len(pitches) == 2 and sign * (pitches[1] - pitches[0]) > 0
+        semitone = 2 ** (1 / 12)
+        hz = demo.midi_to_hz(midi_range)
+        assert hz[0] / semitone < min(pitches) and max(pitches) < hz[1] * semitone, pitches

@@ -65,6 +65,12 @@ def test_onnx_and_torchscript_match_pytorch_on_demo_clips(model, prepared_store,
     assert_exports_match(folder, clips(prepared_store, tmp_path, prepared_store.features.sr), tmp_path)
 
 
+@pytest.mark.parametrize("freq_pool", ["max", "attention", "max_centroid"])
+def test_each_crnn_freq_pool_exports_and_matches_pytorch(freq_pool, prepared_store, tmp_path):
+    folder = bundle_for(tmp_path, "crnn_gru", "features.top_db=60", f"model.freq_pool={freq_pool}")
+    assert_exports_match(folder, clips(prepared_store, tmp_path, prepared_store.features.sr)[:4], tmp_path)
+
+
 @pytest.mark.skipif(not FSDD.is_dir(), reason=f"FSDD not found at {FSDD}")
 def test_exports_match_on_fsdd_clips_with_the_speech_front_end(tmp_path):
     folder = bundle_for(tmp_path, "crnn_gru", "data=fsdd")

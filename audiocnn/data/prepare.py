@@ -27,7 +27,7 @@ from audiocnn.data import sources
 from audiocnn.data.checks import check_leakage, inspect_file, merge_duplicate_groups
 from audiocnn.data.download import dataset_root
 from audiocnn.data.names import escape_columns, slug_map
-from audiocnn.data.splits import SPLITS, grouped_stratified_split
+from audiocnn.data.splits import SPLITS, grouped_stratified_split, val_group_splits
 
 MANIFEST_COLUMNS = ["path", "label", "split", "fold", "group", "duration", "sr"]
 DEFAULT_MAX_SECONDS = 600.0  # longer files are skipped: featurize pads a batch to its longest clip
@@ -72,15 +72,29 @@ def probe_clips(clips: list[dict], classes: list[str], max_seconds: float | None
 
 
 def assign_splits(frame: pd.DataFrame, data_cfg: DictConfig, seed: int) -> pd.DataFrame:
-    """Official splits where the source gave them, else stratified + grouped; `data.fold` picks a test fold."""
+    """Official splits where the source gave them, else stratified + grouped; `data.fold` picks a test fold.
+
+    `data.val_groups` (a list of groups, or a number of them drawn with `seed` from the groups
+    outside the test split) replaces the validation split by those groups' clips; the other
+    clips outside the test split train."""
     frame["fold"] = frame["fold"].fillna("").astype(str) if "fold" in frame else ""
+    spec = data_cfg.get("val_groups")
+    given = "split" in frame and frame["split"].notna().all()
     if data_cfg.get("fold") is not None:
-        return _fold_splits(frame, str(data_cfg.fold), data_cfg, seed)
-    if "split" not in frame or frame["split"].isna().any():
+        frame = _fold_splits(frame, str(data_cfg.fold), data_cfg, seed)
+        test, source = (frame["split"] == "test").to_numpy(), f"data.fold={data_cfg.fold}"
+    elif given:
+        test, source = (frame["split"] == "test").to_numpy(), f"data={data_cfg.name}'s own split"
+    elif spec is None:
         frame["split"] = grouped_stratified_split(
             frame["label"], frame["group"], val_fraction=data_cfg.val_fraction,
             test_fraction=data_cfg.test_fraction, seed=seed,
         )
+    else:
+        test, source = None, "made by prepare"
+    if spec is not None:
+        frame["split"] = val_group_splits(frame, test, spec if isinstance(spec, int) else list(spec),
+                                          test_fraction=data_cfg.get("test_fraction"), seed=seed, test_source=source)
     return frame
 
 

@@ -1,13 +1,16 @@
 """Stratified, grouped train/val/test splits.
 
 A group (a speaker, a session, a source file) never spans two splits; within that
-constraint each split gets close to its share of every label.
+constraint each split gets close to its share of every label. `data.val_groups` makes
+validation whole groups the training never sees (`val_group_splits`), as the test split is.
 """
 
 from __future__ import annotations
 
 import numpy as np
 import pandas as pd
+
+from audiocnn.errors import ConfigError
 
 SPLITS = ("train", "val", "test")
 
@@ -39,3 +42,51 @@ def grouped_stratified_split(
         counts[split] += row
         assignment[per_group.index[index]] = SPLITS[split]
     return pd.Series([assignment[g] for g in groups], index=labels.index, name="split")
+
+
+def pick_val_groups(groups: pd.Series, test: np.ndarray, spec, seed: int, test_source: str) -> list[str]:
+    """The validation groups of `data.val_groups=spec`: a list names them, an integer n draws n
+    (seeded by `seed`) from the groups with no clip in the test split (`test`: a boolean mask).
+
+    Refused with a one-line `ConfigError`: an unknown group, a group with test clips
+    (`test_source` says where the test split comes from), or no group left to train on.
+    """
+    known = sorted(set(groups.astype(str)))
+    in_test = set(groups[test].astype(str))
+    candidates = [g for g in known if g not in in_test]
+    shown = f"data.val_groups={spec if isinstance(spec, int) else [str(g) for g in spec]}"
+    if isinstance(spec, int):
+        if spec >= len(candidates):
+            raise ConfigError(f"{shown}: only {len(candidates)} groups have no clip in the test split ({test_source});"
+                              f" validation needs fewer, so that at least one group trains")
+        order = np.random.default_rng(seed).permutation(len(candidates))
+        return sorted(candidates[i] for i in order[:spec])
+    names = [str(g) for g in spec]
+    unknown = [g for g in names if g not in known]
+    if unknown:
+        preview = ", ".join(known[:8]) + (f", ... ({len(known)} in all)" if len(known) > 8 else "")
+        raise ConfigError(f"{shown}: unknown group {unknown[0]!r}; the groups are {preview}")
+    tested = [g for g in names if g in in_test]
+    if tested:
+        raise ConfigError(f"{shown}: group {tested[0]!r} has clips in the test split ({test_source}); "
+                          "a validation group must be one the test split does not hold")
+    if len(set(names)) >= len(candidates):
+        raise ConfigError(f"{shown}: leaves no group to train on")
+    return sorted(set(names))
+
+
+def val_group_splits(frame: pd.DataFrame, test: np.ndarray | None, spec, *, test_fraction: float, seed: int,
+                     test_source: str) -> pd.Series:
+    """Splits where validation is whole groups (`pick_val_groups`): their clips are `val`, the test
+    split is `test` (a mask) or, if None, a grouped stratified `test_fraction` of the other groups;
+    every other clip trains."""
+    fixed = np.zeros(len(frame), dtype=bool) if test is None else test
+    chosen = pick_val_groups(frame["group"], fixed, spec, seed, test_source)
+    val = frame["group"].astype(str).isin(chosen).to_numpy()
+    split = np.where(fixed, "test", "train").astype(object)
+    if test is None:
+        rest = frame.loc[~val]
+        split[~val] = grouped_stratified_split(rest["label"], rest["group"], val_fraction=0.0,
+                                               test_fraction=test_fraction, seed=seed).to_numpy()
+    split[val] = "val"
+    return pd.Series(split, index=frame.index, name="split")

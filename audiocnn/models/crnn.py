@@ -2,8 +2,10 @@
 
 (batch, 1, n_bins, frames)
   -> ConvStack                      (batch, C, F', T')   pooling mostly over frequency (forward_features)
-  -> flatten C x F'                 (batch, T', C * F')  one feature vector per time step; keeping
-                                                         F' keeps pitch height, which the RNN compares
+  -> frequency pooling (freq_pool)  (batch, T', D)   one feature vector per time step: `flatten`
+                                                     (C * F', keeps absolute pitch height), `max`,
+                                                     `attention` (C) or `max_centroid` (2C): shift-
+                                                     invariant along F (models/freq_pool.py)
   -> LSTM / GRU                     (batch, T', H * directions)
   -> temporal pooling               (batch, H * directions)   last state, mean, max, or attention
                                                              (softmax-weighted sum of the steps)
@@ -19,6 +21,7 @@ import torch
 from torch import Tensor, nn
 
 from audiocnn.models.blocks import BlockSpec, ConvStack, peak_normalize
+from audiocnn.models.freq_pool import build_freq_pool, freq_pool_width
 from audiocnn.models.head import ClassifierHead, CQTClassifier
 from audiocnn.models.norm import input_norm
 from audiocnn.models.shapes import UNBOUNDED_TIME, trace_shapes
@@ -41,6 +44,7 @@ class CRNN(CQTClassifier):
         dropout: float = 0.3,
         top_db: float | None = None,
         norm: Mapping[str, Any] | None = None,
+        freq_pool: str = "flatten",
     ):
         super().__init__()
         if rnn not in RNNS:
@@ -52,8 +56,9 @@ class CRNN(CQTClassifier):
         self.input_norm = input_norm(norm, n_bins, top_db)  # model.norm: PCEN / per-bin (models.norm), first
         self.normalize = peak_normalize(top_db)  # (batch, 1, n_bins, frames), before the backbone
         out_bins = trace_shapes(self.specs, (n_bins, UNBOUNDED_TIME))[-1][0]
+        self.freq_pool = build_freq_pool(freq_pool, self.backbone.out_channels, out_bins)
         self.rnn = RNNS[rnn](
-            input_size=self.backbone.out_channels * out_bins,
+            input_size=freq_pool_width(freq_pool, self.backbone.out_channels, out_bins),
             hidden_size=hidden_size,
             num_layers=num_layers,
             batch_first=True,
@@ -72,7 +77,7 @@ class CRNN(CQTClassifier):
 
     def sequence_embedding(self, features: Tensor) -> Tensor:
         """(batch, C, F', T') -> (batch, hidden * directions): the RNN over time, pooled."""
-        sequence = features.flatten(1, 2).transpose(1, 2)  # (batch, T', C * F')
+        sequence = self.freq_pool(features)  # (batch, T', D)
         outputs, _ = self.rnn(sequence)  # (batch, T', H * directions)
         if self.temporal_pool == "mean":
             return outputs.mean(dim=1)

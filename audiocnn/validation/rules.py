@@ -89,6 +89,11 @@ def _fold(value) -> str | None:
     return "must be null or a fold of the dataset (a name or an integer)"
 
 
+def _val_groups(value) -> str | None:  # a group name such as 7 reads as an integer, like a run id (_member)
+    ok = not Number(0, low_open=True, integer=True, null=True)(value) or not _list_of(_member, "", null=False)(value)
+    return None if ok else "must be null, a positive number of groups, or a list of distinct group names"
+
+
 def _url(value) -> str | None:
     return None if isinstance(value, str) and value.startswith(("http://", "https://")) else \
         "must be an http(s) URL"
@@ -143,7 +148,7 @@ def rules() -> dict[str, Callable]:
         "data.protocol": Choice(("holdout", "cv")), "data.val_fraction": FRACTION, "data.test_fraction": FRACTION,
         "data.max_seconds": Number(0, low_open=True, null=True), "data.seed": SEED, "data.clips_per_class": POSITIVE_INT,
         "data.min_duration": POSITIVE, "data.max_duration": POSITIVE, "data.sr": POSITIVE_INT, "data.esc10": BOOL,
-        "data.split_scheme": Choice(("fault_filtered", "random")),
+        "data.split_scheme": Choice(("fault_filtered", "random")), "data.val_groups": _val_groups,
         "data.download.url": _url, "data.download.checksum": _checksum, "data.download.timeout_s": POSITIVE,
         "data.download.max_bytes": Number(0, low_open=True, integer=True, null=True),
         "data.download.max_ratio": Number(0, low_open=True, null=True),

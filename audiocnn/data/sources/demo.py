@@ -51,9 +51,10 @@ def midi_to_hz(midi):
     return 440.0 * 2.0 ** ((np.asarray(midi, dtype=float) - 69.0) / 12.0)
 
 
-def sample_midi(rng: np.random.Generator, n: int, *, distinct: bool = False) -> np.ndarray:
-    """Draw ``n`` integer MIDI pitches uniformly from ``MIDI_RANGE`` (without repeats if distinct)."""
-    pitches = np.arange(MIDI_RANGE[0], MIDI_RANGE[1] + 1)
+def sample_midi(rng: np.random.Generator, n: int, *, distinct: bool = False,
+                midi_range: tuple[int, int] = MIDI_RANGE) -> np.ndarray:
+    """Draw ``n`` integer MIDI pitches uniformly from ``midi_range`` (inclusive; without repeats if distinct)."""
+    pitches = np.arange(midi_range[0], midi_range[1] + 1)
     return rng.choice(pitches, size=n, replace=not distinct).astype(float)
 
 
@@ -171,12 +172,12 @@ _TIMBRES = {
 }
 
 
-def _plan_notes(label: str, rng: np.random.Generator, duration: float):
-    """Return [(onset_s, length_s, midi, velocity)] for one clip."""
+def _plan_notes(label: str, rng: np.random.Generator, duration: float, midi_range: tuple[int, int] = MIDI_RANGE):
+    """Return [(onset_s, length_s, midi, velocity)] for one clip, every note's pitch in ``midi_range``."""
     if label in ORDER_ONLY_CLASSES:
-        pitches = sample_midi(rng, 2, distinct=True)
+        pitches = sample_midi(rng, 2, distinct=True, midi_range=midi_range)
         while abs(pitches[1] - pitches[0]) < MIN_INTERVAL:
-            pitches = sample_midi(rng, 2, distinct=True)
+            pitches = sample_midi(rng, 2, distinct=True, midi_range=midi_range)
         pitches = np.sort(pitches)[:: 1 if label == ORDER_ONLY_CLASSES[0] else -1]
         lengths, gap = rng.uniform(0.25, 0.4, 2), rng.uniform(1.6, 2.2)
         scale = min(1.0, (duration - 0.1) / (lengths.sum() + gap))  # squeeze only if the clip is too short
@@ -188,13 +189,15 @@ def _plan_notes(label: str, rng: np.random.Generator, duration: float):
     for _ in range(int(rng.integers(1, 5))):
         onset = rng.uniform(0.0, duration - 0.4)
         length = min(rng.uniform(0.3, 1.6), duration - onset)
-        notes.append((onset, length, sample_midi(rng, 1)[0], rng.uniform(0.5, 1.0)))
+        notes.append((onset, length, sample_midi(rng, 1, midi_range=midi_range)[0], rng.uniform(0.5, 1.0)))
     return notes
 
 
 def render_clip(label: str, *, seed: int = 0, index: int = 0, sr: int = 16000,
-                min_duration: float = 2.0, max_duration: float = 4.0) -> np.ndarray:
-    """Synthesise clip ``index`` of class ``label`` as float64 in [-0.99, 0.99] (before quantisation)."""
+                min_duration: float = 2.0, max_duration: float = 4.0,
+                midi_range: tuple[int, int] = MIDI_RANGE) -> np.ndarray:
+    """Synthesise clip ``index`` of class ``label`` as float64 in [-0.99, 0.99] (before quantisation);
+    its notes' pitches are drawn from ``midi_range`` (benchmarks/register_transfer.py narrows it)."""
     rng = clip_rng(seed, CLASSES.index(label), index)
     low = max(min_duration, min(ORDER_ONLY_MIN_DURATION, max_duration)) if label in ORDER_ONLY_CLASSES else min_duration
     duration = rng.uniform(low, max_duration)
@@ -203,7 +206,7 @@ def render_clip(label: str, *, seed: int = 0, index: int = 0, sr: int = 16000,
     params = sample_params(rng)
     detune = rng.uniform(-30.0, 30.0) / 100.0
     y = np.zeros(n)
-    for onset, length, midi, vel in _plan_notes(label, rng, duration):
+    for onset, length, midi, vel in _plan_notes(label, rng, duration, midi_range):
         start = int(round(onset * sr))
         m = min(int(round(length * sr)), n - start)
         if m >= 64:
@@ -225,7 +228,8 @@ def render_clip(label: str, *, seed: int = 0, index: int = 0, sr: int = 16000,
 
 def generate_demo(root: Path, *, seed: int = 0, clips_per_class: int = 80, sr: int = 16000,
                   min_duration: float = 2.0, max_duration: float = 4.0,
-                  progress: bool = True, classes: tuple[str, ...] | list[str] | None = None) -> list[dict]:
+                  progress: bool = True, classes: tuple[str, ...] | list[str] | None = None,
+                  midi_range: tuple[int, int] = MIDI_RANGE) -> list[dict]:
     """Write root/<class>/<class>_<index:04d>.wav (16-bit PCM mono, sr) and return one dict per clip:
     {"path": str (absolute), "label": str, "group": str (the file stem)}, in class then index order.
 
@@ -248,7 +252,7 @@ def generate_demo(root: Path, *, seed: int = 0, clips_per_class: int = 80, sr: i
         folder.mkdir(parents=True, exist_ok=True)
         path = folder / f"{label}_{i:04d}.wav"
         x = render_clip(label, seed=seed, index=i, sr=sr,
-                        min_duration=min_duration, max_duration=max_duration)
+                        min_duration=min_duration, max_duration=max_duration, midi_range=midi_range)
         pcm = np.round(np.clip(x, -1.0, 1.0) * 32767.0).astype(np.int16)
         tmp = folder / f".{path.stem}.{os.getpid()}.tmp"
         try:
