@@ -35,13 +35,13 @@ def fit_temperature(logits: Tensor, counts: list[int], labels: Tensor, max_iter:
     if len(counts) == 0:
         raise ConfigError("trainer.calibrate=temperature: the val split has no clips to fit the temperature on; "
                           "give it clips (data.val_fraction) or set trainer.calibrate=none")
-    logits, labels = logits.detach().double(), labels.long()
+    logits, labels = logits.detach().double().clone(), labels.long().clone()  # not inference tensors
     log_t = torch.zeros((), dtype=torch.float64, requires_grad=True)
     optimizer = torch.optim.LBFGS([log_t], lr=1.0, max_iter=max_iter, line_search_fn="strong_wolfe")
 
     def closure():
         optimizer.zero_grad()
-        loss = clip_nll(logits, counts, labels, log_t.clamp(-MAX_LOG_T, MAX_LOG_T).exp())
+        loss = clip_nll(logits, counts, labels, log_t.exp())
         loss.backward()
         return loss
 
