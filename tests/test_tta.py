@@ -131,3 +131,20 @@ def test_predict_cli_takes_tta_views_and_refuses_a_shift_beyond_the_window(evalu
     assert main(["predict", *paths, "--model", cfg.paths.models, "--tta-pitch-bins", "0,84"]) == 2
     assert capsys.readouterr().err.strip().splitlines() == [
         "error: tta.pitch_bins=[0, 84]: each shift must be smaller than the window's 84 bins"]
+
+
+def test_a_model_trained_on_the_fly_is_shifted_after_its_front_end():
+    """Evaluate feeds such a model waveform windows: the views are of its CQT, not of the samples."""
+    from audiocnn.config import compose_config
+    from audiocnn.features.cqt import CQTFrontend
+    from audiocnn.models.tta import view_logits
+
+    frontend = CQTFrontend.from_config(compose_config([]).features)
+    torch.manual_seed(0)
+    wave = torch.randn(2, 512 * 15)
+    frames = frontend(wave)  # (2, 1, 84, 16)
+    inner = linear_model(frames.shape[2], frames.shape[3])
+    views = Views(pitch_bins=(0, 3), time_frames=(0, -2))
+    got = view_logits(nn.Sequential(frontend, inner), wave, views, FLOOR)
+    expected = torch.stack([inner(shift(frames, k, t, FLOOR)) for k, t in views.shifts])
+    torch.testing.assert_close(got, expected)
