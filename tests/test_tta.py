@@ -148,3 +148,23 @@ def test_a_model_trained_on_the_fly_is_shifted_after_its_front_end():
     got = view_logits(nn.Sequential(frontend, inner), wave, views, FLOOR)
     expected = torch.stack([inner(shift(frames, k, t, FLOOR)) for k, t in views.shifts])
     torch.testing.assert_close(got, expected)
+
+
+def test_an_export_with_tta_views_gives_the_bundles_answers_with_those_views(prepared_store, tmp_path):
+    from tests.conftest import untrained_bundle
+    from tests.test_export import clips
+
+    folder = untrained_bundle(tmp_path / "m", "features.top_db=60").parent
+    inputs = clips(prepared_store, tmp_path, prepared_store.features.sr)
+    out = tmp_path / "views.onnx"
+    assert main(["export", "--model", str(folder), "--format", "onnx", "--output", str(out),
+                 "--tta-pitch-bins=-2,0,2", "--tta-time-frames=0,8"]) == 0
+    tta = {"pitch_bins": [-2, 0, 2], "time_frames": [0, 8]}
+    exported = load_model(out).predict(inputs)
+    eager = load_model(folder, tta=tta).predict(inputs)
+    plain = load_model(folder).predict(inputs)
+    for a, b, c in zip(eager, exported, plain):
+        np.testing.assert_allclose(list(b["probabilities"].values()), list(a["probabilities"].values()), atol=1e-4)
+        assert not np.allclose(list(c["probabilities"].values()), list(a["probabilities"].values()), atol=1e-4)
+    with pytest.raises(ValueError, match="exported with"):
+        load_model(out, tta=tta)
