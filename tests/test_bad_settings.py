@@ -243,8 +243,8 @@ def _leaves(node, prefix):
 @pytest.mark.parametrize("group", ["data", "optimizer", "scheduler", "features"])
 def test_every_key_of_every_conf_option_has_a_check(group):
     """Every key conf/ can set has a rule (or is checked by the group's own validator)."""
-    own = {f"evaluate.{k}" for k in EVALUATE_KEYS} | {f"evaluate.tta.{k}" for k in TTA_KEYS} | {f"scheduler.{k}" for k in ("name", "_target_", "interval",
-                                                                                  "monitor")}
+    own = {f"evaluate.{k}" for k in EVALUATE_KEYS} | {f"evaluate.tta.{k}" for k in TTA_KEYS}
+    own |= {f"scheduler.{k}" for k in ("name", "_target_", "interval", "monitor")}
     table = set(rules()) | own
     for option in config_groups()[group]:
         cfg = compose_config([f"{group}={option}"])

@@ -38,7 +38,8 @@ class Model:
     @classmethod
     def load(cls, source: str | Path, device: str = "cpu", batch_size: int = 64, tta: dict | None = None) -> "Model":
         path = Path(str(source))
-        exported = path.suffix == ".onnx" or (path.is_file() and (path.suffix in EXPORT_SUFFIXES or is_torchscript(path)))
+        exported = path.suffix == ".onnx" or (path.is_file() and (path.suffix in EXPORT_SUFFIXES
+                                                                  or is_torchscript(path)))
         if exported and tta is not None:
             raise ValueError(f"{source}: the test-time views of an exported model are the ones it was exported "
                              "with (audiocnn export --tta-...); pass tta with a model.pt source")

@@ -6,8 +6,9 @@ model folder, `model.pt`, `runs:/<id>/model`, `models:/<name>/<version|alias|lat
 id, or an exported `.onnx` / TorchScript file. Output: a table on stdout, or `--output
 preds.csv|.jsonl` with one row per file; `--timeline` adds one row per window (which class
 when); `--tta-pitch-bins -2,0,2 --tta-time-frames 0,8` scores every window in each of those
-shifted views and averages their probabilities (docs/using-a-model.md). A file that cannot be read is reported with its reason and the rest go on; the exit
-status is 1 only when nothing could be predicted.
+shifted views and averages their probabilities (docs/using-a-model.md). A file that cannot be
+read is reported with its reason and the rest go on; the exit status is 1 only when nothing
+could be predicted.
 """
 
 from __future__ import annotations

@@ -257,8 +257,8 @@ REQUIRED_GROUPS = ("features", "trainer", "tracking", "paths")
 REQUIRED = {"optimizer._target_", "optimizer.lr", "data.name", "data.protocol", "seed"}
 OPTIONAL = {"features.top_db", "trainer.seeds", "trainer.patience", "trainer.gradient_clip_val",
             "trainer.strategy", "trainer.num_nodes", "trainer.label_smoothing", "trainer.class_weights",
-            "trainer.callbacks", "trainer.resume", "trainer.calibrate", "tracking.run_name", "tracking.registered_model",
-            "tracking.export_onnx"}
+            "trainer.callbacks", "trainer.resume", "trainer.calibrate", "tracking.run_name",
+            "tracking.registered_model", "tracking.export_onnx"}
 # Unknown keys refused; an optimizer's keys are the arguments of its class (`checks.validate_optimizer`).
 CHECKED_GROUPS = ("features", "trainer", "data", "tracking")
 _ABSENT = object()
