@@ -12,7 +12,7 @@ import pytest
 from omegaconf import OmegaConf, open_dict
 
 from audiocnn.config import ConfigError, compose_config, config_groups, validate_config
-from audiocnn.evaluation.settings import EVALUATE_KEYS
+from audiocnn.evaluation.settings import EVALUATE_KEYS, TTA_KEYS
 from audiocnn.validation.rules import rules
 from tests.conftest import REPO
 
@@ -81,6 +81,7 @@ BAD = [
     ([SWA, SWA_LR, "+trainer.callbacks.swa.lr=1"],
      "trainer.callbacks.swa.lr: unknown argument of StochasticWeightAveraging; allowed: swa_lrs"),
     (["trainer.resume=maybe"], "trainer.resume=maybe: allowed: true, false"),
+    (["trainer.calibrate=foo"], "trainer.calibrate=foo: allowed: none, temperature"),
     (["+trainer.fast_dev_run=true"], "trainer.fast_dev_run: unknown setting; allowed: accelerator, batch_size"),
     (["~trainer.max_epochs"], "trainer.max_epochs: missing; must be a positive integer"),
     # optimizer
@@ -161,6 +162,15 @@ BAD = [
     (["+evaluate.colour=red"], "evaluate.colour: unknown key; allowed: bootstrap_resamples"),
     # model (checked by building it)
     (["model.freq_pool=median"], "model: model.freq_pool='median'; allowed: flatten, max, attention, max_centroid"),
+    (["evaluate.tta.pitch_bins=[-84,0]"], "evaluate.tta.pitch_bins=[-84, 0]: each shift must be smaller than the "
+                                          "window's 84 bins"),
+    (["evaluate.tta.time_frames=[0,128]"], "evaluate.tta.time_frames=[0, 128]: each shift must be smaller than the "
+                                           "window's 128 frames"),
+    (["evaluate.tta.pitch_bins=[]"], "evaluate.tta.pitch_bins=[]: must be a non-empty list of distinct integers"),
+    (["evaluate.tta.pitch_bins=[1,1]"], "evaluate.tta.pitch_bins=[1, 1]: must be a non-empty list of distinct"),
+    (["evaluate.tta.time_frames=[0.5]"], "evaluate.tta.time_frames=[0.5]: must be a non-empty list of distinct"),
+    (["evaluate.tta=2"], "evaluate.tta=2: must be a mapping"),
+    (["+evaluate.tta.octaves=[1]"], "evaluate.tta.octaves: unknown key; allowed: pitch_bins, time_frames"),
     # tracking
     (["tracking.uri=''"], "tracking.uri=: must be a non-empty string"),
     (["tracking.experiment=null"], "tracking.experiment=null: must be a non-empty string"),
@@ -261,8 +271,8 @@ def _leaves(node, prefix):
 @pytest.mark.parametrize("group", ["data", "optimizer", "scheduler", "features"])
 def test_every_key_of_every_conf_option_has_a_check(group):
     """Every key conf/ can set has a rule (or is checked by the group's own validator)."""
-    own = {f"evaluate.{k}" for k in EVALUATE_KEYS} | {f"scheduler.{k}" for k in ("name", "_target_", "interval",
-                                                                                  "monitor")}
+    own = {f"evaluate.{k}" for k in EVALUATE_KEYS} | {f"evaluate.tta.{k}" for k in TTA_KEYS}
+    own |= {f"scheduler.{k}" for k in ("name", "_target_", "interval", "monitor")}
     table = set(rules()) | own
     for option in config_groups()[group]:
         cfg = compose_config([f"{group}={option}"])

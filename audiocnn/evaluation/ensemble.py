@@ -19,15 +19,16 @@ from omegaconf import DictConfig
 from audiocnn import atomic, tracking
 from audiocnn.errors import ConfigError
 from audiocnn.evaluation.reports import NOT_IN_JSON, log_test_metrics, write_reports
-from audiocnn.features.cqt import FEATURE_KEYS, pick_device
+from audiocnn.evaluation.scoring import score_test_split
+from audiocnn.features.cqt import FEATURE_KEYS
 from audiocnn.models.bundle import load_bundle
 from audiocnn.training.datamodule import WindowDataModule
-from audiocnn.training.vote import predict_probabilities
 
 
 def member_probabilities(member: str, data: WindowDataModule, cfg: DictConfig) -> tuple[dict, torch.Tensor,
                                                                                       torch.Tensor]:
-    """(description, probabilities (clips, n_classes), labels (clips,)) of one member."""
+    """(description, probabilities (clips, n_classes), labels (clips,)) of one member: at its own
+    temperature, under `evaluate.tta` (`evaluation.scoring`)."""
     model, bundle = load_bundle(member)
     if bundle["classes"] != data.classes:
         raise ConfigError(f"ensemble: member {member} was trained on classes {bundle['classes']}, not {data.classes}")
@@ -35,8 +36,9 @@ def member_probabilities(member: str, data: WindowDataModule, cfg: DictConfig) -
     if different:
         raise ConfigError(f"ensemble: member {member} used other features ({', '.join(different)}); "
                          "set features.* to the members' values")
-    probabilities, labels = predict_probabilities(model, data.test_dataloader(), pick_device(cfg.features.device))
-    return {"member": member, "model": bundle["model"]["name"]}, probabilities, labels
+    scores = score_test_split(model, bundle, data, cfg)
+    return ({"member": member, "model": bundle["model"]["name"], "temperature": scores.temperature},
+            scores.probabilities, scores.labels)
 
 
 def evaluate_ensemble(cfg: DictConfig) -> dict:

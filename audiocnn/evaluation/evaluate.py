@@ -1,7 +1,8 @@
 """The evaluate stage: trained model + test split -> metrics/, plots, MLflow.
 
 Writes `<paths.metrics>/test.json` (DVC metrics: accuracy and its bootstrap 95% CI,
-balanced accuracy, macro-F1, top-k, per-class precision/recall/F1, ECE),
+balanced accuracy, macro-F1, top-k, per-class precision/recall/F1, ECE; the model's
+`temperature` and `ece_uncalibrated`, the ECE at T = 1; `tta`, the test-time views),
 `predictions.csv` (one row per test clip; also the DVC confusion plot's data),
 `confusion_matrix.png`, `reliability_diagram.png` and, with `evaluate.explain`,
 `explain/{gradcam,saliency,filters}.png`; adds the test metrics and files to the
@@ -19,10 +20,9 @@ from audiocnn import tracking
 from audiocnn.errors import InputError, MissingInputError
 from audiocnn.evaluation.explain import explain_model
 from audiocnn.evaluation.reports import log_test_metrics, write_reports
-from audiocnn.features.cqt import pick_device
+from audiocnn.evaluation.scoring import score_test_split
 from audiocnn.models.bundle import load_bundle
 from audiocnn.training.datamodule import WindowDataModule
-from audiocnn.training.vote import predict_probabilities
 
 
 def evaluate(cfg: DictConfig) -> dict:
@@ -34,11 +34,13 @@ def evaluate(cfg: DictConfig) -> dict:
     data = WindowDataModule(cfg)
     if bundle["classes"] != data.classes:
         raise InputError(f"the model in {cfg.paths.models} was trained on other classes; rerun the train stage")
-    probabilities, labels = predict_probabilities(model, data.test_dataloader(), pick_device(cfg.features.device))
+    scores = score_test_split(model, bundle, data, cfg)
     out = Path(cfg.paths.metrics)
     settings = cfg.get("evaluate") or {}
-    metrics, files = write_reports(probabilities, labels, data, out, f"{cfg.model.name} on {cfg.data.name}",
-                                   settings)
+    metrics, files = write_reports(scores.probabilities, scores.labels, data, out,
+                                   f"{cfg.model.name} on {cfg.data.name}", settings, uncalibrated=scores.uncalibrated,
+                                   extra={"temperature": round(scores.temperature, 6),
+                                          "tta": scores.views.describe()})
     if settings.get("explain", False) and bundle["features"].get("on_the_fly"):
         print("evaluate: no explanations for a model trained on the fly (they need stored CQT windows)")
     elif settings.get("explain", False):
@@ -50,5 +52,6 @@ def evaluate(cfg: DictConfig) -> dict:
     ci = metrics["accuracy_ci95"]
     print(f"evaluate: test accuracy {metrics['accuracy']:.4f} (95% CI {ci['low']:.3f}-{ci['high']:.3f}), "
           f"balanced {metrics['balanced_accuracy']:.4f}, macro-F1 {metrics['macro_f1']:.4f}, ECE {metrics['ece']:.3f} "
+          f"(T={scores.temperature:.3f}; {metrics['ece_uncalibrated']:.3f} at T=1; tta {scores.views.describe()}) "
           f"on {metrics['n_clips']} clips -> {out / 'test.json'}")
     return metrics

@@ -28,14 +28,18 @@ PER_CLASS = ("per_class_f1", "per_class_precision", "per_class_recall")  # per_c
 
 
 def write_reports(probabilities: torch.Tensor, labels: torch.Tensor, data: WindowDataModule, out: Path,
-                  title: str, settings: dict | DictConfig | None = None) -> tuple[dict, list[Path]]:
+                  title: str, settings: dict | DictConfig | None = None, uncalibrated: torch.Tensor | None = None,
+                  extra: dict | None = None) -> tuple[dict, list[Path]]:
     """Metrics of per-clip `probabilities` `(clips, n_classes)` against `labels` `(clips,)`.
 
     `settings` is the `evaluate` config (top_k, calibration_bins, bootstrap_resamples,
-    bootstrap_seed). Writes into `out`: `test.json` (DVC metrics), `predictions.csv` (one
+    bootstrap_seed). Writes into `out`: `test.json` (DVC metrics: the scalars and the worst class),
+    `per_class.json` (precision, recall and F1 per class), `predictions.csv` (one
     row per test clip; the DVC confusion plot's data), `confusion_matrix.png` (row-normalised)
     and `reliability_diagram.png`; returns (metrics, files). `metrics["calibration"]` holds
-    the reliability bins (not written to test.json).
+    the reliability bins (not written to test.json). `uncalibrated`: the same clips' probabilities
+    at temperature 1, whose ECE is `ece_uncalibrated` (the `probabilities`' own when not given);
+    `extra`: more entries of test.json (the temperature, the test-time views).
     """
     settings = dict(settings or {})
     n_bins = settings.get("calibration_bins", 15)
@@ -45,6 +49,9 @@ def write_reports(probabilities: torch.Tensor, labels: torch.Tensor, data: Windo
                                       settings.get("bootstrap_seed", 0))
     metrics["accuracy_ci95"] = {"low": low, "high": high}
     metrics["ece"] = round(expected_calibration_error(probabilities, labels, n_bins), 4)
+    metrics["ece_uncalibrated"] = metrics["ece"] if uncalibrated is None else round(
+        expected_calibration_error(uncalibrated, labels, n_bins), 4)
+    metrics.update(extra or {})
     metrics["calibration"] = reliability_bins(probabilities, labels, n_bins)
     test_rows = data.store.index.iloc[data.rows("test")]
     predictions = pd.DataFrame({
@@ -71,7 +78,10 @@ def log_test_metrics(metrics: dict, files: list[Path]) -> None:
     ci = metrics["accuracy_ci95"]
     mlflow.log_metrics({"test_accuracy": metrics["accuracy"], "test_macro_f1": metrics["macro_f1"],
                         "test_balanced_accuracy": metrics["balanced_accuracy"], "test_ece": metrics["ece"],
+                        "test_ece_uncalibrated": metrics["ece_uncalibrated"],
                         "test_accuracy_ci95_low": ci["low"], "test_accuracy_ci95_high": ci["high"]})
+    if "temperature" in metrics:
+        mlflow.log_metric("temperature", metrics["temperature"])
     mlflow.log_metrics({f"test_{name}_accuracy": v for name, v in metrics["top_k_accuracy"].items()})
     keys = slug_map(metrics["per_class_f1"], "class")  # class names are data: only slugs become keys
     for kind in ("f1", "precision", "recall"):
@@ -92,7 +102,10 @@ def describe_results(metrics: dict) -> str:
         lines = [f"test accuracy  {metrics['accuracy']:.3f} +/- {metrics['accuracy_std']:.3f}  "
                  f"(min {metrics['accuracy_min']:.3f} over {metrics['n_runs']} runs)"]
     lines.append(f"macro-F1       {metrics['macro_f1']:.3f}")
-    lines.append(f"ECE            {metrics['ece']:.3f}")
+    temperature = metrics.get("temperature", 1.0)
+    lines.append(f"ECE            {metrics['ece']:.3f}" + (
+        f"  (temperature {temperature:.3g}; {metrics['ece_uncalibrated']:.3f} without)"
+        if temperature != 1.0 and "ece_uncalibrated" in metrics else ""))
     if "worst_class" in metrics:
         worst = metrics["worst_class"]
         lines.append(f"worst class    {worst['name']} (recall {worst['recall']:.3f})")

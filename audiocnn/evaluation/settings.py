@@ -7,7 +7,29 @@ from omegaconf import OmegaConf
 from audiocnn.errors import ConfigError
 
 EVALUATE_KEYS = {"top_k", "calibration_bins", "bootstrap_resamples", "bootstrap_seed", "explain",
-                 "explain_clips_per_class"}
+                 "explain_clips_per_class", "tta"}
+TTA_KEYS = ("pitch_bins", "time_frames")
+
+
+def validate_tta(tta, n_bins: int, window_frames: int, where: str = "evaluate.tta") -> None:
+    """`{pitch_bins: [k, ...], time_frames: [t, ...]}`: lists of distinct integers, each shift smaller
+    than the window (`n_bins` bins, `window_frames` frames); null or {} is the identity alone."""
+    from audiocnn.models.tta import Views
+
+    if tta is None:
+        return
+    if not OmegaConf.is_dict(tta) and not isinstance(tta, dict):
+        raise ConfigError(f"{where}={tta}: must be a mapping such as {{pitch_bins: [-1, 0, 1], time_frames: [0, 8]}}")
+    for key in tta:
+        if key not in TTA_KEYS:
+            raise ConfigError(f"{where}.{key}: unknown key; allowed: {', '.join(TTA_KEYS)}")
+        shifts = tta[key]
+        items = list(shifts) if OmegaConf.is_list(shifts) or isinstance(shifts, list) else None
+        if (not items or any(not isinstance(s, int) or isinstance(s, bool) for s in items)
+                or len(set(items)) != len(items)):
+            shown = items if items is not None else shifts
+            raise ConfigError(f"{where}.{key}={shown}: must be a non-empty list of distinct integers such as [0]")
+    Views.from_config(tta).check(n_bins, window_frames, (f"{where}.pitch_bins", f"{where}.time_frames"))
 
 
 def validate_evaluate(cfg) -> None:
@@ -33,3 +55,5 @@ def validate_evaluate(cfg) -> None:
         raise ConfigError(f"evaluate.bootstrap_seed={seed}: must be an integer in [0, {2**32 - 1}]")
     if not isinstance(settings.get("explain", False), bool):
         raise ConfigError(f"evaluate.explain={settings.explain}: allowed: true, false")
+    features = cfg.get("features") or {}
+    validate_tta(settings.get("tta"), int(features.get("n_bins", 1)), int(features.get("window_frames", 1)))

@@ -36,8 +36,13 @@ class Model:
         self.features: dict = backend.features
 
     @classmethod
-    def load(cls, source: str | Path, device: str = "cpu", batch_size: int = 64) -> "Model":
+    def load(cls, source: str | Path, device: str = "cpu", batch_size: int = 64, tta: dict | None = None) -> "Model":
         path = Path(str(source))
+        exported = path.suffix == ".onnx" or (path.is_file() and (path.suffix in EXPORT_SUFFIXES
+                                                                  or is_torchscript(path)))
+        if exported and tta is not None:
+            raise ValueError(f"{source}: the test-time views of an exported model are the ones it was exported "
+                             "with (audiocnn export --tta-...); pass tta with a model.pt source")
         if path.suffix == ".onnx":
             from audiocnn.inference.exported import OnnxBackend
 
@@ -48,7 +53,7 @@ class Model:
             return cls(TorchScriptBackend(path), str(source))
         from audiocnn.inference.predictor import Predictor
 
-        return cls(Predictor.load(source, device=device, batch_size=batch_size), str(source))
+        return cls(Predictor.load(source, device=device, batch_size=batch_size, tta=tta), str(source))
 
     @property
     def window_seconds(self) -> float:
@@ -89,7 +94,9 @@ class Model:
         return record
 
 
-def load_model(source: str | Path, device: str = "cpu", batch_size: int = 64) -> Model:
+def load_model(source: str | Path, device: str = "cpu", batch_size: int = 64, tta: dict | None = None) -> Model:
     """`source`: a model folder, `model.pt`, `runs:/<id>/model`, `models:/<name>/<version|alias>`, a
-    run id, or an exported `.onnx` (onnxruntime) or TorchScript file. `batch_size`: windows per call."""
-    return Model.load(source, device=device, batch_size=batch_size)
+    run id, or an exported `.onnx` (onnxruntime) or TorchScript file. `batch_size`: windows per call.
+    `tta`: test-time views `{"pitch_bins": [-2, 0, 2], "time_frames": [0, 8]}` (None: none); the
+    model's temperature (`model.pt`) is always applied."""
+    return Model.load(source, device=device, batch_size=batch_size, tta=tta)

@@ -7,8 +7,10 @@ CQT, log, float16 rounding, windows, model with its peak normalisation, vote). O
     window_probabilities   (batch, n_windows, n_classes)
     window_starts          (n_windows,)         first frame of each window
     window_weights         (n_windows,)         1, or 0 for a last window that repeats the hop grid's
-Metadata (`audiocnn`: JSON with `classes`, `features`, `window_hop_frames`): ONNX
-`metadata_props`, TorchScript extra file `audiocnn.json`.
+The bundle's temperature (`trainer.calibrate=temperature`) is a constant of the graph, and so
+are the test-time views given with `--tta-pitch-bins` / `--tta-time-frames` (default: none).
+Metadata (`audiocnn`: JSON with `classes`, `features`, `window_hop_frames`, `temperature`,
+`tta`): ONNX `metadata_props`, TorchScript extra file `audiocnn.json`.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from audiocnn import atomic
 from audiocnn.inference.exported import METADATA_KEY
 from audiocnn.inference.graph import ClipClassifier
 from audiocnn.inference.predictor import Predictor
+from audiocnn.inference.predict import add_tta_arguments, tta_arguments
 
 FORMATS = ("onnx", "torchscript")
 OUTPUTS = ["probabilities", "window_probabilities", "window_starts", "window_weights"]
@@ -44,14 +47,17 @@ class ExportGraph(nn.Module):
 
 def metadata(predictor: Predictor) -> str:
     return json.dumps({"classes": predictor.classes, "features": predictor.features,
-                       "window_hop_frames": max(predictor.window // 2, 1)})
+                       "window_hop_frames": max(predictor.window // 2, 1), "temperature": predictor.temperature,
+                       "tta": {"pitch_bins": list(predictor.views.pitch_bins),
+                               "time_frames": list(predictor.views.time_frames)}})
 
 
-def export_model(source: str | Path, fmt: str, output: str | Path) -> Path:
-    """Write the model at `source` as `fmt` to `output` (atomically); returns the path."""
+def export_model(source: str | Path, fmt: str, output: str | Path, tta: dict | None = None) -> Path:
+    """Write the model at `source` as `fmt` to `output` (atomically), with the test-time views `tta`
+    (`Predictor`'s; None: none); returns the path."""
     if fmt not in FORMATS:
         raise ValueError(f"--format={fmt}: allowed: {', '.join(FORMATS)}")
-    predictor = Predictor.load(source)
+    predictor = Predictor.load(source, tta=tta)
     module = ExportGraph(predictor.graph()).eval()
     example = torch.zeros(1, (predictor.window + 1) * predictor.hop_length)  # any length works: sizes are traced
     output = Path(output)
@@ -91,11 +97,12 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--format", required=True, choices=FORMATS)
     parser.add_argument("--output", required=True, help="the file to write (e.g. model.onnx, model.ts)")
     parser.add_argument("--tracking-uri", help="MLflow tracking URI for runs:/ and models:/ sources")
+    add_tta_arguments(parser)
     args = parser.parse_args(argv)
     from audiocnn.inference.predict import use_tracking
 
     use_tracking(args.model, args.tracking_uri)
-    path = export_model(args.model, args.format, args.output)
+    path = export_model(args.model, args.format, args.output, tta_arguments(args))
     print(f"export: {args.model} -> {path} ({args.format}; input: mono float32 waveforms (batch, samples) at "
           "the model's features.sr; outputs: " + ", ".join(OUTPUTS) + ")", file=sys.stderr)
     return 0

@@ -7,7 +7,9 @@
       -> the sliding windows of `training.windows.window_starts(..., "sliding")`:
          starts 0, hop, 2 hop, ... and, when the grid does not end on the last frame, one
          more window ending there                                           (batch * n_windows, 1, n_bins, window)
-      -> the model (peak normalisation inside) -> softmax -> mean over each clip's windows
+      -> the model (peak normalisation inside) in each test-time view (`models.tta`; the identity
+         unless exported with `--tta-*`) -> softmax(logits / temperature) (the bundle's T, a
+         constant of the graph) -> mean over the views -> mean over each clip's windows
       = (batch, n_classes)
 Every size is computed from the input's shape with tensor operations, so the traced graph
 (TorchScript, ONNX) takes any length: nothing of audiocnn, librosa or nnAudio is needed to
@@ -22,14 +24,17 @@ import torch
 from torch import Tensor, nn
 
 from audiocnn.features.cqt import LogCQT
+from audiocnn.models.tta import Views, window_probabilities
 
 
 class ClipClassifier(nn.Module):
-    def __init__(self, cqt: LogCQT, model: nn.Module, window_frames: int, amin: float):
+    def __init__(self, cqt: LogCQT, model: nn.Module, window_frames: int, amin: float, temperature: float = 1.0,
+                 views: Views = Views()):
         super().__init__()
         self.cqt, self.model = cqt, model
         self.window, self.hop = int(window_frames), max(int(window_frames) // 2, 1)
         self.floor = math.log(amin)
+        self.temperature, self.views = float(temperature), views
 
     def frames(self, waveform: Tensor) -> Tensor:
         """(batch, samples) -> (batch, n_bins, max(frames, window)) float32 holding float16 values."""
@@ -54,8 +59,9 @@ class ClipClassifier(nn.Module):
         starts, weights = self.window_starts(frames.shape[2])
         index = (starts[:, None] + torch.arange(self.window)[None, :]).reshape(-1)
         windows = frames.index_select(2, index).reshape(batch, bins, -1, self.window).permute(0, 2, 1, 3)
-        logits = self.model(windows.reshape(-1, 1, bins, self.window))
-        return logits.softmax(dim=1).reshape(batch, starts.shape[0], -1), starts, weights
+        probabilities = window_probabilities(self.model, windows.reshape(-1, 1, bins, self.window), self.views,
+                                             self.floor, self.temperature)
+        return probabilities.reshape(batch, starts.shape[0], -1), starts, weights
 
     def forward(self, waveform: Tensor) -> Tensor:
         """(batch, samples) -> (batch, n_classes): the mean of the windows' softmax."""

@@ -5,8 +5,10 @@ patterns, or a `.txt` / `.csv` list of paths (one per line, or a `path` column).
 model folder, `model.pt`, `runs:/<id>/model`, `models:/<name>/<version|alias|latest>`, a run
 id, or an exported `.onnx` / TorchScript file. Output: a table on stdout, or `--output
 preds.csv|.jsonl` with one row per file; `--timeline` adds one row per window (which class
-when). A file that cannot be read is reported with its reason and the rest go on; the exit
-status is 1 only when nothing could be predicted.
+when); `--tta-pitch-bins -2,0,2 --tta-time-frames 0,8` scores every window in each of those
+shifted views and averages their probabilities (docs/using-a-model.md). A file that cannot be
+read is reported with its reason and the rest go on; the exit status is 1 only when nothing
+could be predicted.
 """
 
 from __future__ import annotations
@@ -100,6 +102,32 @@ def use_tracking(source: str, uri: str | None) -> None:
             mlflow.set_tracking_uri(uri or "sqlite:///mlflow.db")
 
 
+def add_tta_arguments(parser: argparse.ArgumentParser) -> None:
+    """`--tta-pitch-bins` and `--tta-time-frames` (`models.tta.Views`), for predict and export."""
+    for name, what in (("pitch-bins", "CQT bins (one semitone = bins_per_octave / 12; > 0 is up)"),
+                       ("time-frames", "frames (> 0 is later)")):
+        parser.add_argument(f"--tta-{name}", type=_integers, metavar="K,K,...",
+                            help=f"test-time views: shifts in {what}, e.g. -2,0,2; the mean of the views' "
+                                 "probabilities is reported (default 0: no augmentation)")
+
+
+def _integers(text: str) -> list[int]:
+    try:
+        values = [int(v) for v in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: must be comma-separated integers such as -2,0,2") from None
+    if len(set(values)) != len(values):
+        raise argparse.ArgumentTypeError(f"{text!r}: the shifts must be distinct")
+    return values
+
+
+def tta_arguments(args: argparse.Namespace) -> dict | None:
+    """The `tta` mapping of `Predictor` from `add_tta_arguments`' options (None: no augmentation)."""
+    if args.tta_pitch_bins is None and args.tta_time_frames is None:
+        return None
+    return {"pitch_bins": args.tta_pitch_bins or [0], "time_frames": args.tta_time_frames or [0]}
+
+
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="audiocnn predict", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -114,6 +142,7 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--device", default="cpu", help="cpu | cuda | auto (model.pt sources)")
     parser.add_argument("--tracking-uri", help="MLflow tracking URI for runs:/ and models:/ sources (default: "
                         "MLFLOW_TRACKING_URI, else sqlite:///mlflow.db)")
+    add_tta_arguments(parser)
     args = parser.parse_args(argv)
     for name, value in (("--top-k", args.top_k), ("--batch-size", args.batch_size)):
         if value < 1:
@@ -127,7 +156,7 @@ def main(argv: list[str]) -> int:
     if not paths:
         print("error: no audio files in the inputs", file=sys.stderr)
         return 1
-    model = load_model(args.model, device=args.device, batch_size=args.batch_size)
+    model = load_model(args.model, device=args.device, batch_size=args.batch_size, tta=tta_arguments(args))
     records = []
     with tqdm(total=len(paths), desc="predict", unit="file", disable=None, file=sys.stderr) as bar:
         for record in model.iter_predict(paths, top_k=args.top_k, timeline=args.timeline, hop_seconds=args.hop_s):

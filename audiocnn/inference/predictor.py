@@ -7,7 +7,9 @@
     -> the model's own CQT front-end -> frames rounded to float16, as the store holds them
     -> the sliding windows of `training.windows.window_starts` (hop: half a window, as
        evaluate; settable), cut by `training.windows.cut_window`
-    -> the model, on batches of windows drawn from all inputs -> softmax
+    -> the model, on batches of windows drawn from all inputs, in each test-time view (`tta`,
+       `models.tta`; the identity by default) -> softmax(logits / T), T the bundle's temperature
+       (1 unless trained with `trainer.calibrate=temperature`) -> mean over the views
     -> per clip, the mean of its windows' probabilities (`training.vote`'s vote).
 `audiocnn.inference.api.load_model(source)` wraps it (the Python API); the CLI (`audiocnn
 predict`) and the MLflow pyfunc are thin layers over that.
@@ -28,7 +30,8 @@ from audiocnn.features.cqt import LogCQT, n_frames, pick_device
 from audiocnn.features.plan import chunk_margin, clip_pieces
 from audiocnn.inference.graph import ClipClassifier
 from audiocnn.inference.results import Scored
-from audiocnn.models.bundle import load_bundle
+from audiocnn.models.bundle import load_bundle, temperature
+from audiocnn.models.tta import Views, window_probabilities
 from audiocnn.training.windows import cut_window, window_starts
 
 
@@ -36,15 +39,20 @@ GROUP_SAMPLES = 1 << 23  # most samples of short clips in one CQT batch (32 MB o
 
 
 class Predictor:
-    """`Predictor.load(source)`: any source `audiocnn.models.bundle.weights_file` takes."""
+    """`Predictor.load(source)`: any source `audiocnn.models.bundle.weights_file` takes. `tta`: the
+    test-time views, `{pitch_bins: [...], time_frames: [...]}` or `Views` (None: the identity)."""
 
-    def __init__(self, model: nn.Module, bundle: dict, device: str = "cpu", batch_size: int = 64):
+    def __init__(self, model: nn.Module, bundle: dict, device: str = "cpu", batch_size: int = 64,
+                 tta: Views | dict | None = None):
         features = bundle["features"]
         self.classes: list[str] = [str(c) for c in bundle["classes"]]
         self.features = dict(features)
         self.sr, self.window = int(features["sr"]), int(features["window_frames"])
         self.hop_length = int(features["hop_length"])
         self.floor = math.log(features["amin"])
+        self.temperature = temperature(bundle)
+        self.views = (tta if isinstance(tta, Views) else Views.from_config(tta)).check(int(features["n_bins"]),
+                                                                                       self.window)
         if features.get("on_the_fly"):  # trained on the fly: its own (possibly trained) CQT kernels
             frontend, self.model = model
             self.cqt = frontend.cqt
@@ -62,7 +70,8 @@ class Predictor:
 
     def graph(self) -> ClipClassifier:
         """The whole path from waveform to probabilities as one module (what `export` writes)."""
-        return ClipClassifier(self.cqt, self.model, self.window, self.features["amin"]).cpu().eval()
+        return ClipClassifier(self.cqt, self.model, self.window, self.features["amin"], self.temperature,
+                              self.views).cpu().eval()
 
     @torch.inference_mode()
     def frames(self, waveform: Tensor) -> np.ndarray:
@@ -103,9 +112,9 @@ class Predictor:
 
     @torch.inference_mode()
     def _run(self, windows: list[np.ndarray]) -> np.ndarray:
-        """`[(n_bins, window)] * n` -> `(n, n_classes)` softmax probabilities."""
+        """`[(n_bins, window)] * n` -> `(n, n_classes)` probabilities (views, temperature: `models.tta`)."""
         x = torch.from_numpy(np.stack(windows)[:, None]).to(self.device)
-        return self.model(x).float().softmax(dim=1).cpu().numpy()
+        return window_probabilities(self.model, x, self.views, self.floor, self.temperature).cpu().numpy()
 
     def score(self, inputs: Sequence, sample_rate: int | None = None, hop: int | None = None,
               keep_windows: bool = False) -> Iterator[Scored]:

@@ -21,9 +21,10 @@ not audio, a channels-first array, a rate of 0 or 1e9, NaN or 1e30 samples, long
 config group, stored as the logged model's `model_config`.
 
 The model directory holds `artifacts/model.pt` (the train stage's bundle: weights,
-model/features configs, class names; checked and built through the allow-list of
+model/features configs, class names, temperature; checked and built through the allow-list of
 `audiocnn.models.bundle`) and this file, logged as code (`python_model=<this file>`),
-so nothing is unpickled. Scoring is `Predictor`'s: the evaluate stage's windows and vote.
+so nothing is unpickled. Scoring is `Predictor`'s: the evaluate stage's windows and vote,
+the logits divided by the bundle's temperature (no test-time views).
 """
 
 from __future__ import annotations

@@ -7,6 +7,9 @@ A bundle is plain data and tensors (it loads with `torch.load(weights_only=True)
     features     the `features` config (sr, hop_length, fmin, n_bins, ..., window_frames)
     classes      [class name, ...] in logit order
     frontend     {name: tensor}  only for a model trained on the fly: its CQT kernels
+    temperature  float > 0, optional (1.0 when absent: bundles written before it load as they were):
+                 the logits are divided by it before the softmax (`trainer.calibrate=temperature`,
+                 `training.temperature`); every consumer applies it through `temperature(bundle)`
 
 A model file is untrusted data: it may come from a registry or a colleague. It is never
 passed to `hydra.utils.instantiate`; `build_from_bundle` checks its schema first and
@@ -123,6 +126,9 @@ def check_bundle(bundle: dict, where: str = "model.pt") -> None:
         value = features.get(key) if isinstance(features, Mapping) else None
         if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
             raise BundleError(f"{where}: features.{key}={value!r}: must be a positive number")
+    value = bundle.get("temperature", 1.0)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+        raise BundleError(f"{where}: temperature={value!r}: must be a finite number > 0")
     classes = bundle["classes"]
     if not isinstance(classes, list) or not classes or not all(isinstance(c, str) for c in classes):
         raise BundleError(f"{where}: classes: must be a non-empty list of class names")
@@ -148,6 +154,11 @@ def build_from_bundle(bundle: dict, where: str = "model.pt") -> nn.Module:
     return model.eval()
 
 
+def temperature(bundle: dict) -> float:
+    """The temperature the bundle's logits are divided by (1.0 for an uncalibrated model)."""
+    return float(bundle.get("temperature", 1.0))
+
+
 def load_bundle(source: str | Path) -> tuple[nn.Module, dict]:
     """(model in eval mode, bundle) for a model `source` (see the module docstring)."""
     path = weights_file(source)
@@ -167,10 +178,10 @@ def load_state(source: str | Path, prefix: str = "model.") -> dict[str, Tensor]:
 
 
 def save_bundle(model: nn.Module, model_cfg: dict, features_cfg: dict, classes: list[str], path: Path,
-                frontend: nn.Module | None = None) -> Path:
+                frontend: nn.Module | None = None, temperature: float = 1.0) -> Path:
     """Write `model.pt` atomically: `model`'s weights plus the plain configs that rebuild it."""
     bundle = {"format": BUNDLE_FORMAT, "state_dict": model.state_dict(), "model": dict(model_cfg),
-              "features": dict(features_cfg), "classes": [str(c) for c in classes]}
+              "features": dict(features_cfg), "classes": [str(c) for c in classes], "temperature": float(temperature)}
     if frontend is not None:
         bundle["frontend"] = frontend.state_dict()
     check_bundle(bundle, str(path))  # what we write, we can read back

@@ -116,5 +116,9 @@ class WindowDataModule(L.LightningDataModule):
             return self._loader(dataset, shuffle=False)
         return self._loader(dataset, shuffle=False, sampler=distributed.StridedSampler(len(dataset), rank, world))
 
+    def sliding_dataloader(self, split: str) -> DataLoader:
+        """Every sliding window of each clip of `split`, batches of (windows, labels, windows per clip)."""
+        return self._loader(self.dataset(split, "sliding"), shuffle=False)
+
     def test_dataloader(self) -> DataLoader:
-        return self._loader(self.dataset("test", "sliding"), shuffle=False)
+        return self.sliding_dataloader("test")

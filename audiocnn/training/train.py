@@ -8,6 +8,8 @@ a rerun after a kill or crash resumes from them in the same MLflow run (`resume`
 exist: a missing manifest or feature store is an error naming the stage that makes it
 (`audiocnn.experiment` makes them for Hydra runs). Logging the servable model is not done
 here but by the orchestration layer (`audiocnn.experiment.log_servable_model`).
+With `trainer.calibrate=temperature` the stage then fits a temperature on the validation clips
+(`training.temperature`) and stores it in `model.pt`; the weights are the same.
 With several processes (`trainer.strategy=ddp trainer.devices=N`, `audiocnn.training.distributed`)
 every process runs the same fit and validation; only the main one logs to MLflow and
 writes `model.pt` and `run.json` (Lightning writes `best.ckpt` from rank 0 only).
@@ -29,8 +31,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from audiocnn import atomic, tracking
 from audiocnn.data.prepare import is_prepared
-from audiocnn.errors import InputError, MissingInputError
-from audiocnn.features.cqt import CQTFrontend
+from audiocnn.errors import ConfigError, InputError, MissingInputError
+from audiocnn.features.cqt import CQTFrontend, pick_device
 from audiocnn.features.featurize import store_problem
 from audiocnn.models import build_model
 from audiocnn.models.bundle import load_state, save_bundle
@@ -42,6 +44,7 @@ from audiocnn.training.module import Classifier
 from audiocnn.training.norm_stats import fit_bin_norm
 from audiocnn.training.optim import class_weights, resolve_precision
 from audiocnn.training.resume import BEST, AtomicCheckpointIO, RngState
+from audiocnn.training.temperature import calibrate
 from audiocnn.training.transfer import freeze, load_matching
 
 
@@ -183,6 +186,16 @@ def fit(cfg: DictConfig, model: torch.nn.Module, data: WindowDataModule, out: Pa
     return trainer, best_val, frontend, epochs
 
 
+def fit_calibration(model: torch.nn.Module, frontend, data: WindowDataModule, cfg: DictConfig) -> float:
+    """`trainer.calibrate=temperature`: T fitted on the val split's sliding windows, logged to the run."""
+    scorer = torch.nn.Sequential(frontend, model) if frontend is not None else model
+    temperature, before, after = calibrate(scorer, data.sliding_dataloader("val"), pick_device(cfg.features.device))
+    mlflow.log_metrics({"temperature": temperature, "val_nll_uncalibrated": before, "val_nll_calibrated": after})
+    print(f"train: trainer.calibrate=temperature: T={temperature:.4f} on {len(data.rows('val'))} val clips, "
+          f"val NLL {before:.4f} -> {after:.4f}")
+    return temperature
+
+
 def log_run_inputs(cfg: DictConfig, run_id: str, summary_table, transfer) -> None:
     """Params, model size and summary, transfer report: what a run resumed already has is not logged again."""
     logged = mlflow.MlflowClient().get_run(run_id).data
@@ -214,6 +227,10 @@ def train(cfg: DictConfig, run_name_suffix: str = "") -> dict:
             print(f"train: {start.message}")
     L.seed_everything(cfg.seed, workers=True)
     data = WindowDataModule(cfg)
+    calibrating = cfg.trainer.get("calibrate", "none") == "temperature"
+    if calibrating and len(data.rows("val")) == 0:
+        raise ConfigError("trainer.calibrate=temperature: the val split has no clips to fit the temperature on; "
+                          "give it clips (data.val_fraction) or set trainer.calibrate=none")
     model = build_model(cfg.model, len(data.classes), cfg.features.n_bins, cfg.features.get("top_db"))
     transfer = initial_weights(cfg, model) if start.ckpt is None else None  # else the checkpoint has them
     freeze(model, cfg.model.get("freeze", "none"))
@@ -229,16 +246,17 @@ def train(cfg: DictConfig, run_name_suffix: str = "") -> dict:
         summary_table = summarize(model, cfg.features.n_bins, cfg.features.window_frames, name=cfg.model.name)
         log_run_inputs(cfg, run_id, summary_table, transfer)
         trainer, best_val, frontend, epochs = fit(cfg, model, data, out, run_id, start)
+        temperature = fit_calibration(model, frontend, data, cfg) if calibrating else 1.0
         save_bundle(model.eval().cpu(), OmegaConf.to_container(cfg.model, resolve=True),
                     OmegaConf.to_container(cfg.features, resolve=True), data.classes, out / "model.pt",
-                    frontend.cpu() if frontend is not None else None)
+                    frontend.cpu() if frontend is not None else None, temperature=temperature)
         summary = {
             "run_id": run_id, "experiment_id": run.info.experiment_id,
             "tracking_uri": tracking.redact(tracking.tracking_uri(cfg)), "run_name": name,
             "best_val_loss": best_val["val_loss"], "best_val_acc": best_val["val_acc"], "epochs": epochs,
             "n_parameters": summary_table.total_params, "multiply_adds": summary_table.total_macs,
             "processes": trainer.world_size, "train_steps": trainer.global_step,  # optimizer steps of each process
-            "fingerprint": resume.fingerprint(cfg), "code": resume.code_digest(),
+            "fingerprint": resume.fingerprint(cfg), "code": resume.code_digest(), "temperature": temperature,
         }
         mlflow.log_metrics({"best_val_loss": summary["best_val_loss"], "best_val_acc": summary["best_val_acc"]})
         atomic.write_json(out / "run.json", summary)

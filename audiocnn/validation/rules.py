@@ -134,6 +134,7 @@ def rules() -> dict[str, Callable]:
         "trainer.gradient_clip_val": Number(0, low_open=True, null=True),
         "trainer.label_smoothing": Number(0, 1, high_open=True), "trainer.class_weights": Choice(CLASS_WEIGHTS),
         "trainer.callbacks": _callbacks, "trainer.resume": BOOL,
+        "trainer.calibrate": Choice(("none", "temperature")),
         "optimizer._target_": Text(), "optimizer.name": Text(), "optimizer.lr": POSITIVE,
         "optimizer.backbone_lr_scale": POSITIVE, "optimizer.weight_decay": Number(0),
         "optimizer.momentum": Number(0, 1, high_open=True), "optimizer.dampening": Number(0, 1),
@@ -176,8 +177,8 @@ REQUIRED_GROUPS = ("features", "trainer", "tracking", "paths")
 REQUIRED = {"optimizer._target_", "optimizer.lr", "data.name", "data.protocol", "seed"}
 OPTIONAL = {"features.top_db", "trainer.seeds", "trainer.patience", "trainer.gradient_clip_val",
             "trainer.strategy", "trainer.num_nodes", "trainer.label_smoothing", "trainer.class_weights",
-            "trainer.callbacks", "trainer.resume", "tracking.run_name", "tracking.registered_model",
-            "tracking.export_onnx"}
+            "trainer.callbacks", "trainer.resume", "trainer.calibrate", "tracking.run_name",
+            "tracking.registered_model", "tracking.export_onnx"}
 # Unknown keys refused; an optimizer's keys are the arguments of its class (`checks.validate_optimizer`).
 CHECKED_GROUPS = ("features", "trainer", "data", "tracking")
 _ABSENT = object()
