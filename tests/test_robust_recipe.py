@@ -1,0 +1,59 @@
+"""`experiment=robust` (conf/experiment/robust.yaml): every piece it names is in the composed
+config, and a tiny training and evaluation run with all of them at once."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from audiocnn.config import compose_config, validate_config
+from audiocnn.evaluation.evaluate import evaluate
+from audiocnn.models.bundle import load_bundle
+from tests.conftest import tiny_config, train
+
+
+def test_the_robust_recipe_composes_every_piece_it_names():
+    cfg = tiny_config(Path("/nonexistent"), "experiment=robust")
+    assert set(cfg.augment.transforms) >= {"time_shift", "freq_mask", "time_mask", "mixup",
+                                            "eq", "tilt", "reverb", "freq_warp"}
+    assert cfg.model.norm.type == "pcen" and cfg.features.top_db is None
+    assert "swa" in cfg.trainer.callbacks and "early_stopping" in cfg.trainer.callbacks
+    assert cfg.scheduler.name == "cosine"
+    assert list(cfg.evaluate.tta.pitch_bins) == [-1, 0, 1]
+    validate_config(cfg)
+    fsdd = compose_config(["data=fsdd", "experiment=robust"])
+    assert fsdd.features.top_db is None, "PCEN needs magnitudes, whatever front-end the data picks"
+
+
+def test_a_tiny_robust_training_trains_evaluates_and_keeps_its_pcen_and_views(prepared_store, tmp_path):
+    cfg = tiny_config(tmp_path, "experiment=robust", "trainer.max_epochs=3",
+                      f"paths.prepared={prepared_store.paths.prepared}", f"paths.raw={prepared_store.paths.raw}")
+    validate_config(cfg)
+    train(cfg)
+    metrics = evaluate(cfg)
+    _, bundle = load_bundle(Path(cfg.paths.models) / "model.pt")
+    assert bundle["model"]["norm"]["type"] == "pcen"
+    assert all(torch.isfinite(t).all() for t in bundle["state_dict"].values() if t.is_floating_point())
+    saved = json.loads((Path(cfg.paths.metrics) / "test.json").read_text())
+    assert saved["tta"] == "pitch_bins=[-1, 0, 1], time_frames=[0]" and 0.0 <= metrics["accuracy"] <= 1.0
+
+
+def test_every_row_of_the_robust_ablation_composes_and_validates(tmp_path):
+    """benchmarks/augment_ablation.py --preset robust: each row is a valid FSDD leave-one-speaker-out
+    config (a typo in a row would cost an hour of CPU before it failed)."""
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import augment_ablation
+
+    rows = augment_ablation.PRESETS["robust"]
+    assert len(rows) == 3 * len(augment_ablation.ROBUST_PIECES) and "experiment=robust:seed=2" in rows
+    (tmp_path / "recordings").mkdir()
+    for config in rows:
+        cfg = compose_config(["data=fsdd", f"data.root={tmp_path}", "data.fold=theo",
+                              *augment_ablation.DEFAULT_OVERRIDES, *augment_ablation.config_overrides(config)])
+        validate_config(cfg)
+        if config.startswith("experiment=robust"):
+            assert cfg.model.norm.type == "pcen" and "eq" in cfg.augment.transforms
