@@ -188,7 +188,7 @@ def test_hydra_entrypoint_runs_an_experiment_without_dvc(project):
     outputs = list((project / "data/hydra/runs").glob("*/metrics/test.json"))
     assert outputs, "the Hydra job writes its metrics into its own output folder"
     runs = mlflow_runs(project)
-    assert any(name.startswith("cnn-demo-trainer.max_epochs=1") for name in runs["tags.mlflow.runName"])
+    assert any(name.startswith("cnn-demo-max_epochs=1") for name in runs["tags.mlflow.runName"])
 
 
 def pd_isna(value) -> bool:
