@@ -131,3 +131,19 @@ def test_after_the_check_the_uri_is_used_without_its_user_info(auth_server, tmp_
     assert PASSWORD not in mlflow.get_tracking_uri()
     assert os.environ["MLFLOW_TRACKING_PASSWORD"] == PASSWORD  # what the client sends instead
     assert MlflowClient().get_experiment_by_name(cfg.tracking.experiment) is not None
+
+
+def test_a_host_the_server_does_not_allow_is_told_apart_from_missing_credentials(tmp_path):
+    """A plain `mlflow server` on 127.0.0.2 answers /health but refuses API calls whose Host it does
+    not allow (HTTP 403): the reason names --allowed-hosts, not only credentials."""
+    port = free_port()
+    process = subprocess.Popen(
+        [str(Path(sys.executable).parent / "mlflow"), "server", "--backend-store-uri", f"sqlite:///{tmp_path / 'm.db'}",
+         "--artifacts-destination", str(tmp_path / "artifacts"), "-h", "127.0.0.2", "-p", str(port), "--workers", "1"],
+        cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        wait_for(f"http://127.0.0.2:{port}/health", process)
+        problem = tracking.server_problem(f"http://127.0.0.2:{port}")
+        assert problem.startswith("the server refused the request (HTTP 403)") and "--allowed-hosts" in problem
+    finally:
+        stop_process(process)

@@ -121,7 +121,8 @@ def mlflow_sweep_screenshot(out: Path) -> Path:
         home, port = Path(scratch), free_port()
         server = subprocess.Popen(
             [str(bin_dir / "mlflow"), "server", "--backend-store-uri", f"sqlite:///{home / 'mlflow.db'}",
-             "--artifacts-destination", str(home / "artifacts"), "-h", LOOPBACK, "-p", str(port), "--workers", "1"],
+             "--artifacts-destination", str(home / "artifacts"), "-h", LOOPBACK, "-p", str(port), "--workers", "1",
+             "--allowed-hosts", f"{LOOPBACK}:{port},{LOOPBACK}"],  # its host check knows 127.0.0.1 only
             cwd=home, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         url = f"http://{LOOPBACK}:{port}"
         try:

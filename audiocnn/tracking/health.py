@@ -78,6 +78,10 @@ def server_problem(uri: str, timeout: float = HEALTH_TIMEOUT_S) -> str | None:
     if response.status_code in (401, 403):
         if "auth" in settings or settings["headers"]:
             return f"{CREDENTIALS} refused (HTTP {response.status_code})"
+        if response.status_code == 403:  # no credentials sent: MLflow's host check refuses with 403 too
+            return ("the server refused the request (HTTP 403): if it needs credentials, give user:password@ in "
+                    "the URI or MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD; if it checks the Host "
+                    "header, start it with --allowed-hosts naming this host and port")
         return (f"{CREDENTIALS} required (HTTP {response.status_code}): give user:password@ in the URI "
                 "or MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD")
     return None
