@@ -28,7 +28,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 # A loopback address other than 127.0.0.1: the UI opens its assistant panel over the table
-# the first time it is served from localhost / 127.0.0.1.
+# the first time it is served from localhost / 127.0.0.1 (the server is told to allow this
+# host and origin: its security checks know localhost only).
 LOOPBACK = "127.0.0.2"
 CHROMIUM = next((shutil.which(n) for n in ("chromium", "chromium-browser", "google-chrome") if shutil.which(n)), None)
 
@@ -122,7 +123,7 @@ def mlflow_sweep_screenshot(out: Path) -> Path:
         server = subprocess.Popen(
             [str(bin_dir / "mlflow"), "server", "--backend-store-uri", f"sqlite:///{home / 'mlflow.db'}",
              "--artifacts-destination", str(home / "artifacts"), "-h", LOOPBACK, "-p", str(port), "--workers", "1",
-             "--allowed-hosts", f"{LOOPBACK}:{port},{LOOPBACK}"],  # its host check knows 127.0.0.1 only
+             "--allowed-hosts", f"{LOOPBACK}:{port},{LOOPBACK}", "--cors-allowed-origins", f"http://{LOOPBACK}:{port}"],
             cwd=home, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         url = f"http://{LOOPBACK}:{port}"
         try:
