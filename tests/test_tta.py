@@ -154,7 +154,11 @@ def test_an_export_with_tta_views_gives_the_bundles_answers_with_those_views(pre
     from tests.conftest import untrained_bundle
     from tests.test_export import clips
 
-    folder = untrained_bundle(tmp_path / "m", "features.top_db=60").parent
+    bundle_path = untrained_bundle(tmp_path / "m", "features.top_db=60")
+    bundle = torch.load(bundle_path, weights_only=True)  # an untrained model is near uniform: sharpen it,
+    bundle["state_dict"]["head.fc.weight"] *= 50  # so that what the views change is well above float error
+    torch.save(bundle, bundle_path)
+    folder = bundle_path.parent
     inputs = clips(prepared_store, tmp_path, prepared_store.features.sr)
     out = tmp_path / "views.onnx"
     assert main(["export", "--model", str(folder), "--format", "onnx", "--output", str(out),
@@ -165,6 +169,6 @@ def test_an_export_with_tta_views_gives_the_bundles_answers_with_those_views(pre
     plain = load_model(folder).predict(inputs)
     for a, b, c in zip(eager, exported, plain):
         np.testing.assert_allclose(list(b["probabilities"].values()), list(a["probabilities"].values()), atol=1e-4)
-        assert not np.allclose(list(c["probabilities"].values()), list(a["probabilities"].values()), atol=1e-4)
+        assert not np.allclose(list(c["probabilities"].values()), list(a["probabilities"].values()), atol=1e-3)
     with pytest.raises(ValueError, match="exported with"):
         load_model(out, tta=tta)
