@@ -133,9 +133,11 @@ def test_after_the_check_the_uri_is_used_without_its_user_info(auth_server, tmp_
     assert MlflowClient().get_experiment_by_name(cfg.tracking.experiment) is not None
 
 
-def test_a_host_the_server_does_not_allow_is_told_apart_from_missing_credentials(tmp_path):
+def test_a_host_the_server_does_not_allow_is_told_apart_from_missing_credentials(tmp_path, monkeypatch):
     """A plain `mlflow server` on 127.0.0.2 answers /health but refuses API calls whose Host it does
     not allow (HTTP 403): the reason names --allowed-hosts, not only credentials."""
+    for name in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN"):
+        monkeypatch.delenv(name, raising=False)  # an earlier test's run may have carried them here
     port = free_port()
     process = subprocess.Popen(
         [str(Path(sys.executable).parent / "mlflow"), "server", "--backend-store-uri", f"sqlite:///{tmp_path / 'm.db'}",
