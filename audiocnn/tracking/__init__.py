@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Iterator
 
 import mlflow
+from filelock import FileLock, Timeout
 from omegaconf import DictConfig, OmegaConf
 
 from audiocnn.errors import TrackingUnavailable
@@ -43,6 +44,9 @@ LOCAL_STORE = "sqlite:///mlflow.db"
 EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")
 UI_VIEW = "workflowType=machine_learning"
 SUPPRESS_MLFLOW_URLS = "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"
+# Processes that open a new SQLite store at once (a sweep's parallel jobs, benchmark workers)
+# would each create its tables ("duplicate column name: step"); they take turns, this long at most.
+STORE_LOCK_TIMEOUT_S = 300
 _checked: dict[str, str] = {}  # server URI -> URI actually used, so a process checks a server once
 
 
@@ -153,6 +157,26 @@ def _use_experiment(name: str, uri: str) -> None:
         mlflow.MlflowClient().set_experiment_tag(experiment.experiment_id, *EXPERIMENT_KIND)
 
 
+@contextmanager
+def _store_lock(uri: str) -> Iterator[None]:
+    """For a SQLite store, whose first query creates (or upgrades) its tables: one process at a time."""
+    if not uri.startswith("sqlite:///"):
+        yield
+        return
+    database = Path(uri.removeprefix("sqlite:///"))
+    database.parent.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(f"{database}.lock")
+    try:
+        lock.acquire(timeout=STORE_LOCK_TIMEOUT_S)
+    except Timeout:
+        raise TrackingUnavailable(f"tracking.uri={redact(uri)}: another process has held {database}.lock "
+                                  f"for {STORE_LOCK_TIMEOUT_S} s; stop it, or delete the lock file") from None
+    try:
+        yield
+    finally:
+        lock.release()
+
+
 def configure(cfg: DictConfig) -> str:
     """Point MLflow at the store and experiment of `cfg`; runs of this experiment that a dead
     process of this host left RUNNING are marked KILLED (`owners.reap`)."""
@@ -164,7 +188,8 @@ def configure(cfg: DictConfig) -> str:
     # the user's setting and override the tracking.uri of every later config in this process.
     if user_setting is None:
         os.environ.pop("MLFLOW_TRACKING_URI", None)
-    _use_experiment(cfg.tracking.experiment, uri)
+    with _store_lock(uri):
+        _use_experiment(cfg.tracking.experiment, uri)
     try:
         owners.reap(mlflow.MlflowClient(), mlflow.get_experiment_by_name(cfg.tracking.experiment).experiment_id)
     except mlflow.exceptions.MlflowException as error:  # never a reason to stop a stage
