@@ -7,9 +7,11 @@
 
 `--preset robust` is the robust recipe's ablation (conf/experiment/robust.yaml): the best
 augmentation row (`combo`), each new piece alone on top of it, and `experiment=robust`, each
-with seeds 0, 1 and 2 (10 rows x 6 speakers x 3 seeds: about 2 hours as two workers of one
-thread on 2 CPU cores at 75 s a cell); its table adds the ECE at the model's temperature and
-at temperature 1.
+with seeds 0, 1 and 2 (10 rows x 6 speakers x 3 seeds; 100-150 s a cell for one thread of a
+2-core x86_64 CPU, so about 3.5 hours as two workers); its table adds the ECE at the model's
+temperature and at temperature 1. A row that differs from an earlier one only in `evaluate.*`
+settings (test-time views) scores that row's model instead of training the same model again
+(training with one thread is deterministic: a rerun gives the same accuracy).
 
 A row (`--configs`) is an augment config (`conf/augment/<name>.yaml`), or a `+`-joined
 list such as `specaugment+pitch_shift`, passed to Hydra as `augment=[specaugment,pitch_shift]`;
@@ -47,6 +49,7 @@ from common import benchmark_config, machine, train_and_evaluate
 
 from audiocnn.data.prepare import prepare
 from audiocnn.evaluation.ensemble import evaluate_ensemble
+from audiocnn.experiment import evaluate_model
 from audiocnn.features.featurize import featurize
 
 RESULTS = Path(__file__).parent / "results" / "augment_ablation.json"
@@ -201,6 +204,13 @@ def cell_dir(work: Path, config: str) -> Path:
     return work / config.replace(":", "_").replace("=", "-")
 
 
+def evaluation_base(config: str) -> str:
+    """The row whose model `config` can reuse: `config` without its `evaluate.*` overrides, which
+    change only how the test split is scored (`combo:evaluate.tta.pitch_bins=[-1,0,1]:seed=1` -> `combo:seed=1`)."""
+    augments, *extra = config.split(":")
+    return ":".join([augments, *(part for part in extra if not part.startswith("evaluate."))])
+
+
 def run_cell(work: Path, base: list[str], config: str, fold: str) -> dict:
     """Test metrics of `config` with `fold` held out; `work` holds the fold's manifest and store.
 
@@ -215,6 +225,10 @@ def run_cell(work: Path, base: list[str], config: str, fold: str) -> dict:
     featurize(data_cfg)
     out = cell_dir(work, config)
     cfg = benchmark_config(work, *cell, f"paths.models={out}/model", f"paths.metrics={out}/metrics")
+    trained = cell_dir(work, evaluation_base(member)) / "model"
+    if not ensemble and trained != out / "model" and (trained / "model.pt").exists():
+        cfg.paths.models = str(trained)  # only evaluate.* differs: score that row's model (training is deterministic)
+        return {**evaluate_model(cfg), "epochs": cfg.trainer.max_epochs}  # patience >= max_epochs: all ran
     if not ensemble:
         result = train_and_evaluate(cfg, run_name_suffix=f"ablation-{config}-{fold}")
         return {**result["metrics"], "epochs": result["epochs"]}

@@ -57,3 +57,9 @@ def test_every_row_of_the_robust_ablation_composes_and_validates(tmp_path):
         validate_config(cfg)
         if config.startswith("experiment=robust"):
             assert cfg.model.norm.type == "pcen" and "eq" in cfg.augment.transforms
+    # a row that differs from another only in evaluate.* scores that row's model, so it must come after it
+    tta = "specaugment+time_shift+mixup:evaluate.tta.pitch_bins=[-1,0,1]:seed=1"
+    assert augment_ablation.evaluation_base(tta) == "specaugment+time_shift+mixup:seed=1"
+    for i, config in enumerate(rows):
+        base = augment_ablation.evaluation_base(config)
+        assert base == config or base in rows[:i], config
