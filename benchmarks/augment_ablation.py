@@ -10,8 +10,8 @@ augmentation row (`combo`), each new piece alone on top of it, and `experiment=r
 with seeds 0, 1 and 2 (10 rows x 6 speakers x 3 seeds; 100-150 s a cell for one thread of a
 2-core x86_64 CPU, so about 3.5 hours as two workers); its table adds the ECE at the model's
 temperature and at temperature 1. A row that differs from an earlier one only in `evaluate.*`
-settings (test-time views) scores that row's model instead of training the same model again
-(training with one thread is deterministic: a rerun gives the same accuracy).
+settings (test-time views) scores that row's model instead of training another: the same
+weights with and without the views, so the difference is the views' alone.
 
 A row (`--configs`) is an augment config (`conf/augment/<name>.yaml`), or a `+`-joined
 list such as `specaugment+pitch_shift`, passed to Hydra as `augment=[specaugment,pitch_shift]`;
