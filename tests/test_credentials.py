@@ -137,7 +137,7 @@ def test_a_host_the_server_does_not_allow_is_told_apart_from_missing_credentials
     """A plain `mlflow server` on 127.0.0.2 answers /health but refuses API calls whose Host it does
     not allow (HTTP 403): the reason names --allowed-hosts, not only credentials."""
     for name in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN"):
-        monkeypatch.delenv(name, raising=False)  # an earlier test's run may have carried them here
+        monkeypatch.delenv(name, raising=False)  # the environment may hold some (conftest restores them after each test)
     port = free_port()
     process = subprocess.Popen(
         [str(Path(sys.executable).parent / "mlflow"), "server", "--backend-store-uri", f"sqlite:///{tmp_path / 'm.db'}",
