@@ -40,7 +40,7 @@ from audiocnn.evaluation.ensemble import evaluate_ensemble
 from audiocnn.evaluation.evaluate import evaluate
 from audiocnn.features.featurize import featurize, is_featurized
 from audiocnn.inference.export import export_model
-from audiocnn.inference.pyfunc import log_audio_model
+from audiocnn.inference.pyfunc import log_audio_model, model_config
 from audiocnn.training import distributed, resume
 from audiocnn.training.train import planned_processes, train
 
@@ -58,15 +58,23 @@ def ensure_inputs(cfg: DictConfig) -> None:
         featurize(cfg)
 
 
+def served_config(cfg: DictConfig) -> dict:
+    """The logged model's `model_config` for `cfg`: its request limits (`serving`) and test-time views
+    (`evaluate.tta`), which are not training settings: a change to them logs the model again."""
+    serving, tta = cfg.get("serving"), (cfg.get("evaluate") or {}).get("tta")
+    return model_config(*(OmegaConf.to_container(node, resolve=True) if node is not None else None
+                          for node in (serving, tta)))
+
+
 def log_servable_model(cfg: DictConfig, summary: dict) -> dict:
     """Log `<paths.models>/model.pt` as the training run's pyfunc (raw audio in, probabilities out;
-    `audiocnn.inference.pyfunc`), registered as `tracking.registered_model`; record its URIs in run.json."""
+    `audiocnn.inference.pyfunc`) with `served_config(cfg)`, registered as `tracking.registered_model`;
+    record its URI and config in run.json."""
     out = Path(cfg.paths.models)
+    config = served_config(cfg)
     with tracking.open_run(cfg, run_id=summary["run_id"]):
-        serving = cfg.get("serving")  # the request limits, stored with the model
-        info = log_audio_model(out / "model.pt", cfg.tracking.get("registered_model"),
-                               OmegaConf.to_container(serving, resolve=True) if serving is not None else None)
-    summary = {**summary, "model_uri": info.model_uri}
+        info = log_audio_model(out / "model.pt", cfg.tracking.get("registered_model"), config)
+    summary = {**summary, "model_uri": info.model_uri, "model_config": config}
     if info.registered_model_version:
         summary["registered_model"] = f"models:/{cfg.tracking.registered_model}/{info.registered_model_version}"
     atomic.write_json(out / "run.json", summary)
@@ -100,7 +108,8 @@ def train_model(cfg: DictConfig, run_name_suffix: str = "", skip_finished: bool 
     if cfg.tracking.get("export_onnx", False) and not (onnx.exists() and onnx.stat().st_mtime >=
                                                        (out / "model.pt").stat().st_mtime):
         summary = export_onnx(cfg, summary)
-    return log_servable_model(cfg, summary) if cfg.tracking.log_model and "model_uri" not in summary else summary
+    logged = "model_uri" in summary and summary.get("model_config") == served_config(cfg)
+    return log_servable_model(cfg, summary) if cfg.tracking.log_model and not logged else summary
 
 
 def evaluate_model(cfg: DictConfig) -> dict:

@@ -26,7 +26,7 @@ import soundfile as sf
 from mlflow.exceptions import MlflowException
 
 from audiocnn.errors import ConfigError
-from audiocnn.inference.pyfunc import log_audio_model
+from audiocnn.inference.pyfunc import log_audio_model, model_config
 from audiocnn.inference.requests import Limits
 from tests.conftest import stop_process, tiny_classifier, untrained_bundle
 from tests.test_tracking import free_port
@@ -48,14 +48,14 @@ def wav_base64(samples: np.ndarray, sr: int, subtype: str = "FLOAT") -> str:
 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory) -> Path:
-    """A model logged with `log_audio_model(serving={"max_seconds": 5})`, downloaded to a folder."""
+    """A model logged with the limits `{"max_seconds": 5}`, downloaded to a folder."""
     root = tmp_path_factory.mktemp("requests")
     bundle = untrained_bundle(root / "bundle")
     mlflow.set_tracking_uri(f"sqlite:///{root / 'mlflow.db'}")
     mlflow.set_experiment("requests")  # not the experiment id an earlier module's store left active
     try:
         with mlflow.start_run():
-            info = log_audio_model(bundle, serving={"max_seconds": 5})
+            info = log_audio_model(bundle, config=model_config({"max_seconds": 5}))
         return Path(mlflow.artifacts.download_artifacts(info.model_uri, dst_path=str(root / "model")))
     finally:
         os.environ.pop("MLFLOW_TRACKING_URI", None)
@@ -149,7 +149,7 @@ def test_the_limits_travel_with_the_logged_model(model_dir, model, tmp_path):
     assert model.unwrap_python_model().limits == Limits(max_seconds=5)
     assert tiny_classifier(tmp_path).limits == Limits()  # a model logged without limits: the defaults
     with pytest.raises(ConfigError, match="serving.max_seconds=nan: must be a positive number"):
-        log_audio_model(tmp_path / "model.pt", serving={"max_seconds": float("nan")})
+        model_config({"max_seconds": float("nan")})
     with pytest.raises(ConfigError, match="serving.max_channels=2.5: must be a positive whole number"):
         Limits.from_settings({"max_channels": 2.5})
 

@@ -172,3 +172,52 @@ def test_an_export_with_tta_views_gives_the_bundles_answers_with_those_views(pre
         assert not np.allclose(list(c["probabilities"].values()), list(a["probabilities"].values()), atol=1e-3)
     with pytest.raises(ValueError, match="exported with"):
         load_model(out, tta=tta)
+
+
+def test_the_logged_model_scores_with_the_views_of_evaluate_tta_and_is_relogged_when_they_change(evaluated):
+    """`tracking.log_model`: the pyfunc gets `evaluate.tta` in its model_config and answers as evaluate
+    did with those views; a finished training whose logged model has other views is logged again."""
+    import base64
+    import copy
+
+    import mlflow
+
+    from audiocnn.experiment import train_model
+
+    cfg, runs = evaluated
+    served = copy.deepcopy(cfg)
+    with open_dict(served):
+        served.tracking.log_model = True
+        served.evaluate.tta = {"pitch_bins": [-2, 0, 2], "time_frames": [0, 8]}
+    summary = train_model(served, skip_finished=True)  # trained already: only logged
+    assert summary["model_config"]["tta"] == {"pitch_bins": [-2, 0, 2], "time_frames": [0, 8]}
+    rows = runs["views"][1][:4]
+    clips = pd.DataFrame({"audio_base64": [base64.b64encode(Path(p).read_bytes()).decode() for p in rows["path"]]})
+    mlflow.set_tracking_uri(cfg.tracking.uri)
+    answers = mlflow.pyfunc.load_model(summary["model_uri"]).predict(clips)
+    np.testing.assert_allclose([max(a["probabilities"].values()) for a in answers], rows["confidence"], atol=1e-4)
+    assert train_model(served, skip_finished=True)["model_uri"] == summary["model_uri"]  # same views: kept
+    with open_dict(served):
+        served.evaluate.tta = {"pitch_bins": [0], "time_frames": [0]}
+    plain = train_model(served, skip_finished=True)
+    assert plain["model_uri"] != summary["model_uri"] and "tta" not in plain["model_config"]
+    answers = mlflow.pyfunc.load_model(plain["model_uri"]).predict(clips)
+    np.testing.assert_allclose([max(a["probabilities"].values()) for a in answers],
+                               runs["absent"][1]["confidence"][:4], atol=1e-4)
+
+
+@pytest.mark.parametrize("tta, reason", [
+    ({"pitch_bins": list(range(-40, 40))}, r"^tta.pitch_bins x tta.time_frames: 80 x 1 = 80 views; at most 64$"),
+    ({"pitch_bins": "__import__(os)"}, r"^tta.pitch_bins='__import__\(os\)': must be a list of whole numbers"),
+    ({"time_frames": [0.5]}, r"^tta.time_frames=\[0.5\]: must be a list of whole numbers"),
+])
+def test_a_served_model_config_with_hostile_views_is_refused_at_load(tmp_path, tta, reason):
+    """A logged model's MLmodel is outside input: its views are bounded and checked, never evaluated."""
+    from types import SimpleNamespace
+
+    from audiocnn.inference.pyfunc import AudioClassifier
+    from tests.conftest import untrained_bundle
+
+    context = SimpleNamespace(artifacts={"model.pt": str(untrained_bundle(tmp_path))}, model_config={"tta": tta})
+    with pytest.raises(ConfigError, match=reason):
+        AudioClassifier().load_context(context)

@@ -18,13 +18,13 @@ not audio, a channels-first array, a rate of 0 or 1e9, NaN or 1e30 samples, long
 `message` is MLflow's "Failed to predict data '<excerpt of the request>'. Error: <reason>",
 `reason` the reason alone; no traceback. A failure inside the model is HTTP 500 with a one-line message
 (the traceback goes to the server's log, not to the client). The limits are the `serving`
-config group, stored as the logged model's `model_config`.
+config group, stored as the logged model's `model_config`, with the test-time views (`evaluate.tta`).
 
 The model directory holds `artifacts/model.pt` (the train stage's bundle: weights,
 model/features configs, class names, temperature; checked and built through the allow-list of
 `audiocnn.models.bundle`) and this file, logged as code (`python_model=<this file>`),
 so nothing is unpickled. Scoring is `Predictor`'s: the evaluate stage's windows and vote,
-the logits divided by the bundle's temperature (no test-time views).
+the logits divided by the bundle's temperature, averaged over the test-time views it was logged with.
 """
 
 from __future__ import annotations
@@ -43,21 +43,25 @@ from audiocnn.data.audio import from_samples
 from audiocnn.errors import RequestError
 from audiocnn.inference.predictor import Predictor
 from audiocnn.inference.requests import ONE_CLIP, Limits, as_records, parse_clip
+from audiocnn.models.tta import Views
 
 LOG = logging.getLogger(__name__)
 
 # What loading the model needs; pinning them skips MLflow's slow requirement inference.
 MODEL_REQUIREMENTS = ["torch", "torchaudio", "nnAudio", "soundfile", "soxr", "audiocnn"]
+TTA_KEY = "tta"  # the `model_config` entry of the test-time views; the others are the `serving` limits
 
 
 class AudioClassifier(mlflow.pyfunc.PythonModel):
     """Raw audio -> class probabilities (see the module docstring for the input and output)."""
 
     def load_context(self, context) -> None:
-        self.predictor = Predictor.load(context.artifacts["model.pt"])
+        settings = dict(getattr(context, "model_config", None) or {})
+        # The test-time views it was logged with (`evaluate.tta`, checked and bounded: `models.tta.Views`).
+        self.predictor = Predictor.load(context.artifacts["model.pt"], tta=settings.pop(TTA_KEY, None))
         self.classes = self.predictor.classes
         # The limits it was logged with (`serving`); a model logged before they existed: the defaults.
-        self.limits = Limits.from_settings(getattr(context, "model_config", None), where="model_config")
+        self.limits = Limits.from_settings(settings, where="model_config")
 
     def waveform(self, record: dict):
         """One clip's record -> mono float32 `(samples,)` at the model's `features.sr`; `RequestError`
@@ -99,14 +103,23 @@ class AudioClassifier(mlflow.pyfunc.PythonModel):
                                   error_code=INTERNAL_ERROR) from None
 
 
-def log_audio_model(bundle: Path, registered_model: str | None = None, serving: Mapping | None = None):
-    """Log `bundle` (a train stage `model.pt`) as the active run's pyfunc `model`, with the request
-    limits `serving` (the `serving` config group; None: the defaults) as its `model_config`;
-    register it as `registered_model` when given. Returns MLflow's ModelInfo."""
-    limits = Limits.from_settings(serving)
+def model_config(serving: Mapping | None = None, tta: Mapping | None = None) -> dict:
+    """The logged model's `model_config`: the request limits `serving` (the `serving` config group;
+    None: the defaults) and, unless they are the identity, the test-time views `tta` (`evaluate.tta`)."""
+    config = Limits.from_settings(serving).as_dict()
+    views = Views.from_config(tta)
+    if not views.identity:
+        config[TTA_KEY] = {"pitch_bins": list(views.pitch_bins), "time_frames": list(views.time_frames)}
+    return config
+
+
+def log_audio_model(bundle: Path, registered_model: str | None = None, config: dict | None = None):
+    """Log `bundle` (a train stage `model.pt`) as the active run's pyfunc `model` with `config`
+    (`model_config(...)`; None: the defaults); register it as `registered_model` when given.
+    Returns MLflow's ModelInfo."""
     return mlflow.pyfunc.log_model(
         name="model", python_model=str(Path(__file__).resolve()), artifacts={"model.pt": str(bundle)},
-        model_config=limits.as_dict(), pip_requirements=MODEL_REQUIREMENTS,
+        model_config=config or model_config(), pip_requirements=MODEL_REQUIREMENTS,
         registered_model_name=registered_model or None,
     )
 

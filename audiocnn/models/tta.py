@@ -12,14 +12,27 @@ graph (`inference.graph.ClipClassifier`) all score windows with `window_probabil
 
 from __future__ import annotations
 
+import reprlib
 from dataclasses import dataclass
-from typing import Mapping
+from typing import Mapping, Sequence
 
 import torch
+from omegaconf import ListConfig
 from torch import Tensor, nn
 
 from audiocnn.errors import ConfigError
 from audiocnn.features.cqt import CQTFrontend
+
+
+MAX_VIEWS = 64  # pitch shifts x time shifts: a bound on the work a setting (or a served model's config) asks for
+
+
+def _shifts(values, key: str) -> tuple[int, ...]:
+    """`[-1, 0, 1]` -> `(-1, 0, 1)`; None or empty: `(0,)`; anything but a list of whole numbers: `ConfigError`."""
+    if values is None or isinstance(values, Sequence | ListConfig) and not isinstance(values, str | bytes):
+        if all(isinstance(v, int) and not isinstance(v, bool) for v in values or ()):
+            return tuple(values) if values else (0,)
+    raise ConfigError(f"tta.{key}={reprlib.repr(values)}: must be a list of whole numbers (shifts)")
 
 
 @dataclass(frozen=True)
@@ -32,8 +45,7 @@ class Views:
     def from_config(cls, tta: Mapping | None) -> "Views":
         """`evaluate.tta` / `predict --tta-*`: {pitch_bins: [...], time_frames: [...]}; None: identity."""
         tta = tta or {}
-        return cls(tuple(int(k) for k in tta.get("pitch_bins") or (0,)),
-                   tuple(int(t) for t in tta.get("time_frames") or (0,)))
+        return cls(*(_shifts(tta.get(key), key) for key in ("pitch_bins", "time_frames")))
 
     @property
     def shifts(self) -> list[tuple[int, int]]:
@@ -47,6 +59,9 @@ class Views:
               ) -> "Views":
         """`ConfigError` (naming the setting: `names`) when a shift would move everything out of the window
         (|k| >= n_bins, |t| >= window_frames); returns the views."""
+        if len(self.shifts) > MAX_VIEWS:  # each view is a forward pass of every window
+            raise ConfigError(f"{names[0]} x {names[1]}: {len(self.pitch_bins)} x {len(self.time_frames)} = "
+                              f"{len(self.shifts)} views; at most {MAX_VIEWS}")
         for name, shifts, size, unit in ((names[0], self.pitch_bins, n_bins, "bins"),
                                          (names[1], self.time_frames, window_frames, "frames")):
             if any(abs(s) >= size for s in shifts):
