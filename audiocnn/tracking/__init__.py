@@ -169,8 +169,8 @@ def _store_lock(uri: str) -> Iterator[None]:
     try:
         lock.acquire(timeout=STORE_LOCK_TIMEOUT_S)
     except Timeout:
-        raise TrackingUnavailable(f"tracking.uri={redact(uri)}: another process has held {database}.lock "
-                                  f"for {STORE_LOCK_TIMEOUT_S} s; stop it, or delete the lock file") from None
+        raise TrackingUnavailable(f"tracking.uri={redact(uri)}: another process has been opening {database} "
+                                  f"for {STORE_LOCK_TIMEOUT_S} s (it holds {database.name}.lock); stop it") from None
     try:
         yield
     finally:
