@@ -10,8 +10,8 @@ from __future__ import annotations
 import subprocess
 import sys
 import time
-from pathlib import Path
 
+import pytest
 from mlflow import MlflowClient
 
 from tests.conftest import REPO, tiny_config
@@ -50,3 +50,20 @@ def test_jobs_that_open_a_new_sqlite_store_at_once_all_log_their_run(tmp_path):
     experiment = client.get_experiment_by_name(tiny_config(tmp_path).tracking.experiment)
     runs = client.search_runs([experiment.experiment_id])
     assert sorted(r.data.metrics["job"] for r in runs) == list(range(JOBS))
+
+
+def test_a_store_another_process_keeps_locked_is_one_clear_error(tmp_path, monkeypatch):
+    from audiocnn import tracking
+    from audiocnn.errors import TrackingUnavailable
+
+    hold = (f"import time; from filelock import FileLock; lock = FileLock({str(tmp_path / 'mlflow.db.lock')!r}); "
+            "lock.acquire(); print('held', flush=True); time.sleep(60)")
+    holder = subprocess.Popen([sys.executable, "-c", hold], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        monkeypatch.setattr(tracking, "STORE_LOCK_TIMEOUT_S", 0.5)
+        with pytest.raises(TrackingUnavailable, match=r"another process has been opening .*mlflow.db for 0.5 s"):
+            tracking.configure(tiny_config(tmp_path))
+    finally:
+        holder.kill()
+        holder.wait()
