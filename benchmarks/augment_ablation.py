@@ -200,8 +200,8 @@ def main() -> None:
 
 
 def cell_dir(work: Path, config: str) -> Path:
-    """Where a row's model and metrics go in a fold's `work` folder."""
-    return work / config.replace(":", "_").replace("=", "-")
+    """Where a row's model and metrics go in a fold's `work` folder (a name Hydra takes as a path)."""
+    return work / re.sub(r"[\[\],'\" ]", "_", config.replace(":", "_").replace("=", "-"))
 
 
 def evaluation_base(config: str) -> str:

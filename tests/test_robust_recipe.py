@@ -55,6 +55,7 @@ def test_every_row_of_the_robust_ablation_composes_and_validates(tmp_path):
         cfg = compose_config(["data=fsdd", f"data.root={tmp_path}", "data.fold=theo",
                               *augment_ablation.DEFAULT_OVERRIDES, *augment_ablation.config_overrides(config)])
         validate_config(cfg)
+        compose_config([f"paths.models={augment_ablation.cell_dir(tmp_path, config)}/model"])  # a path Hydra takes
         if config.startswith("experiment=robust"):
             assert "swa" in cfg.trainer.callbacks and "eq" in cfg.augment.transforms
     # a row that differs from another only in evaluate.* scores that row's model, so it must come after it
