@@ -7,8 +7,8 @@
 
 `--preset robust` is the robust recipe's ablation (conf/experiment/robust.yaml): the best
 augmentation row (`combo`), each new piece alone on top of it, and `experiment=robust`, each
-with seeds 0, 1 and 2 (10 rows x 6 speakers x 3 seeds; 100-150 s a cell for one thread of a
-2-core x86_64 CPU, so about 3.5 hours as two workers); its table adds the ECE at the model's
+with seeds 0, 1 and 2 (10 rows x 6 speakers x 3 seeds; 70-200 s a cell, median 100 s, for one
+thread of a 2-core x86_64 CPU: about 2.5 hours as two workers); its table adds the ECE at the model's
 temperature and at temperature 1. A row that differs from an earlier one only in `evaluate.*`
 settings (test-time views) scores that row's model instead of training another: the same
 weights with and without the views, so the difference is the views' alone.
@@ -227,7 +227,7 @@ def run_cell(work: Path, base: list[str], config: str, fold: str) -> dict:
     cfg = benchmark_config(work, *cell, f"paths.models={out}/model", f"paths.metrics={out}/metrics")
     trained = cell_dir(work, evaluation_base(member)) / "model"
     if not ensemble and trained != out / "model" and (trained / "model.pt").exists():
-        cfg.paths.models = str(trained)  # only evaluate.* differs: score that row's model (training is deterministic)
+        cfg.paths.models = str(trained)  # only evaluate.* differs: score that row's model (a paired comparison)
         return {**evaluate_model(cfg), "epochs": cfg.trainer.max_epochs}  # patience >= max_epochs: all ran
     if not ensemble:
         result = train_and_evaluate(cfg, run_name_suffix=f"ablation-{config}-{fold}")

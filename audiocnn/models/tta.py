@@ -29,9 +29,11 @@ MAX_VIEWS = 64  # pitch shifts x time shifts: a bound on the work a setting (or 
 
 def _shifts(values, key: str) -> tuple[int, ...]:
     """`[-1, 0, 1]` -> `(-1, 0, 1)`; None or empty: `(0,)`; anything but a list of whole numbers: `ConfigError`."""
-    if values is None or isinstance(values, Sequence | ListConfig) and not isinstance(values, str | bytes):
-        if all(isinstance(v, int) and not isinstance(v, bool) for v in values or ()):
-            return tuple(values) if values else (0,)
+    if values is None:
+        return (0,)
+    is_list = isinstance(values, Sequence | ListConfig) and not isinstance(values, str | bytes)
+    if is_list and all(isinstance(v, int) and not isinstance(v, bool) for v in values):
+        return tuple(values) or (0,)
     raise ConfigError(f"tta.{key}={reprlib.repr(values)}: must be a list of whole numbers (shifts)")
 
 
