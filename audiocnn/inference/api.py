@@ -15,16 +15,32 @@ from typing import Iterator, Sequence
 
 import numpy as np
 
-EXPORT_SUFFIXES = (".onnx", ".ts", ".torchscript")
+from audiocnn.errors import BundleError
+
+TORCHSCRIPT_SUFFIXES = (".ts", ".torchscript")
+TRUST_OPTION = "--trust-torchscript (Python: load_model(..., trust_code=True))"
 
 
 def is_torchscript(path: Path) -> bool:
-    """A TorchScript archive (its zip holds `code/`); a `model.pt` bundle holds only data."""
+    """Whether `path` is a TorchScript archive, read from its zip directory only (nothing is
+    unpickled or run): TorchScript holds `code/` (its Python source) or `constants.pkl`; a
+    `model.pt` bundle holds only `data.pkl` and tensors. A file that cannot be read as a zip is not."""
     try:
         with zipfile.ZipFile(path) as archive:
-            return any("/code/" in name for name in archive.namelist())
-    except (zipfile.BadZipFile, OSError):
+            names = archive.namelist()
+    except (zipfile.BadZipFile, OSError, ValueError):
         return False
+    return any("/code/" in name or name.startswith("code/") or name.endswith("constants.pkl") for name in names)
+
+
+def refuse_untrusted_torchscript(path: Path) -> None:
+    """TorchScript is a program for PyTorch's interpreter: its `__setstate__` runs while it loads and
+    its `forward` may do anything, so a file is loaded as TorchScript only when the user says they
+    trust it. Checked before anything is read beyond the zip directory, whatever the file is named."""
+    if path.suffix in TORCHSCRIPT_SUFFIXES or (path.is_file() and is_torchscript(path)):
+        raise BundleError(f"{path}: a TorchScript file is a program, and loading it runs its code; "
+                          f"load it only if you exported it yourself, with {TRUST_OPTION}. "
+                          "ONNX files and model.pt bundles are data and need no such option")
 
 
 class Model:
@@ -36,18 +52,20 @@ class Model:
         self.features: dict = backend.features
 
     @classmethod
-    def load(cls, source: str | Path, device: str = "cpu", batch_size: int = 64, tta: dict | None = None) -> "Model":
+    def load(cls, source: str | Path, device: str = "cpu", batch_size: int = 64, tta: dict | None = None,
+             trust_code: bool = False) -> "Model":
         path = Path(str(source))
-        exported = path.suffix == ".onnx" or (path.is_file() and (path.suffix in EXPORT_SUFFIXES
-                                                                  or is_torchscript(path)))
-        if exported and tta is not None:
+        torchscript = path.suffix in TORCHSCRIPT_SUFFIXES or (path.is_file() and is_torchscript(path))
+        if torchscript and not trust_code:
+            refuse_untrusted_torchscript(path)
+        if (path.suffix == ".onnx" or torchscript) and tta is not None:
             raise ValueError(f"{source}: the test-time views of an exported model are the ones it was exported "
                              "with (audiocnn export --tta-...); pass tta with a model.pt source")
         if path.suffix == ".onnx":
             from audiocnn.inference.exported import OnnxBackend
 
             return cls(OnnxBackend(path), str(source))
-        if path.is_file() and (path.suffix in EXPORT_SUFFIXES or is_torchscript(path)):
+        if torchscript:
             from audiocnn.inference.exported import TorchScriptBackend
 
             return cls(TorchScriptBackend(path), str(source))
@@ -94,9 +112,12 @@ class Model:
         return record
 
 
-def load_model(source: str | Path, device: str = "cpu", batch_size: int = 64, tta: dict | None = None) -> Model:
+def load_model(source: str | Path, device: str = "cpu", batch_size: int = 64, tta: dict | None = None,
+               trust_code: bool = False) -> Model:
     """`source`: a model folder, `model.pt`, `runs:/<id>/model`, `models:/<name>/<version|alias>`, a
     run id, or an exported `.onnx` (onnxruntime) or TorchScript file. `batch_size`: windows per call.
     `tta`: test-time views `{"pitch_bins": [-2, 0, 2], "time_frames": [0, 8]}` (None: none); the
-    model's temperature (`model.pt`) is always applied."""
-    return Model.load(source, device=device, batch_size=batch_size, tta=tta)
+    model's temperature (`model.pt`) is always applied. `trust_code`: load a TorchScript file
+    (a program: it runs code as it loads); without it such a file is refused, whatever its name,
+    before it is read (`BundleError`)."""
+    return Model.load(source, device=device, batch_size=batch_size, tta=tta, trust_code=trust_code)

@@ -142,6 +142,9 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--device", default="cpu", help="cpu | cuda | auto (model.pt sources)")
     parser.add_argument("--tracking-uri", help="MLflow tracking URI for runs:/ and models:/ sources (default: "
                         "MLFLOW_TRACKING_URI, else sqlite:///mlflow.db)")
+    parser.add_argument("--trust-torchscript", action="store_true",
+                        help="load --model as TorchScript (a program: loading it runs its code); only for "
+                        "files you exported yourself. Without it a TorchScript file is refused, whatever its name")
     add_tta_arguments(parser)
     args = parser.parse_args(argv)
     for name, value in (("--top-k", args.top_k), ("--batch-size", args.batch_size)):
@@ -149,14 +152,17 @@ def main(argv: list[str]) -> int:
             parser.error(f"{name}={value}: must be a positive integer")
     if args.hop_s is not None and not args.hop_s > 0:
         parser.error(f"--hop-s={args.hop_s}: must be a positive number of seconds")
-    use_tracking(args.model, args.tracking_uri)
-    from audiocnn.inference.api import load_model
+    from audiocnn.inference.api import load_model, refuse_untrusted_torchscript
 
+    if not args.trust_torchscript:
+        refuse_untrusted_torchscript(Path(args.model))  # before anything is read, loaded or created
+    use_tracking(args.model, args.tracking_uri)
     paths = expand_inputs(args.inputs)
     if not paths:
         print("error: no audio files in the inputs", file=sys.stderr)
         return 1
-    model = load_model(args.model, device=args.device, batch_size=args.batch_size, tta=tta_arguments(args))
+    model = load_model(args.model, device=args.device, batch_size=args.batch_size, tta=tta_arguments(args),
+                       trust_code=args.trust_torchscript)
     records = []
     with tqdm(total=len(paths), desc="predict", unit="file", disable=None, file=sys.stderr) as bar:
         for record in model.iter_predict(paths, top_k=args.top_k, timeline=args.timeline, hop_seconds=args.hop_s):
