@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import io
 import math
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -58,9 +59,20 @@ class AudioInfo:
     frames: int
 
 
+def sound_file(path: str | Path) -> str | bytes:
+    """`path` as soundfile can open it: soundfile encodes a `str` name strictly, so a name holding
+    bytes that are not UTF-8 (Python's surrogate escapes, e.g. from `os.listdir`) goes as bytes."""
+    name = str(path)
+    try:
+        name.encode()
+    except UnicodeEncodeError:
+        return os.fsencode(name)
+    return name
+
+
 def probe_audio(path: str | Path) -> AudioInfo:
     """Header facts of an audio file; raises `RuntimeError`/`ValueError` if unreadable or empty."""
-    info = sf.info(str(path))
+    info = sf.info(sound_file(path))
     if info.frames <= 0:
         raise ValueError("empty: no audio frames")
     return AudioInfo(duration=info.frames / info.samplerate, sr=info.samplerate, channels=info.channels,
@@ -78,6 +90,16 @@ def mono_array(samples: np.ndarray) -> np.ndarray:
     """`(samples, channels)` floats -> mono float32 `(samples,)`: channel mean, non-finite -> 0."""
     mono = np.asarray(samples, dtype=np.float32).mean(axis=1, dtype=np.float32)
     return np.nan_to_num(mono, nan=0.0, posinf=0.0, neginf=0.0)
+
+
+def require_finite(samples: np.ndarray) -> np.ndarray:
+    """`samples`, unless it has samples and none of them is finite: then `ValueError` (once its
+    NaN/inf are set to 0 there is nothing left to hear; a file or array that is partly non-finite
+    keeps its finite samples). Checked where a whole recording is decoded (`read_audio`,
+    `samples_array`)."""
+    if samples.size and not np.isfinite(samples).any():
+        raise ValueError(f"no audio: all {samples.size} samples are NaN or infinite")
+    return samples
 
 
 def to_mono(samples: np.ndarray):
@@ -115,14 +137,14 @@ def resampled_length(source_frames: int, source_sr: int, sr: int) -> int:
 
 def clip_samples(path: str | Path, sr: int) -> int:
     """Length of the clip at `sr` from the file header (nothing decoded)."""
-    info = sf.info(str(path))
+    info = sf.info(sound_file(path))
     return resampled_length(info.frames, info.samplerate, sr)
 
 
 def read_audio(path: str | Path, sr: int) -> np.ndarray:
     """Decode the file at `path` to a mono float32 numpy waveform at `sr` Hz: `(samples,)`."""
-    data, file_sr = sf.read(str(path), dtype="float32", always_2d=True)  # (samples, channels)
-    return resample_array(mono_array(data), file_sr, sr)
+    data, file_sr = sf.read(sound_file(path), dtype="float32", always_2d=True)  # (samples, channels)
+    return resample_array(mono_array(require_finite(data)), file_sr, sr)
 
 
 def load_audio(path: str | Path, sr: int):
@@ -161,7 +183,7 @@ def samples_array(samples: np.ndarray, sample_rate: int, sr: int) -> np.ndarray:
         array = array[:, None]
     if array.ndim != 2 or array.size == 0:
         raise ValueError(f"samples: expected a non-empty (samples,) or (samples, channels) array, got {array.shape}")
-    return resample_array(mono_array(array), sample_rate, sr)
+    return resample_array(mono_array(require_finite(array)), sample_rate, sr)
 
 
 def from_samples(samples: np.ndarray, sample_rate: int, sr: int):
@@ -169,7 +191,7 @@ def from_samples(samples: np.ndarray, sample_rate: int, sr: int):
     return _tensor(samples_array(samples, sample_rate, sr))
 
 
-def _read_mono(path: str, start: int, stop: int) -> np.ndarray:
+def _read_mono(path: str | bytes, start: int, stop: int) -> np.ndarray:
     data, _ = sf.read(path, start=start, stop=stop, dtype="float32", always_2d=True)
     return mono_array(data)
 
@@ -181,7 +203,7 @@ def load_segment(path: str | Path, sr: int, start: int, stop: int):
 
 def read_segment(path: str | Path, sr: int, start: int, stop: int) -> np.ndarray:
     """Samples [start, stop) of the mono clip at `sr`: shape `(stop - start,)`, zeros outside the clip."""
-    path = str(path)
+    path = sound_file(path)
     info = sf.info(path)
     source_sr, source_frames = info.samplerate, info.frames
     total = resampled_length(source_frames, source_sr, sr)

@@ -4,11 +4,20 @@ A record per input (what `audiocnn predict` prints and writes, and what the pyfu
     {"path": ..., "label": best class, "confidence": its probability, "duration": seconds,
      "top_k": [[label, probability], ...] best first, "probabilities": {class: p, ...},
      "timeline": [{"start_s", "end_s", "label", "probability"}, ...]   with timeline=True,
-     "error": reason}                                                   for an input that could not be read
+     "error": reason}                                   for an input that has no answer (then no label)
+
+An answer is finite or absent (`Model.record`, for every backend alike): probabilities that
+are NaN or infinite (a recording too loud for float32, NaN weights, a tiny temperature), outside
+[0, 1], or not summing to 1 (within `PROBABILITY_TOLERANCE`; an exported file is not trusted to
+give probabilities) are an `error`, never a label. So is a recording shorter than one hop of the
+front-end (`features.hop_length` samples at `features.sr`; 0 frames included): a clip that
+short holds no frame of its own. A clip shorter than a window but at least one hop long is
+scored padded, as evaluate scores it.
 """
 
 from __future__ import annotations
 
+import math
 import zipfile
 from pathlib import Path
 from typing import Iterator, Sequence
@@ -19,6 +28,7 @@ from audiocnn.errors import BundleError
 
 TORCHSCRIPT_SUFFIXES = (".ts", ".torchscript")
 TRUST_OPTION = "--trust-torchscript (Python: load_model(..., trust_code=True))"
+PROBABILITY_TOLERANCE = 1e-3  # how far an answer's probabilities may be from [0, 1] and from summing to 1
 
 
 def is_torchscript(path: Path) -> bool:
@@ -84,6 +94,7 @@ class Model:
             raise ValueError("sample_rate: needed for sample arrays (the rate of the arrays, in Hz)")
         hop = None
         if hop_seconds is not None:
+            check_hop_seconds(hop_seconds)
             hop = max(1, round(hop_seconds * int(self.features["sr"]) / int(self.features["hop_length"])))
         for scored in self.backend.score(list(inputs), sample_rate=sample_rate, hop=hop, keep_windows=timeline):
             yield self.record(scored, top_k, timeline)
@@ -95,10 +106,18 @@ class Model:
         return list(self.iter_predict(inputs, sample_rate, top_k, timeline, hop_seconds))
 
     def record(self, scored, top_k: int, timeline: bool) -> dict:
+        """The record of one backend answer; an answer that is not one (see the module docstring)
+        becomes an `error`."""
         record = {"path": scored.name, "duration": round(float(scored.duration), 4)}
-        if scored.error:
-            return {**record, "error": scored.error}
-        probabilities = np.asarray(scored.probabilities, dtype=float)
+        error = scored.error or self.too_short(scored.duration)
+        if not error:
+            probabilities = np.asarray(scored.probabilities, dtype=float)
+            error = answer_problem(probabilities, len(self.classes))
+            for _, window in scored.windows if timeline and not error else []:
+                if error := answer_problem(np.asarray(window, dtype=float), len(self.classes), "window "):
+                    break
+        if error:
+            return {**record, "error": error}
         order = np.argsort(-probabilities, kind="stable")
         record.update(label=self.classes[order[0]], confidence=float(probabilities[order[0]]),
                       top_k=[[self.classes[i], float(probabilities[i])] for i in order[:top_k]],
@@ -110,6 +129,47 @@ class Model:
                                    "label": self.classes[int(np.argmax(p))], "probability": float(np.max(p))}
                                   for start, p in scored.windows]
         return record
+
+    def too_short(self, duration: float) -> str:
+        """Why a clip of `duration` s has nothing to classify ('' if it has): fewer samples than
+        one hop of the front-end."""
+        sr, hop = int(self.features["sr"]), int(self.features["hop_length"])
+        samples = round(float(duration) * sr)
+        if samples >= hop:
+            return ""
+        if samples == 0:
+            return "empty: no audio samples"
+        return (f"too short: {samples} samples at {sr} Hz, fewer than one hop of the front-end "
+                f"(features.hop_length={hop}); nothing to classify")
+
+
+def answer_problem(probabilities: np.ndarray, n_classes: int, what: str = "") -> str:
+    """Why `probabilities` `(n_classes,)` is not an answer ('' if it is): non-finite values,
+    values outside [0, 1], or a sum other than 1 (within `PROBABILITY_TOLERANCE`)."""
+    if probabilities.shape != (n_classes,):
+        return f"the model answered {what}scores of shape {probabilities.shape} for {n_classes} classes"
+    finite = np.isfinite(probabilities)
+    if not finite.all():
+        return (f"the model's {what}probabilities are not finite ({n_classes - int(finite.sum())} of {n_classes} "
+                "NaN or infinite): no answer (a recording too loud for float32 arithmetic, or a model file "
+                "with non-finite weights or temperature)")
+    low, high, total = probabilities.min(), probabilities.max(), probabilities.sum()
+    if low < -PROBABILITY_TOLERANCE or high > 1 + PROBABILITY_TOLERANCE:
+        return (f"the model's {what}scores are not probabilities: they range from {low:.4g} to {high:.4g}, "
+                "outside [0, 1]: no answer")
+    if abs(total - 1) > PROBABILITY_TOLERANCE:
+        return f"the model's {what}probabilities sum to {total:.4g}, not 1: no answer"
+    return ""
+
+
+def check_hop_seconds(hop_seconds, name: str = "hop_seconds") -> None:
+    """`ValueError` naming `name` unless `hop_seconds` is a finite positive number."""
+    try:
+        good = math.isfinite(float(hop_seconds)) and float(hop_seconds) > 0
+    except (TypeError, ValueError):
+        good = False
+    if not good:
+        raise ValueError(f"{name}={hop_seconds}: must be a finite positive number of seconds")
 
 
 def load_model(source: str | Path, device: str = "cpu", batch_size: int = 64, tta: dict | None = None,

@@ -7,8 +7,15 @@ id, or an exported `.onnx` / TorchScript file. Output: a table on stdout, or `--
 preds.csv|.jsonl` with one row per file; `--timeline` adds one row per window (which class
 when); `--tta-pitch-bins -2,0,2 --tta-time-frames 0,8` scores every window in each of those
 shifted views and averages their probabilities (docs/using-a-model.md). A file that cannot be
-read is reported with its reason and the rest go on; the exit status is 1 only when nothing
-could be predicted.
+read, or has no answer (too short, no finite sample, non-finite or improper probabilities), is
+reported with its reason and the rest go on; the exit status is 1 only when nothing could be
+predicted. A bad option is one `error:` line (exit status 2), before anything is loaded.
+
+Outputs never destroy inputs: an `--output` (or its `_timeline` sibling) that is one of the
+inputs is refused before any work; the output is replaced atomically. Text is written as valid
+UTF-8: bytes of a file name that are not UTF-8 are written as `\\xNN` (backslashreplace), so a
+name is never lost and never sinks the file. CSV cells that a spreadsheet would run as a formula
+are escaped as in the manifest (`audiocnn.data.names.csv_cell`: `=1+2.wav` -> `'=1+2.wav`).
 """
 
 from __future__ import annotations
@@ -26,6 +33,7 @@ import soundfile as sf
 from tqdm import tqdm
 
 from audiocnn import atomic
+from audiocnn.data.names import csv_cell
 
 # What soundfile (libsndfile) reads, as file extensions, plus common aliases.
 AUDIO_SUFFIXES = {f".{name.lower()}" for name in sf.available_formats()} | {".aif", ".aiff", ".oga", ".opus"}
@@ -59,8 +67,18 @@ def read_list(path: Path) -> list[str]:
     return [str(p if (p := Path(row[column].strip())).is_absolute() else path.parent / p) for row in rows]
 
 
+def printable(text: str) -> str:
+    """`text` as valid UTF-8: the undecodable bytes of a file name (Python's surrogate escapes)
+    as `\\xNN`, any other lone surrogate as `\\udNNN`; other text unchanged."""
+    try:
+        return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
 def file_rows(record: dict, top_k: int) -> dict:
-    row = {"path": record["path"], "label": record.get("label", ""), "confidence": record.get("confidence", ""),
+    """One output row; a file without an answer has an empty label and confidence (JSON null) and its `error`."""
+    row = {"path": record["path"], "label": record.get("label"), "confidence": record.get("confidence"),
            "duration": record["duration"]}
     for rank, (label, probability) in enumerate(record.get("top_k", [])[:top_k], 1):
         row[f"top{rank}_label"], row[f"top{rank}_probability"] = label, round(probability, 6)
@@ -70,26 +88,52 @@ def file_rows(record: dict, top_k: int) -> dict:
 
 
 def write_output(path: Path, rows: list[dict]) -> None:
-    """`.jsonl`: one JSON object per line; anything else: CSV with the union of the rows' columns."""
+    """`.jsonl`: one JSON object per line; anything else: CSV with the union of the rows' columns,
+    text cells escaped against formulas. Text is made `printable`; no NaN or inf is written."""
+    rows = [{key: printable(value) if isinstance(value, str) else value for key, value in row.items()} for row in rows]
     with atomic.atomic_path(path) as tmp:
         with open(tmp, "w", newline="", encoding="utf-8") as handle:
             if path.suffix == ".jsonl":
-                handle.writelines(json.dumps(row) + "\n" for row in rows)
+                handle.writelines(json.dumps(row, allow_nan=False) + "\n" for row in rows)
             else:
                 columns = list(dict.fromkeys(key for row in rows for key in row))
                 writer = csv.DictWriter(handle, fieldnames=columns)
                 writer.writeheader()
-                writer.writerows(rows)
+                writer.writerows({key: csv_cell(value) for key, value in row.items()} for row in rows)
 
 
 def print_table(records: list[dict]) -> None:
-    width = max([len(r["path"]) for r in records] + [4])
+    paths = [printable(r["path"]) for r in records]
+    width = max([len(p) for p in paths] + [4])
     print(f"{'path':<{width}}  {'label':<12} {'confidence':>10} {'duration':>9}")
-    for r in records:
+    for path, r in zip(paths, records):
         if r.get("error"):
-            print(f"{r['path']:<{width}}  error: {r['error']}")
+            print(f"{path:<{width}}  error: {printable(r['error'])}")
         else:
-            print(f"{r['path']:<{width}}  {r['label']:<12} {r['confidence']:>10.4f} {r['duration']:>8.2f}s")
+            print(f"{path:<{width}}  {printable(r['label']):<12} {r['confidence']:>10.4f} {r['duration']:>8.2f}s")
+
+
+def refuse_overwriting_inputs(outputs: list[Path], inputs: list[str]) -> None:
+    """`ValueError` if an output is a folder or one of the inputs (a recording, or a list of paths
+    given as an input): writing it would destroy that input. Compared as files (`os.path.samefile`:
+    links and other spellings of one path are caught), else as resolved paths."""
+    for output in outputs:
+        if output.is_dir():
+            raise ValueError(f"--output={printable(str(output))}: is a folder; name a .csv or .jsonl file")
+        resolved = os.path.realpath(output)
+        for item in inputs:
+            try:
+                same = os.path.samefile(output, item)
+            except OSError:  # one of them does not exist (yet)
+                same = os.path.realpath(item) == resolved
+            if same:
+                raise ValueError(f"--output={printable(str(output))}: is the input {printable(item)}; writing it "
+                                 "would destroy that input: name another output file")
+
+
+def timeline_path(output: Path) -> Path:
+    """Where `--timeline` rows go beside `--output`: `<stem>_timeline<suffix>`."""
+    return output.with_name(f"{output.stem}_timeline{output.suffix}")
 
 
 def use_tracking(source: str, uri: str | None) -> None:
@@ -128,9 +172,17 @@ def tta_arguments(args: argparse.Namespace) -> dict | None:
     return {"pitch_bins": args.tta_pitch_bins or [0], "time_frames": args.tta_time_frames or [0]}
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """argparse whose errors are one line, `error: <message>` with exit status 2 (`cli.use_model`),
+    as every other refusal of predict is: no usage block."""
+
+    def error(self, message: str):
+        raise ValueError(message)
+
+
 def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="audiocnn predict", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = OneLineParser(prog="audiocnn predict", description=__doc__,
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("inputs", nargs="+", help="audio files, folders, globs, or .txt/.csv lists of paths")
     parser.add_argument("--model", required=True, help="the trained model (see above)")
     parser.add_argument("--output", help="write preds.csv or preds.jsonl instead of printing a table")
@@ -150,9 +202,10 @@ def main(argv: list[str]) -> int:
     for name, value in (("--top-k", args.top_k), ("--batch-size", args.batch_size)):
         if value < 1:
             parser.error(f"{name}={value}: must be a positive integer")
-    if args.hop_s is not None and not args.hop_s > 0:
-        parser.error(f"--hop-s={args.hop_s}: must be a positive number of seconds")
-    from audiocnn.inference.api import load_model, refuse_untrusted_torchscript
+    from audiocnn.inference.api import check_hop_seconds, load_model, refuse_untrusted_torchscript
+
+    if args.hop_s is not None:
+        check_hop_seconds(args.hop_s, "--hop-s")
 
     if not args.trust_torchscript:
         refuse_untrusted_torchscript(Path(args.model))  # before anything is read, loaded or created
@@ -161,6 +214,10 @@ def main(argv: list[str]) -> int:
     if not paths:
         print("error: no audio files in the inputs", file=sys.stderr)
         return 1
+    if args.output:
+        output = Path(args.output)
+        outputs = [output, *([timeline_path(output)] if args.timeline else [])]
+        refuse_overwriting_inputs(outputs, list(dict.fromkeys([*args.inputs, *paths])))
     model = load_model(args.model, device=args.device, batch_size=args.batch_size, tta=tta_arguments(args),
                        trust_code=args.trust_torchscript)
     records = []
@@ -170,17 +227,17 @@ def main(argv: list[str]) -> int:
             bar.update(1)
     failed = [r for r in records if r.get("error")]
     for record in failed:
-        print(f"skipped {record['path']}: {record['error']}", file=sys.stderr)
+        print(f"skipped {printable(record['path'])}: {printable(record['error'])}", file=sys.stderr)
     timeline = [{"path": r["path"], **w} for r in records for w in r.get("timeline", [])]
     if args.output:
-        output = Path(args.output)
         write_output(output, [file_rows(r, args.top_k) for r in records])
         if args.timeline:
-            write_output(output.with_name(f"{output.stem}_timeline{output.suffix}"), timeline)
+            write_output(timeline_path(output), timeline)
     else:
         print_table(records)
         for row in timeline:
-            print(f"{row['path']}  {row['start_s']:8.2f}-{row['end_s']:<8.2f} {row['label']:<12} {row['probability']:.4f}")
+            print(f"{printable(row['path'])}  {row['start_s']:8.2f}-{row['end_s']:<8.2f} "
+                  f"{printable(row['label']):<12} {row['probability']:.4f}")
     print(f"predict: {len(records) - len(failed)} of {len(records)} files predicted"
           f"{f', {len(failed)} skipped' if failed else ''}", file=sys.stderr)
     return 0 if len(failed) < len(records) else 1
