@@ -1,7 +1,8 @@
 """The logged model: an MLflow pyfunc that takes raw audio and returns class probabilities.
 
 Input (`audiocnn.inference.requests` has the exact rules): one clip per DataFrame row or
-record, or one dict; over HTTP `{"dataframe_records": [...]}` or `{"inputs": {...}}`. A clip is
+record, or one dict; over HTTP `{"dataframe_records": [...]}` or `{"inputs": {...}}` (e.g.
+`{"inputs": {"audio_base64": "..."}}`, `{"inputs": {"samples": [...], "sample_rate": 16000}}`). A clip is
     audio_base64    a whole audio file (WAV, FLAC, OGG: anything libsndfile reads), base64
 or
     samples         floats shaped `(samples,)` or `(samples, channels)`, with
@@ -11,12 +12,22 @@ Inside, as the train/evaluate stages do: downmix, resample to `features.sr`, log
 averaged per clip.
 Output, one record per clip: {"label": best class, "probabilities": {class: p, ...}}.
 
+A request's cost is checked before anything is decoded (clips per request, samples x channels
+from each array's shape or file's header: `requests.request_cost`), files are decoded in blocks
+and downmixed block by block, and the decoding and scoring of all requests of a worker process
+share a budget of `serving.max_samples_in_flight` samples (`requests.Budget`).
+
 Every request gets predictions or a refusal: a request the model cannot score (bad base64,
 not audio, a channels-first array, a rate of 0 or 1e9, NaN or 1e30 samples, longer than
-`serving.max_seconds`...) raises `MlflowException(reason, INVALID_PARAMETER_VALUE)`, which
+`serving.max_seconds`, more than `serving.max_clips` clips or `serving.max_request_samples`
+samples...) raises `MlflowException(reason, INVALID_PARAMETER_VALUE)`, which
 `mlflow models serve` answers with HTTP 400 and `{"error_code", "message", "reason", ...}`:
 `message` is MLflow's "Failed to predict data '<excerpt of the request>'. Error: <reason>",
-`reason` the reason alone; no traceback. A failure inside the model is HTTP 500 with a one-line message
+`reason` the reason alone; no traceback. A request that finds no room in the budget within
+`serving.queue_seconds` gets HTTP 503 (`TEMPORARILY_UNAVAILABLE`, "the server is busy ...; retry
+later"). Once the server's own request timeout (`MLFLOW_SCORING_SERVER_REQUEST_TIMEOUT`, `mlflow
+models serve -t`, after which it has answered 504) has passed, the model stops scoring that
+request between clips. A failure inside the model is HTTP 500 with a one-line message
 (the traceback goes to the server's log, not to the client). The limits are the `serving`
 config group, stored as the logged model's `model_config`, with the test-time views (`evaluate.tta`).
 
@@ -30,19 +41,24 @@ the logits divided by the bundle's temperature, averaged over the test-time view
 from __future__ import annotations
 
 import logging
+import os
+import time
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Mapping
 
 import mlflow
 import numpy as np
 import pandas as pd
+import torch
 from mlflow.exceptions import MlflowException
-from mlflow.protos.databricks_pb2 import INTERNAL_ERROR, INVALID_PARAMETER_VALUE
+from mlflow.protos.databricks_pb2 import (DEADLINE_EXCEEDED, INTERNAL_ERROR, INVALID_PARAMETER_VALUE,
+                                          TEMPORARILY_UNAVAILABLE)
 
-from audiocnn.data.audio import from_samples
 from audiocnn.errors import RequestError
 from audiocnn.inference.predictor import Predictor
-from audiocnn.inference.requests import ONE_CLIP, Limits, as_records, parse_clip
+from audiocnn.inference.requests import (Budget, Busy, Limits, as_records, check_clip_count, clip_waveform,
+                                         read_clip, request_cost)
 from audiocnn.models.tta import Views
 
 LOG = logging.getLogger(__name__)
@@ -62,45 +78,81 @@ class AudioClassifier(mlflow.pyfunc.PythonModel):
         self.classes = self.predictor.classes
         # The limits it was logged with (`serving`); a model logged before they existed: the defaults.
         self.limits = Limits.from_settings(settings, where="model_config")
+        self.budget = Budget(self.limits.max_samples_in_flight)  # shared by the server's request threads
 
-    def waveform(self, record: dict):
-        """One clip's record -> mono float32 `(samples,)` at the model's `features.sr`; `RequestError`
-        when the record is not a clip the model may score (`audiocnn.inference.requests`)."""
-        samples, rate = parse_clip(record, self.limits)
-        return from_samples(samples, rate, self.predictor.sr)
-
-    def waveforms(self, model_input) -> list:
-        """Every clip of the request, decoded and checked before any is scored."""
+    def clips(self, model_input) -> list:
+        """Every clip of the request, checked on its shape or header (nothing decoded), with its cost."""
         records = as_records(model_input)
-        if not records:
-            raise RequestError(f"the request holds no clips; send {ONE_CLIP}")
-        waveforms = []
+        check_clip_count(records, self.limits)
+        clips = []
         for row, record in enumerate(records):
-            try:
-                waveforms.append(self.waveform(record))
-            except RequestError as error:
-                raise RequestError(f"clip {row}: {error}" if len(records) > 1 else str(error)) from None
+            with _numbered(row, len(records)):
+                clips.append(read_clip(record, self.limits))
+        return clips
+
+    def waveforms(self, clips: list) -> list:
+        """Every clip decoded (files in blocks), checked and resampled: mono tensors at `features.sr`."""
+        waveforms = []
+        for row, clip in enumerate(clips):
+            with _numbered(row, len(clips)):
+                waveforms.append(torch.from_numpy(clip_waveform(clip, self.limits, self.predictor.sr)))
         return waveforms
 
     # Annotated as a DataFrame (what MLflow passes for `dataframe_records`): MLflow then neither
     # converts the input nor warns; dicts (one clip or columns) and lists of records are accepted as well.
     def predict(self, context, model_input: pd.DataFrame, params=None) -> list[dict]:
+        deadline = time.monotonic() + _server_timeout()
         try:
-            waveforms = self.waveforms(model_input)
+            clips = self.clips(model_input)
+            cost = request_cost(clips, self.limits, self.predictor.sr)
+            with self.budget.hold(cost, min(self.limits.queue_seconds, deadline - time.monotonic())):
+                waveforms = self.waveforms(clips)
+                del clips  # the encoded files and sent arrays are no longer needed here
+                return self.score(waveforms, deadline)
         except RequestError as error:  # HTTP 400 with the reason; `from None`: no traceback goes with it
             # The scoring server prefixes `message` with an excerpt of the request; `reason` stays ours alone.
             raise MlflowException(str(error), error_code=INVALID_PARAMETER_VALUE, reason=str(error)) from None
+        except Busy as busy:  # HTTP 503: the client may retry
+            raise MlflowException(str(busy), error_code=TEMPORARILY_UNAVAILABLE, reason=str(busy)) from None
+
+    def score(self, waveforms: list, deadline: float) -> list[dict]:
         try:
             predictions = []
-            for waveform in waveforms:
+            for row, waveform in enumerate(waveforms):
+                if time.monotonic() > deadline:  # the server has answered 504 already: stop working for nobody
+                    reason = f"stopped after {row} of {len(waveforms)} clips: past the server's request timeout"
+                    raise MlflowException(reason, error_code=DEADLINE_EXCEEDED, reason=reason)
                 probs = self.predictor.probabilities(waveform).tolist()
                 predictions.append({"label": self.classes[int(np.argmax(probs))],
                                     "probabilities": dict(zip(self.classes, probs))})
             return predictions
+        except MlflowException:
+            raise
         except Exception as error:  # noqa: BLE001 - the model's fault, not the client's: 500, trace in the log
             LOG.exception("scoring failed")
             raise MlflowException(f"internal error while scoring ({type(error).__name__}); see the server log",
                                   error_code=INTERNAL_ERROR) from None
+
+
+@contextmanager
+def _numbered(row: int, clips: int):
+    """Prefix a `RequestError` with `clip <row>: ` when the request holds several clips."""
+    try:
+        yield
+    except RequestError as error:
+        if clips > 1:
+            raise RequestError(f"clip {row}: {error}") from None
+        raise
+
+
+def _server_timeout() -> float:
+    """Seconds `mlflow models serve` gives a request before answering 504 (it sets
+    MLFLOW_SCORING_SERVER_REQUEST_TIMEOUT for its workers); no limit in process."""
+    value = os.environ.get("MLFLOW_SCORING_SERVER_REQUEST_TIMEOUT")
+    try:
+        return float(value) if value else float("inf")
+    except ValueError:
+        return float("inf")
 
 
 def model_config(serving: Mapping | None = None, tta: Mapping | None = None) -> dict:
