@@ -1,16 +1,22 @@
 """`audiocnn export --model SOURCE --format onnx|torchscript --output FILE`.
 
-The file holds the whole path from a mono float32 waveform at the model's `features.sr`,
-`(batch, samples)` of any length, to class probabilities (`inference.graph.ClipClassifier`:
-CQT, log, float16 rounding, windows, model with its peak normalisation, vote). Outputs:
-    probabilities          (batch, n_classes)   the mean of the windows' softmax
+The file holds the path from a chunk of mono float32 waveform at the model's `features.sr` to
+the probabilities of the windows it holds (`inference.graph.ChunkScorer`, the module eager
+scoring runs: CQT, log, float16 rounding, windows, model with its peak normalisation, softmax).
+Inputs:
+    waveform               (batch, samples)     a chunk with `margin_samples` of context each side:
+                                                samples [f0 * hop_length - margin, f1 * hop_length + margin)
+                                                of the recording for its frames [f0, f1), zeros beyond it
+    starts                 (n_windows,) int64   window start frames, relative to f0 (any hop)
+Output:
     window_probabilities   (batch, n_windows, n_classes)
-    window_starts          (n_windows,)         first frame of each window
-    window_weights         (n_windows,)         1, or 0 for a last window that repeats the hop grid's
-The bundle's temperature (`trainer.calibrate=temperature`) is a constant of the graph, and so
-are the test-time views given with `--tta-pitch-bins` / `--tta-time-frames` (default: none).
-Metadata (`audiocnn`: JSON with `classes`, `features`, `window_hop_frames`, `temperature`,
-`tta`): ONNX `metadata_props`, TorchScript extra file `audiocnn.json`.
+A recording is scored chunk by chunk (`inference.chunks`: the windows, the chunks, their margins),
+so memory does not grow with its duration; its probabilities are the mean of its windows'. The
+bundle's temperature (`trainer.calibrate=temperature`) is a constant of the graph, and so are the
+test-time views given with `--tta-pitch-bins` / `--tta-time-frames` (default: none).
+Metadata (`audiocnn`: JSON with `format`, `classes`, `features`, `margin_samples`,
+`window_hop_frames` (the default hop: half a window), `temperature`, `tta`): ONNX
+`metadata_props`, TorchScript extra file `audiocnn.json`.
 """
 
 from __future__ import annotations
@@ -23,31 +29,17 @@ import torch
 from torch import Tensor, nn
 
 from audiocnn import atomic
-from audiocnn.inference.exported import METADATA_KEY
-from audiocnn.inference.graph import ClipClassifier
+from audiocnn.inference.exported import EXPORT_FORMAT, INPUTS, METADATA_KEY, OUTPUTS
 from audiocnn.inference.predictor import Predictor
 from audiocnn.inference.predict import add_tta_arguments, tta_arguments
 
 FORMATS = ("onnx", "torchscript")
-OUTPUTS = ["probabilities", "window_probabilities", "window_starts", "window_weights"]
-
-
-class ExportGraph(nn.Module):
-    """`ClipClassifier` with every output named in the module docstring."""
-
-    def __init__(self, graph: ClipClassifier):
-        super().__init__()
-        self.graph = graph
-
-    def forward(self, waveform: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        windows, starts, weights = self.graph.window_probabilities(waveform)
-        probabilities = (windows * weights[None, :, None]).sum(dim=1) / weights.sum()
-        return probabilities, windows, starts, weights
 
 
 def metadata(predictor: Predictor) -> str:
-    return json.dumps({"classes": predictor.classes, "features": predictor.features,
-                       "window_hop_frames": max(predictor.window // 2, 1), "temperature": predictor.temperature,
+    return json.dumps({"format": EXPORT_FORMAT, "classes": predictor.classes, "features": predictor.features,
+                       "margin_samples": predictor.margin, "window_hop_frames": max(predictor.window // 2, 1),
+                       "temperature": predictor.temperature,
                        "tta": {"pitch_bins": list(predictor.views.pitch_bins),
                                "time_frames": list(predictor.views.time_frames)}})
 
@@ -58,8 +50,10 @@ def export_model(source: str | Path, fmt: str, output: str | Path, tta: dict | N
     if fmt not in FORMATS:
         raise ValueError(f"--format={fmt}: allowed: {', '.join(FORMATS)}")
     predictor = Predictor.load(source, tta=tta)
-    module = ExportGraph(predictor.graph()).eval()
-    example = torch.zeros(1, (predictor.window + 1) * predictor.hop_length)  # any length works: sizes are traced
+    module = predictor.graph()
+    # Any chunk length and any number of windows work: sizes are traced as operations on the inputs' shapes.
+    example = (torch.zeros(1, (predictor.window + 1) * predictor.hop_length + 2 * predictor.margin),
+               torch.tensor([0, 1], dtype=torch.int64))
     output = Path(output)
     with atomic.atomic_path(output) as tmp, warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the tracer's notes on shape arithmetic, which it records as ops
@@ -71,15 +65,13 @@ def export_model(source: str | Path, fmt: str, output: str | Path, tta: dict | N
     return output
 
 
-def _export_onnx(module: nn.Module, example: Tensor, path: Path, meta: str) -> None:
+def _export_onnx(module: nn.Module, example: tuple[Tensor, Tensor], path: Path, meta: str) -> None:
     import onnx
 
-    torch.onnx.export(module, (example,), str(path), dynamo=False, opset_version=17, input_names=["waveform"],
+    torch.onnx.export(module, example, str(path), dynamo=False, opset_version=17, input_names=INPUTS,
                       output_names=OUTPUTS, dynamic_axes={"waveform": {0: "batch", 1: "samples"},
-                                                          "probabilities": {0: "batch"},
-                                                          "window_probabilities": {0: "batch", 1: "windows"},
-                                                          "window_starts": {0: "windows"},
-                                                          "window_weights": {0: "windows"}})
+                                                          "starts": {0: "windows"},
+                                                          "window_probabilities": {0: "batch", 1: "windows"}})
     model = onnx.load(str(path))
     entry = model.metadata_props.add()
     entry.key, entry.value = METADATA_KEY, meta
@@ -103,6 +95,7 @@ def main(argv: list[str]) -> int:
 
     use_tracking(args.model, args.tracking_uri)
     path = export_model(args.model, args.format, args.output, tta_arguments(args))
-    print(f"export: {args.model} -> {path} ({args.format}; input: mono float32 waveforms (batch, samples) at "
-          "the model's features.sr; outputs: " + ", ".join(OUTPUTS) + ")", file=sys.stderr)
+    print(f"export: {args.model} -> {path} ({args.format}; inputs: mono float32 waveforms (batch, samples) at "
+          "the model's features.sr, chunked with margins, and window starts; output: " + ", ".join(OUTPUTS) + ")",
+          file=sys.stderr)
     return 0

@@ -1,24 +1,32 @@
 """Scoring with an exported model file: ONNX (onnxruntime) or TorchScript.
 
-The file holds the whole path from waveform to probabilities (`inference.graph.ClipClassifier`,
-exported by `audiocnn export`) and, as metadata, the class names and feature settings. Here
-only the decoding around it runs: read, downmix, resample to the file's `sr`
-(`audiocnn.data.audio`), then one call per recording (the graph takes any length; its sliding
-windows and their vote are inside). The window hop is the exported one (half a window).
+The file holds the path from a chunk of waveform to its windows' probabilities
+(`inference.graph.ChunkScorer`, exported by `audiocnn export`) and, as metadata, the class names,
+the feature settings and the chunks' margin. Here only the decoding and the chunking around it
+run, as `Predictor` does them: read, downmix, resample to the file's `sr` (`audiocnn.data.audio`;
+a recording longer than `features.chunk_seconds` is read stretch by stretch), then one call per
+chunk of windows (`inference.chunks`: the sliding windows, hop half a window unless asked,
+and the chunks with their margins), so memory does not grow with the recording's duration. A
+recording's probabilities are the mean of its windows'.
 """
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
 
-from audiocnn.data.audio import read_audio, samples_array
+from audiocnn.data.audio import clip_samples, read_audio, read_segment, samples_array
+from audiocnn.inference.chunks import chunks, cut, frame_count
 from audiocnn.inference.results import Scored
 
 METADATA_KEY = "audiocnn"  # ONNX metadata_props key / TorchScript extra file: {"classes", "features", ...}
+EXPORT_FORMAT = 2  # 2: the graph scores a chunk (waveform with margins, window starts); 1 took whole recordings
+INPUTS = ["waveform", "starts"]
+OUTPUTS = ["window_probabilities"]
+CHUNK_WINDOWS = 64  # most windows per call of the graph
 
 
 class _ExportedBackend:
@@ -27,25 +35,53 @@ class _ExportedBackend:
         self.features: dict = dict(metadata["features"])
         self.sr = int(self.features["sr"])
         self.hop = max(int(self.features["window_frames"]) // 2, 1)
+        if metadata.get("format") != EXPORT_FORMAT or "margin_samples" not in metadata:
+            raise ValueError("exported by an older audiocnn (its graph takes whole recordings); export it again")
+        self.margin = int(metadata["margin_samples"])
 
-    def run(self, waveform: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    def run(self, waveform: np.ndarray, starts: np.ndarray) -> np.ndarray:
+        """(batch, samples) float32 chunk with margins, (n_windows,) int64 -> (batch, n_windows, n_classes)."""
         raise NotImplementedError
+
+    def windows(self, source: Callable[[int, int], np.ndarray], samples: int, hop: int | None = None
+                ) -> Iterator[tuple[int, np.ndarray]]:
+        """(start frame, probabilities `(n_classes,)`) of every window of a recording of `samples`
+        samples, chunk by chunk; `source(start, stop)` gives its samples [start, stop), zeros outside."""
+        hop_length, window = int(self.features["hop_length"]), int(self.features["window_frames"])
+        for chunk in chunks(samples, hop_length, window, self.margin, hop, self.chunk_frames, CHUNK_WINDOWS):
+            probabilities = self.run(source(chunk.start, chunk.stop)[None], chunk.starts)[0]
+            yield from zip((chunk.first + chunk.starts).tolist(), probabilities)
+
+    @property
+    def chunk_frames(self) -> int:
+        """Frames decoded and scored at once (`features.chunk_seconds`, as `Predictor`)."""
+        seconds = float(self.features.get("chunk_seconds", 60))
+        return max(1, int(seconds * self.sr) // int(self.features["hop_length"]))
+
+    def source(self, item, sample_rate: int | None) -> tuple[Callable[[int, int], np.ndarray], int]:
+        """(samples [start, stop) of the input at `sr`, its length): a file longer than a chunk is read
+        stretch by stretch (`read_segment`), anything else decoded whole."""
+        if isinstance(item, (str, Path)):
+            samples = clip_samples(item, self.sr)
+            if frame_count(samples, int(self.features["hop_length"])) > self.chunk_frames:
+                return (lambda start, stop: read_segment(item, self.sr, start, stop)), samples
+            wave = read_audio(item, self.sr)
+        else:
+            wave = samples_array(item, sample_rate, self.sr)
+        return (lambda start, stop: cut(wave, start, stop)), len(wave)
 
     def score(self, inputs: Sequence, sample_rate: int | None = None, hop: int | None = None,
               keep_windows: bool = False) -> Iterator[Scored]:
-        if hop is not None and hop != self.hop:
-            raise ValueError(f"the window hop of an exported model is fixed ({self.hop} frames); "
-                             "use the model.pt bundle for another hop")
         for number, item in enumerate(inputs):
             is_file = isinstance(item, (str, Path))
             result = Scored(name=str(item) if is_file else f"array {number}")
             try:
-                wave = read_audio(item, self.sr) if is_file else samples_array(item, sample_rate, self.sr)
-                result.duration = len(wave) / self.sr
-                probabilities, windows, starts, weights = self.run(wave[None].astype(np.float32))
-                result.probabilities = probabilities[0]
+                source, samples = self.source(item, sample_rate)
+                result.duration = samples / self.sr
+                windows = list(self.windows(source, samples, hop))
+                result.probabilities = np.mean([p for _, p in windows], axis=0)
                 if keep_windows:
-                    result.windows = [(int(s), p) for s, p, w in zip(starts, windows[0], weights) if w > 0]
+                    result.windows = windows
             except Exception as error:  # noqa: BLE001 - reported with its reason; the other inputs go on
                 result.error = f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
             yield result
@@ -63,8 +99,8 @@ class OnnxBackend(_ExportedBackend):
             raise ValueError(f"{path}: not an ONNX file exported by audiocnn (no {METADATA_KEY!r} metadata)")
         super().__init__(json.loads(meta[METADATA_KEY]))
 
-    def run(self, waveform: np.ndarray):
-        return tuple(self.session.run(None, {"waveform": waveform}))
+    def run(self, waveform: np.ndarray, starts: np.ndarray) -> np.ndarray:
+        return self.session.run(OUTPUTS, {"waveform": waveform, "starts": starts})[0]
 
 
 class TorchScriptBackend(_ExportedBackend):
@@ -83,8 +119,8 @@ class TorchScriptBackend(_ExportedBackend):
             raise ValueError(f"{path}: not a TorchScript file exported by audiocnn (no {METADATA_KEY}.json)")
         super().__init__(json.loads(extra[f"{METADATA_KEY}.json"]))
 
-    def run(self, waveform: np.ndarray):
+    def run(self, waveform: np.ndarray, starts: np.ndarray) -> np.ndarray:
         import torch
 
         with torch.inference_mode():
-            return tuple(t.numpy() for t in self.module(torch.from_numpy(waveform)))
+            return self.module(torch.from_numpy(waveform), torch.from_numpy(starts)).numpy()

@@ -1,19 +1,25 @@
-"""`ClipClassifier`: waveform -> class probabilities as one `nn.Module`, for export and for scoring.
+"""`ChunkScorer`: a chunk of waveform -> its windows' class probabilities, as one `nn.Module`.
 
-    waveform (batch, samples) at features.sr, samples >= one window ((window_frames - 1) * hop)
-      -> log-CQT (the model's own front-end: its kernels, one strided conv1d per octave)
-      -> rounded to float16 and back, as the feature store holds frames     (batch, n_bins, frames)
-      -> padded with the log floor to at least one window (clips shorter than a window)
-      -> the sliding windows of `training.windows.window_starts(..., "sliding")`:
-         starts 0, hop, 2 hop, ... and, when the grid does not end on the last frame, one
-         more window ending there                                           (batch * n_windows, 1, n_bins, window)
-      -> the model (peak normalisation inside) in each test-time view (`models.tta`; the identity
-         unless exported with `--tta-*`) -> softmax(logits / temperature) (the bundle's T, a
-         constant of the graph) -> mean over the views -> mean over each clip's windows
-      = (batch, n_classes)
-Every size is computed from the input's shape with tensor operations, so the traced graph
-(TorchScript, ONNX) takes any length: nothing of audiocnn, librosa or nnAudio is needed to
-run the exported file. `window_probabilities` gives the per-window answers (timelines).
+The one scoring path of a trained model, run eagerly by `Predictor` and exported as a graph
+(ONNX, TorchScript) by `audiocnn export`:
+    waveform (batch, samples): a chunk with `margin` samples of context each side
+      (`inference.chunks`: samples [f0 * hop_length - margin, f1 * hop_length + margin) of a
+      recording at features.sr, zeros beyond it), so samples = F * hop_length + 2 margin
+      -> `frames`: log-CQT (the model's own front-end: its kernels, one strided conv1d per
+         octave), rounded to float16 as the feature store holds them  (batch, n_bins, F + 2 margin / hop_length + 1)
+      -> `chunk_frames`: the F frames of the chunk, [f0, f1), without the margins; they equal
+         the whole recording's frames there                            (batch, n_bins, F) float32
+    starts (n_windows,) int64: window start frames, relative to f0 (`inference.chunks.window_starts`)
+      -> `windows`: the window at each start; frames past the chunk's F (a recording shorter
+         than a window) are the log floor, as evaluate pads              (batch * n_windows, 1, n_bins, window)
+      -> `score`: the model (peak normalisation inside) in each test-time view (`models.tta`; the
+         identity unless exported with `--tta-*`) -> softmax(logits / temperature) (the bundle's
+         T, a constant of the graph) -> mean over the views          (batch * n_windows, n_classes)
+    = (batch, n_windows, n_classes).
+The vote (the mean of a recording's windows) is the caller's: windows come from many chunks.
+Every size is computed from the inputs' shapes with tensor operations, so the traced graph takes
+any chunk length and any number of windows: nothing of audiocnn, librosa or nnAudio is needed to
+run the exported file.
 """
 
 from __future__ import annotations
@@ -27,43 +33,43 @@ from audiocnn.features.cqt import LogCQT
 from audiocnn.models.tta import Views, window_probabilities
 
 
-class ClipClassifier(nn.Module):
-    def __init__(self, cqt: LogCQT, model: nn.Module, window_frames: int, amin: float, temperature: float = 1.0,
-                 views: Views = Views()):
+class ChunkScorer(nn.Module):
+    def __init__(self, cqt: LogCQT, model: nn.Module, window_frames: int, amin: float, margin: int,
+                 temperature: float = 1.0, views: Views = Views()):
         super().__init__()
+        if margin % cqt.hop_length:
+            raise ValueError(f"margin={margin}: must be a whole number of hops ({cqt.hop_length} samples)")
         self.cqt, self.model = cqt, model
-        self.window, self.hop = int(window_frames), max(int(window_frames) // 2, 1)
+        self.window, self.margin, self.skip = int(window_frames), int(margin), int(margin) // cqt.hop_length
         self.floor = math.log(amin)
         self.temperature, self.views = float(temperature), views
 
     def frames(self, waveform: Tensor) -> Tensor:
-        """(batch, samples) -> (batch, n_bins, max(frames, window)) float32 holding float16 values."""
-        frames = self.cqt(waveform).to(torch.float16).to(torch.float32)
-        count = frames.shape[2]
-        short = torch.clamp(torch.as_tensor(self.window - count), min=0)  # frames missing to one window
-        pad = torch.full((frames.shape[0], frames.shape[1], self.window), self.floor, dtype=frames.dtype)
-        return torch.cat([frames, pad], dim=2)[:, :, : count + short]
+        """(batch, samples) -> (batch, n_bins, samples // hop_length + 1) float16 log-CQT frames."""
+        return self.cqt(waveform).to(torch.float16)
 
-    def window_starts(self, count) -> tuple[Tensor, Tensor]:
-        """(starts (n_windows,), weights (n_windows,)) for `count` frames: the last window counts only
-        when the hop grid does not already end on the last frame (then it would be counted twice)."""
-        slack = torch.as_tensor(count - self.window)
-        starts = torch.cat([torch.arange(0, slack + 1, self.hop), slack.reshape(1)])
-        extra = (torch.remainder(slack, self.hop) != 0).to(torch.float32).reshape(1)
-        return starts, torch.cat([torch.ones(starts.shape[0] - 1), extra])
-
-    def window_probabilities(self, waveform: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """(probabilities (batch, n_windows, n_classes), starts (n_windows,), weights (n_windows,))."""
+    def chunk_frames(self, waveform: Tensor) -> Tensor:
+        """A chunk with its margins (batch, F * hop_length + 2 margin) -> its F frames (batch, n_bins, F)
+        float32 (holding float16 values)."""
         frames = self.frames(waveform)
-        batch, bins = frames.shape[0], frames.shape[1]
-        starts, weights = self.window_starts(frames.shape[2])
-        index = (starts[:, None] + torch.arange(self.window)[None, :]).reshape(-1)
-        windows = frames.index_select(2, index).reshape(batch, bins, -1, self.window).permute(0, 2, 1, 3)
-        probabilities = window_probabilities(self.model, windows.reshape(-1, 1, bins, self.window), self.views,
-                                             self.floor, self.temperature)
-        return probabilities.reshape(batch, starts.shape[0], -1), starts, weights
+        count = frames.shape[2] - 2 * self.skip - 1
+        return frames[:, :, self.skip: self.skip + count].to(torch.float32)
 
-    def forward(self, waveform: Tensor) -> Tensor:
-        """(batch, samples) -> (batch, n_classes): the mean of the windows' softmax."""
-        probabilities, _, weights = self.window_probabilities(waveform)
-        return (probabilities * weights[None, :, None]).sum(dim=1) / weights.sum()
+    def windows(self, frames: Tensor, starts: Tensor) -> Tensor:
+        """(batch, n_bins, F) frames, (n_windows,) starts -> (batch * n_windows, 1, n_bins, window); frames
+        past F are the floor."""
+        batch, bins = frames.shape[0], frames.shape[1]
+        padded = torch.cat([frames, torch.full((batch, bins, self.window), self.floor, dtype=frames.dtype,
+                                                device=frames.device)], dim=2)
+        index = (starts[:, None] + torch.arange(self.window, device=frames.device)[None, :]).reshape(-1)
+        windows = padded.index_select(2, index).reshape(batch, bins, -1, self.window).permute(0, 2, 1, 3)
+        return windows.reshape(-1, 1, bins, self.window)
+
+    def score(self, windows: Tensor) -> Tensor:
+        """(n, 1, n_bins, window) windows -> (n, n_classes) probabilities (`models.tta.window_probabilities`)."""
+        return window_probabilities(self.model, windows, self.views, self.floor, self.temperature)
+
+    def forward(self, waveform: Tensor, starts: Tensor) -> Tensor:
+        """(batch, samples) chunk with margins, (n_windows,) int64 starts -> (batch, n_windows, n_classes)."""
+        windows = self.windows(self.chunk_frames(waveform), starts.to(torch.int64))
+        return self.score(windows).reshape(waveform.shape[0], starts.shape[0], -1)

@@ -5,11 +5,13 @@
       `features.chunk_seconds`, longer ones in chunks with the front-end's margin), so memory
       does not grow with duration and the frames equal the feature store's
     -> the model's own CQT front-end -> frames rounded to float16, as the store holds them
-    -> the sliding windows of `training.windows.window_starts` (hop: half a window, as
+       (`inference.graph.ChunkScorer.frames`)
+    -> the sliding windows of `inference.chunks.window_starts` (hop: half a window, as
        evaluate; settable), cut by `training.windows.cut_window`
     -> the model, on batches of windows drawn from all inputs, in each test-time view (`tta`,
        `models.tta`; the identity by default) -> softmax(logits / T), T the bundle's temperature
        (1 unless trained with `trainer.calibrate=temperature`) -> mean over the views
+       (`ChunkScorer.score`: the code the exported graph runs)
     -> per clip, the mean of its windows' probabilities (`training.vote`'s vote).
 `audiocnn.inference.api.load_model(source)` wraps it (the Python API); the CLI (`audiocnn
 predict`) and the MLflow pyfunc are thin layers over that.
@@ -28,11 +30,12 @@ from torch import Tensor, nn
 from audiocnn.data.audio import clip_samples, from_samples, load_audio, load_segment
 from audiocnn.features.cqt import LogCQT, n_frames, pick_device
 from audiocnn.features.plan import chunk_margin, clip_pieces
-from audiocnn.inference.graph import ClipClassifier
+from audiocnn.inference.chunks import window_starts
+from audiocnn.inference.graph import ChunkScorer
 from audiocnn.inference.results import Scored
 from audiocnn.models.bundle import load_bundle, temperature
-from audiocnn.models.tta import Views, window_probabilities
-from audiocnn.training.windows import cut_window, window_starts
+from audiocnn.models.tta import Views
+from audiocnn.training.windows import cut_window
 
 
 GROUP_SAMPLES = 1 << 23  # most samples of short clips in one CQT batch (32 MB of float32)
@@ -63,15 +66,17 @@ class Predictor:
         self.batch_size = batch_size
         self.chunk_frames = max(1, int(float(features.get("chunk_seconds", 60)) * self.sr) // self.hop_length)
         self.margin = chunk_margin(self.cqt.radius, self.hop_length)
+        self.scorer = ChunkScorer(self.cqt, self.model, self.window, features["amin"], self.margin, self.temperature,
+                                  self.views)
 
     @classmethod
     def load(cls, source: str | Path, **kwargs) -> "Predictor":
         return cls(*load_bundle(source), **kwargs)
 
-    def graph(self) -> ClipClassifier:
-        """The whole path from waveform to probabilities as one module (what `export` writes)."""
-        return ClipClassifier(self.cqt, self.model, self.window, self.features["amin"], self.temperature,
-                              self.views).cpu().eval()
+    def graph(self) -> ChunkScorer:
+        """The path from a chunk of waveform to its windows' probabilities as one module (what `export`
+        writes; this predictor scores with its `frames` and `score`), on the CPU."""
+        return self.scorer.cpu().eval()
 
     @torch.inference_mode()
     def frames(self, waveform: Tensor) -> np.ndarray:
@@ -85,7 +90,7 @@ class Predictor:
         batch = torch.zeros(len(waves), max(max(len(w) for w in waves), 1))
         for row, wave in enumerate(waves):
             batch[row, : len(wave)] = wave
-        frames = self.cqt(batch.to(self.device)).to(torch.float16).cpu().numpy()  # (batch, n_bins, frames)
+        frames = self.scorer.frames(batch.to(self.device)).cpu().numpy()  # (batch, n_bins, frames) float16
         return [frames[row, :, : n_frames(len(wave), self.hop_length)].T for row, wave in enumerate(waves)]
 
     def _frame_pieces(self, source, pieces) -> Iterator[np.ndarray]:
@@ -98,7 +103,7 @@ class Predictor:
     def _windows(self, frame_pieces, samples: int, hop: int | None) -> Iterator[tuple[int, np.ndarray]]:
         """(start frame, window `(n_bins, window)` float32) for every sliding window of a clip of
         `samples` samples; between pieces only the frames from the next window's start on are kept."""
-        starts = window_starts(n_frames(samples, self.hop_length), self.window, "sliding", hop=hop)
+        starts = window_starts(n_frames(samples, self.hop_length), self.window, hop)
         buffer, offset, todo = np.zeros((0, int(self.features["n_bins"])), np.float16), 0, 0
         for piece in frame_pieces:
             buffer = np.concatenate([buffer, piece])
@@ -114,7 +119,7 @@ class Predictor:
     def _run(self, windows: list[np.ndarray]) -> np.ndarray:
         """`[(n_bins, window)] * n` -> `(n, n_classes)` probabilities (views, temperature: `models.tta`)."""
         x = torch.from_numpy(np.stack(windows)[:, None]).to(self.device)
-        return window_probabilities(self.model, x, self.views, self.floor, self.temperature).cpu().numpy()
+        return self.scorer.score(x).cpu().numpy()
 
     def score(self, inputs: Sequence, sample_rate: int | None = None, hop: int | None = None,
               keep_windows: bool = False) -> Iterator[Scored]:

@@ -7,7 +7,7 @@ opens is filled with the spectrogram's floor, `log(features.amin)` (the log-CQT 
 `features.cqt.LogCQT`), never wrapped around. The window's probabilities are the mean over
 the views of `softmax(logits / temperature)`; with the identity view only and temperature 1
 they are exactly `softmax(logits)`. Evaluate (`training.vote`), `Predictor` and the exported
-graph (`inference.graph.ClipClassifier`) all score windows with `window_probabilities`.
+graph (`inference.graph.ChunkScorer`) all score windows with `window_probabilities`.
 """
 
 from __future__ import annotations

@@ -1,0 +1,76 @@
+"""The windows a recording is scored by, and the chunks of waveform that hold them (numpy only:
+the onnxruntime path imports no torch).
+
+A recording of `samples` samples (at `features.sr`) has `frame_count(samples, hop_length)` frames,
+frame t centred on sample t * hop_length (the front-end's centred frames). It is scored by the
+sliding windows of `window` frames of `window_starts`: every `hop` frames (default: half a
+window), plus one window ending on the last frame. Both eager scoring (`Predictor`) and the
+exported graph's callers use this grid.
+
+A *chunk* is a run of consecutive windows, scored in one call of `inference.graph.ChunkScorer`:
+frames [f0, f1) with f0 its first window's start and f1 = min(its last start + window, frames),
+cut from samples [f0 * hop_length - margin, f1 * hop_length + margin), zeros outside the
+recording, `margin` (`features.plan.chunk_margin`) at least the front-end's radius. The frames
+the graph computes from it then equal the whole recording's frames [f0, f1) (the contract of
+`features.plan`), so chunks join exactly: the windows of all chunks are those of the whole
+recording. A chunk spans at most `max_frames` frames (or one window) and holds at most
+`max_windows` windows, so memory per call is bounded whatever the duration and the hop.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterator
+
+import numpy as np
+
+
+def frame_count(samples: int, hop_length: int) -> int:
+    """Frames the front-end gives for `samples` samples (`features.cqt.n_frames`)."""
+    return samples // hop_length + 1
+
+
+def window_starts(frames: int, window: int, hop: int | None = None) -> list[int]:
+    """Start frames of the sliding windows over `frames` frames: 0, hop, 2 hop, ... (hop: default half
+    a window) and, when that grid does not end on the last frame, one more window ending there; a clip
+    shorter than a window has one window, at 0 (padded with the floor)."""
+    slack = frames - window
+    if slack <= 0:
+        return [0]
+    starts = list(range(0, slack + 1, hop or max(window // 2, 1)))
+    if starts[-1] != slack:
+        starts.append(slack)
+    return starts
+
+
+@dataclass(frozen=True)
+class Chunk:
+    start: int  # first sample, f0 * hop_length - margin (< 0: zeros)
+    stop: int  # end sample, f1 * hop_length + margin (beyond the recording: zeros)
+    first: int  # f0: the recording's frame that is the chunk's frame 0
+    starts: np.ndarray  # (n_windows,) int64: window start frames, relative to `first`
+
+
+def chunks(samples: int, hop_length: int, window: int, margin: int, hop: int | None = None,
+           max_frames: int = 1875, max_windows: int = 64) -> Iterator[Chunk]:
+    """The chunks covering every window of a recording of `samples` samples, in order."""
+    total = frame_count(samples, hop_length)
+    span = max(max_frames, window)
+    group: list[int] = []
+    for start in window_starts(total, window, hop) + [None]:
+        if group and (start is None or len(group) == max_windows or start + window - group[0] > span):
+            f0, f1 = group[0], min(group[-1] + window, total)
+            yield Chunk(f0 * hop_length - margin, f1 * hop_length + margin, f0,
+                        np.asarray(group, dtype=np.int64) - f0)
+            group = []
+        if start is not None:
+            group.append(start)
+
+
+def cut(wave: np.ndarray, start: int, stop: int) -> np.ndarray:
+    """Samples [start, stop) of `wave` `(samples,)`, zeros outside it: `(stop - start,)` float32."""
+    out = np.zeros(stop - start, np.float32)
+    lo, hi = max(start, 0), min(stop, len(wave))
+    if hi > lo:
+        out[lo - start: hi - start] = wave[lo:hi]
+    return out
