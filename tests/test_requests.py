@@ -29,6 +29,7 @@ from audiocnn.errors import ConfigError
 from audiocnn.inference.pyfunc import log_audio_model, model_config
 from audiocnn.inference.requests import Limits
 from tests.conftest import stop_process, tiny_classifier, untrained_bundle
+from tests.test_serving_budget import silent_flac
 from tests.test_tracking import free_port
 
 SR = 16000
@@ -104,6 +105,11 @@ BAD = [
     ("no_clips", lambda: pd.DataFrame({"samples": [], "sample_rate": []}), "the request holds no clips"),
     ("one_bad_clip_of_two", lambda: [{"samples": noise(400), "sample_rate": SR}, {"samples": noise(400), "sample_rate": 0}],
      "clip 1: sample_rate=0"),
+    ("too_many_clips", lambda: [{"samples": [0.1, -0.1], "sample_rate": SR}] * 65,
+     "the request holds 65 clips; at most serving.max_clips=64"),
+    # 3 FLACs of 8 channels x 384 kHz x 4.5 s: each within max_seconds=5, together 41.5 M samples x channels
+    ("request_samples", lambda: pd.DataFrame({"audio_base64": [base64.b64encode(silent_flac(4.5)).decode()] * 3}),
+     "the request's 3 clip.s. hold 41472000 samples x channels, .* more than serving.max_request_samples=32000000"),
 ]
 
 
