@@ -133,6 +133,15 @@ def explain(args) -> int:
     if not audio.is_file():
         print(f"error: {audio}: no such audio file", file=sys.stderr)
         return 2
+    import soundfile
+
+    from audiocnn.data.audio import probe_audio
+
+    try:
+        probe_audio(audio)  # a file that cannot be decoded is refused before the model is fetched
+    except (soundfile.SoundFileError, ValueError, OSError) as error:
+        print(f"error: {audio}: unreadable audio ({_decoder_reason(error)})", file=sys.stderr)
+        return 2
     if args.model.startswith(("runs:/", "models:/")) or not Path(args.model).exists():
         import os
 
@@ -144,11 +153,20 @@ def explain(args) -> int:
     output = Path(args.output) if args.output else audio.with_name(f"{audio.stem}_gradcam.png")
     try:
         path, label, probability = explain_file(audio, args.model, output)
-    except (FileNotFoundError, InputError) as error:  # a missing model, or a model file refused as unsafe
-        print(f"error: {error}", file=sys.stderr)
+    except soundfile.SoundFileError as error:  # decoding failed past the header (damaged audio data)
+        print(f"error: {audio}: unreadable audio ({_decoder_reason(error)})", file=sys.stderr)
+        return 2
+    except (FileNotFoundError, ValueError, InputError) as error:  # a missing model, or one refused as unsafe
+        print(f"error: {str(error).splitlines()[0] if str(error) else type(error).__name__}", file=sys.stderr)
         return 2
     print(f"explain: {audio.name}: predicted {label} ({probability:.2f}); Grad-CAM -> {path}")
     return 0
+
+
+def _decoder_reason(error: Exception) -> str:
+    """libsndfile's own words (`Error in WAV file. No 'data' chunk marker.`), without the path it prefixes."""
+    text = getattr(error, "error_string", None) or str(error)
+    return text.strip().splitlines()[0] if text.strip() else type(error).__name__
 
 
 if __name__ == "__main__":

@@ -49,10 +49,18 @@ def scan_samples(path: str | Path) -> tuple[int, float]:
 
 def inspect_file(path: str, max_seconds: float | None) -> FileFacts:
     """Facts about an audio file, or `Unusable` with the reason it cannot be used."""
-    if not os.path.lexists(path):
-        raise Unusable("missing file: no such file")
-    if not os.path.exists(path):
-        raise Unusable("unreadable: dangling symbolic link")
+    try:
+        os.lstat(path)
+    except FileNotFoundError:
+        raise Unusable("missing file: no such file") from None
+    except OSError as error:  # a path longer than the system allows, a folder we may not search
+        raise Unusable(f"unreadable: {error.strerror or error}") from None
+    try:
+        os.stat(path)
+    except FileNotFoundError:
+        raise Unusable("unreadable: dangling symbolic link") from None
+    except OSError as error:  # a symbolic link loop
+        raise Unusable(f"unreadable: {error.strerror or error}") from None
     if not os.path.isfile(path):
         raise Unusable("unreadable: not a regular file")
     if os.path.getsize(path) == 0:

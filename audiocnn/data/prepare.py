@@ -66,6 +66,9 @@ def probe_clips(clips: list[dict], classes: list[str], max_seconds: float | None
         except Unusable as error:
             skipped.append({"path": path, "reason": str(error)})
             continue
+        except OSError as error:  # one file the system will not read never stops the run
+            skipped.append({"path": path, "reason": f"unreadable: {error.strerror or error}"})
+            continue
         kept.append({**clip, "path": path, "duration": round(facts.duration, 4), "sr": facts.sr,
                      "channels": facts.channels, "md5": facts.md5, "note": facts.note})
     return kept, skipped

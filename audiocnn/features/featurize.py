@@ -24,6 +24,7 @@ other clips and are told to featurize again.
 
 from __future__ import annotations
 
+import errno
 import json
 from contextlib import nullcontext
 from pathlib import Path
@@ -35,7 +36,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from audiocnn import atomic
-from audiocnn.errors import InputError, MissingInputError, StoreError
+from audiocnn.errors import ConfigError, InputError, MissingInputError, StoreError
 from audiocnn.data.audio import clip_samples, load_audio, load_segment
 from audiocnn.data.names import unescape_columns
 from audiocnn.features import distributed
@@ -163,7 +164,7 @@ def featurize_share(cfg: DictConfig, root: Path, manifest: pd.DataFrame, rank: i
     )
     durations = manifest["duration"].to_numpy(dtype=float)
     skipped, failed = [], set()
-    with tqdm(total=float(sum(durations[p.position] for p in todo if p.last)), disable=rank != 0,
+    with writer, tqdm(total=float(sum(durations[p.position] for p in todo if p.last)), disable=rank != 0,
               desc=f"featurize ({device.type}{f', {world} ranks' if world > 1 else ''})",
               bar_format="{l_bar}{bar}| {n:.0f}/{total:.0f} audio-s [{elapsed}<{remaining}]") as bar:
         for numbers, batch, lengths, errors in loader:
@@ -184,7 +185,6 @@ def featurize_share(cfg: DictConfig, root: Path, manifest: pd.DataFrame, rank: i
                 writer.add(clip, spectrum[:, piece.skip: piece.skip + keep].T, last=piece.last)
                 if piece.last:
                     bar.update(float(durations[piece.position]))
-    writer.close_shard()
     return skipped
 
 
@@ -206,7 +206,14 @@ def _featurize(cfg: DictConfig, rank: int, world: int) -> Path:
     lock = atomic.folder_lock(root, float(cfg.get("lock_timeout_s", 300)), "lock_timeout_s", "featurize") \
         if rank == 0 else nullcontext()  # rank 0 holds it for all ranks
     with lock:
-        return _featurize_locked(cfg, rank, world, manifest, root)
+        try:
+            return _featurize_locked(cfg, rank, world, manifest, root)
+        except OSError as error:
+            if error.errno not in (errno.ENOSPC, errno.EDQUOT):
+                raise
+            raise ConfigError(f"paths.features={cfg.paths.features}: {error.strerror} while writing {root}; free "
+                              "space and run featurize again (it goes on after the shards it finished), or set "
+                              "paths.features to a disk with room") from None
 
 
 def _featurize_locked(cfg: DictConfig, rank: int, world: int, manifest: pd.DataFrame, root: Path) -> Path:

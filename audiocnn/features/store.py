@@ -24,6 +24,7 @@ re-splitting the data never re-featurizes it.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -79,7 +80,9 @@ class ShardWriter:
 
     A clip may arrive in several pieces (`add(..., last=False)` then `last=True`): they
     go to the same shard, back to back, and the clip gets one index row. `first_shard`
-    continues the numbering after the shards an earlier run finished.
+    continues the numbering after the shards an earlier run finished. Used as a context
+    manager, it finishes the open shard at the end, or deletes it if a write failed (a full
+    disk): the shards finished before stay, and nothing half-written is left under any name.
     """
 
     def __init__(self, root: Path, n_bins: int, shard_bytes: int, first_shard: int = 0, prefix: str = "shard-"):
@@ -91,6 +94,25 @@ class ShardWriter:
         self.handle = None
         self.digest = new_checksum()
         self.bytes = 0  # bytes written to the open shard
+
+    def __enter__(self) -> "ShardWriter":
+        return self
+
+    def __exit__(self, kind, error, traceback) -> None:
+        if kind is None:
+            self.close_shard()
+        else:
+            self.discard()
+
+    def discard(self) -> None:
+        """Delete the shard being written, whichever of its files exist (none is finished: its record,
+        written last, is what makes a shard finished)."""
+        if self.handle is not None:
+            with contextlib.suppress(OSError):  # closing flushes, which fails again on a full disk
+                self.handle.close()
+            self.handle = None
+        self._tmp().unlink(missing_ok=True)
+        drop_shard(self.root, shard_name(self.shard, self.prefix))
 
     def _tmp(self) -> Path:
         return self.root / f".{shard_name(self.shard, self.prefix)}.f16.tmp-{os.getpid()}"

@@ -10,6 +10,8 @@
    (`training.augment.validate_augment`), `scheduler` (`training.optim.validate_optimisation`),
    `evaluate` (`evaluation.settings.validate_evaluate`), the data sources' files and regexes
    (`data.sources.validate`).
+4. The tracking store (`tracking_uri.validate_tracking`): `tracking.uri` / `MLFLOW_TRACKING_URI` name a
+   store MLflow can open or create (not `file:///etc`, not a file that is no SQLite database).
 
 NaN and inf are never numbers here, bools are not integers, and `3.0` is not an integer. Every
 message is one line, `<dotted key>=<value>: <what is allowed>`, e.g.
@@ -25,6 +27,7 @@ from omegaconf import DictConfig
 from audiocnn.validation.checks import (validate_data, validate_features, validate_hardware, validate_model,
                                         validate_optimizer)
 from audiocnn.validation.rules import check_rules
+from audiocnn.validation.tracking_uri import validate_tracking
 
 
 def validate_config(cfg: DictConfig) -> None:
@@ -44,3 +47,4 @@ def validate_config(cfg: DictConfig) -> None:
     validate_evaluate(cfg)
     validate_serving(cfg)
     validate_data(cfg)
+    validate_tracking(cfg)

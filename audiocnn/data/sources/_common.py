@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 
@@ -45,14 +46,26 @@ def compile_group_regex(data_cfg) -> re.Pattern | None:
     return pattern
 
 
-def audio_files(folder: Path) -> list[Path]:
-    """Entries under `folder` (recursively) that claim to be files, sorted.
+def audio_files(folder: Path) -> list[tuple[Path, str]]:
+    """Entries under `folder` (recursively) that claim to be files, sorted, each with "" or the
+    reason it cannot be used.
 
-    Hidden files (.DS_Store, ._x) are not audio. A broken link or a folder named like a file
-    (`x.wav/`) is listed on purpose, so prepare reports it instead of silently missing it.
+    Hidden files (.DS_Store, ._x) are not audio. A broken link, a link loop or a folder named like
+    a file (`x.wav/`) is listed on purpose, so prepare reports it instead of silently missing it;
+    so is a sub-folder that cannot be listed (permission denied, a path longer than the system
+    allows), with `unreadable folder: <why>`, so the run goes on without its files and says so.
+    Links to folders are listed, not entered (no loops).
     """
-    return sorted(p for p in folder.rglob("*")
-                  if not p.name.startswith(".") and (p.is_file() or p.is_symlink() or p.suffix))
+    found: list[tuple[Path, str]] = []
+
+    def unreadable(error: OSError) -> None:
+        found.append((Path(error.filename or folder), f"unreadable folder: {error.strerror or error}"))
+
+    for parent, folders, files in os.walk(folder, onerror=unreadable):
+        for name in files + [d for d in folders if Path(d).suffix or os.path.islink(os.path.join(parent, d))]:
+            if not name.startswith("."):
+                found.append((Path(parent) / name, ""))
+    return sorted(found)
 
 
 def read_metadata(root: Path, relative: Path, layout: str) -> pd.DataFrame:

@@ -13,16 +13,29 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from audiocnn.errors import ConfigError
 from audiocnn.data.sources._common import audio_files, compile_group_regex, group_from_name
 
 
 def collect(data_cfg, raw_root: Path) -> tuple[list[dict], list[str]]:
     root = Path(data_cfg.root)
-    folders = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    try:
+        entries = sorted(p for p in root.iterdir() if not p.name.startswith("."))
+    except OSError as error:
+        raise ConfigError(f"data.root={root}: cannot list it ({error.strerror or error})") from None
+    folders, unknown = [], []
+    for entry in entries:
+        try:
+            if entry.is_dir():
+                folders.append(entry.name)
+        except OSError as error:  # cannot tell whether it is a class folder: reported, the run goes on
+            unknown.append({"path": str(entry), "label": entry.name, "group": entry.name, "fold": "",
+                            "skip": f"unreadable: {error.strerror or error}"})
     if not folders:
-        raise FileNotFoundError(f"data.root={root}: no class sub-folders in it")
+        raise ConfigError(f"data.root={root}: no class sub-folders in it")
     classes = list(data_cfg.get("classes") or folders)
     pattern = compile_group_regex(data_cfg)
-    clips = [{"path": str(path), "label": label, "group": group_from_name(path.name, pattern), "fold": ""}
-             for label in folders if label in classes for path in audio_files(root / label)]
-    return clips, classes
+    clips = [{"path": str(path), "label": label, "group": group_from_name(path.name, pattern), "fold": "",
+              **({"skip": problem} if problem else {})}
+             for label in folders if label in classes for path, problem in audio_files(root / label)]
+    return clips + unknown, classes
