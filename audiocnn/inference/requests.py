@@ -15,12 +15,12 @@ A clip is either
     sample_rate    their rate: a whole number of Hz.
 A request is read in two steps, against `Limits` (the `serving` config group, stored with the
 logged model):
-  1. `read_clip`, for every clip, looks at what the clip declares, decoding nothing: an array's
-     shape, a file's header (libsndfile reads the header only). Rate in [min_sample_rate,
-     max_sample_rate], channels <= max_channels, length <= max_seconds. Then the request's cost
-     (`request_cost`): at most max_clips clips, and its samples (samples x channels as sent plus
-     samples at the model's rate, summed over the clips) <= max_request_samples. A product, so
-     8 channels x 384 kHz x 599 s is refused from its header, before a byte is decoded.
+  1. At most max_clips clips (`check_clip_count`); `read_clip`, for every clip, looks at what the
+     clip declares, decoding nothing: an array's shape, a file's header (libsndfile reads the
+     header only). Rate in [min_sample_rate, max_sample_rate], channels <= max_channels, length
+     <= max_seconds. Then the request's cost (`request_cost`): its samples (samples x channels as
+     sent plus samples at the model's rate, summed over the clips) <= max_request_samples. A
+     product, so 8 channels x 384 kHz x 599 s is refused from its header, before a byte is decoded.
   2. `clip_waveform` decodes one clip to mono at the model's rate: a file in blocks of `BLOCK`
      frames, each block checked and downmixed as it comes (the `(samples, channels)` float32 copy of
      the whole file never exists), never more frames than its header declared; every value finite
