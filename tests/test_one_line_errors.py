@@ -54,22 +54,29 @@ def test_explain_on_a_corrupt_wav_is_one_line_and_writes_nothing(tmp_path, capsy
         assert sorted(tmp_path.rglob("*")) == before  # no PNG, no store
 
 
-def test_a_tracking_uri_naming_etc_is_refused_before_any_folder_or_store(tmp_path):
+def test_a_tracking_uri_naming_etc_is_refused_before_any_folder_or_store(tmp_path, monkeypatch):
     """`tracking.uri=file:///etc` failed after the run folders were made (49 lines); now one line from a
-    clean working directory, which stays empty, and /etc gains nothing."""
-    etc = sorted(os.listdir("/etc"))
+    clean working directory, which stays empty. Where MLflow would open a folder store
+    (`MLFLOW_ALLOW_FILE_STORE=true`), /etc is refused as a folder of other files; that is asked of the check
+    alone, so that a regression cannot let MLflow write into /etc."""
+    from audiocnn.validation.tracking_uri import store_problem
+
     paths = [f"paths.{key}={tmp_path / 'data' / key}" for key in ("raw", "prepared", "features", "models", "metrics")]
     work = tmp_path / "work"
     work.mkdir()
+    environment = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_ALLOW_FILE_STORE", "MLFLOW_TRACKING_URI")}
     result = subprocess.run([sys.executable, "-m", "audiocnn.cli", "train", *TINY, *paths, "tracking.uri=file:///etc"],
                             cwd=work, capture_output=True, text=True, timeout=300,
-                            env={**os.environ, "PYTHONPATH": str(REPO), "MLFLOW_ALLOW_FILE_STORE": "true"})
+                            env={**environment, "PYTHONPATH": str(REPO)})
     assert result.returncode == 2, result.stderr
     assert result.stderr.strip().splitlines() == [
-        "error: tracking.uri=file:///etc: /etc holds files that are not an MLflow store's "
-        f"({', '.join(sorted(n for n in etc if not n.isdigit())[:3])}, ...); give a new or empty folder"]
+        "error: tracking.uri=file:///etc: a folder store, which MLflow 3 no longer opens (its file store is in "
+        "maintenance mode); use a SQLite file (sqlite:///mlflow.db) or an http(s):// server"]
     assert list(work.iterdir()) == [] and sorted(tmp_path.iterdir()) == [work]
-    assert sorted(os.listdir("/etc")) == etc
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")
+    others = sorted(n for n in os.listdir("/etc") if not n.isdigit() and n not in (".trash", "models"))
+    assert store_problem("file:///etc") == (f"/etc holds files that are not an MLflow store's ({', '.join(others[:3])}"
+                                            f"{', ...' if len(others) > 3 else ''}); give a new or empty folder")
 
 
 @pytest.mark.parametrize("uri, allow, message", [
