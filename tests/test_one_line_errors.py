@@ -227,12 +227,16 @@ def test_entries_that_cannot_be_read_are_skipped_with_their_reason_and_the_run_g
     assert f"skipped {len(expected)}" in capsys.readouterr().out
 
 
-def test_a_data_root_that_cannot_be_listed_is_one_line_naming_data_root(tmp_path, capsys):
+def test_a_data_root_that_is_no_dataset_folder_is_one_line_naming_data_root(tmp_path, capsys):
+    """`data.root=/` walked the whole filesystem, to a PermissionError traceback; a file as data.root was a
+    NotADirectoryError, a folder without class folders a FileNotFoundError."""
     (tmp_path / "file").write_text("not a folder\n")
-    assert main(["prepare", "data=folder", f"data.root={tmp_path / 'file'}", f"paths.prepared={tmp_path / 'p'}",
-                 f"paths.raw={tmp_path / 'raw'}"]) == 2
-    assert _error_line(capsys) == f"error: data.root={tmp_path / 'file'}: cannot list it (Not a directory)"
     (tmp_path / "empty").mkdir()
-    assert main(["prepare", "data=folder", f"data.root={tmp_path / 'empty'}", f"paths.prepared={tmp_path / 'p'}",
-                 f"paths.raw={tmp_path / 'raw'}"]) == 2
+    paths = [f"paths.prepared={tmp_path / 'p'}", f"paths.raw={tmp_path / 'raw'}"]
+    for root, reason in [("/", "the root of the filesystem; point it at your copy of folder"),
+                         (tmp_path / "file", "not a folder; point it at your copy of folder")]:
+        assert main(["prepare", "data=folder", f"data.root={root}", *paths]) == 2
+        assert _error_line(capsys) == f"error: data.root={root}: {reason}"
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["empty", "file"]  # refused before anything is made
+    assert main(["prepare", "data=folder", f"data.root={tmp_path / 'empty'}", *paths]) == 2
     assert _error_line(capsys) == f"error: data.root={tmp_path / 'empty'}: no class sub-folders in it"

@@ -28,6 +28,10 @@ def validate(data_cfg: DictConfig) -> None:
     root = data_cfg.get("root")
     if root is not None and not Path(root).exists():
         raise ConfigError(f"data.root={root}: no such folder; point it at your copy of {name}")
+    if root is not None and not Path(root).is_dir():
+        raise ConfigError(f"data.root={root}: not a folder; point it at your copy of {name}")
+    if root is not None and Path(root).resolve() == Path(root).resolve().parent:  # prepare would read every file
+        raise ConfigError(f"data.root={root}: the root of the filesystem; point it at your copy of {name}")
     if "root" in data_cfg and root is None and not (data_cfg.get("download") or {}).get("url"):
         raise ConfigError(f"data.root=null: data={name} cannot be downloaded; set data.root to your copy")
     if "csv" in data_cfg and (data_cfg.csv is None or not Path(data_cfg.csv).is_file()):
