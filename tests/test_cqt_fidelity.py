@@ -20,7 +20,7 @@ import torch
 from audiocnn.data.audio import load_audio
 from audiocnn.features.cqt import LogCQT
 from audiocnn.features.reference import (bin_frequency, inside_cells, librosa_log_cqt, log_correlation, log_sweep,
-                                         peak_bin, tone, white_noise)
+                                         peak_bin, tone, warm_up_librosa, white_noise)
 
 PARAMS = dict(sr=16000, hop_length=512, fmin=32.70, n_bins=84, bins_per_octave=12, amin=1e-4)
 FSDD = Path(__file__).resolve().parents[2] / "shared" / "data" / "fsdd" / "recordings"
@@ -30,8 +30,8 @@ pytestmark = pytest.mark.filterwarnings("ignore:n_fft=")  # librosa, on clips sh
 
 @pytest.fixture(scope="module")
 def reference():
-    """librosa.cqt with the front-end's settings; its numba compilation (~16 s) is paid once here."""
-    librosa_log_cqt(np.zeros(4096, np.float32), **PARAMS)
+    """librosa.cqt with the front-end's settings; its numba compilation (~16 s) is paid once per session."""
+    warm_up_librosa()
     return lambda wave: librosa_log_cqt(wave, **PARAMS)
 
 

@@ -6,6 +6,7 @@ reference only; the pipeline never calls it.
 
 from __future__ import annotations
 
+import functools
 import math
 
 import numpy as np
@@ -20,13 +21,49 @@ def librosa_log_cqt(wave: np.ndarray, sr: int, hop_length: int, fmin: float, n_b
     agree directly; the same floor `amin` is applied before the log. `sparsity=0`: the
     exact filter basis (librosa's default 0.01 drops its smallest coefficients, an
     approximation of its own that alone costs ~0.03 of correlation on pure tones).
+
+    librosa refuses a top bin whose band crosses Nyquist (the speech front-end's 3.95 kHz
+    at 8 kHz): the reference is then librosa's CQT of the same clip at twice the rate
+    (`upsample2`), at twice the hop (the same frame times), less 0.5 ln 2 (its sqrt(length)
+    scale counts samples at twice the rate).
     """
     import librosa
 
-    magnitude = np.abs(librosa.cqt(np.asarray(wave, dtype=np.float32), sr=sr, hop_length=hop_length, fmin=fmin,
-                                   n_bins=n_bins, bins_per_octave=bins_per_octave, pad_mode="constant",
-                                   sparsity=0.0))
-    return np.log(np.maximum(magnitude, amin))
+    wave, factor = np.asarray(wave, dtype=np.float32), 1
+    if _band_top(sr, fmin, n_bins, bins_per_octave) > sr / 2:
+        wave, factor = upsample2(wave), 2
+    magnitude = np.abs(librosa.cqt(wave, sr=sr * factor, hop_length=hop_length * factor, fmin=fmin, n_bins=n_bins,
+                                   bins_per_octave=bins_per_octave, pad_mode="constant", sparsity=0.0))
+    return np.log(np.maximum(magnitude / math.sqrt(factor), amin))
+
+
+def upsample2(wave: np.ndarray) -> np.ndarray:
+    """(n,) -> (2n,) the band-limited interpolation of the zero-extended clip at twice the rate.
+
+    By FFT with the clip zero-padded by its own length each side (so the periodic wrap adds
+    nothing measurable), not a resampler: resamplers' filters attenuate the band just below
+    Nyquist, where the speech front-end's top bins are.
+    """
+    n = len(wave)
+    spectrum = np.fft.rfft(np.pad(np.asarray(wave, dtype=np.float64), (n, n)))
+    return (2 * np.fft.irfft(spectrum, 6 * n)[2 * n: 4 * n]).astype(np.float32)
+
+
+def _band_top(sr: int, fmin: float, n_bins: int, bins_per_octave: int) -> float:
+    """The highest frequency of librosa's top kernel (its `filter_cutoff`), Hz."""
+    import librosa
+
+    freqs = fmin * 2.0 ** (np.arange(n_bins) / bins_per_octave)
+    _, cutoff = librosa.filters.wavelet_lengths(freqs=freqs, sr=sr, window="hann", filter_scale=1, gamma=0,
+                                                alpha=librosa.filters._relative_bandwidth(freqs=freqs))
+    return float(cutoff)
+
+
+@functools.cache
+def warm_up_librosa() -> None:
+    """librosa.cqt's first call in a process compiles its numba code (~16 s): pay it once."""
+    librosa_log_cqt(np.zeros(4096, np.float32), sr=16000, hop_length=512, fmin=32.7, n_bins=84, bins_per_octave=12,
+                    amin=1e-4)
 
 
 def inside_cells(samples: int, hop_length: int, kernel_lengths: np.ndarray) -> np.ndarray:
