@@ -28,7 +28,7 @@ SHOWN_WINDOWS = 8  # the Grad-CAM image spans at most this many windows' frames
 def explain_file(audio: Path, source: str, output: Path) -> tuple[Path, str, float]:
     """Grad-CAM of `audio` for the model at `source` (folder, model.pt or MLflow URI), for the class
     `audiocnn predict` gives it; returns (PNG path, predicted class, its probability)."""
-    predictor = Predictor.load(source)
+    predictor = Predictor.load(source, batch_size=16)  # windows per model call: a fraction of torch's own footprint
     scored = next(predictor.score([audio], keep_windows=True))
     if scored.error:
         raise InputError(f"{audio}: {scored.error}")
