@@ -150,6 +150,19 @@ def test_a_failure_inside_the_model_is_a_500_without_a_traceback(model, monkeypa
     assert "secret" not in failed.value.serialize_as_json() and "stack_trace" not in failed.value.serialize_as_json()
 
 
+def test_a_model_with_nan_weights_is_a_500_naming_it_never_a_nan_answer(model, monkeypatch):
+    """#23 case 7 over the pyfunc: non-finite probabilities are never served (JSON has no NaN)."""
+    import torch
+
+    net = model.unwrap_python_model().predictor.model
+    with torch.no_grad():
+        for parameter in net.parameters():
+            monkeypatch.setattr(parameter, "data", torch.full_like(parameter, float("nan")))
+    with pytest.raises(MlflowException, match="probabilities are not finite") as failed:
+        model.predict({"samples": noise(400), "sample_rate": SR})
+    assert failed.value.get_http_status_code() == 500
+
+
 def test_the_limits_travel_with_the_logged_model(model_dir, model, tmp_path):
     assert "max_seconds: 5" in (model_dir / "MLmodel").read_text()  # stored as the model's model_config
     assert model.unwrap_python_model().limits == Limits(max_seconds=5)

@@ -56,6 +56,7 @@ from mlflow.protos.databricks_pb2 import (DEADLINE_EXCEEDED, INTERNAL_ERROR, INV
                                           TEMPORARILY_UNAVAILABLE)
 
 from audiocnn.errors import RequestError
+from audiocnn.inference.api import answer_problem
 from audiocnn.inference.predictor import Predictor
 from audiocnn.inference.requests import (Budget, Busy, Limits, as_records, check_clip_count, clip_waveform,
                                          read_clip, request_cost)
@@ -123,6 +124,10 @@ class AudioClassifier(mlflow.pyfunc.PythonModel):
                     reason = f"stopped after {row} of {len(waveforms)} clips: past the server's request timeout"
                     raise MlflowException(reason, error_code=DEADLINE_EXCEEDED, reason=reason)
                 probs = self.predictor.probabilities(waveform).tolist()
+                if problem := answer_problem(np.asarray(probs, dtype=float), len(self.classes)):
+                    # NaN weights or temperature in the model file: never an answer (nor bare NaN in JSON)
+                    LOG.error("clip %d: %s", row, problem)
+                    raise MlflowException(f"internal error while scoring: {problem}", error_code=INTERNAL_ERROR)
                 predictions.append({"label": self.classes[int(np.argmax(probs))],
                                     "probabilities": dict(zip(self.classes, probs))})
             return predictions
