@@ -200,3 +200,21 @@ def test_a_200_kb_wav_declaring_1_hz_is_read_stretch_by_stretch(exported, tmp_pa
     sf.write(audio, np.random.default_rng(0).uniform(-0.5, 0.5, 100_000), 1, subtype="PCM_16")
     assert audio.stat().st_size < 210_000
     assert peak_rss_mb(FIRST_CHUNKS, files[fmt], audio) < LIMIT_MB
+
+
+def test_a_file_exported_before_the_graph_was_chunked_is_refused(exported, tmp_path):
+    import json
+
+    import onnx
+
+    from audiocnn.errors import BundleError
+
+    _, files = exported
+    model = onnx.load(str(files["onnx"]))
+    entry = next(e for e in model.metadata_props if e.key == "audiocnn")
+    meta = json.loads(entry.value)
+    del meta["format"], meta["margin_samples"]
+    entry.value = json.dumps(meta)
+    onnx.save(model, str(tmp_path / "old.onnx"))
+    with pytest.raises(BundleError, match="export it again"):
+        load_model(tmp_path / "old.onnx")
