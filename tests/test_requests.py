@@ -11,11 +11,13 @@ from __future__ import annotations
 import base64
 import io
 import json
+import logging
 import os
 import subprocess
 import sys
 import urllib.error
 import urllib.request
+import warnings
 from pathlib import Path
 
 import mlflow
@@ -26,7 +28,7 @@ import soundfile as sf
 from mlflow.exceptions import MlflowException
 
 from audiocnn.errors import ConfigError
-from audiocnn.inference.pyfunc import log_audio_model, model_config
+from audiocnn.inference.pyfunc import OUTPUT_SCHEMA, log_audio_model, model_config
 from audiocnn.inference.requests import Limits
 from tests.conftest import stop_process, tiny_classifier, untrained_bundle
 from tests.test_serving_budget import silent_flac
@@ -48,18 +50,32 @@ def wav_base64(samples: np.ndarray, sr: int, subtype: str = "FLOAT") -> str:
 
 
 @pytest.fixture(scope="module")
-def model_dir(tmp_path_factory) -> Path:
-    """A model logged with the limits `{"max_seconds": 5}`, downloaded to a folder."""
+def logged(tmp_path_factory) -> tuple[Path, list[str]]:
+    """A model logged with the limits `{"max_seconds": 5}`, downloaded to a folder; with every
+    warning and MLflow log line that logging it printed (as the train stage logs it)."""
     root = tmp_path_factory.mktemp("requests")
     bundle = untrained_bundle(root / "bundle")
     mlflow.set_tracking_uri(f"sqlite:///{root / 'mlflow.db'}")
     mlflow.set_experiment("requests")  # not the experiment id an earlier module's store left active
+    lines = []
+    handler = logging.Handler(logging.DEBUG)
+    handler.emit = lambda record: lines.append(f"{record.levelname} {record.name}: {record.getMessage()}")
+    mlflow_log = logging.getLogger("mlflow")  # it does not propagate to the root logger: listen to it directly
+    mlflow_log.addHandler(handler)
     try:
-        with mlflow.start_run():
+        with mlflow.start_run(), warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
             info = log_audio_model(bundle, config=model_config({"max_seconds": 5}))
-        return Path(mlflow.artifacts.download_artifacts(info.model_uri, dst_path=str(root / "model")))
+        lines += [f"{w.category.__name__}: {w.message}" for w in caught]
+        return Path(mlflow.artifacts.download_artifacts(info.model_uri, dst_path=str(root / "model"))), lines
     finally:
+        mlflow_log.removeHandler(handler)
         os.environ.pop("MLFLOW_TRACKING_URI", None)
+
+
+@pytest.fixture(scope="module")
+def model_dir(logged) -> Path:
+    return logged[0]
 
 
 @pytest.fixture(scope="module")
@@ -173,6 +189,29 @@ def test_the_limits_travel_with_the_logged_model(model_dir, model, tmp_path):
         Limits.from_settings({"max_channels": 2.5})
 
 
+def test_the_logged_model_declares_its_output_schema_and_an_input_example(logged, model):
+    model_dir, printed = logged
+    signature = mlflow.models.get_model_info(str(model_dir)).signature
+    assert signature.outputs == OUTPUT_SCHEMA  # label: string, probabilities: map of doubles
+    # No input schema: MLflow would enforce it before our checks (pyfunc's docstring); the example stands in.
+    assert signature.inputs is None and model.metadata.get_input_schema() is None
+    mlmodel = (model_dir / "MLmodel").read_text()
+    assert "saved_input_example_info" in mlmodel and '"name": "probabilities"' in mlmodel
+    assert "audio_base64" in mlmodel  # the request's fields, in `metadata`
+    served = json.loads((model_dir / "serving_input_example.json").read_text())
+    assert list(served) == ["inputs"] and list(served["inputs"]) == ["audio_base64"]
+    assert sum(f.stat().st_size for f in model_dir.glob("*example*.json")) < 12_000  # 0.1 s of 16-bit audio, twice
+    answer = model.predict(served["inputs"])
+    assert len(answer) == 1 and answer[0]["label"] in ("zero", "one", "two")
+    assert sum(answer[0]["probabilities"].values()) == pytest.approx(1.0, abs=1e-5)
+    # Logging printed no signature or example complaint (the first two were printed at every training
+    # before; the third is how MLflow reports an example that its log-time serving check cannot score),
+    # nor any other warning.
+    complaints = ("Failed to infer model signature", "input example was not provided", "Failed to validate")
+    assert not [line for line in printed if any(words in line for words in complaints)], printed
+    assert not [line for line in printed if line.startswith(("WARNING", "ERROR")) or "Warning:" in line], printed
+
+
 def test_orchestration_logs_the_model_with_the_serving_config(tmp_path, monkeypatch):
     import contextlib
 
@@ -225,6 +264,8 @@ def test_mlflow_models_serve_answers_bad_requests_4xx_with_their_reason(model_di
         assert status == 200 and len(answer["predictions"]) == 1  # one stereo clip
         status, answer = post(url, {"dataframe_records": [{"audio_base64": wav_base64(noise(800), SR)}]})
         assert status == 200 and len(answer["predictions"]) == 1
+        status, answer = post(url, json.loads((model_dir / "serving_input_example.json").read_text()))
+        assert status == 200 and [set(p) for p in answer["predictions"]] == [{"label", "probabilities"}], answer
         bad = [
             ({"inputs": {"samples": noise(16000, 6).T.tolist(), "sample_rate": SR}}, "looks channels-first"),
             ({"inputs": {"samples": noise(400).tolist(), "sample_rate": 0}}, "sample_rate=0"),

@@ -70,6 +70,13 @@ def test_the_best_model_is_registered_and_predicts_from_raw_audio(trained):
     from audiocnn.inference.requests import Limits
 
     assert model.unwrap_python_model().limits == Limits.from_settings(cfg.serving)  # logged with cfg.serving
+    # The train stage's model declares its output schema and an input example, which it answers.
+    from audiocnn.inference.pyfunc import OUTPUT_SCHEMA
+
+    signature = mlflow.models.get_model_info(summary["registered_model"]).signature
+    assert signature.outputs == OUTPUT_SCHEMA and signature.inputs is None
+    example = mlflow.models.Model.load(summary["registered_model"]).load_input_example(summary["registered_model"])
+    assert list(example) == ["audio_base64"] and model.predict(example)[0]["label"] in [str(c) for c in classes]
 
 
 @pytest.fixture(scope="module")
@@ -219,5 +226,11 @@ def test_mlflow_models_serve_answers_a_posted_wav_file(trained, tmp_path):
                           {"inputs": {"samples": [samples.tolist()], "sample_rate": [sr]}})["predictions"][0]
         assert from_array["label"] == row["predicted"]
         assert from_array["probabilities"] == pytest.approx(answer["probabilities"], abs=1e-5)
+        # The input example logged with the model, as MLflow stored it for serving, is answered 200.
+        mlflow.set_tracking_uri(cfg.tracking.uri)
+        local = Path(mlflow.artifacts.download_artifacts(summary["registered_model"], dst_path=str(tmp_path / "m")))
+        example = json.loads((local / "serving_input_example.json").read_text())
+        answered = post(f"http://127.0.0.1:{port}/invocations", example)["predictions"]
+        assert [list(one) for one in answered] == [["label", "probabilities"]]
     finally:
         stop_process(process)
