@@ -1,17 +1,18 @@
 """`Predictor`: a trained model scoring recordings the way the evaluate stage scores test clips.
 
-    file or array -> `audiocnn.data.audio` (decode, downmix, resample to features.sr), in the
-      pieces featurize uses (`features.plan.clip_pieces`: whole clips up to
-      `features.chunk_seconds`, longer ones in chunks with the front-end's margin), so memory
-      does not grow with duration and the frames equal the feature store's
-    -> the model's own CQT front-end -> frames rounded to float16, as the store holds them
-       (`inference.graph.ChunkScorer.frames`)
+    file or array -> `audiocnn.data.audio` (decode, downmix, resample to features.sr)
     -> the sliding windows of `inference.chunks.window_starts` (hop: half a window, as
-       evaluate; settable), cut by `training.windows.cut_window`
-    -> the model, on batches of windows drawn from all inputs, in each test-time view (`tta`,
-       `models.tta`; the identity by default) -> softmax(logits / T), T the bundle's temperature
-       (1 unless trained with `trainer.calibrate=temperature`) -> mean over the views
-       (`ChunkScorer.score`: the code the exported graph runs)
+       evaluate; settable)
+    -> `inference.graph.ChunkScorer`, the module `audiocnn export` writes: the model's own CQT
+       front-end -> frames rounded to float16, as the store holds them -> the windows -> the
+       model in each test-time view (`tta`, `models.tta`; the identity by default) ->
+       softmax(logits / T), T the bundle's temperature (1 unless trained with
+       `trainer.calibrate=temperature`) -> mean over the views. A clip up to
+       `features.chunk_seconds` is decoded whole, its CQT batched with other short clips' and
+       its windows with theirs (`ChunkScorer.frames`, `.windows`, `.score`); a longer one is
+       decoded and scored chunk by chunk with the front-end's margin (`inference.chunks`, the
+       exported files' chunks, through `ChunkScorer.forward`), so memory does not grow with
+       duration and its frames equal the whole file's
     -> per clip, the mean of its windows' probabilities (`training.vote`'s vote).
 `audiocnn.inference.api.load_model(source)` wraps it (the Python API); the CLI (`audiocnn
 predict`) and the MLflow pyfunc are thin layers over that.
@@ -29,13 +30,12 @@ from torch import Tensor, nn
 
 from audiocnn.data.audio import clip_samples, from_samples, load_audio, load_segment
 from audiocnn.features.cqt import LogCQT, n_frames, pick_device
-from audiocnn.features.plan import chunk_margin, clip_pieces
-from audiocnn.inference.chunks import window_starts
+from audiocnn.features.plan import chunk_margin
+from audiocnn.inference.chunks import chunks, window_starts
 from audiocnn.inference.graph import ChunkScorer
 from audiocnn.inference.results import Scored
 from audiocnn.models.bundle import load_bundle, temperature
 from audiocnn.models.tta import Views
-from audiocnn.training.windows import cut_window
 
 
 GROUP_SAMPLES = 1 << 23  # most samples of short clips in one CQT batch (32 MB of float32)
@@ -93,33 +93,30 @@ class Predictor:
         frames = self.scorer.frames(batch.to(self.device)).cpu().numpy()  # (batch, n_bins, frames) float16
         return [frames[row, :, : n_frames(len(wave), self.hop_length)].T for row, wave in enumerate(waves)]
 
-    def _frame_pieces(self, source, pieces) -> Iterator[np.ndarray]:
-        """A long clip's frames in consecutive chunks, as featurize computes them."""
-        for piece in pieces:
-            wave = (load_segment(source, self.sr, piece.start, piece.stop) if isinstance(source, (str, Path))
-                    else _segment(source, piece.start, piece.stop))
-            yield self.frames(wave)[piece.skip: piece.skip + piece.keep]
-
-    def _windows(self, frame_pieces, samples: int, hop: int | None) -> Iterator[tuple[int, np.ndarray]]:
-        """(start frame, window `(n_bins, window)` float32) for every sliding window of a clip of
-        `samples` samples; between pieces only the frames from the next window's start on are kept."""
-        starts = window_starts(n_frames(samples, self.hop_length), self.window, hop)
-        buffer, offset, todo = np.zeros((0, int(self.features["n_bins"])), np.float16), 0, 0
-        for piece in frame_pieces:
-            buffer = np.concatenate([buffer, piece])
-            while todo < len(starts) and starts[todo] + self.window <= offset + len(buffer):
-                yield starts[todo], cut_window(buffer, starts[todo] - offset, self.window, self.floor)
-                todo += 1
-            drop = (starts[todo] - offset) if todo < len(starts) else len(buffer)
-            buffer, offset = buffer[drop:], offset + drop
-        for start in starts[todo:]:  # a clip shorter than a window: padded with the floor
-            yield start, cut_window(buffer, start - offset, self.window, self.floor)
+    def _chunk_windows(self, source, samples: int, hop: int | None) -> Iterator[tuple[int, np.ndarray]]:
+        """(start frame, probabilities `(n_classes,)`) of every window of a long clip, chunk by chunk
+        (`inference.chunks`: decoded with the front-end's margin, at most `batch_size` windows a call)."""
+        for chunk in chunks(samples, self.hop_length, self.window, self.margin, hop, self.chunk_frames,
+                            self.batch_size):
+            wave = (load_segment(source, self.sr, chunk.start, chunk.stop) if isinstance(source, (str, Path))
+                    else _segment(source, chunk.start, chunk.stop))
+            starts = torch.from_numpy(chunk.starts).to(self.device)
+            with torch.inference_mode():
+                probabilities = self.scorer(wave[None].to(self.device), starts)[0].cpu().numpy()
+            yield from zip((chunk.first + chunk.starts).tolist(), probabilities)
 
     @torch.inference_mode()
-    def _run(self, windows: list[np.ndarray]) -> np.ndarray:
-        """`[(n_bins, window)] * n` -> `(n, n_classes)` probabilities (views, temperature: `models.tta`)."""
-        x = torch.from_numpy(np.stack(windows)[:, None]).to(self.device)
-        return self.scorer.score(x).cpu().numpy()
+    def _windows(self, frames: np.ndarray, hop: int | None) -> Iterator[tuple[int, Tensor]]:
+        """(start frame, window `(1, n_bins, window)` float32) for every sliding window of a whole clip's
+        `(frames, n_bins)` float16 frames (`ChunkScorer.windows`: past its frames, the floor)."""
+        starts = window_starts(len(frames), self.window, hop)
+        x = torch.from_numpy(np.ascontiguousarray(frames.T))[None].to(self.device, torch.float32)
+        yield from zip(starts, self.scorer.windows(x, torch.tensor(starts, device=self.device)))
+
+    @torch.inference_mode()
+    def _run(self, windows: list[Tensor]) -> np.ndarray:
+        """`[(1, n_bins, window)] * n` -> `(n, n_classes)` probabilities (views, temperature: `models.tta`)."""
+        return self.scorer.score(torch.stack(windows)).cpu().numpy()
 
     def score(self, inputs: Sequence, sample_rate: int | None = None, hop: int | None = None,
               keep_windows: bool = False) -> Iterator[Scored]:
@@ -131,7 +128,7 @@ class Predictor:
         """
         waiting: list[Scored] = []  # not yet yielded, in input order
         group: list[tuple[Scored, Tensor]] = []  # short clips decoded, waiting for one batched CQT
-        batch: list[np.ndarray] = []
+        batch: list[Tensor] = []
         owners: list[tuple[Scored, int]] = []  # (whose window, its start frame), aligned with `batch`
         open_windows: dict[int, int] = {}  # id(result) -> windows in `batch`, or -1 while in `group`
 
@@ -142,9 +139,9 @@ class Predictor:
             batch.clear()
             owners.clear()
 
-        def add_windows(result: Scored, frame_pieces, samples: int):
+        def add_windows(result: Scored, frames: np.ndarray):
             open_windows[id(result)] = 0
-            for start, window in self._windows(frame_pieces, samples, hop):
+            for start, window in self._windows(frames, hop):
                 batch.append(window)
                 owners.append((result, start))
                 open_windows[id(result)] += 1
@@ -154,7 +151,7 @@ class Predictor:
         def run_group():
             if group:
                 for (result, wave), frames in zip(group, self.batch_frames([w for _, w in group])):
-                    add_windows(result, [frames], len(wave))
+                    add_windows(result, frames)
                 group.clear()
 
         for number, item in enumerate(inputs):
@@ -165,14 +162,14 @@ class Predictor:
                 source = item if is_file else from_samples(item, sample_rate, self.sr)
                 samples = clip_samples(source, self.sr) if is_file else len(source)
                 result.duration = samples / self.sr
-                pieces = clip_pieces(0, samples, self.chunk_frames, self.hop_length, self.margin)
-                if pieces[0].whole:
+                if n_frames(samples, self.hop_length) <= self.chunk_frames:
                     group.append((result, load_audio(source, self.sr) if is_file else source))
                     open_windows[id(result)] = -1
                     if len(group) >= self.batch_size or sum(len(w) for _, w in group) > GROUP_SAMPLES:
                         run_group()
                 else:
-                    add_windows(result, self._frame_pieces(source, pieces), samples)
+                    open_windows[id(result)] = 0
+                    result.windows = list(self._chunk_windows(source, samples, hop))
             except Exception as error:  # noqa: BLE001 - reported with its reason; the other inputs go on
                 result.error = f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
                 keep = [i for i, (owner, _) in enumerate(owners) if owner is not result]
