@@ -172,7 +172,7 @@ def test_explain_on_half_an_hour_stays_under_the_limit(exported, tmp_path):
 @pytest.mark.slow
 def test_a_two_hour_recording_stays_under_the_limit(exported, tmp_path):
     """The cases of docs/robustness.md: a 2-hour 8 kHz WAV (115 MB; ONNX took 5.4 GB, explain was OOM-killed):
-    ONNX about 215 MB, TorchScript about 930 MB, explain about 1,090 MB (torch's import: about 700 MB)."""
+    ONNX about 215 MB, TorchScript about 930 MB, explain about 925 MB (torch's import: about 700 MB)."""
     folder, files = exported
     audio = long_wav(tmp_path / "two_hours.wav", 2 * 3600)
     for name, argv in commands(files, folder, audio, tmp_path).items():
