@@ -71,7 +71,7 @@ def run(clips: int, overrides: list[str]) -> dict:
     audio_seconds = float(manifest["duration"].sum())
     params = {k: cfg.features[k] for k in ("sr", "hop_length", "fmin", "n_bins", "bins_per_octave", "amin")}
     paths = manifest["path"].tolist()
-    load_before = load_average()
+    load_before, described = load_average(), machine()  # before _warm sets this process to one thread
 
     started = time.perf_counter()
     featurize(cfg)
@@ -93,7 +93,7 @@ def run(clips: int, overrides: list[str]) -> dict:
     speed = {name: audio_seconds / seconds for name, seconds in
              (("project", project), ("librosa_single", single), ("librosa_pool", pooled))}
     return {
-        "machine": machine(), "cores": cores, "clips": len(paths), "audio_seconds": round(audio_seconds, 1),
+        "machine": described, "cores": cores, "clips": len(paths), "audio_seconds": round(audio_seconds, 1),
         "features": params, "overrides": overrides,
         "seconds": {"project": round(project, 2), "librosa_single": round(single, 2), "librosa_pool": round(pooled, 2)},
         "audio_seconds_per_second": {k: round(v, 1) for k, v in speed.items()},

@@ -4,8 +4,9 @@ white noise and real speech (FSDD).
 Normalisation is matched (same Q, L1 kernels scaled by sqrt(length), zero padding), so
 log-magnitudes are compared as they are, floored 80 dB below the clip's peak. The
 correlation is taken over the cells whose kernel lies inside the clip; the edges, where
-librosa's resampled lower octaves and our full-rate kernels see the zero padding
-differently, are measured and reported by benchmarks/cqt_variants.py (README, Features).
+librosa's and our decimation filters see the zero padding differently, are measured and
+reported by benchmarks/cqt_variants.py (docs/features.md). Both front-ends, and the
+multirate computation against the full-rate one: tests/test_cqt_multirate.py.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from audiocnn.features.reference import (bin_frequency, inside_cells, librosa_lo
 
 PARAMS = dict(sr=16000, hop_length=512, fmin=32.70, n_bins=84, bins_per_octave=12, amin=1e-4)
 FSDD = Path(__file__).resolve().parents[2] / "shared" / "data" / "fsdd" / "recordings"
-MIN_CORRELATION = 0.99
+MIN_CORRELATION = 0.997  # measured minimum 0.998 (tones), benchmarks/cqt_variants.py
 pytestmark = pytest.mark.filterwarnings("ignore:n_fft=")  # librosa, on clips shorter than its top octave FFT
 
 

@@ -125,7 +125,8 @@ def test_chunks_cut_with_the_radius_margin_join_into_the_whole_clip(front_end):
     chunk = wave[short.start: short.stop]
     with torch.inference_mode():
         cut = frontend(chunk[None])[0, :, short.skip: short.skip + short.keep]
-    assert (cut - whole[:, short.start // hop + short.skip: short.start // hop + short.skip + short.keep]).abs().max() > 1e-2
+    first = short.start // hop + short.skip
+    assert (cut - whole[:, first: first + short.keep]).abs().max() > 1e-2
 
 
 def test_trainable_kernels_are_parameters_that_learn_in_every_octave():
@@ -145,7 +146,8 @@ def test_onnx_export_matches_eager(tmp_path):
     frontend = LogCQT(**FRONT_ENDS["speech"]).eval()
     path = tmp_path / "cqt.onnx"
     torch.onnx.export(frontend, (torch.zeros(1, 8000),), str(path), dynamo=False, input_names=["wave"],
-                      output_names=["cqt"], dynamic_axes={"wave": {0: "batch", 1: "samples"}, "cqt": {0: "batch", 2: "frames"}})
+                      output_names=["cqt"],
+                      dynamic_axes={"wave": {0: "batch", 1: "samples"}, "cqt": {0: "batch", 2: "frames"}})
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     generator = torch.Generator().manual_seed(2)
     for samples in (5000, 12345):  # lengths other than the traced one

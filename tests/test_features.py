@@ -203,3 +203,24 @@ def test_is_featurized_follows_the_manifest(tmp_path):
     assert not is_featurized(smaller)
     featurize(smaller)
     assert is_featurized(smaller)
+
+
+def test_featurize_on_cpu_leaves_the_decoding_workers_their_cores(monkeypatch):
+    """Intra-op threads beside the decoding workers: at most the cores they leave, at least one;
+    restored afterwards, and untouched on a GPU or without workers."""
+    from audiocnn.features.featurize import _cores_beside
+
+    monkeypatch.setattr("os.sched_getaffinity", lambda pid: {0, 1}, raising=False)
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        with _cores_beside(2, torch.device("cpu")):
+            assert torch.get_num_threads() == 1
+        assert torch.get_num_threads() == 2
+        with _cores_beside(1, torch.device("cpu")):
+            assert torch.get_num_threads() == 1
+        for workers, device in ((0, "cpu"), (2, "cuda")):
+            with _cores_beside(workers, torch.device(device)):
+                assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)

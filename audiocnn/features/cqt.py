@@ -283,7 +283,8 @@ class LogCQT(nn.Module):
         for level, signal in enumerate(self.signals(waveform)):
             hop = self.hop_length >> level
             for o in (o for o in self.octaves if o.level == level):
-                kernels = torch.cat([real[o.first:o.end, :, :o.taps], imag[o.first:o.end, :, :o.taps]])  # (2 bins, 1, taps)
+                kernels = torch.cat([real[o.first:o.end, :, :o.taps],
+                                     imag[o.first:o.end, :, :o.taps]])  # (2 bins, 1, taps)
                 begin = self.offset[level] - o.centre
                 span = signal[:, None, begin: begin + (frames - 1) * hop + o.taps]
                 response = nn.functional.conv1d(span, kernels, stride=hop)  # (batch, 2 bins, frames)
