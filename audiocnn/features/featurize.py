@@ -199,7 +199,8 @@ def featurize_share(cfg: DictConfig, root: Path, manifest: pd.DataFrame, rank: i
                     failed.add(piece.position)
                     writer.abandon_clip()
                     continue
-                keep = n_frames(length, frontend.hop_length) if piece.whole else piece.keep  # an int: f.hop_length costs 65 us
+                # frontend.hop_length: an int; OmegaConf's f.hop_length costs 65 us a clip
+                keep = n_frames(length, frontend.hop_length) if piece.whole else piece.keep
                 writer.add(clip, spectrum[:, piece.skip: piece.skip + keep].T, last=piece.last)
                 if piece.last:
                     bar.update(float(durations[piece.position]))
