@@ -19,8 +19,10 @@ default one the demo uses (`conf/features/cqt.yaml`: 16 kHz, hop 512), and 22.05
 
 Fidelity, as tests/test_cqt_fidelity.py measures it: Pearson correlation of
 log-magnitudes against `librosa.cqt` (80 dB range) over the cells whose kernel lies
-inside the clip, the minimum over clips, for 84 pure tones (one per bin), an exponential
-sweep, white noise and 30 FSDD clips; also over all cells (edges included); peak bins:
+inside the clip, the minimum over clips (at 8 kHz librosa refuses the top bins, whose
+band crosses Nyquist: the reference is librosa at 16 kHz on the clip interpolated by FFT,
+`audiocnn.features.reference.librosa_log_cqt`), for 84 pure tones (one per bin), an
+exponential sweep, white noise and 30 FSDD clips; also over all cells (edges included); peak bins:
 how many of the 84 tones peak in their own bin in both. Speed: CQT only, 600 FSDD clips
 resampled beforehand, batches of 64 sorted by length, CPU seconds per audio-minute on one
 thread (process time: fair on a shared machine). Multiply-adds per audio-second: counted

@@ -241,7 +241,7 @@ class LogCQT(nn.Module):
     def from_config(cls, features: DictConfig) -> "LogCQT":
         return cls(**{key: features[key] for key in FEATURE_KEYS}, trainable=bool(features.get("trainable", False)))
 
-    def decimate(self, signal: Tensor) -> Tensor:
+    def halve(self, signal: Tensor) -> Tensor:
         """(batch, n) -> (batch, m): low-pass and keep every other sample; output m is centred on
         input 2m + K. m = BLOCK / 2 * (n // BLOCK - J + 1): the last samples of `signal` only feed
         outputs when a whole block of them is there."""
@@ -258,7 +258,7 @@ class LogCQT(nn.Module):
         signal = nn.functional.pad(waveform, (self.offset[0], self.pad[0]))
         out = [signal]
         for level in range(1, self.levels + 1):
-            signal = nn.functional.pad(self.decimate(signal), (self.shift[level], self.pad[level]))
+            signal = nn.functional.pad(self.halve(signal), (self.shift[level], self.pad[level]))
             out.append(signal)
         return out
 
