@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from torch import nn
 
 from audiocnn.data.audio import load_audio
 from audiocnn.features.cqt import LogCQT, n_frames
@@ -157,3 +158,18 @@ def test_onnx_export_matches_eager(tmp_path):
         exported = session.run(None, {"wave": wave.numpy()})[0]
         assert exported.shape == eager.shape
         np.testing.assert_allclose(exported, eager, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("sr, hop", [(8000, 128), (16000, 512), (16000, 96), (44100, 1024)])
+def test_silence_before_and_after_a_clip_only_shifts_its_frames(sr, hop):
+    """Each level is the decimation of the zero-extended clip, whatever the layout (hop 96: the
+    two lowest octaves share a level; 44.1 kHz: no octave at the full rate)."""
+    frontend = LogCQT(sr, hop, 32.70, 84, 12).eval()
+    generator = torch.Generator().manual_seed(3)
+    for samples in (1, 777, 2 * sr + 5):
+        wave = 0.1 * torch.randn(1, samples, generator=generator)
+        padded = nn.functional.pad(wave, (40 * hop, 40 * hop))
+        with torch.inference_mode():
+            alone = frontend(wave)
+            inside = frontend(padded)[:, :, 40: 40 + alone.shape[2]]
+        torch.testing.assert_close(alone, inside, atol=1e-4, rtol=1e-4)

@@ -168,12 +168,12 @@ class LogCQT(nn.Module):
     frames = samples // hop_length + 1; frame t is centred on sample t * hop_length.
     Magnitudes below `amin` are floored before the log, so silence maps to log(amin).
 
-    Multirate: the zero-padded waveform is low-passed and halved (`halfband_lowpass` as a
-    conv1d of stride 2) once per level; level l's sample j is the filtered signal at
+    Multirate: the zero-padded waveform is low-passed and halved (`halfband_lowpass`, as
+    matrix products: `halve`) once per level; level l's sample j is the filtered signal at
     sample j * 2^l, so frames stay centred where they were. Each octave is one strided
     conv1d of its bins' kernels built at its level's rate (`octave_levels`,
-    `cqt_kernels`). `decimate=False` computes every octave at the full rate (the same
-    numbers within 1e-3, at ten times the work). The output is scaled by
+    `cqt_kernels`). `decimate=False` computes every octave at the full rate (correlation
+    >= 0.9999 with it on speech, at seven times the work). The output is scaled by
     sqrt(full-rate kernel length) as librosa does: L1-normalised kernels answer a tone
     with the same magnitude at any rate.
 
@@ -219,15 +219,14 @@ class LogCQT(nn.Module):
         right = [max([o.taps - o.centre for o in self.octaves if o.level == level], default=0)
                  for level in range(top + 1)]
         # Before a decimation: 3K samples of left context (the output then starts at least K
-        # before sample 0) and an even offset (the filter's centre lands on even samples).
+        # before sample 0), and offset - K even (the filter's centre lands on even samples).
         self.offset, self.shift, self.pad = [], [], []
         room = 0.0
         for level in range(top + 1):
             below = level < top
-            want = max(left[level], 3 * half if below else 0)
-            want += want % 2 if below else 0
             got = 0 if level == 0 else (self.offset[-1] - half) // 2  # offset of the decimated array
-            self.offset.append(max(want, got))
+            offset = max(left[level], 3 * half if below else 0, got)
+            self.offset.append(offset + ((offset - half) % 2 if below else 0))
             self.shift.append(self.offset[-1] - got)  # zeros to prepend
             need = max(right[level], half + block * spans - 1 if below else 0)
             guaranteed = 0.0 if level == 0 else (room + 1 + half) / 2 - block * spans / 2
