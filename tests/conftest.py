@@ -87,7 +87,10 @@ def train(cfg, run_name_suffix: str = "") -> dict:
 
 def untrained_bundle(root: Path, *overrides: str) -> Path:
     """`root/model.pt` of an untrained model (`model=cnn` unless overridden): a real bundle in a
-    second, for tests of what happens around the model (requests, decoding), not of training."""
+    second, for tests of what happens around the model (requests, decoding), not of training.
+    Its weights are drawn from seed 0 (the global generator is left as it was), so a test that
+    compares answers compares the same model on every run."""
+    import torch
     from omegaconf import OmegaConf
 
     from audiocnn.models.build import build_model
@@ -95,7 +98,9 @@ def untrained_bundle(root: Path, *overrides: str) -> Path:
 
     cfg = compose_config(["model=cnn", *overrides])
     classes = ["zero", "one", "two"]
-    model = build_model(cfg.model, len(classes), cfg.features.n_bins, cfg.features.top_db)
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        model = build_model(cfg.model, len(classes), cfg.features.n_bins, cfg.features.top_db)
     Path(root).mkdir(parents=True, exist_ok=True)
     return save_bundle(model.eval(), OmegaConf.to_container(cfg.model, resolve=True),
                        OmegaConf.to_container(cfg.features, resolve=True), classes, Path(root) / "model.pt")
