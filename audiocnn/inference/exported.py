@@ -31,13 +31,14 @@ CHUNK_WINDOWS = 64  # most windows per call of the graph
 
 
 class _ExportedBackend:
-    def __init__(self, metadata: dict):
+    def __init__(self, metadata: dict, where: str = "exported model"):
+        from audiocnn.inference.onnx_check import check_metadata
+
+        metadata = check_metadata(metadata, where)  # classes and features as a model.pt's (audiocnn.budget)
         self.classes: list[str] = list(metadata["classes"])
         self.features: dict = dict(metadata["features"])
         self.sr = int(self.features["sr"])
         self.hop = max(int(self.features["window_frames"]) // 2, 1)
-        if metadata.get("format") != EXPORT_FORMAT or "margin_samples" not in metadata:
-            raise BundleError("exported by an older audiocnn (its graph takes whole recordings); export it again")
         self.margin = int(metadata["margin_samples"])
 
     def run(self, waveform: np.ndarray, starts: np.ndarray) -> np.ndarray:
@@ -92,13 +93,13 @@ class OnnxBackend(_ExportedBackend):
     """An `.onnx` file run by onnxruntime (no PyTorch model code involved)."""
 
     def __init__(self, path: Path):
-        import onnxruntime
+        from audiocnn.inference.onnx_check import check_onnx, open_session
 
-        self.session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-        meta = self.session.get_modelmeta().custom_metadata_map
-        if METADATA_KEY not in meta:
-            raise ValueError(f"{path}: not an ONNX file exported by audiocnn (no {METADATA_KEY!r} metadata)")
-        super().__init__(json.loads(meta[METADATA_KEY]))
+        # Checked before onnxruntime sees it (inference/onnx_check.py): operators, metadata, every
+        # tensor's size for the chunks `windows` sends; the session is made from the checked bytes.
+        content, metadata = check_onnx(Path(path))
+        self.session = open_session(content, path)
+        super().__init__(metadata, str(path))
 
     def run(self, waveform: np.ndarray, starts: np.ndarray) -> np.ndarray:
         return self.session.run(OUTPUTS, {"waveform": waveform, "starts": starts})[0]
@@ -115,10 +116,18 @@ class TorchScriptBackend(_ExportedBackend):
         import torch
 
         extra = {f"{METADATA_KEY}.json": ""}
-        self.module = torch.jit.load(str(path), map_location="cpu", _extra_files=extra).eval()
+        try:
+            self.module = torch.jit.load(str(path), map_location="cpu", _extra_files=extra).eval()
+        except (RuntimeError, ValueError, OSError) as error:  # not TorchScript, or not a file
+            raise BundleError(f"{path}: not a TorchScript file torch can load "
+                              f"({(str(error).strip().splitlines() or [type(error).__name__])[0]})") from None
         if not extra[f"{METADATA_KEY}.json"]:
-            raise ValueError(f"{path}: not a TorchScript file exported by audiocnn (no {METADATA_KEY}.json)")
-        super().__init__(json.loads(extra[f"{METADATA_KEY}.json"]))
+            raise BundleError(f"{path}: not a TorchScript file exported by audiocnn (no {METADATA_KEY}.json)")
+        try:
+            metadata = json.loads(extra[f"{METADATA_KEY}.json"])
+        except (ValueError, RecursionError) as error:
+            raise BundleError(f"{path}: its {METADATA_KEY}.json is not JSON ({error})") from None
+        super().__init__(metadata, str(path))
 
     def run(self, waveform: np.ndarray, starts: np.ndarray) -> np.ndarray:
         import torch

@@ -17,6 +17,13 @@ builds only audiocnn's own model classes (MODEL_CLASSES) with arguments their
 constructors declare, so no mapping in a file can name code to run. Anything else is
 refused with a `BundleError` naming the offending key.
 
+Nor can its numbers exhaust memory: a file is read in two passes. The first reads the zip
+directory and the pickle only (`torch.load(map_location="meta")`: tensors with shapes and no
+data) and checks the resource budget (`audiocnn.budget`): settings within the ranges conf
+validation allows, the model's parameters and per-window work computed on the meta device, and
+the declared sizes of the stored tensors against what the pickle describes and what the
+architecture needs. Only then are the tensors read.
+
 A *source* is a `model.pt` (or its folder), a Lightning `.ckpt`, an MLflow
 `runs:/<run id>/model` or `models:/<name>/<version|alias>` URI, or a bare MLflow run id.
 """
@@ -32,9 +39,9 @@ from typing import Any, Mapping
 import torch
 from torch import Tensor, nn
 
-from audiocnn import atomic
+from audiocnn import atomic, budget
 from audiocnn.errors import BundleError
-from audiocnn.features.cqt import FEATURE_KEYS, CQTFrontend
+from audiocnn.features.cqt import CQTFrontend
 from audiocnn.models.build import DESCRIPTIVE_KEYS
 from audiocnn.models.cnn import CNN
 from audiocnn.models.crnn import CRNN
@@ -67,14 +74,57 @@ def weights_file(source: str | Path) -> Path:
     return path
 
 
-def _read(path: Path) -> dict:
+def _load(path: Path, device: str) -> dict:
+    """`torch.load(weights_only=True)` onto `device`. On `meta` only the pickle is read: every tensor
+    comes back with its shape, dtype and storage size, and no data (nothing is inflated)."""
     try:
-        loaded = torch.load(path, map_location="cpu", weights_only=True)
+        loaded = torch.load(path, map_location=device, weights_only=True)
     except Exception as error:  # noqa: BLE001 - a pickle that wants code, or not a torch file at all
         raise BundleError(f"{path}: not a model file audiocnn can read safely ({str(error).splitlines()[0]})") from None
     if not isinstance(loaded, dict):
         raise BundleError(f"{path}: a model file holds a mapping, not {type(loaded).__name__}")
     return loaded
+
+
+def _tensors(value: Any, seen: set[int] | None = None) -> list[Tensor]:
+    """Every tensor inside mappings and lists of `value`, each container visited once."""
+    seen = set() if seen is None else seen
+    if isinstance(value, Tensor):
+        return [value]
+    if id(value) in seen or not isinstance(value, (Mapping, list, tuple)):
+        return []
+    seen.add(id(value))
+    items = value.values() if isinstance(value, Mapping) else value
+    return [tensor for item in items for tensor in _tensors(item, seen)]
+
+
+def _skeleton(path: Path) -> tuple[dict, budget.Stored]:
+    """The model file at `path` without its tensor data: its contents with meta tensors, and its zip
+    directory. Refused (`BundleError`) before anything is inflated: what `budget.stored_tensors`
+    refuses (a pickle or entries too big, an entry that inflates like a zip bomb), and entries that
+    declare more bytes than the tensors its pickle describes (torch inflates a whole entry first)."""
+    problem, stored = budget.stored_tensors(path)
+    if problem:
+        raise BundleError(f"{path}: {problem}")
+    skeleton = _load(path, "meta")
+    described = sum(tensor.untyped_storage().nbytes() for tensor in _tensors(skeleton))
+    if stored.is_zip and stored.tensor_bytes > described + budget.SLACK_BYTES:
+        raise BundleError(f"{path}: its tensor entries declare {budget.human(stored.tensor_bytes)} "
+                          f"({stored.largest()}); its pickle describes {budget.human(described)} of tensors")
+    return skeleton, stored
+
+
+def _read(path: Path) -> dict:
+    """The bundle at `path`: checked on its skeleton (`check_bundle`: settings, classes, the model's
+    budget and its tensors' shapes) and its stored sizes against what the architecture needs, all
+    before a tensor is inflated; then loaded."""
+    skeleton, stored = _skeleton(path)
+    cost = _check(skeleton, str(path))
+    needed = cost.state_bytes + (budget.frontend_bytes(skeleton["features"]) if "frontend" in skeleton else 0)
+    if stored.is_zip and stored.tensor_bytes > needed + budget.SLACK_BYTES:
+        raise BundleError(f"{path}: stores {budget.human(stored.tensor_bytes)} of tensors ({stored.largest()}); "
+                          f"its model needs {budget.human(needed)}")
+    return _load(path, "cpu")
 
 
 def _check_state(state: Any, where: str) -> dict[str, Tensor]:
@@ -84,29 +134,41 @@ def _check_state(state: Any, where: str) -> dict[str, Tensor]:
     return dict(state)
 
 
-def _check_plain(value: Any, where: str) -> None:
-    """Only numbers, strings, booleans, None and lists / string-keyed mappings of them; no `_target_`."""
+def _check_plain(value: Any, where: str, seen: set[int] | None = None) -> None:
+    """Only numbers, strings, booleans, None and lists / string-keyed mappings of them; no `_target_`.
+    A container the pickle shares between places is walked once (no exponential walk)."""
+    seen = set() if seen is None else seen
+    if isinstance(value, (Mapping, list, tuple)):
+        if id(value) in seen:
+            return
+        seen.add(id(value))
     if isinstance(value, Mapping):
         for key, item in value.items():
             if not isinstance(key, str) or key == "_target_":
                 raise BundleError(f"{where}.{key}: not allowed in a model file (model files are data, not code)")
-            _check_plain(item, f"{where}.{key}")
+            _check_plain(item, f"{where}.{key}", seen)
     elif isinstance(value, (list, tuple)):
         for index, item in enumerate(value):
-            _check_plain(item, f"{where}[{index}]")
+            _check_plain(item, f"{where}[{index}]", seen)
     elif not isinstance(value, PLAIN) or (isinstance(value, float) and not math.isfinite(value)):
         raise BundleError(f"{where}={value!r}: not a plain finite value")
 
 
 def check_bundle(bundle: dict, where: str = "model.pt") -> None:
-    """Raise `BundleError` naming the first key of `bundle` that is not what audiocnn writes."""
+    """Raise `BundleError` naming the first key of `bundle` that is not what audiocnn writes, or the
+    setting that takes it over the resource budget (`audiocnn.budget`)."""
+    _check(bundle, where)
+
+
+def _check(bundle: dict, where: str) -> budget.ModelCost:
+    """`check_bundle`, returning what the model needs (the architecture built on the meta device)."""
     if bundle.get("format") != BUNDLE_FORMAT:
         raise BundleError(f"{where}: format={bundle.get('format', 1)!r}: this audiocnn reads bundle format "
                           f"{BUNDLE_FORMAT}; retrain the model (or load it with the audiocnn that wrote it)")
     for key in ("state_dict", "model", "features", "classes"):
         if key not in bundle:
             raise BundleError(f"{where}: {key}: missing")
-    _check_state(bundle["state_dict"], f"{where}: state_dict")
+    state = _check_state(bundle["state_dict"], f"{where}: state_dict")
     if "frontend" in bundle:
         _check_state(bundle["frontend"], f"{where}: frontend")
     model = bundle["model"]
@@ -122,16 +184,35 @@ def check_bundle(bundle: dict, where: str = "model.pt") -> None:
                               f"{', '.join(sorted(accepted))}")
     features = bundle["features"]
     _check_plain(features, f"{where}: features")
-    for key in (*FEATURE_KEYS, "window_frames"):
-        value = features.get(key) if isinstance(features, Mapping) else None
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
-            raise BundleError(f"{where}: features.{key}={value!r}: must be a positive number")
+    problem = budget.features_problem(features)
+    if problem:
+        raise BundleError(f"{where}: {problem}")
     value = bundle.get("temperature", 1.0)
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
         raise BundleError(f"{where}: temperature={value!r}: must be a finite number > 0")
     classes = bundle["classes"]
-    if not isinstance(classes, list) or not classes or not all(isinstance(c, str) for c in classes):
-        raise BundleError(f"{where}: classes: must be a non-empty list of class names")
+    problem = budget.classes_problem(classes)
+    if problem:
+        raise BundleError(f"{where}: {problem}")
+    problem, cost = budget.model_cost(MODEL_CLASSES[model["_target_"]], model, len(classes), int(features["n_bins"]),
+                                      int(features["window_frames"]), features.get("top_db"))
+    if problem:
+        raise BundleError(f"{where}: {problem}")
+    for key, tensor in state.items():
+        if key not in cost.state:
+            raise BundleError(f"{where}: state_dict.{key}: not a tensor of this model ({model['_target_']})")
+        if tuple(tensor.shape) != cost.state[key][0]:
+            raise BundleError(f"{where}: state_dict.{key}: shape {list(tensor.shape)}; the model's settings make it "
+                              f"{list(cost.state[key][0])}")
+    missing = [key for key in cost.state if key not in state]
+    if missing:
+        raise BundleError(f"{where}: state_dict.{missing[0]}: missing ({len(missing)} of the model's tensors are)")
+    if "frontend" in bundle:
+        stored = sum(t.untyped_storage().nbytes() for t in bundle["frontend"].values())
+        if stored > budget.frontend_bytes(features):
+            raise BundleError(f"{where}: frontend: {budget.human(stored)} of tensors; CQT kernels for these features "
+                              f"take at most {budget.human(budget.frontend_bytes(features))}")
+    return cost
 
 
 def build_from_bundle(bundle: dict, where: str = "model.pt") -> nn.Module:
@@ -168,9 +249,13 @@ def load_bundle(source: str | Path) -> tuple[nn.Module, dict]:
 
 def load_state(source: str | Path, prefix: str = "model.") -> dict[str, Tensor]:
     """The weights in `source`, a bundle or a Lightning checkpoint (`state_dict` under `prefix`,
-    e.g. `model.`, or `frontend.` for an on-the-fly CQT). Tensors only; never code."""
+    e.g. `model.`, or `frontend.` for an on-the-fly CQT). Tensors only; never code. Its entries are
+    checked against the pickle and the budget's total before any is inflated (`_skeleton`): what
+    protects `model.init_from`, whose source may be any model file."""
     path = weights_file(source)
-    loaded = _read(path)
+    skeleton, _ = _skeleton(path)
+    _check_state(skeleton.get("state_dict", skeleton), f"{path}: state_dict")
+    loaded = _load(path, "cpu")
     state = _check_state(loaded.get("state_dict", loaded), f"{path}: state_dict")
     if any(key.startswith(("model.", "frontend.")) for key in state):
         state = {k.removeprefix(prefix): v for k, v in state.items() if k.startswith(prefix)}

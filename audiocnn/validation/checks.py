@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
@@ -13,19 +12,17 @@ from audiocnn.validation.rules import rules
 
 
 def validate_features(cfg: DictConfig) -> None:
-    """What no single `features.*` rule sees: trainable kernels need on-the-fly features, the top
-    bin must stay below Nyquist, `device=cuda` needs a GPU."""
+    """What no single `features.*` rule sees: trainable kernels need on-the-fly features; the top
+    bin below Nyquist and the front-end's ceilings and costs (`audiocnn.budget`, the limits a
+    model file's settings meet too)."""
+    from audiocnn.budget import features_problem
+
     f = cfg.features
     if f.trainable and not f.on_the_fly:
         raise ConfigError("features.trainable=true: needs features.on_the_fly=true (stored frames are fixed)")
-    nyquist = f.sr / 2
-    top = f.fmin * 2 ** ((f.n_bins - 1) / f.bins_per_octave)
-    if top > nyquist:
-        most = int(math.floor(f.bins_per_octave * math.log2(nyquist / f.fmin))) + 1
-        raise ConfigError(
-            f"features.n_bins={f.n_bins}: top bin {top:.0f} Hz is above Nyquist {nyquist:.0f} Hz "
-            f"(features.sr={f.sr}); with features.fmin={f.fmin} at most {max(most, 0)} bins fit"
-        )
+    problem = features_problem(f)
+    if problem:
+        raise ConfigError(problem)
 
 
 def validate_hardware(cfg: DictConfig) -> None:
@@ -118,11 +115,17 @@ def validate_model(cfg: DictConfig) -> None:
         trace_shapes(specs, (cfg.features.n_bins, cfg.features.window_frames))
     except ShapeError as error:
         raise ConfigError(f"{error} (input {cfg.features.n_bins} bins x {cfg.features.window_frames} frames)") from None
+    from audiocnn.budget import model_cost
+
+    problem, _ = model_cost(MODEL_CLASSES[cfg.model._target_], OmegaConf.to_container(cfg.model, resolve=True), 2,
+                            cfg.features.n_bins, cfg.features.window_frames, cfg.features.get("top_db"))
+    if problem and not problem.startswith("does not build"):  # too big: refused before anything is allocated
+        raise ConfigError(problem)
     import torch
 
     from audiocnn.models import build_model
 
-    try:  # building and one forward pass are cheap and check every other model option
+    try:  # building and one forward pass are cheap (within the budget) and check every other model option
         model = build_model(cfg.model, n_classes=2, n_bins=cfg.features.n_bins, top_db=cfg.features.get("top_db")).eval()
         with torch.no_grad():
             model(torch.zeros(1, 1, cfg.features.n_bins, cfg.features.window_frames))

@@ -111,6 +111,15 @@ def _checksum(value) -> str | None:
     return None
 
 
+# The front-end's settings, read by conf/ validation and by every model file's check (`audiocnn.budget`,
+# which adds their ceilings and what they cost together): one table for both.
+FEATURE_RULES: dict[str, Callable] = {
+    **{k: POSITIVE_INT for k in ("sr", "hop_length", "n_bins", "bins_per_octave", "window_frames", "batch_size")},
+    **{k: POSITIVE for k in ("fmin", "amin", "chunk_seconds", "shard_mb")},
+    "top_db": Number(0, low_open=True, null=True),
+}
+
+
 def rules() -> dict[str, Callable]:
     """{dotted key: rule} for every checked setting."""
     from audiocnn.data.sources import SOURCES
@@ -119,10 +128,7 @@ def rules() -> dict[str, Callable]:
 
     names = _list_of(Text(), "a list of distinct class names (strings)")
     return {
-        **{f"features.{k}": POSITIVE_INT for k in ("sr", "hop_length", "n_bins", "bins_per_octave", "window_frames",
-                                                   "batch_size")},
-        **{f"features.{k}": POSITIVE for k in ("fmin", "amin", "chunk_seconds", "shard_mb")},
-        "features.top_db": Number(0, low_open=True, null=True), "features.num_workers": COUNT,
+        **{f"features.{k}": rule for k, rule in FEATURE_RULES.items()}, "features.num_workers": COUNT,
         "features.device": Choice(("auto", "cpu", "cuda")), "features.on_the_fly": BOOL, "features.trainable": BOOL,
         "features.verify": BOOL, "lock_timeout_s": Number(0),
         "trainer.max_epochs": POSITIVE_INT, "trainer.batch_size": POSITIVE_INT, "trainer.patience": COUNT,
