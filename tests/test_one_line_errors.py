@@ -54,6 +54,38 @@ def test_explain_on_a_corrupt_wav_is_one_line_and_writes_nothing(tmp_path, capsy
         assert sorted(tmp_path.rglob("*")) == before  # no PNG, no store
 
 
+@pytest.mark.parametrize("command", ["predict", "explain"])
+@pytest.mark.parametrize("source", [f"runs:/{UNKNOWN_RUN}/model", UNKNOWN_RUN, "models:/nope/1"])
+def test_an_mlflow_source_no_store_holds_is_one_line_and_creates_no_store(tmp_path, monkeypatch, capsys, command,
+                                                                          source):
+    """Without a tracking URI the source is looked up in ./mlflow.db: it does not exist, so it holds no run,
+    and it is not created (it was, with a 57-line traceback)."""
+    audio = tmp_path / "clip.wav"
+    shutil.copy(FSDD / "0_george_0.wav", audio)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    assert main([command, str(audio), "--model", source]) == 2
+    line = _error_line(capsys)
+    assert "no such model: the MLflow store mlflow.db does not exist" in line and "--tracking-uri" in line, line
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["clip.wav"]
+
+
+def test_an_unknown_run_or_model_in_an_existing_store_is_one_line(tmp_path, capsys):
+    import mlflow
+
+    store = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    mlflow.MlflowClient(store).search_experiments()  # the store exists, with no run and no registered model
+    capsys.readouterr()
+    audio = tmp_path / "clip.wav"
+    shutil.copy(FSDD / "0_george_0.wav", audio)
+    for source, reason in [(f"runs:/{UNKNOWN_RUN}/model", f"Run with id={UNKNOWN_RUN} not found"),
+                           ("models:/nope/1", "Registered Model with name=nope not found")]:
+        for command in ("predict", "explain"):
+            assert main([command, str(audio), "--model", source, "--tracking-uri", store]) == 2
+            line = _error_line(capsys)
+            assert line.startswith(f"error: {source}: {reason}") and line.endswith(f"(MLflow store {store})"), line
+
+
 def test_a_tracking_uri_naming_etc_is_refused_before_any_folder_or_store(tmp_path, monkeypatch):
     """`tracking.uri=file:///etc` failed after the run folders were made (49 lines); now one line from a
     clean working directory, which stays empty. Where MLflow would open a folder store

@@ -59,9 +59,24 @@ def weights_file(source: str | Path) -> Path:
     if RUN_ID.match(source) and not Path(source).exists():
         source = f"runs:/{source}/model"
     if source.startswith(("runs:/", "models:/")):
+        from urllib.parse import urlsplit
+
         import mlflow
 
-        local = Path(mlflow.artifacts.download_artifacts(artifact_uri=source))
+        stores = [mlflow.get_tracking_uri()] + ([mlflow.get_registry_uri()] if source.startswith("models:/") else [])
+        for store in stores:  # a SQLite store that does not exist holds no run; opening it would create it
+            database = store.removeprefix("sqlite:///") if store.startswith("sqlite:///") else None
+            if database and not Path(database).is_file():
+                raise FileNotFoundError(f"{source}: no such model: the MLflow store {database} does not exist "
+                                        "(nothing was logged there); give the store that holds it with "
+                                        "--tracking-uri or MLFLOW_TRACKING_URI")
+        try:
+            local = Path(mlflow.artifacts.download_artifacts(artifact_uri=source))
+        except mlflow.exceptions.MlflowException as error:  # an unknown run, model or version: one line
+            netloc = urlsplit(stores[-1]).netloc  # shown without credentials (user:password@)
+            shown = stores[-1].replace(netloc, netloc.rpartition("@")[2], 1) if "@" in netloc else stores[-1]
+            reason = (str(error.message).strip().splitlines() or [type(error).__name__])[0]
+            raise FileNotFoundError(f"{source}: {reason} (MLflow store {shown})") from None
         found = [local] if local.is_file() else sorted(local.rglob("model.pt"))
         if not found:
             raise FileNotFoundError(f"{source}: no model.pt in this MLflow model "
