@@ -15,7 +15,8 @@ import torch
 
 from audiocnn import load_model
 from audiocnn.cli import main
-from audiocnn.inference.chunks import chunks, cut, frame_count, window_starts
+from audiocnn.features.sliding import window_starts
+from audiocnn.inference.chunks import chunks, cut, frame_count
 from audiocnn.inference.predictor import Predictor
 from tests.conftest import REPO
 from tests.test_export import bundle_for

@@ -15,7 +15,7 @@ from audiocnn.experiment import evaluate_model as evaluate
 from audiocnn.features.cqt import pick_device
 from audiocnn.models.bundle import load_bundle as load_trained
 from audiocnn.training.datamodule import WindowDataModule
-from audiocnn.training.vote import predict_probabilities
+from audiocnn.evaluation.scoring import predict_probabilities
 from tests.conftest import train
 from tests.conftest import tiny_config
 

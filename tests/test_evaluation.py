@@ -9,7 +9,7 @@ from torch import nn
 
 from audiocnn.evaluation.metrics import classification_metrics
 from audiocnn.evaluation.plots import plot_confusion_matrix
-from audiocnn.training.vote import predict_probabilities
+from audiocnn.evaluation.scoring import predict_probabilities
 
 CLASSES = ["cat", "dog", "owl"]
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"

@@ -21,7 +21,7 @@ from audiocnn.inference.predictor import Predictor
 from audiocnn.models.bundle import load_bundle, temperature
 from audiocnn.training.datamodule import WindowDataModule
 from audiocnn.training.temperature import clip_nll, fit_temperature
-from audiocnn.training.vote import window_logits
+from audiocnn.training.windows import window_logits
 from tests.conftest import tiny_config, train, untrained_bundle
 from tests.test_export import assert_exports_match, clips
 

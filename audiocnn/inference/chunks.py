@@ -3,9 +3,9 @@ the onnxruntime path imports no torch).
 
 A recording of `samples` samples (at `features.sr`) has `frame_count(samples, hop_length)` frames,
 frame t centred on sample t * hop_length (the front-end's centred frames). It is scored by the
-sliding windows of `window` frames of `window_starts`: every `hop` frames (default: half a
-window), plus one window ending on the last frame. Both eager scoring (`Predictor`) and the
-exported graph's callers use this grid.
+sliding windows of `window` frames of `features.sliding.window_starts` (evaluate's grid): every `hop`
+frames (default: half a window), plus one window ending on the last frame. Both eager scoring
+(`Predictor`) and the exported graph's callers use these chunks.
 
 A *chunk* is a run of consecutive windows, scored in one call of `inference.graph.ChunkScorer`:
 frames [f0, f1) with f0 its first window's start and f1 = min(its last start + window, frames),
@@ -24,23 +24,12 @@ from typing import Iterator
 
 import numpy as np
 
+from audiocnn.features import sliding
+
 
 def frame_count(samples: int, hop_length: int) -> int:
     """Frames the front-end gives for `samples` samples (`features.cqt.n_frames`)."""
     return samples // hop_length + 1
-
-
-def window_starts(frames: int, window: int, hop: int | None = None) -> list[int]:
-    """Start frames of the sliding windows over `frames` frames: 0, hop, 2 hop, ... (hop: default half
-    a window) and, when that grid does not end on the last frame, one more window ending there; a clip
-    shorter than a window has one window, at 0 (padded with the floor)."""
-    slack = frames - window
-    if slack <= 0:
-        return [0]
-    starts = list(range(0, slack + 1, hop or max(window // 2, 1)))
-    if starts[-1] != slack:
-        starts.append(slack)
-    return starts
 
 
 @dataclass(frozen=True)
@@ -57,7 +46,7 @@ def chunks(samples: int, hop_length: int, window: int, margin: int, hop: int | N
     total = frame_count(samples, hop_length)
     span = max(max_frames, window)
     group: list[int] = []
-    for start in window_starts(total, window, hop) + [None]:
+    for start in sliding.window_starts(total, window, hop) + [None]:
         if group and (start is None or len(group) == max_windows or start + window - group[0] > span):
             f0, f1 = group[0], min(group[-1] + window, total)
             yield Chunk(f0 * hop_length - margin, f1 * hop_length + margin, f0,

@@ -9,14 +9,15 @@ The one scoring path of a trained model, run eagerly by `Predictor` and exported
          octave), rounded to float16 as the feature store holds them  (batch, n_bins, F + 2 margin / hop_length + 1)
       -> `chunk_frames`: the F frames of the chunk, [f0, f1), without the margins; they equal
          the whole recording's frames there                            (batch, n_bins, F) float32
-    starts (n_windows,) int64: window start frames, relative to f0 (`inference.chunks.window_starts`)
+    starts (n_windows,) int64: window start frames, relative to f0 (`inference.chunks`)
       -> `windows`: the window at each start; frames past the chunk's F (a recording shorter
          than a window) are the log floor, as evaluate pads              (batch * n_windows, 1, n_bins, window)
       -> `score`: the model (peak normalisation inside) in each test-time view (`models.tta`; the
          identity unless exported with `--tta-*`) -> softmax(logits / temperature) (the bundle's
          T, a constant of the graph) -> mean over the views          (batch * n_windows, n_classes)
     = (batch, n_windows, n_classes).
-The vote (the mean of a recording's windows) is the caller's: windows come from many chunks.
+The vote (`features.sliding.vote`: the mean of a recording's windows) is the caller's: windows come
+from many chunks.
 Every size is computed from the inputs' shapes with tensor operations, so the traced graph takes
 any chunk length and any number of windows: nothing of audiocnn, librosa or nnAudio is needed to
 run the exported file.

@@ -1,8 +1,8 @@
 """`Predictor`: a trained model scoring recordings the way the evaluate stage scores test clips.
 
     file or array -> `audiocnn.data.audio` (decode, downmix, resample to features.sr)
-    -> the sliding windows of `inference.chunks.window_starts` (hop: half a window, as
-       evaluate; settable)
+    -> the sliding windows of `features.sliding.window_starts` (evaluate's grid; hop: half a
+       window, as evaluate; settable)
     -> `inference.graph.ChunkScorer`, the module `audiocnn export` writes: the model's own CQT
        front-end -> frames rounded to float16, as the store holds them -> the windows -> the
        model in each test-time view (`tta`, `models.tta`; the identity by default) ->
@@ -13,7 +13,7 @@
        decoded and scored chunk by chunk with the front-end's margin (`inference.chunks`, the
        exported files' chunks, through `ChunkScorer.forward`), so memory does not grow with
        duration and its frames equal the whole file's
-    -> per clip, the mean of its windows' probabilities (`training.vote`'s vote).
+    -> per clip, the mean of its windows' probabilities (`features.sliding.vote`, evaluate's vote).
 `audiocnn.inference.api.load_model(source)` wraps it (the Python API); the CLI (`audiocnn
 predict`) and the MLflow pyfunc are thin layers over that.
 """
@@ -29,9 +29,10 @@ import torch
 from torch import Tensor, nn
 
 from audiocnn.data.audio import clip_samples, from_samples, load_audio, load_segment
+from audiocnn.features import sliding
 from audiocnn.features.cqt import LogCQT, n_frames, pick_device
 from audiocnn.features.plan import chunk_margin
-from audiocnn.inference.chunks import chunks, window_starts
+from audiocnn.inference.chunks import chunks, cut
 from audiocnn.inference.graph import ChunkScorer
 from audiocnn.inference.results import Scored
 from audiocnn.models.bundle import load_bundle, temperature
@@ -99,7 +100,7 @@ class Predictor:
         for chunk in chunks(samples, self.hop_length, self.window, self.margin, hop, self.chunk_frames,
                             self.batch_size):
             wave = (load_segment(source, self.sr, chunk.start, chunk.stop) if isinstance(source, (str, Path))
-                    else _segment(source, chunk.start, chunk.stop))
+                    else torch.from_numpy(cut(source.numpy(), chunk.start, chunk.stop)))
             starts = torch.from_numpy(chunk.starts).to(self.device)
             with torch.inference_mode():
                 probabilities = self.scorer(wave[None].to(self.device), starts)[0].cpu().numpy()
@@ -109,7 +110,7 @@ class Predictor:
     def _windows(self, frames: np.ndarray, hop: int | None) -> Iterator[tuple[int, Tensor]]:
         """(start frame, window `(1, n_bins, window)` float32) for every sliding window of a whole clip's
         `(frames, n_bins)` float16 frames (`ChunkScorer.windows`: past its frames, the floor)."""
-        starts = window_starts(len(frames), self.window, hop)
+        starts = sliding.window_starts(len(frames), self.window, hop)
         x = torch.from_numpy(np.ascontiguousarray(frames.T))[None].to(self.device, torch.float32)
         yield from zip(starts, self.scorer.windows(x, torch.tensor(starts, device=self.device)))
 
@@ -190,19 +191,11 @@ class Predictor:
         return torch.from_numpy(result.probabilities)
 
 
-def _segment(wave: Tensor, start: int, stop: int) -> Tensor:
-    """Samples [start, stop) of `wave`, zeros outside it."""
-    out = torch.zeros(stop - start)
-    lo, hi = max(start, 0), min(stop, len(wave))
-    if hi > lo:
-        out[lo - start: hi - start] = wave[lo:hi]
-    return out
-
-
 def _finish(result: Scored, keep_windows: bool) -> Scored:
+    """Sets the clip's probabilities `(n_classes,)`: the vote of its windows', sorted by start."""
     if not result.error:
         result.windows.sort(key=lambda w: w[0])
-        result.probabilities = np.mean([p for _, p in result.windows], axis=0)
+        result.probabilities = sliding.vote(np.stack([p for _, p in result.windows]), [len(result.windows)])[0]
     if not keep_windows:
         result.windows = []
     return result

@@ -6,7 +6,7 @@ along time (t > 0 is later). What a shift moves out of the window is dropped and
 opens is filled with the spectrogram's floor, `log(features.amin)` (the log-CQT of silence,
 `features.cqt.LogCQT`), never wrapped around. The window's probabilities are the mean over
 the views of `softmax(logits / temperature)`; with the identity view only and temperature 1
-they are exactly `softmax(logits)`. Evaluate (`training.vote`), `Predictor` and the exported
+they are exactly `softmax(logits)`. Evaluate (`evaluation.scoring`), `Predictor` and the exported
 graph (`inference.graph.ChunkScorer`) all score windows with `window_probabilities`.
 """
 

@@ -17,16 +17,17 @@ import torch
 from torch import Tensor, nn
 
 from audiocnn.errors import ConfigError
-from audiocnn.training.vote import vote_probabilities, window_logits
+from audiocnn.features import sliding
+from audiocnn.training.windows import window_logits
 
 MAX_LOG_T = math.log(100.0)  # T in [1/100, 100]: beyond that the val split says nothing useful
 
 
 def clip_nll(logits: Tensor, counts: list[int], labels: Tensor, temperature: Tensor | float) -> Tensor:
     """Mean NLL of `(clips,)` labels under the vote of `(n_views, sum(counts), n_classes)` window logits / T
-    (`training.vote.window_logits`; a `(sum(counts), n_classes)` tensor is one view)."""
+    (`training.windows.window_logits`; a `(sum(counts), n_classes)` tensor is one view)."""
     logits = logits if logits.dim() == 3 else logits[None]
-    probabilities = vote_probabilities((logits / temperature).softmax(dim=-1).mean(dim=0), counts)
+    probabilities = sliding.vote((logits / temperature).softmax(dim=-1).mean(dim=0), counts)
     return -probabilities.gather(1, labels[:, None]).clamp_min(1e-12).log().mean()
 
 

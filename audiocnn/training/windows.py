@@ -1,7 +1,8 @@
 """Fixed-size windows cut from clips of any length: stored frames, or waveforms on the fly.
 
-Train: one random window per clip per epoch. Validation: the centred window. Test:
-every window of a sliding grid (hop = half a window), whose logits are averaged per clip.
+Train: one random window per clip per epoch. Validation: the centred window. Test (and the
+temperature fit): every window of the sliding grid (`features.sliding`), scored by `window_logits`,
+whose probabilities are voted per clip (`features.sliding.vote`).
 Short clips are padded with silence (the log floor for frames, zeros for waveforms).
 
 Datasets here answer a whole batch at once (`__getitems__`, which the DataLoader calls
@@ -20,9 +21,11 @@ import torch
 from torch.utils.data import Dataset
 
 from audiocnn.errors import NonFiniteError
+from audiocnn.features import sliding
 from audiocnn.features.cqt import n_frames
 from audiocnn.data.audio import clip_samples, load_segment
 from audiocnn.features.store import FeatureStore
+from audiocnn.models.tta import Views, view_logits
 
 MODES = ("random", "center", "sliding")
 # float16 -> float32 by table lookup (indexed by the half's bits): numpy's and torch's CPU
@@ -33,20 +36,16 @@ HALF_TO_FLOAT = np.arange(1 << 16, dtype=np.uint16).view(np.float16).astype(np.f
 
 def window_starts(length: int, window: int, mode: str, rng: np.random.Generator | None = None,
                   hop: int | None = None) -> list[int]:
-    """Start frames of the windows to cut from a clip of `length` frames (sliding: every `hop`
-    frames, default half a window, plus one window ending on the last frame)."""
+    """Start frames of the windows to cut from a clip of `length` frames: one random, the centred one,
+    or (sliding) the grid every scorer uses, `features.sliding.window_starts`."""
+    if mode == "sliding":
+        return sliding.window_starts(length, window, hop)
     slack = length - window
     if slack <= 0:
         return [0]
     if mode == "random":
         return [int((rng or np.random.default_rng()).integers(0, slack + 1))]
-    if mode == "center":
-        return [slack // 2]
-    hop = hop or max(window // 2, 1)
-    starts = list(range(0, slack + 1, hop))
-    if starts[-1] != slack:
-        starts.append(slack)  # the last window ends on the clip's last frame
-    return starts
+    return [slack // 2]
 
 
 def batch_starts(lengths: np.ndarray, window: int, mode: str, rng: np.random.Generator) -> np.ndarray:
@@ -215,3 +214,18 @@ def seed_worker(worker_id: int) -> None:
     info = torch.utils.data.get_worker_info()
     dataset = info.dataset
     dataset.rng = np.random.default_rng([dataset.seed, worker_id, torch.initial_seed() % 2**32])
+
+
+@torch.inference_mode()
+def window_logits(model: torch.nn.Module, loader, device: torch.device, views: Views = Views(),
+                  floor: float = 0.0) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
+    """Every window's logits from a sliding-window loader (batches of `collate_sliding`'s
+    `(windows, labels, counts)`): `(n_views, windows, n_classes)`, labels `(clips,)`, windows per clip.
+    `floor`: what the views' shifts pad with (`models.tta`)."""
+    model.eval().to(device)
+    logits, labels, counts = [], [], []
+    for windows, y, n in loader:
+        logits.append(view_logits(model, windows.to(device), views, floor).float().cpu())
+        labels.append(y)
+        counts += n.tolist()
+    return torch.cat(logits, dim=1), torch.cat(labels), counts
