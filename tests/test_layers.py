@@ -15,9 +15,3 @@ def test_imports_go_down_the_layers_only():
                              "--layers", LAYERS], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "0 problem(s)" in result.stdout
-
-
-def test_no_module_of_the_package_is_over_300_lines():
-    long = {str(p.relative_to(REPO)): n for p in (REPO / "audiocnn").rglob("*.py")
-            if (n := len(p.read_text(encoding="utf-8").splitlines())) > 300}
-    assert not long, long

@@ -24,7 +24,8 @@ import soundfile as sf
 import torch
 from omegaconf import OmegaConf
 
-from audiocnn import budget
+from audiocnn.features import budget
+from audiocnn.models import budget as model_budget
 from audiocnn.config import compose_config
 from audiocnn.errors import BundleError, ConfigError
 from audiocnn.models import build_model
@@ -72,7 +73,7 @@ for name, kind, argument in cases:
             elif kind == "torch.load":
                 torch.load(argument, map_location="cpu", weights_only=True)
             elif kind == "meta build":
-                from audiocnn.budget import model_cost
+                from audiocnn.models.budget import model_cost
                 from audiocnn.models.crnn import CRNN
                 model_cost(CRNN, {"blocks": [{"channels": 16}], "hidden_size": argument}, 3, 84, 128)
         error = None
@@ -203,7 +204,7 @@ def test_conf_meets_the_same_budget_before_the_model_is_built(capped):
 
 
 def test_building_on_the_meta_device_allocates_nothing(capped):
-    """`budget.model_cost` builds the model on `torch.device("meta")`: 1.6 GB of GRU weights take no memory."""
+    """`model_budget.model_cost` builds the model on `torch.device("meta")`: 1.6 GB of GRU weights take no memory."""
     report = capped["meta build: hidden_size=8192"]
     assert report["error"] is None and report["grew"] < 50 << 20, report
 
@@ -320,15 +321,15 @@ def test_the_closed_form_cost_equals_the_layer_summary(overrides):
 
     cfg = compose_config(overrides)
     spec = OmegaConf.to_container(cfg.model, resolve=True)
-    problem, cost = budget.model_cost(MODEL_CLASSES[spec["_target_"]], spec, 10, cfg.features.n_bins,
+    problem, cost = model_budget.model_cost(MODEL_CLASSES[spec["_target_"]], spec, 10, cfg.features.n_bins,
                                       cfg.features.window_frames, cfg.features.top_db)
     assert problem is None
     summary = summarize(build_model(cfg.model, 10, cfg.features.n_bins, cfg.features.top_db), cfg.features.n_bins,
                         cfg.features.window_frames)
     assert (cost.parameters, cost.macs) == (summary.total_params, summary.total_macs)
     assert cost.activation == max(math.prod(r.output_shape) for r in summary.rows if r.output_shape)
-    assert cost.parameters * 50 < budget.MAX_PARAMETERS and cost.macs * 30 < budget.MAX_WINDOW_MACS
-    assert cost.activation * 20 < budget.MAX_ACTIVATION
+    assert cost.parameters * 50 < model_budget.MAX_PARAMETERS and cost.macs * 30 < model_budget.MAX_WINDOW_MACS
+    assert cost.activation * 20 < model_budget.MAX_ACTIVATION
 
 
 @pytest.mark.parametrize("key, value, message", [
@@ -338,5 +339,5 @@ def test_the_closed_form_cost_equals_the_layer_summary(overrides):
 ])
 def test_arguments_that_would_take_long_to_build_are_refused_first(key, value, message):
     spec = {"_target_": "audiocnn.models.crnn.CRNN", "blocks": [{"channels": 4}], key: value}
-    problem, _ = budget.model_cost(MODEL_CLASSES[spec["_target_"]], spec, 3, 84, 128)
+    problem, _ = model_budget.model_cost(MODEL_CLASSES[spec["_target_"]], spec, 3, 84, 128)
     assert problem == message

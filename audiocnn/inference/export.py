@@ -29,7 +29,7 @@ import torch
 from torch import Tensor, nn
 
 from audiocnn import atomic
-from audiocnn.inference.exported import EXPORT_FORMAT, INPUTS, METADATA_KEY, OUTPUTS
+from audiocnn.inference.export_format import EXPORT_FORMAT, INPUTS, METADATA_KEY, OUTPUTS
 from audiocnn.inference.predictor import Predictor
 from audiocnn.inference.predict import add_tta_arguments, tta_arguments
 

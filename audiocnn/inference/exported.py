@@ -21,20 +21,16 @@ import numpy as np
 from audiocnn.data.audio import clip_samples, read_audio, read_segment, samples_array
 from audiocnn.errors import BundleError
 from audiocnn.inference.chunks import chunks, cut, frame_count
+from audiocnn.inference.export_format import CHUNK_WINDOWS, METADATA_KEY, OUTPUTS
 from audiocnn.inference.results import Scored
 
-METADATA_KEY = "audiocnn"  # ONNX metadata_props key / TorchScript extra file: {"classes", "features", ...}
-EXPORT_FORMAT = 2  # 2: the graph scores a chunk (waveform with margins, window starts); 1 took whole recordings
-INPUTS = ["waveform", "starts"]
-OUTPUTS = ["window_probabilities"]
-CHUNK_WINDOWS = 64  # most windows per call of the graph
 
 
 class _ExportedBackend:
     def __init__(self, metadata: dict, where: str = "exported model"):
         from audiocnn.inference.onnx_check import check_metadata
 
-        metadata = check_metadata(metadata, where)  # classes and features as a model.pt's (audiocnn.budget)
+        metadata = check_metadata(metadata, where)  # classes and features as a model.pt's (features.budget)
         self.classes: list[str] = list(metadata["classes"])
         self.features: dict = dict(metadata["features"])
         self.sr = int(self.features["sr"])

@@ -10,7 +10,7 @@ such a file with one `BundleError` line, before a session exists:
    files), no sparse initializers, no local functions, at most `MAX_NODES` nodes, operators of the
    default domain only, at an opset the exporter writes (`OPSETS`);
 2. the metadata (`check_metadata`, also for TorchScript): the export format, classes and features
-   checked by `audiocnn.budget` as a `model.pt`'s are, the chunk margin within what the
+   checked by `features.budget` as a `model.pt`'s are, the chunk margin within what the
    front-end's kernels need;
 3. the interface: inputs `waveform` (batch, samples) float and `starts` (windows,) int64, output
    `window_probabilities` (what `inference.export` writes);
@@ -42,7 +42,8 @@ from typing import Any
 
 import numpy as np
 
-from audiocnn import budget
+from audiocnn.features import budget
+from audiocnn.inference.export_format import CHUNK_WINDOWS, EXPORT_FORMAT, INPUTS, METADATA_KEY, OUTPUTS
 from audiocnn.errors import BundleError
 
 ALLOWED_OPS = frozenset({
@@ -74,10 +75,8 @@ def _first_line(error: BaseException) -> str:
 
 
 def check_metadata(metadata: Any, where: Any) -> dict:
-    """The audiocnn metadata of an exported file, checked as a `model.pt`'s settings are (`audiocnn.budget`):
+    """The audiocnn metadata of an exported file, checked as a `model.pt`'s settings are (`features.budget`):
     `format`, `classes`, `features`, `margin_samples`. Returns it; `BundleError` naming the key otherwise."""
-    from audiocnn.inference.exported import EXPORT_FORMAT
-
     if not isinstance(metadata, dict):
         raise refuse(where, f"its {_key()} metadata is {type(metadata).__name__}, not a mapping")
     if metadata.get("format") != EXPORT_FORMAT or "margin_samples" not in metadata:
@@ -95,15 +94,11 @@ def check_metadata(metadata: Any, where: Any) -> dict:
 
 
 def _key() -> str:
-    from audiocnn.inference.exported import METADATA_KEY
-
     return repr(METADATA_KEY)
 
 
 def chunk_shapes(metadata: dict) -> list[tuple[int, int]]:
     """(samples, windows) of the largest and the smallest chunk `inference.chunks` cuts for this model."""
-    from audiocnn.inference.exported import CHUNK_WINDOWS
-
     f = metadata["features"]
     hop, window, margin = int(f["hop_length"]), int(f["window_frames"]), int(metadata["margin_samples"])
     chunk_frames = max(1, int(float(f.get("chunk_seconds", 60)) * int(f["sr"])) // hop)
@@ -137,8 +132,6 @@ def check_onnx(path: Path) -> tuple[bytes, dict]:
 
 
 def _metadata(model, where) -> dict:
-    from audiocnn.inference.exported import METADATA_KEY
-
     props = {p.key: p.value for p in model.metadata_props}
     if METADATA_KEY not in props:
         raise refuse(where, f"not an ONNX file exported by audiocnn (no {METADATA_KEY!r} metadata)")
@@ -157,8 +150,6 @@ def check_structure(model, where) -> None:
     """Steps 1, 3 and 4 of the module docstring: what the file is made of, without any size."""
     import onnx
     from onnx import AttributeProto, TensorProto
-
-    from audiocnn.inference.exported import INPUTS, OUTPUTS
 
     graph = model.graph
     for opset in model.opset_import:

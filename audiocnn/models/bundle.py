@@ -19,7 +19,7 @@ refused with a `BundleError` naming the offending key.
 
 Nor can its numbers exhaust memory: a file is read in two passes. The first reads the zip
 directory and the pickle only (`torch.load(map_location="meta")`: tensors with shapes and no
-data) and checks the resource budget (`audiocnn.budget`): settings within the ranges conf
+data) and checks the resource budget (`features.budget`, `models.budget`): settings within the ranges conf
 validation allows, the model's parameters and per-window work computed on the meta device, and
 the declared sizes of the stored tensors against what the pickle describes and what the
 architecture needs. Only then are the tensors read.
@@ -39,9 +39,11 @@ from typing import Any, Mapping
 import torch
 from torch import Tensor, nn
 
-from audiocnn import atomic, budget
+from audiocnn import atomic
 from audiocnn.errors import BundleError
+from audiocnn.features.budget import SLACK_BYTES, classes_problem, features_problem, frontend_bytes, human
 from audiocnn.features.cqt import CQTFrontend
+from audiocnn.models.budget import ModelCost, Stored, model_cost, stored_tensors
 from audiocnn.models.build import DESCRIPTIVE_KEYS
 from audiocnn.models.cnn import CNN
 from audiocnn.models.crnn import CRNN
@@ -113,19 +115,19 @@ def _tensors(value: Any, seen: set[int] | None = None) -> list[Tensor]:
     return [tensor for item in items for tensor in _tensors(item, seen)]
 
 
-def _skeleton(path: Path) -> tuple[dict, budget.Stored]:
+def _skeleton(path: Path) -> tuple[dict, Stored]:
     """The model file at `path` without its tensor data: its contents with meta tensors, and its zip
-    directory. Refused (`BundleError`) before anything is inflated: what `budget.stored_tensors`
+    directory. Refused (`BundleError`) before anything is inflated: what `stored_tensors`
     refuses (a pickle or entries too big, an entry that inflates like a zip bomb), and entries that
     declare more bytes than the tensors its pickle describes (torch inflates a whole entry first)."""
-    problem, stored = budget.stored_tensors(path)
+    problem, stored = stored_tensors(path)
     if problem:
         raise BundleError(f"{path}: {problem}")
     skeleton = _load(path, "meta")
     described = sum(tensor.untyped_storage().nbytes() for tensor in _tensors(skeleton))
-    if stored.is_zip and stored.tensor_bytes > described + budget.SLACK_BYTES:
-        raise BundleError(f"{path}: its tensor entries declare {budget.human(stored.tensor_bytes)} "
-                          f"({stored.largest()}); its pickle describes {budget.human(described)} of tensors")
+    if stored.is_zip and stored.tensor_bytes > described + SLACK_BYTES:
+        raise BundleError(f"{path}: its tensor entries declare {human(stored.tensor_bytes)} "
+                          f"({stored.largest()}); its pickle describes {human(described)} of tensors")
     return skeleton, stored
 
 
@@ -135,10 +137,10 @@ def _read(path: Path) -> dict:
     before a tensor is inflated; then loaded."""
     skeleton, stored = _skeleton(path)
     cost = _check(skeleton, str(path))
-    needed = cost.state_bytes + (budget.frontend_bytes(skeleton["features"]) if "frontend" in skeleton else 0)
-    if stored.is_zip and stored.tensor_bytes > needed + budget.SLACK_BYTES:
-        raise BundleError(f"{path}: stores {budget.human(stored.tensor_bytes)} of tensors ({stored.largest()}); "
-                          f"its model needs {budget.human(needed)}")
+    needed = cost.state_bytes + (frontend_bytes(skeleton["features"]) if "frontend" in skeleton else 0)
+    if stored.is_zip and stored.tensor_bytes > needed + SLACK_BYTES:
+        raise BundleError(f"{path}: stores {human(stored.tensor_bytes)} of tensors ({stored.largest()}); "
+                          f"its model needs {human(needed)}")
     return _load(path, "cpu")
 
 
@@ -171,11 +173,11 @@ def _check_plain(value: Any, where: str, seen: set[int] | None = None) -> None:
 
 def check_bundle(bundle: dict, where: str = "model.pt") -> None:
     """Raise `BundleError` naming the first key of `bundle` that is not what audiocnn writes, or the
-    setting that takes it over the resource budget (`audiocnn.budget`)."""
+    setting that takes it over the resource budget (`features.budget`, `models.budget`)."""
     _check(bundle, where)
 
 
-def _check(bundle: dict, where: str) -> budget.ModelCost:
+def _check(bundle: dict, where: str) -> ModelCost:
     """`check_bundle`, returning what the model needs (the architecture built on the meta device)."""
     if bundle.get("format") != BUNDLE_FORMAT:
         raise BundleError(f"{where}: format={bundle.get('format', 1)!r}: this audiocnn reads bundle format "
@@ -199,17 +201,17 @@ def _check(bundle: dict, where: str) -> budget.ModelCost:
                               f"{', '.join(sorted(accepted))}")
     features = bundle["features"]
     _check_plain(features, f"{where}: features")
-    problem = budget.features_problem(features)
+    problem = features_problem(features)
     if problem:
         raise BundleError(f"{where}: {problem}")
     value = bundle.get("temperature", 1.0)
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
         raise BundleError(f"{where}: temperature={value!r}: must be a finite number > 0")
     classes = bundle["classes"]
-    problem = budget.classes_problem(classes)
+    problem = classes_problem(classes)
     if problem:
         raise BundleError(f"{where}: {problem}")
-    problem, cost = budget.model_cost(MODEL_CLASSES[model["_target_"]], model, len(classes), int(features["n_bins"]),
+    problem, cost = model_cost(MODEL_CLASSES[model["_target_"]], model, len(classes), int(features["n_bins"]),
                                       int(features["window_frames"]), features.get("top_db"))
     if problem:
         raise BundleError(f"{where}: {problem}")
@@ -224,9 +226,9 @@ def _check(bundle: dict, where: str) -> budget.ModelCost:
         raise BundleError(f"{where}: state_dict.{missing[0]}: missing ({len(missing)} of the model's tensors are)")
     if "frontend" in bundle:
         stored = sum(t.untyped_storage().nbytes() for t in bundle["frontend"].values())
-        if stored > budget.frontend_bytes(features):
-            raise BundleError(f"{where}: frontend: {budget.human(stored)} of tensors; CQT kernels for these features "
-                              f"take at most {budget.human(budget.frontend_bytes(features))}")
+        if stored > frontend_bytes(features):
+            raise BundleError(f"{where}: frontend: {human(stored)} of tensors; CQT kernels for these features "
+                              f"take at most {human(frontend_bytes(features))}")
     return cost
 
 

@@ -2,7 +2,7 @@
 
 `model.init_from` names the weights to start from, read by `models.bundle.load_state`: a model
 file from anywhere, so its zip directory and pickle are checked before any tensor is inflated (a
-7 MB file can hold 6 GB of deflated zeros; `audiocnn.budget`), and only tensors are read.
+7 MB file can hold 6 GB of deflated zeros; `models.budget`), and only tensors are read.
 Tensors are matched by name and shape, so a model pre-trained on other classes gives
 its backbone and gets a new head. The head is the model's `head` (its `ClassifierHead`,
 see `audiocnn.models.head`); every other parameter is the backbone.

@@ -13,9 +13,9 @@ from audiocnn.validation.rules import rules
 
 def validate_features(cfg: DictConfig) -> None:
     """What no single `features.*` rule sees: trainable kernels need on-the-fly features; the top
-    bin below Nyquist and the front-end's ceilings and costs (`audiocnn.budget`, the limits a
+    bin below Nyquist and the front-end's ceilings and costs (`features.budget`, the limits a
     model file's settings meet too)."""
-    from audiocnn.budget import features_problem
+    from audiocnn.features.budget import features_problem
 
     f = cfg.features
     if f.trainable and not f.on_the_fly:
@@ -115,7 +115,7 @@ def validate_model(cfg: DictConfig) -> None:
         trace_shapes(specs, (cfg.features.n_bins, cfg.features.window_frames))
     except ShapeError as error:
         raise ConfigError(f"{error} (input {cfg.features.n_bins} bins x {cfg.features.window_frames} frames)") from None
-    from audiocnn.budget import model_cost
+    from audiocnn.models.budget import model_cost
 
     problem, _ = model_cost(MODEL_CLASSES[cfg.model._target_], OmegaConf.to_container(cfg.model, resolve=True), 2,
                             cfg.features.n_bins, cfg.features.window_frames, cfg.features.get("top_db"))

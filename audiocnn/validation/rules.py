@@ -14,6 +14,7 @@ from typing import Callable
 from omegaconf import DictConfig, OmegaConf
 
 from audiocnn.errors import ConfigError, DownloadError
+from audiocnn.features.budget import FEATURE_RULES
 from audiocnn.validation.kinds import (BOOL, COUNT, FRACTION, POSITIVE, POSITIVE_INT, SEED, SEED_MAX, Choice,
                                        Number, Text, _list_of, show)
 # Lightning strategies the train stage supports: ddp re-runs the command once per extra process
@@ -109,15 +110,6 @@ def _checksum(value) -> str | None:
     except DownloadError:
         return "must be null or '<algorithm>:<hex digest>' with algorithm sha256 or md5"
     return None
-
-
-# The front-end's settings, read by conf/ validation and by every model file's check (`audiocnn.budget`,
-# which adds their ceilings and what they cost together): one table for both.
-FEATURE_RULES: dict[str, Callable] = {
-    **{k: POSITIVE_INT for k in ("sr", "hop_length", "n_bins", "bins_per_octave", "window_frames", "batch_size")},
-    **{k: POSITIVE for k in ("fmin", "amin", "chunk_seconds", "shard_mb")},
-    "top_db": Number(0, low_open=True, null=True),
-}
 
 
 def rules() -> dict[str, Callable]:

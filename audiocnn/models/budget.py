@@ -1,22 +1,6 @@
-"""The resource budget of a model, checked before anything is allocated: the same limits for a
-`conf/` config (`validation`), a `model.pt` bundle or checkpoint (`models.bundle`, `model.init_from`)
-and an exported file's metadata (`inference.onnx_check`).
+"""The resource budget of a model and of a model file, checked before anything is allocated (the
+front-end's settings and the class names: `features.budget`).
 
-A model file is untrusted data, and its numbers decide what loading and scoring it cost: a bundle
-whose `features.fmin=0.001` asks nnAudio for 336 GiB of CQT kernels, one with `model.hidden_size=8192`
-for 1.6 GB of GRU weights, a 7 MB archive can inflate to 6 GB of zeros. Every check here works from
-numbers alone (settings, the archive's zip directory, tensor shapes on the `meta` device), so it
-costs milliseconds and allocates nothing, and says what is wrong in one line that starts with the
-setting, as conf validation does (`features.sr=1000000: at most 192000 ...`). Callers raise the
-problem as their own error: `ConfigError` for conf/, `BundleError` for a file.
-
-1. The front-end (`features_problem`): every key passes its conf rule
-   (`validation.rules.FEATURE_RULES`, the one source of the types and lower bounds), stays within
-   its ceiling here (`FEATURE_CEILINGS`), the top bin below Nyquist, and what the keys make together
-   stays within the limits below: the CQT kernels (n_bins x the longest kernel, padded to a power
-   of two as nnAudio lays them out at the full rate: an upper bound for the multirate front-end
-   too), one window (n_bins x window_frames), one chunk of frames (`features.chunk_seconds`).
-2. The classes (`classes_problem`): a list of distinct non-empty names, not too many, not too long.
 3. The model (`model_cost`): built on the `meta` device (parameters with shapes and no storage:
    nothing is allocated, whatever the sizes) after every integer argument is below
    `MAX_ARGUMENT` and every list shorter than `MAX_ITEMS`; then its parameter count, and one
@@ -24,38 +8,22 @@ problem as their own error: `ConfigError` for conf/, `BundleError` for a file.
    sizes (`_window_cost`; equal to what `models.summary` measures), plus PCEN's (frames x frames)
    smoothing matrix, which no layer's output shows.
 4. The stored tensors (`stored_tensors`): a `model.pt` is a zip archive; its directory gives
-   every entry's declared size and its size in the file before anything is inflated. Refused: a
-   pickle above `MAX_PICKLE_BYTES`, declared sizes above `MAX_FILE_BYTES` in all, an entry that
-   inflates more than `MAX_RATIO` times (tensors torch.save writes are stored, not compressed).
-   The caller compares the entries with what the pickle describes and what the architecture
-   needs (`models.bundle`).
+   every entry's declared size and its size in the file before anything is inflated (a 7 MB
+   archive can inflate to 6 GB of zeros). Refused: a pickle above `MAX_PICKLE_BYTES`, declared
+   sizes above `MAX_FILE_BYTES` in all, an entry that inflates more than `MAX_RATIO` times
+   (tensors torch.save writes are stored, not compressed). The caller compares the entries with
+   what the pickle describes and what the architecture needs (`models.bundle`).
 """
 
 from __future__ import annotations
 
 import math
-import reprlib
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
-from audiocnn.validation.kinds import Text, show
-from audiocnn.validation.rules import FEATURE_RULES
-
-# Front-end settings a model file must hold, and those it may (`features.*`).
-FRONTEND_KEYS = ("sr", "hop_length", "fmin", "n_bins", "bins_per_octave", "amin", "window_frames")
-OPTIONAL_FRONTEND_KEYS = ("top_db", "chunk_seconds")
-FEATURE_CEILINGS = {"sr": 192_000, "hop_length": 16_384, "n_bins": 1_024, "bins_per_octave": 120,
-                    "window_frames": 4_096}
-MAX_KERNEL_TAPS = 1 << 19  # the longest CQT kernel, Q * sr / fmin samples (8,481 at the defaults)
-MAX_KERNEL_VALUES = 1 << 25  # n_bins x that kernel padded to a power of two (1.4 M at the defaults)
-MAX_WINDOW_VALUES = 1 << 19  # n_bins x window_frames: one window (10,752 at the defaults)
-MAX_CHUNK_SAMPLES = 1 << 24  # features.chunk_seconds x sr: one chunk of waveform (960,000 at the defaults)
-MAX_CHUNK_VALUES = 1 << 24  # n_bins x frames of one chunk (157,584 at the defaults)
-
-MAX_CLASSES = 4_096
-MAX_CLASS_CHARS = 256
+from audiocnn.features.budget import MAX_FILE_BYTES, human, show
 
 MAX_ARGUMENT = 1 << 16  # any integer argument of a model (channels, hidden_size, kernel, ...)
 MAX_ITEMS = 64  # any list argument of a model (blocks, head_hidden, ...), and num_layers
@@ -64,122 +32,8 @@ MAX_PARAMETERS = 1 << 25  # 128 MB of float32 weights (the models of conf/model:
 MAX_WINDOW_MACS = 1 << 32  # multiply-adds for one window (conf/model: 7 M to 136 M at the defaults)
 MAX_ACTIVATION = 1 << 22  # values of the largest layer output for one window (conf/model: 172 k)
 
-MAX_FILE_BYTES = 1 << 30  # a model file's entries, declared sizes together (ours: under 5 MB)
-MAX_PICKLE_BYTES = 8 << 20  # its pickle (data.pkl: 5 kB for a bundle)
+MAX_PICKLE_BYTES = 8 << 20  # a model.pt's pickle (data.pkl: 5 kB for a bundle)
 MAX_RATIO = 100  # how much an entry above 1 MiB may inflate (torch.save stores entries: 1)
-SLACK_BYTES = 1 << 16  # entries that are no tensor of the state (byteorder, version, ...)
-
-
-def human(n: float) -> str:
-    """1536 -> '1.5 KiB': a size in bytes for a message."""
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(n) < 1024 or unit == "TiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n} B"
-
-
-# -- 1. the front-end -------------------------------------------------------------------------------
-
-def cqt_q(bins_per_octave: float) -> float:
-    """Librosa's Q, the cycles in a CQT kernel (`features.cqt.librosa_filter_scale` gives it to nnAudio)."""
-    ratio = 2 ** (2 / bins_per_octave)
-    return (ratio + 1) / (ratio - 1)
-
-
-def kernel_taps(features: Mapping) -> int:
-    """Samples in the longest (lowest) CQT kernel at the full rate: ceil(Q * sr / fmin)."""
-    return math.ceil(cqt_q(features["bins_per_octave"]) * features["sr"] / features["fmin"])
-
-
-def kernel_values(features: Mapping) -> int:
-    """n_bins x the longest kernel padded to a power of two: the values of nnAudio's kernel matrix
-    at the full rate, an upper bound for the kernels of either front-end (real and imaginary parts
-    are twice this many float32)."""
-    return int(features["n_bins"]) * (1 << max(kernel_taps(features) - 1, 0).bit_length())
-
-
-def margin_bound(features: Mapping) -> int:
-    """The most samples of context a chunk needs each side (`features.plan.chunk_margin`): half the
-    longest kernel at the full rate, plus the decimation filters of the multirate front-end, is
-    below the whole kernel padded to a power of two; plus a hop for the rounding to whole hops."""
-    return (1 << max(kernel_taps(features) - 1, 0).bit_length()) + int(features["hop_length"])
-
-
-def frontend_bytes(features: Mapping) -> int:
-    """An upper bound of the bytes an on-the-fly model's `frontend` state may hold (its kernels)."""
-    return 8 * kernel_values(features) + 16 * int(features["n_bins"]) + SLACK_BYTES
-
-
-def features_problem(features: Any) -> str | None:
-    """None, or the first front-end setting of `features` (a mapping) outside the budget, as one line
-    starting with its dotted key."""
-    if not isinstance(features, Mapping):
-        return f"features={reprlib.repr(features)}: must be a mapping of front-end settings"
-    for key in (*FRONTEND_KEYS, *OPTIONAL_FRONTEND_KEYS):
-        if key not in features:
-            if key in FRONTEND_KEYS:
-                return f"features.{key}: missing; {FEATURE_RULES[key](None)}"
-            continue
-        value = features[key]
-        problem = FEATURE_RULES[key](value)
-        if problem:
-            return f"features.{key}={show(value)}: {problem}"
-        ceiling = FEATURE_CEILINGS.get(key)
-        if ceiling is not None and value > ceiling:
-            return f"features.{key}={show(value)}: at most {ceiling}"
-    f = features
-    nyquist = f["sr"] / 2
-    top = f["fmin"] * 2 ** ((f["n_bins"] - 1) / f["bins_per_octave"])
-    if top > nyquist:
-        most = int(math.floor(f["bins_per_octave"] * math.log2(nyquist / f["fmin"]))) + 1
-        return (f"features.n_bins={f['n_bins']}: top bin {top:.0f} Hz is above Nyquist {nyquist:.0f} Hz "
-                f"(features.sr={f['sr']}); with features.fmin={f['fmin']} at most {max(most, 0)} bins fit")
-    taps = kernel_taps(f)
-    if taps > MAX_KERNEL_TAPS:
-        return (f"features.fmin={show(f['fmin'])}: the lowest CQT bin needs a kernel of {taps:,} samples "
-                f"(Q x features.sr / features.fmin, features.sr={f['sr']}, features.bins_per_octave="
-                f"{f['bins_per_octave']}); at most {MAX_KERNEL_TAPS:,}: raise fmin, or lower sr or bins_per_octave")
-    if kernel_values(f) > MAX_KERNEL_VALUES:
-        return (f"features.n_bins={f['n_bins']}: CQT kernels of {f['n_bins']} bins x "
-                f"{kernel_values(f) // f['n_bins']:,} samples hold {kernel_values(f):,} values; at most "
-                f"{MAX_KERNEL_VALUES:,}: fewer bins, a higher fmin or a lower sr")
-    if f["n_bins"] * f["window_frames"] > MAX_WINDOW_VALUES:
-        return (f"features.window_frames={f['window_frames']}: a window of {f['n_bins']} bins x {f['window_frames']} "
-                f"frames holds {f['n_bins'] * f['window_frames']:,} values; at most {MAX_WINDOW_VALUES:,}")
-    seconds = f.get("chunk_seconds", 60)
-    if seconds * f["sr"] > MAX_CHUNK_SAMPLES:
-        return (f"features.chunk_seconds={show(seconds)}: a chunk of {seconds:g} s at features.sr={f['sr']} is "
-                f"{seconds * f['sr']:,.0f} samples; at most {MAX_CHUNK_SAMPLES:,}")
-    frames = max(int(seconds * f["sr"]) // f["hop_length"] + 1, f["window_frames"])
-    if frames * f["n_bins"] > MAX_CHUNK_VALUES:
-        return (f"features.hop_length={f['hop_length']}: a chunk of features.chunk_seconds={show(seconds)} s has "
-                f"{frames:,} frames x {f['n_bins']} bins = {frames * f['n_bins']:,} values; at most "
-                f"{MAX_CHUNK_VALUES:,}: a longer hop or shorter chunks")
-    return None
-
-
-# -- 2. the classes ---------------------------------------------------------------------------------
-
-def classes_problem(classes: Any) -> str | None:
-    """None, or what is wrong with a model's class names (one line starting with `classes`)."""
-    if not isinstance(classes, (list, tuple)):
-        return f"classes={reprlib.repr(classes)}: must be a list of class names (strings)"
-    if not classes:
-        return "classes=[]: empty; a model has at least one class"
-    if len(classes) > MAX_CLASSES:
-        return f"classes: {len(classes):,} class names; at most {MAX_CLASSES:,}"
-    seen: dict[str, int] = {}
-    for index, name in enumerate(classes):
-        if Text()(name):
-            return f"classes[{index}]={reprlib.repr(name)}: {Text()(name)}"
-        if len(name) > MAX_CLASS_CHARS:
-            return f"classes[{index}]: {len(name):,} characters; at most {MAX_CLASS_CHARS}"
-        if name in seen:
-            return (f"classes[{index}]={reprlib.repr(name)}: the same name as classes[{seen[name]}]; "
-                    "class names must be distinct (a model's answer would be ambiguous)")
-        seen[name] = index
-    return None
 
 
 # -- 3. the model -----------------------------------------------------------------------------------
