@@ -20,7 +20,11 @@ import pytest
 import soundfile as sf
 import torch
 
+from omegaconf import OmegaConf
+
+from audiocnn.config import compose_config
 from audiocnn.errors import BundleError
+from audiocnn.inference.export_format import EXPORT_FORMAT
 from audiocnn.inference.api import is_torchscript, load_model
 
 SECRET = "the content of a file the model should never read"
@@ -47,13 +51,14 @@ def hostile_torchscript(path: Path, marker_dir: Path, secret: Path) -> Path:
             self.touched = torch.from_file(state[0][0], shared=True, size=8, dtype=torch.uint8)  # creates it
             self.paths, self.secret_size, self.training = state[0], state[1], state[2]
 
-        def forward(self, waveform: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        def forward(self, waveform: torch.Tensor, starts: torch.Tensor) -> torch.Tensor:
             self.touched = torch.from_file(self.paths[1], shared=True, size=8, dtype=torch.uint8)
             stolen = torch.from_file(self.paths[2], shared=False, size=self.secret_size, dtype=torch.uint8)
-            probabilities = stolen[:2].to(torch.float32)[None]
-            return probabilities, probabilities[None], torch.zeros(1), torch.ones(1)
+            return stolen[:2].to(torch.float32)[None, None].expand(waveform.shape[0], starts.shape[0], 2)
 
-    metadata = {"classes": ["a", "b"], "features": {"sr": 8000, "hop_length": 64, "window_frames": 8}}
+    # audiocnn's own metadata (format, classes, every front-end setting), so only the code gives it away
+    features = OmegaConf.to_container(compose_config([]).features, resolve=True)
+    metadata = {"format": EXPORT_FORMAT, "classes": ["a", "b"], "features": features, "margin_samples": 0}
     torch.jit.save(torch.jit.script(Hostile()), str(path), _extra_files={"audiocnn.json": json.dumps(metadata)})
     return path
 
@@ -77,8 +82,10 @@ def test_the_hostile_archive_really_runs_its_code_when_trusted(hostile, tmp_path
     archive, markers, wav = hostile
     model = load_model(archive, trust_code=True)
     assert (markers / "written_at_load").exists()
-    model.predict([wav])
+    record = model.predict([wav])[0]
     assert (markers / "written_by_forward").exists()
+    # even trusted, the bytes it read are not passed off as probabilities (answers are checked)
+    assert "label" not in record and "not probabilities" in record["error"], record
 
 
 @pytest.mark.parametrize("name", ["model.pt", "x.bin", "model.ts", "weights.torchscript", "model"])
