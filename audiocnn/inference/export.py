@@ -17,6 +17,8 @@ test-time views given with `--tta-pitch-bins` / `--tta-time-frames` (default: no
 Metadata (`audiocnn`: JSON with `format`, `classes`, `features`, `margin_samples`,
 `window_hop_frames` (the default hop: half a window), `temperature`, `tta`): ONNX
 `metadata_props`, TorchScript extra file `audiocnn.json`.
+`--quantize int8` (ONNX only) writes the same graph with the model body in int8, calibrated on the
+recordings `--calibration` names (`inference.quantize`; metadata `"quantization": "int8"`).
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ from audiocnn.inference.predictor import Predictor
 from audiocnn.inference.predict import add_tta_arguments, tta_arguments
 
 FORMATS = ("onnx", "torchscript")
+QUANTIZATIONS = ("int8",)  # inference.quantize.QUANTIZATIONS (imported there only when asked: onnxruntime)
 
 
 def metadata(predictor: Predictor) -> str:
@@ -44,11 +47,22 @@ def metadata(predictor: Predictor) -> str:
                                "time_frames": list(predictor.views.time_frames)}})
 
 
-def export_model(source: str | Path, fmt: str, output: str | Path, tta: dict | None = None) -> Path:
+def export_model(source: str | Path, fmt: str, output: str | Path, tta: dict | None = None,
+                 quantize: str | None = None, calibration: str | Path | list[str] | None = None) -> Path:
     """Write the model at `source` as `fmt` to `output` (atomically), with the test-time views `tta`
-    (`Predictor`'s; None: none); returns the path."""
+    (`Predictor`'s; None: none); returns the path. `quantize="int8"` (ONNX only): the model body in
+    int8, calibrated on the recordings `calibration` names (a folder, files, a glob, a list)."""
     if fmt not in FORMATS:
         raise ValueError(f"--format={fmt}: allowed: {', '.join(FORMATS)}")
+    if quantize is not None:
+        if quantize not in QUANTIZATIONS:
+            raise ValueError(f"--quantize={quantize}: allowed: {', '.join(QUANTIZATIONS)}")
+        if fmt != "onnx":
+            raise ValueError(f"--quantize {quantize} needs --format onnx (onnxruntime's quantization); "
+                             f"--format {fmt} is written in fp32 only")
+        if not calibration:
+            raise ValueError(f"--quantize {quantize} needs --calibration: a folder (or files, a glob, a list, a "
+                             "prepared manifest.csv) of recordings like the ones the model will score")
     predictor = Predictor.load(source, tta=tta)
     module = predictor.graph()
     # Any chunk length and any number of windows work: sizes are traced as operations on the inputs' shapes.
@@ -57,7 +71,16 @@ def export_model(source: str | Path, fmt: str, output: str | Path, tta: dict | N
     output = Path(output)
     with atomic.atomic_path(output) as tmp, warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the tracer's notes on shape arithmetic, which it records as ops
-        if fmt == "onnx":
+        if fmt == "onnx" and quantize:
+            from audiocnn.inference.quantize import quantize_int8
+
+            fp32 = Path(f"{tmp}.fp32.onnx")
+            try:
+                _export_onnx(module, example, fp32, metadata(predictor))
+                quantize_int8(fp32, tmp, calibration)
+            finally:
+                fp32.unlink(missing_ok=True)
+        elif fmt == "onnx":
             _export_onnx(module, example, tmp, metadata(predictor))
         else:
             traced = torch.jit.trace(module, example, check_trace=False)
@@ -89,13 +112,19 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--format", required=True, choices=FORMATS)
     parser.add_argument("--output", required=True, help="the file to write (e.g. model.onnx, model.ts)")
     parser.add_argument("--tracking-uri", help="MLflow tracking URI for runs:/ and models:/ sources")
+    parser.add_argument("--quantize", choices=QUANTIZATIONS,
+                        help="int8: the model body quantized by onnxruntime (ONNX only; needs --calibration)")
+    parser.add_argument("--calibration", nargs="+", metavar="AUDIO",
+                        help="--quantize: recordings to calibrate on (folder, files, glob, list, or a prepared "
+                             "manifest.csv: its train rows); at most 64, spread evenly")
     add_tta_arguments(parser)
     args = parser.parse_args(argv)
     from audiocnn.inference.predict import use_tracking
 
     use_tracking(args.model, args.tracking_uri)
-    path = export_model(args.model, args.format, args.output, tta_arguments(args))
-    print(f"export: {args.model} -> {path} ({args.format}; inputs: mono float32 waveforms (batch, samples) at "
+    path = export_model(args.model, args.format, args.output, tta_arguments(args), args.quantize, args.calibration)
+    kind = f"{args.format}, {args.quantize}" if args.quantize else args.format
+    print(f"export: {args.model} -> {path} ({kind}; inputs: mono float32 waveforms (batch, samples) at "
           "the model's features.sr, chunked with margins, and window starts; output: " + ", ".join(OUTPUTS) + ")",
           file=sys.stderr)
     return 0
