@@ -3,7 +3,8 @@
     .venv/bin/python benchmarks/int8.py --fsdd-model FSDD_MODEL --demo-model DEMO_MODEL \\
         --demo-prepared DEMO_PREPARED
 
-Both models are trained `crnn_gru` folders (model.pt), made by (each ~10 min on 2 cores):
+Both models are trained `crnn_gru` folders (model.pt), made by (15 epochs: about 4 min for FSDD and
+6 for the demo on 2 busy cores):
     # FSDD, official split (index 0-4 of each speaker and digit is test), speech front-end
     .venv/bin/python pipelines/train.py data=fsdd data.root=/work/shared/data/fsdd \\
         paths.raw=W/fsdd/raw paths.prepared=W/fsdd/prepared paths.features=W/fsdd/features \\
