@@ -21,16 +21,6 @@ TOLERANCE = 0.05
 QDQ_OPS = {"QuantizeLinear", "DequantizeLinear"}
 
 
-@pytest.fixture(autouse=True)
-def _qdq_operators_allowed(monkeypatch):
-    """The loader's operator list (inference/onnx_check.ALLOWED_OPS) does not hold the two operators
-    of the QDQ format yet (reported to the lead); until it does, they are added here."""
-    from audiocnn.inference import onnx_check
-
-    if not QDQ_OPS <= onnx_check.ALLOWED_OPS:
-        monkeypatch.setattr(onnx_check, "ALLOWED_OPS", onnx_check.ALLOWED_OPS | QDQ_OPS)
-
-
 @pytest.fixture(scope="module")
 def sharpened(tmp_path_factory) -> Path:
     """An untrained bundle whose answers are far from uniform (its head's weights scaled, as in

@@ -55,6 +55,8 @@ ALLOWED_OPS = frozenset({
     "Reshape", "Shape", "Slice", "Softmax", "Squeeze", "Sub", "Transpose", "Unsqueeze", "Where",
     # written by the exporter of the previous graph for the same modules (remainder, comparisons)
     "Equal", "Mod", "Not",
+    # `audiocnn export --quantize int8` (QDQ format: onnxruntime fuses them into int8 kernels)
+    "DequantizeLinear", "QuantizeLinear",
 })
 OPSETS = range(13, 22)  # `inference.export` writes opset 17
 DOMAINS = ("", "ai.onnx")
