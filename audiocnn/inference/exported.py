@@ -20,6 +20,7 @@ import numpy as np
 
 from audiocnn.data.audio import clip_samples, read_audio, read_segment, samples_array
 from audiocnn.errors import BundleError
+from audiocnn.features import sliding
 from audiocnn.inference.chunks import chunks, cut, frame_count
 from audiocnn.inference.export_format import CHUNK_WINDOWS, METADATA_KEY, OUTPUTS
 from audiocnn.inference.results import Scored
@@ -77,7 +78,7 @@ class _ExportedBackend:
                 source, samples = self.source(item, sample_rate)
                 result.duration = samples / self.sr
                 windows = list(self.windows(source, samples, hop))
-                result.probabilities = np.mean([p for _, p in windows], axis=0)
+                result.probabilities = sliding.vote(np.stack([p for _, p in windows]), [len(windows)])[0]
                 if keep_windows:
                     result.windows = windows
             except Exception as error:  # noqa: BLE001 - reported with its reason; the other inputs go on
