@@ -17,6 +17,11 @@ from __future__ import annotations
 import numpy as np
 
 
+def default_hop(window: int) -> int:
+    """The hop of evaluate's sliding windows when none is set: half a window (at least one frame)."""
+    return max(window // 2, 1)
+
+
 def window_starts(frames: int, window: int, hop: int | None = None) -> list[int]:
     """Start frames of the sliding windows over `frames` frames: 0, hop, 2 hop, ... (hop: default half
     a window) and, when that grid does not end on the last frame, one more window ending there; a clip
@@ -24,7 +29,7 @@ def window_starts(frames: int, window: int, hop: int | None = None) -> list[int]
     slack = frames - window
     if slack <= 0:
         return [0]
-    starts = list(range(0, slack + 1, hop or max(window // 2, 1)))
+    starts = list(range(0, slack + 1, hop or default_hop(window)))
     if starts[-1] != slack:
         starts.append(slack)  # the last window ends on the clip's last frame
     return starts

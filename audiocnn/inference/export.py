@@ -31,6 +31,7 @@ import torch
 from torch import Tensor, nn
 
 from audiocnn import atomic
+from audiocnn.features import sliding
 from audiocnn.inference.export_format import EXPORT_FORMAT, INPUTS, METADATA_KEY, OUTPUTS
 from audiocnn.inference.predictor import Predictor
 from audiocnn.inference.predict import add_tta_arguments, tta_arguments
@@ -41,7 +42,7 @@ QUANTIZATIONS = ("int8",)  # inference.quantize.QUANTIZATIONS (imported there on
 
 def metadata(predictor: Predictor) -> str:
     return json.dumps({"format": EXPORT_FORMAT, "classes": predictor.classes, "features": predictor.features,
-                       "margin_samples": predictor.margin, "window_hop_frames": max(predictor.window // 2, 1),
+                       "margin_samples": predictor.margin, "window_hop_frames": sliding.default_hop(predictor.window),
                        "temperature": predictor.temperature,
                        "tta": {"pitch_bins": list(predictor.views.pitch_bins),
                                "time_frames": list(predictor.views.time_frames)}})

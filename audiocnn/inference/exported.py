@@ -35,7 +35,6 @@ class _ExportedBackend:
         self.classes: list[str] = list(metadata["classes"])
         self.features: dict = dict(metadata["features"])
         self.sr = int(self.features["sr"])
-        self.hop = max(int(self.features["window_frames"]) // 2, 1)
         self.margin = int(metadata["margin_samples"])
 
     def run(self, waveform: np.ndarray, starts: np.ndarray) -> np.ndarray:
