@@ -135,7 +135,7 @@ def featurize_peak_rss_mb(root: Path, work: Path) -> float:
               f"stage_main(featurize)\nprint('maxrss_kb', {HWM})")
     done = subprocess.run([sys.executable, "-c", script, str(params)], cwd=REPO, check=True, capture_output=True,
                           text=True, timeout=300)
-    store = next((out / "features").iterdir())
+    store = next(p for p in (out / "features").iterdir() if p.is_dir())  # not the writer lock beside it
     assert json.loads((store / "store.json").read_text())["complete"]
     return int(done.stdout.split("maxrss_kb")[-1].split()[0]) / 1024
 

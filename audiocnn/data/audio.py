@@ -49,6 +49,10 @@ QUALITY = "HQ"  # soxr's default (librosa's `soxr_hq`): 20-bit precision, ~0.9 x
 # impulse response is below 1e-9 of its peak after ~900 of them for every pair measured
 # (8,000-384,000 Hz to 8,000-16,000 Hz), so 2048 is a generous reach.
 MARGIN = 2048
+# The lowest rate of a file audiocnn decodes (serving's default `min_sample_rate` too). Below it a
+# header states an absurd rate, and a stretch's resampling context (MARGIN samples at that rate:
+# 2,048 s at 1 Hz) makes a 200 KB file cost CPU-minutes: refused from the header instead.
+MIN_SAMPLE_RATE = 1_000
 
 
 @dataclass(frozen=True)
@@ -70,11 +74,20 @@ def sound_file(path: str | Path) -> str | bytes:
     return name
 
 
+def check_file_rate(rate: int) -> None:
+    """`ValueError` for a file whose header states a rate below `MIN_SAMPLE_RATE`."""
+    if rate < MIN_SAMPLE_RATE:
+        raise ValueError(f"sample rate {rate} Hz: below {MIN_SAMPLE_RATE} Hz, not a rate audio is recorded at "
+                         "(a header that misstates it?)")
+
+
 def probe_audio(path: str | Path) -> AudioInfo:
-    """Header facts of an audio file; raises `RuntimeError`/`ValueError` if unreadable or empty."""
+    """Header facts of an audio file; raises `RuntimeError`/`ValueError` if unreadable, empty or
+    below `MIN_SAMPLE_RATE`."""
     info = sf.info(sound_file(path))
     if info.frames <= 0:
         raise ValueError("empty: no audio frames")
+    check_file_rate(info.samplerate)
     return AudioInfo(duration=info.frames / info.samplerate, sr=info.samplerate, channels=info.channels,
                      frames=info.frames)
 
@@ -136,8 +149,10 @@ def resampled_length(source_frames: int, source_sr: int, sr: int) -> int:
 
 
 def clip_samples(path: str | Path, sr: int) -> int:
-    """Length of the clip at `sr` from the file header (nothing decoded)."""
+    """Length of the clip at `sr` from the file header (nothing decoded); `ValueError` below
+    `MIN_SAMPLE_RATE`."""
     info = sf.info(sound_file(path))
+    check_file_rate(info.samplerate)
     return resampled_length(info.frames, info.samplerate, sr)
 
 
