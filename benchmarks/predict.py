@@ -1,4 +1,4 @@
-"""End-to-end `predict` throughput: PyTorch eager, TorchScript and onnxruntime, in one run.
+"""End-to-end `predict` throughput: PyTorch eager, TorchScript, onnxruntime and its int8 file, in one run.
 
     .venv/bin/python benchmarks/predict.py                # FSDD folder + a 1-hour file
     .venv/bin/python benchmarks/predict.py --clips 300 --hours 0.25
@@ -10,7 +10,8 @@ recordings back to back. Each (backend, input) runs `audiocnn predict` in a fres
 process (after one warm-up file) and reports audio-seconds per second, the multiple of real
 time and the child's peak RSS. For the eager backend, where the time goes: decode +
 resample alone, the CQT alone, and the rest (windows + model). Writes
-benchmarks/results/predict.json.
+benchmarks/results/predict.json and prints last `fsdd_x=<n> hour_x=<n> hour_rss_mb=<n>` (the
+faster fp32 backend, eager or ONNX, per input).
 """
 
 from __future__ import annotations
@@ -111,11 +112,15 @@ def main() -> None:
         model = build_model(cfg.model, 10, cfg.features.n_bins, cfg.features.top_db).eval()
         save_bundle(model, OmegaConf.to_container(cfg.model), OmegaConf.to_container(cfg.features),
                     [str(d) for d in range(10)], work / "model" / "model.pt")
+        inputs = make_inputs(work, args.clips, args.hours)
+        calibration = sorted((FSDD / "recordings").glob("*.wav"))[:64]  # the int8 file's activation ranges
         sources = {"PyTorch eager": str(work / "model"),
                    "TorchScript": str(export_model(work / "model", "torchscript", work / "model.ts")),
-                   "onnxruntime": str(export_model(work / "model", "onnx", work / "model.onnx"))}
+                   "onnxruntime": str(export_model(work / "model", "onnx", work / "model.onnx")),
+                   "onnxruntime int8": str(export_model(work / "model", "onnx", work / "model-int8.onnx",
+                                                        quantize="int8", calibration=[str(p) for p in calibration]))}
         rows = []
-        for input_name, folder in make_inputs(work, args.clips, args.hours).items():
+        for input_name, folder in inputs.items():
             parts = child(PARTS, sources["PyTorch eager"], str(folder))
             for backend, source in sources.items():
                 run = child(CHILD, source, str(folder))
@@ -134,6 +139,13 @@ def main() -> None:
     save_results(RESULTS, {"machine": machine(), "load_average_before": before, "model": "crnn_gru, data=fsdd "
                            "(speech front-end), untrained", "rows": rows,
                            "command": "benchmarks/predict.py " + " ".join(sys.argv[1:])})
+    # The issue's one line: the fastest fp32 backend (eager or ONNX) per input, and its peak RSS on the long file.
+    fp32 = [r for r in rows if r["backend"] in ("PyTorch eager", "onnxruntime")]
+    best = {name: max((r for r in fp32 if r["input"] == name), key=lambda r: r["audio_seconds_per_second"])
+            for name in inputs}
+    fsdd, hour = (best[name] for name in inputs) if len(best) == 2 else (next(iter(best.values())), None)
+    print(f"fsdd_x={fsdd['audio_seconds_per_second']:.0f} hour_x={hour['audio_seconds_per_second'] if hour else 0:.0f} "
+          f"hour_rss_mb={hour['peak_rss_mb'] if hour else 0:.0f}")
 
 
 if __name__ == "__main__":
