@@ -256,3 +256,22 @@ def test_the_python_api_refuses_an_infinite_hop(tmp_path):
     model = load_model(untrained_bundle(tmp_path))
     with pytest.raises(ValueError, match="hop_seconds=inf: must be a finite positive number"):
         model.predict([noise()], sample_rate=SR, hop_seconds=float("inf"))
+
+
+def test_a_reader_that_stops_early_gets_no_traceback(tmp_path):
+    """`audiocnn predict folder/ --model M | head -6` (the README's example): the reader closes the
+    pipe before the table is written; predict still says how many files it predicted, exit 0."""
+    import subprocess
+    import sys
+
+    folder = untrained_bundle(tmp_path / "m").parent
+    (tmp_path / "clips").mkdir()
+    for number in range(3):
+        write_wav(tmp_path / "clips" / f"{number}.wav", noise(seed=number))
+    read, write = os.pipe()
+    os.close(read)  # a reader that is already gone: every write to stdout is EPIPE
+    done = subprocess.run([sys.executable, "-m", "audiocnn.cli", "predict", str(tmp_path / "clips"), "--model",
+                           str(folder)], stdout=write, stderr=subprocess.PIPE, text=True, timeout=300)
+    os.close(write)
+    assert done.returncode == 0, done.stderr
+    assert "Traceback" not in done.stderr and "predict: 3 of 3 files predicted" in done.stderr

@@ -234,10 +234,14 @@ def main(argv: list[str]) -> int:
         if args.timeline:
             write_output(timeline_path(output), timeline)
     else:
-        print_table(records)
-        for row in timeline:
-            print(f"{printable(row['path'])}  {row['start_s']:8.2f}-{row['end_s']:<8.2f} "
-                  f"{printable(row['label']):<12} {row['probability']:.4f}")
+        try:
+            print_table(records)
+            for row in timeline:
+                print(f"{printable(row['path'])}  {row['start_s']:8.2f}-{row['end_s']:<8.2f} "
+                      f"{printable(row['label']):<12} {row['probability']:.4f}")
+            sys.stdout.flush()
+        except BrokenPipeError:  # `| head`: the reader has what it wanted; the summary still goes to stderr
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
     print(f"predict: {len(records) - len(failed)} of {len(records)} files predicted"
           f"{f', {len(failed)} skipped' if failed else ''}", file=sys.stderr)
     return 0 if len(failed) < len(records) else 1
