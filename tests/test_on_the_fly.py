@@ -92,3 +92,26 @@ def test_train_and_evaluate_on_the_fly_with_trainable_kernels(tmp_path):
     answer = served.predict({"samples": [samples.tolist()], "sample_rate": [sr]})[0]
     assert list(answer["probabilities"]) == bundle["classes"]
     assert sum(answer["probabilities"].values()) == pytest.approx(1.0, abs=1e-5)
+
+
+def test_an_on_the_fly_bundle_with_another_front_ends_kernels_is_refused_naming_retrain(tmp_path):
+    """A model trained on the fly before the multirate CQT (FRONTEND_VERSION 4) stored kernels of other
+    shapes: one line saying to retrain, not torch's size-mismatch report."""
+    from omegaconf import OmegaConf
+
+    from audiocnn.errors import BundleError
+    from audiocnn.models import build_model
+    from audiocnn.models.bundle import load_bundle, save_bundle
+
+    cfg = tiny_config(tmp_path, "model=cnn", "features.on_the_fly=true")
+    features = OmegaConf.to_container(cfg.features, resolve=True)
+    model = build_model(cfg.model, 2, cfg.features.n_bins, cfg.features.get("top_db")).eval()
+    path = save_bundle(model, OmegaConf.to_container(cfg.model, resolve=True), features, ["a", "b"],
+                       tmp_path / "m" / "model.pt", frontend=CQTFrontend.from_config(cfg.features))
+    assert load_bundle(path)[1]["features"]["on_the_fly"]  # the bundle as written loads
+    bundle = torch.load(path, weights_only=True)
+    key = next(iter(bundle["frontend"]))
+    bundle["frontend"][key] = bundle["frontend"][key].flatten()[:-1].clone()  # an older front-end's shape
+    torch.save(bundle, path)
+    with pytest.raises(BundleError, match=r"frontend: its CQT kernels are not those .*; retrain the model"):
+        load_bundle(path)

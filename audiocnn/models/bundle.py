@@ -42,7 +42,7 @@ from torch import Tensor, nn
 from audiocnn import atomic
 from audiocnn.errors import BundleError
 from audiocnn.features.budget import SLACK_BYTES, classes_problem, features_problem, frontend_bytes, human
-from audiocnn.features.cqt import CQTFrontend
+from audiocnn.features.cqt import FRONTEND_VERSION, CQTFrontend
 from audiocnn.models.budget import ModelCost, Stored, model_cost, stored_tensors
 from audiocnn.models.build import DESCRIPTIVE_KEYS
 from audiocnn.models.cnn import CNN
@@ -243,12 +243,17 @@ def build_from_bundle(bundle: dict, where: str = "model.pt") -> nn.Module:
         model = MODEL_CLASSES[spec["_target_"]](n_classes=len(bundle["classes"]), n_bins=int(features["n_bins"]),
                                                 top_db=features.get("top_db"), **arguments)
         model.load_state_dict(bundle["state_dict"])
-        if features.get("on_the_fly"):
-            frontend = CQTFrontend.from_config(features)
-            frontend.load_state_dict(bundle["frontend"])
-            model = nn.Sequential(frontend, model)
+        frontend = CQTFrontend.from_config(features) if features.get("on_the_fly") else None
     except (TypeError, ValueError, RuntimeError, KeyError) as error:
         raise BundleError(f"{where}: does not build: {str(error).splitlines()[0]}") from None
+    if frontend is not None:
+        try:
+            frontend.load_state_dict(bundle["frontend"])
+        except (RuntimeError, KeyError):  # kernels of another front-end version (shapes or names differ)
+            raise BundleError(f"{where}: frontend: its CQT kernels are not those of this audiocnn's front-end "
+                              f"(FRONTEND_VERSION {FRONTEND_VERSION}, the multirate CQT); retrain the model "
+                              "with this version") from None
+        model = nn.Sequential(frontend, model)
     return model.eval()
 
 
