@@ -65,9 +65,9 @@ class Model:
     def load(cls, source: str | Path, device: str = "cpu", batch_size: int = 64, tta: dict | None = None,
              trust_code: bool = False) -> "Model":
         path = Path(str(source))
-        torchscript = path.suffix in TORCHSCRIPT_SUFFIXES or (path.is_file() and is_torchscript(path))
-        if torchscript and not trust_code:
+        if not trust_code:
             refuse_untrusted_torchscript(path)
+        torchscript = path.suffix in TORCHSCRIPT_SUFFIXES or (path.is_file() and is_torchscript(path))
         if (path.suffix == ".onnx" or torchscript) and tta is not None:
             raise ValueError(f"{source}: the test-time views of an exported model are the ones it was exported "
                              "with (audiocnn export --tta-...); pass tta with a model.pt source")

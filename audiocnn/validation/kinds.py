@@ -9,6 +9,8 @@ from typing import Callable
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
+from audiocnn.features.budget import show as show_plain
+
 SEED_MAX = 2**32 - 1  # numpy and Lightning seeds are unsigned 32-bit integers
 
 
@@ -16,11 +18,7 @@ def show(value) -> str:
     """A value as the user would write it on the command line."""
     if isinstance(value, (DictConfig, ListConfig)):
         value = OmegaConf.to_container(value, resolve=True)
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return str(value).lower()
-    return str(value)
+    return show_plain(value)
 
 
 @dataclass(frozen=True)
