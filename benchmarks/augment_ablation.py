@@ -67,7 +67,11 @@ ROBUST_PIECES = [BEST, f"{BEST}+channel", f"{BEST}:norm=pcen:features.top_db=nul
                  f"{BEST}:data.val_groups=1", f"{BEST}:trainer.calibrate=temperature",
                  f"{BEST}:data.val_groups=1:trainer.calibrate=temperature", f"{BEST}:evaluate.tta.pitch_bins=[-1,0,1]",
                  "experiment=robust"]
-PRESETS = {"robust": [row if seed == 0 else f"{row}:seed={seed}" for row in ROBUST_PIECES for seed in (0, 1, 2)]}
+# The new defaults (conf/config.yaml), the same models scored with three pitch views, and the old
+# defaults (no augmentation, no schedule), seed by seed: a run cut short still compares equal seeds.
+DEFAULTS_ROWS = ["defaults", "defaults:evaluate.tta.pitch_bins=[-1,0,1]", "none:scheduler=none"]
+PRESETS = {"robust": [row if seed == 0 else f"{row}:seed={seed}" for row in ROBUST_PIECES for seed in (0, 1, 2)],
+           "defaults": [row if seed == 0 else f"{row}:seed={seed}" for seed in (0, 1, 2) for row in DEFAULTS_ROWS]}
 # Every cell: a 256-sample hop (half the speech front-end's frames: half the compute) and a
 # cosine schedule over all epochs.
 DEFAULT_OVERRIDES = ["features.hop_length=256", "features.window_frames=32", "scheduler=cosine"]
@@ -76,6 +80,8 @@ DEFAULT_OVERRIDES = ["features.hop_length=256", "features.window_frames=32", "sc
 def config_overrides(config: str) -> list[str]:
     """`specaugment+pitch_shift:features.top_db=null` -> the Hydra overrides of that row."""
     augments, *extra = config.split(":")
+    if augments == "defaults":  # conf/config.yaml's own augmentation: the row sets none
+        return extra
     if "=" in augments:  # an override (experiment=robust): the row sets no augment config itself
         return [augments, *extra]
     parts = augments.split("+")
