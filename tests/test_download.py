@@ -18,7 +18,7 @@ import pytest
 import soundfile as sf
 from omegaconf import OmegaConf
 
-from audiocnn.data.download import DownloadError, dataset_root, extract, fetch, parse_checksum
+from audiocnn.data.download import CHUNK, DownloadError, dataset_root, extract, fetch, parse_checksum
 
 
 class _QuietHandler(SimpleHTTPRequestHandler):
@@ -261,7 +261,7 @@ def test_an_archive_left_by_an_earlier_run_is_not_trusted_without_its_record(rec
     server, url = scripted
     body = _fsdd_tar(tmp_path / "v1.0.9.tar.gz").read_bytes()
     server.routes["/v1.0.9.tar.gz"] = _answer(body)
-    downloads = tmp_path / "raw" / ".downloads"
+    downloads = tmp_path / "raw" / ".downloads" / "fsdd"
     downloads.mkdir(parents=True)
     (downloads / "v1.0.9.tar.gz").write_bytes(body[:300])  # e.g. a cut transfer an older version renamed
     if record is not None:
@@ -273,13 +273,15 @@ def test_an_archive_left_by_an_earlier_run_is_not_trusted_without_its_record(rec
 
 @pytest.mark.parametrize("before_headers", [False, True], ids=["after some bytes", "before the headers"])
 def test_a_stalled_transfer_fails_after_timeout_s_and_keeps_nothing(before_headers, scripted, tmp_path):
+    """The count is of the bytes written: pooch reads CHUNK bytes at a time, the last 100 never complete one."""
     server, url = scripted
-    server.routes["/v1.0.9.tar.gz"] = _answer(b"x" * 100, announced=1000, stall=True, before_headers=before_headers)
+    server.routes["/v1.0.9.tar.gz"] = _answer(b"x" * (CHUNK + 100), announced=4 * CHUNK, stall=True,
+                                              before_headers=before_headers)
     start = time.monotonic()
     with pytest.raises(DownloadError) as error:
         dataset_root(_cfg(url, timeout_s=1), tmp_path / "raw", progress=False)
     assert time.monotonic() - start < 5
-    received = "0 of an unknown number of" if before_headers else "100 of 1000"
+    received = "0 of an unknown number of" if before_headers else f"{CHUNK} of {4 * CHUNK}"
     assert f"stalled: no data for data.download.timeout_s=1 s after {received} bytes" in str(error.value)
     assert _files(tmp_path / "raw") == []
 
@@ -294,7 +296,7 @@ def test_a_zip_bomb_stops_naming_the_setting_and_is_kept_for_a_rerun_with_a_high
     with pytest.raises(DownloadError, match="more than data.download.max_bytes=1048576; nothing was extracted"):
         dataset_root(_cfg(url, max_bytes=2**20, max_ratio=None), raw, progress=False)
     assert not (raw / "fsdd").exists() and not list(raw.glob(".fsdd-extract-*"))
-    assert _files(raw) == [".downloads/v1.0.9.tar.gz", ".downloads/v1.0.9.tar.gz.json"]  # whole: kept
+    assert _files(raw) == [".downloads/fsdd/v1.0.9.tar.gz", ".downloads/fsdd/v1.0.9.tar.gz.json"]  # whole: kept
     root = dataset_root(_cfg(url, max_bytes=None, max_ratio=None), raw, progress=False)
     assert (root / "zeros.bin").stat().st_size == 5 * 2**20
     assert server.requests == ["/v1.0.9.tar.gz"]  # the rerun did not download it again
@@ -314,15 +316,15 @@ def test_a_hostile_archive_is_deleted_so_a_rerun_downloads_again(scripted, tmp_p
     assert _files(raw) == [] and [p for p in raw.rglob("*") if p.is_symlink()] == []
 
 
-def test_scratch_and_part_files_of_a_killed_run_are_removed(served, tmp_path):
+def test_scratch_and_temporary_files_of_a_killed_run_are_removed(served, tmp_path):
     www, url = served
     _fsdd_tar(www / "v1.0.9.tar.gz")
     raw = tmp_path / "raw"
     stale = raw / ".fsdd-extract-k1lled"  # what a killed extraction leaves (mkdtemp's name)
     (stale / "free-spoken-digit-dataset-1.0.9" / "recordings").mkdir(parents=True)
     (stale / "free-spoken-digit-dataset-1.0.9" / "recordings" / "0_ann_0.wav").write_bytes(b"half")
-    (raw / ".downloads").mkdir()
-    (raw / ".downloads" / "v1.0.9.tar.gz.part").write_bytes(b"half")
+    (raw / ".downloads" / "fsdd").mkdir(parents=True)
+    (raw / ".downloads" / "fsdd" / "tmpk1lled").write_bytes(b"half")  # pooch's temporary file (mkstemp's name)
     other = raw / ".esc50-extract-abc"  # another dataset's: not this fetch's business
     other.mkdir()
     dataset_root(_cfg(url), raw, progress=False)

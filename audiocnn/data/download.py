@@ -1,23 +1,19 @@
-"""Download and verify a dataset archive and unpack it into `paths.raw`, never leaving half a dataset.
+"""Fetch a dataset archive (pooch) and unpack it into `paths.raw`, never leaving half a dataset.
 
 A known dataset's config holds `download.url` and `download.checksum` (`"sha256:<hex>"` or
-`"md5:<hex>"`, whichever its publisher or a reference loader lists). `dataset_root` returns
-`data.root` when the user points at an existing copy; otherwise the dataset lives in
-`<paths.raw>/<data.name>/` and is fetched the first time, holding that folder's writer lock
+`"md5:<hex>"`: pooch's `known_hash`). `dataset_root` returns `data.root` when set; otherwise the
+dataset is `<paths.raw>/<data.name>/`, fetched the first time holding that folder's writer lock
 (`atomic.folder_lock`, waiting up to `lock_timeout_s` for another process fetching it):
 
-0. under the lock, a scratch folder `.<name>-extract-*` or a `.part` file of this dataset
-   can only be the leftover of a killed run: it is deleted;
-1. the archive streams to `<paths.raw>/.downloads/<file>.part` (tqdm progress bar); the bytes
-   received are counted against the server's `Content-Length`. A transfer cut short ("received
-   N of M bytes (the transfer was cut)") or stalled (no byte for `data.download.timeout_s`)
-   deletes the `.part` and raises `DownloadError`; only a complete transfer is renamed to
-   `<file>`, with `<file>.json` recording its URL and size. An archive found there is reused
-   only when that record matches it (one from an older version or another URL is fetched again);
-2. its checksum is verified; a mismatch after a complete transfer deletes the archive and
-   raises `DownloadError` naming the URL and both checksums (the file is not the one the
-   config names: the transfer itself was whole);
-3. `archives.extract` unpacks it atomically, within `data.download.max_bytes` / `max_ratio`;
+0. anything in `<paths.raw>/.downloads/<name>/` but the archive and its record (pooch's temporary
+   files), and scratch folders `.<name>-extract-*`, are a killed run's leftovers: deleted;
+1. `pooch.retrieve` streams the archive (`pooch.HTTPDownloader`, tqdm bar) into a temporary file
+   there, renamed to `<file>` only when whole and of the checksum; `<file>.json` records its URL
+   and size. An archive found there is reused only when that record matches it, and when it has
+   the checksum. A transfer cut short (urllib3 checks `Content-Length`), stalled (no byte for
+   `data.download.timeout_s`) or of another checksum keeps nothing: one `DownloadError` line with
+   the bytes received (a stall's, in whole `CHUNK`s) or both checksums;
+2. `archives.extract` unpacks it atomically, within `data.download.max_bytes` / `max_ratio`;
    a broken or hostile archive is deleted (a rerun downloads it again); one that only
    exceeds the limit is kept, for a rerun with a higher limit.
 """
@@ -25,24 +21,26 @@ A known dataset's config holds `download.url` and `download.checksum` (`"sha256:
 from __future__ import annotations
 
 import hashlib
-import http.client
 import json
-import os
+import logging
 import shutil
-import urllib.error
-import urllib.request
 from pathlib import Path
 from urllib.parse import urlparse
 
+import pooch
+import requests
 from tqdm import tqdm
+from urllib3.exceptions import IncompleteRead, ProtocolError, ReadTimeoutError
 
 from audiocnn import atomic
 from audiocnn.data.archives import DEFAULT_MAX_BYTES, DEFAULT_MAX_RATIO, extract, scratch_prefix
 from audiocnn.errors import ArchiveLimitError, DownloadError
 
-CHUNK = 1 << 20
+CHUNK = 1 << 16  # bytes per read (pooch's chunk_size)
 ALGORITHMS = ("sha256", "md5")
 DEFAULT_TIMEOUT_S = 60  # data.download.timeout_s: a transfer that sends nothing for this long has stalled
+# pooch's INFO lines advise "use this hash as the known_hash argument of pooch.retrieve": its API, not our settings
+pooch.get_logger().setLevel(logging.WARNING)
 
 
 def parse_checksum(spec: str) -> tuple[str, str]:
@@ -54,7 +52,7 @@ def parse_checksum(spec: str) -> tuple[str, str]:
 
 
 def record_path(dest: Path) -> Path:
-    """`<file>.json` beside a completely received `<file>`: `{"url": ..., "bytes": ..., "announced": ...}`."""
+    """`<file>.json` beside a completely received `<file>`: `{"url": ..., "bytes": ...}`."""
     return dest.with_name(dest.name + ".json")
 
 
@@ -73,86 +71,93 @@ def _recorded(dest: Path, url: str) -> dict | None:
         return None
 
 
-def _announced(response) -> int | None:
-    try:
-        return int(response.headers.get("Content-Length") or 0) or None
-    except ValueError:
-        return None
+class _Progress(tqdm):
+    """pooch's progress bar; pooch sets `total` to the answer's `Content-Length` (0 when not announced)."""
+
+    def __bool__(self) -> bool:  # pooch asks `if progressbar:` before the total is known
+        return True
 
 
-def _after(received: int, total: int | None) -> str:
-    return f" after {received} of {total or 'an unknown number of'} bytes; nothing was kept" if received else ""
+class _Transfer:
+    """The downloader `pooch.retrieve` calls with its temporary file: `pooch.HTTPDownloader`, writing
+    through this object, which counts and hashes the bytes as they arrive, so that a failure is
+    one `DownloadError` line saying how far the transfer got, and a mismatch names both checksums."""
 
+    def __init__(self, checksum: str | None, progress: bool, timeout_s: float, name: str):
+        self.algorithm, self.expected = parse_checksum(checksum) if checksum else ("sha256", None)
+        self.progress, self.timeout_s, self.name = progress, timeout_s, name
+        self.received, self.digest = 0, hashlib.new(self.algorithm)
 
-def _transfer(url: str, dest: Path, progress: bool, timeout_s: float) -> dict:
-    """Stream `url` to `dest` via `dest.part`; `dest` appears only when every announced byte arrived."""
-    part = dest.with_name(dest.name + ".part")
-    received, total = 0, None
-    try:
-        with urllib.request.urlopen(url, timeout=timeout_s) as response, open(part, "wb") as out:
-            total = _announced(response)
-            with tqdm(total=total, unit="B", unit_scale=True, desc=f"download {dest.name}",
-                      disable=not progress) as bar:
-                while block := response.read1(CHUNK):  # what has arrived, up to CHUNK
-                    out.write(block)
-                    received += len(block)
-                    bar.update(len(block))
-        if total is not None and received != total:
-            raise DownloadError(f"download of {url} failed: received {received} of {total} bytes (the transfer was "
-                                f"cut); nothing was kept, run again to retry")
-        os.replace(part, dest)
-    except (TimeoutError, urllib.error.URLError, http.client.HTTPException) as error:
-        if isinstance(error, TimeoutError) or isinstance(getattr(error, "reason", None), TimeoutError):
-            raise DownloadError(f"download of {url} stalled: no data for data.download.timeout_s={timeout_s:g} s "
-                                f"after {received} of {total or 'an unknown number of'} bytes; nothing was kept, "
-                                f"run again to retry") from None
-        if isinstance(error, http.client.IncompleteRead):  # a chunked answer (no Content-Length) ended early
-            raise DownloadError(f"download of {url} failed: received {received} bytes, then the transfer was cut "
-                                f"(a chunk was incomplete); nothing was kept, run again to retry") from None
-        raise DownloadError(f"download of {url} failed: {error}{_after(received, total)}") from None
-    except OSError as error:  # socket errors (connection reset, ...) and the disk
-        raise DownloadError(f"download of {url} failed: {error}{_after(received, total)}") from None
-    finally:
-        part.unlink(missing_ok=True)
-    record = {"url": url, "bytes": received, "announced": total}
-    atomic.write_json(record_path(dest), record)
-    return record
+    def write(self, block: bytes) -> None:
+        self.file.write(block)
+        self.received += len(block)
+        self.digest.update(block)
+
+    def flush(self) -> None:
+        self.file.flush()
+
+    def __call__(self, url: str, output_file: str, _pooch) -> None:
+        self.bar = _Progress(unit="B", unit_scale=True, desc=f"download {self.name}", disable=not self.progress)
+        with self.bar, open(output_file, "wb") as self.file:
+            try:
+                pooch.HTTPDownloader(progressbar=self.bar, chunk_size=CHUNK, timeout=self.timeout_s)(url, self, None)
+            except (requests.RequestException, OSError) as error:  # OSError: the disk
+                raise DownloadError(f"download of {url} {self._failure(error)}; nothing was kept, run again to "
+                                    f"retry") from None
+        actual = self.digest.hexdigest()
+        if self.expected is not None and actual != self.expected:
+            whole = (f"all {self.received} bytes the server announced arrived" if self.bar.total
+                     else f"the server sent {self.received} bytes without announcing a size")
+            raise DownloadError(f"checksum mismatch for {url}: expected {self.algorithm} {self.expected}, got "
+                                f"{actual}; {whole}, so the file served is not the one the config names (the "
+                                f"download was deleted; check data.download.url and data.download.checksum)")
+
+    def _failure(self, error: OSError) -> str:
+        """What went wrong, and after how many of how many bytes."""
+        total = self.bar.total or "an unknown number of"  # pooch sets 0 when there is no Content-Length
+        cause = next(iter(error.args), None)
+        if isinstance(error, requests.Timeout) or isinstance(cause, ReadTimeoutError):
+            return (f"stalled: no data for data.download.timeout_s={self.timeout_s:g} s after {self.received} of "
+                    f"{total} bytes")
+        if isinstance(error, requests.exceptions.ChunkedEncodingError):  # the body ended early
+            # urllib3 counts what arrived (`IncompleteRead.partial`); in a chunked answer a cut chunk's
+            # bytes (http.client's `IncompleteRead.partial`) come on top of those written
+            cut = cause.args[-1] if isinstance(cause, ProtocolError) and cause.args else None
+            arrived = cut.partial if isinstance(cut, IncompleteRead) else self.received + len(
+                getattr(cut, "partial", b""))
+            return (f"failed: received {arrived} of {total} bytes (the transfer was cut)" if self.bar.total else
+                    f"failed: received {arrived} bytes, then the transfer was cut (a chunk was incomplete)")
+        return f"failed: {error}" + (f" after {self.received} of {total} bytes" if self.received else "")
 
 
 def fetch(url: str, dest: Path, checksum: str | None, progress: bool = True,
           timeout_s: float = DEFAULT_TIMEOUT_S) -> Path:
-    """Download `url` to `dest` (via `dest.part`) and verify `checksum`; reuse a recorded complete `dest`."""
+    """Download `url` to `dest` (pooch: via a temporary file beside it) and verify `checksum`; reuse a
+    recorded complete `dest` that has the checksum."""
     dest = Path(dest)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    algorithm, expected = parse_checksum(checksum) if checksum else ("sha256", None)
-    record = _recorded(dest, url) if dest.exists() else None
-    if dest.exists() and record is None:
+    if dest.exists() and _recorded(dest, url) is None:
         print(f"download: {dest.name} has no record of a complete download of {url}; downloading it again")
         discard(dest)
-    if record is None:
-        record = _transfer(url, dest, progress, timeout_s)
-    if expected is not None:
-        with open(dest, "rb") as handle:
-            actual = hashlib.file_digest(handle, algorithm).hexdigest()
-        if actual != expected:
-            discard(dest)
-            whole = (f"all {record['bytes']} bytes the server announced arrived" if record.get("announced")
-                     else f"the server sent {record['bytes']} bytes without announcing a size")
-            raise DownloadError(f"checksum mismatch for {url}: expected {algorithm} {expected}, got {actual}; {whole}, "
-                                f"so the file served is not the one the config names (the download was deleted; "
-                                f"check data.download.url and data.download.checksum)")
+    transfer = _Transfer(checksum, progress, timeout_s, dest.name)
+    known_hash = f"{transfer.algorithm}:{transfer.expected}" if checksum else None
+    action = pooch.retrieve(url, known_hash, fname=dest.name, path=dest.parent, downloader=transfer,
+                            processor=lambda _path, action, _pooch: action)
+    if action != "fetch":  # "download" or "update": transferred now
+        atomic.write_json(record_path(dest), {"url": url, "bytes": transfer.received})
     return dest
 
 
-def _remove_leftovers(target: Path, part: Path) -> None:
-    """Delete the scratch folders and `.part` file of `target` (call holding its lock: they are a killed run's)."""
-    for stale in [*target.parent.glob(scratch_prefix(target) + "*"), part]:
-        if stale.exists():
-            print(f"download: removing {stale.name}, left by an interrupted run")
-            if stale.is_dir() and not stale.is_symlink():
-                shutil.rmtree(stale)
-            else:
-                stale.unlink()
+def _remove_leftovers(target: Path, archive: Path) -> None:
+    """Delete the scratch folders of `target` and everything beside `archive` but it and its record
+    (pooch's temporary files). Call holding `target`'s lock: they are a killed run's."""
+    kept = {archive, record_path(archive)}
+    stale = [*target.parent.glob(scratch_prefix(target) + "*"), *(p for p in archive.parent.glob("*") if p not in kept)]
+    for path in stale:
+        print(f"download: removing {path.name}, left by an interrupted run")
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        else:
+            path.unlink()
 
 
 def dataset_root(data_cfg, raw_root: Path, progress: bool = True, lock_timeout_s: float = 300.0) -> Path:
@@ -167,11 +172,11 @@ def dataset_root(data_cfg, raw_root: Path, progress: bool = True, lock_timeout_s
         raise DownloadError(f"data.root is not set and data={data_cfg.name} has no download.url; "
                             f"set data.root to your copy")
     filename = Path(urlparse(spec["url"]).path).name or f"{data_cfg.name}.archive"
-    archive = Path(raw_root) / ".downloads" / filename
+    archive = Path(raw_root) / ".downloads" / data_cfg.name / filename
     with atomic.folder_lock(target, lock_timeout_s, "lock_timeout_s", "download"):
         if target.is_dir():  # another process made it while this one waited
             return target
-        _remove_leftovers(target, archive.with_name(archive.name + ".part"))
+        _remove_leftovers(target, archive)
         fetch(spec["url"], archive, spec.get("checksum"), progress, spec.get("timeout_s", DEFAULT_TIMEOUT_S))
         try:
             extract(archive, target, spec.get("max_bytes", DEFAULT_MAX_BYTES), spec.get("max_ratio", DEFAULT_MAX_RATIO))
@@ -180,5 +185,5 @@ def dataset_root(data_cfg, raw_root: Path, progress: bool = True, lock_timeout_s
         except DownloadError:
             discard(archive)  # broken or hostile: a rerun downloads it again
             raise
-        discard(archive)  # the extracted folder is what DVC tracks; the archive would double the disk use
+        shutil.rmtree(archive.parent)  # the extracted folder is what DVC tracks; the archive would double the disk use
     return target
