@@ -27,11 +27,10 @@ import pandas as pd
 from omegaconf import DictConfig
 
 from audiocnn import atomic, tracking
-from audiocnn.data.names import escape_columns, slug_map, unescape_columns
+from audiocnn.data.names import slug_map, unescape_columns
 from audiocnn.data.prepare import fold_values
 from audiocnn.errors import ConfigError
-from audiocnn.evaluation.calibration import binned_calibration_error, confidence_bins
-from audiocnn.evaluation.plots import plot_confusion_matrix, plot_reliability_diagram
+from audiocnn.evaluation.reports import write_pooled_reports
 from audiocnn.features.featurize import read_manifest
 from audiocnn.training import resume
 
@@ -139,9 +138,9 @@ def aggregate_metrics(results: list[dict]) -> dict:
 
 
 def write_aggregate(cfg: DictConfig, results: list[dict]) -> dict:
-    """`test.json` (aggregate, with the worst class of the pooled predictions); `per_class.json`
-    (pooled recall per class); `predictions.csv`, `confusion_matrix.png`, `reliability_diagram.png`
-    (all variants pooled); `explain/<label>/` (each variant's explanations)."""
+    """`test.json` (aggregate, with the worst class of the pooled predictions); the pooled reports of
+    `evaluation.reports.write_pooled_reports` (`per_class.json`, `predictions.csv`, the PNGs: all
+    variants pooled); `explain/<label>/` (each variant's explanations)."""
     out = Path(cfg.paths.metrics)
     aggregate = aggregate_metrics(results)
     frames = []
@@ -150,24 +149,13 @@ def write_aggregate(cfg: DictConfig, results: list[dict]) -> dict:
         frame = pd.read_csv(Path(single.paths.metrics) / "predictions.csv",
                             dtype={"path": str, "actual": str, "predicted": str}, keep_default_na=False)
         frames.append(unescape_columns(frame).assign(run=result["variant"].label))
-    predictions = pd.concat(frames, ignore_index=True)
-    with atomic.atomic_path(out / "predictions.csv") as tmp:
-        escape_columns(predictions).to_csv(tmp, index=False)
     classes = json.loads((Path(variant_config(cfg, results[0]["variant"]).paths.prepared) / "classes.json").read_text())
-    matrix = pd.crosstab(pd.Categorical(predictions["actual"], classes), pd.Categorical(predictions["predicted"], classes),
-                         dropna=False).to_numpy()
-    recall = {c: round(float(matrix[i, i] / max(matrix[i].sum(), 1)), 4) for i, c in enumerate(classes)}
-    worst = min(recall, key=recall.get)
-    aggregate["worst_class"] = {"name": worst, "recall": recall[worst], "pooled_over_runs": len(results)}
+    pooled = write_pooled_reports(pd.concat(frames, ignore_index=True), classes, out,
+                                  f"{cfg.model.name} on {cfg.data.name}, {len(results)} runs pooled",
+                                  f"{aggregate['accuracy']:.3f} +/- {aggregate['accuracy_std']:.3f}",
+                                  (cfg.get("evaluate") or {}).get("calibration_bins", 15))
+    aggregate["worst_class"] = pooled["worst_class"]
     atomic.write_json(out / "test.json", aggregate)
-    atomic.write_json(out / "per_class.json", {"per_class_recall": recall, "pooled_over_runs": len(results)})
-    title = f"{cfg.model.name} on {cfg.data.name}, {len(results)} runs pooled"
-    plot_confusion_matrix(matrix.tolist(), classes, out / "confusion_matrix.png",
-                          title=f"{title}: accuracy {aggregate['accuracy']:.3f} +/- {aggregate['accuracy_std']:.3f}")
-    bins = confidence_bins(predictions["confidence"].to_numpy(), (predictions["actual"] == predictions["predicted"]).to_numpy(),
-                           (cfg.get("evaluate") or {}).get("calibration_bins", 15))
-    pooled_ece = binned_calibration_error(bins)
-    plot_reliability_diagram(bins, pooled_ece, out / "reliability_diagram.png", title=f"{title}: ECE {pooled_ece:.3f}")
     for result in results:  # each run's explanations side by side under the DVC plot folder
         label = result["variant"].label
         explained = Path(variant_config(cfg, result["variant"]).paths.metrics) / "explain"

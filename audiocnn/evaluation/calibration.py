@@ -1,7 +1,9 @@
 """How far the confidences can be trusted, and how sure the test accuracy is.
 
-Expected calibration error (torchmetrics): clips are binned by confidence (the top
-probability) into equal-width bins; ECE = sum_b (n_b / n) * |accuracy_b - confidence_b|.
+Expected calibration error (torchmetrics, the one ECE of audiocnn): clips are binned by
+confidence (the top probability) into equal-width bins; ECE = sum_b (n_b / n) *
+|accuracy_b - confidence_b|. It needs only each clip's confidence and whether it was right,
+so predictions pooled from `predictions.csv` files get the same ECE as probabilities.
 The bootstrap resamples the test clips with replacement to give a percentile 95%
 confidence interval of the accuracy (seeded, so reruns give the same interval).
 """
@@ -10,13 +12,21 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from torchmetrics.functional.classification import multiclass_calibration_error
+from torchmetrics.functional.classification import binary_calibration_error
 
 
 def expected_calibration_error(probabilities: torch.Tensor, labels: torch.Tensor, n_bins: int = 15) -> float:
     """ECE (L1) of `(clips, n_classes)` probabilities against `(clips,)` labels."""
-    return float(multiclass_calibration_error(probabilities, labels, num_classes=probabilities.shape[1],
-                                              n_bins=n_bins, norm="l1"))
+    confidence, predicted = probabilities.max(dim=1)
+    return confidence_calibration_error(confidence, predicted == labels, n_bins)
+
+
+def confidence_calibration_error(confidence: torch.Tensor | np.ndarray, correct: torch.Tensor | np.ndarray,
+                                 n_bins: int = 15) -> float:
+    """ECE (L1) from each clip's top probability `(clips,)` and whether it was right `(clips,)`
+    (torchmetrics' binary calibration error of the top class: its multiclass ECE, computed so)."""
+    return float(binary_calibration_error(torch.as_tensor(confidence), torch.as_tensor(correct).long(),
+                                          n_bins=n_bins, norm="l1"))
 
 
 def reliability_bins(probabilities: torch.Tensor, labels: torch.Tensor, n_bins: int = 15) -> dict[str, list]:
@@ -37,13 +47,6 @@ def confidence_bins(confidence: np.ndarray, correct: np.ndarray, n_bins: int = 1
         bins["confidence"].append(round(float(confidence[members].mean()), 4) if members.any() else None)
         bins["accuracy"].append(round(float(correct[members].mean()), 4) if members.any() else None)
     return bins
-
-
-def binned_calibration_error(bins: dict[str, list]) -> float:
-    """ECE from `reliability_bins`: sum over bins of (clips in bin / clips) * |accuracy - confidence|."""
-    total = sum(bins["count"])
-    return float(sum(n * abs(a - c) for n, a, c in zip(bins["count"], bins["accuracy"], bins["confidence"]) if n)
-                 / max(total, 1))
 
 
 def bootstrap_accuracy_ci(correct: torch.Tensor | np.ndarray, resamples: int = 1000, seed: int = 0,

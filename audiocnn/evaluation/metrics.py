@@ -23,7 +23,8 @@ def classification_metrics(probabilities: torch.Tensor, labels: torch.Tensor, cl
     """Accuracy, balanced accuracy, macro-F1, top-k accuracy, per-class precision / recall / F1,
     and the confusion matrix.
 
-    `probabilities` is `(clips, n_classes)`, `labels` is `(clips,)` of class indices.
+    `probabilities` is `(clips, n_classes)`, or the predicted class indices `(clips,)` (then
+    top-k accuracy only for k=1); `labels` is `(clips,)` of class indices.
     Balanced accuracy is the mean of the per-class recalls (torchmetrics' macro accuracy).
     `top_k_accuracy` has one entry `top_<k>` per k <= n_classes. A class's accuracy is its
     recall (`per_class_recall`). The confusion

@@ -1,6 +1,7 @@
 """Reports of per-clip test probabilities: test.json, predictions.csv, the PNGs, MLflow metrics.
 
-Shared by the evaluate stage (one model) and ensembles (mean of members' probabilities).
+Shared by the evaluate stage (one model), ensembles (mean of members' probabilities) and
+repeated experiments (`write_pooled_reports`: every fold's / seed's `predictions.csv` pooled).
 Class names come from the data: test.json and predictions.csv keep them as they are (the CSV's
 text cells escaped against spreadsheet formulas, `audiocnn.data.names.csv_cell`); MLflow metric
 keys use their slugs (`test_f1_R_B` for class `R&B`), the mapping logged as
@@ -18,7 +19,8 @@ from omegaconf import DictConfig
 
 from audiocnn import atomic
 from audiocnn.data.names import escape_columns, slug_map
-from audiocnn.evaluation.calibration import bootstrap_accuracy_ci, expected_calibration_error, reliability_bins
+from audiocnn.evaluation.calibration import (bootstrap_accuracy_ci, confidence_bins, confidence_calibration_error,
+                                             expected_calibration_error, reliability_bins)
 from audiocnn.evaluation.metrics import classification_metrics
 from audiocnn.evaluation.plots import plot_confusion_matrix, plot_reliability_diagram
 from audiocnn.training.datamodule import WindowDataModule
@@ -62,15 +64,50 @@ def write_reports(probabilities: torch.Tensor, labels: torch.Tensor, data: Windo
     })
     with atomic.atomic_path(out / "predictions.csv") as tmp:
         escape_columns(predictions).to_csv(tmp, index=False)
-    worst = min(metrics["per_class_recall"], key=metrics["per_class_recall"].get)
-    metrics["worst_class"] = {"name": worst, "recall": metrics["per_class_recall"][worst]}
-    atomic.write_json(out / "per_class.json", {k: metrics[k] for k in PER_CLASS})
+    metrics["worst_class"] = worst_class(metrics)
     atomic.write_json(out / "test.json", {k: v for k, v in metrics.items() if k not in NOT_IN_JSON + PER_CLASS})
-    png = plot_confusion_matrix(metrics["confusion_matrix"], data.classes, out / "confusion_matrix.png",
-                                title=f"{title}: accuracy {metrics['accuracy']:.3f}")
+    figures = _write_class_reports(metrics, data.classes, out, title, f"{metrics['accuracy']:.3f}")
+    return metrics, [out / "test.json", out / "predictions.csv", *figures]
+
+
+def worst_class(metrics: dict) -> dict:
+    """`{"name", "recall"}` of the class with the lowest `per_class_recall`."""
+    worst = min(metrics["per_class_recall"], key=metrics["per_class_recall"].get)
+    return {"name": worst, "recall": metrics["per_class_recall"][worst]}
+
+
+def _write_class_reports(metrics: dict, classes: list[str], out: Path, title: str, accuracy: str,
+                         **per_class) -> list[Path]:
+    """`per_class.json` (with `per_class` entries), `confusion_matrix.png`, `reliability_diagram.png`."""
+    atomic.write_json(out / "per_class.json", {**{k: metrics[k] for k in PER_CLASS}, **per_class})
+    png = plot_confusion_matrix(metrics["confusion_matrix"], classes, out / "confusion_matrix.png",
+                                title=f"{title}: accuracy {accuracy}")
     reliability = plot_reliability_diagram(metrics["calibration"], metrics["ece"], out / "reliability_diagram.png",
                                            title=f"{title}: ECE {metrics['ece']:.3f}")
-    return metrics, [out / "test.json", out / "per_class.json", out / "predictions.csv", png, reliability]
+    return [out / "per_class.json", png, reliability]
+
+
+def write_pooled_reports(predictions: pd.DataFrame, classes: list[str], out: Path, title: str, accuracy: str,
+                         n_bins: int = 15) -> dict:
+    """One model's metrics and ECE for the pooled test predictions of several runs: `predictions.csv`'s
+    rows (`actual`, `predicted`, `confidence`: the top probability; no top-k beyond 1) and `run`.
+
+    Writes `predictions.csv`, `per_class.json`, `confusion_matrix.png` (titled `accuracy <accuracy>`)
+    and `reliability_diagram.png` into `out`; returns the metrics (`worst_class` with `pooled_over_runs`).
+    """
+    runs = predictions["run"].nunique()
+    with atomic.atomic_path(out / "predictions.csv") as tmp:
+        escape_columns(predictions).to_csv(tmp, index=False)
+    number = {name: i for i, name in enumerate(classes)}
+    actual = torch.tensor(predictions["actual"].map(number).to_numpy())
+    predicted = torch.tensor(predictions["predicted"].map(number).to_numpy())
+    metrics = classification_metrics(predicted, actual, classes)
+    confidence, correct = predictions["confidence"].to_numpy(), (predicted == actual).numpy()
+    metrics["ece"] = round(confidence_calibration_error(confidence, correct, n_bins), 4)
+    metrics["calibration"] = confidence_bins(confidence, correct, n_bins)
+    metrics["worst_class"] = {**worst_class(metrics), "pooled_over_runs": runs}
+    _write_class_reports(metrics, classes, out, title, accuracy, pooled_over_runs=runs)
+    return metrics
 
 
 def log_test_metrics(metrics: dict, files: list[Path]) -> None:
