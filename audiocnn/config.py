@@ -3,6 +3,8 @@
 Both ways in end in the same resolved `DictConfig`, which `validate_config`
 (`audiocnn.validation`) checks setting by setting; a bad one raises `ConfigError` whose message names the setting,
 and `stage_main` prints it as one line and exits with status 2.
+`MLFLOW_TRACKING_URI`, read once where the process starts (`user_tracking_uri`), replaces `tracking.uri`
+(`with_tracking_uri`): below this layer the tracking URI travels in the config only.
 """
 
 from __future__ import annotations
@@ -112,46 +114,49 @@ def load_params(path: Path | str = "params.yaml") -> DictConfig:
     return OmegaConf.load(path)
 
 
+def user_tracking_uri() -> str | None:
+    """`MLFLOW_TRACKING_URI` as the user set it: read where a process starts, before MLflow's
+    `set_tracking_uri` (which exports the variable itself) has run in it."""
+    return os.environ.get("MLFLOW_TRACKING_URI") or None
+
+
+def with_tracking_uri(cfg: DictConfig, uri: str | None) -> DictConfig:
+    """`cfg` with `tracking.uri=uri` when `uri` is given (the user's `MLFLOW_TRACKING_URI` wins)."""
+    if uri:
+        cfg.tracking.uri = uri
+    return cfg
+
+
 def stage_main(stage: Callable[[DictConfig], object], hydra_task: Callable[[DictConfig], object] | None = None):
     """Entry point of a `pipelines/*.py` file.
 
     `--params FILE` (how dvc.yaml calls it): load FILE, validate, run `stage`.
     Otherwise: Hydra command line (`key=value` overrides, `-m` sweeps) composed from conf/.
     Every job a sweep will run is validated before the first starts (a bad job fails the
-    sweep before any work), and only once: a job validated here is not validated again;
-    jobs the sweeper makes up as it goes (Optuna's intervals) are validated when they start.
-    Each job is passed to `hydra_task` (default: `stage`).
+    sweep before any work), and only once: the jobs validated here are handed to the job
+    function (`_hydra_main`), which skips them; jobs the sweeper makes up as it goes (Optuna's
+    intervals) are validated when they start. Each job is passed to `hydra_task` (default: `stage`).
     """
     argv = sys.argv[1:]
+    tracking_uri = user_tracking_uri()
+    validated = set()
     try:
         if argv[:1] == ["--params"]:
-            cfg = load_params(argv[1] if len(argv) > 1 else "params.yaml")
+            cfg = with_tracking_uri(load_params(argv[1] if len(argv) > 1 else "params.yaml"), tracking_uri)
             validate_config(cfg)
             return stage(cfg)
         for overrides in expand_sweep([a for a in argv if not a.startswith("-")]):
             job = compose_config(overrides)
-            validate_config(job)
-            _mark_validated(job)
+            validated.add(_job_key(job))
+            validate_config(with_tracking_uri(job, tracking_uri))
     except InputError as error:
         _exit_with(error)
-    _hydra_main(hydra_task or stage)
-
-
-VALIDATED_ENV = "AUDIOCNN_VALIDATED_JOBS"  # jobs validated before the sweep (inherited by launcher processes)
+    _hydra_main(hydra_task or stage, frozenset(validated), tracking_uri)
 
 
 def _job_key(cfg: DictConfig) -> str:
     """A job's identity: its resolved config (the same however its overrides were spelled)."""
     return hashlib.sha1(OmegaConf.to_yaml(cfg, resolve=True).encode()).hexdigest()[:16]
-
-
-def _mark_validated(cfg: DictConfig) -> None:
-    keys = set(filter(None, os.environ.get(VALIDATED_ENV, "").split(",")))
-    os.environ[VALIDATED_ENV] = ",".join(sorted(keys | {_job_key(cfg)}))
-
-
-def _was_validated(cfg: DictConfig) -> bool:
-    return _job_key(cfg) in os.environ.get(VALIDATED_ENV, "").split(",")
 
 
 def _exit_with(error: InputError):
@@ -160,14 +165,19 @@ def _exit_with(error: InputError):
     sys.exit(2 if isinstance(error, ConfigError) else 1)
 
 
-def _hydra_main(task: Callable[[DictConfig], object]):
+def _hydra_main(task: Callable[[DictConfig], object], validated: frozenset[str], tracking_uri: str | None):
+    """Run Hydra's command line with `task` per job. `validated`: the `_job_key`s of the jobs already
+    validated; `tracking_uri`: the user's MLFLOW_TRACKING_URI. Both travel with the job function
+    (a launcher that runs jobs in other processes, joblib's, pickles it with them)."""
     import hydra
 
     @hydra.main(config_path=str(CONF_DIR), config_name=CONFIG_NAME, version_base=None)
     def run(cfg: DictConfig):
         OmegaConf.resolve(cfg)
         try:
-            if not _was_validated(cfg):
+            known = _job_key(cfg) in validated
+            cfg = with_tracking_uri(cfg, tracking_uri)
+            if not known:
                 validate_config(cfg)
             return task(cfg)
         except InputError as error:

@@ -32,7 +32,7 @@ import mlflow
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
-from audiocnn import atomic, repeats, tracking
+from audiocnn import atomic, repeats, sweep, tracking
 from audiocnn.config import REPO_ROOT
 from audiocnn.data.prepare import is_prepared, prepare
 from audiocnn.errors import StageFailed
@@ -90,14 +90,16 @@ def export_onnx(cfg: DictConfig, summary: dict) -> dict:
     return summary
 
 
-def train_model(cfg: DictConfig, run_name_suffix: str = "", skip_finished: bool = False) -> dict:
+def train_model(cfg: DictConfig, run_name_suffix: str = "", skip_finished: bool = False,
+                parent_run_id: str | None = None) -> dict:
     """Train one model (the train stage); with `tracking.log_model` log it servable, with
     `tracking.export_onnx` export and log `model.onnx`. `skip_finished`: a model `paths.models`
     already holds for these settings and this code is kept, not trained again (repeats and
-    Hydra jobs rerun after a kill); only what was not done after its training is done."""
+    Hydra jobs rerun after a kill); only what was not done after its training is done.
+    `parent_run_id`: the run the training run is a child of (a sweep's, a repeat's)."""
     summary = resume.finished(cfg) if skip_finished else None
     if summary is None:
-        summary = train(cfg, run_name_suffix=run_name_suffix)
+        summary = train(cfg, run_name_suffix=run_name_suffix, parent_run_id=parent_run_id)
     else:
         print(f"train: {cfg.paths.models} already holds this training (MLflow run {summary['run_id']}); "
               "not trained again")
@@ -118,7 +120,7 @@ def evaluate_model(cfg: DictConfig) -> dict:
 
 
 def run_repeats(cfg: DictConfig, steps: tuple[str, ...] = ("train", "evaluate"), run_name_suffix: str = "",
-                make_inputs: bool = True) -> dict:
+                make_inputs: bool = True, parent_run_id: str | None = None) -> dict:
     """Run `steps` for every fold/seed variant of `cfg` under one MLflow parent run.
 
     "train" opens the parent (recorded in `<paths.models>/repeats.json`; a rerun with the same
@@ -129,6 +131,7 @@ def run_repeats(cfg: DictConfig, steps: tuple[str, ...] = ("train", "evaluate"),
     `make_inputs`: prepare and featurize `cfg` first when needed (not in DVC's train stage,
     whose inputs are the earlier stages'). Each variant has its own manifest (its `data.fold`
     and `seed`), prepared here; all share the feature store of `paths.prepared`'s clips.
+    `parent_run_id`: the run the repeats' own parent run is a child of (a sweep's).
     """
     if "train" in steps:
         if make_inputs:
@@ -140,22 +143,24 @@ def run_repeats(cfg: DictConfig, steps: tuple[str, ...] = ("train", "evaluate"),
                 train_model(repeats.variant_config(cfg, variant), run_name_suffix=run_name_suffix)
             return {}
         parent = repeats.start(cfg, todo, run_name_suffix)
+        if parent_run_id:
+            tracking.set_parent(cfg, parent, parent_run_id)
     else:
         parent, todo = repeats.resume_parent(cfg)
         tracking.reopen_run(cfg, parent)
     try:
         results = []
-        with tracking.children_of(parent):
-            for number, variant in enumerate(todo, 1):
-                print(f"repeats: {variant.label} ({number}/{len(todo)})")
-                single = repeats.variant_config(cfg, variant)
-                if "train" in steps:
-                    single.tracking.run_name = repeats.variant_run_name(cfg, variant, run_name_suffix)
-                    summary = train_model(single, run_name_suffix=run_name_suffix, skip_finished=True)
-                else:
-                    summary = json.loads((Path(single.paths.models) / "run.json").read_text())
-                metrics = evaluate_model(single) if "evaluate" in steps else {}
-                results.append({"variant": variant, "best_val_acc": summary["best_val_acc"], **metrics})
+        for number, variant in enumerate(todo, 1):
+            print(f"repeats: {variant.label} ({number}/{len(todo)})")
+            single = repeats.variant_config(cfg, variant)
+            if "train" in steps:
+                single.tracking.run_name = repeats.variant_run_name(cfg, variant, run_name_suffix)
+                summary = train_model(single, run_name_suffix=run_name_suffix, skip_finished=True,
+                                      parent_run_id=parent)
+            else:
+                summary = json.loads((Path(single.paths.models) / "run.json").read_text())
+            metrics = evaluate_model(single) if "evaluate" in steps else {}
+            results.append({"variant": variant, "best_val_acc": summary["best_val_acc"], **metrics})
         if "evaluate" not in steps:  # the evaluate stage reopens the parent
             tracking.end_parent_run(cfg, parent, "FINISHED")
             return {"best_val_acc": float(np.mean([r["best_val_acc"] for r in results]))}
@@ -204,24 +209,31 @@ def _job_output_dir() -> tuple[str, str]:
 
 
 def run_experiment(cfg: DictConfig) -> float:
-    """One Hydra job: inputs, train, evaluate `cfg`; returns the validation accuracy (what a sweep optimises)."""
+    """One Hydra job: inputs, train, evaluate `cfg`; returns the validation accuracy (what a sweep optimises).
+    In a sweep, its runs are children of the sweep's parent run (`sweep.parent_run_id`)."""
     tracking.ensure_available(cfg)  # before any work: a tracking server that does not answer ends the job
     output_dir, overrides = _job_output_dir()
     cfg.paths.models = f"{output_dir}/model"
     cfg.paths.metrics = f"{output_dir}/metrics"
+    parent = sweep.parent_run_id()
     if planned_processes(cfg) > 1:
         ensure_inputs(cfg)
         train_in_processes(cfg, Path(output_dir) / "train_params.yaml", overrides)
         if not distributed.is_main_process():  # a job started by torchrun / srun on every rank
             return 0.0
         if repeats.is_repeated(cfg):
+            if parent:
+                tracking.set_parent(cfg, repeats.resume_parent(cfg)[0], parent)
             return run_repeats(cfg, steps=("evaluate",))["best_val_acc"]
+        summary = json.loads((Path(cfg.paths.models) / "run.json").read_text())
+        if parent:
+            tracking.set_parent(cfg, summary["run_id"], parent)
         evaluate_model(cfg)
-        return json.loads((Path(cfg.paths.models) / "run.json").read_text())["best_val_acc"]
+        return summary["best_val_acc"]
     if repeats.is_repeated(cfg):
-        return run_repeats(cfg, run_name_suffix=overrides)["best_val_acc"]
+        return run_repeats(cfg, run_name_suffix=overrides, parent_run_id=parent)["best_val_acc"]
     ensure_inputs(cfg)
-    summary = train_model(cfg, run_name_suffix=overrides, skip_finished=True)
+    summary = train_model(cfg, run_name_suffix=overrides, skip_finished=True, parent_run_id=parent)
     evaluate_model(cfg)
     return summary["best_val_acc"]
 

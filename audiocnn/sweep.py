@@ -1,14 +1,14 @@
 """One MLflow parent run per Hydra multirun sweep, and a ranked table of its jobs at the end.
 
 Configured in conf/config.yaml (`hydra.callbacks.sweep_parent_run`). At the start of a
-`-m` sweep (grid, Optuna, any launcher) it creates the parent run and exports
-`AUDIOCNN_PARENT_RUN_ID`, which `tracking.open_run` in every job reads (jobs in other
-processes, joblib or SLURM, inherit the variable), so each job's run is a child of it.
-At the end it ranks the children by validation accuracy, prints the table, logs it to
-the parent run (`sweep_results.md`, `sweep_results.json`) and ends the parent.
-The parent is recorded in `<hydra.sweep.dir>/sweep.json`: the same sweep rerun into the same
-folder (`hydra.sweep.dir=...`, after a kill) reopens it, and each job resumes or skips its
-training there (`audiocnn.experiment.run_experiment`). Like every run, the parent records its
+`-m` sweep (grid, Optuna, any launcher) it creates the parent run and records it in
+`<hydra.sweep.dir>/sweep.json` before any job starts; each job reads it there (`parent_run_id`,
+called by `audiocnn.experiment.run_experiment`, in whatever process or host the launcher runs
+it) and opens its run as a child of it. At the end it ranks the children by validation
+accuracy, prints the table, logs it to the parent run (`sweep_results.md`,
+`sweep_results.json`) and ends the parent. The same sweep rerun into the same folder
+(`hydra.sweep.dir=...`, after a kill) reopens the parent `sweep.json` names, and each job
+resumes or skips its training there (`audiocnn.experiment.run_experiment`). Like every run, the parent records its
 owning process (`audiocnn.tracking.owners`), so one whose process died is marked KILLED.
 """
 
@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import atexit
 import json
-import os
 import sys
 import time
 from pathlib import Path
@@ -26,11 +25,26 @@ from mlflow import MlflowClient
 from omegaconf import DictConfig
 
 from audiocnn import atomic, tracking
+from audiocnn.config import user_tracking_uri, with_tracking_uri
 from audiocnn.errors import ConfigError
 from audiocnn.tracking import names, owners
 
 RANK_METRIC = "best_val_acc"
 STATE_FILE = "sweep.json"  # in hydra.sweep.dir: the parent run, for a rerun into the same folder
+
+
+def parent_run_id() -> str | None:
+    """In a job of a multirun sweep: the parent run its callback recorded in `<hydra.sweep.dir>/sweep.json`
+    (None outside a sweep, or when the sweep has none: no `hydra.callbacks.sweep_parent_run`)."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    if not HydraConfig.initialized() or HydraConfig.get().mode != RunMode.MULTIRUN:
+        return None
+    try:
+        return json.loads((Path(HydraConfig.get().sweep.dir) / STATE_FILE).read_text())["parent_run_id"]
+    except (OSError, ValueError, KeyError):
+        return None
 
 
 def children(client: MlflowClient, experiment_id: str, run_id: str) -> list:
@@ -81,6 +95,7 @@ class SweepParentRun(Callback):
         self.experiment_id: str | None = None
 
     def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
+        with_tracking_uri(config, user_tracking_uri())  # this runs as the sweep's process starts
         try:
             uri = tracking.configure(config)
         except ConfigError as error:
@@ -101,7 +116,6 @@ class SweepParentRun(Callback):
         name = f"sweep-{config.data.name}-{time.strftime('%Y%m%d-%H%M%S')}"
         run = self.client.create_run(self.experiment_id, run_name=name, tags=tags)
         self.run_id = run.info.run_id
-        os.environ[tracking.PARENT_RUN_ENV] = self.run_id
         atexit.register(self._end, "FAILED")  # a sweep that dies before on_multirun_end
         print(f"sweep: MLflow parent run {self.run_id} ({name}) in {tracking.redact(uri)}"
               + (f"; in the UI: {url}" if (url := tracking.ui_url(uri, self.experiment_id, self.run_id)) else ""))
@@ -118,7 +132,6 @@ class SweepParentRun(Callback):
                 or not tracking.reopen_run(config, state["parent_run_id"])):
             return False
         self.run_id = state["parent_run_id"]
-        os.environ[tracking.PARENT_RUN_ENV] = self.run_id
         atexit.register(self._end, "FAILED")
         print(f"sweep: resuming MLflow parent run {self.run_id} in {tracking.redact(uri)}")
         return True
@@ -146,5 +159,4 @@ class SweepParentRun(Callback):
         if self.run_id is None:
             return
         self.client.set_terminated(self.run_id, status)
-        os.environ.pop(tracking.PARENT_RUN_ENV, None)
         self.run_id = None

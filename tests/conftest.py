@@ -50,28 +50,10 @@ def prepared_store(tmp_path_factory):
 
 @pytest.fixture(autouse=True, scope="session")
 def _no_external_tracking_server():
-    """Tests never write to a tracking server set in the developer's environment."""
+    """Tests never write to a tracking server set in the developer's environment (audiocnn reads
+    MLFLOW_TRACKING_URI only where a process starts: `audiocnn.config.user_tracking_uri`)."""
     os.environ.pop("MLFLOW_TRACKING_URI", None)
     os.environ.setdefault("GIT_PYTHON_REFRESH", "quiet")
-
-
-CREDENTIAL_VARIABLES = ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN")
-
-
-@pytest.fixture(autouse=True)
-def _no_tracking_uri_left_behind():
-    """`mlflow.set_tracking_uri` exports MLFLOW_TRACKING_URI: drop it after each test, or the
-    next module's fixtures (set up before any function fixture) would log to this test's store.
-    Credentials a test's run carried into the environment (`tracking.carry_credentials`) are put
-    back as they were, or a later test's server would be sent them."""
-    saved = {name: os.environ.get(name) for name in CREDENTIAL_VARIABLES}
-    yield
-    os.environ.pop("MLFLOW_TRACKING_URI", None)
-    for name, value in saved.items():
-        if value is None:
-            os.environ.pop(name, None)
-        else:
-            os.environ[name] = value
 
 
 def train(cfg, run_name_suffix: str = "") -> dict:

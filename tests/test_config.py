@@ -117,7 +117,6 @@ def test_a_sweep_validates_each_job_once_before_any_job_runs(tmp_path, monkeypat
     calls, ran = [], []
     real = config.validate_config
     monkeypatch.setattr(config, "validate_config", lambda cfg: (calls.append(cfg.model.name), real(cfg))[1])
-    monkeypatch.delenv(config.VALIDATED_ENV, raising=False)
     monkeypatch.setattr("sys.argv", [
         "train.py", "-m", "model=cnn,crnn_gru", f"tracking.uri=sqlite:///{tmp_path / 'mlflow.db'}",
         f"hydra.sweep.dir={tmp_path / 'sweep'}", "hydra/job_logging=disabled", "hydra/hydra_logging=disabled"])

@@ -113,7 +113,8 @@ def test_two_cpu_processes_train_one_run_one_model_with_half_the_steps_each(prep
                       f"paths.features={prepared_store.paths.features}")
     params = tmp_path / "params.yaml"
     params.write_text(OmegaConf.to_yaml(cfg))
-    env = {k: v for k, v in os.environ.items() if k not in distributed.RANK_VARIABLES and k != "WORLD_SIZE"}
+    env = {k: v for k, v in os.environ.items()
+           if k not in distributed.RANK_VARIABLES and k not in ("WORLD_SIZE", "MLFLOW_TRACKING_URI")}
     result = subprocess.run([sys.executable, str(REPO / "pipelines" / "train.py"), "--params", str(params)],
                             cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]

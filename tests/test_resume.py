@@ -46,7 +46,8 @@ def train_process(cfg, root: Path, name: str) -> subprocess.Popen:
     OmegaConf.save(cfg, params)
     return subprocess.Popen([sys.executable, "pipelines/train.py", "--params", str(params)], cwd=REPO,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            env={**os.environ, "PYTHONPATH": str(REPO)})  # the tests' callbacks (tests/pace.py)
+                            env={**{k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"},
+                                 "PYTHONPATH": str(REPO)})  # the tests' callbacks (tests/pace.py)
 
 
 def finish(process: subprocess.Popen, timeout: float = 300) -> str:
@@ -254,7 +255,7 @@ def test_a_sweep_rerun_into_its_folder_reopens_its_parent_run(tmp_path, monkeypa
     from audiocnn.sweep import SweepParentRun
     from tests.test_sweep_table import sweep_config
 
-    monkeypatch.delenv(tracking.PARENT_RUN_ENV, raising=False)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)  # read as the sweep's process starts
     config = sweep_config(tmp_path, ["optimizer.lr=0.1,0.01"])
     first, second = SweepParentRun(), SweepParentRun()
     try:
@@ -264,7 +265,7 @@ def test_a_sweep_rerun_into_its_folder_reopens_its_parent_run(tmp_path, monkeypa
         client = MlflowClient(tracking.tracking_uri(config))
         client.set_terminated(parent, "KILLED")  # as `tracking.configure` leaves a dead sweep's parent
         second.on_multirun_start(config)
-        assert second.run_id == parent and os.environ[tracking.PARENT_RUN_ENV] == parent
+        assert second.run_id == parent
         assert client.get_run(parent).info.status == "RUNNING"
         assert client.get_run(parent).data.tags[owners.PID_TAG] == str(os.getpid())
         second.on_multirun_end(config)

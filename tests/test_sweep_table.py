@@ -4,6 +4,7 @@ test_sweeps.py)."""
 from __future__ import annotations
 
 import atexit
+import json
 import os
 from pathlib import Path
 
@@ -12,7 +13,7 @@ from mlflow import MlflowClient
 from omegaconf import OmegaConf
 
 from audiocnn import tracking
-from audiocnn.sweep import SweepParentRun, format_table, ranked_jobs
+from audiocnn.sweep import STATE_FILE, SweepParentRun, format_table, ranked_jobs
 from tests.conftest import tiny_config
 
 
@@ -20,18 +21,16 @@ def test_jobs_rank_by_validation_accuracy_and_repeated_jobs_by_their_mean(tmp_pa
     cfg = tiny_config(tmp_path)
     tracking.configure(cfg)
     parent = tracking.start_parent_run(cfg, "sweep-demo-test")
-    with tracking.children_of(parent):
-        for overrides, val_acc in (("optimizer.lr=0.1", 0.5), ("optimizer.lr=0.01", 0.75)):
-            with tracking.open_run(cfg, run_name=overrides, tags={"hydra.overrides": overrides}):
-                mlflow.log_metrics({"best_val_acc": val_acc, "test_accuracy": val_acc - 0.1})
-        # A job that repeats seeds is a parent of its own; it ranks by its runs' mean.
-        repeated = tracking.start_parent_run(cfg, "seeds", {"hydra.overrides": "trainer.seeds=[0,1]"})
-        with tracking.children_of(repeated):
-            for val_acc in (0.8, 1.0):
-                with tracking.open_run(cfg, run_name="seed"):
-                    mlflow.log_metric("best_val_acc", val_acc)
-        with tracking.open_run(cfg, run_name="broken", tags={"hydra.overrides": "model.dropout=2"}):
-            pass  # no metric: ranks last
+    for overrides, val_acc in (("optimizer.lr=0.1", 0.5), ("optimizer.lr=0.01", 0.75)):
+        with tracking.open_run(cfg, run_name=overrides, tags={"hydra.overrides": overrides}, parent_run_id=parent):
+            mlflow.log_metrics({"best_val_acc": val_acc, "test_accuracy": val_acc - 0.1})
+    # A job that repeats seeds is a parent of its own; it ranks by its runs' mean.
+    repeated = tracking.start_parent_run(cfg, "seeds", {"hydra.overrides": "trainer.seeds=[0,1]"}, parent_run_id=parent)
+    for val_acc in (0.8, 1.0):
+        with tracking.open_run(cfg, run_name="seed", parent_run_id=repeated):
+            mlflow.log_metric("best_val_acc", val_acc)
+    with tracking.open_run(cfg, run_name="broken", tags={"hydra.overrides": "model.dropout=2"}, parent_run_id=parent):
+        pass  # no metric: ranks last
     client = MlflowClient(tracking_uri=tracking.tracking_uri(cfg))
     experiment = client.get_experiment_by_name(cfg.tracking.experiment).experiment_id
     jobs = ranked_jobs(client, experiment, parent)
@@ -53,20 +52,21 @@ def sweep_config(root: Path, task: list[str]):
     return OmegaConf.create({**OmegaConf.to_container(tiny_config(root)), "hydra": hydra})
 
 
-def test_sweep_callback_exports_its_parent_run_nests_jobs_ranks_and_ends(tmp_path, monkeypatch, capsys):
-    """`SweepParentRun.on_multirun_start` creates the parent run and exports its id in
-    AUDIOCNN_PARENT_RUN_ID, so a job's `tracking.open_run` nests under it (jobs run in this process or
-    inherit the variable); `on_multirun_end` ranks the jobs, logs the table, ends the parent FINISHED
-    and drops the variable."""
-    monkeypatch.delenv(tracking.PARENT_RUN_ENV, raising=False)
+def test_sweep_callback_records_its_parent_run_for_the_jobs_ranks_and_ends(tmp_path, monkeypatch, capsys):
+    """`SweepParentRun.on_multirun_start` creates the parent run and records its id in
+    `<hydra.sweep.dir>/sweep.json` before any job starts, where a job reads it (`sweep.parent_run_id`) and
+    opens its run as a child of it; `on_multirun_end` ranks the jobs, logs the table, ends the parent
+    FINISHED. Nothing goes through the process environment."""
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)  # read as the sweep's process starts
+    environment = dict(os.environ)
     task = ["optimizer.lr=0.1,0.01"]
     config = sweep_config(tmp_path, task)
     (tmp_path / "multirun").mkdir()
     callback = SweepParentRun()
     try:
         callback.on_multirun_start(config)
-        parent = os.environ.get(tracking.PARENT_RUN_ENV)
-        assert parent and parent == callback.run_id, "the parent run id is not exported to the jobs"
+        parent = json.loads((tmp_path / "multirun" / STATE_FILE).read_text())["parent_run_id"]
+        assert parent and parent == callback.run_id, "the parent run id is not recorded for the jobs"
         client = MlflowClient(tracking_uri=tracking.tracking_uri(config))
         run = client.get_run(parent)
         assert run.info.status == "RUNNING"
@@ -76,7 +76,8 @@ def test_sweep_callback_exports_its_parent_run_nests_jobs_ranks_and_ends(tmp_pat
         jobs = {}
         for overrides, val_acc in (("optimizer.lr=0.1", 0.5), ("optimizer.lr=0.01", 0.75)):
             job_cfg = tiny_config(tmp_path, overrides)
-            with tracking.open_run(job_cfg, run_name=overrides, tags={"hydra.overrides": overrides}) as job:
+            with tracking.open_run(job_cfg, run_name=overrides, tags={"hydra.overrides": overrides},
+                                   parent_run_id=parent) as job:
                 mlflow.log_metrics({"best_val_acc": val_acc, "test_accuracy": val_acc - 0.1})
             jobs[overrides] = job.info.run_id
             assert client.get_run(job.info.run_id).data.tags["mlflow.parentRunId"] == parent
@@ -84,7 +85,9 @@ def test_sweep_callback_exports_its_parent_run_nests_jobs_ranks_and_ends(tmp_pat
         callback.on_multirun_end(config)
     finally:
         atexit.unregister(callback._end)
-    assert os.environ.get(tracking.PARENT_RUN_ENV) is None, "the ended sweep still exports its parent run"
+    # none of audiocnn's own state in the environment (MLflow's settings aside: set_tracking_uri exports the URI)
+    assert {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")} == {
+        k: v for k, v in environment.items() if not k.startswith("MLFLOW_")}
     run = client.get_run(parent)
     assert run.info.status == "FINISHED"
     assert run.data.metrics["best_val_acc"] == 0.75 and run.data.metrics["test_accuracy"] == 0.65

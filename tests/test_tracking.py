@@ -90,10 +90,14 @@ def test_a_run_that_raises_is_marked_failed(cfg):
 
 
 def test_mlflow_tracking_uri_env_var_wins_over_the_config(store_root, monkeypatch):
+    """The variable as the process starts (`config.user_tracking_uri`) replaces `tracking.uri`."""
+    from audiocnn.config import user_tracking_uri, with_tracking_uri
+
     # The config points at a store that cannot even be created; the variable at the real one.
     cfg = tiny_config(store_root, f"tracking.uri=sqlite:///{store_root / 'missing' / 'nowhere.db'}")
     server = f"sqlite:///{store_root / 'mlflow.db'}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", server)
+    cfg = with_tracking_uri(cfg, user_tracking_uri())
     assert tracking.tracking_uri(cfg) == server
     with tracking.open_run(cfg, run_name="to-the-team-store") as run:
         pass
@@ -106,9 +110,11 @@ def test_a_configured_run_does_not_override_the_next_config(store_root):
     first = tiny_config(store_root)
     second = tiny_config(store_root, f"tracking.uri=sqlite:///{store_root / 'second.db'}")
     tracking.configure(first)
-    # mlflow.set_tracking_uri exports MLFLOW_TRACKING_URI; that must not pass for the user's setting.
+    # mlflow.set_tracking_uri exports MLFLOW_TRACKING_URI; below the entry point audiocnn never reads it.
     assert tracking.tracking_uri(second) == second.tracking.uri
-    assert os.environ.get("MLFLOW_TRACKING_URI") is None
+    with tracking.open_run(second, run_name="second") as run:
+        pass
+    assert MlflowClient(tracking_uri=second.tracking.uri).get_run(run.info.run_id).info.status == "FINISHED"
 
 
 def test_run_tags_name_data_model_and_manifest(tmp_path):
@@ -134,19 +140,18 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def test_runs_nest_under_a_parent_given_or_from_the_environment(cfg, monkeypatch):
+def test_runs_nest_under_the_parent_given(cfg):
     with tracking.open_run(cfg, run_name="parent") as parent:
         pass
     with tracking.open_run(cfg, run_name="child", parent_run_id=parent.info.run_id) as child:
         pass
-    monkeypatch.setenv(tracking.PARENT_RUN_ENV, parent.info.run_id)
-    with tracking.open_run(cfg, run_name="sweep-job") as job:
-        pass
-    with tracking.open_run(cfg, run_id=job.info.run_id):  # resuming keeps the run where it is
+    with tracking.open_run(cfg, run_id=child.info.run_id):  # resuming keeps the run where it is
         mlflow.log_metric("test_accuracy", 1.0)
-    for run in (child, job):
-        assert _client(cfg).get_run(run.info.run_id).data.tags["mlflow.parentRunId"] == parent.info.run_id
-    monkeypatch.delenv(tracking.PARENT_RUN_ENV)
+    later = tracking.start_parent_run(cfg, "made-before-its-parent-was-known")
+    tracking.set_parent(cfg, later, parent.info.run_id)
+    for run_id in (child.info.run_id, later):
+        assert _client(cfg).get_run(run_id).data.tags["mlflow.parentRunId"] == parent.info.run_id
+    tracking.end_parent_run(cfg, later)
     with tracking.open_run(cfg, run_name="alone") as alone:
         pass
     assert "mlflow.parentRunId" not in _client(cfg).get_run(alone.info.run_id).data.tags
@@ -172,10 +177,8 @@ def test_relative_sqlite_store_is_anchored_at_the_dvc_root(tmp_path, monkeypatch
 def test_an_unreachable_server_stops_training_before_any_work(tmp_path, monkeypatch):
     from tests.conftest import train
 
-    monkeypatch.setattr(tracking, "_checked", {})
     server = f"http://127.0.0.1:{free_port()}"  # nothing listens there
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", server)
-    cfg = tiny_config(tmp_path)
+    cfg = tiny_config(tmp_path, f"tracking.uri={server}")
     with pytest.raises(tracking.TrackingUnavailable) as error:
         train(cfg)
     message = str(error.value)
@@ -200,21 +203,16 @@ def test_the_entrypoint_refuses_in_one_line_when_the_server_is_down(tmp_path):
     assert not (tmp_path / "raw").exists()
 
 
-def test_required_false_falls_back_to_the_local_store_and_says_so(store_root, monkeypatch, capsys):
-    monkeypatch.setattr(tracking, "_checked", {})
+def test_required_false_falls_back_to_the_local_store_and_says_so(tmp_path, monkeypatch, capsys):
     server = f"http://127.0.0.1:{free_port()}"
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", server)
-    cfg = tiny_config(store_root, "tracking.required=false")
-    assert tracking.ensure_available(cfg) == cfg.tracking.uri
-    assert f"{server} is not reachable" in capsys.readouterr().out
-    with tracking.open_run(cfg, run_name="offline") as run:
+    monkeypatch.setenv("DVC_ROOT", str(tmp_path))  # the project root the local store is taken from
+    cfg = tiny_config(tmp_path, f"tracking.uri={server}/", "tracking.required=false")
+    local = f"sqlite:///{tmp_path.resolve() / 'mlflow.db'}"
+    assert tracking.ensure_available(cfg) == local
+    assert f"{server}/ is not reachable" in capsys.readouterr().out
+    with tracking.open_run(cfg, run_name="offline") as run:  # asks again, gets the same answer
         mlflow.log_metric("val_acc", 0.5)
-    assert _client(cfg).get_run(run.info.run_id).data.metrics["val_acc"] == 0.5
-    # A server configured in tracking.uri itself falls back to ./mlflow.db.
-    monkeypatch.delenv("MLFLOW_TRACKING_URI")
-    own = tiny_config(store_root, f"tracking.uri={server}/", "tracking.required=false")
-    assert tracking.ensure_available(own) == f"sqlite:///{Path.cwd().resolve() / 'mlflow.db'}"
-    monkeypatch.setattr(tracking, "_checked", {})
+    assert MlflowClient(tracking_uri=local).get_run(run.info.run_id).data.metrics["val_acc"] == 0.5
 
 
 def test_a_training_run_that_crashes_is_marked_failed(prepared_store, tmp_path, monkeypatch):

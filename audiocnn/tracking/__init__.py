@@ -1,14 +1,16 @@
 """MLflow: where runs go, how a run is opened and named, what it records.
 
-Default store: `sqlite:///mlflow.db` at the repository root (`tracking.uri`);
-`MLFLOW_TRACKING_URI` overrides it. A server that does not answer stops a stage before
-any work, unless `tracking.required=false` (then the local store is used, and said so).
+Default store: `sqlite:///mlflow.db` at the repository root (`tracking.uri`); the
+orchestration layer puts a `MLFLOW_TRACKING_URI` set when the process starts into
+`tracking.uri` (`audiocnn.config`), so below it the URI travels in the config only. A server
+that does not answer stops a stage before any work, unless `tracking.required=false` (then the
+local store is used, and said so).
 A run records the flattened resolved config as params; the git commit, the manifest
 checksum, the DVC experiment and the Hydra overrides as tags (`lineage`), the manifest as its
 dataset. Credentials never are: URIs lose their user info and secret settings their value
 (`names`) in params, tags, run names and messages; run names say briefly what differs (`names`).
-The experiment opens in the MLflow UI's model-training view (`EXPERIMENT_KIND`). Runs nest under a parent
-(a Hydra sweep's) given by `parent_run_id` or `AUDIOCNN_PARENT_RUN_ID`.
+The experiment opens in the MLflow UI's model-training view (`EXPERIMENT_KIND`). Runs nest under the
+parent run given as `parent_run_id` (a sweep's, a repeat's).
 Every run records the process that owns it while it is RUNNING (`owners`); opening the store
 (`configure`) marks KILLED the RUNNING runs whose process on this host is gone.
 """
@@ -35,19 +37,17 @@ from audiocnn.tracking.names import redact, redact_setting, run_name
 MAX_PARAM_LENGTH = 6000  # MLflow's limit on a param value
 MAX_TAG_LENGTH = 5000  # and on a tag value
 FAILURE_TAG = "audiocnn.failure"  # why a FAILED run failed: the error's type and first line
-# A run opened while this is set becomes a child of that run (sweeps, folds, seeds).
-PARENT_RUN_ENV = "AUDIOCNN_PARENT_RUN_ID"
 LOCAL_STORE = "sqlite:///mlflow.db"
 # The experiment tag that says it is model training (MLflow's own kinds), and the query that opens the
 # MLflow 3.17 UI in its model-training view: that UI takes the view from the URL (else the last one
 # chosen, GenAI at first), not from the tag. MLflow's own "View run at" links, which lack it, are not printed.
 EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")
 UI_VIEW = "workflowType=machine_learning"
+# MLflow's own setting (read from the environment only): no "View run at" links on stdout, see UI_VIEW.
 SUPPRESS_MLFLOW_URLS = "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"
 # Processes that open a new SQLite store at once (a sweep's parallel jobs, benchmark workers)
 # would each create its tables ("duplicate column name: step"); they take turns, this long at most.
 STORE_LOCK_TIMEOUT_S = 300
-_checked: dict[str, str] = {}  # server URI -> URI actually used, so a process checks a server once
 
 
 def project_root() -> Path:
@@ -64,36 +64,27 @@ def _anchor(uri: str) -> str:
     return uri
 
 
-def _configured_uri(cfg: DictConfig) -> str:
-    return _anchor(os.environ.get("MLFLOW_TRACKING_URI") or cfg.tracking.uri)
-
-
 def tracking_uri(cfg: DictConfig) -> str:
-    """The tracking URI of `cfg`: once `ensure_available` checked it, the one it uses (credentials moved
-    to the environment, `health.carry_credentials`; or the local store it fell back to)."""
-    uri = _configured_uri(cfg)
-    return _checked.get(uri, uri)
+    """`tracking.uri` of `cfg`, a relative SQLite file taken from the project root (as configured:
+    `ensure_available` says which URI is used)."""
+    return _anchor(cfg.tracking.uri)
 
 
 def ensure_available(cfg: DictConfig) -> str:
-    """The tracking URI to use, checked before any work.
+    """The tracking URI to use, checked before any work (asked again at every call: the answer is
+    the same while the server is; callers pass it on).
 
     A URI with user info (`http://user:password@host`) is used without it, the credentials moved to
     MLFLOW_TRACKING_USERNAME / _PASSWORD, where the client (and the processes this one starts) read
     them: MLflow prints the URI of every run it ends, and nothing may print the password.
     An unreachable server raises `TrackingUnavailable` (one line: URI, reason, what to do),
-    or with `tracking.required=false` switches this process to the local store: the
-    config's own `tracking.uri` when that is not a server, else `sqlite:///mlflow.db`.
+    or with `tracking.required=false` returns the local store `sqlite:///mlflow.db`.
     """
-    uri = _configured_uri(cfg)
-    if uri in _checked:
-        return _checked[uri]
+    uri = tracking_uri(cfg)
     problem = server_problem(uri)
     if problem is None:
-        _checked[uri] = carry_credentials(uri)
-        return _checked[uri]
-    own = cfg.tracking.uri
-    fallback = _anchor(own if not own.startswith(("http://", "https://")) else LOCAL_STORE)
+        return carry_credentials(uri)
+    fallback = _anchor(LOCAL_STORE)
     if cfg.tracking.get("required", True) and problem.startswith(CREDENTIALS):
         raise TrackingUnavailable(redact(f"tracking.uri={uri}: MLflow tracking server: {problem}; fix them, or "
                                          f"set tracking.required=false to log to {fallback}"))
@@ -103,8 +94,6 @@ def ensure_available(cfg: DictConfig) -> str:
             f"MLFLOW_TRACKING_URI / tracking.uri, or set tracking.required=false to log to {fallback}"))
     print(redact(f"tracking: {uri} is not reachable ({problem}); tracking.required=false: logging to the "
                  f"local store {fallback} instead"))
-    os.environ["MLFLOW_TRACKING_URI"] = fallback  # every later step of this process (Lightning's logger too)
-    _checked[uri] = _checked[fallback] = fallback
     return fallback
 
 
@@ -178,16 +167,13 @@ def _store_lock(uri: str) -> Iterator[None]:
 
 
 def configure(cfg: DictConfig) -> str:
-    """Point MLflow at the store and experiment of `cfg`; runs of this experiment that a dead
-    process of this host left RUNNING are marked KILLED (`owners.reap`)."""
+    """Point MLflow at the store and experiment of `cfg` and return the store's URI (`ensure_available`);
+    runs of this experiment that a dead process of this host left RUNNING are marked KILLED (`owners.reap`).
+    `mlflow.set_tracking_uri` exports MLFLOW_TRACKING_URI for the processes this one starts (MLflow's
+    doing); audiocnn reads that variable only where a process starts (`audiocnn.config`)."""
     uri = ensure_available(cfg)
-    os.environ.setdefault(SUPPRESS_MLFLOW_URLS, "true")  # see UI_VIEW
-    user_setting = os.environ.get("MLFLOW_TRACKING_URI")
+    os.environ.setdefault(SUPPRESS_MLFLOW_URLS, "true")  # an MLflow setting, the environment its only way in
     mlflow.set_tracking_uri(uri)
-    # mlflow.set_tracking_uri also exports MLFLOW_TRACKING_URI; undo that, or it would pass for
-    # the user's setting and override the tracking.uri of every later config in this process.
-    if user_setting is None:
-        os.environ.pop("MLFLOW_TRACKING_URI", None)
     with _store_lock(uri):
         _use_experiment(cfg.tracking.experiment, uri)
     try:
@@ -226,12 +212,11 @@ def open_run(cfg: DictConfig, *, run_id: str | None = None, run_name: str | None
     that raises is marked FAILED (KILLED for Ctrl-C), its error's first line its `audiocnn.failure`
     tag (`NonFiniteError: ...`) and the whole reason its `audiocnn.end_reason`.
 
-    A run that raises is marked FAILED (KILLED for Ctrl-C), the exception in `audiocnn.end_reason`.
-    The run is the child of `parent_run_id`, or of `$AUDIOCNN_PARENT_RUN_ID` when that is set (a run
-    resumed under another parent, a repeat's after its parent was replaced, moves there).
+    The run is the child of `parent_run_id` (a run resumed under another parent, a repeat's after its
+    parent was replaced, moves there).
     """
     configure(cfg)
-    parent = parent_run_id or os.environ.get(PARENT_RUN_ENV)
+    parent = parent_run_id
     new_tags = None if run_id else {**(tags or {}), **owners.owner_tags()}  # owned from its creation
     with mlflow.start_run(run_id=run_id, run_name=None if run_id else run_name, tags=new_tags) as run:
         if run_id:
@@ -251,16 +236,15 @@ def open_run(cfg: DictConfig, *, run_id: str | None = None, run_name: str | None
             raise
 
 
-def start_parent_run(cfg: DictConfig, run_name: str, tags: dict | None = None) -> str:
-    """Create a RUNNING run to group child runs (folds, seeds, sweep jobs) without making it active.
-
-    It nests under `$AUDIOCNN_PARENT_RUN_ID` itself when that is set (a sweep of cross-validations).
-    """
+def start_parent_run(cfg: DictConfig, run_name: str, tags: dict | None = None,
+                     parent_run_id: str | None = None) -> str:
+    """Create a RUNNING run to group child runs (folds, seeds, sweep jobs) without making it active;
+    itself the child of `parent_run_id` when given (a sweep of cross-validations)."""
     configure(cfg)
     experiment = mlflow.get_experiment_by_name(cfg.tracking.experiment)
     tags = {**(tags or {}), **owners.owner_tags(), "mlflow.runName": run_name}
-    if os.environ.get(PARENT_RUN_ENV):
-        tags["mlflow.parentRunId"] = os.environ[PARENT_RUN_ENV]
+    if parent_run_id:
+        tags["mlflow.parentRunId"] = parent_run_id
     run = mlflow.MlflowClient().create_run(experiment.experiment_id, run_name=run_name, tags=tags)
     mlflow.MlflowClient().log_batch(run.info.run_id, params=[
         mlflow.entities.Param(k, v) for k, v in flatten_config(cfg).items()])
@@ -276,15 +260,6 @@ def end_parent_run(cfg: DictConfig, run_id: str, status: str = "FINISHED", reaso
     mlflow.MlflowClient().set_terminated(run_id, status=status)
 
 
-@contextmanager
-def children_of(run_id: str) -> Iterator[None]:
-    """Runs opened inside this block (in this process or its children) nest under `run_id`."""
-    previous = os.environ.get(PARENT_RUN_ENV)
-    os.environ[PARENT_RUN_ENV] = run_id
-    try:
-        yield
-    finally:
-        if previous is None:
-            os.environ.pop(PARENT_RUN_ENV, None)
-        else:
-            os.environ[PARENT_RUN_ENV] = previous
+def set_parent(cfg: DictConfig, run_id: str, parent_run_id: str) -> None:
+    """Make `run_id` a child of `parent_run_id` (a run made where the parent was not known)."""
+    mlflow.MlflowClient(tracking_uri=configure(cfg)).set_tag(run_id, "mlflow.parentRunId", parent_run_id)

@@ -47,12 +47,15 @@ def _request_settings(uri: str) -> tuple[str, dict]:
 
 def carry_credentials(uri: str) -> str:
     """`uri` without its user info, which goes to MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD
-    (what MLflow's client sends, `get_default_host_creds`); a URI without user info is returned as is."""
+    (what MLflow's client sends, `get_default_host_creds`); a URI without user info is returned as is.
+    MLflow's client takes basic-auth credentials from these two settings of its own only, read from the
+    environment (where the processes this one starts find them too): the one environment write of
+    audiocnn besides `tracking.SUPPRESS_MLFLOW_URLS`."""
     parts = urlsplit(uri)
     if parts.username is None:
         return uri
-    os.environ["MLFLOW_TRACKING_USERNAME"] = unquote(parts.username)
-    os.environ["MLFLOW_TRACKING_PASSWORD"] = unquote(parts.password or "")
+    os.environ.update(MLFLOW_TRACKING_USERNAME=unquote(parts.username),
+                      MLFLOW_TRACKING_PASSWORD=unquote(parts.password or ""))
     return urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2]))
 
 

@@ -188,6 +188,16 @@ def plan(cfg: DictConfig, out: Path) -> Start:
                  message=f"resuming {out} {done} in MLflow run {run.info.run_id}")
 
 
+def follow(out: Path) -> Start:
+    """A DDP process other than the main one starts as the main one planned (`plan`, which ran before
+    Lightning started this process, and left `last.ckpt` only when it resumes from it): no fit
+    when `resume.json` says fitting had ended, else from `last.ckpt` when there is one."""
+    state, last = read_state(out) or {}, out / LAST
+    if state.get("fit_done") and not state.get("finished") and (out / BEST).exists():
+        return Start(fit_done=True, epochs=int(state.get("epochs", 0)))
+    return Start(ckpt=str(last) if last.exists() else None)
+
+
 def record(cfg: DictConfig, out: Path, run_id: str, **extra) -> None:
     """Write `resume.json`: the fingerprint, the settings and the run (atomically)."""
     state = {"fingerprint": fingerprint(cfg), "run_id": run_id, **extra, "settings": settings(cfg)}

@@ -18,7 +18,6 @@ writes `model.pt` and `run.json` (Lightning writes `best.ckpt` from rank 0 only)
 from __future__ import annotations
 
 import math
-import os
 from pathlib import Path
 
 import lightning as L
@@ -59,9 +58,6 @@ def check_inputs(cfg: DictConfig) -> None:
         raise problem  # missing (MissingInputError) or a shard not of its recorded size (StoreError)
 
 
-RESUME_ENV = "AUDIOCNN_RESUME_CKPT"  # the main process's plan, for the DDP processes Lightning starts
-
-
 class RunLogger(MLFlowLogger):
     """Lightning's MLflow logger, except that it leaves ending the run to `tracking.open_run`: its
     own `finalize` marks the run FINISHED when fit returns, before `model.pt` is written."""
@@ -84,10 +80,12 @@ def planned_processes(cfg: DictConfig) -> int:
     return trainer.world_size
 
 
-def build_trainer(cfg: DictConfig, out: Path, run_id: str | None) -> tuple[L.Trainer, ModelCheckpoint]:
+def build_trainer(cfg: DictConfig, out: Path, run_id: str | None, tracking_uri: str | None = None
+                  ) -> tuple[L.Trainer, ModelCheckpoint]:
     """Lightning Trainer with `trainer.callbacks` (instantiated from conf/) and the best checkpoint
     on val_loss kept as `out/best.ckpt` (the stage's own output, so not configurable).
-    `run_id`: the MLflow run Lightning logs to; None in the processes that do not log (DDP rank > 0).
+    `run_id`: the MLflow run Lightning logs to, in the store at `tracking_uri`; None in the processes
+    that do not log (DDP rank > 0).
     The loaders split the data across processes themselves (`use_distributed_sampler=False`). Every
     epoch's `out/last.ckpt` (with the generators' state) is kept to resume from; writes are atomic."""
     checkpoint = ModelCheckpoint(dirpath=out, filename="best", monitor="val_loss", mode="min", save_top_k=1,
@@ -103,7 +101,7 @@ def build_trainer(cfg: DictConfig, out: Path, run_id: str | None) -> tuple[L.Tra
         log_every_n_steps=cfg.trainer.log_every_n_steps, default_root_dir=out,
         callbacks=[*callbacks, RngState(), checkpoint, last], plugins=[AtomicCheckpointIO()],
         use_distributed_sampler=False,
-        logger=RunLogger(tracking_uri=tracking.tracking_uri(cfg), run_id=run_id) if run_id else False,
+        logger=RunLogger(tracking_uri=tracking_uri, run_id=run_id) if run_id else False,
     )
     return trainer, checkpoint
 
@@ -158,13 +156,13 @@ def initial_weights(cfg: DictConfig, model: torch.nn.Module):
 
 
 def fit(cfg: DictConfig, model: torch.nn.Module, data: WindowDataModule, out: Path, run_id: str | None,
-        start: resume.Start):
+        start: resume.Start, tracking_uri: str | None = None):
     """Fit (from `start.ckpt`; not at all when `start.fit_done`), load the best checkpoint (or SWA's
     average) into `model` and the on-the-fly front-end, validate it.
 
     Returns (trainer, best validation metrics, front-end or None, epochs). Every DDP process calls this.
     """
-    trainer, checkpoint = build_trainer(cfg, out, run_id)
+    trainer, checkpoint = build_trainer(cfg, out, run_id, tracking_uri)
     module = build_module(cfg, model, data)
     frontend = module.frontend if cfg.features.on_the_fly else None
     epochs, averaged = start.epochs, False
@@ -208,23 +206,23 @@ def log_run_inputs(cfg: DictConfig, run_id: str, summary_table, transfer) -> Non
             mlflow.log_dict(vars(transfer), "transfer.json")
 
 
-def train(cfg: DictConfig, run_name_suffix: str = "") -> dict:
+def train(cfg: DictConfig, run_name_suffix: str = "", parent_run_id: str | None = None) -> dict:
     """Fit `cfg.model` on the train split, early-stopped on validation loss; return a summary.
+    The MLflow run is a child of `parent_run_id` when given (a sweep's, a repeat's).
 
     A rerun in the same `paths.models` with the same settings resumes where a killed one stopped
     (`resume.plan`); `trainer.resume=false` starts afresh. In a DDP process other than the main
-    one: the same fit (from the main process's checkpoint), nothing logged or written; returns {}.
+    one: the same fit (from the checkpoint the main one chose, `resume.follow`), nothing logged
+    or written; returns {}.
     """
-    tracking.ensure_available(cfg)  # an unreachable tracking server stops us before any work
+    uri = tracking.ensure_available(cfg)  # an unreachable tracking server stops us before any work
     check_inputs(cfg)
     out = Path(cfg.paths.models)
     out.mkdir(parents=True, exist_ok=True)
     main = distributed.is_main_process()
-    start = resume.plan(cfg, out) if main else resume.Start(ckpt=os.environ.get(RESUME_ENV) or None)
-    if main:
-        os.environ[RESUME_ENV] = start.ckpt or ""  # the DDP processes Lightning starts inherit it
-        if start.message:
-            print(f"train: {start.message}")
+    start = resume.plan(cfg, out) if main else resume.follow(out)
+    if start.message:
+        print(f"train: {start.message}")
     L.seed_everything(cfg.seed, workers=True)
     data = WindowDataModule(cfg)
     calibrating = cfg.trainer.get("calibrate", "none") == "temperature"
@@ -239,20 +237,21 @@ def train(cfg: DictConfig, run_name_suffix: str = "") -> dict:
         fit(cfg, model, data, out, None, start)
         return {}
     name = tracking.default_run_name(cfg, run_name_suffix)
-    with tracking.open_run(cfg, run_id=start.run_id, run_name=name, tags=tracking.run_tags(cfg)) as run:
+    with tracking.open_run(cfg, run_id=start.run_id, run_name=name, tags=tracking.run_tags(cfg),
+                           parent_run_id=parent_run_id) as run:
         run_id = run.info.run_id
         if not start.fit_done:
             resume.record(cfg, out, run_id)
         summary_table = summarize(model, cfg.features.n_bins, cfg.features.window_frames, name=cfg.model.name)
         log_run_inputs(cfg, run_id, summary_table, transfer)
-        trainer, best_val, frontend, epochs = fit(cfg, model, data, out, run_id, start)
+        trainer, best_val, frontend, epochs = fit(cfg, model, data, out, run_id, start, uri)
         temperature = fit_calibration(model, frontend, data, cfg) if calibrating else 1.0
         save_bundle(model.eval().cpu(), OmegaConf.to_container(cfg.model, resolve=True),
                     OmegaConf.to_container(cfg.features, resolve=True), data.classes, out / "model.pt",
                     frontend.cpu() if frontend is not None else None, temperature=temperature)
         summary = {
             "run_id": run_id, "experiment_id": run.info.experiment_id,
-            "tracking_uri": tracking.redact(tracking.tracking_uri(cfg)), "run_name": name,
+            "tracking_uri": tracking.redact(uri), "run_name": name,
             "best_val_loss": best_val["val_loss"], "best_val_acc": best_val["val_acc"], "epochs": epochs,
             "n_parameters": summary_table.total_params, "multiply_adds": summary_table.total_macs,
             "processes": trainer.world_size, "train_steps": trainer.global_step,  # optimizer steps of each process
