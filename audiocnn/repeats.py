@@ -28,10 +28,9 @@ from omegaconf import DictConfig
 
 from audiocnn import atomic, tracking
 from audiocnn.data.names import slug_map, unescape_columns
-from audiocnn.data.prepare import fold_values
+from audiocnn.data.prepare import fold_values, read_manifest
 from audiocnn.errors import ConfigError
 from audiocnn.evaluation.reports import write_pooled_reports
-from audiocnn.features.featurize import read_manifest
 from audiocnn.training import resume
 
 STATE_FILE = "repeats.json"  # in paths.models: the parent run and the variants, for the evaluate stage

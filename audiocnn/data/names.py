@@ -14,7 +14,7 @@ A dataset chooses its class folders, fold values and group names, so none of the
   would evaluate as a formula (it starts with `=`, `+`, `-`, `@`, tab or carriage return) is
   prefixed with `'`. A cell that starts with `'` gets one more `'`, so `read_csv_cell` is the
   exact inverse. Applied symmetrically to the CSVs audiocnn writes for people and reads back
-  itself: manifest.csv (written by prepare, read by `features.featurize.read_manifest`) and
+  itself: manifest.csv (written by prepare, read by `data.prepare.read_manifest`) and
   predictions.csv (written by evaluate, pooled by `repeats`). The feature store's index.csv is
   internal and stays raw.
 """

@@ -2,7 +2,7 @@
 
 manifest.csv has one row per usable clip: `path,label,split,fold,group,duration,sr`; its text
 cells are CSV-escaped (`audiocnn.data.names.csv_cell`: a label like `=cmd` is written `'=cmd`),
-and `features.featurize.read_manifest` reads them back unescaped. report.json's `names` maps
+and `read_manifest` reads them back unescaped. report.json's `names` maps
 every class and fold to the slug used for it in paths and metric keys.
 Every file is probed; unusable ones are listed in report.json with their reason and the
 run goes on. Only an empty split stops it. One writer at a time: prepare holds the lock of
@@ -22,11 +22,11 @@ import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 
 from audiocnn import atomic
-from audiocnn.errors import ConfigError, EmptySplitError, LeakageError, Unusable
+from audiocnn.errors import ConfigError, EmptySplitError, LeakageError, MissingInputError, Unusable
 from audiocnn.data import sources
 from audiocnn.data.checks import check_leakage, inspect_file, merge_duplicate_groups
 from audiocnn.data.download import dataset_root
-from audiocnn.data.names import escape_columns, slug_map
+from audiocnn.data.names import TEXT_COLUMNS, escape_columns, slug_map, unescape_columns
 from audiocnn.data.splits import SPLITS, grouped_stratified_split, val_group_splits
 
 MANIFEST_COLUMNS = ["path", "label", "split", "fold", "group", "duration", "sr"]
@@ -137,6 +137,16 @@ def is_prepared(cfg: DictConfig) -> bool:
     settings = Path(cfg.paths.prepared) / "settings.json"
     return (Path(cfg.paths.prepared) / "manifest.csv").exists() and settings.exists() and \
         json.loads(settings.read_text()) == data_settings(cfg)
+
+
+def read_manifest(cfg: DictConfig) -> pd.DataFrame:
+    """`<paths.prepared>/manifest.csv`, its text cells unescaped (`audiocnn.data.names.read_csv_cell`);
+    a missing one is an error naming the prepare stage."""
+    path = Path(cfg.paths.prepared) / "manifest.csv"
+    if not path.exists():
+        raise MissingInputError(f"paths.prepared={cfg.paths.prepared}: no manifest.csv; run the prepare stage first "
+                                "(`dvc repro prepare` or `audiocnn prepare`)")
+    return unescape_columns(pd.read_csv(path, dtype=dict.fromkeys(TEXT_COLUMNS, str), keep_default_na=False))
 
 
 def prepare(cfg: DictConfig) -> pd.DataFrame:

@@ -39,13 +39,13 @@ from tqdm import tqdm
 from audiocnn import atomic
 from audiocnn.errors import ConfigError, InputError, MissingInputError, StoreError
 from audiocnn.data.audio import clip_samples, load_audio, load_segment
-from audiocnn.data.names import unescape_columns
+from audiocnn.data.prepare import read_manifest  # also imported from here by training.datamodule (to move)
 from audiocnn.features import distributed
 from audiocnn.features.cqt import FEATURE_KEYS, FRONTEND_VERSION, LogCQT, n_frames
 from audiocnn.features.plan import Piece, batches, chunk_margin, plan_pieces, rank_share
 from audiocnn.features.reopen import open_store
-from audiocnn.features.store import (CHECKSUM, TEXT_COLUMNS, ShardWriter, check_shards, clips_md5, finished_shards,
-                                     next_shard, params_hash, shard_prefix, shard_rows)
+from audiocnn.features.store import (CHECKSUM, ShardWriter, check_shards, clips_md5, finished_shards, next_shard,
+                                     params_hash, shard_prefix, shard_rows)
 
 
 # Most samples in one padded CQT batch (32 MB of float32): with chunked long clips, the
@@ -61,16 +61,6 @@ def store_params(cfg: DictConfig) -> dict:
 def store_dir(cfg: DictConfig) -> Path:
     """`<paths.features>/<data.name>-<hash of the feature parameters>`."""
     return Path(cfg.paths.features) / f"{cfg.data.name}-{params_hash(store_params(cfg))}"
-
-
-def read_manifest(cfg: DictConfig) -> pd.DataFrame:
-    """`<paths.prepared>/manifest.csv`, its text cells unescaped (`audiocnn.data.names.read_csv_cell`);
-    a missing one is an error naming the prepare stage."""
-    path = Path(cfg.paths.prepared) / "manifest.csv"
-    if not path.exists():
-        raise MissingInputError(f"paths.prepared={cfg.paths.prepared}: no manifest.csv; run the prepare stage first "
-                                "(`dvc repro prepare` or `audiocnn prepare`)")
-    return unescape_columns(pd.read_csv(path, dtype=TEXT_COLUMNS, keep_default_na=False))
 
 
 def store_problem(cfg: DictConfig, checksum: bool | None = None) -> InputError | None:
