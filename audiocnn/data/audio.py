@@ -5,9 +5,9 @@ prepare (probe), featurize, the on-the-fly loader, evaluate's explanations and s
 call these functions, so a waveform reaches the CQT through the same steps wherever it
 comes from:
     decoded `(samples, channels)` float32
-      -> `to_mono`: mean of the channels, NaN/inf samples set to 0 (one bad sample cannot
+      -> `mono_array`: mean of the channels, NaN/inf samples set to 0 (one bad sample cannot
          poison a batch of CQTs)
-      -> `resample`: libsoxr (`soxr.resample`, quality `HQ`), one resampler for every rate
+      -> `resample_array`: libsoxr (`soxr.resample`, quality `HQ`), one resampler for every rate
          pair; its filter, memory and time do not depend on the pair's reduced ratio
          (torchaudio's kernel has one phase per reduced-ratio step: 16,001 -> 16,000 Hz
          built a 16,000-phase kernel and peaked at several GB for a 3 KB file)
@@ -18,8 +18,8 @@ signal at source time j * source_sr / sr, and a clip of n samples gives
 `int(n * sr / source_sr + 0.5)` samples (`resampled_length`).
 
 The work is done in numpy (`read_audio`, `read_segment`, `samples_array`, `resample_array`);
-`load_audio`, `load_segment`, `from_samples`, `decode_bytes` hand the same values over as
-torch tensors (torch is imported only then, so `predict --model model.onnx` never loads it).
+`load_audio`, `load_segment`, `from_samples` hand the same values over as torch tensors
+(torch is imported only then, so `predict --model model.onnx` never loads it).
 
 `load_segment(path, sr, start, stop)` returns samples [start, stop) of the clip as
 `load_audio(path, sr)` would give them, zero outside the clip. It reads only that stretch
@@ -115,11 +115,6 @@ def require_finite(samples: np.ndarray) -> np.ndarray:
     return samples
 
 
-def to_mono(samples: np.ndarray):
-    """`mono_array` as a torch tensor `(samples,)`."""
-    return _tensor(mono_array(samples))
-
-
 def resample_array(mono: np.ndarray, source_sr: int, sr: int) -> np.ndarray:
     """`(samples,)` float32 at `source_sr` -> `(resampled_length(samples, source_sr, sr),)` at `sr`.
 
@@ -132,13 +127,6 @@ def resample_array(mono: np.ndarray, source_sr: int, sr: int) -> np.ndarray:
     if len(mono) == 0:
         return np.zeros(0, np.float32)
     return np.ascontiguousarray(soxr.resample(mono, source_sr, sr, quality=QUALITY), dtype=np.float32)
-
-
-def resample(mono, source_sr: int, sr: int):
-    """`resample_array` for a torch tensor `(samples,)` (returns a tensor)."""
-    if int(source_sr) == int(sr):
-        return mono
-    return _tensor(resample_array(mono.detach().cpu().numpy(), source_sr, sr))
 
 
 def resampled_length(source_frames: int, source_sr: int, sr: int) -> int:
@@ -174,21 +162,6 @@ def probe_bytes(data: bytes) -> AudioInfo:
         raise ValueError("empty: no audio frames")
     return AudioInfo(duration=info.frames / info.samplerate, sr=info.samplerate, channels=info.channels,
                      frames=info.frames)
-
-
-def read_bytes(data: bytes, max_frames: int | None = None) -> tuple[np.ndarray, int]:
-    """An encoded file's bytes -> (`(samples, channels)` float32 as stored, its rate), nothing
-    cleaned; at most `max_frames` samples per channel are decoded (None: all), so a header
-    that under-reports the length cannot make decoding unbounded."""
-    samples, file_sr = sf.read(io.BytesIO(data), frames=-1 if max_frames is None else max_frames, dtype="float32",
-                               always_2d=True)
-    return samples, int(file_sr)
-
-
-def decode_bytes(data: bytes, sr: int):
-    """An encoded audio file's bytes (WAV, FLAC, OGG...) -> mono float32 tensor `(samples,)` at `sr` Hz."""
-    samples, file_sr = read_bytes(data)
-    return _tensor(resample_array(mono_array(samples), file_sr, sr))
 
 
 def samples_array(samples: np.ndarray, sample_rate: int, sr: int) -> np.ndarray:
