@@ -9,13 +9,17 @@ from audiocnn.config import ConfigError, compose_config, validate_config
 from tests.conftest import tiny_config
 
 
-def test_swa_is_off_by_default_and_the_switch_composes_and_validates():
+def test_swa_is_off_by_default_and_the_switch_turns_early_stopping_off():
     assert "swa" not in compose_config([]).trainer.callbacks
     cfg = compose_config(["+trainer/callbacks=swa", "trainer.callbacks.swa.swa_lrs=3e-4"])
     swa = cfg.trainer.callbacks.swa
     assert swa._target_ == "lightning.pytorch.callbacks.StochasticWeightAveraging" and swa.swa_lrs == 3e-4
-    assert "early_stopping" in cfg.trainer.callbacks  # added next to the defaults, not instead of them
+    assert cfg.trainer.callbacks.early_stopping is None  # training reaches swa_epoch_start: SWA always averages
     validate_config(cfg)
+    with pytest.raises(ConfigError, match=r"^trainer\.callbacks\.swa: beside trainer\.callbacks\.early_stopping, "
+                                          r"training can stop before swa_epoch_start .* drop one"):
+        validate_config(compose_config(["+trainer/callbacks=swa", "trainer.callbacks.early_stopping="
+                                        "{_target_: lightning.pytorch.callbacks.EarlyStopping, monitor: val_loss}"]))
     with pytest.raises(ConfigError, match=r"trainer\.callbacks\.swa\._target_=nope: must be the dotted path"):
         validate_config(compose_config(["+trainer/callbacks=swa", "trainer.callbacks.swa._target_=nope"]))
     with pytest.raises(ConfigError, match=r"trainer\.callbacks\.swa\.annealing_strategy=step: allowed: cos, linear"):

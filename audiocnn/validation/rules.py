@@ -52,7 +52,21 @@ def _callbacks(value) -> str | None:
                               "installed callback class, e.g. lightning.pytorch.callbacks.EarlyStopping")
         if target.endswith(".StochasticWeightAveraging"):
             _swa_arguments(f"trainer.callbacks.{name}", spec)
+    _swa_without_early_stopping(value)
     return None
+
+
+def _swa_without_early_stopping(callbacks: DictConfig) -> None:
+    """SWA averages from swa_epoch_start on; an early stop before it leaves nothing averaged, so the two
+    are refused together (`+trainer/callbacks=swa` sets trainer.callbacks.early_stopping=null)."""
+    def named(suffix: str) -> list[str]:
+        return [name for name, spec in callbacks.items() if spec is not None and str(spec.get("_target_")).endswith(suffix)]
+
+    swa, early_stopping = named(".StochasticWeightAveraging"), named(".EarlyStopping")
+    if swa and early_stopping:
+        raise ConfigError(f"trainer.callbacks.{swa[0]}: beside trainer.callbacks.{early_stopping[0]}, training can stop "
+                          "before swa_epoch_start and nothing is averaged; drop one "
+                          f"(trainer.callbacks.{early_stopping[0]}=null, as +trainer/callbacks=swa does)")
 
 
 # Lightning checks these only when the trainer is built (after prepare and featurize); conf/trainer/callbacks/swa.yaml
