@@ -64,22 +64,19 @@ def write_reports(probabilities: torch.Tensor, labels: torch.Tensor, data: Windo
     })
     with atomic.atomic_path(out / "predictions.csv") as tmp:
         escape_columns(predictions).to_csv(tmp, index=False)
-    metrics["worst_class"] = worst_class(metrics)
-    atomic.write_json(out / "test.json", {k: v for k, v in metrics.items() if k not in NOT_IN_JSON + PER_CLASS})
     figures = _write_class_reports(metrics, data.classes, out, title, f"{metrics['accuracy']:.3f}")
+    atomic.write_json(out / "test.json", {k: v for k, v in metrics.items() if k not in NOT_IN_JSON + PER_CLASS})
     return metrics, [out / "test.json", out / "predictions.csv", *figures]
 
 
-def worst_class(metrics: dict) -> dict:
-    """`{"name", "recall"}` of the class with the lowest `per_class_recall`."""
-    worst = min(metrics["per_class_recall"], key=metrics["per_class_recall"].get)
-    return {"name": worst, "recall": metrics["per_class_recall"][worst]}
-
-
 def _write_class_reports(metrics: dict, classes: list[str], out: Path, title: str, accuracy: str,
-                         **per_class) -> list[Path]:
-    """`per_class.json` (with `per_class` entries), `confusion_matrix.png`, `reliability_diagram.png`."""
-    atomic.write_json(out / "per_class.json", {**{k: metrics[k] for k in PER_CLASS}, **per_class})
+                         **pooled) -> list[Path]:
+    """Sets `metrics["worst_class"]` (the lowest recall); writes `per_class.json`, `confusion_matrix.png`
+    (titled `<title>: accuracy <accuracy>`) and `reliability_diagram.png`. `pooled` goes into both JSONs."""
+    recall = metrics["per_class_recall"]
+    worst = min(recall, key=recall.get)
+    metrics["worst_class"] = {"name": worst, "recall": recall[worst], **pooled}
+    atomic.write_json(out / "per_class.json", {**{k: metrics[k] for k in PER_CLASS}, **pooled})
     png = plot_confusion_matrix(metrics["confusion_matrix"], classes, out / "confusion_matrix.png",
                                 title=f"{title}: accuracy {accuracy}")
     reliability = plot_reliability_diagram(metrics["calibration"], metrics["ece"], out / "reliability_diagram.png",
@@ -92,10 +89,9 @@ def write_pooled_reports(predictions: pd.DataFrame, classes: list[str], out: Pat
     """One model's metrics and ECE for the pooled test predictions of several runs: `predictions.csv`'s
     rows (`actual`, `predicted`, `confidence`: the top probability; no top-k beyond 1) and `run`.
 
-    Writes `predictions.csv`, `per_class.json`, `confusion_matrix.png` (titled `accuracy <accuracy>`)
-    and `reliability_diagram.png` into `out`; returns the metrics (`worst_class` with `pooled_over_runs`).
+    Writes `predictions.csv` and `_write_class_reports`' files into `out`; returns the metrics
+    (`worst_class` with `pooled_over_runs`).
     """
-    runs = predictions["run"].nunique()
     with atomic.atomic_path(out / "predictions.csv") as tmp:
         escape_columns(predictions).to_csv(tmp, index=False)
     number = {name: i for i, name in enumerate(classes)}
@@ -105,8 +101,7 @@ def write_pooled_reports(predictions: pd.DataFrame, classes: list[str], out: Pat
     confidence, correct = predictions["confidence"].to_numpy(), (predicted == actual).numpy()
     metrics["ece"] = round(confidence_calibration_error(confidence, correct, n_bins), 4)
     metrics["calibration"] = confidence_bins(confidence, correct, n_bins)
-    metrics["worst_class"] = {**worst_class(metrics), "pooled_over_runs": runs}
-    _write_class_reports(metrics, classes, out, title, accuracy, pooled_over_runs=runs)
+    _write_class_reports(metrics, classes, out, title, accuracy, pooled_over_runs=predictions["run"].nunique())
     return metrics
 
 
