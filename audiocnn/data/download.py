@@ -5,14 +5,14 @@ A known dataset's config holds `download.url` and `download.checksum` (`"sha256:
 dataset is `<paths.raw>/<data.name>/`, fetched the first time holding that folder's writer lock
 (`atomic.folder_lock`, waiting up to `lock_timeout_s` for another process fetching it):
 
-0. anything in `<paths.raw>/.downloads/<name>/` but the archive and its record (pooch's temporary
-   files), and scratch folders `.<name>-extract-*`, are a killed run's leftovers: deleted;
+0. anything in `<paths.raw>/.downloads/<name>/` but the archive (pooch's temporary files, an
+   archive of another URL), and scratch folders `.<name>-extract-*`, are leftovers: deleted;
 1. `pooch.retrieve` streams the archive (`pooch.HTTPDownloader`, tqdm bar) into a temporary file
-   there, renamed to `<file>` only when whole and of the checksum; `<file>.json` records its URL
-   and size. An archive found there is reused only when that record matches it, and when it has
-   the checksum. A transfer cut short (urllib3 checks `Content-Length`), stalled (no byte for
-   `data.download.timeout_s`) or of another checksum keeps nothing: one `DownloadError` line with
-   the bytes received (a stall's, in whole `CHUNK`s) or both checksums;
+   there, renamed to `<md5 of the URL>-<file>` (`archive_name`) only when whole and of the
+   checksum; an archive found under that name is reused (when it has the checksum). A transfer
+   cut short (urllib3 checks `Content-Length`), stalled (no byte for `data.download.timeout_s`)
+   or of another checksum keeps nothing: one `DownloadError` line with the bytes received (a
+   stall's, in whole `CHUNK`s) or both checksums;
 2. `archives.extract` unpacks it atomically, within `data.download.max_bytes` / `max_ratio`;
    a broken or hostile archive is deleted (a rerun downloads it again); one that only
    exceeds the limit is kept, for a rerun with a higher limit.
@@ -21,7 +21,6 @@ dataset is `<paths.raw>/<data.name>/`, fetched the first time holding that folde
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import shutil
 from pathlib import Path
@@ -51,24 +50,9 @@ def parse_checksum(spec: str) -> tuple[str, str]:
     return algorithm, digest.lower()
 
 
-def record_path(dest: Path) -> Path:
-    """`<file>.json` beside a completely received `<file>`: `{"url": ..., "bytes": ...}`."""
-    return dest.with_name(dest.name + ".json")
-
-
-def discard(dest: Path) -> None:
-    """Delete a downloaded archive and its record."""
-    dest.unlink(missing_ok=True)
-    record_path(dest).unlink(missing_ok=True)
-
-
-def _recorded(dest: Path, url: str) -> dict | None:
-    """The record of `dest` when it says `dest` is a complete transfer of `url`, else None."""
-    try:
-        record = json.loads(record_path(dest).read_text())
-        return record if record["url"] == url and record["bytes"] == dest.stat().st_size else None
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
+def archive_name(url: str, fallback: str) -> str:
+    """`<md5 of url>-<the URL's file name or fallback>` (as pooch names a download): another URL, another file."""
+    return f"{hashlib.md5(url.encode()).hexdigest()}-{Path(urlparse(url).path).name or fallback}"
 
 
 class _Progress(tqdm):
@@ -132,28 +116,21 @@ class _Transfer:
 
 def fetch(url: str, dest: Path, checksum: str | None, progress: bool = True,
           timeout_s: float = DEFAULT_TIMEOUT_S) -> Path:
-    """Download `url` to `dest` (pooch: via a temporary file beside it) and verify `checksum`; reuse a
-    recorded complete `dest` that has the checksum."""
+    """Download `url` to `dest` (pooch: via a temporary file beside it, renamed only when whole and of
+    `checksum`); an existing `dest` is reused when it has the checksum (or none is given)."""
     dest = Path(dest)
-    if dest.exists() and _recorded(dest, url) is None:
-        print(f"download: {dest.name} has no record of a complete download of {url}; downloading it again")
-        discard(dest)
     transfer = _Transfer(checksum, progress, timeout_s, dest.name)
     known_hash = f"{transfer.algorithm}:{transfer.expected}" if checksum else None
-    action = pooch.retrieve(url, known_hash, fname=dest.name, path=dest.parent, downloader=transfer,
-                            processor=lambda _path, action, _pooch: action)
-    if action != "fetch":  # "download" or "update": transferred now
-        atomic.write_json(record_path(dest), {"url": url, "bytes": transfer.received})
+    pooch.retrieve(url, known_hash, fname=dest.name, path=dest.parent, downloader=transfer)
     return dest
 
 
 def _remove_leftovers(target: Path, archive: Path) -> None:
-    """Delete the scratch folders of `target` and everything beside `archive` but it and its record
-    (pooch's temporary files). Call holding `target`'s lock: they are a killed run's."""
-    kept = {archive, record_path(archive)}
-    stale = [*target.parent.glob(scratch_prefix(target) + "*"), *(p for p in archive.parent.glob("*") if p not in kept)]
+    """Delete the scratch folders of `target` and everything beside `archive` but it (pooch's temporary
+    files, other URLs' archives). Call holding `target`'s lock: they are a killed run's or stale."""
+    stale = [*target.parent.glob(scratch_prefix(target) + "*"), *(p for p in archive.parent.glob("*") if p != archive)]
     for path in stale:
-        print(f"download: removing {path.name}, left by an interrupted run")
+        print(f"download: removing {path.name}, left by an earlier run")
         if path.is_dir() and not path.is_symlink():
             shutil.rmtree(path)
         else:
@@ -171,8 +148,7 @@ def dataset_root(data_cfg, raw_root: Path, progress: bool = True, lock_timeout_s
     if not spec.get("url"):
         raise DownloadError(f"data.root is not set and data={data_cfg.name} has no download.url; "
                             f"set data.root to your copy")
-    filename = Path(urlparse(spec["url"]).path).name or f"{data_cfg.name}.archive"
-    archive = Path(raw_root) / ".downloads" / data_cfg.name / filename
+    archive = Path(raw_root) / ".downloads" / data_cfg.name / archive_name(spec["url"], f"{data_cfg.name}.archive")
     with atomic.folder_lock(target, lock_timeout_s, "lock_timeout_s", "download"):
         if target.is_dir():  # another process made it while this one waited
             return target
@@ -183,7 +159,7 @@ def dataset_root(data_cfg, raw_root: Path, progress: bool = True, lock_timeout_s
         except ArchiveLimitError:
             raise  # the archive is whole: kept, so a rerun with a higher limit does not download it again
         except DownloadError:
-            discard(archive)  # broken or hostile: a rerun downloads it again
+            archive.unlink()  # broken or hostile: a rerun downloads it again
             raise
         shutil.rmtree(archive.parent)  # the extracted folder is what DVC tracks; the archive would double the disk use
     return target
