@@ -16,6 +16,7 @@ from audiocnn.features.cqt import pick_device
 from audiocnn.models.bundle import load_bundle as load_trained
 from audiocnn.training.datamodule import WindowDataModule
 from audiocnn.evaluation.scoring import predict_probabilities
+from audiocnn.models.scorer import WindowScorer
 from tests.conftest import train
 from tests.conftest import tiny_config
 
@@ -43,7 +44,7 @@ def test_ensemble_averages_member_probabilities(members):
     probabilities = []
     for source in (f"runs:/{run_id}/model", folder):
         model, _ = load_trained(source)
-        p, labels = predict_probabilities(model, data.test_dataloader(), pick_device("cpu"))
+        p, labels = predict_probabilities(WindowScorer(model), data.test_dataloader(), pick_device("cpu"))
         probabilities.append(p)
     mean = torch.stack(probabilities).mean(0)
     assert not torch.allclose(probabilities[0], probabilities[1], atol=1e-3), "members too alike to tell a mean"
@@ -84,7 +85,7 @@ def test_ensemble_answer_is_the_clipwise_mean_of_confident_members(members, tmp_
     metrics = evaluate(cfg)
 
     data = WindowDataModule(cfg)
-    probabilities = [predict_probabilities(load_trained(s)[0], data.test_dataloader(), pick_device("cpu"))[0]
+    probabilities = [predict_probabilities(WindowScorer(load_trained(s)[0]), data.test_dataloader(), pick_device("cpu"))[0]
                      for s in sources]
     stacked = torch.stack(probabilities)
     mean = stacked.mean(0)

@@ -10,6 +10,7 @@ from torch import nn
 from audiocnn.evaluation.metrics import classification_metrics
 from audiocnn.evaluation.plots import plot_confusion_matrix
 from audiocnn.evaluation.scoring import predict_probabilities
+from audiocnn.models.scorer import WindowScorer
 
 CLASSES = ["cat", "dog", "owl"]
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -77,7 +78,7 @@ def test_predict_probabilities_averages_window_probabilities_per_clip():
         expected += [p.mean(dim=0) for p in probs.split(batch_counts)]
         labels.append(y)
 
-    probabilities, got_labels = predict_probabilities(FirstPixelsAreLogits(), batches, torch.device("cpu"))
+    probabilities, got_labels = predict_probabilities(WindowScorer(FirstPixelsAreLogits()), batches, torch.device("cpu"))
     assert probabilities.shape == (3, 3)
     torch.testing.assert_close(probabilities, torch.stack(expected))
     torch.testing.assert_close(probabilities.sum(dim=1), torch.ones(3))

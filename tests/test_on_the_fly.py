@@ -1,4 +1,4 @@
-"""On-the-fly mode: the CQT inside the model (`Classifier.frontend`) instead of the store."""
+"""On-the-fly mode: the CQT inside the model (its `frontend`, in its state_dict) instead of the store."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ import torch
 from audiocnn.features.cqt import CQTFrontend
 from audiocnn.features.featurize import featurize
 from audiocnn.models import build_model
+from audiocnn.models.build import build_frontend
 from audiocnn.training.datamodule import WindowDataModule
 from audiocnn.training.module import Classifier
 from tests.conftest import tiny_config
@@ -49,13 +50,18 @@ def test_store_and_on_the_fly_give_the_same_logits_for_the_same_weights_and_clip
     assert labels.tolist() == fly_labels.tolist()
 
     torch.manual_seed(0)
-    model = build_model(stored_cfg.model, 2, 84).eval()
-    from_store = Classifier(model, stored_cfg.optimizer, 2).eval()
-    on_the_fly = Classifier(model, fly_cfg.optimizer, 2, frontend=CQTFrontend.from_config(fly_cfg.features)).eval()
-    assert isinstance(from_store.frontend, torch.nn.Identity)
+    stored_model = build_model(stored_cfg.model, 2, 84).eval()
+    fly_model = build_model(fly_cfg.model, 2, 84, frontend=build_frontend(fly_cfg.features)).eval()
+    fly_model.load_state_dict({**fly_model.state_dict(), **stored_model.state_dict()})  # the same weights
+    assert isinstance(stored_model.frontend, torch.nn.Identity) and isinstance(fly_model.frontend, CQTFrontend)
+    assert {k for k in fly_model.state_dict() if k.startswith("frontend.")} == {
+        "frontend.cqt.cqt.cqt_kernels_real", "frontend.cqt.cqt.cqt_kernels_imag", "frontend.cqt.cqt.lenghts"}
+    from_store = Classifier(stored_model, stored_cfg.optimizer, 2).eval()
+    on_the_fly = Classifier(fly_model, fly_cfg.optimizer, 2).eval()
     with torch.no_grad():
-        torch.testing.assert_close(on_the_fly.frontend(waves), frames, atol=1e-2, rtol=2e-3)  # float16 store
+        torch.testing.assert_close(on_the_fly.frames(waves), frames, atol=1e-2, rtol=2e-3)  # float16 store
         torch.testing.assert_close(on_the_fly(waves), from_store(frames), atol=1e-3, rtol=1e-3)
+        torch.testing.assert_close(fly_model(waves), stored_model(frames), atol=1e-3, rtol=1e-3)
 
 
 @pytest.mark.slow
@@ -69,9 +75,9 @@ def test_train_and_evaluate_on_the_fly_with_trainable_kernels(tmp_path):
     summary = train(cfg)
     assert not (tmp_path / "features").exists()  # no store
     model, bundle = load_trained(cfg.paths.models)
-    assert isinstance(model, torch.nn.Sequential) and isinstance(model[0], CQTFrontend)
+    assert isinstance(model.frontend, CQTFrontend) and "frontend" not in bundle  # in the model's state_dict
     initial = CQTFrontend.from_config(cfg.features).state_dict()
-    trained = bundle["frontend"]
+    trained = {k.removeprefix("frontend."): v for k, v in bundle["state_dict"].items() if k.startswith("frontend.")}
     assert not torch.equal(trained["cqt.cqt.cqt_kernels_real"], initial["cqt.cqt.cqt_kernels_real"])  # kernels learned
     with torch.no_grad():
         logits = model(torch.zeros(2, (cfg.features.window_frames - 1) * cfg.features.hop_length))
@@ -94,24 +100,51 @@ def test_train_and_evaluate_on_the_fly_with_trainable_kernels(tmp_path):
     assert sum(answer["probabilities"].values()) == pytest.approx(1.0, abs=1e-5)
 
 
-def test_an_on_the_fly_bundle_with_another_front_ends_kernels_is_refused_naming_retrain(tmp_path):
-    """A model trained on the fly before the multirate CQT (FRONTEND_VERSION 4) stored kernels of other
-    shapes: one line saying to retrain, not torch's size-mismatch report."""
+def test_bundles_of_the_old_layout_or_another_front_end_version_are_refused_naming_retrain(tmp_path, capsys):
+    """A model file written before the front-end moved into the model (format 2: `nn.Sequential`
+    layout, kernels under `frontend`), or trained on another FRONTEND_VERSION's frames (stored or on
+    the fly), is refused in one line saying to retrain: by evaluate and predict (`load_bundle`, the
+    CLI) and by `model.init_from` (`load_state`)."""
     from omegaconf import OmegaConf
 
+    from audiocnn.cli import main
     from audiocnn.errors import BundleError
-    from audiocnn.models import build_model
-    from audiocnn.models.bundle import load_bundle, save_bundle
+    from audiocnn.features.cqt import FRONTEND_VERSION
+    from audiocnn.models.bundle import load_bundle, load_state, save_bundle
 
-    cfg = tiny_config(tmp_path, "model=cnn", "features.on_the_fly=true")
-    features = OmegaConf.to_container(cfg.features, resolve=True)
-    model = build_model(cfg.model, 2, cfg.features.n_bins, cfg.features.get("top_db")).eval()
-    path = save_bundle(model, OmegaConf.to_container(cfg.model, resolve=True), features, ["a", "b"],
-                       tmp_path / "m" / "model.pt", frontend=CQTFrontend.from_config(cfg.features))
-    assert load_bundle(path)[1]["features"]["on_the_fly"]  # the bundle as written loads
-    bundle = torch.load(path, weights_only=True)
-    key = next(iter(bundle["frontend"]))
-    bundle["frontend"][key] = bundle["frontend"][key].flatten()[:-1].clone()  # an older front-end's shape
-    torch.save(bundle, path)
-    with pytest.raises(BundleError, match=r"frontend: its CQT kernels are not those .*; retrain the model"):
-        load_bundle(path)
+    written = {}
+    for name, overrides in (("fly", ["features.on_the_fly=true"]), ("stored", [])):
+        cfg = tiny_config(tmp_path, "model=cnn", *overrides)
+        model = build_model(cfg.model, 2, cfg.features.n_bins, cfg.features.get("top_db"),
+                            frontend=build_frontend(cfg.features)).eval()
+        written[name] = save_bundle(model, OmegaConf.to_container(cfg.model, resolve=True),
+                                    OmegaConf.to_container(cfg.features, resolve=True), ["a", "b"],
+                                    tmp_path / name / "model.pt")
+        bundle = load_bundle(written[name])[1]  # as written, it loads
+        assert bundle["frontend_version"] == FRONTEND_VERSION and "frontend" not in bundle
+
+    def rewrite(name: str, change) -> Path:
+        bundle = torch.load(written[name], weights_only=True)
+        change(bundle)
+        path = tmp_path / f"{name}-changed" / "model.pt"
+        path.parent.mkdir(exist_ok=True)
+        torch.save(bundle, path)
+        return path
+
+    def sequential_layout(bundle):  # what audiocnn wrote before: the kernels apart, no version
+        bundle["frontend"] = {k.removeprefix("frontend."): bundle["state_dict"].pop(k)
+                              for k in list(bundle["state_dict"]) if k.startswith("frontend.")}
+        bundle["format"] = 2
+        del bundle["frontend_version"]
+
+    old_layout = rewrite("fly", sequential_layout)
+    old_frames = rewrite("stored", lambda bundle: bundle.update(frontend_version=FRONTEND_VERSION - 1))
+    for path, message in ((old_layout, r"format=2: this audiocnn reads bundle format 3 .*; retrain the model"),
+                          (old_frames, rf"frontend_version={FRONTEND_VERSION - 1}: .*featurize again and retrain")):
+        for load in (load_bundle, load_state):
+            with pytest.raises(BundleError, match=message):
+                load(path)
+        capsys.readouterr()
+        assert main(["predict", str(tmp_path / "clip.wav"), "--model", str(path)]) != 0
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith(f"error: {path}: ") and "retrain" in err[0], err

@@ -1,7 +1,8 @@
-"""One scorer: every way of scoring a clip takes its windows from `features.sliding.window_starts` and
-the clip's answer from `features.sliding.vote`.
+"""One scorer: every way of scoring a clip takes its windows from `features.sliding.window_starts`, the
+clip's answer from `features.sliding.vote`, and its test-time views and temperature from
+`models.scorer` (`shift`, `view_probabilities`).
 
-Each test swaps one of the two for a sentinel with another answer and checks that every scorer
+Each test swaps one of them for a sentinel with another answer and checks that every scorer
 follows it: evaluate's sliding windows (stored frames and on the fly), the temperature fit,
 `Predictor` (whole clips and chunks; the pyfunc and explain score through it) and the exported
 backends' chunking and vote (run here around the graph they export, eagerly). A second window grid or
@@ -18,11 +19,13 @@ import pandas as pd
 import pytest
 import torch
 
-from audiocnn.evaluation.scoring import clip_probabilities
+from audiocnn.evaluation.scoring import predict_probabilities
 from audiocnn.features import sliding
 from audiocnn.inference.export import metadata
 from audiocnn.inference.exported import _ExportedBackend
 from audiocnn.inference.predictor import Predictor
+from audiocnn.models.scorer import WindowScorer
+from audiocnn.models.tta import Views
 from audiocnn.training.temperature import clip_nll
 from audiocnn.training.windows import WaveformWindowDataset, WindowDataset
 from tests.conftest import untrained_bundle
@@ -73,7 +76,7 @@ def arrays(predictor: Predictor) -> list[np.ndarray]:
 def scorers(predictor: Predictor, bundle):
     """(name, the window starts and probabilities of each array, the arrays' probabilities) for
     `Predictor` on whole clips, `Predictor` chunk by chunk, and the exported backends."""
-    chunked = Predictor.load(bundle)
+    chunked = Predictor.load(bundle, tta=predictor.views)
     chunked.chunk_frames = predictor.window + 10  # every clip here in chunks of at most two windows
     for name, backend in (("predictor", predictor), ("predictor in chunks", chunked),
                           ("exported", EagerExport(predictor))):
@@ -116,7 +119,9 @@ def test_every_scorer_takes_the_clips_answer_from_the_one_vote(predictor, bundle
     logits, counts = torch.randn(2, 5, 3), [3, 2]
     first = torch.tensor([0, 3])
     expected = logits.softmax(dim=-1).mean(dim=0)[first]
-    torch.testing.assert_close(clip_probabilities(logits, counts), expected)
+    loader = [(logits[0][:, None, None], torch.tensor([2, 1]), torch.tensor(counts))]  # windows (5, 1, 1, 3)
+    voted, _ = predict_probabilities(WindowScorer(torch.nn.Flatten()), loader, torch.device("cpu"))
+    torch.testing.assert_close(voted, logits[0].softmax(dim=-1)[first])
     labels = torch.tensor([2, 1])
     torch.testing.assert_close(clip_nll(logits, counts, labels, 1.0),
                                -expected.gather(1, labels[:, None]).log().mean())
@@ -133,3 +138,54 @@ def test_the_vote_is_the_mean_of_each_clips_windows_in_numpy_and_torch():
     voted.sum().backward()  # differentiable: the temperature fit's L-BFGS goes through it
     np.testing.assert_allclose(voted.detach().numpy(), expected, rtol=1e-6)
     assert tensor.grad[0].tolist() == [1.0] * 4 and tensor.grad[1].tolist() == [0.2] * 4
+
+
+def test_every_scorer_takes_its_views_and_temperature_from_the_one_window_scorer(bundle, monkeypatch):
+    """`models.scorer` is the one place test-time views are cut (`shift`) and logits become probabilities
+    (`view_probabilities`: softmax at the temperature, mean over the views). Each is swapped for a sentinel
+    here; evaluate, the temperature fit, `Predictor` (whole clips, chunks) and the exported graph must all
+    follow it. A second copy of the views or of the temperature leaves its scorer unchanged: the test fails."""
+    from audiocnn.models import scorer as one_scorer
+
+    tta = {"pitch_bins": [1], "time_frames": [0]}  # one view, not the identity: every window is shifted
+    predictor = Predictor.load(bundle, tta=tta)
+    n_classes = len(predictor.classes)
+    sentinel = torch.zeros(n_classes)
+    sentinel[n_classes - 1] = 1.0  # every window sure of the last class
+
+    def sure_of_the_last_class(logits, temperature=1.0):
+        return sentinel.to(logits.device).expand(logits.shape[1], n_classes).clone()
+
+    def floor_only(x, bins, frames, floor):  # the sentinel view: silence
+        return torch.full_like(x, floor)
+
+    def evaluate_scores(views) -> torch.Tensor:  # evaluate's path: stored-frame windows, `window_logits`
+        window = predictor.window
+        stored = np.random.default_rng(0).normal(size=(window * 2, 84)).astype(np.float16)
+        store = SimpleNamespace(root="store", index=pd.DataFrame({"path": ["a.wav"]}), frames=lambda row: stored)
+        x, _ = WindowDataset(store, np.array([0]), np.array([0]), window, "sliding", floor=predictor.floor)[0]
+        loader = [(x, torch.tensor([0]), torch.tensor([len(x)]))]
+        scorer = WindowScorer(predictor.model, Views.from_config(views), predictor.floor, 2.0)
+        return predict_probabilities(scorer, loader, torch.device("cpu"))[0][0]
+
+    with monkeypatch.context() as patch:
+        patch.setattr(one_scorer, "view_probabilities", sure_of_the_last_class)
+        for name, windows, probabilities in scorers(predictor, bundle):
+            for w, p in zip(windows, probabilities):
+                np.testing.assert_array_equal(p, sentinel.numpy(), err_msg=name)
+                assert all(np.array_equal(q, sentinel.numpy()) for _, q in w), name
+        np.testing.assert_array_equal(evaluate_scores(tta).numpy(), sentinel.numpy())
+        logits, counts = torch.randn(1, 5, n_classes, dtype=torch.float64), [3, 2]
+        labels = torch.tensor([n_classes - 1, n_classes - 1])
+        assert float(clip_nll(logits, counts, labels, 1.7)) == 0.0  # the fit's NLL scores like the rest
+
+    silence = WindowScorer(predictor.model, floor=predictor.floor, temperature=predictor.temperature)(
+        torch.full((1, 1, 84, predictor.window), predictor.floor))[0].detach().numpy()
+    with monkeypatch.context() as patch:
+        patch.setattr(one_scorer, "shift", floor_only)
+        for name, windows, probabilities in scorers(predictor, bundle):
+            for p in probabilities:
+                np.testing.assert_allclose(p, silence, atol=1e-6, err_msg=name)
+        np.testing.assert_allclose(evaluate_scores(tta).numpy(), WindowScorer(
+            predictor.model, floor=predictor.floor, temperature=2.0)(
+            torch.full((1, 1, 84, predictor.window), predictor.floor))[0].detach().numpy(), atol=1e-6)

@@ -19,6 +19,7 @@ from audiocnn import load_model
 from audiocnn.errors import BundleError, ConfigError
 from audiocnn.inference.predictor import Predictor
 from audiocnn.models.bundle import load_bundle, temperature
+from audiocnn.models.scorer import WindowScorer
 from audiocnn.training.datamodule import WindowDataModule
 from audiocnn.training.temperature import clip_nll, fit_temperature
 from audiocnn.training.windows import window_logits
@@ -136,7 +137,8 @@ def test_the_train_stage_stores_a_temperature_that_lowers_the_val_nll(calibrated
     fitted = temperature(bundle)
     assert fitted != 1.0 and 0.01 < fitted < 100 and summary["temperature"] == fitted
     data = WindowDataModule(cfg)
-    logits, labels, counts = window_logits(model, data.sliding_dataloader("val"), torch.device("cpu"))
+    logits, labels, counts = window_logits(WindowScorer(model), data.sliding_dataloader("val"),
+                                           torch.device("cpu"))
     assert len(counts) == len(data.rows("val")) > 0
     before, after = (float(clip_nll(logits.double(), counts, labels, t)) for t in (1.0, fitted))
     assert after < before

@@ -1,5 +1,6 @@
-"""Test-time augmentation (`models.tta`): shifted CQT views padded with the floor, the mean of their softmax,
-in evaluate (`evaluate.tta`) and predict (`tta=` / `--tta-*`) alike."""
+"""Test-time augmentation (`models.tta.Views`, applied by `models.scorer.WindowScorer`): shifted CQT views
+padded with the floor, the mean of their softmax, in evaluate (`evaluate.tta`) and predict (`tta=` /
+`--tta-*`) alike."""
 
 from __future__ import annotations
 
@@ -17,7 +18,9 @@ from torch import nn
 from audiocnn import load_model
 from audiocnn.cli import main
 from audiocnn.errors import ConfigError
-from audiocnn.models.tta import Views, shift, window_probabilities
+from audiocnn.models.head import CQTClassifier
+from audiocnn.models.scorer import WindowScorer, shift
+from audiocnn.models.tta import Views
 from tests.conftest import tiny_config, train
 
 FLOOR = math.log(1e-4)
@@ -44,9 +47,27 @@ def test_shifts_pad_with_the_floor_and_never_wrap():
     assert shift(x, 0, 0, FLOOR) is x
 
 
-def linear_model(n_bins: int = 8, frames: int = 6, n_classes: int = 3) -> nn.Module:
+class LinearModel(CQTClassifier):
+    """(batch, 1, n_bins, frames) after `frontend` -> (batch, n_classes): one linear layer over the window."""
+
+    def __init__(self, n_bins: int, frames: int, n_classes: int, frontend: nn.Module | None = None):
+        super().__init__(frontend)
+        self.fc = nn.Linear(n_bins * frames, n_classes)
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        return x
+
+    def forward_head(self, features: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        return self.fc(features.flatten(1))
+
+
+def linear_model(n_bins: int = 8, frames: int = 6, n_classes: int = 3, frontend: nn.Module | None = None) -> nn.Module:
     torch.manual_seed(0)
-    return nn.Sequential(nn.Flatten(), nn.Linear(n_bins * frames, n_classes)).eval()
+    return LinearModel(n_bins, frames, n_classes, frontend).eval()
+
+
+def window_probabilities(model: nn.Module, x: torch.Tensor, views: Views, floor: float, temperature: float = 1.0):
+    return WindowScorer(model, views, floor, temperature)(x)
 
 
 def test_the_window_probabilities_are_the_mean_of_the_views_softmax_at_the_temperature():
@@ -137,16 +158,15 @@ def test_a_model_trained_on_the_fly_is_shifted_after_its_front_end():
     """Evaluate feeds such a model waveform windows: the views are of its CQT, not of the samples."""
     from audiocnn.config import compose_config
     from audiocnn.features.cqt import CQTFrontend
-    from audiocnn.models.tta import view_logits
 
     frontend = CQTFrontend.from_config(compose_config([]).features)
     torch.manual_seed(0)
     wave = torch.randn(2, 512 * 15)
     frames = frontend(wave)  # (2, 1, 84, 16)
-    inner = linear_model(frames.shape[2], frames.shape[3])
+    model = linear_model(frames.shape[2], frames.shape[3], frontend=frontend)
     views = Views(pitch_bins=(0, 3), time_frames=(0, -2))
-    got = view_logits(nn.Sequential(frontend, inner), wave, views, FLOOR)
-    expected = torch.stack([inner(shift(frames, k, t, FLOOR)) for k, t in views.shifts])
+    got = WindowScorer(model, views, FLOOR).logits(wave)
+    expected = torch.stack([model.classify(shift(frames, k, t, FLOOR)) for k, t in views.shifts])
     torch.testing.assert_close(got, expected)
 
 

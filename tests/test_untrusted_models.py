@@ -20,6 +20,7 @@ from omegaconf import OmegaConf
 from audiocnn.cli import main
 from audiocnn.errors import BundleError, InputError
 from audiocnn.models import build_model
+from audiocnn.features.cqt import FRONTEND_VERSION
 from audiocnn.models.bundle import BUNDLE_FORMAT, build_from_bundle, load_bundle, save_bundle
 from tests.conftest import tiny_config, train
 
@@ -30,7 +31,8 @@ FEATURES = {"sr": 16000, "hop_length": 512, "fmin": 32.7, "n_bins": 84, "bins_pe
 def hostile_bundles(marker: Path) -> dict[str, tuple[dict, str]]:
     """name -> (bundle, what the refusal must name)."""
     chain = {"_target_": "os.makedirs", "name": str(marker), "exist_ok": True}
-    base = {"format": BUNDLE_FORMAT, "state_dict": {"w": torch.zeros(1)}, "features": FEATURES, "classes": ["a", "b"]}
+    base = {"format": BUNDLE_FORMAT, "frontend_version": FRONTEND_VERSION, "state_dict": {"w": torch.zeros(1)},
+            "features": FEATURES, "classes": ["a", "b"]}
     return {
         "target is os.makedirs": ({**base, "model": chain}, "model._target_='os.makedirs'"),
         "no format (old loader's attack)": ({k: v for k, v in base.items() if k != "format"} | {"model": chain},

@@ -22,6 +22,7 @@ from audiocnn.evaluation.explain import explain_model
 from audiocnn.evaluation.reports import log_test_metrics, write_reports
 from audiocnn.evaluation.scoring import score_test_split
 from audiocnn.models.bundle import load_bundle
+from audiocnn.models.scorer import WindowScorer
 from audiocnn.training.datamodule import WindowDataModule
 
 
@@ -44,7 +45,7 @@ def evaluate(cfg: DictConfig) -> dict:
     if settings.get("explain", False) and bundle["features"].get("on_the_fly"):
         print("evaluate: no explanations for a model trained on the fly (they need stored CQT windows)")
     elif settings.get("explain", False):
-        files += explain_model(model, data, bundle["features"], out / "explain",
+        files += explain_model(WindowScorer.for_bundle(model, bundle), data, bundle["features"], out / "explain",
                                settings.get("explain_clips_per_class", 2))
     run = json.loads((Path(cfg.paths.models) / "run.json").read_text())
     with tracking.open_run(cfg, run_id=run["run_id"]):

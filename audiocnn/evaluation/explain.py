@@ -18,6 +18,8 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from audiocnn.models.scorer import WindowScorer
+
 
 
 def _cudnn_off():
@@ -78,22 +80,23 @@ def pick_clips(labels: np.ndarray, per_class: int) -> list[int]:
     return picked
 
 
-def explain_model(model: nn.Module, data, features: dict, out: Path, per_class: int = 2) -> list[Path]:
-    """Grad-CAM grid, saliency profiles and first-layer filters of `model` on `data`'s test split.
+def explain_model(scorer: WindowScorer, data, features: dict, out: Path, per_class: int = 2) -> list[Path]:
+    """Grad-CAM grid, saliency profiles and first-layer filters of `scorer.model` on `data`'s test split.
 
-    `data` is a `WindowDataModule`; the centred window of each clip is used. Writes
-    `gradcam.png`, `saliency.png` and `filters.png` into `out`; returns their paths.
+    `data` is a `WindowDataModule`; the centred window of each clip is used, its probability the
+    scorer's (the model's temperature). Writes `gradcam.png`, `saliency.png` and `filters.png`
+    into `out`; returns their paths.
     """
     from audiocnn.evaluation.explain_plots import plot_filters, plot_gradcam_grid, plot_saliency
 
-    model = model.cpu().eval()
+    model = scorer.model.cpu().eval()
     dataset = data.dataset("test", "center")
     labels = np.asarray(dataset.labels)
     chosen = pick_clips(labels, per_class)
     x = torch.stack([dataset[i][0] for i in chosen])  # (clips, 1, n_bins, frames)
     y = torch.as_tensor(labels[chosen])
     maps, logits = grad_cam(model, x)
-    probabilities = logits.softmax(dim=1)
+    probabilities = scorer.probabilities(logits[None])  # (clips, n_classes) at the model's temperature
     titles = [f"true {data.classes[t]}\npred {data.classes[p]} ({probabilities[i, p]:.2f})"
               for i, (t, p) in enumerate(zip(y.tolist(), logits.argmax(dim=1).tolist()))]
     out.mkdir(parents=True, exist_ok=True)

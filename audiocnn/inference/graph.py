@@ -5,16 +5,17 @@ The one scoring path of a trained model, run eagerly by `Predictor` and exported
     waveform (batch, samples): a chunk with `margin` samples of context each side
       (`inference.chunks`: samples [f0 * hop_length - margin, f1 * hop_length + margin) of a
       recording at features.sr, zeros beyond it), so samples = F * hop_length + 2 margin
-      -> `frames`: log-CQT (the model's own front-end: its kernels, one strided conv1d per
-         octave), rounded to float16 as the feature store holds them  (batch, n_bins, F + 2 margin / hop_length + 1)
+      -> `frames`: log-CQT (`cqt`: the model's own front-end trained on the fly, its kernels; else
+         the featurize stage's), rounded to float16 as the feature store holds them  (batch, n_bins, F + 2 margin / hop_length + 1)
       -> `chunk_frames`: the F frames of the chunk, [f0, f1), without the margins; they equal
          the whole recording's frames there                            (batch, n_bins, F) float32
     starts (n_windows,) int64: window start frames, relative to f0 (`inference.chunks`)
       -> `windows`: the window at each start; frames past the chunk's F (a recording shorter
          than a window) are the log floor, as evaluate pads              (batch * n_windows, 1, n_bins, window)
-      -> `score`: the model (peak normalisation inside) in each test-time view (`models.tta`; the
-         identity unless exported with `--tta-*`) -> softmax(logits / temperature) (the bundle's
-         T, a constant of the graph) -> mean over the views          (batch * n_windows, n_classes)
+      -> `score`: `models.scorer.WindowScorer.score`, the scorer evaluate uses: the model after its
+         front-end (`classify`, peak normalisation inside) in each test-time view (the identity
+         unless exported with `--tta-*`) -> softmax(logits / temperature) (the bundle's T, a
+         constant of the graph) -> mean over the views          (batch * n_windows, n_classes)
     = (batch, n_windows, n_classes).
 The vote (`features.sliding.vote`: the mean of a recording's windows) is the caller's: windows come
 from many chunks.
@@ -25,25 +26,24 @@ run the exported file.
 
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import Tensor, nn
 
 from audiocnn.features.cqt import LogCQT
-from audiocnn.models.tta import Views, window_probabilities
+from audiocnn.models.scorer import WindowScorer
 
 
 class ChunkScorer(nn.Module):
-    def __init__(self, cqt: LogCQT, model: nn.Module, window_frames: int, amin: float, margin: int,
-                 temperature: float = 1.0, views: Views = Views()):
+    """`cqt` the chunk's front-end, `scorer` its windows' (`WindowScorer`: model, views, temperature,
+    and `floor`, what windows past the chunk hold)."""
+
+    def __init__(self, cqt: LogCQT, scorer: WindowScorer, window_frames: int, margin: int):
         super().__init__()
         if margin % cqt.hop_length:
             raise ValueError(f"margin={margin}: must be a whole number of hops ({cqt.hop_length} samples)")
-        self.cqt, self.model = cqt, model
+        self.cqt, self.scorer = cqt, scorer
         self.window, self.margin, self.skip = int(window_frames), int(margin), int(margin) // cqt.hop_length
-        self.floor = math.log(amin)
-        self.temperature, self.views = float(temperature), views
+        self.floor = scorer.floor
 
     def frames(self, waveform: Tensor) -> Tensor:
         """(batch, samples) -> (batch, n_bins, samples // hop_length + 1) float16 log-CQT frames."""
@@ -67,8 +67,8 @@ class ChunkScorer(nn.Module):
         return windows.reshape(-1, 1, bins, self.window)
 
     def score(self, windows: Tensor) -> Tensor:
-        """(n, 1, n_bins, window) windows -> (n, n_classes) probabilities (`models.tta.window_probabilities`)."""
-        return window_probabilities(self.model, windows, self.views, self.floor, self.temperature)
+        """(n, 1, n_bins, window) windows -> (n, n_classes) probabilities (`models.scorer.WindowScorer.score`)."""
+        return self.scorer.score(windows)
 
     def forward(self, waveform: Tensor, starts: Tensor) -> Tensor:
         """(batch, samples) chunk with margins, (n_windows,) int64 starts -> (batch, n_windows, n_classes)."""

@@ -3,11 +3,12 @@
     file or array -> `audiocnn.data.audio` (decode, downmix, resample to features.sr)
     -> the sliding windows of `features.sliding.window_starts` (evaluate's grid; hop: half a
        window, as evaluate; settable)
-    -> `inference.graph.ChunkScorer`, the module `audiocnn export` writes: the model's own CQT
-       front-end -> frames rounded to float16, as the store holds them -> the windows -> the
-       model in each test-time view (`tta`, `models.tta`; the identity by default) ->
-       softmax(logits / T), T the bundle's temperature (1 unless trained with
-       `trainer.calibrate=temperature`) -> mean over the views. A clip up to
+    -> `inference.graph.ChunkScorer`, the module `audiocnn export` writes: the CQT (the model's
+       own front-end when trained on the fly) -> frames rounded to float16, as the store holds
+       them -> the windows -> `models.scorer.WindowScorer`, evaluate's scorer: the model in each
+       test-time view (`tta`, `models.tta.Views`; the identity by default) -> softmax(logits / T),
+       T the bundle's temperature (1 unless trained with `trainer.calibrate=temperature`) ->
+       mean over the views. A clip up to
        `features.chunk_seconds` is decoded whole, its CQT batched with other short clips' and
        its windows with theirs (`ChunkScorer.frames`, `.windows`, `.score`); a longer one is
        decoded and scored chunk by chunk with the front-end's margin (`inference.chunks`, the
@@ -35,7 +36,8 @@ from audiocnn.features.plan import chunk_margin
 from audiocnn.inference.chunks import chunks, cut
 from audiocnn.inference.graph import ChunkScorer
 from audiocnn.inference.results import Scored
-from audiocnn.models.bundle import load_bundle, temperature
+from audiocnn.models.bundle import load_bundle
+from audiocnn.models.scorer import WindowScorer
 from audiocnn.models.tta import Views
 
 
@@ -54,21 +56,18 @@ class Predictor:
         self.sr, self.window = int(features["sr"]), int(features["window_frames"])
         self.hop_length = int(features["hop_length"])
         self.floor = math.log(features["amin"])
-        self.temperature = temperature(bundle)
-        self.views = (tta if isinstance(tta, Views) else Views.from_config(tta)).check(int(features["n_bins"]),
-                                                                                       self.window)
-        if features.get("on_the_fly"):  # trained on the fly: its own (possibly trained) CQT kernels
-            frontend, self.model = model
-            self.cqt = frontend.cqt
-        else:
-            self.model, self.cqt = model, LogCQT.from_config(features)
+        views = (tta if isinstance(tta, Views) else Views.from_config(tta)).check(int(features["n_bins"]), self.window)
+        # A chunk's frames: the model's own front-end when trained on the fly (its possibly trained
+        # kernels), else the CQT the featurize stage computed its frames with.
+        cqt = model.frontend.cqt if features.get("on_the_fly") else LogCQT.from_config(features)
         self.device = pick_device(device)
-        self.model, self.cqt = self.model.eval().to(self.device), self.cqt.eval().to(self.device)
+        self.model, self.cqt = model.eval().to(self.device), cqt.eval().to(self.device)
         self.batch_size = batch_size
         self.chunk_frames = max(1, int(float(features.get("chunk_seconds", 60)) * self.sr) // self.hop_length)
         self.margin = chunk_margin(self.cqt.radius, self.hop_length)
-        self.scorer = ChunkScorer(self.cqt, self.model, self.window, features["amin"], self.margin, self.temperature,
-                                  self.views)
+        self.window_scorer = WindowScorer.for_bundle(self.model, bundle, views)
+        self.scorer = ChunkScorer(self.cqt, self.window_scorer, self.window, self.margin)
+        self.temperature, self.views = self.window_scorer.temperature, self.window_scorer.views
 
     @classmethod
     def load(cls, source: str | Path, **kwargs) -> "Predictor":
@@ -116,7 +115,7 @@ class Predictor:
 
     @torch.inference_mode()
     def _run(self, windows: list[Tensor]) -> np.ndarray:
-        """`[(1, n_bins, window)] * n` -> `(n, n_classes)` probabilities (views, temperature: `models.tta`)."""
+        """`[(1, n_bins, window)] * n` -> `(n, n_classes)` probabilities (views, temperature: `models.scorer`)."""
         return self.scorer.score(torch.stack(windows)).cpu().numpy()
 
     def score(self, inputs: Sequence, sample_rate: int | None = None, hop: int | None = None,

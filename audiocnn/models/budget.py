@@ -92,14 +92,15 @@ def _setting(name: str, spec: Mapping, n_classes: int) -> str:
 
 
 def model_cost(model_class: type, spec: Mapping, n_classes: int, n_bins: int, window_frames: int,
-               top_db: float | None = None) -> tuple[str | None, ModelCost | None]:
+               top_db: float | None = None, features: Mapping | None = None) -> tuple[str | None, ModelCost | None]:
     """(problem, cost) of `model_class(n_classes, n_bins, top_db, **arguments)`, `spec` its config
-    (`_target_` and descriptive keys are skipped). Built on the meta device: nothing is allocated.
-    `problem` starts with `does not build:` when the arguments do not make a model, else with the
-    setting that makes it too big."""
+    (`_target_` and descriptive keys are skipped), with the front-end `features` (checked settings)
+    give it (`models.build.build_frontend`: its kernels are in `cost.state`). Built on the meta
+    device: nothing is allocated. `problem` starts with `does not build:` when the arguments do not
+    make a model, else with the setting that makes it too big."""
     import torch
 
-    from audiocnn.models.build import DESCRIPTIVE_KEYS
+    from audiocnn.models.build import DESCRIPTIVE_KEYS, build_frontend
 
     arguments = {k: v for k, v in spec.items() if k not in (*DESCRIPTIVE_KEYS, "_target_")}
     problem = _arguments_problem(arguments, "model")
@@ -107,7 +108,8 @@ def model_cost(model_class: type, spec: Mapping, n_classes: int, n_bins: int, wi
         return problem, None
     try:
         with torch.device("meta"):
-            model = model_class(n_classes=n_classes, n_bins=n_bins, top_db=top_db, **arguments)
+            frontend = build_frontend(features) if features is not None else None
+            model = model_class(n_classes=n_classes, n_bins=n_bins, top_db=top_db, frontend=frontend, **arguments)
     except (TypeError, ValueError, RuntimeError, KeyError, AttributeError, OverflowError) as error:
         return f"does not build: {str(error).splitlines()[0] if str(error) else type(error).__name__}", None
     cost = ModelCost()

@@ -1,10 +1,14 @@
-"""The one place that turns a `model` config into an `nn.Module` (via `_target_`)."""
+"""The one place that turns a `model` config into an `nn.Module` (via `_target_`), with its front-end."""
 
 from __future__ import annotations
+
+from typing import Mapping
 
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
+
+from audiocnn.features.cqt import CQTFrontend
 
 # Keys of a model config that are not constructor arguments (identity, transfer learning).
 DESCRIPTIVE_KEYS = ("name", "init_from", "freeze")
@@ -18,7 +22,18 @@ def model_kwargs(model_cfg: DictConfig) -> dict:
     return kwargs
 
 
-def build_model(model_cfg: DictConfig, n_classes: int, n_bins: int, top_db: float | None = None) -> nn.Module:
-    """Instantiate `model_cfg._target_` with its arguments, `n_classes`, `n_bins` (CQT bins) and
-    `top_db` (`features.top_db`: the model's input is peak-normalised, see `PeakNormalize`)."""
-    return instantiate(model_kwargs(model_cfg), n_classes=n_classes, n_bins=n_bins, top_db=top_db, _convert_="all")
+def build_frontend(features: Mapping) -> nn.Module | None:
+    """The front-end a model with these `features` settings takes: `CQTFrontend` (waveform windows
+    `(batch, samples)` -> `(batch, 1, n_bins, frames)`) when `features.on_the_fly`, else None (the
+    model takes stored frames: `nn.Identity`)."""
+    return CQTFrontend.from_config(features) if features.get("on_the_fly") else None
+
+
+def build_model(model_cfg: DictConfig, n_classes: int, n_bins: int, top_db: float | None = None,
+                frontend: nn.Module | None = None) -> nn.Module:
+    """Instantiate `model_cfg._target_` with its arguments, `n_classes`, `n_bins` (CQT bins),
+    `top_db` (`features.top_db`: the model's input is peak-normalised, see `PeakNormalize`) and
+    `frontend` (`build_frontend`; None: stored frames)."""
+    build = instantiate(model_kwargs(model_cfg), n_classes=n_classes, n_bins=n_bins, top_db=top_db, _convert_="all",
+                        _partial_=True)
+    return build(frontend=frontend)  # partial: Hydra would copy the module into its config

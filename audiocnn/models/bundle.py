@@ -2,11 +2,13 @@
 
 A bundle is plain data and tensors (it loads with `torch.load(weights_only=True)`):
     format       BUNDLE_FORMAT
-    state_dict   {name: tensor}  the model's weights
+    state_dict   {name: tensor}  the model's weights, its front-end's included (`frontend.*`: the CQT
+                 kernels of a model trained on the fly; nothing for stored frames, `nn.Identity`)
     model        the `model` config: `_target_` (one of MODEL_CLASSES) and its arguments
     features     the `features` config (sr, hop_length, fmin, n_bins, ..., window_frames)
     classes      [class name, ...] in logit order
-    frontend     {name: tensor}  only for a model trained on the fly: its CQT kernels
+    frontend_version  `features.cqt.FRONTEND_VERSION` of the frames it was trained on (stored or on
+                 the fly); a model file of another version is refused, saying to re-featurize and retrain
     temperature  float > 0, optional (1.0 when absent: bundles written before it load as they were):
                  the logits are divided by it before the softmax (`trainer.calibrate=temperature`,
                  `training.temperature`); every consumer applies it through `temperature(bundle)`
@@ -41,16 +43,18 @@ from torch import Tensor, nn
 
 from audiocnn import atomic
 from audiocnn.errors import BundleError
-from audiocnn.features.budget import SLACK_BYTES, classes_problem, features_problem, frontend_bytes, human
-from audiocnn.features.cqt import FRONTEND_VERSION, CQTFrontend
+from audiocnn.features.budget import SLACK_BYTES, classes_problem, features_problem, human
+from audiocnn.features.cqt import FRONTEND_VERSION
 from audiocnn.models.budget import ModelCost, Stored, model_cost, stored_tensors
-from audiocnn.models.build import DESCRIPTIVE_KEYS
+from audiocnn.models.build import DESCRIPTIVE_KEYS, build_frontend
 from audiocnn.models.cnn import CNN
 from audiocnn.models.crnn import CRNN
 
-BUNDLE_FORMAT = 2  # 2: timm-style head (`head.fc`), `global_pool: catavgmax`
+# 2: timm-style head (`head.fc`), `global_pool: catavgmax`. 3: the front-end inside the model
+# (`frontend.*` in state_dict, no `frontend` entry, no `nn.Sequential`), `frontend_version` recorded.
+BUNDLE_FORMAT = 3
 MODEL_CLASSES: dict[str, type[nn.Module]] = {"audiocnn.models.cnn.CNN": CNN, "audiocnn.models.crnn.CRNN": CRNN}
-BUILT_IN_ARGUMENTS = ("n_classes", "n_bins", "top_db")  # given by the bundle's classes and features
+BUILT_IN_ARGUMENTS = ("n_classes", "n_bins", "top_db", "frontend")  # given by the bundle's classes and features
 RUN_ID = re.compile(r"^[0-9a-f]{32}$")
 PLAIN = (str, int, float, bool, type(None))
 
@@ -137,7 +141,7 @@ def _read(path: Path) -> dict:
     before a tensor is inflated; then loaded."""
     skeleton, stored = _skeleton(path)
     cost = _check(skeleton, str(path))
-    needed = cost.state_bytes + (frontend_bytes(skeleton["features"]) if "frontend" in skeleton else 0)
+    needed = cost.state_bytes  # the front-end's kernels included
     if stored.is_zip and stored.tensor_bytes > needed + SLACK_BYTES:
         raise BundleError(f"{path}: stores {human(stored.tensor_bytes)} of tensors ({stored.largest()}); "
                           f"its model needs {human(needed)}")
@@ -179,15 +183,11 @@ def check_bundle(bundle: dict, where: str = "model.pt") -> None:
 
 def _check(bundle: dict, where: str) -> ModelCost:
     """`check_bundle`, returning what the model needs (the architecture built on the meta device)."""
-    if bundle.get("format") != BUNDLE_FORMAT:
-        raise BundleError(f"{where}: format={bundle.get('format', 1)!r}: this audiocnn reads bundle format "
-                          f"{BUNDLE_FORMAT}; retrain the model (or load it with the audiocnn that wrote it)")
+    _check_versions(bundle, where)
     for key in ("state_dict", "model", "features", "classes"):
         if key not in bundle:
             raise BundleError(f"{where}: {key}: missing")
     state = _check_state(bundle["state_dict"], f"{where}: state_dict")
-    if "frontend" in bundle:
-        _check_state(bundle["frontend"], f"{where}: frontend")
     model = bundle["model"]
     if not isinstance(model, Mapping) or model.get("_target_") not in MODEL_CLASSES:
         target = model.get("_target_") if isinstance(model, Mapping) else model
@@ -212,7 +212,7 @@ def _check(bundle: dict, where: str) -> ModelCost:
     if problem:
         raise BundleError(f"{where}: {problem}")
     problem, cost = model_cost(MODEL_CLASSES[model["_target_"]], model, len(classes), int(features["n_bins"]),
-                                      int(features["window_frames"]), features.get("top_db"))
+                               int(features["window_frames"]), features.get("top_db"), features)
     if problem:
         raise BundleError(f"{where}: {problem}")
     for key, tensor in state.items():
@@ -224,36 +224,39 @@ def _check(bundle: dict, where: str) -> ModelCost:
     missing = [key for key in cost.state if key not in state]
     if missing:
         raise BundleError(f"{where}: state_dict.{missing[0]}: missing ({len(missing)} of the model's tensors are)")
-    if "frontend" in bundle:
-        stored = sum(t.untyped_storage().nbytes() for t in bundle["frontend"].values())
-        if stored > frontend_bytes(features):
-            raise BundleError(f"{where}: frontend: {human(stored)} of tensors; CQT kernels for these features "
-                              f"take at most {human(frontend_bytes(features))}")
     return cost
 
 
+def _check_versions(bundle: Mapping, where: str) -> None:
+    """`BundleError` for a model file of another bundle format or front-end version: one line saying
+    to retrain (and, for stored frames, to featurize again)."""
+    if bundle.get("format") != BUNDLE_FORMAT:
+        layout = (" (it keeps the front-end apart from the model, and does not record the front-end version)"
+                  if bundle.get("format") == 2 else "")
+        raise BundleError(f"{where}: format={bundle.get('format', 1)!r}: this audiocnn reads bundle format "
+                          f"{BUNDLE_FORMAT}{layout}; retrain the model (or load it with the audiocnn that wrote it)")
+    version = bundle.get("frontend_version")
+    if version != FRONTEND_VERSION:
+        raise BundleError(f"{where}: frontend_version={version!r}: the model was trained on the frames of another "
+                          f"front-end; this audiocnn's is version {FRONTEND_VERSION} (features.cqt.FRONTEND_VERSION): "
+                          "featurize again and retrain the model")
+
+
 def build_from_bundle(bundle: dict, where: str = "model.pt") -> nn.Module:
-    """The bundle's model with its weights, in eval mode; a model trained on the fly comes back
-    as `nn.Sequential(CQTFrontend, model)` taking waveform windows `(batch, samples)`."""
+    """The bundle's model with its weights (its front-end's included), in eval mode: it takes windows
+    of stored frames `(batch, 1, n_bins, frames)`, or, trained on the fly, waveform windows
+    `(batch, samples)` (`models.head`)."""
     check_bundle(bundle, where)
     spec = bundle["model"]
     arguments = {k: v for k, v in spec.items() if k not in (*DESCRIPTIVE_KEYS, "_target_")}
     features = bundle["features"]
     try:
         model = MODEL_CLASSES[spec["_target_"]](n_classes=len(bundle["classes"]), n_bins=int(features["n_bins"]),
-                                                top_db=features.get("top_db"), **arguments)
+                                                top_db=features.get("top_db"), frontend=build_frontend(features),
+                                                **arguments)
         model.load_state_dict(bundle["state_dict"])
-        frontend = CQTFrontend.from_config(features) if features.get("on_the_fly") else None
     except (TypeError, ValueError, RuntimeError, KeyError) as error:
         raise BundleError(f"{where}: does not build: {str(error).splitlines()[0]}") from None
-    if frontend is not None:
-        try:
-            frontend.load_state_dict(bundle["frontend"])
-        except (RuntimeError, KeyError):  # kernels of another front-end version (shapes or names differ)
-            raise BundleError(f"{where}: frontend: its CQT kernels are not those of this audiocnn's front-end "
-                              f"(FRONTEND_VERSION {FRONTEND_VERSION}, the multirate CQT); retrain the model "
-                              "with this version") from None
-        model = nn.Sequential(frontend, model)
     return model.eval()
 
 
@@ -271,11 +274,14 @@ def load_bundle(source: str | Path) -> tuple[nn.Module, dict]:
 
 def load_state(source: str | Path, prefix: str = "model.") -> dict[str, Tensor]:
     """The weights in `source`, a bundle or a Lightning checkpoint (`state_dict` under `prefix`,
-    e.g. `model.`, or `frontend.` for an on-the-fly CQT). Tensors only; never code. Its entries are
-    checked against the pickle and the budget's total before any is inflated (`_skeleton`): what
-    protects `model.init_from`, whose source may be any model file."""
+    e.g. `model.`). Tensors only; never code. Its entries are checked against the pickle and the
+    budget's total before any is inflated (`_skeleton`): what protects `model.init_from`, whose
+    source may be any model file. A bundle of another format or front-end version is refused
+    (`BundleError`, saying to retrain)."""
     path = weights_file(source)
     skeleton, _ = _skeleton(path)
+    if "format" in skeleton:  # a bundle (a Lightning checkpoint records neither)
+        _check_versions(skeleton, str(path))
     _check_state(skeleton.get("state_dict", skeleton), f"{path}: state_dict")
     loaded = _load(path, "cpu")
     state = _check_state(loaded.get("state_dict", loaded), f"{path}: state_dict")
@@ -286,11 +292,17 @@ def load_state(source: str | Path, prefix: str = "model.") -> dict[str, Tensor]:
 
 def save_bundle(model: nn.Module, model_cfg: dict, features_cfg: dict, classes: list[str], path: Path,
                 frontend: nn.Module | None = None, temperature: float = 1.0) -> Path:
-    """Write `model.pt` atomically: `model`'s weights plus the plain configs that rebuild it."""
-    bundle = {"format": BUNDLE_FORMAT, "state_dict": model.state_dict(), "model": dict(model_cfg),
-              "features": dict(features_cfg), "classes": [str(c) for c in classes], "temperature": float(temperature)}
+    """Write `model.pt` atomically: `model`'s weights (its front-end's included) plus the plain configs
+    that rebuild it. `frontend`: a front-end trained beside a `model` built without one (its state is
+    written as the model's `frontend.*`)."""
+    state = model.state_dict()
     if frontend is not None:
-        bundle["frontend"] = frontend.state_dict()
+        if any(key.startswith("frontend.") for key in state):
+            raise ValueError("save_bundle: the model has a front-end of its own; give no other")
+        state.update({f"frontend.{key}": value for key, value in frontend.state_dict().items()})
+    bundle = {"format": BUNDLE_FORMAT, "frontend_version": FRONTEND_VERSION, "state_dict": state,
+              "model": dict(model_cfg), "features": dict(features_cfg), "classes": [str(c) for c in classes],
+              "temperature": float(temperature)}
     check_bundle(bundle, str(path))  # what we write, we can read back
     with atomic.atomic_path(path) as tmp:
         torch.save(bundle, tmp)

@@ -1,6 +1,7 @@
 """`CNN`: a 2D CNN over the log-CQT that pools time and frequency away.
 
-(batch, 1, n_bins, frames) -> ConvStack -> (batch, C, F', T')      forward_features
+x -> frontend (`models.head`: identity, or the CQT on the fly) -> (batch, 1, n_bins, frames)
+-> ConvStack -> (batch, C, F', T')                                 forward_features
 -> pooling -> (batch, width) -> ClassifierHead -> (batch, n_classes)   forward_head
 
 `global_pool`: `avg`, `max` or `catavgmax` (both, concatenated, as timm names it) pool
@@ -39,8 +40,9 @@ class CNN(CQTClassifier):
         dropout: float = 0.3,
         top_db: float | None = None,
         norm: Mapping[str, Any] | None = None,
+        frontend: nn.Module | None = None,
     ):
-        super().__init__()
+        super().__init__(frontend)
         if global_pool not in GLOBAL_POOLS:
             raise ValueError(f"model.global_pool={global_pool!r}; allowed: {', '.join(GLOBAL_POOLS)}")
         self.specs = [BlockSpec.from_config(b) for b in blocks]

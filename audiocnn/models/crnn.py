@@ -1,6 +1,7 @@
 """`CRNN`: conv blocks that keep a time axis, then a (bi)LSTM/GRU over time.
 
-(batch, 1, n_bins, frames)
+x -> frontend (`models.head`: identity, or the CQT on the fly)
+  -> (batch, 1, n_bins, frames)
   -> ConvStack                      (batch, C, F', T')   pooling mostly over frequency (forward_features)
   -> frequency pooling (freq_pool)  (batch, T', D)   one feature vector per time step: `flatten`
                                                      (C * F', keeps absolute pitch height), `max`,
@@ -45,8 +46,9 @@ class CRNN(CQTClassifier):
         top_db: float | None = None,
         norm: Mapping[str, Any] | None = None,
         freq_pool: str = "flatten",
+        frontend: nn.Module | None = None,
     ):
-        super().__init__()
+        super().__init__(frontend)
         if rnn not in RNNS:
             raise ValueError(f"model.rnn={rnn!r}; allowed: {', '.join(RNNS)}")
         if temporal_pool not in TEMPORAL_POOLS:

@@ -1,7 +1,12 @@
 """What every audiocnn model shares: the classifier head and the timm-style model interface.
 
-Every model maps a log-CQT window batch to logits in two halves, so transfer learning,
-Grad-CAM and export never need to know a model's layer names:
+Every model maps a window batch to logits: its `frontend` makes the log-CQT window, then two
+halves, so transfer learning, Grad-CAM and export never need to know a model's layer names:
+    frontend              what the model takes -> (batch, 1, n_bins, frames): `nn.Identity` for
+                          windows of stored frames, `features.cqt.CQTFrontend` (waveform windows
+                          `(batch, samples)`) for a model trained on the fly; its kernels are in the
+                          model's state_dict (`frontend.*`)
+    classify(frames)      (batch, 1, n_bins, frames) -> (batch, n_classes): the model after its front-end
     forward_features(x)   (batch, 1, n_bins, frames) -> (batch, C, F', T')  the conv feature map
     forward_head(f)       (batch, C, F', T') -> (batch, n_classes)          pooling (or RNN), then `head`
     get_classifier()      the last linear layer;  reset_classifier(n) replaces it for n classes
@@ -35,13 +40,18 @@ class ClassifierHead(nn.Module):
 
 
 class CQTClassifier(nn.Module):
-    """Base of the model families: `forward = forward_head(forward_features(x))`.
+    """Base of the model families: `forward = forward_head(forward_features(frontend(x)))`.
 
-    Subclasses set `self.head` (a `ClassifierHead`) and implement `forward_features` and
-    `forward_head` (see the module docstring for the shapes).
+    Subclasses call `super().__init__(frontend)` (None: `nn.Identity`), set `self.head` (a
+    `ClassifierHead`) and implement `forward_features` and `forward_head` (see the module
+    docstring for the shapes).
     """
 
     head: ClassifierHead
+
+    def __init__(self, frontend: nn.Module | None = None):
+        super().__init__()
+        self.frontend = frontend if frontend is not None else nn.Identity()
 
     def forward_features(self, x: Tensor) -> Tensor:
         raise NotImplementedError
@@ -49,9 +59,13 @@ class CQTClassifier(nn.Module):
     def forward_head(self, features: Tensor, pre_logits: bool = False) -> Tensor:
         raise NotImplementedError
 
+    def classify(self, frames: Tensor) -> Tensor:
+        """(batch, 1, n_bins, frames) log-CQT windows (the front-end's output) -> (batch, n_classes) logits."""
+        return self.forward_head(self.forward_features(frames))
+
     def forward(self, x: Tensor) -> Tensor:
-        """(batch, 1, n_bins, frames) -> (batch, n_classes) logits."""
-        return self.forward_head(self.forward_features(x))
+        """Windows as the model takes them (see `frontend`) -> (batch, n_classes) logits."""
+        return self.classify(self.frontend(x))
 
     def get_classifier(self) -> nn.Linear:
         return self.head.fc

@@ -150,7 +150,9 @@ def _shape(module: nn.Module, out: torch.Tensor) -> tuple[int, ...]:
 
 
 def summarize(model: nn.Module, n_bins: int, frames: int, name: str | None = None) -> ModelSummary:
-    """Run `model` once on zeros `(1, 1, n_bins, frames)` and describe every leaf call.
+    """Run `model` once on zeros `(1, 1, n_bins, frames)` and describe every leaf call. An audiocnn
+    model runs after its front-end (`classify`: the window as its front-end makes it); its
+    front-end's trainable kernels, if any, are in the totals.
 
     The model runs in eval mode without gradients (batch norm statistics stay untouched)
     and is put back in the mode it was in.
@@ -195,7 +197,7 @@ def summarize(model: nn.Module, n_bins: int, frames: int, name: str | None = Non
     try:
         model.eval()
         with torch.no_grad():
-            model(x)
+            getattr(model, "classify", model)(x)  # any nn.Module taking frames, or a model's body
     finally:
         model.train(was_training)
         for handle in handles:

@@ -1,13 +1,8 @@
-"""Test-time augmentation and temperature: one window's class probabilities from shifted views of it.
+"""The setting of test-time augmentation: which views of a window are scored (`evaluate.tta`, `--tta-*`).
 
-A view shifts a log-CQT window `(..., n_bins, frames)` by `k` bins along frequency (on a CQT
-a pitch shift: one semitone is `bins_per_octave / 12` bins; k > 0 is up) and by `t` frames
-along time (t > 0 is later). What a shift moves out of the window is dropped and what it
-opens is filled with the spectrogram's floor, `log(features.amin)` (the log-CQT of silence,
-`features.cqt.LogCQT`), never wrapped around. The window's probabilities are the mean over
-the views of `softmax(logits / temperature)`; with the identity view only and temperature 1
-they are exactly `softmax(logits)`. Evaluate (`evaluation.scoring`), `Predictor` and the exported
-graph (`inference.graph.ChunkScorer`) all score windows with `window_probabilities`.
+A view shifts a log-CQT window by `k` bins along frequency and by `t` frames along time;
+`Views` holds every (k, t) pair and checks them against the window. Applying them (and the
+temperature) is `models.scorer.WindowScorer`'s, the one place it is written.
 """
 
 from __future__ import annotations
@@ -16,12 +11,9 @@ import reprlib
 from dataclasses import dataclass
 from typing import Mapping, Sequence
 
-import torch
 from omegaconf import ListConfig
-from torch import Tensor, nn
 
 from audiocnn.errors import ConfigError
-from audiocnn.features.cqt import CQTFrontend
 
 
 MAX_VIEWS = 64  # pitch shifts x time shifts: a bound on the work a setting (or a served model's config) asks for
@@ -73,35 +65,3 @@ class Views:
 
     def describe(self) -> str:
         return f"pitch_bins={list(self.pitch_bins)}, time_frames={list(self.time_frames)}"
-
-
-def shift(x: Tensor, bins: int, frames: int, floor: float) -> Tensor:
-    """`x` (..., n_bins, n_frames) shifted up by `bins` and later by `frames`, padded with `floor`."""
-    if bins == 0 and frames == 0:
-        return x
-    n_bins, n_frames = x.shape[-2], x.shape[-1]
-    padded = nn.functional.pad(x, (max(frames, 0), max(-frames, 0), max(bins, 0), max(-bins, 0)), value=floor)
-    return padded[..., max(-bins, 0): max(-bins, 0) + n_bins, max(-frames, 0): max(-frames, 0) + n_frames]
-
-
-def view_logits(model: nn.Module, x: Tensor, views: Views, floor: float) -> Tensor:
-    """`(batch, 1, n_bins, frames)` windows -> `(n_views, batch, n_classes)` logits. A model trained on
-    the fly (`nn.Sequential(CQTFrontend, model)`, taking waveforms) is shifted after its front-end."""
-    if views.identity:
-        return model(x)[None]
-    if isinstance(model, nn.Sequential) and isinstance(model[0], CQTFrontend):
-        x, model = model[0](x), model[1]
-    stacked = torch.cat([shift(x, k, t, floor) for k, t in views.shifts])  # (n_views * batch, 1, bins, frames)
-    return model(stacked).reshape(len(views.shifts), x.shape[0], -1)
-
-
-def combine(logits: Tensor, temperature: float = 1.0) -> Tensor:
-    """`(n_views, batch, n_classes)` logits -> `(batch, n_classes)`: mean over views of softmax(logits / T)."""
-    if temperature != 1.0:
-        logits = logits / temperature
-    return logits.float().softmax(dim=-1).mean(dim=0)
-
-
-def window_probabilities(model: nn.Module, x: Tensor, views: Views, floor: float, temperature: float = 1.0) -> Tensor:
-    """`(batch, 1, n_bins, frames)` windows -> `(batch, n_classes)` probabilities (see the module docstring)."""
-    return combine(view_logits(model, x, views, floor), temperature)

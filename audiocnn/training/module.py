@@ -16,11 +16,14 @@ from audiocnn.training.transfer import frozen_modules
 
 
 class Classifier(L.LightningModule):
-    """Cross-entropy training of `model`: `(batch, 1, n_bins, frames)` -> `(batch, n_classes)`.
+    """Cross-entropy training of `model` (a `models.head.CQTClassifier`): windows -> `(batch, n_classes)`.
 
-    `frontend` turns a batch into the model's input: `nn.Identity()` for windows from the
-    feature store; `CQTFrontend` (waveforms `(batch, samples)` -> CQT) on the fly. Logs
-    train/val loss and accuracy once per epoch. The optimizer and learning-rate schedule
+    The model's own `frontend` turns a batch into log-CQT windows: `nn.Identity()` for windows
+    from the feature store; `CQTFrontend` (waveforms `(batch, samples)` -> CQT) on the fly; its
+    trainable kernels (`features.trainable`) train with the backbone's parameters. `frontend`
+    here is for a caller that builds the model without its front-end and gives it apart
+    (`training.train` until it passes `models.build.build_frontend` to `build_model`); it runs
+    before the model's own. Logs train/val loss and accuracy once per epoch. The optimizer and learning-rate schedule
     come from the `optimizer` and `scheduler` configs (see `optim`). In training only,
     `waveform_augment` runs before the front-end and `augment` after it (see `augment`);
     with mixup the loss takes the mixed targets, accuracy the true labels. A non-finite loss
@@ -51,15 +54,19 @@ class Classifier(L.LightningModule):
     def forward(self, x: Tensor) -> Tensor:
         return self.model(self.frontend(x))
 
+    def frames(self, x: Tensor) -> Tensor:
+        """A batch as the loader gives it -> `(batch, 1, n_bins, frames)` log-CQT windows."""
+        return self.model.frontend(self.frontend(x))
+
     def _step(self, batch, stage: str, accuracy: MulticlassAccuracy) -> Tensor:
         x, y = batch
         targets = y
         if stage == "train":
             x = self.waveform_augment(x)  # identity unless on-the-fly features with augment.waveform
-        features = self.frontend(x)
+        features = self.frames(x)
         if stage == "train":
             features, targets = self.augment(features, y)  # targets: (batch,) or mixed (batch, n_classes)
-        logits = self.model(features)
+        logits = self.model.classify(features)
         loss = self.loss(logits, targets)
         if not bool(torch.isfinite(loss)):
             raise NonFiniteError(self._why_non_finite(stage, loss, x, features))

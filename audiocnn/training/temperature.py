@@ -18,6 +18,7 @@ from torch import Tensor, nn
 
 from audiocnn.errors import ConfigError
 from audiocnn.features import sliding
+from audiocnn.models import scorer
 from audiocnn.training.windows import window_logits
 
 MAX_LOG_T = math.log(100.0)  # T in [1/100, 100]: beyond that the val split says nothing useful
@@ -25,9 +26,10 @@ MAX_LOG_T = math.log(100.0)  # T in [1/100, 100]: beyond that the val split says
 
 def clip_nll(logits: Tensor, counts: list[int], labels: Tensor, temperature: Tensor | float) -> Tensor:
     """Mean NLL of `(clips,)` labels under the vote of `(n_views, sum(counts), n_classes)` window logits / T
-    (`training.windows.window_logits`; a `(sum(counts), n_classes)` tensor is one view)."""
+    (`training.windows.window_logits`; a `(sum(counts), n_classes)` tensor is one view), scored as every
+    scorer scores them (`models.scorer.view_probabilities`)."""
     logits = logits if logits.dim() == 3 else logits[None]
-    probabilities = sliding.vote((logits / temperature).softmax(dim=-1).mean(dim=0), counts)
+    probabilities = sliding.vote(scorer.view_probabilities(logits, temperature), counts)
     return -probabilities.gather(1, labels[:, None]).clamp_min(1e-12).log().mean()
 
 
@@ -54,8 +56,9 @@ def fit_temperature(logits: Tensor, counts: list[int], labels: Tensor, max_iter:
 
 
 def calibrate(model: nn.Module, loader, device: torch.device) -> tuple[float, float, float]:
-    """Fit T on a sliding-window `loader` (the val split): (T, val NLL at T=1, val NLL at T)."""
-    logits, labels, counts = window_logits(model, loader, device)
+    """Fit T on a sliding-window `loader` (the val split): (T, val NLL at T=1, val NLL at T). `model`
+    takes the loader's windows (its front-end first), scored in the identity view."""
+    logits, labels, counts = window_logits(scorer.WindowScorer(model), loader, device)
     temperature = fit_temperature(logits, counts, labels)
     before, after = (float(clip_nll(logits.double(), counts, labels, t)) for t in (1.0, temperature))
     if after > before:  # L-BFGS from T=1 does not end above where it began; keep T=1 if it somehow did

@@ -25,7 +25,7 @@ from audiocnn.features import sliding
 from audiocnn.features.cqt import n_frames
 from audiocnn.data.audio import clip_samples, load_segment
 from audiocnn.features.store import FeatureStore
-from audiocnn.models.tta import Views, view_logits
+from audiocnn.models.scorer import WindowScorer
 
 MODES = ("random", "center", "sliding")
 # float16 -> float32 by table lookup (indexed by the half's bits): numpy's and torch's CPU
@@ -217,15 +217,14 @@ def seed_worker(worker_id: int) -> None:
 
 
 @torch.inference_mode()
-def window_logits(model: torch.nn.Module, loader, device: torch.device, views: Views = Views(),
-                  floor: float = 0.0) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
-    """Every window's logits from a sliding-window loader (batches of `collate_sliding`'s
-    `(windows, labels, counts)`): `(n_views, windows, n_classes)`, labels `(clips,)`, windows per clip.
-    `floor`: what the views' shifts pad with (`models.tta`)."""
-    model.eval().to(device)
+def window_logits(scorer: WindowScorer, loader, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
+    """Every window's logits in `scorer`'s views (`models.scorer`) from a sliding-window loader (batches
+    of `collate_sliding`'s `(windows, labels, counts)`): `(n_views, windows, n_classes)` at T = 1,
+    labels `(clips,)`, windows per clip."""
+    scorer.eval().to(device)
     logits, labels, counts = [], [], []
     for windows, y, n in loader:
-        logits.append(view_logits(model, windows.to(device), views, floor).float().cpu())
+        logits.append(scorer.logits(windows.to(device)).float().cpu())
         labels.append(y)
         counts += n.tolist()
     return torch.cat(logits, dim=1), torch.cat(labels), counts
