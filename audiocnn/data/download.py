@@ -21,7 +21,6 @@ dataset is `<paths.raw>/<data.name>/`, fetched the first time holding that folde
 from __future__ import annotations
 
 import hashlib
-import logging
 import shutil
 from pathlib import Path
 from urllib.parse import urlparse
@@ -38,8 +37,6 @@ from audiocnn.errors import ArchiveLimitError, DownloadError
 CHUNK = 1 << 16  # bytes per read (pooch's chunk_size)
 ALGORITHMS = ("sha256", "md5")
 DEFAULT_TIMEOUT_S = 60  # data.download.timeout_s: a transfer that sends nothing for this long has stalled
-# pooch's INFO lines advise "use this hash as the known_hash argument of pooch.retrieve": its API, not our settings
-pooch.get_logger().setLevel(logging.WARNING)
 
 
 def parse_checksum(spec: str) -> tuple[str, str]:
