@@ -17,7 +17,7 @@ from audiocnn.data.names import csv_cell, read_csv_cell, slug, slug_map
 from audiocnn.errors import InputError
 from audiocnn.evaluation.evaluate import evaluate
 from audiocnn.experiment import run_repeats
-from audiocnn.features.featurize import read_manifest
+from audiocnn.data.prepare import read_manifest
 from tests.conftest import train
 from tests.test_sources import source_config, wav
 

@@ -157,7 +157,7 @@ def test_a_store_without_shard_records_is_refused_and_rebuilt(tmp_path, prepared
 
 
 def test_nan_frames_stop_training_naming_the_clip_and_the_run_is_failed_with_the_reason(tmp_path, prepared_store):
-    from audiocnn.features.featurize import read_manifest
+    from audiocnn.data.prepare import read_manifest
     from audiocnn.training.train import train
 
     cfg, root = _store(tmp_path, prepared_store)

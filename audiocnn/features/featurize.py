@@ -39,7 +39,7 @@ from tqdm import tqdm
 from audiocnn import atomic
 from audiocnn.errors import ConfigError, InputError, MissingInputError, StoreError
 from audiocnn.data.audio import clip_samples, load_audio, load_segment
-from audiocnn.data.prepare import read_manifest  # also imported from here by training.datamodule (to move)
+from audiocnn.data.prepare import read_manifest
 from audiocnn.features import distributed
 from audiocnn.features.cqt import FEATURE_KEYS, FRONTEND_VERSION, LogCQT, n_frames
 from audiocnn.features.plan import Piece, batches, chunk_margin, plan_pieces, rank_share

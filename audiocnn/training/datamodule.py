@@ -20,7 +20,8 @@ from omegaconf import DictConfig
 from torch.utils.data import DataLoader
 
 from audiocnn.errors import MissingInputError
-from audiocnn.features.featurize import read_manifest, store_dir
+from audiocnn.data.prepare import read_manifest
+from audiocnn.features.featurize import store_dir
 from audiocnn.features.store import FeatureStore, clips_md5
 from audiocnn.training import distributed
 from audiocnn.training.windows import AudioClips, WaveformWindowDataset, WindowDataset, already_batched, seed_worker
