@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 from mlflow import MlflowClient
+from lightning.pytorch.callbacks import Callback
 from omegaconf import OmegaConf
 
 from audiocnn import tracking
@@ -117,20 +118,37 @@ def test_a_training_killed_mid_run_resumes_to_the_same_model_metrics_and_run(tmp
     assert running(killed) == []
 
 
-def crash_when(monkeypatch, rule) -> None:
-    """Trainings for which `rule(cfg, out)` gives an epoch raise after it (`tests.pace.Crash`)."""
+def crash_when(monkeypatch, rule, *callbacks) -> None:
+    """Trainings for which `rule(cfg, out)` gives an epoch raise after it (`tests.pace.Crash`); `callbacks`
+    are added to every training."""
     import audiocnn.training.train as train_module
 
     real = train_module.build_trainer
 
-    def build(cfg, out, run_id):
-        trainer, checkpoint = real(cfg, out, run_id)
+    def build(cfg, out, run_id, tracking_uri=None):
+        trainer, checkpoint = real(cfg, out, run_id, tracking_uri)
+        trainer.callbacks.extend(callbacks)
         epoch = rule(cfg, Path(out))
         if epoch is not None:
             trainer.callbacks.append(Crash(epoch))
         return trainer, checkpoint
 
     monkeypatch.setattr(train_module, "build_trainer", build)
+
+
+class MetricsBeforeCheckpoints(Callback):
+    """Whenever last.ckpt is written (in training, not validation: best.ckpt is not resumed from):
+    (epochs a resume from it would skip, train_loss points the run has)."""
+
+    def __init__(self):
+        self.seen: list[tuple[int, int]] = []
+
+    def on_save_checkpoint(self, trainer, pl_module, checkpoint) -> None:
+        if not trainer.training:
+            return
+        logger = trainer.logger
+        points = MlflowClient(logger._tracking_uri).get_metric_history(logger.run_id, "train_loss")
+        self.seen.append((resume.completed_epochs(checkpoint), len(points)))
 
 
 def test_other_settings_or_resume_false_start_afresh_and_say_why(tmp_path, prepared_store, monkeypatch, capsys):
@@ -160,7 +178,11 @@ def test_other_settings_or_resume_false_start_afresh_and_say_why(tmp_path, prepa
     assert second != crashed
 
     crash["after"] = None
+    watch = MetricsBeforeCheckpoints()
+    crash_when(monkeypatch, lambda cfg, out: None, watch)
     summary = train(config(tmp_path, prepared_store, "run", *base, "optimizer.lr=0.002"))
+    # no checkpoint is ahead of the metrics logged: a kill at any moment loses no train_loss point
+    assert watch.seen and all(epochs <= points for epochs, points in watch.seen), watch.seen
     said = [line for line in capsys.readouterr().out.splitlines() if line.startswith("train: not resuming")]
     assert said == [f"train: not resuming {out / resume.LAST} (2 epochs): made with other settings "
                     f"(optimizer.lr: {cfg.optimizer.lr} -> 0.002); starting afresh"], said

@@ -11,9 +11,8 @@ time: the pid was reused), with the reason in `audiocnn.end_reason`.
 
 Runs owned by other hosts (or other pid namespaces) are left alone: from here we cannot
 tell whether their process is alive. Runs without owner tags (made by other tools or
-older versions) are left alone too. A process's start time comes from psutil when it is
-installed, else from /proc/<pid>/stat; where neither is available (no psutil, no /proc)
-a pid that answers `kill(pid, 0)` counts as alive.
+older versions) are left alone too. A process's start time comes from psutil (installed
+with DVC); one psutil cannot read counts as alive.
 """
 
 from __future__ import annotations
@@ -22,6 +21,8 @@ import os
 import socket
 import time
 from functools import lru_cache
+
+import psutil
 
 HOST_TAG = "audiocnn.owner.host"
 PIDNS_TAG = "audiocnn.owner.pidns"
@@ -32,42 +33,12 @@ START_TOLERANCE_S = 1.0  # the same process read twice (psutil or /proc) agrees 
 UNKNOWN = object()  # a process that exists but whose start time cannot be read
 
 
-def _proc_start(pid: int):
-    """Start time of `pid` from /proc (None: no such process, or a zombie); UNKNOWN without /proc."""
-    if not os.path.isdir("/proc/self"):
-        return UNKNOWN
-    try:
-        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as handle:
-            fields = handle.read().rpartition(")")[2].split()  # the name in () may hold spaces
-        with open("/proc/stat", encoding="ascii") as handle:
-            boot = next(float(line.split()[1]) for line in handle if line.startswith("btime "))
-    except (OSError, StopIteration, IndexError, ValueError):
-        return None
-    if fields[0] in ("Z", "X"):  # dead, waiting for its parent to collect it
-        return None
-    return boot + int(fields[19]) / os.sysconf("SC_CLK_TCK")
-
-
 def process_start(pid: int):
-    """When process `pid` started (seconds since the epoch); None if it does not run; UNKNOWN if
-    it runs but its start cannot be read."""
-    try:
-        import psutil
-    except ImportError:
-        start = _proc_start(pid)
-        if start is UNKNOWN:
-            try:
-                os.kill(pid, 0)
-            except ProcessLookupError:
-                return None
-            except OSError:
-                pass
-        return start
+    """When process `pid` started (seconds since the epoch); None if it does not run (or is a zombie);
+    UNKNOWN if it runs but its start cannot be read."""
     try:
         process = psutil.Process(pid)
-        if process.status() == psutil.STATUS_ZOMBIE:
-            return None
-        return process.create_time()
+        return None if process.status() == psutil.STATUS_ZOMBIE else process.create_time()
     except psutil.NoSuchProcess:
         return None
     except psutil.Error:

@@ -1,10 +1,14 @@
 """Resuming a killed train stage: `last.ckpt`, `resume.json`, and what a rerun does with them.
 
-Every epoch the train stage replaces `<paths.models>/last.ckpt` atomically (`AtomicCheckpointIO`:
-temporary file in the same folder, then `os.replace`), holding what Lightning keeps (weights,
-optimizer, scheduler, epoch and step counters, the callbacks' state: early stopping, the best
-checkpoint) plus what it does not: the random number generators (`RngState`) and the
-training windows' generator (`WindowDataModule.state_dict`). `resume.json` beside it says
+At the end of every epoch the train stage replaces `<paths.models>/last.ckpt` (Lightning's
+`ModelCheckpoint(save_on_train_epoch_end=True)`), after the epoch's train metrics are in the
+MLflow run (`TrainMetricsFirst`: Lightning itself logs them only after every `on_train_epoch_end`
+hook, so a kill between the checkpoint and its log would lose that epoch's point for good; the
+point is then logged twice, at the same step with the same value). The write is atomic (`AtomicCheckpointIO`: temporary
+file in the same folder, then `os.replace`). It holds what Lightning keeps (weights, optimizer,
+scheduler, epoch and step counters, the callbacks' state: early stopping, the best checkpoint)
+plus what it does not: the random number generators (`RngState`) and the training windows'
+generator (`WindowDataModule.state_dict`); `trainer.fit(ckpt_path=last.ckpt)` resumes from it. `resume.json` beside it says
 what the checkpoint was made from: the fingerprint of the settings (the resolved config
 without `paths`, `tracking`, `evaluate`, `serving`, `ensemble` and `trainer.resume`, plus the
 manifest's md5) and the MLflow run.
@@ -53,6 +57,16 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     def save_checkpoint(self, checkpoint, path, storage_options=None) -> None:
         with atomic.atomic_path(path) as tmp:
             torch.save(checkpoint, tmp)
+
+
+class TrainMetricsFirst(Callback):
+    """Log the epoch's train metrics (`train_*`, reduced over the epoch) when the epoch ends, before
+    any checkpoint of it is written; at the step Lightning logs them at (one optimizer: its last step)."""
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        if trainer.logger is not None:
+            trainer.logger.log_metrics({k: float(v) for k, v in trainer.callback_metrics.items()
+                                        if k.startswith("train_")}, step=trainer.global_step - 1)
 
 
 class RngState(Callback):
@@ -138,10 +152,15 @@ def read_state(out: Path) -> dict | None:
         return None
 
 
+def completed_epochs(checkpoint: dict) -> int:
+    """The epochs a resume from this Lightning checkpoint skips (written at the end of epoch `epoch`)."""
+    return int(checkpoint["epoch"]) + 1
+
+
 def checkpoint_epochs(path: Path) -> int | None:
-    """The epochs a Lightning checkpoint has completed (None if unreadable)."""
+    """`completed_epochs` of the checkpoint file at `path` (None if unreadable)."""
     try:
-        return int(torch.load(path, map_location="cpu", mmap=True, weights_only=True)["epoch"]) + 1
+        return completed_epochs(torch.load(path, map_location="cpu", mmap=True, weights_only=True))
     except Exception:  # noqa: BLE001 - a checkpoint we cannot read is one we cannot resume from
         return None
 

@@ -42,7 +42,7 @@ from audiocnn.training.datamodule import WindowDataModule
 from audiocnn.training.module import Classifier
 from audiocnn.training.norm_stats import fit_bin_norm
 from audiocnn.training.optim import class_weights, resolve_precision
-from audiocnn.training.resume import BEST, AtomicCheckpointIO, RngState
+from audiocnn.training.resume import BEST, LAST, AtomicCheckpointIO, RngState, TrainMetricsFirst
 from audiocnn.training.temperature import calibrate
 from audiocnn.training.transfer import freeze, load_matching
 
@@ -86,20 +86,22 @@ def build_trainer(cfg: DictConfig, out: Path, run_id: str | None, tracking_uri: 
     on val_loss kept as `out/best.ckpt` (the stage's own output, so not configurable).
     `run_id`: the MLflow run Lightning logs to, in the store at `tracking_uri`; None in the processes
     that do not log (DDP rank > 0).
-    The loaders split the data across processes themselves (`use_distributed_sampler=False`). Every
-    epoch's `out/last.ckpt` (with the generators' state) is kept to resume from; writes are atomic."""
+    The loaders split the data across processes themselves (`use_distributed_sampler=False`). The state
+    after each epoch is kept as `out/last.ckpt` (with the generators' state) to resume from, written
+    after the epoch's train metrics are logged (`resume.TrainMetricsFirst`); writes are atomic."""
     checkpoint = ModelCheckpoint(dirpath=out, filename="best", monitor="val_loss", mode="min", save_top_k=1,
                                  enable_version_counter=False)
     # Not `save_last=True`: that rewrites last.ckpt only in epochs where best.ckpt improved.
-    last = ModelCheckpoint(dirpath=out, filename="last", monitor=None, save_top_k=1, every_n_epochs=1,
-                           enable_version_counter=False)
+    last = ModelCheckpoint(dirpath=out, filename=Path(LAST).stem, monitor=None, save_top_k=1, every_n_epochs=1,
+                           save_on_train_epoch_end=True, enable_version_counter=False)
     callbacks = [instantiate(spec) for spec in (cfg.trainer.get("callbacks") or {}).values() if spec]
     trainer = L.Trainer(
         **trainer_settings(cfg), max_epochs=cfg.trainer.max_epochs,
         precision=resolve_precision(cfg.trainer.precision, cfg.trainer.accelerator),
         gradient_clip_val=cfg.trainer.get("gradient_clip_val"), deterministic=cfg.trainer.deterministic,
         log_every_n_steps=cfg.trainer.log_every_n_steps, default_root_dir=out,
-        callbacks=[*callbacks, RngState(), checkpoint, last], plugins=[AtomicCheckpointIO()],
+        callbacks=[*callbacks, RngState(), TrainMetricsFirst(), checkpoint, last],
+        plugins=[AtomicCheckpointIO()],
         use_distributed_sampler=False,
         logger=RunLogger(tracking_uri=tracking_uri, run_id=run_id) if run_id else False,
     )
