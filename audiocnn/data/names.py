@@ -39,7 +39,7 @@ _WINDOWS_DEVICES = {"CON", "PRN", "AUX", "NUL", *(f"COM{i}" for i in range(10)),
 FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
 ESCAPE = "'"
 # The text columns of the CSVs audiocnn writes and reads back (manifest.csv, predictions.csv).
-TEXT_COLUMNS = ("path", "label", "split", "fold", "group", "actual", "predicted", "run")
+TEXT_COLUMNS = ("path", "label", "labels", "split", "fold", "group", "actual", "predicted", "run")
 
 
 def _digest(name: str) -> str:

@@ -4,6 +4,11 @@ manifest.csv has one row per usable clip: `path,label,split,fold,group,duration,
 cells are CSV-escaped (`audiocnn.data.names.csv_cell`: a label like `=cmd` is written `'=cmd`),
 and `read_manifest` reads them back unescaped. report.json's `names` maps
 every class and fold to the slug used for it in paths and metric keys.
+Multi-label data (a source whose clips carry `labels`, a list: `data=csv` with a `labels` column,
+`data=fsd50k`, `data=demo_mix`) adds a `labels` column after `label`: the clip's labels in class
+order, `;`-separated; its `label` is the first of them. Its classes.json is
+`{"task": "multilabel", "classes": [...]}` instead of the plain list, and report.json says
+`"task": "multilabel"`; `read_classes` reads either. Single-label output is unchanged.
 Every file is probed; unusable ones are listed in report.json with their reason and the
 run goes on. Only an empty split stops it. One writer at a time: prepare holds the lock of
 `paths.prepared` (`atomic.folder_lock`) while it writes; a second prepare of the same
@@ -16,6 +21,7 @@ import json
 import os
 from collections import Counter
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import pandas as pd
@@ -27,10 +33,12 @@ from audiocnn.data import sources
 from audiocnn.data.checks import check_leakage, inspect_file, merge_duplicate_groups
 from audiocnn.data.download import dataset_root
 from audiocnn.data.names import TEXT_COLUMNS, escape_columns, slug_map, unescape_columns
-from audiocnn.data.splits import SPLITS, grouped_stratified_split, val_group_splits
+from audiocnn.data.sources._common import LABEL_SEPARATOR
+from audiocnn.data.splits import SPLITS, stratified_split, val_group_splits
 
 MANIFEST_COLUMNS = ["path", "label", "split", "fold", "group", "duration", "sr"]
 DEFAULT_MAX_SECONDS = 600.0  # longer files are skipped: featurize pads a batch to its longest clip
+MULTICLASS, MULTILABEL = "multiclass", "multilabel"  # one class per clip | several (a `labels` column)
 
 
 def _display_path(path: str) -> str:
@@ -46,9 +54,12 @@ def probe_clips(clips: list[dict], classes: list[str], max_seconds: float | None
 
     A usable row gains `duration`, `sr`, `channels`, `md5` and `note` (why a kept file deserves
     a look, or ""). A reason reads `<category>: <detail>`; a clip the source already ruled out
-    carries its reason in `skip`.
+    carries its reason in `skip`. A multi-label clip (its `labels`, a list) is skipped when the list
+    is empty or holds a label outside `classes`; its labels are put in class order and its `label`
+    is the first of them.
     """
     kept, skipped, seen = [], [], set()
+    position = {name: index for index, name in enumerate(classes)}
     for clip in clips:
         path = _display_path(str(clip["path"]))
         if clip.get("skip"):
@@ -58,7 +69,16 @@ def probe_clips(clips: list[dict], classes: list[str], max_seconds: float | None
             skipped.append({"path": path, "reason": "duplicate path: listed more than once"})
             continue
         seen.add(path)
-        if clip["label"] not in classes:
+        if "labels" in clip:
+            unknown = [name for name in clip["labels"] if name not in position]
+            if not clip["labels"] or unknown:
+                reason = (f"label not in the class list: {unknown[0]!r}" + (f" (+{len(unknown) - 1} more)"
+                          if len(unknown) > 1 else "")) if unknown else "empty label list: the clip has no label"
+                skipped.append({"path": path, "reason": reason})
+                continue
+            labels = sorted(clip["labels"], key=position.__getitem__)
+            clip = {**clip, "labels": labels, "label": labels[0]}
+        elif clip["label"] not in position:
             skipped.append({"path": path, "reason": f"label not in the class list: {clip['label']!r}"})
             continue
         try:
@@ -89,10 +109,8 @@ def assign_splits(frame: pd.DataFrame, data_cfg: DictConfig, seed: int) -> pd.Da
     elif given:
         test, source = (frame["split"] == "test").to_numpy(), f"data={data_cfg.name}'s own split"
     elif spec is None:
-        frame["split"] = grouped_stratified_split(
-            frame["label"], frame["group"], val_fraction=data_cfg.val_fraction,
-            test_fraction=data_cfg.test_fraction, seed=seed,
-        )
+        frame["split"] = stratified_split(frame, val_fraction=data_cfg.val_fraction,
+                                          test_fraction=data_cfg.test_fraction, seed=seed)
     else:
         test, source = None, "made by prepare"
     if spec is not None:
@@ -119,8 +137,7 @@ def _fold_splits(frame: pd.DataFrame, fold: str, data_cfg: DictConfig, seed: int
     if "split" in frame and frame["split"].notna().all():
         rest_split = np.where(rest["split"] == "val", "val", "train")
     else:
-        rest_split = grouped_stratified_split(rest["label"], rest["group"], val_fraction=data_cfg.val_fraction,
-                                              test_fraction=0.0, seed=seed).to_numpy()
+        rest_split = stratified_split(rest, val_fraction=data_cfg.val_fraction, test_fraction=0.0, seed=seed).to_numpy()
     split = np.full(len(frame), "test", dtype=object)
     split[~test] = rest_split
     frame["split"] = split
@@ -149,21 +166,38 @@ def read_manifest(cfg: DictConfig) -> pd.DataFrame:
     return unescape_columns(pd.read_csv(path, dtype=dict.fromkeys(TEXT_COLUMNS, str), keep_default_na=False))
 
 
-def prepare(cfg: DictConfig) -> pd.DataFrame:
-    """Build `paths.prepared`/{manifest.csv, classes.json, report.json} for `cfg.data`, holding its lock."""
+def read_classes(prepared: str | Path) -> tuple[list[str], str]:
+    """`<prepared>/classes.json` as (class names, task): `MULTICLASS` for a plain list, else its `task`."""
+    classes = json.loads((Path(prepared) / "classes.json").read_text())
+    if isinstance(classes, dict):
+        return list(classes["classes"]), classes["task"]
+    return classes, MULTICLASS
+
+
+def prepare(cfg: DictConfig, classes_problem: Callable[[list], str | None] | None = None) -> pd.DataFrame:
+    """Build `paths.prepared`/{manifest.csv, classes.json, report.json} for `cfg.data`, holding its lock.
+
+    `classes_problem` (a higher layer passes `features.budget.classes_problem`) returns what is wrong
+    with the class list, or None; a problem stops prepare before any file is probed (10,000 labels
+    are refused in one line, not after hours of work)."""
     with atomic.folder_lock(cfg.paths.prepared, float(cfg.get("lock_timeout_s", 300)), "lock_timeout_s", "prepare"):
-        return _prepare(cfg)
+        return _prepare(cfg, classes_problem)
 
 
-def _prepare(cfg: DictConfig) -> pd.DataFrame:
+def _prepare(cfg: DictConfig, classes_problem: Callable[[list], str | None] | None) -> pd.DataFrame:
     out = Path(cfg.paths.prepared)
     Path(cfg.paths.raw).mkdir(parents=True, exist_ok=True)
     if "download" in cfg.data:  # a known dataset: fetched first, waiting up to lock_timeout_s for another fetch
         dataset_root(cfg.data, Path(cfg.paths.raw), lock_timeout_s=float(cfg.get("lock_timeout_s", 300)))
     clips, classes = sources.collect(cfg.data, Path(cfg.paths.raw))
+    problem = classes_problem(list(classes)) if classes_problem else None
+    if problem:
+        raise ConfigError(f"data={cfg.data.name}: {problem}; keep fewer classes with data.classes")
+    task = MULTILABEL if any("labels" in clip for clip in clips) else MULTICLASS
     kept, skipped = probe_clips(clips, classes, cfg.data.get("max_seconds", DEFAULT_MAX_SECONDS))
     # The manifest columns are there even when no clip is usable, so that case ends in EmptySplitError.
-    columns = sorted({k for c in kept for k in c} | {"path", "label", "group", "fold", "duration", "sr", "md5"})
+    columns = sorted({k for c in kept for k in c} | {"path", "label", "group", "fold", "duration", "sr", "md5"}
+                     | ({"labels"} if task == MULTILABEL else set()))
     frame = pd.DataFrame(kept, columns=columns)
     # Where prepare makes (part of) the split, every copy of one recording first joins one group,
     # so copies never straddle two splits.
@@ -182,7 +216,11 @@ def _prepare(cfg: DictConfig) -> pd.DataFrame:
     handled = [{"path": row["path"], "note": row["note"]} for row in kept if row["note"]]
     audio = {"sample_rates": dict(Counter(str(row["sr"]) for row in kept)),
              "channels": dict(Counter(str(row["channels"]) for row in kept))}
-    frame = frame[MANIFEST_COLUMNS].reset_index(drop=True)
+    manifest_columns = list(MANIFEST_COLUMNS)
+    if task == MULTILABEL:
+        frame["labels"] = frame["labels"].map(LABEL_SEPARATOR.join)
+        manifest_columns.insert(manifest_columns.index("label") + 1, "labels")
+    frame = frame[manifest_columns].reset_index(drop=True)
     # Names from the data become path components and metric keys only as slugs; an unresolvable
     # collision stops here, before any training.
     names = {"classes": slug_map(classes, "class"), "folds": slug_map(fold_values(frame), "fold")}
@@ -190,6 +228,7 @@ def _prepare(cfg: DictConfig) -> pd.DataFrame:
     counts = frame["split"].value_counts()
     report = {
         "data": cfg.data.name,
+        **({"task": MULTILABEL} if task == MULTILABEL else {}),
         "kept": len(frame),
         "skipped": len(skipped),
         "skipped_by_reason": dict(Counter(s["reason"].split(":")[0] for s in skipped)),
@@ -214,7 +253,8 @@ def _prepare(cfg: DictConfig) -> pd.DataFrame:
             f"split {empty[0]!r} is empty after skipping {len(skipped)} unusable files "
             f"(see {out / 'report.json'}); {why}"
         )
-    atomic.write_json(out / "classes.json", list(classes))
+    atomic.write_json(out / "classes.json", list(classes) if task == MULTICLASS
+                      else {"task": MULTILABEL, "classes": list(classes)})
     with atomic.atomic_path(out / "manifest.csv") as tmp:
         escape_columns(frame).to_csv(tmp, index=False)
     atomic.write_json(out / "settings.json", data_settings(cfg))

@@ -3,6 +3,8 @@
 A group (a speaker, a session, a source file) never spans two splits; within that
 constraint each split gets close to its share of every label. `data.val_groups` makes
 validation whole groups the training never sees (`val_group_splits`), as the test split is.
+Multi-label rows (a `labels` column of lists) are stratified by an approximation of iterative
+stratification (`grouped_multilabel_split`); `stratified_split` picks one or the other.
 """
 
 from __future__ import annotations
@@ -23,25 +25,66 @@ def grouped_stratified_split(
     Greedy: groups in random order (largest first) go to the split whose label counts
     are furthest below their targets. Returns a Series aligned with `labels`.
     """
-    fractions = np.array([1.0 - val_fraction - test_fraction, val_fraction, test_fraction])
     frame = pd.DataFrame({"label": labels.to_numpy(), "group": groups.to_numpy()})
     per_group = frame.groupby("group")["label"].value_counts().unstack(fill_value=0)  # (groups, labels)
     rng = np.random.default_rng(seed)
     order = rng.permutation(len(per_group))
     sizes = per_group.to_numpy().sum(axis=1)
     order = order[np.argsort(-sizes[order], kind="stable")]
-    targets = fractions[:, None] * per_group.to_numpy().sum(axis=0)[None, :]  # (splits, labels)
+    assignment = _assign_greedily(per_group, order, val_fraction, test_fraction)
+    return pd.Series([assignment[g] for g in groups], index=labels.index, name="split")
+
+
+def grouped_multilabel_split(
+    label_lists: pd.Series, groups: pd.Series, *, val_fraction: float, test_fraction: float, seed: int
+) -> pd.Series:
+    """`grouped_stratified_split` for multi-label rows (`label_lists`: one list of labels per row).
+
+    An approximation of iterative stratification (Sechidis et al. 2011) over groups: a group
+    counts every label of its clips; groups holding the rarest labels are placed first (then
+    larger before smaller, ties in a seeded random order), each into the split whose counts of
+    the group's labels are furthest below their targets. (The `iterative-stratification`
+    package was not used: its wheel installs a top-level `tests` package that shadows this
+    project's tests.)
+    """
+    frame = pd.DataFrame({"labels": label_lists.to_numpy(), "group": groups.to_numpy()}).explode("labels")
+    per_group = pd.crosstab(frame["group"], frame["labels"])  # (groups, labels): clips of the group with it
+    counts = per_group.to_numpy()
+    rarity = np.where(counts > 0, counts.sum(axis=0)[None, :], np.iinfo(np.int64).max).min(axis=1)
+    order = np.random.default_rng(seed).permutation(len(per_group))
+    order = order[np.lexsort((-counts.sum(axis=1)[order], rarity[order]))]
+    assignment = _assign_greedily(per_group, order, val_fraction, test_fraction)
+    return pd.Series([assignment[g] for g in groups], index=label_lists.index, name="split")
+
+
+def _assign_greedily(per_group: pd.DataFrame, order: np.ndarray, val_fraction: float,
+                     test_fraction: float) -> dict:
+    """{group: split}: the groups (rows of `per_group`, label counts), taken in `order`, each to the
+    split whose counts of the group's labels are furthest below their targets."""
+    fractions = np.array([1.0 - val_fraction - test_fraction, val_fraction, test_fraction])
+    matrix = per_group.to_numpy()
+    targets = fractions[:, None] * matrix.sum(axis=0)[None, :]  # (splits, labels)
     counts = np.zeros_like(targets)
     assignment: dict[object, str] = {}
     for index in order:
-        row = per_group.to_numpy()[index]
+        row = matrix[index]
         # Deficit each split would have on this group's labels, relative to target.
         deficit = ((targets - counts) * (row > 0)).sum(axis=1) / np.maximum(fractions, 1e-9)
         deficit[fractions == 0] = -np.inf  # a split with no share never takes a group
         split = int(np.argmax(deficit))
         counts[split] += row
         assignment[per_group.index[index]] = SPLITS[split]
-    return pd.Series([assignment[g] for g in groups], index=labels.index, name="split")
+    return assignment
+
+
+def stratified_split(frame: pd.DataFrame, *, val_fraction: float, test_fraction: float, seed: int) -> pd.Series:
+    """The grouped stratified split of `frame`'s rows: by its `labels` lists when it has that column
+    (multi-label), else by its `label`."""
+    if "labels" in frame:
+        return grouped_multilabel_split(frame["labels"], frame["group"], val_fraction=val_fraction,
+                                        test_fraction=test_fraction, seed=seed)
+    return grouped_stratified_split(frame["label"], frame["group"], val_fraction=val_fraction,
+                                    test_fraction=test_fraction, seed=seed)
 
 
 def pick_val_groups(groups: pd.Series, test: np.ndarray, spec, seed: int, test_source: str) -> list[str]:
@@ -86,7 +129,6 @@ def val_group_splits(frame: pd.DataFrame, test: np.ndarray | None, spec, *, test
     split = np.where(fixed, "test", "train").astype(object)
     if test is None:
         rest = frame.loc[~val]
-        split[~val] = grouped_stratified_split(rest["label"], rest["group"], val_fraction=0.0,
-                                               test_fraction=test_fraction, seed=seed).to_numpy()
+        split[~val] = stratified_split(rest, val_fraction=0.0, test_fraction=test_fraction, seed=seed).to_numpy()
     split[val] = "val"
     return pd.Series(split, index=frame.index, name="split")

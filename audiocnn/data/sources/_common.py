@@ -1,4 +1,5 @@
-"""Helpers shared by the dataset sources: file names -> groups, split names, audio files in a folder."""
+"""Helpers shared by the dataset sources: file names -> groups, split names, audio files in a folder,
+the label lists of multi-label clips."""
 
 from __future__ import annotations
 
@@ -7,6 +8,8 @@ import re
 from pathlib import Path
 
 import pandas as pd
+
+from audiocnn.errors import ConfigError
 
 # Spellings of split names found in dataset metadata and user CSVs.
 SPLIT_ALIASES = {"train": "train", "training": "train", "val": "val", "valid": "val", "validation": "val",
@@ -79,3 +82,21 @@ def classes_by_id(meta: pd.DataFrame, id_column: str, name_column: str) -> list[
     """Class names ordered by the dataset's own integer class id."""
     order = meta.assign(**{id_column: meta[id_column].astype(int)}).drop_duplicates(id_column)
     return order.sort_values(id_column)[name_column].tolist()
+
+
+# Between the labels of one clip in a CSV's `labels` column and in the manifest's.
+LABEL_SEPARATOR = ";"
+
+
+def split_labels(cell, separator: str = LABEL_SEPARATOR) -> list[str]:
+    """`"dog; siren;"` -> `["dog", "siren"]`: blank items dropped, order kept, a repeated label once."""
+    return list(dict.fromkeys(item.strip() for item in str(cell).split(separator) if item.strip()))
+
+
+def check_label_names(classes, where: str) -> None:
+    """Raise `ConfigError` naming `where` when a class name holds `LABEL_SEPARATOR` (the manifest's
+    `labels` cell could not be read back)."""
+    for index, name in enumerate(classes):
+        if LABEL_SEPARATOR in str(name):
+            raise ConfigError(f"{where}: class {name!r} (#{index}) holds {LABEL_SEPARATOR!r}, the separator of "
+                              "the labels column; rename it")
