@@ -226,6 +226,18 @@ def render_clip(label: str, *, seed: int = 0, index: int = 0, sr: int = 16000,
     return x
 
 
+def write_pcm16(path: Path, x: np.ndarray, sr: int) -> None:
+    """`x` (floats in [-1, 1], clipped) as a 16-bit PCM mono WAV at `path`, atomically (temp file + os.replace)."""
+    pcm = np.round(np.clip(x, -1.0, 1.0) * 32767.0).astype(np.int16)
+    tmp = path.parent / f".{path.stem}.{os.getpid()}.tmp"
+    try:
+        sf.write(tmp, pcm, sr, subtype="PCM_16", format="WAV")
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
 def generate_demo(root: Path, *, seed: int = 0, clips_per_class: int = 80, sr: int = 16000,
                   min_duration: float = 2.0, max_duration: float = 4.0,
                   progress: bool = True, classes: tuple[str, ...] | list[str] | None = None,
@@ -253,14 +265,7 @@ def generate_demo(root: Path, *, seed: int = 0, clips_per_class: int = 80, sr: i
         path = folder / f"{label}_{i:04d}.wav"
         x = render_clip(label, seed=seed, index=i, sr=sr,
                         min_duration=min_duration, max_duration=max_duration, midi_range=midi_range)
-        pcm = np.round(np.clip(x, -1.0, 1.0) * 32767.0).astype(np.int16)
-        tmp = folder / f".{path.stem}.{os.getpid()}.tmp"
-        try:
-            sf.write(tmp, pcm, sr, subtype="PCM_16", format="WAV")
-            os.replace(tmp, path)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
+        write_pcm16(path, x, sr)
         records.append({"path": str(path), "label": label, "group": path.stem})
     return records
 
