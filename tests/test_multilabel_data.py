@@ -146,6 +146,16 @@ def test_grouped_multilabel_split_keeps_groups_whole_covers_every_label_and_is_s
     assert split.equals(grouped_multilabel_split(label_lists, groups, val_fraction=0.15, test_fraction=0.15, seed=0))
 
 
+def test_ten_thousand_labels_split_without_a_groups_by_labels_matrix():
+    """Without the class ceiling (prepare's classes_problem), 10,000 labels still split: the counts
+    are sparse (10,000 x 10,000 dense counts would be 800 MB)."""
+    count = 10_000
+    label_lists = pd.Series([[f"label{i}", "common"] for i in range(count)])
+    split = grouped_multilabel_split(label_lists, pd.Series([f"g{i}" for i in range(count)]), val_fraction=0.15,
+                                     test_fraction=0.15, seed=0)
+    assert split.value_counts().to_dict() == {"train": 7000, "val": 1500, "test": 1500}
+
+
 def test_val_groups_and_duplicate_files_work_on_multilabel_data(tmp_path):
     rows = [(f"s{i % 6}_clip{i:02d}.wav", LABEL_SETS[i % len(LABEL_SETS)]) for i in range(36)]
     table = labelled_csv(tmp_path, rows)

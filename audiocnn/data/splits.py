@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
+from scipy import sparse
 
 from audiocnn.errors import ConfigError
 
@@ -25,13 +26,24 @@ def grouped_stratified_split(
     Greedy: groups in random order (largest first) go to the split whose label counts
     are furthest below their targets. Returns a Series aligned with `labels`.
     """
+    fractions = np.array([1.0 - val_fraction - test_fraction, val_fraction, test_fraction])
     frame = pd.DataFrame({"label": labels.to_numpy(), "group": groups.to_numpy()})
     per_group = frame.groupby("group")["label"].value_counts().unstack(fill_value=0)  # (groups, labels)
     rng = np.random.default_rng(seed)
     order = rng.permutation(len(per_group))
     sizes = per_group.to_numpy().sum(axis=1)
     order = order[np.argsort(-sizes[order], kind="stable")]
-    assignment = _assign_greedily(per_group, order, val_fraction, test_fraction)
+    targets = fractions[:, None] * per_group.to_numpy().sum(axis=0)[None, :]  # (splits, labels)
+    counts = np.zeros_like(targets)
+    assignment: dict[object, str] = {}
+    for index in order:
+        row = per_group.to_numpy()[index]
+        # Deficit each split would have on this group's labels, relative to target.
+        deficit = ((targets - counts) * (row > 0)).sum(axis=1) / np.maximum(fractions, 1e-9)
+        deficit[fractions == 0] = -np.inf  # a split with no share never takes a group
+        split = int(np.argmax(deficit))
+        counts[split] += row
+        assignment[per_group.index[index]] = SPLITS[split]
     return pd.Series([assignment[g] for g in groups], index=labels.index, name="split")
 
 
@@ -43,38 +55,35 @@ def grouped_multilabel_split(
     An approximation of iterative stratification (Sechidis et al. 2011) over groups: a group
     counts every label of its clips; groups holding the rarest labels are placed first (then
     larger before smaller, ties in a seeded random order), each into the split whose counts of
-    the group's labels are furthest below their targets. (The `iterative-stratification`
-    package was not used: its wheel installs a top-level `tests` package that shadows this
-    project's tests.)
+    the group's labels are furthest below their targets. The (groups, labels) counts are sparse,
+    so memory and time grow with the number of (clip, label) pairs, not groups x labels. (The
+    `iterative-stratification` package is not used: its wheel installs a top-level `tests`
+    package that shadows this project's tests.)
     """
-    frame = pd.DataFrame({"labels": label_lists.to_numpy(), "group": groups.to_numpy()}).explode("labels")
-    per_group = pd.crosstab(frame["group"], frame["labels"])  # (groups, labels): clips of the group with it
-    counts = per_group.to_numpy()
-    rarity = np.where(counts > 0, counts.sum(axis=0)[None, :], np.iinfo(np.int64).max).min(axis=1)
-    order = np.random.default_rng(seed).permutation(len(per_group))
-    order = order[np.lexsort((-counts.sum(axis=1)[order], rarity[order]))]
-    assignment = _assign_greedily(per_group, order, val_fraction, test_fraction)
-    return pd.Series([assignment[g] for g in groups], index=label_lists.index, name="split")
-
-
-def _assign_greedily(per_group: pd.DataFrame, order: np.ndarray, val_fraction: float,
-                     test_fraction: float) -> dict:
-    """{group: split}: the groups (rows of `per_group`, label counts), taken in `order`, each to the
-    split whose counts of the group's labels are furthest below their targets."""
+    group_codes, group_names = pd.factorize(groups, sort=True)
+    pairs = pd.DataFrame({"group": group_codes, "label": label_lists.to_numpy()}).explode("label")
+    label_codes, label_names = pd.factorize(pairs["label"], sort=True)
+    counts = pd.DataFrame({"group": pairs["group"].to_numpy(dtype=np.int64), "label": label_codes}).value_counts()
+    matrix = sparse.csr_matrix((counts.to_numpy(), (counts.index.get_level_values("group"),
+                                                    counts.index.get_level_values("label"))),
+                               shape=(len(group_names), len(label_names)))  # (groups, labels): clips with it
+    totals = np.asarray(matrix.sum(axis=0)).ravel()
+    rarity = np.minimum.reduceat(totals[matrix.indices], matrix.indptr[:-1])  # every group has a label
+    order = np.random.default_rng(seed).permutation(len(group_names))
+    order = order[np.lexsort((-np.asarray(matrix.sum(axis=1)).ravel()[order], rarity[order]))]
     fractions = np.array([1.0 - val_fraction - test_fraction, val_fraction, test_fraction])
-    matrix = per_group.to_numpy()
-    targets = fractions[:, None] * matrix.sum(axis=0)[None, :]  # (splits, labels)
-    counts = np.zeros_like(targets)
-    assignment: dict[object, str] = {}
+    targets = fractions[:, None] * totals[None, :]  # (splits, labels)
+    placed = np.zeros_like(targets)
+    split = np.empty(len(group_names), dtype=object)
     for index in order:
-        row = matrix[index]
-        # Deficit each split would have on this group's labels, relative to target.
-        deficit = ((targets - counts) * (row > 0)).sum(axis=1) / np.maximum(fractions, 1e-9)
+        row = slice(matrix.indptr[index], matrix.indptr[index + 1])
+        columns, values = matrix.indices[row], matrix.data[row]
+        deficit = (targets[:, columns] - placed[:, columns]).sum(axis=1) / np.maximum(fractions, 1e-9)
         deficit[fractions == 0] = -np.inf  # a split with no share never takes a group
-        split = int(np.argmax(deficit))
-        counts[split] += row
-        assignment[per_group.index[index]] = SPLITS[split]
-    return assignment
+        chosen = int(np.argmax(deficit))
+        placed[chosen, columns] += values
+        split[index] = SPLITS[chosen]
+    return pd.Series(split[group_codes], index=label_lists.index, name="split")
 
 
 def stratified_split(frame: pd.DataFrame, *, val_fraction: float, test_fraction: float, seed: int) -> pd.Series:
