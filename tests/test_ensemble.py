@@ -85,8 +85,8 @@ def test_ensemble_answer_is_the_clipwise_mean_of_confident_members(members, tmp_
     metrics = evaluate(cfg)
 
     data = WindowDataModule(cfg)
-    probabilities = [predict_probabilities(WindowScorer(load_trained(s)[0]), data.test_dataloader(), pick_device("cpu"))[0]
-                     for s in sources]
+    probabilities = [predict_probabilities(WindowScorer(load_trained(s)[0]), data.test_dataloader(),
+                                           pick_device("cpu"))[0] for s in sources]
     stacked = torch.stack(probabilities)
     mean = stacked.mean(0)
     # The clips tell the mean apart from its alternatives (else the check below would prove nothing).

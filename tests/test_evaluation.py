@@ -78,7 +78,8 @@ def test_predict_probabilities_averages_window_probabilities_per_clip():
         expected += [p.mean(dim=0) for p in probs.split(batch_counts)]
         labels.append(y)
 
-    probabilities, got_labels = predict_probabilities(WindowScorer(FirstPixelsAreLogits()), batches, torch.device("cpu"))
+    scorer = WindowScorer(FirstPixelsAreLogits())
+    probabilities, got_labels = predict_probabilities(scorer, batches, torch.device("cpu"))
     assert probabilities.shape == (3, 3)
     torch.testing.assert_close(probabilities, torch.stack(expected))
     torch.testing.assert_close(probabilities.sum(dim=1), torch.ones(3))

@@ -62,6 +62,9 @@ def test_store_and_on_the_fly_give_the_same_logits_for_the_same_weights_and_clip
         torch.testing.assert_close(on_the_fly.frames(waves), frames, atol=1e-2, rtol=2e-3)  # float16 store
         torch.testing.assert_close(on_the_fly(waves), from_store(frames), atol=1e-3, rtol=1e-3)
         torch.testing.assert_close(fly_model(waves), stored_model(frames), atol=1e-3, rtol=1e-3)
+    from audiocnn.models.summary import summarize  # the table of a waveform model: from its front-end's output
+
+    assert summarize(fly_model, 84, WINDOW).total_macs == summarize(stored_model, 84, WINDOW).total_macs
 
 
 @pytest.mark.slow

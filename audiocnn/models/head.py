@@ -15,7 +15,7 @@ halves, so transfer learning, Grad-CAM and export never need to know a model's l
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Callable, Sequence
 
 from torch import Tensor, nn
 
@@ -73,3 +73,10 @@ class CQTClassifier(nn.Module):
     def reset_classifier(self, n_classes: int) -> None:
         """A new, untrained last layer for `n_classes` classes (fine-tuning on other labels)."""
         self.head.fc = nn.Linear(self.head.fc.in_features, n_classes).to(self.head.fc.weight.device)
+
+
+def frames_to_logits(model: nn.Module) -> Callable[[Tensor], Tensor]:
+    """What maps `model`'s log-CQT windows `(batch, 1, n_bins, frames)` to logits: `model` itself when its
+    front-end is the identity (stored frames; also any module without one), so its forward hooks see the
+    windows; `model.classify` when its front-end makes them (the CQT of a model trained on the fly)."""
+    return model if isinstance(getattr(model, "frontend", nn.Identity()), nn.Identity) else model.classify

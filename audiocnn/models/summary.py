@@ -22,6 +22,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from audiocnn.models.head import frames_to_logits
+
 BRANCH_WORDS = ("shortcut", "downsample")
 RNN_GATES = {nn.GRU: 3, nn.LSTM: 4, nn.RNN: 1}
 CONTAINERS = (nn.Sequential, nn.ModuleList, nn.ModuleDict)  # empty ones are no-ops, not layers
@@ -150,9 +152,9 @@ def _shape(module: nn.Module, out: torch.Tensor) -> tuple[int, ...]:
 
 
 def summarize(model: nn.Module, n_bins: int, frames: int, name: str | None = None) -> ModelSummary:
-    """Run `model` once on zeros `(1, 1, n_bins, frames)` and describe every leaf call. An audiocnn
-    model runs after its front-end (`classify`: the window as its front-end makes it); its
-    front-end's trainable kernels, if any, are in the totals.
+    """Run `model` once on zeros `(1, 1, n_bins, frames)` and describe every leaf call. A model whose
+    front-end is not the identity (the CQT of a model trained on the fly: it takes waveforms) runs
+    from its front-end's output (`classify`); the front-end's trainable kernels, if any, are in the totals.
 
     The model runs in eval mode without gradients (batch norm statistics stay untouched)
     and is put back in the mode it was in.
@@ -197,7 +199,7 @@ def summarize(model: nn.Module, n_bins: int, frames: int, name: str | None = Non
     try:
         model.eval()
         with torch.no_grad():
-            getattr(model, "classify", model)(x)  # any nn.Module taking frames, or a model's body
+            frames_to_logits(model)(x)
     finally:
         model.train(was_training)
         for handle in handles:

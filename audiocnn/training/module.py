@@ -10,6 +10,7 @@ from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
 
 from audiocnn.errors import NonFiniteError
+from audiocnn.models.head import frames_to_logits
 from audiocnn.training.augment import SpectrogramAugment, WaveformAugment
 from audiocnn.training.optim import build_optimizer, build_scheduler
 from audiocnn.training.transfer import frozen_modules
@@ -55,8 +56,9 @@ class Classifier(L.LightningModule):
         return self.model(self.frontend(x))
 
     def frames(self, x: Tensor) -> Tensor:
-        """A batch as the loader gives it -> `(batch, 1, n_bins, frames)` log-CQT windows."""
-        return self.model.frontend(self.frontend(x))
+        """A batch as the loader gives it -> `(batch, 1, n_bins, frames)` log-CQT windows (the model's
+        front-end; a plain module without one takes the batch as it is)."""
+        return getattr(self.model, "frontend", nn.Identity())(self.frontend(x))
 
     def _step(self, batch, stage: str, accuracy: MulticlassAccuracy) -> Tensor:
         x, y = batch
@@ -66,7 +68,7 @@ class Classifier(L.LightningModule):
         features = self.frames(x)
         if stage == "train":
             features, targets = self.augment(features, y)  # targets: (batch,) or mixed (batch, n_classes)
-        logits = self.model.classify(features)
+        logits = frames_to_logits(self.model)(features)
         loss = self.loss(logits, targets)
         if not bool(torch.isfinite(loss)):
             raise NonFiniteError(self._why_non_finite(stage, loss, x, features))
