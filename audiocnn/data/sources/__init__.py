@@ -1,8 +1,9 @@
 """Dataset sources: one module per dataset, each with `collect(data_cfg, raw_root)`.
 
 `collect` returns `(clips, classes)`: clips are dicts with at least `path`, `label` and
-`group` (plus `split`/`fold` where the dataset has official ones); classes is the label
-list in index order. `data=<name>` selects `audiocnn.data.sources.<name>`.
+`group` (plus `split`/`fold` where the dataset has official ones); a multi-label source's clips
+carry `labels` (a list, maybe empty: prepare reports it) instead of `label`; classes is the
+label list in index order. `data=<name>` selects `audiocnn.data.sources.<name>`.
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ def validate(data_cfg: DictConfig) -> None:
     if "root" in data_cfg and root is None and not (data_cfg.get("download") or {}).get("url"):
         raise ConfigError(f"data.root=null: data={name} cannot be downloaded; set data.root to your copy")
     if "csv" in data_cfg and (data_cfg.csv is None or not Path(data_cfg.csv).is_file()):
-        raise ConfigError(f"data.csv={data_cfg.csv}: no such file; give the CSV listing path,label[,split,fold,group]")
+        raise ConfigError(f"data.csv={data_cfg.csv}: no such file; give the CSV listing path,label (or labels)[,split,fold,group]")
     try:
         compile_group_regex(data_cfg)
     except re.error as error:
