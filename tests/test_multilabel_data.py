@@ -171,6 +171,16 @@ def test_val_groups_and_duplicate_files_work_on_multilabel_data(tmp_path):
     assert len(both) == 2 and both["split"].nunique() == 1
 
 
+def test_a_fold_as_test_split_on_multilabel_data(tmp_path):
+    rows = [(f"clip{i:02d}.wav", LABEL_SETS[i % len(LABEL_SETS)]) for i in range(48)]
+    table = labelled_csv(tmp_path, rows)
+    pd.read_csv(table).assign(fold=[str(i % 4) for i in range(48)]).to_csv(table, index=False)
+    cfg = config(tmp_path / "out", "csv", f"data.csv={table}", "data.fold=2")
+    frame = prepare(cfg)
+    assert set(frame.loc[frame["split"] == "test", "fold"]) == {"2"} and (frame["fold"] == "2").sum() == 12
+    assert set(frame.loc[frame["fold"] != "2", "split"]) == {"train", "val"}
+
+
 # ---------------------------------------------------------------- FSD50K
 
 VOCABULARY = [(0, "Bark", "/m/05tny_"), (1, "Dog", "/m/0bt9lr"), (2, "Siren", "/m/03kmc9"), (3, "Car", "/m/0k4j")]
