@@ -59,7 +59,7 @@ def assert_exports_match(folder: Path, inputs: list[Path], tmp_path: Path) -> No
         assert load_model(out, trust_code=True).classes == load_model(folder).classes
 
 
-@pytest.mark.parametrize("model", ["cnn", "crnn_gru", "crnn_lstm", "resnet"])
+@pytest.mark.parametrize("model", ["cnn", "crnn_gru", "crnn_lstm", "resnet", "lenet", "alexnet"])
 def test_onnx_and_torchscript_match_pytorch_on_demo_clips(model, prepared_store, tmp_path):
     folder = bundle_for(tmp_path, model, "features.top_db=60")
     assert_exports_match(folder, clips(prepared_store, tmp_path, prepared_store.features.sr), tmp_path)

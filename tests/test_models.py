@@ -240,3 +240,14 @@ def test_top_db_makes_the_model_blind_to_level_and_to_noise_far_below_the_peak(n
         raw = build_model(cfg.model, N_CLASSES, cfg.features.n_bins).eval()
         raw.load_state_dict(model.state_dict())  # same weights (PeakNormalize has none), no normalisation
         assert not torch.allclose(raw(x), raw(x - 3.0), atol=1e-3)
+
+
+@pytest.mark.parametrize("size, grid", [((17, 29), (5, 5)), ((5, 5), (5, 5)), ((3, 7), (5, 5)), ((21, 30), (3, 3)),
+                                        ((1, 1), (3, 3)), ((40, 11), (4, 6))])
+def test_grid_pooling_averages_adaptive_average_pooling_cells(size, grid):
+    """`global_pool: grid` (lenet, alexnet) averages the cells of `nn.AdaptiveAvgPool2d`, as matrix products
+    an ONNX export takes at any feature-map size (the exporter refuses adaptive pooling of an unknown size)."""
+    from audiocnn.models.cnn import GridPool
+
+    x = torch.randn(2, 3, *size)
+    torch.testing.assert_close(GridPool(grid)(x), nn.AdaptiveAvgPool2d(grid)(x), atol=1e-6, rtol=1e-6)

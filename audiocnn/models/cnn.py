@@ -28,6 +28,28 @@ from audiocnn.models.shapes import UNBOUNDED_TIME, trace_shapes
 GLOBAL_POOLS = ("avg", "max", "catavgmax", "grid")
 
 
+def cell_weights(length: int, cells: int, like: Tensor) -> Tensor:
+    """(cells, length): row i averages positions [floor(i L / n), ceil((i + 1) L / n)), the cells of
+    `nn.AdaptiveAvgPool2d`. Built from `length` with tensor operations (the traced graph takes any
+    length) and only operators the exported-file check allows (`inference.onnx_check`)."""
+    cell, position = torch.arange(cells, device=like.device), torch.arange(length, device=like.device)
+    start, end = cell * length // cells, ((cell + 1) * length + cells - 1) // cells
+    inside = ((position[None] >= start[:, None]).to(like.dtype)
+              - (position[None] >= end[:, None]).to(like.dtype))  # 1 on [start, end), end > start
+    return inside / (end - start)[:, None].to(like.dtype)
+
+
+class GridPool(nn.AdaptiveAvgPool2d):
+    """`nn.AdaptiveAvgPool2d` to `output_size` (gh, gw), (batch, C, F, T) -> (batch, C, gh, gw), as two
+    matrix products with `cell_weights`: the same averages (up to float rounding), and an ONNX export
+    with the feature map's size unknown until run time (torch's exporter refuses adaptive pooling
+    then, and every audiocnn graph takes any chunk length)."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        rows, columns = self.output_size
+        return cell_weights(x.shape[-2], rows, x) @ x @ cell_weights(x.shape[-1], columns, x).transpose(0, 1)
+
+
 class CNN(CQTClassifier):
     def __init__(
         self,
@@ -51,7 +73,7 @@ class CNN(CQTClassifier):
         self.input_norm = input_norm(norm, n_bins, top_db)  # model.norm: PCEN / per-bin (models.norm), first
         self.normalize = peak_normalize(top_db)  # (batch, 1, n_bins, frames), before the backbone
         self.global_pool = global_pool
-        self.grid = nn.AdaptiveAvgPool2d(tuple(grid_size)) if global_pool == "grid" else None
+        self.grid = GridPool(tuple(grid_size)) if global_pool == "grid" else None
         width = self.backbone.out_channels * {"catavgmax": 2, "grid": grid_size[0] * grid_size[1]}.get(global_pool, 1)
         self.head = ClassifierHead(width, n_classes, head_hidden, dropout)
 
@@ -62,7 +84,8 @@ class CNN(CQTClassifier):
     def pool(self, features: Tensor) -> Tensor:
         """(batch, C, F', T') -> (batch, width) by `global_pool`."""
         if self.grid is not None:
-            return self.grid(features).flatten(1)  # (batch, C * gh * gw)
+            pooled = self.grid(features)  # (batch, C, gh, gw)
+            return pooled.reshape(pooled.shape[0], -1)  # (batch, C * gh * gw); an ONNX Reshape, as the others
         features = features.flatten(2)  # (batch, C, F' * T')
         pooled = []
         if self.global_pool in ("avg", "catavgmax"):
