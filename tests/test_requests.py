@@ -13,8 +13,6 @@ import io
 import json
 import logging
 import os
-import subprocess
-import sys
 import urllib.error
 import urllib.request
 import warnings
@@ -30,9 +28,8 @@ from mlflow.exceptions import MlflowException
 from audiocnn.errors import ConfigError
 from audiocnn.inference.pyfunc import OUTPUT_SCHEMA, log_audio_model, model_config
 from audiocnn.inference.requests import Limits
-from tests.conftest import stop_process, tiny_classifier, untrained_bundle
+from tests.conftest import tiny_classifier, untrained_bundle
 from tests.test_serving_budget import silent_flac
-from tests.test_tracking import free_port
 
 SR = 16000
 RNG = np.random.default_rng(0)
@@ -247,18 +244,10 @@ def post(url: str, payload) -> tuple[int, dict]:
 
 @pytest.mark.slow  # a real server: ~15 s to start and answer on two cores
 def test_mlflow_models_serve_answers_bad_requests_4xx_with_their_reason(model_dir, tmp_path):
-    from tests.test_serving import wait_for
+    from tests.test_serving import served
 
-    port = free_port()
-    mlflow_bin = Path(sys.executable).parent / "mlflow"
-    process = subprocess.Popen(
-        [str(mlflow_bin), "models", "serve", "-m", str(model_dir), "--env-manager", "local", "-h", "127.0.0.1",
-         "-p", str(port)],
-        env={**os.environ, "PATH": f"{mlflow_bin.parent}{os.pathsep}{os.environ['PATH']}"}, cwd=tmp_path,
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    url = f"http://127.0.0.1:{port}/invocations"
-    try:
-        wait_for(f"http://127.0.0.1:{port}/ping", process)
+    with served(model_dir, tmp_path) as (base, _):
+        url = f"{base}/invocations"
         stereo = noise(400, 2).tolist()
         status, answer = post(url, {"inputs": {"samples": stereo, "sample_rate": SR}})
         assert status == 200 and len(answer["predictions"]) == 1  # one stereo clip
@@ -286,5 +275,3 @@ def test_mlflow_models_serve_answers_bad_requests_4xx_with_their_reason(model_di
             assert reason in body.get("reason", body["message"]), body  # MLflow's own refusals have no `reason`
             assert "stack_trace" not in body and "Traceback" not in json.dumps(body), body
             assert "/work/" not in json.dumps(body) and "site-packages" not in json.dumps(body), body
-    finally:
-        stop_process(process)

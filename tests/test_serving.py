@@ -5,6 +5,7 @@ the real `mlflow models serve`."""
 from __future__ import annotations
 
 import base64
+import contextlib
 import io
 import json
 import os
@@ -13,6 +14,7 @@ import sys
 import time
 import urllib.request
 from pathlib import Path
+from typing import Iterator
 
 import mlflow
 import numpy as np
@@ -196,6 +198,27 @@ def wait_for(url: str, process: subprocess.Popen, seconds: float = 180) -> None:
     raise TimeoutError(f"{url} did not answer in {seconds} s")
 
 
+@contextlib.contextmanager
+def served(model: str | Path, cwd: Path, env: dict | None = None,
+           preexec_fn=None) -> Iterator[tuple[str, subprocess.Popen]]:
+    """`mlflow models serve` of `model` (a folder or a URI) on a free local port, offline: (its base URL,
+    the process) once it answers `/ping`; stopped on leaving. `env`: added to the environment;
+    `preexec_fn`: run in the server's process before it starts (a resource limit)."""
+    port = free_port()
+    mlflow_bin = Path(sys.executable).parent / "mlflow"
+    process = subprocess.Popen(
+        [str(mlflow_bin), "models", "serve", "-m", str(model), "--env-manager", "local", "-h", "127.0.0.1",
+         "-p", str(port)],
+        # the server runs `uvicorn` from PATH: the environment's bin folder, as in an activated venv
+        env={**os.environ, **(env or {}), "PATH": f"{mlflow_bin.parent}{os.pathsep}{os.environ['PATH']}"},
+        cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, preexec_fn=preexec_fn)
+    try:
+        wait_for(f"http://127.0.0.1:{port}/ping", process)
+        yield f"http://127.0.0.1:{port}", process
+    finally:
+        stop_process(process)
+
+
 def post(url: str, payload: dict) -> dict:
     request = urllib.request.Request(url, data=json.dumps(payload).encode(),
                                      headers={"Content-Type": "application/json"})
@@ -205,24 +228,14 @@ def post(url: str, payload: dict) -> dict:
 
 def test_mlflow_models_serve_answers_a_posted_wav_file(trained, tmp_path):
     cfg, summary, predictions = trained
-    port = free_port()
-    mlflow_bin = Path(sys.executable).parent / "mlflow"
-    process = subprocess.Popen(
-        [str(mlflow_bin), "models", "serve", "-m", summary["registered_model"], "--env-manager", "local",
-         "-h", "127.0.0.1", "-p", str(port)],
-        # the server runs `uvicorn` from PATH: the environment's bin folder, as in an activated venv
-        env={**os.environ, "MLFLOW_TRACKING_URI": cfg.tracking.uri,
-             "PATH": f"{mlflow_bin.parent}{os.pathsep}{os.environ['PATH']}"}, cwd=tmp_path,
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    try:
-        wait_for(f"http://127.0.0.1:{port}/ping", process)
+    with served(summary["registered_model"], tmp_path, env={"MLFLOW_TRACKING_URI": cfg.tracking.uri}) as (url, _):
         row = predictions.iloc[0]
-        answer = post(f"http://127.0.0.1:{port}/invocations",
+        answer = post(f"{url}/invocations",
                       {"dataframe_records": [{"audio_base64": encoded(row["path"])}]})["predictions"][0]
         assert answer["label"] == row["predicted"]
         assert sum(answer["probabilities"].values()) == pytest.approx(1.0, abs=1e-5)
         samples, sr = sf.read(row["path"], dtype="float32")
-        from_array = post(f"http://127.0.0.1:{port}/invocations",
+        from_array = post(f"{url}/invocations",
                           {"inputs": {"samples": [samples.tolist()], "sample_rate": [sr]}})["predictions"][0]
         assert from_array["label"] == row["predicted"]
         assert from_array["probabilities"] == pytest.approx(answer["probabilities"], abs=1e-5)
@@ -230,7 +243,6 @@ def test_mlflow_models_serve_answers_a_posted_wav_file(trained, tmp_path):
         mlflow.set_tracking_uri(cfg.tracking.uri)
         local = Path(mlflow.artifacts.download_artifacts(summary["registered_model"], dst_path=str(tmp_path / "m")))
         example = json.loads((local / "serving_input_example.json").read_text())
-        answered = post(f"http://127.0.0.1:{port}/invocations", example)["predictions"]
+        answered = post(f"{url}/invocations", example)["predictions"]
         assert [list(one) for one in answered] == [["label", "probabilities"]]
-    finally:
-        stop_process(process)
+

@@ -16,7 +16,6 @@ import json
 import os
 import resource
 import subprocess
-import sys
 import threading
 import time
 import tracemalloc
@@ -36,8 +35,7 @@ from audiocnn.errors import ConfigError, RequestError
 from audiocnn.inference.pyfunc import log_audio_model, model_config
 from audiocnn.inference.requests import (BLOCK, Budget, Busy, Limits, Values, decode_mono, read_clip,
                                          request_cost)
-from tests.conftest import stop_process, tiny_classifier, untrained_bundle
-from tests.test_tracking import free_port
+from tests.conftest import tiny_classifier, untrained_bundle
 
 SR = 16000
 RNG = np.random.default_rng(0)
@@ -235,7 +233,7 @@ def worker_status(process: subprocess.Popen) -> dict[str, int]:
 def server(tmp_path_factory):
     """ONE `mlflow models serve` of an untrained model logged with the default limits, except a
     short `queue_seconds` so that contention shows as 503s; under RLIMIT_DATA."""
-    from tests.test_serving import wait_for
+    from tests.test_serving import served
 
     root = tmp_path_factory.mktemp("budget")
     bundle = untrained_bundle(root / "bundle")
@@ -251,20 +249,10 @@ def server(tmp_path_factory):
     def cap_memory():
         resource.setrlimit(resource.RLIMIT_DATA, (MEMORY_CAP_MB << 20, MEMORY_CAP_MB << 20))
 
-    port = free_port()
-    mlflow_bin = Path(sys.executable).parent / "mlflow"
-    process = subprocess.Popen(
-        [str(mlflow_bin), "models", "serve", "-m", str(model_dir), "--env-manager", "local", "-h", "127.0.0.1",
-         "-p", str(port)],
-        env={**os.environ, "PATH": f"{mlflow_bin.parent}{os.pathsep}{os.environ['PATH']}"}, cwd=root,
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, preexec_fn=cap_memory)
-    try:
-        wait_for(f"http://127.0.0.1:{port}/ping", process)
+    with served(model_dir, root, preexec_fn=cap_memory) as (url, process):
         worker = Path(f"/proc/{process.pid}/task/{process.pid}/children").read_text().split()[0]
         assert f"{MEMORY_CAP_MB << 20}" in Path(f"/proc/{worker}/limits").read_text()  # the cap holds in the worker
-        yield f"http://127.0.0.1:{port}", process, worker_status(process)["VmRSS"]
-    finally:
-        stop_process(process)
+        yield url, process, worker_status(process)["VmRSS"]
 
 
 def answers(url: str) -> None:
