@@ -31,9 +31,10 @@ from omegaconf import DictConfig, OmegaConf
 from audiocnn import atomic, tracking
 from audiocnn.data.prepare import is_prepared
 from audiocnn.errors import ConfigError, InputError, MissingInputError
-from audiocnn.features.cqt import CQTFrontend, pick_device
+from audiocnn.features.cqt import pick_device
 from audiocnn.features.featurize import store_problem
 from audiocnn.models import build_model
+from audiocnn.models.build import build_frontend
 from audiocnn.models.bundle import load_state, save_bundle
 from audiocnn.models.summary import summarize
 from audiocnn.training import distributed, resume
@@ -137,7 +138,6 @@ def build_module(cfg: DictConfig, model: torch.nn.Module, data: WindowDataModule
         waveform_augment=WaveformAugment(augment.get("waveform") if cfg.features.get("on_the_fly") else None,
                                          cfg.features.sr),
         label_smoothing=cfg.trainer.get("label_smoothing", 0.0), class_weights=weights,
-        frontend=CQTFrontend.from_config(cfg.features) if cfg.features.on_the_fly else None,
     )
 
 
@@ -160,13 +160,12 @@ def initial_weights(cfg: DictConfig, model: torch.nn.Module):
 def fit(cfg: DictConfig, model: torch.nn.Module, data: WindowDataModule, out: Path, run_id: str | None,
         start: resume.Start, tracking_uri: str | None = None):
     """Fit (from `start.ckpt`; not at all when `start.fit_done`), load the best checkpoint (or SWA's
-    average) into `model` and the on-the-fly front-end, validate it.
+    average) into `model` (its front-end's kernels included), validate it.
 
-    Returns (trainer, best validation metrics, front-end or None, epochs). Every DDP process calls this.
+    Returns (trainer, best validation metrics, epochs). Every DDP process calls this.
     """
     trainer, checkpoint = build_trainer(cfg, out, run_id, tracking_uri)
     module = build_module(cfg, model, data)
-    frontend = module.frontend if cfg.features.on_the_fly else None
     epochs, averaged = start.epochs, False
     if not start.fit_done:
         trainer.fit(module, datamodule=data, ckpt_path=start.ckpt)
@@ -181,15 +180,12 @@ def fit(cfg: DictConfig, model: torch.nn.Module, data: WindowDataModule, out: Pa
     if not averaged:  # every process: validate() is collective
         model.load_state_dict(load_state(best))
     best_val = trainer.validate(module, datamodule=data, verbose=False)[0]
-    if frontend is not None and not averaged:  # the best checkpoint's kernels (features.trainable)
-        frontend.load_state_dict(load_state(best, prefix="frontend."))
-    return trainer, best_val, frontend, epochs
+    return trainer, best_val, epochs
 
 
-def fit_calibration(model: torch.nn.Module, frontend, data: WindowDataModule, cfg: DictConfig) -> float:
+def fit_calibration(model: torch.nn.Module, data: WindowDataModule, cfg: DictConfig) -> float:
     """`trainer.calibrate=temperature`: T fitted on the val split's sliding windows, logged to the run."""
-    scorer = torch.nn.Sequential(frontend, model) if frontend is not None else model
-    temperature, before, after = calibrate(scorer, data.sliding_dataloader("val"), pick_device(cfg.features.device))
+    temperature, before, after = calibrate(model, data.sliding_dataloader("val"), pick_device(cfg.features.device))
     mlflow.log_metrics({"temperature": temperature, "val_nll_uncalibrated": before, "val_nll_calibrated": after})
     print(f"train: trainer.calibrate=temperature: T={temperature:.4f} on {len(data.rows('val'))} val clips, "
           f"val NLL {before:.4f} -> {after:.4f}")
@@ -231,7 +227,8 @@ def train(cfg: DictConfig, run_name_suffix: str = "", parent_run_id: str | None 
     if calibrating and len(data.rows("val")) == 0:
         raise ConfigError("trainer.calibrate=temperature: the val split has no clips to fit the temperature on; "
                           "give it clips (data.val_fraction) or set trainer.calibrate=none")
-    model = build_model(cfg.model, len(data.classes), cfg.features.n_bins, cfg.features.get("top_db"))
+    model = build_model(cfg.model, len(data.classes), cfg.features.n_bins, cfg.features.get("top_db"),
+                        frontend=build_frontend(cfg.features))  # the CQT on the fly, else identity
     transfer = initial_weights(cfg, model) if start.ckpt is None else None  # else the checkpoint has them
     freeze(model, cfg.model.get("freeze", "none"))
     fit_bin_norm(model, data, cfg.features)  # model.norm.type=bin_norm: the train split's per-bin mean and std
@@ -246,11 +243,11 @@ def train(cfg: DictConfig, run_name_suffix: str = "", parent_run_id: str | None 
             resume.record(cfg, out, run_id)
         summary_table = summarize(model, cfg.features.n_bins, cfg.features.window_frames, name=cfg.model.name)
         log_run_inputs(cfg, run_id, summary_table, transfer)
-        trainer, best_val, frontend, epochs = fit(cfg, model, data, out, run_id, start, uri)
-        temperature = fit_calibration(model, frontend, data, cfg) if calibrating else 1.0
+        trainer, best_val, epochs = fit(cfg, model, data, out, run_id, start, uri)
+        temperature = fit_calibration(model, data, cfg) if calibrating else 1.0
         save_bundle(model.eval().cpu(), OmegaConf.to_container(cfg.model, resolve=True),
                     OmegaConf.to_container(cfg.features, resolve=True), data.classes, out / "model.pt",
-                    frontend.cpu() if frontend is not None else None, temperature=temperature)
+                    temperature=temperature)
         summary = {
             "run_id": run_id, "experiment_id": run.info.experiment_id,
             "tracking_uri": tracking.redact(uri), "run_name": name,
