@@ -203,6 +203,7 @@ def export_zoo(tmp_path: Path) -> list[Path]:
         "cnn_on_the_fly_avg": (["model=cnn", "features.on_the_fly=true", "model.blocks.0.pool=avg",
                                 "norm=bin_norm", "+model.head_hidden=[16]"], None),
         "vgg_speech": (["model=vgg", "features=speech"], None),
+        "lenet_grid": (["model=lenet"], None),
     }
     paths = []
     for name, (overrides, tta) in variants.items():
