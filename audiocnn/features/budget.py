@@ -111,11 +111,6 @@ def margin_bound(features: Mapping) -> int:
     return (1 << max(kernel_taps(features) - 1, 0).bit_length()) + int(features["hop_length"])
 
 
-def frontend_bytes(features: Mapping) -> int:
-    """An upper bound of the bytes an on-the-fly model's `frontend` state may hold (its kernels)."""
-    return 8 * kernel_values(features) + 16 * int(features["n_bins"]) + SLACK_BYTES
-
-
 def features_problem(features: Any) -> str | None:
     """None, or the first front-end setting of `features` (a mapping) outside the budget, as one line
     starting with its dotted key."""
