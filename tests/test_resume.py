@@ -45,10 +45,10 @@ def train_process(cfg, root: Path, name: str) -> subprocess.Popen:
     """`python pipelines/train.py --params <root>/<name>.yaml` (DVC's train stage) in the repository."""
     params = root / f"{name}.yaml"
     OmegaConf.save(cfg, params)
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}  # the store is the config's
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))  # tests/pace.py
     return subprocess.Popen([sys.executable, "pipelines/train.py", "--params", str(params)], cwd=REPO,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            env={**{k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"},
-                                 "PYTHONPATH": str(REPO)})  # the tests' callbacks (tests/pace.py)
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
 
 
 def finish(process: subprocess.Popen, timeout: float = 300) -> str:

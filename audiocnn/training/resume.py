@@ -4,14 +4,16 @@ At the end of every epoch the train stage replaces `<paths.models>/last.ckpt` (L
 `ModelCheckpoint(save_on_train_epoch_end=True)`), after the epoch's train metrics are in the
 MLflow run (`TrainMetricsFirst`: Lightning itself logs them only after every `on_train_epoch_end`
 hook, so a kill between the checkpoint and its log would lose that epoch's point for good; the
-point is then logged twice, at the same step with the same value). The write is atomic (`AtomicCheckpointIO`: temporary
-file in the same folder, then `os.replace`). It holds what Lightning keeps (weights, optimizer,
-scheduler, epoch and step counters, the callbacks' state: early stopping, the best checkpoint)
-plus what it does not: the random number generators (`RngState`) and the training windows'
-generator (`WindowDataModule.state_dict`); `trainer.fit(ckpt_path=last.ckpt)` resumes from it. `resume.json` beside it says
-what the checkpoint was made from: the fingerprint of the settings (the resolved config
-without `paths`, `tracking`, `evaluate`, `serving`, `ensemble` and `trainer.resume`, plus the
-manifest's md5) and the MLflow run.
+point is then logged twice, at the same step with the same value). The write is atomic
+(`AtomicCheckpointIO`: temporary file in the same folder, then `os.replace`; Lightning's own goes
+through the system temp folder). It holds what Lightning keeps (weights, optimizer, scheduler,
+epoch and step counters, the callbacks' state: early stopping, the best checkpoint) plus what it
+does not: the random number generators (`RngState`) and the training windows' generator
+(`WindowDataModule.state_dict`); `trainer.fit(ckpt_path=last.ckpt)` resumes from it.
+`resume.json` beside it says what the checkpoint was made from: the fingerprint of the settings
+(the resolved config without `paths`, `tracking`, `evaluate`, `serving`, `ensemble` and
+`trainer.resume`, plus the manifest's md5) and the MLflow run. The DDP processes Lightning starts
+follow the main one's plan through these two files (`follow`).
 
 A rerun in the same `paths.models` (`plan`) resumes from it, in the same MLflow run, when the
 fingerprint is the same; other settings, another manifest, a run missing from the store or

@@ -1,4 +1,4 @@
-"""The tracking store a stage will open (`tracking.uri`, or `MLFLOW_TRACKING_URI` when set), checked
+"""The tracking store a stage will open (`tracking.uri`, replaced by `MLFLOW_TRACKING_URI` when set), checked
 before any folder or store is made.
 
 MLflow opens a local store where it is told and fails deep inside, after the run's folders
@@ -27,8 +27,10 @@ SCHEMES = ("http", "https", "sqlite", "file", "postgresql", "mysql", "mssql", "d
 
 
 def validate_tracking(cfg: DictConfig) -> None:
-    """`tracking.uri` and `MLFLOW_TRACKING_URI` (which overrides it): a store MLflow can open or create."""
-    for name, uri in (("tracking.uri", cfg.tracking.uri), ("MLFLOW_TRACKING_URI", os.environ.get("MLFLOW_TRACKING_URI"))):
+    """`MLFLOW_TRACKING_URI` and `tracking.uri` (which the variable replaces where a process starts,
+    `audiocnn.config.with_tracking_uri`): a store MLflow can open or create. A bad variable is named as such."""
+    for name, uri in (("MLFLOW_TRACKING_URI", os.environ.get("MLFLOW_TRACKING_URI")),
+                      ("tracking.uri", cfg.tracking.uri)):
         problem = store_problem(uri) if uri else None
         if problem:
             from audiocnn.tracking.names import redact  # only now: importing audiocnn.tracking imports MLflow
