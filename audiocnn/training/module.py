@@ -21,10 +21,7 @@ class Classifier(L.LightningModule):
 
     The model's own `frontend` turns a batch into log-CQT windows: `nn.Identity()` for windows
     from the feature store; `CQTFrontend` (waveforms `(batch, samples)` -> CQT) on the fly; its
-    trainable kernels (`features.trainable`) train with the backbone's parameters. `frontend`
-    here is for a caller that builds the model without its front-end and gives it apart
-    (`training.train` until it passes `models.build.build_frontend` to `build_model`); it runs
-    before the model's own. Logs train/val loss and accuracy once per epoch. The optimizer and learning-rate schedule
+    trainable kernels (`features.trainable`) train with the backbone's parameters. Logs train/val loss and accuracy once per epoch. The optimizer and learning-rate schedule
     come from the `optimizer` and `scheduler` configs (see `optim`). In training only,
     `waveform_augment` runs before the front-end and `augment` after it (see `augment`);
     with mixup the loss takes the mixed targets, accuracy the true labels. A non-finite loss
@@ -39,9 +36,8 @@ class Classifier(L.LightningModule):
     def __init__(self, model: nn.Module, optimizer_cfg: DictConfig, n_classes: int,
                  scheduler_cfg: DictConfig | None = None, augment: SpectrogramAugment | None = None,
                  waveform_augment: WaveformAugment | None = None, label_smoothing: float = 0.0,
-                 class_weights: Tensor | None = None, frontend: nn.Module | None = None):
+                 class_weights: Tensor | None = None):
         super().__init__()
-        self.frontend = frontend if frontend is not None else nn.Identity()
         self.model = model
         self.optimizer_cfg = OmegaConf.to_container(optimizer_cfg, resolve=True)
         self.scheduler_cfg = OmegaConf.to_container(scheduler_cfg, resolve=True) if scheduler_cfg else {"name": "none"}
@@ -53,12 +49,12 @@ class Classifier(L.LightningModule):
         self.train_loss_mean, self.val_loss_mean = MeanMetric(), MeanMetric()  # weighted by batch size
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.model(self.frontend(x))
+        return self.model(x)
 
     def frames(self, x: Tensor) -> Tensor:
         """A batch as the loader gives it -> `(batch, 1, n_bins, frames)` log-CQT windows (the model's
         front-end; a plain module without one takes the batch as it is)."""
-        return getattr(self.model, "frontend", nn.Identity())(self.frontend(x))
+        return getattr(self.model, "frontend", nn.Identity())(x)
 
     def _step(self, batch, stage: str, accuracy: MulticlassAccuracy) -> Tensor:
         x, y = batch
@@ -108,10 +104,7 @@ class Classifier(L.LightningModule):
 
     def configure_optimizers(self):
         """The `optimizer` over head and backbone parameter groups, with the `scheduler` config's schedule."""
-        optimizer = build_optimizer(self.model, self.optimizer_cfg)
-        trainable_frontend = [p for p in self.frontend.parameters() if p.requires_grad]  # features.trainable
-        if trainable_frontend:
-            optimizer.add_param_group({"params": trainable_frontend})
+        optimizer = build_optimizer(self.model, self.optimizer_cfg)  # the front-end's trainable kernels too
         if "_target_" not in self.scheduler_cfg:  # scheduler=none: a constant learning rate
             return optimizer
         # the schedule's length: onecycle counts optimizer steps, cosine counts epochs
