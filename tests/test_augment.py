@@ -194,7 +194,7 @@ def test_augment_configs_compose_from_the_command_line():
     assert set(cfg.augment.transforms) == {"freq_mask", "time_mask", "pitch_shift"}
     cfg = compose_config(["augment=gain", "+augment.transforms.noise.p=0.3"])
     assert set(cfg.augment.transforms) == {"gain", "noise"}
-    assert compose_config([]).augment.transforms == {}
+    assert compose_config(["augment=none"]).augment.transforms == {}  # the default is [combo, channel]: tests/test_robust_recipe.py
 
 
 @pytest.mark.parametrize("override, message", [
