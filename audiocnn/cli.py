@@ -26,7 +26,7 @@ import sys
 
 from omegaconf import OmegaConf
 
-from audiocnn.config import compose_config, validate_config, write_params
+from audiocnn.config import compose_config, user_tracking_uri, validate_config, with_tracking_uri, write_params
 from audiocnn.errors import ConfigError, InputError
 
 STAGES = {
@@ -61,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         if args.classes < 1:
             raise ConfigError(f"--classes={args.classes}: must be a positive integer")
-        cfg = compose_config(args.overrides)
+        cfg = with_tracking_uri(compose_config(args.overrides), user_tracking_uri())
         validate_config(cfg)
     except ConfigError as error:
         print(f"error: {error}", file=sys.stderr)

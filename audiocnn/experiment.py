@@ -38,11 +38,18 @@ from audiocnn.data.prepare import is_prepared, prepare
 from audiocnn.errors import StageFailed
 from audiocnn.evaluation.ensemble import evaluate_ensemble
 from audiocnn.evaluation.evaluate import evaluate
+from audiocnn.features.budget import classes_problem
 from audiocnn.features.featurize import featurize, is_featurized
 from audiocnn.inference.export import export_model
 from audiocnn.inference.pyfunc import log_audio_model, model_config
 from audiocnn.training import distributed, resume
 from audiocnn.training.train import planned_processes, train
+
+
+def prepare_stage(cfg: DictConfig):
+    """DVC's prepare stage: `data.prepare.prepare`, refusing more classes than a model file may hold
+    (`features.budget.classes_problem`) before any clip is read."""
+    return prepare(cfg, classes_problem=classes_problem)
 
 
 def ensure_inputs(cfg: DictConfig) -> None:
@@ -53,7 +60,7 @@ def ensure_inputs(cfg: DictConfig) -> None:
                              f"the manifest in {cfg.paths.prepared} and the feature store")
         return
     if not is_prepared(cfg):
-        prepare(cfg)
+        prepare_stage(cfg)
     if not cfg.features.on_the_fly and not is_featurized(cfg):
         featurize(cfg)
 
@@ -181,7 +188,7 @@ def prepare_variants(cfg: DictConfig, todo: list) -> None:
         if not distributed.is_main_process():
             distributed.wait_for(lambda: is_prepared(single), f"the manifest of {variant.label}")
         elif not is_prepared(single):
-            prepare(single)
+            prepare_stage(single)
 
 
 def train_stage(cfg: DictConfig) -> dict:

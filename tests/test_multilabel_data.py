@@ -20,7 +20,7 @@ from audiocnn.data.sources.demo_mix import CLASSES as MIX_CLASSES
 from audiocnn.data.sources.demo_mix import generate_mixtures
 from audiocnn.data.splits import grouped_multilabel_split
 from audiocnn.errors import ConfigError, MissingInputError
-from audiocnn.features.budget import MAX_CLASSES, classes_problem
+from audiocnn.features.budget import MAX_CLASSES
 from tests.conftest import TINY
 
 RNG = np.random.default_rng(0)
@@ -116,6 +116,9 @@ def test_the_separator_inside_a_class_name_is_refused_naming_the_setting(tmp_pat
 
 
 def test_ten_thousand_labels_are_refused_before_any_file_is_read(tmp_path):
+    """Through the prepare stage DVC and `run_experiment` call (the class ceiling passed down)."""
+    from audiocnn.experiment import prepare_stage
+
     count = 10_000
     assert count > MAX_CLASSES
     table = tmp_path / "many.csv"  # the files are never opened: the class list is refused first
@@ -124,7 +127,7 @@ def test_ten_thousand_labels_are_refused_before_any_file_is_read(tmp_path):
     cfg = config(tmp_path / "out", "csv", f"data.csv={table}")
     with pytest.raises(ConfigError, match=rf"^data=csv: classes: 10,000 class names; at most {MAX_CLASSES:,}; "
                                           r"keep fewer classes with data.classes$"):
-        prepare(cfg, classes_problem=classes_problem)
+        prepare_stage(cfg)
     assert not (Path(cfg.paths.prepared) / "manifest.csv").exists()
 
 
