@@ -161,6 +161,7 @@ def rules() -> dict[str, Callable]:
         "data.protocol": Choice(("holdout", "cv")), "data.val_fraction": FRACTION, "data.test_fraction": FRACTION,
         "data.max_seconds": Number(0, low_open=True, null=True), "data.seed": SEED, "data.clips_per_class": POSITIVE_INT,
         "data.min_duration": POSITIVE, "data.max_duration": POSITIVE, "data.sr": POSITIVE_INT, "data.esc10": BOOL,
+        "data.clips": POSITIVE_INT, "data.max_sources": Number(1, 6, integer=True), "data.gain_range_db": Number(0),
         "data.split_scheme": Choice(("fault_filtered", "random")), "data.val_groups": _val_groups,
         "data.download.url": _url, "data.download.checksum": _checksum, "data.download.timeout_s": POSITIVE,
         "data.download.max_bytes": Number(0, low_open=True, integer=True, null=True),
