@@ -1,11 +1,11 @@
 # `make run`: set up (if needed) and run the whole pipeline with DVC.
-# `make test`: set up (if needed) and run the tests.
+# `make test`: set up (if needed) and run the tests (`make test-slow`: the end-to-end tier; `make test-all`: both).
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test test-fast params ui figures install clean
+.PHONY: run test test-slow test-all params ui figures install clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -26,12 +26,15 @@ run: $(STAMP)
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/dvc repro
 	$(BIN)/audiocnn results
 
+# The suite without the end-to-end checks marked slow (DVC repro, served models, sweeps, DDP).
 test: $(STAMP)
-	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest
-
-# Unit tests only (skips the end-to-end DVC/MLflow checks marked slow).
-test-fast: $(STAMP)
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest -m "not slow"
+
+# The slow tier alone; CI (.ci/run) runs `make test` and then this.
+test-slow: $(STAMP)
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest -m slow
+
+test-all: test test-slow
 
 # The MLflow UI over the project's store (mlflow.db; artifacts in mlruns/), on this machine only.
 UI_PORT ?= 5000

@@ -163,6 +163,7 @@ def test_on_the_fly_training_runs_the_waveform_channel_transforms_at_the_feature
     import lightning as L
 
     from audiocnn.models import build_model
+    from audiocnn.models.build import build_frontend
     from audiocnn.training.datamodule import WindowDataModule
     from audiocnn.training.train import build_module
     from tests.conftest import tiny_config
@@ -174,7 +175,8 @@ def test_on_the_fly_training_runs_the_waveform_channel_transforms_at_the_feature
     validate_config(cfg)
     L.seed_everything(0)
     data = WindowDataModule(cfg)
-    module = build_module(cfg, build_model(cfg.model, len(data.classes), cfg.features.n_bins), data)
+    model = build_model(cfg.model, len(data.classes), cfg.features.n_bins, frontend=build_frontend(cfg.features))
+    module = build_module(cfg, model, data)
     assert module.waveform_augment.context["sr"] == cfg.features.sr
     assert list(module.waveform_augment.settings) == ["eq", "lowpass", "reverb"]
     seen = []

@@ -124,6 +124,9 @@ def test_a_tracking_store_mlflow_cannot_open_is_one_line_naming_tracking_uri(tmp
                                                                              allow, message):
     (tmp_path / "notes.txt").write_text("not a database\n")
     uri, message = uri.format(tmp=tmp_path), message.format(tmp=tmp_path)
+    # the user's MLFLOW_TRACKING_URI wins over tracking.uri; an earlier test's mlflow.set_tracking_uri
+    # exported one in this process (MLflow's doing), so this test starts without it
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     if allow:
         monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", allow)
     if not allow:
