@@ -35,7 +35,8 @@ def trained(prepared_store, tmp_path_factory):
     from tests.conftest import train
 
     root = tmp_path_factory.mktemp("serving")
-    cfg = tiny_config(root, f"paths.prepared={prepared_store.paths.prepared}",
+    cfg = tiny_config(root, "augment=none", "scheduler=none",  # a model that hears rate and channels
+                      f"paths.prepared={prepared_store.paths.prepared}",
                       f"paths.features={prepared_store.paths.features}", "tracking.log_model=true")
     summary = train(cfg)
     evaluate(cfg)
