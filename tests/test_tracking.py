@@ -210,8 +210,10 @@ def test_required_false_falls_back_to_the_local_store_and_says_so(tmp_path, monk
     local = f"sqlite:///{tmp_path.resolve() / 'mlflow.db'}"
     assert tracking.ensure_available(cfg) == local
     assert f"{server}/ is not reachable" in capsys.readouterr().out
-    with tracking.open_run(cfg, run_name="offline") as run:  # asks again, gets the same answer
+    assert cfg.tracking.uri == local  # the job's later steps use it without asking the server again
+    with tracking.open_run(cfg, run_name="offline") as run:
         mlflow.log_metric("val_acc", 0.5)
+    assert "not reachable" not in capsys.readouterr().out
     assert MlflowClient(tracking_uri=local).get_run(run.info.run_id).data.metrics["val_acc"] == 0.5
 
 

@@ -71,14 +71,14 @@ def tracking_uri(cfg: DictConfig) -> str:
 
 
 def ensure_available(cfg: DictConfig) -> str:
-    """The tracking URI to use, checked before any work (asked again at every call: the answer is
-    the same while the server is; callers pass it on).
+    """The tracking URI to use, checked before any work.
 
     A URI with user info (`http://user:password@host`) is used without it, the credentials moved to
     MLFLOW_TRACKING_USERNAME / _PASSWORD, where the client (and the processes this one starts) read
     them: MLflow prints the URI of every run it ends, and nothing may print the password.
     An unreachable server raises `TrackingUnavailable` (one line: URI, reason, what to do),
-    or with `tracking.required=false` returns the local store `sqlite:///mlflow.db`.
+    or with `tracking.required=false` returns the local store `sqlite:///mlflow.db`, written into
+    `cfg.tracking.uri`: the job's later steps use it without waiting for the server again.
     """
     uri = tracking_uri(cfg)
     problem = server_problem(uri)
@@ -94,6 +94,7 @@ def ensure_available(cfg: DictConfig) -> str:
             f"MLFLOW_TRACKING_URI / tracking.uri, or set tracking.required=false to log to {fallback}"))
     print(redact(f"tracking: {uri} is not reachable ({problem}); tracking.required=false: logging to the "
                  f"local store {fallback} instead"))
+    cfg.tracking.uri = fallback
     return fallback
 
 
