@@ -34,7 +34,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from audiocnn import atomic, repeats, sweep, tracking
 from audiocnn.config import REPO_ROOT
-from audiocnn.data.prepare import is_prepared, prepare
+from audiocnn.data.prepare import MULTILABEL, is_prepared, prepare
 from audiocnn.errors import StageFailed
 from audiocnn.evaluation.ensemble import evaluate_ensemble
 from audiocnn.evaluation.evaluate import evaluate
@@ -112,6 +112,11 @@ def train_model(cfg: DictConfig, run_name_suffix: str = "", skip_finished: bool 
               "not trained again")
     if not distributed.is_main_process():  # another DDP process: it trained, the main one logs
         return summary
+    if summary.get("task") == MULTILABEL:
+        if cfg.tracking.get("export_onnx", False) or cfg.tracking.log_model:
+            print("train: a multi-label model is not exported or logged as a servable model yet "
+                  "(tracking.export_onnx, tracking.log_model); evaluate scores it")
+        return summary
     out = Path(cfg.paths.models)
     onnx = out / "model.onnx"
     if cfg.tracking.get("export_onnx", False) and not (onnx.exists() and onnx.stat().st_mtime >=
@@ -119,6 +124,11 @@ def train_model(cfg: DictConfig, run_name_suffix: str = "", skip_finished: bool 
         summary = export_onnx(cfg, summary)
     logged = "model_uri" in summary and summary.get("model_config") == served_config(cfg)
     return log_servable_model(cfg, summary) if cfg.tracking.log_model and not logged else summary
+
+
+def validation_score(summary: dict) -> float:
+    """What a sweep maximises: a training's best validation accuracy, or mAP on multi-label data."""
+    return summary["best_val_map"] if summary.get("task") == MULTILABEL else summary["best_val_acc"]
 
 
 def evaluate_model(cfg: DictConfig) -> dict:
@@ -167,7 +177,7 @@ def run_repeats(cfg: DictConfig, steps: tuple[str, ...] = ("train", "evaluate"),
             else:
                 summary = json.loads((Path(single.paths.models) / "run.json").read_text())
             metrics = evaluate_model(single) if "evaluate" in steps else {}
-            results.append({"variant": variant, "best_val_acc": summary["best_val_acc"], **metrics})
+            results.append({"variant": variant, "best_val_acc": validation_score(summary), **metrics})
         if "evaluate" not in steps:  # the evaluate stage reopens the parent
             tracking.end_parent_run(cfg, parent, "FINISHED")
             return {"best_val_acc": float(np.mean([r["best_val_acc"] for r in results]))}
@@ -236,13 +246,13 @@ def run_experiment(cfg: DictConfig) -> float:
         if parent:
             tracking.set_parent(cfg, summary["run_id"], parent)
         evaluate_model(cfg)
-        return summary["best_val_acc"]
+        return validation_score(summary)
     if repeats.is_repeated(cfg):
         return run_repeats(cfg, run_name_suffix=overrides, parent_run_id=parent)["best_val_acc"]
     ensure_inputs(cfg)
     summary = train_model(cfg, run_name_suffix=overrides, skip_finished=True, parent_run_id=parent)
     evaluate_model(cfg)
-    return summary["best_val_acc"]
+    return validation_score(summary)
 
 
 def train_in_processes(cfg: DictConfig, params: Path, run_name_suffix: str = "") -> None:

@@ -30,6 +30,7 @@ from audiocnn.errors import ConfigError
 from audiocnn.tracking import names, owners
 
 RANK_METRIC = "best_val_acc"
+RANK_METRICS = (RANK_METRIC, "best_val_map")  # a run's validation accuracy, or mAP on multi-label data
 STATE_FILE = "sweep.json"  # in hydra.sweep.dir: the parent run, for a rerun into the same folder
 
 
@@ -53,12 +54,14 @@ def children(client: MlflowClient, experiment_id: str, run_id: str) -> list:
 
 
 def validation_accuracy(client: MlflowClient, experiment_id: str, run) -> float | None:
-    """A job's `best_val_acc`; for a job that repeats folds/seeds (audiocnn/repeats.py: a parent
-    run of its own), the mean over its runs."""
-    if RANK_METRIC in run.data.metrics:
-        return run.data.metrics[RANK_METRIC]
-    values = [r.data.metrics[RANK_METRIC] for r in children(client, experiment_id, run.info.run_id)
-              if RANK_METRIC in r.data.metrics]
+    """A job's `best_val_acc` (`best_val_map` on multi-label data); for a job that repeats folds/seeds
+    (audiocnn/repeats.py: a parent run of its own), the mean over its runs."""
+    def score(metrics: dict) -> float | None:
+        return next((metrics[key] for key in RANK_METRICS if key in metrics), None)
+
+    if score(run.data.metrics) is not None:
+        return score(run.data.metrics)
+    values = [v for r in children(client, experiment_id, run.info.run_id) if (v := score(r.data.metrics)) is not None]
     return sum(values) / len(values) if values else None
 
 

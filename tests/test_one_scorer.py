@@ -153,7 +153,7 @@ def test_every_scorer_takes_its_views_and_temperature_from_the_one_window_scorer
     sentinel = torch.zeros(n_classes)
     sentinel[n_classes - 1] = 1.0  # every window sure of the last class
 
-    def sure_of_the_last_class(logits, temperature=1.0):
+    def sure_of_the_last_class(logits, temperature=1.0, multilabel=False):
         return sentinel.to(logits.device).expand(logits.shape[1], n_classes).clone()
 
     def floor_only(x, bins, frames, floor):  # the sentinel view: silence

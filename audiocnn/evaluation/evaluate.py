@@ -6,7 +6,10 @@ balanced accuracy, macro-F1, top-k, per-class precision/recall/F1, ECE; the mode
 `predictions.csv` (one row per test clip; also the DVC confusion plot's data),
 `confusion_matrix.png`, `reliability_diagram.png` and, with `evaluate.explain`,
 `explain/{gradcam,saliency,filters}.png`; adds the test metrics and files to the
-training run in MLflow.
+training run in MLflow. A multi-label model (`task: multilabel` in model.pt) gets
+`reports.write_multilabel_reports`' files instead: mAP, micro AP, lwlrap and F1 at the thresholds
+stored in model.pt (0.5 for a model without them), per class in `per_class.json`, and the
+precision-recall curves.
 """
 
 from __future__ import annotations
@@ -19,7 +22,8 @@ from omegaconf import DictConfig
 from audiocnn import tracking
 from audiocnn.errors import InputError, MissingInputError
 from audiocnn.evaluation.explain import explain_model
-from audiocnn.evaluation.reports import log_test_metrics, write_reports
+from audiocnn.evaluation.reports import (log_multilabel_test_metrics, log_test_metrics, write_multilabel_reports,
+                                         write_reports)
 from audiocnn.evaluation.scoring import score_test_split
 from audiocnn.models.bundle import load_bundle
 from audiocnn.models.scorer import WindowScorer
@@ -37,6 +41,8 @@ def evaluate(cfg: DictConfig) -> dict:
         raise InputError(f"the model in {cfg.paths.models} was trained on other classes; rerun the train stage")
     scores = score_test_split(model, bundle, data, cfg)
     out = Path(cfg.paths.metrics)
+    if bundle.get("task") == "multilabel":
+        return evaluate_multilabel(cfg, bundle, data, scores, out)
     settings = cfg.get("evaluate") or {}
     metrics, files = write_reports(scores.probabilities, scores.labels, data, out,
                                    f"{cfg.model.name} on {cfg.data.name}", settings, uncalibrated=scores.uncalibrated,
@@ -54,5 +60,21 @@ def evaluate(cfg: DictConfig) -> dict:
     print(f"evaluate: test accuracy {metrics['accuracy']:.4f} (95% CI {ci['low']:.3f}-{ci['high']:.3f}), "
           f"balanced {metrics['balanced_accuracy']:.4f}, macro-F1 {metrics['macro_f1']:.4f}, ECE {metrics['ece']:.3f} "
           f"(T={scores.temperature:.3f}; {metrics['ece_uncalibrated']:.3f} at T=1; tta {scores.views.describe()}) "
+          f"on {metrics['n_clips']} clips -> {out / 'test.json'}")
+    return metrics
+
+
+def evaluate_multilabel(cfg: DictConfig, bundle: dict, data: WindowDataModule, scores, out: Path) -> dict:
+    """The multi-label reports of `scores` (see the module docstring), added to the training run."""
+    thresholds = bundle.get("thresholds") or [0.5] * len(data.classes)
+    metrics, files = write_multilabel_reports(scores.probabilities, scores.labels, data, out,
+                                              f"{cfg.model.name} on {cfg.data.name}", thresholds,
+                                              extra={"tta": scores.views.describe()})
+    run = json.loads((Path(cfg.paths.models) / "run.json").read_text())
+    with tracking.open_run(cfg, run_id=run["run_id"]):
+        log_multilabel_test_metrics(metrics, files)
+    ap = "n/a" if metrics["map"] is None else f"{metrics['map']:.4f}"
+    print(f"evaluate: test mAP {ap} (macro), micro AP {metrics['micro_ap']:.4f}, lwlrap {metrics['lwlrap']:.4f}, "
+          f"F1 {metrics['macro_f1']:.4f} macro / {metrics['micro_f1']:.4f} micro at the per-class thresholds "
           f"on {metrics['n_clips']} clips -> {out / 'test.json'}")
     return metrics

@@ -1,4 +1,4 @@
-"""Classification metrics from per-clip probabilities (torchmetrics)."""
+"""Classification metrics from per-clip probabilities (torchmetrics; lwlrap from scikit-learn)."""
 
 from __future__ import annotations
 
@@ -6,6 +6,10 @@ from typing import Sequence
 
 import torch
 from torchmetrics.functional.classification import (
+    multilabel_average_precision,
+    multilabel_f1_score,
+    multilabel_precision,
+    multilabel_recall,
     multiclass_accuracy,
     multiclass_confusion_matrix,
     multiclass_f1_score,
@@ -46,4 +50,48 @@ def classification_metrics(probabilities: torch.Tensor, labels: torch.Tensor, cl
         "per_class_precision": _per_class(multiclass_precision(probabilities, labels, **args), classes),
         "per_class_recall": _per_class(recall, classes),
         "confusion_matrix": multiclass_confusion_matrix(probabilities, labels, num_classes=n).tolist(),
+    }
+
+
+def label_weighted_lrap(probabilities: torch.Tensor, targets: torch.Tensor) -> float:
+    """lwlrap (Fonseca et al., DCASE 2019 task 2): label ranking average precision with every
+    (clip, true label) pair weighing the same, i.e. scikit-learn's LRAP with each clip weighted by
+    its number of labels."""
+    from sklearn.metrics import label_ranking_average_precision_score
+
+    weights = targets.sum(dim=1).numpy()
+    return float(label_ranking_average_precision_score(targets.numpy(), probabilities.numpy(), sample_weight=weights))
+
+
+def multilabel_metrics(probabilities: torch.Tensor, targets: torch.Tensor, classes: list[str],
+                       thresholds: Sequence[float]) -> dict:
+    """Multi-label metrics of per-clip `probabilities` `(clips, n_classes)` against 0/1 `targets`.
+
+    `map` (the headline): the mean of the per-class average precisions over the classes that have
+    a positive clip (a class without one has no AP: `per_class_ap` null, left out of the mean);
+    `micro_ap`: AP of every (clip, class) decision pooled; `lwlrap`; and at the per-class
+    `thresholds` (a class predicted when its probability >= its threshold): macro and micro F1,
+    per-class precision / recall / F1; `per_class_support`: positive clips per class.
+    """
+    n, targets = len(classes), targets.int()
+    ap = multilabel_average_precision(probabilities, targets, num_labels=n, average="none")
+    support = targets.sum(dim=0)
+    present = support > 0
+    predicted = (probabilities >= torch.tensor(list(thresholds), dtype=probabilities.dtype)).int()
+    args = {"num_labels": n, "threshold": 0.5}  # on the 0/1 decisions
+    return {
+        "map": round(float(ap[present].mean()), 4) if bool(present.any()) else None,
+        "micro_ap": round(float(multilabel_average_precision(probabilities, targets, num_labels=n,
+                                                             average="micro")), 4),
+        "lwlrap": round(label_weighted_lrap(probabilities, targets), 4),
+        "macro_f1": round(float(multilabel_f1_score(predicted, targets, average="macro", **args)), 4),
+        "micro_f1": round(float(multilabel_f1_score(predicted, targets, average="micro", **args)), 4),
+        "n_clips": int(len(targets)),
+        "classes_without_positives": int((~present).sum()),
+        "per_class_ap": {c: (round(float(v), 4) if has else None) for c, v, has in zip(classes, ap, present)},
+        "per_class_f1": _per_class(multilabel_f1_score(predicted, targets, average="none", **args), classes),
+        "per_class_precision": _per_class(multilabel_precision(predicted, targets, average="none", **args), classes),
+        "per_class_recall": _per_class(multilabel_recall(predicted, targets, average="none", **args), classes),
+        "per_class_support": {c: int(v) for c, v in zip(classes, support)},
+        "per_class_threshold": {c: float(t) for c, t in zip(classes, thresholds)},
     }

@@ -1,4 +1,4 @@
-"""Figures of the evaluate stage: confusion matrix and reliability diagram (PNG).
+"""Figures of the evaluate stage: confusion matrix and reliability diagram; multi-label: precision-recall (PNG).
 
 Class names come from the data and are drawn as plain text (`PLAIN_TEXT`): a class named
 `$5 & $10` would otherwise be parsed as mathtext and stop the figure.
@@ -67,6 +67,28 @@ def plot_reliability_diagram(bins: dict[str, list], ece: float, path: str | Path
     bottom.set_xlabel("confidence (top probability)")
     bottom.set_ylabel("clips")
     bottom.set_xlim(0, 1)
+    fig.tight_layout()
+    with atomic.atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=100)
+    plt.close(fig)
+    return Path(path)
+
+
+@matplotlib.rc_context(PLAIN_TEXT)
+def plot_precision_recall(micro: dict[str, list], per_class: dict[str, dict[str, list]], path: str | Path,
+                          title: str = "") -> Path:
+    """Multi-label precision-recall curves: the micro-averaged one (every clip and class pooled) in bold,
+    each class's (`{class: {"recall": [...], "precision": [...]}}`, the first 30) thin behind it."""
+    fig, ax = plt.subplots(figsize=(6, 5))
+    for name, curve in list(per_class.items())[:30]:
+        ax.plot(curve["recall"], curve["precision"], linewidth=0.8, alpha=0.5, label=name if len(per_class) <= 10 else None)
+    ax.plot(micro["recall"], micro["precision"], color="black", linewidth=2.0, label="micro-average")
+    ax.set_xlabel("recall")
+    ax.set_ylabel("precision")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1.02)
+    ax.legend(loc="lower left", fontsize=7)
+    ax.set_title(title or "precision-recall")
     fig.tight_layout()
     with atomic.atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=100)

@@ -21,12 +21,15 @@ from audiocnn import atomic
 from audiocnn.data.names import escape_columns, slug_map
 from audiocnn.evaluation.calibration import (bootstrap_accuracy_ci, confidence_bins, confidence_calibration_error,
                                              expected_calibration_error, reliability_bins)
-from audiocnn.evaluation.metrics import classification_metrics
-from audiocnn.evaluation.plots import plot_confusion_matrix, plot_reliability_diagram
+from audiocnn.data.sources._common import LABEL_SEPARATOR
+from audiocnn.evaluation.metrics import classification_metrics, multilabel_metrics
+from audiocnn.evaluation.plots import plot_confusion_matrix, plot_precision_recall, plot_reliability_diagram
 from audiocnn.training.datamodule import WindowDataModule
 
 NOT_IN_JSON = ("confusion_matrix", "calibration")  # in predictions.csv / the PNGs and MLflow instead
 PER_CLASS = ("per_class_f1", "per_class_precision", "per_class_recall")  # per_class.json, not test.json
+MULTILABEL_PER_CLASS = ("per_class_ap", *PER_CLASS, "per_class_support", "per_class_threshold")
+CURVE_POINTS = 200  # points of a precision-recall curve kept in precision_recall.json
 
 
 def write_reports(probabilities: torch.Tensor, labels: torch.Tensor, data: WindowDataModule, out: Path,
@@ -67,6 +70,70 @@ def write_reports(probabilities: torch.Tensor, labels: torch.Tensor, data: Windo
     figures = _write_class_reports(metrics, data.classes, out, title, f"{metrics['accuracy']:.3f}")
     atomic.write_json(out / "test.json", {k: v for k, v in metrics.items() if k not in NOT_IN_JSON + PER_CLASS})
     return metrics, [out / "test.json", out / "predictions.csv", *figures]
+
+
+def _label_sets(decisions: torch.Tensor, classes: list[str]) -> list[str]:
+    """`(clips, n_classes)` 0/1 -> each clip's classes, `;`-joined in class order."""
+    return [LABEL_SEPARATOR.join(classes[k] for k in row.nonzero().flatten().tolist()) for row in decisions]
+
+
+def _curve(precision: torch.Tensor, recall: torch.Tensor) -> dict[str, list]:
+    """A precision-recall curve thinned to at most CURVE_POINTS points, rounded."""
+    keep = torch.linspace(0, len(recall) - 1, min(len(recall), CURVE_POINTS)).round().long().unique()
+    return {"recall": [round(float(v), 4) for v in recall[keep]], "precision": [round(float(v), 4) for v in precision[keep]]}
+
+
+def precision_recall_curves(probabilities: torch.Tensor, targets: torch.Tensor, classes: list[str]) -> dict:
+    """{"micro": curve, "per_class": {class: curve}} (torchmetrics' curves; classes with a positive clip only)."""
+    from torchmetrics.functional.classification import binary_precision_recall_curve
+
+    targets = targets.int()
+    micro = binary_precision_recall_curve(probabilities.flatten(), targets.flatten())
+    per_class = {name: _curve(*binary_precision_recall_curve(probabilities[:, k], targets[:, k])[:2])
+                 for k, name in enumerate(classes) if bool(targets[:, k].any())}
+    return {"micro": _curve(*micro[:2]), "per_class": per_class}
+
+
+def write_multilabel_reports(probabilities: torch.Tensor, targets: torch.Tensor, data: WindowDataModule, out: Path,
+                             title: str, thresholds: list[float], extra: dict | None = None) -> tuple[dict, list[Path]]:
+    """Multi-label metrics (`metrics.multilabel_metrics`) of per-clip `probabilities` `(clips, n_classes)`
+    against 0/1 `targets`, at the per-class `thresholds`. Writes into `out`: `test.json` (the scalars),
+    `per_class.json` (AP, precision, recall, F1, support and threshold per class), `predictions.csv`
+    (per test clip: its labels, the labels over their thresholds, and the top class with its
+    probability), `precision_recall.json` (the curves) and `precision_recall.png`; returns (metrics, files)."""
+    metrics = {**multilabel_metrics(probabilities, targets, data.classes, thresholds), "task": "multilabel",
+               **(extra or {})}
+    decisions = probabilities >= torch.tensor(thresholds, dtype=probabilities.dtype)
+    confidence, top = probabilities.max(dim=1)
+    predictions = pd.DataFrame({
+        "path": data.store.index.iloc[data.rows("test")]["path"].to_numpy(),
+        "actual": _label_sets(targets.int(), data.classes),
+        "predicted": _label_sets(decisions.int(), data.classes),
+        "top": [data.classes[i] for i in top.tolist()],
+        "confidence": confidence.numpy().round(4),
+    })
+    with atomic.atomic_path(out / "predictions.csv") as tmp:
+        escape_columns(predictions).to_csv(tmp, index=False)
+    curves = precision_recall_curves(probabilities, targets, data.classes)
+    atomic.write_json(out / "precision_recall.json", curves)
+    figure = plot_precision_recall(curves["micro"], curves["per_class"], out / "precision_recall.png",
+                                   title=f"{title}: mAP {metrics['map'] if metrics['map'] is not None else 'n/a'}")
+    atomic.write_json(out / "per_class.json", {k: metrics[k] for k in MULTILABEL_PER_CLASS})
+    atomic.write_json(out / "test.json", {k: v for k, v in metrics.items() if k not in MULTILABEL_PER_CLASS})
+    files = [out / "test.json", out / "per_class.json", out / "predictions.csv", out / "precision_recall.json", figure]
+    return metrics, files
+
+
+def log_multilabel_test_metrics(metrics: dict, files: list[Path]) -> None:
+    """Multi-label test metrics (`test_map` the headline, per-class AP by class slug) and files into the active run."""
+    scalars = {f"test_{k}": metrics[k] for k in ("map", "micro_ap", "lwlrap", "macro_f1", "micro_f1")
+               if metrics[k] is not None}
+    mlflow.log_metrics(scalars)
+    keys = slug_map(metrics["per_class_ap"], "class")
+    mlflow.log_metrics({f"test_ap_{keys[c]}": v for c, v in metrics["per_class_ap"].items() if v is not None})
+    mlflow.log_dict({"classes": keys}, "evaluation/metric_keys.json")
+    for path in files:
+        mlflow.log_artifact(str(path), artifact_path="evaluation")
 
 
 def _write_class_reports(metrics: dict, classes: list[str], out: Path, title: str, accuracy: str,
@@ -126,6 +193,12 @@ def log_test_metrics(metrics: dict, files: list[Path]) -> None:
 
 def describe_results(metrics: dict) -> str:
     """A few readable lines from a `test.json`: one model's (accuracy with its CI) or repeats' (mean +/- std)."""
+    if metrics.get("task") == "multilabel":
+        return "\n".join([f"test mAP       {metrics['map']:.3f}  (macro, {metrics['n_clips']} clips)"
+                          if metrics["map"] is not None else "test mAP       n/a (no class has a positive clip)",
+                          f"micro AP       {metrics['micro_ap']:.3f}", f"lwlrap         {metrics['lwlrap']:.3f}",
+                          f"F1             {metrics['macro_f1']:.3f} macro, {metrics['micro_f1']:.3f} micro "
+                          "(per-class thresholds from validation)"])
     if "accuracy_ci95" in metrics:
         ci = metrics["accuracy_ci95"]
         lines = [f"test accuracy  {metrics['accuracy']:.3f}  (95% CI {ci['low']:.3f}-{ci['high']:.3f}, "

@@ -33,6 +33,7 @@ from audiocnn.data.audio import clip_samples, from_samples, load_audio, load_seg
 from audiocnn.features import sliding
 from audiocnn.features.cqt import LogCQT, n_frames, pick_device
 from audiocnn.features.plan import chunk_margin
+from audiocnn.errors import InputError
 from audiocnn.inference.chunks import chunks, cut
 from audiocnn.inference.graph import ChunkScorer
 from audiocnn.inference.results import Scored
@@ -50,6 +51,9 @@ class Predictor:
 
     def __init__(self, model: nn.Module, bundle: dict, device: str = "cpu", batch_size: int = 64,
                  tta: Views | dict | None = None):
+        if bundle.get("task") == "multilabel":
+            raise InputError("a multi-label model: predict, export and serving take single-label models in this "
+                             "version; score it with `audiocnn evaluate`")
         features = bundle["features"]
         self.classes: list[str] = [str(c) for c in bundle["classes"]]
         self.features = dict(features)

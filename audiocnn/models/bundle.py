@@ -12,6 +12,11 @@ A bundle is plain data and tensors (it loads with `torch.load(weights_only=True)
     temperature  float > 0, optional (1.0 when absent: bundles written before it load as they were):
                  the logits are divided by it before the softmax (`trainer.calibrate=temperature`,
                  `training.temperature`); every consumer applies it through `temperature(bundle)`
+    task         "multiclass" (softmax over the classes; the default when absent) or "multilabel"
+                 (a sigmoid per class: multi-label data, `models.scorer`)
+    thresholds   multi-label only, optional: [float in [0, 1], ...] one per class, in class order,
+                 fitted on the validation clips (`training.thresholds`); a class is predicted
+                 when its probability is at least its threshold
 
 A model file is untrusted data: it may come from a registry or a colleague. It is never
 passed to `hydra.utils.instantiate`; `build_from_bundle` checks its schema first and
@@ -54,6 +59,7 @@ from audiocnn.models.crnn import CRNN
 # (`frontend.*` in state_dict, no `frontend` entry, no `nn.Sequential`), `frontend_version` recorded.
 BUNDLE_FORMAT = 3
 MODEL_CLASSES: dict[str, type[nn.Module]] = {"audiocnn.models.cnn.CNN": CNN, "audiocnn.models.crnn.CRNN": CRNN}
+TASKS = ("multiclass", "multilabel")
 BUILT_IN_ARGUMENTS = ("n_classes", "n_bins", "top_db", "frontend")  # given by the bundle's classes and features
 RUN_ID = re.compile(r"^[0-9a-f]{32}$")
 PLAIN = (str, int, float, bool, type(None))
@@ -211,6 +217,7 @@ def _check(bundle: dict, where: str) -> ModelCost:
     problem = classes_problem(classes)
     if problem:
         raise BundleError(f"{where}: {problem}")
+    _check_task(bundle, len(classes), where)
     problem, cost = model_cost(MODEL_CLASSES[model["_target_"]], model, len(classes), int(features["n_bins"]),
                                int(features["window_frames"]), features.get("top_db"), features)
     if problem:
@@ -225,6 +232,25 @@ def _check(bundle: dict, where: str) -> ModelCost:
     if missing:
         raise BundleError(f"{where}: state_dict.{missing[0]}: missing ({len(missing)} of the model's tensors are)")
     return cost
+
+
+def _check_task(bundle: Mapping, n_classes: int, where: str) -> None:
+    """`BundleError` unless `task` is one of TASKS and `thresholds` (multi-label only) is one number in
+    [0, 1] per class."""
+    task = bundle.get("task", "multiclass")
+    if task not in TASKS:
+        raise BundleError(f"{where}: task={task!r:.40}: allowed: {', '.join(TASKS)}")
+    if "thresholds" not in bundle:
+        return
+    thresholds = bundle["thresholds"]
+    if task != "multilabel":
+        raise BundleError(f"{where}: thresholds: only a multi-label model has them")
+    if not isinstance(thresholds, (list, tuple)) or len(thresholds) != n_classes:
+        size = len(thresholds) if isinstance(thresholds, (list, tuple)) else type(thresholds).__name__
+        raise BundleError(f"{where}: thresholds: {size}; must be a list of {n_classes} numbers, one per class")
+    for i, value in enumerate(thresholds):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
+            raise BundleError(f"{where}: thresholds[{i}]={value!r:.40}: must be a number in [0, 1]")
 
 
 def _check_versions(bundle: Mapping, where: str) -> None:
@@ -291,10 +317,11 @@ def load_state(source: str | Path, prefix: str = "model.") -> dict[str, Tensor]:
 
 
 def save_bundle(model: nn.Module, model_cfg: dict, features_cfg: dict, classes: list[str], path: Path,
-                frontend: nn.Module | None = None, temperature: float = 1.0) -> Path:
+                frontend: nn.Module | None = None, temperature: float = 1.0, task: str = "multiclass",
+                thresholds: list[float] | None = None) -> Path:
     """Write `model.pt` atomically: `model`'s weights (its front-end's included) plus the plain configs
     that rebuild it. `frontend`: a front-end trained beside a `model` built without one (its state is
-    written as the model's `frontend.*`)."""
+    written as the model's `frontend.*`). `task` and `thresholds`: see the module docstring."""
     state = model.state_dict()
     if frontend is not None:
         if any(key.startswith("frontend.") for key in state):
@@ -302,7 +329,8 @@ def save_bundle(model: nn.Module, model_cfg: dict, features_cfg: dict, classes: 
         state.update({f"frontend.{key}": value for key, value in frontend.state_dict().items()})
     bundle = {"format": BUNDLE_FORMAT, "frontend_version": FRONTEND_VERSION, "state_dict": state,
               "model": dict(model_cfg), "features": dict(features_cfg), "classes": [str(c) for c in classes],
-              "temperature": float(temperature)}
+              "temperature": float(temperature), "task": task,
+              **({"thresholds": [float(t) for t in thresholds]} if thresholds is not None else {})}
     check_bundle(bundle, str(path))  # what we write, we can read back
     with atomic.atomic_path(path) as tmp:
         torch.save(bundle, tmp)

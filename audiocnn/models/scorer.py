@@ -10,7 +10,8 @@
        never wrapped around                                  (n_views * batch, 1, n_bins, frames)
     -> `model.classify`                                        (n_views, batch, n_classes) logits
     -> softmax(logits / temperature), mean over the views     (batch, n_classes)
-With the identity view alone and temperature 1 that is exactly `softmax(model(x))`.
+       (a multi-label model: sigmoid(logits / temperature), each class's probability on its own)
+With the identity view alone and temperature 1 that is exactly `softmax(model(x))` (`sigmoid(model(x))`).
 
 Evaluate and ensembles (`evaluation.scoring`, through `training.windows.window_logits`), the
 temperature fit (`training.temperature`), `Predictor`, explain, the pyfunc and the exported graph
@@ -37,28 +38,32 @@ def shift(x: Tensor, bins: int, frames: int, floor: float) -> Tensor:
     return padded[..., max(-bins, 0): max(-bins, 0) + n_bins, max(-frames, 0): max(-frames, 0) + n_frames]
 
 
-def view_probabilities(logits: Tensor, temperature: Tensor | float = 1.0) -> Tensor:
-    """`(n_views, batch, n_classes)` logits -> `(batch, n_classes)`: mean over the views of softmax(logits / T).
-    Float16 logits are scored in float32; float64 ones (the temperature fit) stay float64."""
+def view_probabilities(logits: Tensor, temperature: Tensor | float = 1.0, multilabel: bool = False) -> Tensor:
+    """`(n_views, batch, n_classes)` logits -> `(batch, n_classes)`: mean over the views of softmax(logits / T)
+    (`multilabel`: of sigmoid(logits / T)). Float16 logits are scored in float32; float64 ones (the
+    temperature fit) stay float64."""
     logits = logits.to(torch.promote_types(logits.dtype, torch.float32))
     if not (isinstance(temperature, (int, float)) and temperature == 1.0):
         logits = logits / temperature
-    return logits.softmax(dim=-1).mean(dim=0)
+    return (logits.sigmoid() if multilabel else logits.softmax(dim=-1)).mean(dim=0)
 
 
 class WindowScorer(nn.Module):
     """`model` (a `models.head.CQTClassifier`) scoring windows in `views` at `temperature`; `floor`:
-    what the shifts pad with, `log(features.amin)`. See the module docstring for the shapes."""
+    what the shifts pad with, `log(features.amin)`; `multilabel`: sigmoid instead of softmax. See the
+    module docstring for the shapes."""
 
-    def __init__(self, model: nn.Module, views: Views = Views(), floor: float = 0.0, temperature: float = 1.0):
+    def __init__(self, model: nn.Module, views: Views = Views(), floor: float = 0.0, temperature: float = 1.0,
+                 multilabel: bool = False):
         super().__init__()
         self.model, self.views = model, views
-        self.floor, self.temperature = float(floor), float(temperature)
+        self.floor, self.temperature, self.multilabel = float(floor), float(temperature), bool(multilabel)
 
     @classmethod
     def for_bundle(cls, model: nn.Module, bundle: dict, views: Views = Views()) -> "WindowScorer":
-        """The scorer of a loaded `model.pt`: its temperature and its features' floor."""
-        return cls(model, views, math.log(bundle["features"]["amin"]), float(bundle.get("temperature", 1.0)))
+        """The scorer of a loaded `model.pt`: its temperature, its features' floor and its task."""
+        return cls(model, views, math.log(bundle["features"]["amin"]), float(bundle.get("temperature", 1.0)),
+                   multilabel=bundle.get("task") == "multilabel")
 
     def view_logits(self, frames: Tensor) -> Tensor:
         """`(batch, 1, n_bins, frames)` front-end output -> `(n_views, batch, n_classes)` logits."""
@@ -75,7 +80,7 @@ class WindowScorer(nn.Module):
 
     def probabilities(self, logits: Tensor, temperature: Tensor | float | None = None) -> Tensor:
         """`logits`' `(n_views, batch, n_classes)` -> `(batch, n_classes)` at `temperature` (None: the model's)."""
-        return view_probabilities(logits, self.temperature if temperature is None else temperature)
+        return view_probabilities(logits, self.temperature if temperature is None else temperature, self.multilabel)
 
     def score(self, frames: Tensor) -> Tensor:
         """`(batch, 1, n_bins, frames)` front-end output -> `(batch, n_classes)` probabilities."""

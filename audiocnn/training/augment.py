@@ -181,8 +181,10 @@ def _apply_to_some(x: Tensor, p: float, transform: Callable[[Tensor], Tensor]) -
 class SpectrogramAugment(nn.Module):
     """`augment.transforms` on `(batch, 1, n_bins, frames)` log-CQT batches in training mode.
 
-    forward(x, labels (batch,)) -> (x, targets): targets are the labels, or class
-    probabilities `(batch, n_classes)` when mixup is on (the loss takes either).
+    forward(x, labels) -> (x, targets): labels are class indices `(batch,)` or multi-label 0/1
+    targets `(batch, n_classes)`; targets are the labels, or with mixup the mixed targets as
+    probabilities `(batch, n_classes)` (the loss takes either; a multi-label pair's targets are
+    `lam * y_a + (1 - lam) * y_b`, each label's probability).
     """
 
     def __init__(self, transforms: Mapping[str, Mapping[str, Any]] | None, n_classes: int, floor: float,
@@ -209,7 +211,7 @@ class SpectrogramAugment(nn.Module):
         if "mixup" not in self.settings:
             return x, labels
         settings = self.settings["mixup"]
-        targets = nn.functional.one_hot(labels, self.n_classes).to(x.dtype)
+        targets = labels.to(x.dtype) if labels.ndim == 2 else nn.functional.one_hot(labels, self.n_classes).to(x.dtype)
         lam = torch.distributions.Beta(settings["alpha"], settings["alpha"]).sample((len(x),)).to(x.device)
         lam = torch.where(torch.rand(len(x), device=x.device) < settings["p"], lam, torch.ones_like(lam))
         return mixup(x, targets, lam, torch.randperm(len(x), device=x.device))

@@ -9,9 +9,7 @@ share of the clips (`training.distributed`), and each process draws its own crop
 
 from __future__ import annotations
 
-import json
 import math
-from pathlib import Path
 
 import lightning as L
 import numpy as np
@@ -20,19 +18,30 @@ from omegaconf import DictConfig
 from torch.utils.data import DataLoader
 
 from audiocnn.errors import MissingInputError
-from audiocnn.data.prepare import read_manifest
+from audiocnn.data.prepare import MULTILABEL, read_classes, read_manifest
+from audiocnn.data.sources._common import LABEL_SEPARATOR
 from audiocnn.features.featurize import store_dir
 from audiocnn.features.store import FeatureStore, clips_md5
 from audiocnn.training import distributed
 from audiocnn.training.windows import AudioClips, WaveformWindowDataset, WindowDataset, already_batched, seed_worker
 
 
-def load_classes(cfg: DictConfig) -> list[str]:
-    return json.loads((Path(cfg.paths.prepared) / "classes.json").read_text())
+def multi_hot(label_lists, classes: list[str]) -> np.ndarray:
+    """`;`-joined label lists (the manifest's `labels` cells) -> `(clips, n_classes)` float32 0/1 targets;
+    None where a label is not in `classes`."""
+    lookup = {name: i for i, name in enumerate(classes)}
+    targets = np.zeros((len(label_lists), len(classes)), dtype=np.float32)
+    for row, cell in enumerate(label_lists):
+        columns = [lookup.get(name) for name in str(cell).split(LABEL_SEPARATOR)]
+        if None in columns or not columns:
+            return None
+        targets[row, columns] = 1.0
+    return targets
 
 
 class WindowDataModule(L.LightningDataModule):
-    """Windows of `features.window_frames` frames; labels are indices into classes.json.
+    """Windows of `features.window_frames` frames; labels are indices into classes.json `(clips,)` int64,
+    or for multi-label data (`task == "multilabel"`) 0/1 targets `(clips, n_classes)` float32.
 
     `store` is the `FeatureStore` (or, on the fly, the manifest's `AudioClips`); its
     `index` rows are the clips, `rows(split)` picks a split's rows. Its state in a checkpoint is
@@ -44,7 +53,7 @@ class WindowDataModule(L.LightningDataModule):
         super().__init__()
         self.cfg = cfg
         self.on_the_fly = bool(cfg.features.get("on_the_fly", False))
-        self.classes = load_classes(cfg)
+        self.classes, self.task = read_classes(cfg.paths.prepared)
         manifest = read_manifest(cfg)
         if self.on_the_fly:
             self.store = AudioClips(manifest, cfg.features.sr, cfg.features.hop_length)
@@ -56,14 +65,27 @@ class WindowDataModule(L.LightningDataModule):
         self.floor = math.log(cfg.features.amin)
         # The store's clip_id is the manifest row; clips featurize skipped have no row.
         self.splits = manifest["split"].to_numpy()[self.store.index["clip_id"].to_numpy()]
-        lookup = {name: i for i, name in enumerate(self.classes)}
-        labels = self.store.index["label"].map(lookup)
-        if labels.isna().any():
-            raise MissingInputError(f"{self.store_name} has labels outside classes.json; run the prepare and "
-                                    "featurize stages again")
-        self.labels = labels.to_numpy(dtype=np.int64)
+        self.labels = self._labels(manifest)
         self.train_set = None
         self._window_state: dict | None = None  # from a checkpoint, for the next training set
+
+    @property
+    def multilabel(self) -> bool:
+        return self.task == MULTILABEL
+
+    def _labels(self, manifest) -> np.ndarray:
+        """The store's clips' labels: class indices, or multi-hot targets from the manifest's `labels`."""
+        if self.multilabel:
+            labels = None
+            if "labels" in manifest:
+                labels = multi_hot(manifest["labels"].to_numpy()[self.store.index["clip_id"].to_numpy()], self.classes)
+        else:
+            labels = self.store.index["label"].map({name: i for i, name in enumerate(self.classes)})
+            labels = None if labels.isna().any() else labels.to_numpy(dtype=np.int64)
+        if labels is None:
+            raise MissingInputError(f"{self.store_name} has labels outside classes.json; run the prepare and "
+                                    "featurize stages again")
+        return labels
 
     @property
     def store_name(self) -> str:

@@ -7,7 +7,8 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import Tensor, nn
 from torchmetrics import MeanMetric
-from torchmetrics.classification import MulticlassAccuracy
+from torchmetrics import Metric
+from torchmetrics.classification import MulticlassAccuracy, MultilabelAveragePrecision
 
 from audiocnn.errors import NonFiniteError
 from audiocnn.models.head import frames_to_logits
@@ -18,6 +19,11 @@ from audiocnn.training.transfer import frozen_modules
 
 class Classifier(L.LightningModule):
     """Cross-entropy training of `model` (a `models.head.CQTClassifier`): windows -> `(batch, n_classes)`.
+
+    `multilabel=True` (multi-label data: targets `(batch, n_classes)` of 0/1): binary cross-entropy
+    on each class's logit (`BCEWithLogitsLoss`, `class_weights` as its `pos_weight`; label smoothing
+    moves each target towards 1/2), and the epoch's macro average precision (`{stage}_map`) is
+    logged instead of accuracy (`{stage}_acc`).
 
     The model's own `frontend` turns a batch into log-CQT windows: `nn.Identity()` for windows
     from the feature store; `CQTFrontend` (waveforms `(batch, samples)` -> CQT) on the fly; its
@@ -36,16 +42,24 @@ class Classifier(L.LightningModule):
     def __init__(self, model: nn.Module, optimizer_cfg: DictConfig, n_classes: int,
                  scheduler_cfg: DictConfig | None = None, augment: SpectrogramAugment | None = None,
                  waveform_augment: WaveformAugment | None = None, label_smoothing: float = 0.0,
-                 class_weights: Tensor | None = None):
+                 class_weights: Tensor | None = None, multilabel: bool = False):
         super().__init__()
         self.model = model
         self.optimizer_cfg = OmegaConf.to_container(optimizer_cfg, resolve=True)
         self.scheduler_cfg = OmegaConf.to_container(scheduler_cfg, resolve=True) if scheduler_cfg else {"name": "none"}
         self.augment = augment or SpectrogramAugment({}, n_classes, floor=0.0, bins_per_octave=12)
         self.waveform_augment = waveform_augment or WaveformAugment({})
-        self.loss = nn.CrossEntropyLoss(weight=class_weights, label_smoothing=label_smoothing)
-        self.train_acc = MulticlassAccuracy(num_classes=n_classes, average="micro")
-        self.val_acc = MulticlassAccuracy(num_classes=n_classes, average="micro")
+        self.multilabel, self.label_smoothing = multilabel, float(label_smoothing)
+        if multilabel:
+            self.loss = nn.BCEWithLogitsLoss(pos_weight=class_weights)
+            self.metric_name = "map"
+            self.train_metric, self.val_metric = (MultilabelAveragePrecision(num_labels=n_classes, average="macro")
+                                                  for _ in range(2))
+        else:
+            self.loss = nn.CrossEntropyLoss(weight=class_weights, label_smoothing=label_smoothing)
+            self.metric_name = "acc"
+            self.train_metric, self.val_metric = (MulticlassAccuracy(num_classes=n_classes, average="micro")
+                                                  for _ in range(2))
         self.train_loss_mean, self.val_loss_mean = MeanMetric(), MeanMetric()  # weighted by batch size
 
     def forward(self, x: Tensor) -> Tensor:
@@ -56,23 +70,25 @@ class Classifier(L.LightningModule):
         front-end; a plain module without one takes the batch as it is)."""
         return getattr(self.model, "frontend", nn.Identity())(x)
 
-    def _step(self, batch, stage: str, accuracy: MulticlassAccuracy) -> Tensor:
+    def _step(self, batch, stage: str, metric: Metric) -> Tensor:
         x, y = batch
         targets = y
         if stage == "train":
             x = self.waveform_augment(x)  # identity unless on-the-fly features with augment.waveform
         features = self.frames(x)
         if stage == "train":
-            features, targets = self.augment(features, y)  # targets: (batch,) or mixed (batch, n_classes)
+            features, targets = self.augment(features, y)  # targets: (batch,) or (batch, n_classes)
         logits = frames_to_logits(self.model)(features)
+        if self.multilabel and self.label_smoothing:
+            targets = targets * (1 - self.label_smoothing) + self.label_smoothing / 2
         loss = self.loss(logits, targets)
         if not bool(torch.isfinite(loss)):
             raise NonFiniteError(self._why_non_finite(stage, loss, x, features))
-        accuracy(logits, y)
+        metric(logits, y.int() if self.multilabel else y)
         mean = self.train_loss_mean if stage == "train" else self.val_loss_mean
         mean.update(loss.detach(), weight=len(y))
         self.log(f"{stage}_loss", mean, on_step=False, on_epoch=True, prog_bar=True, batch_size=len(y))
-        self.log(f"{stage}_acc", accuracy, on_step=False, on_epoch=True, prog_bar=True, batch_size=len(y))
+        self.log(f"{stage}_{self.metric_name}", metric, on_step=False, on_epoch=True, prog_bar=True, batch_size=len(y))
         return loss
 
     def _why_non_finite(self, stage: str, loss: Tensor, x: Tensor, features: Tensor) -> str:
@@ -86,10 +102,10 @@ class Classifier(L.LightningModule):
                 "trainer.gradient_clip_val")
 
     def training_step(self, batch, batch_idx: int) -> Tensor:
-        return self._step(batch, "train", self.train_acc)
+        return self._step(batch, "train", self.train_metric)
 
     def validation_step(self, batch, batch_idx: int) -> Tensor:
-        return self._step(batch, "val", self.val_acc)
+        return self._step(batch, "val", self.val_metric)
 
     def on_train_start(self) -> None:
         # Under DDP every process starts from the same seed; give each its own augmentation draws.

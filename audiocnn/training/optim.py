@@ -78,13 +78,21 @@ def build_scheduler(optimizer: Optimizer, scheduler_cfg: Mapping[str, Any], max_
 
 
 def class_weights(train_labels: np.ndarray, n_classes: int, mode: str) -> torch.Tensor | None:
-    """`balanced`: n / (n_classes * count_c) per class from the train split's labels; `none`: None.
+    """`balanced`: from the train split's labels; `none`: None.
 
-    A class absent from the train split gets weight 0 (it cannot be learnt anyway).
+    Class indices `(clips,)`: n / (n_classes * count_c) per class (cross-entropy's `weight`); a class
+    absent from the train split gets 0 (it cannot be learnt anyway). Multi-label 0/1 targets
+    `(clips, n_classes)`: negatives / positives per class (`BCEWithLogitsLoss`'s `pos_weight`, so each
+    class's positives weigh as much as its negatives); 1 for a class without positives.
     """
     if mode == "none":
         return None
-    counts = np.bincount(np.asarray(train_labels, dtype=int), minlength=n_classes).astype(float)
+    train_labels = np.asarray(train_labels)
+    if train_labels.ndim == 2:
+        positives = train_labels.sum(axis=0).astype(float)
+        weights = np.where(positives > 0, (len(train_labels) - positives) / np.maximum(positives, 1), 1.0)
+        return torch.tensor(weights, dtype=torch.float32)
+    counts = np.bincount(train_labels.astype(int), minlength=n_classes).astype(float)
     weights = np.where(counts > 0, counts.sum() / (n_classes * np.maximum(counts, 1)), 0.0)
     return torch.tensor(weights, dtype=torch.float32)
 

@@ -9,7 +9,9 @@ exist: a missing manifest or feature store is an error naming the stage that mak
 (`audiocnn.experiment` makes them for Hydra runs). Logging the servable model is not done
 here but by the orchestration layer (`audiocnn.experiment.log_servable_model`).
 With `trainer.calibrate=temperature` the stage then fits a temperature on the validation clips
-(`training.temperature`) and stores it in `model.pt`; the weights are the same.
+(`training.temperature`) and stores it in `model.pt`; the weights are the same. On multi-label
+data (classes.json's `task`) the model is trained with a sigmoid per class (`Classifier`), and
+per-class thresholds fitted on the validation clips (`training.thresholds`) are stored in `model.pt`.
 With several processes (`trainer.strategy=ddp trainer.devices=N`, `audiocnn.training.distributed`)
 every process runs the same fit and validation; only the main one logs to MLflow and
 writes `model.pt` and `run.json` (Lightning writes `best.ckpt` from rank 0 only).
@@ -36,6 +38,7 @@ from audiocnn.features.featurize import store_problem
 from audiocnn.models import build_model
 from audiocnn.models.build import build_frontend
 from audiocnn.models.bundle import load_state, save_bundle
+from audiocnn.models.scorer import WindowScorer
 from audiocnn.models.summary import summarize
 from audiocnn.training import distributed, resume
 from audiocnn.training.augment import SpectrogramAugment, WaveformAugment
@@ -45,6 +48,7 @@ from audiocnn.training.norm_stats import fit_bin_norm
 from audiocnn.training.optim import class_weights, resolve_precision
 from audiocnn.training.resume import BEST, LAST, AtomicCheckpointIO, RngState, TrainMetricsFirst
 from audiocnn.training.temperature import calibrate
+from audiocnn.training.thresholds import fit_thresholds
 from audiocnn.training.transfer import freeze, load_matching
 
 
@@ -137,7 +141,7 @@ def build_module(cfg: DictConfig, model: torch.nn.Module, data: WindowDataModule
                                    cfg.features.bins_per_octave),
         waveform_augment=WaveformAugment(augment.get("waveform") if cfg.features.get("on_the_fly") else None,
                                          cfg.features.sr),
-        label_smoothing=cfg.trainer.get("label_smoothing", 0.0), class_weights=weights,
+        label_smoothing=cfg.trainer.get("label_smoothing", 0.0), class_weights=weights, multilabel=data.multilabel,
     )
 
 
@@ -192,6 +196,20 @@ def fit_calibration(model: torch.nn.Module, data: WindowDataModule, cfg: DictCon
     return temperature
 
 
+def fit_class_thresholds(model: torch.nn.Module, data: WindowDataModule, cfg: DictConfig) -> list[float] | None:
+    """Multi-label data: each class's threshold of best F1 on the val clips, logged to the run (None when
+    the val split is empty: every class then keeps 0.5 at scoring time)."""
+    if len(data.rows("val")) == 0:
+        print("train: the val split has no clips; the classes' thresholds stay 0.5")
+        return None
+    scorer = WindowScorer(model, floor=math.log(cfg.features.amin), multilabel=True)
+    thresholds, _, _ = fit_thresholds(scorer, data.sliding_dataloader("val"), pick_device(cfg.features.device))
+    mlflow.log_dict(dict(zip(data.classes, thresholds)), "thresholds.json")
+    print(f"train: per-class thresholds of best F1 on {len(data.rows('val'))} val clips "
+          f"(from {min(thresholds):.3f} to {max(thresholds):.3f}), stored in model.pt")
+    return thresholds
+
+
 def log_run_inputs(cfg: DictConfig, run_id: str, summary_table, transfer) -> None:
     """Params, model size and summary, transfer report: what a run resumed already has is not logged again."""
     logged = mlflow.MlflowClient().get_run(run_id).data
@@ -224,6 +242,9 @@ def train(cfg: DictConfig, run_name_suffix: str = "", parent_run_id: str | None 
     L.seed_everything(cfg.seed, workers=True)
     data = WindowDataModule(cfg)
     calibrating = cfg.trainer.get("calibrate", "none") == "temperature"
+    if calibrating and data.multilabel:
+        raise ConfigError("trainer.calibrate=temperature: not for multi-label data (one softmax temperature); "
+                          "its per-class thresholds are fitted on the val split instead: set trainer.calibrate=none")
     if calibrating and len(data.rows("val")) == 0:
         raise ConfigError("trainer.calibrate=temperature: the val split has no clips to fit the temperature on; "
                           "give it clips (data.val_fraction) or set trainer.calibrate=none")
@@ -245,21 +266,24 @@ def train(cfg: DictConfig, run_name_suffix: str = "", parent_run_id: str | None 
         log_run_inputs(cfg, run_id, summary_table, transfer)
         trainer, best_val, epochs = fit(cfg, model, data, out, run_id, start, uri)
         temperature = fit_calibration(model, data, cfg) if calibrating else 1.0
+        thresholds = fit_class_thresholds(model, data, cfg) if data.multilabel else None
         save_bundle(model.eval().cpu(), OmegaConf.to_container(cfg.model, resolve=True),
                     OmegaConf.to_container(cfg.features, resolve=True), data.classes, out / "model.pt",
-                    temperature=temperature)
+                    temperature=temperature, task=data.task, thresholds=thresholds)
+        score = "val_map" if data.multilabel else "val_acc"  # what the run is ranked by
         summary = {
             "run_id": run_id, "experiment_id": run.info.experiment_id,
             "tracking_uri": tracking.redact(uri), "run_name": name,
-            "best_val_loss": best_val["val_loss"], "best_val_acc": best_val["val_acc"], "epochs": epochs,
+            "best_val_loss": best_val["val_loss"], f"best_{score}": best_val[score], "epochs": epochs,
             "n_parameters": summary_table.total_params, "multiply_adds": summary_table.total_macs,
             "processes": trainer.world_size, "train_steps": trainer.global_step,  # optimizer steps of each process
             "fingerprint": resume.fingerprint(cfg), "code": resume.code_digest(), "temperature": temperature,
+            "task": data.task,
         }
-        mlflow.log_metrics({"best_val_loss": summary["best_val_loss"], "best_val_acc": summary["best_val_acc"]})
+        mlflow.log_metrics({"best_val_loss": summary["best_val_loss"], f"best_{score}": summary[f"best_{score}"]})
         atomic.write_json(out / "run.json", summary)
         resume.finish(cfg, out, run_id)
-    print(f"train: best val_loss {summary['best_val_loss']:.4f}, val_acc {summary['best_val_acc']:.4f} "
+    print(f"train: best val_loss {summary['best_val_loss']:.4f}, {score} {summary[f'best_{score}']:.4f} "
           f"after {summary['epochs']} epochs; MLflow run {summary['run_id']} ({name})")
     url = tracking.ui_url(summary["tracking_uri"], summary["experiment_id"], summary["run_id"])
     if url:

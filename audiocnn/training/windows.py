@@ -70,9 +70,9 @@ def already_batched(batch):
 
 
 def collate_sliding(items):
-    """[(windows (n_i, ...), label)] -> ((sum n_i, ...), labels (B,), counts (B,))."""
+    """[(windows (n_i, ...), label)] -> ((sum n_i, ...), labels (B,) or (B, n_classes), counts (B,))."""
     windows, labels = zip(*items)
-    return torch.cat(windows), torch.tensor(labels), torch.tensor([len(w) for w in windows])
+    return torch.cat(windows), torch.from_numpy(np.stack(labels)), torch.tensor([len(w) for w in windows])
 
 
 class _Windows(Dataset):
@@ -81,7 +81,8 @@ class _Windows(Dataset):
     def __init__(self, rows: np.ndarray, labels: np.ndarray, window: int, mode: str, seed: int):
         if mode not in MODES:
             raise ValueError(f"mode={mode!r}; allowed: {MODES}")
-        self.rows, self.labels = np.asarray(rows), np.asarray(labels)
+        labels = np.asarray(labels)  # class indices (clips,), or multi-label 0/1 targets (clips, n_classes)
+        self.rows, self.labels = np.asarray(rows), labels.astype(np.float32 if labels.ndim == 2 else np.int64)
         self.window, self.mode, self.seed = window, mode, seed
         self.rng = np.random.default_rng(seed)
 
@@ -94,7 +95,7 @@ class _Windows(Dataset):
             batch = collate_sliding([self[item] for item in items])
             clip_of_window = np.repeat(np.asarray(items), batch[2].numpy())
         else:
-            batch = self.batch(np.asarray(items)), torch.from_numpy(self.labels[items].astype(np.int64))
+            batch = self.batch(np.asarray(items)), torch.from_numpy(self.labels[items])
             clip_of_window = np.asarray(items)
         # A NaN or inf makes its window's sum non-finite (0.1 ms a batch, where torch.isfinite(x).all()
         # takes ~3 ms on one core); a flagged window is confirmed value by value (a finite overflow is not bad).
@@ -131,7 +132,7 @@ class WindowDataset(_Windows):
         starts = window_starts(len(frames), self.window, self.mode, self.rng)
         windows = np.stack([cut_window(frames, s, self.window, self.floor) for s in starts])[:, None]
         x = torch.from_numpy(windows if self.mode == "sliding" else windows[0])
-        return x, int(self.labels[item])
+        return x, self.labels[item]
 
     def _bits(self, shard: int) -> np.ndarray:
         """The mapped shard as a plain uint16 array (slicing a `np.memmap` costs Python overhead)."""
@@ -203,7 +204,7 @@ class WaveformWindowDataset(_Windows):
         row = int(self.rows[item])
         starts = window_starts(self.clips.frame_count(row), self.window, self.mode, self.rng)
         windows = torch.stack([self._cut(row, s) for s in starts])
-        return (windows if self.mode == "sliding" else windows[0]), int(self.labels[item])
+        return (windows if self.mode == "sliding" else windows[0]), self.labels[item]
 
     def batch(self, items: np.ndarray) -> torch.Tensor:
         return torch.stack([self[int(item)][0] for item in items])
