@@ -80,7 +80,8 @@ def log_servable_model(cfg: DictConfig, summary: dict) -> dict:
     out = Path(cfg.paths.models)
     config = served_config(cfg)
     with tracking.open_run(cfg, run_id=summary["run_id"]):
-        info = log_audio_model(out / "model.pt", cfg.tracking.get("registered_model"), config)
+        info = log_audio_model(out / "model.pt", cfg.tracking.get("registered_model"), config,
+                               multilabel=summary.get("task") == MULTILABEL)
     summary = {**summary, "model_uri": info.model_uri, "model_config": config}
     if info.registered_model_version:
         summary["registered_model"] = f"models:/{cfg.tracking.registered_model}/{info.registered_model_version}"
@@ -111,11 +112,6 @@ def train_model(cfg: DictConfig, run_name_suffix: str = "", skip_finished: bool 
         print(f"train: {cfg.paths.models} already holds this training (MLflow run {summary['run_id']}); "
               "not trained again")
     if not distributed.is_main_process():  # another DDP process: it trained, the main one logs
-        return summary
-    if summary.get("task") == MULTILABEL:
-        if cfg.tracking.get("export_onnx", False) or cfg.tracking.log_model:
-            print("train: a multi-label model is not exported or logged as a servable model yet "
-                  "(tracking.export_onnx, tracking.log_model); evaluate scores it")
         return summary
     out = Path(cfg.paths.models)
     onnx = out / "model.onnx"

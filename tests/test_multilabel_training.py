@@ -196,9 +196,44 @@ def test_temperature_calibration_on_multilabel_data_is_refused_naming_the_settin
         train(cfg)
 
 
-def test_predict_refuses_a_multilabel_model_in_one_line(trained_mix):
-    from audiocnn.inference.predictor import Predictor
+def test_predict_pyfunc_and_exports_give_the_same_label_sets(trained_mix, tmp_path, capsys):
+    """model.pt through the Python API and `audiocnn predict`, the pyfunc, and the ONNX and TorchScript
+    exports: the same probabilities (within 1e-4) and the same classes over the stored thresholds."""
+    from types import SimpleNamespace
+
+    import pandas as pd
+
+    from audiocnn import load_model
+    from audiocnn.cli import main
+    from audiocnn.inference.export import export_model
+    from audiocnn.inference.pyfunc import AudioClassifier
 
     cfg, _, _ = trained_mix
-    with pytest.raises(InputError, match="a multi-label model: predict, export and serving take single-label"):
-        Predictor.load(Path(cfg.paths.models) / "model.pt")
+    bundle_path = Path(cfg.paths.models) / "model.pt"
+    thresholds = load_bundle(bundle_path)[1]["thresholds"]
+    manifest = pd.read_csv(Path(cfg.paths.prepared) / "manifest.csv")
+    clips = [str(Path(cfg.paths.raw).parent / p) if not Path(p).is_absolute() else p
+             for p in manifest.loc[manifest["split"] == "test", "path"]][:4]
+    clips = [c if Path(c).exists() else str(Path(cfg.paths.raw) / Path(c).relative_to("raw")) for c in clips]
+    eager = load_model(bundle_path).predict(clips, timeline=True)
+    for record in eager:
+        over = [name for name, p in sorted(record["probabilities"].items(), key=lambda kv: -kv[1])
+                if p >= thresholds[list(record["probabilities"]).index(name)]]
+        assert [name for name, _ in record["labels"]] == over
+        assert all("labels" in window for window in record["timeline"])
+    onnx = export_model(bundle_path, "onnx", tmp_path / "model.onnx")
+    script = export_model(bundle_path, "torchscript", tmp_path / "model.ts")
+    for exported in (load_model(onnx), load_model(script, trust_code=True)):
+        assert exported.thresholds == pytest.approx(thresholds)
+        for mine, theirs in zip(eager, exported.predict(clips)):
+            assert [n for n, _ in theirs["labels"]] == [n for n, _ in mine["labels"]]
+            assert list(theirs["probabilities"].values()) == pytest.approx(list(mine["probabilities"].values()),
+                                                                           abs=1e-4)
+    classifier = AudioClassifier()
+    classifier.load_context(SimpleNamespace(artifacts={"model.pt": str(bundle_path)}, model_config={}))
+    served = classifier.predict(None, [{"audio_base64": __import__("base64").b64encode(Path(c).read_bytes()).decode()}
+                                       for c in clips])
+    assert [answer["labels"] for answer in served] == [[n for n, _ in r["labels"]] for r in eager]
+    assert main(["predict", *clips, "--model", str(bundle_path), "--output", str(tmp_path / "preds.csv")]) == 0
+    written = pd.read_csv(tmp_path / "preds.csv", keep_default_na=False)
+    assert written["labels"].tolist() == [";".join(n for n, _ in r["labels"]) for r in eager]

@@ -35,10 +35,10 @@ from audiocnn.data.download import dataset_root
 from audiocnn.data.names import TEXT_COLUMNS, escape_columns, slug_map, unescape_columns
 from audiocnn.data.sources._common import LABEL_SEPARATOR
 from audiocnn.data.splits import SPLITS, stratified_split, val_group_splits
+from audiocnn.data.task import MULTICLASS, MULTILABEL  # one class per clip | several (a `labels` column)
 
 MANIFEST_COLUMNS = ["path", "label", "split", "fold", "group", "duration", "sr"]
 DEFAULT_MAX_SECONDS = 600.0  # longer files are skipped: featurize pads a batch to its longest clip
-MULTICLASS, MULTILABEL = "multiclass", "multilabel"  # one class per clip | several (a `labels` column)
 
 
 def _display_path(path: str) -> str:

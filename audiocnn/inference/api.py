@@ -5,10 +5,14 @@ A record per input (what `audiocnn predict` prints and writes, and what the pyfu
      "top_k": [[label, probability], ...] best first, "probabilities": {class: p, ...},
      "timeline": [{"start_s", "end_s", "label", "probability"}, ...]   with timeline=True,
      "error": reason}                                   for an input that has no answer (then no label)
+A multi-label model (`task: multilabel`) adds "labels": [[label, probability], ...], every class
+at or over its threshold (fitted on validation, stored in model.pt and in the export), most
+probable first; each timeline window gets its own "labels". Its probabilities are each class's
+own (a sigmoid per class): they need not sum to 1.
 
 An answer is finite or absent (`Model.record`, for every backend alike): probabilities that
 are NaN or infinite (a recording too loud for float32, NaN weights, a tiny temperature), outside
-[0, 1], or not summing to 1 (within `PROBABILITY_TOLERANCE`; an exported file is not trusted to
+[0, 1], or (single-label) not summing to 1 (within `PROBABILITY_TOLERANCE`; an exported file is not trusted to
 give probabilities) are an `error`, never a label. So is a recording shorter than one hop of the
 front-end (`features.hop_length` samples at `features.sr`; 0 frames included): a clip that
 short holds no frame of its own. A clip shorter than a window but at least one hop long is
@@ -60,6 +64,8 @@ class Model:
         self.backend, self.source = backend, source
         self.classes: list[str] = backend.classes
         self.features: dict = backend.features
+        # multi-label: each class's threshold (`data.task`); None for a single-label model
+        self.thresholds: list[float] | None = backend.thresholds
 
     @classmethod
     def load(cls, source: str | Path, device: str = "cpu", batch_size: int = 64, tta: dict | None = None,
@@ -110,11 +116,12 @@ class Model:
         becomes an `error`."""
         record = {"path": scored.name, "duration": round(float(scored.duration), 4)}
         error = scored.error or self.too_short(scored.duration)
+        multilabel = self.thresholds is not None
         if not error:
             probabilities = np.asarray(scored.probabilities, dtype=float)
-            error = answer_problem(probabilities, len(self.classes))
+            error = answer_problem(probabilities, len(self.classes), multilabel=multilabel)
             for _, window in scored.windows if timeline and not error else []:
-                if error := answer_problem(np.asarray(window, dtype=float), len(self.classes), "window "):
+                if error := answer_problem(np.asarray(window, dtype=float), len(self.classes), "window ", multilabel):
                     break
         if error:
             return {**record, "error": error}
@@ -122,13 +129,22 @@ class Model:
         record.update(label=self.classes[order[0]], confidence=float(probabilities[order[0]]),
                       top_k=[[self.classes[i], float(probabilities[i])] for i in order[:top_k]],
                       probabilities=dict(zip(self.classes, map(float, probabilities))))
+        if multilabel:
+            record["labels"] = self.label_set(probabilities)
         if timeline:
             step = int(self.features["hop_length"]) / int(self.features["sr"])
             record["timeline"] = [{"start_s": round(start * step, 4),
                                    "end_s": round(min(start * step + self.window_seconds, scored.duration), 4),
-                                   "label": self.classes[int(np.argmax(p))], "probability": float(np.max(p))}
+                                   "label": self.classes[int(np.argmax(p))], "probability": float(np.max(p)),
+                                   **({"labels": self.label_set(np.asarray(p, dtype=float))} if multilabel else {})}
                                   for start, p in scored.windows]
         return record
+
+    def label_set(self, probabilities: np.ndarray) -> list[list]:
+        """A multi-label model's answer: `[[class, probability], ...]` of every class at or over its
+        threshold, most probable first (empty when none is)."""
+        over = [i for i in np.argsort(-probabilities, kind="stable") if probabilities[i] >= self.thresholds[i]]
+        return [[self.classes[i], float(probabilities[i])] for i in over]
 
     def too_short(self, duration: float) -> str:
         """Why a clip of `duration` s has nothing to classify ('' if it has): fewer samples than
@@ -143,9 +159,10 @@ class Model:
                 f"(features.hop_length={hop}); nothing to classify")
 
 
-def answer_problem(probabilities: np.ndarray, n_classes: int, what: str = "") -> str:
+def answer_problem(probabilities: np.ndarray, n_classes: int, what: str = "", multilabel: bool = False) -> str:
     """Why `probabilities` `(n_classes,)` is not an answer ('' if it is): non-finite values,
-    values outside [0, 1], or a sum other than 1 (within `PROBABILITY_TOLERANCE`)."""
+    values outside [0, 1], or (single-label: `multilabel` false) a sum other than 1 (within
+    `PROBABILITY_TOLERANCE`)."""
     if probabilities.shape != (n_classes,):
         return f"the model answered {what}scores of shape {probabilities.shape} for {n_classes} classes"
     finite = np.isfinite(probabilities)
@@ -157,7 +174,7 @@ def answer_problem(probabilities: np.ndarray, n_classes: int, what: str = "") ->
     if low < -PROBABILITY_TOLERANCE or high > 1 + PROBABILITY_TOLERANCE:
         return (f"the model's {what}scores are not probabilities: they range from {low:.4g} to {high:.4g}, "
                 "outside [0, 1]: no answer")
-    if abs(total - 1) > PROBABILITY_TOLERANCE:
+    if not multilabel and abs(total - 1) > PROBABILITY_TOLERANCE:
         return f"the model's {what}probabilities sum to {total:.4g}, not 1: no answer"
     return ""
 

@@ -15,8 +15,9 @@ so memory does not grow with its duration; its probabilities are the mean of its
 bundle's temperature (`trainer.calibrate=temperature`) is a constant of the graph, and so are the
 test-time views given with `--tta-pitch-bins` / `--tta-time-frames` (default: none).
 Metadata (`audiocnn`: JSON with `format`, `classes`, `features`, `margin_samples`,
-`window_hop_frames` (the default hop: half a window), `temperature`, `tta`): ONNX
-`metadata_props`, TorchScript extra file `audiocnn.json`.
+`window_hop_frames` (the default hop: half a window), `temperature`, `tta`, `task` and, for a
+multi-label model, `thresholds`): ONNX `metadata_props`, TorchScript extra file `audiocnn.json`.
+A multi-label model's graph ends in a sigmoid per class instead of the softmax.
 `--quantize int8` (ONNX only) writes the same graph with the model body in int8, calibrated on the
 recordings `--calibration` names (`inference.quantize`; metadata `"quantization": "int8"`).
 """
@@ -43,7 +44,8 @@ QUANTIZATIONS = ("int8",)  # inference.quantize.QUANTIZATIONS (imported there on
 def metadata(predictor: Predictor) -> str:
     return json.dumps({"format": EXPORT_FORMAT, "classes": predictor.classes, "features": predictor.features,
                        "margin_samples": predictor.margin, "window_hop_frames": sliding.default_hop(predictor.window),
-                       "temperature": predictor.temperature,
+                       "temperature": predictor.temperature, "task": predictor.task,
+                       **({"thresholds": predictor.thresholds} if predictor.thresholds else {}),
                        "tta": {"pitch_bins": list(predictor.views.pitch_bins),
                                "time_frames": list(predictor.views.time_frames)}})
 

@@ -24,6 +24,7 @@ from audiocnn.features import sliding
 from audiocnn.inference.chunks import chunks, cut, frame_count
 from audiocnn.inference.export_format import CHUNK_WINDOWS, METADATA_KEY, OUTPUTS
 from audiocnn.inference.results import Scored
+from audiocnn.data.task import MULTICLASS, thresholds_of
 
 
 
@@ -36,6 +37,7 @@ class _ExportedBackend:
         self.features: dict = dict(metadata["features"])
         self.sr = int(self.features["sr"])
         self.margin = int(metadata["margin_samples"])
+        self.task, self.thresholds = metadata.get("task", MULTICLASS), thresholds_of(metadata, len(self.classes))
 
     def run(self, waveform: np.ndarray, starts: np.ndarray) -> np.ndarray:
         """(batch, samples) float32 chunk with margins, (n_windows,) int64 -> (batch, n_windows, n_classes)."""

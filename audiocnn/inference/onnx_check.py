@@ -45,14 +45,16 @@ import numpy as np
 from audiocnn.features import budget
 from audiocnn.inference.export_format import CHUNK_WINDOWS, EXPORT_FORMAT, INPUTS, METADATA_KEY, OUTPUTS
 from audiocnn.errors import BundleError
+from audiocnn.data.task import task_problem
 
 ALLOWED_OPS = frozenset({
     # what `audiocnn export` writes for the models of conf/model (every freq_pool and temporal_pool,
-    # pcen / bin_norm, on-the-fly CQT kernels, test-time views, head_hidden, avg / max pooling)
+    # pcen / bin_norm, on-the-fly CQT kernels, test-time views, head_hidden, avg / max pooling; Sigmoid:
+    # a multi-label model)
     "Add", "AveragePool", "BatchNormalization", "Cast", "Clip", "Concat", "Constant", "ConstantOfShape", "Conv",
     "Div", "Einsum", "Exp", "GRU", "Gather", "Gemm", "GreaterOrEqual", "Identity", "LSTM", "Log", "MatMul",
     "MaxPool", "Mul", "Neg", "Pad", "Pow", "Range", "ReduceMax", "ReduceMean", "ReduceMin", "ReduceSum", "Relu",
-    "Reshape", "Shape", "Slice", "Softmax", "Squeeze", "Sub", "Transpose", "Unsqueeze", "Where",
+    "Reshape", "Shape", "Sigmoid", "Slice", "Softmax", "Squeeze", "Sub", "Transpose", "Unsqueeze", "Where",
     # written by the exporter of the previous graph for the same modules (remainder, comparisons)
     "Equal", "Mod", "Not",
     # `audiocnn export --quantize int8` (QDQ format: onnxruntime fuses them into int8 kernels)
@@ -78,12 +80,15 @@ def _first_line(error: BaseException) -> str:
 
 def check_metadata(metadata: Any, where: Any) -> dict:
     """The audiocnn metadata of an exported file, checked as a `model.pt`'s settings are (`features.budget`):
-    `format`, `classes`, `features`, `margin_samples`. Returns it; `BundleError` naming the key otherwise."""
+    `format`, `classes`, `features`, `margin_samples`, `task` and `thresholds`. Returns it; `BundleError` naming the key otherwise."""
     if not isinstance(metadata, dict):
         raise refuse(where, f"its {_key()} metadata is {type(metadata).__name__}, not a mapping")
     if metadata.get("format") != EXPORT_FORMAT or "margin_samples" not in metadata:
         raise refuse(where, "exported by an older audiocnn (its graph takes whole recordings); export it again")
     problem = budget.classes_problem(metadata.get("classes")) or budget.features_problem(metadata.get("features"))
+    if problem:
+        raise refuse(where, problem)
+    problem = task_problem(metadata, len(metadata["classes"]))
     if problem:
         raise refuse(where, problem)
     features, margin = metadata["features"], metadata["margin_samples"]

@@ -5,7 +5,7 @@ patterns, or a `.txt` / `.csv` list of paths (one per line, or a `path` column).
 model folder, `model.pt`, `runs:/<id>/model`, `models:/<name>/<version|alias|latest>`, a run
 id, or an exported `.onnx` / TorchScript file. Output: a table on stdout, or `--output
 preds.csv|.jsonl` with one row per file; `--timeline` adds one row per window (which class
-when); `--tta-pitch-bins -2,0,2 --tta-time-frames 0,8` scores every window in each of those
+when); a multi-label model adds `labels`, every class over its threshold (`;`-joined), to each; `--tta-pitch-bins -2,0,2 --tta-time-frames 0,8` scores every window in each of those
 shifted views and averages their probabilities (docs/using-a-model.md). A file that cannot be
 read, or has no answer (too short, no finite sample, non-finite or improper probabilities), is
 reported with its reason and the rest go on; the exit status is 1 only when nothing could be
@@ -34,6 +34,7 @@ from tqdm import tqdm
 
 from audiocnn import atomic
 from audiocnn.data.names import csv_cell
+from audiocnn.data.sources._common import LABEL_SEPARATOR
 
 # What soundfile (libsndfile) reads, as file extensions, plus common aliases.
 AUDIO_SUFFIXES = {f".{name.lower()}" for name in sf.available_formats()} | {".aif", ".aiff", ".oga", ".opus"}
@@ -76,10 +77,17 @@ def printable(text: str) -> str:
         return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
+def joined(labels: list[list]) -> str:
+    """A multi-label answer's `[[class, probability], ...]` as one cell: the classes, `;`-joined."""
+    return LABEL_SEPARATOR.join(name for name, _ in labels)
+
+
 def file_rows(record: dict, top_k: int) -> dict:
     """One output row; a file without an answer has an empty label and confidence (JSON null) and its `error`."""
     row = {"path": record["path"], "label": record.get("label"), "confidence": record.get("confidence"),
            "duration": record["duration"]}
+    if "labels" in record:  # a multi-label model: every class over its threshold
+        row["labels"] = joined(record["labels"])
     for rank, (label, probability) in enumerate(record.get("top_k", [])[:top_k], 1):
         row[f"top{rank}_label"], row[f"top{rank}_probability"] = label, round(probability, 6)
     if record.get("error"):
@@ -110,7 +118,8 @@ def print_table(records: list[dict]) -> None:
         if r.get("error"):
             print(f"{path:<{width}}  error: {printable(r['error'])}")
         else:
-            print(f"{path:<{width}}  {printable(r['label']):<12} {r['confidence']:>10.4f} {r['duration']:>8.2f}s")
+            print(f"{path:<{width}}  {printable(r['label']):<12} {r['confidence']:>10.4f} {r['duration']:>8.2f}s"
+                  + (f"  labels: {printable(joined(r['labels'])) or '(none)'}" if "labels" in r else ""))
 
 
 def refuse_overwriting_inputs(outputs: list[Path], inputs: list[str]) -> None:
@@ -228,7 +237,8 @@ def main(argv: list[str]) -> int:
     failed = [r for r in records if r.get("error")]
     for record in failed:
         print(f"skipped {printable(record['path'])}: {printable(record['error'])}", file=sys.stderr)
-    timeline = [{"path": r["path"], **w} for r in records for w in r.get("timeline", [])]
+    timeline = [{"path": r["path"], **w, **({"labels": joined(w["labels"])} if "labels" in w else {})}
+                for r in records for w in r.get("timeline", [])]
     if args.output:
         write_output(output, [file_rows(r, args.top_k) for r in records])
         if args.timeline:
@@ -238,7 +248,8 @@ def main(argv: list[str]) -> int:
             print_table(records)
             for row in timeline:
                 print(f"{printable(row['path'])}  {row['start_s']:8.2f}-{row['end_s']:<8.2f} "
-                      f"{printable(row['label']):<12} {row['probability']:.4f}")
+                      f"{printable(row['label']):<12} {row['probability']:.4f}"
+                      + (f"  labels: {printable(row['labels']) or '(none)'}" if "labels" in row else ""))
             sys.stdout.flush()
         except BrokenPipeError:  # `| head`: the reader has what it wanted; the summary still goes to stderr
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())

@@ -33,12 +33,12 @@ from audiocnn.data.audio import clip_samples, from_samples, load_audio, load_seg
 from audiocnn.features import sliding
 from audiocnn.features.cqt import LogCQT, n_frames, pick_device
 from audiocnn.features.plan import chunk_margin
-from audiocnn.errors import InputError
 from audiocnn.inference.chunks import chunks, cut
 from audiocnn.inference.graph import ChunkScorer
 from audiocnn.inference.results import Scored
 from audiocnn.models.bundle import load_bundle
 from audiocnn.models.scorer import WindowScorer
+from audiocnn.data.task import MULTICLASS, thresholds_of
 from audiocnn.models.tta import Views
 
 
@@ -51,11 +51,10 @@ class Predictor:
 
     def __init__(self, model: nn.Module, bundle: dict, device: str = "cpu", batch_size: int = 64,
                  tta: Views | dict | None = None):
-        if bundle.get("task") == "multilabel":
-            raise InputError("a multi-label model: predict, export and serving take single-label models in this "
-                             "version; score it with `audiocnn evaluate`")
         features = bundle["features"]
         self.classes: list[str] = [str(c) for c in bundle["classes"]]
+        # multi-label: a sigmoid per class (`models.scorer`) and each class's threshold; None: single-label
+        self.task, self.thresholds = bundle.get("task", MULTICLASS), thresholds_of(bundle, len(self.classes))
         self.features = dict(features)
         self.sr, self.window = int(features["sr"]), int(features["window_frames"])
         self.hop_length = int(features["hop_length"])

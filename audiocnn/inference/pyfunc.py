@@ -10,7 +10,9 @@ or
 Inside, as the train/evaluate stages do: downmix, resample to `features.sr`, log-CQT
 (nnAudio), every window of a sliding grid (hop = half a window), window probabilities
 averaged per clip.
-Output, one record per clip: {"label": best class, "probabilities": {class: p, ...}}.
+Output, one record per clip: {"label": best class, "probabilities": {class: p, ...}}; a
+multi-label model adds "labels": [class, ...], every class at or over its threshold (model.pt's
+`thresholds`), most probable first, and its probabilities are a sigmoid per class.
 
 Signature: the logged model declares its output schema (`OUTPUT_SCHEMA`: `label` string,
 `probabilities` map of doubles) and an input example (`input_example()`: 0.1 s of a sine as a
@@ -72,7 +74,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.models import ModelSignature
 from mlflow.protos.databricks_pb2 import (DEADLINE_EXCEEDED, INTERNAL_ERROR, INVALID_PARAMETER_VALUE,
                                           TEMPORARILY_UNAVAILABLE)
-from mlflow.types.schema import ColSpec, DataType, Map, Schema
+from mlflow.types.schema import Array, ColSpec, DataType, Map, Schema
 
 from audiocnn.errors import RequestError
 from audiocnn.inference.api import answer_problem
@@ -88,6 +90,7 @@ MODEL_REQUIREMENTS = ["torch", "torchaudio", "nnAudio", "soundfile", "soxr", "au
 TTA_KEY = "tta"  # the `model_config` entry of the test-time views; the others are the `serving` limits
 # One record per clip (declared, not enforced: MLflow checks only inputs).
 OUTPUT_SCHEMA = Schema([ColSpec(DataType.string, "label"), ColSpec(Map(DataType.double), "probabilities")])
+MULTILABEL_OUTPUT_SCHEMA = Schema([*OUTPUT_SCHEMA.inputs, ColSpec(Array(DataType.string), "labels")])
 # A request's fields, for readers of the MLmodel (`metadata`); not the signature's inputs (module docstring).
 REQUEST_FIELDS = {
     "audio_base64": "string: a whole audio file (WAV, FLAC, OGG...), base64; or",
@@ -151,12 +154,17 @@ class AudioClassifier(mlflow.pyfunc.PythonModel):
                     reason = f"stopped after {row} of {len(waveforms)} clips: past the server's request timeout"
                     raise MlflowException(reason, error_code=DEADLINE_EXCEEDED, reason=reason)
                 probs = self.predictor.probabilities(waveform).tolist()
-                if problem := answer_problem(np.asarray(probs, dtype=float), len(self.classes)):
+                thresholds = self.predictor.thresholds  # multi-label: a sigmoid per class; None otherwise
+                if problem := answer_problem(np.asarray(probs, dtype=float), len(self.classes),
+                                             multilabel=thresholds is not None):
                     # NaN weights or temperature in the model file: never an answer (nor bare NaN in JSON)
                     LOG.error("clip %d: %s", row, problem)
                     raise MlflowException(f"internal error while scoring: {problem}", error_code=INTERNAL_ERROR)
-                predictions.append({"label": self.classes[int(np.argmax(probs))],
-                                    "probabilities": dict(zip(self.classes, probs))})
+                answer = {"label": self.classes[int(np.argmax(probs))], "probabilities": dict(zip(self.classes, probs))}
+                if thresholds is not None:
+                    order = np.argsort(-np.asarray(probs), kind="stable")  # most probable first, as the API
+                    answer["labels"] = [self.classes[i] for i in order if probs[i] >= thresholds[i]]
+                predictions.append(answer)
             return predictions
         except MlflowException:
             raise
@@ -205,14 +213,17 @@ def input_example(seconds: float = 0.1, sr: int = 16000) -> dict:
     return {"audio_base64": base64.b64encode(buffer.getvalue()).decode()}
 
 
-def log_audio_model(bundle: Path, registered_model: str | None = None, config: dict | None = None):
+def log_audio_model(bundle: Path, registered_model: str | None = None, config: dict | None = None,
+                    multilabel: bool = False):
     """Log `bundle` (a train stage `model.pt`) as the active run's pyfunc `model` with `config`
     (`model_config(...)`; None: the defaults); register it as `registered_model` when given.
-    Declares the output schema and an input example (module docstring). Returns MLflow's ModelInfo."""
+    Declares the output schema (`multilabel`: with `labels`) and an input example (module docstring).
+    Returns MLflow's ModelInfo."""
     return mlflow.pyfunc.log_model(
         name="model", python_model=str(Path(__file__).resolve()), artifacts={"model.pt": str(bundle)},
         model_config=config or model_config(), pip_requirements=MODEL_REQUIREMENTS,
-        signature=ModelSignature(outputs=OUTPUT_SCHEMA), input_example=input_example(),
+        signature=ModelSignature(outputs=MULTILABEL_OUTPUT_SCHEMA if multilabel else OUTPUT_SCHEMA),
+        input_example=input_example(),
         metadata={"request": REQUEST_FIELDS}, registered_model_name=registered_model or None,
     )
 

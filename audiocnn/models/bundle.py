@@ -54,12 +54,12 @@ from audiocnn.models.budget import ModelCost, Stored, model_cost, stored_tensors
 from audiocnn.models.build import DESCRIPTIVE_KEYS, build_frontend
 from audiocnn.models.cnn import CNN
 from audiocnn.models.crnn import CRNN
+from audiocnn.data.task import MULTICLASS, task_problem
 
 # 2: timm-style head (`head.fc`), `global_pool: catavgmax`. 3: the front-end inside the model
 # (`frontend.*` in state_dict, no `frontend` entry, no `nn.Sequential`), `frontend_version` recorded.
 BUNDLE_FORMAT = 3
 MODEL_CLASSES: dict[str, type[nn.Module]] = {"audiocnn.models.cnn.CNN": CNN, "audiocnn.models.crnn.CRNN": CRNN}
-TASKS = ("multiclass", "multilabel")
 BUILT_IN_ARGUMENTS = ("n_classes", "n_bins", "top_db", "frontend")  # given by the bundle's classes and features
 RUN_ID = re.compile(r"^[0-9a-f]{32}$")
 PLAIN = (str, int, float, bool, type(None))
@@ -217,7 +217,9 @@ def _check(bundle: dict, where: str) -> ModelCost:
     problem = classes_problem(classes)
     if problem:
         raise BundleError(f"{where}: {problem}")
-    _check_task(bundle, len(classes), where)
+    problem = task_problem(bundle, len(classes))
+    if problem:
+        raise BundleError(f"{where}: {problem}")
     problem, cost = model_cost(MODEL_CLASSES[model["_target_"]], model, len(classes), int(features["n_bins"]),
                                int(features["window_frames"]), features.get("top_db"), features)
     if problem:
@@ -232,25 +234,6 @@ def _check(bundle: dict, where: str) -> ModelCost:
     if missing:
         raise BundleError(f"{where}: state_dict.{missing[0]}: missing ({len(missing)} of the model's tensors are)")
     return cost
-
-
-def _check_task(bundle: Mapping, n_classes: int, where: str) -> None:
-    """`BundleError` unless `task` is one of TASKS and `thresholds` (multi-label only) is one number in
-    [0, 1] per class."""
-    task = bundle.get("task", "multiclass")
-    if task not in TASKS:
-        raise BundleError(f"{where}: task={task!r:.40}: allowed: {', '.join(TASKS)}")
-    if "thresholds" not in bundle:
-        return
-    thresholds = bundle["thresholds"]
-    if task != "multilabel":
-        raise BundleError(f"{where}: thresholds: only a multi-label model has them")
-    if not isinstance(thresholds, (list, tuple)) or len(thresholds) != n_classes:
-        size = len(thresholds) if isinstance(thresholds, (list, tuple)) else type(thresholds).__name__
-        raise BundleError(f"{where}: thresholds: {size}; must be a list of {n_classes} numbers, one per class")
-    for i, value in enumerate(thresholds):
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
-            raise BundleError(f"{where}: thresholds[{i}]={value!r:.40}: must be a number in [0, 1]")
 
 
 def _check_versions(bundle: Mapping, where: str) -> None:
@@ -317,7 +300,7 @@ def load_state(source: str | Path, prefix: str = "model.") -> dict[str, Tensor]:
 
 
 def save_bundle(model: nn.Module, model_cfg: dict, features_cfg: dict, classes: list[str], path: Path,
-                frontend: nn.Module | None = None, temperature: float = 1.0, task: str = "multiclass",
+                frontend: nn.Module | None = None, temperature: float = 1.0, task: str = MULTICLASS,
                 thresholds: list[float] | None = None) -> Path:
     """Write `model.pt` atomically: `model`'s weights (its front-end's included) plus the plain configs
     that rebuild it. `frontend`: a front-end trained beside a `model` built without one (its state is

@@ -26,6 +26,7 @@ import math
 import torch
 from torch import Tensor, nn
 
+from audiocnn.data.task import MULTILABEL
 from audiocnn.models.tta import Views
 
 
@@ -63,7 +64,7 @@ class WindowScorer(nn.Module):
     def for_bundle(cls, model: nn.Module, bundle: dict, views: Views = Views()) -> "WindowScorer":
         """The scorer of a loaded `model.pt`: its temperature, its features' floor and its task."""
         return cls(model, views, math.log(bundle["features"]["amin"]), float(bundle.get("temperature", 1.0)),
-                   multilabel=bundle.get("task") == "multilabel")
+                   multilabel=bundle.get("task") == MULTILABEL)
 
     def view_logits(self, frames: Tensor) -> Tensor:
         """`(batch, 1, n_bins, frames)` front-end output -> `(n_views, batch, n_classes)` logits."""

@@ -18,9 +18,8 @@ from torchmetrics.functional.classification import multilabel_precision_recall_c
 
 from audiocnn.features import sliding
 from audiocnn.models.scorer import WindowScorer
+from audiocnn.data.task import DEFAULT_THRESHOLD
 from audiocnn.training.windows import window_logits
-
-DEFAULT_THRESHOLD = 0.5
 
 
 def best_f1_thresholds(probabilities: torch.Tensor, targets: torch.Tensor) -> list[float]:
