@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import re
 import statistics
 import time
 from pathlib import Path
@@ -89,7 +90,7 @@ def scores(predictions: Path) -> dict[str, dict[str, float]]:
 
 def run_cell(work: Path, row: str, augment: str, train_register: str, csv_path: Path, args) -> dict:
     model, _, freq_pool = row.partition(":")
-    out = work / "runs" / f"{row.replace(':', '-')}-{augment}-{train_register}"
+    out = work / "runs" / f"{row.replace(':', '-')}-{re.sub(r'[^A-Za-z0-9_.-]+', '_', augment)}-{train_register}"
     overrides = [f"model={model}", f"augment={augment}", "data=csv", f"data.csv={csv_path}",
                  f"paths.prepared={work / 'prepared' / train_register}",
                  f"paths.features={work / 'features' / train_register}",
