@@ -20,6 +20,7 @@ from pathlib import Path
 from omegaconf import DictConfig
 
 from audiocnn import tracking
+from audiocnn.data.task import MULTILABEL
 from audiocnn.errors import InputError, MissingInputError
 from audiocnn.evaluation.explain import explain_model
 from audiocnn.evaluation.reports import (log_multilabel_test_metrics, log_test_metrics, write_multilabel_reports,
@@ -41,7 +42,7 @@ def evaluate(cfg: DictConfig) -> dict:
         raise InputError(f"the model in {cfg.paths.models} was trained on other classes; rerun the train stage")
     scores = score_test_split(model, bundle, data, cfg)
     out = Path(cfg.paths.metrics)
-    if bundle.get("task") == "multilabel":
+    if bundle.get("task") == MULTILABEL:
         return evaluate_multilabel(cfg, bundle, data, scores, out)
     settings = cfg.get("evaluate") or {}
     metrics, files = write_reports(scores.probabilities, scores.labels, data, out,

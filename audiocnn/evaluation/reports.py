@@ -19,9 +19,10 @@ from omegaconf import DictConfig
 
 from audiocnn import atomic
 from audiocnn.data.names import escape_columns, slug_map
+from audiocnn.data.sources._common import LABEL_SEPARATOR
+from audiocnn.data.task import MULTILABEL
 from audiocnn.evaluation.calibration import (bootstrap_accuracy_ci, confidence_bins, confidence_calibration_error,
                                              expected_calibration_error, reliability_bins)
-from audiocnn.data.sources._common import LABEL_SEPARATOR
 from audiocnn.evaluation.metrics import classification_metrics, multilabel_metrics
 from audiocnn.evaluation.plots import plot_confusion_matrix, plot_precision_recall, plot_reliability_diagram
 from audiocnn.training.datamodule import WindowDataModule
@@ -101,7 +102,7 @@ def write_multilabel_reports(probabilities: torch.Tensor, targets: torch.Tensor,
     `per_class.json` (AP, precision, recall, F1, support and threshold per class), `predictions.csv`
     (per test clip: its labels, the labels over their thresholds, and the top class with its
     probability), `precision_recall.json` (the curves) and `precision_recall.png`; returns (metrics, files)."""
-    metrics = {**multilabel_metrics(probabilities, targets, data.classes, thresholds), "task": "multilabel",
+    metrics = {**multilabel_metrics(probabilities, targets, data.classes, thresholds), "task": MULTILABEL,
                **(extra or {})}
     decisions = probabilities >= torch.tensor(thresholds, dtype=probabilities.dtype)
     confidence, top = probabilities.max(dim=1)
@@ -193,7 +194,7 @@ def log_test_metrics(metrics: dict, files: list[Path]) -> None:
 
 def describe_results(metrics: dict) -> str:
     """A few readable lines from a `test.json`: one model's (accuracy with its CI) or repeats' (mean +/- std)."""
-    if metrics.get("task") == "multilabel":
+    if metrics.get("task") == MULTILABEL:
         return "\n".join([f"test mAP       {metrics['map']:.3f}  (macro, {metrics['n_clips']} clips)"
                           if metrics["map"] is not None else "test mAP       n/a (no class has a positive clip)",
                           f"micro AP       {metrics['micro_ap']:.3f}", f"lwlrap         {metrics['lwlrap']:.3f}",
