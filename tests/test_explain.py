@@ -14,7 +14,7 @@ from omegaconf import OmegaConf
 from audiocnn.cli import main
 from audiocnn.evaluation.explain import bin_frequencies, first_conv_filters, grad_cam, saliency_profile
 from audiocnn.models import build_model
-from audiocnn.training.datamodule import load_classes
+from audiocnn.data.prepare import read_classes
 from audiocnn.models.bundle import save_bundle
 from tests.conftest import tiny_config
 
@@ -102,7 +102,7 @@ def test_saliency_profile_and_filters(tmp_path):
 
 def test_explain_cli_writes_a_grad_cam_png(tmp_path, capsys, prepared_store):
     cfg = tiny_config(tmp_path, "model=crnn_gru")
-    classes = load_classes(prepared_store)
+    classes = read_classes(prepared_store.paths.prepared)[0]
     model = build_model(cfg.model, len(classes), cfg.features.n_bins)
     save_bundle(model.eval(), OmegaConf.to_container(cfg.model), OmegaConf.to_container(cfg.features), classes,
                 tmp_path / "model" / "model.pt")
