@@ -28,9 +28,9 @@ from omegaconf import DictConfig
 
 from audiocnn import atomic, tracking
 from audiocnn.data.names import slug_map, unescape_columns
-from audiocnn.data.prepare import fold_values, read_manifest
+from audiocnn.data.prepare import MULTILABEL, fold_values, read_classes, read_manifest
 from audiocnn.errors import ConfigError
-from audiocnn.evaluation.reports import write_pooled_reports
+from audiocnn.evaluation.reports import CURVES, write_pooled_reports
 from audiocnn.training import resume
 
 STATE_FILE = "repeats.json"  # in paths.models: the parent run and the variants, for the evaluate stage
@@ -50,6 +50,10 @@ def is_repeated(cfg: DictConfig) -> bool:
 def variants(cfg: DictConfig) -> list[Variant]:
     """Every fold (when `data.protocol=cv`, read from the prepared manifest) times every seed of
     `trainer.seeds` (else `seed`)."""
+    if read_classes(cfg.paths.prepared)[1] == MULTILABEL:
+        setting = "data.protocol=cv" if cfg.data.get("protocol") == "cv" else f"trainer.seeds={list(cfg.trainer.seeds)}"
+        raise ConfigError(f"{setting}: repeats are not yet for multi-label data (data={cfg.data.name}); "
+                          "train one seed at a time (seed=N)")
     if cfg.data.get("protocol", "holdout") == "cv":
         folds = fold_values(read_manifest(cfg))
         if not folds:
@@ -155,11 +159,12 @@ def write_aggregate(cfg: DictConfig, results: list[dict]) -> dict:
                                   (cfg.get("evaluate") or {}).get("calibration_bins", 15))
     aggregate["worst_class"] = pooled["worst_class"]
     atomic.write_json(out / "test.json", aggregate)
-    for result in results:  # each run's explanations side by side under the DVC plot folder
-        label = result["variant"].label
-        explained = Path(variant_config(cfg, result["variant"]).paths.metrics) / "explain"
-        if explained.is_dir():
-            shutil.copytree(explained, out / "explain" / label, dirs_exist_ok=True)
+    for folder in ("explain", CURVES):  # each run's explanations and curves side by side under the DVC plot folders
+        (out / folder).mkdir(parents=True, exist_ok=True)
+        for result in results:
+            written = Path(variant_config(cfg, result["variant"]).paths.metrics) / folder
+            if written.is_dir():
+                shutil.copytree(written, out / folder / result["variant"].label, dirs_exist_ok=True)
     print("repeats:\n" + "\n".join(
         f"  {label:<24} accuracy {m['accuracy']:.4f}  macro-F1 {m.get('macro_f1', float('nan')):.4f}"
         for label, m in aggregate["runs"].items()))

@@ -71,6 +71,7 @@ BAD = [
     (["trainer.gradient_clip_val=nan"], "trainer.gradient_clip_val=nan: must be a finite positive number or null"),
     (["trainer.label_smoothing=nan"], "trainer.label_smoothing=nan: must be a finite number in [0, 1)"),
     (["trainer.class_weights=inverse"], "trainer.class_weights=inverse: allowed: none, balanced"),
+    (["trainer.sampler=weighted"], "trainer.sampler=weighted: allowed: shuffle, balanced"),
     (["trainer.callbacks.early_stopping._target_=nope"], "trainer.callbacks.early_stopping._target_=nope: must be "
                                                          "the dotted path of an installed callback class"),
     (["trainer.callbacks=3"], "trainer.callbacks=3: must be a mapping"),

@@ -46,13 +46,13 @@ def run(args: list[str], cwd: Path, timeout: int = 600) -> subprocess.CompletedP
     return result
 
 
-def compose_params(project: Path) -> None:
-    """params.yaml from the project's conf/, the way DVC's Hydra integration writes it."""
+def compose_params(project: Path, overrides: tuple[str, ...] = ()) -> None:
+    """params.yaml from the project's conf/ and `overrides`, the way DVC's Hydra integration writes it."""
     from hydra import compose, initialize_config_dir
     from omegaconf import OmegaConf
 
     with initialize_config_dir(str(project / "conf"), version_base=None):
-        cfg = compose(config_name="config")
+        cfg = compose(config_name="config", overrides=list(overrides))
     OmegaConf.resolve(cfg)
     (project / "params.yaml").write_text(OmegaConf.to_yaml(cfg))
 
@@ -127,6 +127,24 @@ def test_dvc_repro_runs_every_stage_and_tracks_the_run(project):
     assert f"worst class    {metrics['worst_class']['name']} " in summary and len(lines) <= 6
     run(["dvc", "plots", "show", "-o", "plots"], project)
     assert (project / "plots/index.html").exists()
+
+
+def test_dvc_repro_on_multilabel_data_writes_every_declared_output(tmp_path):
+    """The evaluate stage's outputs are the same files for either task, so `dvc repro` on a multi-label
+    dataset runs to the end, and `dvc plots show` draws its precision-recall curve."""
+    project = copy_project(tmp_path / "mix")
+    compose_params(project, ("data=demo_mix", "data.clips=48", "trainer.max_epochs=3", "model=cnn"))
+    result = run(["dvc", "repro"], project)
+    assert "Running stage 'evaluate'" in result.stdout and "test mAP" in result.stdout
+    metrics = json.loads((project / "metrics/test.json").read_text())
+    assert metrics["task"] == "multilabel" and 0.0 <= metrics["map"] <= 1.0 and 0.0 <= metrics["ece"] <= 1.0
+    for name in ("confusion_matrix.png", "reliability_diagram.png", "curves/precision_recall.png", "explain/gradcam.png"):
+        assert (project / "metrics" / name).stat().st_size > 0, name
+    shown = json.loads(run(["dvc", "plots", "show", "--json"], project).stdout)
+    assert not shown.get("errors"), shown["errors"]
+    curve = shown["data"]["metrics/curves/precision_recall.json"][0]["content"]["data"]["values"]
+    assert curve and {"recall", "precision"} <= set(curve[0])
+    assert "mAP" in run(["audiocnn", "results"], project).stdout
 
 
 def test_dvc_exp_run_with_hydra_override(project):

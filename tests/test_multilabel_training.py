@@ -139,11 +139,12 @@ def test_bundle_task_and_thresholds_are_checked_as_untrusted_data(tmp_path):
 
 @pytest.fixture(scope="module")
 def trained_mix(tmp_path_factory):
-    """A tiny demo_mix (36 mixtures), trained for 2 epochs and evaluated: (cfg, train summary, test metrics)."""
+    """A tiny demo_mix (36 mixtures), trained for 2 epochs with the rare-label sampler and evaluated:
+    (cfg, train summary, test metrics)."""
     from audiocnn.experiment import ensure_inputs, evaluate_model, train_model
 
     cfg = config(tmp_path_factory.mktemp("mix"), "demo_mix", "data.clips=36", "trainer.max_epochs=2", "model=cnn",
-                 "tracking.export_onnx=false")
+                 "tracking.export_onnx=false", "trainer.sampler=balanced")
     ensure_inputs(cfg)
     summary = train_model(cfg)
     return cfg, summary, evaluate_model(cfg)
@@ -164,6 +165,25 @@ def test_a_multilabel_training_stores_thresholds_fitted_on_validation(trained_mi
     assert summary["task"] == "multilabel" and 0.0 <= summary["best_val_map"] <= 1.0 and "best_val_acc" not in summary
 
 
+def test_the_balanced_sampler_draws_clips_of_rare_labels_more_often(trained_mix):
+    from audiocnn.training.datamodule import WindowDataModule
+    from audiocnn.training.sampling import BalancedSampler
+
+    cfg, summary, _ = trained_mix
+    data = WindowDataModule(cfg)
+    loader = data.train_dataloader()
+    assert isinstance(loader.sampler, BalancedSampler) and summary["run_id"]
+    targets = data.labels[data.rows("train")]
+    draws = []
+    for epoch in range(200):
+        loader.sampler.set_epoch(epoch)
+        draws += list(loader.sampler)
+    shuffled = targets.mean(axis=0)  # each label's share of clips in a shuffled epoch
+    drawn = targets[draws].mean(axis=0)
+    rare, common = shuffled.argmin(), shuffled.argmax()
+    assert drawn[rare] > shuffled[rare] and drawn[rare] / drawn[common] > shuffled[rare] / shuffled[common]
+
+
 def test_multilabel_evaluation_writes_map_per_class_table_and_label_sets(trained_mix):
     import mlflow
     import pandas as pd
@@ -181,9 +201,17 @@ def test_multilabel_evaluation_writes_map_per_class_table_and_label_sets(trained
     predictions = pd.read_csv(out / "predictions.csv", keep_default_na=False)
     assert list(predictions.columns) == ["path", "actual", "predicted", "top", "confidence"]
     assert (predictions["actual"].str.len() > 0).all()  # every test clip has its label set
-    assert (out / "precision_recall.png").stat().st_size > 0
+    # The same files as a single-label evaluation (DVC declares them): the curves, and the matrix and
+    # reliability diagram in their multi-label sense; the ECE over every (clip, class) pair.
+    curves = json.loads((out / "curves/precision_recall.json").read_text())
+    assert curves["micro"][0].keys() == {"recall", "precision"} and set(curves["per_class"]) <= set(per_class["per_class_ap"])
+    for png in ("curves/precision_recall.png", "confusion_matrix.png", "reliability_diagram.png", "explain/gradcam.png",
+                "explain/saliency.png"):
+        assert (out / png).stat().st_size > 0, png
+    assert 0.0 <= test["ece"] <= 1.0
     run = mlflow.MlflowClient(cfg.tracking.uri).get_run(summary["run_id"])
     assert run.data.metrics["test_map"] == pytest.approx(metrics["map"]) and "best_val_map" in run.data.metrics
+    assert run.data.metrics["test_ece"] == pytest.approx(test["ece"])
 
 
 def test_temperature_calibration_on_multilabel_data_is_refused_naming_the_setting(trained_mix):
@@ -194,6 +222,22 @@ def test_temperature_calibration_on_multilabel_data_is_refused_naming_the_settin
     cfg.trainer.calibrate = "temperature"
     with pytest.raises(ConfigError, match=r"^trainer.calibrate=temperature: not for multi-label data"):
         train(cfg)
+
+
+def test_repeats_and_ensembles_of_multilabel_models_are_refused_in_one_line_before_work(trained_mix):
+    from audiocnn.evaluation.ensemble import evaluate_ensemble
+    from audiocnn.experiment import run_repeats
+
+    cfg, _, _ = trained_mix
+    seeds = cfg.copy()
+    seeds.trainer.seeds = [0, 1]
+    with pytest.raises(ConfigError, match=r"^trainer.seeds=\[0, 1\]: repeats are not yet for multi-label data"):
+        run_repeats(seeds, make_inputs=False)
+    assert not (Path(cfg.paths.models) / "repeats.json").exists() and not (Path(cfg.paths.models) / "seed-0").exists()
+    ensemble = cfg.copy()
+    ensemble.ensemble = [cfg.paths.models, cfg.paths.models]
+    with pytest.raises(ConfigError, match=r"^ensemble: not yet for multi-label data"):
+        evaluate_ensemble(ensemble)
 
 
 def test_predict_pyfunc_and_exports_give_the_same_label_sets(trained_mix, tmp_path, capsys):

@@ -45,6 +45,8 @@ def evaluate_ensemble(cfg: DictConfig) -> dict:
     """Mean of the members' probabilities; returns the ensemble's metrics (members in `members`)."""
     tracking.configure(cfg)  # members given as run ids are fetched from this tracking store
     data = WindowDataModule(cfg)
+    if data.multilabel:
+        raise ConfigError(f"ensemble: not yet for multi-label data (data={cfg.data.name}); evaluate each model alone")
     members, stacked = [], []
     for member in cfg.ensemble:
         description, probabilities, labels = member_probabilities(str(member), data, cfg)

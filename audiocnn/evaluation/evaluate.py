@@ -4,12 +4,12 @@ Writes `<paths.metrics>/test.json` (DVC metrics: accuracy and its bootstrap 95% 
 balanced accuracy, macro-F1, top-k, per-class precision/recall/F1, ECE; the model's
 `temperature` and `ece_uncalibrated`, the ECE at T = 1; `tta`, the test-time views),
 `predictions.csv` (one row per test clip; also the DVC confusion plot's data),
-`confusion_matrix.png`, `reliability_diagram.png` and, with `evaluate.explain`,
-`explain/{gradcam,saliency,filters}.png`; adds the test metrics and files to the
-training run in MLflow. A multi-label model (`task: multilabel` in model.pt) gets
-`reports.write_multilabel_reports`' files instead: mAP, micro AP, lwlrap and F1 at the thresholds
-stored in model.pt (0.5 for a model without them), per class in `per_class.json`, and the
-precision-recall curves.
+`confusion_matrix.png`, `reliability_diagram.png`, `curves/precision_recall.{json,png}` and, with
+`evaluate.explain`, `explain/{gradcam,saliency,filters}.png` (the `explain/` folder is made
+either way: DVC expects it); adds the test metrics and files to the training run in MLflow.
+A multi-label model (`task: multilabel` in model.pt) gets `reports.write_multilabel_reports`'
+files under the same names: mAP, micro AP, lwlrap, ECE and F1 at the thresholds stored in model.pt
+(0.5 for a model without them) in test.json, per class in `per_class.json`.
 """
 
 from __future__ import annotations
@@ -42,13 +42,19 @@ def evaluate(cfg: DictConfig) -> dict:
         raise InputError(f"the model in {cfg.paths.models} was trained on other classes; rerun the train stage")
     scores = score_test_split(model, bundle, data, cfg)
     out = Path(cfg.paths.metrics)
-    if bundle.get("task") == MULTILABEL:
-        return evaluate_multilabel(cfg, bundle, data, scores, out)
     settings = cfg.get("evaluate") or {}
-    metrics, files = write_reports(scores.probabilities, scores.labels, data, out,
-                                   f"{cfg.model.name} on {cfg.data.name}", settings, uncalibrated=scores.uncalibrated,
-                                   extra={"temperature": round(scores.temperature, 6),
-                                          "tta": scores.views.describe()})
+    if bundle.get("task") == MULTILABEL:
+        metrics, files = write_multilabel_reports(
+            scores.probabilities, scores.labels, data, out, f"{cfg.model.name} on {cfg.data.name}",
+            bundle.get("thresholds") or [0.5] * len(data.classes), extra={"tta": scores.views.describe()},
+            n_bins=settings.get("calibration_bins", 15))
+    else:
+        metrics, files = write_reports(scores.probabilities, scores.labels, data, out,
+                                       f"{cfg.model.name} on {cfg.data.name}", settings,
+                                       uncalibrated=scores.uncalibrated,
+                                       extra={"temperature": round(scores.temperature, 6),
+                                              "tta": scores.views.describe()})
+    (out / "explain").mkdir(parents=True, exist_ok=True)
     if settings.get("explain", False) and bundle["features"].get("on_the_fly"):
         print("evaluate: no explanations for a model trained on the fly (they need stored CQT windows)")
     elif settings.get("explain", False):
@@ -56,26 +62,21 @@ def evaluate(cfg: DictConfig) -> dict:
                                settings.get("explain_clips_per_class", 2))
     run = json.loads((Path(cfg.paths.models) / "run.json").read_text())
     with tracking.open_run(cfg, run_id=run["run_id"]):
-        log_test_metrics(metrics, files)
+        (log_multilabel_test_metrics if bundle.get("task") == MULTILABEL else log_test_metrics)(metrics, files)
+    print(describe_test(metrics, scores, out / "test.json"))
+    return metrics
+
+
+def describe_test(metrics: dict, scores, path: Path) -> str:
+    """The evaluate stage's one-line summary of `metrics` (either task)."""
+    if metrics.get("task") == MULTILABEL:
+        ap = "n/a" if metrics["map"] is None else f"{metrics['map']:.4f}"
+        return (f"evaluate: test mAP {ap} (macro), micro AP {metrics['micro_ap']:.4f}, lwlrap {metrics['lwlrap']:.4f}, "
+                f"F1 {metrics['macro_f1']:.4f} macro / {metrics['micro_f1']:.4f} micro at the per-class thresholds, "
+                f"ECE {metrics['ece']:.3f} over (clip, class) pairs on {metrics['n_clips']} clips -> {path}")
     ci = metrics["accuracy_ci95"]
-    print(f"evaluate: test accuracy {metrics['accuracy']:.4f} (95% CI {ci['low']:.3f}-{ci['high']:.3f}), "
-          f"balanced {metrics['balanced_accuracy']:.4f}, macro-F1 {metrics['macro_f1']:.4f}, ECE {metrics['ece']:.3f} "
-          f"(T={scores.temperature:.3f}; {metrics['ece_uncalibrated']:.3f} at T=1; tta {scores.views.describe()}) "
-          f"on {metrics['n_clips']} clips -> {out / 'test.json'}")
-    return metrics
+    return (f"evaluate: test accuracy {metrics['accuracy']:.4f} (95% CI {ci['low']:.3f}-{ci['high']:.3f}), "
+            f"balanced {metrics['balanced_accuracy']:.4f}, macro-F1 {metrics['macro_f1']:.4f}, ECE {metrics['ece']:.3f} "
+            f"(T={scores.temperature:.3f}; {metrics['ece_uncalibrated']:.3f} at T=1; tta {scores.views.describe()}) "
+            f"on {metrics['n_clips']} clips -> {path}")
 
-
-def evaluate_multilabel(cfg: DictConfig, bundle: dict, data: WindowDataModule, scores, out: Path) -> dict:
-    """The multi-label reports of `scores` (see the module docstring), added to the training run."""
-    thresholds = bundle.get("thresholds") or [0.5] * len(data.classes)
-    metrics, files = write_multilabel_reports(scores.probabilities, scores.labels, data, out,
-                                              f"{cfg.model.name} on {cfg.data.name}", thresholds,
-                                              extra={"tta": scores.views.describe()})
-    run = json.loads((Path(cfg.paths.models) / "run.json").read_text())
-    with tracking.open_run(cfg, run_id=run["run_id"]):
-        log_multilabel_test_metrics(metrics, files)
-    ap = "n/a" if metrics["map"] is None else f"{metrics['map']:.4f}"
-    print(f"evaluate: test mAP {ap} (macro), micro AP {metrics['micro_ap']:.4f}, lwlrap {metrics['lwlrap']:.4f}, "
-          f"F1 {metrics['macro_f1']:.4f} macro / {metrics['micro_f1']:.4f} micro at the per-class thresholds "
-          f"on {metrics['n_clips']} clips -> {out / 'test.json'}")
-    return metrics

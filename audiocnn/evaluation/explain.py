@@ -72,16 +72,27 @@ def bin_frequencies(features: dict, n_bins: int | None = None) -> np.ndarray:
     return features["fmin"] * 2.0 ** (bins / features["bins_per_octave"])
 
 
+def clips_of_class(labels: np.ndarray) -> dict[int, np.ndarray]:
+    """{class index: positions of its clips} for every class present in `labels`: class indices
+    `(clips,)`, or multi-label 0/1 targets `(clips, n_classes)` (a clip belongs to each of its classes)."""
+    if labels.ndim == 2:
+        return {k: np.flatnonzero(labels[:, k] > 0) for k in range(labels.shape[1]) if (labels[:, k] > 0).any()}
+    return {label: np.flatnonzero(labels == label) for label in sorted(set(labels.tolist()))}
+
+
 def pick_clips(labels: np.ndarray, per_class: int) -> list[int]:
-    """Positions of the first `per_class` clips of each class present in `labels`, class by class."""
-    picked = []
-    for label in sorted(set(labels.tolist())):
-        picked += np.flatnonzero(labels == label)[:per_class].tolist()
+    """Positions of the first `per_class` clips of each class present in `labels`, class by class
+    (a multi-label clip once, under its first class)."""
+    picked: list[int] = []
+    for members in clips_of_class(labels).values():
+        taken = set(picked)
+        picked += [i for i in members.tolist() if i not in taken][:per_class]
     return picked
 
 
 def explain_model(scorer: WindowScorer, data, features: dict, out: Path, per_class: int = 2) -> list[Path]:
-    """Grad-CAM grid, saliency profiles and first-layer filters of `scorer.model` on `data`'s test split.
+    """Grad-CAM grid, saliency profiles and first-layer filters of `scorer.model` on `data`'s test split
+    (single- or multi-label: a multi-label clip's saliency counts for each of its classes).
 
     `data` is a `WindowDataModule`; the centred window of each clip is used, its probability the
     scorer's (the model's temperature). Writes `gradcam.png`, `saliency.png` and `filters.png`
@@ -94,18 +105,19 @@ def explain_model(scorer: WindowScorer, data, features: dict, out: Path, per_cla
     labels = np.asarray(dataset.labels)
     chosen = pick_clips(labels, per_class)
     x = torch.stack([dataset[i][0] for i in chosen])  # (clips, 1, n_bins, frames)
-    y = torch.as_tensor(labels[chosen])
     maps, logits = grad_cam(model, x)
     probabilities = scorer.probabilities(logits[None])  # (clips, n_classes) at the model's temperature
-    titles = [f"true {data.classes[t]}\npred {data.classes[p]} ({probabilities[i, p]:.2f})"
-              for i, (t, p) in enumerate(zip(y.tolist(), logits.argmax(dim=1).tolist()))]
+    truth = [";".join(data.classes[k] for k in np.flatnonzero(labels[i])) if labels.ndim == 2
+             else data.classes[labels[i]] for i in chosen]
+    titles = [f"true {t}\npred {data.classes[p]} ({probabilities[i, p]:.2f})"
+              for i, (t, p) in enumerate(zip(truth, logits.argmax(dim=1).tolist()))]
     out.mkdir(parents=True, exist_ok=True)
     files = [plot_gradcam_grid(x[:, 0].numpy(), maps.numpy(), titles, out / "gradcam.png",
                                title=f"Grad-CAM for the predicted class ({len(chosen)} test clips)")]
     # Saliency over up to 16 clips per class (the whole test split would cost a backward pass each).
     profiles = {}
-    for label in sorted(set(labels.tolist())):
-        rows = np.flatnonzero(labels == label)[:16]
+    for label, members in clips_of_class(labels).items():
+        rows = members[:16]
         batch = torch.stack([dataset[i][0] for i in rows])
         profiles[data.classes[label]] = saliency_profile(model, batch, torch.full((len(rows),), label)).numpy()
     files.append(plot_saliency(profiles, bin_frequencies(features), out / "saliency.png"))

@@ -1,4 +1,5 @@
-"""Figures of the evaluate stage: confusion matrix and reliability diagram; multi-label: precision-recall (PNG).
+"""Figures of the evaluate stage: confusion matrix (multi-label: each class's decision counts), reliability
+diagram, precision-recall curves (PNG).
 
 Class names come from the data and are drawn as plain text (`PLAIN_TEXT`): a class named
 `$5 & $10` would otherwise be parsed as mathtext and stop the figure.
@@ -19,6 +20,15 @@ from audiocnn import atomic  # noqa: E402
 PLAIN_TEXT = {"text.parse_math": False}  # `$` in a class name is a dollar sign, not mathtext
 
 
+def save_figure(fig: plt.Figure, path: str | Path) -> Path:
+    """`fig` as a PNG at `path` (atomically), then closed."""
+    fig.tight_layout()
+    with atomic.atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=100)
+    plt.close(fig)
+    return Path(path)
+
+
 @matplotlib.rc_context(PLAIN_TEXT)
 def plot_confusion_matrix(matrix: list[list[int]], classes: list[str], path: str | Path, title: str = "") -> Path:
     """Row-normalised confusion matrix (true class per row) with the counts written in."""
@@ -35,19 +45,18 @@ def plot_confusion_matrix(matrix: list[list[int]], classes: list[str], path: str
     for (row, col), count in np.ndenumerate(counts):
         if count:
             ax.text(col, row, str(count), ha="center", va="center", color="white" if rates[row, col] > 0.5 else "black")
-    fig.tight_layout()
-    with atomic.atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=100)
-    plt.close(fig)
-    return Path(path)
+    return save_figure(fig, path)
 
 
 @matplotlib.rc_context(PLAIN_TEXT)
-def plot_reliability_diagram(bins: dict[str, list], ece: float, path: str | Path, title: str = "") -> Path:
+def plot_reliability_diagram(bins: dict[str, list], ece: float, path: str | Path, title: str = "",
+                             confidence: str = "confidence (top probability)", outcome: str = "accuracy",
+                             items: str = "clips") -> Path:
     """Accuracy against mean confidence per confidence bin (`calibration.reliability_bins`).
 
-    Bars at the diagonal mean calibrated; below it, over-confident. The bin's clip count is
-    written over each bar; the lower panel shows how the clips spread over the bins.
+    Bars at the diagonal mean calibrated; below it, over-confident. The lower panel shows how
+    the clips spread over the bins. Multi-label data names its axes: `confidence` "predicted
+    probability", `outcome` "fraction of labels present", `items` "(clip, class) pairs".
     """
     lower = np.asarray(bins["lower"])
     width = 1.0 / len(lower)
@@ -55,42 +64,57 @@ def plot_reliability_diagram(bins: dict[str, list], ece: float, path: str | Path
     accuracy = np.array([a for a in bins["accuracy"] if a is not None], dtype=float)
     confidence = np.array([c for c in bins["confidence"] if c is not None], dtype=float)
     fig, (top, bottom) = plt.subplots(2, 1, figsize=(5.5, 6.5), height_ratios=[3, 1], sharex=True)
-    top.bar(lower[filled], accuracy, width=width, align="edge", edgecolor="black", color="tab:blue", label="accuracy")
+    top.bar(lower[filled], accuracy, width=width, align="edge", edgecolor="black", color="tab:blue", label=outcome)
     top.bar(lower[filled], np.abs(confidence - accuracy), bottom=np.minimum(confidence, accuracy), width=width,
             align="edge", color="tab:red", alpha=0.35, label="gap to mean confidence")
     top.plot([0, 1], [0, 1], "k--", linewidth=1, label="perfect calibration")
-    top.set_ylabel("accuracy")
+    top.set_ylabel(outcome)
     top.set_ylim(0, 1)
     top.legend(loc="upper left", fontsize=8)
     top.set_title(title or f"reliability diagram: ECE {ece:.3f}")
     bottom.bar(lower, bins["count"], width=width, align="edge", edgecolor="black", color="gray")
-    bottom.set_xlabel("confidence (top probability)")
-    bottom.set_ylabel("clips")
+    bottom.set_xlabel(confidence)
+    bottom.set_ylabel(items)
     bottom.set_xlim(0, 1)
-    fig.tight_layout()
-    with atomic.atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=100)
-    plt.close(fig)
-    return Path(path)
+    return save_figure(fig, path)
 
 
 @matplotlib.rc_context(PLAIN_TEXT)
-def plot_precision_recall(micro: dict[str, list], per_class: dict[str, dict[str, list]], path: str | Path,
+def plot_precision_recall(micro: list[dict], per_class: dict[str, list[dict]], path: str | Path,
                           title: str = "") -> Path:
-    """Multi-label precision-recall curves: the micro-averaged one (every clip and class pooled) in bold,
-    each class's (`{class: {"recall": [...], "precision": [...]}}`, the first 30) thin behind it."""
+    """Precision-recall curves (each a list of `{"recall", "precision"}` points): the micro-averaged one
+    (every clip and class pooled) in bold, each class's (`{class: curve}`, the first 30) thin behind it."""
     fig, ax = plt.subplots(figsize=(6, 5))
     for name, curve in list(per_class.items())[:30]:
-        ax.plot(curve["recall"], curve["precision"], linewidth=0.8, alpha=0.5, label=name if len(per_class) <= 10 else None)
-    ax.plot(micro["recall"], micro["precision"], color="black", linewidth=2.0, label="micro-average")
+        ax.plot([p["recall"] for p in curve], [p["precision"] for p in curve], linewidth=0.8, alpha=0.5,
+                label=name if len(per_class) <= 10 else None)
+    ax.plot([p["recall"] for p in micro], [p["precision"] for p in micro], color="black", linewidth=2.0,
+            label="micro-average")
     ax.set_xlabel("recall")
     ax.set_ylabel("precision")
     ax.set_xlim(0, 1)
     ax.set_ylim(0, 1.02)
     ax.legend(loc="lower left", fontsize=7)
     ax.set_title(title or "precision-recall")
-    fig.tight_layout()
-    with atomic.atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=100)
-    plt.close(fig)
-    return Path(path)
+    return save_figure(fig, path)
+
+
+@matplotlib.rc_context(PLAIN_TEXT)
+def plot_label_confusion(counts: np.ndarray, classes: list[str], path: str | Path, title: str = "") -> Path:
+    """Multi-label decisions per class at its threshold: `counts` `(n_classes, 2, 2)` as scikit-learn's
+    `multilabel_confusion_matrix` gives them (`[[TN, FP], [FN, TP]]` per class), drawn as one row per
+    class with columns TP, FN, FP, TN; each cell's colour is its share of the class's positive clips
+    (TP, FN) or negative clips (FP, TN), its count written in. The first 60 classes."""
+    counts = np.asarray(counts)[:60]
+    table = np.stack([counts[:, 1, 1], counts[:, 1, 0], counts[:, 0, 1], counts[:, 0, 0]], axis=1)
+    positives = np.maximum(table[:, :2].sum(axis=1, keepdims=True), 1)
+    negatives = np.maximum(table[:, 2:].sum(axis=1, keepdims=True), 1)
+    rates = np.concatenate([table[:, :2] / positives, table[:, 2:] / negatives], axis=1)
+    fig, ax = plt.subplots(figsize=(6, max(3.0, 0.35 * len(table) + 1.5)))
+    ax.imshow(rates, cmap="Blues", vmin=0, vmax=1, aspect="auto")
+    ax.set_xticks(range(4), ["true positive", "false negative", "false positive", "true negative"], rotation=20)
+    ax.set_yticks(range(len(table)), classes[:len(table)])
+    ax.set_title(title or "decisions per class at its threshold")
+    for (row, col), count in np.ndenumerate(table):
+        ax.text(col, row, str(count), ha="center", va="center", color="white" if rates[row, col] > 0.5 else "black")
+    return save_figure(fig, path)

@@ -24,13 +24,15 @@ from audiocnn.data.task import MULTILABEL
 from audiocnn.evaluation.calibration import (bootstrap_accuracy_ci, confidence_bins, confidence_calibration_error,
                                              expected_calibration_error, reliability_bins)
 from audiocnn.evaluation.metrics import classification_metrics, multilabel_metrics
-from audiocnn.evaluation.plots import plot_confusion_matrix, plot_precision_recall, plot_reliability_diagram
+from audiocnn.evaluation.plots import (plot_confusion_matrix, plot_label_confusion, plot_precision_recall,
+                                       plot_reliability_diagram)
 from audiocnn.training.datamodule import WindowDataModule
 
 NOT_IN_JSON = ("confusion_matrix", "calibration")  # in predictions.csv / the PNGs and MLflow instead
 PER_CLASS = ("per_class_f1", "per_class_precision", "per_class_recall")  # per_class.json, not test.json
 MULTILABEL_PER_CLASS = ("per_class_ap", *PER_CLASS, "per_class_support", "per_class_threshold")
-CURVE_POINTS = 200  # points of a precision-recall curve kept in precision_recall.json
+CURVE_POINTS = 200  # points of a precision-recall curve kept in curves/precision_recall.json
+CURVES = "curves"  # the folder of curve data (a DVC plots folder) and their PNGs, under the metrics folder
 
 
 def write_reports(probabilities: torch.Tensor, labels: torch.Tensor, data: WindowDataModule, out: Path,
@@ -41,8 +43,9 @@ def write_reports(probabilities: torch.Tensor, labels: torch.Tensor, data: Windo
     `settings` is the `evaluate` config (top_k, calibration_bins, bootstrap_resamples,
     bootstrap_seed). Writes into `out`: `test.json` (DVC metrics: the scalars and the worst class),
     `per_class.json` (precision, recall and F1 per class), `predictions.csv` (one
-    row per test clip; the DVC confusion plot's data), `confusion_matrix.png` (row-normalised)
-    and `reliability_diagram.png`; returns (metrics, files). `metrics["calibration"]` holds
+    row per test clip; the DVC confusion plot's data), `confusion_matrix.png` (row-normalised),
+    `reliability_diagram.png` and each class's one-vs-rest precision-recall curve
+    (`write_precision_recall`); returns (metrics, files). `metrics["calibration"]` holds
     the reliability bins (not written to test.json). `uncalibrated`: the same clips' probabilities
     at temperature 1, whose ECE is `ece_uncalibrated` (the `probabilities`' own when not given);
     `extra`: more entries of test.json (the temperature, the test-time views).
@@ -69,6 +72,8 @@ def write_reports(probabilities: torch.Tensor, labels: torch.Tensor, data: Windo
     with atomic.atomic_path(out / "predictions.csv") as tmp:
         escape_columns(predictions).to_csv(tmp, index=False)
     figures = _write_class_reports(metrics, data.classes, out, title, f"{metrics['accuracy']:.3f}")
+    one_hot = torch.nn.functional.one_hot(labels.long(), len(data.classes))
+    figures += write_precision_recall(probabilities, one_hot, data.classes, out, title)
     atomic.write_json(out / "test.json", {k: v for k, v in metrics.items() if k not in NOT_IN_JSON + PER_CLASS})
     return metrics, [out / "test.json", out / "predictions.csv", *figures]
 
@@ -78,14 +83,15 @@ def _label_sets(decisions: torch.Tensor, classes: list[str]) -> list[str]:
     return [LABEL_SEPARATOR.join(classes[k] for k in row.nonzero().flatten().tolist()) for row in decisions]
 
 
-def _curve(precision: torch.Tensor, recall: torch.Tensor) -> dict[str, list]:
-    """A precision-recall curve thinned to at most CURVE_POINTS points, rounded."""
+def _curve(precision: torch.Tensor, recall: torch.Tensor) -> list[dict[str, float]]:
+    """A precision-recall curve thinned to at most CURVE_POINTS `{"recall", "precision"}` points, rounded."""
     keep = torch.linspace(0, len(recall) - 1, min(len(recall), CURVE_POINTS)).round().long().unique()
-    return {"recall": [round(float(v), 4) for v in recall[keep]], "precision": [round(float(v), 4) for v in precision[keep]]}
+    return [{"recall": round(float(r), 4), "precision": round(float(p), 4)} for r, p in zip(recall[keep], precision[keep])]
 
 
 def precision_recall_curves(probabilities: torch.Tensor, targets: torch.Tensor, classes: list[str]) -> dict:
-    """{"micro": curve, "per_class": {class: curve}} (torchmetrics' curves; classes with a positive clip only)."""
+    """{"micro": curve, "per_class": {class: curve}} of `probabilities` `(clips, n_classes)` against 0/1
+    `targets` (torchmetrics' curves; classes with a positive clip only)."""
     from torchmetrics.functional.classification import binary_precision_recall_curve
 
     targets = targets.int()
@@ -95,15 +101,30 @@ def precision_recall_curves(probabilities: torch.Tensor, targets: torch.Tensor, 
     return {"micro": _curve(*micro[:2]), "per_class": per_class}
 
 
+def write_precision_recall(probabilities: torch.Tensor, targets: torch.Tensor, classes: list[str], out: Path,
+                           title: str) -> list[Path]:
+    """`curves/precision_recall.json` (`precision_recall_curves`; DVC plots its first list, the micro
+    curve, recall against precision) and `curves/precision_recall.png`; returns both paths."""
+    curves = precision_recall_curves(probabilities, targets, classes)
+    data = atomic.write_json(out / CURVES / "precision_recall.json", curves)
+    return [data, plot_precision_recall(curves["micro"], curves["per_class"], out / CURVES / "precision_recall.png",
+                                        title=title)]
+
+
 def write_multilabel_reports(probabilities: torch.Tensor, targets: torch.Tensor, data: WindowDataModule, out: Path,
-                             title: str, thresholds: list[float], extra: dict | None = None) -> tuple[dict, list[Path]]:
+                             title: str, thresholds: list[float], extra: dict | None = None,
+                             n_bins: int = 15) -> tuple[dict, list[Path]]:
     """Multi-label metrics (`metrics.multilabel_metrics`) of per-clip `probabilities` `(clips, n_classes)`
     against 0/1 `targets`, at the per-class `thresholds`. Writes into `out`: `test.json` (the scalars),
     `per_class.json` (AP, precision, recall, F1, support and threshold per class), `predictions.csv`
     (per test clip: its labels, the labels over their thresholds, and the top class with its
-    probability), `precision_recall.json` (the curves) and `precision_recall.png`; returns (metrics, files)."""
+    probability), the precision-recall curves (`write_precision_recall`), `confusion_matrix.png`
+    (each class's true / false positives and negatives at its threshold) and `reliability_diagram.png`
+    over every (clip, class) pair, whose ECE is test.json's `ece`; returns (metrics, files)."""
     metrics = {**multilabel_metrics(probabilities, targets, data.classes, thresholds), "task": MULTILABEL,
                **(extra or {})}
+    pairs, present = probabilities.flatten().double(), targets.flatten().double()  # every (clip, class) decision
+    metrics["ece"] = round(confidence_calibration_error(pairs, present, n_bins), 4)
     decisions = probabilities >= torch.tensor(thresholds, dtype=probabilities.dtype)
     confidence, top = probabilities.max(dim=1)
     predictions = pd.DataFrame({
@@ -115,19 +136,25 @@ def write_multilabel_reports(probabilities: torch.Tensor, targets: torch.Tensor,
     })
     with atomic.atomic_path(out / "predictions.csv") as tmp:
         escape_columns(predictions).to_csv(tmp, index=False)
-    curves = precision_recall_curves(probabilities, targets, data.classes)
-    atomic.write_json(out / "precision_recall.json", curves)
-    figure = plot_precision_recall(curves["micro"], curves["per_class"], out / "precision_recall.png",
-                                   title=f"{title}: mAP {metrics['map'] if metrics['map'] is not None else 'n/a'}")
+    figures = write_precision_recall(probabilities, targets, data.classes, out,
+                                     f"{title}: mAP {metrics['map'] if metrics['map'] is not None else 'n/a'}")
+    from sklearn.metrics import multilabel_confusion_matrix
+
+    figures.append(plot_label_confusion(multilabel_confusion_matrix(targets.int().numpy(), decisions.int().numpy()),
+                                        data.classes, out / "confusion_matrix.png",
+                                        title=f"{title}: micro-F1 {metrics['micro_f1']:.3f}"))
+    figures.append(plot_reliability_diagram(confidence_bins(pairs.numpy(), present.numpy(), n_bins), metrics["ece"],
+                                            out / "reliability_diagram.png", title=f"{title}: ECE {metrics['ece']:.3f}",
+                                            confidence="predicted probability (every clip and class)",
+                                            outcome="fraction of labels present", items="(clip, class) pairs"))
     atomic.write_json(out / "per_class.json", {k: metrics[k] for k in MULTILABEL_PER_CLASS})
     atomic.write_json(out / "test.json", {k: v for k, v in metrics.items() if k not in MULTILABEL_PER_CLASS})
-    files = [out / "test.json", out / "per_class.json", out / "predictions.csv", out / "precision_recall.json", figure]
-    return metrics, files
+    return metrics, [out / "test.json", out / "per_class.json", out / "predictions.csv", *figures]
 
 
 def log_multilabel_test_metrics(metrics: dict, files: list[Path]) -> None:
     """Multi-label test metrics (`test_map` the headline, per-class AP by class slug) and files into the active run."""
-    scalars = {f"test_{k}": metrics[k] for k in ("map", "micro_ap", "lwlrap", "macro_f1", "micro_f1")
+    scalars = {f"test_{k}": metrics[k] for k in ("map", "micro_ap", "lwlrap", "macro_f1", "micro_f1", "ece")
                if metrics[k] is not None}
     mlflow.log_metrics(scalars)
     keys = slug_map(metrics["per_class_ap"], "class")
@@ -199,7 +226,8 @@ def describe_results(metrics: dict) -> str:
                           if metrics["map"] is not None else "test mAP       n/a (no class has a positive clip)",
                           f"micro AP       {metrics['micro_ap']:.3f}", f"lwlrap         {metrics['lwlrap']:.3f}",
                           f"F1             {metrics['macro_f1']:.3f} macro, {metrics['micro_f1']:.3f} micro "
-                          "(per-class thresholds from validation)"])
+                          "(per-class thresholds from validation)",
+                          *([f"ECE            {metrics['ece']:.3f}  (over every clip and class)"] if "ece" in metrics else [])])
     if "accuracy_ci95" in metrics:
         ci = metrics["accuracy_ci95"]
         lines = [f"test accuracy  {metrics['accuracy']:.3f}  (95% CI {ci['low']:.3f}-{ci['high']:.3f}, "

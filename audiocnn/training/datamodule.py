@@ -23,6 +23,7 @@ from audiocnn.data.sources._common import LABEL_SEPARATOR
 from audiocnn.features.featurize import store_dir
 from audiocnn.features.store import FeatureStore, clips_md5
 from audiocnn.training import distributed
+from audiocnn.training.sampling import BalancedSampler, rare_label_weights
 from audiocnn.training.windows import AudioClips, WaveformWindowDataset, WindowDataset, already_batched, seed_worker
 
 
@@ -120,6 +121,11 @@ class WindowDataModule(L.LightningDataModule):
             self.train_set.rng.bit_generator.state = self._window_state
         dataset, (rank, world) = self.train_set, self.ranks()
         batch = self.cfg.trainer.batch_size
+        if self.cfg.trainer.get("sampler", "shuffle") == "balanced":
+            distributed.check_enough(len(dataset), world)
+            weights = rare_label_weights(self.labels[self.rows("train")], len(self.classes))
+            sampler = BalancedSampler(weights, rank, world, self.cfg.seed)
+            return self._loader(dataset, shuffle=False, sampler=sampler, drop_last=len(sampler) > batch)
         if world == 1:
             return self._loader(dataset, shuffle=True, drop_last=len(dataset) > batch)
         sampler = distributed.train_sampler(len(dataset), rank, world, self.cfg.seed)

@@ -60,11 +60,16 @@ def wait_for(ready: Callable[[], bool], what: str, timeout_s: float = 6 * 3600, 
         time.sleep(poll_s)
 
 
-def train_sampler(n: int, rank: int, world: int, seed: int) -> DistributedSampler:
-    """This process's share of one shuffled order per epoch (Lightning calls `set_epoch`); `n // world` clips."""
+def check_enough(n: int, world: int) -> None:
+    """Refuse a train split of `n` clips that leaves one of `world` processes without a clip."""
     if n < world:
         raise EmptySplitError(f"the train split has {n} clip(s), fewer than the {world} training processes "
                               "(trainer.devices x trainer.num_nodes); each needs at least one")
+
+
+def train_sampler(n: int, rank: int, world: int, seed: int) -> DistributedSampler:
+    """This process's share of one shuffled order per epoch (Lightning calls `set_epoch`); `n // world` clips."""
+    check_enough(n, world)
     return DistributedSampler(range(n), num_replicas=world, rank=rank, shuffle=True, seed=seed, drop_last=True)
 
 

@@ -131,6 +131,7 @@ def rules() -> dict[str, Callable]:
     from audiocnn.data.sources import SOURCES
     from audiocnn.models.norm import NORM_TYPES, norm_rule
     from audiocnn.training.optim import CLASS_WEIGHTS, PRECISIONS
+    from audiocnn.training.sampling import SAMPLERS
 
     names = _list_of(Text(), "a list of distinct class names (strings)")
     return {
@@ -145,6 +146,7 @@ def rules() -> dict[str, Callable]:
         "trainer.log_every_n_steps": POSITIVE_INT, "trainer.deterministic": Choice((True, False, "warn")),
         "trainer.gradient_clip_val": Number(0, low_open=True, null=True),
         "trainer.label_smoothing": Number(0, 1, high_open=True), "trainer.class_weights": Choice(CLASS_WEIGHTS),
+        "trainer.sampler": Choice(SAMPLERS),
         "trainer.callbacks": _callbacks, "trainer.resume": BOOL,
         "trainer.calibrate": Choice(("none", "temperature")),
         "optimizer._target_": Text(), "optimizer.name": Text(), "optimizer.lr": POSITIVE,
