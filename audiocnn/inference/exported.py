@@ -8,12 +8,22 @@ a recording longer than `features.chunk_seconds` is read stretch by stretch), th
 chunk of windows (`inference.chunks`: the sliding windows, hop half a window unless asked,
 and the chunks with their margins), so memory does not grow with the recording's duration. A
 recording's probabilities are the mean of its windows'.
+
+Short recordings (one chunk each: every FSDD clip) are scored several in one call: the inputs are
+read in blocks of at most `BLOCK_CLIPS` recordings and `BLOCK_SAMPLES` samples, and the chunks
+of a block that have the same length and window starts (recordings of the same frame count) go
+through the graph as the rows of one batch. Each row is the chunk it would be alone (the graph's
+rows are independent), so the answers are those of one call per recording; a batch holds at most
+`CHUNK_WINDOWS` windows and the samples of the largest chunk, the sizes the file check allows for
+(`onnx_check.chunk_shapes`).
 """
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
+from dataclasses import dataclass, field
+from itertools import islice
 from typing import Callable, Iterator, Sequence
 
 import numpy as np
@@ -21,17 +31,31 @@ import numpy as np
 from audiocnn.data.audio import clip_samples, read_audio, read_segment, samples_array
 from audiocnn.errors import BundleError
 from audiocnn.features import sliding
-from audiocnn.inference.chunks import chunks, cut, frame_count
+from audiocnn.inference.chunks import Chunk, chunks, cut, frame_count
 from audiocnn.inference.export_format import CHUNK_WINDOWS, METADATA_KEY, OUTPUTS
+from audiocnn.inference.onnx_check import check_metadata, chunk_shapes
 from audiocnn.inference.results import Scored
 from audiocnn.data.task import MULTICLASS, thresholds_of
 
+BLOCK_CLIPS = 256  # recordings read before their short chunks are batched and scored
+BLOCK_SAMPLES = 1 << 23  # most decoded samples a block holds (32 MB of float32)
+
+
+@dataclass
+class _Pending:
+    """An input of a block: its answer so far, and either its only chunk (`chunk`, `wave`: the chunk's
+    samples) or, for a longer recording, its `source` of `samples` samples, scored chunk by chunk."""
+
+    result: Scored
+    chunk: Chunk | None = None
+    wave: np.ndarray | None = None
+    source: Callable[[int, int], np.ndarray] | None = None
+    samples: int = 0
+    windows: list[tuple[int, np.ndarray]] = field(default_factory=list)
 
 
 class _ExportedBackend:
     def __init__(self, metadata: dict, where: str = "exported model"):
-        from audiocnn.inference.onnx_check import check_metadata
-
         metadata = check_metadata(metadata, where)  # classes and features as a model.pt's (features.budget)
         self.classes: list[str] = list(metadata["classes"])
         self.features: dict = dict(metadata["features"])
@@ -43,12 +67,16 @@ class _ExportedBackend:
         """(batch, samples) float32 chunk with margins, (n_windows,) int64 -> (batch, n_windows, n_classes)."""
         raise NotImplementedError
 
+    def chunks(self, samples: int, hop: int | None) -> Iterator[Chunk]:
+        """The chunks of a recording of `samples` samples (`inference.chunks`)."""
+        hop_length, window = int(self.features["hop_length"]), int(self.features["window_frames"])
+        return chunks(samples, hop_length, window, self.margin, hop, self.chunk_frames, CHUNK_WINDOWS)
+
     def windows(self, source: Callable[[int, int], np.ndarray], samples: int, hop: int | None = None
                 ) -> Iterator[tuple[int, np.ndarray]]:
         """(start frame, probabilities `(n_classes,)`) of every window of a recording of `samples`
         samples, chunk by chunk; `source(start, stop)` gives its samples [start, stop), zeros outside."""
-        hop_length, window = int(self.features["hop_length"]), int(self.features["window_frames"])
-        for chunk in chunks(samples, hop_length, window, self.margin, hop, self.chunk_frames, CHUNK_WINDOWS):
+        for chunk in self.chunks(samples, hop):
             probabilities = self.run(source(chunk.start, chunk.stop)[None], chunk.starts)[0]
             yield from zip((chunk.first + chunk.starts).tolist(), probabilities)
 
@@ -72,19 +100,68 @@ class _ExportedBackend:
 
     def score(self, inputs: Sequence, sample_rate: int | None = None, hop: int | None = None,
               keep_windows: bool = False) -> Iterator[Scored]:
+        """One `Scored` per input (a path, or a sample array at `sample_rate`), in order; an input that
+        cannot be read gets its `error` and the others go on. Short ones are batched (module docstring)."""
+        block: list[_Pending] = []
         for number, item in enumerate(inputs):
-            is_file = isinstance(item, (str, Path))
-            result = Scored(name=str(item) if is_file else f"array {number}")
+            block.append(self._pending(number, item, sample_rate, hop))
+            if len(block) == BLOCK_CLIPS or sum(len(p.wave) for p in block if p.wave is not None) > BLOCK_SAMPLES:
+                yield from self._score_block(block, hop, keep_windows)
+                block = []
+        yield from self._score_block(block, hop, keep_windows)
+
+    def _pending(self, number: int, item, sample_rate: int | None, hop: int | None) -> _Pending:
+        """`item` decoded (a short recording: its only chunk's samples) or opened (a longer one)."""
+        is_file = isinstance(item, (str, Path))
+        pending = _Pending(Scored(name=str(item) if is_file else f"array {number}"))
+        try:
+            source, samples = self.source(item, sample_rate)
+            pending.result.duration = samples / self.sr
+            first = list(islice(self.chunks(samples, hop), 2))
+            if len(first) == 1:
+                pending.chunk, pending.wave = first[0], source(first[0].start, first[0].stop)
+            else:
+                pending.source, pending.samples = source, samples
+        except Exception as error:  # noqa: BLE001 - reported with its reason; the other inputs go on
+            pending.result.error = _reason(error)
+        return pending
+
+    def _score_block(self, block: list[_Pending], hop: int | None, keep_windows: bool) -> Iterator[Scored]:
+        """Score a block's short chunks in batches of one shape, then each longer recording; yield in order."""
+        shapes: dict[tuple, list[_Pending]] = {}
+        for pending in block:
+            if pending.wave is not None and not pending.result.error:
+                shapes.setdefault((len(pending.wave), pending.chunk.starts.tobytes()), []).append(pending)
+        largest = chunk_shapes({"features": self.features, "margin_samples": self.margin})[0][0]
+        for same in shapes.values():
+            rows = max(1, min(CHUNK_WINDOWS // len(same[0].chunk.starts), largest // len(same[0].wave)))
+            for at in range(0, len(same), rows):
+                batch = same[at: at + rows]
+                try:
+                    probabilities = self.run(np.stack([p.wave for p in batch]), batch[0].chunk.starts)
+                except Exception as error:  # noqa: BLE001 - these inputs get the reason; the others go on
+                    for pending in batch:
+                        pending.result.error = _reason(error)
+                    continue
+                for pending, rows_probabilities in zip(batch, probabilities):
+                    pending.windows = list(zip((pending.chunk.first + pending.chunk.starts).tolist(), rows_probabilities))
+        for pending in block:
+            result = pending.result
             try:
-                source, samples = self.source(item, sample_rate)
-                result.duration = samples / self.sr
-                windows = list(self.windows(source, samples, hop))
-                result.probabilities = sliding.vote(np.stack([p for _, p in windows]), [len(windows)])[0]
-                if keep_windows:
-                    result.windows = windows
+                if not result.error and pending.source is not None:
+                    pending.windows = list(self.windows(pending.source, pending.samples, hop))
+                if not result.error:
+                    windows = pending.windows
+                    result.probabilities = sliding.vote(np.stack([p for _, p in windows]), [len(windows)])[0]
+                    result.windows = windows if keep_windows else []
             except Exception as error:  # noqa: BLE001 - reported with its reason; the other inputs go on
-                result.error = f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
+                result.error = _reason(error)
             yield result
+
+
+def _reason(error: Exception) -> str:
+    """An error as the one line a `Scored` carries."""
+    return f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
 
 
 class OnnxBackend(_ExportedBackend):
