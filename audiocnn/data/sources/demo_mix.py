@@ -44,7 +44,7 @@ def render_mixture(index: int, *, seed: int, sr: int, min_duration: float, max_d
     return mixture, [CLASSES[i] for i in labels]
 
 
-def generate_mixtures(root: Path, *, seed: int = 0, clips: int = 960, sr: int = 16000, min_duration: float = 3.0,
+def generate_mixtures(root: Path, *, seed: int = 0, clips: int = 1920, sr: int = 16000, min_duration: float = 3.0,
                       max_duration: float = 4.0, max_sources: int = 3, gain_range_db: float = 12.0,
                       progress: bool = True) -> list[dict]:
     """Write `clips` mixtures under `root` and return one dict per clip: {path, labels, group, fold}."""
