@@ -144,6 +144,19 @@ BAD = [
     (["data=demo_mix", "data.clips=0"], "data.clips=0: must be a positive integer"),
     (["data=demo_mix", "data.max_sources=9"], "data.max_sources=9: must be an integer in [1, 6]"),
     (["data=demo_mix", "data.gain_range_db=-3"], "data.gain_range_db=-3: must be"),
+    (["data=demo_events", "data.duration=0"], "data.duration=0: must be a finite positive number"),
+    (["data=demo_events", "data.max_events=9"], "data.max_events=9: must be an integer in [1, 8]"),
+    (["data=demo_events", "data.min_event_seconds=0.1"], "data.min_event_seconds=0.1: must be a finite number >= 0.5"),
+    (["data=demo_events", "data.max_event_seconds=nan"], "data.max_event_seconds=nan: must be a finite number >= 0.5"),
+    (["data=demo_events", "data.noise_db=3"], "data.noise_db=3: must be a finite number in [-200, 0)"),
+    (["data=demo_events", "data.max_event_seconds=9"], "data.max_event_seconds=9: must be <= data.duration=8.0"),
+    (["data=demo_events", "data.min_event_seconds=2", "data.max_event_seconds=1"],
+     "data.min_event_seconds=2: must be <= data.max_event_seconds=1"),
+    (["data=desed", *FOLDER, "data.parts=[weak,eval]"], "data.parts=['weak', 'eval']: must be a list of distinct "
+                                                        "DESED parts: weak, synthetic_train, synthetic_validation, "
+                                                        "validation"),
+    (["data=desed", *FOLDER, "data.parts=[]"], "data.parts=[]: must be a list of distinct DESED parts"),
+    (["data=desed", "data.root=null"], "data.root=null: data=desed cannot be downloaded; set data.root to your copy"),
     (["data=gtzan", "data.split_scheme=artist"], "data.split_scheme=artist: allowed: fault_filtered, random"),
     (["data=esc50", "data.download.url=ftp://x"], "data.download.url=ftp://x: must be an http(s) URL"),
     (["data=esc50", "data.download.checksum=crc32:ab"], "data.download.checksum=crc32:ab: must be null or "
@@ -166,6 +179,7 @@ BAD = [
     (["+evaluate.colour=red"], "evaluate.colour: unknown key; allowed: bootstrap_resamples"),
     # model (checked by building it)
     (["model.freq_pool=median"], "model: model.freq_pool='median'; allowed: flatten, max, attention, max_centroid"),
+    (["model.event_pool=max"], "model: model.event_pool='max'; allowed: linear_softmax, attention"),
     (["evaluate.tta.pitch_bins=[-84,0]"], "evaluate.tta.pitch_bins=[-84, 0]: each shift must be smaller than the "
                                           "window's 84 bins"),
     (["evaluate.tta.time_frames=[0,128]"], "evaluate.tta.time_frames=[0, 128]: each shift must be smaller than the "

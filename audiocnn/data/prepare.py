@@ -9,6 +9,13 @@ Multi-label data (a source whose clips carry `labels`, a list: `data=csv` with a
 order, `;`-separated; its `label` is the first of them. Its classes.json is
 `{"task": "multilabel", "classes": [...]}` instead of the plain list, and report.json says
 `"task": "multilabel"`; `read_classes` reads either. Single-label output is unchanged.
+Data with event annotations (a source whose clips carry `annotation`: `data=demo_events`,
+`data=desed`) is multi-label data (`labels`: a clip's weak labels) with an `annotation` column
+after `labels` (`strong`: timed events, `weak`: clip labels only), and `events.tsv` beside the
+manifest: every event of the kept strong clips, a DCASE strong TSV whose `filename` is the clip's
+manifest `path` (`data.events.read_prepared_events`). Events past a file's end are cut there (or
+dropped when they start at or after it); report.json's `annotations` counts the clips and events
+and lists every annotation row left out or changed, with its reason (`data.events.Problem`).
 Every file is probed; unusable ones are listed in report.json with their reason and the
 run goes on. Only an empty split stops it. One writer at a time: prepare holds the lock of
 `paths.prepared` (`atomic.folder_lock`) while it writes; a second prepare of the same
@@ -32,6 +39,7 @@ from audiocnn.errors import ConfigError, EmptySplitError, LeakageError, MissingI
 from audiocnn.data import sources
 from audiocnn.data.checks import check_leakage, inspect_file, merge_duplicate_groups
 from audiocnn.data.download import dataset_root
+from audiocnn.data.events import EVENTS_FILE, Event, fit_to_duration, problem_summary, write_strong
 from audiocnn.data.names import TEXT_COLUMNS, escape_columns, slug_map, unescape_columns
 from audiocnn.data.sources._common import LABEL_SEPARATOR
 from audiocnn.data.splits import SPLITS, stratified_split, val_group_splits
@@ -56,7 +64,9 @@ def probe_clips(clips: list[dict], classes: list[str], max_seconds: float | None
     a look, or ""). A reason reads `<category>: <detail>`; a clip the source already ruled out
     carries its reason in `skip`. A multi-label clip (its `labels`, a list) is skipped when the list
     is empty or holds a label outside `classes`; its labels are put in class order and its `label`
-    is the first of them.
+    is the first of them. A clip with `events` has them fitted to its duration (`events.fit_to_duration`;
+    the changes in its `event_problems`) and, when strong, its labels made those of its events; a
+    strong clip without any event is skipped (`no events`: multi-label training needs a label).
     """
     kept, skipped, seen = [], [], set()
     position = {name: index for index, name in enumerate(classes)}
@@ -69,6 +79,14 @@ def probe_clips(clips: list[dict], classes: list[str], max_seconds: float | None
             skipped.append({"path": path, "reason": "duplicate path: listed more than once"})
             continue
         seen.add(path)
+        if "annotation" in clip and any(c in path for c in "\t\r\n"):
+            skipped.append({"path": path, "reason": "bad path: it holds a tab or a line break, which events.tsv "
+                                                    "cannot hold"})
+            continue
+        if clip.get("annotation") == "strong" and not clip["labels"]:
+            skipped.append({"path": path, "reason": "no events: its annotation lists no event (a clip without "
+                                                    "events waits for the event-detection task)"})
+            continue
         if "labels" in clip:
             unknown = [name for name in clip["labels"] if name not in position]
             if not clip["labels"] or unknown:
@@ -89,6 +107,17 @@ def probe_clips(clips: list[dict], classes: list[str], max_seconds: float | None
         except OSError as error:  # one file the system will not read never stops the run
             skipped.append({"path": path, "reason": f"unreadable: {error.strerror or error}"})
             continue
+        if "events" in clip:
+            events, problems = fit_to_duration(clip["events"], facts.duration)
+            clip = {**clip, "events": events, "event_problems": problems}
+            if clip.get("annotation") == "strong":
+                labels = sorted({event.label for event in events}, key=position.__getitem__)
+                if not labels:
+                    skipped.append({"path": path, "reason": "no events: every event starts at or after the "
+                                                            f"file's end ({facts.duration:g} s)",
+                                    "event_problems": problems})
+                    continue
+                clip = {**clip, "labels": labels, "label": labels[0]}
         kept.append({**clip, "path": path, "duration": round(facts.duration, 4), "sr": facts.sr,
                      "channels": facts.channels, "md5": facts.md5, "note": facts.note})
     return kept, skipped
@@ -189,15 +218,20 @@ def _prepare(cfg: DictConfig, classes_problem: Callable[[list], str | None] | No
     Path(cfg.paths.raw).mkdir(parents=True, exist_ok=True)
     if "download" in cfg.data:  # a known dataset: fetched first, waiting up to lock_timeout_s for another fetch
         dataset_root(cfg.data, Path(cfg.paths.raw), lock_timeout_s=float(cfg.get("lock_timeout_s", 300)))
-    clips, classes = sources.collect(cfg.data, Path(cfg.paths.raw))
+    clips, classes, annotation_problems = sources.collect_annotated(cfg.data, Path(cfg.paths.raw))
     problem = classes_problem(list(classes)) if classes_problem else None
     if problem:
         raise ConfigError(f"data={cfg.data.name}: {problem}; keep fewer classes with data.classes")
     task = MULTILABEL if any("labels" in clip for clip in clips) else MULTICLASS
     kept, skipped = probe_clips(clips, classes, cfg.data.get("max_seconds", DEFAULT_MAX_SECONDS))
+    annotated = any("annotation" in clip for clip in clips)
+    for row in kept + skipped:
+        annotation_problems = annotation_problems + row.pop("event_problems", [])
+    events = [Event(row["path"], e.onset, e.offset, e.label, e.source, e.row) for row in kept
+              for e in row.pop("events", [])]
     # The manifest columns are there even when no clip is usable, so that case ends in EmptySplitError.
     columns = sorted({k for c in kept for k in c} | {"path", "label", "group", "fold", "duration", "sr", "md5"}
-                     | ({"labels"} if task == MULTILABEL else set()))
+                     | ({"labels"} if task == MULTILABEL else set()) | ({"annotation"} if annotated else set()))
     frame = pd.DataFrame(kept, columns=columns)
     # Where prepare makes (part of) the split, every copy of one recording first joins one group,
     # so copies never straddle two splits.
@@ -220,6 +254,8 @@ def _prepare(cfg: DictConfig, classes_problem: Callable[[list], str | None] | No
     if task == MULTILABEL:
         frame["labels"] = frame["labels"].map(LABEL_SEPARATOR.join)
         manifest_columns.insert(manifest_columns.index("label") + 1, "labels")
+    if annotated:
+        manifest_columns.insert(manifest_columns.index("labels") + 1, "annotation")
     frame = frame[manifest_columns].reset_index(drop=True)
     # Names from the data become path components and metric keys only as slugs; an unresolvable
     # collision stops here, before any training.
@@ -239,10 +275,17 @@ def _prepare(cfg: DictConfig, classes_problem: Callable[[list], str | None] | No
         "skipped_files": skipped,
         "handled_files": handled,
     }
+    if annotated:
+        kinds = Counter(frame["annotation"])
+        report["annotations"] = {"clips": {"strong": int(kinds.get("strong", 0)), "weak": int(kinds.get("weak", 0))},
+                                 "events": len(events), "events_file": str(out / EVENTS_FILE),
+                                 **problem_summary(annotation_problems)}
     atomic.write_json(out / "report.json", report)
     reasons = ", ".join(f"{n} {r}" for r, n in report["skipped_by_reason"].items()) or "none"
     print(f"prepare: kept {len(frame)} clips ({', '.join(f'{s} {n}' for s, n in report['splits'].items())}); "
-          f"skipped {len(skipped)} ({reasons}); {len(handled)} kept with a note; details in {out / 'report.json'}")
+          f"skipped {len(skipped)} ({reasons}); {len(handled)} kept with a note"
+          + (f"; {len(events)} events, {len(annotation_problems)} annotation rows left out or cut" if annotated
+             else "") + f"; details in {out / 'report.json'}")
     if leakage:
         raise leakage
     empty = [split for split in SPLITS if counts.get(split, 0) == 0]
@@ -255,6 +298,10 @@ def _prepare(cfg: DictConfig, classes_problem: Callable[[list], str | None] | No
         )
     atomic.write_json(out / "classes.json", list(classes) if task == MULTICLASS
                       else {"task": MULTILABEL, "classes": list(classes)})
+    if annotated:
+        write_strong(out / EVENTS_FILE, events)
+    else:
+        (out / EVENTS_FILE).unlink(missing_ok=True)  # another dataset's, from an earlier prepare of this folder
     with atomic.atomic_path(out / "manifest.csv") as tmp:
         escape_columns(frame).to_csv(tmp, index=False)
     atomic.write_json(out / "settings.json", data_settings(cfg))

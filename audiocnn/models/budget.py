@@ -84,9 +84,9 @@ def _setting(name: str, spec: Mapping, n_classes: int) -> str:
         return f"classes ({n_classes})"
     if parts[0] == "head":
         return f"model.head_hidden={show(spec.get('head_hidden'))}"
-    if parts[0] in ("freq_pool", "attention", "grid", "input_norm"):
+    if parts[0] in ("freq_pool", "attention", "grid", "input_norm", "event_pool"):
         key = {"freq_pool": "freq_pool", "attention": "temporal_pool", "grid": "grid_size",
-               "input_norm": "norm"}[parts[0]]
+               "input_norm": "norm", "event_pool": "event_pool"}[parts[0]]
         return f"model.{key}={show(spec.get(key))}"
     return "model"
 

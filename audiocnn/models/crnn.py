@@ -12,6 +12,11 @@ x -> frontend (`models.head`: identity, or the CQT on the fly)
                                                              (softmax-weighted sum of the steps)
   -> ClassifierHead                 (batch, n_classes) logits     (all after the ConvStack: forward_head)
 The recurrent layer sees the frames in order, so "A then B" differs from "B then A".
+
+For sound event detection the head also answers per step (`frame_logits`: (batch, T', n_classes),
+one output frame per `event_pool.time_stride` CQT frames), and `event_probabilities` pools the
+frames' sigmoids to the clip's (`model.event_pool`: `linear_softmax` or `attention`,
+`models/event_pool.py`).
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ import torch
 from torch import Tensor, nn
 
 from audiocnn.models.blocks import BlockSpec, ConvStack, peak_normalize
+from audiocnn.models.event_pool import EventPool
 from audiocnn.models.freq_pool import build_freq_pool, freq_pool_width
 from audiocnn.models.head import ClassifierHead, CQTClassifier
 from audiocnn.models.norm import input_norm
@@ -47,6 +53,7 @@ class CRNN(CQTClassifier):
         norm: Mapping[str, Any] | None = None,
         freq_pool: str = "flatten",
         frontend: nn.Module | None = None,
+        event_pool: str = "linear_softmax",
     ):
         super().__init__(frontend)
         if rnn not in RNNS:
@@ -72,6 +79,7 @@ class CRNN(CQTClassifier):
         width = hidden_size * (2 if bidirectional else 1)
         self.attention = nn.Linear(width, 1) if temporal_pool == "attention" else None
         self.head = ClassifierHead(width, n_classes, (), dropout)
+        self.event_pool = EventPool(event_pool, width, n_classes)
 
     def forward_features(self, x: Tensor) -> Tensor:
         """(batch, 1, n_bins, frames) -> (batch, C, F', T') conv feature map."""
@@ -94,6 +102,26 @@ class CRNN(CQTClassifier):
         # backward pass at the first.
         half = outputs.shape[-1] // 2
         return torch.cat([outputs[:, -1, :half], outputs[:, 0, half:]], dim=1)
+
+    def frame_logits(self, features: Tensor) -> tuple[Tensor, Tensor]:
+        """(batch, C, F', T') -> ((batch, T', n_classes) logits of each step, (batch, T', H * directions)
+        the recurrent outputs they came from): the head on every step instead of on the pooled one."""
+        outputs, _ = self.rnn(self.freq_pool(features))
+        return self.head(outputs), outputs
+
+    def event_probabilities(self, frames: Tensor) -> tuple[Tensor, Tensor]:
+        """(batch, 1, n_bins, frames) log-CQT windows -> ((batch, T', n_classes) frame probabilities,
+        (batch, n_classes) clip probabilities pooled from them by `event_pool`)."""
+        logits, outputs = self.frame_logits(self.forward_features(frames))
+        probabilities = logits.sigmoid()
+        return probabilities, self.event_pool(probabilities, outputs)
+
+    def reset_classifier(self, n_classes: int) -> None:
+        """A new last layer, and a new attention of the event pooling when it has one, for `n_classes` classes."""
+        super().reset_classifier(n_classes)
+        if self.event_pool.attention is not None:
+            old = self.event_pool.attention
+            self.event_pool.attention = nn.Linear(old.in_features, n_classes).to(old.weight.device)
 
     def forward_head(self, features: Tensor, pre_logits: bool = False) -> Tensor:
         """(batch, C, F', T') -> (batch, n_classes) logits (or, `pre_logits`, the head's input to `fc`)."""

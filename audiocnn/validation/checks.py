@@ -146,6 +146,11 @@ def validate_data(cfg: DictConfig) -> None:
                               f"{', '.join(CLASSES)}")
         if data.min_duration > data.max_duration:
             raise ConfigError(f"data.min_duration={data.min_duration}: must be <= data.max_duration={data.max_duration}")
+    if data.name == "demo_events" and not data.min_event_seconds <= data.max_event_seconds <= data.duration:
+        key, value, bound = (("data.min_event_seconds", data.min_event_seconds, f"data.max_event_seconds="
+                              f"{data.max_event_seconds}") if data.min_event_seconds > data.max_event_seconds else
+                             ("data.max_event_seconds", data.max_event_seconds, f"data.duration={data.duration}"))
+        raise ConfigError(f"{key}={value}: must be <= {bound}")
     if "val_fraction" in data and "test_fraction" in data and not data.val_fraction + data.test_fraction < 1:
         raise ConfigError(f"data.val_fraction + data.test_fraction = {data.val_fraction + data.test_fraction}: "
                           "must be below 1 (the rest is the train split)")

@@ -129,6 +129,8 @@ def _checksum(value) -> str | None:
 def rules() -> dict[str, Callable]:
     """{dotted key: rule} for every checked setting."""
     from audiocnn.data.sources import SOURCES
+    from audiocnn.data.sources.demo_events import MAX_EVENTS, MIN_EVENT_SECONDS
+    from audiocnn.data.sources.desed import PARTS
     from audiocnn.models.norm import NORM_TYPES, norm_rule
     from audiocnn.training.optim import CLASS_WEIGHTS, PRECISIONS
     from audiocnn.training.sampling import SAMPLERS
@@ -165,6 +167,10 @@ def rules() -> dict[str, Callable]:
         "data.min_duration": POSITIVE, "data.max_duration": POSITIVE, "data.sr": POSITIVE_INT, "data.esc10": BOOL,
         "data.clips": POSITIVE_INT, "data.max_sources": Number(1, 6, integer=True), "data.gain_range_db": Number(0),
         "data.split_scheme": Choice(("fault_filtered", "random")), "data.val_groups": _val_groups,
+        "data.duration": POSITIVE, "data.max_events": Number(1, MAX_EVENTS, integer=True),
+        "data.min_event_seconds": Number(MIN_EVENT_SECONDS), "data.max_event_seconds": Number(MIN_EVENT_SECONDS),
+        "data.noise_db": Number(-200, 0, high_open=True),
+        "data.parts": _list_of(Choice(tuple(PARTS)), f"a list of distinct DESED parts: {', '.join(PARTS)}", null=False),
         "data.download.url": _url, "data.download.checksum": _checksum, "data.download.timeout_s": POSITIVE,
         "data.download.max_bytes": Number(0, low_open=True, integer=True, null=True),
         "data.download.max_ratio": Number(0, low_open=True, null=True),

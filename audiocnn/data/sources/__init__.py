@@ -4,6 +4,10 @@
 `group` (plus `split`/`fold` where the dataset has official ones); a multi-label source's clips
 carry `labels` (a list, maybe empty: prepare reports it) instead of `label`; classes is the
 label list in index order. `data=<name>` selects `audiocnn.data.sources.<name>`.
+A source with event annotations (`demo_events`, `desed`) returns a third item, the
+`data.events.Problem`s of the annotation rows it left out, and its clips carry `annotation`
+(`strong`: timed events, maybe none; `weak`: clip labels only) and `events` (`data.events.Event`s,
+times in seconds from the clip's start); `collect_annotated` gives all three for any source.
 """
 
 from __future__ import annotations
@@ -55,5 +59,12 @@ def publishes_split(name: str) -> bool:
 
 def collect(data_cfg: DictConfig, raw_root: Path) -> tuple[list[dict], list[str]]:
     """Run the `data_cfg.name` source's `collect` (files under `raw_root` if it makes any)."""
+    clips, classes, _ = collect_annotated(data_cfg, raw_root)
+    return clips, classes
+
+
+def collect_annotated(data_cfg: DictConfig, raw_root: Path) -> tuple[list[dict], list[str], list]:
+    """`collect`, plus the annotation problems of a source with event annotations (`[]` for the others)."""
     module = import_module(f"{__name__}.{data_cfg.name}")
-    return module.collect(data_cfg, Path(raw_root))
+    result = module.collect(data_cfg, Path(raw_root))
+    return (*result, []) if len(result) == 2 else tuple(result)

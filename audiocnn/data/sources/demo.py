@@ -195,9 +195,11 @@ def _plan_notes(label: str, rng: np.random.Generator, duration: float, midi_rang
 
 def render_clip(label: str, *, seed: int = 0, index: int = 0, sr: int = 16000,
                 min_duration: float = 2.0, max_duration: float = 4.0,
-                midi_range: tuple[int, int] = MIDI_RANGE) -> np.ndarray:
+                midi_range: tuple[int, int] = MIDI_RANGE, noise: bool = True) -> np.ndarray:
     """Synthesise clip ``index`` of class ``label`` as float64 in [-0.99, 0.99] (before quantisation);
-    its notes' pitches are drawn from ``midi_range`` (benchmarks/register_transfer.py narrows it)."""
+    its notes' pitches are drawn from ``midi_range`` (benchmarks/register_transfer.py narrows it).
+    ``noise=False``: the same clip without its background noise (the same random draws, so the
+    tonal part is identical); ``data=demo_events`` places such clean sources over its own noise."""
     rng = clip_rng(seed, CLASSES.index(label), index)
     low = max(min_duration, min(ORDER_ONLY_MIN_DURATION, max_duration)) if label in ORDER_ONLY_CLASSES else min_duration
     duration = rng.uniform(low, max_duration)
@@ -213,13 +215,13 @@ def render_clip(label: str, *, seed: int = 0, index: int = 0, sr: int = 16000,
             y[start:start + m] += vel * synth(float(midi_to_hz(midi + detune)), m, sr, rng, params)
     y = signal.sosfilt(signal.butter(4, [30.0, min(3900.0, 0.45 * sr)], "bandpass", fs=sr, output="sos"), y)
     y /= np.max(np.abs(y)) + 1e-12
-    noise = rng.standard_normal(n)
+    background = rng.standard_normal(n)
     if rng.random() < 0.5:  # pink-ish noise (Paul Kellet's -3 dB/octave filter)
-        noise = signal.lfilter([0.049922035, -0.095993537, 0.050612699, -0.004408786],
-                               [1.0, -2.494956002, 2.017265875, -0.522189400], noise)
+        background = signal.lfilter([0.049922035, -0.095993537, 0.050612699, -0.004408786],
+                                    [1.0, -2.494956002, 2.017265875, -0.522189400], background)
     snr_db = rng.uniform(10.0, 30.0)
-    noise *= np.sqrt(np.mean(y ** 2) / 10 ** (snr_db / 10) / (np.mean(noise ** 2) + 1e-20))
-    x = y + noise
+    background *= np.sqrt(np.mean(y ** 2) / 10 ** (snr_db / 10) / (np.mean(background ** 2) + 1e-20))
+    x = y + background if noise else y
     x *= 0.99 * 10 ** (rng.uniform(-20.0, 0.0) / 20) / (np.max(np.abs(x)) + 1e-12)
     if not np.all(np.isfinite(x)):
         raise RuntimeError(f"non-finite audio for {label} clip {index}")
