@@ -251,3 +251,31 @@ def test_grid_pooling_averages_adaptive_average_pooling_cells(size, grid):
 
     x = torch.randn(2, 3, *size)
     torch.testing.assert_close(GridPool(grid)(x), nn.AdaptiveAvgPool2d(grid)(x), atol=1e-6, rtol=1e-6)
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_every_model_trains_on_multilabel_targets_and_scores_a_sigmoid_per_class(name):
+    """Multi-label data (`task: multilabel`) with every model of the zoo: one real Lightning step of
+    `Classifier(multilabel=True)` (binary cross-entropy on multi-hot targets) moves every trainable
+    weight, and the window scorer answers each class's own probability."""
+    import lightning as L
+    from omegaconf import OmegaConf
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from audiocnn.models.scorer import WindowScorer
+    from audiocnn.training.module import Classifier
+
+    _, model, x = _model_and_input(name, batch=4)
+    targets = torch.tensor([[1, 0, 1, 0, 0], [0, 1, 0, 0, 1], [1, 1, 1, 0, 0], [0, 0, 0, 1, 0]], dtype=torch.float32)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    module = Classifier(model, OmegaConf.create({"_target_": "torch.optim.SGD", "name": "sgd", "lr": 0.1}), N_CLASSES,
+                        multilabel=True)
+    trainer = L.Trainer(fast_dev_run=1, accelerator="cpu", logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False)
+    trainer.fit(module, DataLoader(TensorDataset(x, targets), batch_size=4), DataLoader(TensorDataset(x, targets), batch_size=4))
+    moved = [k for k, p in model.named_parameters() if p.requires_grad and not torch.equal(before[k], p.detach())]
+    assert moved and set(moved) >= {k for k, _ in model.named_parameters() if k.startswith("head.")}
+    assert torch.isfinite(trainer.callback_metrics["train_loss"])
+    probabilities = WindowScorer(model.eval(), multilabel=True).score(x)
+    assert probabilities.shape == (4, N_CLASSES) and bool(((probabilities > 0) & (probabilities < 1)).all())
+    assert not torch.allclose(probabilities.sum(dim=1), torch.ones(4))  # not a softmax
