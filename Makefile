@@ -28,11 +28,11 @@ run: $(STAMP)
 
 # The suite without the end-to-end checks marked slow (DVC repro, served models, sweeps, DDP).
 test: $(STAMP)
-	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest -m "not slow"
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest -m "not slow" --durations=40
 
 # The slow tier alone; CI (.ci/run) runs `make test` and then this.
 test-slow: $(STAMP)
-	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest -m slow
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest -m slow --durations=20
 
 test-all: test test-slow
 
