@@ -85,7 +85,7 @@ def test_chunks_join_exactly(exported):
     torch.testing.assert_close(torch.cat(got), reference, atol=1e-5, rtol=0)
 
 
-@pytest.mark.parametrize("hop_seconds", [None, 0.5])
+@pytest.mark.parametrize("hop_seconds", [None, pytest.param(0.5, marks=pytest.mark.slow)])  # 0.5: 25 s
 def test_exported_equals_eager_on_a_long_recording_at_any_hop(exported, tmp_path, hop_seconds):
     """150 s at 8 kHz (resampled to 16 kHz, read stretch by stretch: longer than features.chunk_seconds),
     and its first 75 s as an array."""
@@ -142,6 +142,7 @@ def test_onnx_predict_peak_memory_does_not_grow_with_duration(exported, tmp_path
     assert peak < base + 50, f"{peak} MB for 20 minutes, {base} MB for one"
 
 
+@pytest.mark.slow  # about 25 s (make test-slow, CI)
 def test_explain_draws_at_most_eight_windows_for_the_class_predict_gives(exported, tmp_path, monkeypatch):
     """Two minutes: Grad-CAM sees 8 windows' frames (the whole clip when shorter), for predict's label."""
     import audiocnn.inference.explain as explain

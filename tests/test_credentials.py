@@ -19,6 +19,8 @@ from tests.conftest import REPO, TINY, stop_process, tiny_config
 from tests.test_serving import wait_for
 from tests.test_tracking import free_port
 
+pytestmark = pytest.mark.slow  # a real basic-auth MLflow server (#24: the credentials server tests stay, in the slow tier)
+
 PASSWORD = f"Pw-{secrets.token_hex(8)}"
 TOKEN = f"tok{secrets.token_hex(6)}"
 OTHER_SECRET = f"db{secrets.token_hex(6)}"

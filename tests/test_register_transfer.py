@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 import json
 import os
 import subprocess
@@ -12,6 +14,7 @@ import pandas as pd
 from tests.conftest import REPO
 
 
+@pytest.mark.slow  # two trainings, about 25 s (make test-slow, CI)
 def test_register_transfer_trains_on_one_register_and_scores_both(tmp_path):
     results = tmp_path / "results.json"
     command = [sys.executable, "benchmarks/register_transfer.py", "--models", "crnn_gru:max_centroid",

@@ -68,6 +68,7 @@ def running(cfg) -> list:
                                                       filter_string="attributes.status = 'RUNNING'")
 
 
+@pytest.mark.slow  # about a minute: two trainings and a SIGKILL (make test-slow, CI)
 def test_a_training_killed_mid_run_resumes_to_the_same_model_metrics_and_run(tmp_path, prepared_store):
     """SIGKILL after epoch 3 of 6, rerun: the same model.pt tensors, test metrics and per-step
     validation losses as an uninterrupted run, all in the MLflow run the killed process had opened,
