@@ -34,7 +34,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from audiocnn import atomic, repeats, sweep, tracking
 from audiocnn.config import REPO_ROOT
-from audiocnn.data.prepare import MULTILABEL, is_prepared, prepare
+from audiocnn.data.prepare import EVENTS, MULTILABEL, is_prepared, prepare
+from audiocnn.data.task import is_multilabel
 from audiocnn.errors import StageFailed
 from audiocnn.evaluation.ensemble import evaluate_ensemble
 from audiocnn.evaluation.evaluate import evaluate
@@ -81,7 +82,7 @@ def log_servable_model(cfg: DictConfig, summary: dict) -> dict:
     config = served_config(cfg)
     with tracking.open_run(cfg, run_id=summary["run_id"]):
         info = log_audio_model(out / "model.pt", cfg.tracking.get("registered_model"), config,
-                               multilabel=summary.get("task") == MULTILABEL)
+                               multilabel=is_multilabel(summary.get("task")))
     summary = {**summary, "model_uri": info.model_uri, "model_config": config}
     if info.registered_model_version:
         summary["registered_model"] = f"models:/{cfg.tracking.registered_model}/{info.registered_model_version}"
@@ -123,8 +124,11 @@ def train_model(cfg: DictConfig, run_name_suffix: str = "", skip_finished: bool 
 
 
 def validation_score(summary: dict) -> float:
-    """What a sweep maximises: a training's best validation accuracy, or mAP on multi-label data."""
-    return summary["best_val_map"] if summary.get("task") == MULTILABEL else summary["best_val_acc"]
+    """What a sweep maximises: a training's best validation accuracy, mAP on multi-label data, or frame F1
+    (macro, at 0.5) on event data."""
+    task = summary.get("task")
+    return (summary["best_val_frame_f1"] if task == EVENTS else summary["best_val_map"] if task == MULTILABEL
+            else summary["best_val_acc"])
 
 
 def evaluate_model(cfg: DictConfig) -> dict:

@@ -28,7 +28,8 @@ from omegaconf import DictConfig
 
 from audiocnn import atomic, tracking
 from audiocnn.data.names import slug_map, unescape_columns
-from audiocnn.data.prepare import MULTILABEL, fold_values, read_classes, read_manifest
+from audiocnn.data.prepare import fold_values, read_classes, read_manifest
+from audiocnn.data.task import is_multilabel
 from audiocnn.errors import ConfigError
 from audiocnn.evaluation.reports import CURVES, write_pooled_reports
 from audiocnn.training import resume
@@ -50,7 +51,7 @@ def is_repeated(cfg: DictConfig) -> bool:
 def variants(cfg: DictConfig) -> list[Variant]:
     """Every fold (when `data.protocol=cv`, read from the prepared manifest) times every seed of
     `trainer.seeds` (else `seed`)."""
-    if read_classes(cfg.paths.prepared)[1] == MULTILABEL:
+    if is_multilabel(read_classes(cfg.paths.prepared)[1]):  # multi-label and event data
         setting = "data.protocol=cv" if cfg.data.get("protocol") == "cv" else f"trainer.seeds={list(cfg.trainer.seeds)}"
         raise ConfigError(f"{setting}: repeats are not yet for multi-label data (data={cfg.data.name}); "
                           "train one seed at a time (seed=N)")

@@ -30,7 +30,8 @@ from audiocnn.errors import ConfigError
 from audiocnn.tracking import names, owners
 
 RANK_METRIC = "best_val_acc"
-RANK_METRICS = (RANK_METRIC, "best_val_map")  # a run's validation accuracy, or mAP on multi-label data
+# a run's validation accuracy, mAP on multi-label data, or frame F1 on event data (training.events)
+RANK_METRICS = (RANK_METRIC, "best_val_map", "best_val_frame_f1")
 STATE_FILE = "sweep.json"  # in hydra.sweep.dir: the parent run, for a rerun into the same folder
 
 
@@ -54,7 +55,7 @@ def children(client: MlflowClient, experiment_id: str, run_id: str) -> list:
 
 
 def validation_accuracy(client: MlflowClient, experiment_id: str, run) -> float | None:
-    """A job's `best_val_acc` (`best_val_map` on multi-label data); for a job that repeats folds/seeds
+    """A job's `best_val_acc` (`best_val_map` on multi-label data, `best_val_frame_f1` on event data); for a job that repeats folds/seeds
     (audiocnn/repeats.py: a parent run of its own), the mean over its runs."""
     def score(metrics: dict) -> float | None:
         return next((metrics[key] for key in RANK_METRICS if key in metrics), None)

@@ -72,6 +72,8 @@ BAD = [
     (["trainer.label_smoothing=nan"], "trainer.label_smoothing=nan: must be a finite number in [0, 1)"),
     (["trainer.class_weights=inverse"], "trainer.class_weights=inverse: allowed: none, balanced"),
     (["trainer.sampler=weighted"], "trainer.sampler=weighted: allowed: shuffle, balanced"),
+    (["trainer.frame_loss_weight=-1"], "trainer.frame_loss_weight=-1: must be a finite number >= 0"),
+    (["trainer.frame_loss_weight=nan"], "trainer.frame_loss_weight=nan: must be a finite number >= 0"),
     (["trainer.callbacks.early_stopping._target_=nope"], "trainer.callbacks.early_stopping._target_=nope: must be "
                                                          "the dotted path of an installed callback class"),
     (["trainer.callbacks=3"], "trainer.callbacks=3: must be a mapping"),

@@ -15,7 +15,7 @@ import soundfile as sf
 
 from audiocnn.data.events import (CLIPPED, SKIPPED, Event, fit_to_duration, format_time, frame_targets,
                                   output_frame_seconds, read_prepared_events, read_strong, read_weak, write_strong)
-from audiocnn.data.prepare import MULTILABEL, prepare, read_classes, read_manifest
+from audiocnn.data.prepare import EVENTS, prepare, read_classes, read_manifest
 from audiocnn.data.sources.demo_events import ANNOTATION_HOP_S, CLASSES as EVENT_CLASSES
 from audiocnn.data.sources.demo_events import generate_scenes, render_scene
 from audiocnn.data.sources.desed import CLASSES as DESED_CLASSES
@@ -257,7 +257,7 @@ def test_demo_events_annotations_lie_inside_the_placement_windows_and_are_not_th
 def test_demo_events_through_prepare(tmp_path):
     cfg = config(tmp_path / "out", "demo_events", "data.clips=24", "data.duration=4.0")
     frame = prepare(cfg)
-    assert read_classes(cfg.paths.prepared) == (list(EVENT_CLASSES), MULTILABEL)
+    assert read_classes(cfg.paths.prepared) == (list(EVENT_CLASSES), EVENTS)
     manifest = read_manifest(cfg)
     assert list(manifest.columns) == ["path", "label", "labels", "annotation", "split", "fold", "group", "duration",
                                       "sr"]
@@ -311,7 +311,7 @@ def test_desed_fixture_through_prepare(tmp_path):
     root = desed_fixture(tmp_path / "DESED" / "dataset")
     cfg = config(tmp_path / "out", "desed", f"data.root={root}")
     prepare(cfg)
-    assert read_classes(cfg.paths.prepared) == (list(DESED_CLASSES), MULTILABEL)
+    assert read_classes(cfg.paths.prepared) == (list(DESED_CLASSES), EVENTS)
     manifest = read_manifest(cfg)
     manifest.index = [str(Path(p).relative_to(root)) for p in manifest["path"]]
     expected = {  # clip: (labels, annotation, split)

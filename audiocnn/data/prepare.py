@@ -10,12 +10,13 @@ order, `;`-separated; its `label` is the first of them. Its classes.json is
 `{"task": "multilabel", "classes": [...]}` instead of the plain list, and report.json says
 `"task": "multilabel"`; `read_classes` reads either. Single-label output is unchanged.
 Data with event annotations (a source whose clips carry `annotation`: `data=demo_events`,
-`data=desed`) is multi-label data (`labels`: a clip's weak labels) with an `annotation` column
+`data=desed`) is the `events` task: multi-label data (`labels`: a clip's weak labels) with an `annotation` column
 after `labels` (`strong`: timed events, `weak`: clip labels only), and `events.tsv` beside the
 manifest: every event of the kept strong clips, a DCASE strong TSV whose `filename` is the clip's
 manifest `path` (`data.events.read_prepared_events`). Events past a file's end are cut there (or
 dropped when they start at or after it); report.json's `annotations` counts the clips and events
-and lists every annotation row left out or changed, with its reason (`data.events.Problem`).
+and lists every annotation row left out or changed, with its reason (`data.events.Problem`). Its
+classes.json is `{"task": "events", "classes": [...]}` (report.json: `"task": "events"`).
 Every file is probed; unusable ones are listed in report.json with their reason and the
 run goes on. Only an empty split stops it. One writer at a time: prepare holds the lock of
 `paths.prepared` (`atomic.folder_lock`) while it writes; a second prepare of the same
@@ -43,7 +44,8 @@ from audiocnn.data.events import EVENTS_FILE, Event, fit_to_duration, problem_su
 from audiocnn.data.names import TEXT_COLUMNS, escape_columns, slug_map, unescape_columns
 from audiocnn.data.sources._common import LABEL_SEPARATOR
 from audiocnn.data.splits import SPLITS, stratified_split, val_group_splits
-from audiocnn.data.task import MULTICLASS, MULTILABEL  # one class per clip | several (a `labels` column)
+from audiocnn.data.task import EVENTS, MULTICLASS, MULTILABEL, TASKS  # one class per clip | several | timed events
+from audiocnn.errors import InputError
 
 MANIFEST_COLUMNS = ["path", "label", "split", "fold", "group", "duration", "sr"]
 DEFAULT_MAX_SECONDS = 600.0  # longer files are skipped: featurize pads a batch to its longest clip
@@ -196,10 +198,17 @@ def read_manifest(cfg: DictConfig) -> pd.DataFrame:
 
 
 def read_classes(prepared: str | Path) -> tuple[list[str], str]:
-    """`<prepared>/classes.json` as (class names, task): `MULTICLASS` for a plain list, else its `task`."""
-    classes = json.loads((Path(prepared) / "classes.json").read_text())
+    """`<prepared>/classes.json` as (class names, task): `MULTICLASS` for a plain list, else its `task`
+    (one of `data.task.TASKS`; another is refused in one line: a stage would otherwise train it as
+    single-label data)."""
+    path = Path(prepared) / "classes.json"
+    classes = json.loads(path.read_text())
     if isinstance(classes, dict):
-        return list(classes["classes"]), classes["task"]
+        task = classes.get("task")
+        if task not in TASKS:
+            raise InputError(f"{path}: task={str(task)[:40]!r}: allowed: {', '.join(TASKS)}; run the prepare "
+                             "stage again")
+        return list(classes["classes"]), task
     return classes, MULTICLASS
 
 
@@ -225,13 +234,14 @@ def _prepare(cfg: DictConfig, classes_problem: Callable[[list], str | None] | No
     task = MULTILABEL if any("labels" in clip for clip in clips) else MULTICLASS
     kept, skipped = probe_clips(clips, classes, cfg.data.get("max_seconds", DEFAULT_MAX_SECONDS))
     annotated = any("annotation" in clip for clip in clips)
+    task = EVENTS if annotated else task  # event data: multi-label clips (weak labels) with timed events
     for row in kept + skipped:
         annotation_problems = annotation_problems + row.pop("event_problems", [])
     events = [Event(row["path"], e.onset, e.offset, e.label, e.source, e.row) for row in kept
               for e in row.pop("events", [])]
     # The manifest columns are there even when no clip is usable, so that case ends in EmptySplitError.
     columns = sorted({k for c in kept for k in c} | {"path", "label", "group", "fold", "duration", "sr", "md5"}
-                     | ({"labels"} if task == MULTILABEL else set()) | ({"annotation"} if annotated else set()))
+                     | ({"labels"} if task != MULTICLASS else set()) | ({"annotation"} if annotated else set()))
     frame = pd.DataFrame(kept, columns=columns)
     # Where prepare makes (part of) the split, every copy of one recording first joins one group,
     # so copies never straddle two splits.
@@ -251,7 +261,7 @@ def _prepare(cfg: DictConfig, classes_problem: Callable[[list], str | None] | No
     audio = {"sample_rates": dict(Counter(str(row["sr"]) for row in kept)),
              "channels": dict(Counter(str(row["channels"]) for row in kept))}
     manifest_columns = list(MANIFEST_COLUMNS)
-    if task == MULTILABEL:
+    if task != MULTICLASS:
         frame["labels"] = frame["labels"].map(LABEL_SEPARATOR.join)
         manifest_columns.insert(manifest_columns.index("label") + 1, "labels")
     if annotated:
@@ -264,7 +274,7 @@ def _prepare(cfg: DictConfig, classes_problem: Callable[[list], str | None] | No
     counts = frame["split"].value_counts()
     report = {
         "data": cfg.data.name,
-        **({"task": MULTILABEL} if task == MULTILABEL else {}),
+        **({"task": task} if task != MULTICLASS else {}),
         "kept": len(frame),
         "skipped": len(skipped),
         "skipped_by_reason": dict(Counter(s["reason"].split(":")[0] for s in skipped)),
@@ -297,7 +307,7 @@ def _prepare(cfg: DictConfig, classes_problem: Callable[[list], str | None] | No
             f"(see {out / 'report.json'}); {why}"
         )
     atomic.write_json(out / "classes.json", list(classes) if task == MULTICLASS
-                      else {"task": MULTILABEL, "classes": list(classes)})
+                      else {"task": task, "classes": list(classes)})
     if annotated:
         write_strong(out / EVENTS_FILE, events)
     else:

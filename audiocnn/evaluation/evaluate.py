@@ -10,6 +10,11 @@ either way: DVC expects it); adds the test metrics and files to the training run
 A multi-label model (`task: multilabel` in model.pt) gets `reports.write_multilabel_reports`'
 files under the same names: mAP, micro AP, lwlrap, ECE and F1 at the thresholds stored in model.pt
 (0.5 for a model without them) in test.json, per class in `per_class.json`.
+An events model (`task: events`, docs/events.md) gets the same multi-label reports of its clips (the
+probabilities of its event pooling: `model.classify` of a CRNN with `clip_output: event_pool`, through the
+same `WindowScorer`) with `task: events`, plus the frame-level F1 of its frame outputs on the strong
+test clips (`evaluation.frames`: `frame_macro_f1`, `frame_micro_f1` at 0.5); no explanations yet
+(Grad-CAM explains the clip head, not the event pooling). Event-based metrics (PSDS) are a later step.
 """
 
 from __future__ import annotations
@@ -17,12 +22,16 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import mlflow
 from omegaconf import DictConfig
 
 from audiocnn import tracking
-from audiocnn.data.task import MULTILABEL
+from audiocnn.data.task import EVENTS, is_multilabel
 from audiocnn.errors import InputError, MissingInputError
 from audiocnn.evaluation.explain import explain_model
+from audiocnn.evaluation.frames import frame_metrics, frame_scores
+from audiocnn.features.cqt import pick_device
+from audiocnn.models.event_pool import time_stride
 from audiocnn.evaluation.reports import (log_multilabel_test_metrics, log_test_metrics, write_multilabel_reports,
                                          write_reports)
 from audiocnn.evaluation.scoring import score_test_split
@@ -43,10 +52,17 @@ def evaluate(cfg: DictConfig) -> dict:
     scores = score_test_split(model, bundle, data, cfg)
     out = Path(cfg.paths.metrics)
     settings = cfg.get("evaluate") or {}
-    if bundle.get("task") == MULTILABEL:
+    events = bundle.get("task") == EVENTS
+    if events:  # frame-level F1 on the strong test clips, beside the clips' multi-label reports
+        stride = time_stride(model.specs)
+        extra = {"task": EVENTS, **frame_metrics(*frame_scores(model, data, "test", stride,
+                                                               pick_device(cfg.features.device)),
+                                                 stride * bundle["features"]["hop_length"] / bundle["features"]["sr"])}
+    if is_multilabel(bundle.get("task")):
         metrics, files = write_multilabel_reports(
             scores.probabilities, scores.labels, data, out, f"{cfg.model.name} on {cfg.data.name}",
-            bundle.get("thresholds") or [0.5] * len(data.classes), extra={"tta": scores.views.describe()},
+            bundle.get("thresholds") or [0.5] * len(data.classes),
+            extra={"tta": scores.views.describe(), **(extra if events else {})},
             n_bins=settings.get("calibration_bins", 15))
     else:
         metrics, files = write_reports(scores.probabilities, scores.labels, data, out,
@@ -55,25 +71,36 @@ def evaluate(cfg: DictConfig) -> dict:
                                        extra={"temperature": round(scores.temperature, 6),
                                               "tta": scores.views.describe()})
     (out / "explain").mkdir(parents=True, exist_ok=True)
-    if settings.get("explain", False) and bundle["features"].get("on_the_fly"):
+    if settings.get("explain", False) and events:
+        print("evaluate: no explanations for an events model yet (Grad-CAM explains the clip head, not the event "
+              "pooling)")
+    elif settings.get("explain", False) and bundle["features"].get("on_the_fly"):
         print("evaluate: no explanations for a model trained on the fly (they need stored CQT windows)")
     elif settings.get("explain", False):
         files += explain_model(WindowScorer.for_bundle(model, bundle), data, bundle["features"], out / "explain",
                                settings.get("explain_clips_per_class", 2))
     run = json.loads((Path(cfg.paths.models) / "run.json").read_text())
     with tracking.open_run(cfg, run_id=run["run_id"]):
-        (log_multilabel_test_metrics if bundle.get("task") == MULTILABEL else log_test_metrics)(metrics, files)
+        (log_multilabel_test_metrics if is_multilabel(bundle.get("task")) else log_test_metrics)(metrics, files)
+        if events:
+            mlflow.log_metrics({f"test_{k}": metrics[k] for k in ("frame_macro_f1", "frame_micro_f1")
+                                if metrics[k] is not None})
     print(describe_test(metrics, scores, out / "test.json"))
     return metrics
 
 
 def describe_test(metrics: dict, scores, path: Path) -> str:
     """The evaluate stage's one-line summary of `metrics` (either task)."""
-    if metrics.get("task") == MULTILABEL:
+    if is_multilabel(metrics.get("task")):
         ap = "n/a" if metrics["map"] is None else f"{metrics['map']:.4f}"
+        frames = ""
+        if metrics.get("task") == EVENTS:
+            f1 = "n/a" if metrics["frame_macro_f1"] is None else f"{metrics['frame_macro_f1']:.4f}"
+            frames = (f"; frame F1 {f1} macro at {metrics['frame_threshold']} over {metrics['n_frames']} frames of "
+                      f"{metrics['n_strong_clips']} strong clips")
         return (f"evaluate: test mAP {ap} (macro), micro AP {metrics['micro_ap']:.4f}, lwlrap {metrics['lwlrap']:.4f}, "
                 f"F1 {metrics['macro_f1']:.4f} macro / {metrics['micro_f1']:.4f} micro at the per-class thresholds, "
-                f"ECE {metrics['ece']:.3f} over (clip, class) pairs on {metrics['n_clips']} clips -> {path}")
+                f"ECE {metrics['ece']:.3f} over (clip, class) pairs on {metrics['n_clips']} clips{frames} -> {path}")
     ci = metrics["accuracy_ci95"]
     return (f"evaluate: test accuracy {metrics['accuracy']:.4f} (95% CI {ci['low']:.3f}-{ci['high']:.3f}), "
             f"balanced {metrics['balanced_accuracy']:.4f}, macro-F1 {metrics['macro_f1']:.4f}, ECE {metrics['ece']:.3f} "

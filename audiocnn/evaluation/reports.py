@@ -20,7 +20,7 @@ from omegaconf import DictConfig
 from audiocnn import atomic
 from audiocnn.data.names import escape_columns, slug_map
 from audiocnn.data.sources._common import LABEL_SEPARATOR
-from audiocnn.data.task import MULTILABEL
+from audiocnn.data.task import MULTILABEL, is_multilabel
 from audiocnn.evaluation.calibration import (bootstrap_accuracy_ci, confidence_bins, confidence_calibration_error,
                                              expected_calibration_error, reliability_bins)
 from audiocnn.evaluation.metrics import classification_metrics, multilabel_metrics
@@ -221,13 +221,17 @@ def log_test_metrics(metrics: dict, files: list[Path]) -> None:
 
 def describe_results(metrics: dict) -> str:
     """A few readable lines from a `test.json`: one model's (accuracy with its CI) or repeats' (mean +/- std)."""
-    if metrics.get("task") == MULTILABEL:
+    if is_multilabel(metrics.get("task")):
+        frames = ([f"frame F1       {metrics['frame_macro_f1']:.3f} macro, {metrics['frame_micro_f1']:.3f} micro "
+                   f"(at 0.5, {metrics['n_frames']} frames of {metrics['n_strong_clips']} strong clips)"]
+                  if metrics.get("frame_macro_f1") is not None else [])
         return "\n".join([f"test mAP       {metrics['map']:.3f}  (macro, {metrics['n_clips']} clips)"
                           if metrics["map"] is not None else "test mAP       n/a (no class has a positive clip)",
                           f"micro AP       {metrics['micro_ap']:.3f}", f"lwlrap         {metrics['lwlrap']:.3f}",
                           f"F1             {metrics['macro_f1']:.3f} macro, {metrics['micro_f1']:.3f} micro "
                           "(per-class thresholds from validation)",
-                          *([f"ECE            {metrics['ece']:.3f}  (over every clip and class)"] if "ece" in metrics else [])])
+                          *([f"ECE            {metrics['ece']:.3f}  (over every clip and class)"] if "ece" in metrics else []),
+                          *frames])
     if "accuracy_ci95" in metrics:
         ci = metrics["accuracy_ci95"]
         lines = [f"test accuracy  {metrics['accuracy']:.3f}  (95% CI {ci['low']:.3f}-{ci['high']:.3f}, "

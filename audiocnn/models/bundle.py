@@ -12,11 +12,16 @@ A bundle is plain data and tensors (it loads with `torch.load(weights_only=True)
     temperature  float > 0, optional (1.0 when absent: bundles written before it load as they were):
                  the logits are divided by it before the softmax (`trainer.calibrate=temperature`,
                  `training.temperature`); every consumer applies it through `temperature(bundle)`
-    task         "multiclass" (softmax over the classes; the default when absent) or "multilabel"
-                 (a sigmoid per class: multi-label data, `models.scorer`)
-    thresholds   multi-label only, optional: [float in [0, 1], ...] one per class, in class order,
-                 fitted on the validation clips (`training.thresholds`); a class is predicted
+    task         "multiclass" (softmax over the classes; the default when absent), "multilabel"
+                 (a sigmoid per class: multi-label data, `models.scorer`) or "events" (sound event
+                 detection, docs/events.md: a CRNN with `clip_output: event_pool`, refused otherwise;
+                 a sigmoid per class on the clip probabilities its event pooling gives)
+    thresholds   multi-label and events only, optional: [float in [0, 1], ...] one per class, in class
+                 order, fitted on the validation clips (`training.thresholds`); a class is predicted
                  when its probability is at least its threshold
+    events       events only, optional: {"time_stride": CQT frames per output frame, "frame_seconds":
+                 seconds per output frame} (`data.task.events_problem` checks them): what turns the
+                 frame outputs into times
 
 A model file is untrusted data: it may come from a registry or a colleague. It is never
 passed to `hydra.utils.instantiate`; `build_from_bundle` checks its schema first and
@@ -54,7 +59,7 @@ from audiocnn.models.budget import ModelCost, Stored, model_cost, stored_tensors
 from audiocnn.models.build import DESCRIPTIVE_KEYS, build_frontend
 from audiocnn.models.cnn import CNN
 from audiocnn.models.crnn import CRNN
-from audiocnn.data.task import MULTICLASS, task_problem
+from audiocnn.data.task import EVENTS, MULTICLASS, task_problem
 
 # 2: timm-style head (`head.fc`), `global_pool: catavgmax`. 3: the front-end inside the model
 # (`frontend.*` in state_dict, no `frontend` entry, no `nn.Sequential`), `frontend_version` recorded.
@@ -220,6 +225,11 @@ def _check(bundle: dict, where: str) -> ModelCost:
     problem = task_problem(bundle, len(classes))
     if problem:
         raise BundleError(f"{where}: {problem}")
+    if bundle.get("task") == EVENTS and (MODEL_CLASSES[model["_target_"]] is not CRNN
+                                         or model.get("clip_output") != "event_pool"):
+        raise BundleError(f"{where}: task='events': needs a CRNN scoring clips by its event pooling "
+                          f"(model.clip_output='event_pool'); this is {model['_target_']} with "
+                          f"clip_output={model.get('clip_output', 'head')!r:.40}")
     problem, cost = model_cost(MODEL_CLASSES[model["_target_"]], model, len(classes), int(features["n_bins"]),
                                int(features["window_frames"]), features.get("top_db"), features)
     if problem:
@@ -301,10 +311,10 @@ def load_state(source: str | Path, prefix: str = "model.") -> dict[str, Tensor]:
 
 def save_bundle(model: nn.Module, model_cfg: dict, features_cfg: dict, classes: list[str], path: Path,
                 frontend: nn.Module | None = None, temperature: float = 1.0, task: str = MULTICLASS,
-                thresholds: list[float] | None = None) -> Path:
+                thresholds: list[float] | None = None, events: dict | None = None) -> Path:
     """Write `model.pt` atomically: `model`'s weights (its front-end's included) plus the plain configs
     that rebuild it. `frontend`: a front-end trained beside a `model` built without one (its state is
-    written as the model's `frontend.*`). `task` and `thresholds`: see the module docstring."""
+    written as the model's `frontend.*`). `task`, `thresholds` and `events`: see the module docstring."""
     state = model.state_dict()
     if frontend is not None:
         if any(key.startswith("frontend.") for key in state):
@@ -313,7 +323,8 @@ def save_bundle(model: nn.Module, model_cfg: dict, features_cfg: dict, classes: 
     bundle = {"format": BUNDLE_FORMAT, "frontend_version": FRONTEND_VERSION, "state_dict": state,
               "model": dict(model_cfg), "features": dict(features_cfg), "classes": [str(c) for c in classes],
               "temperature": float(temperature), "task": task,
-              **({"thresholds": [float(t) for t in thresholds]} if thresholds is not None else {})}
+              **({"thresholds": [float(t) for t in thresholds]} if thresholds is not None else {}),
+              **({"events": dict(events)} if events is not None else {})}
     check_bundle(bundle, str(path))  # what we write, we can read back
     with atomic.atomic_path(path) as tmp:
         torch.save(bundle, tmp)

@@ -16,7 +16,10 @@ The recurrent layer sees the frames in order, so "A then B" differs from "B then
 For sound event detection the head also answers per step (`frame_logits`: (batch, T', n_classes),
 one output frame per `event_pool.time_stride` CQT frames), and `event_probabilities` pools the
 frames' sigmoids to the clip's (`model.event_pool`: `linear_softmax` or `attention`,
-`models/event_pool.py`).
+`models/event_pool.py`). `clip_output` says what `classify` (the clip's logits every scorer reads)
+is: `head` (default: the head on the temporal pooling above) or `event_pool` (the logit of the event
+pooling's clip probabilities, clamped to [EPS, 1 - EPS]: what an `events` model is trained on, so
+evaluate, the thresholds, `Predictor` and the exports score its clips as it learned them).
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ import torch
 from torch import Tensor, nn
 
 from audiocnn.models.blocks import BlockSpec, ConvStack, peak_normalize
-from audiocnn.models.event_pool import EventPool
+from audiocnn.models.event_pool import EPS, EventPool
 from audiocnn.models.freq_pool import build_freq_pool, freq_pool_width
 from audiocnn.models.head import ClassifierHead, CQTClassifier
 from audiocnn.models.norm import input_norm
@@ -35,6 +38,7 @@ from audiocnn.models.shapes import UNBOUNDED_TIME, trace_shapes
 
 RNNS = {"gru": nn.GRU, "lstm": nn.LSTM}
 TEMPORAL_POOLS = ("last", "mean", "max", "attention")
+CLIP_OUTPUTS = ("head", "event_pool")
 
 
 class CRNN(CQTClassifier):
@@ -54,8 +58,12 @@ class CRNN(CQTClassifier):
         freq_pool: str = "flatten",
         frontend: nn.Module | None = None,
         event_pool: str = "linear_softmax",
+        clip_output: str = "head",
     ):
         super().__init__(frontend)
+        if clip_output not in CLIP_OUTPUTS:
+            raise ValueError(f"model.clip_output={clip_output!r}; allowed: {', '.join(CLIP_OUTPUTS)}")
+        self.clip_output = clip_output
         if rnn not in RNNS:
             raise ValueError(f"model.rnn={rnn!r}; allowed: {', '.join(RNNS)}")
         if temporal_pool not in TEMPORAL_POOLS:
@@ -115,6 +123,14 @@ class CRNN(CQTClassifier):
         logits, outputs = self.frame_logits(self.forward_features(frames))
         probabilities = logits.sigmoid()
         return probabilities, self.event_pool(probabilities, outputs)
+
+    def classify(self, frames: Tensor) -> Tensor:
+        """(batch, 1, n_bins, frames) -> (batch, n_classes) clip logits: the head's (`clip_output=head`), or
+        the logit of the event pooling's clip probabilities (`clip_output=event_pool`)."""
+        if self.clip_output == "head":
+            return super().classify(frames)
+        clip = self.event_probabilities(frames)[1].clamp(EPS, 1 - EPS)
+        return torch.log(clip) - torch.log1p(-clip)
 
     def reset_classifier(self, n_classes: int) -> None:
         """A new last layer, and a new attention of the event pooling when it has one, for `n_classes` classes."""

@@ -10,7 +10,7 @@
        never wrapped around                                  (n_views * batch, 1, n_bins, frames)
     -> `model.classify`                                        (n_views, batch, n_classes) logits
     -> softmax(logits / temperature), mean over the views     (batch, n_classes)
-       (a multi-label model: sigmoid(logits / temperature), each class's probability on its own)
+       (a multi-label or events model: sigmoid(logits / temperature), each class's probability on its own)
 With the identity view alone and temperature 1 that is exactly `softmax(model(x))` (`sigmoid(model(x))`).
 
 Evaluate and ensembles (`evaluation.scoring`, through `training.windows.window_logits`), the
@@ -26,7 +26,7 @@ import math
 import torch
 from torch import Tensor, nn
 
-from audiocnn.data.task import MULTILABEL
+from audiocnn.data.task import is_multilabel
 from audiocnn.models.tta import Views
 
 
@@ -64,7 +64,7 @@ class WindowScorer(nn.Module):
     def for_bundle(cls, model: nn.Module, bundle: dict, views: Views = Views()) -> "WindowScorer":
         """The scorer of a loaded `model.pt`: its temperature, its features' floor and its task."""
         return cls(model, views, math.log(bundle["features"]["amin"]), float(bundle.get("temperature", 1.0)),
-                   multilabel=bundle.get("task") == MULTILABEL)
+                   multilabel=is_multilabel(bundle.get("task")))
 
     def view_logits(self, frames: Tensor) -> Tensor:
         """`(batch, 1, n_bins, frames)` front-end output -> `(n_views, batch, n_classes)` logits."""

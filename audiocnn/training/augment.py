@@ -204,17 +204,29 @@ class SpectrogramAugment(nn.Module):
     def forward(self, x: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
         if not self.training or not self.settings:
             return x, labels
+        x = self.transform(x)
+        if "mixup" not in self.settings:
+            return x, labels
+        targets = labels.to(x.dtype) if labels.ndim == 2 else nn.functional.one_hot(labels, self.n_classes).to(x.dtype)
+        return mixup(x, targets, *self.draw_mixup(x))
+
+    def transform(self, x: Tensor) -> Tensor:
+        """Every transform but mixup, each on its random subset of the batch (training mode only)."""
+        if not self.training:
+            return x
         for name, settings in self.settings.items():
             if name != "mixup":
                 transform = SPECTROGRAM[name][1]
                 x = _apply_to_some(x, settings["p"], lambda v: transform(v, settings, self.context))
-        if "mixup" not in self.settings:
-            return x, labels
+        return x
+
+    def draw_mixup(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """mixup's draw for a batch like `x`: (lam `(batch,)`, 1 for the examples left unmixed; the
+        permutation `(batch,)` of their partners). Only with `mixup` in the settings."""
         settings = self.settings["mixup"]
-        targets = labels.to(x.dtype) if labels.ndim == 2 else nn.functional.one_hot(labels, self.n_classes).to(x.dtype)
         lam = torch.distributions.Beta(settings["alpha"], settings["alpha"]).sample((len(x),)).to(x.device)
         lam = torch.where(torch.rand(len(x), device=x.device) < settings["p"], lam, torch.ones_like(lam))
-        return mixup(x, targets, lam, torch.randperm(len(x), device=x.device))
+        return lam, torch.randperm(len(x), device=x.device)
 
     def extra_repr(self) -> str:
         return ", ".join(self.settings) or "identity"

@@ -17,14 +17,17 @@ import torch
 from omegaconf import DictConfig
 from torch.utils.data import DataLoader
 
-from audiocnn.errors import MissingInputError
-from audiocnn.data.prepare import MULTILABEL, read_classes, read_manifest
+from audiocnn.errors import ConfigError, MissingInputError
+from audiocnn.data.events import read_prepared_events
+from audiocnn.data.prepare import EVENTS, read_classes, read_manifest
+from audiocnn.data.task import is_multilabel
 from audiocnn.data.sources._common import LABEL_SEPARATOR
 from audiocnn.features.featurize import store_dir
 from audiocnn.features.store import FeatureStore, clips_md5
 from audiocnn.training import distributed
 from audiocnn.training.sampling import BalancedSampler, rare_label_weights
-from audiocnn.training.windows import AudioClips, WaveformWindowDataset, WindowDataset, already_batched, seed_worker
+from audiocnn.training.windows import (AudioClips, EventWindowDataset, WaveformWindowDataset, WindowDataset,
+                                       already_batched, seed_worker)
 
 
 def multi_hot(label_lists, classes: list[str]) -> np.ndarray:
@@ -42,7 +45,11 @@ def multi_hot(label_lists, classes: list[str]) -> np.ndarray:
 
 class WindowDataModule(L.LightningDataModule):
     """Windows of `features.window_frames` frames; labels are indices into classes.json `(clips,)` int64,
-    or for multi-label data (`task == "multilabel"`) 0/1 targets `(clips, n_classes)` float32.
+    or for multi-label and event data (`task` "multilabel" or "events") 0/1 targets `(clips, n_classes)`
+    float32 (an event clip's weak labels). For the events task the train and val windows carry frame targets
+    too (`training.windows.EventWindowDataset`: the events of `paths.prepared/events.tsv`, at the output rate
+    of a model of `time_stride` CQT frames per output frame; the train stage sets `time_stride` from the
+    model before any loader is made).
 
     `store` is the `FeatureStore` (or, on the fly, the manifest's `AudioClips`); its
     `index` rows are the clips, `rows(split)` picks a split's rows. Its state in a checkpoint is
@@ -50,8 +57,9 @@ class WindowDataModule(L.LightningDataModule):
     resumed training draws the windows the uninterrupted one would have.
     """
 
-    def __init__(self, cfg: DictConfig):
+    def __init__(self, cfg: DictConfig, time_stride: int | None = None):
         super().__init__()
+        self.time_stride = time_stride  # events task: CQT frames per output frame of the model
         self.cfg = cfg
         self.on_the_fly = bool(cfg.features.get("on_the_fly", False))
         self.classes, self.task = read_classes(cfg.paths.prepared)
@@ -67,12 +75,33 @@ class WindowDataModule(L.LightningDataModule):
         # The store's clip_id is the manifest row; clips featurize skipped have no row.
         self.splits = manifest["split"].to_numpy()[self.store.index["clip_id"].to_numpy()]
         self.labels = self._labels(manifest)
+        if self.events_task:
+            if self.on_the_fly:
+                raise ConfigError("features.on_the_fly=true: the events task trains on stored frames only for now "
+                                  "(its windows' frame targets); set features.on_the_fly=false")
+            self.clip_events, self.strong = self._events(manifest)
         self.train_set = None
         self._window_state: dict | None = None  # from a checkpoint, for the next training set
 
     @property
     def multilabel(self) -> bool:
-        return self.task == MULTILABEL
+        """A sigmoid per class and multi-hot labels: multi-label and event data."""
+        return is_multilabel(self.task)
+
+    @property
+    def events_task(self) -> bool:
+        return self.task == EVENTS
+
+    def _events(self, manifest) -> tuple[list, np.ndarray]:
+        """Per store row: its clip's events (`paths.prepared/events.tsv`) and whether the clip is strong
+        (the manifest's `annotation`)."""
+        paths = manifest["path"].to_numpy()[self.store.index["clip_id"].to_numpy()]
+        if "annotation" not in manifest:
+            raise MissingInputError(f"paths.prepared={self.cfg.paths.prepared}: classes.json says task=events but "
+                                    "the manifest has no annotation column; run the prepare stage again")
+        strong = manifest["annotation"].to_numpy()[self.store.index["clip_id"].to_numpy()] == "strong"
+        by_path = read_prepared_events(self.cfg.paths.prepared)
+        return [by_path.get(str(path), []) for path in paths], strong
 
     def _labels(self, manifest) -> np.ndarray:
         """The store's clips' labels: class indices, or multi-hot targets from the manifest's `labels`."""
@@ -107,6 +136,13 @@ class WindowDataModule(L.LightningDataModule):
         seed = self.cfg.seed if rank == 0 else int(np.random.SeedSequence([self.cfg.seed, rank]).generate_state(1)[0])
         if self.on_the_fly:
             return WaveformWindowDataset(self.store, rows, self.labels[rows], window, mode, seed=seed)
+        if self.events_task and mode != "sliding":
+            if self.time_stride is None:
+                raise ValueError("WindowDataModule: the events task's windows need the model's time_stride")
+            features = self.cfg.features
+            return EventWindowDataset(self.store, rows, self.labels[rows], window, mode, self.floor,
+                                      [self.clip_events[r] for r in rows], self.strong[rows], self.classes,
+                                      self.time_stride, features.hop_length / features.sr, seed=seed)
         return WindowDataset(self.store, rows, self.labels[rows], window, mode, self.floor, seed=seed)
 
     def _loader(self, dataset, shuffle: bool, **kwargs) -> DataLoader:

@@ -12,6 +12,10 @@ With `trainer.calibrate=temperature` the stage then fits a temperature on the va
 (`training.temperature`) and stores it in `model.pt`; the weights are the same. On multi-label
 data (classes.json's `task`) the model is trained with a sigmoid per class (`Classifier`), and
 per-class thresholds fitted on the validation clips (`training.thresholds`) are stored in `model.pt`.
+On event data (`task: events`, docs/events.md) the model must be a CRNN (another is refused before any
+work): its frame outputs are trained on the windows' frame targets and its event pooling on the clips'
+labels (`training.events`), `model.pt` records `task: events`, the model's `clip_output: event_pool`
+(its clips are scored by the event pooling) and `events` (`time_stride`, `frame_seconds`).
 With several processes (`trainer.strategy=ddp trainer.devices=N`, `audiocnn.training.distributed`)
 every process runs the same fit and validation; only the main one logs to MLflow and
 writes `model.pt` and `run.json` (Lightning writes `best.ckpt` from rank 0 only).
@@ -31,6 +35,7 @@ from lightning.pytorch.loggers import MLFlowLogger
 from omegaconf import DictConfig, OmegaConf
 
 from audiocnn import atomic, tracking
+from audiocnn.data.events import output_frame_seconds
 from audiocnn.data.prepare import is_prepared
 from audiocnn.errors import ConfigError, InputError, MissingInputError
 from audiocnn.features.cqt import pick_device
@@ -38,11 +43,13 @@ from audiocnn.features.featurize import store_problem
 from audiocnn.models import build_model
 from audiocnn.models.build import build_frontend
 from audiocnn.models.bundle import load_state, save_bundle
+from audiocnn.models.event_pool import time_stride
 from audiocnn.models.scorer import WindowScorer
 from audiocnn.models.summary import summarize
 from audiocnn.training import distributed, resume
 from audiocnn.training.augment import SpectrogramAugment, WaveformAugment
 from audiocnn.training.datamodule import WindowDataModule
+from audiocnn.training.events import OFF_FOR_EVENTS, SCORE as EVENTS_SCORE, EventClassifier, check_event_model
 from audiocnn.training.module import Classifier
 from audiocnn.training.norm_stats import fit_bin_norm
 from audiocnn.training.optim import class_weights, resolve_precision
@@ -135,14 +142,50 @@ def build_module(cfg: DictConfig, model: torch.nn.Module, data: WindowDataModule
     n_classes = len(data.classes)
     augment = cfg.get("augment") or {}
     weights = class_weights(data.labels[data.rows("train")], n_classes, cfg.trainer.get("class_weights", "none"))
-    return Classifier(
-        model, cfg.optimizer, n_classes, scheduler_cfg=cfg.get("scheduler"),
-        augment=SpectrogramAugment(augment.get("transforms"), n_classes, math.log(cfg.features.amin),
-                                   cfg.features.bins_per_octave),
+    transforms = augment.get("transforms")
+    if data.events_task:
+        transforms = event_transforms(transforms)
+    options = dict(
+        scheduler_cfg=cfg.get("scheduler"),
+        augment=SpectrogramAugment(transforms, n_classes, math.log(cfg.features.amin), cfg.features.bins_per_octave),
         waveform_augment=WaveformAugment(augment.get("waveform") if cfg.features.get("on_the_fly") else None,
                                          cfg.features.sr),
-        label_smoothing=cfg.trainer.get("label_smoothing", 0.0), class_weights=weights, multilabel=data.multilabel,
+        label_smoothing=cfg.trainer.get("label_smoothing", 0.0), class_weights=weights,
     )
+    if data.events_task:
+        return EventClassifier(model, cfg.optimizer, n_classes, frame_weight=cfg.trainer.get("frame_loss_weight", 1.0),
+                               **options)
+    return Classifier(model, cfg.optimizer, n_classes, multilabel=data.multilabel, **options)
+
+
+def event_transforms(transforms):
+    """`augment.transforms` for the events task: those that move time (`training.events.OFF_FOR_EVENTS`)
+    left out, saying so (they would misalign the frame targets)."""
+    transforms = dict(transforms or {})
+    off = [name for name in OFF_FOR_EVENTS if name in transforms]
+    if off:
+        print(f"train: augment.transforms.{off[0]}: off for the events task (it would move the windows against "
+              "their frame targets; the random crops move the events already)")
+    return {name: value for name, value in transforms.items() if name not in off}
+
+
+def check_events_settings(cfg: DictConfig, model: torch.nn.Module) -> None:
+    """The events task's refusals, before any work: a model without frame outputs, a `model.clip_output`
+    other than `event_pool`, `trainer.class_weights`."""
+    check_event_model(model, cfg.model.get("name", cfg.model.get("_target_")))
+    if cfg.model.get("clip_output", "event_pool") != "event_pool":
+        raise ConfigError(f"model.clip_output={cfg.model.clip_output}: the events task scores clips by the event "
+                          "pooling it trains; leave model.clip_output out (or set it to event_pool)")
+    if cfg.trainer.get("class_weights", "none") != "none":
+        raise ConfigError(f"trainer.class_weights={cfg.trainer.class_weights}: not yet for the events task; "
+                          "set trainer.class_weights=none")
+
+
+def event_settings(cfg: DictConfig, model: torch.nn.Module) -> dict:
+    """What model.pt records for an events model (`events`): its output frames' time stride and seconds."""
+    stride = time_stride(model.specs)
+    return {"time_stride": stride, "frame_seconds": output_frame_seconds(cfg.features.hop_length, cfg.features.sr,
+                                                                         stride)}
 
 
 def initial_weights(cfg: DictConfig, model: torch.nn.Module):
@@ -250,6 +293,13 @@ def train(cfg: DictConfig, run_name_suffix: str = "", parent_run_id: str | None 
                           "give it clips (data.val_fraction) or set trainer.calibrate=none")
     model = build_model(cfg.model, len(data.classes), cfg.features.n_bins, cfg.features.get("top_db"),
                         frontend=build_frontend(cfg.features))  # the CQT on the fly, else identity
+    model_cfg = OmegaConf.to_container(cfg.model, resolve=True)
+    events = None
+    if data.events_task:
+        check_events_settings(cfg, model)
+        model.clip_output = model_cfg["clip_output"] = "event_pool"  # clips scored as the event pooling trains them
+        events = event_settings(cfg, model)
+        data.time_stride = events["time_stride"]
     transfer = initial_weights(cfg, model) if start.ckpt is None else None  # else the checkpoint has them
     freeze(model, cfg.model.get("freeze", "none"))
     fit_bin_norm(model, data, cfg.features)  # model.norm.type=bin_norm: the train split's per-bin mean and std
@@ -267,10 +317,11 @@ def train(cfg: DictConfig, run_name_suffix: str = "", parent_run_id: str | None 
         trainer, best_val, epochs = fit(cfg, model, data, out, run_id, start, uri)
         temperature = fit_calibration(model, data, cfg) if calibrating else 1.0
         thresholds = fit_class_thresholds(model, data, cfg) if data.multilabel else None
-        save_bundle(model.eval().cpu(), OmegaConf.to_container(cfg.model, resolve=True),
+        save_bundle(model.eval().cpu(), model_cfg,
                     OmegaConf.to_container(cfg.features, resolve=True), data.classes, out / "model.pt",
-                    temperature=temperature, task=data.task, thresholds=thresholds)
-        score = "val_map" if data.multilabel else "val_acc"  # what the run is ranked by
+                    temperature=temperature, task=data.task, thresholds=thresholds, events=events)
+        # what the run is ranked by
+        score = EVENTS_SCORE if data.events_task else "val_map" if data.multilabel else "val_acc"
         summary = {
             "run_id": run_id, "experiment_id": run.info.experiment_id,
             "tracking_uri": tracking.redact(uri), "run_name": name,
@@ -278,7 +329,7 @@ def train(cfg: DictConfig, run_name_suffix: str = "", parent_run_id: str | None 
             "n_parameters": summary_table.total_params, "multiply_adds": summary_table.total_macs,
             "processes": trainer.world_size, "train_steps": trainer.global_step,  # optimizer steps of each process
             "fingerprint": resume.fingerprint(cfg), "code": resume.code_digest(), "temperature": temperature,
-            "task": data.task,
+            "task": data.task, **({"events": events} if events else {}),
         }
         mlflow.log_metrics({"best_val_loss": summary["best_val_loss"], f"best_{score}": summary[f"best_{score}"]})
         atomic.write_json(out / "run.json", summary)

@@ -24,6 +24,7 @@ from audiocnn.errors import NonFiniteError
 from audiocnn.features import sliding
 from audiocnn.features.cqt import n_frames
 from audiocnn.data.audio import clip_samples, load_segment
+from audiocnn.data.events import frame_targets
 from audiocnn.features.store import FeatureStore
 from audiocnn.models.scorer import WindowScorer
 
@@ -97,14 +98,18 @@ class _Windows(Dataset):
         else:
             batch = self.batch(np.asarray(items)), torch.from_numpy(self.labels[items])
             clip_of_window = np.asarray(items)
+        self._check_finite(batch[0], clip_of_window)
+        return batch
+
+    def _check_finite(self, x: torch.Tensor, clip_of_window: np.ndarray) -> None:
+        """`NonFiniteError` naming the clip of the first window of `x` holding a NaN or inf."""
         # A NaN or inf makes its window's sum non-finite (0.1 ms a batch, where torch.isfinite(x).all()
         # takes ~3 ms on one core); a flagged window is confirmed value by value (a finite overflow is not bad).
-        windows = batch[0].flatten(1)
+        windows = x.flatten(1)
         suspects = (~torch.isfinite(windows.sum(dim=1))).nonzero().flatten().tolist()
         bad = [w for w in suspects if not bool(torch.isfinite(windows[w]).all())]
         if bad:
             self._non_finite(int(clip_of_window[bad[0]]))
-        return batch
 
     def _non_finite(self, item: int):
         row = int(self.rows[item])
@@ -143,9 +148,15 @@ class WindowDataset(_Windows):
     def __getstate__(self):  # workers map the shards themselves
         return {**self.__dict__, "_plain": {}}
 
-    def batch(self, items: np.ndarray) -> torch.Tensor:
+    def batch_starts(self, items: np.ndarray) -> np.ndarray:
+        """The start frame of each item's window (random or center), drawn from the dataset's generator."""
+        return batch_starts(self.store._locations[self.rows[items]][:, 2], self.window, self.mode, self.rng)
+
+    def batch(self, items: np.ndarray, starts: np.ndarray | None = None) -> torch.Tensor:
+        """The windows of `items` starting at `starts` (None: `batch_starts`) as `(batch, 1, n_bins, window)`."""
         locations = self.store._locations[self.rows[items]]  # (batch, 3): shard, start, length
-        starts = batch_starts(locations[:, 2], self.window, self.mode, self.rng)
+        if starts is None:
+            starts = batch_starts(locations[:, 2], self.window, self.mode, self.rng)
         floor = np.array(self.floor, dtype=np.float16).view(np.uint16)
         out = np.full((len(items), self.window, self.store.n_bins), floor, dtype=np.uint16)  # float16 bits
         for row, ((shard, first, length), start) in enumerate(zip(locations.tolist(), starts.tolist())):
@@ -153,6 +164,62 @@ class WindowDataset(_Windows):
             out[row, :take] = self._bits(shard)[first + start: first + start + take]
         # float16 -> float32 and (frames, bins) -> (bins, frames) in one gather.
         return torch.from_numpy(np.take(HALF_TO_FLOAT, out.transpose(0, 2, 1)))[:, None]
+
+
+def window_frame_targets(events, start: int, hop_seconds: float, n_frames: int, frame_seconds: float,
+                         classes: list[str]) -> np.ndarray:
+    """`(n_frames, n_classes)` 0/1 targets of a window starting at CQT frame `start`: `data.events.frame_targets`
+    of `events` (seconds from the clip's start) shifted by -start * `hop_seconds`, so the window's output
+    frame i covers [start·hop + i·frame_seconds, start·hop + (i+1)·frame_seconds) of the clip."""
+    shift = start * hop_seconds
+    moved = [{"onset": e.onset - shift, "offset": e.offset - shift, "label": e.label} for e in events
+             if e.offset > shift]
+    return frame_targets(moved, n_frames, frame_seconds, classes)
+
+
+class EventWindowDataset(WindowDataset):
+    """`WindowDataset` for the `events` task (docs/events.md): each random or centred window also has its
+    frame targets. A window of `window` CQT frames starting at frame s has `window // time_stride` output
+    frames of `frame_seconds` (`data.events.output_frame_seconds`); its targets are
+    `data.events.frame_targets` of the clip's events shifted by -s * `hop_seconds` (one CQT frame's
+    seconds), so output frame i covers [s·hop + i·frame_seconds, s·hop + (i+1)·frame_seconds) of the
+    clip, with the rounding rule of `frame_targets` (onset floored, offset ceiled). Frames past the
+    clip's end (a padded window) have no event.
+
+    `events[i]`: the events of item i (`data.events.Event`s, seconds from the clip's start);
+    `strong[i]`: whether item i's clip has timed annotations (a weak clip's frame targets are zeros
+    and its `strong` flag false: the loss leaves its frames out).
+    Batches (`__getitems__`, random/center): `(x (batch, 1, n_bins, window) float32, labels (batch, n_classes)
+    float32 0/1 weak labels, frames (batch, window // time_stride, n_classes) float32 0/1, strong (batch,)
+    bool)`. Sliding mode is `WindowDataset`'s (clip labels only).
+    """
+
+    def __init__(self, store: FeatureStore, rows: np.ndarray, labels: np.ndarray, window: int, mode: str,
+                 floor: float, events: list, strong: np.ndarray, classes: list[str], time_stride: int,
+                 hop_seconds: float, seed: int = 0):
+        super().__init__(store, rows, labels, window, mode, floor, seed)
+        if len(events) != len(self.rows) or len(strong) != len(self.rows):
+            raise ValueError("EventWindowDataset: one event list and one strong flag per row")
+        self.events, self.strong = list(events), np.asarray(strong, dtype=bool)
+        self.classes, self.time_stride, self.hop_seconds = list(classes), int(time_stride), float(hop_seconds)
+        self.n_frames = window // self.time_stride
+        self.frame_seconds = self.time_stride * self.hop_seconds
+
+    def window_targets(self, item: int, start: int) -> np.ndarray:
+        """`(window // time_stride, n_classes)` 0/1 frame targets of item `item`'s window starting at CQT frame
+        `start` (zeros for a weak clip)."""
+        return window_frame_targets(self.events[item], start, self.hop_seconds, self.n_frames, self.frame_seconds,
+                                    self.classes)
+
+    def __getitems__(self, items: list[int]):
+        if self.mode == "sliding":
+            return super().__getitems__(items)
+        items = np.asarray(items)
+        starts = self.batch_starts(items)
+        x = self.batch(items, starts)
+        self._check_finite(x, items)
+        frames = np.stack([self.window_targets(int(i), int(s)) for i, s in zip(items, starts)])
+        return x, torch.from_numpy(self.labels[items]), torch.from_numpy(frames), torch.from_numpy(self.strong[items])
 
 
 class AudioClips:

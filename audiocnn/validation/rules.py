@@ -151,6 +151,7 @@ def rules() -> dict[str, Callable]:
         "trainer.sampler": Choice(SAMPLERS),
         "trainer.callbacks": _callbacks, "trainer.resume": BOOL,
         "trainer.calibrate": Choice(("none", "temperature")),
+        "trainer.frame_loss_weight": Number(0),  # the events task's frame term (training.events)
         "optimizer._target_": Text(), "optimizer.name": Text(), "optimizer.lr": POSITIVE,
         "optimizer.backbone_lr_scale": POSITIVE, "optimizer.weight_decay": Number(0),
         "optimizer.momentum": Number(0, 1, high_open=True), "optimizer.dampening": Number(0, 1),
@@ -198,7 +199,7 @@ REQUIRED_GROUPS = ("features", "trainer", "tracking", "paths")
 REQUIRED = {"optimizer._target_", "optimizer.lr", "data.name", "data.protocol", "seed"}
 OPTIONAL = {"features.top_db", "trainer.seeds", "trainer.patience", "trainer.gradient_clip_val",
             "trainer.strategy", "trainer.num_nodes", "trainer.label_smoothing", "trainer.class_weights",
-            "trainer.callbacks", "trainer.resume", "trainer.calibrate", "tracking.run_name",
+            "trainer.callbacks", "trainer.resume", "trainer.calibrate", "trainer.frame_loss_weight", "tracking.run_name",
             "tracking.registered_model", "tracking.export_onnx"}
 # Unknown keys refused; an optimizer's keys are the arguments of its class (`checks.validate_optimizer`).
 CHECKED_GROUPS = ("features", "trainer", "data", "tracking")

@@ -1,0 +1,251 @@
+"""Training the events task (docs/events.md): the windows' frame targets for a crop start, the loss on a
+known case (strong frames + weak clips), mixup that moves the frame targets with the windows, the refusals
+(a CNN, a bad model file), and the whole prepare / featurize / train / evaluate path on a tiny
+demo_events (real WAVs and annotations)."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from omegaconf import OmegaConf, open_dict
+
+from audiocnn.config import compose_config
+from audiocnn.data.events import Event
+from audiocnn.data.prepare import read_classes
+from audiocnn.errors import BundleError, ConfigError, InputError
+from audiocnn.models.build import build_model
+from audiocnn.models.bundle import load_bundle, save_bundle
+from audiocnn.training.augment import SpectrogramAugment
+from audiocnn.training.events import EventClassifier, check_event_model, event_loss
+from audiocnn.training.train import event_transforms
+from audiocnn.training.windows import window_frame_targets
+from tests.test_multilabel_data import config
+
+HOP = 512 / 16000       # one CQT frame: 32 ms
+FRAME = 4 * HOP         # an output frame of the default CRNN (time stride 4): 128 ms
+CLASSES = ["bell", "pluck"]
+
+
+def test_window_targets_are_the_clips_events_shifted_by_the_crop_start_and_rounded_outwards():
+    events = [Event("a.wav", 1.0, 1.5, "bell"), Event("a.wav", 0.0, 0.3, "pluck"), Event("a.wav", 0.2, 0.5, "bell"),
+              Event("a.wav", 1.9, 2.5, "pluck")]
+    # start 10 frames = 0.32 s: bell 1.0-1.5 s -> 0.68-1.18 s of the window -> frames 5 (0.68 / 0.128 = 5.3) to 9
+    # (ceil(9.2) - 1); the pluck 0-0.3 s ended before the window; bell 0.2-0.5 s -> -0.12-0.18 s -> frames 0, 1
+    targets = window_frame_targets(events, 10, HOP, 16, FRAME, CLASSES)
+    assert targets.shape == (16, 2) and targets.dtype == np.float32
+    assert np.flatnonzero(targets[:, 0]).tolist() == [0, 1, 5, 6, 7, 8, 9]
+    # pluck 1.9-2.5 s -> 1.58-2.18 s: frames 12 (1.58 / 0.128 = 12.3) to 15, cut at the window's end
+    assert np.flatnonzero(targets[:, 1]).tolist() == [12, 13, 14, 15]
+    # boundaries: an onset on k·h starts at frame k, an offset on k·h ends at frame k - 1
+    on_grid = [Event("a.wav", 2 * FRAME, 3 * FRAME, "bell")]
+    assert np.flatnonzero(window_frame_targets(on_grid, 0, HOP, 16, FRAME, CLASSES)[:, 0]).tolist() == [2]
+    assert np.flatnonzero(window_frame_targets(on_grid, 4, HOP, 16, FRAME, CLASSES)[:, 0]).tolist() == [1]
+    # a start that is not a multiple of the stride: 0.256-0.384 s at start 1 (0.032 s) -> 0.224-0.352 s: frames 1, 2
+    assert np.flatnonzero(window_frame_targets(on_grid, 1, HOP, 16, FRAME, CLASSES)[:, 0]).tolist() == [1, 2]
+    assert not window_frame_targets(on_grid, 40, HOP, 16, FRAME, CLASSES).any()  # the event is before the window
+    assert not window_frame_targets([], 0, HOP, 16, FRAME, CLASSES).any()         # a weak clip: no frame truth
+
+
+def bce(p: float, y: float) -> float:
+    return -(y * math.log(p) + (1 - y) * math.log(1 - p))
+
+
+def test_the_loss_is_frame_bce_over_strong_clips_plus_weighted_clip_bce_over_all():
+    frames = torch.tensor([[[0.9], [0.2]], [[0.6], [0.7]]])  # (2 clips, 2 frames, 1 class)
+    clips = torch.tensor([[0.8], [0.3]])
+    frame_targets = torch.tensor([[[1.0], [0.0]], [[0.0], [0.0]]])
+    clip_targets = torch.tensor([[1.0], [1.0]])
+    strong = torch.tensor([True, False])
+    total, frame, clip = event_loss(frames, clips, frame_targets, clip_targets, strong, frame_weight=0.5)
+    expected_frame = (bce(0.9, 1) + bce(0.2, 0)) / 2      # the strong clip's frames only
+    expected_clip = (bce(0.8, 1) + bce(0.3, 1)) / 2       # every clip's pooled probability
+    assert float(frame) == pytest.approx(expected_frame, rel=1e-5)
+    assert float(clip) == pytest.approx(expected_clip, rel=1e-5)
+    assert float(total) == pytest.approx(expected_clip + 0.5 * expected_frame, rel=1e-5)
+    # the weak clip's frames do not count, whatever the model says there
+    changed = frames.clone()
+    changed[1] = 0.01
+    assert float(event_loss(changed, clips, frame_targets, clip_targets, strong)[1]) == pytest.approx(expected_frame,
+                                                                                                      rel=1e-5)
+    # no strong clip: no frame term; saturated probabilities stay finite (clamped, not logits)
+    _, none, _ = event_loss(frames, clips, frame_targets, clip_targets, torch.tensor([False, False]))
+    assert float(none) == 0.0
+    saturated = event_loss(torch.tensor([[[1.0], [0.0]]]), torch.tensor([[0.0]]), torch.tensor([[[0.0], [1.0]]]),
+                           torch.tensor([[1.0]]), torch.tensor([True]))[0]
+    assert math.isfinite(float(saturated))
+    with pytest.raises(ValueError, match=r"frame outputs \[2, 2, 1\] and frame targets \[2, 3, 1\] differ"):
+        event_loss(frames, clips, torch.zeros(2, 3, 1), clip_targets, strong)
+
+
+def test_mixup_moves_frame_targets_with_the_windows_and_time_shift_is_off():
+    model = build_model(compose_config(["model=crnn_gru"]).model, 2, 84)
+    module = EventClassifier(model, OmegaConf.create({"name": "adamw", "lr": 1e-3}), 2,
+                             augment=SpectrogramAugment({"mixup": {"alpha": 0.4, "p": 1.0}}, 2, -9.0, 12))
+    module.train()
+    torch.manual_seed(0)
+    x = torch.randn(4, 1, 84, 16)
+    labels = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0], [0.0, 0.0]])
+    frames = torch.zeros(4, 4, 2)
+    frames[0, 0, 0] = frames[1, 3, 1] = frames[2, 1, 0] = 1.0
+    strong = torch.tensor([True, True, False, True])
+    torch.manual_seed(1)
+    lam, partner = module.augment.draw_mixup(x)
+    torch.manual_seed(1)
+    mixed_x, mixed_labels, mixed_frames, mixed_strong = module._augment(x, labels, frames, strong)
+    for i in range(4):
+        j, w = int(partner[i]), float(lam[i])
+        torch.testing.assert_close(mixed_x[i], w * x[i] + (1 - w) * x[j])
+        torch.testing.assert_close(mixed_labels[i], w * labels[i] + (1 - w) * labels[j])
+        torch.testing.assert_close(mixed_frames[i], w * frames[i] + (1 - w) * frames[j])
+        assert bool(mixed_strong[i]) == (bool(strong[i]) and (bool(strong[j]) or w == 1.0))
+    assert event_transforms({"time_shift": {"p": 0.5}, "freq_mask": {"p": 0.5}}) == {"freq_mask": {"p": 0.5}}
+
+
+def test_a_model_without_frame_outputs_is_refused_in_one_line():
+    cnn = build_model(compose_config(["model=cnn"]).model, 3, 84)
+    with pytest.raises(ConfigError, match=r"^model=cnn: the events task needs a CRNN \(model=crnn_gru or "
+                                          r"model=crnn_lstm\), a model with frame outputs; this one answers per clip only$"):
+        check_event_model(cnn, "cnn")
+    check_event_model(build_model(compose_config(["model=crnn_gru"]).model, 3, 84), "crnn_gru")
+
+
+def test_an_event_crnn_scores_clips_by_its_event_pooling():
+    torch.manual_seed(0)
+    model = build_model(compose_config(["model=crnn_gru", "+model.clip_output=event_pool"]).model, 3, 84).eval()
+    x = torch.randn(2, 1, 84, 32)
+    _, clip = model.event_probabilities(x)
+    torch.testing.assert_close(model(x).sigmoid(), clip, atol=1e-5, rtol=1e-4)
+    with pytest.raises(ValueError, match=r"model.clip_output='frames'; allowed: head, event_pool"):
+        build_model(compose_config(["model=crnn_gru", "+model.clip_output=frames"]).model, 3, 84)
+
+
+def test_an_unknown_task_in_classes_json_is_refused_in_one_line(tmp_path):
+    (tmp_path / "classes.json").write_text(json.dumps({"task": "regression", "classes": ["a"]}))
+    with pytest.raises(InputError, match=r"classes.json: task='regression': allowed: multiclass, multilabel, events; "
+                                         r"run the prepare stage again$"):
+        read_classes(tmp_path)
+    (tmp_path / "classes.json").write_text(json.dumps({"task": "events", "classes": ["a", "b"]}))
+    assert read_classes(tmp_path) == (["a", "b"], "events")
+
+
+def test_an_events_bundle_is_checked_as_untrusted_data(tmp_path):
+    cfg = compose_config(["model=crnn_gru", "+model.clip_output=event_pool"])
+    torch.manual_seed(0)
+    model = build_model(cfg.model, 2, cfg.features.n_bins)
+    args = (model, OmegaConf.to_container(cfg.model, resolve=True), OmegaConf.to_container(cfg.features, resolve=True),
+            CLASSES)
+    events = {"time_stride": 4, "frame_seconds": 0.128}
+    path = save_bundle(*args, tmp_path / "model.pt", task="events", thresholds=[0.3, 0.6], events=events)
+    loaded = load_bundle(path)[1]
+    assert loaded["task"] == "events" and loaded["events"] == events and loaded["thresholds"] == [0.3, 0.6]
+    plain = OmegaConf.to_container(compose_config(["model=crnn_gru"]).model, resolve=True)
+    for bad, message in [({"events": {"time_stride": 0, "frame_seconds": 0.1}}, r"events.time_stride=0: must be an integer"),
+                         ({"events": {"time_stride": 4, "frame_seconds": float("nan")}}, r"events.frame_seconds=nan"),
+                         ({"events": {"time_stride": 4, "frame_seconds": 0.1, "code": "x"}}, r"events.code: unknown"),
+                         ({"events": [4]}, r"events: list; must be a mapping"),
+                         ({"task": "multilabel"}, r"events: only an events model has it"),
+                         ({"model": plain}, r"task='events': needs a CRNN scoring clips by its event pooling")]:
+        hostile = {**torch.load(path, weights_only=True), **bad}
+        torch.save(hostile, tmp_path / "hostile.pt")
+        with pytest.raises(BundleError, match=message):
+            load_bundle(tmp_path / "hostile.pt")
+
+
+@pytest.fixture(scope="module")
+def trained_events(tmp_path_factory):
+    """A tiny demo_events (32 scenes of 4 s, 2-s windows), a CRNN trained on it for 2 epochs and evaluated:
+    (cfg, train summary, test metrics)."""
+    from audiocnn.experiment import ensure_inputs, evaluate_model, train_model
+
+    cfg = config(tmp_path_factory.mktemp("events"), "demo_events", "data.clips=32", "data.duration=4.0",
+                 "data.max_event_seconds=2.0", "features.window_frames=64", "model=crnn_gru", "model.hidden_size=32",
+                 "trainer.max_epochs=2", "tracking.export_onnx=false")
+    ensure_inputs(cfg)
+    summary = train_model(cfg)
+    return cfg, summary, evaluate_model(cfg)
+
+
+def test_an_events_training_records_the_task_and_logs_a_finite_frame_loss(trained_events):
+    import mlflow
+
+    cfg, summary, _ = trained_events
+    assert read_classes(cfg.paths.prepared)[1] == "events"
+    model, bundle = load_bundle(Path(cfg.paths.models) / "model.pt")
+    assert bundle["task"] == "events" and bundle["model"]["clip_output"] == "event_pool"
+    assert bundle["events"] == {"time_stride": 4, "frame_seconds": pytest.approx(0.128)}
+    assert len(bundle["thresholds"]) == len(bundle["classes"])
+    assert summary["task"] == "events" and 0.0 <= summary["best_val_frame_f1"] <= 1.0 and "best_val_acc" not in summary
+    client = mlflow.MlflowClient(cfg.tracking.uri)
+    for key in ("train_frame_loss", "val_frame_loss", "train_clip_loss", "val_map", "val_frame_f1"):
+        history = [m.value for m in client.get_metric_history(summary["run_id"], key)]
+        assert len(history) >= 2 and all(math.isfinite(v) for v in history), key
+    frame_losses = [m.value for m in client.get_metric_history(summary["run_id"], "train_frame_loss")]
+    assert frame_losses[-1] < frame_losses[0]  # it learns the frames
+    run = client.get_run(summary["run_id"])
+    assert run.data.metrics["best_val_frame_f1"] == pytest.approx(summary["best_val_frame_f1"])
+
+
+def test_the_training_windows_carry_frame_targets_of_their_crops(trained_events):
+    from audiocnn.training.datamodule import WindowDataModule
+
+    cfg, _, _ = trained_events
+    data = WindowDataModule(cfg, time_stride=4)
+    dataset = data.dataset("train", "random")
+    state = dataset.rng.bit_generator.state
+    items = list(range(min(6, len(dataset))))
+    x, labels, frames, strong = dataset.__getitems__(items)
+    assert x.shape == (len(items), 1, cfg.features.n_bins, 64) and frames.shape == (len(items), 16, len(data.classes))
+    assert labels.shape == (len(items), len(data.classes)) and bool(strong.all())  # demo_events: every clip strong
+    dataset.rng.bit_generator.state = state
+    starts = dataset.batch_starts(np.asarray(items))
+    for row, (item, start) in enumerate(zip(items, starts.tolist())):
+        assert np.array_equal(frames[row].numpy(), dataset.window_targets(item, start))
+        events = dataset.events[item]
+        assert {e.label for e in events} == {data.classes[k] for k in np.flatnonzero(labels[row].numpy())}
+    assert frames.sum() > 0
+
+
+def test_events_evaluation_writes_clip_metrics_and_frame_f1(trained_events):
+    cfg, summary, metrics = trained_events
+    test = json.loads((Path(cfg.paths.metrics) / "test.json").read_text())
+    assert test["task"] == "events" and {"map", "micro_ap", "lwlrap", "macro_f1", "ece"} <= set(test)
+    assert 0.0 <= test["frame_macro_f1"] <= 1.0 and 0.0 <= test["frame_micro_f1"] <= 1.0
+    assert test["n_strong_clips"] == test["n_clips"] > 0 and test["n_frames"] >= test["n_clips"] * 31
+    assert test["frame_seconds"] == pytest.approx(0.128)
+    assert metrics["frame_macro_f1"] == test["frame_macro_f1"]
+
+
+def test_a_cnn_and_class_weights_are_refused_for_event_data_before_any_training(trained_events, tmp_path):
+    from audiocnn.training.train import train
+
+    cfg, _, _ = trained_events
+    cnn = cfg.copy()
+    with open_dict(cnn):
+        cnn.model = compose_config(["model=cnn"]).model
+        cnn.paths.models = str(tmp_path / "m")
+    with pytest.raises(ConfigError, match=r"^model=cnn: the events task needs a CRNN") as error:
+        train(cnn)
+    assert "\n" not in str(error.value) and not (tmp_path / "m" / "model.pt").exists()
+    weighted = OmegaConf.merge(cfg, {"trainer": {"class_weights": "balanced"}, "paths": {"models": str(tmp_path / "w")}})
+    with pytest.raises(ConfigError, match=r"^trainer.class_weights=balanced: not yet for the events task"):
+        train(weighted)
+
+
+def test_an_events_model_serves_its_clips_as_multilabel_answers(trained_events):
+    from audiocnn import load_model
+
+    cfg, _, _ = trained_events
+    bundle_path = Path(cfg.paths.models) / "model.pt"
+    thresholds = load_bundle(bundle_path)[1]["thresholds"]
+    clips = sorted(Path(cfg.paths.raw).rglob("scene_*.wav"))[:2]
+    for record in load_model(bundle_path).predict([str(c) for c in clips]):
+        probabilities = list(record["probabilities"].values())
+        assert all(0.0 <= p <= 1.0 for p in probabilities)
+        over = [n for n, p in sorted(record["probabilities"].items(), key=lambda kv: -kv[1])
+                if p >= thresholds[list(record["probabilities"]).index(n)]]
+        assert [n for n, _ in record["labels"]] == over
