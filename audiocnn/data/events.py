@@ -102,8 +102,9 @@ def problem_summary(problems: Sequence[Problem]) -> dict:
 
 # ---------------------------------------------------------------- reading
 
-def _rows(path: Path, columns: tuple[str, ...], shown: str):
-    """(line number, cells or None for a line that is not UTF-8, raw text) per non-blank data line.
+def _rows(path: Path, columns: tuple[str, ...], shown: str, problems: list):
+    """(line number, cells, a function that records that row's `Problem`) per non-blank UTF-8 data line;
+    a line that is not UTF-8 is recorded in `problems` and skipped.
 
     The header must be exactly `columns` (whitespace and case ignored); else `InputError` naming the file."""
     try:
@@ -121,15 +122,18 @@ def _rows(path: Path, columns: tuple[str, ...], shown: str):
         raw = raw.rstrip(b"\r")
         if not raw.strip():
             continue  # a blank line (the file's last newline) is no row
+        def refuse(kind: str, detail: str, name: str = "", number: int = number) -> None:
+            problems.append(Problem(shown, number, name, kind, detail))
+
         try:
             text = raw.decode("utf-8")
         except UnicodeDecodeError:
-            yield number, None, raw.decode("utf-8", errors="replace")
+            refuse("not UTF-8", f"the row {raw.decode('utf-8', errors='replace')[:60]!r} is not UTF-8 text")
             continue
         cells = [cell.strip() for cell in text.split("\t")]
         while len(cells) > len(columns) and not cells[-1]:
             cells.pop()  # trailing tabs are no cells
-        yield number, cells, text
+        yield number, cells, refuse
 
 
 def _listing(folder: Path) -> set[str]:
@@ -173,6 +177,14 @@ def _time(cell: str, what: str) -> tuple[float | None, tuple[str, str] | None]:
     return value, None
 
 
+def _reading(path: str | Path, folder: str | Path | None, classes: Sequence[str] | None, shown: str | None):
+    """What a TSV reader checks rows against: (how messages name the TSV, the audio folder, the names
+    in it (None: filenames taken as written), the allowed labels (None: any))."""
+    folder = Path(folder) if folder is not None else None
+    present = _listing(folder) if folder is not None and folder.is_dir() else (set() if folder else None)
+    return shown or str(path), folder, present, set(classes) if classes is not None else None
+
+
 def read_strong(path: str | Path, *, classes: Sequence[str] | None = None, folder: str | Path | None = None,
                 shown: str | None = None) -> Annotations:
     """The events of a strong TSV, every bad row skipped with its `Problem`.
@@ -185,18 +197,9 @@ def read_strong(path: str | Path, *, classes: Sequence[str] | None = None, folde
     finite or negative, an onset not before its offset, an empty or unknown label, and an exact
     repeat of an earlier row. A file named with three blank cells has no event, which is no problem.
     """
-    shown = shown or str(path)
-    folder = Path(folder) if folder is not None else None
-    present = _listing(folder) if folder is not None and folder.is_dir() else (set() if folder else None)
-    allowed = set(classes) if classes is not None else None
+    shown, folder, present, allowed = _reading(path, folder, classes, shown)
     result, seen, files = Annotations(), {}, {}
-    for number, cells, text in _rows(Path(path), STRONG_COLUMNS, shown):
-        def refuse(kind: str, detail: str, name: str = "") -> None:
-            result.problems.append(Problem(shown, number, name, kind, detail))
-
-        if cells is None:
-            refuse("not UTF-8", f"the row {text[:60]!r} is not UTF-8 text")
-            continue
+    for number, cells, refuse in _rows(Path(path), STRONG_COLUMNS, shown, result.problems):
         name = cells[0]
         if len(cells) == 1 or (len(cells) == 4 and not any(cells[1:])):  # a file without events
             wrong = filename_problem(name, folder, present)
@@ -256,18 +259,9 @@ def read_weak(path: str | Path, *, classes: Sequence[str] | None = None, folder:
     outside or missing filename (as in `read_strong`), an empty label list, a label outside
     `classes` (the whole row: a misspelt class would leave the clip a wrong negative), and a
     filename listed twice (the later row)."""
-    shown = shown or str(path)
-    folder = Path(folder) if folder is not None else None
-    present = _listing(folder) if folder is not None and folder.is_dir() else (set() if folder else None)
-    allowed = set(classes) if classes is not None else None
+    shown, folder, present, allowed = _reading(path, folder, classes, shown)
     result, first = Annotations(), {}
-    for number, cells, text in _rows(Path(path), WEAK_COLUMNS, shown):
-        def refuse(kind: str, detail: str, name: str = "") -> None:
-            result.problems.append(Problem(shown, number, name, kind, detail))
-
-        if cells is None:
-            refuse("not UTF-8", f"the row {text[:60]!r} is not UTF-8 text")
-            continue
+    for number, cells, refuse in _rows(Path(path), WEAK_COLUMNS, shown, result.problems):
         name = cells[0]
         if len(cells) != 2:
             refuse("wrong number of cells", f"{len(cells)} tab-separated cells, expected 2 "
