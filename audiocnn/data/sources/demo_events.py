@@ -105,7 +105,7 @@ def render_scene(index: int, *, seed: int, sr: int, duration: float, max_events:
                  events)
 
 
-def generate_scenes(root: Path, *, seed: int = 0, clips: int = 400, sr: int = 16000, duration: float = 8.0,
+def generate_scenes(root: Path, *, seed: int = 0, clips: int = 1600, sr: int = 16000, duration: float = 8.0,
                     max_events: int = 4, min_event_seconds: float = 0.5, max_event_seconds: float = 3.0,
                     gain_range_db: float = 12.0, noise_db: float = -40.0, progress: bool = True) -> Path:
     """Write `clips` scenes and their strong TSV under `root`; return the TSV's path."""
