@@ -113,6 +113,7 @@ def _assert_store_is_exactly(root: Path, clips: Path, name: str) -> None:
     assert not atomic.lock_paths(root)[1].exists()  # the owner file goes with the lock
 
 
+@pytest.mark.slow  # 10-20 s: make test-slow and CI run it (#24: make test at most 12 min)
 def test_two_featurize_processes_started_together_leave_one_consistent_store(clips, tmp_path):
     features = tmp_path / "features"
     configs = {n: compose_config(overrides(clips, features, n)) for n in WRITERS}
@@ -134,6 +135,7 @@ def test_two_featurize_processes_started_together_leave_one_consistent_store(cli
     assert is_featurized(configs[last]) and not is_featurized(configs[first])
 
 
+@pytest.mark.slow  # 10-20 s: make test-slow and CI run it (#24: make test at most 12 min)
 def test_a_featurize_started_while_another_writes_waits_then_rebuilds_and_a_short_timeout_names_the_holder(
         clips, tmp_path):
     features = tmp_path / "features"

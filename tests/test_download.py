@@ -359,6 +359,7 @@ def test_a_fetch_in_progress_elsewhere_is_waited_for_and_its_scratch_left_alone(
         holder.join(5)
 
 
+@pytest.mark.slow  # 10-20 s: make test-slow and CI run it (#24: make test at most 12 min)
 def test_the_prepare_entry_point_reports_a_cut_download_in_one_error_line(scripted, tmp_path):
     """`python pipelines/prepare.py --params FILE` (as dvc.yaml runs it): exit 1, one `error:` line, no traceback."""
     import os

@@ -84,6 +84,7 @@ def _children(cfg, parent_id):
                               filter_string=f"tags.mlflow.parentRunId = '{parent_id}'")
 
 
+@pytest.mark.slow  # 10-20 s: make test-slow and CI run it (#24: make test at most 12 min)
 def test_seeds_run_under_one_parent_run_with_mean_and_std(tmp_path):
     """Through DVC's two stages: train trains every seed, evaluate scores them and aggregates."""
     from audiocnn.data.prepare import prepare

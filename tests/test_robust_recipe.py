@@ -46,6 +46,7 @@ def test_the_robust_recipe_composes_every_piece_it_names():
     assert fsdd.features.top_db == 40, "the speech front-end's per-window peak normalisation stays"
 
 
+@pytest.mark.slow  # 10-20 s: make test-slow and CI run it (#24: make test at most 12 min)
 def test_a_tiny_robust_training_trains_evaluates_and_keeps_its_views(prepared_store, tmp_path):
     cfg = tiny_config(tmp_path, "experiment=robust", "trainer.max_epochs=3",
                       f"paths.prepared={prepared_store.paths.prepared}", f"paths.raw={prepared_store.paths.raw}")
@@ -59,6 +60,7 @@ def test_a_tiny_robust_training_trains_evaluates_and_keeps_its_views(prepared_st
     assert saved["tta"] == "pitch_bins=[-1, 0, 1], time_frames=[0]" and 0.0 <= metrics["accuracy"] <= 1.0
 
 
+@pytest.mark.slow  # 10-20 s: make test-slow and CI run it (#24: make test at most 12 min)
 @pytest.mark.parametrize("preset", ["robust", "defaults"])
 def test_every_row_of_an_ablation_preset_composes_and_validates(tmp_path, preset):
     """benchmarks/augment_ablation.py --preset robust / defaults: each row is a valid FSDD

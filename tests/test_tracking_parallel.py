@@ -34,6 +34,7 @@ with tracking.open_run(cfg, run_name="job-" + sys.argv[1]):
 """
 
 
+@pytest.mark.slow  # 10-20 s: make test-slow and CI run it (#24: make test at most 12 min)
 def test_jobs_that_open_a_new_sqlite_store_at_once_all_log_their_run(tmp_path):
     go = tmp_path / "go"
     script = JOB.format(repo=str(REPO), root=str(tmp_path), go=str(go))
