@@ -17,7 +17,7 @@ from omegaconf import OmegaConf, open_dict
 from audiocnn.config import compose_config
 from audiocnn.data.events import Event
 from audiocnn.data.prepare import read_classes
-from audiocnn.errors import BundleError, ConfigError, InputError
+from audiocnn.errors import ConfigError, InputError
 from audiocnn.models.build import build_model
 from audiocnn.models.bundle import load_bundle, save_bundle
 from audiocnn.training.augment import SpectrogramAugment
@@ -25,6 +25,7 @@ from audiocnn.training.events import EventClassifier, check_event_model, event_l
 from audiocnn.training.train import event_transforms
 from audiocnn.training.windows import window_frame_targets
 from tests.test_multilabel_data import config
+from tests.test_multilabel_training import assert_refused
 
 HOP = 512 / 16000       # one CQT frame: 32 ms
 FRAME = 4 * HOP         # an output frame of the default CRNN (time stride 4): 128 ms
@@ -150,10 +151,7 @@ def test_an_events_bundle_is_checked_as_untrusted_data(tmp_path):
                          ({"events": [4]}, r"events: list; must be a mapping"),
                          ({"task": "multilabel"}, r"events: only an events model has it"),
                          ({"model": plain}, r"task='events': needs a CRNN scoring clips by its event pooling")]:
-        hostile = {**torch.load(path, weights_only=True), **bad}
-        torch.save(hostile, tmp_path / "hostile.pt")
-        with pytest.raises(BundleError, match=message):
-            load_bundle(tmp_path / "hostile.pt")
+        assert_refused(path, bad, message, tmp_path)
 
 
 @pytest.fixture(scope="module")

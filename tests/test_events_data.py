@@ -20,7 +20,7 @@ from audiocnn.data.sources.demo_events import ANNOTATION_HOP_S, CLASSES as EVENT
 from audiocnn.data.sources.demo_events import generate_scenes, render_scene
 from audiocnn.data.sources.desed import CLASSES as DESED_CLASSES
 from audiocnn.errors import InputError, MissingInputError
-from tests.test_multilabel_data import config, report
+from tests.test_multilabel_data import config, remove_piece, report
 
 RNG = np.random.default_rng(0)
 
@@ -385,13 +385,7 @@ def test_desed_fixture_through_prepare(tmp_path):
 @pytest.mark.parametrize("piece", ["metadata/validation/validation.tsv", "audio/train/weak"])
 def test_desed_names_the_missing_piece_in_one_line(tmp_path, piece):
     root = desed_fixture(tmp_path / "dataset")
-    target = root / piece
-    if target.is_dir():
-        for file in target.iterdir():
-            file.unlink()
-        target.rmdir()
-    else:
-        target.unlink()
+    remove_piece(root / piece)
     cfg = config(tmp_path / "out", "desed", f"data.root={root}")
     with pytest.raises(MissingInputError, match=rf"^data.root={root}: no {piece} \(DESED part \w+\); put DESED's "
                                                 r"audio/ and metadata/ there") as error:

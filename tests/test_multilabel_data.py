@@ -33,6 +33,16 @@ def wav(path: Path, seconds: float = 0.2, sr: int = 8000) -> Path:
     return path
 
 
+def remove_piece(target: Path) -> None:
+    """Take a file, or a flat folder with its files, out of a dataset fixture."""
+    if target.is_dir():
+        for file in target.iterdir():
+            file.unlink()
+        target.rmdir()
+    else:
+        target.unlink()
+
+
 def config(out: Path, name: str, *overrides: str):
     paths = [f"paths.{key}={out / key}" for key in ("raw", "prepared", "features", "models", "metrics")]
     tiny = [o for o in TINY if not o.startswith("data.")]
@@ -229,13 +239,7 @@ def test_fsd50k_fixture_through_prepare(tmp_path):
 @pytest.mark.parametrize("piece", ["FSD50K.eval_audio", "FSD50K.ground_truth/vocabulary.csv"])
 def test_fsd50k_names_the_missing_piece_in_one_line(tmp_path, piece):
     root = fsd50k_fixture(tmp_path / "FSD50K")
-    target = root / piece
-    if target.is_dir():
-        for file in target.iterdir():
-            file.unlink()
-        target.rmdir()
-    else:
-        target.unlink()
+    remove_piece(root / piece)
     cfg = config(tmp_path / "out", "fsd50k", f"data.root={root}")
     with pytest.raises(MissingInputError, match=rf"^data.root={root}: no {piece}; extract FSD50K") as error:
         prepare(cfg)

@@ -119,6 +119,13 @@ def test_the_vote_of_a_multilabel_scorer_is_the_mean_of_window_sigmoids():
     assert float(clips[1].sum()) > 1.2
 
 
+def assert_refused(path: Path, bad: dict, message: str, tmp_path: Path) -> None:
+    """`path`'s model.pt with `bad`'s entries written over it is refused by `load_bundle`, matching `message`."""
+    torch.save({**torch.load(path, weights_only=True), **bad}, tmp_path / "hostile.pt")
+    with pytest.raises(BundleError, match=message):
+        load_bundle(tmp_path / "hostile.pt")
+
+
 def test_bundle_task_and_thresholds_are_checked_as_untrusted_data(tmp_path):
     model, bundle = load_bundle(untrained_bundle(tmp_path / "plain"))
     args = (model, bundle["model"], bundle["features"], bundle["classes"])
@@ -131,10 +138,7 @@ def test_bundle_task_and_thresholds_are_checked_as_untrusted_data(tmp_path):
                          ({"thresholds": [0.5, "x", 0.5]}, r"thresholds\[1\]='x'"),
                          ({"task": "multiclass", "thresholds": [0.5] * 3}, r"only a multi-label model"),
                          ({"thresholds": [0.5] * 10_000}, r"thresholds: 10000; must be a list of 3")]:
-        hostile = {**torch.load(path, weights_only=True), **bad}
-        torch.save(hostile, tmp_path / "hostile.pt")
-        with pytest.raises(BundleError, match=message):
-            load_bundle(tmp_path / "hostile.pt")
+        assert_refused(path, bad, message, tmp_path)
 
 
 @pytest.fixture(scope="module")

@@ -66,7 +66,7 @@ class Predictor:
         self.device = pick_device(device)
         # Channels-last conv weights: oneDNN's convolutions and max-pools take about 30% less time per
         # window on the 2-core CPU (NCHW 1.45-1.93 ms, channels-last 1.08-1.30 ms for the default CRNN;
-        # the answers equal within 1e-7). `graph()` turns them back for export.
+        # the answers equal within 1e-7; benchmarks/eager_profile.py). `graph()` turns them back for export.
         self.model = model.eval().to(self.device, memory_format=torch.channels_last)
         self.cqt = cqt.eval().to(self.device)
         self.batch_size = batch_size
