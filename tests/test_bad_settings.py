@@ -74,6 +74,9 @@ BAD = [
     (["trainer.sampler=weighted"], "trainer.sampler=weighted: allowed: shuffle, balanced"),
     (["trainer.frame_loss_weight=-1"], "trainer.frame_loss_weight=-1: must be a finite number >= 0"),
     (["trainer.frame_loss_weight=nan"], "trainer.frame_loss_weight=nan: must be a finite number >= 0"),
+    (["trainer.event_median_frames=[1,4]"], "trainer.event_median_frames=[1, 4]: must be a list of odd numbers"),
+    (["trainer.event_min_duration=-0.1"], "trainer.event_min_duration=-0.1: must be a finite number >= 0"),
+    (["trainer.event_min_gap=inf"], "trainer.event_min_gap=inf: must be a finite number >= 0"),
     (["trainer.callbacks.early_stopping._target_=nope"], "trainer.callbacks.early_stopping._target_=nope: must be "
                                                          "the dotted path of an installed callback class"),
     (["trainer.callbacks=3"], "trainer.callbacks=3: must be a mapping"),

@@ -30,6 +30,7 @@ from tests.test_multilabel_training import assert_refused
 HOP = 512 / 16000       # one CQT frame: 32 ms
 FRAME = 4 * HOP         # an output frame of the default CRNN (time stride 4): 128 ms
 CLASSES = ["bell", "pluck"]
+POST = {"thresholds": [0.4, 0.6], "median_frames": [3, 1], "min_duration": 0.1, "min_gap": 0.0}
 
 
 def test_window_targets_are_the_clips_events_shifted_by_the_crop_start_and_rounded_outwards():
@@ -141,6 +142,7 @@ def test_an_events_bundle_is_checked_as_untrusted_data(tmp_path):
     args = (model, OmegaConf.to_container(cfg.model, resolve=True), OmegaConf.to_container(cfg.features, resolve=True),
             CLASSES)
     events = {"time_stride": 4, "frame_seconds": 0.128}
+    events = {**events, "post_processing": POST}
     path = save_bundle(*args, tmp_path / "model.pt", task="events", thresholds=[0.3, 0.6], events=events)
     loaded = load_bundle(path)[1]
     assert loaded["task"] == "events" and loaded["events"] == events and loaded["thresholds"] == [0.3, 0.6]
@@ -149,6 +151,20 @@ def test_an_events_bundle_is_checked_as_untrusted_data(tmp_path):
                          ({"events": {"time_stride": 4, "frame_seconds": float("nan")}}, r"events.frame_seconds=nan"),
                          ({"events": {"time_stride": 4, "frame_seconds": 0.1, "code": "x"}}, r"events.code: unknown"),
                          ({"events": [4]}, r"events: list; must be a mapping"),
+                         ({"events": {**events, "post_processing": {**POST, "thresholds": [0.5]}}},
+                          r"events.post_processing.thresholds: must be a list of 2 numbers"),
+                         ({"events": {**events, "post_processing": {**POST, "thresholds": [0.5, float("inf")]}}},
+                          r"events.post_processing.thresholds\[1\]=inf: must be a number in \[0, 1\]"),
+                         ({"events": {**events, "post_processing": {**POST, "median_frames": [2, 1]}}},
+                          r"events.post_processing.median_frames\[0\]=2: must be an odd integer"),
+                         ({"events": {**events, "post_processing": {**POST, "median_frames": [10**9, 1]}}},
+                          r"median_frames\[0\]=1000000000: must be an odd integer in \[1, 1001\]"),
+                         ({"events": {**events, "post_processing": {**POST, "min_gap": float("nan")}}},
+                          r"events.post_processing.min_gap=nan: must be a finite number"),
+                         ({"events": {**events, "post_processing": {**POST, "code": "print(1)"}}},
+                          r"events.post_processing.\['code', .*must be a mapping with exactly"),
+                         ({"events": {**events, "post_processing": "x" * 10**6}},
+                          r"events.post_processing.str: must be a mapping"),
                          ({"task": "multilabel"}, r"events: only an events model has it"),
                          ({"model": plain}, r"task='events': needs a CRNN scoring clips by its event pooling")]:
         assert_refused(path, bad, message, tmp_path)
@@ -175,7 +191,12 @@ def test_an_events_training_records_the_task_and_logs_a_finite_frame_loss(traine
     assert read_classes(cfg.paths.prepared)[1] == "events"
     model, bundle = load_bundle(Path(cfg.paths.models) / "model.pt")
     assert bundle["task"] == "events" and bundle["model"]["clip_output"] == "event_pool"
+    post = bundle["events"].pop("post_processing")  # fitted on the val split's strong clips
     assert bundle["events"] == {"time_stride": 4, "frame_seconds": pytest.approx(0.128)}
+    assert len(post["thresholds"]) == len(post["median_frames"]) == len(bundle["classes"])
+    assert set(post["median_frames"]) <= {1, 3, 5, 7} and (post["min_duration"], post["min_gap"]) == (0.0, 0.0)
+    assert json.loads(client_artifact(summary["run_id"], cfg, "event_decoding.json"))["median_frames"] == \
+        post["median_frames"]
     assert len(bundle["thresholds"]) == len(bundle["classes"])
     assert summary["task"] == "events" and 0.0 <= summary["best_val_frame_f1"] <= 1.0 and "best_val_acc" not in summary
     client = mlflow.MlflowClient(cfg.tracking.uri)
@@ -208,14 +229,32 @@ def test_the_training_windows_carry_frame_targets_of_their_crops(trained_events)
     assert frames.sum() > 0
 
 
-def test_events_evaluation_writes_clip_metrics_and_frame_f1(trained_events):
+def client_artifact(run_id: str, cfg, name: str) -> str:
+    import mlflow
+
+    return Path(mlflow.MlflowClient(cfg.tracking.uri).download_artifacts(run_id, name)).read_text()
+
+
+def test_events_evaluation_writes_clip_metrics_event_metrics_decoded_events_and_a_timeline(trained_events):
+    import mlflow
+
+    from audiocnn.data.events import read_strong
+
     cfg, summary, metrics = trained_events
     test = json.loads((Path(cfg.paths.metrics) / "test.json").read_text())
     assert test["task"] == "events" and {"map", "micro_ap", "lwlrap", "macro_f1", "ece"} <= set(test)
-    assert 0.0 <= test["frame_macro_f1"] <= 1.0 and 0.0 <= test["frame_micro_f1"] <= 1.0
+    for key in ("frame_macro_f1", "frame_micro_f1", "event_macro_f1", "event_micro_f1", "segment_macro_f1",
+                "segment_micro_f1", "psds1", "psds2"):
+        assert 0.0 <= test[key] <= 1.0, key
+        assert metrics[key] == test[key]
     assert test["n_strong_clips"] == test["n_clips"] > 0 and test["n_frames"] >= test["n_clips"] * 31
-    assert test["frame_seconds"] == pytest.approx(0.128)
-    assert metrics["frame_macro_f1"] == test["frame_macro_f1"]
+    assert test["frame_seconds"] == pytest.approx(0.128) and test["post_processing"] == "stored"
+    out = Path(cfg.paths.metrics) / "events"
+    decoded = read_strong(out / "test_events.tsv")  # a valid strong DCASE TSV of the test clips' events
+    assert not decoded.problems and len(decoded.events) == test["n_detected_events"]
+    assert (out / "timeline.png").stat().st_size > 10_000
+    run = mlflow.MlflowClient(cfg.tracking.uri).get_run(summary["run_id"])
+    assert run.data.metrics["test_psds1"] == test["psds1"] and "test_event_macro_f1" in run.data.metrics
 
 
 def test_a_cnn_and_class_weights_are_refused_for_event_data_before_any_training(trained_events, tmp_path):

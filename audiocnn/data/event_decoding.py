@@ -84,12 +84,22 @@ def active_runs(active: np.ndarray) -> list[tuple[int, int]]:
     return list(zip(edges[0::2].tolist(), edges[1::2].tolist()))
 
 
+def median_filtered(probabilities: np.ndarray, medians: Sequence[int]) -> np.ndarray:
+    """`(frames, n_classes)` -> the same shape, class k median-filtered over `medians[k]` frames (odd; 1: as
+    is), the edges repeated (step 1 of the module docstring)."""
+    from scipy.ndimage import median_filter
+
+    smoothed = np.array(probabilities, dtype=np.float64)
+    for k, median in enumerate(medians):
+        if median > 1:
+            smoothed[:, k] = median_filter(smoothed[:, k], size=int(median), mode="nearest")
+    return smoothed
+
+
 def decode_events(probabilities: np.ndarray, frame_seconds: float, classes: Sequence[str], post: PostProcessing,
                   start_seconds: float = 0.0) -> list[Detection]:
     """`probabilities` `(frames, n_classes)` in [0, 1] -> the events (module docstring), sorted by onset, then
     class order. `ValueError` (one line) for settings `post.problem` refuses or a shape that does not fit."""
-    from scipy.ndimage import median_filter
-
     probabilities = np.asarray(probabilities, dtype=np.float64)
     if probabilities.ndim != 2 or probabilities.shape[1] != len(classes):
         raise ValueError(f"probabilities {list(probabilities.shape)}: expected (frames, {len(classes)})")
@@ -99,9 +109,9 @@ def decode_events(probabilities: np.ndarray, frame_seconds: float, classes: Sequ
     if problem:
         raise ValueError(problem)
     detections = []
-    for k, (label, threshold, median) in enumerate(zip(classes, post.thresholds, post.medians(len(classes)))):
-        p = probabilities[:, k]
-        smoothed = median_filter(p, size=int(median), mode="nearest") if median > 1 else p
+    smoothed_all = median_filtered(probabilities, post.medians(len(classes)))
+    for k, (label, threshold) in enumerate(zip(classes, post.thresholds)):
+        p, smoothed = probabilities[:, k], smoothed_all[:, k]
         runs = active_runs(smoothed >= float(threshold))
         merged: list[list[int]] = []
         for first, stop in runs:

@@ -18,6 +18,8 @@ SIGMOID_TASKS = (MULTILABEL, EVENTS)  # a sigmoid per class and per-class thresh
 DEFAULT_THRESHOLD = 0.5  # a multi-label class without a fitted threshold
 MAX_TIME_STRIDE = 4096   # an events model's `events.time_stride` (CQT frames per output frame) at most
 MAX_FRAME_SECONDS = 3600.0
+EVENTS_KEYS = ("time_stride", "frame_seconds", "post_processing")
+POST_PROCESSING_KEYS = ("thresholds", "median_frames", "min_duration", "min_gap")
 
 
 def is_multilabel(task: str | None) -> bool:
@@ -33,7 +35,7 @@ def task_problem(meta: Mapping[str, Any], n_classes: int) -> str | None:
     if task not in TASKS:
         return f"task={task!r:.40}: allowed: {', '.join(TASKS)}"
     if "events" in meta:
-        problem = events_problem(meta["events"]) if task == EVENTS else "events: only an events model has it"
+        problem = events_problem(meta["events"], n_classes) if task == EVENTS else "events: only an events model has it"
         if problem:
             return problem
     if "thresholds" not in meta:
@@ -50,14 +52,19 @@ def task_problem(meta: Mapping[str, Any], n_classes: int) -> str | None:
     return None
 
 
-def events_problem(events: Any) -> str | None:
+def events_problem(events: Any, n_classes: int) -> str | None:
     """What is wrong with an events model's `events` record: `{"time_stride": int in [1, MAX_TIME_STRIDE],
-    "frame_seconds": finite number in (0, MAX_FRAME_SECONDS]}` (nothing else), or None."""
+    "frame_seconds": finite number in (0, MAX_FRAME_SECONDS]}` and optionally `post_processing` (the
+    fields of `data.event_decoding.PostProcessing` for `n_classes` classes), nothing else; or None."""
     if not isinstance(events, Mapping):
         return f"events: {type(events).__name__}; must be a mapping with time_stride and frame_seconds"
-    unknown = sorted(str(key) for key in events if key not in ("time_stride", "frame_seconds"))
+    unknown = sorted(str(key) for key in events if key not in EVENTS_KEYS)
     if unknown:
-        return f"events.{unknown[0]:.40}: unknown; allowed: time_stride, frame_seconds"
+        return f"events.{unknown[0]:.40}: unknown; allowed: {', '.join(EVENTS_KEYS)}"
+    if "post_processing" in events:
+        problem = post_processing_problem(events["post_processing"], n_classes)
+        if problem:
+            return f"events.post_processing.{problem}"
     stride, seconds = events.get("time_stride"), events.get("frame_seconds")
     if isinstance(stride, bool) or not isinstance(stride, int) or not 1 <= stride <= MAX_TIME_STRIDE:
         return f"events.time_stride={stride!r:.40}: must be an integer in [1, {MAX_TIME_STRIDE}]"
@@ -65,6 +72,26 @@ def events_problem(events: Any) -> str | None:
             or not 0 < seconds <= MAX_FRAME_SECONDS:
         return f"events.frame_seconds={seconds!r:.40}: must be a finite number of seconds in (0, {MAX_FRAME_SECONDS:g}]"
     return None
+
+
+def post_processing_problem(record: Any, n_classes: int) -> str | None:
+    """What is wrong with a stored post-processing record (`{thresholds, median_frames, min_duration,
+    min_gap}`), or None."""
+    from audiocnn.data.event_decoding import PostProcessing
+
+    if not isinstance(record, Mapping) or set(record) != set(POST_PROCESSING_KEYS):
+        return f"{type(record).__name__ if not isinstance(record, Mapping) else sorted(map(str, record))!s:.80}: " \
+               f"must be a mapping with exactly {', '.join(POST_PROCESSING_KEYS)}"
+    return PostProcessing(**record).problem(n_classes)
+
+
+def post_processing_of(meta: Mapping[str, Any], n_classes: int):
+    """A checked events model's decoding settings (`data.event_decoding.PostProcessing`): the stored ones,
+    or for a model stored before they were fitted, `DEFAULT_THRESHOLD` for every class and no filter."""
+    from audiocnn.data.event_decoding import PostProcessing
+
+    record = (meta.get("events") or {}).get("post_processing")
+    return PostProcessing(**record) if record else PostProcessing(thresholds=[DEFAULT_THRESHOLD] * n_classes)
 
 
 def thresholds_of(meta: Mapping[str, Any], n_classes: int) -> list[float] | None:

@@ -12,9 +12,11 @@ files under the same names: mAP, micro AP, lwlrap, ECE and F1 at the thresholds 
 (0.5 for a model without them) in test.json, per class in `per_class.json`.
 An events model (`task: events`, docs/events.md) gets the same multi-label reports of its clips (the
 probabilities of its event pooling: `model.classify` of a CRNN with `clip_output: event_pool`, through the
-same `WindowScorer`) with `task: events`, plus the frame-level F1 of its frame outputs on the strong
-test clips (`evaluation.frames`: `frame_macro_f1`, `frame_micro_f1` at 0.5); no explanations yet
-(Grad-CAM explains the clip head, not the event pooling). Event-based metrics (PSDS) are a later step.
+same `WindowScorer`) with `task: events`, plus the event metrics of its frame outputs on the strong
+test clips (`evaluation.event_report`: event- and segment-based F1, PSDS1/2, frame F1) and
+`events/{test_events.tsv,timeline.png}` (the decoded test events; true against detected events of a few
+clips); no explanations yet (Grad-CAM explains the clip head, not the event pooling). `events/` is
+made for every task (DVC expects it).
 """
 
 from __future__ import annotations
@@ -29,9 +31,8 @@ from audiocnn import tracking
 from audiocnn.data.task import EVENTS, is_multilabel
 from audiocnn.errors import InputError, MissingInputError
 from audiocnn.evaluation.explain import explain_model
-from audiocnn.evaluation.frames import frame_metrics, frame_scores
+from audiocnn.evaluation.event_report import EVENTS_DIR, LOGGED_EVENT_METRICS, score_events
 from audiocnn.features.cqt import pick_device
-from audiocnn.models.event_pool import time_stride
 from audiocnn.evaluation.reports import (log_multilabel_test_metrics, log_test_metrics, write_multilabel_reports,
                                          write_reports)
 from audiocnn.evaluation.scoring import score_test_split
@@ -53,11 +54,10 @@ def evaluate(cfg: DictConfig) -> dict:
     out = Path(cfg.paths.metrics)
     settings = cfg.get("evaluate") or {}
     events = bundle.get("task") == EVENTS
-    if events:  # frame-level F1 on the strong test clips, beside the clips' multi-label reports
-        stride = time_stride(model.specs)
-        extra = {"task": EVENTS, **frame_metrics(*frame_scores(model, data, "test", stride,
-                                                               pick_device(cfg.features.device)),
-                                                 stride * bundle["features"]["hop_length"] / bundle["features"]["sr"])}
+    (out / EVENTS_DIR).mkdir(parents=True, exist_ok=True)  # DVC expects it for every task
+    if events:  # frame, event and segment F1 and PSDS on the strong test clips, beside the clips' reports
+        extra, event_files = score_events(model, bundle, data, out / EVENTS_DIR, pick_device(cfg.features.device),
+                                          f"{cfg.model.name} on {cfg.data.name}")
     if is_multilabel(bundle.get("task")):
         metrics, files = write_multilabel_reports(
             scores.probabilities, scores.labels, data, out, f"{cfg.model.name} on {cfg.data.name}",
@@ -71,6 +71,8 @@ def evaluate(cfg: DictConfig) -> dict:
                                        extra={"temperature": round(scores.temperature, 6),
                                               "tta": scores.views.describe()})
     (out / "explain").mkdir(parents=True, exist_ok=True)
+    if events:
+        files += event_files
     if settings.get("explain", False) and events:
         print("evaluate: no explanations for an events model yet (Grad-CAM explains the clip head, not the event "
               "pooling)")
@@ -83,8 +85,7 @@ def evaluate(cfg: DictConfig) -> dict:
     with tracking.open_run(cfg, run_id=run["run_id"]):
         (log_multilabel_test_metrics if is_multilabel(bundle.get("task")) else log_test_metrics)(metrics, files)
         if events:
-            mlflow.log_metrics({f"test_{k}": metrics[k] for k in ("frame_macro_f1", "frame_micro_f1")
-                                if metrics[k] is not None})
+            mlflow.log_metrics({f"test_{k}": metrics[k] for k in LOGGED_EVENT_METRICS if metrics[k] is not None})
     print(describe_test(metrics, scores, out / "test.json"))
     return metrics
 
@@ -95,9 +96,11 @@ def describe_test(metrics: dict, scores, path: Path) -> str:
         ap = "n/a" if metrics["map"] is None else f"{metrics['map']:.4f}"
         frames = ""
         if metrics.get("task") == EVENTS:
-            f1 = "n/a" if metrics["frame_macro_f1"] is None else f"{metrics['frame_macro_f1']:.4f}"
-            frames = (f"; frame F1 {f1} macro at {metrics['frame_threshold']} over {metrics['n_frames']} frames of "
-                      f"{metrics['n_strong_clips']} strong clips")
+            shown = {k: "n/a" if metrics[k] is None else f"{metrics[k]:.4f}"
+                     for k in ("event_macro_f1", "segment_macro_f1", "psds1", "psds2", "frame_macro_f1")}
+            frames = (f"; on {metrics['n_strong_clips']} strong clips: event F1 {shown['event_macro_f1']}, segment F1 "
+                      f"{shown['segment_macro_f1']} (macro), PSDS1 {shown['psds1']}, PSDS2 {shown['psds2']}, "
+                      f"frame F1 {shown['frame_macro_f1']}")
         return (f"evaluate: test mAP {ap} (macro), micro AP {metrics['micro_ap']:.4f}, lwlrap {metrics['lwlrap']:.4f}, "
                 f"F1 {metrics['macro_f1']:.4f} macro / {metrics['micro_f1']:.4f} micro at the per-class thresholds, "
                 f"ECE {metrics['ece']:.3f} over (clip, class) pairs on {metrics['n_clips']} clips{frames} -> {path}")

@@ -118,3 +118,35 @@ def plot_label_confusion(counts: np.ndarray, classes: list[str], path: str | Pat
     for (row, col), count in np.ndenumerate(table):
         ax.text(col, row, str(count), ha="center", va="center", color="white" if rates[row, col] > 0.5 else "black")
     return save_figure(fig, path)
+
+
+@matplotlib.rc_context(PLAIN_TEXT)
+def plot_event_timeline(clips: list[tuple[str, np.ndarray, list, list]], frame_seconds: float, classes: list[str],
+                        path: str | Path, title: str = "") -> Path:
+    """Predicted against true events, one panel per clip of `clips` ((name, frame probabilities
+    `(frames, n_classes)`, true events, detected events); events have `onset`, `offset`, `label`): per class
+    a row with the true events as grey bars on top, the detections as coloured bars below, and the frame
+    probability as a line across the row."""
+    rows = max(len(clips), 1)
+    fig, axes = plt.subplots(rows, 1, figsize=(10, 0.45 * len(classes) * rows + 1), squeeze=False)
+    colours = plt.get_cmap("tab10")
+    for ax, (name, probabilities, truth, detected) in zip(axes[:, 0], clips):
+        times = (np.arange(len(probabilities)) + 0.5) * frame_seconds
+        row_of = {label: i for i, label in enumerate(classes)}
+        for i in range(len(classes)):
+            ax.plot(times, i + 0.05 + 0.9 * probabilities[:, i], color=colours(i % 10), linewidth=0.8, alpha=0.6)
+        for event in truth:
+            ax.broken_barh([(event.onset, event.offset - event.onset)], (row_of[event.label] + 0.5, 0.4),
+                           color="0.6")
+        for event in detected:
+            ax.broken_barh([(event.onset, event.offset - event.onset)], (row_of[event.label] + 0.1, 0.4),
+                           color=colours(row_of[event.label] % 10))
+        ax.set_yticks(np.arange(len(classes)) + 0.5, classes)
+        ax.set_ylim(0, len(classes))
+        ax.set_xlim(0, len(probabilities) * frame_seconds)
+        ax.set_title(name, fontsize=9)
+    axes[-1, 0].set_xlabel("time (s): true events grey (top of each row), detected coloured (bottom), "
+                           "line: frame probability")
+    if title:
+        fig.suptitle(title)
+    return save_figure(fig, path)

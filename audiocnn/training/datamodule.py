@@ -80,6 +80,7 @@ class WindowDataModule(L.LightningDataModule):
                 raise ConfigError("features.on_the_fly=true: the events task trains on stored frames only for now "
                                   "(its windows' frame targets); set features.on_the_fly=false")
             self.clip_events, self.strong = self._events(manifest)
+            self.durations = manifest["duration"].to_numpy(dtype=np.float64)[self.store.index["clip_id"].to_numpy()]
         self.train_set = None
         self._window_state: dict | None = None  # from a checkpoint, for the next training set
 

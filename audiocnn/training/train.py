@@ -15,7 +15,8 @@ per-class thresholds fitted on the validation clips (`training.thresholds`) are 
 On event data (`task: events`, docs/events.md) the model must be a CRNN (another is refused before any
 work): its frame outputs are trained on the windows' frame targets and its event pooling on the clips'
 labels (`training.events`), `model.pt` records `task: events`, the model's `clip_output: event_pool`
-(its clips are scored by the event pooling) and `events` (`time_stride`, `frame_seconds`).
+(its clips are scored by the event pooling) and `events` (`time_stride`, `frame_seconds`, and the
+decoding of frames into events fitted on the val split, `training.event_postprocessing`).
 With several processes (`trainer.strategy=ddp trainer.devices=N`, `audiocnn.training.distributed`)
 every process runs the same fit and validation; only the main one logs to MLflow and
 writes `model.pt` and `run.json` (Lightning writes `best.ckpt` from rank 0 only).
@@ -49,6 +50,7 @@ from audiocnn.models.summary import summarize
 from audiocnn.training import distributed, resume
 from audiocnn.training.augment import SpectrogramAugment, WaveformAugment
 from audiocnn.training.datamodule import WindowDataModule
+from audiocnn.training.event_postprocessing import fit_on_split
 from audiocnn.training.events import OFF_FOR_EVENTS, SCORE as EVENTS_SCORE, EventClassifier, check_event_model
 from audiocnn.training.module import Classifier
 from audiocnn.training.norm_stats import fit_bin_norm
@@ -253,6 +255,28 @@ def fit_class_thresholds(model: torch.nn.Module, data: WindowDataModule, cfg: Di
     return thresholds
 
 
+def fit_event_decoding(model: torch.nn.Module, data: WindowDataModule, cfg: DictConfig, events: dict) -> dict:
+    """Events task: `events` with the decoding fitted on the val split's strong clips
+    (`training.event_postprocessing`), logged to the run; unchanged (0.5, no filter at scoring time) when
+    the val split has no strong clip."""
+    trainer = cfg.trainer
+    fitted = fit_on_split(model, data, "val", events["time_stride"], events["frame_seconds"],
+                          pick_device(cfg.features.device), list(trainer.get("event_median_frames", [1])),
+                          float(trainer.get("event_min_duration", 0.0)), float(trainer.get("event_min_gap", 0.0)))
+    if fitted is None:
+        print("train: the val split has no strong clip; event decoding stays at threshold 0.5 without a filter")
+        return events
+    post, f1 = fitted
+    record = {"thresholds": list(post.thresholds), "median_frames": list(post.median_frames),
+              "min_duration": post.min_duration, "min_gap": post.min_gap}
+    mlflow.log_dict({**record, "val_event_f1": dict(zip(data.classes, f1))}, "event_decoding.json")
+    mlflow.log_metric("val_event_f1", round(sum(f1) / len(f1), 4))
+    print(f"train: event decoding fitted on the val split's strong clips: median filters {record['median_frames']} "
+          f"frames, thresholds {min(post.thresholds):.3f}..{max(post.thresholds):.3f}; val event-based F1 "
+          f"{sum(f1) / len(f1):.4f} macro; stored in model.pt")
+    return {**events, "post_processing": record}
+
+
 def log_run_inputs(cfg: DictConfig, run_id: str, summary_table, transfer) -> None:
     """Params, model size and summary, transfer report: what a run resumed already has is not logged again."""
     logged = mlflow.MlflowClient().get_run(run_id).data
@@ -317,6 +341,8 @@ def train(cfg: DictConfig, run_name_suffix: str = "", parent_run_id: str | None 
         trainer, best_val, epochs = fit(cfg, model, data, out, run_id, start, uri)
         temperature = fit_calibration(model, data, cfg) if calibrating else 1.0
         thresholds = fit_class_thresholds(model, data, cfg) if data.multilabel else None
+        if events:
+            events = fit_event_decoding(model, data, cfg, events)
         save_bundle(model.eval().cpu(), model_cfg,
                     OmegaConf.to_container(cfg.features, resolve=True), data.classes, out / "model.pt",
                     temperature=temperature, task=data.task, thresholds=thresholds, events=events)

@@ -13,6 +13,7 @@ from typing import Callable
 
 from omegaconf import DictConfig, OmegaConf
 
+from audiocnn.data.event_decoding import MAX_MEDIAN_FRAMES
 from audiocnn.errors import ConfigError, DownloadError
 from audiocnn.features.budget import FEATURE_RULES
 from audiocnn.validation.kinds import (BOOL, COUNT, FRACTION, POSITIVE, POSITIVE_INT, SEED, SEED_MAX, Choice,
@@ -20,6 +21,10 @@ from audiocnn.validation.kinds import (BOOL, COUNT, FRACTION, POSITIVE, POSITIVE
 # Lightning strategies the train stage supports: ddp re-runs the command once per extra process
 # (audiocnn.training.distributed); ddp_spawn would pickle the data module into its processes.
 STRATEGIES = ("auto", "ddp", "ddp_find_unused_parameters_true")
+
+
+def _odd_frames(value) -> str | None:
+    return Number(1, MAX_MEDIAN_FRAMES, integer=True)(value) or (None if value % 2 else "odd")
 
 
 def _devices(value) -> str | None:
@@ -152,6 +157,10 @@ def rules() -> dict[str, Callable]:
         "trainer.callbacks": _callbacks, "trainer.resume": BOOL,
         "trainer.calibrate": Choice(("none", "temperature")),
         "trainer.frame_loss_weight": Number(0),  # the events task's frame term (training.events)
+        # the events task's decoding (training.event_postprocessing)
+        "trainer.event_median_frames": _list_of(_odd_frames, "a list of odd numbers of frames in "
+                                                f"[1, {MAX_MEDIAN_FRAMES}] such as [1,3,5,7]", null=False),
+        "trainer.event_min_duration": Number(0), "trainer.event_min_gap": Number(0),
         "optimizer._target_": Text(), "optimizer.name": Text(), "optimizer.lr": POSITIVE,
         "optimizer.backbone_lr_scale": POSITIVE, "optimizer.weight_decay": Number(0),
         "optimizer.momentum": Number(0, 1, high_open=True), "optimizer.dampening": Number(0, 1),
@@ -199,7 +208,8 @@ REQUIRED_GROUPS = ("features", "trainer", "tracking", "paths")
 REQUIRED = {"optimizer._target_", "optimizer.lr", "data.name", "data.protocol", "seed"}
 OPTIONAL = {"features.top_db", "trainer.seeds", "trainer.patience", "trainer.gradient_clip_val",
             "trainer.strategy", "trainer.num_nodes", "trainer.label_smoothing", "trainer.class_weights",
-            "trainer.callbacks", "trainer.resume", "trainer.calibrate", "trainer.frame_loss_weight", "tracking.run_name",
+            "trainer.callbacks", "trainer.resume", "trainer.calibrate", "trainer.frame_loss_weight", "trainer.event_median_frames",
+            "trainer.event_min_duration", "trainer.event_min_gap", "tracking.run_name",
             "tracking.registered_model", "tracking.export_onnx"}
 # Unknown keys refused; an optimizer's keys are the arguments of its class (`checks.validate_optimizer`).
 CHECKED_GROUPS = ("features", "trainer", "data", "tracking")
