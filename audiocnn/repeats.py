@@ -31,6 +31,7 @@ from audiocnn.data.names import slug_map, unescape_columns
 from audiocnn.data.prepare import fold_values, read_classes, read_manifest
 from audiocnn.data.task import is_multilabel
 from audiocnn.errors import ConfigError
+from audiocnn.evaluation.event_report import EVENTS_DIR
 from audiocnn.evaluation.reports import CURVES, write_pooled_reports
 from audiocnn.training import resume
 
@@ -160,7 +161,7 @@ def write_aggregate(cfg: DictConfig, results: list[dict]) -> dict:
                                   (cfg.get("evaluate") or {}).get("calibration_bins", 15))
     aggregate["worst_class"] = pooled["worst_class"]
     atomic.write_json(out / "test.json", aggregate)
-    for folder in ("explain", CURVES):  # each run's explanations and curves side by side under the DVC plot folders
+    for folder in ("explain", CURVES, EVENTS_DIR):  # each run's files side by side under the DVC output folders
         (out / folder).mkdir(parents=True, exist_ok=True)
         for result in results:
             written = Path(variant_config(cfg, result["variant"]).paths.metrics) / folder
