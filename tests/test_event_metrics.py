@@ -115,3 +115,15 @@ def test_overlapping_events_of_a_class_are_merged_in_the_truth():
     clips = {"a": clip(dog=[(7, 11, 0.9), (14, 35, 0.9)], cat=[(20, 25, 0.9)])}
     metrics, _ = event_metrics(clips, {"a": events}, {"a": 10.0}, H, CLASSES, PostProcessing(thresholds=[0.5, 0.5]))
     assert metrics["event_macro_f1"] == 1.0 and metrics["psds1"] == 1.0 and metrics["n_true_events"] == 3
+
+
+@pytest.mark.parametrize("n_frames,n_out", [(62, 31), (10, 31), (31, 31), (32, 31), (100, 16), (1, 4)])
+def test_each_frame_comes_from_the_central_half_of_a_window_that_holds_it(n_frames, n_out):
+    from audiocnn.training.event_postprocessing import central_window
+
+    count, window, position = central_window(n_frames, n_out)
+    assert len(window) == len(position) == n_frames and window.max() == count - 1
+    assert ((position >= 0) & (position < n_out)).all()
+    assert np.array_equal(window * (n_out // 2) + position, np.arange(n_frames))  # the frame itself, once
+    inner = (window > 0) & (window < count - 1)  # away from the clip's ends: never a window's outer quarter
+    assert ((position[inner] >= n_out // 4) & (position[inner] < n_out // 4 + n_out // 2)).all()

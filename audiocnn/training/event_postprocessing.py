@@ -1,10 +1,12 @@
 """An events model's decoding settings (`data.event_decoding.PostProcessing`), fitted on the validation
 split after training and stored in model.pt (`events.post_processing`; docs/events.md, "Post-processing").
 
-`clip_frames` scores every output frame of a split's strong clips once: each clip of L CQT frames is cut
-into windows of `features.window_frames` frames starting at 0, n·s, 2n·s, ... (n = window // s output
-frames of s = the model's time stride CQT frames: tiled, no overlap, the last one padded with the floor),
-so its ceil(L / s) output frames each come from `model.event_probabilities` of exactly one window.
+`clip_frames` scores every output frame of a split's strong clips: each clip of L CQT frames is cut into
+windows of `features.window_frames` frames starting every half window, at 0, (n/2)·s, n·s, ... (n = window
+// s output frames of s = the model's time stride CQT frames; the last window padded with the floor), and
+each of its ceil(L / s) output frames is taken from the window whose central half holds it
+(`central_window`): a frame at a window's edge lacks context on one side, and tiled windows showed it, a
+blip in every class at each window joint.
 
 The fit, per class: for each median-filter length m in `trainer.event_median_frames` (odd frame counts),
 the val clips' median-filtered frame probabilities go to sed_scores_eval's collar-based `best_fscore`
@@ -35,22 +37,36 @@ ONSET_COLLAR = 0.2         # seconds: the DCASE event-based F1's collars (sed_ev
 OFFSET_COLLAR_RATE = 0.2   # the offset collar is max(ONSET_COLLAR, this fraction of the event's length)
 
 
+def central_window(n_frames: int, n_out: int) -> tuple[int, np.ndarray, np.ndarray]:
+    """For a clip of `n_frames` output frames scored by windows of `n_out` output frames that start every
+    half window: (the number of windows, and for each output frame the window it is taken from and its
+    position there). Each frame comes from the window where it lies in the central half (the first and
+    last frames from the first and last windows), away from the edges where a window lacks context."""
+    half = max(n_out // 2, 1)
+    windows = max(math.ceil(max(n_frames - n_out, 0) / half), 0) + 1
+    frames = np.arange(n_frames)
+    window = np.clip((frames - n_out // 4) // half, 0, windows - 1)
+    return windows, window, frames - window * half
+
+
 @torch.inference_mode()
 def clip_frames(model: nn.Module, data: WindowDataModule, split: str, time_stride: int,
                 device: torch.device) -> Iterator[tuple[int, np.ndarray]]:
     """(store row, frame probabilities `(ceil(L / time_stride), n_classes)` float32) for each strong clip
     of `split`, in store order (module docstring)."""
     window = int(data.cfg.features.window_frames)
-    step = window // time_stride * time_stride
+    n_out = window // time_stride
+    step = max(n_out // 2, 1) * time_stride
     model = model.eval().to(device)
     for row in data.rows(split):
         if not data.strong[row]:
             continue
         frames = data.store.frames(int(row))
         n_frames = math.ceil(len(frames) / time_stride)
-        windows = np.stack([cut_window(frames, s, window, data.floor) for s in range(0, max(len(frames), 1), step)])
-        clip = model.event_probabilities(torch.from_numpy(windows[:, None]).to(device))[0].float().cpu()
-        yield int(row), clip.flatten(0, 1)[:n_frames].numpy()  # (windows, n_out, n_classes) -> frames
+        count, which, where = central_window(n_frames, n_out)
+        windows = np.stack([cut_window(frames, j * step, window, data.floor) for j in range(count)])
+        scored = model.event_probabilities(torch.from_numpy(windows[:, None]).to(device))[0].float().cpu().numpy()
+        yield int(row), scored[which, where]  # (windows, n_out, n_classes) -> (frames, n_classes)
 
 
 def best_f1_by_class(clips: dict[str, np.ndarray], events: dict[str, list], frame_seconds: float,
