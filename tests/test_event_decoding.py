@@ -78,3 +78,51 @@ def test_a_shape_or_frame_duration_that_does_not_fit_is_refused():
         decode_events(np.zeros((4, 3)), H, CLASSES, PostProcessing([0.5, 0.5]))
     with pytest.raises(ValueError, match=r"frame_seconds=0: must be a positive number"):
         decode_events(np.zeros((4, 2)), 0, CLASSES, PostProcessing([0.5, 0.5]))
+
+
+def reference_events(probabilities, post: PostProcessing, classes=CLASSES, h=H):
+    """The decoding rule written plainly on the whole recording (scipy's median filter, runs, joins, drops)."""
+    from scipy.ndimage import median_filter
+
+    out = []
+    for k, label in enumerate(classes):
+        p = probabilities[:, k]
+        m = post.medians(len(classes))[k]
+        smoothed = median_filter(p, size=m, mode="nearest") if m > 1 else p
+        runs = []
+        for first, stop in active_runs(smoothed >= post.thresholds[k]):
+            if runs and (first - runs[-1][1]) * h < post.min_gap:
+                runs[-1][1] = stop
+            else:
+                runs.append([first, stop])
+        out += [(first * h, stop * h, label, p[first:stop].mean()) for first, stop in runs
+                if (stop - first) * h >= post.min_duration]
+    return sorted(out, key=lambda e: (e[0], classes.index(e[2])))
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_streamed_blocks_give_the_events_of_the_whole_recording_once(seed):
+    """Any split into blocks (of 1 frame up to the whole) gives the same events as the whole at once, in
+    onset order, each once: an event across a joint is neither split nor repeated."""
+    from audiocnn.data.event_decoding import EventDecoder
+
+    rng = np.random.default_rng(seed)
+    n = int(rng.integers(1, 400))
+    smooth = np.cumsum(rng.normal(0, 0.25, (n, 2)), axis=0)  # random walks: runs of every length
+    probabilities = 1 / (1 + np.exp(-smooth))
+    post = PostProcessing(thresholds=list(rng.uniform(0.2, 0.8, 2)), median_frames=[int(m) for m in rng.choice([1, 3, 5, 9], 2)],
+                          min_duration=float(rng.choice([0, 0.2, 0.5])), min_gap=float(rng.choice([0, 0.15, 0.4])))
+    expected = reference_events(probabilities, post)
+    for sizes in ([n], [1] * n, list(rng.integers(1, 40, n))):
+        decoder, got, at = EventDecoder(H, CLASSES, post), [], 0
+        for size in sizes:
+            if at >= n:
+                break
+            released = decoder.push(probabilities[at: at + size])
+            assert all(d.onset <= e.onset for d, e in zip(got[-1:], released))  # in order across pushes
+            got += released
+            at += size
+        got += decoder.finish()
+        assert [(round(d.onset, 9), round(d.offset, 9), d.label) for d in got] == \
+            [(round(e[0], 9), round(e[1], 9), e[2]) for e in expected]
+        assert [d.score for d in got] == pytest.approx([e[3] for e in expected], abs=1e-9)

@@ -117,13 +117,14 @@ def test_overlapping_events_of_a_class_are_merged_in_the_truth():
     assert metrics["event_macro_f1"] == 1.0 and metrics["psds1"] == 1.0 and metrics["n_true_events"] == 3
 
 
-@pytest.mark.parametrize("n_frames,n_out", [(62, 31), (10, 31), (31, 31), (32, 31), (100, 16), (1, 4)])
+@pytest.mark.parametrize("n_frames,n_out", [(62, 31), (10, 31), (31, 31), (32, 31), (100, 16), (1, 4), (50, 1)])
 def test_each_frame_comes_from_the_central_half_of_a_window_that_holds_it(n_frames, n_out):
-    from audiocnn.training.event_postprocessing import central_window
+    from audiocnn.features.sliding import central_span, default_hop, event_window_count
 
-    count, window, position = central_window(n_frames, n_out)
-    assert len(window) == len(position) == n_frames and window.max() == count - 1
-    assert ((position >= 0) & (position < n_out)).all()
-    assert np.array_equal(window * (n_out // 2) + position, np.arange(n_frames))  # the frame itself, once
-    inner = (window > 0) & (window < count - 1)  # away from the clip's ends: never a window's outer quarter
-    assert ((position[inner] >= n_out // 4) & (position[inner] < n_out // 4 + n_out // 2)).all()
+    count, half = event_window_count(n_frames, n_out), default_hop(n_out)
+    spans = [central_span(j, count, n_frames, n_out) for j in range(count)]
+    assert [t for lo, hi in spans for t in range(lo, hi)] == list(range(n_frames))  # each frame once, in order
+    for j, (lo, hi) in enumerate(spans):
+        assert 0 <= lo - j * half and hi - j * half <= n_out  # inside the window
+        if 0 < j < count - 1:  # away from the recording's ends: the window's central half
+            assert (lo - j * half, hi - j * half) == (n_out // 4, n_out // 4 + half)

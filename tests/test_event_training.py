@@ -286,3 +286,48 @@ def test_an_events_model_serves_its_clips_as_multilabel_answers(trained_events):
         over = [n for n, p in sorted(record["probabilities"].items(), key=lambda kv: -kv[1])
                 if p >= thresholds[list(record["probabilities"]).index(n)]]
         assert [n for n, _ in record["labels"]] == over
+
+
+def test_predict_events_gives_the_evaluate_stages_test_events_streamed_or_whole(trained_events, tmp_path):
+    """`audiocnn predict --events` on the test clips writes the events the evaluate stage decoded for them
+    (same grid, same decoding), and scoring in chunks of a few windows changes nothing."""
+    from audiocnn import load_model
+    from audiocnn.cli import main as cli
+    from audiocnn.data.events import read_strong
+
+    cfg, _, _ = trained_events
+    model_path = Path(cfg.paths.models) / "model.pt"
+    evaluated = read_strong(Path(cfg.paths.metrics) / "events" / "test_events.tsv").events
+    clips = sorted({e.filename for e in evaluated})
+    assert clips  # the tiny model finds some events
+    output = tmp_path / "events.tsv"
+    assert cli(["predict", *clips, "--model", str(model_path), "--events", "--output", str(output)]) == 0
+    predicted = read_strong(output).events
+    key = lambda events: sorted((e.filename, e.label, round(e.onset, 3), round(e.offset, 3)) for e in events)
+    assert key(predicted) == key(evaluated)
+    model = load_model(model_path, batch_size=2)
+    model.backend.chunk_frames = 40  # chunks of about two windows: events cross the joins
+    streamed = [(str(c), d) for c in clips for d in model.stream_events(c)]
+    assert key([Event(c, d.onset, d.offset, d.label) for c, d in streamed]) == key(evaluated)
+    records = load_model(model_path).events([clips[0], str(tmp_path / "missing.wav")])
+    assert records[0]["events"] and all(0 <= e["score"] <= 1 for e in records[0]["events"])
+    assert "error" in records[1] and "events" not in records[1]
+    jsonl = tmp_path / "events.jsonl"
+    assert cli(["predict", clips[0], "--model", str(model_path), "--events", "--output", str(jsonl)]) == 0
+    rows = [json.loads(line) for line in jsonl.read_text().splitlines()]
+    assert [(r["event_label"], r["onset"]) for r in rows] == [(e["label"], e["onset"]) for e in records[0]["events"]]
+
+
+def test_predict_events_refusals_are_one_line(trained_events, tmp_path, capsys):
+    from audiocnn.cli import main as cli
+
+    cfg, _, _ = trained_events
+    model_path = str(Path(cfg.paths.models) / "model.pt")
+    clip = str(sorted(Path(cfg.paths.raw).rglob("scene_*.wav"))[0])
+    for extra, message in [(["--timeline"], "--timeline: not with --events"),
+                           (["--hop-s", "0.5"], "--hop-s: not with --events"),
+                           (["--output", str(tmp_path / "e.csv")], "with --events, name a .tsv"),
+                           (["--tta-pitch-bins=-1,0"], "not with --events")]:
+        assert cli(["predict", clip, "--model", model_path, "--events", *extra]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and message in err[0]

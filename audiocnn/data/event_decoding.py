@@ -96,6 +96,128 @@ def median_filtered(probabilities: np.ndarray, medians: Sequence[int]) -> np.nda
     return smoothed
 
 
+class EventDecoder:
+    """`decode_events` on a stream: `push` blocks of frame probabilities `(n, n_classes)` in order, get back
+    the events already final; `finish` gives the rest. The events are those of `decode_events` on all the
+    frames at once, whatever the blocks (tested), so a long recording is decoded chunk by chunk in memory
+    that does not grow with its duration: the decoder keeps the last `max(median_frames) - 1` frames, and
+    per class at most one open run and one run waiting to see whether the next one starts within
+    `min_gap`. An event spanning a block joint comes out once. Events come out sorted by onset (then
+    class order).
+
+    Scores: the mean of the unfiltered probabilities over the event's frames, from running sums."""
+
+    def __init__(self, frame_seconds: float, classes: Sequence[str], post: PostProcessing, start_seconds: float = 0.0):
+        if not (_number(frame_seconds) and frame_seconds > 0):
+            raise ValueError(f"frame_seconds={frame_seconds!r}: must be a positive number of seconds")
+        problem = post.problem(len(classes))
+        if problem:
+            raise ValueError(problem)
+        self.h, self.classes, self.post, self.start = float(frame_seconds), list(classes), post, float(start_seconds)
+        self.medians = [int(m) for m in post.medians(len(classes))]
+        self.thresholds = np.asarray(post.thresholds, dtype=np.float64)
+        self.radius = max(self.medians) // 2
+        self.context: np.ndarray | None = None  # raw frames [done - radius, received), edge-padded at the start
+        self.done = 0  # frames decided (filtered and thresholded)
+        self.sums = np.zeros(len(classes))  # running sum of the raw probabilities of frames < done
+        self.open: list = [None] * len(classes)     # (first, sum before first) of a run still active
+        self.pending: list = [None] * len(classes)  # [first, stop, sum before first, sum before stop]
+        self.ready: list[Detection] = []
+
+    def push(self, probabilities: np.ndarray) -> list[Detection]:
+        """Decode the next `(n, n_classes)` frames; the events final so far, not returned before."""
+        block = np.asarray(probabilities, dtype=np.float64)
+        if block.ndim != 2 or block.shape[1] != len(self.classes):
+            raise ValueError(f"probabilities {list(block.shape)}: expected (frames, {len(self.classes)})")
+        if len(block) == 0:
+            return []
+        if self.context is None:  # the first frame repeated before the start ("nearest" edges)
+            self.context = np.repeat(block[:1], self.radius, axis=0)
+        self.context = np.concatenate([self.context, block])
+        self._decide(len(self.context) - 2 * self.radius)
+        return self._release(final=False)
+
+    def finish(self) -> list[Detection]:
+        """Decode the frames still held (the last frame repeated after the end); every remaining event."""
+        if self.context is not None:
+            self.context = np.concatenate([self.context, np.repeat(self.context[-1:], self.radius, axis=0)])
+            self._decide(len(self.context) - 2 * self.radius)
+            for k in range(len(self.classes)):
+                if self.open[k] is not None:
+                    first, before = self.open[k]
+                    self._close(k, first, before, self.done, self.sums[k])
+                if self.pending[k] is not None:
+                    self._emit(k, *self.pending[k])
+                    self.pending[k] = None
+            self.context = None
+        return self._release(final=True)
+
+    def _decide(self, count: int) -> None:
+        """Filter, threshold and follow the runs of the next `count` frames (those with full context)."""
+        if count <= 0:
+            return
+        r, context = self.radius, self.context
+        raw = context[r: r + count]
+        smoothed = raw.copy()
+        for k, median in enumerate(self.medians):
+            if median > 1:
+                lo = r - median // 2
+                windows = np.lib.stride_tricks.sliding_window_view(context[lo: lo + count + median - 1, k], median)
+                smoothed[:, k] = np.median(windows, axis=1)
+        active = smoothed >= self.thresholds
+        sums = self.sums + np.concatenate([np.zeros((1, raw.shape[1])), np.cumsum(raw, axis=0)])  # before each frame
+        for k in range(len(self.classes)):
+            if self.open[k] is not None and not active[0, k]:  # the run ended with the previous block
+                self._close(k, *self.open[k], self.done, sums[0, k])
+            for first, stop in active_runs(active[:, k]):
+                if self.open[k] is None:  # else the first run goes on from the previous block
+                    self._start(k, self.done + first, sums[first, k])
+                if stop < count:
+                    self._close(k, *self.open[k], self.done + stop, sums[stop, k])
+        self.done += count
+        self.sums = sums[-1]
+        self.context = context[count:]
+        for k in range(len(self.classes)):  # a waiting run no later run can join any more
+            if self.open[k] is None and self.pending[k] is not None \
+                    and (self.done - self.pending[k][1]) * self.h >= self.post.min_gap:
+                self._emit(k, *self.pending[k])
+                self.pending[k] = None
+
+    def _start(self, k: int, first: int, before: float) -> None:
+        waiting = self.pending[k]
+        if waiting is not None and (first - waiting[1]) * self.h < self.post.min_gap:  # joins the waiting run
+            self.open[k] = (waiting[0], waiting[2])
+        else:
+            if waiting is not None:
+                self._emit(k, *waiting)
+            self.open[k] = (first, before)
+        self.pending[k] = None
+
+    def _close(self, k: int, first: int, before: float, stop: int, before_stop: float) -> None:
+        self.open[k] = None
+        self.pending[k] = [first, stop, before, before_stop]
+
+    def _emit(self, k: int, first: int, stop: int, before: float, before_stop: float) -> None:
+        if (stop - first) * self.h < self.post.min_duration:
+            return
+        self.ready.append(Detection(self.start + first * self.h, self.start + stop * self.h, self.classes[k],
+                                    float((before_stop - before) / (stop - first))))
+
+    def _release(self, final: bool) -> list[Detection]:
+        """The ready events that no later event can precede, sorted by onset (then class order)."""
+        order = {name: index for index, name in enumerate(self.classes)}
+        self.ready.sort(key=lambda d: (d.onset, order[d.label]))
+        if final:
+            out, self.ready = self.ready, []
+            return out
+        held = [self.done] + [run[0] for run in self.open if run is not None] + \
+            [run[0] for run in self.pending if run is not None]
+        horizon = self.start + min(held) * self.h
+        count = next((i for i, d in enumerate(self.ready) if d.onset >= horizon), len(self.ready))
+        out, self.ready = self.ready[:count], self.ready[count:]
+        return out
+
+
 def decode_events(probabilities: np.ndarray, frame_seconds: float, classes: Sequence[str], post: PostProcessing,
                   start_seconds: float = 0.0) -> list[Detection]:
     """`probabilities` `(frames, n_classes)` in [0, 1] -> the events (module docstring), sorted by onset, then
@@ -103,26 +225,5 @@ def decode_events(probabilities: np.ndarray, frame_seconds: float, classes: Sequ
     probabilities = np.asarray(probabilities, dtype=np.float64)
     if probabilities.ndim != 2 or probabilities.shape[1] != len(classes):
         raise ValueError(f"probabilities {list(probabilities.shape)}: expected (frames, {len(classes)})")
-    if not (_number(frame_seconds) and frame_seconds > 0):
-        raise ValueError(f"frame_seconds={frame_seconds!r}: must be a positive number of seconds")
-    problem = post.problem(len(classes))
-    if problem:
-        raise ValueError(problem)
-    detections = []
-    smoothed_all = median_filtered(probabilities, post.medians(len(classes)))
-    for k, (label, threshold) in enumerate(zip(classes, post.thresholds)):
-        p, smoothed = probabilities[:, k], smoothed_all[:, k]
-        runs = active_runs(smoothed >= float(threshold))
-        merged: list[list[int]] = []
-        for first, stop in runs:
-            if merged and (first - merged[-1][1]) * frame_seconds < post.min_gap:
-                merged[-1][1] = stop
-            else:
-                merged.append([first, stop])
-        for first, stop in merged:
-            if (stop - first) * frame_seconds < post.min_duration:
-                continue
-            detections.append(Detection(start_seconds + first * frame_seconds, start_seconds + stop * frame_seconds,
-                                        label, float(p[first:stop].mean())))
-    order = {name: index for index, name in enumerate(classes)}
-    return sorted(detections, key=lambda d: (d.onset, order[d.label]))
+    decoder = EventDecoder(frame_seconds, classes, post, start_seconds)
+    return decoder.push(probabilities) + decoder.finish()

@@ -9,10 +9,16 @@ uses these two functions: evaluate's sliding windows and the temperature fit (`t
 exported files score) and `Predictor`'s whole clips, so a clip gets the same windows and the same
 answer wherever it is scored (`tests/test_one_scorer.py` checks that each of them calls them).
 
+An events model's frame outputs have their own grid (`event_window_count`, `central_span`): windows
+every half window, each output frame taken from the one window whose central half holds it. Both the
+evaluate stage (`training.event_postprocessing.clip_frames`) and `Predictor.events` use these two.
+
 numpy and pure Python only: the onnxruntime path (`inference.exported`) imports no torch.
 """
 
 from __future__ import annotations
+
+import math
 
 import numpy as np
 
@@ -48,3 +54,21 @@ def vote(window_probabilities, counts: list[int]):
     from torch import stack  # a tensor: torch is loaded already
 
     return stack(means)
+
+
+def event_window_count(n_frames: int, n_out: int) -> int:
+    """How many windows of `n_out` output frames, starting every `default_hop(n_out)` output frames from
+    0, score an events model's `n_frames` output frames: enough for the last to reach the last frame."""
+    return math.ceil(max(n_frames - n_out, 0) / default_hop(n_out)) + 1
+
+
+def central_span(index: int, count: int, n_frames: int, n_out: int) -> tuple[int, int]:
+    """The output frames [lo, hi) taken from window `index` of `count` (`event_window_count`): those in its
+    central half (positions n_out // 4 .. n_out // 4 + half), the first window also the frames before and
+    the last the frames after, so each frame comes from exactly one window and away from window edges
+    (where a window lacks context) except at the recording's ends. Window `index` starts at output frame
+    `index * default_hop(n_out)`."""
+    half, quarter = default_hop(n_out), n_out // 4
+    lo = 0 if index == 0 else quarter + index * half
+    hi = n_frames if index == count - 1 else quarter + (index + 1) * half
+    return min(lo, n_frames), min(hi, n_frames)

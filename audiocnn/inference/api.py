@@ -5,6 +5,9 @@ A record per input (what `audiocnn predict` prints and writes, and what the pyfu
      "top_k": [[label, probability], ...] best first, "probabilities": {class: p, ...},
      "timeline": [{"start_s", "end_s", "label", "probability"}, ...]   with timeline=True,
      "error": reason}                                   for an input that has no answer (then no label)
+An events model (`task: events`, docs/events.md) also answers `events(inputs)`: per input its events,
+`{"path", "events": [{"onset", "offset", "label", "score"}, ...]}`, decoded with the decoding stored
+in the model; `stream_events(input)` yields them as a long recording is scored, chunk by chunk.
 A multi-label model (`task: multilabel`) adds "labels": [[label, probability], ...], every class
 at or over its threshold (fitted on validation, stored in model.pt and in the export), most
 probable first; each timeline window gets its own "labels". Its probabilities are each class's
@@ -139,6 +142,32 @@ class Model:
                                    **({"labels": self.label_set(np.asarray(p, dtype=float))} if multilabel else {})}
                                   for start, p in scored.windows]
         return record
+
+    def stream_events(self, item, sample_rate: int | None = None) -> Iterator:
+        """An events model's events (`data.event_decoding.Detection`: onset, offset, label, score) in one input
+        (a path, or a sample array at `sample_rate`), in onset order, as the recording is scored chunk by
+        chunk (`Predictor.events`: memory flat in the duration). `ValueError` in one line for a model that
+        is not an events model, an exported file, or an input that cannot be read or is too short."""
+        if not hasattr(self.backend, "events"):
+            raise ValueError(f"{self.source}: an exported file scores clips only; events need the model.pt "
+                             "(export of the frame outputs is not built yet, docs/events.md)")
+        if not isinstance(item, (str, Path)) and not sample_rate:
+            raise ValueError("sample_rate: needed for sample arrays (the rate of the arrays, in Hz)")
+        return self.backend.events(item, sample_rate)
+
+    def events(self, inputs: Sequence, sample_rate: int | None = None) -> list[dict]:
+        """One record per input: `{"path", "events": [{"onset", "offset", "label", "score"}, ...]}` (seconds,
+        onset order), or `{"path", "error"}` for an input without an answer (the others go on)."""
+        records = []
+        for number, item in enumerate(inputs):
+            name = str(item) if isinstance(item, (str, Path)) else f"array {number}"
+            try:
+                events = [{"onset": round(d.onset, 4), "offset": round(d.offset, 4), "label": d.label,
+                           "score": round(d.score, 6)} for d in self.stream_events(item, sample_rate)]
+                records.append({"path": name, "events": events})
+            except Exception as error:  # noqa: BLE001 - reported with its reason; the other inputs go on
+                records.append({"path": name, "error": f"{type(error).__name__}: {str(error).splitlines()[0]}"})
+        return records
 
     def label_set(self, probabilities: np.ndarray) -> list[list]:
         """A multi-label model's answer: `[[class, probability], ...]` of every class at or over its

@@ -19,8 +19,9 @@ recording. A chunk spans at most `max_frames` frames (or one window) and holds a
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
-from typing import Iterator
+from typing import Iterable, Iterator
 
 import numpy as np
 
@@ -41,12 +42,13 @@ class Chunk:
 
 
 def chunks(samples: int, hop_length: int, window: int, margin: int, hop: int | None = None,
-           max_frames: int = 1875, max_windows: int = 64) -> Iterator[Chunk]:
-    """The chunks covering every window of a recording of `samples` samples, in order."""
+           max_frames: int = 1875, max_windows: int = 64, starts: Iterable[int] | None = None) -> Iterator[Chunk]:
+    """The chunks covering every window of a recording of `samples` samples, in order: the windows of
+    `features.sliding.window_starts`, or the increasing start frames `starts` (an events model's grid)."""
     total = frame_count(samples, hop_length)
     span = max(max_frames, window)
     group: list[int] = []
-    for start in sliding.window_starts(total, window, hop) + [None]:
+    for start in itertools.chain(sliding.window_starts(total, window, hop) if starts is None else starts, [None]):
         if group and (start is None or len(group) == max_windows or start + window - group[0] > span):
             f0, f1 = group[0], min(group[-1] + window, total)
             yield Chunk(f0 * hop_length - margin, f1 * hop_length + margin, f0,

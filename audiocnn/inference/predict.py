@@ -5,7 +5,9 @@ patterns, or a `.txt` / `.csv` list of paths (one per line, or a `path` column).
 model folder, `model.pt`, `runs:/<id>/model`, `models:/<name>/<version|alias|latest>`, a run
 id, or an exported `.onnx` / TorchScript file. Output: a table on stdout, or `--output
 preds.csv|.jsonl` with one row per file; `--timeline` adds one row per window (which class
-when); a multi-label model adds `labels`, every class over its threshold (`;`-joined), to each; `--tta-pitch-bins -2,0,2 --tta-time-frames 0,8` scores every window in each of those
+when); `--events` (an events model) writes each file's events instead, `--output events.tsv` (DCASE:
+filename, onset, offset, event_label) or `.jsonl` (with scores), streaming long files (docs/events.md);
+a multi-label model adds `labels`, every class over its threshold (`;`-joined), to each; `--tta-pitch-bins -2,0,2 --tta-time-frames 0,8` scores every window in each of those
 shifted views and averages their probabilities (docs/using-a-model.md). A file that cannot be
 read, or has no answer (too short, no finite sample, non-finite or improper probabilities), is
 reported with its reason and the rest go on; the exit status is 1 only when nothing could be
@@ -28,6 +30,7 @@ import os
 import re
 import sys
 from pathlib import Path
+from typing import Iterator
 
 import soundfile as sf
 from tqdm import tqdm
@@ -181,6 +184,49 @@ def tta_arguments(args: argparse.Namespace) -> dict | None:
     return {"pitch_bins": args.tta_pitch_bins or [0], "time_frames": args.tta_time_frames or [0]}
 
 
+def event_lines(model, paths: list[str], jsonl: bool, failed: list[str]) -> Iterator[str]:
+    """Each file's events as output lines, file after file, as they are decoded (a DCASE TSV row
+    `filename onset offset event_label`, or with `jsonl` a JSON object with the score); a file that
+    fails is added to `failed` with its reason and the others go on."""
+    for path in tqdm(paths, desc="predict", unit="file", disable=None, file=sys.stderr):
+        name = printable(path)
+        try:
+            for event in model.stream_events(path):
+                if jsonl:
+                    yield json.dumps({"filename": name, "onset": round(event.onset, 4), "offset": round(event.offset, 4),
+                                      "event_label": printable(event.label), "score": round(event.score, 6)},
+                                     allow_nan=False) + "\n"
+                else:  # a tab or a line break in a name would break the row: written escaped
+                    cells = [name, f"{event.onset:.4f}", f"{event.offset:.4f}", printable(event.label)]
+                    yield "\t".join(c.replace("\t", "\\t").replace("\n", "\\n").replace("\r", "\\r")
+                                     for c in cells) + "\n"
+        except Exception as error:  # noqa: BLE001 - reported with its reason; the other files go on
+            failed.append(f"{name}: {type(error).__name__}: {printable(str(error).splitlines()[0] if str(error) else '')}")
+
+
+def predict_events(model, paths: list[str], output: Path | None) -> int:
+    """`--events`: every file's events to `output` (`.tsv` DCASE, `.jsonl`; replaced atomically, written as
+    decoded) or stdout; exit status 1 only when no file could be scored."""
+    failed: list[str] = []
+    jsonl = output is not None and output.suffix == ".jsonl"
+    lines = event_lines(model, paths, jsonl, failed)
+    header = "" if jsonl else "filename\tonset\toffset\tevent_label\n"
+    if output is not None:
+        with atomic.atomic_path(output) as tmp:
+            with open(tmp, "w", encoding="utf-8") as handle:
+                handle.write(header)
+                handle.writelines(lines)
+    else:
+        sys.stdout.write(header)
+        for line in lines:
+            sys.stdout.write(line)
+    for reason in failed:
+        print(f"skipped {reason}", file=sys.stderr)
+    print(f"predict: events of {len(paths) - len(failed)} of {len(paths)} files"
+          f"{f', {len(failed)} skipped' if failed else ''}", file=sys.stderr)
+    return 0 if len(failed) < len(paths) else 1
+
+
 class OneLineParser(argparse.ArgumentParser):
     """argparse whose errors are one line, `error: <message>` with exit status 2 (`cli.use_model`),
     as every other refusal of predict is: no usage block."""
@@ -206,8 +252,20 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--trust-torchscript", action="store_true",
                         help="load --model as TorchScript (a program: loading it runs its code); only for "
                         "files you exported yourself. Without it a TorchScript file is refused, whatever its name")
+    parser.add_argument("--events", action="store_true", help="an events model: write each file's events "
+                        "(onset, offset, label) instead of clip labels: --output events.tsv (DCASE format) or "
+                        ".jsonl (with scores), or printed; long files are scored chunk by chunk")
     add_tta_arguments(parser)
     args = parser.parse_args(argv)
+    if args.events:
+        for name, value in (("--timeline", args.timeline), ("--hop-s", args.hop_s is not None),
+                            ("--tta-pitch-bins / --tta-time-frames", tta_arguments(args) is not None)):
+            if value:
+                parser.error(f"{name}: not with --events (events come from the model's frame outputs, on the "
+                             "evaluate stage's grid, decoded as stored in the model)")
+        if args.output and Path(args.output).suffix not in (".tsv", ".jsonl"):
+            parser.error(f"--output={printable(args.output)}: with --events, name a .tsv (DCASE: filename, onset, "
+                         "offset, event_label) or a .jsonl file (one event per line, with its score)")
     for name, value in (("--top-k", args.top_k), ("--batch-size", args.batch_size)):
         if value < 1:
             parser.error(f"{name}={value}: must be a positive integer")
@@ -229,6 +287,8 @@ def main(argv: list[str]) -> int:
         refuse_overwriting_inputs(outputs, list(dict.fromkeys([*args.inputs, *paths])))
     model = load_model(args.model, device=args.device, batch_size=args.batch_size, tta=tta_arguments(args),
                        trust_code=args.trust_torchscript)
+    if args.events:
+        return predict_events(model, paths, Path(args.output) if args.output else None)
     records = []
     with tqdm(total=len(paths), desc="predict", unit="file", disable=None, file=sys.stderr) as bar:
         for record in model.iter_predict(paths, top_k=args.top_k, timeline=args.timeline, hop_seconds=args.hop_s):

@@ -38,7 +38,8 @@ from audiocnn.inference.graph import ChunkScorer
 from audiocnn.inference.results import Scored
 from audiocnn.models.bundle import load_bundle
 from audiocnn.models.scorer import WindowScorer
-from audiocnn.data.task import MULTICLASS, thresholds_of
+from audiocnn.data.event_decoding import Detection, EventDecoder
+from audiocnn.data.task import EVENTS, MULTICLASS, post_processing_of, thresholds_of
 from audiocnn.models.tta import Views
 
 
@@ -75,6 +76,9 @@ class Predictor:
         self.window_scorer = WindowScorer.for_bundle(self.model, bundle, views)
         self.scorer = ChunkScorer(self.cqt, self.window_scorer, self.window, self.margin)
         self.temperature, self.views = self.window_scorer.temperature, self.window_scorer.views
+        # an events model: its output frames (`time_stride`, `frame_seconds`) and stored decoding
+        self.event_record = bundle.get("events") if self.task == EVENTS else None
+        self.post_processing = post_processing_of(bundle, len(self.classes)) if self.event_record else None
 
     @classmethod
     def load(cls, source: str | Path, **kwargs) -> "Predictor":
@@ -188,6 +192,50 @@ class Predictor:
         run_batch()
         for result in waiting:
             yield _finish(result, keep_windows)
+
+    def events(self, item, sample_rate: int | None = None) -> Iterator[Detection]:
+        """An events model's events in one input (a path, or a sample array at `sample_rate`), in onset
+        order as they become final. The recording is decoded and scored chunk by chunk (`inference.chunks`,
+        at most `batch_size` windows a call) on the evaluate stage's grid for frame outputs
+        (`features.sliding.event_window_count`, `central_span`: windows every half window, each output
+        frame from the central half of one window), and its frame probabilities are decoded with the
+        model's stored post-processing by a streaming decoder (`data.event_decoding.EventDecoder`): memory
+        does not grow with the duration, and an event across a chunk joint comes out once. `ValueError`
+        (one line) for a model that is not an events model, or frame probabilities that are not finite."""
+        if self.event_record is None:
+            raise ValueError(f"task={self.task}: events need a model trained for sound event detection "
+                             "(task events, docs/events.md); this one answers per clip")
+        is_file = isinstance(item, (str, Path))
+        source = item if is_file else from_samples(item, sample_rate, self.sr)
+        samples = clip_samples(source, self.sr) if is_file else len(source)
+        if samples < self.hop_length:
+            raise ValueError(f"too short: {samples} samples at {self.sr} Hz, fewer than one hop of the front-end "
+                             f"(features.hop_length={self.hop_length}); nothing to detect")
+        stride = int(self.event_record["time_stride"])
+        n_out = self.window // stride
+        half = sliding.default_hop(n_out)
+        n_out_frames = math.ceil(n_frames(samples, self.hop_length) / stride)
+        count = sliding.event_window_count(n_out_frames, n_out)
+        decoder = EventDecoder(float(self.event_record["frame_seconds"]), self.classes, self.post_processing)
+        index = 0
+        for chunk in chunks(samples, self.hop_length, self.window, self.margin, None, self.chunk_frames,
+                            self.batch_size, starts=(j * half * stride for j in range(count))):
+            wave = (load_segment(source, self.sr, chunk.start, chunk.stop) if is_file
+                    else torch.from_numpy(cut(source.numpy(), chunk.start, chunk.stop)))
+            with torch.inference_mode():
+                frames = self.scorer.chunk_frames(wave[None].to(self.device))
+                windows = self.scorer.windows(frames, torch.from_numpy(chunk.starts).to(self.device))
+                scored = self.model.event_probabilities(windows)[0].float().cpu().numpy()  # (windows, n_out, C)
+            if not np.isfinite(scored).all():
+                raise ValueError("the model's frame probabilities are not finite: no answer (a recording too "
+                                 "loud for float32 arithmetic, or a model file with non-finite weights)")
+            block = []
+            for row in range(len(chunk.starts)):
+                lo, hi = sliding.central_span(index, count, n_out_frames, n_out)
+                block.append(scored[row, lo - index * half: hi - index * half])
+                index += 1
+            yield from decoder.push(np.concatenate(block))
+        yield from decoder.finish()
 
     def probabilities(self, waveform: Tensor) -> Tensor:
         """`(samples,)` at `self.sr` -> `(n_classes,)`: the mean of the sliding windows' softmax."""

@@ -5,7 +5,7 @@ split after training and stored in model.pt (`events.post_processing`; docs/even
 windows of `features.window_frames` frames starting every half window, at 0, (n/2)·s, n·s, ... (n = window
 // s output frames of s = the model's time stride CQT frames; the last window padded with the floor), and
 each of its ceil(L / s) output frames is taken from the window whose central half holds it
-(`central_window`): a frame at a window's edge lacks context on one side, and tiled windows showed it, a
+(`features.sliding.central_span`): a frame at a window's edge lacks context on one side, and tiled windows showed it, a
 blip in every class at each window joint.
 
 The fit, per class: for each median-filter length m in `trainer.event_median_frames` (odd frame counts),
@@ -30,23 +30,12 @@ from torch import nn
 from audiocnn.data.event_decoding import PostProcessing, median_filtered
 from audiocnn.data.event_scores import classes_with_events, score_frames, sed_libraries, truth
 from audiocnn.data.task import DEFAULT_THRESHOLD
+from audiocnn.features import sliding
 from audiocnn.training.datamodule import WindowDataModule
 from audiocnn.training.windows import cut_window
 
 ONSET_COLLAR = 0.2         # seconds: the DCASE event-based F1's collars (sed_eval's t_collar)
 OFFSET_COLLAR_RATE = 0.2   # the offset collar is max(ONSET_COLLAR, this fraction of the event's length)
-
-
-def central_window(n_frames: int, n_out: int) -> tuple[int, np.ndarray, np.ndarray]:
-    """For a clip of `n_frames` output frames scored by windows of `n_out` output frames that start every
-    half window: (the number of windows, and for each output frame the window it is taken from and its
-    position there). Each frame comes from the window where it lies in the central half (the first and
-    last frames from the first and last windows), away from the edges where a window lacks context."""
-    half = max(n_out // 2, 1)
-    windows = max(math.ceil(max(n_frames - n_out, 0) / half), 0) + 1
-    frames = np.arange(n_frames)
-    window = np.clip((frames - n_out // 4) // half, 0, windows - 1)
-    return windows, window, frames - window * half
 
 
 @torch.inference_mode()
@@ -56,17 +45,18 @@ def clip_frames(model: nn.Module, data: WindowDataModule, split: str, time_strid
     of `split`, in store order (module docstring)."""
     window = int(data.cfg.features.window_frames)
     n_out = window // time_stride
-    step = max(n_out // 2, 1) * time_stride
+    half = sliding.default_hop(n_out)
     model = model.eval().to(device)
     for row in data.rows(split):
         if not data.strong[row]:
             continue
         frames = data.store.frames(int(row))
         n_frames = math.ceil(len(frames) / time_stride)
-        count, which, where = central_window(n_frames, n_out)
-        windows = np.stack([cut_window(frames, j * step, window, data.floor) for j in range(count)])
+        count = sliding.event_window_count(n_frames, n_out)
+        windows = np.stack([cut_window(frames, j * half * time_stride, window, data.floor) for j in range(count)])
         scored = model.event_probabilities(torch.from_numpy(windows[:, None]).to(device))[0].float().cpu().numpy()
-        yield int(row), scored[which, where]  # (windows, n_out, n_classes) -> (frames, n_classes)
+        spans = [sliding.central_span(j, count, n_frames, n_out) for j in range(count)]
+        yield int(row), np.concatenate([scored[j, lo - j * half: hi - j * half] for j, (lo, hi) in enumerate(spans)])
 
 
 def best_f1_by_class(clips: dict[str, np.ndarray], events: dict[str, list], frame_seconds: float,
