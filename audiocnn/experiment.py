@@ -35,7 +35,6 @@ from omegaconf import DictConfig, OmegaConf
 from audiocnn import atomic, repeats, sweep, tracking
 from audiocnn.config import REPO_ROOT
 from audiocnn.data.prepare import EVENTS, MULTILABEL, is_prepared, prepare
-from audiocnn.data.task import is_multilabel
 from audiocnn.errors import StageFailed
 from audiocnn.evaluation.ensemble import evaluate_ensemble
 from audiocnn.evaluation.evaluate import evaluate
@@ -82,7 +81,7 @@ def log_servable_model(cfg: DictConfig, summary: dict) -> dict:
     config = served_config(cfg)
     with tracking.open_run(cfg, run_id=summary["run_id"]):
         info = log_audio_model(out / "model.pt", cfg.tracking.get("registered_model"), config,
-                               multilabel=is_multilabel(summary.get("task")))
+                               task=summary.get("task"))
     summary = {**summary, "model_uri": info.model_uri, "model_config": config}
     if info.registered_model_version:
         summary["registered_model"] = f"models:/{cfg.tracking.registered_model}/{info.registered_model_version}"

@@ -331,3 +331,27 @@ def test_predict_events_refusals_are_one_line(trained_events, tmp_path, capsys):
         assert cli(["predict", clip, "--model", model_path, "--events", *extra]) == 2
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and message in err[0]
+
+
+def test_the_logged_pyfunc_serves_events_and_declares_them(trained_events):
+    import base64
+
+    import mlflow
+
+    from audiocnn import load_model
+    from audiocnn.inference.pyfunc import EVENTS_OUTPUT_SCHEMA
+
+    from audiocnn.experiment import log_servable_model
+
+    cfg, summary, _ = trained_events
+    run = log_servable_model(cfg, summary)  # what the train stage does after training
+    mlflow.set_tracking_uri(cfg.tracking.uri)
+    info = mlflow.models.get_model_info(run["model_uri"])
+    assert info.signature.outputs == EVENTS_OUTPUT_SCHEMA
+    served = mlflow.pyfunc.load_model(run["model_uri"])
+    clip = str(sorted(Path(cfg.paths.raw).rglob("scene_*.wav"))[0])
+    answer = served.predict({"audio_base64": base64.b64encode(Path(clip).read_bytes()).decode()})[0]
+    expected = load_model(Path(cfg.paths.models) / "model.pt").events([clip])[0]["events"]
+    assert answer["events"] == expected and "labels" in answer
+    with pytest.raises(mlflow.exceptions.MlflowException, match="too short"):  # under one hop: the client's fault
+        served.predict({"samples": [0.1] * 10, "sample_rate": 16000})

@@ -217,7 +217,7 @@ def test_orchestration_logs_the_model_with_the_serving_config(tmp_path, monkeypa
 
     logged = {}
 
-    def fake_log(bundle, registered_model=None, serving=None, multilabel=False):
+    def fake_log(bundle, registered_model=None, serving=None, task=None):
         logged["serving"] = serving
         return type("Info", (), {"model_uri": "models:/m-1", "registered_model_version": None})()
 

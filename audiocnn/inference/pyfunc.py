@@ -12,7 +12,9 @@ Inside, as the train/evaluate stages do: downmix, resample to `features.sr`, log
 averaged per clip.
 Output, one record per clip: {"label": best class, "probabilities": {class: p, ...}}; a
 multi-label model adds "labels": [class, ...], every class at or over its threshold (model.pt's
-`thresholds`), most probable first, and its probabilities are a sigmoid per class.
+`thresholds`), most probable first, and its probabilities are a sigmoid per class. An events model
+(docs/events.md) adds "events": [{"onset", "offset", "label", "score"}, ...] (seconds from the clip's
+start, onset order; `Predictor.events` with the decoding stored in model.pt).
 
 Signature: the logged model declares its output schema (`OUTPUT_SCHEMA`: `label` string,
 `probabilities` map of doubles) and an input example (`input_example()`: 0.1 s of a sine as a
@@ -74,8 +76,9 @@ from mlflow.exceptions import MlflowException
 from mlflow.models import ModelSignature
 from mlflow.protos.databricks_pb2 import (DEADLINE_EXCEEDED, INTERNAL_ERROR, INVALID_PARAMETER_VALUE,
                                           TEMPORARILY_UNAVAILABLE)
-from mlflow.types.schema import Array, ColSpec, DataType, Map, Schema
+from mlflow.types.schema import Array, ColSpec, DataType, Map, Object, Property, Schema
 
+from audiocnn.data.task import EVENTS, MULTILABEL
 from audiocnn.errors import RequestError
 from audiocnn.inference.api import answer_problem
 from audiocnn.inference.predictor import Predictor
@@ -91,6 +94,9 @@ TTA_KEY = "tta"  # the `model_config` entry of the test-time views; the others a
 # One record per clip (declared, not enforced: MLflow checks only inputs).
 OUTPUT_SCHEMA = Schema([ColSpec(DataType.string, "label"), ColSpec(Map(DataType.double), "probabilities")])
 MULTILABEL_OUTPUT_SCHEMA = Schema([*OUTPUT_SCHEMA.inputs, ColSpec(Array(DataType.string), "labels")])
+EVENT = Object([Property("onset", DataType.double), Property("offset", DataType.double),
+                Property("label", DataType.string), Property("score", DataType.double)])
+EVENTS_OUTPUT_SCHEMA = Schema([*MULTILABEL_OUTPUT_SCHEMA.inputs, ColSpec(Array(EVENT), "events")])
 # A request's fields, for readers of the MLmodel (`metadata`); not the signature's inputs (module docstring).
 REQUEST_FIELDS = {
     "audio_base64": "string: a whole audio file (WAV, FLAC, OGG...), base64; or",
@@ -164,14 +170,30 @@ class AudioClassifier(mlflow.pyfunc.PythonModel):
                 if thresholds is not None:
                     order = np.argsort(-np.asarray(probs), kind="stable")  # most probable first, as the API
                     answer["labels"] = [self.classes[i] for i in order if probs[i] >= thresholds[i]]
+                if self.predictor.event_record is not None:
+                    answer["events"] = self.events(row, len(waveforms), waveform)
                 predictions.append(answer)
             return predictions
-        except MlflowException:
+        except (MlflowException, RequestError):  # RequestError: the client's (HTTP 400, in `predict`)
             raise
         except Exception as error:  # noqa: BLE001 - the model's fault, not the client's: 500, trace in the log
             LOG.exception("scoring failed")
             raise MlflowException(f"internal error while scoring ({type(error).__name__}); see the server log",
                                   error_code=INTERNAL_ERROR) from None
+
+
+    def events(self, row: int, clips: int, waveform: torch.Tensor) -> list[dict]:
+        """An events model's events in one clip (`Predictor.events`, the stored decoding), onset order; a
+        clip too short to hold a frame is the client's fault (HTTP 400)."""
+        try:
+            detections = list(self.predictor.events(waveform.numpy(), self.predictor.sr))
+        except ValueError as error:
+            if not str(error).startswith("too short"):
+                raise
+            with _numbered(row, clips):
+                raise RequestError(str(error)) from None
+        return [{"onset": round(d.onset, 4), "offset": round(d.offset, 4), "label": d.label,
+                 "score": round(d.score, 6)} for d in detections]
 
 
 @contextmanager
@@ -214,15 +236,16 @@ def input_example(seconds: float = 0.1, sr: int = 16000) -> dict:
 
 
 def log_audio_model(bundle: Path, registered_model: str | None = None, config: dict | None = None,
-                    multilabel: bool = False):
+                    task: str | None = None):
     """Log `bundle` (a train stage `model.pt`) as the active run's pyfunc `model` with `config`
     (`model_config(...)`; None: the defaults); register it as `registered_model` when given.
-    Declares the output schema (`multilabel`: with `labels`) and an input example (module docstring).
-    Returns MLflow's ModelInfo."""
+    Declares the output schema of the model's `task` (multi-label: with `labels`; events: with `labels` and
+    `events`) and an input example (module docstring). Returns MLflow's ModelInfo."""
+    schema = {MULTILABEL: MULTILABEL_OUTPUT_SCHEMA, EVENTS: EVENTS_OUTPUT_SCHEMA}.get(task, OUTPUT_SCHEMA)
     return mlflow.pyfunc.log_model(
         name="model", python_model=str(Path(__file__).resolve()), artifacts={"model.pt": str(bundle)},
         model_config=config or model_config(), pip_requirements=MODEL_REQUIREMENTS,
-        signature=ModelSignature(outputs=MULTILABEL_OUTPUT_SCHEMA if multilabel else OUTPUT_SCHEMA),
+        signature=ModelSignature(outputs=schema),
         input_example=input_example(),
         metadata={"request": REQUEST_FIELDS}, registered_model_name=registered_model or None,
     )
