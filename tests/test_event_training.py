@@ -355,3 +355,25 @@ def test_the_logged_pyfunc_serves_events_and_declares_them(trained_events):
     assert answer["events"] == expected and "labels" in answer
     with pytest.raises(mlflow.exceptions.MlflowException, match="too short"):  # under one hop: the client's fault
         served.predict({"samples": [0.1] * 10, "sample_rate": 16000})
+
+
+@pytest.mark.parametrize("fmt", ["onnx", "torchscript"])
+def test_an_exported_events_model_gives_the_same_events_streamed(trained_events, tmp_path, fmt):
+    """The export carries the frame outputs (`frame_probabilities`) and the stored decoding: the file's
+    events, in chunks of two windows, are model.pt's."""
+    from audiocnn import load_model
+    from audiocnn.inference.export import export_model
+
+    cfg, _, _ = trained_events
+    model_path = Path(cfg.paths.models) / "model.pt"
+    exported = export_model(model_path, fmt, tmp_path / f"model.{'onnx' if fmt == 'onnx' else 'ts'}")
+    clips = [str(c) for c in sorted(Path(cfg.paths.raw).rglob("scene_*.wav"))[:6]]
+    eager = load_model(model_path).events(clips)
+    model = load_model(exported, trust_code=True)
+    model.backend.features["chunk_seconds"] = 0.5  # chunks of a few windows: events cross the joins
+    assert model.backend.post_processing == load_model(model_path).backend.post_processing
+    got = model.events(clips)
+    assert [[(e["label"], e["onset"], e["offset"]) for e in r["events"]] for r in got] == \
+        [[(e["label"], e["onset"], e["offset"]) for e in r["events"]] for r in eager]
+    assert [e["score"] for r in got for e in r["events"]] == pytest.approx(
+        [e["score"] for r in eager for e in r["events"]], abs=1e-4)

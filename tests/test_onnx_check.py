@@ -168,7 +168,7 @@ def odd_files(tmp_path: Path) -> dict[str, tuple[Path, str]]:
                               "classes[1]='a': the same name as classes[0]"),
         "classes and output disagree": (hostile_onnx(tmp_path / "three.onnx",
                                                      metadata={**meta, "classes": list("abc")}),
-                                        "with 3 classes it must be [1, 64, 3]"),
+                                        "its output 'window_probabilities' is [1, 64, 2]; it must be [1, 64, 3]"),
         "margin far beyond the kernels": (hostile_onnx(tmp_path / "margin.onnx", metadata={
             **meta, "classes": ["a", "b"], "margin_samples": 512 * 10**6}), "margin_samples=512000000"),
     }

@@ -146,11 +146,8 @@ class Model:
     def stream_events(self, item, sample_rate: int | None = None) -> Iterator:
         """An events model's events (`data.event_decoding.Detection`: onset, offset, label, score) in one input
         (a path, or a sample array at `sample_rate`), in onset order, as the recording is scored chunk by
-        chunk (`Predictor.events`: memory flat in the duration). `ValueError` in one line for a model that
-        is not an events model, an exported file, or an input that cannot be read or is too short."""
-        if not hasattr(self.backend, "events"):
-            raise ValueError(f"{self.source}: an exported file scores clips only; events need the model.pt "
-                             "(export of the frame outputs is not built yet, docs/events.md)")
+        chunk (`inference.event_stream`, every backend: memory flat in the duration). `ValueError` in one line
+        for a model that is not an events model, or an input that cannot be read or is too short."""
         if not isinstance(item, (str, Path)) and not sample_rate:
             raise ValueError("sample_rate: needed for sample arrays (the rate of the arrays, in Hz)")
         return self.backend.events(item, sample_rate)

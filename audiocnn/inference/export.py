@@ -10,13 +10,17 @@ Inputs:
     starts                 (n_windows,) int64   window start frames, relative to f0 (any hop)
 Output:
     window_probabilities   (batch, n_windows, n_classes)
+    frame_probabilities    (batch, n_windows, n_out, n_classes)   an events model only (docs/events.md):
+                                                the windows' frame outputs; the decoding into events
+                                                (stored in the metadata's `events.post_processing`)
+                                                runs outside the graph, in `inference.event_stream`
 A recording is scored chunk by chunk (`inference.chunks`: the windows, the chunks, their margins),
 so memory does not grow with its duration; its probabilities are the mean of its windows'. The
 bundle's temperature (`trainer.calibrate=temperature`) is a constant of the graph, and so are the
 test-time views given with `--tta-pitch-bins` / `--tta-time-frames` (default: none).
 Metadata (`audiocnn`: JSON with `format`, `classes`, `features`, `margin_samples`,
 `window_hop_frames` (the default hop: half a window), `temperature`, `tta`, `task` and, for a
-multi-label model, `thresholds`): ONNX `metadata_props`, TorchScript extra file `audiocnn.json`.
+multi-label model, `thresholds`; for an events model also `events`: time stride, frame seconds, decoding): ONNX `metadata_props`, TorchScript extra file `audiocnn.json`.
 A multi-label model's graph ends in a sigmoid per class instead of the softmax.
 `--quantize int8` (ONNX only) writes the same graph with the model body in int8, calibrated on the
 recordings `--calibration` names (`inference.quantize`; metadata `"quantization": "int8"`).
@@ -33,7 +37,7 @@ from torch import Tensor, nn
 
 from audiocnn import atomic
 from audiocnn.features import sliding
-from audiocnn.inference.export_format import EXPORT_FORMAT, INPUTS, METADATA_KEY, OUTPUTS
+from audiocnn.inference.export_format import EXPORT_FORMAT, INPUTS, METADATA_KEY, OUTPUTS, output_names
 from audiocnn.inference.predictor import Predictor
 from audiocnn.inference.predict import add_tta_arguments, tta_arguments
 
@@ -46,6 +50,7 @@ def metadata(predictor: Predictor) -> str:
                        "margin_samples": predictor.margin, "window_hop_frames": sliding.default_hop(predictor.window),
                        "temperature": predictor.temperature, "task": predictor.task,
                        **({"thresholds": predictor.thresholds} if predictor.thresholds else {}),
+                       **({"events": predictor.event_record} if predictor.event_record else {}),
                        "tta": {"pitch_bins": list(predictor.views.pitch_bins),
                                "time_frames": list(predictor.views.time_frames)}})
 
@@ -94,10 +99,11 @@ def export_model(source: str | Path, fmt: str, output: str | Path, tta: dict | N
 def _export_onnx(module: nn.Module, example: tuple[Tensor, Tensor], path: Path, meta: str) -> None:
     import onnx
 
+    outputs = output_names(json.loads(meta))
     torch.onnx.export(module, example, str(path), dynamo=False, opset_version=17, input_names=INPUTS,
-                      output_names=OUTPUTS, dynamic_axes={"waveform": {0: "batch", 1: "samples"},
+                      output_names=outputs, dynamic_axes={"waveform": {0: "batch", 1: "samples"},
                                                           "starts": {0: "windows"},
-                                                          "window_probabilities": {0: "batch", 1: "windows"}})
+                                                          **{name: {0: "batch", 1: "windows"} for name in outputs}})
     model = onnx.load(str(path))
     entry = model.metadata_props.add()
     entry.key, entry.value = METADATA_KEY, meta
@@ -128,6 +134,7 @@ def main(argv: list[str]) -> int:
     path = export_model(args.model, args.format, args.output, tta_arguments(args), args.quantize, args.calibration)
     kind = f"{args.format}, {args.quantize}" if args.quantize else args.format
     print(f"export: {args.model} -> {path} ({kind}; inputs: mono float32 waveforms (batch, samples) at "
-          "the model's features.sr, chunked with margins, and window starts; output: " + ", ".join(OUTPUTS) + ")",
+          "the model's features.sr, chunked with margins, and window starts; output: " + ", ".join(OUTPUTS)
+          + (", frame_probabilities (an events model)" if Predictor.load(args.model).event_record else "") + ")",
           file=sys.stderr)
     return 0

@@ -32,10 +32,12 @@ from audiocnn.data.audio import clip_samples, read_audio, read_segment, samples_
 from audiocnn.errors import BundleError
 from audiocnn.features import sliding
 from audiocnn.inference.chunks import Chunk, chunks, cut, frame_count
-from audiocnn.inference.export_format import CHUNK_WINDOWS, METADATA_KEY, OUTPUTS
+from audiocnn.data.event_decoding import Detection
+from audiocnn.inference.event_stream import stream_events
+from audiocnn.inference.export_format import CHUNK_WINDOWS, FRAME_OUTPUT, METADATA_KEY, OUTPUTS, output_names
 from audiocnn.inference.onnx_check import check_metadata, chunk_shapes
 from audiocnn.inference.results import Scored
-from audiocnn.data.task import MULTICLASS, thresholds_of
+from audiocnn.data.task import EVENTS, MULTICLASS, post_processing_of, thresholds_of
 
 BLOCK_CLIPS = 256  # recordings read before their short chunks are batched and scored
 BLOCK_SAMPLES = 1 << 23  # most decoded samples a block holds (32 MB of float32)
@@ -62,10 +64,29 @@ class _ExportedBackend:
         self.sr = int(self.features["sr"])
         self.margin = int(metadata["margin_samples"])
         self.task, self.thresholds = metadata.get("task", MULTICLASS), thresholds_of(metadata, len(self.classes))
+        self.event_record = metadata.get("events") if self.task == EVENTS else None
+        self.post_processing = post_processing_of(metadata, len(self.classes)) if self.event_record else None
+        self.outputs = output_names(metadata)
 
     def run(self, waveform: np.ndarray, starts: np.ndarray) -> np.ndarray:
         """(batch, samples) float32 chunk with margins, (n_windows,) int64 -> (batch, n_windows, n_classes)."""
         raise NotImplementedError
+
+    def run_frames(self, waveform: np.ndarray, starts: np.ndarray) -> np.ndarray:
+        """An events model's frame outputs: the same inputs -> (batch, n_windows, n_out, n_classes)."""
+        raise NotImplementedError
+
+    def events(self, item, sample_rate: int | None = None) -> Iterator[Detection]:
+        """An events model's events in one input (a path, or a sample array at `sample_rate`), streamed as
+        `Predictor.events` streams them (`inference.event_stream`), from the file's frame outputs and the
+        decoding stored in its metadata. `ValueError` (one line) for a file of another task."""
+        if self.event_record is None:
+            raise ValueError(f"task={self.task}: events need a model trained for sound event detection "
+                             "(task events, docs/events.md); this file answers per clip")
+        source, samples = self.source(item, sample_rate)
+        return stream_events(samples, self.features, self.event_record, self.classes, self.post_processing,
+                             self.margin, self.chunk_frames, CHUNK_WINDOWS,
+                             lambda chunk: self.run_frames(source(chunk.start, chunk.stop)[None], chunk.starts)[0])
 
     def chunks(self, samples: int, hop: int | None) -> Iterator[Chunk]:
         """The chunks of a recording of `samples` samples (`inference.chunks`)."""
@@ -179,6 +200,9 @@ class OnnxBackend(_ExportedBackend):
     def run(self, waveform: np.ndarray, starts: np.ndarray) -> np.ndarray:
         return self.session.run(OUTPUTS, {"waveform": waveform, "starts": starts})[0]
 
+    def run_frames(self, waveform: np.ndarray, starts: np.ndarray) -> np.ndarray:
+        return self.session.run([FRAME_OUTPUT], {"waveform": waveform, "starts": starts})[0]
+
 
 class TorchScriptBackend(_ExportedBackend):
     """A TorchScript file written by `audiocnn export --format torchscript`.
@@ -204,8 +228,18 @@ class TorchScriptBackend(_ExportedBackend):
             raise BundleError(f"{path}: its {METADATA_KEY}.json is not JSON ({error})") from None
         super().__init__(metadata, str(path))
 
-    def run(self, waveform: np.ndarray, starts: np.ndarray) -> np.ndarray:
+    def _outputs(self, waveform: np.ndarray, starts: np.ndarray) -> list[np.ndarray]:
         import torch
 
         with torch.inference_mode():
-            return self.module(torch.from_numpy(waveform), torch.from_numpy(starts)).numpy()
+            answer = self.module(torch.from_numpy(waveform), torch.from_numpy(starts))
+        return [t.numpy() for t in (answer if isinstance(answer, (tuple, list)) else (answer,))]
+
+    def run(self, waveform: np.ndarray, starts: np.ndarray) -> np.ndarray:
+        return self._outputs(waveform, starts)[0]
+
+    def run_frames(self, waveform: np.ndarray, starts: np.ndarray) -> np.ndarray:
+        outputs = self._outputs(waveform, starts)
+        if len(outputs) < 2:
+            raise ValueError("this TorchScript file gives no frame outputs; export the events model again")
+        return outputs[1]

@@ -37,8 +37,9 @@ class ChunkScorer(nn.Module):
     """`cqt` the chunk's front-end, `scorer` its windows' (`WindowScorer`: model, views, temperature,
     and `floor`, what windows past the chunk hold)."""
 
-    def __init__(self, cqt: LogCQT, scorer: WindowScorer, window_frames: int, margin: int):
+    def __init__(self, cqt: LogCQT, scorer: WindowScorer, window_frames: int, margin: int, events: bool = False):
         super().__init__()
+        self.events = bool(events)  # an events model: `forward` also gives the windows' frame probabilities
         if margin % cqt.hop_length:
             raise ValueError(f"margin={margin}: must be a whole number of hops ({cqt.hop_length} samples)")
         self.cqt, self.scorer = cqt, scorer
@@ -70,7 +71,20 @@ class ChunkScorer(nn.Module):
         """(n, 1, n_bins, window) windows -> (n, n_classes) probabilities (`models.scorer.WindowScorer.score`)."""
         return self.scorer.score(windows)
 
-    def forward(self, waveform: Tensor, starts: Tensor) -> Tensor:
-        """(batch, samples) chunk with margins, (n_windows,) int64 starts -> (batch, n_windows, n_classes)."""
+    def frame_probabilities(self, waveform: Tensor, starts: Tensor) -> Tensor:
+        """An events model's frame outputs: (batch, samples) chunk with margins, (n_windows,) int64 starts ->
+        (batch, n_windows, n_out, n_classes), `model.event_probabilities` of each window (no views: the
+        decoding was fitted on the plain frames)."""
         windows = self.windows(self.chunk_frames(waveform), starts.to(torch.int64))
-        return self.score(windows).reshape(waveform.shape[0], starts.shape[0], -1)
+        frames = self.scorer.model.event_probabilities(windows)[0].float()
+        return frames.reshape(waveform.shape[0], starts.shape[0], frames.shape[1], frames.shape[2])
+
+    def forward(self, waveform: Tensor, starts: Tensor):
+        """(batch, samples) chunk with margins, (n_windows,) int64 starts -> (batch, n_windows, n_classes);
+        an events model's graph also gives `frame_probabilities` (batch, n_windows, n_out, n_classes)."""
+        windows = self.windows(self.chunk_frames(waveform), starts.to(torch.int64))
+        clips = self.score(windows).reshape(waveform.shape[0], starts.shape[0], -1)
+        if not self.events:
+            return clips
+        frames = self.scorer.model.event_probabilities(windows)[0].float()
+        return clips, frames.reshape(waveform.shape[0], starts.shape[0], frames.shape[1], frames.shape[2])

@@ -13,7 +13,7 @@ such a file with one `BundleError` line, before a session exists:
    checked by `features.budget` as a `model.pt`'s are, the chunk margin within what the
    front-end's kernels need;
 3. the interface: inputs `waveform` (batch, samples) float and `starts` (windows,) int64, output
-   `window_probabilities` (what `inference.export` writes);
+   `window_probabilities` (and an events model's `frame_probabilities`: what `inference.export` writes);
 4. every node's operator in `ALLOWED_OPS`: the ones audiocnn's exporter writes for every model
    of `conf/model` (tests/test_onnx_check.py exports them and compares); none with a subgraph;
 5. the sizes (`GraphCheck`): with the inputs fixed to the largest and the smallest chunk the
@@ -43,7 +43,7 @@ from typing import Any
 import numpy as np
 
 from audiocnn.features import budget
-from audiocnn.inference.export_format import CHUNK_WINDOWS, EXPORT_FORMAT, INPUTS, METADATA_KEY, OUTPUTS
+from audiocnn.inference.export_format import CHUNK_WINDOWS, EXPORT_FORMAT, INPUTS, METADATA_KEY, output_names
 from audiocnn.errors import BundleError
 from audiocnn.data.task import task_problem
 
@@ -133,7 +133,7 @@ def check_onnx(path: Path) -> tuple[bytes, dict]:
     if not model.HasField("graph") or not model.graph.node:
         raise refuse(path, "not an ONNX model (no graph)")
     metadata = _metadata(model, path)
-    check_structure(model, path)
+    check_structure(model, path, metadata)
     GraphCheck(model, path).check(metadata)
     return content, metadata
 
@@ -153,7 +153,7 @@ def _metadata(model, where) -> dict:
     return check_metadata(metadata, where)
 
 
-def check_structure(model, where) -> None:
+def check_structure(model, where, metadata: dict) -> None:
     """Steps 1, 3 and 4 of the module docstring: what the file is made of, without any size."""
     import onnx
     from onnx import AttributeProto, TensorProto
@@ -189,9 +189,10 @@ def check_structure(model, where) -> None:
     initializers = {t.name for t in graph.initializer}
     inputs = [i for i in graph.input if i.name not in initializers]
     expected = {WAVEFORM: (TensorProto.FLOAT, 2), STARTS: (TensorProto.INT64, 1)}
-    if [i.name for i in inputs] != INPUTS or [o.name for o in graph.output] != OUTPUTS:
+    outputs = output_names(metadata)
+    if [i.name for i in inputs] != INPUTS or [o.name for o in graph.output] != outputs:
         raise refuse(where, f"inputs {[i.name for i in inputs]}, outputs {[o.name for o in graph.output]}; an "
-                            f"audiocnn export takes {INPUTS} and gives {OUTPUTS}")
+                            f"audiocnn export of this model takes {INPUTS} and gives {outputs}")
     for value in inputs:
         kind = value.type.tensor_type
         if (kind.elem_type, len(kind.shape.dim)) != expected[value.name]:
@@ -217,11 +218,15 @@ class GraphCheck:
         totals = []
         for samples, windows in chunk_shapes(metadata):
             shapes, total = self.shapes(samples, windows)
-            output = shapes[self.model.graph.output[0].name]
-            if output != (1, windows, len(metadata["classes"])):
-                raise refuse(self.where, f"for a chunk of {samples:,} samples and {windows} windows its output is "
-                                         f"{list(output)}; with {len(metadata['classes'])} classes it must be "
-                                         f"[1, {windows}, {len(metadata['classes'])}]")
+            n = len(metadata["classes"])
+            wanted = [(1, windows, n)]
+            if metadata.get("events"):  # its frame outputs: n_out = window_frames // time_stride frames a window
+                n_out = int(metadata["features"]["window_frames"]) // int(metadata["events"]["time_stride"])
+                wanted.append((1, windows, n_out, n))
+            for value, shape in zip(self.model.graph.output, wanted):
+                if shapes[value.name] != shape:
+                    raise refuse(self.where, f"for a chunk of {samples:,} samples and {windows} windows its output "
+                                             f"{value.name!r} is {list(shapes[value.name])}; it must be {list(shape)}")
             totals.append(total)
         return totals
 

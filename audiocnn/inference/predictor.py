@@ -34,11 +34,12 @@ from audiocnn.features import sliding
 from audiocnn.features.cqt import LogCQT, n_frames, pick_device
 from audiocnn.features.plan import chunk_margin
 from audiocnn.inference.chunks import chunks, cut
+from audiocnn.inference.event_stream import stream_events
 from audiocnn.inference.graph import ChunkScorer
 from audiocnn.inference.results import Scored
 from audiocnn.models.bundle import load_bundle
 from audiocnn.models.scorer import WindowScorer
-from audiocnn.data.event_decoding import Detection, EventDecoder
+from audiocnn.data.event_decoding import Detection
 from audiocnn.data.task import EVENTS, MULTICLASS, post_processing_of, thresholds_of
 from audiocnn.models.tta import Views
 
@@ -74,10 +75,11 @@ class Predictor:
         self.chunk_frames = max(1, int(float(features.get("chunk_seconds", 60)) * self.sr) // self.hop_length)
         self.margin = chunk_margin(self.cqt.radius, self.hop_length)
         self.window_scorer = WindowScorer.for_bundle(self.model, bundle, views)
-        self.scorer = ChunkScorer(self.cqt, self.window_scorer, self.window, self.margin)
-        self.temperature, self.views = self.window_scorer.temperature, self.window_scorer.views
         # an events model: its output frames (`time_stride`, `frame_seconds`) and stored decoding
         self.event_record = bundle.get("events") if self.task == EVENTS else None
+        self.scorer = ChunkScorer(self.cqt, self.window_scorer, self.window, self.margin,
+                                  events=self.event_record is not None)
+        self.temperature, self.views = self.window_scorer.temperature, self.window_scorer.views
         self.post_processing = post_processing_of(bundle, len(self.classes)) if self.event_record else None
 
     @classmethod
@@ -195,47 +197,26 @@ class Predictor:
 
     def events(self, item, sample_rate: int | None = None) -> Iterator[Detection]:
         """An events model's events in one input (a path, or a sample array at `sample_rate`), in onset
-        order as they become final. The recording is decoded and scored chunk by chunk (`inference.chunks`,
-        at most `batch_size` windows a call) on the evaluate stage's grid for frame outputs
-        (`features.sliding.event_window_count`, `central_span`: windows every half window, each output
-        frame from the central half of one window), and its frame probabilities are decoded with the
-        model's stored post-processing by a streaming decoder (`data.event_decoding.EventDecoder`): memory
-        does not grow with the duration, and an event across a chunk joint comes out once. `ValueError`
-        (one line) for a model that is not an events model, or frame probabilities that are not finite."""
+        order as they become final (`inference.event_stream`: chunk by chunk on the evaluate stage's grid
+        for frame outputs, decoded with the model's stored decoding; memory flat in the duration).
+        `ValueError` (one line) for a model that is not an events model, a recording under one hop, or
+        frame probabilities that are not finite."""
         if self.event_record is None:
             raise ValueError(f"task={self.task}: events need a model trained for sound event detection "
                              "(task events, docs/events.md); this one answers per clip")
         is_file = isinstance(item, (str, Path))
         source = item if is_file else from_samples(item, sample_rate, self.sr)
         samples = clip_samples(source, self.sr) if is_file else len(source)
-        if samples < self.hop_length:
-            raise ValueError(f"too short: {samples} samples at {self.sr} Hz, fewer than one hop of the front-end "
-                             f"(features.hop_length={self.hop_length}); nothing to detect")
-        stride = int(self.event_record["time_stride"])
-        n_out = self.window // stride
-        half = sliding.default_hop(n_out)
-        n_out_frames = math.ceil(n_frames(samples, self.hop_length) / stride)
-        count = sliding.event_window_count(n_out_frames, n_out)
-        decoder = EventDecoder(float(self.event_record["frame_seconds"]), self.classes, self.post_processing)
-        index = 0
-        for chunk in chunks(samples, self.hop_length, self.window, self.margin, None, self.chunk_frames,
-                            self.batch_size, starts=(j * half * stride for j in range(count))):
+
+        @torch.inference_mode()
+        def frame_probabilities(chunk) -> np.ndarray:
             wave = (load_segment(source, self.sr, chunk.start, chunk.stop) if is_file
                     else torch.from_numpy(cut(source.numpy(), chunk.start, chunk.stop)))
-            with torch.inference_mode():
-                frames = self.scorer.chunk_frames(wave[None].to(self.device))
-                windows = self.scorer.windows(frames, torch.from_numpy(chunk.starts).to(self.device))
-                scored = self.model.event_probabilities(windows)[0].float().cpu().numpy()  # (windows, n_out, C)
-            if not np.isfinite(scored).all():
-                raise ValueError("the model's frame probabilities are not finite: no answer (a recording too "
-                                 "loud for float32 arithmetic, or a model file with non-finite weights)")
-            block = []
-            for row in range(len(chunk.starts)):
-                lo, hi = sliding.central_span(index, count, n_out_frames, n_out)
-                block.append(scored[row, lo - index * half: hi - index * half])
-                index += 1
-            yield from decoder.push(np.concatenate(block))
-        yield from decoder.finish()
+            return self.scorer.frame_probabilities(wave[None].to(self.device),
+                                                   torch.from_numpy(chunk.starts).to(self.device))[0].cpu().numpy()
+
+        return stream_events(samples, self.features, self.event_record, self.classes, self.post_processing,
+                             self.margin, self.chunk_frames, self.batch_size, frame_probabilities)
 
     def probabilities(self, waveform: Tensor) -> Tensor:
         """`(samples,)` at `self.sr` -> `(n_classes,)`: the mean of the sliding windows' softmax."""
