@@ -20,7 +20,6 @@ hears the floor. A duplicate is two events of one class that overlap; a split, t
 from __future__ import annotations
 
 import argparse
-import resource
 import subprocess
 import sys
 import time
