@@ -171,12 +171,21 @@ def odd_files(tmp_path: Path) -> dict[str, tuple[Path, str]]:
                                         "its output 'window_probabilities' is [1, 64, 2]; it must be [1, 64, 3]"),
         "margin far beyond the kernels": (hostile_onnx(tmp_path / "margin.onnx", metadata={
             **meta, "classes": ["a", "b"], "margin_samples": 512 * 10**6}), "margin_samples=512000000"),
+        "events decoding hostile": (hostile_onnx(tmp_path / "decoding.onnx", metadata={
+            **meta, "classes": ["a", "b"], "task": "events", "events": {
+                "time_stride": 4, "frame_seconds": 0.128, "post_processing": {
+                    "thresholds": [0.5, 0.5], "median_frames": [10**9, 1], "min_duration": 0, "min_gap": 0}}}),
+            "events.post_processing.median_frames[0]=1000000000: must be an odd integer"),
+        "events graph without frame outputs": (hostile_onnx(tmp_path / "noframes.onnx", metadata={
+            **meta, "classes": ["a", "b"], "task": "events", "events": {"time_stride": 4, "frame_seconds": 0.128}}),
+            "gives ['window_probabilities', 'frame_probabilities']"),
     }
 
 
 ODD = ["missing file", "model.pt renamed .onnx", "custom domain", "operator not exported", "external data",
        "no metadata", "metadata not JSON", "classes not a list", "classes empty", "classes huge", "classes not strings",
-       "duplicate classes", "classes and output disagree", "margin far beyond the kernels"]
+       "duplicate classes", "classes and output disagree", "margin far beyond the kernels", "events decoding hostile",
+       "events graph without frame outputs"]
 
 
 @pytest.mark.parametrize("name", ODD)
