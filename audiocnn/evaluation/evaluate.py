@@ -15,8 +15,8 @@ probabilities of its event pooling: `model.classify` of a CRNN with `clip_output
 same `WindowScorer`) with `task: events`, plus the event metrics of its frame outputs on the strong
 test clips (`evaluation.event_report`: event- and segment-based F1, PSDS1/2, frame F1) and
 `events/{test_events.tsv,timeline.png}` (the decoded test events; true against detected events of a few
-clips); no explanations yet (Grad-CAM explains the clip head, not the event pooling). `events/` is
-made for every task (DVC expects it).
+clips); no explanations yet (Grad-CAM explains the clip head, not the event pooling). Another task's
+`events/test_events.tsv` holds the header only (DVC declares the folder and keeps no empty one).
 """
 
 from __future__ import annotations
@@ -31,7 +31,8 @@ from audiocnn import tracking
 from audiocnn.data.task import EVENTS, is_multilabel
 from audiocnn.errors import InputError, MissingInputError
 from audiocnn.evaluation.explain import explain_model
-from audiocnn.evaluation.event_report import EVENTS_DIR, LOGGED_EVENT_METRICS, score_events
+from audiocnn.data.events import write_strong
+from audiocnn.evaluation.event_report import EVENTS_DIR, EVENTS_TSV, LOGGED_EVENT_METRICS, score_events
 from audiocnn.features.cqt import pick_device
 from audiocnn.evaluation.reports import (log_multilabel_test_metrics, log_test_metrics, write_multilabel_reports,
                                          write_reports)
@@ -54,10 +55,11 @@ def evaluate(cfg: DictConfig) -> dict:
     out = Path(cfg.paths.metrics)
     settings = cfg.get("evaluate") or {}
     events = bundle.get("task") == EVENTS
-    (out / EVENTS_DIR).mkdir(parents=True, exist_ok=True)  # DVC expects it for every task
     if events:  # frame, event and segment F1 and PSDS on the strong test clips, beside the clips' reports
         extra, event_files = score_events(model, bundle, data, out / EVENTS_DIR, pick_device(cfg.features.device),
                                           f"{cfg.model.name} on {cfg.data.name}")
+    else:  # DVC declares the folder for every task, and keeps no empty folder: a TSV of no events
+        write_strong(out / EVENTS_DIR / EVENTS_TSV, [])
     if is_multilabel(bundle.get("task")):
         metrics, files = write_multilabel_reports(
             scores.probabilities, scores.labels, data, out, f"{cfg.model.name} on {cfg.data.name}",

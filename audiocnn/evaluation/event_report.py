@@ -23,6 +23,7 @@ from audiocnn.training.datamodule import WindowDataModule
 from audiocnn.training.event_postprocessing import clip_frames
 
 EVENTS_DIR = "events"
+EVENTS_TSV = "test_events.tsv"
 TIMELINE_CLIPS = 4
 LOGGED_EVENT_METRICS = ("event_macro_f1", "event_micro_f1", "segment_macro_f1", "segment_micro_f1",
                         *PSDS_SCENARIOS, "frame_macro_f1", "frame_micro_f1")
@@ -41,7 +42,7 @@ def score_events(model: nn.Module, bundle: dict, data: WindowDataModule, out: Pa
     metrics, detections = event_metrics(clips, events, durations, frame_seconds, classes, post)
     names = {key: str(data.store.index["path"].iloc[int(key)]) for key in clips}
     decoded = [Event(names[key], d.onset, d.offset, d.label) for key in clips for d in detections[key]]
-    files = [write_strong(out / "test_events.tsv", decoded)]
+    files = [write_strong(out / EVENTS_TSV, decoded)]
     shown = list(clips)[:TIMELINE_CLIPS]
     files.append(plot_event_timeline([(Path(names[k]).name, clips[k], events[k], detections[k]) for k in shown],
                                      frame_seconds, classes, out / "timeline.png", title))
