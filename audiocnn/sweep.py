@@ -162,5 +162,6 @@ class SweepParentRun(Callback):
     def _end(self, status: str) -> None:
         if self.run_id is None:
             return
-        self.client.set_terminated(self.run_id, status)
+        with owners.without_run_links():
+            self.client.set_terminated(self.run_id, status)
         self.run_id = None

@@ -240,3 +240,15 @@ def test_a_training_run_that_crashes_is_marked_failed(prepared_store, tmp_path, 
         train_module.train(cfg)
     runs = mlflow.search_runs(experiment_names=[cfg.tracking.experiment], filter_string="run_name = 'crashing'")
     assert list(runs["status"]) == ["FAILED"]
+
+
+def test_mlflows_run_links_are_dropped_where_a_run_ends_and_other_output_passes(capsys):
+    """MLflow prints these two lines when a run on a server ends (`_log_url`); without the environment
+    switch they are filtered from stdout around the end of the run (the real flow: tests/test_ui.py)."""
+    from audiocnn.tracking.owners import without_run_links
+
+    with without_run_links():
+        print("tracking: something worth seeing")
+        print("\N{RUNNER} View run tiny at: http://127.0.0.1:5000/#/experiments/1/runs/abc")
+        print("\N{TEST TUBE} View experiment at: http://127.0.0.1:5000/#/experiments/1")
+    assert capsys.readouterr().out == "tracking: something worth seeing\n"

@@ -43,8 +43,6 @@ LOCAL_STORE = "sqlite:///mlflow.db"
 # chosen, GenAI at first), not from the tag. MLflow's own "View run at" links, which lack it, are not printed.
 EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")
 UI_VIEW = "workflowType=machine_learning"
-# MLflow's own setting (read from the environment only): no "View run at" links on stdout, see UI_VIEW.
-SUPPRESS_MLFLOW_URLS = "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"
 # Processes that open a new SQLite store at once (a sweep's parallel jobs, benchmark workers)
 # would each create its tables ("duplicate column name: step"); they take turns, this long at most.
 STORE_LOCK_TIMEOUT_S = 300
@@ -173,7 +171,6 @@ def configure(cfg: DictConfig) -> str:
     `mlflow.set_tracking_uri` exports MLFLOW_TRACKING_URI for the processes this one starts (MLflow's
     doing); audiocnn reads that variable only where a process starts (`audiocnn.config`)."""
     uri = ensure_available(cfg)
-    os.environ.setdefault(SUPPRESS_MLFLOW_URLS, "true")  # an MLflow setting, the environment its only way in
     mlflow.set_tracking_uri(uri)
     with _store_lock(uri):
         _use_experiment(cfg.tracking.experiment, uri)
@@ -219,7 +216,9 @@ def open_run(cfg: DictConfig, *, run_id: str | None = None, run_name: str | None
     configure(cfg)
     parent = parent_run_id
     new_tags = None if run_id else {**(tags or {}), **owners.owner_tags()}  # owned from its creation
-    with mlflow.start_run(run_id=run_id, run_name=None if run_id else run_name, tags=new_tags) as run:
+    run = mlflow.start_run(run_id=run_id, run_name=None if run_id else run_name, tags=new_tags)
+    status = "FAILED"  # until the body returns
+    try:
         if run_id:
             claim(mlflow.MlflowClient(), run_id)
         if parent and parent != run.data.tags.get("mlflow.parentRunId") and parent != run.info.run_id:
@@ -233,8 +232,12 @@ def open_run(cfg: DictConfig, *, run_id: str | None = None, run_name: str | None
             first = redact(str(error)).strip().splitlines()
             mlflow.set_tag(FAILURE_TAG, f"{type(error).__name__}: {first[0] if first else ''}"[:MAX_TAG_LENGTH])
             mlflow.set_tag(owners.END_REASON_TAG, reason[:MAX_PARAM_LENGTH])
-            mlflow.end_run(status="KILLED" if isinstance(error, KeyboardInterrupt) else "FAILED")
+            status = "KILLED" if isinstance(error, KeyboardInterrupt) else "FAILED"
             raise
+        status = "FINISHED"
+    finally:
+        with owners.without_run_links():
+            mlflow.end_run(status=status)
 
 
 def start_parent_run(cfg: DictConfig, run_name: str, tags: dict | None = None,
@@ -258,7 +261,8 @@ def end_parent_run(cfg: DictConfig, run_id: str, status: str = "FINISHED", reaso
     configure(cfg)
     if reason:
         mlflow.MlflowClient().set_tag(run_id, owners.END_REASON_TAG, redact(reason)[:MAX_PARAM_LENGTH])
-    mlflow.MlflowClient().set_terminated(run_id, status=status)
+    with owners.without_run_links():
+        mlflow.MlflowClient().set_terminated(run_id, status=status)
 
 
 def set_parent(cfg: DictConfig, run_id: str, parent_run_id: str) -> None:

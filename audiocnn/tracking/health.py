@@ -49,8 +49,7 @@ def carry_credentials(uri: str) -> str:
     """`uri` without its user info, which goes to MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD
     (what MLflow's client sends, `get_default_host_creds`); a URI without user info is returned as is.
     MLflow's client takes basic-auth credentials from these two settings of its own only, read from the
-    environment (where the processes this one starts find them too): the one environment write of
-    audiocnn besides `tracking.SUPPRESS_MLFLOW_URLS`."""
+    environment (where the processes this one starts find them too): audiocnn's one environment write."""
     parts = urlsplit(uri)
     if parts.username is None:
         return uri

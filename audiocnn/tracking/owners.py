@@ -17,10 +17,14 @@ with DVC); one psutil cannot read counts as alive.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import os
 import socket
+import sys
 import time
 from functools import lru_cache
+from typing import Iterator
 
 import psutil
 
@@ -105,8 +109,28 @@ def reap(client, experiment_id: str) -> list[str]:
         reason = (f"its process ({describe(tags)}) ended without closing the run; marked KILLED by pid "
                   f"{os.getpid()} at {time.strftime('%Y-%m-%d %H:%M:%S')}")
         client.set_tag(run.info.run_id, END_REASON_TAG, reason)
-        client.set_terminated(run.info.run_id, "KILLED")
+        with without_run_links():
+            client.set_terminated(run.info.run_id, "KILLED")
         print(f"tracking: run {run.info.run_id} ({run.info.run_name}) was left RUNNING by {describe(tags)}, "
               "which is gone; marked KILLED")
         reaped.append(run.info.run_id)
     return reaped
+
+
+RUN_LINKS = ("\N{RUNNER} View run ", "\N{TEST TUBE} View experiment at: ")
+
+
+@contextlib.contextmanager
+def without_run_links() -> Iterator[None]:
+    """Around ending a run: MLflow prints `🏃 View run <name> at: <url>` and `🧪 View experiment at: <url>`
+    on stdout when a run on a server ends (`TrackingServiceClient._log_url`); those links lack the UI view
+    audiocnn's own links open (`tracking.UI_VIEW`), so these two lines are dropped and anything else
+    printed meanwhile is passed on. (MLflow's switch for them, MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT, is
+    read from the process environment only.)"""
+    printed = io.StringIO()
+    try:
+        with contextlib.redirect_stdout(printed):
+            yield
+    finally:
+        sys.stdout.writelines(line for line in printed.getvalue().splitlines(keepends=True)
+                              if not line.startswith(RUN_LINKS))
