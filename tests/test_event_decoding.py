@@ -126,3 +126,15 @@ def test_streamed_blocks_give_the_events_of_the_whole_recording_once(seed):
         assert [(round(d.onset, 9), round(d.offset, 9), d.label) for d in got] == \
             [(round(e[0], 9), round(e[1], 9), e[2]) for e in expected]
         assert [d.score for d in got] == pytest.approx([e[3] for e in expected], abs=1e-9)
+
+
+def test_the_whole_recording_median_filter_is_scipys_with_nearest_edges():
+    from scipy.ndimage import median_filter
+
+    from audiocnn.data.event_decoding import median_filtered
+
+    p = np.random.default_rng(3).uniform(size=(57, 3))
+    got = median_filtered(p, [1, 5, 9])
+    assert np.array_equal(got[:, 0], p[:, 0])
+    for k, m in ((1, 5), (2, 9)):
+        assert np.array_equal(got[:, k], median_filter(p[:, k], size=m, mode="nearest"))

@@ -86,13 +86,25 @@ def active_runs(active: np.ndarray) -> list[tuple[int, int]]:
 
 def median_filtered(probabilities: np.ndarray, medians: Sequence[int]) -> np.ndarray:
     """`(frames, n_classes)` -> the same shape, class k median-filtered over `medians[k]` frames (odd; 1: as
-    is), the edges repeated (step 1 of the module docstring)."""
-    from scipy.ndimage import median_filter
+    is), the edges repeated (step 1 of the module docstring): what `EventDecoder` does on a stream, on a
+    whole recording."""
+    p = np.asarray(probabilities, dtype=np.float64)
+    r = max(medians) // 2
+    if len(p) == 0 or r == 0:
+        return p.copy()
+    return _median_rows(np.concatenate([np.repeat(p[:1], r, axis=0), p, np.repeat(p[-1:], r, axis=0)]), r, len(p),
+                        medians)
 
-    smoothed = np.array(probabilities, dtype=np.float64)
+
+def _median_rows(context: np.ndarray, radius: int, count: int, medians: Sequence[int]) -> np.ndarray:
+    """Rows `radius .. radius + count` of `context` `(count + 2 radius, n_classes)`, class k replaced by the
+    median of the `medians[k]` rows centred on each (radius >= every median // 2): the one median filter."""
+    smoothed = context[radius: radius + count].copy()
     for k, median in enumerate(medians):
         if median > 1:
-            smoothed[:, k] = median_filter(smoothed[:, k], size=int(median), mode="nearest")
+            lo = radius - median // 2
+            windows = np.lib.stride_tricks.sliding_window_view(context[lo: lo + count + median - 1, k], median)
+            smoothed[:, k] = np.median(windows, axis=1)
     return smoothed
 
 
@@ -158,13 +170,7 @@ class EventDecoder:
             return
         r, context = self.radius, self.context
         raw = context[r: r + count]
-        smoothed = raw.copy()
-        for k, median in enumerate(self.medians):
-            if median > 1:
-                lo = r - median // 2
-                windows = np.lib.stride_tricks.sliding_window_view(context[lo: lo + count + median - 1, k], median)
-                smoothed[:, k] = np.median(windows, axis=1)
-        active = smoothed >= self.thresholds
+        active = _median_rows(context, r, count, self.medians) >= self.thresholds
         sums = self.sums + np.concatenate([np.zeros((1, raw.shape[1])), np.cumsum(raw, axis=0)])  # before each frame
         for k in range(len(self.classes)):
             if self.open[k] is not None and not active[0, k]:  # the run ended with the previous block

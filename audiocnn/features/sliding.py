@@ -9,9 +9,10 @@ uses these two functions: evaluate's sliding windows and the temperature fit (`t
 exported files score) and `Predictor`'s whole clips, so a clip gets the same windows and the same
 answer wherever it is scored (`tests/test_one_scorer.py` checks that each of them calls them).
 
-An events model's frame outputs have their own grid (`event_window_count`, `central_span`): windows
-every half window, each output frame taken from the one window whose central half holds it. Both the
-evaluate stage (`training.event_postprocessing.clip_frames`) and `Predictor.events` use these two.
+An events model's frame outputs have their own grid (`event_window_count`, `central_span`,
+`central_frames`): windows every half window, each output frame taken from the one window whose central
+half holds it. The evaluate stage (`training.event_postprocessing.clip_frames`) and every backend's events
+(`inference.event_stream`) use them.
 
 numpy and pure Python only: the onnxruntime path (`inference.exported`) imports no torch.
 """
@@ -72,3 +73,15 @@ def central_span(index: int, count: int, n_frames: int, n_out: int) -> tuple[int
     lo = 0 if index == 0 else quarter + index * half
     hi = n_frames if index == count - 1 else quarter + (index + 1) * half
     return min(lo, n_frames), min(hi, n_frames)
+
+
+def central_frames(scored: np.ndarray, first: int, count: int, n_frames: int) -> np.ndarray:
+    """Windows `first .. first + len(scored) - 1` of `count` (`event_window_count`), scored as `(windows, n_out,
+    n_classes)` frame outputs -> the output frames they give (`central_span` of each), in order."""
+    n_out = scored.shape[1]
+    half = default_hop(n_out)
+    parts = []
+    for row, index in enumerate(range(first, first + len(scored))):
+        lo, hi = central_span(index, count, n_frames, n_out)
+        parts.append(scored[row, lo - index * half: hi - index * half])
+    return np.concatenate(parts)

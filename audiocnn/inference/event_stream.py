@@ -52,10 +52,6 @@ def stream_events(samples: int, features: Mapping, record: Mapping, classes: Seq
         if not np.isfinite(scored).all() or scored.min() < 0 or scored.max() > 1:
             raise ValueError("the model's frame probabilities are not finite probabilities: no answer (a "
                              "recording too loud for float32 arithmetic, or a model file with non-finite weights)")
-        block = []
-        for row in range(len(chunk.starts)):
-            lo, hi = sliding.central_span(index, count, n_frames, n_out)
-            block.append(scored[row, lo - index * half: hi - index * half])
-            index += 1
-        yield from decoder.push(np.concatenate(block))
+        yield from decoder.push(sliding.central_frames(scored, index, count, n_frames))
+        index += len(chunk.starts)
     yield from decoder.finish()

@@ -55,8 +55,7 @@ def clip_frames(model: nn.Module, data: WindowDataModule, split: str, time_strid
         count = sliding.event_window_count(n_frames, n_out)
         windows = np.stack([cut_window(frames, j * half * time_stride, window, data.floor) for j in range(count)])
         scored = model.event_probabilities(torch.from_numpy(windows[:, None]).to(device))[0].float().cpu().numpy()
-        spans = [sliding.central_span(j, count, n_frames, n_out) for j in range(count)]
-        yield int(row), np.concatenate([scored[j, lo - j * half: hi - j * half] for j, (lo, hi) in enumerate(spans)])
+        yield int(row), sliding.central_frames(scored, 0, count, n_frames)
 
 
 def best_f1_by_class(clips: dict[str, np.ndarray], events: dict[str, list], frame_seconds: float,
