@@ -185,6 +185,7 @@ BAD = [
     # model (checked by building it)
     (["model.freq_pool=median"], "model: model.freq_pool='median'; allowed: flatten, max, attention, max_centroid"),
     (["model.event_pool=max"], "model: model.event_pool='max'; allowed: linear_softmax, attention"),
+    (["model.event_time_stride=0"], "model.event_time_stride=0: must be a positive integer"),
     (["evaluate.tta.pitch_bins=[-84,0]"], "evaluate.tta.pitch_bins=[-84, 0]: each shift must be smaller than the "
                                           "window's 84 bins"),
     (["evaluate.tta.time_frames=[0,128]"], "evaluate.tta.time_frames=[0, 128]: each shift must be smaller than the "

@@ -18,7 +18,9 @@ from audiocnn.config import compose_config
 from audiocnn.data.events import Event
 from audiocnn.data.prepare import read_classes
 from audiocnn.errors import ConfigError, InputError
+from audiocnn.models.blocks import BlockSpec
 from audiocnn.models.build import build_model
+from audiocnn.models.event_pool import capped_time_stride, time_stride
 from audiocnn.models.bundle import load_bundle, save_bundle
 from audiocnn.training.augment import SpectrogramAugment
 from audiocnn.training.events import EventClassifier, check_event_model, event_loss
@@ -108,6 +110,20 @@ def test_mixup_moves_frame_targets_with_the_windows_and_time_shift_is_off():
     assert event_transforms({"time_shift": {"p": 0.5}, "freq_mask": {"p": 0.5}}) == {"freq_mask": {"p": 0.5}}
 
 
+def test_the_event_time_stride_caps_the_blocks_time_pooling_and_refuses_conv_strides_past_it():
+    blocks = [{"channels": 8, "pool_size": [2, 2]}, {"channels": 8, "pool": "max", "pool_size": 3, "pool_stride": 2},
+              {"channels": 8, "pool": "none"}, {"channels": 8, "pool_size": [2, 1]}]
+    assert capped_time_stride(blocks, None) == blocks
+    capped = capped_time_stride(blocks, 2)
+    assert capped[0] == blocks[0] and capped[2:] == blocks[2:]
+    assert capped[1] == {"channels": 8, "pool": "max", "pool_size": [3, 1], "pool_stride": [2, 1]}
+    assert time_stride([BlockSpec.from_config(b) for b in capped]) == 2
+    assert time_stride([BlockSpec.from_config(b) for b in capped_time_stride(blocks, 1)]) == 1
+    assert capped_time_stride(blocks, 8) == blocks  # 2 x 2: under the cap
+    with pytest.raises(ValueError, match=r"^model.event_time_stride=2: the blocks' conv strides alone reach 4$"):
+        capped_time_stride([{"channels": 8, "stride": [1, 4], "pool": "none"}], 2)
+
+
 def test_a_model_without_frame_outputs_is_refused_in_one_line():
     cnn = build_model(compose_config(["model=cnn"]).model, 3, 84)
     with pytest.raises(ConfigError, match=r"^model=cnn: the events task needs a CRNN \(model=crnn_gru or "
@@ -192,7 +208,9 @@ def test_an_events_training_records_the_task_and_logs_a_finite_frame_loss(traine
     model, bundle = load_bundle(Path(cfg.paths.models) / "model.pt")
     assert bundle["task"] == "events" and bundle["model"]["clip_output"] == "event_pool"
     post = bundle["events"].pop("post_processing")  # fitted on the val split's strong clips
-    assert bundle["events"] == {"time_stride": 4, "frame_seconds": pytest.approx(0.128)}
+    # model.event_time_stride=2 (the default) stops the blocks' time pooling at 2: 64-ms frames at the 32-ms hop
+    assert bundle["events"] == {"time_stride": 2, "frame_seconds": pytest.approx(0.064)}
+    assert [block.get("pool_size") for block in bundle["model"]["blocks"]] == [[2, 2], [2, 1], [2, 1], None]
     assert len(post["thresholds"]) == len(post["median_frames"]) == len(bundle["classes"])
     assert set(post["median_frames"]) <= {1, 3, 5, 7} and (post["min_duration"], post["min_gap"]) == (0.0, 0.0)
     assert json.loads(client_artifact(summary["run_id"], cfg, "event_decoding.json"))["median_frames"] == \
@@ -248,7 +266,7 @@ def test_events_evaluation_writes_clip_metrics_event_metrics_decoded_events_and_
         assert 0.0 <= test[key] <= 1.0, key
         assert metrics[key] == test[key]
     assert test["n_strong_clips"] == test["n_clips"] > 0 and test["n_frames"] >= test["n_clips"] * 31
-    assert test["frame_seconds"] == pytest.approx(0.128) and test["post_processing"] == "stored"
+    assert test["frame_seconds"] == pytest.approx(0.064) and test["post_processing"] == "stored"
     out = Path(cfg.paths.metrics) / "events"
     decoded = read_strong(out / "test_events.tsv")  # a valid strong DCASE TSV of the test clips' events
     assert not decoded.problems and len(decoded.events) == test["n_detected_events"]

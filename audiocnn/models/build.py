@@ -10,8 +10,9 @@ from torch import nn
 
 from audiocnn.features.cqt import CQTFrontend
 
-# Keys of a model config that are not constructor arguments (identity, transfer learning).
-DESCRIPTIVE_KEYS = ("name", "init_from", "freeze")
+# Keys of a model config that are not constructor arguments (identity, transfer learning, the events
+# task's blocks: `event_pool.capped_time_stride`).
+DESCRIPTIVE_KEYS = ("name", "init_from", "freeze", "event_time_stride")
 
 
 def model_kwargs(model_cfg: DictConfig) -> dict:

@@ -13,12 +13,16 @@ of its frame probabilities p_t (each class on its own, t over the T' output fram
 
 `time_stride` gives the CQT frames per output frame; `data.events.output_frame_seconds(hop_length, sr,
 time_stride(specs))` the output frames' duration, and `data.events.frame_targets` the targets at it.
+`capped_time_stride` gives the blocks an events model is built with: a CRNN config's
+`event_time_stride` (default 2: 64-ms frames at the demo's 32-ms hop, the DCASE baseline's frame
+rate) caps the conv stack's time stride, because onsets and offsets come out in whole output frames
+while a clip classifier may pool time further (docs/events.md, "Frame rate").
 """
 
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from typing import Any, Mapping, Sequence
 
 from torch import Tensor, nn
 
@@ -49,3 +53,27 @@ class EventPool(nn.Module):
 def time_stride(specs: Sequence[BlockSpec]) -> int:
     """Input frames per output frame of a conv stack: the product of its convs' and poolings' time strides."""
     return math.prod(s.stride[1] * (s.effective_pool_stride[1] if s.pool != "none" else 1) for s in specs)
+
+
+def capped_time_stride(blocks: Sequence[Mapping[str, Any]], cap: int | None) -> list[dict]:
+    """The `blocks` (a model config's, as written) with each pooling's time size and stride set to 1
+    where it would take the stack's time stride past `cap` (None: unchanged). `ValueError` when the
+    convs' own time strides pass it."""
+    blocks = [dict(block) for block in blocks]
+    if cap is None:
+        return blocks
+    stride = 1
+    for block in blocks:
+        spec = BlockSpec.from_config(block)
+        stride *= spec.stride[1]
+        if stride > cap:
+            raise ValueError(f"model.event_time_stride={cap}: the blocks' conv strides alone reach {stride}")
+        if spec.pool == "none":
+            continue
+        if stride * spec.effective_pool_stride[1] > cap:
+            block["pool_size"] = [spec.pool_size[0], 1]
+            if block.get("pool_stride") is not None:
+                block["pool_stride"] = [spec.pool_stride[0], 1]
+        else:
+            stride *= spec.effective_pool_stride[1]
+    return blocks

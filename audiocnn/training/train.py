@@ -44,7 +44,7 @@ from audiocnn.features.featurize import store_problem
 from audiocnn.models import build_model
 from audiocnn.models.build import build_frontend
 from audiocnn.models.bundle import load_state, save_bundle
-from audiocnn.models.event_pool import time_stride
+from audiocnn.models.event_pool import capped_time_stride, time_stride
 from audiocnn.models.scorer import WindowScorer
 from audiocnn.models.summary import summarize
 from audiocnn.training import distributed, resume
@@ -183,6 +183,18 @@ def check_events_settings(cfg: DictConfig, model: torch.nn.Module) -> None:
                           "set trainer.class_weights=none")
 
 
+def events_model_settings(model_cfg: DictConfig) -> DictConfig:
+    """The model config an events model is built with: its blocks' time pooling capped at
+    `model.event_time_stride` (`models.event_pool.capped_time_stride`; a CNN's blocks as written, it is
+    refused after)."""
+    cap = model_cfg.get("event_time_stride")
+    try:
+        blocks = capped_time_stride(model_cfg.get("blocks") or [], cap)
+    except ValueError as error:
+        raise ConfigError(str(error)) from None
+    return OmegaConf.merge(model_cfg, {"blocks": blocks}) if cap is not None else model_cfg
+
+
 def event_settings(cfg: DictConfig, model: torch.nn.Module) -> dict:
     """What model.pt records for an events model (`events`): its output frames' time stride and seconds."""
     stride = time_stride(model.specs)
@@ -315,9 +327,10 @@ def train(cfg: DictConfig, run_name_suffix: str = "", parent_run_id: str | None 
     if calibrating and len(data.rows("val")) == 0:
         raise ConfigError("trainer.calibrate=temperature: the val split has no clips to fit the temperature on; "
                           "give it clips (data.val_fraction) or set trainer.calibrate=none")
-    model = build_model(cfg.model, len(data.classes), cfg.features.n_bins, cfg.features.get("top_db"),
+    model_settings = events_model_settings(cfg.model) if data.events_task else cfg.model
+    model = build_model(model_settings, len(data.classes), cfg.features.n_bins, cfg.features.get("top_db"),
                         frontend=build_frontend(cfg.features))  # the CQT on the fly, else identity
-    model_cfg = OmegaConf.to_container(cfg.model, resolve=True)
+    model_cfg = OmegaConf.to_container(model_settings, resolve=True)
     events = None
     if data.events_task:
         check_events_settings(cfg, model)

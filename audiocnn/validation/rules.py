@@ -184,6 +184,7 @@ def rules() -> dict[str, Callable]:
         "data.download.url": _url, "data.download.checksum": _checksum, "data.download.timeout_s": POSITIVE,
         "data.download.max_bytes": Number(0, low_open=True, integer=True, null=True),
         "data.download.max_ratio": Number(0, low_open=True, null=True),
+        "model.event_time_stride": Number(0, low_open=True, integer=True, null=True),
         "model.norm.type": Choice(NORM_TYPES), "model.norm": norm_rule, "model.norm.trainable": BOOL,
         **{f"model.norm.{k}": Number(0, 1, low_open=True) for k in ("alpha", "r", "s")},
         **{f"model.norm.{k}": POSITIVE for k in ("delta", "eps", "min_std")},
