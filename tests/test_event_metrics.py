@@ -82,6 +82,18 @@ def test_psds_is_one_for_exact_scores_and_falls_with_false_alarms():
     assert scores["psds1"] == pytest.approx(0.9, abs=1e-3)
 
 
+def test_an_event_free_clip_counts_its_false_alarms_in_every_metric():
+    truth = {"a": [Event("a", 1.0, 3.0, "dog")], "quiet": []}
+    frames = {"a": clip(dog=[(10, 30, 0.9)]), "quiet": clip(dog=[(40, 50, 0.95)], cat=[(70, 75, 0.9)])}
+    post = PostProcessing(thresholds=[0.5, 0.5])
+    alone, _ = event_metrics({"a": frames["a"]}, truth, {"a": 10.0}, H, CLASSES, post)
+    both, detections = event_metrics(frames, truth, {"a": 10.0, "quiet": 10.0}, H, CLASSES, post)
+    assert alone["event_micro_f1"] == 1.0 and alone["psds1"] == 1.0
+    assert both["n_strong_clips"] == 2 and len(detections["quiet"]) == 2 and both["n_true_events"] == 1
+    assert both["event_micro_f1"] == pytest.approx(2 * 1 / (2 * 1 + 2))  # 1 hit, 2 false alarms in "quiet"
+    assert both["segment_micro_f1"] < alone["segment_micro_f1"] and both["psds1"] < alone["psds1"]
+
+
 def test_the_fit_picks_a_median_that_removes_a_spike_and_a_threshold_between_the_levels():
     clips = {"a": clip(dog=[(10, 30, 0.9), (50, 51, 0.95)], cat=[(60, 70, 0.6)]),
              "b": clip(dog=[(20, 40, 0.8)], cat=[(5, 15, 0.7)])}

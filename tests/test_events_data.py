@@ -329,6 +329,7 @@ def test_desed_fixture_through_prepare(tmp_path):
         "audio/validation/validation/Yval0.wav": ("Dog", "strong", "test"),
         "audio/validation/validation/Yval1.wav": ("Dishes", "strong", "test"),
         "audio/validation/validation/Yval2.wav": ("Frying", "strong", "test"),
+        "audio/validation/validation/Yval3.wav": ("", "strong", "test"),  # no event: a negative of every class
     }
     assert {k: tuple(v) for k, v in manifest[["labels", "annotation", "split"]].iterrows()} == expected
     assert manifest.loc["audio/train/synthetic21_train/soundscapes/0.wav", "group"] == "synthetic_train-0"
@@ -356,11 +357,9 @@ def test_desed_fixture_through_prepare(tmp_path):
                                                     "naming it was left out (report.json: annotations)",
         "audio/train/weak/Yweak5_0.000_10.000.wav": "no usable annotation: every row of metadata/train/weak.tsv "
                                                     "naming it was left out (report.json: annotations)",
-        "audio/validation/validation/Yval3.wav": "no events: its annotation lists no event (a clip without events "
-                                                 "waits for the event-detection task)",
     }
     annotations = summary["annotations"]
-    assert annotations["clips"] == {"strong": 10, "weak": 4} and annotations["events"] == 12
+    assert annotations["clips"] == {"strong": 11, "weak": 4} and annotations["events"] == 12
     rows = {(p["source"], p["row"], p["kind"], p["action"]) for p in annotations["problem_rows"]}
     assert rows == {
         ("metadata/train/weak.tsv", 6, "unknown label", "skipped"),
@@ -382,6 +381,27 @@ def test_desed_fixture_through_prepare(tmp_path):
     assert audio == set(manifest.index) | set(skipped)
 
 
+def test_an_event_free_strong_clip_is_a_negative_of_every_class_with_frame_targets(tmp_path):
+    from audiocnn.features.featurize import featurize
+    from audiocnn.training.datamodule import WindowDataModule
+
+    root = desed_fixture(tmp_path / "dataset")
+    cfg = config(tmp_path / "out", "desed", f"data.root={root}", "features.window_frames=16")
+    prepare(cfg)
+    featurize(cfg)
+    data = WindowDataModule(cfg, time_stride=2)
+    paths = read_manifest(cfg)["path"].to_numpy()[data.store.index["clip_id"].to_numpy()]
+    names = [str(Path(p).relative_to(root)) for p in paths]
+    row = names.index("audio/validation/validation/Yval3.wav")
+    assert data.strong[row] and data.clip_events[row] == [] and not data.labels[row].any()
+    assert (data.labels.sum(axis=1) > 0).sum() == len(data.labels) - 1  # every other clip has a label
+    item = list(data.rows("test")).index(row)
+    _, labels, frames, strong = data.dataset("test", mode="random").__getitems__([item])
+    assert bool(strong[0]) and not labels.any() and frames.shape[1] == 16 // 2 and not frames.any()
+    dog = list(data.rows("test")).index(names.index("audio/validation/validation/Yval0.wav"))  # Dog all along
+    assert data.dataset("test", mode="random").__getitems__([dog])[2][..., DESED_CLASSES.index("Dog")].all()
+
+
 @pytest.mark.parametrize("piece", ["metadata/validation/validation.tsv", "audio/train/weak"])
 def test_desed_names_the_missing_piece_in_one_line(tmp_path, piece):
     root = desed_fixture(tmp_path / "dataset")
@@ -401,7 +421,7 @@ def test_desed_parts_pick_what_is_used(tmp_path):
                                                                  "validation]")
     prepare(cfg)
     manifest = read_manifest(cfg)
-    assert set(manifest["annotation"]) == {"strong"} and len(manifest) == 10
+    assert set(manifest["annotation"]) == {"strong"} and len(manifest) == 11  # Yval3.wav (no event) is in
 
 
 def test_an_earlier_datasets_events_file_does_not_outlive_it(tmp_path):

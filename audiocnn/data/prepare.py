@@ -68,7 +68,9 @@ def probe_clips(clips: list[dict], classes: list[str], max_seconds: float | None
     is empty or holds a label outside `classes`; its labels are put in class order and its `label`
     is the first of them. A clip with `events` has them fitted to its duration (`events.fit_to_duration`;
     the changes in its `event_problems`) and, when strong, its labels made those of its events; a
-    strong clip without any event is skipped (`no events`: multi-label training needs a label).
+    strong clip whose annotation says it has no event (a row of blank cells) is kept with no label (`labels`
+    [], `label` ""): a true negative of every class; one whose events all fall past its end is skipped
+    (`no events`: its annotation does not fit the file).
     """
     kept, skipped, seen = [], [], set()
     position = {name: index for index, name in enumerate(classes)}
@@ -85,11 +87,10 @@ def probe_clips(clips: list[dict], classes: list[str], max_seconds: float | None
             skipped.append({"path": path, "reason": "bad path: it holds a tab or a line break, which events.tsv "
                                                     "cannot hold"})
             continue
-        if clip.get("annotation") == "strong" and not clip["labels"]:
-            skipped.append({"path": path, "reason": "no events: its annotation lists no event (a clip without "
-                                                    "events waits for the event-detection task)"})
-            continue
-        if "labels" in clip:
+        event_free = clip.get("annotation") == "strong" and not clip["labels"] and not clip.get("events")
+        if event_free:
+            clip = {**clip, "labels": [], "label": ""}
+        elif "labels" in clip:
             unknown = [name for name in clip["labels"] if name not in position]
             if not clip["labels"] or unknown:
                 reason = (f"label not in the class list: {unknown[0]!r}" + (f" (+{len(unknown) - 1} more)"
@@ -114,12 +115,12 @@ def probe_clips(clips: list[dict], classes: list[str], max_seconds: float | None
             clip = {**clip, "events": events, "event_problems": problems}
             if clip.get("annotation") == "strong":
                 labels = sorted({event.label for event in events}, key=position.__getitem__)
-                if not labels:
+                if not labels and not event_free:
                     skipped.append({"path": path, "reason": "no events: every event starts at or after the "
                                                             f"file's end ({facts.duration:g} s)",
                                     "event_problems": problems})
                     continue
-                clip = {**clip, "labels": labels, "label": labels[0]}
+                clip = {**clip, "labels": labels, "label": labels[0] if labels else ""}
         kept.append({**clip, "path": path, "duration": round(facts.duration, 4), "sr": facts.sr,
                      "channels": facts.channels, "md5": facts.md5, "note": facts.note})
     return kept, skipped

@@ -58,10 +58,13 @@ def grouped_multilabel_split(
     the group's labels are furthest below their targets. The (groups, labels) counts are sparse,
     so memory and time grow with the number of (clip, label) pairs, not groups x labels. (The
     `iterative-stratification` package is not used: its wheel installs a top-level `tests`
-    package that shadows this project's tests.)
+    package that shadows this project's tests.) Clips without a label (event-free strong clips) are
+    stratified as one more label.
     """
     group_codes, group_names = pd.factorize(groups, sort=True)
-    pairs = pd.DataFrame({"group": group_codes, "label": label_lists.to_numpy()}).explode("label")
+    no_label = [""]  # an event-free clip's empty list: spread over the splits as a label of its own
+    pairs = pd.DataFrame({"group": group_codes, "label": [list(labels) or no_label for labels in label_lists]})
+    pairs = pairs.explode("label")
     label_codes, label_names = pd.factorize(pairs["label"], sort=True)
     counts = pd.DataFrame({"group": pairs["group"].to_numpy(dtype=np.int64), "label": label_codes}).value_counts()
     matrix = sparse.csr_matrix((counts.to_numpy(), (counts.index.get_level_values("group"),

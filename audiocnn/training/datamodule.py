@@ -32,12 +32,14 @@ from audiocnn.training.windows import (AudioClips, EventWindowDataset, WaveformW
 
 def multi_hot(label_lists, classes: list[str]) -> np.ndarray:
     """`;`-joined label lists (the manifest's `labels` cells) -> `(clips, n_classes)` float32 0/1 targets;
-    None where a label is not in `classes`."""
+    None where a label is not in `classes`. An empty cell (an event-free strong clip) is a row of zeros."""
     lookup = {name: i for i, name in enumerate(classes)}
     targets = np.zeros((len(label_lists), len(classes)), dtype=np.float32)
     for row, cell in enumerate(label_lists):
+        if cell == "":
+            continue
         columns = [lookup.get(name) for name in str(cell).split(LABEL_SEPARATOR)]
-        if None in columns or not columns:
+        if None in columns:
             return None
         targets[row, columns] = 1.0
     return targets
