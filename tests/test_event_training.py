@@ -395,3 +395,23 @@ def test_an_exported_events_model_gives_the_same_events_streamed(trained_events,
         [[(e["label"], e["onset"], e["offset"]) for e in r["events"]] for r in eager]
     assert [e["score"] for r in got for e in r["events"]] == pytest.approx(
         [e["score"] for r in eager for e in r["events"]], abs=1e-4)
+
+
+def test_the_events_graph_runs_the_crnn_once_for_the_clip_and_frame_outputs(trained_events):
+    """The exported events graph answers both outputs from one pass of the CRNN; its clip probabilities
+    are the scorer's (`classify` through the event pooling)."""
+    from audiocnn.inference.predictor import Predictor
+
+    cfg, _, _ = trained_events
+    graph = Predictor.load(Path(cfg.paths.models) / "model.pt").graph()
+    calls = []
+    hook = graph.scorer.model.rnn.register_forward_hook(lambda *_: calls.append(1))
+    waveform = torch.from_numpy(np.random.default_rng(0).uniform(-0.3, 0.3, (2, 3 * 16000)).astype(np.float32))
+    starts = torch.tensor([0, 32, 64])
+    with torch.inference_mode():
+        clips, frames = graph(waveform, starts)
+        assert len(calls) == 1
+        hook.remove()
+        expected = graph.score(graph.windows(graph.chunk_frames(waveform), starts)).reshape(clips.shape)
+    assert clips.shape == (2, 3, 6) and frames.shape == (2, 3, 64 // 2, 6)
+    assert torch.allclose(clips, expected, atol=1e-6)

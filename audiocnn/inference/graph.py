@@ -30,6 +30,7 @@ import torch
 from torch import Tensor, nn
 
 from audiocnn.features.cqt import LogCQT
+from audiocnn.models.crnn import pooled_logits
 from audiocnn.models.scorer import WindowScorer
 
 
@@ -83,8 +84,11 @@ class ChunkScorer(nn.Module):
         """(batch, samples) chunk with margins, (n_windows,) int64 starts -> (batch, n_windows, n_classes);
         an events model's graph also gives `frame_probabilities` (batch, n_windows, n_out, n_classes)."""
         windows = self.windows(self.chunk_frames(waveform), starts.to(torch.int64))
-        clips = self.score(windows).reshape(waveform.shape[0], starts.shape[0], -1)
         if not self.events:
-            return clips
-        frames = self.scorer.model.event_probabilities(windows)[0].float()
-        return clips, frames.reshape(waveform.shape[0], starts.shape[0], frames.shape[1], frames.shape[2])
+            return self.score(windows).reshape(waveform.shape[0], starts.shape[0], -1)
+        frames, pooled = self.scorer.model.event_probabilities(windows)
+        # one pass of the CRNN gives both: the clip answer is its event pooling's (without views)
+        clips = self.scorer.probabilities(pooled_logits(pooled)[None]) if self.scorer.views.identity \
+            else self.score(windows)
+        return (clips.reshape(waveform.shape[0], starts.shape[0], -1),
+                frames.float().reshape(waveform.shape[0], starts.shape[0], frames.shape[1], frames.shape[2]))

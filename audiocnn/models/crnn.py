@@ -129,8 +129,7 @@ class CRNN(CQTClassifier):
         the logit of the event pooling's clip probabilities (`clip_output=event_pool`)."""
         if self.clip_output == "head":
             return super().classify(frames)
-        clip = self.event_probabilities(frames)[1].clamp(EPS, 1 - EPS)
-        return torch.log(clip) - torch.log1p(-clip)
+        return pooled_logits(self.event_probabilities(frames)[1])
 
     def reset_classifier(self, n_classes: int) -> None:
         """A new last layer, and a new attention of the event pooling when it has one, for `n_classes` classes."""
@@ -142,3 +141,10 @@ class CRNN(CQTClassifier):
     def forward_head(self, features: Tensor, pre_logits: bool = False) -> Tensor:
         """(batch, C, F', T') -> (batch, n_classes) logits (or, `pre_logits`, the head's input to `fc`)."""
         return self.head(self.sequence_embedding(features), pre_logits=pre_logits)
+
+
+def pooled_logits(clip_probabilities: Tensor) -> Tensor:
+    """(batch, n_classes) clip probabilities of the event pooling -> their logits, clamped to [EPS, 1 - EPS]
+    (what `classify` answers with `clip_output=event_pool`)."""
+    clip = clip_probabilities.clamp(EPS, 1 - EPS)
+    return torch.log(clip) - torch.log1p(-clip)
