@@ -138,6 +138,12 @@ def test_an_event_crnn_scores_clips_by_its_event_pooling():
     x = torch.randn(2, 1, 84, 32)
     _, clip = model.event_probabilities(x)
     torch.testing.assert_close(model(x).sigmoid(), clip, atol=1e-5, rtol=1e-4)
+    # Grad-CAM differentiates these logits: the event pooling's, not the clip head's
+    from audiocnn.evaluation.explain import grad_cam
+
+    maps, logits = grad_cam(model, x, torch.tensor([0, 2]))
+    torch.testing.assert_close(logits, model(x), atol=1e-5, rtol=1e-4)
+    assert maps.shape == (2, 84, 32) and float(maps.amax()) == pytest.approx(1.0)
     with pytest.raises(ValueError, match=r"model.clip_output='frames'; allowed: head, event_pool"):
         build_model(compose_config(["model=crnn_gru", "+model.clip_output=frames"]).model, 3, 84)
 
@@ -271,6 +277,8 @@ def test_events_evaluation_writes_clip_metrics_event_metrics_decoded_events_and_
     decoded = read_strong(out / "test_events.tsv")  # a valid strong DCASE TSV of the test clips' events
     assert not decoded.problems and len(decoded.events) == test["n_detected_events"]
     assert (out / "timeline.png").stat().st_size > 10_000
+    for name in ("gradcam.png", "saliency.png", "filters.png"):  # Grad-CAM of the event pooling's clip logits
+        assert (Path(cfg.paths.metrics) / "explain" / name).stat().st_size > 5_000
     run = mlflow.MlflowClient(cfg.tracking.uri).get_run(summary["run_id"])
     assert run.data.metrics["test_psds1"] == test["psds1"] and "test_event_macro_f1" in run.data.metrics
 

@@ -48,7 +48,7 @@ def evaluate(cfg: DictConfig) -> dict:
         raise MissingInputError(f"paths.models={cfg.paths.models}: no model.pt; run the train stage first "
                                 "(`dvc repro train` or `audiocnn train`)")
     model, bundle = load_bundle(cfg.paths.models)
-    data = WindowDataModule(cfg)
+    data = WindowDataModule(cfg, time_stride=(bundle.get("events") or {}).get("time_stride"))  # events: its frames
     if bundle["classes"] != data.classes:
         raise InputError(f"the model in {cfg.paths.models} was trained on other classes; rerun the train stage")
     scores = score_test_split(model, bundle, data, cfg)
@@ -75,10 +75,7 @@ def evaluate(cfg: DictConfig) -> dict:
     (out / "explain").mkdir(parents=True, exist_ok=True)
     if events:
         files += event_files
-    if settings.get("explain", False) and events:
-        print("evaluate: no explanations for an events model yet (Grad-CAM explains the clip head, not the event "
-              "pooling)")
-    elif settings.get("explain", False) and bundle["features"].get("on_the_fly"):
+    if settings.get("explain", False) and bundle["features"].get("on_the_fly"):
         print("evaluate: no explanations for a model trained on the fly (they need stored CQT windows)")
     elif settings.get("explain", False):
         files += explain_model(WindowScorer.for_bundle(model, bundle), data, bundle["features"], out / "explain",

@@ -117,19 +117,16 @@ class CRNN(CQTClassifier):
         outputs, _ = self.rnn(self.freq_pool(features))
         return self.head(outputs), outputs
 
-    def event_probabilities(self, frames: Tensor) -> tuple[Tensor, Tensor]:
-        """(batch, 1, n_bins, frames) log-CQT windows -> ((batch, T', n_classes) frame probabilities,
-        (batch, n_classes) clip probabilities pooled from them by `event_pool`)."""
-        logits, outputs = self.frame_logits(self.forward_features(frames))
+    def pooled_events(self, features: Tensor) -> tuple[Tensor, Tensor]:
+        """(batch, C, F', T') -> ((batch, T', n_classes) frame probabilities, (batch, n_classes) clip
+        probabilities pooled from them by `event_pool`)."""
+        logits, outputs = self.frame_logits(features)
         probabilities = logits.sigmoid()
         return probabilities, self.event_pool(probabilities, outputs)
 
-    def classify(self, frames: Tensor) -> Tensor:
-        """(batch, 1, n_bins, frames) -> (batch, n_classes) clip logits: the head's (`clip_output=head`), or
-        the logit of the event pooling's clip probabilities (`clip_output=event_pool`)."""
-        if self.clip_output == "head":
-            return super().classify(frames)
-        return pooled_logits(self.event_probabilities(frames)[1])
+    def event_probabilities(self, frames: Tensor) -> tuple[Tensor, Tensor]:
+        """(batch, 1, n_bins, frames) log-CQT windows -> `pooled_events` of their conv feature map."""
+        return self.pooled_events(self.forward_features(frames))
 
     def reset_classifier(self, n_classes: int) -> None:
         """A new last layer, and a new attention of the event pooling when it has one, for `n_classes` classes."""
@@ -139,7 +136,12 @@ class CRNN(CQTClassifier):
             self.event_pool.attention = nn.Linear(old.in_features, n_classes).to(old.weight.device)
 
     def forward_head(self, features: Tensor, pre_logits: bool = False) -> Tensor:
-        """(batch, C, F', T') -> (batch, n_classes) logits (or, `pre_logits`, the head's input to `fc`)."""
+        """(batch, C, F', T') -> (batch, n_classes) clip logits: the head's (`clip_output=head`), or the
+        logit of the event pooling's clip probabilities (`clip_output=event_pool`); `pre_logits`: the
+        head's input to `fc` (the temporal pooling's embedding, either way). What `classify` and Grad-CAM
+        differentiate."""
+        if self.clip_output == "event_pool" and not pre_logits:
+            return pooled_logits(self.pooled_events(features)[1])
         return self.head(self.sequence_embedding(features), pre_logits=pre_logits)
 
 
