@@ -423,3 +423,34 @@ def test_the_events_graph_runs_the_crnn_once_for_the_clip_and_frame_outputs(trai
         expected = graph.score(graph.windows(graph.chunk_frames(waveform), starts)).reshape(clips.shape)
     assert clips.shape == (2, 3, 6) and frames.shape == (2, 3, 64 // 2, 6)
     assert torch.allclose(clips, expected, atol=1e-6)
+
+
+def test_an_events_model_trained_on_the_fly_is_fitted_evaluated_and_predicted_on_its_own_front_end(tmp_path):
+    """`features.on_the_fly=true`: waveform windows carry frame targets, and the decoding fit, the evaluate
+    stage and `predict --events` all score frames of the model's own front-end: predict's events of the
+    test clips are the evaluate stage's."""
+    from audiocnn.cli import main as cli
+    from audiocnn.data.events import read_strong
+    from audiocnn.experiment import ensure_inputs, evaluate_model, train_model
+    from audiocnn.training.datamodule import WindowDataModule
+
+    cfg = config(tmp_path, "demo_events", "data.clips=32", "data.duration=4.0", "data.max_event_seconds=2.0",
+                 "features.window_frames=64", "features.on_the_fly=true", "model=crnn_gru", "model.hidden_size=32",
+                 "trainer.max_epochs=2", "tracking.export_onnx=false")
+    ensure_inputs(cfg)
+    data = WindowDataModule(cfg, time_stride=2)
+    x, labels, frames, strong = data.dataset("train", "random").__getitems__([0, 1, 2])
+    assert x.shape == (3, 63 * cfg.features.hop_length) and frames.shape == (3, 32, 6) and bool(strong.all())
+    assert frames.sum() > 0 and bool((frames.amax(dim=1) <= labels).all())  # only classes of its clip's events
+    summary = train_model(cfg)
+    assert summary["events"]["time_stride"] == 2 and len(summary["events"]["post_processing"]["thresholds"]) == 6
+    metrics = evaluate_model(cfg)
+    assert metrics["n_strong_clips"] > 0 and metrics["segment_macro_f1"] is not None
+    evaluated = read_strong(Path(cfg.paths.metrics) / "events" / "test_events.tsv").events
+    assert evaluated and len(evaluated) == metrics["n_detected_events"]
+    output = tmp_path / "events.tsv"
+    clips = sorted({e.filename for e in evaluated})
+    assert cli(["predict", *clips, "--model", str(Path(cfg.paths.models) / "model.pt"), "--events",
+                "--output", str(output)]) == 0
+    key = lambda events: sorted((e.filename, e.label, round(e.onset, 3), round(e.offset, 3)) for e in events)
+    assert key(read_strong(output).events) == key(evaluated)

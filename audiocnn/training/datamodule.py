@@ -17,7 +17,7 @@ import torch
 from omegaconf import DictConfig
 from torch.utils.data import DataLoader
 
-from audiocnn.errors import ConfigError, MissingInputError
+from audiocnn.errors import MissingInputError
 from audiocnn.data.events import read_prepared_events
 from audiocnn.data.prepare import EVENTS, read_classes, read_manifest
 from audiocnn.data.task import is_multilabel
@@ -26,8 +26,8 @@ from audiocnn.features.featurize import store_dir
 from audiocnn.features.store import FeatureStore, clips_md5
 from audiocnn.training import distributed
 from audiocnn.training.sampling import BalancedSampler, rare_label_weights
-from audiocnn.training.windows import (AudioClips, EventWindowDataset, WaveformWindowDataset, WindowDataset,
-                                       already_batched, seed_worker)
+from audiocnn.training.windows import (AudioClips, EventWaveformWindowDataset, EventWindowDataset,
+                                       WaveformWindowDataset, WindowDataset, already_batched, seed_worker)
 
 
 def multi_hot(label_lists, classes: list[str]) -> np.ndarray:
@@ -78,9 +78,6 @@ class WindowDataModule(L.LightningDataModule):
         self.splits = manifest["split"].to_numpy()[self.store.index["clip_id"].to_numpy()]
         self.labels = self._labels(manifest)
         if self.events_task:
-            if self.on_the_fly:
-                raise ConfigError("features.on_the_fly=true: the events task trains on stored frames only for now "
-                                  "(its windows' frame targets); set features.on_the_fly=false")
             self.clip_events, self.strong = self._events(manifest)
             self.durations = manifest["duration"].to_numpy(dtype=np.float64)[self.store.index["clip_id"].to_numpy()]
         self.train_set = None
@@ -137,15 +134,18 @@ class WindowDataModule(L.LightningDataModule):
         rank = self.ranks()[0]
         # the same crops as one process on rank 0; every other process its own
         seed = self.cfg.seed if rank == 0 else int(np.random.SeedSequence([self.cfg.seed, rank]).generate_state(1)[0])
-        if self.on_the_fly:
-            return WaveformWindowDataset(self.store, rows, self.labels[rows], window, mode, seed=seed)
         if self.events_task and mode != "sliding":
             if self.time_stride is None:
                 raise ValueError("WindowDataModule: the events task's windows need the model's time_stride")
-            features = self.cfg.features
-            return EventWindowDataset(self.store, rows, self.labels[rows], window, mode, self.floor,
-                                      [self.clip_events[r] for r in rows], self.strong[rows], self.classes,
-                                      self.time_stride, features.hop_length / features.sr, seed=seed)
+            targets = ([self.clip_events[r] for r in rows], self.strong[rows], self.classes, self.time_stride,
+                       self.cfg.features.hop_length / self.cfg.features.sr)
+            if self.on_the_fly:
+                return EventWaveformWindowDataset(self.store, rows, self.labels[rows], window, mode, *targets,
+                                                  seed=seed)
+            return EventWindowDataset(self.store, rows, self.labels[rows], window, mode, self.floor, *targets,
+                                      seed=seed)
+        if self.on_the_fly:
+            return WaveformWindowDataset(self.store, rows, self.labels[rows], window, mode, seed=seed)
         return WindowDataset(self.store, rows, self.labels[rows], window, mode, self.floor, seed=seed)
 
     def _loader(self, dataset, shuffle: bool, **kwargs) -> DataLoader:

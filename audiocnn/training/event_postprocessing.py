@@ -32,7 +32,7 @@ from audiocnn.data.event_scores import classes_with_events, score_frames, sed_li
 from audiocnn.data.task import DEFAULT_THRESHOLD
 from audiocnn.features import sliding
 from audiocnn.training.datamodule import WindowDataModule
-from audiocnn.training.windows import cut_window
+from audiocnn.training.windows import AudioClips, cut_window
 
 ONSET_COLLAR = 0.2         # seconds: the DCASE event-based F1's collars (sed_eval's t_collar)
 OFFSET_COLLAR_RATE = 0.2   # the offset collar is max(ONSET_COLLAR, this fraction of the event's length)
@@ -50,12 +50,19 @@ def clip_frames(model: nn.Module, data: WindowDataModule, split: str, time_strid
     for row in data.rows(split):
         if not data.strong[row]:
             continue
-        frames = data.store.frames(int(row))
+        frames = data.store.frames(int(row)) if not data.on_the_fly else clip_cqt(model, data.store, int(row), device)
         n_frames = math.ceil(len(frames) / time_stride)
         count = sliding.event_window_count(n_frames, n_out)
         windows = np.stack([cut_window(frames, j * half * time_stride, window, data.floor) for j in range(count)])
         scored = model.event_probabilities(torch.from_numpy(windows[:, None]).to(device))[0].float().cpu().numpy()
         yield int(row), sliding.central_frames(scored, 0, count, n_frames)
+
+
+def clip_cqt(model: nn.Module, clips: AudioClips, row: int, device: torch.device) -> np.ndarray:
+    """A model trained on the fly: clip `row`'s log-CQT frames from the model's own front-end (its possibly
+    trained kernels), `(L, n_bins)` float16 as a feature store holds them."""
+    waveform = clips.waveform(row)[None].to(device)  # (1, samples)
+    return model.frontend.cqt(waveform)[0].T.to(torch.float16).cpu().numpy()
 
 
 def best_f1_by_class(clips: dict[str, np.ndarray], events: dict[str, list], frame_seconds: float,

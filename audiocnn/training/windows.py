@@ -23,7 +23,7 @@ from torch.utils.data import Dataset
 from audiocnn.errors import NonFiniteError
 from audiocnn.features import sliding
 from audiocnn.features.cqt import n_frames
-from audiocnn.data.audio import clip_samples, load_segment
+from audiocnn.data.audio import clip_samples, load_audio, load_segment
 from audiocnn.data.events import frame_targets
 from audiocnn.features.store import FeatureStore
 from audiocnn.models.scorer import WindowScorer
@@ -177,32 +177,23 @@ def window_frame_targets(events, start: int, hop_seconds: float, n_frames: int, 
     return frame_targets(moved, n_frames, frame_seconds, classes)
 
 
-class EventWindowDataset(WindowDataset):
-    """`WindowDataset` for the `events` task (docs/events.md): each random or centred window also has its
-    frame targets. A window of `window` CQT frames starting at frame s has `window // time_stride` output
-    frames of `frame_seconds` (`data.events.output_frame_seconds`); its targets are
-    `data.events.frame_targets` of the clip's events shifted by -s * `hop_seconds` (one CQT frame's
-    seconds), so output frame i covers [s·hop + i·frame_seconds, s·hop + (i+1)·frame_seconds) of the
-    clip, with the rounding rule of `frame_targets` (onset floored, offset ceiled). Frames past the
-    clip's end (a padded window) have no event.
+class _FrameTargets:
+    """The events task's frame targets of a window dataset (`EventWindowDataset`,
+    `EventWaveformWindowDataset`): `events[i]`, `strong[i]` per item; a window of `window` CQT frames
+    starting at frame s has `window // time_stride` output frames of `frame_seconds`
+    (`data.events.output_frame_seconds`); its targets are `data.events.frame_targets` of the clip's events
+    shifted by -s * `hop_seconds` (one CQT frame's seconds), so output frame i covers
+    [s·hop + i·frame_seconds, s·hop + (i+1)·frame_seconds) of the clip, with the rounding rule of
+    `frame_targets` (onset floored, offset ceiled). Frames past the clip's end (a padded window) have no
+    event; a weak clip's targets are zeros and its `strong` flag false (the loss leaves its frames out)."""
 
-    `events[i]`: the events of item i (`data.events.Event`s, seconds from the clip's start);
-    `strong[i]`: whether item i's clip has timed annotations (a weak clip's frame targets are zeros
-    and its `strong` flag false: the loss leaves its frames out).
-    Batches (`__getitems__`, random/center): `(x (batch, 1, n_bins, window) float32, labels (batch, n_classes)
-    float32 0/1 weak labels, frames (batch, window // time_stride, n_classes) float32 0/1, strong (batch,)
-    bool)`. Sliding mode is `WindowDataset`'s (clip labels only).
-    """
-
-    def __init__(self, store: FeatureStore, rows: np.ndarray, labels: np.ndarray, window: int, mode: str,
-                 floor: float, events: list, strong: np.ndarray, classes: list[str], time_stride: int,
-                 hop_seconds: float, seed: int = 0):
-        super().__init__(store, rows, labels, window, mode, floor, seed)
+    def _set_events(self, events: list, strong: np.ndarray, classes: list[str], time_stride: int,
+                    hop_seconds: float) -> None:
         if len(events) != len(self.rows) or len(strong) != len(self.rows):
-            raise ValueError("EventWindowDataset: one event list and one strong flag per row")
+            raise ValueError(f"{type(self).__name__}: one event list and one strong flag per row")
         self.events, self.strong = list(events), np.asarray(strong, dtype=bool)
         self.classes, self.time_stride, self.hop_seconds = list(classes), int(time_stride), float(hop_seconds)
-        self.n_frames = window // self.time_stride
+        self.n_frames = self.window // self.time_stride
         self.frame_seconds = self.time_stride * self.hop_seconds
 
     def window_targets(self, item: int, start: int) -> np.ndarray:
@@ -220,6 +211,22 @@ class EventWindowDataset(WindowDataset):
         self._check_finite(x, items)
         frames = np.stack([self.window_targets(int(i), int(s)) for i, s in zip(items, starts)])
         return x, torch.from_numpy(self.labels[items]), torch.from_numpy(frames), torch.from_numpy(self.strong[items])
+
+
+class EventWindowDataset(_FrameTargets, WindowDataset):
+    """`WindowDataset` for the `events` task (docs/events.md): each random or centred window also has its
+    frame targets (`_FrameTargets`). `events[i]`: the events of item i (`data.events.Event`s, seconds from
+    the clip's start); `strong[i]`: whether item i's clip has timed annotations.
+    Batches (`__getitems__`, random/center): `(x (batch, 1, n_bins, window) float32, labels (batch, n_classes)
+    float32 0/1 weak labels, frames (batch, window // time_stride, n_classes) float32 0/1, strong (batch,)
+    bool)`. Sliding mode is `WindowDataset`'s (clip labels only).
+    """
+
+    def __init__(self, store: FeatureStore, rows: np.ndarray, labels: np.ndarray, window: int, mode: str,
+                 floor: float, events: list, strong: np.ndarray, classes: list[str], time_stride: int,
+                 hop_seconds: float, seed: int = 0):
+        super().__init__(store, rows, labels, window, mode, floor, seed)
+        self._set_events(events, strong, classes, time_stride, hop_seconds)
 
 
 class AudioClips:
@@ -243,6 +250,10 @@ class AudioClips:
 
     def segment(self, row: int, start: int, stop: int) -> torch.Tensor:
         return load_segment(self.index["path"].iat[row], self.sr, start, stop)
+
+    def waveform(self, row: int) -> torch.Tensor:
+        """Clip `row` whole at `sr`: `(samples,)` float32."""
+        return load_audio(self.index["path"].iat[row], self.sr)
 
 
 class WaveformWindowDataset(_Windows):
@@ -273,8 +284,28 @@ class WaveformWindowDataset(_Windows):
         windows = torch.stack([self._cut(row, s) for s in starts])
         return (windows if self.mode == "sliding" else windows[0]), self.labels[item]
 
-    def batch(self, items: np.ndarray) -> torch.Tensor:
-        return torch.stack([self[int(item)][0] for item in items])
+    def batch_starts(self, items: np.ndarray) -> np.ndarray:
+        """The start frame of each item's window (random or center), drawn from the dataset's generator."""
+        lengths = np.array([self.clips.frame_count(int(self.rows[item])) for item in items], dtype=np.int64)
+        return batch_starts(lengths, self.window, self.mode, self.rng)
+
+    def batch(self, items: np.ndarray, starts: np.ndarray | None = None) -> torch.Tensor:
+        """The waveform windows of `items` starting at frames `starts` (None: `batch_starts`) `(batch, samples)`."""
+        if starts is None:
+            return torch.stack([self[int(item)][0] for item in items])
+        return torch.stack([self._cut(int(self.rows[item]), int(start)) for item, start in zip(items, starts)])
+
+
+class EventWaveformWindowDataset(_FrameTargets, WaveformWindowDataset):
+    """`WaveformWindowDataset` for the `events` task trained on the fly: each random or centred waveform
+    window also has the frame targets of the frames the front-end makes of it (`_FrameTargets`; batches as
+    `EventWindowDataset`'s with x `(batch, samples)`)."""
+
+    def __init__(self, clips: AudioClips, rows: np.ndarray, labels: np.ndarray, window: int, mode: str,
+                 events: list, strong: np.ndarray, classes: list[str], time_stride: int, hop_seconds: float,
+                 seed: int = 0):
+        super().__init__(clips, rows, labels, window, mode, seed)
+        self._set_events(events, strong, classes, time_stride, hop_seconds)
 
 
 def seed_worker(worker_id: int) -> None:
