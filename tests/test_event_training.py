@@ -283,7 +283,7 @@ def test_events_evaluation_writes_clip_metrics_event_metrics_decoded_events_and_
     assert run.data.metrics["test_psds1"] == test["psds1"] and "test_event_macro_f1" in run.data.metrics
 
 
-def test_a_cnn_and_class_weights_are_refused_for_event_data_before_any_training(trained_events, tmp_path):
+def test_a_cnn_is_refused_for_event_data_before_any_training(trained_events, tmp_path):
     from audiocnn.training.train import train
 
     cfg, _, _ = trained_events
@@ -294,9 +294,34 @@ def test_a_cnn_and_class_weights_are_refused_for_event_data_before_any_training(
     with pytest.raises(ConfigError, match=r"^model=cnn: the events task needs a CRNN") as error:
         train(cnn)
     assert "\n" not in str(error.value) and not (tmp_path / "m" / "model.pt").exists()
-    weighted = OmegaConf.merge(cfg, {"trainer": {"class_weights": "balanced"}, "paths": {"models": str(tmp_path / "w")}})
-    with pytest.raises(ConfigError, match=r"^trainer.class_weights=balanced: not yet for the events task"):
-        train(weighted)
+
+
+def test_balanced_class_weights_weigh_each_class_positive_clips_and_frames():
+    """negatives / positives per class: over the clips' labels for the clip term, over the strong clips'
+    output frames for the frame term; the loss weighs the positive term only."""
+    from audiocnn.training.events import binary_cross_entropy, class_pos_weights
+
+    labels = np.array([[1, 0], [1, 1], [0, 0], [1, 0]], dtype=np.float32)  # a: 3 of 4 clips, b: 1 of 4
+    events = [[Event("x", 0.0, 1.0, "a")], [Event("y", 0.5, 1.0, "b")]]  # the strong clips: 2 s each, 0.5-s frames
+    clip, frame = class_pos_weights(labels, events, np.array([2.0, 2.0]), 0.5, ["a", "b"])
+    assert clip.tolist() == pytest.approx([1 / 3, 3.0]) and frame.tolist() == pytest.approx([6 / 2, 7 / 1])
+    p, y = torch.tensor([[0.8, 0.3]]), torch.tensor([[1.0, 0.0]])
+    weighted = binary_cross_entropy(p, y, torch.tensor([2.0, 5.0]))
+    assert weighted[0].tolist() == pytest.approx([-2 * math.log(0.8), -math.log(0.7)], rel=1e-5)
+    assert binary_cross_entropy(p, y)[0].tolist() == pytest.approx([-math.log(0.8), -math.log(0.7)], rel=1e-5)
+
+
+def test_an_events_module_with_balanced_class_weights_carries_both_pos_weights(trained_events):
+    from audiocnn.training.datamodule import WindowDataModule
+    from audiocnn.training.train import build_module
+
+    cfg, _, _ = trained_events
+    weighted = OmegaConf.merge(cfg, {"trainer": {"class_weights": "balanced"}})
+    data = WindowDataModule(weighted, time_stride=2)
+    module = build_module(weighted, load_bundle(Path(cfg.paths.models) / "model.pt")[0], data)
+    assert module.clip_pos_weight.shape == module.frame_pos_weight.shape == (len(data.classes),)
+    assert bool((module.frame_pos_weight > module.clip_pos_weight).all())  # events are rarer among frames
+    assert "frame_pos_weight" not in module.state_dict()  # recomputed, not checkpointed
 
 
 def test_an_events_model_serves_its_clips_as_multilabel_answers(trained_events):

@@ -51,7 +51,8 @@ from audiocnn.training import distributed, resume
 from audiocnn.training.augment import SpectrogramAugment, WaveformAugment
 from audiocnn.training.datamodule import WindowDataModule
 from audiocnn.training.event_postprocessing import fit_on_split
-from audiocnn.training.events import OFF_FOR_EVENTS, SCORE as EVENTS_SCORE, EventClassifier, check_event_model
+from audiocnn.training.events import (OFF_FOR_EVENTS, SCORE as EVENTS_SCORE, EventClassifier, check_event_model,
+                                     class_pos_weights)
 from audiocnn.training.module import Classifier
 from audiocnn.training.norm_stats import fit_bin_norm
 from audiocnn.training.optim import class_weights, resolve_precision
@@ -155,8 +156,15 @@ def build_module(cfg: DictConfig, model: torch.nn.Module, data: WindowDataModule
         label_smoothing=cfg.trainer.get("label_smoothing", 0.0), class_weights=weights,
     )
     if data.events_task:
+        frame_weights = None
+        if weights is not None:  # pos_weight of the clip term and of the frame term
+            strong = [row for row in data.rows("train") if data.strong[row]]
+            frame_seconds = data.time_stride * cfg.features.hop_length / cfg.features.sr
+            options["class_weights"], frame_weights = class_pos_weights(
+                data.labels[data.rows("train")], [data.clip_events[row] for row in strong], data.durations[strong],
+                frame_seconds, data.classes)
         return EventClassifier(model, cfg.optimizer, n_classes, frame_weight=cfg.trainer.get("frame_loss_weight", 1.0),
-                               **options)
+                               frame_class_weights=frame_weights, **options)
     return Classifier(model, cfg.optimizer, n_classes, multilabel=data.multilabel, **options)
 
 
@@ -173,14 +181,11 @@ def event_transforms(transforms):
 
 def check_events_settings(cfg: DictConfig, model: torch.nn.Module) -> None:
     """The events task's refusals, before any work: a model without frame outputs, a `model.clip_output`
-    other than `event_pool`, `trainer.class_weights`."""
+    other than `event_pool`."""
     check_event_model(model, cfg.model.get("name", cfg.model.get("_target_")))
     if cfg.model.get("clip_output", "event_pool") != "event_pool":
         raise ConfigError(f"model.clip_output={cfg.model.clip_output}: the events task scores clips by the event "
                           "pooling it trains; leave model.clip_output out (or set it to event_pool)")
-    if cfg.trainer.get("class_weights", "none") != "none":
-        raise ConfigError(f"trainer.class_weights={cfg.trainer.class_weights}: not yet for the events task; "
-                          "set trainer.class_weights=none")
 
 
 def events_model_settings(model_cfg: DictConfig) -> DictConfig:
