@@ -38,7 +38,7 @@ from torch import Tensor, nn
 from torchmetrics import MeanMetric
 from torchmetrics.classification import MultilabelF1Score
 
-from audiocnn.data.events import frame_targets
+from audiocnn.data.events import frame_targets as event_frame_targets
 from audiocnn.errors import ConfigError, NonFiniteError
 from audiocnn.training.module import Classifier
 from audiocnn.training.optim import class_weights
@@ -58,10 +58,9 @@ def check_event_model(model: nn.Module, name: str) -> None:
 def binary_cross_entropy(probabilities: Tensor, targets: Tensor, pos_weight: Tensor | None = None) -> Tensor:
     """Element-wise BCE of probabilities (clamped to [EPS, 1 - EPS]) against targets in [0, 1]; `pos_weight`
     `(n_classes,)` weighs each class's positive term, as `BCEWithLogitsLoss`'s: -(w y log p + (1 - y) log(1 - p))."""
-    if pos_weight is None:
-        return nn.functional.binary_cross_entropy(probabilities.clamp(EPS, 1 - EPS), targets, reduction="none")
     p = probabilities.clamp(EPS, 1 - EPS)
-    return -(pos_weight * targets * torch.log(p) + (1 - targets) * torch.log1p(-p))
+    positive = targets * torch.log(p)
+    return -((positive if pos_weight is None else pos_weight * positive) + (1 - targets) * torch.log1p(-p))
 
 
 def event_loss(frame_probabilities: Tensor, clip_probabilities: Tensor, frame_targets: Tensor,
@@ -92,7 +91,7 @@ def class_pos_weights(clip_labels: np.ndarray, events: list, durations: np.ndarr
     positives, total = np.zeros(len(classes)), 0
     for clip_events, duration in zip(events, durations):
         n_frames = math.ceil(float(duration) / frame_seconds)
-        positives += frame_targets(clip_events, n_frames, frame_seconds, classes).sum(axis=0)
+        positives += event_frame_targets(clip_events, n_frames, frame_seconds, classes).sum(axis=0)
         total += n_frames
     frames = np.where(positives > 0, (total - positives) / np.maximum(positives, 1), 1.0)
     return class_weights(clip_labels, len(classes), "balanced"), torch.tensor(frames, dtype=torch.float32)
