@@ -12,12 +12,14 @@ from __future__ import annotations
 import hashlib
 import os
 import sys
+import traceback
 from pathlib import Path
 from typing import Callable
 
 from omegaconf import DictConfig, OmegaConf
 
 from audiocnn.errors import ConfigError, InputError
+from audiocnn.tracking.names import redact
 from audiocnn.validation import validate_config  # noqa: F401 - `audiocnn.config.validate_config` is the entry point
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -144,7 +146,7 @@ def stage_main(stage: Callable[[DictConfig], object], hydra_task: Callable[[Dict
         if argv[:1] == ["--params"]:
             cfg = with_tracking_uri(load_params(argv[1] if len(argv) > 1 else "params.yaml"), tracking_uri)
             validate_config(cfg)
-            return stage(cfg)
+            return _run(stage, cfg)
         for overrides in expand_sweep([a for a in argv if not a.startswith("-")]):
             job = compose_config(overrides)
             validated.add(_job_key(job))
@@ -157,6 +159,19 @@ def stage_main(stage: Callable[[DictConfig], object], hydra_task: Callable[[Dict
 def _job_key(cfg: DictConfig) -> str:
     """A job's identity: its resolved config (the same however its overrides were spelled)."""
     return hashlib.sha1(OmegaConf.to_yaml(cfg, resolve=True).encode()).hexdigest()[:16]
+
+
+def _run(task: Callable[[DictConfig], object], cfg: DictConfig):
+    """`task(cfg)`. A bad setting or bad data exits as `_exit_with` says; any other error exits 1 with its
+    traceback printed, URI user info redacted: MLflow's REST errors name the tracking URI as given,
+    credentials included (`http://user:password@host`)."""
+    try:
+        return task(cfg)
+    except InputError as error:
+        _exit_with(error)
+    except Exception:
+        print(redact(traceback.format_exc()), file=sys.stderr, end="")
+        sys.exit(1)
 
 
 def _exit_with(error: InputError):
@@ -179,8 +194,8 @@ def _hydra_main(task: Callable[[DictConfig], object], validated: frozenset[str],
             cfg = with_tracking_uri(cfg, tracking_uri)
             if not known:
                 validate_config(cfg)
-            return task(cfg)
         except InputError as error:
             _exit_with(error)
+        return _run(task, cfg)
 
     run()

@@ -109,6 +109,24 @@ def test_bad_data_found_while_working_is_one_line_and_exit_1(tmp_path, monkeypat
     assert capsys.readouterr().err == "error: split 'val' is empty after skipping 3 unusable files\n"
 
 
+def test_an_unexpected_error_exits_1_with_its_traceback_and_no_credential(tmp_path, monkeypatch, capsys):
+    """MLflow's REST errors name the tracking URI as given, user info included: the traceback is printed redacted."""
+    from audiocnn.config import stage_main, write_params
+
+    params = write_params(tmp_path / "params.yaml")
+    monkeypatch.setattr("sys.argv", ["train.py", "--params", str(params)])
+
+    def stage(cfg):
+        raise RuntimeError("API request to http://admin:s3cret@127.0.0.1:5000/api/2.0/mlflow/runs/get failed")
+
+    with pytest.raises(SystemExit) as exit_info:
+        stage_main(stage)
+    assert exit_info.value.code == 1
+    err = capsys.readouterr().err
+    assert err.startswith("Traceback") and "in stage" in err and "s3cret" not in err
+    assert err.rstrip().endswith("RuntimeError: API request to http://***@127.0.0.1:5000/api/2.0/mlflow/runs/get failed")
+
+
 def test_a_sweep_validates_each_job_once_before_any_job_runs(tmp_path, monkeypatch):
     """`-m model=cnn,crnn_gru`: both jobs are validated up front (a bad one would stop the sweep
     before any work) and not a second time when they run."""

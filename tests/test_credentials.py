@@ -120,18 +120,24 @@ def test_the_entrypoint_refuses_wrong_credentials_before_any_work(auth_server, p
     assert not (tmp_path / "models").exists()
 
 
-def test_after_the_check_the_uri_is_used_without_its_user_info(auth_server, tmp_path, monkeypatch):
-    """Whatever prints or records MLflow's tracking URI later (MLflow itself, Lightning) sees no password."""
+def test_configure_writes_no_credential_to_the_environment_and_the_client_authenticates_from_the_uri(
+        auth_server, tmp_path, monkeypatch):
+    """The user info stays in the URI MLflow's client gets (requests sends it as basic auth); audiocnn
+    moves nothing into the process environment."""
     import mlflow
 
-    for variable in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"):
-        monkeypatch.setenv(variable, "")  # so that monkeypatch puts back what was there before the test
-        monkeypatch.delenv(variable)
+    for variable in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN"):
+        monkeypatch.delenv(variable, raising=False)  # the environment may hold some (put back after the test)
     cfg = tiny_config(tmp_path, f"tracking.uri=http://admin:{PASSWORD}@{auth_server}")
-    assert tracking.configure(cfg) == f"http://{auth_server}"
-    assert PASSWORD not in mlflow.get_tracking_uri()
-    assert os.environ["MLFLOW_TRACKING_PASSWORD"] == PASSWORD  # what the client sends instead
-    assert MlflowClient().get_experiment_by_name(cfg.tracking.experiment) is not None
+    before = dict(os.environ)
+    assert tracking.configure(cfg) == f"http://admin:{PASSWORD}@{auth_server}"
+    changed = {k for k in {*before, *os.environ} if before.get(k) != os.environ.get(k)}
+    assert changed <= {"MLFLOW_TRACKING_URI", "MLFLOW_EXPERIMENT_ID"}  # mlflow.set_tracking_uri's, set_experiment's
+    experiment = MlflowClient().get_experiment_by_name(cfg.tracking.experiment)  # an authenticated call
+    assert experiment is not None
+    mlflow.set_tracking_uri(f"http://{auth_server}")  # the same server without the user info: refused
+    with pytest.raises(mlflow.exceptions.MlflowException, match="401|Unauthorized|credentials"):
+        MlflowClient().get_experiment_by_name(cfg.tracking.experiment)
 
 
 def test_a_host_the_server_does_not_allow_is_told_apart_from_missing_credentials(tmp_path, monkeypatch):

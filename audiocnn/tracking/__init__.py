@@ -29,7 +29,7 @@ from omegaconf import DictConfig, OmegaConf
 from audiocnn.errors import TrackingUnavailable
 from audiocnn.tracking import owners
 # Re-exported: callers use tracking.server_problem, .run_tags, .log_dataset, .redact, ...
-from audiocnn.tracking.health import CREDENTIALS, HEALTH_TIMEOUT_S, carry_credentials, server_problem
+from audiocnn.tracking.health import CREDENTIALS, HEALTH_TIMEOUT_S, server_problem
 from audiocnn.tracking.lineage import (HYDRA_OVERRIDES_ENV, git_commit, hydra_overrides, log_dataset,
                                        run_tags, source_tags)
 from audiocnn.tracking.names import redact, redact_setting, run_name
@@ -71,9 +71,10 @@ def tracking_uri(cfg: DictConfig) -> str:
 def ensure_available(cfg: DictConfig) -> str:
     """The tracking URI to use, checked before any work.
 
-    A URI with user info (`http://user:password@host`) is used without it, the credentials moved to
-    MLFLOW_TRACKING_USERNAME / _PASSWORD, where the client (and the processes this one starts) read
-    them: MLflow prints the URI of every run it ends, and nothing may print the password.
+    A URI with user info (`http://user:password@host`) is given to MLflow as it is: its REST client
+    sends the user info as basic auth (through `requests`). Nothing audiocnn prints or records holds
+    it (`names.redact`), MLflow's own run links are dropped (`owners.without_run_links`), and an
+    unexpected error's traceback is printed redacted (`audiocnn.config.stage_main`).
     An unreachable server raises `TrackingUnavailable` (one line: URI, reason, what to do),
     or with `tracking.required=false` returns the local store `sqlite:///mlflow.db`, written into
     `cfg.tracking.uri`: the job's later steps use it without waiting for the server again.
@@ -81,7 +82,7 @@ def ensure_available(cfg: DictConfig) -> str:
     uri = tracking_uri(cfg)
     problem = server_problem(uri)
     if problem is None:
-        return carry_credentials(uri)
+        return uri
     fallback = _anchor(LOCAL_STORE)
     if cfg.tracking.get("required", True) and problem.startswith(CREDENTIALS):
         raise TrackingUnavailable(redact(f"tracking.uri={uri}: MLflow tracking server: {problem}; fix them, or "

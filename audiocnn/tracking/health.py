@@ -11,7 +11,6 @@ What is returned never holds the credentials.
 
 from __future__ import annotations
 
-import os
 import re
 from urllib.parse import unquote, urlsplit, urlunsplit
 
@@ -43,19 +42,6 @@ def _request_settings(uri: str) -> tuple[str, dict]:
         settings["verify"] = creds.server_cert_path
     bare = parts._replace(netloc=parts.netloc.rpartition("@")[2])
     return urlunsplit(bare).rstrip("/"), settings
-
-
-def carry_credentials(uri: str) -> str:
-    """`uri` without its user info, which goes to MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD
-    (what MLflow's client sends, `get_default_host_creds`); a URI without user info is returned as is.
-    MLflow's client takes basic-auth credentials from these two settings of its own only, read from the
-    environment (where the processes this one starts find them too): audiocnn's one environment write."""
-    parts = urlsplit(uri)
-    if parts.username is None:
-        return uri
-    os.environ.update(MLFLOW_TRACKING_USERNAME=unquote(parts.username),
-                      MLFLOW_TRACKING_PASSWORD=unquote(parts.password or ""))
-    return urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2]))
 
 
 def _reason(error: Exception) -> str:
