@@ -64,6 +64,7 @@ def test_unknown_group_option_lists_the_choices():
         (["model=cnn", "features.window_frames=12"], "error: model.blocks[3]: time 1 -> 0"),
     ],
 )
+@pytest.mark.slow  # a subprocess of the entry point (10-20 s); the same check runs in-process in the fast tier
 def test_entrypoint_fails_in_one_line_before_any_work(tmp_path, args, expected):
     """Run the real entrypoint in an empty folder: exit 2, one line on stderr, nothing written."""
     result = subprocess.run([sys.executable, str(REPO / "pipelines" / "train.py"), *args], cwd=tmp_path,
@@ -74,6 +75,7 @@ def test_entrypoint_fails_in_one_line_before_any_work(tmp_path, args, expected):
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.slow  # a subprocess of the entry point (10-20 s); the same check runs in-process in the fast tier
 def test_dvc_params_file_is_validated_too(tmp_path):
     bad = OmegaConf.to_container(compose_config(["features.n_bins=200"]))
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(bad))

@@ -227,6 +227,7 @@ def export_zoo(tmp_path: Path) -> list[Path]:
     return paths
 
 
+@pytest.mark.slow  # exports every model of the zoo (~20 s); the fast tier checks the default model's export
 def test_audiocnn_exports_pass_the_check_and_use_only_allowed_operators(tmp_path):
     """The allow-list is what the exporter writes: every export of the zoo passes (an operator a new
     graph adds fails here first, naming it), and loads and scores through the checked session."""

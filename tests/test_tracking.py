@@ -187,6 +187,7 @@ def test_an_unreachable_server_stops_training_before_any_work(tmp_path, monkeypa
     assert not Path(cfg.paths.prepared).exists() and not Path(cfg.paths.raw).exists()  # no work done
 
 
+@pytest.mark.slow  # a subprocess of the entry point (10-20 s); the same check runs in-process in the fast tier
 def test_the_entrypoint_refuses_in_one_line_when_the_server_is_down(tmp_path):
     import subprocess
     import sys
