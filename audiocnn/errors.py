@@ -1,4 +1,6 @@
-"""Every exception type of audiocnn (a leaf module: it imports nothing of audiocnn).
+"""Every exception type of audiocnn (a leaf module: it imports nothing of audiocnn), and
+`parse_settings`, which reads a config group into its typed settings (a pydantic model) or
+raises the one-line `ConfigError` of its first problem.
 
 Two families reach the user as one line (`config.stage_main` prints them and exits):
 - `ConfigError`: a setting is wrong, found before any work (exit status 2); the message
@@ -8,6 +10,11 @@ Two families reach the user as one line (`config.stage_main` prints them and exi
 """
 
 from __future__ import annotations
+
+import math
+from typing import Any, Mapping, TypeVar
+
+Schema = TypeVar("Schema")
 
 
 class InputError(Exception):
@@ -94,3 +101,54 @@ class RequestError(InputError, ValueError):
     The pyfunc answers it with HTTP 400 and this message, which names the field and says
     what to send instead; nothing of the server (traceback, paths) goes with it.
     """
+
+
+# -- settings ---------------------------------------------------------------------------------------
+
+# The `model_config` of every settings schema: unknown keys refused, values frozen once read, no coercion
+# (a bool is no number, 3.0 no integer, "3" neither), NaN and inf refused.
+SETTINGS_CONFIG = {"extra": "forbid", "frozen": True, "strict": True, "allow_inf_nan": False}
+
+
+def show(value: Any) -> str:
+    """A plain value as the user writes it on the command line (`null`, `true`, `nan`, `[1, 2]`)."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)  # nan, inf, -inf
+    return str(value)
+
+
+def _fields_at(schema, path: tuple) -> list[str]:
+    """The field names of the (nested) model that `path` (pydantic's `loc` less its last part) leads to."""
+    for part in path:
+        field = schema.model_fields.get(part) if isinstance(part, str) else None
+        nested = [t for t in getattr(field.annotation, "__args__", (field.annotation,)) if hasattr(t, "model_fields")] \
+            if field is not None else []
+        if not nested:
+            return []
+        schema = nested[0]
+    return list(schema.model_fields)
+
+
+def parse_settings(schema: type[Schema], values: Mapping | None, where: str) -> Schema:
+    """`values` (a config group as plain Python: `OmegaConf.to_container`) as the pydantic model `schema`,
+    or `ConfigError` naming its first problem in one line: `<where>.<key>=<value>: <rule>` (NaN and inf
+    are refused by the schemas' `allow_inf_nan=False`), `<where>.<key>: unknown key; allowed: ...`. A check of
+    several keys (a model validator's `ValueError`) writes its whole line, `{where}` standing for `where`."""
+    from pydantic import ValidationError
+
+    try:
+        return schema.model_validate(dict(values or {}))
+    except ValidationError as error:
+        first = error.errors(include_url=False)[0]
+        loc = tuple(first["loc"])
+        key = where + "".join(f"[{part}]" if isinstance(part, int) else f".{part}" for part in loc)
+        if first["type"] == "extra_forbidden":
+            raise ConfigError(f"{key}: unknown key; allowed: {', '.join(_fields_at(schema, loc[:-1]))}") from None
+        message = first["msg"].removeprefix("Value error, ").removeprefix("Assertion failed, ")
+        if not loc:  # a model validator's: the line as it wrote it
+            raise ConfigError(message.replace("{where}", where)) from None
+        raise ConfigError(f"{key}={show(first['input'])}: {message[:1].lower()}{message[1:]}") from None

@@ -20,13 +20,14 @@ from audiocnn import atomic, tracking
 from audiocnn.errors import ConfigError
 from audiocnn.evaluation.reports import NOT_IN_JSON, log_test_metrics, write_reports
 from audiocnn.evaluation.scoring import score_test_split
-from audiocnn.features.cqt import FEATURE_KEYS
+from audiocnn.evaluation.settings import EvaluateSettings, evaluate_settings
+from audiocnn.features.cqt import FEATURE_KEYS, pick_device
 from audiocnn.models.bundle import load_bundle
 from audiocnn.training.datamodule import WindowDataModule
 
 
-def member_probabilities(member: str, data: WindowDataModule, cfg: DictConfig) -> tuple[dict, torch.Tensor,
-                                                                                      torch.Tensor]:
+def member_probabilities(member: str, data: WindowDataModule, cfg: DictConfig, settings: EvaluateSettings
+                         ) -> tuple[dict, torch.Tensor, torch.Tensor]:
     """(description, probabilities (clips, n_classes), labels (clips,)) of one member: at its own
     temperature, under `evaluate.tta` (`evaluation.scoring`)."""
     model, bundle = load_bundle(member)
@@ -36,7 +37,7 @@ def member_probabilities(member: str, data: WindowDataModule, cfg: DictConfig) -
     if different:
         raise ConfigError(f"ensemble: member {member} used other features ({', '.join(different)}); "
                          "set features.* to the members' values")
-    scores = score_test_split(model, bundle, data, cfg)
+    scores = score_test_split(model, bundle, data, settings.views, pick_device(cfg.features.device))
     return ({"member": member, "model": bundle["model"]["name"], "temperature": scores.temperature},
             scores.probabilities, scores.labels)
 
@@ -47,15 +48,15 @@ def evaluate_ensemble(cfg: DictConfig) -> dict:
     data = WindowDataModule(cfg)
     if data.multilabel:
         raise ConfigError(f"ensemble: not yet for multi-label data (data={cfg.data.name}); evaluate each model alone")
-    members, stacked = [], []
+    members, stacked, settings = [], [], evaluate_settings(cfg)
     for member in cfg.ensemble:
-        description, probabilities, labels = member_probabilities(str(member), data, cfg)
+        description, probabilities, labels = member_probabilities(str(member), data, cfg, settings)
         accuracy = float((probabilities.argmax(dim=1) == labels).float().mean())
         members.append({**description, "accuracy": round(accuracy, 4)})
         stacked.append(probabilities)
     out = Path(cfg.paths.metrics) / "ensemble"
     metrics, files = write_reports(torch.stack(stacked).mean(dim=0), labels, data, out,
-                                   f"ensemble of {len(members)} on {cfg.data.name}", cfg.get("evaluate"))
+                                   f"ensemble of {len(members)} on {cfg.data.name}", settings)
     report = {"ensemble": {k: v for k, v in metrics.items() if k not in NOT_IN_JSON}, "members": members}
     atomic.write_json(out / "ensemble.json", report)
     with tracking.open_run(cfg, run_name=f"ensemble{len(members)}-{cfg.data.name}",

@@ -37,6 +37,7 @@ from audiocnn.features.cqt import pick_device
 from audiocnn.evaluation.reports import (log_multilabel_test_metrics, log_test_metrics, write_multilabel_reports,
                                          write_reports)
 from audiocnn.evaluation.scoring import score_test_split
+from audiocnn.evaluation.settings import evaluate_settings
 from audiocnn.models.bundle import load_bundle
 from audiocnn.models.scorer import WindowScorer
 from audiocnn.training.datamodule import WindowDataModule
@@ -51,9 +52,9 @@ def evaluate(cfg: DictConfig) -> dict:
     data = WindowDataModule(cfg, time_stride=(bundle.get("events") or {}).get("time_stride"))  # events: its frames
     if bundle["classes"] != data.classes:
         raise InputError(f"the model in {cfg.paths.models} was trained on other classes; rerun the train stage")
-    scores = score_test_split(model, bundle, data, cfg)
+    settings = evaluate_settings(cfg)
+    scores = score_test_split(model, bundle, data, settings.views, pick_device(cfg.features.device))
     out = Path(cfg.paths.metrics)
-    settings = cfg.get("evaluate") or {}
     events = bundle.get("task") == EVENTS
     if events:  # frame, event and segment F1 and PSDS on the strong test clips, beside the clips' reports
         extra, event_files = score_events(model, bundle, data, out / EVENTS_DIR, pick_device(cfg.features.device),
@@ -65,7 +66,7 @@ def evaluate(cfg: DictConfig) -> dict:
             scores.probabilities, scores.labels, data, out, f"{cfg.model.name} on {cfg.data.name}",
             bundle.get("thresholds") or [0.5] * len(data.classes),
             extra={"tta": scores.views.describe(), **(extra if events else {})},
-            n_bins=settings.get("calibration_bins", 15))
+            n_bins=settings.calibration_bins)
     else:
         metrics, files = write_reports(scores.probabilities, scores.labels, data, out,
                                        f"{cfg.model.name} on {cfg.data.name}", settings,
@@ -75,11 +76,11 @@ def evaluate(cfg: DictConfig) -> dict:
     (out / "explain").mkdir(parents=True, exist_ok=True)
     if events:
         files += event_files
-    if settings.get("explain", False) and bundle["features"].get("on_the_fly"):
+    if settings.explain and bundle["features"].get("on_the_fly"):
         print("evaluate: no explanations for a model trained on the fly (they need stored CQT windows)")
-    elif settings.get("explain", False):
+    elif settings.explain:
         files += explain_model(WindowScorer.for_bundle(model, bundle), data, bundle["features"], out / "explain",
-                               settings.get("explain_clips_per_class", 2))
+                               settings.explain_clips_per_class)
     run = json.loads((Path(cfg.paths.models) / "run.json").read_text())
     with tracking.open_run(cfg, run_id=run["run_id"]):
         (log_multilabel_test_metrics if is_multilabel(bundle.get("task")) else log_test_metrics)(metrics, files)

@@ -15,7 +15,6 @@ from pathlib import Path
 import mlflow
 import pandas as pd
 import torch
-from omegaconf import DictConfig
 
 from audiocnn import atomic
 from audiocnn.data.names import escape_columns, slug_map
@@ -24,6 +23,7 @@ from audiocnn.data.task import MULTILABEL, is_multilabel
 from audiocnn.evaluation.calibration import (bootstrap_accuracy_ci, confidence_bins, confidence_calibration_error,
                                              expected_calibration_error, reliability_bins)
 from audiocnn.evaluation.metrics import classification_metrics, multilabel_metrics
+from audiocnn.evaluation.settings import EvaluateSettings
 from audiocnn.evaluation.plots import (plot_confusion_matrix, plot_label_confusion, plot_precision_recall,
                                        plot_reliability_diagram)
 from audiocnn.training.datamodule import WindowDataModule
@@ -36,12 +36,11 @@ CURVES = "curves"  # the folder of curve data (a DVC plots folder) and their PNG
 
 
 def write_reports(probabilities: torch.Tensor, labels: torch.Tensor, data: WindowDataModule, out: Path,
-                  title: str, settings: dict | DictConfig | None = None, uncalibrated: torch.Tensor | None = None,
+                  title: str, settings: EvaluateSettings = EvaluateSettings(), uncalibrated: torch.Tensor | None = None,
                   extra: dict | None = None) -> tuple[dict, list[Path]]:
     """Metrics of per-clip `probabilities` `(clips, n_classes)` against `labels` `(clips,)`.
 
-    `settings` is the `evaluate` config (top_k, calibration_bins, bootstrap_resamples,
-    bootstrap_seed). Writes into `out`: `test.json` (DVC metrics: the scalars and the worst class),
+    `settings`: the `evaluate` group (top_k, calibration_bins, bootstrap_resamples, bootstrap_seed). Writes into `out`: `test.json` (DVC metrics: the scalars and the worst class),
     `per_class.json` (precision, recall and F1 per class), `predictions.csv` (one
     row per test clip; the DVC confusion plot's data), `confusion_matrix.png` (row-normalised),
     `reliability_diagram.png` and each class's one-vs-rest precision-recall curve
@@ -50,12 +49,10 @@ def write_reports(probabilities: torch.Tensor, labels: torch.Tensor, data: Windo
     at temperature 1, whose ECE is `ece_uncalibrated` (the `probabilities`' own when not given);
     `extra`: more entries of test.json (the temperature, the test-time views).
     """
-    settings = dict(settings or {})
-    n_bins = settings.get("calibration_bins", 15)
-    metrics = classification_metrics(probabilities, labels, data.classes, list(settings.get("top_k", [1])))
+    n_bins = settings.calibration_bins
+    metrics = classification_metrics(probabilities, labels, data.classes, settings.top_k)
     confidence, predicted = probabilities.max(dim=1)
-    low, high = bootstrap_accuracy_ci(predicted == labels, settings.get("bootstrap_resamples", 1000),
-                                      settings.get("bootstrap_seed", 0))
+    low, high = bootstrap_accuracy_ci(predicted == labels, settings.bootstrap_resamples, settings.bootstrap_seed)
     metrics["accuracy_ci95"] = {"low": low, "high": high}
     metrics["ece"] = round(expected_calibration_error(probabilities, labels, n_bins), 4)
     metrics["ece_uncalibrated"] = metrics["ece"] if uncalibrated is None else round(

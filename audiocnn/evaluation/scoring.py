@@ -14,7 +14,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-from omegaconf import DictConfig
 from torch import nn
 
 from audiocnn.features import sliding
@@ -40,15 +39,12 @@ def predict_probabilities(scorer: WindowScorer, loader, device: torch.device) ->
     return sliding.vote(scorer.probabilities(logits), counts), labels
 
 
-def evaluation_views(cfg: DictConfig) -> Views:
-    """`evaluate.tta` as `Views` (the identity alone when it is absent)."""
-    return Views.from_config((cfg.get("evaluate") or {}).get("tta"))
-
-
-def score_test_split(model: nn.Module, bundle: dict, data: WindowDataModule, cfg: DictConfig) -> Scores:
-    """The test clips' probabilities under `evaluate.tta` and the bundle's temperature (see the module docstring)."""
-    scorer = WindowScorer.for_bundle(model, bundle, evaluation_views(cfg))
-    logits, labels, counts = window_logits(scorer, data.test_dataloader(), pick_device(cfg.features.device))
+def score_test_split(model: nn.Module, bundle: dict, data: WindowDataModule, views: Views,
+                     device: torch.device) -> Scores:
+    """The test clips' probabilities under the test-time `views` (`evaluate.tta`) and the bundle's temperature
+    (see the module docstring)."""
+    scorer = WindowScorer.for_bundle(model, bundle, views)
+    logits, labels, counts = window_logits(scorer, data.test_dataloader(), device)
     probabilities = sliding.vote(scorer.probabilities(logits), counts)
     uncalibrated = (probabilities if scorer.temperature == 1.0
                     else sliding.vote(scorer.probabilities(logits, temperature=1.0), counts))

@@ -25,6 +25,8 @@ import reprlib
 from dataclasses import dataclass
 from typing import Any, Mapping
 
+from audiocnn.errors import show  # noqa: F401 - re-exported: `budget.show`
+
 # Front-end settings a model file must hold, and those it may (`features.*`).
 FRONTEND_KEYS = ("sr", "hop_length", "fmin", "n_bins", "bins_per_octave", "amin", "window_frames")
 OPTIONAL_FRONTEND_KEYS = ("top_db", "chunk_seconds")
@@ -68,11 +70,6 @@ FEATURE_RULES: dict[str, Positive] = {
     **{k: Positive() for k in ("fmin", "amin", "chunk_seconds", "shard_mb")},
     "top_db": Positive(null=True),
 }
-
-
-def show(value) -> str:
-    """A plain value as the user writes it on the command line (`validation.kinds.show` for configs)."""
-    return "null" if value is None else str(value).lower() if isinstance(value, bool) else str(value)
 
 
 def human(n: float) -> str:

@@ -39,15 +39,16 @@ import io
 import math
 import threading
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
-from typing import Any, Iterator, Mapping
+from dataclasses import dataclass
+from typing import Annotated, Any, Iterator, Mapping
 
 import numpy as np
 import pandas as pd
 import soundfile as sf
+from pydantic import BaseModel, Field, model_validator
 
 from audiocnn.data.audio import probe_bytes, resample_array, resampled_length
-from audiocnn.errors import ConfigError, RequestError
+from audiocnn.errors import SETTINGS_CONFIG, RequestError, parse_settings
 
 CLIP_KEYS = ("audio_base64", "samples", "sample_rate")
 NEEDS = "each clip needs audio_base64, or samples and sample_rate"
@@ -56,46 +57,42 @@ READABLE = "an audio file libsndfile reads (WAV, FLAC, OGG, MP3, ...)"
 BLOCK = 1 << 16  # frames decoded at a time: at most 8 MB of float32 for 32 channels
 
 
-@dataclass(frozen=True)
-class Limits:
-    """What a request may hold (conf/serving/default.yaml has the same defaults)."""
+PositiveInt = Annotated[int, Field(gt=0)]
+PositiveFloat = Annotated[float, Field(gt=0)]
 
-    max_seconds: float = 600.0
-    min_sample_rate: int = 1_000
-    max_sample_rate: int = 384_000
-    max_channels: int = 32
-    max_amplitude: float = 1_000.0
-    max_clips: int = 64
-    max_request_samples: int = 32_000_000
-    max_samples_in_flight: int = 32_000_000
-    queue_seconds: float = 10.0
+
+class Limits(BaseModel):
+    """What a request may hold: the `serving` config group (conf/serving/default.yaml has the same defaults)."""
+    model_config = SETTINGS_CONFIG
+
+    max_seconds: PositiveFloat = 600.0
+    min_sample_rate: PositiveInt = 1_000
+    max_sample_rate: PositiveInt = 384_000
+    max_channels: PositiveInt = 32
+    max_amplitude: PositiveFloat = 1_000.0
+    max_clips: PositiveInt = 64
+    max_request_samples: PositiveInt = 32_000_000
+    max_samples_in_flight: PositiveInt = 32_000_000
+    queue_seconds: PositiveFloat = 10.0
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "Limits":
+        if self.min_sample_rate > self.max_sample_rate:
+            raise ValueError(f"{{where}}.min_sample_rate={self.min_sample_rate}: above {{where}}.max_sample_rate="
+                             f"{self.max_sample_rate}")
+        if self.max_request_samples > self.max_samples_in_flight:
+            raise ValueError(f"{{where}}.max_request_samples={self.max_request_samples}: above {{where}}."
+                             f"max_samples_in_flight={self.max_samples_in_flight} (such a request could never be served)")
+        return self
 
     @classmethod
     def from_settings(cls, settings: Mapping | None, where: str = "serving") -> "Limits":
         """`settings` (the `serving` group or a logged model's `model_config`; missing keys take
         the defaults) as limits; a `ConfigError` naming the first bad setting."""
-        values = {**asdict(cls()), **dict(settings or {})}
-        fields = asdict(cls())
-        unknown = sorted(set(values) - set(fields))
-        if unknown:
-            raise ConfigError(f"{where}.{unknown[0]}: unknown key; allowed: {', '.join(fields)}")
-        for key, value in values.items():
-            whole = isinstance(fields[key], int)
-            if (isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value)
-                    or value <= 0 or (whole and value != int(value))):
-                kind = "a positive whole number" if whole else "a positive number"
-                raise ConfigError(f"{where}.{key}={value!r}: must be {kind} (not NaN or inf)")
-        if values["min_sample_rate"] > values["max_sample_rate"]:
-            raise ConfigError(f"{where}.min_sample_rate={values['min_sample_rate']}: above "
-                              f"{where}.max_sample_rate={values['max_sample_rate']}")
-        if values["max_request_samples"] > values["max_samples_in_flight"]:
-            raise ConfigError(f"{where}.max_request_samples={values['max_request_samples']}: above "
-                              f"{where}.max_samples_in_flight={values['max_samples_in_flight']} (such a request "
-                              "could never be served)")
-        return cls(**{k: type(fields[k])(v) for k, v in values.items()})
+        return parse_settings(cls, settings, where)
 
     def as_dict(self) -> dict:
-        return asdict(self)
+        return self.model_dump()
 
 
 def validate_serving(cfg) -> None:

@@ -8,16 +8,18 @@
    optimizer class, the model built once, demo classes, fractions, cv with a fold).
 3. The groups with their own checker, next to the code they configure: `augment`
    (`training.augment.validate_augment`), `scheduler` (`training.optim.validate_optimisation`),
-   `evaluate` (`evaluation.settings.validate_evaluate`), the data sources' files and regexes
+   `evaluate` (`evaluation.settings.evaluate_settings`, a pydantic model), the data sources' files and regexes
    (`data.sources.validate`).
 4. The tracking store (`tracking_uri.validate_tracking`): `tracking.uri` / `MLFLOW_TRACKING_URI` name a
    store MLflow can open or create (not `file:///etc`, not a file that is no SQLite database).
 
 NaN and inf are never numbers here, bools are not integers, and `3.0` is not an integer. Every
 message is one line, `<dotted key>=<value>: <what is allowed>`, e.g.
-`optimizer.lr=nan: must be a finite positive number`. Hydra structured configs were not used:
-OmegaConf accepts NaN and inf for a float field, knows no ranges, and reports a type error in
-several lines that do not say what is allowed.
+`optimizer.lr=nan: must be a finite positive number`. The groups being moved to typed settings
+(`evaluate`, `serving` so far) are pydantic models read by `errors.parse_settings` (strict, NaN and inf
+refused, the same one-line form). Hydra structured configs were not chosen: OmegaConf accepts NaN and
+inf for a float field, knows no ranges, and reports a type error in several lines that do not say what
+is allowed.
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ from audiocnn.validation.tracking_uri import validate_tracking
 
 def validate_config(cfg: DictConfig) -> None:
     """Check every setting a stage relies on; raise `ConfigError` naming the first bad one."""
-    from audiocnn.evaluation.settings import validate_evaluate
+    from audiocnn.evaluation.settings import evaluate_settings
     from audiocnn.inference.requests import validate_serving
     from audiocnn.training.augment import validate_augment
     from audiocnn.training.optim import validate_optimisation
@@ -44,7 +46,7 @@ def validate_config(cfg: DictConfig) -> None:
     validate_model(cfg)
     validate_augment(cfg)
     validate_optimisation(cfg)
-    validate_evaluate(cfg)
+    evaluate_settings(cfg)
     validate_serving(cfg)
     validate_data(cfg)
     validate_tracking(cfg)

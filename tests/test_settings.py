@@ -1,0 +1,85 @@
+"""Typed settings: `errors.parse_settings` turns a config group into its pydantic model or one line naming
+the dotted key and the rule; the `evaluate` group's schema and its one check against the front-end."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import pytest
+from pydantic import BaseModel, Field
+
+from audiocnn.config import compose_config, validate_config
+from audiocnn.errors import SETTINGS_CONFIG, ConfigError, parse_settings
+from audiocnn.evaluation.settings import EvaluateSettings, evaluate_settings
+from audiocnn.models.tta import Views
+
+class Inner(BaseModel):
+    model_config = SETTINGS_CONFIG
+    shifts: list[int] = [0]
+
+
+class Group(BaseModel):
+    model_config = SETTINGS_CONFIG
+    rate: Annotated[float, Field(gt=0)] = 1.0
+    count: Annotated[int, Field(gt=0)] = 1
+    flag: bool = False
+    inner: Inner | None = None
+
+
+@pytest.mark.parametrize("values, message", [
+    ({"rate": float("nan")}, "group.rate=nan: input should be a finite number"),
+    ({"rate": float("inf")}, "group.rate=inf: input should be a finite number"),
+    ({"rate": 0}, "group.rate=0: input should be greater than 0"),
+    ({"count": 3.0}, "group.count=3.0: input should be a valid integer"),
+    ({"count": True}, "group.count=true: input should be a valid integer"),  # a bool is no number
+    ({"flag": "yes"}, "group.flag=yes: input should be a valid boolean"),
+    ({"colour": "red"}, "group.colour: unknown key; allowed: rate, count, flag, inner"),
+    ({"inner": {"octaves": 1}}, "group.inner.octaves: unknown key; allowed: shifts"),
+    ({"inner": {"shifts": [0, 0.5]}}, "group.inner.shifts[1]=0.5: input should be a valid integer"),
+    ({"inner": 2}, "group.inner=2: input should be a valid dictionary or instance of Inner"),
+])
+def test_a_bad_setting_is_one_line_naming_the_dotted_key_and_the_rule(values, message):
+    with pytest.raises(ConfigError) as error:
+        parse_settings(Group, values, "group")
+    assert str(error.value) == message
+
+
+def test_settings_are_typed_frozen_and_default_where_absent():
+    settings = parse_settings(Group, {"rate": 2, "inner": {"shifts": [1, 2]}}, "group")
+    assert settings.rate == 2 and settings.count == 1 and settings.inner.shifts == [1, 2]
+    assert parse_settings(Group, None, "group") == Group()
+    with pytest.raises(ValueError):
+        settings.rate = 3.0
+
+
+def test_the_evaluate_group_reads_into_its_settings_with_the_conf_defaults():
+    settings = evaluate_settings(compose_config([]))
+    assert isinstance(settings, EvaluateSettings)
+    assert settings.top_k == [1, 3] and settings.calibration_bins == 15 and settings.explain is True
+    assert settings.views == Views()  # conf/'s tta [0] x [0]: the identity
+    views = evaluate_settings(compose_config(["evaluate.tta.pitch_bins=[-1,0,1]"])).views
+    assert views.shifts == [(-1, 0), (0, 0), (1, 0)]
+
+
+@pytest.mark.parametrize("overrides, message", [
+    # the rules of the schema, through the one validation of a job
+    (["evaluate.top_k=[0]"], "evaluate.top_k[0]=0: input should be greater than 0"),
+    (["evaluate.bootstrap_seed=-1"], "evaluate.bootstrap_seed=-1: input should be greater than or equal to 0"),
+    (["evaluate.calibration_bins=nan"], "evaluate.calibration_bins=nan: input should be a valid integer"),
+    (["evaluate.tta.pitch_bins=[1,1]"], "evaluate.tta.pitch_bins=[1, 1]: the shifts must be distinct"),
+    (["+evaluate.colour=red"], "evaluate.colour: unknown key; allowed: top_k, calibration_bins"),
+    # the domain check: a view's shift must leave something of the window (84 bins x 128 frames)
+    (["evaluate.tta.pitch_bins=[-84,0]"], "evaluate.tta.pitch_bins=[-84, 0]: each shift must be smaller than the "
+                                          "window's 84 bins"),
+    (["evaluate.tta.time_frames=[0,128]"], "evaluate.tta.time_frames=[0, 128]: each shift must be smaller than the "
+                                           "window's 128 frames"),
+    (["features.window_frames=200", "evaluate.tta.time_frames=[0,128]"], None),  # a wider window takes it
+])
+def test_validate_config_reads_the_evaluate_group_once_with_its_domain_check(overrides, message):
+    cfg = compose_config(overrides)
+    if message is None:
+        validate_config(cfg)
+        return
+    with pytest.raises(ConfigError) as error:
+        validate_config(cfg)
+    assert str(error.value).startswith(message) and "\n" not in str(error.value)
