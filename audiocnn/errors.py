@@ -121,6 +121,15 @@ def show(value: Any) -> str:
     return str(value)
 
 
+# pydantic's error types, as audiocnn's messages say them (`ctx` fills the braces); others keep pydantic's words.
+RULES = {"greater_than": "must be > {gt}", "greater_than_equal": "must be >= {ge}", "less_than": "must be < {lt}",
+         "less_than_equal": "at most {le}", "int_type": "must be an integer", "int_from_float": "must be an integer",
+         "float_type": "must be a number", "finite_number": "must be a finite number",
+         "bool_type": "allowed: true, false", "literal_error": "allowed: {expected}", "string_type": "must be a string",
+         "list_type": "must be a list", "too_short": "must hold at least {min_length} item(s)",
+         "model_type": "must be a mapping", "dict_type": "must be a mapping"}
+
+
 def _fields_at(schema, path: tuple) -> list[str]:
     """The field names of the (nested) model that `path` (pydantic's `loc` less its last part) leads to."""
     for part in path:
@@ -148,7 +157,12 @@ def parse_settings(schema: type[Schema], values: Mapping | None, where: str) -> 
         key = where + "".join(f"[{part}]" if isinstance(part, int) else f".{part}" for part in loc)
         if first["type"] == "extra_forbidden":
             raise ConfigError(f"{key}: unknown key; allowed: {', '.join(_fields_at(schema, loc[:-1]))}") from None
+        if first["type"] == "missing":
+            raise ConfigError(f"{key}: missing") from None
         message = first["msg"].removeprefix("Value error, ").removeprefix("Assertion failed, ")
         if not loc:  # a model validator's: the line as it wrote it
             raise ConfigError(message.replace("{where}", where)) from None
-        raise ConfigError(f"{key}={show(first['input'])}: {message[:1].lower()}{message[1:]}") from None
+        rule = RULES.get(first["type"])
+        ctx = {k: format(v, "g") if isinstance(v, float) else v for k, v in first.get("ctx", {}).items()}
+        message = rule.format(**ctx) if rule else message[:1].lower() + message[1:]
+        raise ConfigError(f"{key}={show(first['input'])}: {message}") from None

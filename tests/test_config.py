@@ -38,7 +38,7 @@ def test_every_model_config_composes_and_validates(model):
         (["features.n_bins=200"], "features.n_bins=200: top bin"),
         (["features.hop_length=0"], "features.hop_length=0"),
         (["optimizer.lr=-1"], "optimizer.lr=-1"),
-        (["features.top_db=0"], "features.top_db=0: must be a finite positive number or null"),
+        (["features.top_db=0"], "features.top_db=0: must be > 0"),
         (["model=cnn", "features.window_frames=12"], "model.blocks[3]: time 1 -> 0 with pooling kernel 2"),
         (["model.blocks.0.pool=median"], "model.blocks[0]: pool='median'"),
         (["model.rnn=transformer"], "model: model.rnn='transformer'; allowed: gru, lstm"),

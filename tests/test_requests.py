@@ -180,9 +180,9 @@ def test_the_limits_travel_with_the_logged_model(model_dir, model, tmp_path):
     assert "max_seconds: 5" in (model_dir / "MLmodel").read_text()  # stored as the model's model_config
     assert model.unwrap_python_model().limits == Limits(max_seconds=5)
     assert tiny_classifier(tmp_path).limits == Limits()  # a model logged without limits: the defaults
-    with pytest.raises(ConfigError, match="serving.max_seconds=nan: input should be a finite number"):
+    with pytest.raises(ConfigError, match="serving.max_seconds=nan: must be a finite number"):
         model_config({"max_seconds": float("nan")})
-    with pytest.raises(ConfigError, match="serving.max_channels=2.5: input should be a valid integer"):
+    with pytest.raises(ConfigError, match="serving.max_channels=2.5: must be an integer"):
         Limits.from_settings({"max_channels": 2.5})
 
 

@@ -168,9 +168,9 @@ def test_the_budget_queues_requests_and_refuses_one_that_finds_no_room():
 def test_the_new_limits_are_validated_like_the_others():
     from audiocnn.config import compose_config, validate_config
 
-    with pytest.raises(ConfigError, match="serving.max_clips=0: input should be greater than 0"):
+    with pytest.raises(ConfigError, match="serving.max_clips=0: must be > 0"):
         validate_config(compose_config(["serving.max_clips=0"]))
-    with pytest.raises(ConfigError, match="serving.queue_seconds=nan: input should be a finite number"):
+    with pytest.raises(ConfigError, match="serving.queue_seconds=nan: must be a finite number"):
         Limits.from_settings({"queue_seconds": float("nan")})
     with pytest.raises(ConfigError, match="serving.max_request_samples=2000: above serving.max_samples_in_flight=1000"):
         Limits.from_settings({"max_request_samples": 2000, "max_samples_in_flight": 1000})

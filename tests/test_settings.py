@@ -27,16 +27,16 @@ class Group(BaseModel):
 
 
 @pytest.mark.parametrize("values, message", [
-    ({"rate": float("nan")}, "group.rate=nan: input should be a finite number"),
-    ({"rate": float("inf")}, "group.rate=inf: input should be a finite number"),
-    ({"rate": 0}, "group.rate=0: input should be greater than 0"),
-    ({"count": 3.0}, "group.count=3.0: input should be a valid integer"),
-    ({"count": True}, "group.count=true: input should be a valid integer"),  # a bool is no number
-    ({"flag": "yes"}, "group.flag=yes: input should be a valid boolean"),
+    ({"rate": float("nan")}, "group.rate=nan: must be a finite number"),
+    ({"rate": float("inf")}, "group.rate=inf: must be a finite number"),
+    ({"rate": 0}, "group.rate=0: must be > 0"),
+    ({"count": 3.0}, "group.count=3.0: must be an integer"),
+    ({"count": True}, "group.count=true: must be an integer"),  # a bool is no number
+    ({"flag": "yes"}, "group.flag=yes: allowed: true, false"),
     ({"colour": "red"}, "group.colour: unknown key; allowed: rate, count, flag, inner"),
     ({"inner": {"octaves": 1}}, "group.inner.octaves: unknown key; allowed: shifts"),
-    ({"inner": {"shifts": [0, 0.5]}}, "group.inner.shifts[1]=0.5: input should be a valid integer"),
-    ({"inner": 2}, "group.inner=2: input should be a valid dictionary or instance of Inner"),
+    ({"inner": {"shifts": [0, 0.5]}}, "group.inner.shifts[1]=0.5: must be an integer"),
+    ({"inner": 2}, "group.inner=2: must be a mapping"),
 ])
 def test_a_bad_setting_is_one_line_naming_the_dotted_key_and_the_rule(values, message):
     with pytest.raises(ConfigError) as error:
@@ -63,9 +63,9 @@ def test_the_evaluate_group_reads_into_its_settings_with_the_conf_defaults():
 
 @pytest.mark.parametrize("overrides, message", [
     # the rules of the schema, through the one validation of a job
-    (["evaluate.top_k=[0]"], "evaluate.top_k[0]=0: input should be greater than 0"),
-    (["evaluate.bootstrap_seed=-1"], "evaluate.bootstrap_seed=-1: input should be greater than or equal to 0"),
-    (["evaluate.calibration_bins=nan"], "evaluate.calibration_bins=nan: input should be a valid integer"),
+    (["evaluate.top_k=[0]"], "evaluate.top_k[0]=0: must be > 0"),
+    (["evaluate.bootstrap_seed=-1"], "evaluate.bootstrap_seed=-1: must be >= 0"),
+    (["evaluate.calibration_bins=nan"], "evaluate.calibration_bins=nan: must be an integer"),
     (["evaluate.tta.pitch_bins=[1,1]"], "evaluate.tta.pitch_bins=[1, 1]: the shifts must be distinct"),
     (["+evaluate.colour=red"], "evaluate.colour: unknown key; allowed: top_k, calibration_bins"),
     # the domain check: a view's shift must leave something of the window (84 bins x 128 frames)
@@ -83,3 +83,25 @@ def test_validate_config_reads_the_evaluate_group_once_with_its_domain_check(ove
     with pytest.raises(ConfigError) as error:
         validate_config(cfg)
     assert str(error.value).startswith(message) and "\n" not in str(error.value)
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["features.trainable=true"], "features.trainable=true: needs features.on_the_fly=true"),
+    (["features.n_bins=200"], "features.n_bins=200: top bin"),  # above Nyquist: the budget's check, as for model files
+    (["features.window_frames=5000"], "features.window_frames=5000: at most 4096"),
+    (["features.device=tpu"], "features.device=tpu: allowed: 'auto', 'cpu' or 'cuda'"),
+    (["features.sr=16000.5"], "features.sr=16000.5: must be an integer"),
+    (["+features.colour=red"], "features.colour: unknown key; allowed: sr, hop_length, fmin, n_bins"),
+])
+def test_the_features_group_reads_into_its_schema_with_the_front_end_checks(overrides, message):
+    with pytest.raises(ConfigError) as error:
+        validate_config(compose_config(overrides))
+    assert str(error.value).startswith(message) and "\n" not in str(error.value)
+
+
+def test_the_features_group_reads_into_typed_settings():
+    from audiocnn.features.settings import feature_settings
+
+    settings = feature_settings(compose_config(["features=speech"]))
+    assert (settings.sr, settings.hop_length, settings.top_db, settings.device) == (8000, 128, 40.0, "auto")
+    assert isinstance(settings.fmin, float) and isinstance(settings.n_bins, int)

@@ -8,10 +8,9 @@ whose `features.fmin=0.001` asks for 336 GiB of CQT kernels. Every check here sa
 in one line that starts with the setting, as conf validation does (`features.sr=1000000: at most
 192000 ...`); callers raise it as their own error (`ConfigError` for conf/, `BundleError` for a file).
 
-1. The front-end (`features_problem`): every key passes its rule (`FEATURE_RULES`: the one source of
-   the types and lower bounds, which conf validation reads too), stays within its ceiling
-   (`FEATURE_CEILINGS`), the top bin below Nyquist, and what the keys make together stays within
-   the limits below: the CQT kernels (n_bins x the longest kernel, padded to a power of two: an
+1. The front-end (`FrontendSettings`, which the `features` config group's schema extends:
+   `features.settings.FeatureSettings`): every key of its type, above 0 and within its ceiling, the
+   top bin below Nyquist, and what the keys make together within the limits below: the CQT kernels (n_bins x the longest kernel, padded to a power of two: an
    upper bound for the multirate front-end too), one window (n_bins x window_frames), one chunk of
    frames (`features.chunk_seconds`).
 2. The classes (`classes_problem`): a list of distinct non-empty names, not too many, not too long.
@@ -22,16 +21,12 @@ from __future__ import annotations
 
 import math
 import reprlib
-from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Annotated, Any, Mapping
 
-from audiocnn.errors import show  # noqa: F401 - re-exported: `budget.show`
+from pydantic import BaseModel, Field, model_validator
 
-# Front-end settings a model file must hold, and those it may (`features.*`).
-FRONTEND_KEYS = ("sr", "hop_length", "fmin", "n_bins", "bins_per_octave", "amin", "window_frames")
-OPTIONAL_FRONTEND_KEYS = ("top_db", "chunk_seconds")
-FEATURE_CEILINGS = {"sr": 192_000, "hop_length": 16_384, "n_bins": 1_024, "bins_per_octave": 120,
-                    "window_frames": 4_096}
+from audiocnn.errors import SETTINGS_CONFIG, ConfigError, parse_settings, show
+
 MAX_KERNEL_TAPS = 1 << 19  # the longest CQT kernel, Q * sr / fmin samples (8,481 at the defaults)
 MAX_KERNEL_VALUES = 1 << 25  # n_bins x that kernel padded to a power of two (1.4 M at the defaults)
 MAX_WINDOW_VALUES = 1 << 19  # n_bins x window_frames: one window (10,752 at the defaults)
@@ -43,33 +38,6 @@ MAX_CLASS_CHARS = 256
 
 MAX_FILE_BYTES = 1 << 30  # a model file (any format): its entries' declared sizes together (ours: under 5 MB)
 SLACK_BYTES = 1 << 16  # entries of a model.pt that are no tensor of the state (byteorder, version, ...)
-
-
-@dataclass(frozen=True)
-class Positive:
-    """The rule of a front-end setting: a finite number > 0 (an `int` when `integer`), or null when
-    `null`; returns None or what is allowed (the wording of `validation.kinds.Number`)."""
-    integer: bool = False
-    null: bool = False
-
-    def __call__(self, value) -> str | None:
-        if value is None and self.null:
-            return None
-        ok = isinstance(value, int if self.integer else (int, float)) and not isinstance(value, bool)
-        if ok and math.isfinite(value) and value > 0:
-            return None
-        kind = "a positive integer" if self.integer else "a finite positive number"
-        return f"must be {kind}" + (" or null" if self.null else "")
-
-
-# The front-end's settings, read by conf/ validation (`validation.rules`) and by every model file's
-# check: one table for both.
-FEATURE_RULES: dict[str, Positive] = {
-    **{k: Positive(integer=True) for k in ("sr", "hop_length", "n_bins", "bins_per_octave", "window_frames",
-                                           "batch_size")},
-    **{k: Positive() for k in ("fmin", "amin", "chunk_seconds", "shard_mb")},
-    "top_db": Positive(null=True),
-}
 
 
 def human(n: float) -> str:
@@ -108,24 +76,31 @@ def margin_bound(features: Mapping) -> int:
     return (1 << max(kernel_taps(features) - 1, 0).bit_length()) + int(features["hop_length"])
 
 
-def features_problem(features: Any) -> str | None:
-    """None, or the first front-end setting of `features` (a mapping) outside the budget, as one line
-    starting with its dotted key."""
-    if not isinstance(features, Mapping):
-        return f"features={reprlib.repr(features)}: must be a mapping of front-end settings"
-    for key in (*FRONTEND_KEYS, *OPTIONAL_FRONTEND_KEYS):
-        if key not in features:
-            if key in FRONTEND_KEYS:
-                return f"features.{key}: missing; {FEATURE_RULES[key](None)}"
-            continue
-        value = features[key]
-        problem = FEATURE_RULES[key](value)
+class FrontendSettings(BaseModel):
+    """The front-end settings a model file holds (`features.*`; the group's other keys are ignored here),
+    each within its ceiling, and what they make together within the limits above (`_within_budget`)."""
+    model_config = {**SETTINGS_CONFIG, "extra": "ignore"}
+
+    sr: Annotated[int, Field(gt=0, le=192_000)]
+    hop_length: Annotated[int, Field(gt=0, le=16_384)]
+    fmin: Annotated[float, Field(gt=0)]
+    n_bins: Annotated[int, Field(gt=0, le=1_024)]
+    bins_per_octave: Annotated[int, Field(gt=0, le=120)]
+    amin: Annotated[float, Field(gt=0)]
+    window_frames: Annotated[int, Field(gt=0, le=4_096)]
+    top_db: Annotated[float, Field(gt=0)] | None = None
+    chunk_seconds: Annotated[float, Field(gt=0)] = 60.0
+
+    @model_validator(mode="after")
+    def _within_budget(self) -> "FrontendSettings":
+        problem = combined_problem(self.model_dump())
         if problem:
-            return f"features.{key}={show(value)}: {problem}"
-        ceiling = FEATURE_CEILINGS.get(key)
-        if ceiling is not None and value > ceiling:
-            return f"features.{key}={show(value)}: at most {ceiling}"
-    f = features
+            raise ValueError(problem)
+        return self
+
+
+def combined_problem(f: Mapping) -> str | None:
+    """None, or the first limit that front-end settings `f` (each valid alone) break together, as one line."""
     nyquist = f["sr"] / 2
     top = f["fmin"] * 2 ** ((f["n_bins"] - 1) / f["bins_per_octave"])
     if top > nyquist:
@@ -144,7 +119,7 @@ def features_problem(features: Any) -> str | None:
     if f["n_bins"] * f["window_frames"] > MAX_WINDOW_VALUES:
         return (f"features.window_frames={f['window_frames']}: a window of {f['n_bins']} bins x {f['window_frames']} "
                 f"frames holds {f['n_bins'] * f['window_frames']:,} values; at most {MAX_WINDOW_VALUES:,}")
-    seconds = f.get("chunk_seconds", 60)
+    seconds = f["chunk_seconds"]
     if seconds * f["sr"] > MAX_CHUNK_SAMPLES:
         return (f"features.chunk_seconds={show(seconds)}: a chunk of {seconds:g} s at features.sr={f['sr']} is "
                 f"{seconds * f['sr']:,.0f} samples; at most {MAX_CHUNK_SAMPLES:,}")
@@ -153,6 +128,18 @@ def features_problem(features: Any) -> str | None:
         return (f"features.hop_length={f['hop_length']}: a chunk of features.chunk_seconds={show(seconds)} s has "
                 f"{frames:,} frames x {f['n_bins']} bins = {frames * f['n_bins']:,} values; at most "
                 f"{MAX_CHUNK_VALUES:,}: a longer hop or shorter chunks")
+    return None
+
+
+def features_problem(features: Any) -> str | None:
+    """None, or the first front-end setting of `features` (a model file's mapping) outside `FrontendSettings`,
+    as one line starting with its dotted key."""
+    if not isinstance(features, Mapping):
+        return f"features={reprlib.repr(features)}: must be a mapping of front-end settings"
+    try:
+        parse_settings(FrontendSettings, features, "features")
+    except ConfigError as error:
+        return str(error)
     return None
 
 

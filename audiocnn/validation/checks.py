@@ -12,17 +12,11 @@ from audiocnn.validation.rules import rules
 
 
 def validate_features(cfg: DictConfig) -> None:
-    """What no single `features.*` rule sees: trainable kernels need on-the-fly features; the top
-    bin below Nyquist and the front-end's ceilings and costs (`features.budget`, the limits a
-    model file's settings meet too)."""
-    from audiocnn.features.budget import features_problem
+    """The `features` group against its schema (`features.settings.FeatureSettings`: types, ceilings, the
+    top bin below Nyquist, the front-end's costs, the limits a model file's settings meet too)."""
+    from audiocnn.features.settings import feature_settings
 
-    f = cfg.features
-    if f.trainable and not f.on_the_fly:
-        raise ConfigError("features.trainable=true: needs features.on_the_fly=true (stored frames are fixed)")
-    problem = features_problem(f)
-    if problem:
-        raise ConfigError(problem)
+    feature_settings(cfg)
 
 
 def validate_hardware(cfg: DictConfig) -> None:

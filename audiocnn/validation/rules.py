@@ -15,7 +15,6 @@ from omegaconf import DictConfig, OmegaConf
 
 from audiocnn.data.event_decoding import MAX_MEDIAN_FRAMES
 from audiocnn.errors import ConfigError, DownloadError
-from audiocnn.features.budget import FEATURE_RULES
 from audiocnn.validation.kinds import (BOOL, COUNT, FRACTION, POSITIVE, POSITIVE_INT, SEED, SEED_MAX, Choice,
                                        Number, Text, _list_of, show)
 # Lightning strategies the train stage supports: ddp re-runs the command once per extra process
@@ -142,9 +141,7 @@ def rules() -> dict[str, Callable]:
 
     names = _list_of(Text(), "a list of distinct class names (strings)")
     return {
-        **{f"features.{k}": rule for k, rule in FEATURE_RULES.items()}, "features.num_workers": COUNT,
-        "features.device": Choice(("auto", "cpu", "cuda")), "features.on_the_fly": BOOL, "features.trainable": BOOL,
-        "features.verify": BOOL, "lock_timeout_s": Number(0),
+        "lock_timeout_s": Number(0),
         "trainer.max_epochs": POSITIVE_INT, "trainer.batch_size": POSITIVE_INT, "trainer.patience": COUNT,
         "trainer.seeds": _list_of(SEED, f"a list of distinct integers in [0, {SEED_MAX}] such as [0,1,2]"),
         "trainer.num_workers": COUNT, "trainer.accelerator": Choice(("auto", "cpu", "gpu", "cuda", "mps")),
@@ -203,17 +200,17 @@ def _registered_model(value) -> str | None:
     return "must be null or a model name without '/' or ':'"
 
 
-# A key a stage reads without a default must be there: every features/trainer/tracking/paths key but
+# A key a stage reads without a default must be there: every trainer/tracking/paths key but
 # those in OPTIONAL (read with `.get(key, default)`), and REQUIRED; other groups' keys vary by option.
-REQUIRED_GROUPS = ("features", "trainer", "tracking", "paths")
+REQUIRED_GROUPS = ("trainer", "tracking", "paths")
 REQUIRED = {"optimizer._target_", "optimizer.lr", "data.name", "data.protocol", "seed"}
-OPTIONAL = {"features.top_db", "trainer.seeds", "trainer.patience", "trainer.gradient_clip_val",
+OPTIONAL = {"trainer.seeds", "trainer.patience", "trainer.gradient_clip_val",
             "trainer.strategy", "trainer.num_nodes", "trainer.label_smoothing", "trainer.class_weights",
             "trainer.callbacks", "trainer.resume", "trainer.calibrate", "trainer.frame_loss_weight", "trainer.event_median_frames",
             "trainer.event_min_duration", "trainer.event_min_gap", "tracking.run_name",
             "tracking.registered_model", "tracking.export_onnx"}
 # Unknown keys refused; an optimizer's keys are the arguments of its class (`checks.validate_optimizer`).
-CHECKED_GROUPS = ("features", "trainer", "data", "tracking")
+CHECKED_GROUPS = ("trainer", "data", "tracking")  # features, evaluate, serving: typed settings (their schemas)
 _ABSENT = object()
 
 

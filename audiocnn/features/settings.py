@@ -1,0 +1,37 @@
+"""The `features` config group (conf/features/) as typed settings: the front-end a model holds
+(`budget.FrontendSettings`, the same schema every model file's settings are checked with) and how the
+featurize stage and the trainer compute it."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from omegaconf import OmegaConf
+from pydantic import Field, model_validator
+
+from audiocnn.errors import SETTINGS_CONFIG, parse_settings
+from audiocnn.features.budget import FrontendSettings
+
+
+class FeatureSettings(FrontendSettings):
+    """conf/features/*.yaml says what each key does."""
+    model_config = SETTINGS_CONFIG  # unlike a model file's mapping, the group holds no other key
+
+    batch_size: Annotated[int, Field(gt=0)]
+    num_workers: Annotated[int, Field(ge=0)]
+    shard_mb: Annotated[float, Field(gt=0)]
+    verify: bool = False
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    on_the_fly: bool = False
+    trainable: bool = False
+
+    @model_validator(mode="after")
+    def _trainable_on_the_fly(self) -> "FeatureSettings":
+        if self.trainable and not self.on_the_fly:
+            raise ValueError("features.trainable=true: needs features.on_the_fly=true (stored frames are fixed)")
+        return self
+
+
+def feature_settings(cfg) -> FeatureSettings:
+    """`cfg.features` as `FeatureSettings`; `ConfigError` naming the first bad setting."""
+    return parse_settings(FeatureSettings, OmegaConf.to_container(cfg.get("features") or {}, resolve=True), "features")
