@@ -100,7 +100,8 @@ def print_summary(cfg, n_classes: int) -> int:
     from audiocnn.models import build_model
     from audiocnn.models.summary import summarize
 
-    model = build_model(cfg.model, n_classes=n_classes, n_bins=cfg.features.n_bins, top_db=cfg.features.get("top_db"))
+    model = build_model(OmegaConf.to_container(cfg.model, resolve=True), n_classes=n_classes,
+                        n_bins=cfg.features.n_bins, top_db=cfg.features.get("top_db"))
     summary = summarize(model, cfg.features.n_bins, cfg.features.window_frames, name=cfg.model.get("name"))
     print(summary.table())
     return 0

@@ -116,7 +116,8 @@ def start(cfg: DictConfig, todo: list[Variant], run_name_suffix: str = "") -> st
     if cfg.trainer.get("resume", True) and same and tracking.reopen_run(cfg, state["parent_run_id"]):
         print(f"repeats: resuming MLflow parent run {state['parent_run_id']}")
         return state["parent_run_id"]
-    tags = {**tracking.run_tags(cfg), "audiocnn.repeats": ",".join(v.label for v in todo)}
+    tags = {**tracking.run_tags(cfg.data.name, cfg.model.name, cfg.paths.prepared),
+            "audiocnn.repeats": ",".join(v.label for v in todo)}
     parent = tracking.start_parent_run(cfg, parent_run_name(cfg, run_name_suffix), tags)
     names = {"folds": fold_slugs(list(dict.fromkeys(v.fold for v in todo)))}
     atomic.write_json(out / STATE_FILE, {"parent_run_id": parent, "variants": [asdict(v) for v in todo],

@@ -6,6 +6,7 @@ import math
 
 import numpy as np
 import pytest
+from omegaconf import OmegaConf
 import torch
 
 from audiocnn.config import ConfigError, compose_config, validate_config
@@ -248,7 +249,7 @@ def test_classifier_trains_on_mixed_targets_and_validates_on_clean_batches():
     x = torch.randn(16, 1, 4, 6)
     y = torch.arange(16) % 3
     model = Recorder()
-    module = Classifier(model, compose_config([]).optimizer, 3,
+    module = Classifier(model, OmegaConf.to_container(compose_config([]).optimizer), 3,
                         augment=A.SpectrogramAugment({"mixup": {"p": 1.0}, "gain": {"p": 1.0}}, 3, FLOOR, BPO))
     loader = DataLoader(TensorDataset(x, y), batch_size=16)
     trainer = L.Trainer(max_epochs=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,

@@ -67,7 +67,8 @@ def test_the_experiment_opens_in_the_model_training_view(trained):
 
 def test_a_parent_run_has_the_dataset_and_source_too(trained):
     cfg, _ = trained
-    parent = tracking.start_parent_run(cfg, "parent-check", tracking.run_tags(cfg))
+    parent = tracking.start_parent_run(cfg, "parent-check",
+                                       tracking.run_tags(cfg.data.name, cfg.model.name, cfg.paths.prepared))
     tracking.end_parent_run(cfg, parent)
     run = mlflow.MlflowClient(tracking_uri=cfg.tracking.uri).get_run(parent)
     assert [d.dataset.name for d in run.inputs.dataset_inputs] == ["demo"]

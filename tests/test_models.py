@@ -259,7 +259,6 @@ def test_every_model_trains_on_multilabel_targets_and_scores_a_sigmoid_per_class
     `Classifier(multilabel=True)` (binary cross-entropy on multi-hot targets) moves every trainable
     weight, and the window scorer answers each class's own probability."""
     import lightning as L
-    from omegaconf import OmegaConf
     from torch.utils.data import DataLoader, TensorDataset
 
     from audiocnn.models.scorer import WindowScorer
@@ -268,7 +267,7 @@ def test_every_model_trains_on_multilabel_targets_and_scores_a_sigmoid_per_class
     _, model, x = _model_and_input(name, batch=4)
     targets = torch.tensor([[1, 0, 1, 0, 0], [0, 1, 0, 0, 1], [1, 1, 1, 0, 0], [0, 0, 0, 1, 0]], dtype=torch.float32)
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    module = Classifier(model, OmegaConf.create({"_target_": "torch.optim.SGD", "name": "sgd", "lr": 0.1}), N_CLASSES,
+    module = Classifier(model, {"_target_": "torch.optim.SGD", "name": "sgd", "lr": 0.1}, N_CLASSES,
                         multilabel=True)
     trainer = L.Trainer(fast_dev_run=1, accelerator="cpu", logger=False, enable_checkpointing=False,
                         enable_progress_bar=False, enable_model_summary=False)

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from omegaconf import OmegaConf
 import soundfile as sf
 import torch
 
@@ -56,8 +57,8 @@ def test_store_and_on_the_fly_give_the_same_logits_for_the_same_weights_and_clip
     assert isinstance(stored_model.frontend, torch.nn.Identity) and isinstance(fly_model.frontend, CQTFrontend)
     assert {k for k in fly_model.state_dict() if k.startswith("frontend.")} == {
         "frontend.cqt.cqt.cqt_kernels_real", "frontend.cqt.cqt.cqt_kernels_imag", "frontend.cqt.cqt.lenghts"}
-    from_store = Classifier(stored_model, stored_cfg.optimizer, 2).eval()
-    on_the_fly = Classifier(fly_model, fly_cfg.optimizer, 2).eval()
+    from_store = Classifier(stored_model, OmegaConf.to_container(stored_cfg.optimizer), 2).eval()
+    on_the_fly = Classifier(fly_model, OmegaConf.to_container(fly_cfg.optimizer), 2).eval()
     with torch.no_grad():
         torch.testing.assert_close(on_the_fly.frames(waves), frames, atol=1e-2, rtol=2e-3)  # float16 store
         torch.testing.assert_close(on_the_fly(waves), from_store(frames), atol=1e-3, rtol=1e-3)
@@ -108,7 +109,6 @@ def test_bundles_of_the_old_layout_or_another_front_end_version_are_refused_nami
     layout, kernels under `frontend`), or trained on another FRONTEND_VERSION's frames (stored or on
     the fly), is refused in one line saying to retrain: by evaluate and predict (`load_bundle`, the
     CLI) and by `model.init_from` (`load_state`)."""
-    from omegaconf import OmegaConf
 
     from audiocnn.cli import main
     from audiocnn.errors import BundleError

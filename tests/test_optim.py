@@ -89,7 +89,7 @@ def test_balanced_class_weights_from_train_labels():
 
 
 def test_classifier_loss_uses_weights_and_label_smoothing():
-    module = Classifier(Tiny(), compose_config([]).optimizer, 3, label_smoothing=0.1,
+    module = Classifier(Tiny(), OmegaConf.to_container(compose_config([]).optimizer), 3, label_smoothing=0.1,
                         class_weights=torch.tensor([1.0, 2.0, 3.0]))
     assert module.loss.label_smoothing == 0.1 and module.loss.weight.tolist() == [1.0, 2.0, 3.0]
 

@@ -193,7 +193,6 @@ def test_a_worker_s_non_finite_error_reaches_the_main_process_as_one_line(tmp_pa
 
 
 def test_a_non_finite_loss_with_finite_inputs_says_training_diverged():
-    from omegaconf import OmegaConf
 
     from audiocnn.training.module import Classifier
 
@@ -201,7 +200,7 @@ def test_a_non_finite_loss_with_finite_inputs_says_training_diverged():
         def forward(self, x):
             return torch.full((len(x), 3), float("nan"))
 
-    module = Classifier(Diverged(), OmegaConf.create({"name": "adamw", "lr": 1e-3}), n_classes=3)
+    module = Classifier(Diverged(), {"name": "adamw", "lr": 1e-3}, n_classes=3)
     with pytest.raises(NonFiniteError, match=r"train_loss=nan at epoch 0, step 0 with finite inputs: training "
                                              r"diverged; lower optimizer.lr"):
         module.training_step((torch.zeros(2, 1, 8, 8), torch.tensor([0, 1])), 0)

@@ -119,7 +119,7 @@ def test_a_configured_run_does_not_override_the_next_config(store_root):
 
 def test_run_tags_name_data_model_and_manifest(tmp_path):
     cfg = tiny_config(tmp_path)
-    tags = tracking.run_tags(cfg)
+    tags = tracking.run_tags(cfg.data.name, cfg.model.name, cfg.paths.prepared)
     assert tags["data"] == "demo" and tags["model"] == cfg.model.name
     assert "data.manifest_md5" not in tags  # no manifest yet
     manifest = Path(cfg.paths.prepared) / "manifest.csv"
@@ -127,7 +127,8 @@ def test_run_tags_name_data_model_and_manifest(tmp_path):
     manifest.write_text("path,label\n")
     import hashlib
 
-    assert tracking.run_tags(cfg)["data.manifest_md5"] == hashlib.md5(manifest.read_bytes()).hexdigest()
+    tags = tracking.run_tags(cfg.data.name, cfg.model.name, cfg.paths.prepared)
+    assert tags["data.manifest_md5"] == hashlib.md5(manifest.read_bytes()).hexdigest()
     assert tracking.default_run_name(cfg) == f"{cfg.model.name}-demo"
     assert tracking.default_run_name(cfg, "optimizer.lr=0.1") == f"{cfg.model.name}-demo-lr=0.1"
 
@@ -161,7 +162,7 @@ def test_run_tags_join_dvc_experiments_and_hydra_jobs(tmp_path, monkeypatch):
     cfg = tiny_config(tmp_path)
     monkeypatch.setenv("DVC_EXP_NAME", "try-cnn")
     monkeypatch.setenv("DVC_EXP_BASELINE_REV", "a" * 40)
-    tags = tracking.run_tags(cfg)
+    tags = tracking.run_tags(cfg.data.name, cfg.model.name, cfg.paths.prepared)
     assert tags["dvc.exp_name"] == "try-cnn" and tags["dvc.exp_baseline_rev"] == "a" * 40
     assert "hydra.overrides" not in tags  # not inside a Hydra job
 

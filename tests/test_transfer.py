@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+from omegaconf import OmegaConf
 import torch
 
 from audiocnn.models import build_model
@@ -85,7 +86,7 @@ def test_fine_tuning_uses_a_lower_backbone_learning_rate(tmp_path):
     cfg = tiny_config(tmp_path, "model=cnn", "optimizer.lr=0.01", "optimizer.backbone_lr_scale=0.1")
     model = build_model(cfg.model, 3, cfg.features.n_bins)
     freeze(model, "none")
-    optimizer = Classifier(model, cfg.optimizer, 3).configure_optimizers()
+    optimizer = Classifier(model, OmegaConf.to_container(cfg.optimizer), 3).configure_optimizers()
     lrs = sorted(group["lr"] for group in optimizer.param_groups)
     assert lrs == pytest.approx([0.001, 0.01])
     freeze(model, "backbone")

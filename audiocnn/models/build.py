@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
+import copy
 from typing import Mapping
 
 from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from audiocnn.features.cqt import CQTFrontend
@@ -15,12 +15,10 @@ from audiocnn.features.cqt import CQTFrontend
 DESCRIPTIVE_KEYS = ("name", "init_from", "freeze", "event_time_stride")
 
 
-def model_kwargs(model_cfg: DictConfig) -> dict:
-    """The model config as constructor arguments (with `_target_`), minus descriptive keys."""
-    kwargs = OmegaConf.to_container(model_cfg, resolve=True)
-    for key in DESCRIPTIVE_KEYS:
-        kwargs.pop(key, None)
-    return kwargs
+def model_kwargs(model: Mapping) -> dict:
+    """The model config (a plain mapping, as model.pt stores it) as constructor arguments (with `_target_`),
+    minus descriptive keys; a copy."""
+    return copy.deepcopy({key: value for key, value in model.items() if key not in DESCRIPTIVE_KEYS})
 
 
 def build_frontend(features: Mapping) -> nn.Module | None:
@@ -30,11 +28,11 @@ def build_frontend(features: Mapping) -> nn.Module | None:
     return CQTFrontend.from_config(features) if features.get("on_the_fly") else None
 
 
-def build_model(model_cfg: DictConfig, n_classes: int, n_bins: int, top_db: float | None = None,
+def build_model(model: Mapping, n_classes: int, n_bins: int, top_db: float | None = None,
                 frontend: nn.Module | None = None) -> nn.Module:
-    """Instantiate `model_cfg._target_` with its arguments, `n_classes`, `n_bins` (CQT bins),
+    """Instantiate `model["_target_"]` (the model config as a plain mapping) with its arguments, `n_classes`, `n_bins` (CQT bins),
     `top_db` (`features.top_db`: the model's input is peak-normalised, see `PeakNormalize`) and
     `frontend` (`build_frontend`; None: stored frames)."""
-    build = instantiate(model_kwargs(model_cfg), n_classes=n_classes, n_bins=n_bins, top_db=top_db, _convert_="all",
+    build = instantiate(model_kwargs(model), n_classes=n_classes, n_bins=n_bins, top_db=top_db, _convert_="all",
                         _partial_=True)
     return build(frontend=frontend)  # partial: Hydra would copy the module into its config

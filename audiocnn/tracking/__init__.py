@@ -253,7 +253,7 @@ def start_parent_run(cfg: DictConfig, run_name: str, tags: dict | None = None,
     run = mlflow.MlflowClient().create_run(experiment.experiment_id, run_name=run_name, tags=tags)
     mlflow.MlflowClient().log_batch(run.info.run_id, params=[
         mlflow.entities.Param(k, v) for k, v in flatten_config(cfg).items()])
-    log_dataset(cfg, run.info.run_id)
+    log_dataset(cfg.paths.prepared, cfg.data.name, run.info.run_id)
     return run.info.run_id
 
 

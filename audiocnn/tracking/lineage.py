@@ -19,7 +19,6 @@ from pathlib import Path
 
 import mlflow
 import mlflow.data
-from omegaconf import DictConfig
 
 from audiocnn.tracking.names import redact, redact_overrides
 
@@ -60,9 +59,9 @@ def source_tags() -> dict[str, str]:
     return tags
 
 
-def manifest_digest(cfg: DictConfig) -> str | None:
-    """MD5 of `<paths.prepared>/manifest.csv` (None when it is not there)."""
-    manifest = Path(cfg.paths.prepared) / "manifest.csv"
+def manifest_digest(prepared: Path | str) -> str | None:
+    """MD5 of `<prepared>/manifest.csv` (`paths.prepared`; None when it is not there)."""
+    manifest = Path(prepared) / "manifest.csv"
     if not manifest.exists():
         return None
     with open(manifest, "rb") as handle:
@@ -80,10 +79,11 @@ def hydra_overrides() -> str | None:
     return redact_overrides(HydraConfig.get().overrides.task)
 
 
-def run_tags(cfg: DictConfig) -> dict[str, str]:
-    """Tags joining a run to its code, data, DVC experiment and Hydra job."""
-    tags = {"data": cfg.data.name, "model": cfg.model.name, **source_tags()}
-    digest = manifest_digest(cfg)
+def run_tags(data_name: str, model_name: str, prepared: Path | str) -> dict[str, str]:
+    """Tags joining a run to its code, data (`data.name`, the manifest in `paths.prepared`), model
+    (`model.name`), DVC experiment and Hydra job."""
+    tags = {"data": data_name, "model": model_name, **source_tags()}
+    digest = manifest_digest(prepared)
     if digest:
         tags["data.manifest_md5"] = digest
     # Set by `dvc exp run` (workspace and queued) for the stages it runs.
@@ -96,19 +96,19 @@ def run_tags(cfg: DictConfig) -> dict[str, str]:
     return tags
 
 
-def log_dataset(cfg: DictConfig, run_id: str) -> None:
-    """Log the prepared manifest as run `run_id`'s input dataset (the Dataset column): named
-    `data.name`, digest its MD5, source the manifest file. Nothing when there is no manifest."""
+def log_dataset(prepared: Path | str, data_name: str, run_id: str) -> None:
+    """Log the manifest in `prepared` (`paths.prepared`) as run `run_id`'s input dataset (the Dataset
+    column): named `data_name`, digest its MD5, source the manifest file. Nothing when there is no manifest."""
     import pandas as pd
     from mlflow.entities import DatasetInput, InputTag
 
-    digest = manifest_digest(cfg)
+    digest = manifest_digest(prepared)
     if digest is None:
         return
-    manifest = Path(cfg.paths.prepared) / "manifest.csv"
+    manifest = Path(prepared) / "manifest.csv"
     with warnings.catch_warnings():  # MLflow's hints on the source's kind and on integer columns
         warnings.simplefilter("ignore", UserWarning)
         dataset = mlflow.data.from_pandas(pd.read_csv(manifest), source=str(manifest.resolve()),
-                                          name=cfg.data.name, digest=digest)
+                                          name=data_name, digest=digest)
     mlflow.MlflowClient().log_inputs(run_id, datasets=[DatasetInput(
         dataset._to_mlflow_entity(), tags=[InputTag("mlflow.data.context", DATASET_CONTEXT)])])

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+from typing import Mapping
+
 import lightning as L
 import torch
-from omegaconf import DictConfig, OmegaConf
 from torch import Tensor, nn
 from torchmetrics import MeanMetric
 from torchmetrics import Metric
@@ -39,14 +40,14 @@ class Classifier(L.LightningModule):
     the same on every process: early stopping and the best checkpoint decide alike.
     """
 
-    def __init__(self, model: nn.Module, optimizer_cfg: DictConfig, n_classes: int,
-                 scheduler_cfg: DictConfig | None = None, augment: SpectrogramAugment | None = None,
+    def __init__(self, model: nn.Module, optimizer_cfg: Mapping, n_classes: int,
+                 scheduler_cfg: Mapping | None = None, augment: SpectrogramAugment | None = None,
                  waveform_augment: WaveformAugment | None = None, label_smoothing: float = 0.0,
                  class_weights: Tensor | None = None, multilabel: bool = False):
         super().__init__()
         self.model = model
-        self.optimizer_cfg = OmegaConf.to_container(optimizer_cfg, resolve=True)
-        self.scheduler_cfg = OmegaConf.to_container(scheduler_cfg, resolve=True) if scheduler_cfg else {"name": "none"}
+        self.optimizer_cfg = dict(optimizer_cfg)  # the `optimizer` and `scheduler` groups as plain mappings
+        self.scheduler_cfg = dict(scheduler_cfg) if scheduler_cfg else {"name": "none"}
         self.augment = augment or SpectrogramAugment({}, n_classes, floor=0.0, bins_per_octave=12)
         self.waveform_augment = waveform_augment or WaveformAugment({})
         self.multilabel, self.label_smoothing = multilabel, float(label_smoothing)

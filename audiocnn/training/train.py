@@ -142,14 +142,14 @@ def swa_average(trainer: L.Trainer, module: L.LightningModule) -> bool:
 
 def build_module(cfg: DictConfig, model: torch.nn.Module, data: WindowDataModule) -> Classifier:
     """The LightningModule with the run's loss options, schedule and (training-only) augmentation."""
-    n_classes = len(data.classes)
+    n_classes, optimizer = len(data.classes), OmegaConf.to_container(cfg.optimizer, resolve=True)
     augment = cfg.get("augment") or {}
     weights = class_weights(data.labels[data.rows("train")], n_classes, cfg.trainer.get("class_weights", "none"))
     transforms = augment.get("transforms")
     if data.events_task:
         transforms = event_transforms(transforms)
     options = dict(
-        scheduler_cfg=cfg.get("scheduler"),
+        scheduler_cfg=OmegaConf.to_container(cfg.scheduler, resolve=True) if cfg.get("scheduler") else None,
         augment=SpectrogramAugment(transforms, n_classes, math.log(cfg.features.amin), cfg.features.bins_per_octave),
         waveform_augment=WaveformAugment(augment.get("waveform") if cfg.features.get("on_the_fly") else None,
                                          cfg.features.sr),
@@ -163,9 +163,9 @@ def build_module(cfg: DictConfig, model: torch.nn.Module, data: WindowDataModule
             options["class_weights"], frame_weights = class_pos_weights(
                 data.labels[data.rows("train")], [data.clip_events[row] for row in strong], data.durations[strong],
                 frame_seconds, data.classes)
-        return EventClassifier(model, cfg.optimizer, n_classes, frame_weight=cfg.trainer.get("frame_loss_weight", 1.0),
+        return EventClassifier(model, optimizer, n_classes, frame_weight=cfg.trainer.get("frame_loss_weight", 1.0),
                                frame_class_weights=frame_weights, **options)
-    return Classifier(model, cfg.optimizer, n_classes, multilabel=data.multilabel, **options)
+    return Classifier(model, optimizer, n_classes, multilabel=data.multilabel, **options)
 
 
 def event_transforms(transforms):
@@ -188,16 +188,16 @@ def check_events_settings(cfg: DictConfig, model: torch.nn.Module) -> None:
                           "pooling it trains; leave model.clip_output out (or set it to event_pool)")
 
 
-def events_model_settings(model_cfg: DictConfig) -> DictConfig:
-    """The model config an events model is built with: its blocks' time pooling capped at
+def events_model_settings(model: dict) -> dict:
+    """The model config (a plain mapping) an events model is built with: its blocks' time pooling capped at
     `model.event_time_stride` (`models.event_pool.capped_time_stride`; a CNN's blocks as written, it is
     refused after)."""
-    cap = model_cfg.get("event_time_stride")
+    cap = model.get("event_time_stride")
     try:
-        blocks = capped_time_stride(model_cfg.get("blocks") or [], cap)
+        blocks = capped_time_stride(model.get("blocks") or [], cap)
     except ValueError as error:
         raise ConfigError(str(error)) from None
-    return OmegaConf.merge(model_cfg, {"blocks": blocks}) if cap is not None else model_cfg
+    return {**model, "blocks": blocks} if cap is not None else model
 
 
 def event_settings(cfg: DictConfig, model: torch.nn.Module) -> dict:
@@ -298,7 +298,7 @@ def log_run_inputs(cfg: DictConfig, run_id: str, summary_table, transfer) -> Non
     """Params, model size and summary, transfer report: what a run resumed already has is not logged again."""
     logged = mlflow.MlflowClient().get_run(run_id).data
     mlflow.log_params({k: v for k, v in tracking.flatten_config(cfg).items() if k not in logged.params})
-    tracking.log_dataset(cfg, run_id)  # the Dataset column: data.name, digest the manifest's MD5
+    tracking.log_dataset(cfg.paths.prepared, cfg.data.name, run_id)  # the Dataset column: data.name, digest the manifest's MD5
     if "n_parameters" not in logged.metrics:
         mlflow.log_metrics({"n_parameters": summary_table.total_params, "multiply_adds": summary_table.total_macs})
         mlflow.log_text(summary_table.table(), "model_summary.txt")
@@ -332,10 +332,11 @@ def train(cfg: DictConfig, run_name_suffix: str = "", parent_run_id: str | None 
     if calibrating and len(data.rows("val")) == 0:
         raise ConfigError("trainer.calibrate=temperature: the val split has no clips to fit the temperature on; "
                           "give it clips (data.val_fraction) or set trainer.calibrate=none")
-    model_settings = events_model_settings(cfg.model) if data.events_task else cfg.model
-    model = build_model(model_settings, len(data.classes), cfg.features.n_bins, cfg.features.get("top_db"),
+    model_cfg = OmegaConf.to_container(cfg.model, resolve=True)
+    if data.events_task:
+        model_cfg = events_model_settings(model_cfg)
+    model = build_model(model_cfg, len(data.classes), cfg.features.n_bins, cfg.features.get("top_db"),
                         frontend=build_frontend(cfg.features))  # the CQT on the fly, else identity
-    model_cfg = OmegaConf.to_container(model_settings, resolve=True)
     events = None
     if data.events_task:
         check_events_settings(cfg, model)
@@ -349,7 +350,8 @@ def train(cfg: DictConfig, run_name_suffix: str = "", parent_run_id: str | None 
         fit(cfg, model, data, out, None, start)
         return {}
     name = tracking.default_run_name(cfg, run_name_suffix)
-    with tracking.open_run(cfg, run_id=start.run_id, run_name=name, tags=tracking.run_tags(cfg),
+    tags = tracking.run_tags(cfg.data.name, cfg.model.name, cfg.paths.prepared)
+    with tracking.open_run(cfg, run_id=start.run_id, run_name=name, tags=tags,
                            parent_run_id=parent_run_id) as run:
         run_id = run.info.run_id
         if not start.fit_done:

@@ -111,7 +111,8 @@ def validate_model(cfg: DictConfig) -> None:
         raise ConfigError(f"{error} (input {cfg.features.n_bins} bins x {cfg.features.window_frames} frames)") from None
     from audiocnn.models.budget import model_cost
 
-    problem, _ = model_cost(MODEL_CLASSES[cfg.model._target_], OmegaConf.to_container(cfg.model, resolve=True), 2,
+    model_settings = OmegaConf.to_container(cfg.model, resolve=True)
+    problem, _ = model_cost(MODEL_CLASSES[cfg.model._target_], model_settings, 2,
                             cfg.features.n_bins, cfg.features.window_frames, cfg.features.get("top_db"))
     if problem and not problem.startswith("does not build"):  # too big: refused before anything is allocated
         raise ConfigError(problem)
@@ -120,7 +121,7 @@ def validate_model(cfg: DictConfig) -> None:
     from audiocnn.models import build_model
 
     try:  # building and one forward pass are cheap (within the budget) and check every other model option
-        model = build_model(cfg.model, n_classes=2, n_bins=cfg.features.n_bins, top_db=cfg.features.get("top_db")).eval()
+        model = build_model(model_settings, n_classes=2, n_bins=cfg.features.n_bins, top_db=cfg.features.get("top_db")).eval()
         with torch.no_grad():
             model(torch.zeros(1, 1, cfg.features.n_bins, cfg.features.window_frames))
     except Exception as error:  # noqa: BLE001 - hydra wraps the constructor's error; report its cause
