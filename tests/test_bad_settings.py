@@ -14,6 +14,7 @@ from omegaconf import OmegaConf, open_dict
 from audiocnn.config import ConfigError, compose_config, config_groups, validate_config
 from audiocnn.evaluation.settings import EvaluateSettings, TTASettings
 from audiocnn.features.settings import FeatureSettings
+from audiocnn.validation.tracking_uri import TrackingSettings
 from audiocnn.validation.rules import rules
 from tests.conftest import REPO
 
@@ -163,8 +164,8 @@ BAD = [
     (["model.event_time_stride=0"], "model.event_time_stride=0: must be a positive integer"),
     # tracking
     (["tracking.uri=''"], "tracking.uri=: must be a non-empty string"),
-    (["tracking.experiment=null"], "tracking.experiment=null: must be a non-empty string"),
-    (["tracking.run_name=''"], "tracking.run_name=: must be a non-empty string or null"),
+    (["tracking.experiment=null"], "tracking.experiment=null: must be a string"),
+    (["tracking.run_name=''"], "tracking.run_name=: must be a non-empty string"),
     (["tracking.required=maybe"], "tracking.required=maybe: allowed: true, false"),
     (["tracking.log_model=1"], "tracking.log_model=1: allowed: true, false"),
     (["tracking.registered_model=a/b"], "tracking.registered_model=a/b: must be null or a model name without"),
@@ -172,7 +173,7 @@ BAD = [
     (["features.verify=sometimes"], "features.verify=sometimes: allowed: true, false"),
     (["lock_timeout_s=-1"], "lock_timeout_s=-1: must be a finite number >= 0"),
     (["lock_timeout_s=nan"], "lock_timeout_s=nan: must be a finite number >= 0"),
-    (["+tracking.colour=red"], "tracking.colour: unknown setting; allowed: experiment, export_onnx, log_model"),
+    (["+tracking.colour=red"], "tracking.colour: unknown key; allowed: uri, experiment, run_name, required"),
     # model.norm (conf/norm/)
     (["norm=pcen", "model.norm.type=fancy"], "model.norm.type=fancy: allowed: none, pcen, bin_norm"),
     (["model.norm=3"], "model.norm=3: must be a mapping with type: none, pcen or bin_norm"),
@@ -263,6 +264,7 @@ def test_every_key_of_every_conf_option_has_a_check(group):
     """Every key conf/ can set has a rule (or is checked by the group's own validator)."""
     own = {f"evaluate.{k}" for k in EvaluateSettings.model_fields} | {f"evaluate.tta.{k}" for k in TTASettings.model_fields}
     own |= {f"features.{k}" for k in FeatureSettings.model_fields}
+    own |= {f"tracking.{k}" for k in TrackingSettings.model_fields}
     own |= {f"scheduler.{k}" for k in ("name", "_target_", "interval", "monitor")}
     table = set(rules()) | own
     for option in config_groups()[group]:

@@ -185,32 +185,22 @@ def rules() -> dict[str, Callable]:
         "model.norm.type": Choice(NORM_TYPES), "model.norm": norm_rule, "model.norm.trainable": BOOL,
         **{f"model.norm.{k}": Number(0, 1, low_open=True) for k in ("alpha", "r", "s")},
         **{f"model.norm.{k}": POSITIVE for k in ("delta", "eps", "min_std")},
-        "tracking.uri": Text(), "tracking.experiment": Text(), "tracking.run_name": Text(null=True),
-        "tracking.required": BOOL, "tracking.log_model": BOOL, "tracking.registered_model": _registered_model,
-        "tracking.export_onnx": BOOL,
         "seed": SEED, "ensemble": _list_of(_member, "a list of MLflow run ids, model URIs or model folders",
                                            empty=True),
         **{f"paths.{k}": Text() for k in ("raw", "prepared", "features", "models", "metrics")},
     }
 
 
-def _registered_model(value) -> str | None:
-    if value is None or (not Text()(value) and not any(c in value for c in "/:")):
-        return None
-    return "must be null or a model name without '/' or ':'"
-
-
-# A key a stage reads without a default must be there: every trainer/tracking/paths key but
+# A key a stage reads without a default must be there: every trainer/paths key but
 # those in OPTIONAL (read with `.get(key, default)`), and REQUIRED; other groups' keys vary by option.
-REQUIRED_GROUPS = ("trainer", "tracking", "paths")
+REQUIRED_GROUPS = ("trainer", "paths")
 REQUIRED = {"optimizer._target_", "optimizer.lr", "data.name", "data.protocol", "seed"}
 OPTIONAL = {"trainer.seeds", "trainer.patience", "trainer.gradient_clip_val",
             "trainer.strategy", "trainer.num_nodes", "trainer.label_smoothing", "trainer.class_weights",
             "trainer.callbacks", "trainer.resume", "trainer.calibrate", "trainer.frame_loss_weight", "trainer.event_median_frames",
-            "trainer.event_min_duration", "trainer.event_min_gap", "tracking.run_name",
-            "tracking.registered_model", "tracking.export_onnx"}
+            "trainer.event_min_duration", "trainer.event_min_gap"}
 # Unknown keys refused; an optimizer's keys are the arguments of its class (`checks.validate_optimizer`).
-CHECKED_GROUPS = ("trainer", "data", "tracking")  # features, evaluate, serving: typed settings (their schemas)
+CHECKED_GROUPS = ("trainer", "data")  # features, evaluate, serving, tracking: typed settings (their schemas)
 _ABSENT = object()
 
 

@@ -1,4 +1,4 @@
-"""The tracking store a stage will open (`tracking.uri`, replaced by `MLFLOW_TRACKING_URI` when set), checked
+"""The `tracking` group (`TrackingSettings`), and the tracking store a stage will open (`tracking.uri`, replaced by `MLFLOW_TRACKING_URI` when set), checked
 before any folder or store is made.
 
 MLflow opens a local store where it is told and fails deep inside, after the run's folders
@@ -13,12 +13,14 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Annotated
 from urllib.parse import urlsplit
 from urllib.request import url2pathname
 
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
+from pydantic import AfterValidator, BaseModel
 
-from audiocnn.errors import ConfigError
+from audiocnn.errors import SETTINGS_CONFIG, ConfigError, parse_settings
 
 SQLITE_HEADER = b"SQLite format 3\x00"
 FILE_STORE_ENTRIES = (".trash", "models")  # besides one numbered folder per experiment
@@ -26,9 +28,45 @@ FILE_STORE_ENTRIES = (".trash", "models")  # besides one numbered folder per exp
 SCHEMES = ("http", "https", "sqlite", "file", "postgresql", "mysql", "mssql", "databricks", "databricks-uc", "uc")
 
 
+def _text(value: str) -> str:
+    if not value.strip():
+        raise ValueError("must be a non-empty string")
+    return value
+
+
+def _model_name(value: str) -> str:
+    if any(c in value for c in "/:"):
+        raise ValueError("must be null or a model name without '/' or ':'")
+    return value
+
+
+Text = Annotated[str, AfterValidator(_text)]
+
+
+class TrackingSettings(BaseModel):
+    """The `tracking` group: conf/tracking/mlflow.yaml says what each key does. (Here, not in
+    `audiocnn.tracking`, whose import loads MLflow.)"""
+    model_config = SETTINGS_CONFIG
+
+    uri: Text
+    experiment: Text
+    run_name: Text | None = None
+    required: bool = True
+    log_model: bool = True
+    export_onnx: bool = False
+    registered_model: Annotated[Text, AfterValidator(_model_name)] | None = None
+
+
 def validate_tracking(cfg: DictConfig) -> None:
-    """`MLFLOW_TRACKING_URI` and `tracking.uri` (which the variable replaces where a process starts,
-    `audiocnn.config.with_tracking_uri`): a store MLflow can open or create. A bad variable is named as such."""
+    """The `tracking` group against `TrackingSettings`; then `MLFLOW_TRACKING_URI` and `tracking.uri` (which the
+    variable replaces where a process starts, `audiocnn.config.with_tracking_uri`): a store MLflow can open or
+    create. A bad variable is named as such."""
+    try:
+        parse_settings(TrackingSettings, OmegaConf.to_container(cfg.get("tracking") or {}, resolve=True), "tracking")
+    except ConfigError as error:
+        from audiocnn.tracking.names import redact  # only now: importing audiocnn.tracking imports MLflow
+
+        raise ConfigError(redact(str(error))) from None
     for name, uri in (("MLFLOW_TRACKING_URI", os.environ.get("MLFLOW_TRACKING_URI")),
                       ("tracking.uri", cfg.tracking.uri)):
         problem = store_problem(uri) if uri else None
