@@ -84,3 +84,20 @@ def test_probe_raises_on_a_text_file_named_wav(tmp_path):
     path.write_text("this is not audio\n")
     with pytest.raises(RuntimeError):
         probe_audio(path)
+
+
+def test_read_audio_if_opens_the_file_once_and_decodes_it_whole_only_when_asked(tmp_path, monkeypatch):
+    """predict reads a short file's header and samples through one open (it opened each file twice)."""
+    from audiocnn.data import audio
+
+    path = tmp_path / "tone.wav"
+    sf.write(path, np.stack([_tone(440, 22050, 0.5), _tone(440, 22050, 0.5, 0.1)], axis=1), 22050)
+    opened = []
+    real = sf.SoundFile
+    monkeypatch.setattr(audio.sf, "SoundFile", lambda *a, **k: opened.append(a[0]) or real(*a, **k))
+    monkeypatch.setattr(audio.sf, "info", lambda *a, **k: pytest.fail("the header is read from the open file"))
+    wave, samples = audio.read_audio_if(path, 16000, lambda n: n <= 8000)
+    assert samples == 8000 and len(opened) == 1
+    monkeypatch.undo()
+    np.testing.assert_array_equal(wave, audio.read_audio(path, 16000))  # what decoding it alone gives
+    assert audio.read_audio_if(path, 16000, lambda n: n < 8000) == (None, 8000)  # too long: only its length

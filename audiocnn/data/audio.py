@@ -39,6 +39,7 @@ import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import soundfile as sf
@@ -148,6 +149,18 @@ def read_audio(path: str | Path, sr: int) -> np.ndarray:
     """Decode the file at `path` to a mono float32 numpy waveform at `sr` Hz: `(samples,)`."""
     data, file_sr = sf.read(sound_file(path), dtype="float32", always_2d=True)  # (samples, channels)
     return resample_array(mono_array(require_finite(data)), file_sr, sr)
+
+
+def read_audio_if(path: str | Path, sr: int, whole: Callable[[int], bool]) -> tuple[np.ndarray | None, int]:
+    """Open the file once: `(read_audio's waveform (samples,), samples)` when `whole(samples)` says to decode
+    it whole, else `(None, samples)`; `samples` is its length at `sr` from the header (`clip_samples`)."""
+    with sf.SoundFile(sound_file(path)) as handle:
+        check_file_rate(handle.samplerate)
+        samples = resampled_length(handle.frames, handle.samplerate, sr)
+        if not whole(samples):
+            return None, samples
+        data = handle.read(dtype="float32", always_2d=True)  # (samples, channels)
+    return resample_array(mono_array(require_finite(data)), handle.samplerate, sr), samples
 
 
 def load_audio(path: str | Path, sr: int):

@@ -28,7 +28,7 @@ from typing import Callable, Iterator, Sequence
 
 import numpy as np
 
-from audiocnn.data.audio import clip_samples, read_audio, read_segment, samples_array
+from audiocnn.data.audio import read_audio_if, read_segment, samples_array
 from audiocnn.errors import BundleError
 from audiocnn.features import sliding
 from audiocnn.inference.chunks import Chunk, chunks, cut, frame_count
@@ -111,10 +111,10 @@ class _ExportedBackend:
         """(samples [start, stop) of the input at `sr`, its length): a file longer than a chunk is read
         stretch by stretch (`read_segment`), anything else decoded whole."""
         if isinstance(item, (str, Path)):
-            samples = clip_samples(item, self.sr)
-            if frame_count(samples, int(self.features["hop_length"])) > self.chunk_frames:
+            hop_length = int(self.features["hop_length"])
+            wave, samples = read_audio_if(item, self.sr, lambda n: frame_count(n, hop_length) <= self.chunk_frames)
+            if wave is None:
                 return (lambda start, stop: read_segment(item, self.sr, start, stop)), samples
-            wave = read_audio(item, self.sr)
         else:
             wave = samples_array(item, sample_rate, self.sr)
         return (lambda start, stop: cut(wave, start, stop)), len(wave)

@@ -29,7 +29,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from audiocnn.data.audio import clip_samples, from_samples, load_audio, load_segment
+from audiocnn.data.audio import clip_samples, from_samples, load_segment, read_audio_if
 from audiocnn.features import sliding
 from audiocnn.features.cqt import LogCQT, n_frames, pick_device
 from audiocnn.features.plan import chunk_margin
@@ -172,11 +172,16 @@ class Predictor:
             result = Scored(name=str(item) if is_file else f"array {number}")
             waiting.append(result)
             try:
-                source = item if is_file else from_samples(item, sample_rate, self.sr)
-                samples = clip_samples(source, self.sr) if is_file else len(source)
+                fits = lambda n: n_frames(n, self.hop_length) <= self.chunk_frames  # noqa: E731 - decoded whole
+                if is_file:  # the file opened once: its header, and its samples when it is decoded whole
+                    wave, samples = read_audio_if(item, self.sr, fits)
+                    source, wave = item, None if wave is None else torch.from_numpy(wave)
+                else:
+                    source = wave = from_samples(item, sample_rate, self.sr)
+                    samples = len(source)
                 result.duration = samples / self.sr
-                if n_frames(samples, self.hop_length) <= self.chunk_frames:
-                    group.append((result, load_audio(source, self.sr) if is_file else source))
+                if fits(samples):
+                    group.append((result, wave))
                     open_windows[id(result)] = -1
                     if len(group) >= self.batch_size or sum(len(w) for _, w in group) > GROUP_SAMPLES:
                         run_group()
