@@ -94,36 +94,33 @@ def test_cli_writes_params_and_rejects_bad_settings(tmp_path):
     assert main(["show-config", "features.n_bins=500"]) == 2
 
 
-def test_bad_data_found_while_working_is_one_line_and_exit_1(tmp_path, monkeypatch, capsys):
-    """EmptySplitError, LeakageError, DownloadError reach the user as `error: ...`, not a traceback."""
+def _stage_exit(tmp_path, monkeypatch, error: Exception) -> int:
+    """Run a stage that raises `error` through `stage_main --params`: its exit status."""
     from audiocnn.config import stage_main, write_params
-    from audiocnn.data.prepare import EmptySplitError
 
-    params = write_params(tmp_path / "params.yaml")
-    monkeypatch.setattr("sys.argv", ["prepare.py", "--params", str(params)])
+    monkeypatch.setattr("sys.argv", ["stage.py", "--params", str(write_params(tmp_path / "params.yaml"))])
 
     def stage(cfg):
-        raise EmptySplitError("split 'val' is empty after skipping 3 unusable files")
+        raise error
 
     with pytest.raises(SystemExit) as exit_info:
         stage_main(stage)
-    assert exit_info.value.code == 1
+    return exit_info.value.code
+
+
+def test_bad_data_found_while_working_is_one_line_and_exit_1(tmp_path, monkeypatch, capsys):
+    """EmptySplitError, LeakageError, DownloadError reach the user as `error: ...`, not a traceback."""
+    from audiocnn.data.prepare import EmptySplitError
+
+    error = EmptySplitError("split 'val' is empty after skipping 3 unusable files")
+    assert _stage_exit(tmp_path, monkeypatch, error) == 1
     assert capsys.readouterr().err == "error: split 'val' is empty after skipping 3 unusable files\n"
 
 
 def test_an_unexpected_error_exits_1_with_its_traceback_and_no_credential(tmp_path, monkeypatch, capsys):
     """MLflow's REST errors name the tracking URI as given, user info included: the traceback is printed redacted."""
-    from audiocnn.config import stage_main, write_params
-
-    params = write_params(tmp_path / "params.yaml")
-    monkeypatch.setattr("sys.argv", ["train.py", "--params", str(params)])
-
-    def stage(cfg):
-        raise RuntimeError("API request to http://admin:s3cret@127.0.0.1:5000/api/2.0/mlflow/runs/get failed")
-
-    with pytest.raises(SystemExit) as exit_info:
-        stage_main(stage)
-    assert exit_info.value.code == 1
+    error = RuntimeError("API request to http://admin:s3cret@127.0.0.1:5000/api/2.0/mlflow/runs/get failed")
+    assert _stage_exit(tmp_path, monkeypatch, error) == 1
     err = capsys.readouterr().err
     assert err.startswith("Traceback") and "in stage" in err and "s3cret" not in err
     assert err.rstrip().endswith("RuntimeError: API request to http://***@127.0.0.1:5000/api/2.0/mlflow/runs/get failed")
