@@ -18,7 +18,7 @@ from typing import Callable
 
 from omegaconf import DictConfig, OmegaConf
 
-from audiocnn.errors import ConfigError, InputError
+from audiocnn.errors import ConfigError, InputError, StageFailed
 from audiocnn.tracking.names import redact
 from audiocnn.validation import validate_config  # noqa: F401 - `audiocnn.config.validate_config` is the entry point
 
@@ -162,16 +162,19 @@ def _job_key(cfg: DictConfig) -> str:
 
 
 def _run(task: Callable[[DictConfig], object], cfg: DictConfig):
-    """`task(cfg)`. A bad setting or bad data exits as `_exit_with` says; any other error exits 1 with its
-    traceback printed, URI user info redacted: MLflow's REST errors name the tracking URI as given,
-    credentials included (`http://user:password@host`)."""
+    """`task(cfg)`. A bad setting or bad data exits as `_exit_with` says. Any other error has its traceback
+    printed with URI user info redacted (MLflow's REST errors name the tracking URI as given, credentials
+    included: `http://user:password@host`) and is raised again as `StageFailed` holding its redacted line,
+    without the original: a sweep's other jobs still run (Hydra raises a job's error after the sweep), and
+    a `--params` stage exits 1 with that line."""
     try:
         return task(cfg)
     except InputError as error:
         _exit_with(error)
-    except Exception:
+    except Exception as error:
         print(redact(traceback.format_exc()), file=sys.stderr, end="")
-        sys.exit(1)
+        first = str(error).splitlines()[0] if str(error) else ""
+        raise StageFailed(redact(f"{type(error).__name__}: {first}")) from None
 
 
 def _exit_with(error: InputError):

@@ -88,7 +88,8 @@ class LockedError(InputError, TimeoutError):
 
 
 class StageFailed(InputError, RuntimeError):
-    """A stage run in processes of its own exited with an error; their output above says why."""
+    """A stage failed on an unexpected error (`config.stage_main`, which printed its redacted traceback), or
+    a stage run in processes of its own exited with an error; the output above says why."""
 
 
 class Unusable(Exception):

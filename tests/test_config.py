@@ -123,7 +123,8 @@ def test_an_unexpected_error_exits_1_with_its_traceback_and_no_credential(tmp_pa
     assert _stage_exit(tmp_path, monkeypatch, error) == 1
     err = capsys.readouterr().err
     assert err.startswith("Traceback") and "in stage" in err and "s3cret" not in err
-    assert err.rstrip().endswith("RuntimeError: API request to http://***@127.0.0.1:5000/api/2.0/mlflow/runs/get failed")
+    assert err.splitlines()[-1] == ("error: RuntimeError: API request to http://***@127.0.0.1:5000/api/2.0/mlflow/runs/"
+                                    "get failed")
 
 
 def test_a_sweep_validates_each_job_once_before_any_job_runs(tmp_path, monkeypatch):
@@ -140,3 +141,26 @@ def test_a_sweep_validates_each_job_once_before_any_job_runs(tmp_path, monkeypat
     config.stage_main(lambda cfg: None, hydra_task=lambda cfg: ran.append(cfg.model.name) or 0.0)
     assert ran == ["cnn", "crnn_gru"]
     assert sorted(calls) == ["cnn", "crnn_gru"], f"validated {calls}"
+
+
+def test_a_crashed_sweep_job_lets_the_others_run_and_prints_no_credential(tmp_path, monkeypatch, capsys):
+    """An unexpected error in one job of `-m` is reported redacted; Hydra still runs the other jobs."""
+    import audiocnn.config as config
+
+    ran = []
+
+    def task(cfg):
+        ran.append(cfg.model.name)
+        if cfg.model.name == "cnn":
+            raise RuntimeError("API request to http://admin:s3cret@127.0.0.1:5000/api/2.0/mlflow/runs/get failed")
+        return 0.0
+
+    monkeypatch.setattr("sys.argv", [
+        "train.py", "-m", "model=cnn,crnn_gru", f"tracking.uri=sqlite:///{tmp_path / 'mlflow.db'}",
+        f"hydra.sweep.dir={tmp_path / 'sweep'}", "hydra/job_logging=disabled", "hydra/hydra_logging=disabled"])
+    with pytest.raises(SystemExit) as exit_info:
+        config.stage_main(lambda cfg: None, hydra_task=task)
+    assert exit_info.value.code == 1 and ran == ["cnn", "crnn_gru"]
+    captured = capsys.readouterr()
+    assert "s3cret" not in captured.err + captured.out
+    assert "StageFailed: RuntimeError: API request to http://***@127.0.0.1:5000" in captured.err
