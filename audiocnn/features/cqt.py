@@ -23,10 +23,10 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Mapping
 
 import numpy as np
 import torch
-from omegaconf import DictConfig
 from torch import Tensor, nn
 
 # Bump when the front-end's output (or the store layout) changes for the same settings:
@@ -237,7 +237,8 @@ class LogCQT(nn.Module):
                           for o in self.octaves)
 
     @classmethod
-    def from_config(cls, features: DictConfig) -> "LogCQT":
+    def from_config(cls, features: Mapping) -> "LogCQT":
+        """From front-end settings: a model file's `features` mapping, or the `features` config group."""
         return cls(**{key: features[key] for key in FEATURE_KEYS}, trainable=bool(features.get("trainable", False)))
 
     def halve(self, signal: Tensor) -> Tensor:
@@ -301,7 +302,7 @@ class CQTFrontend(nn.Module):
         self.cqt = cqt
 
     @classmethod
-    def from_config(cls, features: DictConfig) -> "CQTFrontend":
+    def from_config(cls, features: Mapping) -> "CQTFrontend":
         return cls(LogCQT.from_config(features))
 
     def forward(self, waveform: Tensor) -> Tensor:
