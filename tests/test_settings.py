@@ -91,6 +91,7 @@ def test_validate_config_reads_the_evaluate_group_once_with_its_domain_check(ove
     (["features.window_frames=5000"], "features.window_frames=5000: at most 4096"),
     (["features.device=tpu"], "features.device=tpu: allowed: 'auto', 'cpu' or 'cuda'"),
     (["features.sr=16000.5"], "features.sr=16000.5: must be an integer"),
+    (["features.num_workers=-1"], "features.num_workers=-1: must be >= 0"),
     (["+features.colour=red"], "features.colour: unknown key; allowed: sr, hop_length, fmin, n_bins"),
 ])
 def test_the_features_group_reads_into_its_schema_with_the_front_end_checks(overrides, message):
