@@ -11,7 +11,6 @@ Two families reach the user as one line (`config.stage_main` prints them and exi
 
 from __future__ import annotations
 
-import math
 from typing import Any, Mapping, TypeVar
 
 Schema = TypeVar("Schema")
@@ -115,11 +114,7 @@ def show(value: Any) -> str:
     """A plain value as the user writes it on the command line (`null`, `true`, `nan`, `[1, 2]`)."""
     if value is None:
         return "null"
-    if isinstance(value, bool):
-        return str(value).lower()
-    if isinstance(value, float) and not math.isfinite(value):
-        return str(value)  # nan, inf, -inf
-    return str(value)
+    return str(value).lower() if isinstance(value, bool) else str(value)  # nan, inf: as str() writes them
 
 
 # pydantic's error types, as audiocnn's messages say them (`ctx` fills the braces); others keep pydantic's words.

@@ -91,27 +91,36 @@ def make_inputs(work: Path, clips: int, hours: float) -> dict[str, Path]:
     return inputs
 
 
+def untrained_bundle(folder: Path) -> Path:
+    """`folder/model.pt`: the default `crnn_gru` with FSDD's speech front-end and 10 classes, weights drawn from
+    seed 0 (speed does not depend on them); returns `folder`."""
+    import torch
+    from omegaconf import OmegaConf
+
+    from audiocnn.config import compose_config
+    from audiocnn.models import build_model
+    from audiocnn.models.bundle import save_bundle
+
+    torch.manual_seed(0)
+    cfg = compose_config(["data=fsdd"])
+    model = build_model(OmegaConf.to_container(cfg.model, resolve=True), 10, cfg.features.n_bins,
+                        cfg.features.top_db).eval()
+    save_bundle(model, OmegaConf.to_container(cfg.model), OmegaConf.to_container(cfg.features),
+                [str(d) for d in range(10)], folder / "model.pt")
+    return folder
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--clips", type=int, default=3000)
     parser.add_argument("--hours", type=float, default=1.0)
     args = parser.parse_args()
-    import torch
-    from omegaconf import OmegaConf
-
-    from audiocnn.config import compose_config
     from audiocnn.inference.export import export_model
-    from audiocnn.models import build_model
-    from audiocnn.models.bundle import save_bundle
 
     before = load_average()
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
-        torch.manual_seed(0)
-        cfg = compose_config(["data=fsdd"])
-        model = build_model(cfg.model, 10, cfg.features.n_bins, cfg.features.top_db).eval()
-        save_bundle(model, OmegaConf.to_container(cfg.model), OmegaConf.to_container(cfg.features),
-                    [str(d) for d in range(10)], work / "model" / "model.pt")
+        untrained_bundle(work / "model")
         inputs = make_inputs(work, args.clips, args.hours)
         calibration = sorted((FSDD / "recordings").glob("*.wav"))[:64]  # the int8 file's activation ranges
         sources = {"PyTorch eager": str(work / "model"),

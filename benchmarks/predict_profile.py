@@ -16,9 +16,8 @@ import tempfile
 import time
 from pathlib import Path
 
-import torch
 from fsdd_manifest import FSDD
-from omegaconf import OmegaConf
+from predict import untrained_bundle
 
 
 def main() -> None:
@@ -27,19 +26,11 @@ def main() -> None:
     parser.add_argument("--top", type=int, default=14)
     args = parser.parse_args()
     from audiocnn import load_model
-    from audiocnn.config import compose_config
     from audiocnn.inference.export import export_model
-    from audiocnn.models import build_model
-    from audiocnn.models.bundle import save_bundle
 
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
-        torch.manual_seed(0)
-        cfg = compose_config(["data=fsdd"])
-        model = build_model(cfg.model, 10, cfg.features.n_bins, cfg.features.top_db).eval()
-        save_bundle(model, OmegaConf.to_container(cfg.model), OmegaConf.to_container(cfg.features),
-                    [str(d) for d in range(10)], work / "model" / "model.pt")
-        onnx = export_model(work / "model", "onnx", work / "model.onnx")
+        onnx = export_model(untrained_bundle(work / "model"), "onnx", work / "model.onnx")
         files = [str(p) for p in sorted((FSDD / "recordings").glob("*.wav"))[:args.clips]]
         backend = load_model(onnx).backend
         list(backend.score(files[:50]))  # warm-up

@@ -262,7 +262,8 @@ def _leaves(node, prefix):
 @pytest.mark.parametrize("group", ["data", "optimizer", "scheduler", "features"])
 def test_every_key_of_every_conf_option_has_a_check(group):
     """Every key conf/ can set has a rule (or is checked by the group's own validator)."""
-    own = {f"evaluate.{k}" for k in EvaluateSettings.model_fields} | {f"evaluate.tta.{k}" for k in TTASettings.model_fields}
+    own = {f"evaluate.{k}" for k in EvaluateSettings.model_fields}
+    own |= {f"evaluate.tta.{k}" for k in TTASettings.model_fields}
     own |= {f"features.{k}" for k in FeatureSettings.model_fields}
     own |= {f"tracking.{k}" for k in TrackingSettings.model_fields}
     own |= {f"scheduler.{k}" for k in ("name", "_target_", "interval", "monitor")}

@@ -285,7 +285,8 @@ def test_the_front_end_rules_are_one_schema_for_conf_and_model_files():
 
     assert issubclass(FeatureSettings, budget.FrontendSettings)
     for override, value in (("features.sr=1000000", {"sr": 1_000_000}), ("features.fmin=0.001", {"fmin": 0.001}),
-                            ("features.n_bins=120", {"n_bins": 120}), ("features.window_frames=0", {"window_frames": 0}),
+                            ("features.n_bins=120", {"n_bins": 120}),
+                            ("features.window_frames=0", {"window_frames": 0}),
                             ("features.amin=nan", {"amin": float("nan")}), ("features.top_db=true", {"top_db": True})):
         with pytest.raises(ConfigError) as conf:
             validate_config(compose_config([override]))

@@ -60,7 +60,7 @@ def evaluate_ensemble(cfg: DictConfig) -> dict:
     report = {"ensemble": {k: v for k, v in metrics.items() if k not in NOT_IN_JSON}, "members": members}
     atomic.write_json(out / "ensemble.json", report)
     with tracking.open_run(cfg, run_name=f"ensemble{len(members)}-{cfg.data.name}",
-                           tags={**tracking.run_tags(cfg.data.name, "ensemble", cfg.paths.prepared)}):
+                           tags=tracking.run_tags(cfg.data.name, "ensemble", cfg.paths.prepared)):
         mlflow.log_params({f"member_{i}": m["member"] for i, m in enumerate(members)})
         mlflow.log_metrics({f"member_{i}_test_accuracy": m["accuracy"] for i, m in enumerate(members)})
         log_test_metrics(metrics, [*files, out / "ensemble.json"])

@@ -52,12 +52,12 @@ def evaluate(cfg: DictConfig) -> dict:
     data = WindowDataModule(cfg, time_stride=(bundle.get("events") or {}).get("time_stride"))  # events: its frames
     if bundle["classes"] != data.classes:
         raise InputError(f"the model in {cfg.paths.models} was trained on other classes; rerun the train stage")
-    settings = evaluate_settings(cfg)
-    scores = score_test_split(model, bundle, data, settings.views, pick_device(cfg.features.device))
+    settings, device = evaluate_settings(cfg), pick_device(cfg.features.device)
+    scores = score_test_split(model, bundle, data, settings.views, device)
     out = Path(cfg.paths.metrics)
     events = bundle.get("task") == EVENTS
     if events:  # frame, event and segment F1 and PSDS on the strong test clips, beside the clips' reports
-        extra, event_files = score_events(model, bundle, data, out / EVENTS_DIR, pick_device(cfg.features.device),
+        extra, event_files = score_events(model, bundle, data, out / EVENTS_DIR, device,
                                           f"{cfg.model.name} on {cfg.data.name}")
     else:  # DVC declares the folder for every task, and keeps no empty folder: a TSV of no events
         write_strong(out / EVENTS_DIR / EVENTS_TSV, [])

@@ -40,7 +40,8 @@ def write_reports(probabilities: torch.Tensor, labels: torch.Tensor, data: Windo
                   extra: dict | None = None) -> tuple[dict, list[Path]]:
     """Metrics of per-clip `probabilities` `(clips, n_classes)` against `labels` `(clips,)`.
 
-    `settings`: the `evaluate` group (top_k, calibration_bins, bootstrap_resamples, bootstrap_seed). Writes into `out`: `test.json` (DVC metrics: the scalars and the worst class),
+    `settings`: the `evaluate` group (top_k, calibration_bins, bootstrap_resamples, bootstrap_seed).
+    Writes into `out`: `test.json` (DVC metrics: the scalars and the worst class),
     `per_class.json` (precision, recall and F1 per class), `predictions.csv` (one
     row per test clip; the DVC confusion plot's data), `confusion_matrix.png` (row-normalised),
     `reliability_diagram.png` and each class's one-vs-rest precision-recall curve

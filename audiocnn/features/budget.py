@@ -10,9 +10,9 @@ in one line that starts with the setting, as conf validation does (`features.sr=
 
 1. The front-end (`FrontendSettings`, which the `features` config group's schema extends:
    `features.settings.FeatureSettings`): every key of its type, above 0 and within its ceiling, the
-   top bin below Nyquist, and what the keys make together within the limits below: the CQT kernels (n_bins x the longest kernel, padded to a power of two: an
-   upper bound for the multirate front-end too), one window (n_bins x window_frames), one chunk of
-   frames (`features.chunk_seconds`).
+   top bin below Nyquist, and what the keys make together within the limits below: the CQT kernels
+   (n_bins x the longest kernel, padded to a power of two: an upper bound for the multirate front-end
+   too), one window (n_bins x window_frames), one chunk of frames (`features.chunk_seconds`).
 2. The classes (`classes_problem`): a list of distinct non-empty names, not too many, not too long.
 The model's size and a file's stored tensors are `models.budget`'s (they need the model classes).
 """

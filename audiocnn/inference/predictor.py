@@ -167,12 +167,14 @@ class Predictor:
                     add_windows(result, frames)
                 group.clear()
 
+        def fits(samples: int) -> bool:  # decoded and scored whole, batched with other short inputs
+            return n_frames(samples, self.hop_length) <= self.chunk_frames
+
         for number, item in enumerate(inputs):
             is_file = isinstance(item, (str, Path))
             result = Scored(name=str(item) if is_file else f"array {number}")
             waiting.append(result)
             try:
-                fits = lambda n: n_frames(n, self.hop_length) <= self.chunk_frames  # noqa: E731 - decoded whole
                 if is_file:  # the file opened once: its header, and its samples when it is decoded whole
                     wave, samples = read_audio_if(item, self.sr, fits)
                     source, wave = item, None if wave is None else torch.from_numpy(wave)

@@ -82,7 +82,8 @@ class Limits(BaseModel):
                              f"{self.max_sample_rate}")
         if self.max_request_samples > self.max_samples_in_flight:
             raise ValueError(f"{{where}}.max_request_samples={self.max_request_samples}: above {{where}}."
-                             f"max_samples_in_flight={self.max_samples_in_flight} (such a request could never be served)")
+                             f"max_samples_in_flight={self.max_samples_in_flight} (such a request could never be "
+                             "served)")
         return self
 
     @classmethod

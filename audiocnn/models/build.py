@@ -30,7 +30,8 @@ def build_frontend(features: Mapping) -> nn.Module | None:
 
 def build_model(model: Mapping, n_classes: int, n_bins: int, top_db: float | None = None,
                 frontend: nn.Module | None = None) -> nn.Module:
-    """Instantiate `model["_target_"]` (the model config as a plain mapping) with its arguments, `n_classes`, `n_bins` (CQT bins),
+    """Instantiate `model["_target_"]` (the model config as a plain mapping) with its arguments, `n_classes`,
+    `n_bins` (CQT bins),
     `top_db` (`features.top_db`: the model's input is peak-normalised, see `PeakNormalize`) and
     `frontend` (`build_frontend`; None: stored frames)."""
     build = instantiate(model_kwargs(model), n_classes=n_classes, n_bins=n_bins, top_db=top_db, _convert_="all",

@@ -298,7 +298,7 @@ def log_run_inputs(cfg: DictConfig, run_id: str, summary_table, transfer) -> Non
     """Params, model size and summary, transfer report: what a run resumed already has is not logged again."""
     logged = mlflow.MlflowClient().get_run(run_id).data
     mlflow.log_params({k: v for k, v in tracking.flatten_config(cfg).items() if k not in logged.params})
-    tracking.log_dataset(cfg.paths.prepared, cfg.data.name, run_id)  # the Dataset column: data.name, digest the manifest's MD5
+    tracking.log_dataset(cfg.paths.prepared, cfg.data.name, run_id)  # the Dataset column: the manifest, its MD5
     if "n_parameters" not in logged.metrics:
         mlflow.log_metrics({"n_parameters": summary_table.total_params, "multiply_adds": summary_table.total_macs})
         mlflow.log_text(summary_table.table(), "model_summary.txt")

@@ -121,7 +121,8 @@ def validate_model(cfg: DictConfig) -> None:
     from audiocnn.models import build_model
 
     try:  # building and one forward pass are cheap (within the budget) and check every other model option
-        model = build_model(model_settings, n_classes=2, n_bins=cfg.features.n_bins, top_db=cfg.features.get("top_db")).eval()
+        model = build_model(model_settings, n_classes=2, n_bins=cfg.features.n_bins,
+                            top_db=cfg.features.get("top_db")).eval()
         with torch.no_grad():
             model(torch.zeros(1, 1, cfg.features.n_bins, cfg.features.window_frames))
     except Exception as error:  # noqa: BLE001 - hydra wraps the constructor's error; report its cause

@@ -9,7 +9,7 @@ from typing import Callable
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from audiocnn.features.budget import show as show_plain
+from audiocnn.errors import show as show_plain
 
 SEED_MAX = 2**32 - 1  # numpy and Lightning seeds are unsigned 32-bit integers
 

@@ -1,5 +1,5 @@
-"""The `tracking` group (`TrackingSettings`), and the tracking store a stage will open (`tracking.uri`, replaced by `MLFLOW_TRACKING_URI` when set), checked
-before any folder or store is made.
+"""The `tracking` group (`TrackingSettings`), and the tracking store a stage will open (`tracking.uri`,
+replaced by `MLFLOW_TRACKING_URI` when set), checked before any folder or store is made.
 
 MLflow opens a local store where it is told and fails deep inside, after the run's folders
 exist: `file:///etc` (a folder store, which MLflow 3 refuses unless `MLFLOW_ALLOW_FILE_STORE=true`,
