@@ -2,6 +2,7 @@
 
     .venv/bin/python benchmarks/predict.py                # FSDD folder + a 1-hour file
     .venv/bin/python benchmarks/predict.py --clips 300 --hours 0.25
+    python benchmarks/predict.py --cuda --results OUT.json   # also PyTorch eager on the GPU
 
 The model is the default `crnn_gru` with FSDD's speech front-end (`data=fsdd`: 8 kHz, hop
 128, 84 bins), randomly initialised: throughput does not depend on the weights. Inputs:
@@ -34,7 +35,7 @@ CHILD = """
 import json, sys, time
 from audiocnn import load_model
 from audiocnn.inference.predict import expand_inputs
-model = load_model(sys.argv[1], trust_code=True)  # the files this benchmark exported itself
+model = load_model(sys.argv[1], device=sys.argv[3], trust_code=True)  # files this benchmark exported itself
 paths = expand_inputs([sys.argv[2]])
 model.predict(paths[:1])  # warm-up (first calls allocate and pick kernels)
 started = time.perf_counter()
@@ -114,6 +115,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--clips", type=int, default=3000)
     parser.add_argument("--hours", type=float, default=1.0)
+    parser.add_argument("--cuda", action="store_true", help="also PyTorch eager on the CUDA GPU")
+    parser.add_argument("--results", type=Path, default=RESULTS, help="where the JSON goes")
     args = parser.parse_args()
     from audiocnn.inference.export import export_model
 
@@ -128,11 +131,14 @@ def main() -> None:
                    "onnxruntime": str(export_model(work / "model", "onnx", work / "model.onnx")),
                    "onnxruntime int8": str(export_model(work / "model", "onnx", work / "model-int8.onnx",
                                                         quantize="int8", calibration=[str(p) for p in calibration]))}
+        devices = {backend: "cpu" for backend in sources}
+        if args.cuda:
+            sources["PyTorch eager, CUDA"], devices["PyTorch eager, CUDA"] = sources["PyTorch eager"], "cuda"
         rows = []
         for input_name, folder in inputs.items():
             parts = child(PARTS, sources["PyTorch eager"], str(folder))
             for backend, source in sources.items():
-                run = child(CHILD, source, str(folder))
+                run = child(CHILD, source, str(folder), devices[backend])
                 rss = round(run["peak_rss_mb"], 1)
                 speed = run["audio_seconds"] / run["seconds"]
                 row = {"input": input_name, "backend": backend, "files": run["files"], "errors": run["errors"],
@@ -145,7 +151,7 @@ def main() -> None:
                                                                       - parts["cqt_s"], 2)}
                 rows.append(row)
                 print(f"{input_name:<28} {backend:<14} {speed:9.0f}x real time  {rss:7.0f} MB peak RSS")
-    save_results(RESULTS, {"machine": machine(), "load_average_before": before, "model": "crnn_gru, data=fsdd "
+    save_results(args.results, {"machine": machine(), "load_average_before": before, "model": "crnn_gru, data=fsdd "
                            "(speech front-end), untrained", "rows": rows,
                            "command": "benchmarks/predict.py " + " ".join(sys.argv[1:])})
     # The issue's one line: the fastest fp32 backend (eager or ONNX) per input, and its peak RSS on the long file.
