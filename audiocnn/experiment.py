@@ -40,6 +40,7 @@ from audiocnn.evaluation.ensemble import evaluate_ensemble
 from audiocnn.evaluation.evaluate import evaluate
 from audiocnn.features.budget import classes_problem
 from audiocnn.features.featurize import featurize, is_featurized
+from audiocnn.features.settings import store_settings
 from audiocnn.inference.export import export_model
 from audiocnn.inference.pyfunc import log_audio_model, model_config
 from audiocnn.training import distributed, resume
@@ -52,17 +53,23 @@ def prepare_stage(cfg: DictConfig):
     return prepare(cfg, classes_problem=classes_problem)
 
 
+def featurize_stage(cfg: DictConfig) -> Path:
+    """DVC's featurize stage: the feature store `cfg` names (`features.settings.store_settings`)."""
+    return featurize(store_settings(cfg))
+
+
 def ensure_inputs(cfg: DictConfig) -> None:
     """Run prepare / featurize when their outputs are missing or were made for other settings
     (a DDP process other than the main one waits for the main one to make them)."""
+    store = store_settings(cfg)
     if not distributed.is_main_process():
-        distributed.wait_for(lambda: is_prepared(cfg) and (cfg.features.on_the_fly or is_featurized(cfg)),
+        distributed.wait_for(lambda: is_prepared(cfg) and (store.features.on_the_fly or is_featurized(store)),
                              f"the manifest in {cfg.paths.prepared} and the feature store")
         return
     if not is_prepared(cfg):
         prepare_stage(cfg)
-    if not cfg.features.on_the_fly and not is_featurized(cfg):
-        featurize(cfg)
+    if not store.features.on_the_fly and not is_featurized(store):
+        featurize(store)
 
 
 def served_config(cfg: DictConfig) -> dict:

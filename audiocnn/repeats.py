@@ -58,7 +58,7 @@ def variants(cfg: DictConfig) -> list[Variant]:
         raise ConfigError(f"{setting}: repeats are not yet for multi-label data (data={cfg.data.name}); "
                           "train one seed at a time (seed=N)")
     if cfg.data.get("protocol", "holdout") == "cv":
-        folds = fold_values(read_manifest(cfg))
+        folds = fold_values(read_manifest(cfg.paths.prepared))
         if not folds:
             raise ConfigError(f"data.protocol=cv: data={cfg.data.name} has no folds; use trainer.seeds instead")
     else:

@@ -51,6 +51,7 @@ from audiocnn.data.prepare import prepare
 from audiocnn.evaluation.ensemble import evaluate_ensemble
 from audiocnn.experiment import evaluate_model
 from audiocnn.features.featurize import featurize
+from audiocnn.features.settings import store_settings
 
 RESULTS = Path(__file__).parent / "results" / "augment_ablation.json"
 SPEAKERS = ["george", "jackson", "lucas", "nicolas", "theo", "yweweler"]
@@ -228,7 +229,7 @@ def run_cell(work: Path, base: list[str], config: str, fold: str) -> dict:
     cell = [*base, f"data.fold={fold}", *config_overrides(member)]
     data_cfg = benchmark_config(work, *cell)
     prepare(data_cfg)
-    featurize(data_cfg)
+    featurize(store_settings(data_cfg))
     out = cell_dir(work, config)
     cfg = benchmark_config(work, *cell, f"paths.models={out}/model", f"paths.metrics={out}/metrics")
     trained = cell_dir(work, evaluation_base(member)) / "model"

@@ -27,6 +27,7 @@ from omegaconf import open_dict
 from audiocnn.data.prepare import prepare
 from audiocnn.experiment import evaluate_model
 from audiocnn.features.featurize import featurize
+from audiocnn.features.settings import store_settings
 
 RESULTS = Path(__file__).parent / "results" / "calibration.json"
 SETTINGS = ["model=crnn_gru", "trainer.max_epochs=15", "trainer.patience=15", "trainer.batch_size=64",
@@ -38,7 +39,7 @@ def run_fold(work: Path, fsdd_root: Path, fold: str, tta: dict) -> dict:
     cell = ["data=fsdd", f"data.root={fsdd_root.resolve()}", "features=speech", *SETTINGS, f"data.fold={fold}"]
     cfg = benchmark_config(work, *cell, f"paths.models={work}/model", f"paths.metrics={work}/metrics")
     prepare(cfg)
-    featurize(cfg)
+    featurize(store_settings(cfg))
     started = time.perf_counter()
     trained = train_and_evaluate(cfg, run_name_suffix=f"calibration-{fold}")
     plain = trained["metrics"]

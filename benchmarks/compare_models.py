@@ -20,6 +20,7 @@ from common import benchmark_config, machine, train_and_evaluate
 from audiocnn.data.prepare import prepare
 from audiocnn.data.sources.demo import ORDER_ONLY_CLASSES
 from audiocnn.features.featurize import featurize
+from audiocnn.features.settings import store_settings
 
 RESULTS = Path(__file__).parent / "results" / "compare_models.json"
 
@@ -60,7 +61,7 @@ def main() -> None:
     args = parser.parse_args()
     cfg = benchmark_config(args.work)
     prepare(cfg)  # regenerated every time: the demo is deterministic, so this is cheap and never stale
-    featurize(cfg)
+    featurize(store_settings(cfg))
     runs = [run_one(model, seed, args.work) for model in args.models for seed in args.seeds]
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps({"machine": machine(), "order_only_classes": list(ORDER_ONLY_CLASSES),

@@ -32,6 +32,7 @@ from fsdd_manifest import write_fsdd_manifest
 from audiocnn.config import compose_config, validate_config
 from audiocnn.data.audio import load_audio
 from audiocnn.features.featurize import featurize
+from audiocnn.features.settings import store_settings
 from audiocnn.features.reference import librosa_log_cqt
 
 RESULTS = Path(__file__).parent / "results" / "featurize.json"
@@ -74,7 +75,7 @@ def run(clips: int, overrides: list[str]) -> dict:
     load_before, described = load_average(), machine()  # before _warm sets this process to one thread
 
     started = time.perf_counter()
-    featurize(cfg)
+    featurize(store_settings(cfg))
     project = time.perf_counter() - started
 
     _warm(params)

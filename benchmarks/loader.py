@@ -25,6 +25,7 @@ from torch.utils.data import DataLoader
 
 from audiocnn.config import compose_config, validate_config
 from audiocnn.features.featurize import featurize
+from audiocnn.features.settings import store_settings
 from audiocnn.training.datamodule import WindowDataModule
 from audiocnn.training.windows import seed_worker
 
@@ -65,7 +66,7 @@ def main() -> None:
             f"paths.features={work / 'features'}"]
     cfg = compose_config(base)
     validate_config(cfg)
-    featurize(cfg)
+    featurize(store_settings(cfg))
     result = {"machine": machine(), "load_average_before": load_average(),
               "window": [cfg.features.n_bins, cfg.features.window_frames], "runs": []}
     for workers in args.workers:

@@ -21,6 +21,7 @@ from common import benchmark_config, dataset_overrides, machine, train_and_evalu
 from audiocnn.config import config_groups
 from audiocnn.data.prepare import prepare
 from audiocnn.features.featurize import featurize
+from audiocnn.features.settings import store_settings
 
 RESULTS = Path(__file__).parent / "results" / "model_zoo.json"
 
@@ -60,7 +61,7 @@ def main() -> None:
         base = [*dataset_overrides(dataset, args.fsdd_root), f"trainer.max_epochs={args.max_epochs}"]
         cfg = benchmark_config(work, *base)
         prepare(cfg)
-        featurize(cfg)
+        featurize(store_settings(cfg))
         for model in args.models:
             out = work / model
             cfg = benchmark_config(work, *base, f"model={model}", f"paths.models={out}/model",

@@ -29,6 +29,7 @@ from audiocnn import atomic
 from audiocnn.config import compose_config, write_params
 from audiocnn.errors import LockedError
 from audiocnn.features.featurize import featurize, is_featurized, store_dir
+from audiocnn.features.settings import store_settings
 from audiocnn.features.store import FeatureStore, check_shards, finished_shards
 from tests.conftest import REPO, tiny_config
 
@@ -130,7 +131,7 @@ def test_two_featurize_processes_started_together_leave_one_consistent_store(cli
     last = rebuilt[0]
     first = next(n for n in WRITERS if n != last)
     assert f"paths.prepared={clips / f'prepared_{first}'}); rebuilding it" in writers[last].stdout
-    root = store_dir(configs[last])
+    root = store_dir(store_settings(configs[last]))
     _assert_store_is_exactly(root, clips, last)
     assert is_featurized(configs[last]) and not is_featurized(configs[first])
 
@@ -141,7 +142,7 @@ def test_a_featurize_started_while_another_writes_waits_then_rebuilds_and_a_shor
     features = tmp_path / "features"
     params = {n: write_params(tmp_path / f"params_{n}.yaml", overrides(clips, features, n)) for n in WRITERS}
     impatient = write_params(tmp_path / "params_c.yaml", overrides(clips, features, "b", "lock_timeout_s=1"))
-    root = store_dir(compose_config(overrides(clips, features, "a")))
+    root = store_dir(store_settings(compose_config(overrides(clips, features, "a"))))
     a = Writer(params["a"])
     waiting, gave_up = None, None
     try:
@@ -172,12 +173,12 @@ def test_a_featurize_started_while_another_writes_waits_then_rebuilds_and_a_shor
 def test_a_held_lock_makes_featurize_and_prepare_wait_then_fail_naming_the_holder(clips, tmp_path, capsys):
     cfg = compose_config(overrides(clips, tmp_path / "features", "a", "lock_timeout_s=0.3"))
     holder = f"pid {os.getpid()} on {socket.gethostname()} since "
-    with atomic.folder_lock(store_dir(cfg), 1, "lock_timeout_s", "test"):
+    with atomic.folder_lock(store_dir(store_settings(cfg)), 1, "lock_timeout_s", "test"):
         with pytest.raises(LockedError, match=r"still being written by pid .* after lock_timeout_s=0.3 s") as error:
-            featurize(cfg)
+            featurize(store_settings(cfg))
     assert holder in str(error.value) and "\n" not in str(error.value)
-    assert f"featurize: waiting up to lock_timeout_s=0.3 s for {store_dir(cfg)}, which {holder}" in capsys.readouterr().out
-    assert featurize(cfg) == store_dir(cfg)  # released: the next writer goes straight in
+    assert f"featurize: waiting up to lock_timeout_s=0.3 s for {store_dir(store_settings(cfg))}, which {holder}" in capsys.readouterr().out
+    assert featurize(store_settings(cfg)) == store_dir(store_settings(cfg))  # released: the next writer goes straight in
 
     from audiocnn.data.prepare import prepare
 

@@ -10,6 +10,7 @@ import pandas as pd
 import pytest
 import torch
 
+from audiocnn.features.settings import store_settings
 from audiocnn.evaluation.calibration import expected_calibration_error
 from audiocnn.experiment import evaluate_model as evaluate
 from audiocnn.features.cqt import pick_device
@@ -109,6 +110,6 @@ def test_members_on_other_classes_are_refused(members, tmp_path):
     from audiocnn.features.featurize import featurize
 
     prepare(other)
-    featurize(other)
+    featurize(store_settings(other))
     with pytest.raises(ValueError, match="was trained on classes"):
         evaluate(other)

@@ -13,6 +13,7 @@ import pandas as pd
 import pytest
 import soundfile as sf
 
+from audiocnn.features.settings import store_settings
 from audiocnn.data.events import (CLIPPED, SKIPPED, Event, fit_to_duration, format_time, frame_targets,
                                   output_frame_seconds, read_prepared_events, read_strong, read_weak, write_strong)
 from audiocnn.data.prepare import EVENTS, prepare, read_classes, read_manifest
@@ -258,7 +259,7 @@ def test_demo_events_through_prepare(tmp_path):
     cfg = config(tmp_path / "out", "demo_events", "data.clips=24", "data.duration=4.0")
     frame = prepare(cfg)
     assert read_classes(cfg.paths.prepared) == (list(EVENT_CLASSES), EVENTS)
-    manifest = read_manifest(cfg)
+    manifest = read_manifest(cfg.paths.prepared)
     assert list(manifest.columns) == ["path", "label", "labels", "annotation", "split", "fold", "group", "duration",
                                       "sr"]
     assert len(frame) == 24 and set(manifest["split"]) == {"train", "val", "test"}
@@ -312,7 +313,7 @@ def test_desed_fixture_through_prepare(tmp_path):
     cfg = config(tmp_path / "out", "desed", f"data.root={root}")
     prepare(cfg)
     assert read_classes(cfg.paths.prepared) == (list(DESED_CLASSES), EVENTS)
-    manifest = read_manifest(cfg)
+    manifest = read_manifest(cfg.paths.prepared)
     manifest.index = [str(Path(p).relative_to(root)) for p in manifest["path"]]
     expected = {  # clip: (labels, annotation, split)
         "audio/train/weak/Yweak0_0.000_10.000.wav": ("Dog;Speech", "weak", "train"),
@@ -388,9 +389,9 @@ def test_an_event_free_strong_clip_is_a_negative_of_every_class_with_frame_targe
     root = desed_fixture(tmp_path / "dataset")
     cfg = config(tmp_path / "out", "desed", f"data.root={root}", "features.window_frames=16")
     prepare(cfg)
-    featurize(cfg)
+    featurize(store_settings(cfg))
     data = WindowDataModule(cfg, time_stride=2)
-    paths = read_manifest(cfg)["path"].to_numpy()[data.store.index["clip_id"].to_numpy()]
+    paths = read_manifest(cfg.paths.prepared)["path"].to_numpy()[data.store.index["clip_id"].to_numpy()]
     names = [str(Path(p).relative_to(root)) for p in paths]
     row = names.index("audio/validation/validation/Yval3.wav")
     assert data.strong[row] and data.clip_events[row] == [] and not data.labels[row].any()
@@ -420,7 +421,7 @@ def test_desed_parts_pick_what_is_used(tmp_path):
     cfg = config(tmp_path / "out", "desed", f"data.root={root}", "data.parts=[synthetic_train,synthetic_validation,"
                                                                  "validation]")
     prepare(cfg)
-    manifest = read_manifest(cfg)
+    manifest = read_manifest(cfg.paths.prepared)
     assert set(manifest["annotation"]) == {"strong"} and len(manifest) == 11  # Yval3.wav (no event) is in
 
 

@@ -15,6 +15,7 @@ import torch
 from audiocnn.data.audio import load_audio
 from audiocnn.features.cqt import LogCQT, n_frames
 from audiocnn.features.featurize import featurize, store_dir
+from audiocnn.features.settings import store_settings
 from audiocnn.features.store import FeatureStore, shard_name
 from tests.conftest import tiny_config
 
@@ -73,13 +74,13 @@ def cpu_store_cfg(prepared_store, tmp_path_factory):
     root = tmp_path_factory.mktemp("cpu_store")
     shutil.copytree(prepared_store.paths.prepared, root / "prepared")
     cfg = tiny_config(root, "features.device=cpu")
-    featurize(cfg)
+    featurize(store_settings(cfg))
     return cfg
 
 
 def test_featurize_stores_the_log_cqt_of_every_manifest_clip(cpu_store_cfg, frontend):
     cfg = cpu_store_cfg
-    store = FeatureStore(store_dir(cfg))
+    store = FeatureStore(store_dir(store_settings(cfg)))
     manifest = pd.read_csv(Path(cfg.paths.prepared) / "manifest.csv")
     assert store.meta["complete"] and store.meta["clips"] == len(manifest) == len(store)
     assert store.index["clip_id"].tolist() == list(range(len(manifest)))
@@ -100,7 +101,7 @@ def test_featurize_stores_the_log_cqt_of_every_manifest_clip(cpu_store_cfg, fron
 
 
 def test_store_frames_are_a_memory_mapped_view(prepared_store):
-    store = FeatureStore(store_dir(prepared_store))
+    store = FeatureStore(store_dir(store_settings(prepared_store)))
     frames = store.frames(3)
     shard = store.shard(store.index.loc[3, "shard"])
     assert isinstance(shard, np.memmap)
@@ -124,14 +125,14 @@ def test_store_frames_are_a_memory_mapped_view(prepared_store):
      "features.bins_per_octave=24", "features.amin=1e-5"],
 )
 def test_store_name_changes_with_every_feature_parameter(tmp_path, override):
-    assert store_dir(tiny_config(tmp_path, override)) != store_dir(tiny_config(tmp_path))
+    assert store_dir(store_settings(tiny_config(tmp_path, override))) != store_dir(store_settings(tiny_config(tmp_path)))
 
 
 def test_store_name_ignores_settings_that_do_not_shape_frames(tmp_path):
-    base = store_dir(tiny_config(tmp_path))
+    base = store_dir(store_settings(tiny_config(tmp_path)))
     assert base.parent == tmp_path / "features" and base.name.startswith("demo-")
     for override in ("features.batch_size=3", "features.num_workers=1", "features.shard_mb=2"):
-        assert store_dir(tiny_config(tmp_path, override)) == base, override
+        assert store_dir(store_settings(tiny_config(tmp_path, override))) == base, override
 
 
 def _snapshot(root: Path) -> dict[str, bytes]:
@@ -142,7 +143,7 @@ def test_a_killed_featurize_resumes_from_its_finished_shards(tmp_path, prepared_
     shutil.copytree(prepared_store.paths.prepared, tmp_path / "prepared")
     # ~50 KB shards (3-5 clips each); on the CPU so both runs compute bit-identical frames.
     cfg = tiny_config(tmp_path, "features.shard_mb=0.05", "features.device=cpu")
-    root = featurize(cfg)
+    root = featurize(store_settings(cfg))
     meta = json.loads((root / "store.json").read_text())
     assert meta["complete"] and meta["shards"] >= 4
     shards = sorted(root.glob("shard-*.f16"))
@@ -160,7 +161,7 @@ def test_a_killed_featurize_resumes_from_its_finished_shards(tmp_path, prepared_
 
     with pytest.raises(RuntimeError, match="incomplete"):
         FeatureStore(root)
-    assert featurize(cfg) == root
+    assert featurize(store_settings(cfg)) == root
 
     assert _snapshot(root) == uninterrupted  # index.csv and every shard, byte for byte
     assert {n: (p.stat().st_ino, p.stat().st_mtime_ns) for n, p in
@@ -174,15 +175,15 @@ def test_a_killed_featurize_resumes_from_its_finished_shards(tmp_path, prepared_
 def test_a_complete_store_is_reused_and_a_changed_manifest_rebuilds_it(tmp_path, prepared_store):
     shutil.copytree(prepared_store.paths.prepared, tmp_path / "prepared")
     cfg = tiny_config(tmp_path)
-    root = featurize(cfg)
+    root = featurize(store_settings(cfg))
     stamp = (root / "index.csv").stat().st_mtime_ns
-    assert featurize(cfg) == root
+    assert featurize(store_settings(cfg)) == root
     assert (root / "index.csv").stat().st_mtime_ns == stamp  # up to date: nothing rewritten
 
     manifest_path = tmp_path / "prepared" / "manifest.csv"
     manifest = pd.read_csv(manifest_path)
     manifest.iloc[:-5].to_csv(manifest_path, index=False)
-    assert featurize(cfg) == root
+    assert featurize(store_settings(cfg)) == root
     store = FeatureStore(root)
     assert len(store) == len(manifest) - 5
     assert store.index["path"].tolist() == manifest["path"].iloc[:-5].tolist()
@@ -195,14 +196,14 @@ def test_is_featurized_follows_the_manifest(tmp_path):
 
     cfg = tiny_config(tmp_path, "data.clips_per_class=4")
     prepare(cfg)
-    assert not is_featurized(cfg)
-    featurize(cfg)
-    assert is_featurized(cfg)
+    assert not is_featurized(store_settings(cfg))
+    featurize(store_settings(cfg))
+    assert is_featurized(store_settings(cfg))
     smaller = tiny_config(tmp_path, "data.clips_per_class=3")
     prepare(smaller)  # same store folder (same features), new manifest
-    assert not is_featurized(smaller)
-    featurize(smaller)
-    assert is_featurized(smaller)
+    assert not is_featurized(store_settings(smaller))
+    featurize(store_settings(smaller))
+    assert is_featurized(store_settings(smaller))
 
 
 def test_featurize_on_cpu_leaves_the_decoding_workers_their_cores(monkeypatch):

@@ -22,6 +22,7 @@ import torch
 
 from audiocnn.config import compose_config, write_params
 from audiocnn.features.featurize import featurize, is_featurized, store_dir
+from audiocnn.features.settings import store_settings
 from audiocnn.features.store import FeatureStore, finished_shards
 
 REPO = Path(__file__).resolve().parent.parent
@@ -134,18 +135,18 @@ def test_resplitting_the_manifest_keeps_the_store(clips, tmp_path):
     shutil.copytree(clips / "prepared", tmp_path / "prepared")
     cfg = config(tmp_path, f"paths.prepared={tmp_path / 'prepared'}", "paths.models=unused")
     cfg.paths.prepared = str(tmp_path / "prepared")
-    root = featurize(cfg)
+    root = featurize(store_settings(cfg))
     stamp = (root / "index.csv").stat().st_mtime_ns
     manifest_path = tmp_path / "prepared" / "manifest.csv"
     manifest = pd.read_csv(manifest_path, dtype=str)
     manifest["split"] = np.where(manifest["fold"] == "0", "test", "train")  # another fold as the test split
     manifest.to_csv(manifest_path, index=False)
-    assert is_featurized(cfg)
-    assert featurize(cfg) == root and (root / "index.csv").stat().st_mtime_ns == stamp  # not re-featurized
+    assert is_featurized(store_settings(cfg))
+    assert featurize(store_settings(cfg)) == root and (root / "index.csv").stat().st_mtime_ns == stamp  # not re-featurized
     data = WindowDataModule(compose_config(["data=fsdd", f"data.root={tmp_path}", f"paths.prepared={tmp_path / 'prepared'}",
                                            f"paths.features={tmp_path / 'features'}"]))
     test_paths = set(data.store.index["path"].iloc[data.rows("test")])
     assert test_paths == set(manifest.loc[manifest["fold"] == "0", "path"])
     manifest.iloc[:-1].to_csv(manifest_path, index=False)  # other clips: the store is rebuilt
-    assert not is_featurized(cfg)
-    assert store_dir(cfg) == root
+    assert not is_featurized(store_settings(cfg))
+    assert store_dir(store_settings(cfg)) == root

@@ -139,4 +139,4 @@ def test_class_names_with_symbols_train_evaluate_and_log_under_slug_keys(tmp_pat
     assert set(raw["actual"]) == escaped
     manifest_raw = pd.read_csv(Path(cfg.paths.prepared) / "manifest.csv", dtype=str, keep_default_na=False)
     assert set(manifest_raw["label"]) == escaped
-    assert set(read_manifest(cfg)["label"]) == set(classes)  # the pipeline reads the names back exactly
+    assert set(read_manifest(cfg.paths.prepared)["label"]) == set(classes)  # the pipeline reads the names back exactly

@@ -74,7 +74,7 @@ def test_csv_labels_column_gives_a_multilabel_manifest_and_nothing_is_lost(tmp_p
     assert read_classes(cfg.paths.prepared) == (["car", "dog", "siren"], MULTILABEL)
     assert json.loads((Path(cfg.paths.prepared) / "classes.json").read_text()) == \
         {"task": "multilabel", "classes": ["car", "dog", "siren"]}
-    manifest = read_manifest(cfg)
+    manifest = read_manifest(cfg.paths.prepared)
     assert list(manifest.columns) == ["path", "label", "labels", "split", "fold", "group", "duration", "sr"]
     by_name = {Path(p).name: labels for p, labels in zip(manifest["path"], manifest["labels"])}
     assert by_name["clip05.wav"] == "car;dog;siren"  # class order, whatever the CSV's order
@@ -105,7 +105,7 @@ def test_single_label_csv_keeps_its_plain_classes_json(tmp_path):
     prepare(cfg)
     assert json.loads((Path(cfg.paths.prepared) / "classes.json").read_text()) == ["a", "b"]
     assert read_classes(cfg.paths.prepared) == (["a", "b"], MULTICLASS)
-    assert "labels" not in read_manifest(cfg).columns and "task" not in report(cfg)
+    assert "labels" not in read_manifest(cfg.paths.prepared).columns and "task" not in report(cfg)
 
 
 def test_csv_with_both_label_columns_is_refused_in_one_line(tmp_path):
@@ -225,7 +225,7 @@ def test_fsd50k_fixture_through_prepare(tmp_path):
     cfg = config(tmp_path / "out", "fsd50k", f"data.root={root}")
     frame = prepare(cfg)
     assert read_classes(cfg.paths.prepared) == (["Bark", "Dog", "Siren", "Car"], MULTILABEL)
-    manifest = read_manifest(cfg).set_index(read_manifest(cfg)["path"].map(lambda p: Path(p).name))
+    manifest = read_manifest(cfg.paths.prepared).set_index(read_manifest(cfg.paths.prepared)["path"].map(lambda p: Path(p).name))
     assert manifest.loc["100.wav", ["labels", "split"]].tolist() == ["Bark;Dog", "val"]
     assert manifest.loc["103.wav", ["labels", "split"]].tolist() == ["Dog", "train"]
     assert manifest.loc["102.wav", "labels"] == "Siren;Car"  # vocabulary order
@@ -274,6 +274,6 @@ def test_demo_mix_through_prepare(tmp_path):
     cfg = config(tmp_path / "out", "demo_mix", "data.clips=30")
     frame = prepare(cfg)
     assert read_classes(cfg.paths.prepared) == (list(MIX_CLASSES), MULTILABEL)
-    manifest = read_manifest(cfg)
+    manifest = read_manifest(cfg.paths.prepared)
     assert len(frame) == 30 and set(manifest["split"]) == {"train", "val", "test"}
     assert manifest["labels"].str.split(";").map(len).between(1, 3).all()

@@ -19,6 +19,7 @@ from audiocnn.errors import BundleError
 from audiocnn.features.cqt import LogCQT
 from audiocnn.features.store import FeatureStore
 from audiocnn.features.featurize import store_dir
+from audiocnn.features.settings import store_settings
 from audiocnn.models import build_model
 from audiocnn.models.bundle import build_from_bundle, load_bundle, save_bundle
 from audiocnn.models.norm import PCEN, BinNorm
@@ -98,7 +99,7 @@ def test_the_pcen_config_defaults_are_the_constructors():
 
 def train_frames(cfg) -> np.ndarray:
     """Every frame of the train split's clips, read straight from the store's files with numpy."""
-    root = store_dir(cfg)
+    root = store_dir(store_settings(cfg))
     index = pd.read_csv(root / "index.csv")
     manifest = pd.read_csv(Path(cfg.paths.prepared) / "manifest.csv")
     train = index[manifest["split"].to_numpy()[index["clip_id"].to_numpy()] == "train"]
@@ -109,7 +110,7 @@ def train_frames(cfg) -> np.ndarray:
 
 def test_streamed_bin_moments_equal_numpy_over_the_train_frames(prepared_store, monkeypatch):
     monkeypatch.setattr(norm_stats, "CHUNK_FRAMES", 37)  # many merges
-    store = FeatureStore(store_dir(prepared_store))
+    store = FeatureStore(store_dir(store_settings(prepared_store)))
     manifest = pd.read_csv(Path(prepared_store.paths.prepared) / "manifest.csv")
     rows = np.flatnonzero(manifest["split"].to_numpy()[store.index["clip_id"].to_numpy()] == "train")
     mean, std = store_moments(store, rows).mean_std()

@@ -13,6 +13,7 @@ import soundfile as sf
 import torch
 from omegaconf import OmegaConf
 
+from audiocnn.features.settings import store_settings
 from audiocnn import load_model
 from audiocnn.inference.pyfunc import AudioClassifier
 from audiocnn.models.bundle import load_bundle
@@ -81,7 +82,7 @@ def _other_frames(cfg) -> np.ndarray:
 
     from audiocnn.features.featurize import store_dir
 
-    root = store_dir(cfg)
+    root = store_dir(store_settings(cfg))
     index = pd.read_csv(root / "index.csv")
     manifest = pd.read_csv(Path(cfg.paths.prepared) / "manifest.csv")
     rest = index[manifest["split"].to_numpy()[index["clip_id"].to_numpy()] != "train"]

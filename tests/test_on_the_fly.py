@@ -14,6 +14,7 @@ import torch
 
 from audiocnn.features.cqt import CQTFrontend
 from audiocnn.features.featurize import featurize
+from audiocnn.features.settings import store_settings
 from audiocnn.models import build_model
 from audiocnn.models.build import build_frontend
 from audiocnn.training.datamodule import WindowDataModule
@@ -42,7 +43,7 @@ def _window_clips(root: Path) -> None:
 def test_store_and_on_the_fly_give_the_same_logits_for_the_same_weights_and_clips(tmp_path):
     _window_clips(tmp_path)
     stored_cfg = tiny_config(tmp_path, "model=cnn", f"features.window_frames={WINDOW}", "features.device=cpu")
-    featurize(stored_cfg)
+    featurize(store_settings(stored_cfg))
     fly_cfg = tiny_config(tmp_path, "model=cnn", f"features.window_frames={WINDOW}", "features.on_the_fly=true")
     stored, fly = WindowDataModule(stored_cfg), WindowDataModule(fly_cfg)
     frames, labels = next(iter(stored._loader(stored.dataset("test", "center"), shuffle=False)))

@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from audiocnn.features.settings import store_settings
 from audiocnn.cli import main
 from tests.conftest import REPO, TINY, untrained_bundle
 
@@ -167,7 +168,7 @@ def _full_disk_store(tmp_path, prepared_store):
     shutil.copytree(prepared_store.paths.prepared, tmp_path / "prepared")
     overrides = ["features.shard_mb=0.05", "features.device=cpu"]
     cfg = tiny_config(tmp_path, *overrides)
-    root = store_dir(cfg)
+    root = store_dir(store_settings(cfg))
     root.mkdir(parents=True)
     (root / f".shard-00001.f16.tmp-{os.getpid()}").symlink_to("/dev/full")
     paths = [f"paths.{key}={tmp_path / key}" for key in ("raw", "prepared", "features", "models", "metrics")]
@@ -196,7 +197,7 @@ def test_featurize_on_a_full_disk_is_one_line_keeps_finished_shards_and_resumes(
     assert main(["featurize", *overrides]) == 0  # the disk has room again: it goes on after shard 0
     assert "keeping 1 shards" in capsys.readouterr().out
     assert _stamps(root)["shard-00000.f16"] == finished["shard-00000.f16"]
-    resumed, whole = _frames_by_path(root), _frames_by_path(store_dir(prepared_store))
+    resumed, whole = _frames_by_path(root), _frames_by_path(store_dir(store_settings(prepared_store)))
     assert resumed.keys() == whole.keys()
     assert all(np.array_equal(resumed[path], whole[path]) for path in whole)
 

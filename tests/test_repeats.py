@@ -11,6 +11,7 @@ import pandas as pd
 import pytest
 from omegaconf import OmegaConf
 
+from audiocnn.features.settings import store_settings
 from audiocnn.config import ConfigError, compose_config, validate_config
 from audiocnn.data.prepare import assign_splits, fold_values
 from audiocnn.evaluation.reports import describe_results
@@ -92,7 +93,7 @@ def test_seeds_run_under_one_parent_run_with_mean_and_std(tmp_path):
 
     cfg = tiny_config(tmp_path, "trainer.seeds=[0,1]", "trainer.max_epochs=1")
     prepare(cfg)  # the stages DVC runs before train
-    featurize(cfg)
+    featurize(store_settings(cfg))
     train_stage(cfg)
     assert not (tmp_path / "metrics" / "test.json").exists()
     aggregate = evaluate_stage(cfg)

@@ -19,6 +19,7 @@ from torch import nn
 
 from audiocnn.errors import NonFiniteError, StoreError
 from audiocnn.features.featurize import featurize, is_featurized, store_problem
+from audiocnn.features.settings import store_settings
 from audiocnn.features.store import FeatureStore, ShardWriter, finished_shards
 from audiocnn.training.windows import WindowDataset
 from tests.conftest import tiny_config
@@ -28,7 +29,7 @@ def _store(tmp_path: Path, prepared_store, *overrides: str):
     """A store of the tiny demo set in small shards (2-3 clips each); (cfg, root)."""
     shutil.copytree(prepared_store.paths.prepared, tmp_path / "prepared")
     cfg = tiny_config(tmp_path, "features.shard_mb=0.05", "features.device=cpu", *overrides)
-    return cfg, featurize(cfg)
+    return cfg, featurize(store_settings(cfg))
 
 
 def _frames_by_path(root: Path) -> dict[str, np.ndarray]:
@@ -84,7 +85,7 @@ def _assert_rewritten_only(cfg, root: Path, bad: str, before: dict, reference: d
     assert _frames_by_path(root).keys() == reference.keys()
     for path, frames in _frames_by_path(root).items():
         np.testing.assert_array_equal(frames, reference[path])
-    assert store_problem(cfg, checksum=True) is None
+    assert store_problem(store_settings(cfg), checksum=True) is None
 
 
 def test_a_shard_truncated_to_40_percent_is_refused_then_only_it_is_rewritten(tmp_path, prepared_store):
@@ -93,7 +94,7 @@ def test_a_shard_truncated_to_40_percent_is_refused_then_only_it_is_rewritten(tm
     name, frames = _middle_shard(root)
     truncate(root, name, frames, cfg.features.n_bins)
 
-    assert not is_featurized(cfg)  # the up-to-date check sees the size
+    assert not is_featurized(store_settings(cfg))  # the up-to-date check sees the size
     with pytest.raises(StoreError, match=rf"{name}\.f16 is \d+ bytes, \d+ were written .*run the featurize stage"):
         FeatureStore(root)  # what training opens: one line naming the shard, not a numpy broadcast error
     from audiocnn.training.train import train
@@ -102,7 +103,7 @@ def test_a_shard_truncated_to_40_percent_is_refused_then_only_it_is_rewritten(tm
         train(cfg)
     assert "\n" not in str(refused.value)
 
-    assert featurize(cfg) == root
+    assert featurize(store_settings(cfg)) == root
     _assert_rewritten_only(cfg, root, name, before, reference)
     meta = json.loads((root / "store.json").read_text())
     assert meta["complete"] and set(meta["shard_files"]) == set(finished_shards(root))
@@ -115,14 +116,14 @@ def test_a_shard_with_its_middle_overwritten_by_0xff_is_found_by_verify_and_rewr
     overwrite_middle(root, name)
     damaged = _stamps(root)
 
-    assert is_featurized(cfg)  # same size: only the checksum can tell
-    assert featurize(cfg) == root and _stamps(root) == damaged  # features.verify=false: sizes only, reused
-    problem = store_problem(cfg, checksum=True)
+    assert is_featurized(store_settings(cfg))  # same size: only the checksum can tell
+    assert featurize(store_settings(cfg)) == root and _stamps(root) == damaged  # features.verify=false: sizes only, reused
+    problem = store_problem(store_settings(cfg), checksum=True)
     assert isinstance(problem, StoreError) and f"{name}.f16 does not match the blake2b checksum" in str(problem)
 
     verify = tiny_config(tmp_path, "features.shard_mb=0.05", "features.device=cpu", "features.verify=true")
-    assert not is_featurized(verify)  # with features.verify=true the up-to-date check reads the checksums
-    assert featurize(verify) == root
+    assert not is_featurized(store_settings(verify))  # with features.verify=true the up-to-date check reads the checksums
+    assert featurize(store_settings(verify)) == root
     _assert_rewritten_only(cfg, root, name, before, reference)
 
 
@@ -135,11 +136,11 @@ def test_resuming_an_incomplete_store_checks_the_finished_shards_checksums(tmp_p
     (root / "index.csv").unlink()  # as if killed before the end
     (root / "store.json").write_text(json.dumps({**meta, "complete": False}))
 
-    assert featurize(cfg) == root  # features.verify=false, but a resume checks checksums
+    assert featurize(store_settings(cfg)) == root  # features.verify=false, but a resume checks checksums
     assert f"{name}.f16" not in _stamps(root)
     for path, frames in _frames_by_path(root).items():
         np.testing.assert_array_equal(frames, reference[path])
-    assert store_problem(cfg, checksum=True) is None
+    assert store_problem(store_settings(cfg), checksum=True) is None
 
 
 def test_a_store_without_shard_records_is_refused_and_rebuilt(tmp_path, prepared_store):
@@ -151,9 +152,9 @@ def test_a_store_without_shard_records_is_refused_and_rebuilt(tmp_path, prepared
         record.unlink()  # as an older audiocnn wrote it
     with pytest.raises(StoreError, match="written without shard sizes and checksums"):
         FeatureStore(root)
-    assert not is_featurized(cfg)
-    featurize(cfg)
-    assert store_problem(cfg, checksum=True) is None and len(FeatureStore(root)) == meta["clips"]
+    assert not is_featurized(store_settings(cfg))
+    featurize(store_settings(cfg))
+    assert store_problem(store_settings(cfg), checksum=True) is None and len(FeatureStore(root)) == meta["clips"]
 
 
 def test_nan_frames_stop_training_naming_the_clip_and_the_run_is_failed_with_the_reason(tmp_path, prepared_store):
@@ -161,7 +162,7 @@ def test_nan_frames_stop_training_naming_the_clip_and_the_run_is_failed_with_the
     from audiocnn.training.train import train
 
     cfg, root = _store(tmp_path, prepared_store)
-    manifest = read_manifest(cfg)
+    manifest = read_manifest(cfg.paths.prepared)
     name, _ = _middle_shard(root, split_of=set(manifest.loc[manifest["split"] == "train", "path"]))
     first, last = overwrite_middle(root, name)
     bad = _clips_touching(root, name, first, last)

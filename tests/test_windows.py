@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from audiocnn.features.featurize import store_dir
+from audiocnn.features.settings import store_settings
 from audiocnn.features.store import FeatureStore
 from audiocnn.training.datamodule import WindowDataModule
 from audiocnn.training.windows import WindowDataset, collate_sliding, cut_window, window_starts
@@ -61,7 +62,7 @@ def test_cut_window_transposes_and_pads_with_the_floor():
 
 @pytest.fixture(scope="module")
 def store(prepared_store) -> FeatureStore:
-    return FeatureStore(store_dir(prepared_store))
+    return FeatureStore(store_dir(store_settings(prepared_store)))
 
 
 @pytest.mark.parametrize("mode", ["random", "center", "sliding"])

@@ -188,12 +188,12 @@ def is_prepared(cfg: DictConfig) -> bool:
         json.loads(settings.read_text()) == data_settings(cfg)
 
 
-def read_manifest(cfg: DictConfig) -> pd.DataFrame:
-    """`<paths.prepared>/manifest.csv`, its text cells unescaped (`audiocnn.data.names.read_csv_cell`);
-    a missing one is an error naming the prepare stage."""
-    path = Path(cfg.paths.prepared) / "manifest.csv"
+def read_manifest(prepared: str | Path) -> pd.DataFrame:
+    """`<prepared>/manifest.csv` (`paths.prepared`), its text cells unescaped
+    (`audiocnn.data.names.read_csv_cell`); a missing one is an error naming the prepare stage."""
+    path = Path(prepared) / "manifest.csv"
     if not path.exists():
-        raise MissingInputError(f"paths.prepared={cfg.paths.prepared}: no manifest.csv; run the prepare stage first "
+        raise MissingInputError(f"paths.prepared={prepared}: no manifest.csv; run the prepare stage first "
                                 "(`dvc repro prepare` or `audiocnn prepare`)")
     return unescape_columns(pd.read_csv(path, dtype=dict.fromkeys(TEXT_COLUMNS, str), keep_default_na=False))
 

@@ -32,7 +32,6 @@ from pathlib import Path
 
 import pandas as pd
 import torch
-from omegaconf import DictConfig
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
@@ -44,6 +43,7 @@ from audiocnn.features import distributed
 from audiocnn.features.cqt import FEATURE_KEYS, FRONTEND_VERSION, LogCQT, n_frames
 from audiocnn.features.plan import Piece, batches, chunk_margin, plan_pieces, rank_share
 from audiocnn.features.reopen import open_store
+from audiocnn.features.settings import FeatureSettings, StoreSettings
 from audiocnn.features.store import (CHECKSUM, ShardWriter, check_shards, clips_md5, finished_shards, next_shard,
                                      params_hash, shard_prefix, shard_rows)
 
@@ -53,31 +53,31 @@ from audiocnn.features.store import (CHECKSUM, ShardWriter, check_shards, clips_
 BATCH_SAMPLES = 1 << 23
 
 
-def store_params(cfg: DictConfig) -> dict:
+def store_params(store: StoreSettings) -> dict:
     """The parameters that shape the stored frames (and so name the store)."""
-    return {**{key: cfg.features[key] for key in FEATURE_KEYS}, "frontend_version": FRONTEND_VERSION}
+    return {**{key: getattr(store.features, key) for key in FEATURE_KEYS}, "frontend_version": FRONTEND_VERSION}
 
 
-def store_dir(cfg: DictConfig) -> Path:
+def store_dir(store: StoreSettings) -> Path:
     """`<paths.features>/<data.name>-<hash of the feature parameters>`."""
-    return Path(cfg.paths.features) / f"{cfg.data.name}-{params_hash(store_params(cfg))}"
+    return store.stores / f"{store.data_name}-{params_hash(store_params(store))}"
 
 
-def store_problem(cfg: DictConfig, checksum: bool | None = None) -> InputError | None:
-    """Why the store for `cfg` cannot be used as it is, as the error to raise; None when it can.
+def store_problem(store: StoreSettings, checksum: bool | None = None) -> InputError | None:
+    """Why `store` cannot be used as it is, as the error to raise; None when it can.
 
     Usable: complete, holding the current manifest's clips, and every shard of the size
     (and, with `checksum`, default `features.verify`, the checksum) recorded when it was
     written. Only the clips (paths, labels) count: a manifest re-split into other folds or
     splits keeps its store.
     """
-    root = store_dir(cfg)
-    checksum = bool(cfg.features.get("verify", False)) if checksum is None else checksum
+    root = store_dir(store)
+    checksum = store.features.verify if checksum is None else checksum
     meta_path = root / "store.json"
     meta = json.loads(meta_path.read_text()) if meta_path.exists() else {}
-    if not meta.get("complete") or not (Path(cfg.paths.prepared) / "manifest.csv").exists() or \
-            meta.get("clips_md5") != clips_md5(read_manifest(cfg)):
-        return MissingInputError(f"paths.features={cfg.paths.features}: no complete feature store for this manifest "
+    if not meta.get("complete") or not (store.prepared / "manifest.csv").exists() or \
+            meta.get("clips_md5") != clips_md5(read_manifest(store.prepared)):
+        return MissingInputError(f"paths.features={store.stores}: no complete feature store for this manifest "
                                  "and these features; run the featurize stage first (`dvc repro featurize` or "
                                  "`audiocnn featurize`)")
     records = meta.get("shard_files")
@@ -89,10 +89,10 @@ def store_problem(cfg: DictConfig, checksum: bool | None = None) -> InputError |
     return None
 
 
-def is_featurized(cfg: DictConfig) -> bool:
-    """True when the store for `cfg` is usable as it is (`store_problem`: sizes, and checksums with
+def is_featurized(store: StoreSettings) -> bool:
+    """True when `store` is usable as it is (`store_problem`: sizes, and checksums with
     `features.verify=true`, so that a Hydra run with it featurizes, which rewrites the bad shards)."""
-    return store_problem(cfg) is None
+    return store_problem(store) is None
 
 
 class DecodedPieces(Dataset):
@@ -144,11 +144,10 @@ def _cores_beside(workers: int, device: torch.device):
         torch.set_num_threads(threads)
 
 
-def featurize_share(cfg: DictConfig, root: Path, manifest: pd.DataFrame, rank: int, world: int,
+def featurize_share(f: FeatureSettings, root: Path, manifest: pd.DataFrame, rank: int, world: int,
                     device: torch.device) -> list[dict]:
     """Featurize this rank's share of the plan into its shards; returns the clips it skipped."""
-    f = cfg.features
-    frontend = LogCQT.from_config(f).to(device).eval()
+    frontend = LogCQT.from_config(f.model_dump()).to(device).eval()
     paths, labels = manifest["path"].tolist(), manifest["label"].tolist()  # a pandas lookup per clip: ~0.3 ms
     margin = chunk_margin(frontend.radius, f.hop_length)
     def samples_of(position: int) -> int | None:
@@ -157,12 +156,12 @@ def featurize_share(cfg: DictConfig, root: Path, manifest: pd.DataFrame, rank: i
         except Exception:  # noqa: BLE001 - decoded whole in a worker, which reports why it fails
             return None
 
-    plan = plan_pieces(manifest, f.sr, f.hop_length, float(f.chunk_seconds), margin, samples_of=samples_of)
+    plan = plan_pieces(manifest, f.sr, f.hop_length, f.chunk_seconds, margin, samples_of=samples_of)
     prefix = shard_prefix(rank, world)
     done = finished_shards(root)  # any rank's (a repaired store keeps the shards of another world size)
     done_ids = set(shard_rows(root, done)["clip_id"].tolist())
     todo = [p for p in rank_share(plan, rank, world) if p.position not in done_ids]
-    writer = ShardWriter(root, f.n_bins, int(float(f.shard_mb) * 2**20), first_shard=next_shard(done, prefix),
+    writer = ShardWriter(root, f.n_bins, int(f.shard_mb * 2**20), first_shard=next_shard(done, prefix),
                          prefix=prefix)
     loader = DataLoader(
         DecodedPieces(paths, todo, f.sr), batch_sampler=batches(todo, f.batch_size, BATCH_SAMPLES), collate_fn=pad_batch,
@@ -171,7 +170,7 @@ def featurize_share(cfg: DictConfig, root: Path, manifest: pd.DataFrame, rank: i
     )
     durations = manifest["duration"].to_numpy(dtype=float)
     skipped, failed = [], set()
-    with writer, _cores_beside(int(f.num_workers), device), \
+    with writer, _cores_beside(f.num_workers, device), \
             tqdm(total=float(sum(durations[p.position] for p in todo if p.last)), disable=rank != 0,
                  desc=f"featurize ({device.type}{f', {world} ranks' if world > 1 else ''})",
                  bar_format="{l_bar}{bar}| {n:.0f}/{total:.0f} audio-s [{elapsed}<{remaining}]") as bar:
@@ -189,47 +188,46 @@ def featurize_share(cfg: DictConfig, root: Path, manifest: pd.DataFrame, rank: i
                     failed.add(piece.position)
                     writer.abandon_clip()
                     continue
-                # frontend.hop_length: an int; OmegaConf's f.hop_length costs 65 us a clip
-                keep = n_frames(length, frontend.hop_length) if piece.whole else piece.keep
+                keep = n_frames(length, f.hop_length) if piece.whole else piece.keep
                 writer.add(clip, spectrum[:, piece.skip: piece.skip + keep].T, last=piece.last)
                 if piece.last:
                     bar.update(float(durations[piece.position]))
     return skipped
 
 
-def featurize(cfg: DictConfig) -> Path:
-    """Compute the CQT of every manifest clip into the store for `cfg`; return its folder.
+def featurize(store: StoreSettings) -> Path:
+    """Compute the CQT of every manifest clip into `store`; return its folder.
 
     Under `torchrun` (WORLD_SIZE > 1) every rank runs this; each takes its share.
     """
-    rank, world = distributed.setup(cfg.features.device)
+    rank, world = distributed.setup(store.features.device)
     try:
-        return _featurize(cfg, rank, world)
+        return _featurize(store, rank, world)
     finally:
         distributed.teardown()
 
 
-def _featurize(cfg: DictConfig, rank: int, world: int) -> Path:
-    manifest = read_manifest(cfg)
-    root = store_dir(cfg)
-    lock = atomic.folder_lock(root, float(cfg.get("lock_timeout_s", 300)), "lock_timeout_s", "featurize") \
+def _featurize(store: StoreSettings, rank: int, world: int) -> Path:
+    manifest = read_manifest(store.prepared)
+    root = store_dir(store)
+    lock = atomic.folder_lock(root, store.lock_timeout_s, "lock_timeout_s", "featurize") \
         if rank == 0 else nullcontext()  # rank 0 holds it for all ranks
     with lock:
         try:
-            return _featurize_locked(cfg, rank, world, manifest, root)
+            return _featurize_locked(store, rank, world, manifest, root)
         except OSError as error:
             if error.errno not in (errno.ENOSPC, errno.EDQUOT):
                 raise
-            raise ConfigError(f"paths.features={cfg.paths.features}: {error.strerror} while writing {root}; free "
+            raise ConfigError(f"paths.features={store.stores}: {error.strerror} while writing {root}; free "
                               "space and run featurize again (it goes on after the shards it finished), or set "
                               "paths.features to a disk with room") from None
 
 
-def _featurize_locked(cfg: DictConfig, rank: int, world: int, manifest: pd.DataFrame, root: Path) -> Path:
+def _featurize_locked(store: StoreSettings, rank: int, world: int, manifest: pd.DataFrame, root: Path) -> Path:
     if rank == 0:
-        fresh = {"params": store_params(cfg), "clips_md5": clips_md5(manifest), "prepared": str(cfg.paths.prepared),
+        fresh = {"params": store_params(store), "clips_md5": clips_md5(manifest), "prepared": str(store.prepared),
                  "world": world, "complete": False}
-        open_store(root, fresh, checksum=bool(cfg.features.get("verify", False)))
+        open_store(root, fresh, checksum=store.features.verify)
     distributed.barrier()
     meta = json.loads((root / "store.json").read_text())
     if meta.get("complete"):
@@ -237,8 +235,8 @@ def _featurize_locked(cfg: DictConfig, rank: int, world: int, manifest: pd.DataF
             print(f"featurize: {root} is up to date ({meta['clips']} clips)")
         return root
 
-    device = distributed.device(cfg.features.device)
-    skipped = featurize_share(cfg, root, manifest, rank, world, device)
+    device = distributed.device(store.features.device)
+    skipped = featurize_share(store.features, root, manifest, rank, world, device)
     skipped = distributed.gather(skipped)
     if rank == 0:
         records = finished_shards(root)

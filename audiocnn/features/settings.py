@@ -4,6 +4,8 @@ featurize stage and the trainer compute it."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Annotated, Literal
 
 from omegaconf import OmegaConf
@@ -35,3 +37,22 @@ class FeatureSettings(FrontendSettings):
 def feature_settings(cfg) -> FeatureSettings:
     """`cfg.features` as `FeatureSettings`; `ConfigError` naming the first bad setting."""
     return parse_settings(FeatureSettings, OmegaConf.to_container(cfg.get("features") or {}, resolve=True), "features")
+
+
+@dataclass(frozen=True)
+class StoreSettings:
+    """One feature store, the featurize stage's input: what its frames are (`features`), the manifest
+    they cover (`prepared`: `paths.prepared` of data `data_name`) and where stores live (`stores`:
+    `paths.features`, one sub-folder per store). `lock_timeout_s`: how long featurize waits for
+    another process writing the same store."""
+    features: FeatureSettings
+    data_name: str
+    prepared: Path
+    stores: Path
+    lock_timeout_s: float = 300.0
+
+
+def store_settings(cfg) -> StoreSettings:
+    """The feature store a composed config names; `ConfigError` naming the first bad `features` setting."""
+    return StoreSettings(feature_settings(cfg), str(cfg.data.name), Path(cfg.paths.prepared), Path(cfg.paths.features),
+                        float(cfg.get("lock_timeout_s", 300)))

@@ -23,6 +23,7 @@ from audiocnn.data.prepare import EVENTS, read_classes, read_manifest
 from audiocnn.data.task import is_multilabel
 from audiocnn.data.sources._common import LABEL_SEPARATOR
 from audiocnn.features.featurize import store_dir
+from audiocnn.features.settings import store_settings
 from audiocnn.features.store import FeatureStore, clips_md5
 from audiocnn.training import distributed
 from audiocnn.training.sampling import BalancedSampler, rare_label_weights
@@ -65,11 +66,11 @@ class WindowDataModule(L.LightningDataModule):
         self.cfg = cfg
         self.on_the_fly = bool(cfg.features.get("on_the_fly", False))
         self.classes, self.task = read_classes(cfg.paths.prepared)
-        manifest = read_manifest(cfg)
+        manifest = read_manifest(cfg.paths.prepared)
         if self.on_the_fly:
             self.store = AudioClips(manifest, cfg.features.sr, cfg.features.hop_length)
         else:
-            self.store = FeatureStore(store_dir(cfg))
+            self.store = FeatureStore(store_dir(store_settings(cfg)))
             if self.store.meta.get("clips_md5") != clips_md5(manifest):
                 raise MissingInputError(f"feature store {self.store.root} holds other clips than the manifest; "
                                         "run the featurize stage again")

@@ -41,6 +41,7 @@ from audiocnn.data.prepare import is_prepared
 from audiocnn.errors import ConfigError, InputError, MissingInputError
 from audiocnn.features.cqt import pick_device
 from audiocnn.features.featurize import store_problem
+from audiocnn.features.settings import store_settings
 from audiocnn.models import build_model
 from audiocnn.models.build import build_frontend
 from audiocnn.models.bundle import load_state, save_bundle
@@ -68,7 +69,7 @@ def check_inputs(cfg: DictConfig) -> None:
     if not is_prepared(cfg):
         raise MissingInputError(f"paths.prepared={cfg.paths.prepared}: no manifest for these data settings; run "
                                 "the prepare stage first (`dvc repro prepare` or `audiocnn prepare`)")
-    problem = None if cfg.features.on_the_fly else store_problem(cfg)
+    problem = None if cfg.features.on_the_fly else store_problem(store_settings(cfg))
     if problem is not None:
         raise problem  # missing (MissingInputError) or a shard not of its recorded size (StoreError)
 
