@@ -34,7 +34,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from audiocnn import atomic, repeats, sweep, tracking
 from audiocnn.config import REPO_ROOT
-from audiocnn.data.prepare import EVENTS, MULTILABEL, is_prepared, prepare
+from audiocnn.data.prepare import EVENTS, MULTILABEL, is_prepared, prepare, prepare_settings
 from audiocnn.errors import StageFailed
 from audiocnn.evaluation.ensemble import evaluate_ensemble
 from audiocnn.evaluation.evaluate import evaluate
@@ -50,7 +50,7 @@ from audiocnn.training.train import planned_processes, train
 def prepare_stage(cfg: DictConfig):
     """DVC's prepare stage: `data.prepare.prepare`, refusing more classes than a model file may hold
     (`features.budget.classes_problem`) before any clip is read."""
-    return prepare(cfg, classes_problem=classes_problem)
+    return prepare(prepare_settings(cfg), classes_problem=classes_problem)
 
 
 def featurize_stage(cfg: DictConfig) -> Path:
@@ -61,13 +61,13 @@ def featurize_stage(cfg: DictConfig) -> Path:
 def ensure_inputs(cfg: DictConfig) -> None:
     """Run prepare / featurize when their outputs are missing or were made for other settings
     (a DDP process other than the main one waits for the main one to make them)."""
-    store = store_settings(cfg)
+    job, store = prepare_settings(cfg), store_settings(cfg)
     if not distributed.is_main_process():
-        distributed.wait_for(lambda: is_prepared(cfg) and (store.features.on_the_fly or is_featurized(store)),
+        distributed.wait_for(lambda: is_prepared(job) and (store.features.on_the_fly or is_featurized(store)),
                              f"the manifest in {cfg.paths.prepared} and the feature store")
         return
-    if not is_prepared(cfg):
-        prepare_stage(cfg)
+    if not is_prepared(job):
+        prepare(job, classes_problem=classes_problem)
     if not store.features.on_the_fly and not is_featurized(store):
         featurize(store)
 
@@ -200,11 +200,11 @@ def run_repeats(cfg: DictConfig, steps: tuple[str, ...] = ("train", "evaluate"),
 def prepare_variants(cfg: DictConfig, todo: list) -> None:
     """Each variant's manifest (its fold and seed), made by the main process; the others wait for them."""
     for variant in todo:
-        single = repeats.variant_config(cfg, variant)
+        job = prepare_settings(repeats.variant_config(cfg, variant))
         if not distributed.is_main_process():
-            distributed.wait_for(lambda: is_prepared(single), f"the manifest of {variant.label}")
-        elif not is_prepared(single):
-            prepare_stage(single)
+            distributed.wait_for(lambda: is_prepared(job), f"the manifest of {variant.label}")
+        elif not is_prepared(job):
+            prepare(job, classes_problem=classes_problem)
 
 
 def train_stage(cfg: DictConfig) -> dict:

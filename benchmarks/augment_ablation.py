@@ -47,7 +47,7 @@ from pathlib import Path
 import torch
 from common import benchmark_config, machine, train_and_evaluate
 
-from audiocnn.data.prepare import prepare
+from audiocnn.data.prepare import prepare, prepare_settings
 from audiocnn.evaluation.ensemble import evaluate_ensemble
 from audiocnn.experiment import evaluate_model
 from audiocnn.features.featurize import featurize
@@ -228,7 +228,7 @@ def run_cell(work: Path, base: list[str], config: str, fold: str) -> dict:
     member = config.removeprefix("ensemble:")
     cell = [*base, f"data.fold={fold}", *config_overrides(member)]
     data_cfg = benchmark_config(work, *cell)
-    prepare(data_cfg)
+    prepare(prepare_settings(data_cfg))
     featurize(store_settings(data_cfg))
     out = cell_dir(work, config)
     cfg = benchmark_config(work, *cell, f"paths.models={out}/model", f"paths.metrics={out}/metrics")

@@ -24,7 +24,7 @@ import torch
 from common import benchmark_config, machine, save_results, train_and_evaluate
 from omegaconf import open_dict
 
-from audiocnn.data.prepare import prepare
+from audiocnn.data.prepare import prepare, prepare_settings
 from audiocnn.experiment import evaluate_model
 from audiocnn.features.featurize import featurize
 from audiocnn.features.settings import store_settings
@@ -38,7 +38,7 @@ SETTINGS = ["model=crnn_gru", "trainer.max_epochs=15", "trainer.patience=15", "t
 def run_fold(work: Path, fsdd_root: Path, fold: str, tta: dict) -> dict:
     cell = ["data=fsdd", f"data.root={fsdd_root.resolve()}", "features=speech", *SETTINGS, f"data.fold={fold}"]
     cfg = benchmark_config(work, *cell, f"paths.models={work}/model", f"paths.metrics={work}/metrics")
-    prepare(cfg)
+    prepare(prepare_settings(cfg))
     featurize(store_settings(cfg))
     started = time.perf_counter()
     trained = train_and_evaluate(cfg, run_name_suffix=f"calibration-{fold}")

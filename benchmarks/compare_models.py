@@ -17,7 +17,7 @@ from pathlib import Path
 
 from common import benchmark_config, machine, train_and_evaluate
 
-from audiocnn.data.prepare import prepare
+from audiocnn.data.prepare import prepare, prepare_settings
 from audiocnn.data.sources.demo import ORDER_ONLY_CLASSES
 from audiocnn.features.featurize import featurize
 from audiocnn.features.settings import store_settings
@@ -60,7 +60,7 @@ def main() -> None:
     parser.add_argument("--work", type=Path, default=Path("data/benchmarks/compare_models"))
     args = parser.parse_args()
     cfg = benchmark_config(args.work)
-    prepare(cfg)  # regenerated every time: the demo is deterministic, so this is cheap and never stale
+    prepare(prepare_settings(cfg))  # regenerated every time: the demo is deterministic, so this is cheap and never stale
     featurize(store_settings(cfg))
     runs = [run_one(model, seed, args.work) for model in args.models for seed in args.seeds]
     RESULTS.parent.mkdir(parents=True, exist_ok=True)

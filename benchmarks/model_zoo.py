@@ -19,7 +19,7 @@ from pathlib import Path
 from common import benchmark_config, dataset_overrides, machine, train_and_evaluate
 
 from audiocnn.config import config_groups
-from audiocnn.data.prepare import prepare
+from audiocnn.data.prepare import prepare, prepare_settings
 from audiocnn.features.featurize import featurize
 from audiocnn.features.settings import store_settings
 
@@ -60,7 +60,7 @@ def main() -> None:
         work = args.work / dataset
         base = [*dataset_overrides(dataset, args.fsdd_root), f"trainer.max_epochs={args.max_epochs}"]
         cfg = benchmark_config(work, *base)
-        prepare(cfg)
+        prepare(prepare_settings(cfg))
         featurize(store_settings(cfg))
         for model in args.models:
             out = work / model

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from audiocnn.data.prepare import prepare_settings
 from audiocnn.features.settings import store_settings
 from audiocnn.config import compose_config
 
@@ -44,7 +45,7 @@ def prepared_store(tmp_path_factory):
 
     root = tmp_path_factory.mktemp("store")
     cfg = tiny_config(root)
-    prepare(cfg)
+    prepare(prepare_settings(cfg))
     featurize(store_settings(cfg))
     return cfg
 

@@ -19,7 +19,7 @@ import soundfile as sf
 from audiocnn.config import compose_config, validate_config
 from audiocnn.data.audio import load_audio
 from audiocnn.data.checks import LeakageError, check_leakage, scan_samples
-from audiocnn.data.prepare import EmptySplitError, prepare
+from audiocnn.data.prepare import EmptySplitError, prepare, prepare_settings
 
 RNG = np.random.default_rng(1)
 
@@ -92,7 +92,7 @@ def test_every_bad_file_is_skipped_or_handled_and_reported(tmp_path, monkeypatch
     before = tree(tmp_path)
     cfg = compose_config(["data=csv", f"data.csv={table}", "data.classes=[a,b]"])  # default paths: data/...
     validate_config(cfg)
-    frame = prepare(cfg)
+    frame = prepare(prepare_settings(cfg))
 
     created = tree(tmp_path) - before
     assert created and all(p == "data" or p.startswith("data/") for p in created), sorted(created)
@@ -156,14 +156,14 @@ def test_an_identical_file_in_two_given_splits_refuses_the_manifest(tmp_path):
     paths = [f"paths.{key}={tmp_path / 'out' / key}" for key in ("raw", "prepared")]
     cfg = compose_config(["data=csv", f"data.csv={tmp_path / 'list.csv'}", *paths])
     with pytest.raises(LeakageError, match=r"1 identical files .* in two splits: .*train_a0.wav = .*copy_of_train_a0"):
-        prepare(cfg)
+        prepare(prepare_settings(cfg))
     report = json.loads((tmp_path / "out" / "prepared" / "report.json").read_text())
     assert "copy_of_train_a0.wav" in report["leakage"]
     assert not (tmp_path / "out" / "prepared" / "manifest.csv").exists()
 
     # Without a given split, prepare makes one and keeps the two copies together.
     pd.DataFrame(rows).drop(columns="split").to_csv(tmp_path / "list.csv", index=False)
-    frame = prepare(cfg)
+    frame = prepare(prepare_settings(cfg))
     copies = frame[frame["path"].str.contains("train_a0")]
     assert copies["split"].nunique() == 1 and copies["group"].nunique() == 1
 
@@ -208,14 +208,14 @@ def test_prepare_refuses_a_given_split_that_puts_one_speaker_in_two_splits(tmp_p
     table = _speaker_csv(tmp_path / "leaky", leak=True, group_column=group_column)
     cfg = compose_config(["data=csv", f"data.csv={table}", *regex, *paths])
     with pytest.raises(LeakageError, match=r"1 groups in two splits: alice \(test, train\)"):
-        prepare(cfg)
+        prepare(prepare_settings(cfg))
     report = json.loads((tmp_path / "out" / "prepared" / "report.json").read_text())
     assert "alice (test, train)" in report["leakage"]
     assert not (tmp_path / "out" / "prepared" / "manifest.csv").exists()
 
     table = _speaker_csv(tmp_path / "clean", leak=False, group_column=group_column)
     cfg = compose_config(["data=csv", f"data.csv={table}", *regex, *paths])
-    frame = prepare(cfg)
+    frame = prepare(prepare_settings(cfg))
     assert frame.groupby("group")["split"].unique().map(list).to_dict() == {
         "alice": ["train"], "bob": ["train"], "carol": ["val"], "dave": ["test"]}
     assert json.loads((tmp_path / "out" / "prepared" / "report.json").read_text())["leakage"] is None
@@ -231,5 +231,5 @@ def test_only_an_empty_split_stops_prepare_and_it_says_which(tmp_path):
     paths = [f"paths.{key}={tmp_path / 'out' / key}" for key in ("raw", "prepared")]
     cfg = compose_config(["data=csv", f"data.csv={tmp_path / 'list.csv'}", *paths])
     with pytest.raises(EmptySplitError, match=r"split 'val' is empty after skipping 1 unusable files"):
-        prepare(cfg)
+        prepare(prepare_settings(cfg))
     assert os.path.exists(tmp_path / "out" / "prepared" / "report.json")

@@ -7,11 +7,14 @@ import copy
 import functools
 import subprocess
 import sys
+from importlib import import_module
 
 import pytest
 from omegaconf import OmegaConf, open_dict
 
 from audiocnn.config import ConfigError, compose_config, config_groups, validate_config
+from audiocnn.data.settings import Download
+from audiocnn.data.sources import SOURCES
 from audiocnn.evaluation.settings import EvaluateSettings, TTASettings
 from audiocnn.features.settings import FeatureSettings
 from audiocnn.validation.tracking_uri import TrackingSettings
@@ -107,57 +110,42 @@ BAD = [
     (["scheduler=plateau", "scheduler.mode=max"], "scheduler.mode=max: allowed: min"),
     # data
     (["data.name=nope"], "data.name=nope: allowed: csv, demo"),
-    (["data.protocol=loso"], "data.protocol=loso: allowed: holdout, cv"),
-    (["data.val_fraction=nan"], "data.val_fraction=nan: must be a finite number in (0, 1)"),
-    (["data.test_fraction=1"], "data.test_fraction=1: must be a finite number in (0, 1)"),
+    (["data.protocol=loso"], "data.protocol=loso: allowed: 'holdout' or 'cv'"),
+    (["data.val_fraction=nan"], "data.val_fraction=nan: must be a finite number"),
     (["data.val_fraction=0.6", "data.test_fraction=0.5"], "data.val_fraction + data.test_fraction = 1.1: must be"),
-    (["data.clips_per_class=0"], "data.clips_per_class=0: must be a positive integer"),
-    (["data.min_duration=inf"], "data.min_duration=inf: must be a finite positive number"),
-    (["data.max_duration=nan"], "data.max_duration=nan: must be a finite positive number"),
-    (["data.min_duration=5"], "data.min_duration=5: must be <= data.max_duration=4.0"),
-    (["data.sr=-1"], "data.sr=-1: must be a positive integer"),
-    (["data.seed=-1"], "data.seed=-1: must be an integer in [0, 4294967295]"),
+    (["data.min_duration=inf"], "data.min_duration=inf: must be a finite number"),
+    (["data.min_duration=5"], "data.min_duration=5.0: must be <= data.max_duration=4.0"),
+    (["data.seed=-1"], "data.seed=-1: must be >= 0"),
     (["data.classes=[pluck,nope]"], "data.classes=['pluck', 'nope']: unknown demo classes ['nope']"),
-    (["data.classes=[1,2]"], "data.classes=[1, 2]: must be a list of distinct class names (strings) or null"),
+    (["data.classes=[1,2]"], "data.classes[0]=1: must be a string"),
     (["data.fold=true"], "data.fold=true: must be null or a fold of the dataset"),
     (["data.fold=1", "data.protocol=cv"], "data.fold=1 with data.protocol=cv: cv runs every fold"),
     (["data.val_groups=0"], "data.val_groups=0: must be null, a positive number of groups, or a list of distinct"),
     (["data.val_groups=[]"], "data.val_groups=[]: must be null, a positive number of groups, or a list of distinct"),
     (["data.val_groups=[a,a]"], "data.val_groups=['a', 'a']: must be null, a positive number of groups, or a list"),
     (["data.val_groups=1.5"], "data.val_groups=1.5: must be null, a positive number of groups, or a list"),
-    (["+data.colour=red"], "data.colour: unknown setting; allowed: classes, clips, clips_per_class"),
-    (["data=folder", *FOLDER, "data.max_seconds=nan"], "data.max_seconds=nan: must be a finite positive number or"),
-    (["data=folder", "data.root=''"], "data.root=: must be a non-empty string or null"),
-    (["data=folder", *FOLDER, "data.group_regex=''"], "data.group_regex=: must be a non-empty string or null"),
-    (["data=csv", "data.csv=''"], "data.csv=: must be a non-empty string or null"),
+    (["+data.colour=red"], "data.colour: unknown key; allowed: name, fold, protocol"),
+    (["data=folder", "data.root=''"], "data.root=: must be a non-empty string"),
+    (["data=folder", *FOLDER, "data.group_regex=''"], "data.group_regex=: must be a non-empty string"),
+    (["data=csv", "data.csv=''"], "data.csv=: must be a non-empty string"),
     (["data=esc50", "data.esc10=maybe"], "data.esc10=maybe: allowed: true, false"),
-    (["data=demo_mix", "data.clips=0"], "data.clips=0: must be a positive integer"),
-    (["data=demo_mix", "data.max_sources=9"], "data.max_sources=9: must be an integer in [1, 6]"),
+    (["data=demo_mix", "data.max_sources=9"], "data.max_sources=9: at most 6"),
     (["data=demo_mix", "data.gain_range_db=-3"], "data.gain_range_db=-3: must be"),
-    (["data=demo_events", "data.duration=0"], "data.duration=0: must be a finite positive number"),
-    (["data=demo_events", "data.max_events=9"], "data.max_events=9: must be an integer in [1, 8]"),
-    (["data=demo_events", "data.min_event_seconds=0.1"], "data.min_event_seconds=0.1: must be a finite number >= 0.5"),
-    (["data=demo_events", "data.max_event_seconds=nan"], "data.max_event_seconds=nan: must be a finite number >= 0.5"),
-    (["data=demo_events", "data.noise_db=3"], "data.noise_db=3: must be a finite number in [-200, 0)"),
-    (["data=demo_events", "data.max_event_seconds=9"], "data.max_event_seconds=9: must be <= data.duration=8.0"),
+    (["data=demo_events", "data.max_event_seconds=9"], "data.max_event_seconds=9.0: must be <= data.duration=8.0"),
     (["data=demo_events", "data.min_event_seconds=2", "data.max_event_seconds=1"],
-     "data.min_event_seconds=2: must be <= data.max_event_seconds=1"),
+     "data.min_event_seconds=2.0: must be <= data.max_event_seconds=1.0"),
     (["data=desed", *FOLDER, "data.parts=[weak,eval]"], "data.parts=['weak', 'eval']: must be a list of distinct "
                                                         "DESED parts: weak, synthetic_train, synthetic_validation, "
                                                         "validation"),
     (["data=desed", *FOLDER, "data.parts=[]"], "data.parts=[]: must be a list of distinct DESED parts"),
     (["data=desed", "data.root=null"], "data.root=null: data=desed cannot be downloaded; set data.root to your copy"),
-    (["data=gtzan", "data.split_scheme=artist"], "data.split_scheme=artist: allowed: fault_filtered, random"),
+    (["data=gtzan", "data.split_scheme=artist"], "data.split_scheme=artist: allowed: 'fault_filtered' or 'random'"),
     (["data=esc50", "data.download.url=ftp://x"], "data.download.url=ftp://x: must be an http(s) URL"),
     (["data=esc50", "data.download.checksum=crc32:ab"], "data.download.checksum=crc32:ab: must be null or "
                                                         "'<algorithm>:<hex digest>'"),
-    (["data=esc50", "data.download.timeout_s=0"], "data.download.timeout_s=0: must be a finite positive number"),
-    (["data=esc50", "data.download.timeout_s=inf"], "data.download.timeout_s=inf: must be a finite positive number"),
-    (["data=fsdd", "data.download.max_bytes=1.5"], "data.download.max_bytes=1.5: must be a positive integer or null"),
-    (["data=gtzan", "data.download.max_bytes=-1"], "data.download.max_bytes=-1: must be a positive integer or null"),
-    (["data=esc50", "data.download.max_ratio=0"], "data.download.max_ratio=0: must be a finite positive number or "
-                                                  "null"),
-    (["data=esc50", "data.download.max_ratio=nan"], "data.download.max_ratio=nan: must be a finite positive number"),
+    (["data=esc50", "data.download.timeout_s=inf"], "data.download.timeout_s=inf: must be a finite number"),
+    (["data=fsdd", "data.download.max_bytes=1.5"], "data.download.max_bytes=1.5: must be an integer"),
+    (["data=esc50", "data.download.max_ratio=nan"], "data.download.max_ratio=nan: must be a finite number"),
     # model (checked by building it)
     (["model.freq_pool=median"], "model: model.freq_pool='median'; allowed: flatten, max, attention, max_centroid"),
     (["model.event_pool=max"], "model: model.event_pool='max'; allowed: linear_softmax, attention"),
@@ -266,6 +254,8 @@ def test_every_key_of_every_conf_option_has_a_check(group):
     own |= {f"evaluate.tta.{k}" for k in TTASettings.model_fields}
     own |= {f"features.{k}" for k in FeatureSettings.model_fields}
     own |= {f"tracking.{k}" for k in TrackingSettings.model_fields}
+    own |= {f"data.{k}" for name in SOURCES for k in import_module(f"audiocnn.data.sources.{name}").Settings.model_fields}
+    own |= {f"data.download.{k}" for k in Download.model_fields}
     own |= {f"scheduler.{k}" for k in ("name", "_target_", "interval", "monitor")}
     table = set(rules()) | own
     for option in config_groups()[group]:

@@ -25,6 +25,7 @@ import pandas as pd
 import pytest
 import soundfile as sf
 
+from audiocnn.data.prepare import prepare_settings
 from audiocnn import atomic
 from audiocnn.config import compose_config, write_params
 from audiocnn.errors import LockedError
@@ -133,7 +134,7 @@ def test_two_featurize_processes_started_together_leave_one_consistent_store(cli
     assert f"paths.prepared={clips / f'prepared_{first}'}); rebuilding it" in writers[last].stdout
     root = store_dir(store_settings(configs[last]))
     _assert_store_is_exactly(root, clips, last)
-    assert is_featurized(configs[last]) and not is_featurized(configs[first])
+    assert is_featurized(store_settings(configs[last])) and not is_featurized(store_settings(configs[first]))
 
 
 @pytest.mark.slow  # 10-20 s: make test-slow and CI run it (#24: make test at most 12 min)
@@ -185,5 +186,5 @@ def test_a_held_lock_makes_featurize_and_prepare_wait_then_fail_naming_the_holde
     tiny = tiny_config(tmp_path, "lock_timeout_s=0.2")
     with atomic.folder_lock(tiny.paths.prepared, 1, "lock_timeout_s", "test"):
         with pytest.raises(LockedError, match=rf"{tiny.paths.prepared}: still being written by pid {os.getpid()}"):
-            prepare(tiny)
+            prepare(prepare_settings(tiny))
     assert not Path(tiny.paths.prepared, "manifest.csv").exists()

@@ -14,8 +14,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
-from omegaconf import OmegaConf
 
+from audiocnn.data.sources import parse_data
+from audiocnn.data.prepare import prepare_settings
 from audiocnn.data.download import CHUNK, DownloadError, archive_name, dataset_root, extract, fetch, parse_checksum
 
 
@@ -71,7 +72,7 @@ def _files(raw: Path) -> list[str]:
 def test_dataset_root_downloads_verifies_and_extracts_into_raw(served, tmp_path):
     www, url = served
     archive = _fsdd_tar(www / "v1.0.9.tar.gz")
-    cfg = OmegaConf.create({"name": "fsdd", "root": None,
+    cfg = parse_data({"name": "fsdd", "root": None,
                             "download": {"url": f"{url}/v1.0.9.tar.gz", "checksum": f"sha256:{_sha256(archive)}"}})
     raw = tmp_path / "raw"
     root = dataset_root(cfg, raw, progress=False)
@@ -92,7 +93,7 @@ def test_a_wrong_checksum_names_the_url_and_both_checksums_and_leaves_nothing(se
     www, url = served
     archive = _fsdd_tar(www / "v1.0.9.tar.gz")
     wrong = "0" * 64
-    cfg = OmegaConf.create({"name": "fsdd", "root": None,
+    cfg = parse_data({"name": "fsdd", "root": None,
                             "download": {"url": f"{url}/v1.0.9.tar.gz", "checksum": f"sha256:{wrong}"}})
     raw = tmp_path / "raw"
     with pytest.raises(DownloadError) as error:
@@ -207,7 +208,7 @@ def _answer(body: bytes, announced: int | None = None, stall: bool = False, befo
 
 
 def _cfg(url: str, **download):
-    return OmegaConf.create({"name": "fsdd", "root": None,
+    return parse_data({"name": "fsdd", "root": None,
                              "download": {"url": f"{url}/v1.0.9.tar.gz", "checksum": None, **download}})
 
 
@@ -408,7 +409,7 @@ def test_prepare_waits_for_another_fetch_of_the_dataset_up_to_lock_timeout_s(ser
     try:
         assert held.wait(5)
         with pytest.raises(LockedError, match=r"raw/fsdd: still being written by .* after lock_timeout_s=0.5 s"):
-            prepare(cfg)
+            prepare(prepare_settings(cfg))
     finally:
         done.set()
         holder.join(5)

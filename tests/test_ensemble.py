@@ -10,6 +10,7 @@ import pandas as pd
 import pytest
 import torch
 
+from audiocnn.data.prepare import prepare_settings
 from audiocnn.features.settings import store_settings
 from audiocnn.evaluation.calibration import expected_calibration_error
 from audiocnn.experiment import evaluate_model as evaluate
@@ -109,7 +110,7 @@ def test_members_on_other_classes_are_refused(members, tmp_path):
     from audiocnn.data.prepare import prepare
     from audiocnn.features.featurize import featurize
 
-    prepare(other)
+    prepare(prepare_settings(other))
     featurize(store_settings(other))
     with pytest.raises(ValueError, match="was trained on classes"):
         evaluate(other)

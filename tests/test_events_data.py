@@ -16,7 +16,7 @@ import soundfile as sf
 from audiocnn.features.settings import store_settings
 from audiocnn.data.events import (CLIPPED, SKIPPED, Event, fit_to_duration, format_time, frame_targets,
                                   output_frame_seconds, read_prepared_events, read_strong, read_weak, write_strong)
-from audiocnn.data.prepare import EVENTS, prepare, read_classes, read_manifest
+from audiocnn.data.prepare import EVENTS, prepare, prepare_settings, read_classes, read_manifest
 from audiocnn.data.sources.demo_events import ANNOTATION_HOP_S, CLASSES as EVENT_CLASSES
 from audiocnn.data.sources.demo_events import generate_scenes, render_scene
 from audiocnn.data.sources.desed import CLASSES as DESED_CLASSES
@@ -257,7 +257,7 @@ def test_demo_events_annotations_lie_inside_the_placement_windows_and_are_not_th
 
 def test_demo_events_through_prepare(tmp_path):
     cfg = config(tmp_path / "out", "demo_events", "data.clips=24", "data.duration=4.0")
-    frame = prepare(cfg)
+    frame = prepare(prepare_settings(cfg))
     assert read_classes(cfg.paths.prepared) == (list(EVENT_CLASSES), EVENTS)
     manifest = read_manifest(cfg.paths.prepared)
     assert list(manifest.columns) == ["path", "label", "labels", "annotation", "split", "fold", "group", "duration",
@@ -311,7 +311,7 @@ def desed_fixture(root: Path) -> Path:
 def test_desed_fixture_through_prepare(tmp_path):
     root = desed_fixture(tmp_path / "DESED" / "dataset")
     cfg = config(tmp_path / "out", "desed", f"data.root={root}")
-    prepare(cfg)
+    prepare(prepare_settings(cfg))
     assert read_classes(cfg.paths.prepared) == (list(DESED_CLASSES), EVENTS)
     manifest = read_manifest(cfg.paths.prepared)
     manifest.index = [str(Path(p).relative_to(root)) for p in manifest["path"]]
@@ -388,7 +388,7 @@ def test_an_event_free_strong_clip_is_a_negative_of_every_class_with_frame_targe
 
     root = desed_fixture(tmp_path / "dataset")
     cfg = config(tmp_path / "out", "desed", f"data.root={root}", "features.window_frames=16")
-    prepare(cfg)
+    prepare(prepare_settings(cfg))
     featurize(store_settings(cfg))
     data = WindowDataModule(cfg, time_stride=2)
     paths = read_manifest(cfg.paths.prepared)["path"].to_numpy()[data.store.index["clip_id"].to_numpy()]
@@ -410,7 +410,7 @@ def test_desed_names_the_missing_piece_in_one_line(tmp_path, piece):
     cfg = config(tmp_path / "out", "desed", f"data.root={root}")
     with pytest.raises(MissingInputError, match=rf"^data.root={root}: no {piece} \(DESED part \w+\); put DESED's "
                                                 r"audio/ and metadata/ there") as error:
-        prepare(cfg)
+        prepare(prepare_settings(cfg))
     assert "\n" not in str(error.value)
     assert not (Path(cfg.paths.prepared) / "manifest.csv").exists()
 
@@ -420,16 +420,16 @@ def test_desed_parts_pick_what_is_used(tmp_path):
     (root / "metadata/train/weak.tsv").unlink()  # not needed when the weak part is left out
     cfg = config(tmp_path / "out", "desed", f"data.root={root}", "data.parts=[synthetic_train,synthetic_validation,"
                                                                  "validation]")
-    prepare(cfg)
+    prepare(prepare_settings(cfg))
     manifest = read_manifest(cfg.paths.prepared)
     assert set(manifest["annotation"]) == {"strong"} and len(manifest) == 11  # Yval3.wav (no event) is in
 
 
 def test_an_earlier_datasets_events_file_does_not_outlive_it(tmp_path):
     out = tmp_path / "out"
-    prepare(config(out, "demo_events", "data.clips=12", "data.duration=2.0", "data.max_event_seconds=1.5"))
+    prepare(prepare_settings(config(out, "demo_events", "data.clips=12", "data.duration=2.0", "data.max_event_seconds=1.5")))
     assert (out / "prepared" / "events.tsv").exists()
-    prepare(config(out, "demo_mix", "data.clips=12"))
+    prepare(prepare_settings(config(out, "demo_mix", "data.clips=12")))
     assert not (out / "prepared" / "events.tsv").exists()
     assert read_prepared_events(out / "prepared") == {}
     assert "annotations" not in json.loads((out / "prepared" / "report.json").read_text())

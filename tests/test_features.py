@@ -12,6 +12,7 @@ import pandas as pd
 import pytest
 import torch
 
+from audiocnn.data.prepare import prepare_settings
 from audiocnn.data.audio import load_audio
 from audiocnn.features.cqt import LogCQT, n_frames
 from audiocnn.features.featurize import featurize, store_dir
@@ -195,12 +196,12 @@ def test_is_featurized_follows_the_manifest(tmp_path):
     from tests.conftest import tiny_config
 
     cfg = tiny_config(tmp_path, "data.clips_per_class=4")
-    prepare(cfg)
+    prepare(prepare_settings(cfg))
     assert not is_featurized(store_settings(cfg))
     featurize(store_settings(cfg))
     assert is_featurized(store_settings(cfg))
     smaller = tiny_config(tmp_path, "data.clips_per_class=3")
-    prepare(smaller)  # same store folder (same features), new manifest
+    prepare(prepare_settings(smaller))  # same store folder (same features), new manifest
     assert not is_featurized(store_settings(smaller))
     featurize(store_settings(smaller))
     assert is_featurized(store_settings(smaller))

@@ -66,7 +66,7 @@ def clips(tmp_path_factory) -> Path:
 @pytest.mark.slow
 def test_a_sigkilled_featurize_restarts_and_gives_the_uninterrupted_store(clips, tmp_path):
     shard = ["features.shard_mb=0.02", "features.batch_size=4"]  # ~2 clips per shard, ~60 shards
-    reference = featurize(config(clips, *shard))
+    reference = featurize(store_settings(config(clips, *shard)))
 
     killed = tmp_path / "killed"
     params = write_params(tmp_path / "params.yaml", ["data=fsdd", f"data.root={clips}",
@@ -97,7 +97,7 @@ def test_a_sigkilled_featurize_restarts_and_gives_the_uninterrupted_store(clips,
 
 @pytest.mark.slow
 def test_torchrun_with_two_ranks_gives_the_single_process_store(clips, tmp_path):
-    single = FeatureStore(featurize(config(clips, "features.shard_mb=0.05")))
+    single = FeatureStore(featurize(store_settings(config(clips, "features.shard_mb=0.05"))))
     params = write_params(tmp_path / "params.yaml", ["data=fsdd", f"data.root={clips}",
                                                      f"paths.prepared={clips / 'prepared'}",
                                                      f"paths.features={tmp_path / 'features'}", "features.device=cpu",
@@ -117,9 +117,9 @@ def test_torchrun_with_two_ranks_gives_the_single_process_store(clips, tmp_path)
 
 def test_long_clips_are_chunked_with_the_same_frames_as_whole(tmp_path):
     make_clips(tmp_path, 3, seconds=(20.0, 30.0))
-    whole = FeatureStore(featurize(config(tmp_path, "features.chunk_seconds=60")))
+    whole = FeatureStore(featurize(store_settings(config(tmp_path, "features.chunk_seconds=60"))))
     chunked_cfg = config(tmp_path, "features.chunk_seconds=3", f"paths.features={tmp_path / 'chunked'}")
-    chunked = FeatureStore(featurize(chunked_cfg))
+    chunked = FeatureStore(featurize(store_settings(chunked_cfg)))
     assert whole.index["length"].tolist() == chunked.index["length"].tolist()
     assert 3 * 16000 // 512 < int(chunked.index["length"].min())  # really several chunks per clip
     for row in range(len(whole)):

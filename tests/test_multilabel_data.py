@@ -15,7 +15,7 @@ import soundfile as sf
 
 from audiocnn.config import compose_config
 from audiocnn.data import sources
-from audiocnn.data.prepare import MULTICLASS, MULTILABEL, prepare, read_classes, read_manifest
+from audiocnn.data.prepare import MULTICLASS, MULTILABEL, prepare, prepare_settings, read_classes, read_manifest
 from audiocnn.data.sources.demo_mix import CLASSES as MIX_CLASSES
 from audiocnn.data.sources.demo_mix import generate_mixtures
 from audiocnn.data.splits import grouped_multilabel_split
@@ -70,7 +70,7 @@ def test_csv_labels_column_gives_a_multilabel_manifest_and_nothing_is_lost(tmp_p
     rows = [(f"clip{i:02d}.wav", LABEL_SETS[i % len(LABEL_SETS)]) for i in range(40)]
     rows += [("empty.wav", " ; "), ("blank.wav", "")]  # an empty label list, two spellings
     cfg = config(tmp_path / "out", "csv", f"data.csv={labelled_csv(tmp_path, rows)}")
-    frame = prepare(cfg)
+    frame = prepare(prepare_settings(cfg))
     assert read_classes(cfg.paths.prepared) == (["car", "dog", "siren"], MULTILABEL)
     assert json.loads((Path(cfg.paths.prepared) / "classes.json").read_text()) == \
         {"task": "multilabel", "classes": ["car", "dog", "siren"]}
@@ -90,7 +90,7 @@ def test_csv_labels_column_gives_a_multilabel_manifest_and_nothing_is_lost(tmp_p
 def test_a_label_outside_data_classes_skips_its_clip_with_the_label_named(tmp_path):
     rows = [(f"clip{i:02d}.wav", LABEL_SETS[i % len(LABEL_SETS)]) for i in range(40)] + [("odd.wav", "dog;cat")]
     cfg = config(tmp_path / "out", "csv", f"data.csv={labelled_csv(tmp_path, rows)}", "data.classes=[car,dog,siren]")
-    prepare(cfg)
+    prepare(prepare_settings(cfg))
     reasons = {Path(s["path"]).name: s["reason"] for s in report(cfg)["skipped_files"]}
     assert reasons == {"odd.wav": "label not in the class list: 'cat'"}
 
@@ -102,7 +102,7 @@ def test_single_label_csv_keeps_its_plain_classes_json(tmp_path):
         wav(tmp_path / name)
     pd.DataFrame({"path": [n for n, _ in rows], "label": [lab for _, lab in rows]}).to_csv(table, index=False)
     cfg = config(tmp_path / "out", "csv", f"data.csv={table}")
-    prepare(cfg)
+    prepare(prepare_settings(cfg))
     assert json.loads((Path(cfg.paths.prepared) / "classes.json").read_text()) == ["a", "b"]
     assert read_classes(cfg.paths.prepared) == (["a", "b"], MULTICLASS)
     assert "labels" not in read_manifest(cfg.paths.prepared).columns and "task" not in report(cfg)
@@ -113,7 +113,7 @@ def test_csv_with_both_label_columns_is_refused_in_one_line(tmp_path):
     pd.DataFrame({"path": ["a.wav"], "label": ["dog"], "labels": ["dog;car"]}).to_csv(table, index=False)
     cfg = config(tmp_path / "out", "csv", f"data.csv={table}")
     with pytest.raises(ConfigError, match=r"both a label and a labels column; keep one") as error:
-        sources.collect(cfg.data, Path(cfg.paths.raw))
+        sources.collect(prepare_settings(cfg).data, Path(cfg.paths.raw))
     assert "\n" not in str(error.value)
 
 
@@ -121,7 +121,7 @@ def test_the_separator_inside_a_class_name_is_refused_naming_the_setting(tmp_pat
     rows = [("a.wav", "dog"), ("b.wav", "car")]
     cfg = config(tmp_path / "out", "csv", f"data.csv={labelled_csv(tmp_path, rows)}", "data.classes=['car;van',dog]")
     with pytest.raises(ConfigError, match=r"^data.classes: class 'car;van' \(#0\) holds ';', the separator") as error:
-        prepare(cfg)
+        prepare(prepare_settings(cfg))
     assert "\n" not in str(error.value)
 
 
@@ -177,7 +177,7 @@ def test_val_groups_and_duplicate_files_work_on_multilabel_data(tmp_path):
     pd.concat([pd.read_csv(table), pd.DataFrame({"path": [copy.name], "labels": ["dog"]})]).to_csv(table, index=False)
     cfg = config(tmp_path / "out", "csv", f"data.csv={table}", "data.group_regex='^(?P<group>s\\d)_'",
                  "data.val_groups=[s1]")
-    frame = prepare(cfg)
+    frame = prepare(prepare_settings(cfg))
     assert set(frame.loc[frame["split"] == "val", "group"]) == {"s1"}
     assert (frame.groupby("group")["split"].nunique() == 1).all()
     both = frame[frame["path"].str.endswith((rows[0][0], copy.name))]
@@ -189,7 +189,7 @@ def test_a_fold_as_test_split_on_multilabel_data(tmp_path):
     table = labelled_csv(tmp_path, rows)
     pd.read_csv(table).assign(fold=[str(i % 4) for i in range(48)]).to_csv(table, index=False)
     cfg = config(tmp_path / "out", "csv", f"data.csv={table}", "data.fold=2")
-    frame = prepare(cfg)
+    frame = prepare(prepare_settings(cfg))
     assert set(frame.loc[frame["split"] == "test", "fold"]) == {"2"} and (frame["fold"] == "2").sum() == 12
     assert set(frame.loc[frame["fold"] != "2", "split"]) == {"train", "val"}
 
@@ -223,7 +223,7 @@ def test_fsd50k_fixture_through_prepare(tmp_path):
     root = fsd50k_fixture(tmp_path / "FSD50K")
     assert '"Bark,Dog"' in (root / "FSD50K.ground_truth" / "dev.csv").read_text()  # the real quoting
     cfg = config(tmp_path / "out", "fsd50k", f"data.root={root}")
-    frame = prepare(cfg)
+    frame = prepare(prepare_settings(cfg))
     assert read_classes(cfg.paths.prepared) == (["Bark", "Dog", "Siren", "Car"], MULTILABEL)
     manifest = read_manifest(cfg.paths.prepared).set_index(read_manifest(cfg.paths.prepared)["path"].map(lambda p: Path(p).name))
     assert manifest.loc["100.wav", ["labels", "split"]].tolist() == ["Bark;Dog", "val"]
@@ -242,7 +242,7 @@ def test_fsd50k_names_the_missing_piece_in_one_line(tmp_path, piece):
     remove_piece(root / piece)
     cfg = config(tmp_path / "out", "fsd50k", f"data.root={root}")
     with pytest.raises(MissingInputError, match=rf"^data.root={root}: no {piece}; extract FSD50K") as error:
-        prepare(cfg)
+        prepare(prepare_settings(cfg))
     assert "\n" not in str(error.value)
 
 
@@ -251,7 +251,7 @@ def test_fsd50k_vocabulary_name_holding_a_separator_is_refused(tmp_path, name, s
     root = fsd50k_fixture(tmp_path / "FSD50K", VOCABULARY + [(4, name, "/m/odd")])
     cfg = config(tmp_path / "out", "fsd50k", f"data.root={root}")
     with pytest.raises(ConfigError, match=rf"vocabulary.csv: class '{name}' \(#4\) holds {separator}, the separator"):
-        prepare(cfg)
+        prepare(prepare_settings(cfg))
 
 
 # ---------------------------------------------------------------- demo_mix
@@ -272,7 +272,7 @@ def test_demo_mix_is_deterministic_and_holds_one_to_three_distinct_sources(tmp_p
 
 def test_demo_mix_through_prepare(tmp_path):
     cfg = config(tmp_path / "out", "demo_mix", "data.clips=30")
-    frame = prepare(cfg)
+    frame = prepare(prepare_settings(cfg))
     assert read_classes(cfg.paths.prepared) == (list(MIX_CLASSES), MULTILABEL)
     manifest = read_manifest(cfg.paths.prepared)
     assert len(frame) == 30 and set(manifest["split"]) == {"train", "val", "test"}

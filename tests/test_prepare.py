@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -12,7 +13,7 @@ import pandas as pd
 import pytest
 import soundfile as sf
 
-from audiocnn.data.prepare import MANIFEST_COLUMNS, EmptySplitError, prepare, probe_clips
+from audiocnn.data.prepare import EmptySplitError, MANIFEST_COLUMNS, prepare, prepare_settings, probe_clips
 from audiocnn.data.sources.demo import CLASSES
 from tests.conftest import tiny_config
 
@@ -26,7 +27,7 @@ def test_prepare_writes_manifest_classes_and_report_only_under_its_paths(tmp_pat
     cwd.mkdir()
     monkeypatch.chdir(cwd)
     cfg = tiny_config(tmp_path / "out")
-    frame = prepare(cfg)
+    frame = prepare(prepare_settings(cfg))
 
     prepared = Path(cfg.paths.prepared)
     assert sorted(os.listdir(prepared)) == ["classes.json", "manifest.csv", "report.json", "settings.json"]
@@ -87,16 +88,19 @@ def test_probe_clips_skips_unusable_files_with_a_reason(tmp_path):
 
 
 @pytest.mark.parametrize(
-    "overrides, split",
+    "data, split",
     [
-        (["data.val_fraction=0.0"], "val"),      # no share for val
-        (["data.clips_per_class=0"], "train"),   # no usable clip at all
+        ({"val_fraction": 0.0}, "val"),      # no share for val
+        ({"clips_per_class": 0}, "train"),   # no usable clip at all
     ],
 )
-def test_an_empty_split_stops_prepare_and_names_the_split(tmp_path, overrides, split):
-    cfg = tiny_config(tmp_path, *overrides)
+def test_an_empty_split_stops_prepare_and_names_the_split(tmp_path, data, split):
+    """The guard behind the settings' checks (which refuse these values): data can leave a split empty too."""
+    cfg = tiny_config(tmp_path)
+    job = prepare_settings(cfg)
+    job = dataclasses.replace(job, data=job.data.model_copy(update=data))  # model_copy does not validate
     with pytest.raises(EmptySplitError, match=rf"split '{split}' is empty"):
-        prepare(cfg)
+        prepare(job)
     prepared = Path(cfg.paths.prepared)
     # The report says why; no manifest that a later stage could mistake for a good one.
     report = json.loads((prepared / "report.json").read_text())
@@ -110,9 +114,9 @@ def test_is_prepared_only_for_the_same_data_settings(tmp_path):
     from tests.conftest import tiny_config
 
     cfg = tiny_config(tmp_path)
-    assert not is_prepared(cfg)
-    prepare(cfg)
-    assert is_prepared(cfg)
-    assert is_prepared(tiny_config(tmp_path, "model=cnn"))  # other stages' settings do not matter
-    assert not is_prepared(tiny_config(tmp_path, "data.clips_per_class=5"))
-    assert not is_prepared(tiny_config(tmp_path, "seed=1"))
+    assert not is_prepared(prepare_settings(cfg))
+    prepare(prepare_settings(cfg))
+    assert is_prepared(prepare_settings(cfg))
+    assert is_prepared(prepare_settings(tiny_config(tmp_path, "model=cnn")))  # other stages' settings do not matter
+    assert not is_prepared(prepare_settings(tiny_config(tmp_path, "data.clips_per_class=5")))
+    assert not is_prepared(prepare_settings(tiny_config(tmp_path, "seed=1")))

@@ -9,11 +9,11 @@ import mlflow
 import numpy as np
 import pandas as pd
 import pytest
-from omegaconf import OmegaConf
 
+from audiocnn.data.settings import DataSettings
 from audiocnn.features.settings import store_settings
 from audiocnn.config import ConfigError, compose_config, validate_config
-from audiocnn.data.prepare import assign_splits, fold_values
+from audiocnn.data.prepare import assign_splits, fold_values, prepare_settings
 from audiocnn.evaluation.reports import describe_results
 from audiocnn.experiment import evaluate_stage, run_repeats, train_stage
 from audiocnn.repeats import variants
@@ -32,7 +32,7 @@ def fsdd_like_frame() -> pd.DataFrame:
 
 
 def test_a_fold_is_the_test_split_and_other_folds_keep_their_official_validation():
-    data = OmegaConf.create({"name": "fsdd", "fold": "jackson", "val_fraction": 0.15, "test_fraction": 0.15})
+    data = DataSettings(**{"name": "fsdd", "fold": "jackson", "val_fraction": 0.15, "test_fraction": 0.15})
     frame = assign_splits(fsdd_like_frame(), data, seed=0)
     assert set(frame.loc[frame["split"] == "test", "group"]) == {"jackson"}
     assert (frame.loc[frame["group"] == "jackson", "split"] == "test").all()
@@ -45,7 +45,7 @@ def test_a_fold_is_the_test_split_and_other_folds_keep_their_official_validation
 def test_folds_without_an_official_split_get_a_grouped_validation_share():
     rows = [{"path": f"{f}-{g}-{k}.wav", "label": "ab"[k % 2], "group": f"{f}-{g}", "fold": str(f)}
             for f in (1, 2, 10) for g in range(8) for k in range(4)]
-    data = OmegaConf.create({"name": "esc50", "fold": 10, "val_fraction": 0.25, "test_fraction": 0.15})
+    data = DataSettings(**{"name": "esc50", "fold": 10, "val_fraction": 0.25, "test_fraction": 0.15})
     frame = assign_splits(pd.DataFrame(rows), data, seed=0)
     assert set(frame.loc[frame["split"] == "test", "fold"]) == {"10"}
     assert fold_values(frame) == ["1", "2", "10"]
@@ -55,13 +55,13 @@ def test_folds_without_an_official_split_get_a_grouped_validation_share():
 
 
 def test_an_unknown_fold_is_refused_naming_the_setting_and_the_folds():
-    data = OmegaConf.create({"name": "fsdd", "fold": "nobody", "val_fraction": 0.15, "test_fraction": 0.15})
+    data = DataSettings(**{"name": "fsdd", "fold": "nobody", "val_fraction": 0.15, "test_fraction": 0.15})
     with pytest.raises(ConfigError, match=r"data.fold=nobody: data=fsdd has folds \['george', 'jackson', 'theo'\]"):
         assign_splits(fsdd_like_frame(), data, seed=0)
 
 
 @pytest.mark.parametrize("overrides, message", [
-    (["data.protocol=loso"], "data.protocol=loso: allowed: holdout, cv"),
+    (["data.protocol=loso"], "data.protocol=loso: allowed: 'holdout' or 'cv'"),
     (["trainer.seeds=[0,0]"], "trainer.seeds="),
     (["trainer.seeds=[]"], "trainer.seeds="),
 ])
@@ -74,7 +74,7 @@ def test_cv_on_a_dataset_without_folds_is_refused(tmp_path):
     from audiocnn.data.prepare import prepare
 
     cfg = tiny_config(tmp_path, "data.protocol=cv")
-    prepare(cfg)
+    prepare(prepare_settings(cfg))
     with pytest.raises(ConfigError, match="data.protocol=cv: data=demo has no folds"):
         variants(cfg)
 
@@ -92,7 +92,7 @@ def test_seeds_run_under_one_parent_run_with_mean_and_std(tmp_path):
     from audiocnn.features.featurize import featurize
 
     cfg = tiny_config(tmp_path, "trainer.seeds=[0,1]", "trainer.max_epochs=1")
-    prepare(cfg)  # the stages DVC runs before train
+    prepare(prepare_settings(cfg))  # the stages DVC runs before train
     featurize(store_settings(cfg))
     train_stage(cfg)
     assert not (tmp_path / "metrics" / "test.json").exists()

@@ -17,6 +17,7 @@ import pytest
 import soundfile as sf
 import soxr
 
+from audiocnn.data.prepare import prepare_settings
 from audiocnn.data.audio import clip_samples, load_audio, load_segment, resample_array, resampled_length
 from tests.conftest import tiny_classifier
 
@@ -122,7 +123,7 @@ def featurize_peak_rss_mb(root: Path, work: Path) -> float:
     from audiocnn.data.prepare import prepare
     from tests.test_sources import config
 
-    prepare(config(work, "folder", f"data.root={root}"))
+    prepare(prepare_settings(config(work, "folder", f"data.root={root}")))
     out = work / "out"
     params = write_params(work / "params.yaml", [
         "data=folder", f"data.root={root}", f"paths.prepared={out / 'prepared'}", f"paths.features={out / 'features'}",

@@ -17,7 +17,7 @@ import soundfile as sf
 
 from audiocnn.config import ConfigError, compose_config, validate_config
 from audiocnn.data import sources
-from audiocnn.data.prepare import prepare
+from audiocnn.data.prepare import prepare, prepare_settings
 from tests.conftest import TINY
 
 RNG = np.random.default_rng(0)
@@ -74,16 +74,16 @@ def esc50_fixture(root: Path) -> Path:
 def test_esc50_classes_folds_and_groups(tmp_path):
     root = esc50_fixture(tmp_path / "ESC-50-master")
     cfg = config(tmp_path, "esc50", f"data.root={root}")
-    clips, classes = sources.collect(cfg.data, Path(cfg.paths.raw))
+    clips, classes = sources.collect(prepare_settings(cfg).data, Path(cfg.paths.raw))
     assert classes == ["dog", "rooster", "pig"]  # in target order
     assert len(clips) == 30 and {c["fold"] for c in clips} == {"1", "2", "3", "4", "5"}
     first = next(c for c in clips if c["path"].endswith("1-1001-A-0.wav"))
     assert first["label"] == "dog" and first["group"] == "src-1001" and "split" not in first
 
-    esc10, classes10 = sources.collect(config(tmp_path, "esc50", f"data.root={root}", "data.esc10=true").data, root)
+    esc10, classes10 = sources.collect(prepare_settings(config(tmp_path, "esc50", f"data.root={root}", "data.esc10=true")).data, root)
     assert classes10 == ["dog", "rooster"] and len(esc10) == 20
 
-    frame = prepare(cfg)
+    frame = prepare(prepare_settings(cfg))
     assert set(frame["split"]) == {"train", "val", "test"}
     assert_groups_in_one_split(frame)  # both takes of one source recording share a split
     assert set(manifest(cfg)["fold"]) == {"1", "2", "3", "4", "5"}
@@ -111,11 +111,11 @@ def urbansound8k_fixture(root: Path) -> Path:
 def test_urbansound8k_folds_paths_and_mixed_audio(tmp_path):
     root = urbansound8k_fixture(tmp_path / "UrbanSound8K")
     cfg = config(tmp_path, "urbansound8k", f"data.root={root}")
-    clips, classes = sources.collect(cfg.data, Path(cfg.paths.raw))
+    clips, classes = sources.collect(prepare_settings(cfg).data, Path(cfg.paths.raw))
     assert classes == ["air_conditioner", "dog_bark"]
     assert {c["fold"] for c in clips} == {str(k) for k in range(1, 11)}
     assert all(Path(c["path"]).parent.name == f"fold{c['fold']}" for c in clips)
-    frame = prepare(cfg)
+    frame = prepare(prepare_settings(cfg))
     assert len(frame) == 20 and set(frame["sr"]) == {22050, 44100, 48000}
     report = json.loads((Path(cfg.paths.prepared) / "report.json").read_text())
     assert report["audio"]["channels"] == {"1": 10, "2": 10}
@@ -146,14 +146,14 @@ def test_gtzan_fault_filtered_split_is_the_published_one(tmp_path):
 
     root = gtzan_fixture(tmp_path / "gtzan")
     cfg = config(tmp_path, "gtzan", f"data.root={root}")
-    clips, classes = sources.collect(cfg.data, Path(cfg.paths.raw))
+    clips, classes = sources.collect(prepare_settings(cfg).data, Path(cfg.paths.raw))
     assert classes[:2] == ["blues", "classical"] and len(classes) == 10
     got = {Path(c["path"]).name.rsplit(".", 1)[0]: c.get("split") for c in clips}
     assert got == GTZAN_FILES
     skipped = [c for c in clips if "skip" in c]
     assert [Path(c["path"]).name for c in skipped] == ["classical.00042.wav"]
 
-    prepare(cfg)
+    prepare(prepare_settings(cfg))
     report = json.loads((Path(cfg.paths.prepared) / "report.json").read_text())
     assert report["kept"] == 6 and report["skipped_by_reason"] == {"not in the fault-filtered split (repeated, distorted or mislabelled excerpt)": 1}
 
@@ -161,9 +161,9 @@ def test_gtzan_fault_filtered_split_is_the_published_one(tmp_path):
 def test_gtzan_random_scheme_and_the_original_archive_layout(tmp_path):
     root = gtzan_fixture(tmp_path / "gtzan", folder="genres", ext="au")  # genres.tar.gz holds .au files
     cfg = config(tmp_path, "gtzan", f"data.root={root}", "data.split_scheme=random")
-    clips, _ = sources.collect(cfg.data, Path(cfg.paths.raw))
+    clips, _ = sources.collect(prepare_settings(cfg).data, Path(cfg.paths.raw))
     assert len(clips) == 7 and all("split" not in c and "skip" not in c for c in clips)
-    with pytest.raises(ConfigError, match="data.split_scheme=artist: allowed: fault_filtered, random"):
+    with pytest.raises(ConfigError, match="data.split_scheme=artist: allowed: 'fault_filtered' or 'random'"):
         config(tmp_path, "gtzan", f"data.root={root}", "data.split_scheme=artist")
 
 
@@ -189,16 +189,16 @@ def speechcommands_fixture(root: Path) -> Path:
 def test_speechcommands_official_lists_and_no_background_class(tmp_path):
     root = speechcommands_fixture(tmp_path / "speech_commands_v0.02")
     cfg = config(tmp_path, "speechcommands", f"data.root={root}")
-    clips, classes = sources.collect(cfg.data, Path(cfg.paths.raw))
+    clips, classes = sources.collect(prepare_settings(cfg).data, Path(cfg.paths.raw))
     assert classes == ["no", "up", "yes"]
     assert not any("_background_noise_" in c["path"] for c in clips)
-    frame = prepare(cfg)
+    frame = prepare(prepare_settings(cfg))
     assert frame.groupby("split").size().to_dict() == {"test": 6, "train": 12, "val": 6}
     assert set(frame[frame["split"] == "test"]["group"]) == {"0a7c2a8d"}
     assert_groups_in_one_split(frame)
 
-    subset, words = sources.collect(config(tmp_path, "speechcommands", f"data.root={root}",
-                                           "data.classes=[yes,no]").data, root)
+    subset, words = sources.collect(prepare_settings(config(tmp_path, "speechcommands", f"data.root={root}",
+                                                      "data.classes=[yes,no]")).data, root)
     assert words == ["yes", "no"] and {c["label"] for c in subset} == {"yes", "no"}
 
 
@@ -215,7 +215,7 @@ def fsdd_fixture(root: Path) -> Path:
 def test_fsdd_official_split_folds_are_speakers(tmp_path):
     root = fsdd_fixture(tmp_path / "free-spoken-digit-dataset")
     cfg = config(tmp_path, "fsdd", f"data.root={root}")
-    frame = prepare(cfg)
+    frame = prepare(prepare_settings(cfg))
     index = frame["path"].str.extract(r"_(\d+)\.wav$")[0].astype(int)
     assert (frame.loc[index < 5, "split"] == "test").all()
     assert (frame.loc[index.between(5, 9), "split"] == "val").all()
@@ -260,10 +260,10 @@ def test_folder_grouped_by_regex_with_every_format(tmp_path):
                 wav(root / label / f"spk{speaker}_{take}.{ext}", sr=16000, seconds=0.2, fmt=fmt, subtype=subtype)
     (root / "dog" / ".DS_Store").write_bytes(b"\0")
     cfg = config(tmp_path, "folder", f"data.root={root}", "data.group_regex='^(?P<group>spk\\d+)_'")
-    clips, classes = sources.collect(cfg.data, Path(cfg.paths.raw))
+    clips, classes = sources.collect(prepare_settings(cfg).data, Path(cfg.paths.raw))
     assert classes == ["cat", "dog"] and len(clips) == 32
     assert {c["group"] for c in clips} == {f"spk{k}" for k in range(8)}
-    frame = prepare(cfg)
+    frame = prepare(prepare_settings(cfg))
     assert len(frame) == 32 and set(frame["split"]) == {"train", "val", "test"}
     assert_groups_in_one_split(frame)
     assert {Path(p).suffix for p in frame["path"]} == {".wav", ".flac", ".ogg", ".mp3"}
@@ -290,10 +290,10 @@ def test_csv_relative_paths_optional_columns_and_split_names(tmp_path):
                   "group": ["g1", "g1", "g2", "g2", "g3", "g3"], "fold": ["1", "1", "2", "2", "3", "3"]}).to_csv(
         table, index=False)
     cfg = config(tmp_path, "csv", f"data.csv={table}")
-    clips, classes = sources.collect(cfg.data, Path(cfg.paths.raw))
+    clips, classes = sources.collect(prepare_settings(cfg).data, Path(cfg.paths.raw))
     assert classes == ["x", "y"]
     assert all(Path(c["path"]).is_file() for c in clips)  # resolved against the CSV's folder
-    frame = prepare(cfg)
+    frame = prepare(prepare_settings(cfg))
     assert frame.set_index(frame["path"].map(lambda p: Path(p).stem))["split"].to_dict() == {
         "a1": "train", "a2": "train", "b1": "val", "b2": "val", "c1": "test", "c2": "test"}
     assert list(manifest(cfg)["fold"]) == ["1", "1", "2", "2", "3", "3"]
@@ -308,6 +308,6 @@ def test_csv_without_split_gets_a_grouped_split_from_the_regex(tmp_path):
             rows.append({"path": name, "label": label})
     pd.DataFrame(rows).to_csv(tmp_path / "d" / "list.csv", index=False)
     cfg = config(tmp_path, "csv", f"data.csv={tmp_path / 'd' / 'list.csv'}", "data.group_regex='^(\\d+)-'")
-    frame = prepare(cfg)
+    frame = prepare(prepare_settings(cfg))
     assert set(frame["group"]) == {str(k) for k in range(6)}
     assert_groups_in_one_split(frame)

@@ -8,10 +8,10 @@ import numpy as np
 import pandas as pd
 import pytest
 import soundfile as sf
-from omegaconf import OmegaConf
 
+from audiocnn.data.settings import DataSettings
 from audiocnn.config import compose_config
-from audiocnn.data.prepare import assign_splits, prepare
+from audiocnn.data.prepare import assign_splits, prepare, prepare_settings
 from audiocnn.errors import ConfigError
 
 SPEAKERS = [f"s{i}" for i in range(6)]
@@ -26,7 +26,7 @@ def fsdd_like() -> pd.DataFrame:
 
 
 def splits(frame: pd.DataFrame, seed: int = 0, **data) -> pd.DataFrame:
-    cfg = OmegaConf.create({"name": "fsdd", "val_fraction": 0.2, "test_fraction": 0.2, "fold": None,
+    cfg = DataSettings(**{"name": "fsdd", "val_fraction": 0.2, "test_fraction": 0.2, "fold": None,
                             "val_groups": None, **data})
     return assign_splits(frame.copy(), cfg, seed)
 
@@ -102,7 +102,7 @@ def _cfg(tmp_path, *overrides):
 
 
 def test_prepare_writes_the_val_groups_into_the_manifest(tmp_path):
-    frame = prepare(_cfg(tmp_path, "data.fold=ann", "data.val_groups=[cid]"))
+    frame = prepare(prepare_settings(_cfg(tmp_path, "data.fold=ann", "data.val_groups=[cid]")))
     manifest = pd.read_csv(tmp_path / "prepared" / "manifest.csv")
     assert manifest["split"].tolist() == frame["split"].tolist()
     by_speaker = manifest.assign(speaker=[Path(p).name.split("_")[0] for p in manifest["path"]]).groupby("speaker")["split"]
@@ -113,5 +113,5 @@ def test_prepare_writes_the_val_groups_into_the_manifest(tmp_path):
 
 def test_prepare_refuses_an_unknown_val_group_before_writing_a_manifest(tmp_path):
     with pytest.raises(ConfigError, match=r"^data.val_groups=\['eve'\]: unknown group 'eve'; the groups are ann, bob"):
-        prepare(_cfg(tmp_path, "data.fold=ann", "data.val_groups=[eve]"))
+        prepare(prepare_settings(_cfg(tmp_path, "data.fold=ann", "data.val_groups=[eve]")))
     assert not (tmp_path / "prepared" / "manifest.csv").exists()

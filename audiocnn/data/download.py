@@ -31,22 +31,11 @@ from tqdm import tqdm
 from urllib3.exceptions import IncompleteRead, ProtocolError, ReadTimeoutError
 
 from audiocnn import atomic
-from audiocnn.data.archives import DEFAULT_MAX_BYTES, DEFAULT_MAX_RATIO, extract, scratch_prefix
+from audiocnn.data.archives import extract, scratch_prefix
+from audiocnn.data.settings import DEFAULT_TIMEOUT_S, DatasetCopy, parse_checksum
 from audiocnn.errors import ArchiveLimitError, DownloadError
 
 CHUNK = 1 << 16  # bytes per read (pooch's chunk_size)
-ALGORITHMS = ("sha256", "md5")
-DEFAULT_TIMEOUT_S = 60  # data.download.timeout_s: a transfer that sends nothing for this long has stalled
-
-
-def parse_checksum(spec: str) -> tuple[str, str]:
-    """`"sha256:ab12..."` -> `("sha256", "ab12...")`."""
-    algorithm, _, digest = str(spec).partition(":")
-    if algorithm not in ALGORITHMS or not digest:
-        raise DownloadError(f"checksum {spec!r}: write it as '<algorithm>:<hex digest>' with algorithm in {ALGORITHMS}")
-    return algorithm, digest.lower()
-
-
 def archive_name(url: str, fallback: str) -> str:
     """`<md5 of url>-<the URL's file name or fallback>` (as pooch names a download): another URL, another file."""
     return f"{hashlib.md5(url.encode()).hexdigest()}-{Path(urlparse(url).path).name or fallback}"
@@ -134,25 +123,25 @@ def _remove_leftovers(target: Path, archive: Path) -> None:
             path.unlink()
 
 
-def dataset_root(data_cfg, raw_root: Path, progress: bool = True, lock_timeout_s: float = 300.0) -> Path:
+def dataset_root(data: DatasetCopy, raw_root: Path, progress: bool = True, lock_timeout_s: float = 300.0) -> Path:
     """The folder holding the dataset: `data.root`, or `<raw_root>/<name>` (downloaded if missing)."""
-    if data_cfg.get("root"):
-        return Path(data_cfg.root)
-    target = Path(raw_root) / data_cfg.name
+    if data.root:
+        return Path(data.root)
+    target = Path(raw_root) / data.name
     if target.is_dir():
         return target
-    spec = data_cfg.get("download") or {}
-    if not spec.get("url"):
-        raise DownloadError(f"data.root is not set and data={data_cfg.name} has no download.url; "
+    spec = data.download
+    if spec is None:
+        raise DownloadError(f"data.root is not set and data={data.name} has no download.url; "
                             f"set data.root to your copy")
-    archive = Path(raw_root) / ".downloads" / data_cfg.name / archive_name(spec["url"], f"{data_cfg.name}.archive")
+    archive = Path(raw_root) / ".downloads" / data.name / archive_name(spec.url, f"{data.name}.archive")
     with atomic.folder_lock(target, lock_timeout_s, "lock_timeout_s", "download"):
         if target.is_dir():  # another process made it while this one waited
             return target
         _remove_leftovers(target, archive)
-        fetch(spec["url"], archive, spec.get("checksum"), progress, spec.get("timeout_s", DEFAULT_TIMEOUT_S))
+        fetch(spec.url, archive, spec.checksum, progress, spec.timeout_s)
         try:
-            extract(archive, target, spec.get("max_bytes", DEFAULT_MAX_BYTES), spec.get("max_ratio", DEFAULT_MAX_RATIO))
+            extract(archive, target, spec.max_bytes, spec.max_ratio)
         except ArchiveLimitError:
             raise  # the archive is whole: kept, so a rerun with a higher limit does not download it again
         except DownloadError:

@@ -28,12 +28,13 @@ from __future__ import annotations
 import json
 import os
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 import pandas as pd
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import OmegaConf
 
 from audiocnn import atomic
 from audiocnn.errors import ConfigError, EmptySplitError, LeakageError, MissingInputError, Unusable
@@ -41,6 +42,7 @@ from audiocnn.data import sources
 from audiocnn.data.checks import check_leakage, inspect_file, merge_duplicate_groups
 from audiocnn.data.download import dataset_root
 from audiocnn.data.events import EVENTS_FILE, Event, fit_to_duration, problem_summary, write_strong
+from audiocnn.data.settings import DEFAULT_MAX_SECONDS, DataSettings, DatasetCopy
 from audiocnn.data.names import TEXT_COLUMNS, escape_columns, slug_map, unescape_columns
 from audiocnn.data.sources._common import LABEL_SEPARATOR
 from audiocnn.data.splits import SPLITS, stratified_split, val_group_splits
@@ -48,7 +50,24 @@ from audiocnn.data.task import EVENTS, MULTICLASS, MULTILABEL, TASKS  # one clas
 from audiocnn.errors import InputError
 
 MANIFEST_COLUMNS = ["path", "label", "split", "fold", "group", "duration", "sr"]
-DEFAULT_MAX_SECONDS = 600.0  # longer files are skipped: featurize pads a batch to its longest clip
+
+
+@dataclass(frozen=True)
+class PrepareSettings:
+    """The prepare stage's input: the `data` group (its source's settings), the `seed` that draws the
+    splits, `raw` (`paths.raw`: downloads and generated data), `prepared` (`paths.prepared`: the
+    manifest) and how long to wait for another process preparing the same folder."""
+    data: DataSettings
+    seed: int
+    raw: Path
+    prepared: Path
+    lock_timeout_s: float = 300.0
+
+
+def prepare_settings(cfg) -> PrepareSettings:
+    """The prepare stage's settings from a composed config; `ConfigError` naming the first bad `data` setting."""
+    return PrepareSettings(sources.parse_data(OmegaConf.to_container(cfg.data, resolve=True)), int(cfg.seed),
+                           Path(cfg.paths.raw), Path(cfg.paths.prepared), float(cfg.get("lock_timeout_s", 300)))
 
 
 def _display_path(path: str) -> str:
@@ -126,28 +145,28 @@ def probe_clips(clips: list[dict], classes: list[str], max_seconds: float | None
     return kept, skipped
 
 
-def assign_splits(frame: pd.DataFrame, data_cfg: DictConfig, seed: int) -> pd.DataFrame:
+def assign_splits(frame: pd.DataFrame, data: DataSettings, seed: int) -> pd.DataFrame:
     """Official splits where the source gave them, else stratified + grouped; `data.fold` picks a test fold.
 
     `data.val_groups` (a list of groups, or a number of them drawn with `seed` from the groups
     outside the test split) replaces the validation split by those groups' clips; the other
     clips outside the test split train."""
     frame["fold"] = frame["fold"].fillna("").astype(str) if "fold" in frame else ""
-    spec = data_cfg.get("val_groups")
+    spec = data.val_groups
     given = "split" in frame and frame["split"].notna().all()
-    if data_cfg.get("fold") is not None:
-        frame = _fold_splits(frame, str(data_cfg.fold), data_cfg, seed)
-        test, source = (frame["split"] == "test").to_numpy(), f"data.fold={data_cfg.fold}"
+    if data.fold is not None:
+        frame = _fold_splits(frame, str(data.fold), data, seed)
+        test, source = (frame["split"] == "test").to_numpy(), f"data.fold={data.fold}"
     elif given:
-        test, source = (frame["split"] == "test").to_numpy(), f"data={data_cfg.name}'s own split"
+        test, source = (frame["split"] == "test").to_numpy(), f"data={data.name}'s own split"
     elif spec is None:
-        frame["split"] = stratified_split(frame, val_fraction=data_cfg.val_fraction,
-                                          test_fraction=data_cfg.test_fraction, seed=seed)
+        frame["split"] = stratified_split(frame, val_fraction=data.val_fraction,
+                                          test_fraction=data.test_fraction, seed=seed)
     else:
         test, source = None, "made by prepare"
     if spec is not None:
         frame["split"] = val_group_splits(frame, test, spec if isinstance(spec, int) else list(spec),
-                                          test_fraction=data_cfg.get("test_fraction"), seed=seed, test_source=source)
+                                          test_fraction=data.test_fraction, seed=seed, test_source=source)
     return frame
 
 
@@ -158,34 +177,34 @@ def fold_values(frame: pd.DataFrame) -> list[str]:
     return sorted(folds, key=lambda f: (0, int(f), "") if f.isascii() and f.isdigit() else (1, 0, f))
 
 
-def _fold_splits(frame: pd.DataFrame, fold: str, data_cfg: DictConfig, seed: int) -> pd.DataFrame:
+def _fold_splits(frame: pd.DataFrame, fold: str, data: DataSettings, seed: int) -> pd.DataFrame:
     """Fold `fold` is the test split. The other folds keep the source's own validation rows when
     it has an official split (FSDD: recordings 5-9), else give a grouped stratified `val_fraction`."""
     available = fold_values(frame)
     if fold not in available:
-        raise ConfigError(f"data.fold={fold}: data={data_cfg.name} has folds {available or 'none'}")
+        raise ConfigError(f"data.fold={fold}: data={data.name} has folds {available or 'none'}")
     test = (frame["fold"] == fold).to_numpy()
     rest = frame.loc[~test]
     if "split" in frame and frame["split"].notna().all():
         rest_split = np.where(rest["split"] == "val", "val", "train")
     else:
-        rest_split = stratified_split(rest, val_fraction=data_cfg.val_fraction, test_fraction=0.0, seed=seed).to_numpy()
+        rest_split = stratified_split(rest, val_fraction=data.val_fraction, test_fraction=0.0, seed=seed).to_numpy()
     split = np.full(len(frame), "test", dtype=object)
     split[~test] = rest_split
     frame["split"] = split
     return frame
 
 
-def data_settings(cfg: DictConfig) -> dict:
-    """What the manifest depends on: the `data` config and the seed."""
-    return {"data": OmegaConf.to_container(cfg.data, resolve=True), "seed": cfg.seed}
+def manifest_settings(job: PrepareSettings) -> dict:
+    """What the manifest depends on: the `data` settings and the seed (`<paths.prepared>/settings.json`)."""
+    return {"data": job.data.model_dump(mode="json"), "seed": job.seed}
 
 
-def is_prepared(cfg: DictConfig) -> bool:
+def is_prepared(job: PrepareSettings) -> bool:
     """True when `paths.prepared` holds a manifest made from these data settings."""
-    settings = Path(cfg.paths.prepared) / "settings.json"
-    return (Path(cfg.paths.prepared) / "manifest.csv").exists() and settings.exists() and \
-        json.loads(settings.read_text()) == data_settings(cfg)
+    settings = job.prepared / "settings.json"
+    return (job.prepared / "manifest.csv").exists() and settings.exists() and \
+        json.loads(settings.read_text()) == manifest_settings(job)
 
 
 def read_manifest(prepared: str | Path) -> pd.DataFrame:
@@ -213,27 +232,27 @@ def read_classes(prepared: str | Path) -> tuple[list[str], str]:
     return classes, MULTICLASS
 
 
-def prepare(cfg: DictConfig, classes_problem: Callable[[list], str | None] | None = None) -> pd.DataFrame:
-    """Build `paths.prepared`/{manifest.csv, classes.json, report.json} for `cfg.data`, holding its lock.
+def prepare(job: PrepareSettings, classes_problem: Callable[[list], str | None] | None = None) -> pd.DataFrame:
+    """Build `paths.prepared`/{manifest.csv, classes.json, report.json} for `job.data`, holding its lock.
 
     `classes_problem` (a higher layer passes `features.budget.classes_problem`) returns what is wrong
     with the class list, or None; a problem stops prepare before any file is probed (10,000 labels
     are refused in one line, not after hours of work)."""
-    with atomic.folder_lock(cfg.paths.prepared, float(cfg.get("lock_timeout_s", 300)), "lock_timeout_s", "prepare"):
-        return _prepare(cfg, classes_problem)
+    with atomic.folder_lock(job.prepared, job.lock_timeout_s, "lock_timeout_s", "prepare"):
+        return _prepare(job, classes_problem)
 
 
-def _prepare(cfg: DictConfig, classes_problem: Callable[[list], str | None] | None) -> pd.DataFrame:
-    out = Path(cfg.paths.prepared)
-    Path(cfg.paths.raw).mkdir(parents=True, exist_ok=True)
-    if "download" in cfg.data:  # a known dataset: fetched first, waiting up to lock_timeout_s for another fetch
-        dataset_root(cfg.data, Path(cfg.paths.raw), lock_timeout_s=float(cfg.get("lock_timeout_s", 300)))
-    clips, classes, annotation_problems = sources.collect_annotated(cfg.data, Path(cfg.paths.raw))
+def _prepare(job: PrepareSettings, classes_problem: Callable[[list], str | None] | None) -> pd.DataFrame:
+    out, data = job.prepared, job.data
+    job.raw.mkdir(parents=True, exist_ok=True)
+    if isinstance(data, DatasetCopy) and data.download is not None:  # fetched first, waiting for another fetch
+        dataset_root(data, job.raw, lock_timeout_s=job.lock_timeout_s)
+    clips, classes, annotation_problems = sources.collect_annotated(data, job.raw)
     problem = classes_problem(list(classes)) if classes_problem else None
     if problem:
-        raise ConfigError(f"data={cfg.data.name}: {problem}; keep fewer classes with data.classes")
+        raise ConfigError(f"data={data.name}: {problem}; keep fewer classes with data.classes")
     task = MULTILABEL if any("labels" in clip for clip in clips) else MULTICLASS
-    kept, skipped = probe_clips(clips, classes, cfg.data.get("max_seconds", DEFAULT_MAX_SECONDS))
+    kept, skipped = probe_clips(clips, classes, data.max_seconds)
     annotated = any("annotation" in clip for clip in clips)
     task = EVENTS if annotated else task  # event data: multi-label clips (weak labels) with timed events
     for row in kept + skipped:
@@ -247,15 +266,15 @@ def _prepare(cfg: DictConfig, classes_problem: Callable[[list], str | None] | No
     # Where prepare makes (part of) the split, every copy of one recording first joins one group,
     # so copies never straddle two splits.
     given = "split" in frame and frame["split"].notna().all()
-    if (not given or cfg.data.get("fold") is not None) and len(frame):
+    if (not given or data.fold is not None) and len(frame):
         frame["group"] = merge_duplicate_groups(frame)
-    frame = assign_splits(frame, cfg.data, cfg.seed)
+    frame = assign_splits(frame, data, job.seed)
     # Identical files are checked in every split; groups in every split but those built on a
     # published split (FSDD's puts each speaker in every split by design, and with data.fold its
     # validation rows are the other speakers' recordings 5-9).
     leakage = None
     try:
-        check_leakage(frame, check_groups=not (given and sources.publishes_split(cfg.data.name)))
+        check_leakage(frame, check_groups=not (given and sources.publishes_split(data.name)))
     except LeakageError as error:
         leakage = error
     handled = [{"path": row["path"], "note": row["note"]} for row in kept if row["note"]]
@@ -274,7 +293,7 @@ def _prepare(cfg: DictConfig, classes_problem: Callable[[list], str | None] | No
 
     counts = frame["split"].value_counts()
     report = {
-        "data": cfg.data.name,
+        "data": data.name,
         **({"task": task} if task != MULTICLASS else {}),
         "kept": len(frame),
         "skipped": len(skipped),
@@ -315,5 +334,5 @@ def _prepare(cfg: DictConfig, classes_problem: Callable[[list], str | None] | No
         (out / EVENTS_FILE).unlink(missing_ok=True)  # another dataset's, from an earlier prepare of this folder
     with atomic.atomic_path(out / "manifest.csv") as tmp:
         escape_columns(frame).to_csv(tmp, index=False)
-    atomic.write_json(out / "settings.json", data_settings(cfg))
+    atomic.write_json(out / "settings.json", manifest_settings(job))
     return frame

@@ -37,7 +37,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from audiocnn import atomic, tracking
 from audiocnn.data.events import output_frame_seconds
-from audiocnn.data.prepare import is_prepared
+from audiocnn.data.prepare import is_prepared, prepare_settings
 from audiocnn.errors import ConfigError, InputError, MissingInputError
 from audiocnn.features.cqt import pick_device
 from audiocnn.features.featurize import store_problem
@@ -66,7 +66,7 @@ from audiocnn.training.transfer import freeze, load_matching
 def check_inputs(cfg: DictConfig) -> None:
     """Raise `MissingInputError` naming the stage to run when the manifest or the store is missing, and
     `StoreError` naming the shard when a shard's size is not the one recorded when it was written."""
-    if not is_prepared(cfg):
+    if not is_prepared(prepare_settings(cfg)):
         raise MissingInputError(f"paths.prepared={cfg.paths.prepared}: no manifest for these data settings; run "
                                 "the prepare stage first (`dvc repro prepare` or `audiocnn prepare`)")
     problem = None if cfg.features.on_the_fly else store_problem(store_settings(cfg))

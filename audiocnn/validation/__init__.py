@@ -1,17 +1,18 @@
 """Every setting is checked before any work: `validate_config(cfg)` raises `ConfigError` naming the first bad one.
 
-1. `rules.check_rules`: each key of conf/'s `trainer`, `optimizer` and `data` groups and the top-level
+1. `rules.check_rules`: each key of conf/'s `trainer` and `optimizer` groups and the top-level
    `seed`, `ensemble` and `paths.*` has a rule (a range, an allowed set or a type); a key those groups
    do not know is refused (a typo would otherwise be ignored), an optimizer key must be an argument of
    `optimizer._target_`.
 2. `checks`: what no single key shows (a GPU for `accelerator=gpu`, the optimizer class, the model
-   built once, demo classes, fractions, cv with a fold).
+   built once).
 3. The groups with their own checker, next to the code they configure: `features`
    (`features.settings.FeatureSettings`, a pydantic model: types, ceilings, the top bin below Nyquist,
    the front-end's costs, which every model file's settings meet too), `augment`
    (`training.augment.validate_augment`), `scheduler` (`training.optim.validate_optimisation`),
-   `evaluate` (`evaluation.settings.EvaluateSettings`), `serving` (`inference.requests.Limits`), the data
-   sources' files and regexes (`data.sources.validate`).
+   `evaluate` (`evaluation.settings.EvaluateSettings`), `serving` (`inference.requests.Limits`), `data`
+   (one pydantic model per source, `data.sources.parse_data`: keys, ranges, the keys checked together,
+   the folder, file and regex it names).
 4. The `tracking` group (`tracking_uri.TrackingSettings`) and its store (`tracking_uri.validate_tracking`):
    `tracking.uri` / `MLFLOW_TRACKING_URI` name a store MLflow can open or create (not `file:///etc`, not
    a file that is no SQLite database).
@@ -19,7 +20,7 @@
 NaN and inf are never numbers here, bools are not integers, and `3.0` is not an integer. Every
 message is one line, `<dotted key>=<value>: <what is allowed>`, e.g.
 `optimizer.lr=nan: must be a finite positive number`. The groups being moved to typed settings
-(`features`, `evaluate`, `serving`, `tracking` so far) are pydantic models read by `errors.parse_settings`
+(`data`, `features`, `evaluate`, `serving`, `tracking` so far) are pydantic models read by `errors.parse_settings`
 (strict, NaN and inf refused, the same one-line form). Hydra structured configs were not chosen:
 OmegaConf accepts NaN and inf for a float field, knows no ranges, and reports a type error in several
 lines that do not say what is allowed.

@@ -131,27 +131,8 @@ def validate_model(cfg: DictConfig) -> None:
 
 
 def validate_data(cfg: DictConfig) -> None:
-    """What no single `data.*` rule sees: the demo's classes and durations, fractions, cv and fold."""
-    data = cfg.data
-    if data.name == "demo":
-        from audiocnn.data.sources.demo import CLASSES
+    """The `data` group against its source's schema (`data.sources.parse_data`: each key's type and
+    range, the keys checked together, the folder, file and regex it names)."""
+    from audiocnn.data.prepare import prepare_settings
 
-        unknown = sorted(set(data.get("classes") or ()) - set(CLASSES))
-        if unknown:
-            raise ConfigError(f"data.classes={show(data.classes)}: unknown demo classes {unknown}; allowed: "
-                              f"{', '.join(CLASSES)}")
-        if data.min_duration > data.max_duration:
-            raise ConfigError(f"data.min_duration={data.min_duration}: must be <= data.max_duration={data.max_duration}")
-    if data.name == "demo_events" and not data.min_event_seconds <= data.max_event_seconds <= data.duration:
-        key, value, bound = (("data.min_event_seconds", data.min_event_seconds, f"data.max_event_seconds="
-                              f"{data.max_event_seconds}") if data.min_event_seconds > data.max_event_seconds else
-                             ("data.max_event_seconds", data.max_event_seconds, f"data.duration={data.duration}"))
-        raise ConfigError(f"{key}={value}: must be <= {bound}")
-    if "val_fraction" in data and "test_fraction" in data and not data.val_fraction + data.test_fraction < 1:
-        raise ConfigError(f"data.val_fraction + data.test_fraction = {data.val_fraction + data.test_fraction}: "
-                          "must be below 1 (the rest is the train split)")
-    if data.protocol == "cv" and data.get("fold") is not None:
-        raise ConfigError(f"data.fold={data.fold} with data.protocol=cv: cv runs every fold; set one of them")
-    from audiocnn.data.sources import validate as validate_source
-
-    validate_source(data)  # roots, downloads, CSV file, group regex, split scheme
+    prepare_settings(cfg)

@@ -9,9 +9,9 @@ from typing import Callable
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
+from audiocnn.data.settings import SEED_MAX
 from audiocnn.errors import show as show_plain
 
-SEED_MAX = 2**32 - 1  # numpy and Lightning seeds are unsigned 32-bit integers
 
 
 def show(value) -> str:

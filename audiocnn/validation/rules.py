@@ -14,8 +14,8 @@ from typing import Callable
 from omegaconf import DictConfig, OmegaConf
 
 from audiocnn.data.event_decoding import MAX_MEDIAN_FRAMES
-from audiocnn.errors import ConfigError, DownloadError
-from audiocnn.validation.kinds import (BOOL, COUNT, FRACTION, POSITIVE, POSITIVE_INT, SEED, SEED_MAX, Choice,
+from audiocnn.errors import ConfigError
+from audiocnn.validation.kinds import (BOOL, COUNT, POSITIVE, POSITIVE_INT, SEED, SEED_MAX, Choice,
                                        Number, Text, _list_of, show)
 # Lightning strategies the train stage supports: ddp re-runs the command once per extra process
 # (audiocnn.training.distributed); ddp_spawn would pickle the data module into its processes.
@@ -102,44 +102,12 @@ def _member(value) -> str | None:
     return None if isinstance(value, int) and not isinstance(value, bool) else Text()(value)
 
 
-def _fold(value) -> str | None:
-    if value is None or (isinstance(value, int) and not isinstance(value, bool)) or not Text()(value):
-        return None
-    return "must be null or a fold of the dataset (a name or an integer)"
-
-
-def _val_groups(value) -> str | None:  # a group name such as 7 reads as an integer, like a run id (_member)
-    ok = not Number(0, low_open=True, integer=True, null=True)(value) or not _list_of(_member, "", null=False)(value)
-    return None if ok else "must be null, a positive number of groups, or a list of distinct group names"
-
-
-def _url(value) -> str | None:
-    return None if isinstance(value, str) and value.startswith(("http://", "https://")) else \
-        "must be an http(s) URL"
-
-
-def _checksum(value) -> str | None:
-    from audiocnn.data.download import parse_checksum
-
-    if value is None:
-        return None
-    try:
-        parse_checksum(value)
-    except DownloadError:
-        return "must be null or '<algorithm>:<hex digest>' with algorithm sha256 or md5"
-    return None
-
-
 def rules() -> dict[str, Callable]:
     """{dotted key: rule} for every checked setting."""
-    from audiocnn.data.sources import SOURCES
-    from audiocnn.data.sources.demo_events import MAX_EVENTS, MIN_EVENT_SECONDS
-    from audiocnn.data.sources.desed import PARTS
     from audiocnn.models.norm import NORM_TYPES, norm_rule
     from audiocnn.training.optim import CLASS_WEIGHTS, PRECISIONS
     from audiocnn.training.sampling import SAMPLERS
 
-    names = _list_of(Text(), "a list of distinct class names (strings)")
     return {
         "lock_timeout_s": Number(0),
         "trainer.max_epochs": POSITIVE_INT, "trainer.batch_size": POSITIVE_INT, "trainer.patience": COUNT,
@@ -167,20 +135,6 @@ def rules() -> dict[str, Callable]:
                                                                    "pct_start")},
         "scheduler.warmup_epochs": COUNT, "scheduler.patience": COUNT, "scheduler.div_factor": POSITIVE,
         "scheduler.final_div_factor": POSITIVE, "scheduler.min_lr": Number(0), "scheduler.mode": Choice(("min",)),
-        "data.name": Choice(SOURCES), "data.root": Text(null=True), "data.csv": Text(null=True),
-        "data.classes": names, "data.group_regex": Text(null=True), "data.fold": _fold,
-        "data.protocol": Choice(("holdout", "cv")), "data.val_fraction": FRACTION, "data.test_fraction": FRACTION,
-        "data.max_seconds": Number(0, low_open=True, null=True), "data.seed": SEED, "data.clips_per_class": POSITIVE_INT,
-        "data.min_duration": POSITIVE, "data.max_duration": POSITIVE, "data.sr": POSITIVE_INT, "data.esc10": BOOL,
-        "data.clips": POSITIVE_INT, "data.max_sources": Number(1, 6, integer=True), "data.gain_range_db": Number(0),
-        "data.split_scheme": Choice(("fault_filtered", "random")), "data.val_groups": _val_groups,
-        "data.duration": POSITIVE, "data.max_events": Number(1, MAX_EVENTS, integer=True),
-        "data.min_event_seconds": Number(MIN_EVENT_SECONDS), "data.max_event_seconds": Number(MIN_EVENT_SECONDS),
-        "data.noise_db": Number(-200, 0, high_open=True),
-        "data.parts": _list_of(Choice(tuple(PARTS)), f"a list of distinct DESED parts: {', '.join(PARTS)}", null=False),
-        "data.download.url": _url, "data.download.checksum": _checksum, "data.download.timeout_s": POSITIVE,
-        "data.download.max_bytes": Number(0, low_open=True, integer=True, null=True),
-        "data.download.max_ratio": Number(0, low_open=True, null=True),
         "model.event_time_stride": Number(0, low_open=True, integer=True, null=True),
         "model.norm.type": Choice(NORM_TYPES), "model.norm": norm_rule, "model.norm.trainable": BOOL,
         **{f"model.norm.{k}": Number(0, 1, low_open=True) for k in ("alpha", "r", "s")},
@@ -194,13 +148,13 @@ def rules() -> dict[str, Callable]:
 # A key a stage reads without a default must be there: every trainer/paths key but
 # those in OPTIONAL (read with `.get(key, default)`), and REQUIRED; other groups' keys vary by option.
 REQUIRED_GROUPS = ("trainer", "paths")
-REQUIRED = {"optimizer._target_", "optimizer.lr", "data.name", "data.protocol", "seed"}
+REQUIRED = {"optimizer._target_", "optimizer.lr", "seed"}
 OPTIONAL = {"trainer.seeds", "trainer.patience", "trainer.gradient_clip_val",
             "trainer.strategy", "trainer.num_nodes", "trainer.label_smoothing", "trainer.class_weights",
             "trainer.callbacks", "trainer.resume", "trainer.calibrate", "trainer.frame_loss_weight", "trainer.event_median_frames",
             "trainer.event_min_duration", "trainer.event_min_gap"}
 # Unknown keys refused; an optimizer's keys are the arguments of its class (`checks.validate_optimizer`).
-CHECKED_GROUPS = ("trainer", "data")  # features, evaluate, serving, tracking: typed settings (their schemas)
+CHECKED_GROUPS = ("trainer",)  # data, features, evaluate, serving, tracking: typed settings (their schemas)
 _ABSENT = object()
 
 

@@ -1,4 +1,5 @@
-"""Dataset sources: one module per dataset, each with `collect(data_cfg, raw_root)`.
+"""Dataset sources: one module per dataset, each with its `Settings` (the `data` group's schema for it,
+on `audiocnn.data.settings`' bases) and `collect(data, raw_root)`.
 
 `collect` returns `(clips, classes)`: clips are dicts with at least `path`, `label` and
 `group` (plus `split`/`fold` where the dataset has official ones); a multi-label source's clips
@@ -15,41 +16,20 @@ from __future__ import annotations
 import pkgutil
 from importlib import import_module
 from pathlib import Path
+from typing import Mapping
 
-from omegaconf import DictConfig
-
-from audiocnn.errors import ConfigError
+from audiocnn.data.settings import DataSettings
+from audiocnn.errors import ConfigError, parse_settings, show
 
 SOURCES = tuple(sorted(m.name for m in pkgutil.iter_modules(__path__) if not m.name.startswith("_")))
 
 
-def validate(data_cfg: DictConfig) -> None:
-    """Raise `ConfigError` for a data setting that cannot work (before any file is touched)."""
-    import re
-
-    from audiocnn.data.sources._common import compile_group_regex
-
-    name = data_cfg.name
-    root = data_cfg.get("root")
-    if root is not None and not Path(root).exists():
-        raise ConfigError(f"data.root={root}: no such folder; point it at your copy of {name}")
-    if root is not None and not Path(root).is_dir():
-        raise ConfigError(f"data.root={root}: not a folder; point it at your copy of {name}")
-    if root is not None and Path(root).resolve() == Path(root).resolve().parent:  # prepare would read every file
-        raise ConfigError(f"data.root={root}: the root of the filesystem; point it at your copy of {name}")
-    if "root" in data_cfg and root is None and not (data_cfg.get("download") or {}).get("url"):
-        raise ConfigError(f"data.root=null: data={name} cannot be downloaded; set data.root to your copy")
-    if "csv" in data_cfg and (data_cfg.csv is None or not Path(data_cfg.csv).is_file()):
-        raise ConfigError(f"data.csv={data_cfg.csv}: no such file; give the CSV listing path,label (or labels)[,split,fold,group]")
-    try:
-        compile_group_regex(data_cfg)
-    except re.error as error:
-        raise ConfigError(f"data.group_regex={data_cfg.get('group_regex')}: {error}") from None
-    if "split_scheme" in data_cfg and data_cfg.split_scheme not in ("fault_filtered", "random"):
-        raise ConfigError(f"data.split_scheme={data_cfg.split_scheme}: allowed: fault_filtered, random")
-    limit = data_cfg.get("max_seconds")
-    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, (int, float)) or limit <= 0):
-        raise ConfigError(f"data.max_seconds={limit}: must be a positive number of seconds or null (no limit)")
+def parse_data(values: Mapping) -> DataSettings:
+    """The `data` group (plain values) as its source's `Settings`; `ConfigError` naming the first bad setting."""
+    name = values.get("name")
+    if name not in SOURCES:
+        raise ConfigError(f"data.name={show(name)}: allowed: {', '.join(SOURCES)}")
+    return parse_settings(import_module(f"{__name__}.{name}").Settings, values, "data")
 
 
 def publishes_split(name: str) -> bool:
@@ -57,14 +37,14 @@ def publishes_split(name: str) -> bool:
     return bool(getattr(import_module(f"{__name__}.{name}"), "PUBLISHED_SPLIT", False))
 
 
-def collect(data_cfg: DictConfig, raw_root: Path) -> tuple[list[dict], list[str]]:
-    """Run the `data_cfg.name` source's `collect` (files under `raw_root` if it makes any)."""
-    clips, classes, _ = collect_annotated(data_cfg, raw_root)
+def collect(data: DataSettings, raw_root: Path) -> tuple[list[dict], list[str]]:
+    """Run the `data.name` source's `collect` (files under `raw_root` if it makes any)."""
+    clips, classes, _ = collect_annotated(data, raw_root)
     return clips, classes
 
 
-def collect_annotated(data_cfg: DictConfig, raw_root: Path) -> tuple[list[dict], list[str], list]:
+def collect_annotated(data: DataSettings, raw_root: Path) -> tuple[list[dict], list[str], list]:
     """`collect`, plus the annotation problems of a source with event annotations (`[]` for the others)."""
-    module = import_module(f"{__name__}.{data_cfg.name}")
-    result = module.collect(data_cfg, Path(raw_root))
+    module = import_module(f"{__name__}.{data.name}")
+    result = module.collect(data, Path(raw_root))
     return (*result, []) if len(result) == 2 else tuple(result)

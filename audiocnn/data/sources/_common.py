@@ -38,15 +38,9 @@ def group_from_name(name: str, pattern: re.Pattern | None) -> str:
     return Path(name).stem
 
 
-def compile_group_regex(data_cfg) -> re.Pattern | None:
-    """`data.group_regex` compiled (None when unset); needs a named group `group` or a group 1."""
-    source = data_cfg.get("group_regex")
-    if not source:
-        return None
-    pattern = re.compile(source)
-    if "group" not in pattern.groupindex and pattern.groups < 1:
-        raise re.error("needs a named group (?P<group>...) or a capturing group")
-    return pattern
+def compile_group_regex(source: str | None) -> re.Pattern | None:
+    """`data.group_regex` compiled (None when unset; `data.settings.GroupRegex` checked it)."""
+    return re.compile(source) if source else None
 
 
 def audio_files(folder: Path) -> list[tuple[Path, str]]:

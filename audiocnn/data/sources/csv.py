@@ -13,16 +13,34 @@ train/val/test) is reported, not fatal; so is a multi-label row with an empty la
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 import pandas as pd
+from pydantic import model_validator
 
-from audiocnn.errors import ConfigError
+from audiocnn.errors import ConfigError, show
 from audiocnn.data.sources._common import (check_label_names, compile_group_regex, group_from_name,
                                            normalize_split, split_labels)
+from audiocnn.data.settings import ClassNames, DataSettings, GroupRegex, Text
 
 
-def collect(data_cfg, raw_root: Path) -> tuple[list[dict], list[str]]:
-    table_path = Path(data_cfg.csv)
+class Settings(DataSettings):
+    """`data=csv`: a CSV listing `path,label` (or `labels`)[,split,fold,group]."""
+    name: Literal["csv"] = "csv"
+    csv: Text | None = None
+    classes: ClassNames | None = None
+    group_regex: GroupRegex | None = None
+
+    @model_validator(mode="after")
+    def _listing(self):
+        if self.csv is None or not Path(self.csv).is_file():
+            raise ValueError(f"data.csv={show(self.csv)}: no such file; give the CSV listing "
+                             "path,label (or labels)[,split,fold,group]")
+        return self
+
+
+def collect(data: Settings, raw_root: Path) -> tuple[list[dict], list[str]]:
+    table_path = Path(data.csv)
     table = pd.read_csv(table_path, dtype=str, keep_default_na=False)
     table.columns = [c.strip().lower() for c in table.columns]
     if "label" in table.columns and "labels" in table.columns:
@@ -33,7 +51,7 @@ def collect(data_cfg, raw_root: Path) -> tuple[list[dict], list[str]]:
     if missing:
         raise ConfigError(f"data.csv={table_path}: missing column(s) {missing}; found {list(table.columns)}")
     base = table_path.resolve().parent
-    pattern = compile_group_regex(data_cfg)
+    pattern = compile_group_regex(data.group_regex)
     clips = []
     for line, row in enumerate(table.to_dict("records"), start=2):  # line 1 is the header
         raw_path = row["path"].strip()
@@ -59,7 +77,7 @@ def collect(data_cfg, raw_root: Path) -> tuple[list[dict], list[str]]:
         clips.append(clip)
     usable = [c for c in clips if "skip" not in c]
     labels = sorted({name for c in usable for name in c["labels"]} if multilabel else {c["label"] for c in usable})
-    classes = list(data_cfg.get("classes") or labels)
+    classes = list(data.classes or labels)
     if multilabel:
-        check_label_names(classes, "data.classes" if data_cfg.get("classes") else f"data.csv={table_path}")
+        check_label_names(classes, "data.classes" if data.classes else f"data.csv={table_path}")
     return clips, classes

@@ -32,10 +32,15 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import soundfile as sf
 from scipy import signal
+from pydantic import model_validator
+
+from audiocnn.data.settings import ClassNames, DataSettings, Positive, PositiveInt, Seed
+from audiocnn.errors import show
 
 CLASSES: tuple[str, ...] = ("pluck", "bell", "organ", "wind", "membrane", "bowed",
                             "interval_up", "interval_down")
@@ -272,10 +277,32 @@ def generate_demo(root: Path, *, seed: int = 0, clips_per_class: int = 80, sr: i
     return records
 
 
-def collect(data_cfg, raw_root: Path) -> tuple[list[dict], list[str]]:
+class Settings(DataSettings):
+    """`data=demo`: synthetic instrument notes made by `generate_demo`."""
+    name: Literal["demo"] = "demo"
+    seed: Seed = 0
+    clips_per_class: PositiveInt = 100
+    min_duration: Positive = 2.0
+    max_duration: Positive = 4.0
+    sr: PositiveInt = 16000
+    classes: ClassNames | None = None
+
+    @model_validator(mode="after")
+    def _demo(self):
+        unknown = sorted(set(self.classes or ()) - set(CLASSES))
+        if unknown:
+            raise ValueError(f"data.classes={show(self.classes)}: unknown demo classes {unknown}; allowed: "
+                             f"{', '.join(CLASSES)}")
+        if self.min_duration > self.max_duration:
+            raise ValueError(f"data.min_duration={show(self.min_duration)}: must be <= "
+                             f"data.max_duration={show(self.max_duration)}")
+        return self
+
+
+def collect(data: Settings, raw_root: Path) -> tuple[list[dict], list[str]]:
     """Source adapter (`data=demo`): generate the clips under `raw_root/demo/` and list them."""
     clips = generate_demo(
-        Path(raw_root) / "demo", seed=data_cfg.seed, clips_per_class=data_cfg.clips_per_class, sr=data_cfg.sr,
-        min_duration=data_cfg.min_duration, max_duration=data_cfg.max_duration, classes=data_cfg.get("classes"),
+        Path(raw_root) / "demo", seed=data.seed, clips_per_class=data.clips_per_class, sr=data.sr,
+        min_duration=data.min_duration, max_duration=data.max_duration, classes=data.classes,
     )
-    return clips, list(data_cfg.get("classes") or CLASSES)
+    return clips, list(data.classes or CLASSES)

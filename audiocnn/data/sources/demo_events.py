@@ -27,13 +27,17 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Annotated, Literal
 
 import numpy as np
 from scipy import signal
+from pydantic import Field, model_validator
 
 from audiocnn.data.events import Event, read_strong, write_strong
 from audiocnn.data.sources.demo import render_clip, write_pcm16
 from audiocnn.data.sources.demo_mix import CLASSES
+from audiocnn.data.settings import DataSettings, Positive, PositiveInt, Seed
+from audiocnn.errors import show
 
 EVENTS_STREAM = 1_000_033  # keeps the scenes' random streams apart from the demo's and demo_mix's
 MAX_EVENTS = 8             # the most sources a scene may hold (data.max_events' ceiling)
@@ -129,17 +133,41 @@ def generate_scenes(root: Path, *, seed: int = 0, clips: int = 1600, sr: int = 1
     return write_strong(root / TSV, events)
 
 
-def collect(data_cfg, raw_root: Path) -> tuple[list[dict], list[str], list]:
+class Settings(DataSettings):
+    """`data=demo_events`: synthetic scenes with timed events, made by `generate_scenes`."""
+    name: Literal["demo_events"] = "demo_events"
+    seed: Seed = 0
+    clips: PositiveInt = 3200
+    duration: Positive = 8.0
+    max_events: Annotated[int, Field(ge=1, le=MAX_EVENTS)] = 4
+    min_event_seconds: Annotated[float, Field(ge=MIN_EVENT_SECONDS)] = 0.5
+    max_event_seconds: Annotated[float, Field(ge=MIN_EVENT_SECONDS)] = 3.0
+    gain_range_db: Annotated[float, Field(ge=0)] = 12.0
+    noise_db: Annotated[float, Field(ge=-200, lt=0)] = -40.0
+    sr: PositiveInt = 16000
+
+    @model_validator(mode="after")
+    def _event_lengths(self):
+        if self.min_event_seconds > self.max_event_seconds:
+            raise ValueError(f"data.min_event_seconds={show(self.min_event_seconds)}: must be <= "
+                             f"data.max_event_seconds={show(self.max_event_seconds)}")
+        if self.max_event_seconds > self.duration:
+            raise ValueError(f"data.max_event_seconds={show(self.max_event_seconds)}: must be <= "
+                             f"data.duration={show(self.duration)}")
+        return self
+
+
+def collect(data: Settings, raw_root: Path) -> tuple[list[dict], list[str], list]:
     """Source adapter (`data=demo_events`): generate the scenes under `raw_root/demo_events/`, read their
     TSV back (`read_strong`) and list them, each with its `events` (strong) and weak `labels`."""
     folder = Path(raw_root).resolve() / "demo_events"
-    tsv = generate_scenes(folder, seed=data_cfg.seed, clips=data_cfg.clips, sr=data_cfg.sr,
-                          duration=data_cfg.duration, max_events=data_cfg.max_events,
-                          min_event_seconds=data_cfg.min_event_seconds, max_event_seconds=data_cfg.max_event_seconds,
-                          gain_range_db=data_cfg.gain_range_db, noise_db=data_cfg.noise_db)
+    tsv = generate_scenes(folder, seed=data.seed, clips=data.clips, sr=data.sr,
+                          duration=data.duration, max_events=data.max_events,
+                          min_event_seconds=data.min_event_seconds, max_event_seconds=data.max_event_seconds,
+                          gain_range_db=data.gain_range_db, noise_db=data.noise_db)
     annotations = read_strong(tsv, classes=CLASSES, folder=folder, shown=f"demo_events/{TSV}")
     by_file = annotations.events_by_file()
     clips = [{"path": str(folder / f"scene_{i:05d}.wav"), "group": f"scene_{i:05d}", "fold": "",
               "annotation": "strong", "events": by_file.get(f"scene_{i:05d}.wav", []),
-              "labels": annotations.labels.get(f"scene_{i:05d}.wav", [])} for i in range(data_cfg.clips)]
+              "labels": annotations.labels.get(f"scene_{i:05d}.wav", [])} for i in range(data.clips)]
     return clips, list(CLASSES), annotations.problems

@@ -14,11 +14,15 @@ mono WAVs `<raw>/demo_mix/mix_<index:05d>.wav`; each mixture is its own group.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Annotated, Literal
 
 import numpy as np
+from pydantic import Field, model_validator
 
 from audiocnn.data.sources.demo import ORDER_ONLY_CLASSES, render_clip, write_pcm16
 from audiocnn.data.sources.demo import CLASSES as DEMO_CLASSES
+from audiocnn.data.settings import DataSettings, Positive, PositiveInt, Seed
+from audiocnn.errors import show
 
 CLASSES: tuple[str, ...] = tuple(c for c in DEMO_CLASSES if c not in ORDER_ONLY_CLASSES)
 MIX_STREAM = 1_000_003  # keeps the mixtures' random streams apart from the demo's (seed, class, clip)
@@ -67,11 +71,30 @@ def generate_mixtures(root: Path, *, seed: int = 0, clips: int = 1920, sr: int =
     return records
 
 
-def collect(data_cfg, raw_root: Path) -> tuple[list[dict], list[str]]:
+class Settings(DataSettings):
+    """`data=demo_mix`: synthetic mixtures of up to `max_sources` demo notes (multi-label)."""
+    name: Literal["demo_mix"] = "demo_mix"
+    seed: Seed = 0
+    clips: PositiveInt = 1920
+    min_duration: Positive = 3.0
+    max_duration: Positive = 4.0
+    max_sources: Annotated[int, Field(ge=1, le=6)] = 3
+    gain_range_db: Annotated[float, Field(ge=0)] = 12.0
+    sr: PositiveInt = 16000
+
+    @model_validator(mode="after")
+    def _durations(self):
+        if self.min_duration > self.max_duration:
+            raise ValueError(f"data.min_duration={show(self.min_duration)}: must be <= "
+                             f"data.max_duration={show(self.max_duration)}")
+        return self
+
+
+def collect(data: Settings, raw_root: Path) -> tuple[list[dict], list[str]]:
     """Source adapter (`data=demo_mix`): generate the mixtures under `raw_root/demo_mix/` and list them."""
     clips = generate_mixtures(
-        Path(raw_root) / "demo_mix", seed=data_cfg.seed, clips=data_cfg.clips, sr=data_cfg.sr,
-        min_duration=data_cfg.min_duration, max_duration=data_cfg.max_duration,
-        max_sources=data_cfg.max_sources, gain_range_db=data_cfg.gain_range_db,
+        Path(raw_root) / "demo_mix", seed=data.seed, clips=data.clips, sr=data.sr,
+        min_duration=data.min_duration, max_duration=data.max_duration,
+        max_sources=data.max_sources, gain_range_db=data.gain_range_db,
     )
     return clips, list(CLASSES)

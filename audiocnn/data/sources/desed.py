@@ -26,11 +26,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import PlainValidator
 
 from audiocnn.errors import MissingInputError
 from audiocnn.data.download import dataset_root
 from audiocnn.data.events import read_strong, read_weak
 from audiocnn.data.sources._common import audio_files
+from audiocnn.data.settings import DatasetCopy
 
 # The 10 DESED classes, as the TSVs spell them, in the DCASE baseline's order.
 CLASSES: tuple[str, ...] = ("Alarm_bell_ringing", "Blender", "Cat", "Dishes", "Dog", "Electric_shaver_toothbrush",
@@ -55,9 +59,22 @@ PARTS: dict[str, Part] = {
 }
 
 
-def collect(data_cfg, raw_root: Path) -> tuple[list[dict], list[str], list]:
-    root = dataset_root(data_cfg, raw_root)
-    parts = list(data_cfg.get("parts") or PARTS)
+def _parts(value):
+    if isinstance(value, list) and value and all(isinstance(v, str) and v in PARTS for v in value) \
+            and len(set(value)) == len(value):
+        return value
+    raise ValueError(f"must be a list of distinct DESED parts: {', '.join(PARTS)}")
+
+
+class Settings(DatasetCopy):
+    """`data=desed`: a DESED copy (`root`), the parts of it to read."""
+    name: Literal["desed"] = "desed"
+    parts: Annotated[list[str], PlainValidator(_parts)] = list(PARTS)
+
+
+def collect(data: Settings, raw_root: Path) -> tuple[list[dict], list[str], list]:
+    root = dataset_root(data, raw_root)
+    parts = list(data.parts)
     for name in parts:
         for piece in (PARTS[name].metadata, PARTS[name].audio):
             if not (root / piece).exists():

@@ -12,13 +12,22 @@ file is its own group.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from audiocnn.errors import ConfigError
 from audiocnn.data.sources._common import audio_files, compile_group_regex, group_from_name
+from audiocnn.data.settings import ClassNames, DatasetCopy, GroupRegex
 
 
-def collect(data_cfg, raw_root: Path) -> tuple[list[dict], list[str]]:
-    root = Path(data_cfg.root)
+class Settings(DatasetCopy):
+    """`data=folder`: one sub-folder of `root` per class."""
+    name: Literal["folder"] = "folder"
+    classes: ClassNames | None = None
+    group_regex: GroupRegex | None = None
+
+
+def collect(data: Settings, raw_root: Path) -> tuple[list[dict], list[str]]:
+    root = Path(data.root)
     try:
         entries = sorted(p for p in root.iterdir() if not p.name.startswith("."))
     except OSError as error:
@@ -33,8 +42,8 @@ def collect(data_cfg, raw_root: Path) -> tuple[list[dict], list[str]]:
                             "skip": f"unreadable: {error.strerror or error}"})
     if not folders:
         raise ConfigError(f"data.root={root}: no class sub-folders in it")
-    classes = list(data_cfg.get("classes") or folders)
-    pattern = compile_group_regex(data_cfg)
+    classes = list(data.classes or folders)
+    pattern = compile_group_regex(data.group_regex)
     clips = [{"path": str(path), "label": label, "group": group_from_name(path.name, pattern), "fold": "",
               **({"skip": problem} if problem else {})}
              for label in folders if label in classes for path, problem in audio_files(root / label)]

@@ -14,12 +14,14 @@ must be joined (`zip -s 0`) and extracted by hand first: docs/datasets.md, FSD50
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 import pandas as pd
 
 from audiocnn.errors import ConfigError, MissingInputError
 from audiocnn.data.download import dataset_root
 from audiocnn.data.sources._common import check_label_names, read_metadata, split_labels
+from audiocnn.data.settings import DatasetCopy
 
 GROUND_TRUTH = Path("FSD50K.ground_truth")
 VOCABULARY = GROUND_TRUTH / "vocabulary.csv"
@@ -43,8 +45,13 @@ def vocabulary(root: Path) -> list[str]:
     return classes
 
 
-def collect(data_cfg, raw_root: Path) -> tuple[list[dict], list[str]]:
-    root = dataset_root(data_cfg, raw_root)
+class Settings(DatasetCopy):
+    """`data=fsd50k`: an FSD50K copy (`root`); multi-label."""
+    name: Literal["fsd50k"] = "fsd50k"
+
+
+def collect(data: Settings, raw_root: Path) -> tuple[list[dict], list[str]]:
+    root = dataset_root(data, raw_root)
     for piece in (VOCABULARY, *LISTS.values(), *AUDIO.values()):
         if not (root / piece).exists():
             raise MissingInputError(f"data.root={root}: no {piece}; extract FSD50K's ground truth and its joined "

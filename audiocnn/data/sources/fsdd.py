@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from typing import Literal
 
 from audiocnn.data.download import dataset_root
+from audiocnn.data.settings import DatasetCopy, PositiveInt
 
 CLASSES = [str(digit) for digit in range(10)]
 NAME = re.compile(r"^(?P<digit>\d)_(?P<speaker>[a-z]+)_(?P<index>\d+)\.wav$")
@@ -28,9 +30,15 @@ def official_split(index: int) -> str:
     return "val" if index < 10 else "train"
 
 
-def collect(data_cfg, raw_root: Path) -> tuple[list[dict], list[str]]:
-    """List the recordings under `data_cfg.root` with their official split."""
-    root = dataset_root(data_cfg, raw_root)
+class Settings(DatasetCopy):
+    """`data=fsdd`: the Free Spoken Digit Dataset (`root`, or downloaded)."""
+    name: Literal["fsdd"] = "fsdd"
+    sr: PositiveInt = 8000
+
+
+def collect(data: Settings, raw_root: Path) -> tuple[list[dict], list[str]]:
+    """List the recordings under `data.root` with their official split."""
+    root = dataset_root(data, raw_root)
     folder = root / "recordings" if (root / "recordings").is_dir() else root
     clips = []
     for path in sorted(folder.glob("*.wav")):

@@ -18,11 +18,12 @@ from __future__ import annotations
 import re
 from importlib import resources
 from pathlib import Path
+from typing import Literal
 
 from audiocnn.data.download import dataset_root
+from audiocnn.data.settings import DatasetCopy
 
 GENRES = ["blues", "classical", "country", "disco", "hiphop", "jazz", "metal", "pop", "reggae", "rock"]
-SCHEMES = ("fault_filtered", "random")
 NAME = re.compile(r"^(?P<genre>[a-z]+)\.(?P<number>\d{5})\.[A-Za-z0-9]+$")
 SPLIT_FILES = {"train": "train.txt", "val": "valid.txt", "test": "test.txt"}
 
@@ -44,11 +45,15 @@ def genre_folder(root: Path) -> Path:
                             f"its genres_original/ or its genres/")
 
 
-def collect(data_cfg, raw_root: Path) -> tuple[list[dict], list[str]]:
-    scheme = data_cfg.get("split_scheme", "fault_filtered")
-    if scheme not in SCHEMES:
-        raise ValueError(f"data.split_scheme={scheme}: allowed: {', '.join(SCHEMES)}")
-    folder = genre_folder(dataset_root(data_cfg, raw_root))
+class Settings(DatasetCopy):
+    """`data=gtzan`: GTZAN (`root`, or downloaded); `split_scheme`: the fault-filtered split or a random one."""
+    name: Literal["gtzan"] = "gtzan"
+    split_scheme: Literal["fault_filtered", "random"] = "fault_filtered"
+
+
+def collect(data: Settings, raw_root: Path) -> tuple[list[dict], list[str]]:
+    scheme = data.split_scheme
+    folder = genre_folder(dataset_root(data, raw_root))
     official = fault_filtered_split() if scheme == "fault_filtered" else None
     clips = []
     for genre in GENRES:

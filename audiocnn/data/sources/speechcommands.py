@@ -11,8 +11,10 @@ the speaker. `data.classes` picks a subset of words (e.g. the ten command words)
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from audiocnn.data.download import dataset_root
+from audiocnn.data.settings import ClassNames, DatasetCopy
 
 BACKGROUND = "_background_noise_"
 HASH_DIVIDER = "_nohash_"
@@ -27,11 +29,17 @@ def _listed(root: Path, name: str) -> set[str]:
     return {line.strip() for line in path.read_text().splitlines() if line.strip()}
 
 
-def collect(data_cfg, raw_root: Path) -> tuple[list[dict], list[str]]:
-    root = dataset_root(data_cfg, raw_root)
+class Settings(DatasetCopy):
+    """`data=speechcommands`: Speech Commands v0.02 (`root`, or downloaded); `classes`: a subset of its words."""
+    name: Literal["speechcommands"] = "speechcommands"
+    classes: ClassNames | None = None
+
+
+def collect(data: Settings, raw_root: Path) -> tuple[list[dict], list[str]]:
+    root = dataset_root(data, raw_root)
     test, val = _listed(root, "testing_list.txt"), _listed(root, "validation_list.txt")
     words = sorted(p.name for p in root.iterdir() if p.is_dir() and p.name != BACKGROUND and not p.name.startswith("."))
-    classes = list(data_cfg.get("classes") or words)
+    classes = list(data.classes or words)
     clips = []
     for word in words:
         for path in sorted((root / word).glob("*.wav")):
@@ -39,6 +47,6 @@ def collect(data_cfg, raw_root: Path) -> tuple[list[dict], list[str]]:
             split = "test" if relative in test else "val" if relative in val else "train"
             clips.append({"path": str(path), "label": word, "group": path.name.split(HASH_DIVIDER)[0],
                           "split": split, "fold": ""})
-    if data_cfg.get("classes"):  # a subset: other words are not part of the task, not bad input
+    if data.classes:  # a subset: other words are not part of the task, not bad input
         clips = [clip for clip in clips if clip["label"] in classes]
     return clips, classes

@@ -9,15 +9,22 @@ one Freesound recording share a fold), so `clip["fold"]` is "1".."10" and the gr
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from audiocnn.data.download import dataset_root
 from audiocnn.data.sources._common import classes_by_id, read_metadata
+from audiocnn.data.settings import DatasetCopy
 
 METADATA = Path("metadata") / "UrbanSound8K.csv"
 
 
-def collect(data_cfg, raw_root: Path) -> tuple[list[dict], list[str]]:
-    root = dataset_root(data_cfg, raw_root)
+class Settings(DatasetCopy):
+    """`data=urbansound8k`: UrbanSound8K (`root`, or downloaded); its ten folds."""
+    name: Literal["urbansound8k"] = "urbansound8k"
+
+
+def collect(data: Settings, raw_root: Path) -> tuple[list[dict], list[str]]:
+    root = dataset_root(data, raw_root)
     meta = read_metadata(root, METADATA, "UrbanSound8K")
     classes = classes_by_id(meta, "classID", "class")
     clips = []
