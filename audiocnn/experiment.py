@@ -80,13 +80,28 @@ def served_config(cfg: DictConfig) -> dict:
                           for node in (serving, tta)))
 
 
+def resolve_tracking(cfg: DictConfig) -> tracking.Store:
+    """The job's MLflow store, checked before any work (`tracking.store_of`: a server that does not answer
+    ends the job). With `tracking.required=false` and such a server it is the local store, written into
+    `cfg.tracking.uri`: the job's later steps use it without waiting for the server again."""
+    store = tracking.store_of(cfg.tracking)
+    if store.uri != tracking.anchored(cfg.tracking.uri):
+        cfg.tracking.uri = store.uri
+    return store
+
+
+def run_name_of(cfg: DictConfig, suffix: str = "", kind: str = "") -> str:
+    """`tracking.default_run_name` of `cfg`: `tracking.run_name`, else `<model>-<data>[-suffix][-kind]`."""
+    return tracking.default_run_name(cfg.tracking.get("run_name"), cfg.model.name, cfg.data.name, suffix, kind)
+
+
 def log_servable_model(cfg: DictConfig, summary: dict) -> dict:
     """Log `<paths.models>/model.pt` as the training run's pyfunc (raw audio in, probabilities out;
     `audiocnn.inference.pyfunc`) with `served_config(cfg)`, registered as `tracking.registered_model`;
     record its URI and config in run.json."""
     out = Path(cfg.paths.models)
     config = served_config(cfg)
-    with tracking.open_run(cfg, run_id=summary["run_id"]):
+    with tracking.open_run(resolve_tracking(cfg), run_id=summary["run_id"]):
         info = log_audio_model(out / "model.pt", cfg.tracking.get("registered_model"), config,
                                task=summary.get("task"))
     summary = {**summary, "model_uri": info.model_uri, "model_config": config}
@@ -100,7 +115,7 @@ def export_onnx(cfg: DictConfig, summary: dict) -> dict:
     """`<paths.models>/model.onnx` (`audiocnn.inference.export`), logged with the training run."""
     out = Path(cfg.paths.models)
     path = export_model(out / "model.pt", "onnx", out / "model.onnx")
-    with tracking.open_run(cfg, run_id=summary["run_id"]):
+    with tracking.open_run(resolve_tracking(cfg), run_id=summary["run_id"]):
         mlflow.log_artifact(str(path))
     return summary
 
@@ -112,6 +127,7 @@ def train_model(cfg: DictConfig, run_name_suffix: str = "", skip_finished: bool 
     already holds for these settings and this code is kept, not trained again (repeats and
     Hydra jobs rerun after a kill); only what was not done after its training is done.
     `parent_run_id`: the run the training run is a child of (a sweep's, a repeat's)."""
+    resolve_tracking(cfg)  # before any work
     summary = resume.finished(cfg) if skip_finished else None
     if summary is None:
         summary = train(cfg, run_name_suffix=run_name_suffix, parent_run_id=parent_run_id)
@@ -156,6 +172,7 @@ def run_repeats(cfg: DictConfig, steps: tuple[str, ...] = ("train", "evaluate"),
     and `seed`), prepared here; all share the feature store of `paths.prepared`'s clips.
     `parent_run_id`: the run the repeats' own parent run is a child of (a sweep's).
     """
+    store = resolve_tracking(cfg)
     if "train" in steps:
         if make_inputs:
             ensure_inputs(cfg)
@@ -167,10 +184,10 @@ def run_repeats(cfg: DictConfig, steps: tuple[str, ...] = ("train", "evaluate"),
             return {}
         parent = repeats.start(cfg, todo, run_name_suffix)
         if parent_run_id:
-            tracking.set_parent(cfg, parent, parent_run_id)
+            tracking.set_parent(store, parent, parent_run_id)
     else:
         parent, todo = repeats.resume_parent(cfg)
-        tracking.reopen_run(cfg, parent)
+        tracking.reopen_run(store, parent)
     try:
         results = []
         for number, variant in enumerate(todo, 1):
@@ -185,15 +202,15 @@ def run_repeats(cfg: DictConfig, steps: tuple[str, ...] = ("train", "evaluate"),
             metrics = evaluate_model(single) if "evaluate" in steps else {}
             results.append({"variant": variant, "best_val_acc": validation_score(summary), **metrics})
         if "evaluate" not in steps:  # the evaluate stage reopens the parent
-            tracking.end_parent_run(cfg, parent, "FINISHED")
+            tracking.end_parent_run(store, parent, "FINISHED")
             return {"best_val_acc": float(np.mean([r["best_val_acc"] for r in results]))}
         aggregate = repeats.write_aggregate(cfg, results)
         repeats.log_aggregate(cfg, parent, aggregate)
     except BaseException as error:
-        tracking.end_parent_run(cfg, parent, "KILLED" if isinstance(error, KeyboardInterrupt) else "FAILED",
+        tracking.end_parent_run(store, parent, "KILLED" if isinstance(error, KeyboardInterrupt) else "FAILED",
                                 reason=f"{type(error).__name__}: {error}")
         raise
-    tracking.end_parent_run(cfg, parent, "FINISHED")
+    tracking.end_parent_run(store, parent, "FINISHED")
     return aggregate
 
 
@@ -234,7 +251,7 @@ def _job_output_dir() -> tuple[str, str]:
 def run_experiment(cfg: DictConfig) -> float:
     """One Hydra job: inputs, train, evaluate `cfg`; returns the validation accuracy (what a sweep optimises).
     In a sweep, its runs are children of the sweep's parent run (`sweep.parent_run_id`)."""
-    tracking.ensure_available(cfg)  # before any work: a tracking server that does not answer ends the job
+    resolve_tracking(cfg)  # before any work: a tracking server that does not answer ends the job
     output_dir, overrides = _job_output_dir()
     cfg.paths.models = f"{output_dir}/model"
     cfg.paths.metrics = f"{output_dir}/metrics"
@@ -246,11 +263,11 @@ def run_experiment(cfg: DictConfig) -> float:
             return 0.0
         if repeats.is_repeated(cfg):
             if parent:
-                tracking.set_parent(cfg, repeats.resume_parent(cfg)[0], parent)
+                tracking.set_parent(resolve_tracking(cfg), repeats.resume_parent(cfg)[0], parent)
             return run_repeats(cfg, steps=("evaluate",))["best_val_acc"]
         summary = json.loads((Path(cfg.paths.models) / "run.json").read_text())
         if parent:
-            tracking.set_parent(cfg, summary["run_id"], parent)
+            tracking.set_parent(resolve_tracking(cfg), summary["run_id"], parent)
         evaluate_model(cfg)
         return validation_score(summary)
     if repeats.is_repeated(cfg):
@@ -269,7 +286,7 @@ def train_in_processes(cfg: DictConfig, params: Path, run_name_suffix: str = "")
     the name and `hydra.overrides` tag it gets in-process; each job gets a fresh process group.
     """
     job = copy.deepcopy(cfg)
-    job.tracking.run_name = tracking.default_run_name(cfg, run_name_suffix)
+    job.tracking.run_name = run_name_of(cfg, run_name_suffix)
     atomic.write_text(params, OmegaConf.to_yaml(job))
     command = [sys.executable, str(REPO_ROOT / "pipelines" / "train.py"), "--params", str(params)]
     env = {**os.environ, tracking.HYDRA_OVERRIDES_ENV: tracking.hydra_overrides() or ""}

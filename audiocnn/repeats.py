@@ -24,7 +24,7 @@ from pathlib import Path
 import mlflow
 import numpy as np
 import pandas as pd
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from audiocnn import atomic, tracking
 from audiocnn.data.names import slug_map, unescape_columns
@@ -93,12 +93,16 @@ def variant_config(cfg: DictConfig, variant: Variant) -> DictConfig:
 
 def parent_run_name(cfg: DictConfig, suffix: str = "") -> str:
     """`<model>-<data>[-<what the overrides change>]-cv` (or `-seeds`; `tracking.default_run_name`)."""
-    return tracking.default_run_name(cfg, suffix, "cv" if cfg.data.get("protocol") == "cv" else "seeds")
+    return _run_name(cfg, suffix, "cv" if cfg.data.get("protocol") == "cv" else "seeds")
 
 
 def variant_run_name(cfg: DictConfig, variant: Variant, suffix: str = "") -> str:
     """A variant's run name: its parent's without the `-cv`, then its label (`...-fold-3-seed-1`)."""
-    return tracking.default_run_name(cfg, suffix, variant.label)
+    return _run_name(cfg, suffix, variant.label)
+
+
+def _run_name(cfg: DictConfig, suffix: str, kind: str) -> str:
+    return tracking.default_run_name(cfg.tracking.get("run_name"), cfg.model.name, cfg.data.name, suffix, kind)
 
 
 def start(cfg: DictConfig, todo: list[Variant], run_name_suffix: str = "") -> str:
@@ -113,12 +117,15 @@ def start(cfg: DictConfig, todo: list[Variant], run_name_suffix: str = "") -> st
     except (OSError, ValueError):
         state = {}
     same = {k: state.get(k) for k in made_from} == made_from and state.get("variants") == [asdict(v) for v in todo]
-    if cfg.trainer.get("resume", True) and same and tracking.reopen_run(cfg, state["parent_run_id"]):
+    store = tracking.store_of(cfg.tracking)
+    if cfg.trainer.get("resume", True) and same and tracking.reopen_run(store, state["parent_run_id"]):
         print(f"repeats: resuming MLflow parent run {state['parent_run_id']}")
         return state["parent_run_id"]
     tags = {**tracking.run_tags(cfg.data.name, cfg.model.name, cfg.paths.prepared),
             "audiocnn.repeats": ",".join(v.label for v in todo)}
-    parent = tracking.start_parent_run(cfg, parent_run_name(cfg, run_name_suffix), tags)
+    parent = tracking.start_parent_run(store, parent_run_name(cfg, run_name_suffix), tags,
+                                       params=tracking.flatten_config(OmegaConf.to_container(cfg, resolve=True)))
+    tracking.log_dataset(cfg.paths.prepared, cfg.data.name, parent)
     names = {"folds": fold_slugs(list(dict.fromkeys(v.fold for v in todo)))}
     atomic.write_json(out / STATE_FILE, {"parent_run_id": parent, "variants": [asdict(v) for v in todo],
                                          "names": names, **made_from})
@@ -178,7 +185,7 @@ def write_aggregate(cfg: DictConfig, results: list[dict]) -> dict:
 
 
 def log_aggregate(cfg: DictConfig, parent: str, aggregate: dict) -> None:
-    with tracking.open_run(cfg, run_id=parent):
+    with tracking.open_run(tracking.store_of(cfg.tracking), run_id=parent):
         mlflow.log_metrics({f"test_{k}": v for k, v in aggregate.items() if isinstance(v, float)})
         for label, metrics in aggregate["runs"].items():
             mlflow.log_metrics({f"test_{k}.{label}": v for k, v in metrics.items()})

@@ -101,7 +101,7 @@ class SweepParentRun(Callback):
     def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
         with_tracking_uri(config, user_tracking_uri())  # this runs as the sweep's process starts
         try:
-            uri = tracking.configure(config)
+            uri = tracking.configure(tracking.store_of(config.tracking))
         except ConfigError as error:
             print(f"error: {error}", file=sys.stderr)
             sys.exit(2)
@@ -133,7 +133,7 @@ class SweepParentRun(Callback):
         except (OSError, ValueError):
             return False
         if (not config.trainer.get("resume", True) or state.get("overrides") != overrides
-                or not tracking.reopen_run(config, state["parent_run_id"])):
+                or not tracking.reopen_run(tracking.store_of(config.tracking), state["parent_run_id"])):
             return False
         self.run_id = state["parent_run_id"]
         atexit.register(self._end, "FAILED")

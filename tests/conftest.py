@@ -61,10 +61,9 @@ def _no_external_tracking_server():
 def train(cfg, run_name_suffix: str = "") -> dict:
     """What a Hydra job does before it evaluates (`audiocnn.experiment.run_experiment`): check the
     tracking server, make the missing inputs (prepare, featurize), train, log the servable model."""
-    from audiocnn import tracking
-    from audiocnn.experiment import ensure_inputs, train_model
+    from audiocnn.experiment import ensure_inputs, resolve_tracking, train_model
 
-    tracking.ensure_available(cfg)
+    resolve_tracking(cfg)
     ensure_inputs(cfg)
     return train_model(cfg, run_name_suffix=run_name_suffix)
 

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 from mlflow import MlflowClient
 
+from audiocnn.experiment import resolve_tracking
 from audiocnn import tracking
 from audiocnn.tracking import names
 from tests.conftest import REPO, TINY, stop_process, tiny_config
@@ -104,7 +105,7 @@ def test_the_health_check_uses_the_clients_credentials(auth_server, monkeypatch)
 def test_wrong_credentials_stop_a_stage_in_one_line_without_the_password(auth_server, tmp_path):
     cfg = tiny_config(tmp_path, f"tracking.uri=http://admin:not-{PASSWORD}@{auth_server}")
     with pytest.raises(tracking.TrackingUnavailable) as error:
-        tracking.ensure_available(cfg)
+        resolve_tracking(cfg)
     message = str(error.value)
     assert message.startswith(f"tracking.uri=http://***@{auth_server}: MLflow tracking server: credentials refused")
     assert "\n" not in message and PASSWORD not in message
@@ -130,7 +131,7 @@ def test_configure_writes_no_credential_to_the_environment_and_the_client_authen
         monkeypatch.delenv(variable, raising=False)  # the environment may hold some (put back after the test)
     cfg = tiny_config(tmp_path, f"tracking.uri=http://admin:{PASSWORD}@{auth_server}")
     before = dict(os.environ)
-    assert tracking.configure(cfg) == f"http://admin:{PASSWORD}@{auth_server}"
+    assert tracking.configure(tracking.store_of(cfg.tracking)) == f"http://admin:{PASSWORD}@{auth_server}"
     changed = {k for k in {*before, *os.environ} if before.get(k) != os.environ.get(k)}
     assert changed <= {"MLFLOW_TRACKING_URI", "MLFLOW_EXPERIMENT_ID"}  # mlflow.set_tracking_uri's, set_experiment's
     experiment = MlflowClient().get_experiment_by_name(cfg.tracking.experiment)  # an authenticated call

@@ -11,6 +11,7 @@ import pandas as pd
 import pytest
 from mlflow.utils.validation import _validate_metric_name
 
+from audiocnn.experiment import resolve_tracking
 from audiocnn import tracking
 from audiocnn.config import validate_config
 from audiocnn.data.names import csv_cell, read_csv_cell, slug, slug_map
@@ -87,7 +88,7 @@ def test_a_fold_named_like_a_path_writes_nothing_outside_the_paths(tmp_path):
     cfg = source_config(out, "csv", f"data.csv={data / 'list.csv'}", "data.protocol=cv", "data.val_fraction=0.3",
                         *FAST)
     validate_config(cfg)
-    tracking.ensure_available(cfg)
+    resolve_tracking(cfg)
     aggregate = run_repeats(cfg)
 
     assert not (tmp_path / "escaped").exists()

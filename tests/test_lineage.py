@@ -4,6 +4,8 @@ experiment opening in the model-training view (`mlflow.experimentKind`)."""
 
 from __future__ import annotations
 
+import copy
+
 import hashlib
 import subprocess
 from pathlib import Path
@@ -65,11 +67,14 @@ def test_the_experiment_opens_in_the_model_training_view(trained):
     assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
 
 
-def test_a_parent_run_has_the_dataset_and_source_too(trained):
-    cfg, _ = trained
-    parent = tracking.start_parent_run(cfg, "parent-check",
-                                       tracking.run_tags(cfg.data.name, cfg.model.name, cfg.paths.prepared))
-    tracking.end_parent_run(cfg, parent)
+def test_a_parent_run_has_the_dataset_and_source_too(trained, tmp_path):
+    """The parent run of repeated trainings (`repeats.start`), as the MLflow UI lists it."""
+    from audiocnn import repeats
+
+    cfg = copy.deepcopy(trained[0])
+    cfg.trainer.seeds, cfg.paths.models = [0, 1], str(tmp_path / "models")
+    parent = repeats.start(cfg, repeats.variants(cfg))
+    tracking.end_parent_run(tracking.store_of(cfg.tracking), parent)
     run = mlflow.MlflowClient(tracking_uri=cfg.tracking.uri).get_run(parent)
     assert [d.dataset.name for d in run.inputs.dataset_inputs] == ["demo"]
     assert run.data.tags["mlflow.source.type"] == "LOCAL"

@@ -230,7 +230,7 @@ import sys, time
 from pathlib import Path
 from tests.conftest import tiny_config
 from audiocnn import tracking
-with tracking.open_run(tiny_config(Path(sys.argv[1])), run_name="doomed") as run:
+with tracking.open_run(tracking.store_of(tiny_config(Path(sys.argv[1])).tracking), run_name="doomed") as run:
     print(run.info.run_id, flush=True)
     time.sleep(600)
 """
@@ -252,14 +252,14 @@ def test_a_killed_process_run_is_marked_killed_and_live_or_foreign_runs_are_not(
     process.wait(timeout=60)
     assert client.get_run(doomed).info.status == "RUNNING"
 
-    alive = tracking.start_parent_run(cfg, "alive")  # owned by this (live) process
+    alive = tracking.start_parent_run(tracking.store_of(cfg.tracking), "alive")  # owned by this (live) process
     experiment = client.get_run(alive).info.experiment_id
     mine = owners.owner_tags()
     reused = client.create_run(experiment, run_name="reused-pid", tags={**mine, owners.START_TAG: "1000.00"})
     foreign = client.create_run(experiment, run_name="elsewhere", tags={
         **mine, owners.HOST_TAG: "another-host.example", owners.PID_TAG: str(process.pid)})
 
-    tracking.configure(cfg)
+    tracking.configure(tracking.store_of(cfg.tracking))
     killed = client.get_run(doomed)
     assert killed.info.status == "KILLED"
     assert f"pid {process.pid} on {mine[owners.HOST_TAG]}" in killed.data.tags[owners.END_REASON_TAG]
@@ -285,7 +285,7 @@ def test_a_sweep_rerun_into_its_folder_reopens_its_parent_run(tmp_path, monkeypa
         first.on_multirun_start(config)
         parent = first.run_id
         assert json.loads((tmp_path / "multirun" / "sweep.json").read_text())["parent_run_id"] == parent
-        client = MlflowClient(tracking.tracking_uri(config))
+        client = MlflowClient(tracking.anchored(config.tracking.uri))
         client.set_terminated(parent, "KILLED")  # as `tracking.configure` leaves a dead sweep's parent
         second.on_multirun_start(config)
         assert second.run_id == parent

@@ -3,6 +3,9 @@ never hold a path, a URI or a credential; what is logged or printed is redacted 
 
 from __future__ import annotations
 
+from omegaconf import OmegaConf
+
+from audiocnn.experiment import run_name_of
 from audiocnn import repeats, tracking
 from audiocnn.config import compose_config
 from audiocnn.tracking import names
@@ -24,17 +27,17 @@ def test_a_csv_cross_validation_gets_a_short_name_without_paths():
     assert len(name) <= names.MAX_NAME_LENGTH
     variant = repeats.Variant("fold-3", "3", 0)
     assert repeats.variant_run_name(cfg, variant, CSV_CV_SUFFIX) == name.removesuffix("-cv") + "-fold-3"
-    assert tracking.default_run_name(cfg) == "crnn_gru-csv"
+    assert run_name_of(cfg) == "crnn_gru-csv"
 
 
 def test_credentials_are_never_in_a_run_name():
     cfg = compose_config(["data=csv"])
     for suffix in (CSV_CV_SUFFIX, "tracking.uri=https://user:hunter2@h", "+db.password=hunter2",
                    "+x.secret_key=hunter2", "+auth.token=hunter2", "+my.note=hunter2://x@y"):
-        name = tracking.default_run_name(cfg, suffix)
+        name = run_name_of(cfg, suffix)
         assert "hunter2" not in name and "abc123" not in name, name
     given = compose_config(["data=csv", "tracking.run_name=see http://u:hunter2@host"])
-    assert tracking.default_run_name(given) == "see http://***@host"
+    assert run_name_of(given) == "see http://***@host"
 
 
 def test_long_names_are_capped_deterministic_and_distinct():
@@ -54,7 +57,7 @@ def test_redaction_of_uris_and_secret_settings():
     assert names.redact("at http://admin:pw@127.0.0.1:5000/#/x and https://tok@h") == "at http://***@127.0.0.1:5000/#/x and https://***@h"
     assert names.redact_overrides(["tracking.uri=http://a:b@h", "+db.PASSWORD=x", "optimizer.lr=1"]) == \
         "tracking.uri=http://***@h +db.PASSWORD=*** optimizer.lr=1"
-    flat = tracking.flatten_config(compose_config(["tracking.uri=http://admin:hunter2@h:5000", "+deploy.api_token=t0k"]))
+    flat = tracking.flatten_config(OmegaConf.to_container(compose_config(["tracking.uri=http://admin:hunter2@h:5000", "+deploy.api_token=t0k"]), resolve=True))
     assert flat["tracking.uri"] == "http://***@h:5000" and flat["deploy.api_token"] == "***"
 
 
@@ -66,7 +69,7 @@ def test_a_failure_reason_holding_credentials_is_recorded_redacted(tmp_path):
 
     cfg = tiny_config(tmp_path)
     with pytest.raises(RuntimeError):
-        with tracking.open_run(cfg, run_name="leaky") as run:
+        with tracking.open_run(tracking.store_of(cfg.tracking), run_name="leaky") as run:
             raise RuntimeError("upload to https://bot:hunter2@store.example/x failed")
     tags = mlflow.MlflowClient(tracking_uri=cfg.tracking.uri).get_run(run.info.run_id).data.tags
     assert tags[tracking.FAILURE_TAG] == "RuntimeError: upload to https://***@store.example/x failed"

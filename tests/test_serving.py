@@ -100,7 +100,7 @@ def confident(trained, tmp_path_factory):
     bundle["state_dict"] = {k: v * 50 if k in scaled else v for k, v in bundle["state_dict"].items()}
     path = tmp_path_factory.mktemp("confident") / "model.pt"
     torch.save(bundle, path)
-    with tracking.open_run(cfg, run_name="confident"):
+    with tracking.open_run(tracking.store_of(cfg.tracking), run_name="confident"):
         info = log_audio_model(path)
     os.environ.pop("MLFLOW_TRACKING_URI", None)
     mlflow.set_tracking_uri(cfg.tracking.uri)

@@ -19,19 +19,19 @@ from tests.conftest import tiny_config
 
 def test_jobs_rank_by_validation_accuracy_and_repeated_jobs_by_their_mean(tmp_path):
     cfg = tiny_config(tmp_path)
-    tracking.configure(cfg)
-    parent = tracking.start_parent_run(cfg, "sweep-demo-test")
+    tracking.configure(tracking.store_of(cfg.tracking))
+    parent = tracking.start_parent_run(tracking.store_of(cfg.tracking), "sweep-demo-test")
     for overrides, val_acc in (("optimizer.lr=0.1", 0.5), ("optimizer.lr=0.01", 0.75)):
-        with tracking.open_run(cfg, run_name=overrides, tags={"hydra.overrides": overrides}, parent_run_id=parent):
+        with tracking.open_run(tracking.store_of(cfg.tracking), run_name=overrides, tags={"hydra.overrides": overrides}, parent_run_id=parent):
             mlflow.log_metrics({"best_val_acc": val_acc, "test_accuracy": val_acc - 0.1})
     # A job that repeats seeds is a parent of its own; it ranks by its runs' mean.
-    repeated = tracking.start_parent_run(cfg, "seeds", {"hydra.overrides": "trainer.seeds=[0,1]"}, parent_run_id=parent)
+    repeated = tracking.start_parent_run(tracking.store_of(cfg.tracking), "seeds", {"hydra.overrides": "trainer.seeds=[0,1]"}, parent_run_id=parent)
     for val_acc in (0.8, 1.0):
-        with tracking.open_run(cfg, run_name="seed", parent_run_id=repeated):
+        with tracking.open_run(tracking.store_of(cfg.tracking), run_name="seed", parent_run_id=repeated):
             mlflow.log_metric("best_val_acc", val_acc)
-    with tracking.open_run(cfg, run_name="broken", tags={"hydra.overrides": "model.dropout=2"}, parent_run_id=parent):
+    with tracking.open_run(tracking.store_of(cfg.tracking), run_name="broken", tags={"hydra.overrides": "model.dropout=2"}, parent_run_id=parent):
         pass  # no metric: ranks last
-    client = MlflowClient(tracking_uri=tracking.tracking_uri(cfg))
+    client = MlflowClient(tracking_uri=tracking.anchored(cfg.tracking.uri))
     experiment = client.get_experiment_by_name(cfg.tracking.experiment).experiment_id
     jobs = ranked_jobs(client, experiment, parent)
     assert [job["overrides"] for job in jobs] == ["trainer.seeds=[0,1]", "optimizer.lr=0.01", "optimizer.lr=0.1",
@@ -67,7 +67,7 @@ def test_sweep_callback_records_its_parent_run_for_the_jobs_ranks_and_ends(tmp_p
         callback.on_multirun_start(config)
         parent = json.loads((tmp_path / "multirun" / STATE_FILE).read_text())["parent_run_id"]
         assert parent and parent == callback.run_id, "the parent run id is not recorded for the jobs"
-        client = MlflowClient(tracking_uri=tracking.tracking_uri(config))
+        client = MlflowClient(tracking_uri=tracking.anchored(config.tracking.uri))
         run = client.get_run(parent)
         assert run.info.status == "RUNNING"
         assert run.data.tags["sweep"] == "true" and run.data.tags["hydra.overrides"] == " ".join(task)
@@ -76,7 +76,7 @@ def test_sweep_callback_records_its_parent_run_for_the_jobs_ranks_and_ends(tmp_p
         jobs = {}
         for overrides, val_acc in (("optimizer.lr=0.1", 0.5), ("optimizer.lr=0.01", 0.75)):
             job_cfg = tiny_config(tmp_path, overrides)
-            with tracking.open_run(job_cfg, run_name=overrides, tags={"hydra.overrides": overrides},
+            with tracking.open_run(tracking.store_of(job_cfg.tracking), run_name=overrides, tags={"hydra.overrides": overrides},
                                    parent_run_id=parent) as job:
                 mlflow.log_metrics({"best_val_acc": val_acc, "test_accuracy": val_acc - 0.1})
             jobs[overrides] = job.info.run_id

@@ -10,6 +10,8 @@ import pytest
 from mlflow import MlflowClient
 from omegaconf import OmegaConf
 
+from audiocnn.experiment import run_name_of
+from audiocnn.experiment import resolve_tracking
 from audiocnn import tracking
 from audiocnn.config import compose_config
 from tests.conftest import tiny_config
@@ -43,13 +45,13 @@ def _client(cfg) -> MlflowClient:
 def test_flatten_config_gives_dotted_string_params():
     cfg = OmegaConf.create({"a": {"b": 1, "c": [1, 2], "d": {"e": None}}, "f": "x", "g": 0.5,
                             "ref": "${a.b}"})
-    assert tracking.flatten_config(cfg) == {"a.b": "1", "a.c": "[1, 2]", "a.d.e": "None", "f": "x", "g": "0.5",
+    assert tracking.flatten_config(OmegaConf.to_container(cfg, resolve=True)) == {"a.b": "1", "a.c": "[1, 2]", "a.d.e": "None", "f": "x", "g": "0.5",
                                             "ref": "1"}
 
 
 def test_flatten_config_of_the_real_config_keeps_lists_whole():
     cfg = compose_config(["model=cnn"])
-    flat = tracking.flatten_config(cfg)
+    flat = tracking.flatten_config(OmegaConf.to_container(cfg, resolve=True))
     assert all(isinstance(v, str) for v in flat.values())
     assert flat["optimizer.lr"] == str(cfg.optimizer.lr)
     assert flat["features.n_bins"] == "84"
@@ -60,8 +62,8 @@ def test_flatten_config_of_the_real_config_keeps_lists_whole():
 
 def test_open_run_records_tags_and_params_on_a_sqlite_store(cfg):
     assert cfg.tracking.uri.startswith("sqlite:///")
-    params = tracking.flatten_config(cfg)
-    with tracking.open_run(cfg, run_name="tiny-run", tags={"data": "demo", "purpose": "test"}) as run:
+    params = tracking.flatten_config(OmegaConf.to_container(cfg, resolve=True))
+    with tracking.open_run(tracking.store_of(cfg.tracking), run_name="tiny-run", tags={"data": "demo", "purpose": "test"}) as run:
         mlflow.log_params(params)
         mlflow.log_metric("val_loss", 0.25)
     assert Path(cfg.tracking.uri.removeprefix("sqlite:///")).is_file()
@@ -75,7 +77,7 @@ def test_open_run_records_tags_and_params_on_a_sqlite_store(cfg):
     assert experiment.name == cfg.tracking.experiment
 
     # Resuming by id (as the evaluate stage does) adds to the same run.
-    with tracking.open_run(cfg, run_id=run.info.run_id):
+    with tracking.open_run(tracking.store_of(cfg.tracking), run_id=run.info.run_id):
         mlflow.log_metric("test_accuracy", 0.5)
     resumed = _client(cfg).get_run(run.info.run_id)
     assert resumed.data.metrics["test_accuracy"] == 0.5 and resumed.info.status == "FINISHED"
@@ -83,7 +85,7 @@ def test_open_run_records_tags_and_params_on_a_sqlite_store(cfg):
 
 def test_a_run_that_raises_is_marked_failed(cfg):
     with pytest.raises(ZeroDivisionError):
-        with tracking.open_run(cfg, run_name="doomed") as run:
+        with tracking.open_run(tracking.store_of(cfg.tracking), run_name="doomed") as run:
             1 / 0
     assert mlflow.active_run() is None
     assert _client(cfg).get_run(run.info.run_id).info.status == "FAILED"
@@ -98,8 +100,8 @@ def test_mlflow_tracking_uri_env_var_wins_over_the_config(store_root, monkeypatc
     server = f"sqlite:///{store_root / 'mlflow.db'}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", server)
     cfg = with_tracking_uri(cfg, user_tracking_uri())
-    assert tracking.tracking_uri(cfg) == server
-    with tracking.open_run(cfg, run_name="to-the-team-store") as run:
+    assert tracking.anchored(cfg.tracking.uri) == server
+    with tracking.open_run(tracking.store_of(cfg.tracking), run_name="to-the-team-store") as run:
         pass
     assert MlflowClient(tracking_uri=server).get_run(run.info.run_id).info.status == "FINISHED"
     assert not (store_root / "missing").exists()
@@ -109,10 +111,10 @@ def test_mlflow_tracking_uri_env_var_wins_over_the_config(store_root, monkeypatc
 def test_a_configured_run_does_not_override_the_next_config(store_root):
     first = tiny_config(store_root)
     second = tiny_config(store_root, f"tracking.uri=sqlite:///{store_root / 'second.db'}")
-    tracking.configure(first)
+    tracking.configure(tracking.store_of(first.tracking))
     # mlflow.set_tracking_uri exports MLFLOW_TRACKING_URI; below the entry point audiocnn never reads it.
-    assert tracking.tracking_uri(second) == second.tracking.uri
-    with tracking.open_run(second, run_name="second") as run:
+    assert tracking.anchored(second.tracking.uri) == second.tracking.uri
+    with tracking.open_run(tracking.store_of(second.tracking), run_name="second") as run:
         pass
     assert MlflowClient(tracking_uri=second.tracking.uri).get_run(run.info.run_id).info.status == "FINISHED"
 
@@ -129,8 +131,8 @@ def test_run_tags_name_data_model_and_manifest(tmp_path):
 
     tags = tracking.run_tags(cfg.data.name, cfg.model.name, cfg.paths.prepared)
     assert tags["data.manifest_md5"] == hashlib.md5(manifest.read_bytes()).hexdigest()
-    assert tracking.default_run_name(cfg) == f"{cfg.model.name}-demo"
-    assert tracking.default_run_name(cfg, "optimizer.lr=0.1") == f"{cfg.model.name}-demo-lr=0.1"
+    assert run_name_of(cfg) == f"{cfg.model.name}-demo"
+    assert run_name_of(cfg, "optimizer.lr=0.1") == f"{cfg.model.name}-demo-lr=0.1"
 
 
 def free_port() -> int:
@@ -142,18 +144,18 @@ def free_port() -> int:
 
 
 def test_runs_nest_under_the_parent_given(cfg):
-    with tracking.open_run(cfg, run_name="parent") as parent:
+    with tracking.open_run(tracking.store_of(cfg.tracking), run_name="parent") as parent:
         pass
-    with tracking.open_run(cfg, run_name="child", parent_run_id=parent.info.run_id) as child:
+    with tracking.open_run(tracking.store_of(cfg.tracking), run_name="child", parent_run_id=parent.info.run_id) as child:
         pass
-    with tracking.open_run(cfg, run_id=child.info.run_id):  # resuming keeps the run where it is
+    with tracking.open_run(tracking.store_of(cfg.tracking), run_id=child.info.run_id):  # resuming keeps the run where it is
         mlflow.log_metric("test_accuracy", 1.0)
-    later = tracking.start_parent_run(cfg, "made-before-its-parent-was-known")
-    tracking.set_parent(cfg, later, parent.info.run_id)
+    later = tracking.start_parent_run(tracking.store_of(cfg.tracking), "made-before-its-parent-was-known")
+    tracking.set_parent(tracking.store_of(cfg.tracking), later, parent.info.run_id)
     for run_id in (child.info.run_id, later):
         assert _client(cfg).get_run(run_id).data.tags["mlflow.parentRunId"] == parent.info.run_id
-    tracking.end_parent_run(cfg, later)
-    with tracking.open_run(cfg, run_name="alone") as alone:
+    tracking.end_parent_run(tracking.store_of(cfg.tracking), later)
+    with tracking.open_run(tracking.store_of(cfg.tracking), run_name="alone") as alone:
         pass
     assert "mlflow.parentRunId" not in _client(cfg).get_run(alone.info.run_id).data.tags
 
@@ -170,9 +172,9 @@ def test_run_tags_join_dvc_experiments_and_hydra_jobs(tmp_path, monkeypatch):
 def test_relative_sqlite_store_is_anchored_at_the_dvc_root(tmp_path, monkeypatch):
     cfg = tiny_config(tmp_path, "tracking.uri=sqlite:///mlflow.db")
     monkeypatch.setenv("DVC_ROOT", str(tmp_path))  # a queued DVC experiment runs in a temporary copy
-    assert tracking.tracking_uri(cfg) == f"sqlite:///{tmp_path.resolve() / 'mlflow.db'}"
+    assert tracking.anchored(cfg.tracking.uri) == f"sqlite:///{tmp_path.resolve() / 'mlflow.db'}"
     monkeypatch.delenv("DVC_ROOT")
-    assert tracking.tracking_uri(cfg) == f"sqlite:///{Path.cwd().resolve() / 'mlflow.db'}"
+    assert tracking.anchored(cfg.tracking.uri) == f"sqlite:///{Path.cwd().resolve() / 'mlflow.db'}"
 
 
 def test_an_unreachable_server_stops_training_before_any_work(tmp_path, monkeypatch):
@@ -210,10 +212,10 @@ def test_required_false_falls_back_to_the_local_store_and_says_so(tmp_path, monk
     monkeypatch.setenv("DVC_ROOT", str(tmp_path))  # the project root the local store is taken from
     cfg = tiny_config(tmp_path, f"tracking.uri={server}/", "tracking.required=false")
     local = f"sqlite:///{tmp_path.resolve() / 'mlflow.db'}"
-    assert tracking.ensure_available(cfg) == local
+    assert resolve_tracking(cfg).uri == local
     assert f"{server}/ is not reachable" in capsys.readouterr().out
     assert cfg.tracking.uri == local  # the job's later steps use it without asking the server again
-    with tracking.open_run(cfg, run_name="offline") as run:
+    with tracking.open_run(tracking.store_of(cfg.tracking), run_name="offline") as run:
         mlflow.log_metric("val_acc", 0.5)
     assert "not reachable" not in capsys.readouterr().out
     assert MlflowClient(tracking_uri=local).get_run(run.info.run_id).data.metrics["val_acc"] == 0.5

@@ -28,7 +28,7 @@ cfg = tiny_config(root)
 (root / ("ready-" + sys.argv[1])).touch()
 while not go.exists():
     time.sleep(0.005)
-with tracking.open_run(cfg, run_name="job-" + sys.argv[1]):
+with tracking.open_run(tracking.store_of(cfg.tracking), run_name="job-" + sys.argv[1]):
     import mlflow
     mlflow.log_metric("job", int(sys.argv[1]))
 """
@@ -64,7 +64,7 @@ def test_a_store_another_process_keeps_locked_is_one_clear_error(tmp_path, monke
         assert holder.stdout.readline().strip() == "held"
         monkeypatch.setattr(tracking, "STORE_LOCK_TIMEOUT_S", 0.5)
         with pytest.raises(TrackingUnavailable, match=r"another process has been opening .*mlflow.db for 0.5 s"):
-            tracking.configure(tiny_config(tmp_path))
+            tracking.configure(tracking.store_of(tiny_config(tmp_path).tracking))
     finally:
         holder.kill()
         holder.wait()

@@ -44,7 +44,8 @@ def member_probabilities(member: str, data: WindowDataModule, cfg: DictConfig, s
 
 def evaluate_ensemble(cfg: DictConfig) -> dict:
     """Mean of the members' probabilities; returns the ensemble's metrics (members in `members`)."""
-    tracking.configure(cfg)  # members given as run ids are fetched from this tracking store
+    store = tracking.store_of(cfg.tracking)
+    tracking.configure(store)  # members given as run ids are fetched from this tracking store
     data = WindowDataModule(cfg)
     if data.multilabel:
         raise ConfigError(f"ensemble: not yet for multi-label data (data={cfg.data.name}); evaluate each model alone")
@@ -59,7 +60,7 @@ def evaluate_ensemble(cfg: DictConfig) -> dict:
                                    f"ensemble of {len(members)} on {cfg.data.name}", settings)
     report = {"ensemble": {k: v for k, v in metrics.items() if k not in NOT_IN_JSON}, "members": members}
     atomic.write_json(out / "ensemble.json", report)
-    with tracking.open_run(cfg, run_name=f"ensemble{len(members)}-{cfg.data.name}",
+    with tracking.open_run(store, run_name=f"ensemble{len(members)}-{cfg.data.name}",
                            tags=tracking.run_tags(cfg.data.name, "ensemble", cfg.paths.prepared)):
         mlflow.log_params({f"member_{i}": m["member"] for i, m in enumerate(members)})
         mlflow.log_metrics({f"member_{i}_test_accuracy": m["accuracy"] for i, m in enumerate(members)})

@@ -82,7 +82,7 @@ def evaluate(cfg: DictConfig) -> dict:
         files += explain_model(WindowScorer.for_bundle(model, bundle), data, bundle["features"], out / "explain",
                                settings.explain_clips_per_class)
     run = json.loads((Path(cfg.paths.models) / "run.json").read_text())
-    with tracking.open_run(cfg, run_id=run["run_id"]):
+    with tracking.open_run(tracking.store_of(cfg.tracking), run_id=run["run_id"]):
         (log_multilabel_test_metrics if is_multilabel(bundle.get("task")) else log_test_metrics)(metrics, files)
         if events:
             mlflow.log_metrics({f"test_{k}": metrics[k] for k in LOGGED_EVENT_METRICS if metrics[k] is not None})

@@ -19,12 +19,12 @@ from __future__ import annotations
 
 import os
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, Mapping
 
 import mlflow
 from filelock import FileLock, Timeout
-from omegaconf import DictConfig, OmegaConf
 
 from audiocnn.errors import TrackingUnavailable
 from audiocnn.tracking import owners
@@ -55,51 +55,58 @@ def project_root() -> Path:
     return Path(os.environ.get("DVC_ROOT") or Path.cwd()).resolve()
 
 
-def _anchor(uri: str) -> str:
+def anchored(uri: str) -> str:
     """`sqlite:///relative.db` -> `sqlite:////<project root>/relative.db`; other URIs unchanged."""
     if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
         return f"sqlite:///{project_root() / uri.removeprefix('sqlite:///')}"
     return uri
 
 
-def tracking_uri(cfg: DictConfig) -> str:
-    """`tracking.uri` of `cfg`, a relative SQLite file taken from the project root (as configured:
-    `ensure_available` says which URI is used)."""
-    return _anchor(cfg.tracking.uri)
-
-
-def ensure_available(cfg: DictConfig) -> str:
-    """The tracking URI to use, checked before any work.
+def ensure_available(uri: str, required: bool = True) -> str:
+    """The tracking URI to use for `tracking.uri` = `uri`, checked before any work.
 
     A URI with user info (`http://user:password@host`) is given to MLflow as it is: its REST client
     sends the user info as basic auth (through `requests`). Nothing audiocnn prints or records holds
     it (`names.redact`), MLflow's own run links are dropped (`owners.without_run_links`), and an
     unexpected error's traceback is printed redacted (`audiocnn.config.stage_main`).
     An unreachable server raises `TrackingUnavailable` (one line: URI, reason, what to do),
-    or with `tracking.required=false` returns the local store `sqlite:///mlflow.db`, written into
-    `cfg.tracking.uri`: the job's later steps use it without waiting for the server again.
+    or with `required=False` (`tracking.required=false`) returns the local store `sqlite:///mlflow.db`
+    (`audiocnn.config.resolve_tracking` records it for the job's later steps).
     """
-    uri = tracking_uri(cfg)
+    uri = anchored(uri)
     problem = server_problem(uri)
     if problem is None:
         return uri
-    fallback = _anchor(LOCAL_STORE)
-    if cfg.tracking.get("required", True) and problem.startswith(CREDENTIALS):
+    fallback = anchored(LOCAL_STORE)
+    if required and problem.startswith(CREDENTIALS):
         raise TrackingUnavailable(redact(f"tracking.uri={uri}: MLflow tracking server: {problem}; fix them, or "
                                          f"set tracking.required=false to log to {fallback}"))
-    if cfg.tracking.get("required", True):
+    if required:
         raise TrackingUnavailable(redact(
             f"tracking.uri={uri}: MLflow tracking server not reachable ({problem}); start it, fix "
             f"MLFLOW_TRACKING_URI / tracking.uri, or set tracking.required=false to log to {fallback}"))
     print(redact(f"tracking: {uri} is not reachable ({problem}); tracking.required=false: logging to the "
                  f"local store {fallback} instead"))
-    cfg.tracking.uri = fallback
     return fallback
 
 
-def flatten_config(cfg: DictConfig) -> dict[str, str]:
-    """{"model.blocks": "[...]", "optimizer.lr": "0.001", ...}: dotted keys, lists kept whole; no
-    credentials (`names.redact_setting`: `tracking.uri=http://***@host`, `x.password=***`)."""
+@dataclass(frozen=True)
+class Store:
+    """Where runs go: the MLflow tracking URI to use (`ensure_available`'s answer) and the experiment."""
+    uri: str
+    experiment: str
+
+
+def store_of(group: Mapping) -> Store:
+    """The store of the `tracking` config group (`uri`, `experiment`, `required`), checked now
+    (`ensure_available`: an unreachable server stops the caller before any work)."""
+    return Store(ensure_available(group["uri"], bool(group.get("required", True))), group["experiment"])
+
+
+def flatten_config(config: Mapping) -> dict[str, str]:
+    """{"model.blocks": "[...]", "optimizer.lr": "0.001", ...} of a resolved config as plain Python
+    (`OmegaConf.to_container`): dotted keys, lists kept whole; no credentials (`names.redact_setting`:
+    `tracking.uri=http://***@host`, `x.password=***`)."""
     flat: dict[str, str] = {}
 
     def walk(node, prefix: str) -> None:
@@ -109,17 +116,16 @@ def flatten_config(cfg: DictConfig) -> dict[str, str]:
         else:
             flat[prefix[:-1]] = redact_setting(prefix[:-1], str(node))[:MAX_PARAM_LENGTH]
 
-    walk(OmegaConf.to_container(cfg, resolve=True), "")
+    walk(dict(config), "")
     return flat
 
 
-def default_run_name(cfg: DictConfig, suffix: str = "", kind: str = "") -> str:
-    """`tracking.run_name`, else `<model>-<data>[-<what the overrides `suffix` change>][-<kind>]`
+def default_run_name(given: str | None, model: str, data: str, suffix: str = "", kind: str = "") -> str:
+    """`given` (`tracking.run_name`), else `<model>-<data>[-<what the overrides `suffix` change>][-<kind>]`
     (`names.run_name`: short, no paths, URIs or credentials), so runs are told apart in the MLflow UI."""
-    given = cfg.tracking.get("run_name")
     if given:
         return redact(f"{given}-{kind}" if kind else given)
-    return run_name(cfg.model.name, cfg.data.name, suffix, kind)
+    return run_name(model, data, suffix, kind)
 
 
 def ui_url(uri: str, experiment_id: str, run_id: str | None = None) -> str | None:
@@ -166,17 +172,17 @@ def _store_lock(uri: str) -> Iterator[None]:
         lock.release()
 
 
-def configure(cfg: DictConfig) -> str:
-    """Point MLflow at the store and experiment of `cfg` and return the store's URI (`ensure_available`);
-    runs of this experiment that a dead process of this host left RUNNING are marked KILLED (`owners.reap`).
+def configure(store: Store) -> str:
+    """Point MLflow at `store` and its experiment and return the store's URI; runs of this experiment
+    that a dead process of this host left RUNNING are marked KILLED (`owners.reap`).
     `mlflow.set_tracking_uri` exports MLFLOW_TRACKING_URI for the processes this one starts (MLflow's
     doing); audiocnn reads that variable only where a process starts (`audiocnn.config`)."""
-    uri = ensure_available(cfg)
+    uri = store.uri
     mlflow.set_tracking_uri(uri)
     with _store_lock(uri):
-        _use_experiment(cfg.tracking.experiment, uri)
+        _use_experiment(store.experiment, uri)
     try:
-        owners.reap(mlflow.MlflowClient(), mlflow.get_experiment_by_name(cfg.tracking.experiment).experiment_id)
+        owners.reap(mlflow.MlflowClient(), mlflow.get_experiment_by_name(store.experiment).experiment_id)
     except mlflow.exceptions.MlflowException as error:  # never a reason to stop a stage
         print(redact(f"tracking: could not look for runs left RUNNING by dead processes "
                      f"({str(error).splitlines()[0]})"))
@@ -190,10 +196,10 @@ def claim(client, run_id: str) -> None:
         client.delete_tag(run_id, owners.END_REASON_TAG)
 
 
-def reopen_run(cfg: DictConfig, run_id: str) -> bool:
+def reopen_run(store: Store, run_id: str) -> bool:
     """Set `run_id` RUNNING again, owned by this process, without making it active (a parent run
     resumed); False when the store has no such run."""
-    configure(cfg)
+    configure(store)
     client = mlflow.MlflowClient()
     try:
         client.get_run(run_id)
@@ -205,7 +211,7 @@ def reopen_run(cfg: DictConfig, run_id: str) -> bool:
 
 
 @contextmanager
-def open_run(cfg: DictConfig, *, run_id: str | None = None, run_name: str | None = None,
+def open_run(store: Store, *, run_id: str | None = None, run_name: str | None = None,
              tags: dict | None = None, parent_run_id: str | None = None) -> Iterator[mlflow.ActiveRun]:
     """Start (or, with `run_id`, resume: RUNNING again) a run owned by this process (`owners`); a run
     that raises is marked FAILED (KILLED for Ctrl-C), its error's first line its `audiocnn.failure`
@@ -214,7 +220,7 @@ def open_run(cfg: DictConfig, *, run_id: str | None = None, run_name: str | None
     The run is the child of `parent_run_id` (a run resumed under another parent, a repeat's after its
     parent was replaced, moves there).
     """
-    configure(cfg)
+    configure(store)
     parent = parent_run_id
     new_tags = None if run_id else {**(tags or {}), **owners.owner_tags()}  # owned from its creation
     run = mlflow.start_run(run_id=run_id, run_name=None if run_id else run_name, tags=new_tags)
@@ -241,31 +247,31 @@ def open_run(cfg: DictConfig, *, run_id: str | None = None, run_name: str | None
             mlflow.end_run(status=status)
 
 
-def start_parent_run(cfg: DictConfig, run_name: str, tags: dict | None = None,
-                     parent_run_id: str | None = None) -> str:
-    """Create a RUNNING run to group child runs (folds, seeds, sweep jobs) without making it active;
-    itself the child of `parent_run_id` when given (a sweep of cross-validations)."""
-    configure(cfg)
-    experiment = mlflow.get_experiment_by_name(cfg.tracking.experiment)
+def start_parent_run(store: Store, run_name: str, tags: dict | None = None, parent_run_id: str | None = None,
+                     params: dict[str, str] | None = None) -> str:
+    """Create a RUNNING run to group child runs (folds, seeds, sweep jobs) without making it active,
+    with `params` (`flatten_config`); itself the child of `parent_run_id` when given (a sweep of
+    cross-validations)."""
+    configure(store)
+    experiment = mlflow.get_experiment_by_name(store.experiment)
     tags = {**(tags or {}), **owners.owner_tags(), "mlflow.runName": run_name}
     if parent_run_id:
         tags["mlflow.parentRunId"] = parent_run_id
     run = mlflow.MlflowClient().create_run(experiment.experiment_id, run_name=run_name, tags=tags)
     mlflow.MlflowClient().log_batch(run.info.run_id, params=[
-        mlflow.entities.Param(k, v) for k, v in flatten_config(cfg).items()])
-    log_dataset(cfg.paths.prepared, cfg.data.name, run.info.run_id)
+        mlflow.entities.Param(k, v) for k, v in (params or {}).items()])
     return run.info.run_id
 
 
-def end_parent_run(cfg: DictConfig, run_id: str, status: str = "FINISHED", reason: str | None = None) -> None:
+def end_parent_run(store: Store, run_id: str, status: str = "FINISHED", reason: str | None = None) -> None:
     """End a run `start_parent_run` made (`reason`: why it did not finish, kept as `audiocnn.end_reason`)."""
-    configure(cfg)
+    configure(store)
     if reason:
         mlflow.MlflowClient().set_tag(run_id, owners.END_REASON_TAG, redact(reason)[:MAX_PARAM_LENGTH])
     with owners.without_run_links():
         mlflow.MlflowClient().set_terminated(run_id, status=status)
 
 
-def set_parent(cfg: DictConfig, run_id: str, parent_run_id: str) -> None:
+def set_parent(store: Store, run_id: str, parent_run_id: str) -> None:
     """Make `run_id` a child of `parent_run_id` (a run made where the parent was not known)."""
-    mlflow.MlflowClient(tracking_uri=configure(cfg)).set_tag(run_id, "mlflow.parentRunId", parent_run_id)
+    mlflow.MlflowClient(tracking_uri=configure(store)).set_tag(run_id, "mlflow.parentRunId", parent_run_id)

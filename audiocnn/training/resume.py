@@ -176,10 +176,11 @@ def _fresh(out: Path, message: str = "") -> Start:
     return Start(message=f"{message}; starting afresh" if message else "")
 
 
-def plan(cfg: DictConfig, out: Path) -> Start:
+def plan(cfg: DictConfig, out: Path, store: tracking.Store) -> Start:
     """What a train stage in `out` resumes from (see the module docstring). Raises `InputError`
     when the run it would resume is RUNNING in a live process of this machine (two trainings in
-    one folder); one RUNNING on another host cannot be judged from here and is resumed."""
+    one folder); one RUNNING on another host cannot be judged from here and is resumed. `store`: the
+    MLflow store the run is in."""
     state, last = read_state(out), out / LAST
     epochs = checkpoint_epochs(last) if last.exists() else None
     where = f"{last}" + (f" ({epochs} epochs)" if epochs else "")
@@ -191,12 +192,12 @@ def plan(cfg: DictConfig, out: Path) -> Start:
     if fingerprint(cfg) != state.get("fingerprint"):
         return _fresh(out, f"not resuming {where}: made with other settings "
                            f"({changes(state.get('settings', {}), settings(cfg))})")
-    tracking.configure(cfg)  # marks the run KILLED if its process is gone
+    tracking.configure(store)  # marks the run KILLED if its process is gone
     try:
         run = mlflow.MlflowClient().get_run(state["run_id"])
     except mlflow.exceptions.MlflowException:
         return _fresh(out, f"not resuming {where}: its MLflow run {state['run_id']} is not in "
-                           f"{tracking.redact(tracking.tracking_uri(cfg))}")
+                           f"{tracking.redact(store.uri)}")
     tags = run.data.tags
     if run.info.status == "RUNNING" and owners.on_this_machine(tags) and owners.owner_alive(tags):
         raise InputError(f"paths.models={out}: MLflow run {run.info.run_id} is being trained there by "

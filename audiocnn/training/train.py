@@ -298,7 +298,8 @@ def fit_event_decoding(model: torch.nn.Module, data: WindowDataModule, cfg: Dict
 def log_run_inputs(cfg: DictConfig, run_id: str, summary_table, transfer) -> None:
     """Params, model size and summary, transfer report: what a run resumed already has is not logged again."""
     logged = mlflow.MlflowClient().get_run(run_id).data
-    mlflow.log_params({k: v for k, v in tracking.flatten_config(cfg).items() if k not in logged.params})
+    params = tracking.flatten_config(OmegaConf.to_container(cfg, resolve=True))
+    mlflow.log_params({k: v for k, v in params.items() if k not in logged.params})
     tracking.log_dataset(cfg.paths.prepared, cfg.data.name, run_id)  # the Dataset column: the manifest, its MD5
     if "n_parameters" not in logged.metrics:
         mlflow.log_metrics({"n_parameters": summary_table.total_params, "multiply_adds": summary_table.total_macs})
@@ -316,12 +317,12 @@ def train(cfg: DictConfig, run_name_suffix: str = "", parent_run_id: str | None 
     one: the same fit (from the checkpoint the main one chose, `resume.follow`), nothing logged
     or written; returns {}.
     """
-    uri = tracking.ensure_available(cfg)  # an unreachable tracking server stops us before any work
+    store = tracking.store_of(cfg.tracking)  # an unreachable tracking server stops us before any work
     check_inputs(cfg)
     out = Path(cfg.paths.models)
     out.mkdir(parents=True, exist_ok=True)
     main = distributed.is_main_process()
-    start = resume.plan(cfg, out) if main else resume.follow(out)
+    start = resume.plan(cfg, out, store) if main else resume.follow(out)
     if start.message:
         print(f"train: {start.message}")
     L.seed_everything(cfg.seed, workers=True)
@@ -350,16 +351,16 @@ def train(cfg: DictConfig, run_name_suffix: str = "", parent_run_id: str | None 
     if not main:
         fit(cfg, model, data, out, None, start)
         return {}
-    name = tracking.default_run_name(cfg, run_name_suffix)
+    name = tracking.default_run_name(cfg.tracking.get("run_name"), cfg.model.name, cfg.data.name, run_name_suffix)
     tags = tracking.run_tags(cfg.data.name, cfg.model.name, cfg.paths.prepared)
-    with tracking.open_run(cfg, run_id=start.run_id, run_name=name, tags=tags,
+    with tracking.open_run(store, run_id=start.run_id, run_name=name, tags=tags,
                            parent_run_id=parent_run_id) as run:
         run_id = run.info.run_id
         if not start.fit_done:
             resume.record(cfg, out, run_id)
         summary_table = summarize(model, cfg.features.n_bins, cfg.features.window_frames, name=cfg.model.name)
         log_run_inputs(cfg, run_id, summary_table, transfer)
-        trainer, best_val, epochs = fit(cfg, model, data, out, run_id, start, uri)
+        trainer, best_val, epochs = fit(cfg, model, data, out, run_id, start, store.uri)
         temperature = fit_calibration(model, data, cfg) if calibrating else 1.0
         thresholds = fit_class_thresholds(model, data, cfg) if data.multilabel else None
         if events:
@@ -371,7 +372,7 @@ def train(cfg: DictConfig, run_name_suffix: str = "", parent_run_id: str | None 
         score = EVENTS_SCORE if data.events_task else "val_map" if data.multilabel else "val_acc"
         summary = {
             "run_id": run_id, "experiment_id": run.info.experiment_id,
-            "tracking_uri": tracking.redact(uri), "run_name": name,
+            "tracking_uri": tracking.redact(store.uri), "run_name": name,
             "best_val_loss": best_val["val_loss"], f"best_{score}": best_val[score], "epochs": epochs,
             "n_parameters": summary_table.total_params, "multiply_adds": summary_table.total_macs,
             "processes": trainer.world_size, "train_steps": trainer.global_step,  # optimizer steps of each process
