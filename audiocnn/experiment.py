@@ -37,13 +37,15 @@ from audiocnn.config import REPO_ROOT
 from audiocnn.data.prepare import EVENTS, MULTILABEL, is_prepared, prepare, prepare_settings
 from audiocnn.errors import StageFailed
 from audiocnn.evaluation.ensemble import evaluate_ensemble
-from audiocnn.evaluation.evaluate import evaluate
+from audiocnn.evaluation.evaluate import EvaluateJob, evaluate
+from audiocnn.evaluation.settings import evaluate_settings
 from audiocnn.features.budget import classes_problem
 from audiocnn.features.featurize import featurize, is_featurized
 from audiocnn.features.settings import store_settings
 from audiocnn.inference.export import export_model
 from audiocnn.inference.pyfunc import log_audio_model, model_config
 from audiocnn.training import distributed, resume
+from audiocnn.training.datamodule import WindowDataModule, loader_settings
 from audiocnn.training.train import planned_processes, train
 
 
@@ -78,6 +80,19 @@ def served_config(cfg: DictConfig) -> dict:
     serving, tta = cfg.get("serving"), (cfg.get("evaluate") or {}).get("tta")
     return model_config(*(OmegaConf.to_container(node, resolve=True) if node is not None else None
                           for node in (serving, tta)))
+
+
+def evaluate_job(cfg: DictConfig) -> EvaluateJob:
+    """The evaluate stage's inputs of `cfg`, read once (the MLflow store checked now)."""
+    return EvaluateJob(Path(cfg.paths.models), Path(cfg.paths.metrics), store_settings(cfg), loader_settings(cfg),
+                       evaluate_settings(cfg), resolve_tracking(cfg), cfg.model.name, cfg.data.name,
+                       tuple(str(member) for member in cfg.get("ensemble") or ()))
+
+
+def data_module(cfg: DictConfig, time_stride: int | None = None) -> WindowDataModule:
+    """The loaders of `cfg`'s windows (`training.datamodule.WindowDataModule` of its feature store and
+    loader settings)."""
+    return WindowDataModule(store_settings(cfg), loader_settings(cfg), time_stride)
 
 
 def resolve_tracking(cfg: DictConfig) -> tracking.Store:
@@ -155,7 +170,8 @@ def validation_score(summary: dict) -> float:
 
 def evaluate_model(cfg: DictConfig) -> dict:
     """Test metrics of the model in `paths.models`, or of the ensemble `ensemble=[...]`."""
-    return evaluate_ensemble(cfg) if cfg.get("ensemble") else evaluate(cfg)
+    job = evaluate_job(cfg)
+    return evaluate_ensemble(job) if job.ensemble else evaluate(job)
 
 
 def run_repeats(cfg: DictConfig, steps: tuple[str, ...] = ("train", "evaluate"), run_name_suffix: str = "",

@@ -49,6 +49,7 @@ from common import benchmark_config, machine, train_and_evaluate
 
 from audiocnn.data.prepare import prepare, prepare_settings
 from audiocnn.evaluation.ensemble import evaluate_ensemble
+from audiocnn.experiment import evaluate_job
 from audiocnn.experiment import evaluate_model
 from audiocnn.features.featurize import featurize
 from audiocnn.features.settings import store_settings
@@ -245,7 +246,7 @@ def run_cell(work: Path, base: list[str], config: str, fold: str) -> dict:
         raise SystemExit(f"{config}: run the members first (--configs {member} {member}:seed=1 ...); "
                          f"missing {', '.join(missing)}")
     cfg.ensemble = [str(m) for m in members]
-    return {**evaluate_ensemble(cfg), "epochs": cfg.trainer.max_epochs}
+    return {**evaluate_ensemble(evaluate_job(cfg)), "epochs": cfg.trainer.max_epochs}
 
 
 def record(path: Path, settings: dict, run: dict | None = None) -> list[dict]:

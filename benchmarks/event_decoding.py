@@ -22,7 +22,7 @@ import torch
 from audiocnn.config import compose_config
 from audiocnn.evaluation.event_metrics import event_metrics
 from audiocnn.models.bundle import load_bundle
-from audiocnn.training.datamodule import WindowDataModule
+from audiocnn.experiment import data_module
 from audiocnn.training.event_postprocessing import clip_frames, fit_post_processing
 
 SETTINGS = [([1], 0.0, 0.0), ([1, 3, 5, 7], 0.0, 0.0), ([1, 3, 5, 7], 0.0, 0.2), ([1, 3, 5, 7, 9, 11], 0.1, 0.2)]
@@ -37,7 +37,7 @@ def main() -> None:
     args = parser.parse_args()
     model, bundle = load_bundle(args.model)
     stride, seconds = bundle["events"]["time_stride"], bundle["events"]["frame_seconds"]
-    data = WindowDataModule(compose_config(args.overrides), time_stride=stride)
+    data = data_module(compose_config(args.overrides), time_stride=stride)
     started = time.perf_counter()
     splits = {split: {str(row): p for row, p in clip_frames(model, data, split, stride, torch.device("cpu"))}
               for split in ("val", "test")}

@@ -26,7 +26,7 @@ from torch.utils.data import DataLoader
 from audiocnn.config import compose_config, validate_config
 from audiocnn.features.featurize import featurize
 from audiocnn.features.settings import store_settings
-from audiocnn.training.datamodule import WindowDataModule
+from audiocnn.experiment import data_module
 from audiocnn.training.windows import seed_worker
 
 RESULTS = Path(__file__).parent / "results" / "loader.json"
@@ -46,11 +46,11 @@ def windows_per_second(loader: DataLoader, seconds: float) -> float:
     return count / (time.perf_counter() - started)
 
 
-def per_item_loader(data: WindowDataModule, workers: int) -> DataLoader:
+def per_item_loader(data, workers: int) -> DataLoader:
     """The same windows, one `__getitem__` per window and the default collate."""
     dataset = data.dataset("train", "random")
     dataset.__class__ = type("PerItem", (dataset.__class__,), {"__getitems__": None})
-    return DataLoader(dataset, batch_size=data.cfg.trainer.batch_size, shuffle=True, num_workers=workers,
+    return DataLoader(dataset, batch_size=data.loader.batch_size, shuffle=True, num_workers=workers,
                       persistent_workers=workers > 0, worker_init_fn=seed_worker if workers else None, drop_last=True)
 
 
@@ -71,7 +71,7 @@ def main() -> None:
               "window": [cfg.features.n_bins, cfg.features.window_frames], "runs": []}
     for workers in args.workers:
         for batch_size in args.batch_sizes:
-            data = WindowDataModule(compose_config([*base, f"trainer.num_workers={workers}",
+            data = data_module(compose_config([*base, f"trainer.num_workers={workers}",
                                                    f"trainer.batch_size={batch_size}"]))
             run = {"num_workers": workers, "batch_size": batch_size,
                    "batched": round(windows_per_second(data.train_dataloader(), args.seconds)),

@@ -270,7 +270,7 @@ def test_combo_config_wires_its_transforms_into_training_only(tmp_path, prepared
     import lightning as L
 
     from audiocnn.models import build_model
-    from audiocnn.training.datamodule import WindowDataModule
+    from audiocnn.experiment import data_module
     from audiocnn.training.train import build_module
     from tests.conftest import tiny_config
 
@@ -278,7 +278,7 @@ def test_combo_config_wires_its_transforms_into_training_only(tmp_path, prepared
     for key in ("raw", "prepared", "features"):
         cfg.paths[key] = prepared_store.paths[key]
     L.seed_everything(0)
-    data = WindowDataModule(cfg)
+    data = data_module(cfg)
     module = build_module(cfg, build_model(cfg.model, len(data.classes), cfg.features.n_bins), data)
     combo = compose_config(["augment=combo"]).augment.transforms
     assert set(module.augment.settings) == {"time_shift", "freq_mask", "time_mask", "mixup"} == set(combo)

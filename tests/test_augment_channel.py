@@ -164,7 +164,7 @@ def test_on_the_fly_training_runs_the_waveform_channel_transforms_at_the_feature
 
     from audiocnn.models import build_model
     from audiocnn.models.build import build_frontend
-    from audiocnn.training.datamodule import WindowDataModule
+    from audiocnn.experiment import data_module
     from audiocnn.training.train import build_module
     from tests.conftest import tiny_config
 
@@ -174,7 +174,7 @@ def test_on_the_fly_training_runs_the_waveform_channel_transforms_at_the_feature
         cfg.paths[key] = prepared_store.paths[key]
     validate_config(cfg)
     L.seed_everything(0)
-    data = WindowDataModule(cfg)
+    data = data_module(cfg)
     model = build_model(cfg.model, len(data.classes), cfg.features.n_bins, frontend=build_frontend(cfg.features))
     module = build_module(cfg, model, data)
     assert module.waveform_augment.context["sr"] == cfg.features.sr

@@ -19,7 +19,7 @@ from omegaconf import OmegaConf
 from audiocnn.errors import EmptySplitError
 from audiocnn.models.bundle import load_bundle
 from audiocnn.training import distributed
-from audiocnn.training.datamodule import WindowDataModule
+from audiocnn.experiment import data_module
 from tests.conftest import REPO, tiny_config
 
 DDP = ["trainer.strategy=ddp", "trainer.devices=2", "trainer.accelerator=cpu"]
@@ -29,7 +29,7 @@ def loaders(cfg, world: int = 2):
     """One data module per process of a `world`-process training (as Lightning attaches its Trainer)."""
     modules = []
     for rank in range(world):
-        data = WindowDataModule(cfg)
+        data = data_module(cfg)
         data.trainer = SimpleNamespace(global_rank=rank, world_size=world)
         modules.append(data)
     return modules
@@ -37,7 +37,7 @@ def loaders(cfg, world: int = 2):
 
 def test_each_process_trains_on_its_own_equal_share_of_one_shuffled_order(prepared_store):
     cfg = OmegaConf.merge(prepared_store, {"trainer": {"batch_size": 4}})
-    single = WindowDataModule(cfg)
+    single = data_module(cfg)
     n = len(single.rows("train"))
     shares = []
     for data in loaders(cfg):
@@ -58,7 +58,7 @@ def test_each_process_trains_on_its_own_equal_share_of_one_shuffled_order(prepar
 
 
 def test_validation_gives_every_clip_to_exactly_one_process(prepared_store):
-    single = WindowDataModule(prepared_store)
+    single = data_module(prepared_store)
     x_all, y_all = [torch.cat(parts) for parts in zip(*single.val_dataloader())]
     pieces = {}
     for rank, data in enumerate(loaders(prepared_store, world=3)):  # 3: unequal shares, no padding
@@ -95,7 +95,7 @@ def test_only_global_rank_zero_is_the_main_process(monkeypatch, variables, main)
 def val_figures(cfg) -> tuple[float, float]:
     """Validation loss and accuracy of `<paths.models>/model.pt` over the whole val split, in one process."""
     model, _ = load_bundle(Path(cfg.paths.models) / "model.pt")
-    x, y = [torch.cat(parts) for parts in zip(*WindowDataModule(cfg).val_dataloader())]
+    x, y = [torch.cat(parts) for parts in zip(*data_module(cfg).val_dataloader())]
     with torch.no_grad():
         logits = model(x)
     return float(torch.nn.functional.cross_entropy(logits, y)), float((logits.argmax(1) == y).float().mean())
@@ -129,7 +129,7 @@ def test_two_cpu_processes_train_one_run_one_model_with_half_the_steps_each(prep
     assert json.loads((models / "resume.json").read_text())["finished"] is True
     assert not list(tmp_path.glob("**/lightning_logs"))
 
-    n_train = len(WindowDataModule(cfg).rows("train"))
+    n_train = len(data_module(cfg).rows("train"))
     per_process = (n_train // 2) // 4 * cfg.trainer.max_epochs  # one process: n_train // 4 per epoch
     assert summary["train_steps"] == per_process
     lines = sorted(line for line in result.stdout.splitlines() if line.startswith("train: process "))

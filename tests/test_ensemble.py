@@ -16,7 +16,7 @@ from audiocnn.evaluation.calibration import expected_calibration_error
 from audiocnn.experiment import evaluate_model as evaluate
 from audiocnn.features.cqt import pick_device
 from audiocnn.models.bundle import load_bundle as load_trained
-from audiocnn.training.datamodule import WindowDataModule
+from audiocnn.experiment import data_module
 from audiocnn.evaluation.scoring import predict_probabilities
 from audiocnn.models.scorer import WindowScorer
 from tests.conftest import train
@@ -42,7 +42,7 @@ def test_ensemble_averages_member_probabilities(members):
     cfg = tiny_config(root, f"ensemble=[{run_id},{folder}]")
     metrics = evaluate(cfg)
 
-    data = WindowDataModule(cfg)
+    data = data_module(cfg)
     probabilities = []
     for source in (f"runs:/{run_id}/model", folder):
         model, _ = load_trained(source)
@@ -86,7 +86,7 @@ def test_ensemble_answer_is_the_clipwise_mean_of_confident_members(members, tmp_
     cfg = tiny_config(root, f"ensemble=[{','.join(sources)}]", f"paths.metrics={tmp_path / 'metrics'}")
     metrics = evaluate(cfg)
 
-    data = WindowDataModule(cfg)
+    data = data_module(cfg)
     probabilities = [predict_probabilities(WindowScorer(load_trained(s)[0]), data.test_dataloader(),
                                            pick_device("cpu"))[0] for s in sources]
     stacked = torch.stack(probabilities)

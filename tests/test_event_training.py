@@ -234,10 +234,9 @@ def test_an_events_training_records_the_task_and_logs_a_finite_frame_loss(traine
 
 
 def test_the_training_windows_carry_frame_targets_of_their_crops(trained_events):
-    from audiocnn.training.datamodule import WindowDataModule
-
+    from audiocnn.experiment import data_module
     cfg, _, _ = trained_events
-    data = WindowDataModule(cfg, time_stride=4)
+    data = data_module(cfg, time_stride=4)
     dataset = data.dataset("train", "random")
     state = dataset.rng.bit_generator.state
     items = list(range(min(6, len(dataset))))
@@ -312,12 +311,12 @@ def test_balanced_class_weights_weigh_each_class_positive_clips_and_frames():
 
 
 def test_an_events_module_with_balanced_class_weights_carries_both_pos_weights(trained_events):
-    from audiocnn.training.datamodule import WindowDataModule
+    from audiocnn.experiment import data_module
     from audiocnn.training.train import build_module
 
     cfg, _, _ = trained_events
     weighted = OmegaConf.merge(cfg, {"trainer": {"class_weights": "balanced"}})
-    data = WindowDataModule(weighted, time_stride=2)
+    data = data_module(weighted, time_stride=2)
     module = build_module(weighted, load_bundle(Path(cfg.paths.models) / "model.pt")[0], data)
     assert module.clip_pos_weight.shape == module.frame_pos_weight.shape == (len(data.classes),)
     assert bool((module.frame_pos_weight > module.clip_pos_weight).all())  # events are rarer among frames
@@ -457,13 +456,12 @@ def test_an_events_model_trained_on_the_fly_is_fitted_evaluated_and_predicted_on
     from audiocnn.cli import main as cli
     from audiocnn.data.events import read_strong
     from audiocnn.experiment import ensure_inputs, evaluate_model, train_model
-    from audiocnn.training.datamodule import WindowDataModule
-
+    from audiocnn.experiment import data_module
     cfg = config(tmp_path, "demo_events", "data.clips=32", "data.duration=4.0", "data.max_event_seconds=2.0",
                  "features.window_frames=64", "features.on_the_fly=true", "model=crnn_gru", "model.hidden_size=32",
                  "trainer.max_epochs=2", "tracking.export_onnx=false")
     ensure_inputs(cfg)
-    data = WindowDataModule(cfg, time_stride=2)
+    data = data_module(cfg, time_stride=2)
     x, labels, frames, strong = data.dataset("train", "random").__getitems__([0, 1, 2])
     assert x.shape == (3, 63 * cfg.features.hop_length) and frames.shape == (3, 32, 6) and bool(strong.all())
     assert frames.sum() > 0 and bool((frames.amax(dim=1) <= labels).all())  # only classes of its clip's events

@@ -384,13 +384,12 @@ def test_desed_fixture_through_prepare(tmp_path):
 
 def test_an_event_free_strong_clip_is_a_negative_of_every_class_with_frame_targets(tmp_path):
     from audiocnn.features.featurize import featurize
-    from audiocnn.training.datamodule import WindowDataModule
-
+    from audiocnn.experiment import data_module
     root = desed_fixture(tmp_path / "dataset")
     cfg = config(tmp_path / "out", "desed", f"data.root={root}", "features.window_frames=16")
     prepare(prepare_settings(cfg))
     featurize(store_settings(cfg))
-    data = WindowDataModule(cfg, time_stride=2)
+    data = data_module(cfg, time_stride=2)
     paths = read_manifest(cfg.paths.prepared)["path"].to_numpy()[data.store.index["clip_id"].to_numpy()]
     names = [str(Path(p).relative_to(root)) for p in paths]
     row = names.index("audio/validation/validation/Yval3.wav")

@@ -128,8 +128,7 @@ def test_long_clips_are_chunked_with_the_same_frames_as_whole(tmp_path):
 
 
 def test_resplitting_the_manifest_keeps_the_store(clips, tmp_path):
-    from audiocnn.training.datamodule import WindowDataModule
-
+    from audiocnn.experiment import data_module
     import shutil
 
     shutil.copytree(clips / "prepared", tmp_path / "prepared")
@@ -143,7 +142,7 @@ def test_resplitting_the_manifest_keeps_the_store(clips, tmp_path):
     manifest.to_csv(manifest_path, index=False)
     assert is_featurized(store_settings(cfg))
     assert featurize(store_settings(cfg)) == root and (root / "index.csv").stat().st_mtime_ns == stamp  # not re-featurized
-    data = WindowDataModule(compose_config(["data=fsdd", f"data.root={tmp_path}", f"paths.prepared={tmp_path / 'prepared'}",
+    data = data_module(compose_config(["data=fsdd", f"data.root={tmp_path}", f"paths.prepared={tmp_path / 'prepared'}",
                                            f"paths.features={tmp_path / 'features'}"]))
     test_paths = set(data.store.index["path"].iloc[data.rows("test")])
     assert test_paths == set(manifest.loc[manifest["fold"] == "0", "path"])

@@ -17,6 +17,7 @@ from audiocnn.config import validate_config
 from audiocnn.data.names import csv_cell, read_csv_cell, slug, slug_map
 from audiocnn.errors import InputError
 from audiocnn.evaluation.evaluate import evaluate
+from audiocnn.experiment import evaluate_job
 from audiocnn.experiment import run_repeats
 from audiocnn.data.prepare import read_manifest
 from tests.conftest import train
@@ -118,7 +119,7 @@ def test_class_names_with_symbols_train_evaluate_and_log_under_slug_keys(tmp_pat
                         "data.test_fraction=0.25", *FAST, "evaluate.explain=true")
     validate_config(cfg)
     summary = train(cfg)
-    metrics = evaluate(cfg)
+    metrics = evaluate(evaluate_job(cfg))
 
     assert set(metrics["per_class_f1"]) == set(classes)
     test = json.loads((Path(cfg.paths.metrics) / "per_class.json").read_text())

@@ -154,13 +154,13 @@ def trained_mix(tmp_path_factory):
 
 
 def test_a_multilabel_training_stores_thresholds_fitted_on_validation(trained_mix):
-    from audiocnn.training.datamodule import WindowDataModule
+    from audiocnn.experiment import data_module
     from audiocnn.training.thresholds import fit_thresholds
 
     cfg, summary, _ = trained_mix
     model, bundle = load_bundle(Path(cfg.paths.models) / "model.pt")
     assert bundle["task"] == "multilabel" and len(bundle["thresholds"]) == len(bundle["classes"])
-    data = WindowDataModule(cfg)
+    data = data_module(cfg)
     again, _, targets = fit_thresholds(WindowScorer.for_bundle(model, bundle), data.sliding_dataloader("val"),
                                        torch.device("cpu"))
     assert bundle["thresholds"] == pytest.approx(again, abs=1e-6)
@@ -169,11 +169,11 @@ def test_a_multilabel_training_stores_thresholds_fitted_on_validation(trained_mi
 
 
 def test_the_balanced_sampler_draws_clips_of_rare_labels_more_often(trained_mix):
-    from audiocnn.training.datamodule import WindowDataModule
+    from audiocnn.experiment import data_module
     from audiocnn.training.sampling import BalancedSampler
 
     cfg, summary, _ = trained_mix
-    data = WindowDataModule(cfg)
+    data = data_module(cfg)
     loader = data.train_dataloader()
     assert isinstance(loader.sampler, BalancedSampler) and summary["run_id"]
     targets = data.labels[data.rows("train")]
@@ -229,6 +229,7 @@ def test_temperature_calibration_on_multilabel_data_is_refused_naming_the_settin
 
 def test_repeats_and_ensembles_of_multilabel_models_are_refused_in_one_line_before_work(trained_mix):
     from audiocnn.evaluation.ensemble import evaluate_ensemble
+    from audiocnn.experiment import evaluate_job
     from audiocnn.experiment import run_repeats
 
     cfg, _, _ = trained_mix
@@ -240,7 +241,7 @@ def test_repeats_and_ensembles_of_multilabel_models_are_refused_in_one_line_befo
     ensemble = cfg.copy()
     ensemble.ensemble = [cfg.paths.models, cfg.paths.models]
     with pytest.raises(ConfigError, match=r"^ensemble: not yet for multi-label data"):
-        evaluate_ensemble(ensemble)
+        evaluate_ensemble(evaluate_job(ensemble))
 
 
 def test_predict_pyfunc_and_exports_give_the_same_label_sets(trained_mix, tmp_path, capsys):

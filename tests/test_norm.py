@@ -207,14 +207,14 @@ def test_every_norm_option_composes_validates_and_has_a_rule_for_each_key():
 
 def test_on_the_fly_bin_statistics_are_those_of_the_train_clips_centred_windows(prepared_store):
     from audiocnn.features.cqt import n_frames
-    from audiocnn.training.datamodule import WindowDataModule
+    from audiocnn.experiment import data_module
     from audiocnn.training.norm_stats import fit_bin_norm
 
     cfg = prepared_store.copy()
     OmegaConf.update(cfg, "features.on_the_fly", True)
     f = cfg.features
     model = build_model(compose_config(["model=cnn", "norm=bin_norm"]).model, 8, f.n_bins)
-    moments = fit_bin_norm(model, WindowDataModule(cfg), f)
+    moments = fit_bin_norm(model, data_module(cfg), f)
     manifest = pd.read_csv(Path(cfg.paths.prepared) / "manifest.csv")
     cqt, frames = LogCQT.from_config(f), []
     for path in manifest.loc[manifest["split"] == "train", "path"]:

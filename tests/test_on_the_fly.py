@@ -17,7 +17,7 @@ from audiocnn.features.featurize import featurize
 from audiocnn.features.settings import store_settings
 from audiocnn.models import build_model
 from audiocnn.models.build import build_frontend
-from audiocnn.training.datamodule import WindowDataModule
+from audiocnn.experiment import data_module
 from audiocnn.training.module import Classifier
 from tests.conftest import tiny_config
 
@@ -45,7 +45,7 @@ def test_store_and_on_the_fly_give_the_same_logits_for_the_same_weights_and_clip
     stored_cfg = tiny_config(tmp_path, "model=cnn", f"features.window_frames={WINDOW}", "features.device=cpu")
     featurize(store_settings(stored_cfg))
     fly_cfg = tiny_config(tmp_path, "model=cnn", f"features.window_frames={WINDOW}", "features.on_the_fly=true")
-    stored, fly = WindowDataModule(stored_cfg), WindowDataModule(fly_cfg)
+    stored, fly = data_module(stored_cfg), data_module(fly_cfg)
     frames, labels = next(iter(stored._loader(stored.dataset("test", "center"), shuffle=False)))
     waves, fly_labels = next(iter(fly._loader(fly.dataset("test", "center"), shuffle=False)))
     assert frames.shape == (6, 1, 84, WINDOW) and waves.shape == (6, (WINDOW - 1) * HOP)
@@ -72,6 +72,7 @@ def test_store_and_on_the_fly_give_the_same_logits_for_the_same_weights_and_clip
 @pytest.mark.slow
 def test_train_and_evaluate_on_the_fly_with_trainable_kernels(tmp_path):
     from audiocnn.evaluation.evaluate import evaluate
+    from audiocnn.experiment import evaluate_job
     from audiocnn.models.bundle import load_bundle as load_trained
     from tests.conftest import train
 
@@ -87,7 +88,7 @@ def test_train_and_evaluate_on_the_fly_with_trainable_kernels(tmp_path):
     with torch.no_grad():
         logits = model(torch.zeros(2, (cfg.features.window_frames - 1) * cfg.features.hop_length))
     assert logits.shape == (2, len(bundle["classes"]))
-    metrics = evaluate(cfg)
+    metrics = evaluate(evaluate_job(cfg))
     assert metrics["n_clips"] == len(pd.read_csv(Path(cfg.paths.prepared) / "manifest.csv").query("split == 'test'"))
     assert summary["epochs"] >= 1
 

@@ -19,6 +19,7 @@ from omegaconf import OmegaConf
 
 from audiocnn import tracking
 from audiocnn.evaluation.evaluate import evaluate
+from audiocnn.experiment import evaluate_job
 from audiocnn.experiment import run_repeats
 from audiocnn.tracking import owners
 from audiocnn.training import resume
@@ -105,7 +106,7 @@ def test_a_training_killed_mid_run_resumes_to_the_same_model_metrics_and_run(tmp
     assert ours.keys() == theirs.keys()
     for key in ours:
         torch.testing.assert_close(ours[key], theirs[key], rtol=0, atol=1e-6, msg=key)
-    metrics, expected = evaluate(killed), evaluate(whole)
+    metrics, expected = evaluate(evaluate_job(killed)), evaluate(evaluate_job(whole))
     numbers = {k: v for k, v in expected.items() if isinstance(v, float)}
     assert "accuracy" in numbers and {k: metrics[k] for k in numbers} == pytest.approx(numbers, abs=1e-6)
 

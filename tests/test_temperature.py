@@ -20,7 +20,7 @@ from audiocnn.errors import BundleError, ConfigError
 from audiocnn.inference.predictor import Predictor
 from audiocnn.models.bundle import load_bundle, temperature
 from audiocnn.models.scorer import WindowScorer
-from audiocnn.training.datamodule import WindowDataModule
+from audiocnn.experiment import data_module
 from audiocnn.training.temperature import clip_nll, fit_temperature
 from audiocnn.training.windows import window_logits
 from tests.conftest import tiny_config, train, untrained_bundle
@@ -136,7 +136,7 @@ def test_the_train_stage_stores_a_temperature_that_lowers_the_val_nll(calibrated
     model, bundle = load_bundle(cfg.paths.models)
     fitted = temperature(bundle)
     assert fitted != 1.0 and 0.01 < fitted < 100 and summary["temperature"] == fitted
-    data = WindowDataModule(cfg)
+    data = data_module(cfg)
     logits, labels, counts = window_logits(WindowScorer(model), data.sliding_dataloader("val"),
                                            torch.device("cpu"))
     assert len(counts) == len(data.rows("val")) > 0
@@ -151,6 +151,7 @@ def test_the_train_stage_stores_a_temperature_that_lowers_the_val_nll(calibrated
 
 def test_evaluate_reports_the_ece_before_and_after_the_temperature(calibrated, tmp_path):
     from audiocnn.evaluation.evaluate import evaluate
+    from audiocnn.experiment import evaluate_job
 
     cfg, summary = calibrated
     report = json.loads((Path(cfg.paths.metrics) / "test.json").read_text())
@@ -162,7 +163,7 @@ def test_evaluate_reports_the_ece_before_and_after_the_temperature(calibrated, t
     uncalibrated.paths.models = str(with_temperature(Path(cfg.paths.models), 1.0, tmp_path / "models"))
     uncalibrated.paths.metrics = str(tmp_path / "metrics")
     (tmp_path / "models" / "run.json").write_text((Path(cfg.paths.models) / "run.json").read_text())
-    at_1 = evaluate(uncalibrated)
+    at_1 = evaluate(evaluate_job(uncalibrated))
     assert at_1["ece"] == report["ece_uncalibrated"] == at_1["ece_uncalibrated"]
     assert at_1["temperature"] == 1.0
     # accuracy is unchanged by T; the confidences are not

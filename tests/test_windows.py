@@ -12,7 +12,7 @@ import torch
 from audiocnn.features.featurize import store_dir
 from audiocnn.features.settings import store_settings
 from audiocnn.features.store import FeatureStore
-from audiocnn.training.datamodule import WindowDataModule
+from audiocnn.experiment import data_module
 from audiocnn.training.windows import WindowDataset, collate_sliding, cut_window, window_starts
 
 
@@ -107,7 +107,7 @@ def test_collate_sliding_concatenates_windows_and_counts_them():
 
 def test_datamodule_loaders_give_windows_and_labels(prepared_store):
     cfg = prepared_store
-    module = WindowDataModule(cfg)
+    module = data_module(cfg)
     n_classes, n_bins, window = len(module.classes), cfg.features.n_bins, cfg.features.window_frames
     for loader in (module.train_dataloader(), module.val_dataloader()):
         x, y = next(iter(loader))
@@ -124,7 +124,7 @@ def test_datamodule_loaders_give_windows_and_labels(prepared_store):
 
 
 def test_datamodule_splits_are_disjoint_and_follow_the_manifest(prepared_store):
-    module = WindowDataModule(prepared_store)
+    module = data_module(prepared_store)
     train, val, test = (set(module.rows(s).tolist()) for s in ("train", "val", "test"))
     assert train and val and test
     assert not (train & val) and not (train & test) and not (val & test)

@@ -10,58 +10,58 @@ side, and records an MLflow run for the ensemble.
 
 from __future__ import annotations
 
-from pathlib import Path
 
 import mlflow
 import torch
-from omegaconf import DictConfig
 
 from audiocnn import atomic, tracking
 from audiocnn.errors import ConfigError
 from audiocnn.evaluation.reports import NOT_IN_JSON, log_test_metrics, write_reports
 from audiocnn.evaluation.scoring import score_test_split
-from audiocnn.evaluation.settings import EvaluateSettings, evaluate_settings
+from audiocnn.evaluation.evaluate import EvaluateJob
+from audiocnn.evaluation.settings import EvaluateSettings
+from audiocnn.features.settings import FeatureSettings
 from audiocnn.features.cqt import FEATURE_KEYS, pick_device
 from audiocnn.models.bundle import load_bundle
 from audiocnn.training.datamodule import WindowDataModule
 
 
-def member_probabilities(member: str, data: WindowDataModule, cfg: DictConfig, settings: EvaluateSettings
+def member_probabilities(member: str, data: WindowDataModule, features: FeatureSettings, settings: EvaluateSettings
                          ) -> tuple[dict, torch.Tensor, torch.Tensor]:
     """(description, probabilities (clips, n_classes), labels (clips,)) of one member: at its own
     temperature, under `evaluate.tta` (`evaluation.scoring`)."""
     model, bundle = load_bundle(member)
     if bundle["classes"] != data.classes:
         raise ConfigError(f"ensemble: member {member} was trained on classes {bundle['classes']}, not {data.classes}")
-    different = [k for k in FEATURE_KEYS if bundle["features"][k] != cfg.features[k]]
+    different = [k for k in FEATURE_KEYS if bundle["features"][k] != getattr(features, k)]
     if different:
         raise ConfigError(f"ensemble: member {member} used other features ({', '.join(different)}); "
                          "set features.* to the members' values")
-    scores = score_test_split(model, bundle, data, settings.views, pick_device(cfg.features.device))
+    scores = score_test_split(model, bundle, data, settings.views, pick_device(features.device))
     return ({"member": member, "model": bundle["model"]["name"], "temperature": scores.temperature},
             scores.probabilities, scores.labels)
 
 
-def evaluate_ensemble(cfg: DictConfig) -> dict:
-    """Mean of the members' probabilities; returns the ensemble's metrics (members in `members`)."""
-    store = tracking.store_of(cfg.tracking)
-    tracking.configure(store)  # members given as run ids are fetched from this tracking store
-    data = WindowDataModule(cfg)
+def evaluate_ensemble(job: EvaluateJob) -> dict:
+    """Mean of the members' (`job.ensemble`) probabilities; returns the ensemble's metrics (members in
+    `members`)."""
+    tracking.configure(job.tracking)  # members given as run ids are fetched from this tracking store
+    data = WindowDataModule(job.store, job.loader)
     if data.multilabel:
-        raise ConfigError(f"ensemble: not yet for multi-label data (data={cfg.data.name}); evaluate each model alone")
-    members, stacked, settings = [], [], evaluate_settings(cfg)
-    for member in cfg.ensemble:
-        description, probabilities, labels = member_probabilities(str(member), data, cfg, settings)
+        raise ConfigError(f"ensemble: not yet for multi-label data (data={job.data_name}); evaluate each model alone")
+    members, stacked, settings = [], [], job.settings
+    for member in job.ensemble:
+        description, probabilities, labels = member_probabilities(member, data, job.store.features, settings)
         accuracy = float((probabilities.argmax(dim=1) == labels).float().mean())
         members.append({**description, "accuracy": round(accuracy, 4)})
         stacked.append(probabilities)
-    out = Path(cfg.paths.metrics) / "ensemble"
+    out = job.metrics / "ensemble"
     metrics, files = write_reports(torch.stack(stacked).mean(dim=0), labels, data, out,
-                                   f"ensemble of {len(members)} on {cfg.data.name}", settings)
+                                   f"ensemble of {len(members)} on {job.data_name}", settings)
     report = {"ensemble": {k: v for k, v in metrics.items() if k not in NOT_IN_JSON}, "members": members}
     atomic.write_json(out / "ensemble.json", report)
-    with tracking.open_run(store, run_name=f"ensemble{len(members)}-{cfg.data.name}",
-                           tags=tracking.run_tags(cfg.data.name, "ensemble", cfg.paths.prepared)):
+    with tracking.open_run(job.tracking, run_name=f"ensemble{len(members)}-{job.data_name}",
+                           tags=tracking.run_tags(job.data_name, "ensemble", job.store.prepared)):
         mlflow.log_params({f"member_{i}": m["member"] for i, m in enumerate(members)})
         mlflow.log_metrics({f"member_{i}_test_accuracy": m["accuracy"] for i, m in enumerate(members)})
         log_test_metrics(metrics, [*files, out / "ensemble.json"])

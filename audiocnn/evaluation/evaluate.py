@@ -22,10 +22,10 @@ clips); no explanations yet (Grad-CAM explains the clip head, not the event pool
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 import mlflow
-from omegaconf import DictConfig
 
 from audiocnn import tracking
 from audiocnn.data.task import EVENTS, is_multilabel
@@ -33,43 +33,64 @@ from audiocnn.errors import InputError, MissingInputError
 from audiocnn.evaluation.explain import explain_model
 from audiocnn.data.events import write_strong
 from audiocnn.evaluation.event_report import EVENTS_DIR, EVENTS_TSV, LOGGED_EVENT_METRICS, score_events
+from audiocnn.features.settings import StoreSettings
 from audiocnn.features.cqt import pick_device
 from audiocnn.evaluation.reports import (log_multilabel_test_metrics, log_test_metrics, write_multilabel_reports,
                                          write_reports)
 from audiocnn.evaluation.scoring import score_test_split
-from audiocnn.evaluation.settings import evaluate_settings
+from audiocnn.evaluation.settings import EvaluateSettings
 from audiocnn.models.bundle import load_bundle
 from audiocnn.models.scorer import WindowScorer
-from audiocnn.training.datamodule import WindowDataModule
+from audiocnn.training.datamodule import LoaderSettings, WindowDataModule
 
 
-def evaluate(cfg: DictConfig) -> dict:
+@dataclass(frozen=True)
+class EvaluateJob:
+    """The evaluate stage's inputs, read once from the config (`audiocnn.experiment.evaluate_job`):
+    `models` (`paths.models`: model.pt, run.json), `metrics` (`paths.metrics`), the test clips' feature
+    store and loaders, the `evaluate` group, the MLflow store, the model's and data's names (titles,
+    the ensemble's run) and `ensemble`, the members (`evaluate_ensemble`; empty for one model)."""
+    models: Path
+    metrics: Path
+    store: StoreSettings
+    loader: LoaderSettings
+    settings: EvaluateSettings
+    tracking: tracking.Store
+    model_name: str
+    data_name: str
+    ensemble: tuple[str, ...] = ()
+
+    @property
+    def title(self) -> str:
+        return f"{self.model_name} on {self.data_name}"
+
+
+def evaluate(job: EvaluateJob) -> dict:
     """Score the model in `paths.models` on the test split (`evaluate_ensemble` scores several)."""
-    if not (Path(cfg.paths.models) / "model.pt").exists():
-        raise MissingInputError(f"paths.models={cfg.paths.models}: no model.pt; run the train stage first "
+    if not (job.models / "model.pt").exists():
+        raise MissingInputError(f"paths.models={job.models}: no model.pt; run the train stage first "
                                 "(`dvc repro train` or `audiocnn train`)")
-    model, bundle = load_bundle(cfg.paths.models)
-    data = WindowDataModule(cfg, time_stride=(bundle.get("events") or {}).get("time_stride"))  # events: its frames
+    model, bundle = load_bundle(job.models)
+    data = WindowDataModule(job.store, job.loader,
+                            time_stride=(bundle.get("events") or {}).get("time_stride"))  # events: its frames
     if bundle["classes"] != data.classes:
-        raise InputError(f"the model in {cfg.paths.models} was trained on other classes; rerun the train stage")
-    settings, device = evaluate_settings(cfg), pick_device(cfg.features.device)
+        raise InputError(f"the model in {job.models} was trained on other classes; rerun the train stage")
+    settings, device = job.settings, pick_device(job.store.features.device)
     scores = score_test_split(model, bundle, data, settings.views, device)
-    out = Path(cfg.paths.metrics)
+    out = job.metrics
     events = bundle.get("task") == EVENTS
     if events:  # frame, event and segment F1 and PSDS on the strong test clips, beside the clips' reports
-        extra, event_files = score_events(model, bundle, data, out / EVENTS_DIR, device,
-                                          f"{cfg.model.name} on {cfg.data.name}")
+        extra, event_files = score_events(model, bundle, data, out / EVENTS_DIR, device, job.title)
     else:  # DVC declares the folder for every task, and keeps no empty folder: a TSV of no events
         write_strong(out / EVENTS_DIR / EVENTS_TSV, [])
     if is_multilabel(bundle.get("task")):
         metrics, files = write_multilabel_reports(
-            scores.probabilities, scores.labels, data, out, f"{cfg.model.name} on {cfg.data.name}",
+            scores.probabilities, scores.labels, data, out, job.title,
             bundle.get("thresholds") or [0.5] * len(data.classes),
             extra={"tta": scores.views.describe(), **(extra if events else {})},
             n_bins=settings.calibration_bins)
     else:
-        metrics, files = write_reports(scores.probabilities, scores.labels, data, out,
-                                       f"{cfg.model.name} on {cfg.data.name}", settings,
+        metrics, files = write_reports(scores.probabilities, scores.labels, data, out, job.title, settings,
                                        uncalibrated=scores.uncalibrated,
                                        extra={"temperature": round(scores.temperature, 6),
                                               "tta": scores.views.describe()})
@@ -81,8 +102,8 @@ def evaluate(cfg: DictConfig) -> dict:
     elif settings.explain:
         files += explain_model(WindowScorer.for_bundle(model, bundle), data, bundle["features"], out / "explain",
                                settings.explain_clips_per_class)
-    run = json.loads((Path(cfg.paths.models) / "run.json").read_text())
-    with tracking.open_run(tracking.store_of(cfg.tracking), run_id=run["run_id"]):
+    run = json.loads((job.models / "run.json").read_text())
+    with tracking.open_run(job.tracking, run_id=run["run_id"]):
         (log_multilabel_test_metrics if is_multilabel(bundle.get("task")) else log_test_metrics)(metrics, files)
         if events:
             mlflow.log_metrics({f"test_{k}": metrics[k] for k in LOGGED_EVENT_METRICS if metrics[k] is not None})

@@ -10,11 +10,11 @@ share of the clips (`training.distributed`), and each process draws its own crop
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import lightning as L
 import numpy as np
 import torch
-from omegaconf import DictConfig
 from torch.utils.data import DataLoader
 
 from audiocnn.errors import MissingInputError
@@ -23,7 +23,7 @@ from audiocnn.data.prepare import EVENTS, read_classes, read_manifest
 from audiocnn.data.task import is_multilabel
 from audiocnn.data.sources._common import LABEL_SEPARATOR
 from audiocnn.features.featurize import store_dir
-from audiocnn.features.settings import store_settings
+from audiocnn.features.settings import StoreSettings
 from audiocnn.features.store import FeatureStore, clips_md5
 from audiocnn.training import distributed
 from audiocnn.training.sampling import BalancedSampler, rare_label_weights
@@ -46,6 +46,23 @@ def multi_hot(label_lists, classes: list[str]) -> np.ndarray:
     return targets
 
 
+@dataclass(frozen=True)
+class LoaderSettings:
+    """How the loaders batch windows (`trainer.batch_size`, `trainer.num_workers`, `trainer.sampler`:
+    shuffle | balanced) and `seed`, which draws the training crops and the balanced sampler's clips."""
+    batch_size: int
+    num_workers: int = 0
+    sampler: str = "shuffle"
+    seed: int = 0
+
+
+def loader_settings(cfg) -> LoaderSettings:
+    """The loaders' settings of a composed config (validated: `trainer.*` and `seed`)."""
+    trainer = cfg.trainer
+    return LoaderSettings(int(trainer.batch_size), int(trainer.num_workers), str(trainer.get("sampler", "shuffle")),
+                          int(cfg.seed))
+
+
 class WindowDataModule(L.LightningDataModule):
     """Windows of `features.window_frames` frames; labels are indices into classes.json `(clips,)` int64,
     or for multi-label and event data (`task` "multilabel" or "events") 0/1 targets `(clips, n_classes)`
@@ -54,27 +71,29 @@ class WindowDataModule(L.LightningDataModule):
     of a model of `time_stride` CQT frames per output frame; the train stage sets `time_stride` from the
     model before any loader is made).
 
-    `store` is the `FeatureStore` (or, on the fly, the manifest's `AudioClips`); its
+    Made from the feature store's settings (`store_settings`: the front-end, the manifest folder, the
+    store's folder) and the loaders' (`loader`). `self.store` is the `FeatureStore` (or, on the fly, the
+    manifest's `AudioClips`); its
     `index` rows are the clips, `rows(split)` picks a split's rows. Its state in a checkpoint is
     the training windows' generator (`trainer.num_workers=0`; workers seed their own), so that a
     resumed training draws the windows the uninterrupted one would have.
     """
 
-    def __init__(self, cfg: DictConfig, time_stride: int | None = None):
+    def __init__(self, store_settings: StoreSettings, loader: LoaderSettings, time_stride: int | None = None):
         super().__init__()
         self.time_stride = time_stride  # events task: CQT frames per output frame of the model
-        self.cfg = cfg
-        self.on_the_fly = bool(cfg.features.get("on_the_fly", False))
-        self.classes, self.task = read_classes(cfg.paths.prepared)
-        manifest = read_manifest(cfg.paths.prepared)
+        self.features, self.prepared, self.loader = store_settings.features, store_settings.prepared, loader
+        self.on_the_fly = self.features.on_the_fly
+        self.classes, self.task = read_classes(self.prepared)
+        manifest = read_manifest(self.prepared)
         if self.on_the_fly:
-            self.store = AudioClips(manifest, cfg.features.sr, cfg.features.hop_length)
+            self.store = AudioClips(manifest, self.features.sr, self.features.hop_length)
         else:
-            self.store = FeatureStore(store_dir(store_settings(cfg)))
+            self.store = FeatureStore(store_dir(store_settings))
             if self.store.meta.get("clips_md5") != clips_md5(manifest):
                 raise MissingInputError(f"feature store {self.store.root} holds other clips than the manifest; "
                                         "run the featurize stage again")
-        self.floor = math.log(cfg.features.amin)
+        self.floor = math.log(self.features.amin)
         # The store's clip_id is the manifest row; clips featurize skipped have no row.
         self.splits = manifest["split"].to_numpy()[self.store.index["clip_id"].to_numpy()]
         self.labels = self._labels(manifest)
@@ -98,10 +117,10 @@ class WindowDataModule(L.LightningDataModule):
         (the manifest's `annotation`)."""
         paths = manifest["path"].to_numpy()[self.store.index["clip_id"].to_numpy()]
         if "annotation" not in manifest:
-            raise MissingInputError(f"paths.prepared={self.cfg.paths.prepared}: classes.json says task=events but "
+            raise MissingInputError(f"paths.prepared={self.prepared}: classes.json says task=events but "
                                     "the manifest has no annotation column; run the prepare stage again")
         strong = manifest["annotation"].to_numpy()[self.store.index["clip_id"].to_numpy()] == "strong"
-        by_path = read_prepared_events(self.cfg.paths.prepared)
+        by_path = read_prepared_events(self.prepared)
         return [by_path.get(str(path), []) for path in paths], strong
 
     def _labels(self, manifest) -> np.ndarray:
@@ -131,15 +150,15 @@ class WindowDataModule(L.LightningDataModule):
         return (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
 
     def dataset(self, split: str, mode: str):
-        rows, window = self.rows(split), self.cfg.features.window_frames
+        rows, window, seed = self.rows(split), self.features.window_frames, self.loader.seed
         rank = self.ranks()[0]
         # the same crops as one process on rank 0; every other process its own
-        seed = self.cfg.seed if rank == 0 else int(np.random.SeedSequence([self.cfg.seed, rank]).generate_state(1)[0])
+        seed = seed if rank == 0 else int(np.random.SeedSequence([seed, rank]).generate_state(1)[0])
         if self.events_task and mode != "sliding":
             if self.time_stride is None:
                 raise ValueError("WindowDataModule: the events task's windows need the model's time_stride")
             targets = ([self.clip_events[r] for r in rows], self.strong[rows], self.classes, self.time_stride,
-                       self.cfg.features.hop_length / self.cfg.features.sr)
+                       self.features.hop_length / self.features.sr)
             if self.on_the_fly:
                 return EventWaveformWindowDataset(self.store, rows, self.labels[rows], window, mode, *targets,
                                                   seed=seed)
@@ -150,8 +169,8 @@ class WindowDataModule(L.LightningDataModule):
         return WindowDataset(self.store, rows, self.labels[rows], window, mode, self.floor, seed=seed)
 
     def _loader(self, dataset, shuffle: bool, **kwargs) -> DataLoader:
-        workers = self.cfg.trainer.num_workers
-        return DataLoader(dataset, batch_size=self.cfg.trainer.batch_size, shuffle=shuffle, num_workers=workers,
+        workers = self.loader.num_workers
+        return DataLoader(dataset, batch_size=self.loader.batch_size, shuffle=shuffle, num_workers=workers,
                           persistent_workers=workers > 0, worker_init_fn=seed_worker if workers else None,
                           collate_fn=already_batched, pin_memory=torch.cuda.is_available(), **kwargs)
 
@@ -160,19 +179,19 @@ class WindowDataModule(L.LightningDataModule):
         if self._window_state is not None:  # resumed from a checkpoint: the crops go on where they were
             self.train_set.rng.bit_generator.state = self._window_state
         dataset, (rank, world) = self.train_set, self.ranks()
-        batch = self.cfg.trainer.batch_size
-        if self.cfg.trainer.get("sampler", "shuffle") == "balanced":
+        batch = self.loader.batch_size
+        if self.loader.sampler == "balanced":
             distributed.check_enough(len(dataset), world)
             weights = rare_label_weights(self.labels[self.rows("train")], len(self.classes))
-            sampler = BalancedSampler(weights, rank, world, self.cfg.seed)
+            sampler = BalancedSampler(weights, rank, world, self.loader.seed)
             return self._loader(dataset, shuffle=False, sampler=sampler, drop_last=len(sampler) > batch)
         if world == 1:
             return self._loader(dataset, shuffle=True, drop_last=len(dataset) > batch)
-        sampler = distributed.train_sampler(len(dataset), rank, world, self.cfg.seed)
+        sampler = distributed.train_sampler(len(dataset), rank, world, self.loader.seed)
         return self._loader(dataset, shuffle=False, sampler=sampler, drop_last=len(sampler) > batch)
 
     def state_dict(self) -> dict:
-        if self.train_set is None or self.cfg.trainer.num_workers:
+        if self.train_set is None or self.loader.num_workers:
             return {}
         return {"train_windows": self.train_set.rng.bit_generator.state}
 

@@ -43,7 +43,7 @@ def clip_frames(model: nn.Module, data: WindowDataModule, split: str, time_strid
                 device: torch.device) -> Iterator[tuple[int, np.ndarray]]:
     """(store row, frame probabilities `(ceil(L / time_stride), n_classes)` float32) for each strong clip
     of `split`, in store order (module docstring)."""
-    window = int(data.cfg.features.window_frames)
+    window = data.features.window_frames
     n_out = window // time_stride
     half = sliding.default_hop(n_out)
     model = model.eval().to(device)

@@ -50,7 +50,7 @@ from audiocnn.models.scorer import WindowScorer
 from audiocnn.models.summary import summarize
 from audiocnn.training import distributed, resume
 from audiocnn.training.augment import SpectrogramAugment, WaveformAugment
-from audiocnn.training.datamodule import WindowDataModule
+from audiocnn.training.datamodule import WindowDataModule, loader_settings
 from audiocnn.training.event_postprocessing import fit_on_split
 from audiocnn.training.events import (OFF_FOR_EVENTS, SCORE as EVENTS_SCORE, EventClassifier, check_event_model,
                                      class_pos_weights)
@@ -326,7 +326,7 @@ def train(cfg: DictConfig, run_name_suffix: str = "", parent_run_id: str | None 
     if start.message:
         print(f"train: {start.message}")
     L.seed_everything(cfg.seed, workers=True)
-    data = WindowDataModule(cfg)
+    data = WindowDataModule(store_settings(cfg), loader_settings(cfg))
     calibrating = cfg.trainer.get("calibrate", "none") == "temperature"
     if calibrating and data.multilabel:
         raise ConfigError("trainer.calibrate=temperature: not for multi-label data (one softmax temperature); "
