@@ -46,7 +46,7 @@ from audiocnn.inference.export import export_model
 from audiocnn.inference.pyfunc import log_audio_model, model_config
 from audiocnn.training import distributed, resume
 from audiocnn.training.datamodule import WindowDataModule, loader_settings
-from audiocnn.training.train import planned_processes, train
+from audiocnn.training.train import TrainJob, planned_processes, train
 
 
 def prepare_stage(cfg: DictConfig):
@@ -80,6 +80,14 @@ def served_config(cfg: DictConfig) -> dict:
     serving, tta = cfg.get("serving"), (cfg.get("evaluate") or {}).get("tta")
     return model_config(*(OmegaConf.to_container(node, resolve=True) if node is not None else None
                           for node in (serving, tta)))
+
+
+def train_job(cfg: DictConfig) -> TrainJob:
+    """The train stage's inputs of `cfg`, read once (the MLflow store checked now)."""
+    store = resolve_tracking(cfg)  # first: a fallback store is what the run's params record
+    config = OmegaConf.to_container(cfg, resolve=True)
+    return TrainJob(prepare_settings(cfg), store_settings(cfg), loader_settings(cfg), store, Path(cfg.paths.models), cfg.tracking.get("run_name"), config["trainer"], config["model"],
+                    config["optimizer"], config.get("scheduler") or None, config.get("augment") or {}, config)
 
 
 def evaluate_job(cfg: DictConfig) -> EvaluateJob:
@@ -143,9 +151,9 @@ def train_model(cfg: DictConfig, run_name_suffix: str = "", skip_finished: bool 
     Hydra jobs rerun after a kill); only what was not done after its training is done.
     `parent_run_id`: the run the training run is a child of (a sweep's, a repeat's)."""
     resolve_tracking(cfg)  # before any work
-    summary = resume.finished(cfg) if skip_finished else None
+    summary = resume.finished(OmegaConf.to_container(cfg, resolve=True)) if skip_finished else None
     if summary is None:
-        summary = train(cfg, run_name_suffix=run_name_suffix, parent_run_id=parent_run_id)
+        summary = train(train_job(cfg), run_name_suffix=run_name_suffix, parent_run_id=parent_run_id)
     else:
         print(f"train: {cfg.paths.models} already holds this training (MLflow run {summary['run_id']}); "
               "not trained again")
@@ -272,7 +280,7 @@ def run_experiment(cfg: DictConfig) -> float:
     cfg.paths.models = f"{output_dir}/model"
     cfg.paths.metrics = f"{output_dir}/metrics"
     parent = sweep.parent_run_id()
-    if planned_processes(cfg) > 1:
+    if planned_processes(cfg.trainer) > 1:
         ensure_inputs(cfg)
         train_in_processes(cfg, Path(output_dir) / "train_params.yaml", overrides)
         if not distributed.is_main_process():  # a job started by torchrun / srun on every rank
@@ -306,7 +314,7 @@ def train_in_processes(cfg: DictConfig, params: Path, run_name_suffix: str = "")
     atomic.write_text(params, OmegaConf.to_yaml(job))
     command = [sys.executable, str(REPO_ROOT / "pipelines" / "train.py"), "--params", str(params)]
     env = {**os.environ, tracking.HYDRA_OVERRIDES_ENV: tracking.hydra_overrides() or ""}
-    print(f"train: {planned_processes(cfg)} processes: {' '.join(command)}", flush=True)
+    print(f"train: {planned_processes(cfg.trainer)} processes: {' '.join(command)}", flush=True)
     status = subprocess.call(command, env=env)
     if status != 0:
         raise StageFailed(f"train: `{' '.join(command)}` exited with status {status} (its output above says why)")

@@ -111,7 +111,8 @@ def start(cfg: DictConfig, todo: list[Variant], run_name_suffix: str = "") -> st
     The parent `repeats.json` already names for these settings, variants and code is reopened (a
     rerun after a kill goes on under it), unless `trainer.resume=false`; else a new one is opened."""
     out = Path(cfg.paths.models)
-    made_from = {"fingerprint": resume.fingerprint(cfg), "code": resume.code_digest()}
+    made_from = {"fingerprint": resume.fingerprint(OmegaConf.to_container(cfg, resolve=True)),
+                 "code": resume.code_digest()}
     try:
         state = json.loads((out / STATE_FILE).read_text())
     except (OSError, ValueError):

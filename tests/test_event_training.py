@@ -283,6 +283,7 @@ def test_events_evaluation_writes_clip_metrics_event_metrics_decoded_events_and_
 
 
 def test_a_cnn_is_refused_for_event_data_before_any_training(trained_events, tmp_path):
+    from audiocnn.experiment import train_job
     from audiocnn.training.train import train
 
     cfg, _, _ = trained_events
@@ -291,7 +292,7 @@ def test_a_cnn_is_refused_for_event_data_before_any_training(trained_events, tmp
         cnn.model = compose_config(["model=cnn"]).model
         cnn.paths.models = str(tmp_path / "m")
     with pytest.raises(ConfigError, match=r"^model=cnn: the events task needs a CRNN") as error:
-        train(cnn)
+        train(train_job(cnn))
     assert "\n" not in str(error.value) and not (tmp_path / "m" / "model.pt").exists()
 
 
@@ -312,12 +313,13 @@ def test_balanced_class_weights_weigh_each_class_positive_clips_and_frames():
 
 def test_an_events_module_with_balanced_class_weights_carries_both_pos_weights(trained_events):
     from audiocnn.experiment import data_module
+    from audiocnn.experiment import train_job
     from audiocnn.training.train import build_module
 
     cfg, _, _ = trained_events
     weighted = OmegaConf.merge(cfg, {"trainer": {"class_weights": "balanced"}})
     data = data_module(weighted, time_stride=2)
-    module = build_module(weighted, load_bundle(Path(cfg.paths.models) / "model.pt")[0], data)
+    module = build_module(train_job(weighted), load_bundle(Path(cfg.paths.models) / "model.pt")[0], data)
     assert module.clip_pos_weight.shape == module.frame_pos_weight.shape == (len(data.classes),)
     assert bool((module.frame_pos_weight > module.clip_pos_weight).all())  # events are rarer among frames
     assert "frame_pos_weight" not in module.state_dict()  # recomputed, not checkpointed

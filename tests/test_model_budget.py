@@ -66,7 +66,7 @@ for name, kind, argument in cases:
                 from audiocnn.models import build_model
                 from audiocnn.training.train import initial_weights
                 cfg = compose_config(["model=cnn", "model.init_from=" + argument])
-                initial_weights(cfg, build_model(cfg.model, 3, cfg.features.n_bins))
+                initial_weights(cfg.model, build_model(cfg.model, 3, cfg.features.n_bins))
             elif kind == "config":
                 from audiocnn.config import compose_config, validate_config
                 validate_config(compose_config(argument))

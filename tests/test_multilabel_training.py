@@ -218,13 +218,14 @@ def test_multilabel_evaluation_writes_map_per_class_table_and_label_sets(trained
 
 
 def test_temperature_calibration_on_multilabel_data_is_refused_naming_the_setting(trained_mix):
+    from audiocnn.experiment import train_job
     from audiocnn.training.train import train
 
     cfg, _, _ = trained_mix
     cfg = cfg.copy()
     cfg.trainer.calibrate = "temperature"
     with pytest.raises(ConfigError, match=r"^trainer.calibrate=temperature: not for multi-label data"):
-        train(cfg)
+        train(train_job(cfg))
 
 
 def test_repeats_and_ensembles_of_multilabel_models_are_refused_in_one_line_before_work(trained_mix):

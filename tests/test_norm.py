@@ -214,7 +214,7 @@ def test_on_the_fly_bin_statistics_are_those_of_the_train_clips_centred_windows(
     OmegaConf.update(cfg, "features.on_the_fly", True)
     f = cfg.features
     model = build_model(compose_config(["model=cnn", "norm=bin_norm"]).model, 8, f.n_bins)
-    moments = fit_bin_norm(model, data_module(cfg), f)
+    moments = fit_bin_norm(model, data_module(cfg))
     manifest = pd.read_csv(Path(cfg.paths.prepared) / "manifest.csv")
     cqt, frames = LogCQT.from_config(f), []
     for path in manifest.loc[manifest["split"] == "train", "path"]:

@@ -121,16 +121,16 @@ def test_a_training_killed_mid_run_resumes_to_the_same_model_metrics_and_run(tmp
 
 
 def crash_when(monkeypatch, rule, *callbacks) -> None:
-    """Trainings for which `rule(cfg, out)` gives an epoch raise after it (`tests.pace.Crash`); `callbacks`
-    are added to every training."""
+    """Trainings for which `rule(trainer settings, out)` gives an epoch raise after it (`tests.pace.Crash`);
+    `callbacks` are added to every training."""
     import audiocnn.training.train as train_module
 
     real = train_module.build_trainer
 
-    def build(cfg, out, run_id, tracking_uri=None):
-        trainer, checkpoint = real(cfg, out, run_id, tracking_uri)
+    def build(settings, out, run_id, tracking_uri=None):
+        trainer, checkpoint = real(settings, out, run_id, tracking_uri)
         trainer.callbacks.extend(callbacks)
-        epoch = rule(cfg, Path(out))
+        epoch = rule(settings, Path(out))
         if epoch is not None:
             trainer.callbacks.append(Crash(epoch))
         return trainer, checkpoint
@@ -156,15 +156,16 @@ class MetricsBeforeCheckpoints(Callback):
 def test_other_settings_or_resume_false_start_afresh_and_say_why(tmp_path, prepared_store, monkeypatch, capsys):
     """A crash leaves the run FAILED with its reason and a checkpoint; a rerun with trainer.resume=false,
     and one with another learning rate, each start afresh in a new run with one line saying why."""
+    from audiocnn.experiment import train_job
     from audiocnn.training.train import train
 
     base = ["model=cnn", "trainer.max_epochs=3", "tracking.export_onnx=false"]
     cfg = config(tmp_path, prepared_store, "run", *base)
     out = Path(cfg.paths.models)
     crash = {"after": 1}
-    crash_when(monkeypatch, lambda cfg, out: crash["after"])
+    crash_when(monkeypatch, lambda settings, out: crash["after"])
     with pytest.raises(RuntimeError, match="crash after epoch 2"):
-        train(cfg)
+        train(train_job(cfg))
     crashed = json.loads((out / resume.STATE).read_text())["run_id"]
     client = MlflowClient(cfg.tracking.uri)
     assert client.get_run(crashed).info.status == "FAILED"
@@ -173,7 +174,7 @@ def test_other_settings_or_resume_false_start_afresh_and_say_why(tmp_path, prepa
 
     capsys.readouterr()
     with pytest.raises(RuntimeError):
-        train(config(tmp_path, prepared_store, "run", *base, "trainer.resume=false"))
+        train(train_job(config(tmp_path, prepared_store, "run", *base, "trainer.resume=false")))
     assert f"train: trainer.resume=false: not resuming {out / resume.LAST} (2 epochs); starting afresh" in \
         capsys.readouterr().out
     second = json.loads((out / resume.STATE).read_text())["run_id"]
@@ -181,8 +182,8 @@ def test_other_settings_or_resume_false_start_afresh_and_say_why(tmp_path, prepa
 
     crash["after"] = None
     watch = MetricsBeforeCheckpoints()
-    crash_when(monkeypatch, lambda cfg, out: None, watch)
-    summary = train(config(tmp_path, prepared_store, "run", *base, "optimizer.lr=0.002"))
+    crash_when(monkeypatch, lambda settings, out: None, watch)
+    summary = train(train_job(config(tmp_path, prepared_store, "run", *base, "optimizer.lr=0.002")))
     # no checkpoint is ahead of the metrics logged: a kill at any moment loses no train_loss point
     assert watch.seen and all(epochs <= points for epochs, points in watch.seen), watch.seen
     said = [line for line in capsys.readouterr().out.splitlines() if line.startswith("train: not resuming")]
@@ -200,7 +201,7 @@ def test_repeats_skip_finished_variants_and_resume_the_interrupted_one_under_the
     cfg = config(tmp_path, prepared_store, "seeds", "model=cnn", "trainer.seeds=[0,1]", "trainer.max_epochs=2",
                  "tracking.export_onnx=false")
     # seed 1 crashes after its first epoch (not once it has a checkpoint to resume from)
-    crash_when(monkeypatch, lambda single, out: 0 if single.seed == 1 and not (out / resume.LAST).exists() else None)
+    crash_when(monkeypatch, lambda settings, out: 0 if out.name == "seed-1" and not (out / resume.LAST).exists() else None)
     with pytest.raises(RuntimeError, match="crash after epoch 1"):
         run_repeats(cfg, steps=("train",), make_inputs=False)
     models = Path(cfg.paths.models)

@@ -97,10 +97,11 @@ def test_a_shard_truncated_to_40_percent_is_refused_then_only_it_is_rewritten(tm
     assert not is_featurized(store_settings(cfg))  # the up-to-date check sees the size
     with pytest.raises(StoreError, match=rf"{name}\.f16 is \d+ bytes, \d+ were written .*run the featurize stage"):
         FeatureStore(root)  # what training opens: one line naming the shard, not a numpy broadcast error
+    from audiocnn.experiment import train_job
     from audiocnn.training.train import train
 
     with pytest.raises(StoreError, match=rf"{name}\.f16 is \d+ bytes") as refused:
-        train(cfg)
+        train(train_job(cfg))
     assert "\n" not in str(refused.value)
 
     assert featurize(store_settings(cfg)) == root
@@ -159,6 +160,7 @@ def test_a_store_without_shard_records_is_refused_and_rebuilt(tmp_path, prepared
 
 def test_nan_frames_stop_training_naming_the_clip_and_the_run_is_failed_with_the_reason(tmp_path, prepared_store):
     from audiocnn.data.prepare import read_manifest
+    from audiocnn.experiment import train_job
     from audiocnn.training.train import train
 
     cfg, root = _store(tmp_path, prepared_store)
@@ -168,7 +170,7 @@ def test_nan_frames_stop_training_naming_the_clip_and_the_run_is_failed_with_the
     bad = _clips_touching(root, name, first, last)
 
     with pytest.raises(NonFiniteError) as stopped:
-        train(cfg)
+        train(train_job(cfg))
     message = str(stopped.value)
     assert "\n" not in message and "non-finite values" in message and "features.verify=true" in message
     assert any(f"clip {path} " in message for path in bad), (message, bad)

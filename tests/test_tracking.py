@@ -224,6 +224,7 @@ def test_required_false_falls_back_to_the_local_store_and_says_so(tmp_path, monk
 def test_a_training_run_that_crashes_is_marked_failed(prepared_store, tmp_path, monkeypatch):
     import lightning as L
 
+    from audiocnn.experiment import train_job
     from audiocnn.training import train as train_module
 
     class Crash(L.Callback):
@@ -241,7 +242,7 @@ def test_a_training_run_that_crashes_is_marked_failed(prepared_store, tmp_path, 
     cfg = tiny_config(tmp_path, f"paths.prepared={prepared_store.paths.prepared}",
                       f"paths.features={prepared_store.paths.features}", "tracking.run_name=crashing")
     with pytest.raises(RuntimeError, match="boom"):
-        train_module.train(cfg)
+        train_module.train(train_job(cfg))
     runs = mlflow.search_runs(experiment_names=[cfg.tracking.experiment], filter_string="run_name = 'crashing'")
     assert list(runs["status"]) == ["FAILED"]
 

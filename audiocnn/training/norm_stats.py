@@ -67,13 +67,14 @@ def store_moments(store, rows: np.ndarray) -> BinMoments:
 
 
 @torch.no_grad()
-def window_moments(data, features) -> BinMoments:
+def window_moments(data) -> BinMoments:
     """Moments over the CQT frames of each training clip's centred window (on-the-fly training)."""
+    features = data.features
     device = pick_device(features.device)
-    frontend = CQTFrontend.from_config(features).to(device).eval()
+    frontend = CQTFrontend.from_config(features.model_dump()).to(device).eval()
     dataset = data.dataset("train", "center")
-    moments = BinMoments(int(features.n_bins))
-    batch = int(features.batch_size)
+    moments = BinMoments(features.n_bins)
+    batch = features.batch_size
     for first in range(0, len(dataset), batch):
         waves = dataset.batch(np.arange(first, min(first + batch, len(dataset))))  # (batch, samples)
         frames = frontend(waves.to(device)).to(torch.float16).float()  # (batch, 1, n_bins, window), store-rounded
@@ -81,16 +82,14 @@ def window_moments(data, features) -> BinMoments:
     return moments
 
 
-def fit_bin_norm(model: nn.Module, data, features) -> BinMoments | None:
-    """Give every `BinNorm` of `model` the train split's per-bin mean and std; None when it has none.
-
-    `data` is the run's `WindowDataModule`, `features` the `features` config.
-    """
+def fit_bin_norm(model: nn.Module, data) -> BinMoments | None:
+    """Give every `BinNorm` of `model` the train split's per-bin mean and std (`data`: the run's
+    `WindowDataModule`); None when it has none."""
     layers = [m for m in model.modules() if isinstance(m, BinNorm)]
     if not layers:
         return None
     train = data.rows("train")
-    moments = window_moments(data, features) if data.on_the_fly else store_moments(data.store, train)
+    moments = window_moments(data) if data.on_the_fly else store_moments(data.store, train)
     mean, std = (torch.from_numpy(v).float() for v in moments.mean_std())
     for layer in layers:
         layer.set_statistics(mean.to(layer.mean.device), std.to(layer.std.device))

@@ -34,13 +34,13 @@ import random
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
+from typing import Mapping
 
 import mlflow
 import numpy as np
 import torch
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.pytorch.callbacks import Callback
-from omegaconf import DictConfig, OmegaConf
 
 import audiocnn
 from audiocnn import atomic, tracking
@@ -94,8 +94,9 @@ class RngState(Callback):
             torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def settings(cfg: DictConfig) -> dict[str, str]:
-    """The settings training depends on, as {dotted key: JSON value}."""
+def settings(config: Mapping) -> dict[str, str]:
+    """The settings training depends on, as {dotted key: JSON value}, of a resolved config as plain Python
+    (`OmegaConf.to_container(cfg, resolve=True)`), and the md5 of the manifest in its `paths.prepared`."""
     flat: dict[str, str] = {}
 
     def walk(node, prefix: str) -> None:
@@ -105,17 +106,17 @@ def settings(cfg: DictConfig) -> dict[str, str]:
         else:
             flat[prefix[:-1]] = json.dumps(node, sort_keys=True)
 
-    walk({k: v for k, v in OmegaConf.to_container(cfg, resolve=True).items() if k not in NOT_TRAINING}, "")
+    walk({k: v for k, v in config.items() if k not in NOT_TRAINING}, "")
     flat.pop("trainer.resume", None)
-    manifest = Path(cfg.paths.prepared) / "manifest.csv"
+    manifest = Path(config["paths"]["prepared"]) / "manifest.csv"
     if manifest.exists():
         with open(manifest, "rb") as handle:
             flat["manifest.md5"] = json.dumps(hashlib.file_digest(handle, "md5").hexdigest())
     return flat
 
 
-def fingerprint(cfg: DictConfig) -> str:
-    return hashlib.sha256(json.dumps(settings(cfg), sort_keys=True).encode()).hexdigest()[:16]
+def fingerprint(config: Mapping) -> str:
+    return hashlib.sha256(json.dumps(settings(config), sort_keys=True).encode()).hexdigest()[:16]
 
 
 @lru_cache(maxsize=1)
@@ -176,7 +177,7 @@ def _fresh(out: Path, message: str = "") -> Start:
     return Start(message=f"{message}; starting afresh" if message else "")
 
 
-def plan(cfg: DictConfig, out: Path, store: tracking.Store) -> Start:
+def plan(config: Mapping, out: Path, store: tracking.Store) -> Start:
     """What a train stage in `out` resumes from (see the module docstring). Raises `InputError`
     when the run it would resume is RUNNING in a live process of this machine (two trainings in
     one folder); one RUNNING on another host cannot be judged from here and is resumed. `store`: the
@@ -184,14 +185,14 @@ def plan(cfg: DictConfig, out: Path, store: tracking.Store) -> Start:
     state, last = read_state(out), out / LAST
     epochs = checkpoint_epochs(last) if last.exists() else None
     where = f"{last}" + (f" ({epochs} epochs)" if epochs else "")
-    if not cfg.trainer.get("resume", True):
+    if not config["trainer"].get("resume", True):
         return _fresh(out, f"trainer.resume=false: not resuming {where}" if last.exists() else "")
     if state is None or state.get("finished"):
         return _fresh(out, f"not resuming {where}: no {STATE} says what it was made from"
                       if last.exists() and state is None else "")
-    if fingerprint(cfg) != state.get("fingerprint"):
+    if fingerprint(config) != state.get("fingerprint"):
         return _fresh(out, f"not resuming {where}: made with other settings "
-                           f"({changes(state.get('settings', {}), settings(cfg))})")
+                           f"({changes(state.get('settings', {}), settings(config))})")
     tracking.configure(store)  # marks the run KILLED if its process is gone
     try:
         run = mlflow.MlflowClient().get_run(state["run_id"])
@@ -205,7 +206,7 @@ def plan(cfg: DictConfig, out: Path, store: tracking.Store) -> Start:
     if state.get("fit_done") and (out / BEST).exists():
         return Start(run.info.run_id, fit_done=True, epochs=int(state.get("epochs", 0)),
                      message=f"resuming MLflow run {run.info.run_id}: fitting had ended, writing the model")
-    done = f"after epoch {epochs} of {cfg.trainer.max_epochs}" if epochs else "from epoch 0 (no checkpoint yet)"
+    done = f"after epoch {epochs} of {config['trainer']['max_epochs']}" if epochs else "from epoch 0 (no checkpoint yet)"
     return Start(run.info.run_id, str(last) if epochs else None,
                  message=f"resuming {out} {done} in MLflow run {run.info.run_id}")
 
@@ -220,27 +221,27 @@ def follow(out: Path) -> Start:
     return Start(ckpt=str(last) if last.exists() else None)
 
 
-def record(cfg: DictConfig, out: Path, run_id: str, **extra) -> None:
+def record(config: Mapping, out: Path, run_id: str, **extra) -> None:
     """Write `resume.json`: the fingerprint, the settings and the run (atomically)."""
-    state = {"fingerprint": fingerprint(cfg), "run_id": run_id, **extra, "settings": settings(cfg)}
+    state = {"fingerprint": fingerprint(config), "run_id": run_id, **extra, "settings": settings(config)}
     atomic.write_json(out / STATE, state)
 
 
-def finish(cfg: DictConfig, out: Path, run_id: str) -> None:
+def finish(config: Mapping, out: Path, run_id: str) -> None:
     """The stage ended: `resume.json` says so and `last.ckpt` goes (a finished run is not resumed)."""
-    record(cfg, out, run_id, finished=True)
+    record(config, out, run_id, finished=True)
     (out / LAST).unlink(missing_ok=True)
 
 
-def finished(cfg: DictConfig) -> dict | None:
-    """`run.json` when `paths.models` holds a finished training of these settings and this code
-    (its `model.pt` too); None otherwise, or with `trainer.resume=false`."""
-    out = Path(cfg.paths.models)
-    if not cfg.trainer.get("resume", True) or not (out / "model.pt").exists():
+def finished(config: Mapping) -> dict | None:
+    """`run.json` when `paths.models` holds a finished training of these settings (a resolved config as
+    plain Python) and this code (its `model.pt` too); None otherwise, or with `trainer.resume=false`."""
+    out = Path(config["paths"]["models"])
+    if not config["trainer"].get("resume", True) or not (out / "model.pt").exists():
         return None
     try:
         summary = json.loads((out / "run.json").read_text())
     except (OSError, ValueError):
         return None
-    same = summary.get("fingerprint") == fingerprint(cfg) and summary.get("code") == code_digest()
+    same = summary.get("fingerprint") == fingerprint(config) and summary.get("code") == code_digest()
     return summary if same else None

@@ -25,7 +25,9 @@ writes `model.pt` and `run.json` (Lightning writes `best.ckpt` from rank 0 only)
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Mapping
 
 import lightning as L
 import mlflow
@@ -33,15 +35,14 @@ import torch
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import ModelCheckpoint, StochasticWeightAveraging
 from lightning.pytorch.loggers import MLFlowLogger
-from omegaconf import DictConfig, OmegaConf
 
 from audiocnn import atomic, tracking
 from audiocnn.data.events import output_frame_seconds
-from audiocnn.data.prepare import is_prepared, prepare_settings
+from audiocnn.data.prepare import PrepareSettings, is_prepared
 from audiocnn.errors import ConfigError, InputError, MissingInputError
 from audiocnn.features.cqt import pick_device
 from audiocnn.features.featurize import store_problem
-from audiocnn.features.settings import store_settings
+from audiocnn.features.settings import FeatureSettings, StoreSettings
 from audiocnn.models import build_model
 from audiocnn.models.build import build_frontend
 from audiocnn.models.bundle import load_state, save_bundle
@@ -50,7 +51,7 @@ from audiocnn.models.scorer import WindowScorer
 from audiocnn.models.summary import summarize
 from audiocnn.training import distributed, resume
 from audiocnn.training.augment import SpectrogramAugment, WaveformAugment
-from audiocnn.training.datamodule import WindowDataModule, loader_settings
+from audiocnn.training.datamodule import LoaderSettings, WindowDataModule
 from audiocnn.training.event_postprocessing import fit_on_split
 from audiocnn.training.events import (OFF_FOR_EVENTS, SCORE as EVENTS_SCORE, EventClassifier, check_event_model,
                                      class_pos_weights)
@@ -63,15 +64,43 @@ from audiocnn.training.thresholds import fit_thresholds
 from audiocnn.training.transfer import freeze, load_matching
 
 
-def check_inputs(cfg: DictConfig) -> None:
+def check_inputs(job: TrainJob) -> None:
     """Raise `MissingInputError` naming the stage to run when the manifest or the store is missing, and
     `StoreError` naming the shard when a shard's size is not the one recorded when it was written."""
-    if not is_prepared(prepare_settings(cfg)):
-        raise MissingInputError(f"paths.prepared={cfg.paths.prepared}: no manifest for these data settings; run "
+    if not is_prepared(job.prepare):
+        raise MissingInputError(f"paths.prepared={job.prepare.prepared}: no manifest for these data settings; run "
                                 "the prepare stage first (`dvc repro prepare` or `audiocnn prepare`)")
-    problem = None if cfg.features.on_the_fly else store_problem(store_settings(cfg))
+    problem = None if job.features.on_the_fly else store_problem(job.store)
     if problem is not None:
         raise problem  # missing (MissingInputError) or a shard not of its recorded size (StoreError)
+
+
+@dataclass(frozen=True)
+class TrainJob:
+    """The train stage's inputs, read once from the composed config (`audiocnn.experiment.train_job`).
+
+    Typed: `prepare` (the manifest trained on), `store` (the feature store and the front-end), `loader`
+    (batches, workers, sampler, seed), `tracking` (the MLflow store, checked). The groups without a schema
+    yet are their resolved values as plain Python: `trainer`, `model`, `optimizer`, `scheduler` (None:
+    constant rate) and `augment`. `config` is the whole resolved config: the run's params and the resume
+    fingerprint (`resume.settings`). `models`: `paths.models`; `run_name`: `tracking.run_name`.
+    """
+    prepare: PrepareSettings
+    store: StoreSettings
+    loader: LoaderSettings
+    tracking: tracking.Store
+    models: Path
+    run_name: str | None
+    trainer: Mapping
+    model: Mapping
+    optimizer: Mapping
+    scheduler: Mapping | None
+    augment: Mapping
+    config: Mapping
+
+    @property
+    def features(self) -> FeatureSettings:
+        return self.store.features
 
 
 class RunLogger(MLFlowLogger):
@@ -82,23 +111,24 @@ class RunLogger(MLFlowLogger):
         pass
 
 
-def trainer_settings(cfg: DictConfig) -> dict:
+def trainer_settings(trainer: Mapping) -> dict:
     """Where and how many processes Lightning trains with (`trainer.accelerator/devices/strategy/num_nodes`)."""
-    return {"accelerator": cfg.trainer.accelerator, "devices": cfg.trainer.devices,
-            "strategy": cfg.trainer.get("strategy", "auto"), "num_nodes": cfg.trainer.get("num_nodes", 1)}
+    return {"accelerator": trainer["accelerator"], "devices": trainer["devices"],
+            "strategy": trainer.get("strategy", "auto"), "num_nodes": trainer.get("num_nodes", 1)}
 
 
-def planned_processes(cfg: DictConfig) -> int:
-    """How many processes `cfg` trains in (devices x nodes, as Lightning resolves them), starting none."""
+def planned_processes(trainer: Mapping) -> int:
+    """How many processes the `trainer` group trains in (devices x nodes, as Lightning resolves them),
+    starting none."""
     with distributed.quiet_lightning():
-        trainer = L.Trainer(**trainer_settings(cfg), logger=False, enable_checkpointing=False,
+        trainer = L.Trainer(**trainer_settings(trainer), logger=False, enable_checkpointing=False,
                             enable_progress_bar=False, enable_model_summary=False)
     return trainer.world_size
 
 
-def build_trainer(cfg: DictConfig, out: Path, run_id: str | None, tracking_uri: str | None = None
+def build_trainer(settings: Mapping, out: Path, run_id: str | None, tracking_uri: str | None = None
                   ) -> tuple[L.Trainer, ModelCheckpoint]:
-    """Lightning Trainer with `trainer.callbacks` (instantiated from conf/) and the best checkpoint
+    """Lightning Trainer of the `trainer` group `settings`, with `trainer.callbacks` (instantiated from conf/) and the best checkpoint
     on val_loss kept as `out/best.ckpt` (the stage's own output, so not configurable).
     `run_id`: the MLflow run Lightning logs to, in the store at `tracking_uri`; None in the processes
     that do not log (DDP rank > 0).
@@ -110,12 +140,12 @@ def build_trainer(cfg: DictConfig, out: Path, run_id: str | None, tracking_uri: 
     # Not `save_last=True`: that rewrites last.ckpt only in epochs where best.ckpt improved.
     last = ModelCheckpoint(dirpath=out, filename=Path(LAST).stem, monitor=None, save_top_k=1, every_n_epochs=1,
                            save_on_train_epoch_end=True, enable_version_counter=False)
-    callbacks = [instantiate(spec) for spec in (cfg.trainer.get("callbacks") or {}).values() if spec]
+    callbacks = [instantiate(spec) for spec in (settings.get("callbacks") or {}).values() if spec]
     trainer = L.Trainer(
-        **trainer_settings(cfg), max_epochs=cfg.trainer.max_epochs,
-        precision=resolve_precision(cfg.trainer.precision, cfg.trainer.accelerator),
-        gradient_clip_val=cfg.trainer.get("gradient_clip_val"), deterministic=cfg.trainer.deterministic,
-        log_every_n_steps=cfg.trainer.log_every_n_steps, default_root_dir=out,
+        **trainer_settings(settings), max_epochs=settings["max_epochs"],
+        precision=resolve_precision(settings["precision"], settings["accelerator"]),
+        gradient_clip_val=settings.get("gradient_clip_val"), deterministic=settings["deterministic"],
+        log_every_n_steps=settings["log_every_n_steps"], default_root_dir=out,
         callbacks=[*callbacks, RngState(), TrainMetricsFirst(), checkpoint, last],
         plugins=[AtomicCheckpointIO()],
         use_distributed_sampler=False,
@@ -141,32 +171,30 @@ def swa_average(trainer: L.Trainer, module: L.LightningModule) -> bool:
     return True
 
 
-def build_module(cfg: DictConfig, model: torch.nn.Module, data: WindowDataModule) -> Classifier:
+def build_module(job: TrainJob, model: torch.nn.Module, data: WindowDataModule) -> Classifier:
     """The LightningModule with the run's loss options, schedule and (training-only) augmentation."""
-    n_classes, optimizer = len(data.classes), OmegaConf.to_container(cfg.optimizer, resolve=True)
-    augment = cfg.get("augment") or {}
-    weights = class_weights(data.labels[data.rows("train")], n_classes, cfg.trainer.get("class_weights", "none"))
+    n_classes, augment, features = len(data.classes), job.augment, job.features
+    weights = class_weights(data.labels[data.rows("train")], n_classes, job.trainer.get("class_weights", "none"))
     transforms = augment.get("transforms")
     if data.events_task:
         transforms = event_transforms(transforms)
     options = dict(
-        scheduler_cfg=OmegaConf.to_container(cfg.scheduler, resolve=True) if cfg.get("scheduler") else None,
-        augment=SpectrogramAugment(transforms, n_classes, math.log(cfg.features.amin), cfg.features.bins_per_octave),
-        waveform_augment=WaveformAugment(augment.get("waveform") if cfg.features.get("on_the_fly") else None,
-                                         cfg.features.sr),
-        label_smoothing=cfg.trainer.get("label_smoothing", 0.0), class_weights=weights,
+        scheduler_cfg=job.scheduler,
+        augment=SpectrogramAugment(transforms, n_classes, math.log(features.amin), features.bins_per_octave),
+        waveform_augment=WaveformAugment(augment.get("waveform") if features.on_the_fly else None, features.sr),
+        label_smoothing=job.trainer.get("label_smoothing", 0.0), class_weights=weights,
     )
     if data.events_task:
         frame_weights = None
         if weights is not None:  # pos_weight of the clip term and of the frame term
             strong = [row for row in data.rows("train") if data.strong[row]]
-            frame_seconds = data.time_stride * cfg.features.hop_length / cfg.features.sr
+            frame_seconds = data.time_stride * features.hop_length / features.sr
             options["class_weights"], frame_weights = class_pos_weights(
                 data.labels[data.rows("train")], [data.clip_events[row] for row in strong], data.durations[strong],
                 frame_seconds, data.classes)
-        return EventClassifier(model, optimizer, n_classes, frame_weight=cfg.trainer.get("frame_loss_weight", 1.0),
+        return EventClassifier(model, job.optimizer, n_classes, frame_weight=job.trainer.get("frame_loss_weight", 1.0),
                                frame_class_weights=frame_weights, **options)
-    return Classifier(model, optimizer, n_classes, multilabel=data.multilabel, **options)
+    return Classifier(model, job.optimizer, n_classes, multilabel=data.multilabel, **options)
 
 
 def event_transforms(transforms):
@@ -180,12 +208,12 @@ def event_transforms(transforms):
     return {name: value for name, value in transforms.items() if name not in off}
 
 
-def check_events_settings(cfg: DictConfig, model: torch.nn.Module) -> None:
+def check_events_settings(settings: Mapping, model: torch.nn.Module) -> None:
     """The events task's refusals, before any work: a model without frame outputs, a `model.clip_output`
-    other than `event_pool`."""
-    check_event_model(model, cfg.model.get("name", cfg.model.get("_target_")))
-    if cfg.model.get("clip_output", "event_pool") != "event_pool":
-        raise ConfigError(f"model.clip_output={cfg.model.clip_output}: the events task scores clips by the event "
+    other than `event_pool` (`settings`: the `model` group)."""
+    check_event_model(model, settings.get("name", settings.get("_target_")))
+    if settings.get("clip_output", "event_pool") != "event_pool":
+        raise ConfigError(f"model.clip_output={settings['clip_output']}: the events task scores clips by the event "
                           "pooling it trains; leave model.clip_output out (or set it to event_pool)")
 
 
@@ -201,48 +229,47 @@ def events_model_settings(model: dict) -> dict:
     return {**model, "blocks": blocks} if cap is not None else model
 
 
-def event_settings(cfg: DictConfig, model: torch.nn.Module) -> dict:
+def event_settings(features: FeatureSettings, model: torch.nn.Module) -> dict:
     """What model.pt records for an events model (`events`): its output frames' time stride and seconds."""
     stride = time_stride(model.specs)
-    return {"time_stride": stride, "frame_seconds": output_frame_seconds(cfg.features.hop_length, cfg.features.sr,
-                                                                         stride)}
+    return {"time_stride": stride, "frame_seconds": output_frame_seconds(features.hop_length, features.sr, stride)}
 
 
-def initial_weights(cfg: DictConfig, model: torch.nn.Module):
+def initial_weights(settings: Mapping, model: torch.nn.Module):
     """Load `model.init_from` into `model` (matching names and shapes); None without it.
 
     A source of which no tensor fits is an error: training would silently start from scratch.
     """
-    source = cfg.model.get("init_from")
+    source = settings.get("init_from")
     if not source:
         return None
     transfer = load_matching(model, load_state(source))
     if not transfer.loaded:
         raise InputError(f"model.init_from={source}: none of its {len(transfer.skipped)} tensors fits "
-                         f"model={cfg.model.name} (names or shapes differ); nothing to start from")
+                         f"model={settings.get('name')} (names or shapes differ); nothing to start from")
     print(f"train: model.init_from={source}: {transfer.describe()}")
     return transfer
 
 
-def fit(cfg: DictConfig, model: torch.nn.Module, data: WindowDataModule, out: Path, run_id: str | None,
-        start: resume.Start, tracking_uri: str | None = None):
+def fit(job: TrainJob, model: torch.nn.Module, data: WindowDataModule, run_id: str | None, start: resume.Start):
     """Fit (from `start.ckpt`; not at all when `start.fit_done`), load the best checkpoint (or SWA's
     average) into `model` (its front-end's kernels included), validate it.
 
     Returns (trainer, best validation metrics, epochs). Every DDP process calls this.
     """
-    trainer, checkpoint = build_trainer(cfg, out, run_id, tracking_uri)
-    module = build_module(cfg, model, data)
+    out = job.models
+    trainer, checkpoint = build_trainer(job.trainer, out, run_id, job.tracking.uri)
+    module = build_module(job, model, data)
     epochs, averaged = start.epochs, False
     if not start.fit_done:
         trainer.fit(module, datamodule=data, ckpt_path=start.ckpt)
-        epochs = min(trainer.current_epoch, cfg.trainer.max_epochs)  # not SWA's extra BatchNorm pass
+        epochs = min(trainer.current_epoch, job.trainer["max_epochs"])  # not SWA's extra BatchNorm pass
         if trainer.world_size > 1:
             print(f"train: process {trainer.global_rank} of {trainer.world_size}: {trainer.global_step} optimizer "
                   f"steps over {trainer.current_epoch} epochs, {trainer.num_training_batches} batches per epoch")
         averaged = swa_average(trainer, module)
         if run_id:
-            resume.record(cfg, out, run_id, fit_done=True, epochs=epochs)
+            resume.record(job.config, out, run_id, fit_done=True, epochs=epochs)
     best = checkpoint.best_model_path or str(out / BEST)
     if not averaged:  # every process: validate() is collective
         model.load_state_dict(load_state(best))
@@ -250,36 +277,37 @@ def fit(cfg: DictConfig, model: torch.nn.Module, data: WindowDataModule, out: Pa
     return trainer, best_val, epochs
 
 
-def fit_calibration(model: torch.nn.Module, data: WindowDataModule, cfg: DictConfig) -> float:
+def fit_calibration(model: torch.nn.Module, data: WindowDataModule, features: FeatureSettings) -> float:
     """`trainer.calibrate=temperature`: T fitted on the val split's sliding windows, logged to the run."""
-    temperature, before, after = calibrate(model, data.sliding_dataloader("val"), pick_device(cfg.features.device))
+    temperature, before, after = calibrate(model, data.sliding_dataloader("val"), pick_device(features.device))
     mlflow.log_metrics({"temperature": temperature, "val_nll_uncalibrated": before, "val_nll_calibrated": after})
     print(f"train: trainer.calibrate=temperature: T={temperature:.4f} on {len(data.rows('val'))} val clips, "
           f"val NLL {before:.4f} -> {after:.4f}")
     return temperature
 
 
-def fit_class_thresholds(model: torch.nn.Module, data: WindowDataModule, cfg: DictConfig) -> list[float] | None:
+def fit_class_thresholds(model: torch.nn.Module, data: WindowDataModule, features: FeatureSettings
+                         ) -> list[float] | None:
     """Multi-label data: each class's threshold of best F1 on the val clips, logged to the run (None when
     the val split is empty: every class then keeps 0.5 at scoring time)."""
     if len(data.rows("val")) == 0:
         print("train: the val split has no clips; the classes' thresholds stay 0.5")
         return None
-    scorer = WindowScorer(model, floor=math.log(cfg.features.amin), multilabel=True)
-    thresholds, _, _ = fit_thresholds(scorer, data.sliding_dataloader("val"), pick_device(cfg.features.device))
+    scorer = WindowScorer(model, floor=math.log(features.amin), multilabel=True)
+    thresholds, _, _ = fit_thresholds(scorer, data.sliding_dataloader("val"), pick_device(features.device))
     mlflow.log_dict(dict(zip(data.classes, thresholds)), "thresholds.json")
     print(f"train: per-class thresholds of best F1 on {len(data.rows('val'))} val clips "
           f"(from {min(thresholds):.3f} to {max(thresholds):.3f}), stored in model.pt")
     return thresholds
 
 
-def fit_event_decoding(model: torch.nn.Module, data: WindowDataModule, cfg: DictConfig, events: dict) -> dict:
+def fit_event_decoding(model: torch.nn.Module, data: WindowDataModule, job: TrainJob, events: dict) -> dict:
     """Events task: `events` with the decoding fitted on the val split's strong clips
     (`training.event_postprocessing`), logged to the run; unchanged (0.5, no filter at scoring time) when
     the val split has no strong clip."""
-    trainer = cfg.trainer
+    trainer = job.trainer
     fitted = fit_on_split(model, data, "val", events["time_stride"], events["frame_seconds"],
-                          pick_device(cfg.features.device), list(trainer.get("event_median_frames", [1])),
+                          pick_device(job.features.device), list(trainer.get("event_median_frames", [1])),
                           float(trainer.get("event_min_duration", 0.0)), float(trainer.get("event_min_gap", 0.0)))
     if fitted is None:
         print("train: the val split has no strong clip; event decoding stays at threshold 0.5 without a filter")
@@ -295,12 +323,12 @@ def fit_event_decoding(model: torch.nn.Module, data: WindowDataModule, cfg: Dict
     return {**events, "post_processing": record}
 
 
-def log_run_inputs(cfg: DictConfig, run_id: str, summary_table, transfer) -> None:
+def log_run_inputs(job: TrainJob, run_id: str, summary_table, transfer) -> None:
     """Params, model size and summary, transfer report: what a run resumed already has is not logged again."""
     logged = mlflow.MlflowClient().get_run(run_id).data
-    params = tracking.flatten_config(OmegaConf.to_container(cfg, resolve=True))
+    params = tracking.flatten_config(job.config)
     mlflow.log_params({k: v for k, v in params.items() if k not in logged.params})
-    tracking.log_dataset(cfg.paths.prepared, cfg.data.name, run_id)  # the Dataset column: the manifest, its MD5
+    tracking.log_dataset(job.prepare.prepared, job.store.data_name, run_id)  # the Dataset column: the manifest, its MD5
     if "n_parameters" not in logged.metrics:
         mlflow.log_metrics({"n_parameters": summary_table.total_params, "multiply_adds": summary_table.total_macs})
         mlflow.log_text(summary_table.table(), "model_summary.txt")
@@ -308,8 +336,8 @@ def log_run_inputs(cfg: DictConfig, run_id: str, summary_table, transfer) -> Non
             mlflow.log_dict(vars(transfer), "transfer.json")
 
 
-def train(cfg: DictConfig, run_name_suffix: str = "", parent_run_id: str | None = None) -> dict:
-    """Fit `cfg.model` on the train split, early-stopped on validation loss; return a summary.
+def train(job: TrainJob, run_name_suffix: str = "", parent_run_id: str | None = None) -> dict:
+    """Fit `job.model` on the train split, early-stopped on validation loss; return a summary.
     The MLflow run is a child of `parent_run_id` when given (a sweep's, a repeat's).
 
     A rerun in the same `paths.models` with the same settings resumes where a killed one stopped
@@ -317,71 +345,70 @@ def train(cfg: DictConfig, run_name_suffix: str = "", parent_run_id: str | None 
     one: the same fit (from the checkpoint the main one chose, `resume.follow`), nothing logged
     or written; returns {}.
     """
-    store = tracking.store_of(cfg.tracking)  # an unreachable tracking server stops us before any work
-    check_inputs(cfg)
-    out = Path(cfg.paths.models)
+    check_inputs(job)
+    out, features, model_name = job.models, job.features, job.model.get("name")
     out.mkdir(parents=True, exist_ok=True)
     main = distributed.is_main_process()
-    start = resume.plan(cfg, out, store) if main else resume.follow(out)
+    start = resume.plan(job.config, out, job.tracking) if main else resume.follow(out)
     if start.message:
         print(f"train: {start.message}")
-    L.seed_everything(cfg.seed, workers=True)
-    data = WindowDataModule(store_settings(cfg), loader_settings(cfg))
-    calibrating = cfg.trainer.get("calibrate", "none") == "temperature"
+    L.seed_everything(job.loader.seed, workers=True)
+    data = WindowDataModule(job.store, job.loader)
+    calibrating = job.trainer.get("calibrate", "none") == "temperature"
     if calibrating and data.multilabel:
         raise ConfigError("trainer.calibrate=temperature: not for multi-label data (one softmax temperature); "
                           "its per-class thresholds are fitted on the val split instead: set trainer.calibrate=none")
     if calibrating and len(data.rows("val")) == 0:
         raise ConfigError("trainer.calibrate=temperature: the val split has no clips to fit the temperature on; "
                           "give it clips (data.val_fraction) or set trainer.calibrate=none")
-    model_cfg = OmegaConf.to_container(cfg.model, resolve=True)
+    model_cfg = dict(job.model)
     if data.events_task:
         model_cfg = events_model_settings(model_cfg)
-    model = build_model(model_cfg, len(data.classes), cfg.features.n_bins, cfg.features.get("top_db"),
-                        frontend=build_frontend(cfg.features))  # the CQT on the fly, else identity
+    front_end = job.config["features"]  # as written: the front-end settings model.pt keeps
+    model = build_model(model_cfg, len(data.classes), features.n_bins, features.top_db,
+                        frontend=build_frontend(front_end))  # the CQT on the fly, else identity
     events = None
     if data.events_task:
-        check_events_settings(cfg, model)
+        check_events_settings(job.model, model)
         model.clip_output = model_cfg["clip_output"] = "event_pool"  # clips scored as the event pooling trains them
-        events = event_settings(cfg, model)
+        events = event_settings(features, model)
         data.time_stride = events["time_stride"]
-    transfer = initial_weights(cfg, model) if start.ckpt is None else None  # else the checkpoint has them
-    freeze(model, cfg.model.get("freeze", "none"))
-    fit_bin_norm(model, data, cfg.features)  # model.norm.type=bin_norm: the train split's per-bin mean and std
+    transfer = initial_weights(job.model, model) if start.ckpt is None else None  # else the checkpoint has them
+    freeze(model, job.model.get("freeze", "none"))
+    fit_bin_norm(model, data)  # model.norm.type=bin_norm: the train split's per-bin mean and std
     if not main:
-        fit(cfg, model, data, out, None, start)
+        fit(job, model, data, None, start)
         return {}
-    name = tracking.default_run_name(cfg.tracking.get("run_name"), cfg.model.name, cfg.data.name, run_name_suffix)
-    tags = tracking.run_tags(cfg.data.name, cfg.model.name, cfg.paths.prepared)
-    with tracking.open_run(store, run_id=start.run_id, run_name=name, tags=tags,
+    name = tracking.default_run_name(job.run_name, model_name, job.store.data_name, run_name_suffix)
+    tags = tracking.run_tags(job.store.data_name, model_name, job.prepare.prepared)
+    with tracking.open_run(job.tracking, run_id=start.run_id, run_name=name, tags=tags,
                            parent_run_id=parent_run_id) as run:
         run_id = run.info.run_id
         if not start.fit_done:
-            resume.record(cfg, out, run_id)
-        summary_table = summarize(model, cfg.features.n_bins, cfg.features.window_frames, name=cfg.model.name)
-        log_run_inputs(cfg, run_id, summary_table, transfer)
-        trainer, best_val, epochs = fit(cfg, model, data, out, run_id, start, store.uri)
-        temperature = fit_calibration(model, data, cfg) if calibrating else 1.0
-        thresholds = fit_class_thresholds(model, data, cfg) if data.multilabel else None
+            resume.record(job.config, out, run_id)
+        summary_table = summarize(model, features.n_bins, features.window_frames, name=model_name)
+        log_run_inputs(job, run_id, summary_table, transfer)
+        trainer, best_val, epochs = fit(job, model, data, run_id, start)
+        temperature = fit_calibration(model, data, features) if calibrating else 1.0
+        thresholds = fit_class_thresholds(model, data, features) if data.multilabel else None
         if events:
-            events = fit_event_decoding(model, data, cfg, events)
-        save_bundle(model.eval().cpu(), model_cfg,
-                    OmegaConf.to_container(cfg.features, resolve=True), data.classes, out / "model.pt",
+            events = fit_event_decoding(model, data, job, events)
+        save_bundle(model.eval().cpu(), model_cfg, dict(front_end), data.classes, out / "model.pt",
                     temperature=temperature, task=data.task, thresholds=thresholds, events=events)
         # what the run is ranked by
         score = EVENTS_SCORE if data.events_task else "val_map" if data.multilabel else "val_acc"
         summary = {
             "run_id": run_id, "experiment_id": run.info.experiment_id,
-            "tracking_uri": tracking.redact(store.uri), "run_name": name,
+            "tracking_uri": tracking.redact(job.tracking.uri), "run_name": name,
             "best_val_loss": best_val["val_loss"], f"best_{score}": best_val[score], "epochs": epochs,
             "n_parameters": summary_table.total_params, "multiply_adds": summary_table.total_macs,
             "processes": trainer.world_size, "train_steps": trainer.global_step,  # optimizer steps of each process
-            "fingerprint": resume.fingerprint(cfg), "code": resume.code_digest(), "temperature": temperature,
+            "fingerprint": resume.fingerprint(job.config), "code": resume.code_digest(), "temperature": temperature,
             "task": data.task, **({"events": events} if events else {}),
         }
         mlflow.log_metrics({"best_val_loss": summary["best_val_loss"], f"best_{score}": summary[f"best_{score}"]})
         atomic.write_json(out / "run.json", summary)
-        resume.finish(cfg, out, run_id)
+        resume.finish(job.config, out, run_id)
     print(f"train: best val_loss {summary['best_val_loss']:.4f}, {score} {summary[f'best_{score}']:.4f} "
           f"after {summary['epochs']} epochs; MLflow run {summary['run_id']} ({name})")
     url = tracking.ui_url(summary["tracking_uri"], summary["experiment_id"], summary["run_id"])
