@@ -106,3 +106,23 @@ def test_the_features_group_reads_into_typed_settings():
     settings = feature_settings(compose_config(["features=speech"]))
     assert (settings.sr, settings.hop_length, settings.top_db, settings.device) == (8000, 128, 40.0, "auto")
     assert isinstance(settings.fmin, float) and isinstance(settings.n_bins, int)
+
+
+def test_each_data_source_reads_its_own_keys_and_refuses_another_sources():
+    """One schema per source (`data.sources.parse_data`): the keys it shares with every source, its own, and
+    nothing else (before, a key of any source passed for every source and was ignored)."""
+    from audiocnn.data.settings import DatasetCopy
+    from audiocnn.data.sources import parse_data
+
+    fsdd = parse_data({"name": "fsdd", "root": None, "download": {"url": "https://example.org/fsdd.tar.gz"}})
+    assert isinstance(fsdd, DatasetCopy) and fsdd.sr == 8000 and fsdd.download.timeout_s == 60
+    assert fsdd.download.checksum is None and fsdd.val_fraction == 0.15 and fsdd.fold is None
+    with pytest.raises(ConfigError, match=r"^data\.esc10: unknown key; allowed: name, fold, protocol"):
+        parse_data({"name": "demo", "esc10": True})
+    with pytest.raises(ConfigError, match=r"^data\.name=nope: allowed: csv, demo, demo_events"):
+        parse_data({"name": "nope"})
+    with pytest.raises(ConfigError, match=r"^data\.fold=true: must be null or a fold of the dataset"):
+        parse_data({"name": "demo", "fold": True})
+    assert parse_data({"name": "demo", "fold": 3, "val_groups": [7, "ann"]}).val_groups == [7, "ann"]
+    with pytest.raises(ConfigError, match=r"^data\.min_duration=5\.0: must be <= data\.max_duration=4\.0$"):
+        parse_data({"name": "demo_mix", "min_duration": 5.0})

@@ -17,7 +17,7 @@ from typing import Annotated, Literal
 from pydantic import AfterValidator, BaseModel, Field, PlainValidator, model_validator
 
 from audiocnn.data.archives import DEFAULT_MAX_BYTES, DEFAULT_MAX_RATIO
-from audiocnn.errors import SETTINGS_CONFIG, DownloadError
+from audiocnn.errors import SETTINGS_CONFIG, DownloadError, show
 
 SEED_MAX = 2**32 - 1  # numpy and Lightning seeds are unsigned 32-bit integers
 DEFAULT_MAX_SECONDS = 600.0  # longer files are skipped: featurize pads a batch to its longest clip
@@ -120,6 +120,25 @@ class DataSettings(BaseModel):
                              "must be below 1 (the rest is the train split)")
         if self.protocol == "cv" and self.fold is not None:
             raise ValueError(f"data.fold={self.fold} with data.protocol=cv: cv runs every fold; set one of them")
+        return self
+
+
+class Generated(DataSettings):
+    """A dataset audiocnn makes itself (the demos): the `seed` its clips are drawn from, their rate `sr`."""
+    seed: Seed = 0
+    sr: PositiveInt = 16000
+
+
+class GeneratedClips(Generated):
+    """Generated clips of `min_duration` to `max_duration` seconds."""
+    min_duration: Positive = 2.0
+    max_duration: Positive = 4.0
+
+    @model_validator(mode="after")
+    def _durations(self):
+        if self.min_duration > self.max_duration:
+            raise ValueError(f"data.min_duration={show(self.min_duration)}: must be <= "
+                             f"data.max_duration={show(self.max_duration)}")
         return self
 
 

@@ -39,7 +39,7 @@ import soundfile as sf
 from scipy import signal
 from pydantic import model_validator
 
-from audiocnn.data.settings import ClassNames, DataSettings, Positive, PositiveInt, Seed
+from audiocnn.data.settings import ClassNames, GeneratedClips, PositiveInt
 from audiocnn.errors import show
 
 CLASSES: tuple[str, ...] = ("pluck", "bell", "organ", "wind", "membrane", "bowed",
@@ -277,25 +277,18 @@ def generate_demo(root: Path, *, seed: int = 0, clips_per_class: int = 80, sr: i
     return records
 
 
-class Settings(DataSettings):
+class Settings(GeneratedClips):
     """`data=demo`: synthetic instrument notes made by `generate_demo`."""
     name: Literal["demo"] = "demo"
-    seed: Seed = 0
     clips_per_class: PositiveInt = 100
-    min_duration: Positive = 2.0
-    max_duration: Positive = 4.0
-    sr: PositiveInt = 16000
     classes: ClassNames | None = None
 
     @model_validator(mode="after")
-    def _demo(self):
+    def _classes(self):
         unknown = sorted(set(self.classes or ()) - set(CLASSES))
         if unknown:
             raise ValueError(f"data.classes={show(self.classes)}: unknown demo classes {unknown}; allowed: "
                              f"{', '.join(CLASSES)}")
-        if self.min_duration > self.max_duration:
-            raise ValueError(f"data.min_duration={show(self.min_duration)}: must be <= "
-                             f"data.max_duration={show(self.max_duration)}")
         return self
 
 

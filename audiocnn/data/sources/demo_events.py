@@ -36,7 +36,7 @@ from pydantic import Field, model_validator
 from audiocnn.data.events import Event, read_strong, write_strong
 from audiocnn.data.sources.demo import render_clip, write_pcm16
 from audiocnn.data.sources.demo_mix import CLASSES
-from audiocnn.data.settings import DataSettings, Positive, PositiveInt, Seed
+from audiocnn.data.settings import Generated, Positive, PositiveInt
 from audiocnn.errors import show
 
 EVENTS_STREAM = 1_000_033  # keeps the scenes' random streams apart from the demo's and demo_mix's
@@ -133,10 +133,9 @@ def generate_scenes(root: Path, *, seed: int = 0, clips: int = 1600, sr: int = 1
     return write_strong(root / TSV, events)
 
 
-class Settings(DataSettings):
+class Settings(Generated):
     """`data=demo_events`: synthetic scenes with timed events, made by `generate_scenes`."""
     name: Literal["demo_events"] = "demo_events"
-    seed: Seed = 0
     clips: PositiveInt = 3200
     duration: Positive = 8.0
     max_events: Annotated[int, Field(ge=1, le=MAX_EVENTS)] = 4
@@ -144,7 +143,6 @@ class Settings(DataSettings):
     max_event_seconds: Annotated[float, Field(ge=MIN_EVENT_SECONDS)] = 3.0
     gain_range_db: Annotated[float, Field(ge=0)] = 12.0
     noise_db: Annotated[float, Field(ge=-200, lt=0)] = -40.0
-    sr: PositiveInt = 16000
 
     @model_validator(mode="after")
     def _event_lengths(self):

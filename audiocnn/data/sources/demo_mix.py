@@ -17,12 +17,11 @@ from pathlib import Path
 from typing import Annotated, Literal
 
 import numpy as np
-from pydantic import Field, model_validator
+from pydantic import Field
 
 from audiocnn.data.sources.demo import ORDER_ONLY_CLASSES, render_clip, write_pcm16
 from audiocnn.data.sources.demo import CLASSES as DEMO_CLASSES
-from audiocnn.data.settings import DataSettings, Positive, PositiveInt, Seed
-from audiocnn.errors import show
+from audiocnn.data.settings import GeneratedClips, Positive, PositiveInt
 
 CLASSES: tuple[str, ...] = tuple(c for c in DEMO_CLASSES if c not in ORDER_ONLY_CLASSES)
 MIX_STREAM = 1_000_003  # keeps the mixtures' random streams apart from the demo's (seed, class, clip)
@@ -71,23 +70,13 @@ def generate_mixtures(root: Path, *, seed: int = 0, clips: int = 1920, sr: int =
     return records
 
 
-class Settings(DataSettings):
+class Settings(GeneratedClips):
     """`data=demo_mix`: synthetic mixtures of up to `max_sources` demo notes (multi-label)."""
     name: Literal["demo_mix"] = "demo_mix"
-    seed: Seed = 0
     clips: PositiveInt = 1920
     min_duration: Positive = 3.0
-    max_duration: Positive = 4.0
     max_sources: Annotated[int, Field(ge=1, le=6)] = 3
     gain_range_db: Annotated[float, Field(ge=0)] = 12.0
-    sr: PositiveInt = 16000
-
-    @model_validator(mode="after")
-    def _durations(self):
-        if self.min_duration > self.max_duration:
-            raise ValueError(f"data.min_duration={show(self.min_duration)}: must be <= "
-                             f"data.max_duration={show(self.max_duration)}")
-        return self
 
 
 def collect(data: Settings, raw_root: Path) -> tuple[list[dict], list[str]]:
