@@ -122,7 +122,8 @@ RULES = {"greater_than": "must be > {gt}", "greater_than_equal": "must be >= {ge
          "less_than_equal": "at most {le}", "int_type": "must be an integer", "int_from_float": "must be an integer",
          "float_type": "must be a number", "finite_number": "must be a finite number",
          "bool_type": "allowed: true, false", "literal_error": "allowed: {expected}", "string_type": "must be a string",
-         "list_type": "must be a list", "string_too_short": "must be a non-empty string", "too_short": "must hold at least {min_length} item(s)",
+         "list_type": "must be a list", "string_too_short": "must be a non-empty string",
+         "too_short": "must hold at least {min_length} item(s)",
          "model_type": "must be a mapping", "dict_type": "must be a mapping"}
 
 

@@ -46,6 +46,7 @@ from audiocnn.inference.export import export_model
 from audiocnn.inference.pyfunc import log_audio_model, model_config
 from audiocnn.training import distributed, resume
 from audiocnn.training.datamodule import WindowDataModule, loader_settings
+from audiocnn.training.settings import trainer_settings
 from audiocnn.training.train import TrainJob, planned_processes, train
 
 
@@ -86,7 +87,8 @@ def train_job(cfg: DictConfig) -> TrainJob:
     """The train stage's inputs of `cfg`, read once (the MLflow store checked now)."""
     store = resolve_tracking(cfg)  # first: a fallback store is what the run's params record
     config = OmegaConf.to_container(cfg, resolve=True)
-    return TrainJob(prepare_settings(cfg), store_settings(cfg), loader_settings(cfg), store, Path(cfg.paths.models), cfg.tracking.get("run_name"), config["trainer"], config["model"],
+    return TrainJob(prepare_settings(cfg), store_settings(cfg), loader_settings(cfg), store, Path(cfg.paths.models),
+                    cfg.tracking.get("run_name"), trainer_settings(config["trainer"]), config["model"],
                     config["optimizer"], config.get("scheduler") or None, config.get("augment") or {}, config)
 
 
@@ -150,7 +152,6 @@ def train_model(cfg: DictConfig, run_name_suffix: str = "", skip_finished: bool 
     already holds for these settings and this code is kept, not trained again (repeats and
     Hydra jobs rerun after a kill); only what was not done after its training is done.
     `parent_run_id`: the run the training run is a child of (a sweep's, a repeat's)."""
-    resolve_tracking(cfg)  # before any work
     summary = resume.finished(OmegaConf.to_container(cfg, resolve=True)) if skip_finished else None
     if summary is None:
         summary = train(train_job(cfg), run_name_suffix=run_name_suffix, parent_run_id=parent_run_id)
@@ -280,7 +281,7 @@ def run_experiment(cfg: DictConfig) -> float:
     cfg.paths.models = f"{output_dir}/model"
     cfg.paths.metrics = f"{output_dir}/metrics"
     parent = sweep.parent_run_id()
-    if planned_processes(cfg.trainer) > 1:
+    if planned_processes(trainer_settings(OmegaConf.to_container(cfg.trainer, resolve=True))) > 1:
         ensure_inputs(cfg)
         train_in_processes(cfg, Path(output_dir) / "train_params.yaml", overrides)
         if not distributed.is_main_process():  # a job started by torchrun / srun on every rank
@@ -314,7 +315,8 @@ def train_in_processes(cfg: DictConfig, params: Path, run_name_suffix: str = "")
     atomic.write_text(params, OmegaConf.to_yaml(job))
     command = [sys.executable, str(REPO_ROOT / "pipelines" / "train.py"), "--params", str(params)]
     env = {**os.environ, tracking.HYDRA_OVERRIDES_ENV: tracking.hydra_overrides() or ""}
-    print(f"train: {planned_processes(cfg.trainer)} processes: {' '.join(command)}", flush=True)
+    processes = planned_processes(trainer_settings(OmegaConf.to_container(cfg.trainer, resolve=True)))
+    print(f"train: {processes} processes: {' '.join(command)}", flush=True)
     status = subprocess.call(command, env=env)
     if status != 0:
         raise StageFailed(f"train: `{' '.join(command)}` exited with status {status} (its output above says why)")

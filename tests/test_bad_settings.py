@@ -17,6 +17,7 @@ from audiocnn.data.settings import Download
 from audiocnn.data.sources import SOURCES
 from audiocnn.evaluation.settings import EvaluateSettings, TTASettings
 from audiocnn.features.settings import FeatureSettings
+from audiocnn.training.settings import TrainerSettings
 from audiocnn.validation.tracking_uri import TrackingSettings
 from audiocnn.validation.rules import rules
 from tests.conftest import REPO
@@ -35,49 +36,32 @@ BAD = [
     (["features.top_db=inf"], "features.top_db=inf: must be a finite number"),
     (["features.fmin=nan"], "features.fmin=nan: must be a finite number"),
     (["features.fmin=inf"], "features.fmin=inf: must be a finite number"),
-    (["trainer.max_epochs=nan"], "trainer.max_epochs=nan: must be a positive integer"),
-    (["trainer.max_epochs=inf"], "trainer.max_epochs=inf: must be a positive integer"),
-    (["trainer.num_workers=-1"], "trainer.num_workers=-1: must be an integer >= 0"),
+    (["trainer.max_epochs=nan"], "trainer.max_epochs=nan: must be an integer"),
+    (["trainer.num_workers=-1"], "trainer.num_workers=-1: must be >= 0"),
     (["optimizer.weight_decay=-1"], "optimizer.weight_decay=-1: must be a finite number >= 0"),
-    (["trainer.accelerator=tpu"], "trainer.accelerator=tpu: allowed: auto, cpu, gpu, cuda, mps"),
+    (["trainer.accelerator=tpu"], "trainer.accelerator=tpu: allowed: 'auto', 'cpu', 'gpu', 'cuda' or 'mps'"),
     (["seed=abc"], "seed=abc: must be an integer in [0, 4294967295]"),
-    # trainer
-    (["trainer.max_epochs=2.5"], "trainer.max_epochs=2.5: must be a positive integer"),
-    (["trainer.batch_size=0"], "trainer.batch_size=0: must be a positive integer"),
-    (["trainer.patience=-1"], "trainer.patience=-1: must be an integer >= 0"),
-    (["trainer.seeds=[0,nan]"], "trainer.seeds=[0, nan]: must be a list of distinct integers"),
-    (["trainer.seeds=[1,1]"], "trainer.seeds=[1, 1]: must be a list of distinct integers"),
+    # trainer (its schema, training.settings.TrainerSettings: the rules no plain type or range says)
+    (["trainer.seeds=[1,1]"], "trainer.seeds=[1, 1]: must hold distinct items"),
     (["trainer.devices=0"], "trainer.devices=0: allowed: auto, a positive number of devices, -1 (all)"),
     (["trainer.devices=[0,-2]"], "trainer.devices=[0, -2]: allowed: auto, a positive number of devices, -1 (all)"),
-    (["trainer.strategy=ddp_spawn"], "trainer.strategy=ddp_spawn: allowed: auto, ddp, ddp_find_unused_parameters_true"),
-    (["trainer.strategy=true"], "trainer.strategy=true: allowed: auto, ddp"),
-    (["trainer.num_nodes=0"], "trainer.num_nodes=0: must be a positive integer"),
-    (["trainer.num_nodes=1.5"], "trainer.num_nodes=1.5: must be a positive integer"),
+    (["trainer.strategy=ddp_spawn"], "trainer.strategy=ddp_spawn: allowed: 'auto', 'ddp' or "
+                                     "'ddp_find_unused_parameters_true'"),
     (["trainer.precision=16"], "trainer.precision=16: allowed: 32-true, 32, bf16-mixed"),
-    (["trainer.log_every_n_steps=0"], "trainer.log_every_n_steps=0: must be a positive integer"),
     (["trainer.deterministic=sometimes"], "trainer.deterministic=sometimes: allowed: true, false, warn"),
-    (["trainer.gradient_clip_val=nan"], "trainer.gradient_clip_val=nan: must be a finite positive number or null"),
-    (["trainer.label_smoothing=nan"], "trainer.label_smoothing=nan: must be a finite number in [0, 1)"),
-    (["trainer.class_weights=inverse"], "trainer.class_weights=inverse: allowed: none, balanced"),
-    (["trainer.sampler=weighted"], "trainer.sampler=weighted: allowed: shuffle, balanced"),
-    (["trainer.frame_loss_weight=-1"], "trainer.frame_loss_weight=-1: must be a finite number >= 0"),
-    (["trainer.frame_loss_weight=nan"], "trainer.frame_loss_weight=nan: must be a finite number >= 0"),
-    (["trainer.event_median_frames=[1,4]"], "trainer.event_median_frames=[1, 4]: must be a list of odd numbers"),
-    (["trainer.event_min_duration=-0.1"], "trainer.event_min_duration=-0.1: must be a finite number >= 0"),
-    (["trainer.event_min_gap=inf"], "trainer.event_min_gap=inf: must be a finite number >= 0"),
+    (["trainer.event_median_frames=[1,4]"], "trainer.event_median_frames[1]=4: must be odd"),
     (["trainer.callbacks.early_stopping._target_=nope"], "trainer.callbacks.early_stopping._target_=nope: must be "
                                                          "the dotted path of an installed callback class"),
     (["trainer.callbacks=3"], "trainer.callbacks=3: must be a mapping"),
-    ([SWA], "trainer.callbacks.swa.swa_lrs: missing; must be a finite positive number"),
-    ([SWA, "+trainer.callbacks.swa.swa_lrs=0"], "trainer.callbacks.swa.swa_lrs=0: must be a finite positive number"),
+    ([SWA], "trainer.callbacks.swa.swa_lrs: missing"),
+    ([SWA, "+trainer.callbacks.swa.swa_lrs=0"], "trainer.callbacks.swa.swa_lrs=0: must be > 0"),
     ([SWA, SWA_LR, "+trainer.callbacks.swa.swa_epoch_start=1.5"],
      "trainer.callbacks.swa.swa_epoch_start=1.5: must be an epoch number >= 1 or a fraction in (0, 1]"),
     ([SWA, SWA_LR, "+trainer.callbacks.swa.lr=1"],
-     "trainer.callbacks.swa.lr: unknown argument of StochasticWeightAveraging; allowed: swa_lrs"),
+     "trainer.callbacks.swa.lr: unknown key; allowed: swa_lrs, swa_epoch_start"),
     (["trainer.resume=maybe"], "trainer.resume=maybe: allowed: true, false"),
-    (["trainer.calibrate=foo"], "trainer.calibrate=foo: allowed: none, temperature"),
-    (["+trainer.fast_dev_run=true"], "trainer.fast_dev_run: unknown setting; allowed: accelerator, batch_size"),
-    (["~trainer.max_epochs"], "trainer.max_epochs: missing; must be a positive integer"),
+    (["+trainer.fast_dev_run=true"], "trainer.fast_dev_run: unknown key; allowed: max_epochs, batch_size"),
+    (["~trainer.max_epochs"], "trainer.max_epochs: missing"),
     # optimizer
     (["optimizer.backbone_lr_scale=0"], "optimizer.backbone_lr_scale=0: must be a finite positive number"),
     (["optimizer.name=''"], "optimizer.name=: must be a non-empty string"),
@@ -256,6 +240,7 @@ def test_every_key_of_every_conf_option_has_a_check(group):
     own |= {f"tracking.{k}" for k in TrackingSettings.model_fields}
     own |= {f"data.{k}" for name in SOURCES for k in import_module(f"audiocnn.data.sources.{name}").Settings.model_fields}
     own |= {f"data.download.{k}" for k in Download.model_fields}
+    own |= {f"trainer.{k}" for k in TrainerSettings.model_fields}
     own |= {f"scheduler.{k}" for k in ("name", "_target_", "interval", "monitor")}
     table = set(rules()) | own
     for option in config_groups()[group]:
@@ -277,7 +262,7 @@ def test_the_entrypoint_exits_2_with_one_line_and_makes_no_data_folder(tmp_path)
                             cwd=REPO, capture_output=True, text=True, timeout=180)
     assert result.returncode == 2, result.stderr
     lines = result.stderr.strip().splitlines()
-    assert lines == ["error: trainer.max_epochs=nan: must be a positive integer"], result.stderr
+    assert lines == ["error: trainer.max_epochs=nan: must be an integer"], result.stderr
     assert list(tmp_path.iterdir()) == []
     assert (sorted(hydra_runs.rglob("*")) if hydra_runs.exists() else []) == before
 

@@ -22,7 +22,7 @@ def test_swa_is_off_by_default_and_the_switch_turns_early_stopping_off():
                                         "{_target_: lightning.pytorch.callbacks.EarlyStopping, monitor: val_loss}"]))
     with pytest.raises(ConfigError, match=r"trainer\.callbacks\.swa\._target_=nope: must be the dotted path"):
         validate_config(compose_config(["+trainer/callbacks=swa", "trainer.callbacks.swa._target_=nope"]))
-    with pytest.raises(ConfigError, match=r"trainer\.callbacks\.swa\.annealing_strategy=step: allowed: cos, linear"):
+    with pytest.raises(ConfigError, match=r"trainer\.callbacks\.swa\.annealing_strategy=step: allowed: 'cos' or 'linear'"):
         validate_config(compose_config(["+trainer/callbacks=swa", "trainer.callbacks.swa.annealing_strategy=step"]))
 
 

@@ -206,7 +206,8 @@ def plan(config: Mapping, out: Path, store: tracking.Store) -> Start:
     if state.get("fit_done") and (out / BEST).exists():
         return Start(run.info.run_id, fit_done=True, epochs=int(state.get("epochs", 0)),
                      message=f"resuming MLflow run {run.info.run_id}: fitting had ended, writing the model")
-    done = f"after epoch {epochs} of {config['trainer']['max_epochs']}" if epochs else "from epoch 0 (no checkpoint yet)"
+    done = (f"after epoch {epochs} of {config['trainer']['max_epochs']}" if epochs
+            else "from epoch 0 (no checkpoint yet)")
     return Start(run.info.run_id, str(last) if epochs else None,
                  message=f"resuming {out} {done} in MLflow run {run.info.run_id}")
 

@@ -59,6 +59,7 @@ from audiocnn.training.module import Classifier
 from audiocnn.training.norm_stats import fit_bin_norm
 from audiocnn.training.optim import class_weights, resolve_precision
 from audiocnn.training.resume import BEST, LAST, AtomicCheckpointIO, RngState, TrainMetricsFirst
+from audiocnn.training.settings import TrainerSettings
 from audiocnn.training.temperature import calibrate
 from audiocnn.training.thresholds import fit_thresholds
 from audiocnn.training.transfer import freeze, load_matching
@@ -80,8 +81,8 @@ class TrainJob:
     """The train stage's inputs, read once from the composed config (`audiocnn.experiment.train_job`).
 
     Typed: `prepare` (the manifest trained on), `store` (the feature store and the front-end), `loader`
-    (batches, workers, sampler, seed), `tracking` (the MLflow store, checked). The groups without a schema
-    yet are their resolved values as plain Python: `trainer`, `model`, `optimizer`, `scheduler` (None:
+    (batches, workers, sampler, seed), `tracking` (the MLflow store, checked), `trainer`. The groups without
+    a schema yet are their resolved values as plain Python: `model`, `optimizer`, `scheduler` (None:
     constant rate) and `augment`. `config` is the whole resolved config: the run's params and the resume
     fingerprint (`resume.settings`). `models`: `paths.models`; `run_name`: `tracking.run_name`.
     """
@@ -91,7 +92,7 @@ class TrainJob:
     tracking: tracking.Store
     models: Path
     run_name: str | None
-    trainer: Mapping
+    trainer: TrainerSettings
     model: Mapping
     optimizer: Mapping
     scheduler: Mapping | None
@@ -111,25 +112,25 @@ class RunLogger(MLFlowLogger):
         pass
 
 
-def trainer_settings(trainer: Mapping) -> dict:
+def processes(trainer: TrainerSettings) -> dict:
     """Where and how many processes Lightning trains with (`trainer.accelerator/devices/strategy/num_nodes`)."""
-    return {"accelerator": trainer["accelerator"], "devices": trainer["devices"],
-            "strategy": trainer.get("strategy", "auto"), "num_nodes": trainer.get("num_nodes", 1)}
+    return {"accelerator": trainer.accelerator, "devices": trainer.devices, "strategy": trainer.strategy,
+            "num_nodes": trainer.num_nodes}
 
 
-def planned_processes(trainer: Mapping) -> int:
-    """How many processes the `trainer` group trains in (devices x nodes, as Lightning resolves them),
-    starting none."""
+def planned_processes(trainer: TrainerSettings) -> int:
+    """How many processes `trainer` trains in (devices x nodes, as Lightning resolves them), starting none."""
     with distributed.quiet_lightning():
-        trainer = L.Trainer(**trainer_settings(trainer), logger=False, enable_checkpointing=False,
+        trainer = L.Trainer(**processes(trainer), logger=False, enable_checkpointing=False,
                             enable_progress_bar=False, enable_model_summary=False)
     return trainer.world_size
 
 
-def build_trainer(settings: Mapping, out: Path, run_id: str | None, tracking_uri: str | None = None
+def build_trainer(settings: TrainerSettings, out: Path, run_id: str | None, tracking_uri: str | None = None
                   ) -> tuple[L.Trainer, ModelCheckpoint]:
-    """Lightning Trainer of the `trainer` group `settings`, with `trainer.callbacks` (instantiated from conf/) and the best checkpoint
-    on val_loss kept as `out/best.ckpt` (the stage's own output, so not configurable).
+    """Lightning Trainer of the `trainer` group `settings`, with `trainer.callbacks` (instantiated from
+    conf/) and the best checkpoint on val_loss kept as `out/best.ckpt` (the stage's own output, so not
+    configurable).
     `run_id`: the MLflow run Lightning logs to, in the store at `tracking_uri`; None in the processes
     that do not log (DDP rank > 0).
     The loaders split the data across processes themselves (`use_distributed_sampler=False`). The state
@@ -140,12 +141,12 @@ def build_trainer(settings: Mapping, out: Path, run_id: str | None, tracking_uri
     # Not `save_last=True`: that rewrites last.ckpt only in epochs where best.ckpt improved.
     last = ModelCheckpoint(dirpath=out, filename=Path(LAST).stem, monitor=None, save_top_k=1, every_n_epochs=1,
                            save_on_train_epoch_end=True, enable_version_counter=False)
-    callbacks = [instantiate(spec) for spec in (settings.get("callbacks") or {}).values() if spec]
+    callbacks = [instantiate(spec) for spec in settings.callbacks.values() if spec]
     trainer = L.Trainer(
-        **trainer_settings(settings), max_epochs=settings["max_epochs"],
-        precision=resolve_precision(settings["precision"], settings["accelerator"]),
-        gradient_clip_val=settings.get("gradient_clip_val"), deterministic=settings["deterministic"],
-        log_every_n_steps=settings["log_every_n_steps"], default_root_dir=out,
+        **processes(settings), max_epochs=settings.max_epochs,
+        precision=resolve_precision(settings.precision, settings.accelerator),
+        gradient_clip_val=settings.gradient_clip_val, deterministic=settings.deterministic,
+        log_every_n_steps=settings.log_every_n_steps, default_root_dir=out,
         callbacks=[*callbacks, RngState(), TrainMetricsFirst(), checkpoint, last],
         plugins=[AtomicCheckpointIO()],
         use_distributed_sampler=False,
@@ -174,7 +175,7 @@ def swa_average(trainer: L.Trainer, module: L.LightningModule) -> bool:
 def build_module(job: TrainJob, model: torch.nn.Module, data: WindowDataModule) -> Classifier:
     """The LightningModule with the run's loss options, schedule and (training-only) augmentation."""
     n_classes, augment, features = len(data.classes), job.augment, job.features
-    weights = class_weights(data.labels[data.rows("train")], n_classes, job.trainer.get("class_weights", "none"))
+    weights = class_weights(data.labels[data.rows("train")], n_classes, job.trainer.class_weights)
     transforms = augment.get("transforms")
     if data.events_task:
         transforms = event_transforms(transforms)
@@ -182,7 +183,7 @@ def build_module(job: TrainJob, model: torch.nn.Module, data: WindowDataModule) 
         scheduler_cfg=job.scheduler,
         augment=SpectrogramAugment(transforms, n_classes, math.log(features.amin), features.bins_per_octave),
         waveform_augment=WaveformAugment(augment.get("waveform") if features.on_the_fly else None, features.sr),
-        label_smoothing=job.trainer.get("label_smoothing", 0.0), class_weights=weights,
+        label_smoothing=job.trainer.label_smoothing, class_weights=weights,
     )
     if data.events_task:
         frame_weights = None
@@ -192,7 +193,7 @@ def build_module(job: TrainJob, model: torch.nn.Module, data: WindowDataModule) 
             options["class_weights"], frame_weights = class_pos_weights(
                 data.labels[data.rows("train")], [data.clip_events[row] for row in strong], data.durations[strong],
                 frame_seconds, data.classes)
-        return EventClassifier(model, job.optimizer, n_classes, frame_weight=job.trainer.get("frame_loss_weight", 1.0),
+        return EventClassifier(model, job.optimizer, n_classes, frame_weight=job.trainer.frame_loss_weight,
                                frame_class_weights=frame_weights, **options)
     return Classifier(model, job.optimizer, n_classes, multilabel=data.multilabel, **options)
 
@@ -263,7 +264,7 @@ def fit(job: TrainJob, model: torch.nn.Module, data: WindowDataModule, run_id: s
     epochs, averaged = start.epochs, False
     if not start.fit_done:
         trainer.fit(module, datamodule=data, ckpt_path=start.ckpt)
-        epochs = min(trainer.current_epoch, job.trainer["max_epochs"])  # not SWA's extra BatchNorm pass
+        epochs = min(trainer.current_epoch, job.trainer.max_epochs)  # not SWA's extra BatchNorm pass
         if trainer.world_size > 1:
             print(f"train: process {trainer.global_rank} of {trainer.world_size}: {trainer.global_step} optimizer "
                   f"steps over {trainer.current_epoch} epochs, {trainer.num_training_batches} batches per epoch")
@@ -307,8 +308,8 @@ def fit_event_decoding(model: torch.nn.Module, data: WindowDataModule, job: Trai
     the val split has no strong clip."""
     trainer = job.trainer
     fitted = fit_on_split(model, data, "val", events["time_stride"], events["frame_seconds"],
-                          pick_device(job.features.device), list(trainer.get("event_median_frames", [1])),
-                          float(trainer.get("event_min_duration", 0.0)), float(trainer.get("event_min_gap", 0.0)))
+                          pick_device(job.features.device), list(trainer.event_median_frames),
+                          trainer.event_min_duration, trainer.event_min_gap)
     if fitted is None:
         print("train: the val split has no strong clip; event decoding stays at threshold 0.5 without a filter")
         return events
@@ -354,7 +355,7 @@ def train(job: TrainJob, run_name_suffix: str = "", parent_run_id: str | None = 
         print(f"train: {start.message}")
     L.seed_everything(job.loader.seed, workers=True)
     data = WindowDataModule(job.store, job.loader)
-    calibrating = job.trainer.get("calibrate", "none") == "temperature"
+    calibrating = job.trainer.calibrate == "temperature"
     if calibrating and data.multilabel:
         raise ConfigError("trainer.calibrate=temperature: not for multi-label data (one softmax temperature); "
                           "its per-class thresholds are fitted on the val split instead: set trainer.calibrate=none")

@@ -1,14 +1,15 @@
 """Every setting is checked before any work: `validate_config(cfg)` raises `ConfigError` naming the first bad one.
 
-1. `rules.check_rules`: each key of conf/'s `trainer` and `optimizer` groups and the top-level
-   `seed`, `ensemble` and `paths.*` has a rule (a range, an allowed set or a type); a key those groups
-   do not know is refused (a typo would otherwise be ignored), an optimizer key must be an argument of
-   `optimizer._target_`.
+1. `rules.check_rules`: each key of conf/'s `optimizer` group, some `scheduler` and `model` keys and the
+   top-level `seed`, `ensemble` and `paths.*` has a rule (a range, an allowed set or a type); an optimizer
+   key must be an argument of `optimizer._target_`.
 2. `checks`: what no single key shows (a GPU for `accelerator=gpu`, the optimizer class, the model
    built once).
 3. The groups with their own checker, next to the code they configure: `features`
    (`features.settings.FeatureSettings`, a pydantic model: types, ceilings, the top bin below Nyquist,
-   the front-end's costs, which every model file's settings meet too), `augment`
+   the front-end's costs, which every model file's settings meet too), `trainer`
+   (`training.settings.TrainerSettings`: Lightning's devices and strategies the stage supports, the
+   callbacks and Stochastic Weight Averaging's arguments), `augment`
    (`training.augment.validate_augment`), `scheduler` (`training.optim.validate_optimisation`),
    `evaluate` (`evaluation.settings.EvaluateSettings`), `serving` (`inference.requests.Limits`), `data`
    (one pydantic model per source, `data.sources.parse_data`: keys, ranges, the keys checked together,
@@ -20,15 +21,15 @@
 NaN and inf are never numbers here, bools are not integers, and `3.0` is not an integer. Every
 message is one line, `<dotted key>=<value>: <what is allowed>`, e.g.
 `optimizer.lr=nan: must be a finite positive number`. The groups being moved to typed settings
-(`data`, `features`, `evaluate`, `serving`, `tracking` so far) are pydantic models read by `errors.parse_settings`
-(strict, NaN and inf refused, the same one-line form). Hydra structured configs were not chosen:
+(`data`, `features`, `trainer`, `evaluate`, `serving`, `tracking` so far) are pydantic models read by
+`errors.parse_settings` (strict, NaN and inf refused, unknown keys refused, the same one-line form). Hydra structured configs were not chosen:
 OmegaConf accepts NaN and inf for a float field, knows no ranges, and reports a type error in several
 lines that do not say what is allowed.
 """
 
 from __future__ import annotations
 
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from audiocnn.validation.checks import (validate_data, validate_features, validate_hardware, validate_model,
                                         validate_optimizer)
@@ -42,8 +43,10 @@ def validate_config(cfg: DictConfig) -> None:
     from audiocnn.inference.requests import validate_serving
     from audiocnn.training.augment import validate_augment
     from audiocnn.training.optim import validate_optimisation
+    from audiocnn.training.settings import trainer_settings
 
     check_rules(cfg)  # types and ranges of every key first: the checks below compute with them
+    trainer_settings(OmegaConf.to_container(cfg.trainer, resolve=True) if "trainer" in cfg else {})
     validate_features(cfg)
     validate_hardware(cfg)
     validate_optimizer(cfg)
