@@ -55,15 +55,11 @@ class Number:
 
 @dataclass(frozen=True)
 class Choice:
-    """One of `values` (compared with their type: 1 is not true); `text`: compared as strings."""
+    """One of `values` (compared with their type: 1 is not true)."""
     values: tuple
-    text: bool = False
 
     def __call__(self, value) -> str | None:
-        if self.text and not isinstance(value, (bool, DictConfig, ListConfig)):
-            ok = str(value) in self.values
-        else:
-            ok = any(value == v and type(value) is type(v) for v in self.values)
+        ok = any(value == v and type(value) is type(v) for v in self.values)
         return None if ok else f"allowed: {', '.join(show(v) for v in self.values)}"
 
 
@@ -92,8 +88,6 @@ def _list_of(check: Callable, what: str, distinct: bool = True, null: bool = Tru
 
 
 POSITIVE = Number(0, low_open=True)
-POSITIVE_INT = Number(0, low_open=True, integer=True)
 COUNT = Number(0, integer=True)
 SEED = Number(0, SEED_MAX, integer=True)
-FRACTION = Number(0, 1, low_open=True, high_open=True)
 BOOL = Choice((True, False))
