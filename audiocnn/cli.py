@@ -31,7 +31,7 @@ from audiocnn.errors import ConfigError, InputError
 
 STAGES = {
     "prepare": ("audiocnn.experiment", "prepare_stage"),
-    "featurize": ("audiocnn.experiment", "featurize_stage"),
+    "featurize": ("audiocnn.features.featurize", "featurize_stage"),
     "train": ("audiocnn.experiment", "train_stage"),
     "evaluate": ("audiocnn.experiment", "evaluate_stage"),
 }

@@ -56,11 +56,6 @@ def prepare_stage(cfg: DictConfig):
     return prepare(prepare_settings(cfg), classes_problem=classes_problem)
 
 
-def featurize_stage(cfg: DictConfig) -> Path:
-    """DVC's featurize stage: the feature store `cfg` names (`features.settings.store_settings`)."""
-    return featurize(store_settings(cfg))
-
-
 def ensure_inputs(cfg: DictConfig) -> None:
     """Run prepare / featurize when their outputs are missing or were made for other settings
     (a DDP process other than the main one waits for the main one to make them)."""

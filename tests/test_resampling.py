@@ -129,8 +129,8 @@ def featurize_peak_rss_mb(root: Path, work: Path) -> float:
         "data=folder", f"data.root={root}", f"paths.prepared={out / 'prepared'}", f"paths.features={out / 'features'}",
         "features.device=cpu", "features.num_workers=0", "features.batch_size=8"])
     script = ("import sys; sys.argv = ['featurize', '--params', sys.argv[1]]\n"
-              "from audiocnn.config import stage_main\nfrom audiocnn.features.featurize import featurize\n"
-              f"stage_main(featurize)\nprint('maxrss_kb', {HWM})")
+              "from audiocnn.config import stage_main\nfrom audiocnn.features.featurize import featurize_stage\n"
+              f"stage_main(featurize_stage)\nprint('maxrss_kb', {HWM})")
     done = subprocess.run([sys.executable, "-c", script, str(params)], cwd=REPO, check=True, capture_output=True,
                           text=True, timeout=300)
     store = next(p for p in (out / "features").iterdir() if p.is_dir())  # not the writer lock beside it
