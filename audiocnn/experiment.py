@@ -100,6 +100,11 @@ def data_module(cfg: DictConfig, time_stride: int | None = None) -> WindowDataMo
     return WindowDataModule(store_settings(cfg), loader_settings(cfg), time_stride)
 
 
+def processes_of(cfg: DictConfig) -> int:
+    """How many processes `cfg`'s training runs in (`training.train.planned_processes`)."""
+    return planned_processes(trainer_settings(OmegaConf.to_container(cfg.trainer, resolve=True)))
+
+
 def resolve_tracking(cfg: DictConfig) -> tracking.Store:
     """The job's MLflow store, checked before any work (`tracking.store_of`: a server that does not answer
     ends the job). With `tracking.required=false` and such a server it is the local store, written into
@@ -108,11 +113,6 @@ def resolve_tracking(cfg: DictConfig) -> tracking.Store:
     if store.uri != tracking.anchored(cfg.tracking.uri):
         cfg.tracking.uri = store.uri
     return store
-
-
-def run_name_of(cfg: DictConfig, suffix: str = "", kind: str = "") -> str:
-    """`tracking.default_run_name` of `cfg`: `tracking.run_name`, else `<model>-<data>[-suffix][-kind]`."""
-    return tracking.default_run_name(cfg.tracking.get("run_name"), cfg.model.name, cfg.data.name, suffix, kind)
 
 
 def log_servable_model(cfg: DictConfig, summary: dict) -> dict:
@@ -202,7 +202,7 @@ def run_repeats(cfg: DictConfig, steps: tuple[str, ...] = ("train", "evaluate"),
             for variant in todo:
                 train_model(repeats.variant_config(cfg, variant), run_name_suffix=run_name_suffix)
             return {}
-        parent = repeats.start(cfg, todo, run_name_suffix)
+        parent = repeats.start(cfg, todo, store, run_name_suffix)
         if parent_run_id:
             tracking.set_parent(store, parent, parent_run_id)
     else:
@@ -225,7 +225,7 @@ def run_repeats(cfg: DictConfig, steps: tuple[str, ...] = ("train", "evaluate"),
             tracking.end_parent_run(store, parent, "FINISHED")
             return {"best_val_acc": float(np.mean([r["best_val_acc"] for r in results]))}
         aggregate = repeats.write_aggregate(cfg, results)
-        repeats.log_aggregate(cfg, parent, aggregate)
+        repeats.log_aggregate(cfg, store, parent, aggregate)
     except BaseException as error:
         tracking.end_parent_run(store, parent, "KILLED" if isinstance(error, KeyboardInterrupt) else "FAILED",
                                 reason=f"{type(error).__name__}: {error}")
@@ -276,7 +276,7 @@ def run_experiment(cfg: DictConfig) -> float:
     cfg.paths.models = f"{output_dir}/model"
     cfg.paths.metrics = f"{output_dir}/metrics"
     parent = sweep.parent_run_id()
-    if planned_processes(trainer_settings(OmegaConf.to_container(cfg.trainer, resolve=True))) > 1:
+    if processes_of(cfg) > 1:
         ensure_inputs(cfg)
         train_in_processes(cfg, Path(output_dir) / "train_params.yaml", overrides)
         if not distributed.is_main_process():  # a job started by torchrun / srun on every rank
@@ -306,12 +306,11 @@ def train_in_processes(cfg: DictConfig, params: Path, run_name_suffix: str = "")
     the name and `hydra.overrides` tag it gets in-process; each job gets a fresh process group.
     """
     job = copy.deepcopy(cfg)
-    job.tracking.run_name = run_name_of(cfg, run_name_suffix)
+    job.tracking.run_name = repeats.run_name_of(cfg, run_name_suffix)
     atomic.write_text(params, OmegaConf.to_yaml(job))
     command = [sys.executable, str(REPO_ROOT / "pipelines" / "train.py"), "--params", str(params)]
     env = {**os.environ, tracking.HYDRA_OVERRIDES_ENV: tracking.hydra_overrides() or ""}
-    processes = planned_processes(trainer_settings(OmegaConf.to_container(cfg.trainer, resolve=True)))
-    print(f"train: {processes} processes: {' '.join(command)}", flush=True)
+    print(f"train: {processes_of(cfg)} processes: {' '.join(command)}", flush=True)
     status = subprocess.call(command, env=env)
     if status != 0:
         raise StageFailed(f"train: `{' '.join(command)}` exited with status {status} (its output above says why)")

@@ -93,39 +93,38 @@ def variant_config(cfg: DictConfig, variant: Variant) -> DictConfig:
 
 def parent_run_name(cfg: DictConfig, suffix: str = "") -> str:
     """`<model>-<data>[-<what the overrides change>]-cv` (or `-seeds`; `tracking.default_run_name`)."""
-    return _run_name(cfg, suffix, "cv" if cfg.data.get("protocol") == "cv" else "seeds")
+    return run_name_of(cfg, suffix, "cv" if cfg.data.get("protocol") == "cv" else "seeds")
 
 
 def variant_run_name(cfg: DictConfig, variant: Variant, suffix: str = "") -> str:
     """A variant's run name: its parent's without the `-cv`, then its label (`...-fold-3-seed-1`)."""
-    return _run_name(cfg, suffix, variant.label)
+    return run_name_of(cfg, suffix, variant.label)
 
 
-def _run_name(cfg: DictConfig, suffix: str, kind: str) -> str:
+def run_name_of(cfg: DictConfig, suffix: str = "", kind: str = "") -> str:
+    """`tracking.default_run_name` of `cfg`: `tracking.run_name`, else `<model>-<data>[-suffix][-kind]`."""
     return tracking.default_run_name(cfg.tracking.get("run_name"), cfg.model.name, cfg.data.name, suffix, kind)
 
 
-def start(cfg: DictConfig, todo: list[Variant], run_name_suffix: str = "") -> str:
-    """The parent run of `todo`, recorded with them in `<paths.models>/repeats.json`; returns its id.
+def start(cfg: DictConfig, todo: list[Variant], store: tracking.Store, run_name_suffix: str = "") -> str:
+    """The parent run of `todo` in `store`, recorded with them in `<paths.models>/repeats.json`; returns its id.
 
     The parent `repeats.json` already names for these settings, variants and code is reopened (a
     rerun after a kill goes on under it), unless `trainer.resume=false`; else a new one is opened."""
-    out = Path(cfg.paths.models)
-    made_from = {"fingerprint": resume.fingerprint(OmegaConf.to_container(cfg, resolve=True)),
-                 "code": resume.code_digest()}
+    out, config = Path(cfg.paths.models), OmegaConf.to_container(cfg, resolve=True)
+    made_from = {"fingerprint": resume.fingerprint(config), "code": resume.code_digest()}
     try:
         state = json.loads((out / STATE_FILE).read_text())
     except (OSError, ValueError):
         state = {}
     same = {k: state.get(k) for k in made_from} == made_from and state.get("variants") == [asdict(v) for v in todo]
-    store = tracking.store_of(cfg.tracking)
     if cfg.trainer.get("resume", True) and same and tracking.reopen_run(store, state["parent_run_id"]):
         print(f"repeats: resuming MLflow parent run {state['parent_run_id']}")
         return state["parent_run_id"]
     tags = {**tracking.run_tags(cfg.data.name, cfg.model.name, cfg.paths.prepared),
             "audiocnn.repeats": ",".join(v.label for v in todo)}
     parent = tracking.start_parent_run(store, parent_run_name(cfg, run_name_suffix), tags,
-                                       params=tracking.flatten_config(OmegaConf.to_container(cfg, resolve=True)))
+                                       params=tracking.flatten_config(config))
     tracking.log_dataset(cfg.paths.prepared, cfg.data.name, parent)
     names = {"folds": fold_slugs(list(dict.fromkeys(v.fold for v in todo)))}
     atomic.write_json(out / STATE_FILE, {"parent_run_id": parent, "variants": [asdict(v) for v in todo],
@@ -185,8 +184,8 @@ def write_aggregate(cfg: DictConfig, results: list[dict]) -> dict:
     return aggregate
 
 
-def log_aggregate(cfg: DictConfig, parent: str, aggregate: dict) -> None:
-    with tracking.open_run(tracking.store_of(cfg.tracking), run_id=parent):
+def log_aggregate(cfg: DictConfig, store: tracking.Store, parent: str, aggregate: dict) -> None:
+    with tracking.open_run(store, run_id=parent):
         mlflow.log_metrics({f"test_{k}": v for k, v in aggregate.items() if isinstance(v, float)})
         for label, metrics in aggregate["runs"].items():
             mlflow.log_metrics({f"test_{k}.{label}": v for k, v in metrics.items()})

@@ -73,7 +73,7 @@ def test_a_parent_run_has_the_dataset_and_source_too(trained, tmp_path):
 
     cfg = copy.deepcopy(trained[0])
     cfg.trainer.seeds, cfg.paths.models = [0, 1], str(tmp_path / "models")
-    parent = repeats.start(cfg, repeats.variants(cfg))
+    parent = repeats.start(cfg, repeats.variants(cfg), tracking.store_of(cfg.tracking))
     tracking.end_parent_run(tracking.store_of(cfg.tracking), parent)
     run = mlflow.MlflowClient(tracking_uri=cfg.tracking.uri).get_run(parent)
     assert [d.dataset.name for d in run.inputs.dataset_inputs] == ["demo"]

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from omegaconf import OmegaConf
 
-from audiocnn.experiment import run_name_of
+from audiocnn.repeats import run_name_of
 from audiocnn import repeats, tracking
 from audiocnn.config import compose_config
 from audiocnn.tracking import names

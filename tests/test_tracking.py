@@ -10,7 +10,7 @@ import pytest
 from mlflow import MlflowClient
 from omegaconf import OmegaConf
 
-from audiocnn.experiment import run_name_of
+from audiocnn.repeats import run_name_of
 from audiocnn.experiment import resolve_tracking
 from audiocnn import tracking
 from audiocnn.config import compose_config

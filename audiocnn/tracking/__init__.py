@@ -71,7 +71,7 @@ def ensure_available(uri: str, required: bool = True) -> str:
     unexpected error's traceback is printed redacted (`audiocnn.config.stage_main`).
     An unreachable server raises `TrackingUnavailable` (one line: URI, reason, what to do),
     or with `required=False` (`tracking.required=false`) returns the local store `sqlite:///mlflow.db`
-    (`audiocnn.config.resolve_tracking` records it for the job's later steps).
+    (`audiocnn.experiment.resolve_tracking` records it for the job's later steps).
     """
     uri = anchored(uri)
     problem = server_problem(uri)
