@@ -136,7 +136,7 @@ def _fields_at(schema, path: tuple) -> list[str]:
         if not nested:
             return []
         schema = nested[0]
-    return list(schema.model_fields)
+    return [field.alias or name for name, field in schema.model_fields.items()]
 
 
 def parse_settings(schema: type[Schema], values: Mapping | None, where: str) -> Schema:
@@ -151,7 +151,7 @@ def parse_settings(schema: type[Schema], values: Mapping | None, where: str) -> 
     except ValidationError as error:
         first = error.errors(include_url=False)[0]
         loc = tuple(first["loc"])
-        key = where + "".join(f"[{part}]" if isinstance(part, int) else f".{part}" for part in loc)
+        key = (where + "".join(f"[{part}]" if isinstance(part, int) else f".{part}" for part in loc)).lstrip(".")
         if first["type"] == "extra_forbidden":
             raise ConfigError(f"{key}: unknown key; allowed: {', '.join(_fields_at(schema, loc[:-1]))}") from None
         if first["type"] == "missing":

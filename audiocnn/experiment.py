@@ -44,8 +44,11 @@ from audiocnn.features.featurize import featurize, is_featurized
 from audiocnn.features.settings import store_settings
 from audiocnn.inference.export import export_model
 from audiocnn.inference.pyfunc import log_audio_model, model_config
+from audiocnn.models.settings import model_settings
 from audiocnn.training import distributed, resume
+from audiocnn.training.augment import augment_settings
 from audiocnn.training.datamodule import WindowDataModule, loader_settings
+from audiocnn.training.optim import optimizer_settings, scheduler_settings
 from audiocnn.training.settings import trainer_settings
 from audiocnn.training.train import TrainJob, planned_processes, train
 
@@ -82,9 +85,11 @@ def train_job(cfg: DictConfig) -> TrainJob:
     """The train stage's inputs of `cfg`, read once (the MLflow store checked now)."""
     store = resolve_tracking(cfg)  # first: a fallback store is what the run's params record
     config = OmegaConf.to_container(cfg, resolve=True)
-    return TrainJob(prepare_settings(cfg), store_settings(cfg), loader_settings(cfg), store, Path(cfg.paths.models),
-                    cfg.tracking.get("run_name"), trainer_settings(config["trainer"]), config["model"],
-                    config["optimizer"], config.get("scheduler") or None, config.get("augment") or {}, config)
+    stores = store_settings(cfg)
+    return TrainJob(prepare_settings(cfg), stores, loader_settings(cfg), store, Path(cfg.paths.models),
+                    cfg.tracking.get("run_name"), trainer_settings(config["trainer"]), model_settings(config["model"]),
+                    optimizer_settings(config["optimizer"]), scheduler_settings(config.get("scheduler")),
+                    augment_settings(config.get("augment"), stores.features), config)
 
 
 def evaluate_job(cfg: DictConfig) -> EvaluateJob:

@@ -12,6 +12,7 @@ import torch
 from audiocnn.config import ConfigError, compose_config, validate_config
 from audiocnn.features.cqt import LogCQT
 from audiocnn.training import augment as A
+from audiocnn.training.optim import optimizer_settings
 
 FLOOR = math.log(1e-4)
 SR, HOP, FMIN, BINS, BPO = 8000, 128, 32.70, 84, 12
@@ -249,7 +250,7 @@ def test_classifier_trains_on_mixed_targets_and_validates_on_clean_batches():
     x = torch.randn(16, 1, 4, 6)
     y = torch.arange(16) % 3
     model = Recorder()
-    module = Classifier(model, OmegaConf.to_container(compose_config([]).optimizer), 3,
+    module = Classifier(model, optimizer_settings(OmegaConf.to_container(compose_config([]).optimizer)), 3,
                         augment=A.SpectrogramAugment({"mixup": {"p": 1.0}, "gain": {"p": 1.0}}, 3, FLOOR, BPO))
     loader = DataLoader(TensorDataset(x, y), batch_size=16)
     trainer = L.Trainer(max_epochs=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,

@@ -41,8 +41,8 @@ def test_every_model_config_composes_and_validates(model):
         (["features.top_db=0"], "features.top_db=0: must be > 0"),
         (["model=cnn", "features.window_frames=12"], "model.blocks[3]: time 1 -> 0 with pooling kernel 2"),
         (["model.blocks.0.pool=median"], "model.blocks[0]: pool='median'"),
-        (["model.rnn=transformer"], "model: model.rnn='transformer'; allowed: gru, lstm"),
-        (["+model.colour=red"], "model: .*colour"),
+        (["model.rnn=transformer"], "model.rnn=transformer: allowed: 'gru' or 'lstm'"),
+        (["+model.colour=red"], "model.colour: unknown key; allowed: _target_, name, blocks, dropout"),
     ],
 )
 def test_bad_settings_name_the_setting(overrides, expected):

@@ -26,6 +26,7 @@ from audiocnn.training.augment import SpectrogramAugment
 from audiocnn.training.events import EventClassifier, check_event_model, event_loss
 from audiocnn.training.train import event_transforms
 from audiocnn.training.windows import window_frame_targets
+from audiocnn.training.optim import optimizer_settings
 from tests.test_multilabel_data import config
 from tests.test_multilabel_training import assert_refused
 
@@ -88,7 +89,7 @@ def test_the_loss_is_frame_bce_over_strong_clips_plus_weighted_clip_bce_over_all
 
 def test_mixup_moves_frame_targets_with_the_windows_and_time_shift_is_off():
     model = build_model(compose_config(["model=crnn_gru"]).model, 2, 84)
-    module = EventClassifier(model, {"name": "adamw", "lr": 1e-3}, 2,
+    module = EventClassifier(model, optimizer_settings({"_target_": "torch.optim.AdamW", "name": "adamw", "lr": 1e-3}), 2,
                              augment=SpectrogramAugment({"mixup": {"alpha": 0.4, "p": 1.0}}, 2, -9.0, 12))
     module.train()
     torch.manual_seed(0)

@@ -13,6 +13,7 @@ from audiocnn.models import build_model
 from audiocnn.models.blocks import BlockSpec, ConvBlock, PeakNormalize, ResidualBlock, conv_output_size
 from audiocnn.models.crnn import CRNN
 from audiocnn.models.shapes import ShapeError, trace_shapes
+from audiocnn.training.optim import optimizer_settings
 
 N_CLASSES = 5
 MODELS = config_groups()["model"]
@@ -267,7 +268,7 @@ def test_every_model_trains_on_multilabel_targets_and_scores_a_sigmoid_per_class
     _, model, x = _model_and_input(name, batch=4)
     targets = torch.tensor([[1, 0, 1, 0, 0], [0, 1, 0, 0, 1], [1, 1, 1, 0, 0], [0, 0, 0, 1, 0]], dtype=torch.float32)
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    module = Classifier(model, {"_target_": "torch.optim.SGD", "name": "sgd", "lr": 0.1}, N_CLASSES,
+    module = Classifier(model, optimizer_settings({"_target_": "torch.optim.SGD", "name": "sgd", "lr": 0.1}), N_CLASSES,
                         multilabel=True)
     trainer = L.Trainer(fast_dev_run=1, accelerator="cpu", logger=False, enable_checkpointing=False,
                         enable_progress_bar=False, enable_model_summary=False)

@@ -22,6 +22,7 @@ from audiocnn.training.augment import SpectrogramAugment
 from audiocnn.training.module import Classifier
 from audiocnn.training.optim import class_weights
 from audiocnn.training.thresholds import DEFAULT_THRESHOLD, best_f1_thresholds
+from audiocnn.training.optim import optimizer_settings
 from tests.conftest import untrained_bundle
 from tests.test_multilabel_data import config
 
@@ -89,7 +90,7 @@ def test_the_loss_is_binary_cross_entropy_per_class_and_label_smoothing_moves_ta
     model = torch.nn.Linear(4, 3)
     logits = torch.tensor([[2.0, -1.0, 0.5]])
     targets = torch.tensor([[1.0, 0.0, 1.0]])
-    plain = Classifier(model, {"name": "adamw", "lr": 1e-3}, 3, multilabel=True)
+    plain = Classifier(model, optimizer_settings({"_target_": "torch.optim.AdamW", "name": "adamw", "lr": 1e-3}), 3, multilabel=True)
     expected = -(targets * logits.sigmoid().log() + (1 - targets) * (1 - logits.sigmoid()).log()).mean()
     assert float(plain.loss(logits, targets)) == pytest.approx(float(expected), abs=1e-6)
     weights = class_weights(np.array([[1, 0, 1], [1, 0, 0], [1, 1, 0], [1, 0, 0]], dtype=np.float32), 3, "balanced")

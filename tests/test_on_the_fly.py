@@ -19,6 +19,7 @@ from audiocnn.models import build_model
 from audiocnn.models.build import build_frontend
 from audiocnn.experiment import data_module
 from audiocnn.training.module import Classifier
+from audiocnn.training.optim import optimizer_settings
 from tests.conftest import tiny_config
 
 WINDOW, HOP, SR = 32, 512, 16000
@@ -58,8 +59,8 @@ def test_store_and_on_the_fly_give_the_same_logits_for_the_same_weights_and_clip
     assert isinstance(stored_model.frontend, torch.nn.Identity) and isinstance(fly_model.frontend, CQTFrontend)
     assert {k for k in fly_model.state_dict() if k.startswith("frontend.")} == {
         "frontend.cqt.cqt.cqt_kernels_real", "frontend.cqt.cqt.cqt_kernels_imag", "frontend.cqt.cqt.lenghts"}
-    from_store = Classifier(stored_model, OmegaConf.to_container(stored_cfg.optimizer), 2).eval()
-    on_the_fly = Classifier(fly_model, OmegaConf.to_container(fly_cfg.optimizer), 2).eval()
+    from_store = Classifier(stored_model, optimizer_settings(OmegaConf.to_container(stored_cfg.optimizer)), 2).eval()
+    on_the_fly = Classifier(fly_model, optimizer_settings(OmegaConf.to_container(fly_cfg.optimizer)), 2).eval()
     with torch.no_grad():
         torch.testing.assert_close(on_the_fly.frames(waves), frames, atol=1e-2, rtol=2e-3)  # float16 store
         torch.testing.assert_close(on_the_fly(waves), from_store(frames), atol=1e-3, rtol=1e-3)

@@ -10,7 +10,8 @@ from torch import nn
 
 from audiocnn.config import ConfigError, compose_config, validate_config
 from audiocnn.training.module import Classifier
-from audiocnn.training.optim import build_optimizer, build_scheduler, class_weights, resolve_precision
+from audiocnn.training.optim import (SchedulerSettings, build_optimizer, build_scheduler, class_weights, optimizer_settings,
+                                     resolve_precision, scheduler_settings)
 
 
 class Tiny(nn.Module):
@@ -25,7 +26,7 @@ class Tiny(nn.Module):
 
 def _optimizer(name: str, *overrides: str):
     cfg = compose_config([f"optimizer={name}", *overrides])
-    return build_optimizer(Tiny(), OmegaConf.to_container(cfg.optimizer)), cfg
+    return build_optimizer(Tiny(), optimizer_settings(OmegaConf.to_container(cfg.optimizer))), cfg
 
 
 @pytest.mark.parametrize("name, cls", [("sgd", torch.optim.SGD), ("adamw", torch.optim.AdamW),
@@ -55,7 +56,7 @@ def _lrs(optimizer, schedule, steps: int, metric=None) -> list[list[float]]:
 
 def test_cosine_warms_up_linearly_then_decays():
     optimizer, _ = _optimizer("adamw", "optimizer.lr=1.0")
-    cfg = compose_config(["scheduler=cosine"]).scheduler
+    cfg = scheduler_settings(OmegaConf.to_container(compose_config(["scheduler=cosine"]).scheduler))
     schedule = build_scheduler(optimizer, cfg, max_epochs=13, total_steps=100)
     assert schedule["interval"] == "epoch"
     lrs = [lr[0] for lr in _lrs(optimizer, schedule, 13)]
@@ -66,7 +67,7 @@ def test_cosine_warms_up_linearly_then_decays():
 
 def test_onecycle_steps_per_batch_and_keeps_the_group_ratio():
     optimizer, _ = _optimizer("sgd", "optimizer.lr=0.1", "optimizer.backbone_lr_scale=0.5")
-    schedule = build_scheduler(optimizer, compose_config(["scheduler=onecycle"]).scheduler, 5, total_steps=50)
+    schedule = build_scheduler(optimizer, scheduler_settings(OmegaConf.to_container(compose_config(["scheduler=onecycle"]).scheduler)), 5, total_steps=50)
     assert schedule["interval"] == "step"
     lrs = np.array(_lrs(optimizer, schedule, 50))
     assert lrs[:, 0].max() == pytest.approx(0.1, rel=1e-3) and lrs[:, 0].argmax() == 14  # peak at 30% of 50 steps
@@ -75,11 +76,11 @@ def test_onecycle_steps_per_batch_and_keeps_the_group_ratio():
 
 def test_plateau_divides_by_ten_when_val_loss_stalls():
     optimizer, _ = _optimizer("sgd", "optimizer.lr=0.1")
-    schedule = build_scheduler(optimizer, compose_config(["scheduler=plateau"]).scheduler, 20, 100)
+    schedule = build_scheduler(optimizer, scheduler_settings(OmegaConf.to_container(compose_config(["scheduler=plateau"]).scheduler)), 20, 100)
     assert schedule["monitor"] == "val_loss"
     lrs = [lr[0] for lr in _lrs(optimizer, schedule, 7, metric=1.0)]
     assert lrs[:5] == pytest.approx([0.1] * 5) and lrs[6] == pytest.approx(0.01)
-    assert build_scheduler(optimizer, {"name": "none"}, 1, 1) is None
+    assert build_scheduler(optimizer, SchedulerSettings(), 1, 1) is None
 
 
 def test_balanced_class_weights_from_train_labels():
@@ -89,7 +90,7 @@ def test_balanced_class_weights_from_train_labels():
 
 
 def test_classifier_loss_uses_weights_and_label_smoothing():
-    module = Classifier(Tiny(), OmegaConf.to_container(compose_config([]).optimizer), 3, label_smoothing=0.1,
+    module = Classifier(Tiny(), optimizer_settings(OmegaConf.to_container(compose_config([]).optimizer)), 3, label_smoothing=0.1,
                         class_weights=torch.tensor([1.0, 2.0, 3.0]))
     assert module.loss.label_smoothing == 0.1 and module.loss.weight.tolist() == [1.0, 2.0, 3.0]
 

@@ -22,6 +22,7 @@ from audiocnn.features.featurize import featurize, is_featurized, store_problem
 from audiocnn.features.settings import store_settings
 from audiocnn.features.store import FeatureStore, ShardWriter, finished_shards
 from audiocnn.training.windows import WindowDataset
+from audiocnn.training.optim import optimizer_settings
 from tests.conftest import tiny_config
 
 
@@ -203,7 +204,7 @@ def test_a_non_finite_loss_with_finite_inputs_says_training_diverged():
         def forward(self, x):
             return torch.full((len(x), 3), float("nan"))
 
-    module = Classifier(Diverged(), {"name": "adamw", "lr": 1e-3}, n_classes=3)
+    module = Classifier(Diverged(), optimizer_settings({"_target_": "torch.optim.AdamW", "name": "adamw", "lr": 1e-3}), n_classes=3)
     with pytest.raises(NonFiniteError, match=r"train_loss=nan at epoch 0, step 0 with finite inputs: training "
                                              r"diverged; lower optimizer.lr"):
         module.training_step((torch.zeros(2, 1, 8, 8), torch.tensor([0, 1])), 0)

@@ -11,7 +11,7 @@ import torch
 from audiocnn.models import build_model
 from audiocnn.training.module import Classifier
 from audiocnn.models.bundle import load_bundle as load_trained, load_state
-from audiocnn.training.optim import build_optimizer
+from audiocnn.training.optim import build_optimizer, optimizer_settings
 from tests.conftest import train
 from audiocnn.training.transfer import TransferReport, freeze, load_matching, parameter_groups
 from tests.conftest import tiny_config
@@ -86,7 +86,7 @@ def test_fine_tuning_uses_a_lower_backbone_learning_rate(tmp_path):
     cfg = tiny_config(tmp_path, "model=cnn", "optimizer.lr=0.01", "optimizer.backbone_lr_scale=0.1")
     model = build_model(cfg.model, 3, cfg.features.n_bins)
     freeze(model, "none")
-    optimizer = Classifier(model, OmegaConf.to_container(cfg.optimizer), 3).configure_optimizers()
+    optimizer = Classifier(model, optimizer_settings(OmegaConf.to_container(cfg.optimizer)), 3).configure_optimizers()
     lrs = sorted(group["lr"] for group in optimizer.param_groups)
     assert lrs == pytest.approx([0.001, 0.01])
     freeze(model, "backbone")
@@ -113,7 +113,7 @@ def test_freezing_the_backbone_leaves_exactly_the_head_trainable_and_training(tm
     assert still_trainable == [], f"not frozen: {still_trainable}"
 
     before = {name: p.detach().clone() for name, p in model.named_parameters()}
-    optimizer = build_optimizer(model, dict(cfg.optimizer))
+    optimizer = build_optimizer(model, optimizer_settings(OmegaConf.to_container(cfg.optimizer)))
     x = torch.randn(4, 1, cfg.features.n_bins, cfg.features.window_frames)
     loss = torch.nn.functional.cross_entropy(model(x), torch.tensor([0, 1, 2, 0]))
     loss.backward()

@@ -34,7 +34,7 @@ def hostile_bundles(marker: Path) -> dict[str, tuple[dict, str]]:
     base = {"format": BUNDLE_FORMAT, "frontend_version": FRONTEND_VERSION, "state_dict": {"w": torch.zeros(1)},
             "features": FEATURES, "classes": ["a", "b"]}
     return {
-        "target is os.makedirs": ({**base, "model": chain}, "model._target_='os.makedirs'"),
+        "target is os.makedirs": ({**base, "model": chain}, "model._target_=os.makedirs: not an audiocnn model"),
         "no format (old loader's attack)": ({k: v for k, v in base.items() if k != "format"} | {"model": chain},
                                             "format="),
         "nested target in the blocks": ({**base, "model": {"_target_": "audiocnn.models.cnn.CNN", "name": "cnn",

@@ -42,7 +42,6 @@ A *source* is a `model.pt` (or its folder), a Lightning `.ckpt`, an MLflow
 
 from __future__ import annotations
 
-import inspect
 import math
 import re
 from pathlib import Path
@@ -52,9 +51,10 @@ import torch
 from torch import Tensor, nn
 
 from audiocnn import atomic
-from audiocnn.errors import BundleError
+from audiocnn.errors import BundleError, ConfigError
 from audiocnn.features.budget import SLACK_BYTES, classes_problem, features_problem, human
 from audiocnn.features.cqt import FRONTEND_VERSION
+from audiocnn.models.settings import model_settings
 from audiocnn.models.budget import ModelCost, Stored, model_cost, stored_tensors
 from audiocnn.models.build import DESCRIPTIVE_KEYS, build_frontend
 from audiocnn.models.cnn import CNN
@@ -65,7 +65,6 @@ from audiocnn.data.task import EVENTS, MULTICLASS, task_problem
 # (`frontend.*` in state_dict, no `frontend` entry, no `nn.Sequential`), `frontend_version` recorded.
 BUNDLE_FORMAT = 3
 MODEL_CLASSES: dict[str, type[nn.Module]] = {"audiocnn.models.cnn.CNN": CNN, "audiocnn.models.crnn.CRNN": CRNN}
-BUILT_IN_ARGUMENTS = ("n_classes", "n_bins", "top_db", "frontend")  # given by the bundle's classes and features
 RUN_ID = re.compile(r"^[0-9a-f]{32}$")
 PLAIN = (str, int, float, bool, type(None))
 
@@ -200,16 +199,13 @@ def _check(bundle: dict, where: str) -> ModelCost:
             raise BundleError(f"{where}: {key}: missing")
     state = _check_state(bundle["state_dict"], f"{where}: state_dict")
     model = bundle["model"]
-    if not isinstance(model, Mapping) or model.get("_target_") not in MODEL_CLASSES:
-        target = model.get("_target_") if isinstance(model, Mapping) else model
-        raise BundleError(f"{where}: model._target_={target!r}: not an audiocnn model; allowed: "
-                          f"{', '.join(MODEL_CLASSES)}")
+    if not isinstance(model, Mapping):
+        raise BundleError(f"{where}: model={model!r:.40}: must be a mapping")
     _check_plain({k: v for k, v in model.items() if k != "_target_"}, f"{where}: model")
-    accepted = set(inspect.signature(MODEL_CLASSES[model["_target_"]]).parameters) - set(BUILT_IN_ARGUMENTS)
-    for key in model:
-        if key not in (*accepted, *DESCRIPTIVE_KEYS, "_target_"):
-            raise BundleError(f"{where}: model.{key}: not an argument of {model['_target_']}; allowed: "
-                              f"{', '.join(sorted(accepted))}")
+    try:  # the schema conf's `model` group is read with (`models.settings`)
+        model_settings(dict(model))
+    except ConfigError as error:
+        raise BundleError(f"{where}: {error}") from None
     features = bundle["features"]
     _check_plain(features, f"{where}: features")
     problem = features_problem(features)

@@ -8,7 +8,9 @@ eq / tilt / reverb / freq_warp / lowpass, live in `augment_channel.py` and are m
 these tables, the one list of transforms); `SpectrogramAugment` and
 `WaveformAugment` apply the ones named in `augment.transforms` / `augment.waveform`,
 each to a random subset of the batch (every example independently with probability
-`p`), in the fixed order of those tables. In eval mode both are the identity.
+`p`), in the fixed order of those tables. In eval mode both are the identity. The `augment` group is
+read once per job as `AugmentSettings` (`augment_settings`: every name and setting checked against
+those tables and the front-end the transforms run with).
 
 Why a roll is a pitch shift: CQT bins are geometrically spaced (f_k = fmin * 2^(k/B)),
 so transposing by s semitones moves every partial by exactly s * B / 12 bins. Bins
@@ -21,10 +23,12 @@ import math
 from typing import Any, Callable, Mapping
 
 import torch
+from pydantic import BaseModel
 from torch import Tensor, nn
 from torchaudio.transforms import FrequencyMasking, TimeMasking
 
-from audiocnn.errors import ConfigError
+from audiocnn.errors import SETTINGS_CONFIG, ConfigError, parse_settings
+from audiocnn.features.settings import FeatureSettings
 from audiocnn.training.augment_channel import CHANNEL_SPECTROGRAM, CHANNEL_WAVEFORM, LIMITS
 
 DB_TO_NEPER = math.log(10) / 20  # gain of g dB = + g * ln(10) / 20 in natural-log amplitude
@@ -258,20 +262,26 @@ class WaveformAugment(nn.Module):
         return ", ".join(self.settings) or "identity"
 
 
-def validate_augment(cfg) -> None:
-    """Raise `ConfigError` naming the first bad `augment.*` setting (before any work)."""
-    from omegaconf import OmegaConf
+class AugmentSettings(BaseModel):
+    """The `augment` group (conf/augment/): {transform name: its settings} for the log-CQT batches
+    (`transforms`: `SPECTROGRAM` and mixup) and for the waveforms before the CQT (`waveform`: `WAVEFORM`)."""
+    model_config = SETTINGS_CONFIG
+
+    transforms: dict[str, dict[str, Any]] = {}
+    waveform: dict[str, dict[str, Any]] = {}
 
 
-    augment = OmegaConf.to_container(cfg.get("augment") or {}, resolve=True)
-    unknown = set(augment) - {"transforms", "waveform"}
-    if unknown:
-        raise ConfigError(f"augment.{sorted(unknown)[0]}: unknown key; allowed: transforms, waveform")
-    if augment.get("waveform") and not cfg.features.get("on_the_fly", False):
-        raise ConfigError(f"augment.waveform={sorted(augment['waveform'])}: waveform transforms need "
+def augment_settings(values, features: FeatureSettings) -> AugmentSettings:
+    """The `augment` group (plain values) as `AugmentSettings`, each transform's settings checked against
+    its defaults and limits and the front-end `features` (waveform transforms need on-the-fly features,
+    a filter's top frequency the Nyquist); `ConfigError` naming the first bad setting."""
+    settings = parse_settings(AugmentSettings, values, "augment")
+    if settings.waveform and not features.on_the_fly:
+        raise ConfigError(f"augment.waveform={sorted(settings.waveform)}: waveform transforms need "
                           "features.on_the_fly=true (stored features are spectrograms already)")
     try:
-        SpectrogramAugment(augment.get("transforms"), 2, math.log(cfg.features.amin), cfg.features.bins_per_octave)
-        WaveformAugment(augment.get("waveform"), cfg.features.sr)
+        SpectrogramAugment(settings.transforms, 2, math.log(features.amin), features.bins_per_octave)
+        WaveformAugment(settings.waveform, features.sr)
     except (ValueError, TypeError) as error:
         raise ConfigError(str(error)) from None
+    return settings

@@ -102,10 +102,10 @@ class EventClassifier(Classifier):
     loss of `event_loss` (module docstring). `frame_weight`: `trainer.frame_loss_weight`; `class_weights`
     and `frame_class_weights`: the clip and frame terms' pos_weight (`class_pos_weights`), or None."""
 
-    def __init__(self, model: nn.Module, optimizer_cfg, n_classes: int, *args, frame_weight: float = 1.0,
+    def __init__(self, model: nn.Module, optimizer, n_classes: int, *args, frame_weight: float = 1.0,
                  frame_class_weights: Tensor | None = None, **kwargs):
         kwargs["multilabel"] = True
-        super().__init__(model, optimizer_cfg, n_classes, *args, **kwargs)
+        super().__init__(model, optimizer, n_classes, *args, **kwargs)
         self.register_buffer("clip_pos_weight", kwargs.get("class_weights"), persistent=False)
         self.register_buffer("frame_pos_weight", frame_class_weights, persistent=False)
         self.frame_weight = float(frame_weight)

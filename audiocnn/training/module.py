@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Mapping
 
 import lightning as L
 import torch
@@ -14,7 +13,7 @@ from torchmetrics.classification import MulticlassAccuracy, MultilabelAveragePre
 from audiocnn.errors import NonFiniteError
 from audiocnn.models.head import frames_to_logits
 from audiocnn.training.augment import SpectrogramAugment, WaveformAugment
-from audiocnn.training.optim import build_optimizer, build_scheduler
+from audiocnn.training.optim import OptimizerSettings, SchedulerSettings, build_optimizer, build_scheduler
 from audiocnn.training.transfer import frozen_modules
 
 
@@ -40,14 +39,13 @@ class Classifier(L.LightningModule):
     the same on every process: early stopping and the best checkpoint decide alike.
     """
 
-    def __init__(self, model: nn.Module, optimizer_cfg: Mapping, n_classes: int,
-                 scheduler_cfg: Mapping | None = None, augment: SpectrogramAugment | None = None,
+    def __init__(self, model: nn.Module, optimizer: OptimizerSettings, n_classes: int,
+                 scheduler: SchedulerSettings | None = None, augment: SpectrogramAugment | None = None,
                  waveform_augment: WaveformAugment | None = None, label_smoothing: float = 0.0,
                  class_weights: Tensor | None = None, multilabel: bool = False):
         super().__init__()
         self.model = model
-        self.optimizer_cfg = dict(optimizer_cfg)  # the `optimizer` and `scheduler` groups as plain mappings
-        self.scheduler_cfg = dict(scheduler_cfg) if scheduler_cfg else {"name": "none"}
+        self.optimizer_settings, self.scheduler_settings = optimizer, scheduler or SchedulerSettings()
         self.augment = augment or SpectrogramAugment({}, n_classes, floor=0.0, bins_per_octave=12)
         self.waveform_augment = waveform_augment or WaveformAugment({})
         self.multilabel, self.label_smoothing = multilabel, float(label_smoothing)
@@ -121,10 +119,10 @@ class Classifier(L.LightningModule):
 
     def configure_optimizers(self):
         """The `optimizer` over head and backbone parameter groups, with the `scheduler` config's schedule."""
-        optimizer = build_optimizer(self.model, self.optimizer_cfg)  # the front-end's trainable kernels too
-        if "_target_" not in self.scheduler_cfg:  # scheduler=none: a constant learning rate
+        optimizer = build_optimizer(self.model, self.optimizer_settings)  # the front-end's trainable kernels too
+        if self.scheduler_settings.target is None:  # scheduler=none: a constant learning rate
             return optimizer
         # the schedule's length: onecycle counts optimizer steps, cosine counts epochs
-        schedule = build_scheduler(optimizer, self.scheduler_cfg, self.trainer.max_epochs,
+        schedule = build_scheduler(optimizer, self.scheduler_settings, self.trainer.max_epochs,
                                    self.trainer.estimated_stepping_batches)
         return {"optimizer": optimizer, "lr_scheduler": schedule}

@@ -48,16 +48,17 @@ from audiocnn.models.build import build_frontend
 from audiocnn.models.bundle import load_state, save_bundle
 from audiocnn.models.event_pool import capped_time_stride, time_stride
 from audiocnn.models.scorer import WindowScorer
+from audiocnn.models.settings import CNNSettings, CRNNSettings
 from audiocnn.models.summary import summarize
 from audiocnn.training import distributed, resume
-from audiocnn.training.augment import SpectrogramAugment, WaveformAugment
+from audiocnn.training.augment import AugmentSettings, SpectrogramAugment, WaveformAugment
 from audiocnn.training.datamodule import LoaderSettings, WindowDataModule
 from audiocnn.training.event_postprocessing import fit_on_split
 from audiocnn.training.events import (OFF_FOR_EVENTS, SCORE as EVENTS_SCORE, EventClassifier, check_event_model,
                                      class_pos_weights)
 from audiocnn.training.module import Classifier
 from audiocnn.training.norm_stats import fit_bin_norm
-from audiocnn.training.optim import class_weights, resolve_precision
+from audiocnn.training.optim import OptimizerSettings, SchedulerSettings, class_weights, resolve_precision
 from audiocnn.training.resume import BEST, LAST, AtomicCheckpointIO, RngState, TrainMetricsFirst
 from audiocnn.training.settings import TrainerSettings
 from audiocnn.training.temperature import calibrate
@@ -80,11 +81,10 @@ def check_inputs(job: TrainJob) -> None:
 class TrainJob:
     """The train stage's inputs, read once from the composed config (`audiocnn.experiment.train_job`).
 
-    Typed: `prepare` (the manifest trained on), `store` (the feature store and the front-end), `loader`
-    (batches, workers, sampler, seed), `tracking` (the MLflow store, checked), `trainer`. The groups without
-    a schema yet are their resolved values as plain Python: `model`, `optimizer`, `scheduler` (None:
-    constant rate) and `augment`. `config` is the whole resolved config: the run's params and the resume
-    fingerprint (`resume.settings`). `models`: `paths.models`; `run_name`: `tracking.run_name`.
+    `prepare` (the manifest trained on), `store` (the feature store and the front-end), `loader`
+    (batches, workers, sampler, seed), `tracking` (the MLflow store, checked), and the `trainer`, `model`,
+    `optimizer`, `scheduler` and `augment` groups. `config` is the whole resolved config: the run's params
+    and the resume fingerprint (`resume.settings`). `models`: `paths.models`; `run_name`: `tracking.run_name`.
     """
     prepare: PrepareSettings
     store: StoreSettings
@@ -93,10 +93,10 @@ class TrainJob:
     models: Path
     run_name: str | None
     trainer: TrainerSettings
-    model: Mapping
-    optimizer: Mapping
-    scheduler: Mapping | None
-    augment: Mapping
+    model: CNNSettings | CRNNSettings
+    optimizer: OptimizerSettings
+    scheduler: SchedulerSettings
+    augment: AugmentSettings
     config: Mapping
 
     @property
@@ -176,13 +176,13 @@ def build_module(job: TrainJob, model: torch.nn.Module, data: WindowDataModule) 
     """The LightningModule with the run's loss options, schedule and (training-only) augmentation."""
     n_classes, augment, features = len(data.classes), job.augment, job.features
     weights = class_weights(data.labels[data.rows("train")], n_classes, job.trainer.class_weights)
-    transforms = augment.get("transforms")
+    transforms = augment.transforms
     if data.events_task:
         transforms = event_transforms(transforms)
     options = dict(
-        scheduler_cfg=job.scheduler,
+        scheduler=job.scheduler,
         augment=SpectrogramAugment(transforms, n_classes, math.log(features.amin), features.bins_per_octave),
-        waveform_augment=WaveformAugment(augment.get("waveform") if features.on_the_fly else None, features.sr),
+        waveform_augment=WaveformAugment(augment.waveform if features.on_the_fly else None, features.sr),
         label_smoothing=job.trainer.label_smoothing, class_weights=weights,
     )
     if data.events_task:
@@ -236,18 +236,18 @@ def event_settings(features: FeatureSettings, model: torch.nn.Module) -> dict:
     return {"time_stride": stride, "frame_seconds": output_frame_seconds(features.hop_length, features.sr, stride)}
 
 
-def initial_weights(settings: Mapping, model: torch.nn.Module):
+def initial_weights(settings: CNNSettings | CRNNSettings, model: torch.nn.Module):
     """Load `model.init_from` into `model` (matching names and shapes); None without it.
 
     A source of which no tensor fits is an error: training would silently start from scratch.
     """
-    source = settings.get("init_from")
+    source = settings.init_from
     if not source:
         return None
     transfer = load_matching(model, load_state(source))
     if not transfer.loaded:
         raise InputError(f"model.init_from={source}: none of its {len(transfer.skipped)} tensors fits "
-                         f"model={settings.get('name')} (names or shapes differ); nothing to start from")
+                         f"model={settings.name} (names or shapes differ); nothing to start from")
     print(f"train: model.init_from={source}: {transfer.describe()}")
     return transfer
 
@@ -347,7 +347,7 @@ def train(job: TrainJob, run_name_suffix: str = "", parent_run_id: str | None = 
     or written; returns {}.
     """
     check_inputs(job)
-    out, features, model_name = job.models, job.features, job.model.get("name")
+    out, features, model_name = job.models, job.features, job.model.name
     out.mkdir(parents=True, exist_ok=True)
     main = distributed.is_main_process()
     start = resume.plan(job.config, out, job.tracking) if main else resume.follow(out)
@@ -362,7 +362,7 @@ def train(job: TrainJob, run_name_suffix: str = "", parent_run_id: str | None = 
     if calibrating and len(data.rows("val")) == 0:
         raise ConfigError("trainer.calibrate=temperature: the val split has no clips to fit the temperature on; "
                           "give it clips (data.val_fraction) or set trainer.calibrate=none")
-    model_cfg = dict(job.model)
+    model_cfg = job.model.config()  # what model.pt keeps
     if data.events_task:
         model_cfg = events_model_settings(model_cfg)
     front_end = job.config["features"]  # as written: the front-end settings model.pt keeps
@@ -370,12 +370,12 @@ def train(job: TrainJob, run_name_suffix: str = "", parent_run_id: str | None = 
                         frontend=build_frontend(front_end))  # the CQT on the fly, else identity
     events = None
     if data.events_task:
-        check_events_settings(job.model, model)
+        check_events_settings(model_cfg, model)
         model.clip_output = model_cfg["clip_output"] = "event_pool"  # clips scored as the event pooling trains them
         events = event_settings(features, model)
         data.time_stride = events["time_stride"]
     transfer = initial_weights(job.model, model) if start.ckpt is None else None  # else the checkpoint has them
-    freeze(model, job.model.get("freeze", "none"))
+    freeze(model, job.model.freeze)
     fit_bin_norm(model, data)  # model.norm.type=bin_norm: the train split's per-bin mean and std
     if not main:
         fit(job, model, data, None, start)
