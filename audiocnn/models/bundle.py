@@ -56,7 +56,7 @@ from audiocnn.errors import BundleError
 from audiocnn.features.budget import SLACK_BYTES, classes_problem, features_problem, human
 from audiocnn.features.cqt import FRONTEND_VERSION
 from audiocnn.models.budget import ModelCost, Stored, model_cost, stored_tensors
-from audiocnn.models.build import DESCRIPTIVE_KEYS, build_frontend
+from audiocnn.models import DESCRIPTIVE_KEYS, build_frontend
 from audiocnn.models.cnn import CNN
 from audiocnn.models.crnn import CRNN
 from audiocnn.data.task import EVENTS, MULTICLASS, task_problem

@@ -79,7 +79,7 @@ def optimizer_class(cfg: DictConfig) -> type:
 def validate_model(cfg: DictConfig) -> None:
     from audiocnn.models.blocks import BlockSpec
     from audiocnn.models.bundle import MODEL_CLASSES
-    from audiocnn.models.shapes import trace_shapes
+    from audiocnn.models.blocks import trace_shapes
     from audiocnn.training.transfer import FREEZE_OPTIONS
 
     from audiocnn.errors import ShapeError
