@@ -53,7 +53,7 @@ import numpy as np
 from omegaconf import OmegaConf
 from audiocnn.config import compose_config
 from audiocnn.inference.pyfunc import AudioClassifier
-from audiocnn.models.build import build_model
+from audiocnn.models import build_model
 from audiocnn.models.bundle import save_bundle
 
 def rss_mb():  # this process's own peak (VmHWM), not the parent's carried-over ru_maxrss

@@ -76,7 +76,7 @@ def untrained_bundle(root: Path, *overrides: str) -> Path:
     import torch
     from omegaconf import OmegaConf
 
-    from audiocnn.models.build import build_model
+    from audiocnn.models import build_model
     from audiocnn.models.bundle import save_bundle
 
     cfg = compose_config(["model=cnn", *overrides])

@@ -162,8 +162,7 @@ def test_on_the_fly_training_runs_the_waveform_channel_transforms_at_the_feature
     filters at features.sr, and a 1-batch Lightning fit feeds the front-end the changed waveforms."""
     import lightning as L
 
-    from audiocnn.models import build_model
-    from audiocnn.models.build import build_frontend
+    from audiocnn.models import build_frontend, build_model
     from audiocnn.experiment import data_module
     from audiocnn.experiment import train_job
     from audiocnn.training.train import build_module

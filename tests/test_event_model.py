@@ -10,7 +10,7 @@ from omegaconf import OmegaConf
 
 from audiocnn.config import compose_config
 from audiocnn.models.blocks import BlockSpec
-from audiocnn.models.build import build_model
+from audiocnn.models import build_model
 from audiocnn.data.events import output_frame_seconds
 from audiocnn.models.event_pool import EventPool, time_stride
 

@@ -19,7 +19,7 @@ from audiocnn.data.events import Event
 from audiocnn.data.prepare import read_classes
 from audiocnn.errors import ConfigError, InputError
 from audiocnn.models.blocks import BlockSpec
-from audiocnn.models.build import build_model
+from audiocnn.models import build_model
 from audiocnn.models.event_pool import capped_time_stride, time_stride
 from audiocnn.models.bundle import load_bundle, save_bundle
 from audiocnn.training.augment import SpectrogramAugment

@@ -50,7 +50,7 @@ def test_slugs_keep_safe_names_and_disambiguate_collisions_deterministically():
 
 
 def test_figures_draw_dollar_signs_in_class_names_as_text(tmp_path):
-    from audiocnn.evaluation.explain_plots import plot_saliency
+    from audiocnn.evaluation.explain import plot_saliency
     from audiocnn.evaluation.plots import plot_confusion_matrix
 
     names = ["$5 & $10", r"$\frac$", "_hidden"]

@@ -10,9 +10,10 @@ from torch import nn
 
 from audiocnn.config import compose_config, config_groups
 from audiocnn.models import build_model
-from audiocnn.models.blocks import BlockSpec, ConvBlock, PeakNormalize, ResidualBlock, conv_output_size
+from audiocnn.errors import ShapeError
+from audiocnn.models.blocks import (BlockSpec, ConvBlock, PeakNormalize, ResidualBlock, conv_output_size,
+                                    trace_shapes)
 from audiocnn.models.crnn import CRNN
-from audiocnn.models.shapes import ShapeError, trace_shapes
 from audiocnn.training.optim import optimizer_settings
 
 N_CLASSES = 5

@@ -15,8 +15,7 @@ import torch
 from audiocnn.features.cqt import CQTFrontend
 from audiocnn.features.featurize import featurize
 from audiocnn.features.settings import store_settings
-from audiocnn.models import build_model
-from audiocnn.models.build import build_frontend
+from audiocnn.models import build_frontend, build_model
 from audiocnn.experiment import data_module
 from audiocnn.training.module import Classifier
 from audiocnn.training.optim import optimizer_settings

@@ -42,10 +42,9 @@ from audiocnn.data.prepare import read_manifest
 from audiocnn.features import distributed
 from audiocnn.features.cqt import FEATURE_KEYS, FRONTEND_VERSION, LogCQT, n_frames
 from audiocnn.features.plan import Piece, batches, chunk_margin, plan_pieces, rank_share
-from audiocnn.features.reopen import open_store
 from audiocnn.features.settings import FeatureSettings, StoreSettings, store_settings
 from audiocnn.features.store import (CHECKSUM, ShardWriter, check_shards, clips_md5, finished_shards, next_shard,
-                                     params_hash, shard_prefix, shard_rows)
+                                     open_store, params_hash, shard_prefix, shard_rows)
 
 
 # Most samples in one padded CQT batch (32 MB of float32): with chunked long clips, the

@@ -15,12 +15,15 @@ the graph computes from it then equal the whole recording's frames [f0, f1) (the
 `features.plan`), so chunks join exactly: the windows of all chunks are those of the whole
 recording. A chunk spans at most `max_frames` frames (or one window) and holds at most
 `max_windows` windows, so memory per call is bounded whatever the duration and the hop.
+
+What either backend (a bundle's `Predictor`, an exported file) answers for one recording is a
+`Scored`: the vote over its chunks' windows, and those windows when asked.
 """
 
 from __future__ import annotations
 
 import itertools
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Iterable, Iterator
 
 import numpy as np
@@ -65,3 +68,14 @@ def cut(wave: np.ndarray, start: int, stop: int) -> np.ndarray:
     if hi > lo:
         out[lo - start: hi - start] = wave[lo:hi]
     return out
+
+
+@dataclass
+class Scored:
+    """One input's answer: `probabilities` `(n_classes,)` (None if it could not be read, see `error`)."""
+
+    name: str
+    duration: float = 0.0
+    probabilities: np.ndarray | None = None
+    windows: list[tuple[int, np.ndarray]] = field(default_factory=list)  # (start frame, probabilities)
+    error: str = ""

@@ -17,8 +17,7 @@ from torch import nn
 
 from audiocnn.data.audio import load_segment
 from audiocnn.errors import InputError
-from audiocnn.evaluation.explain import grad_cam
-from audiocnn.evaluation.explain_plots import plot_gradcam_grid
+from audiocnn.evaluation.explain import grad_cam, plot_gradcam_grid
 from audiocnn.features.cqt import n_frames
 from audiocnn.inference.predictor import Predictor
 

@@ -31,12 +31,11 @@ import numpy as np
 from audiocnn.data.audio import read_audio_if, read_segment, samples_array
 from audiocnn.errors import BundleError
 from audiocnn.features import sliding
-from audiocnn.inference.chunks import Chunk, chunks, cut, frame_count
+from audiocnn.inference.chunks import Chunk, Scored, chunks, cut, frame_count
 from audiocnn.data.event_decoding import Detection
 from audiocnn.inference.event_stream import stream_events
 from audiocnn.inference.export_format import CHUNK_WINDOWS, FRAME_OUTPUT, METADATA_KEY, OUTPUTS, output_names
 from audiocnn.inference.onnx_check import check_metadata, chunk_shapes
-from audiocnn.inference.results import Scored
 from audiocnn.data.task import EVENTS, MULTICLASS, post_processing_of, thresholds_of
 
 BLOCK_CLIPS = 256  # recordings read before their short chunks are batched and scored

@@ -33,10 +33,9 @@ from audiocnn.data.audio import clip_samples, from_samples, load_segment, read_a
 from audiocnn.features import sliding
 from audiocnn.features.cqt import LogCQT, n_frames, pick_device
 from audiocnn.features.plan import chunk_margin
-from audiocnn.inference.chunks import chunks, cut
+from audiocnn.inference.chunks import Scored, chunks, cut
 from audiocnn.inference.event_stream import stream_events
 from audiocnn.inference.graph import ChunkScorer
-from audiocnn.inference.results import Scored
 from audiocnn.models.bundle import load_bundle
 from audiocnn.models.scorer import WindowScorer
 from audiocnn.data.event_decoding import Detection

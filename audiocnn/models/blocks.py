@@ -2,7 +2,8 @@
 
 Every conv and pooling layer obeys, per axis, out = floor((W - F_eff + 2P) / S) + 1 with
 F_eff = D * (F - 1) + 1 for dilation D. `BlockSpec.output_size` applies it so a stack
-can be checked before any tensor is built (see `audiocnn.models.shapes`).
+can be checked before any tensor is built: `trace_shapes` runs a stack's specs over an input size
+and names the first layer that would make an axis smaller than 1.
 """
 
 from __future__ import annotations
@@ -13,7 +14,12 @@ from typing import Any, Mapping
 
 from torch import Tensor, nn
 
+from audiocnn.errors import ShapeError
+
 Pair = tuple[int, int]  # (frequency, time)
+AXES = ("frequency", "time")
+# A time length no block can shrink to zero: traces the frequency axis of a stack alone.
+UNBOUNDED_TIME = 1 << 20
 
 
 def _pair(value: int | list[int] | tuple[int, int], name: str) -> Pair:
@@ -90,6 +96,28 @@ class BlockSpec:
 
 
 BLOCK_TYPES = ("conv", "residual")
+
+
+def trace_shapes(specs: list[BlockSpec], input_size: Pair, *, key: str = "model.blocks") -> list[Pair]:
+    """Output (frequency, time) after every block, for an input of `input_size`.
+
+    Raises `ShapeError` naming the first layer that makes an axis smaller than 1, e.g.
+    "model.blocks[3]: time 2 -> 0 with kernel 3, stride 2, padding 0".
+    """
+    sizes: list[Pair] = []
+    size = input_size
+    for index, spec in enumerate(specs):
+        for layer, kernel, stride, padding, out in spec.layer_sizes(size):
+            for axis, name in enumerate(AXES):
+                if out[axis] < 1:
+                    what = "pooling " if layer == "pool" else ""
+                    raise ShapeError(
+                        f"{key}[{index}]: {name} {size[axis]} -> {out[axis]} with {what}kernel {kernel[axis]}, "
+                        f"stride {stride[axis]}, padding {padding[axis]}"
+                    )
+            size = out
+        sizes.append(size)
+    return sizes
 
 
 def _pooling(spec: BlockSpec) -> list[nn.Module]:

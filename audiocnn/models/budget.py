@@ -95,12 +95,12 @@ def model_cost(model_class: type, spec: Mapping, n_classes: int, n_bins: int, wi
                top_db: float | None = None, features: Mapping | None = None) -> tuple[str | None, ModelCost | None]:
     """(problem, cost) of `model_class(n_classes, n_bins, top_db, **arguments)`, `spec` its config
     (`_target_` and descriptive keys are skipped), with the front-end `features` (checked settings)
-    give it (`models.build.build_frontend`: its kernels are in `cost.state`). Built on the meta
+    give it (`models.build_frontend`: its kernels are in `cost.state`). Built on the meta
     device: nothing is allocated. `problem` starts with `does not build:` when the arguments do not
     make a model, else with the setting that makes it too big."""
     import torch
 
-    from audiocnn.models.build import DESCRIPTIVE_KEYS, build_frontend
+    from audiocnn.models import DESCRIPTIVE_KEYS, build_frontend
 
     arguments = {k: v for k, v in spec.items() if k not in (*DESCRIPTIVE_KEYS, "_target_")}
     problem = _arguments_problem(arguments, "model")
@@ -155,7 +155,7 @@ def _window_cost(model, n_bins: int, window: int) -> tuple[int, int, str, str, t
     same, but batch norm on meta imports torch's compiler: seconds.)"""
     from torch import nn
 
-    from audiocnn.models.shapes import trace_shapes
+    from audiocnn.models.blocks import trace_shapes
 
     work: dict[str, int] = {}
     outputs: dict[str, tuple[int, ...]] = {"input": (1, n_bins, window)}

@@ -56,7 +56,7 @@ from audiocnn.features.budget import SLACK_BYTES, classes_problem, features_prob
 from audiocnn.features.cqt import FRONTEND_VERSION
 from audiocnn.models.settings import model_settings
 from audiocnn.models.budget import ModelCost, Stored, model_cost, stored_tensors
-from audiocnn.models.build import DESCRIPTIVE_KEYS, build_frontend
+from audiocnn.models import DESCRIPTIVE_KEYS, build_frontend
 from audiocnn.models.cnn import CNN
 from audiocnn.models.crnn import CRNN
 from audiocnn.data.task import EVENTS, MULTICLASS, task_problem

@@ -20,10 +20,9 @@ from typing import Any, Mapping, Sequence
 import torch
 from torch import Tensor, nn
 
-from audiocnn.models.blocks import BlockSpec, ConvStack, peak_normalize
+from audiocnn.models.blocks import UNBOUNDED_TIME, BlockSpec, ConvStack, peak_normalize, trace_shapes
 from audiocnn.models.head import ClassifierHead, CQTClassifier
 from audiocnn.models.norm import input_norm
-from audiocnn.models.shapes import UNBOUNDED_TIME, trace_shapes
 
 GLOBAL_POOLS = ("avg", "max", "catavgmax", "grid")
 

@@ -29,12 +29,11 @@ from typing import Any, Mapping, Sequence
 import torch
 from torch import Tensor, nn
 
-from audiocnn.models.blocks import BlockSpec, ConvStack, peak_normalize
+from audiocnn.models.blocks import UNBOUNDED_TIME, BlockSpec, ConvStack, peak_normalize, trace_shapes
 from audiocnn.models.event_pool import EPS, EventPool
 from audiocnn.models.freq_pool import build_freq_pool, freq_pool_width
 from audiocnn.models.head import ClassifierHead, CQTClassifier
 from audiocnn.models.norm import input_norm
-from audiocnn.models.shapes import UNBOUNDED_TIME, trace_shapes
 
 RNNS = {"gru": nn.GRU, "lstm": nn.LSTM}
 TEMPORAL_POOLS = ("last", "mean", "max", "attention")

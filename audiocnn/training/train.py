@@ -43,8 +43,7 @@ from audiocnn.errors import ConfigError, InputError, MissingInputError
 from audiocnn.features.cqt import pick_device
 from audiocnn.features.featurize import store_problem
 from audiocnn.features.settings import FeatureSettings, StoreSettings
-from audiocnn.models import build_model
-from audiocnn.models.build import build_frontend
+from audiocnn.models import build_frontend, build_model
 from audiocnn.models.bundle import load_state, save_bundle
 from audiocnn.models.event_pool import capped_time_stride, time_stride
 from audiocnn.models.scorer import WindowScorer

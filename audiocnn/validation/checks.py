@@ -38,7 +38,7 @@ def validate_model(values, features: FeatureSettings) -> CNNSettings | CRNNSetti
     from audiocnn.models.budget import model_cost
     from audiocnn.models.bundle import MODEL_CLASSES
     from audiocnn.models.settings import model_settings
-    from audiocnn.models.shapes import trace_shapes
+    from audiocnn.models.blocks import trace_shapes
 
     settings = model_settings(values)
     source = settings.init_from
