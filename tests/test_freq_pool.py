@@ -127,5 +127,5 @@ def test_a_bundle_with_an_unknown_freq_pool_is_refused_naming_the_key(tmp_path):
     bundle = torch.load(tmp_path / "model.pt", weights_only=True)
     bundle["model"]["freq_pool"] = "median"
     torch.save(bundle, tmp_path / "model.pt")
-    with pytest.raises(BundleError, match=r"model.freq_pool='median'; allowed: flatten, max, attention"):
+    with pytest.raises(BundleError, match=r"model.freq_pool=median: allowed: 'flatten', 'max', 'attention'"):
         load_bundle(tmp_path)

@@ -32,7 +32,6 @@ from typing import Any, Mapping
 import torch
 from torch import Tensor, nn
 
-from audiocnn.errors import ConfigError
 
 NORM_TYPES = ("none", "pcen", "bin_norm")
 PCEN_DEFAULTS = {"alpha": 0.98, "delta": 2.0, "r": 0.5, "s": 0.04, "eps": 1e-6, "trainable": False}
@@ -133,18 +132,6 @@ def check_norm(norm: Mapping[str, Any] | None) -> dict:
             raise ValueError(f"model.norm.{key}: not a setting of model.norm.type={kind}; allowed: "
                              f"{', '.join(NORM_KEYS[kind]) or 'none'}")
     return {"type": kind, **spec}
-
-
-def norm_rule(value) -> str | None:
-    """The rule of the `model.norm` setting (`validation.rules`): None, or what is allowed; `ConfigError`
-    naming a key that is not one of its type's."""
-    if not isinstance(value, Mapping) or value.get("type") not in NORM_KEYS:
-        return "must be a mapping with type: none, pcen or bin_norm (choose norm=none|pcen|bin_norm)"
-    try:
-        check_norm(dict(value))
-    except ValueError as error:
-        raise ConfigError(str(error)) from None
-    return None
 
 
 def input_norm(norm: Mapping[str, Any] | None, n_bins: int, top_db: float | None = None) -> nn.Module:
