@@ -30,8 +30,8 @@ from audiocnn.config import compose_config, user_tracking_uri, validate_config, 
 from audiocnn.errors import ConfigError, InputError
 
 STAGES = {
-    "prepare": ("audiocnn.experiment", "prepare_stage"),
-    "featurize": ("audiocnn.features.featurize", "featurize_stage"),
+    "prepare": ("audiocnn.stages", "prepare_stage"),
+    "featurize": ("audiocnn.stages", "featurize_stage"),
     "train": ("audiocnn.experiment", "train_stage"),
     "evaluate": ("audiocnn.experiment", "evaluate_stage"),
 }

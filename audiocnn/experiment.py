@@ -34,29 +34,19 @@ from omegaconf import DictConfig, OmegaConf
 
 from audiocnn import atomic, repeats, sweep, tracking
 from audiocnn.config import REPO_ROOT
-from audiocnn.data.prepare import EVENTS, MULTILABEL, is_prepared, prepare, prepare_settings
+from audiocnn.data.prepare import EVENTS, MULTILABEL, is_prepared, prepare
 from audiocnn.errors import StageFailed
 from audiocnn.evaluation.ensemble import evaluate_ensemble
 from audiocnn.evaluation.evaluate import EvaluateJob, evaluate
-from audiocnn.evaluation.settings import evaluate_settings
 from audiocnn.features.budget import classes_problem
 from audiocnn.features.featurize import featurize, is_featurized
-from audiocnn.features.settings import store_settings
 from audiocnn.inference.export import export_model
 from audiocnn.inference.pyfunc import log_audio_model, model_config
-from audiocnn.models.settings import model_settings
 from audiocnn.training import distributed, resume
-from audiocnn.training.augment import augment_settings
-from audiocnn.training.datamodule import WindowDataModule, loader_settings
-from audiocnn.training.optim import optimizer_settings, scheduler_settings
+from audiocnn.training.datamodule import WindowDataModule
 from audiocnn.training.settings import trainer_settings
 from audiocnn.training.train import TrainJob, planned_processes, train
-
-
-def prepare_stage(cfg: DictConfig):
-    """DVC's prepare stage: `data.prepare.prepare`, refusing more classes than a model file may hold
-    (`features.budget.classes_problem`) before any clip is read."""
-    return prepare(prepare_settings(cfg), classes_problem=classes_problem)
+from audiocnn.settings import group, prepare_settings, read_settings, store_settings
 
 
 def ensure_inputs(cfg: DictConfig) -> None:
@@ -82,32 +72,34 @@ def served_config(cfg: DictConfig) -> dict:
 
 
 def train_job(cfg: DictConfig) -> TrainJob:
-    """The train stage's inputs of `cfg`, read once (the MLflow store checked now)."""
-    store = resolve_tracking(cfg)  # first: a fallback store is what the run's params record
-    config = OmegaConf.to_container(cfg, resolve=True)
-    stores = store_settings(cfg)
-    return TrainJob(prepare_settings(cfg), stores, loader_settings(cfg), store, Path(cfg.paths.models),
-                    cfg.tracking.get("run_name"), trainer_settings(config["trainer"]), model_settings(config["model"]),
-                    optimizer_settings(config["optimizer"]), scheduler_settings(config.get("scheduler")),
-                    augment_settings(config.get("augment"), stores.features), config)
+    """The train stage's inputs of `cfg`, its settings read once (the MLflow store checked first: a fallback
+    store is what the run's params record)."""
+    store = resolve_tracking(cfg)
+    settings = read_settings(cfg)
+    return TrainJob(settings.prepare(), settings.store(), settings.loader(), store, Path(settings.run.paths.models),
+                    settings.tracking.run_name, settings.trainer, settings.model, settings.optimizer,
+                    settings.scheduler, settings.augment, settings.config)
 
 
 def evaluate_job(cfg: DictConfig) -> EvaluateJob:
-    """The evaluate stage's inputs of `cfg`, read once (the MLflow store checked now)."""
-    return EvaluateJob(Path(cfg.paths.models), Path(cfg.paths.metrics), store_settings(cfg), loader_settings(cfg),
-                       evaluate_settings(cfg), resolve_tracking(cfg), cfg.model.name, cfg.data.name,
-                       tuple(str(member) for member in cfg.get("ensemble") or ()))
+    """The evaluate stage's inputs of `cfg`, its settings read once (the MLflow store checked now)."""
+    store = resolve_tracking(cfg)
+    settings = read_settings(cfg)
+    paths = settings.run.paths
+    return EvaluateJob(Path(paths.models), Path(paths.metrics), settings.store(), settings.loader(),
+                       settings.evaluate, store, settings.model.name, settings.data.name, tuple(settings.run.ensemble))
 
 
 def data_module(cfg: DictConfig, time_stride: int | None = None) -> WindowDataModule:
     """The loaders of `cfg`'s windows (`training.datamodule.WindowDataModule` of its feature store and
     loader settings)."""
-    return WindowDataModule(store_settings(cfg), loader_settings(cfg), time_stride)
+    settings = read_settings(cfg)
+    return WindowDataModule(settings.store(), settings.loader(), time_stride)
 
 
 def processes_of(cfg: DictConfig) -> int:
     """How many processes `cfg`'s training runs in (`training.train.planned_processes`)."""
-    return planned_processes(trainer_settings(OmegaConf.to_container(cfg.trainer, resolve=True)))
+    return planned_processes(trainer_settings(group(cfg, "trainer")))
 
 
 def resolve_tracking(cfg: DictConfig) -> tracking.Store:

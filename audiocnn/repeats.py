@@ -33,7 +33,7 @@ from audiocnn.data.task import is_multilabel
 from audiocnn.errors import ConfigError
 from audiocnn.evaluation.event_report import EVENTS_DIR
 from audiocnn.evaluation.reports import CURVES, write_pooled_reports
-from audiocnn.evaluation.settings import evaluate_settings
+from audiocnn.settings import read_settings
 from audiocnn.training import resume
 
 STATE_FILE = "repeats.json"  # in paths.models: the parent run and the variants, for the evaluate stage
@@ -167,7 +167,7 @@ def write_aggregate(cfg: DictConfig, results: list[dict]) -> dict:
     pooled = write_pooled_reports(pd.concat(frames, ignore_index=True), classes, out,
                                   f"{cfg.model.name} on {cfg.data.name}, {len(results)} runs pooled",
                                   f"{aggregate['accuracy']:.3f} +/- {aggregate['accuracy_std']:.3f}",
-                                  evaluate_settings(cfg).calibration_bins)
+                                  read_settings(cfg).evaluate.calibration_bins)
     aggregate["worst_class"] = pooled["worst_class"]
     atomic.write_json(out / "test.json", aggregate)
     for folder in ("explain", CURVES, EVENTS_DIR):  # each run's files side by side under the DVC output folders

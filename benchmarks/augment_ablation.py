@@ -47,12 +47,12 @@ from pathlib import Path
 import torch
 from common import benchmark_config, machine, train_and_evaluate
 
-from audiocnn.data.prepare import prepare, prepare_settings
+from audiocnn.settings import prepare_settings, store_settings
+from audiocnn.data.prepare import prepare
 from audiocnn.evaluation.ensemble import evaluate_ensemble
 from audiocnn.experiment import evaluate_job
 from audiocnn.experiment import evaluate_model
 from audiocnn.features.featurize import featurize
-from audiocnn.features.settings import store_settings
 
 RESULTS = Path(__file__).parent / "results" / "augment_ablation.json"
 SPEAKERS = ["george", "jackson", "lucas", "nicolas", "theo", "yweweler"]

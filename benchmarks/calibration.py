@@ -24,10 +24,10 @@ import torch
 from common import benchmark_config, machine, save_results, train_and_evaluate
 from omegaconf import open_dict
 
-from audiocnn.data.prepare import prepare, prepare_settings
+from audiocnn.settings import prepare_settings, store_settings
+from audiocnn.data.prepare import prepare
 from audiocnn.experiment import evaluate_model
 from audiocnn.features.featurize import featurize
-from audiocnn.features.settings import store_settings
 
 RESULTS = Path(__file__).parent / "results" / "calibration.json"
 SETTINGS = ["model=crnn_gru", "trainer.max_epochs=15", "trainer.patience=15", "trainer.batch_size=64",

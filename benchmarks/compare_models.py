@@ -17,10 +17,10 @@ from pathlib import Path
 
 from common import benchmark_config, machine, train_and_evaluate
 
-from audiocnn.data.prepare import prepare, prepare_settings
+from audiocnn.settings import prepare_settings, store_settings
+from audiocnn.data.prepare import prepare
 from audiocnn.data.sources.demo import ORDER_ONLY_CLASSES
 from audiocnn.features.featurize import featurize
-from audiocnn.features.settings import store_settings
 
 RESULTS = Path(__file__).parent / "results" / "compare_models.json"
 

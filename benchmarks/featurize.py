@@ -29,10 +29,10 @@ import numpy as np
 from common import load_average, machine, save_results
 from fsdd_manifest import write_fsdd_manifest
 
+from audiocnn.settings import store_settings
 from audiocnn.config import compose_config, validate_config
 from audiocnn.data.audio import load_audio
 from audiocnn.features.featurize import featurize
-from audiocnn.features.settings import store_settings
 from audiocnn.features.reference import librosa_log_cqt
 
 RESULTS = Path(__file__).parent / "results" / "featurize.json"

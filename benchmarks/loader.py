@@ -23,9 +23,9 @@ from common import load_average, machine, save_results
 from fsdd_manifest import write_fsdd_manifest
 from torch.utils.data import DataLoader
 
+from audiocnn.settings import store_settings
 from audiocnn.config import compose_config, validate_config
 from audiocnn.features.featurize import featurize
-from audiocnn.features.settings import store_settings
 from audiocnn.experiment import data_module
 from audiocnn.training.windows import seed_worker
 

@@ -18,10 +18,10 @@ from pathlib import Path
 
 from common import benchmark_config, dataset_overrides, machine, train_and_evaluate
 
+from audiocnn.settings import prepare_settings, store_settings
 from audiocnn.config import config_groups
-from audiocnn.data.prepare import prepare, prepare_settings
+from audiocnn.data.prepare import prepare
 from audiocnn.features.featurize import featurize
-from audiocnn.features.settings import store_settings
 
 RESULTS = Path(__file__).parent / "results" / "model_zoo.json"
 

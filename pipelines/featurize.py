@@ -5,7 +5,7 @@ each rank featurizes every N-th clip into its own shards, rank 0 writes the inde
 """
 
 from audiocnn.config import stage_main
-from audiocnn.features.featurize import featurize_stage
+from audiocnn.stages import featurize_stage
 
 if __name__ == "__main__":
     stage_main(featurize_stage)

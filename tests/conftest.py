@@ -8,8 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from audiocnn.data.prepare import prepare_settings
-from audiocnn.features.settings import store_settings
+from audiocnn.settings import prepare_settings, store_settings
 from audiocnn.config import compose_config
 
 REPO = Path(__file__).resolve().parent.parent

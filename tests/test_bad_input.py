@@ -16,10 +16,11 @@ import pandas as pd
 import pytest
 import soundfile as sf
 
+from audiocnn.settings import prepare_settings
 from audiocnn.config import compose_config, validate_config
 from audiocnn.data.audio import load_audio
 from audiocnn.data.checks import LeakageError, check_leakage, scan_samples
-from audiocnn.data.prepare import EmptySplitError, prepare, prepare_settings
+from audiocnn.data.prepare import EmptySplitError, prepare
 
 RNG = np.random.default_rng(1)
 

@@ -21,7 +21,7 @@ from audiocnn.training.settings import TrainerSettings
 from audiocnn.validation.tracking_uri import TrackingSettings
 from audiocnn.models.settings import NORMS, MODEL_SCHEMAS
 from audiocnn.training.optim import OptimizerSettings, SchedulerSettings
-from audiocnn.validation import PathsSettings, RunSettings
+from audiocnn.settings import PathsSettings, RunSettings
 from tests.conftest import REPO
 
 FOLDER = [f"data.root={REPO / 'tests'}"]

@@ -25,12 +25,11 @@ import pandas as pd
 import pytest
 import soundfile as sf
 
-from audiocnn.data.prepare import prepare_settings
+from audiocnn.settings import prepare_settings, store_settings
 from audiocnn import atomic
 from audiocnn.config import compose_config, write_params
 from audiocnn.errors import LockedError
 from audiocnn.features.featurize import featurize, is_featurized, store_dir
-from audiocnn.features.settings import store_settings
 from audiocnn.features.store import FeatureStore, check_shards, finished_shards
 from tests.conftest import REPO, tiny_config
 

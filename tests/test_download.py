@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 import soundfile as sf
 
+from audiocnn.settings import prepare_settings
 from audiocnn.data.sources import parse_data
-from audiocnn.data.prepare import prepare_settings
 from audiocnn.data.download import CHUNK, DownloadError, archive_name, dataset_root, extract, fetch, parse_checksum
 
 

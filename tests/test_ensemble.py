@@ -10,8 +10,7 @@ import pandas as pd
 import pytest
 import torch
 
-from audiocnn.data.prepare import prepare_settings
-from audiocnn.features.settings import store_settings
+from audiocnn.settings import prepare_settings, store_settings
 from audiocnn.evaluation.calibration import expected_calibration_error
 from audiocnn.experiment import evaluate_model as evaluate
 from audiocnn.features.cqt import pick_device

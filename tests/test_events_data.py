@@ -13,10 +13,10 @@ import pandas as pd
 import pytest
 import soundfile as sf
 
-from audiocnn.features.settings import store_settings
+from audiocnn.settings import prepare_settings, store_settings
 from audiocnn.data.events import (CLIPPED, SKIPPED, Event, fit_to_duration, format_time, frame_targets,
                                   output_frame_seconds, read_prepared_events, read_strong, read_weak, write_strong)
-from audiocnn.data.prepare import EVENTS, prepare, prepare_settings, read_classes, read_manifest
+from audiocnn.data.prepare import EVENTS, prepare, read_classes, read_manifest
 from audiocnn.data.sources.demo_events import ANNOTATION_HOP_S, CLASSES as EVENT_CLASSES
 from audiocnn.data.sources.demo_events import generate_scenes, render_scene
 from audiocnn.data.sources.desed import CLASSES as DESED_CLASSES

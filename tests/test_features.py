@@ -12,11 +12,10 @@ import pandas as pd
 import pytest
 import torch
 
-from audiocnn.data.prepare import prepare_settings
+from audiocnn.settings import prepare_settings, store_settings
 from audiocnn.data.audio import load_audio
 from audiocnn.features.cqt import LogCQT, n_frames
 from audiocnn.features.featurize import featurize, store_dir
-from audiocnn.features.settings import store_settings
 from audiocnn.features.store import FeatureStore, shard_name
 from tests.conftest import tiny_config
 

@@ -20,9 +20,9 @@ import pytest
 import soundfile as sf
 import torch
 
+from audiocnn.settings import store_settings
 from audiocnn.config import compose_config, write_params
 from audiocnn.features.featurize import featurize, is_featurized, store_dir
-from audiocnn.features.settings import store_settings
 from audiocnn.features.store import FeatureStore, finished_shards
 
 REPO = Path(__file__).resolve().parent.parent

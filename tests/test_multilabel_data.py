@@ -13,9 +13,10 @@ import pandas as pd
 import pytest
 import soundfile as sf
 
+from audiocnn.settings import prepare_settings
 from audiocnn.config import compose_config
 from audiocnn.data import sources
-from audiocnn.data.prepare import MULTICLASS, MULTILABEL, prepare, prepare_settings, read_classes, read_manifest
+from audiocnn.data.prepare import MULTICLASS, MULTILABEL, prepare, read_classes, read_manifest
 from audiocnn.data.sources.demo_mix import CLASSES as MIX_CLASSES
 from audiocnn.data.sources.demo_mix import generate_mixtures
 from audiocnn.data.splits import grouped_multilabel_split
@@ -127,7 +128,7 @@ def test_the_separator_inside_a_class_name_is_refused_naming_the_setting(tmp_pat
 
 def test_ten_thousand_labels_are_refused_before_any_file_is_read(tmp_path):
     """Through the prepare stage DVC and `run_experiment` call (the class ceiling passed down)."""
-    from audiocnn.experiment import prepare_stage
+    from audiocnn.stages import prepare_stage
 
     count = 10_000
     assert count > MAX_CLASSES

@@ -14,12 +14,12 @@ import soundfile as sf
 import torch
 from omegaconf import OmegaConf
 
+from audiocnn.settings import store_settings
 from audiocnn.config import compose_config
 from audiocnn.errors import BundleError
 from audiocnn.features.cqt import LogCQT
 from audiocnn.features.store import FeatureStore
 from audiocnn.features.featurize import store_dir
-from audiocnn.features.settings import store_settings
 from audiocnn.models import build_model
 from audiocnn.models.bundle import build_from_bundle, load_bundle, save_bundle
 from audiocnn.models.norm import PCEN, BinNorm

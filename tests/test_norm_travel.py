@@ -13,7 +13,7 @@ import soundfile as sf
 import torch
 from omegaconf import OmegaConf
 
-from audiocnn.features.settings import store_settings
+from audiocnn.settings import store_settings
 from audiocnn import load_model
 from audiocnn.inference.pyfunc import AudioClassifier
 from audiocnn.models.bundle import load_bundle

@@ -12,9 +12,9 @@ from omegaconf import OmegaConf
 import soundfile as sf
 import torch
 
+from audiocnn.settings import store_settings
 from audiocnn.features.cqt import CQTFrontend
 from audiocnn.features.featurize import featurize
-from audiocnn.features.settings import store_settings
 from audiocnn.models import build_frontend, build_model
 from audiocnn.experiment import data_module
 from audiocnn.training.module import Classifier

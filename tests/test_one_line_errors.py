@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from audiocnn.features.settings import store_settings
+from audiocnn.settings import store_settings
 from audiocnn.cli import main
 from tests.conftest import REPO, TINY, untrained_bundle
 

@@ -13,7 +13,8 @@ import pandas as pd
 import pytest
 import soundfile as sf
 
-from audiocnn.data.prepare import EmptySplitError, MANIFEST_COLUMNS, prepare, prepare_settings, probe_clips
+from audiocnn.settings import prepare_settings
+from audiocnn.data.prepare import EmptySplitError, MANIFEST_COLUMNS, prepare, probe_clips
 from audiocnn.data.sources.demo import CLASSES
 from tests.conftest import tiny_config
 

@@ -10,10 +10,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from audiocnn.settings import prepare_settings, store_settings
 from audiocnn.data.settings import DataSettings
-from audiocnn.features.settings import store_settings
 from audiocnn.config import ConfigError, compose_config, validate_config
-from audiocnn.data.prepare import assign_splits, fold_values, prepare_settings
+from audiocnn.data.prepare import assign_splits, fold_values
 from audiocnn.evaluation.reports import describe_results
 from audiocnn.experiment import evaluate_stage, run_repeats, train_stage
 from audiocnn.repeats import variants

@@ -17,7 +17,7 @@ import pytest
 import soundfile as sf
 import soxr
 
-from audiocnn.data.prepare import prepare_settings
+from audiocnn.settings import prepare_settings
 from audiocnn.data.audio import clip_samples, load_audio, load_segment, resample_array, resampled_length
 from tests.conftest import tiny_classifier
 
@@ -129,7 +129,7 @@ def featurize_peak_rss_mb(root: Path, work: Path) -> float:
         "data=folder", f"data.root={root}", f"paths.prepared={out / 'prepared'}", f"paths.features={out / 'features'}",
         "features.device=cpu", "features.num_workers=0", "features.batch_size=8"])
     script = ("import sys; sys.argv = ['featurize', '--params', sys.argv[1]]\n"
-              "from audiocnn.config import stage_main\nfrom audiocnn.features.featurize import featurize_stage\n"
+              "from audiocnn.config import stage_main\nfrom audiocnn.stages import featurize_stage\n"
               f"stage_main(featurize_stage)\nprint('maxrss_kb', {HWM})")
     done = subprocess.run([sys.executable, "-c", script, str(params)], cwd=REPO, check=True, capture_output=True,
                           text=True, timeout=300)

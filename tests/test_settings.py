@@ -6,11 +6,13 @@ from __future__ import annotations
 from typing import Annotated
 
 import pytest
+from omegaconf import OmegaConf
 from pydantic import BaseModel, Field
 
 from audiocnn.config import compose_config, validate_config
 from audiocnn.errors import SETTINGS_CONFIG, ConfigError, parse_settings
-from audiocnn.evaluation.settings import EvaluateSettings, evaluate_settings
+from audiocnn.evaluation.settings import EvaluateSettings
+from audiocnn.settings import prepare_settings, read_settings, store_settings
 from audiocnn.models.tta import Views
 
 class Inner(BaseModel):
@@ -53,11 +55,11 @@ def test_settings_are_typed_frozen_and_default_where_absent():
 
 
 def test_the_evaluate_group_reads_into_its_settings_with_the_conf_defaults():
-    settings = evaluate_settings(compose_config([]))
+    settings = read_settings(compose_config([])).evaluate
     assert isinstance(settings, EvaluateSettings)
     assert settings.top_k == [1, 3] and settings.calibration_bins == 15 and settings.explain is True
     assert settings.views == Views()  # conf/'s tta [0] x [0]: the identity
-    views = evaluate_settings(compose_config(["evaluate.tta.pitch_bins=[-1,0,1]"])).views
+    views = read_settings(compose_config(["evaluate.tta.pitch_bins=[-1,0,1]"])).evaluate.views
     assert views.shifts == [(-1, 0), (0, 0), (1, 0)]
 
 
@@ -101,9 +103,7 @@ def test_the_features_group_reads_into_its_schema_with_the_front_end_checks(over
 
 
 def test_the_features_group_reads_into_typed_settings():
-    from audiocnn.features.settings import feature_settings
-
-    settings = feature_settings(compose_config(["features=speech"]))
+    settings = read_settings(compose_config(["features=speech"])).features
     assert (settings.sr, settings.hop_length, settings.top_db, settings.device) == (8000, 128, 40.0, "auto")
     assert isinstance(settings.fmin, float) and isinstance(settings.n_bins, int)
 
@@ -126,3 +126,31 @@ def test_each_data_source_reads_its_own_keys_and_refuses_another_sources():
     assert parse_data({"name": "demo", "fold": 3, "val_groups": [7, "ann"]}).val_groups == [7, "ann"]
     with pytest.raises(ConfigError, match=r"^data\.min_duration=5\.0: must be <= data\.max_duration=4\.0$"):
         parse_data({"name": "demo_mix", "min_duration": 5.0})
+
+
+def test_a_composed_config_reads_into_one_typed_settings_object_that_builds_each_stage_input():
+    """`read_settings` reads every group with its schema once; the stage inputs it builds are those the
+    one-stage readers (`prepare_settings`, `store_settings`: DVC's prepare and featurize) build."""
+    from audiocnn.data.settings import DataSettings
+    from audiocnn.features.settings import FeatureSettings
+    from audiocnn.inference.requests import Limits
+    from audiocnn.models.settings import CRNNSettings, NoNorm
+    from audiocnn.training.augment import AugmentSettings
+    from audiocnn.training.optim import OptimizerSettings, SchedulerSettings
+    from audiocnn.training.settings import TrainerSettings
+    from audiocnn.validation.tracking_uri import TrackingSettings
+
+    cfg = compose_config(["data=demo", "model=crnn_gru", "optimizer=sgd", "scheduler=plateau", "augment=specaugment"])
+    settings = read_settings(cfg)
+    expected = {"data": DataSettings, "features": FeatureSettings, "trainer": TrainerSettings,
+                "optimizer": OptimizerSettings, "scheduler": SchedulerSettings, "model": CRNNSettings,
+                "augment": AugmentSettings, "evaluate": EvaluateSettings, "serving": Limits, "tracking": TrackingSettings}
+    assert [name for name, kind in expected.items() if not isinstance(getattr(settings, name), kind)] == []
+    assert settings.optimizer.arguments() == {"_target_": "torch.optim.SGD", "lr": 0.01, "momentum": 0.9,
+                                              "nesterov": False, "weight_decay": 5e-4}
+    assert settings.scheduler.arguments()["_target_"] == "torch.optim.lr_scheduler.ReduceLROnPlateau"
+    assert settings.model.norm == NoNorm() and settings.model.config() == OmegaConf.to_container(cfg.model, resolve=True)
+    assert sorted(settings.augment.transforms) == ["freq_mask", "time_mask"]
+    assert settings.prepare() == prepare_settings(cfg) and settings.store() == store_settings(cfg)
+    assert (settings.loader().batch_size, settings.loader().seed) == (cfg.trainer.batch_size, cfg.seed)
+    assert settings.config == OmegaConf.to_container(cfg, resolve=True)

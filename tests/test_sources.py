@@ -15,9 +15,10 @@ import pandas as pd
 import pytest
 import soundfile as sf
 
+from audiocnn.settings import prepare_settings
 from audiocnn.config import ConfigError, compose_config, validate_config
 from audiocnn.data import sources
-from audiocnn.data.prepare import prepare, prepare_settings
+from audiocnn.data.prepare import prepare
 from tests.conftest import TINY
 
 RNG = np.random.default_rng(0)

@@ -17,9 +17,9 @@ import pytest
 import torch
 from torch import nn
 
+from audiocnn.settings import store_settings
 from audiocnn.errors import NonFiniteError, StoreError
 from audiocnn.features.featurize import featurize, is_featurized, store_problem
-from audiocnn.features.settings import store_settings
 from audiocnn.features.store import FeatureStore, ShardWriter, finished_shards
 from audiocnn.training.windows import WindowDataset
 from audiocnn.training.optim import optimizer_settings

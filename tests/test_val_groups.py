@@ -9,9 +9,10 @@ import pandas as pd
 import pytest
 import soundfile as sf
 
+from audiocnn.settings import prepare_settings
 from audiocnn.data.settings import DataSettings
 from audiocnn.config import compose_config
-from audiocnn.data.prepare import assign_splits, prepare, prepare_settings
+from audiocnn.data.prepare import assign_splits, prepare
 from audiocnn.errors import ConfigError
 
 SPEAKERS = [f"s{i}" for i in range(6)]

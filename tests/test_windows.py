@@ -9,8 +9,8 @@ import pandas as pd
 import pytest
 import torch
 
+from audiocnn.settings import store_settings
 from audiocnn.features.featurize import store_dir
-from audiocnn.features.settings import store_settings
 from audiocnn.features.store import FeatureStore
 from audiocnn.experiment import data_module
 from audiocnn.training.windows import WindowDataset, collate_sliding, cut_window, window_starts

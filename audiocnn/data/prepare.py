@@ -34,7 +34,6 @@ from typing import Callable
 
 import numpy as np
 import pandas as pd
-from omegaconf import OmegaConf
 
 from audiocnn import atomic
 from audiocnn.errors import ConfigError, EmptySplitError, LeakageError, MissingInputError, Unusable
@@ -62,12 +61,6 @@ class PrepareSettings:
     raw: Path
     prepared: Path
     lock_timeout_s: float = 300.0
-
-
-def prepare_settings(cfg) -> PrepareSettings:
-    """The prepare stage's settings from a composed config; `ConfigError` naming the first bad `data` setting."""
-    return PrepareSettings(sources.parse_data(OmegaConf.to_container(cfg.data, resolve=True)), int(cfg.seed),
-                           Path(cfg.paths.raw), Path(cfg.paths.prepared), float(cfg.get("lock_timeout_s", 300)))
 
 
 def _display_path(path: str) -> str:

@@ -1,6 +1,6 @@
 """The `evaluate` config group (conf/evaluate/) as typed settings, read once before any work.
 
-`evaluate_settings(cfg)` checks the group's keys (`EvaluateSettings`, through `errors.parse_settings`:
+`evaluate_settings(values, features)` checks the group's keys (`EvaluateSettings`, through `errors.parse_settings`:
 one line naming the dotted key and the rule) and the one check that needs the front-end: each
 test-time view's shift stays inside a window (`models.tta.Views.check`).
 """
@@ -9,10 +9,10 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from omegaconf import OmegaConf
 from pydantic import AfterValidator, BaseModel, Field
 
 from audiocnn.errors import SETTINGS_CONFIG, parse_settings
+from audiocnn.features.budget import FrontendSettings
 from audiocnn.models.tta import Views
 
 SEED_MAX = 2**32 - 1  # numpy seeds are unsigned 32-bit integers
@@ -52,13 +52,9 @@ class EvaluateSettings(BaseModel):
         return Views.from_config(self.tta.model_dump() if self.tta else None)
 
 
-def evaluate_settings(cfg) -> EvaluateSettings:
-    """`cfg.evaluate` (absent: the defaults) as `EvaluateSettings`, its views checked against the window of
-    `cfg.features`; `ConfigError` naming the first bad setting."""
-    group = cfg.get("evaluate")
-    settings = parse_settings(EvaluateSettings, OmegaConf.to_container(group, resolve=True) if group else None,
-                              "evaluate")
-    features = cfg.get("features") or {}
-    settings.views.check(int(features.get("n_bins", 1)), int(features.get("window_frames", 1)),
-                         ("evaluate.tta.pitch_bins", "evaluate.tta.time_frames"))
+def evaluate_settings(values, features: FrontendSettings) -> EvaluateSettings:
+    """The `evaluate` group (plain values; None: the defaults) as `EvaluateSettings`, its views checked
+    against the window of `features`; `ConfigError` naming the first bad setting."""
+    settings = parse_settings(EvaluateSettings, values, "evaluate")
+    settings.views.check(features.n_bins, features.window_frames, ("evaluate.tta.pitch_bins", "evaluate.tta.time_frames"))
     return settings

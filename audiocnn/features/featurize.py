@@ -42,7 +42,7 @@ from audiocnn.data.prepare import read_manifest
 from audiocnn.features import distributed
 from audiocnn.features.cqt import FEATURE_KEYS, FRONTEND_VERSION, LogCQT, n_frames
 from audiocnn.features.plan import Piece, batches, chunk_margin, plan_pieces, rank_share
-from audiocnn.features.settings import FeatureSettings, StoreSettings, store_settings
+from audiocnn.features.settings import FeatureSettings, StoreSettings
 from audiocnn.features.store import (CHECKSUM, ShardWriter, check_shards, clips_md5, finished_shards, next_shard,
                                      open_store, params_hash, shard_prefix, shard_rows)
 
@@ -192,12 +192,6 @@ def featurize_share(f: FeatureSettings, root: Path, manifest: pd.DataFrame, rank
                 if piece.last:
                     bar.update(float(durations[piece.position]))
     return skipped
-
-
-def featurize_stage(cfg) -> Path:
-    """DVC's featurize stage (`pipelines/featurize.py`, `audiocnn featurize`): the store a composed config
-    names (`features.settings.store_settings`), without the imports of training and tracking."""
-    return featurize(store_settings(cfg))
 
 
 def featurize(store: StoreSettings) -> Path:

@@ -8,7 +8,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Literal
 
-from omegaconf import OmegaConf
 from pydantic import Field, model_validator
 
 from audiocnn.errors import SETTINGS_CONFIG, parse_settings
@@ -34,9 +33,9 @@ class FeatureSettings(FrontendSettings):
         return self
 
 
-def feature_settings(cfg) -> FeatureSettings:
-    """`cfg.features` as `FeatureSettings`; `ConfigError` naming the first bad setting."""
-    return parse_settings(FeatureSettings, OmegaConf.to_container(cfg.get("features") or {}, resolve=True), "features")
+def feature_settings(values) -> FeatureSettings:
+    """The `features` group (plain values) as `FeatureSettings`; `ConfigError` naming the first bad setting."""
+    return parse_settings(FeatureSettings, values, "features")
 
 
 @dataclass(frozen=True)
@@ -51,8 +50,3 @@ class StoreSettings:
     stores: Path
     lock_timeout_s: float = 300.0
 
-
-def store_settings(cfg) -> StoreSettings:
-    """The feature store a composed config names; `ConfigError` naming the first bad `features` setting."""
-    return StoreSettings(feature_settings(cfg), str(cfg.data.name), Path(cfg.paths.prepared), Path(cfg.paths.features),
-                        float(cfg.get("lock_timeout_s", 300)))

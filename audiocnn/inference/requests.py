@@ -96,14 +96,6 @@ class Limits(BaseModel):
         return self.model_dump()
 
 
-def validate_serving(cfg) -> None:
-    """Check the `serving` config group before any work (`ConfigError` naming the setting)."""
-    from omegaconf import OmegaConf
-
-    settings = cfg.get("serving")
-    Limits.from_settings(OmegaConf.to_container(settings, resolve=True) if settings is not None else None)
-
-
 def _is_list(value: Any) -> bool:
     return isinstance(value, (list, tuple)) or (isinstance(value, np.ndarray) and value.ndim >= 1)
 

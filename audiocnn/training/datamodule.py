@@ -56,13 +56,6 @@ class LoaderSettings:
     seed: int = 0
 
 
-def loader_settings(cfg) -> LoaderSettings:
-    """The loaders' settings of a composed config (validated: `trainer.*` and `seed`)."""
-    trainer = cfg.trainer
-    return LoaderSettings(int(trainer.batch_size), int(trainer.num_workers), str(trainer.get("sampler", "shuffle")),
-                          int(cfg.seed))
-
-
 class WindowDataModule(L.LightningDataModule):
     """Windows of `features.window_frames` frames; labels are indices into classes.json `(clips,)` int64,
     or for multi-label and event data (`task` "multilabel" or "events") 0/1 targets `(clips, n_classes)`

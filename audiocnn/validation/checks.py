@@ -5,23 +5,22 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from omegaconf import DictConfig
-
 from audiocnn.errors import ConfigError, ShapeError
 
 if TYPE_CHECKING:  # importing the models loads torch: the CLI's ONNX path must not
     from audiocnn.features.settings import FeatureSettings
     from audiocnn.models.settings import CNNSettings, CRNNSettings
+    from audiocnn.training.settings import TrainerSettings
 
 
-def validate_hardware(cfg: DictConfig) -> None:
+def validate_hardware(features: FeatureSettings, trainer: TrainerSettings) -> None:
     """`features.device=cuda` and `trainer.accelerator=gpu|cuda|mps` need that device here."""
     import torch
 
     cuda = torch.cuda.is_available()
-    if cfg.features.device == "cuda" and not cuda:
+    if features.device == "cuda" and not cuda:
         raise ConfigError("features.device=cuda: no CUDA GPU is available here; allowed here: auto, cpu")
-    accelerator = cfg.trainer.accelerator
+    accelerator = trainer.accelerator
     mps = getattr(torch.backends, "mps", None)
     if (accelerator in ("gpu", "cuda") and not cuda) or (accelerator == "mps" and not (mps and mps.is_available())):
         raise ConfigError(f"trainer.accelerator={accelerator}: no such device is available here; allowed here: "

@@ -17,7 +17,6 @@ from typing import Annotated
 from urllib.parse import urlsplit
 from urllib.request import url2pathname
 
-from omegaconf import DictConfig, OmegaConf
 from pydantic import AfterValidator, BaseModel
 
 from audiocnn.errors import SETTINGS_CONFIG, ConfigError, parse_settings
@@ -57,18 +56,22 @@ class TrackingSettings(BaseModel):
     registered_model: Annotated[Text, AfterValidator(_model_name)] | None = None
 
 
-def validate_tracking(cfg: DictConfig) -> None:
-    """The `tracking` group against `TrackingSettings`; then `MLFLOW_TRACKING_URI` and `tracking.uri` (which the
-    variable replaces where a process starts, `audiocnn.config.with_tracking_uri`): a store MLflow can open or
-    create. A bad variable is named as such."""
+def tracking_settings(values) -> TrackingSettings:
+    """The `tracking` group (plain values) as `TrackingSettings`; `ConfigError` naming the first bad setting,
+    credentials in a URI redacted."""
     try:
-        parse_settings(TrackingSettings, OmegaConf.to_container(cfg.get("tracking") or {}, resolve=True), "tracking")
+        return parse_settings(TrackingSettings, values, "tracking")
     except ConfigError as error:
         from audiocnn.tracking.names import redact  # only now: importing audiocnn.tracking imports MLflow
 
         raise ConfigError(redact(str(error))) from None
+
+
+def validate_tracking(settings: TrackingSettings) -> None:
+    """`MLFLOW_TRACKING_URI` and `tracking.uri` (which the variable replaces where a process starts,
+    `audiocnn.config.with_tracking_uri`): a store MLflow can open or create. A bad variable is named as such."""
     for name, uri in (("MLFLOW_TRACKING_URI", os.environ.get("MLFLOW_TRACKING_URI")),
-                      ("tracking.uri", cfg.tracking.uri)):
+                      ("tracking.uri", settings.uri)):
         problem = store_problem(uri) if uri else None
         if problem:
             from audiocnn.tracking.names import redact  # only now: importing audiocnn.tracking imports MLflow
