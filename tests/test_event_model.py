@@ -36,8 +36,6 @@ def test_attention_pooling_is_a_weighted_mean_of_the_frames_learnt_per_class():
     assert bool(((pooled >= p.amin(dim=1) - 1e-6) & (pooled <= p.amax(dim=1) + 1e-6)).all())
     pooled.sum().backward()
     assert pool.attention.weight.grad.abs().sum() > 0
-    with pytest.raises(ValueError, match=r"model.event_pool='max'; allowed: linear_softmax, attention"):
-        EventPool("max", 8, 3)
 
 
 def test_the_output_frame_rate_is_the_hop_times_the_conv_stacks_time_stride():

@@ -145,8 +145,6 @@ def test_an_event_crnn_scores_clips_by_its_event_pooling():
     maps, logits = grad_cam(model, x, torch.tensor([0, 2]))
     torch.testing.assert_close(logits, model(x), atol=1e-5, rtol=1e-4)
     assert maps.shape == (2, 84, 32) and float(maps.amax()) == pytest.approx(1.0)
-    with pytest.raises(ValueError, match=r"model.clip_output='frames'; allowed: head, event_pool"):
-        build_model(compose_config(["model=crnn_gru", "+model.clip_output=frames"]).model, 3, 84)
 
 
 def test_an_unknown_task_in_classes_json_is_refused_in_one_line(tmp_path):

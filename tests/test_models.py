@@ -6,6 +6,7 @@ import itertools
 
 import pytest
 import torch
+from omegaconf import OmegaConf
 from torch import nn
 
 from audiocnn.config import compose_config, config_groups
@@ -194,15 +195,25 @@ def test_crnn_rnn_kinds_and_temporal_pools(rnn, bidirectional, temporal_pool):
     torch.testing.assert_close(embedding, expected)
 
 
-def test_crnn_and_cnn_reject_unknown_options():
-    with pytest.raises(ValueError, match=r"model.rnn='transformer'; allowed: gru, lstm"):
-        _crnn(rnn="transformer")
-    with pytest.raises(ValueError, match=r"model.temporal_pool='median'; allowed: last, mean, max, attention"):
-        _crnn(temporal_pool="median")
-    from audiocnn.models.cnn import CNN
+@pytest.mark.parametrize("model, change, message", [
+    ("crnn_gru", {"rnn": "transformer"}, "model.rnn=transformer: allowed: 'gru' or 'lstm'"),
+    ("crnn_gru", {"temporal_pool": "median"}, "model.temporal_pool=median: allowed: 'last', 'mean', 'max' or 'attention'"),
+    ("crnn_gru", {"event_pool": "max"}, "model.event_pool=max: allowed: 'linear_softmax' or 'attention'"),
+    ("crnn_gru", {"clip_output": "frames"}, "model.clip_output=frames: allowed: 'head' or 'event_pool'"),
+    ("crnn_gru", {"global_pool": "avg"}, "model.global_pool: unknown key; allowed: _target_, name, blocks"),
+    ("cnn", {"global_pool": "sum"}, "model.global_pool=sum: allowed: 'avg', 'max', 'catavgmax' or 'grid'"),
+    ("cnn", {"grid_size": [3]}, "model.grid_size=[3]: must hold at least 2 item(s)"),
+    ("cnn", {"norm": {"type": "pcen", "r": 0}}, "model.norm.r=0: must be > 0"),
+])
+def test_the_model_schema_refuses_an_unknown_option_of_its_class(model, change, message):
+    """Each model class's options are its schema's (`models.settings`), for conf and model files alike."""
+    from audiocnn.errors import ConfigError
+    from audiocnn.models.settings import model_settings
 
-    with pytest.raises(ValueError, match=r"model.global_pool='sum'; allowed: avg, max, catavgmax, grid"):
-        CNN(n_classes=2, n_bins=16, blocks=CRNN_BLOCKS, global_pool="sum")
+    values = {**OmegaConf.to_container(compose_config([f"model={model}"]).model, resolve=True), **change}
+    with pytest.raises(ConfigError) as error:
+        model_settings(values)
+    assert str(error.value).startswith(message), str(error.value)
 
 
 @pytest.mark.parametrize("global_pool, width", [("avg", 8), ("max", 8), ("catavgmax", 16)])

@@ -54,7 +54,7 @@ from audiocnn import atomic
 from audiocnn.errors import BundleError, ConfigError
 from audiocnn.features.budget import SLACK_BYTES, classes_problem, features_problem, human
 from audiocnn.features.cqt import FRONTEND_VERSION
-from audiocnn.models.settings import model_settings
+from audiocnn.models.settings import model_settings, window_problem
 from audiocnn.models.budget import ModelCost, Stored, model_cost, stored_tensors
 from audiocnn.models import DESCRIPTIVE_KEYS, build_frontend
 from audiocnn.models.cnn import CNN
@@ -203,7 +203,7 @@ def _check(bundle: dict, where: str) -> ModelCost:
         raise BundleError(f"{where}: model={model!r:.40}: must be a mapping")
     _check_plain({k: v for k, v in model.items() if k != "_target_"}, f"{where}: model")
     try:  # the schema conf's `model` group is read with (`models.settings`)
-        model_settings(dict(model))
+        settings = model_settings(dict(model))
     except ConfigError as error:
         raise BundleError(f"{where}: {error}") from None
     features = bundle["features"]
@@ -226,6 +226,9 @@ def _check(bundle: dict, where: str) -> ModelCost:
         raise BundleError(f"{where}: task='events': needs a CRNN scoring clips by its event pooling "
                           f"(model.clip_output='event_pool'); this is {model['_target_']} with "
                           f"clip_output={model.get('clip_output', 'head')!r:.40}")
+    problem = window_problem(settings, int(features["n_bins"]), int(features["window_frames"]), features.get("top_db"))
+    if problem:
+        raise BundleError(f"{where}: {problem}")
     problem, cost = model_cost(MODEL_CLASSES[model["_target_"]], model, len(classes), int(features["n_bins"]),
                                int(features["window_frames"]), features.get("top_db"), features)
     if problem:

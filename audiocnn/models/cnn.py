@@ -64,12 +64,10 @@ class CNN(CQTClassifier):
         frontend: nn.Module | None = None,
     ):
         super().__init__(frontend)
-        if global_pool not in GLOBAL_POOLS:
-            raise ValueError(f"model.global_pool={global_pool!r}; allowed: {', '.join(GLOBAL_POOLS)}")
         self.specs = [BlockSpec.from_config(b) for b in blocks]
         trace_shapes(self.specs, (n_bins, UNBOUNDED_TIME))  # fail now if the stack collapses frequency
         self.backbone = ConvStack(self.specs)
-        self.input_norm = input_norm(norm, n_bins, top_db)  # model.norm: PCEN / per-bin (models.norm), first
+        self.input_norm = input_norm(norm, n_bins)  # model.norm: PCEN / per-bin (models.norm), first
         self.normalize = peak_normalize(top_db)  # (batch, 1, n_bins, frames), before the backbone
         self.global_pool = global_pool
         self.grid = GridPool(tuple(grid_size)) if global_pool == "grid" else None

@@ -60,16 +60,10 @@ class CRNN(CQTClassifier):
         clip_output: str = "head",
     ):
         super().__init__(frontend)
-        if clip_output not in CLIP_OUTPUTS:
-            raise ValueError(f"model.clip_output={clip_output!r}; allowed: {', '.join(CLIP_OUTPUTS)}")
         self.clip_output = clip_output
-        if rnn not in RNNS:
-            raise ValueError(f"model.rnn={rnn!r}; allowed: {', '.join(RNNS)}")
-        if temporal_pool not in TEMPORAL_POOLS:
-            raise ValueError(f"model.temporal_pool={temporal_pool!r}; allowed: {', '.join(TEMPORAL_POOLS)}")
         self.specs = [BlockSpec.from_config(b) for b in blocks]
         self.backbone = ConvStack(self.specs)
-        self.input_norm = input_norm(norm, n_bins, top_db)  # model.norm: PCEN / per-bin (models.norm), first
+        self.input_norm = input_norm(norm, n_bins)  # model.norm: PCEN / per-bin (models.norm), first
         self.normalize = peak_normalize(top_db)  # (batch, 1, n_bins, frames), before the backbone
         out_bins = trace_shapes(self.specs, (n_bins, UNBOUNDED_TIME))[-1][0]
         self.freq_pool = build_freq_pool(freq_pool, self.backbone.out_channels, out_bins)

@@ -83,9 +83,7 @@ class MaxCentroidPool(nn.Module):
 
 
 def build_freq_pool(name: str, channels: int, bins: int) -> nn.Module:
-    """The pooling `name` for a `(B, channels, bins, T)` map; `ValueError` naming `model.freq_pool` otherwise."""
-    if name not in FREQ_POOLS:
-        raise ValueError(f"model.freq_pool={name!r}; allowed: {', '.join(FREQ_POOLS)}")
+    """The pooling `name` (one of `FREQ_POOLS`) for a `(B, channels, bins, T)` map."""
     if name == "attention":
         return AttentionPool(channels)
     return {"flatten": FlattenPool, "max": MaxPool, "max_centroid": MaxCentroidPool}[name]()

@@ -33,11 +33,6 @@ import torch
 from torch import Tensor, nn
 
 
-NORM_TYPES = ("none", "pcen", "bin_norm")
-PCEN_DEFAULTS = {"alpha": 0.98, "delta": 2.0, "r": 0.5, "s": 0.04, "eps": 1e-6, "trainable": False}
-NORM_KEYS = {"none": (), "pcen": tuple(PCEN_DEFAULTS), "bin_norm": ("min_std",)}
-
-
 def smoothing_weights(s: Tensor, frames: int) -> tuple[Tensor, Tensor]:
     """The IIR M[t] = s E[t] + (1 - s) M[t-1], M[-1] = E[0], as M = E @ weights.T + E[0] * start.
 
@@ -121,27 +116,11 @@ class BinNorm(nn.Module):
         return f"n_bins={self.mean.shape[0]}, min_std={self.min_std:g}"
 
 
-def check_norm(norm: Mapping[str, Any] | None) -> dict:
-    """`model.norm` as constructor arguments ({'type': ..., ...}); ValueError naming a bad key."""
+def input_norm(norm: Mapping[str, Any] | None, n_bins: int) -> nn.Module:
+    """The layer `model.norm` names (read with `models.settings.NormSettings`: its type and that type's
+    keys); nn.Identity for none / None."""
     spec = dict(norm or {"type": "none"})
-    kind = spec.pop("type", None)
-    if kind not in NORM_TYPES:
-        raise ValueError(f"model.norm.type={kind!r}; allowed: {', '.join(NORM_TYPES)}")
-    for key in spec:
-        if key not in NORM_KEYS[kind]:
-            raise ValueError(f"model.norm.{key}: not a setting of model.norm.type={kind}; allowed: "
-                             f"{', '.join(NORM_KEYS[kind]) or 'none'}")
-    return {"type": kind, **spec}
-
-
-def input_norm(norm: Mapping[str, Any] | None, n_bins: int, top_db: float | None = None) -> nn.Module:
-    """The layer `model.norm` names (nn.Identity for none / None). Refuses `features.top_db` with
-    another normalisation: peak normalisation of PCEN or of standardised bins means nothing."""
-    spec = check_norm(norm)
     kind = spec.pop("type")
-    if kind != "none" and top_db is not None:
-        raise ValueError(f"model.norm.type={kind}: needs features.top_db=null (features.top_db={top_db:g}); "
-                         "choose one input normalisation")
     if kind == "pcen":
         return PCEN(n_bins, **spec)
     if kind == "bin_norm":

@@ -4,10 +4,10 @@ One pydantic model per model class, picked by `model._target_` (`model_settings`
 (`models.cnn.CNN`) and `CRNNSettings` (`models.crnn.CRNN`), on `ModelSettings`, the keys both have:
 the conv blocks (each a `blocks.BlockSpec`), dropout, the input normalisation (`NormSettings`: one
 model per `model.norm.type`), transfer learning (`init_from`, `freeze`) and the events task's time
-stride. Types, ranges and allowed values are checked here; what depends on the input's size (the
-blocks' shapes against the window, the model's cost) is checked with the front-end
-(`audiocnn.validation.checks.validate_model`). A model file's `model` mapping is read with the same
-schema (`models.bundle`).
+stride. Types, ranges and allowed values are checked here, and what depends on the front-end
+(`window_problem`: one input normalisation, the blocks' shapes on the window). The `model` group
+(`audiocnn.validation.checks.validate_model`) and a model file's `model` mapping (`models.bundle`) are
+read with the same schema and the same checks; the model classes take them as read.
 """
 
 from __future__ import annotations
@@ -17,8 +17,8 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, Field, model_validator
 
 from audiocnn.data.settings import Positive, PositiveInt, Text
-from audiocnn.errors import SETTINGS_CONFIG, ConfigError, parse_settings, show
-from audiocnn.models.blocks import BlockSpec
+from audiocnn.errors import SETTINGS_CONFIG, ConfigError, ShapeError, parse_settings, show
+from audiocnn.models.blocks import BlockSpec, trace_shapes
 from audiocnn.models.cnn import GLOBAL_POOLS
 from audiocnn.models.crnn import CLIP_OUTPUTS, RNNS, TEMPORAL_POOLS
 from audiocnn.models.event_pool import EVENT_POOLS
@@ -143,3 +143,17 @@ def model_settings(values, where: str = "model") -> CNNSettings | CRNNSettings:
         raise ConfigError(f"{where}._target_={show(target)}: not an audiocnn model; allowed: "
                           f"{', '.join(MODEL_SCHEMAS)} (choose a config from conf/model/)")
     return parse_settings(MODEL_SCHEMAS[target], values, where)
+
+
+def window_problem(model: ModelSettings, n_bins: int, window_frames: int, top_db: float | None) -> str | None:
+    """Why `model` cannot take the front-end's windows `(n_bins, window_frames)`, in one line naming the
+    setting, or None: a `model.norm` beside `features.top_db` (peak normalisation of PCEN or of
+    standardised bins means nothing), a conv stack that shrinks the window to nothing."""
+    if model.norm.type != "none" and top_db is not None:
+        return (f"model.norm.type={model.norm.type}: needs features.top_db=null (features.top_db={top_db:g}): "
+                "choose one input normalisation")
+    try:
+        trace_shapes(model.specs, (n_bins, window_frames))
+    except ShapeError as error:
+        return f"{error} (input {n_bins} bins x {window_frames} frames)"
+    return None

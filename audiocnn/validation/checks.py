@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from audiocnn.errors import ConfigError, ShapeError
+from audiocnn.errors import ConfigError
 
 if TYPE_CHECKING:  # importing the models loads torch: the CLI's ONNX path must not
     from audiocnn.features.settings import FeatureSettings
@@ -36,21 +36,16 @@ def validate_model(values, features: FeatureSettings) -> CNNSettings | CRNNSetti
     from audiocnn.models import build_model
     from audiocnn.models.budget import model_cost
     from audiocnn.models.bundle import MODEL_CLASSES
-    from audiocnn.models.settings import model_settings
-    from audiocnn.models.blocks import trace_shapes
+    from audiocnn.models.settings import model_settings, window_problem
 
     settings = model_settings(values)
     source = settings.init_from
     if source and not source.startswith(("runs:/", "models:/")) and not Path(source).exists():
         raise ConfigError(f"model.init_from={source}: no such file or folder")
-    if settings.norm.type != "none" and features.top_db is not None:
-        raise ConfigError(f"model.norm.type={settings.norm.type}: needs features.top_db=null (features.top_db="
-                          f"{features.top_db:g}): choose one input normalisation")
+    problem = window_problem(settings, features.n_bins, features.window_frames, features.top_db)
+    if problem:
+        raise ConfigError(problem)
     window = (features.n_bins, features.window_frames)
-    try:
-        trace_shapes(settings.specs, window)
-    except ShapeError as error:
-        raise ConfigError(f"{error} (input {window[0]} bins x {window[1]} frames)") from None
     config = settings.config()
     problem, _ = model_cost(MODEL_CLASSES[settings.target], config, 2, *window, features.top_db)
     if problem and not problem.startswith("does not build"):  # too big: refused before anything is allocated
