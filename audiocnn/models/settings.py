@@ -16,7 +16,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, Field, model_validator
 
-from audiocnn.data.settings import Positive, PositiveInt, Text
+from audiocnn.data.settings import Positive, PositiveInt, Text, UnitOpen
 from audiocnn.errors import SETTINGS_CONFIG, ConfigError, ShapeError, parse_settings, show
 from audiocnn.models.blocks import BlockSpec, trace_shapes
 from audiocnn.models.cnn import GLOBAL_POOLS
@@ -26,7 +26,6 @@ from audiocnn.models.freq_pool import FREQ_POOLS
 
 MAX_ITEMS = 64  # blocks, head_hidden, num_layers: each is a module to build (`models.budget`)
 FREEZE_OPTIONS = ("none", "backbone")  # model.freeze: `training.transfer.freeze`
-UnitOpen = Annotated[float, Field(gt=0, le=1)]
 
 
 class NoNorm(BaseModel):

@@ -26,17 +26,13 @@ from torch import nn
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import CosineAnnealingLR, LinearLR, LRScheduler, OneCycleLR, SequentialLR
 
-from audiocnn.data.settings import Positive, Text
+from audiocnn.data.settings import Count, NonNegative, Positive, Text, Unit, UnitOpen
 from audiocnn.errors import SETTINGS_CONFIG, parse_settings, show
 from audiocnn.training.transfer import parameter_groups
 
 RUN_LENGTH = ("max_epochs", "total_steps")  # given at fit time to schedules that take them
 PRECISIONS = ("32-true", "32", "bf16-mixed")
 CLASS_WEIGHTS = ("none", "balanced")
-NonNegative = Annotated[float, Field(ge=0)]
-Count = Annotated[int, Field(ge=0)]
-UnitOpen = Annotated[float, Field(gt=0, le=1)]  # (0, 1]
-Unit = Annotated[float, Field(ge=0, le=1)]  # [0, 1]
 # a schema that takes the arguments of a class it names: `extra` keys are allowed, each checked by its validator
 CLASS_ARGUMENTS_CONFIG = {**SETTINGS_CONFIG, "extra": "allow", "populate_by_name": True}
 

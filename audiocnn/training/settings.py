@@ -16,7 +16,7 @@ from typing import Annotated, Any, Literal
 from pydantic import AfterValidator, BaseModel, Field, PlainValidator, model_validator
 
 from audiocnn.data.event_decoding import MAX_MEDIAN_FRAMES
-from audiocnn.data.settings import Positive, PositiveInt, Seed
+from audiocnn.data.settings import Count, NonNegative, Positive, PositiveInt, Seed
 from audiocnn.errors import SETTINGS_CONFIG, parse_settings, show
 from audiocnn.training.optim import CLASS_WEIGHTS, PRECISIONS
 from audiocnn.training.sampling import SAMPLERS
@@ -24,8 +24,6 @@ from audiocnn.training.sampling import SAMPLERS
 # Lightning strategies the train stage supports: ddp re-runs the command once per extra process
 # (audiocnn.training.distributed); ddp_spawn would pickle the data module into its processes.
 STRATEGIES = ("auto", "ddp", "ddp_find_unused_parameters_true")
-NonNegative = Annotated[float, Field(ge=0)]
-Count = Annotated[int, Field(ge=0)]
 
 
 def _distinct(items: list) -> list:
