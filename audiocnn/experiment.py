@@ -26,6 +26,7 @@ import json
 import os
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import mlflow
@@ -46,16 +47,34 @@ from audiocnn.training import distributed, resume
 from audiocnn.training.datamodule import WindowDataModule
 from audiocnn.training.settings import trainer_settings
 from audiocnn.training.train import TrainJob, planned_processes, train
-from audiocnn.settings import group, prepare_settings, read_settings, store_settings
+from audiocnn.settings import Settings, group, prepare_settings, read_settings
 
 
-def ensure_inputs(cfg: DictConfig) -> None:
+@dataclass(frozen=True)
+class Job:
+    """One job: its composed config (`cfg`, which the orchestration passes on: to a variant, to the
+    processes of a DDP training), its settings read once (`audiocnn.settings.read_settings`) and its
+    MLflow store checked once (`resolve_tracking`)."""
+    cfg: DictConfig
+    settings: Settings
+    store: tracking.Store
+
+
+def job_of(cfg: DictConfig, store: tracking.Store | None = None) -> Job:
+    """`cfg` as a `Job`: the MLflow store checked first (with `tracking.required=false` and a server that does
+    not answer, the local store the run's params then record), then every setting read. `store`: the one
+    already checked for this `tracking` group (a variant of a repeated experiment: its parent's)."""
+    store = store or resolve_tracking(cfg)
+    return Job(cfg, read_settings(cfg), store)
+
+
+def ensure_inputs(settings: Settings) -> None:
     """Run prepare / featurize when their outputs are missing or were made for other settings
     (a DDP process other than the main one waits for the main one to make them)."""
-    job, store = prepare_settings(cfg), store_settings(cfg)
+    job, store = settings.prepare(), settings.store()
     if not distributed.is_main_process():
         distributed.wait_for(lambda: is_prepared(job) and (store.features.on_the_fly or is_featurized(store)),
-                             f"the manifest in {cfg.paths.prepared} and the feature store")
+                             f"the manifest in {job.prepared} and the feature store")
         return
     if not is_prepared(job):
         prepare(job, classes_problem=classes_problem)
@@ -71,23 +90,20 @@ def served_config(cfg: DictConfig) -> dict:
                           for node in (serving, tta)))
 
 
-def train_job(cfg: DictConfig) -> TrainJob:
-    """The train stage's inputs of `cfg`, its settings read once (the MLflow store checked first: a fallback
-    store is what the run's params record)."""
-    store = resolve_tracking(cfg)
-    settings = read_settings(cfg)
-    return TrainJob(settings.prepare(), settings.store(), settings.loader(), store, Path(settings.run.paths.models),
+def train_job(job: Job) -> TrainJob:
+    """The train stage's input for `job`."""
+    settings = job.settings
+    return TrainJob(settings.prepare(), settings.store(), settings.loader(), job.store, Path(settings.run.paths.models),
                     settings.tracking.run_name, settings.trainer, settings.model, settings.optimizer,
                     settings.scheduler, settings.augment, settings.config)
 
 
-def evaluate_job(cfg: DictConfig) -> EvaluateJob:
-    """The evaluate stage's inputs of `cfg`, its settings read once (the MLflow store checked now)."""
-    store = resolve_tracking(cfg)
-    settings = read_settings(cfg)
-    paths = settings.run.paths
+def evaluate_job(job: Job) -> EvaluateJob:
+    """The evaluate stage's input for `job`."""
+    settings, paths = job.settings, job.settings.run.paths
     return EvaluateJob(Path(paths.models), Path(paths.metrics), settings.store(), settings.loader(),
-                       settings.evaluate, store, settings.model.name, settings.data.name, tuple(settings.run.ensemble))
+                       settings.evaluate, job.store, settings.model.name, settings.data.name,
+                       tuple(settings.run.ensemble))
 
 
 def data_module(cfg: DictConfig, time_stride: int | None = None) -> WindowDataModule:
@@ -112,53 +128,52 @@ def resolve_tracking(cfg: DictConfig) -> tracking.Store:
     return store
 
 
-def log_servable_model(cfg: DictConfig, summary: dict) -> dict:
+def log_servable_model(job: Job, summary: dict) -> dict:
     """Log `<paths.models>/model.pt` as the training run's pyfunc (raw audio in, probabilities out;
     `audiocnn.inference.pyfunc`) with `served_config(cfg)`, registered as `tracking.registered_model`;
     record its URI and config in run.json."""
-    out = Path(cfg.paths.models)
-    config = served_config(cfg)
-    with tracking.open_run(resolve_tracking(cfg), run_id=summary["run_id"]):
-        info = log_audio_model(out / "model.pt", cfg.tracking.get("registered_model"), config,
-                               task=summary.get("task"))
+    out, registered = Path(job.settings.run.paths.models), job.settings.tracking.registered_model
+    config = served_config(job.cfg)
+    with tracking.open_run(job.store, run_id=summary["run_id"]):
+        info = log_audio_model(out / "model.pt", registered, config, task=summary.get("task"))
     summary = {**summary, "model_uri": info.model_uri, "model_config": config}
     if info.registered_model_version:
-        summary["registered_model"] = f"models:/{cfg.tracking.registered_model}/{info.registered_model_version}"
+        summary["registered_model"] = f"models:/{registered}/{info.registered_model_version}"
     atomic.write_json(out / "run.json", summary)
     return summary
 
 
-def export_onnx(cfg: DictConfig, summary: dict) -> dict:
+def export_onnx(job: Job, summary: dict) -> dict:
     """`<paths.models>/model.onnx` (`audiocnn.inference.export`), logged with the training run."""
-    out = Path(cfg.paths.models)
+    out = Path(job.settings.run.paths.models)
     path = export_model(out / "model.pt", "onnx", out / "model.onnx")
-    with tracking.open_run(resolve_tracking(cfg), run_id=summary["run_id"]):
+    with tracking.open_run(job.store, run_id=summary["run_id"]):
         mlflow.log_artifact(str(path))
     return summary
 
 
-def train_model(cfg: DictConfig, run_name_suffix: str = "", skip_finished: bool = False,
+def train_model(job: Job, run_name_suffix: str = "", skip_finished: bool = False,
                 parent_run_id: str | None = None) -> dict:
     """Train one model (the train stage); with `tracking.log_model` log it servable, with
     `tracking.export_onnx` export and log `model.onnx`. `skip_finished`: a model `paths.models`
     already holds for these settings and this code is kept, not trained again (repeats and
     Hydra jobs rerun after a kill); only what was not done after its training is done.
     `parent_run_id`: the run the training run is a child of (a sweep's, a repeat's)."""
-    summary = resume.finished(OmegaConf.to_container(cfg, resolve=True)) if skip_finished else None
+    settings = job.settings
+    out = Path(settings.run.paths.models)
+    summary = resume.finished(settings.config) if skip_finished else None
     if summary is None:
-        summary = train(train_job(cfg), run_name_suffix=run_name_suffix, parent_run_id=parent_run_id)
+        summary = train(train_job(job), run_name_suffix=run_name_suffix, parent_run_id=parent_run_id)
     else:
-        print(f"train: {cfg.paths.models} already holds this training (MLflow run {summary['run_id']}); "
-              "not trained again")
+        print(f"train: {out} already holds this training (MLflow run {summary['run_id']}); not trained again")
     if not distributed.is_main_process():  # another DDP process: it trained, the main one logs
         return summary
-    out = Path(cfg.paths.models)
     onnx = out / "model.onnx"
-    if cfg.tracking.get("export_onnx", False) and not (onnx.exists() and onnx.stat().st_mtime >=
-                                                       (out / "model.pt").stat().st_mtime):
-        summary = export_onnx(cfg, summary)
-    logged = "model_uri" in summary and summary.get("model_config") == served_config(cfg)
-    return log_servable_model(cfg, summary) if cfg.tracking.log_model and not logged else summary
+    if settings.tracking.export_onnx and not (onnx.exists() and onnx.stat().st_mtime >=
+                                              (out / "model.pt").stat().st_mtime):
+        summary = export_onnx(job, summary)
+    logged = "model_uri" in summary and summary.get("model_config") == served_config(job.cfg)
+    return log_servable_model(job, summary) if settings.tracking.log_model and not logged else summary
 
 
 def validation_score(summary: dict) -> float:
@@ -169,10 +184,10 @@ def validation_score(summary: dict) -> float:
             else summary["best_val_acc"])
 
 
-def evaluate_model(cfg: DictConfig) -> dict:
+def evaluate_model(job: Job) -> dict:
     """Test metrics of the model in `paths.models`, or of the ensemble `ensemble=[...]`."""
-    job = evaluate_job(cfg)
-    return evaluate_ensemble(job) if job.ensemble else evaluate(job)
+    inputs = evaluate_job(job)
+    return evaluate_ensemble(inputs) if inputs.ensemble else evaluate(inputs)
 
 
 def run_repeats(cfg: DictConfig, steps: tuple[str, ...] = ("train", "evaluate"), run_name_suffix: str = "",
@@ -192,12 +207,12 @@ def run_repeats(cfg: DictConfig, steps: tuple[str, ...] = ("train", "evaluate"),
     store = resolve_tracking(cfg)
     if "train" in steps:
         if make_inputs:
-            ensure_inputs(cfg)
+            ensure_inputs(read_settings(cfg))
         todo = repeats.variants(cfg)
         prepare_variants(cfg, todo)  # all before the first fit, whose DDP processes re-run this
         if not distributed.is_main_process():  # another DDP process: the same fits, nothing else
             for variant in todo:
-                train_model(repeats.variant_config(cfg, variant), run_name_suffix=run_name_suffix)
+                train_model(job_of(repeats.variant_config(cfg, variant), store), run_name_suffix=run_name_suffix)
             return {}
         parent = repeats.start(cfg, todo, store, run_name_suffix)
         if parent_run_id:
@@ -212,11 +227,12 @@ def run_repeats(cfg: DictConfig, steps: tuple[str, ...] = ("train", "evaluate"),
             single = repeats.variant_config(cfg, variant)
             if "train" in steps:
                 single.tracking.run_name = repeats.variant_run_name(cfg, variant, run_name_suffix)
-                summary = train_model(single, run_name_suffix=run_name_suffix, skip_finished=True,
-                                      parent_run_id=parent)
+            job = job_of(single, store)
+            if "train" in steps:
+                summary = train_model(job, run_name_suffix=run_name_suffix, skip_finished=True, parent_run_id=parent)
             else:
                 summary = json.loads((Path(single.paths.models) / "run.json").read_text())
-            metrics = evaluate_model(single) if "evaluate" in steps else {}
+            metrics = evaluate_model(job) if "evaluate" in steps else {}
             results.append({"variant": variant, "best_val_acc": validation_score(summary), **metrics})
         if "evaluate" not in steps:  # the evaluate stage reopens the parent
             tracking.end_parent_run(store, parent, "FINISHED")
@@ -245,7 +261,7 @@ def train_stage(cfg: DictConfig) -> dict:
     """DVC's train stage: one model, or every variant when folds/seeds are repeated."""
     if repeats.is_repeated(cfg):
         return run_repeats(cfg, steps=("train",), make_inputs=False)
-    return train_model(cfg)
+    return train_model(job_of(cfg))
 
 
 def evaluate_stage(cfg: DictConfig) -> dict:
@@ -254,7 +270,7 @@ def evaluate_stage(cfg: DictConfig) -> dict:
         return {}
     if repeats.is_repeated(cfg) and not cfg.get("ensemble"):
         return run_repeats(cfg, steps=("evaluate",))
-    return evaluate_model(cfg)
+    return evaluate_model(job_of(cfg))
 
 
 def _job_output_dir() -> tuple[str, str]:
@@ -268,30 +284,30 @@ def _job_output_dir() -> tuple[str, str]:
 def run_experiment(cfg: DictConfig) -> float:
     """One Hydra job: inputs, train, evaluate `cfg`; returns the validation accuracy (what a sweep optimises).
     In a sweep, its runs are children of the sweep's parent run (`sweep.parent_run_id`)."""
-    resolve_tracking(cfg)  # before any work: a tracking server that does not answer ends the job
     output_dir, overrides = _job_output_dir()
     cfg.paths.models = f"{output_dir}/model"
     cfg.paths.metrics = f"{output_dir}/metrics"
+    job = job_of(cfg)  # before any work: a tracking server that does not answer ends the job
     parent = sweep.parent_run_id()
-    if processes_of(cfg) > 1:
-        ensure_inputs(cfg)
+    if planned_processes(job.settings.trainer) > 1:
+        ensure_inputs(job.settings)
         train_in_processes(cfg, Path(output_dir) / "train_params.yaml", overrides)
         if not distributed.is_main_process():  # a job started by torchrun / srun on every rank
             return 0.0
         if repeats.is_repeated(cfg):
             if parent:
-                tracking.set_parent(resolve_tracking(cfg), repeats.resume_parent(cfg)[0], parent)
+                tracking.set_parent(job.store, repeats.resume_parent(cfg)[0], parent)
             return run_repeats(cfg, steps=("evaluate",))["best_val_acc"]
         summary = json.loads((Path(cfg.paths.models) / "run.json").read_text())
         if parent:
-            tracking.set_parent(resolve_tracking(cfg), summary["run_id"], parent)
-        evaluate_model(cfg)
+            tracking.set_parent(job.store, summary["run_id"], parent)
+        evaluate_model(job)
         return validation_score(summary)
     if repeats.is_repeated(cfg):
         return run_repeats(cfg, run_name_suffix=overrides, parent_run_id=parent)["best_val_acc"]
-    ensure_inputs(cfg)
-    summary = train_model(cfg, run_name_suffix=overrides, skip_finished=True, parent_run_id=parent)
-    evaluate_model(cfg)
+    ensure_inputs(job.settings)
+    summary = train_model(job, run_name_suffix=overrides, skip_finished=True, parent_run_id=parent)
+    evaluate_model(job)
     return validation_score(summary)
 
 

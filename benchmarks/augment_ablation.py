@@ -50,7 +50,7 @@ from common import benchmark_config, machine, train_and_evaluate
 from audiocnn.settings import prepare_settings, store_settings
 from audiocnn.data.prepare import prepare
 from audiocnn.evaluation.ensemble import evaluate_ensemble
-from audiocnn.experiment import evaluate_job
+from audiocnn.experiment import evaluate_job, job_of
 from audiocnn.experiment import evaluate_model
 from audiocnn.features.featurize import featurize
 
@@ -236,7 +236,7 @@ def run_cell(work: Path, base: list[str], config: str, fold: str) -> dict:
     trained = cell_dir(work, evaluation_base(member)) / "model"
     if not ensemble and trained != out / "model" and (trained / "model.pt").exists():
         cfg.paths.models = str(trained)  # only evaluate.* differs: score that row's model (a paired comparison)
-        return {**evaluate_model(cfg), "epochs": cfg.trainer.max_epochs}  # patience >= max_epochs: all ran
+        return {**evaluate_model(job_of(cfg)), "epochs": cfg.trainer.max_epochs}  # patience >= max_epochs: all ran
     if not ensemble:
         result = train_and_evaluate(cfg, run_name_suffix=f"ablation-{config}-{fold}")
         return {**result["metrics"], "epochs": result["epochs"]}
@@ -246,7 +246,7 @@ def run_cell(work: Path, base: list[str], config: str, fold: str) -> dict:
         raise SystemExit(f"{config}: run the members first (--configs {member} {member}:seed=1 ...); "
                          f"missing {', '.join(missing)}")
     cfg.ensemble = [str(m) for m in members]
-    return {**evaluate_ensemble(evaluate_job(cfg)), "epochs": cfg.trainer.max_epochs}
+    return {**evaluate_ensemble(evaluate_job(job_of(cfg))), "epochs": cfg.trainer.max_epochs}
 
 
 def record(path: Path, settings: dict, run: dict | None = None) -> list[dict]:

@@ -26,7 +26,7 @@ from omegaconf import open_dict
 
 from audiocnn.settings import prepare_settings, store_settings
 from audiocnn.data.prepare import prepare
-from audiocnn.experiment import evaluate_model
+from audiocnn.experiment import evaluate_model, job_of
 from audiocnn.features.featurize import featurize
 
 RESULTS = Path(__file__).parent / "results" / "calibration.json"
@@ -45,7 +45,7 @@ def run_fold(work: Path, fsdd_root: Path, fold: str, tta: dict) -> dict:
     plain = trained["metrics"]
     with open_dict(cfg):
         cfg.evaluate.tta = tta
-    viewed = evaluate_model(cfg)
+    viewed = evaluate_model(job_of(cfg))
     keep = ("accuracy", "ece_uncalibrated", "ece", "temperature")
     return {"fold": fold, "epochs": trained["epochs"], "seconds": round(time.perf_counter() - started, 1),
             "no_tta": {k: plain[k] for k in keep}, "tta": {k: viewed[k] for k in keep}}

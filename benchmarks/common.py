@@ -12,7 +12,7 @@ import torch
 
 from audiocnn import atomic
 from audiocnn.config import compose_config, validate_config
-from audiocnn.experiment import ensure_inputs, evaluate_model, train_model
+from audiocnn.experiment import ensure_inputs, evaluate_model, train_model, job_of
 
 
 def commit() -> str:
@@ -64,11 +64,12 @@ def benchmark_config(work: Path, *overrides: str):
 
 def train_and_evaluate(cfg, run_name_suffix: str) -> dict:
     """Train then evaluate `cfg` (a real tracked run); returns its numbers and timings."""
-    ensure_inputs(cfg)
+    job = job_of(cfg)
+    ensure_inputs(job.settings)
     started = time.perf_counter()
-    summary = train_model(cfg, run_name_suffix=run_name_suffix)
+    summary = train_model(job, run_name_suffix=run_name_suffix)
     seconds = time.perf_counter() - started
-    metrics = evaluate_model(cfg)
+    metrics = evaluate_model(job)
     epochs = summary["epochs"]  # epochs completed (Lightning's current_epoch after fit)
     return {"accuracy": metrics["accuracy"], "macro_f1": metrics["macro_f1"], "metrics": metrics,
             "epochs": epochs, "train_seconds": round(seconds, 1),

@@ -60,11 +60,11 @@ def _no_external_tracking_server():
 def train(cfg, run_name_suffix: str = "") -> dict:
     """What a Hydra job does before it evaluates (`audiocnn.experiment.run_experiment`): check the
     tracking server, make the missing inputs (prepare, featurize), train, log the servable model."""
-    from audiocnn.experiment import ensure_inputs, resolve_tracking, train_model
+    from audiocnn.experiment import ensure_inputs, job_of, train_model
 
-    resolve_tracking(cfg)
-    ensure_inputs(cfg)
-    return train_model(cfg, run_name_suffix=run_name_suffix)
+    job = job_of(cfg)
+    ensure_inputs(job.settings)
+    return train_model(job, run_name_suffix=run_name_suffix)
 
 
 def untrained_bundle(root: Path, *overrides: str) -> Path:

@@ -271,7 +271,7 @@ def test_combo_config_wires_its_transforms_into_training_only(tmp_path, prepared
     import lightning as L
 
     from audiocnn.models import build_model
-    from audiocnn.experiment import data_module
+    from audiocnn.experiment import data_module, job_of
     from audiocnn.experiment import train_job
     from audiocnn.training.train import build_module
     from tests.conftest import tiny_config
@@ -281,7 +281,7 @@ def test_combo_config_wires_its_transforms_into_training_only(tmp_path, prepared
         cfg.paths[key] = prepared_store.paths[key]
     L.seed_everything(0)
     data = data_module(cfg)
-    module = build_module(train_job(cfg), build_model(cfg.model, len(data.classes), cfg.features.n_bins), data)
+    module = build_module(train_job(job_of(cfg)), build_model(cfg.model, len(data.classes), cfg.features.n_bins), data)
     combo = compose_config(["augment=combo"]).augment.transforms
     assert set(module.augment.settings) == {"time_shift", "freq_mask", "time_mask", "mixup"} == set(combo)
     for name, settings in combo.items():

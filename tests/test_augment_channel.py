@@ -163,7 +163,7 @@ def test_on_the_fly_training_runs_the_waveform_channel_transforms_at_the_feature
     import lightning as L
 
     from audiocnn.models import build_frontend, build_model
-    from audiocnn.experiment import data_module
+    from audiocnn.experiment import data_module, job_of
     from audiocnn.experiment import train_job
     from audiocnn.training.train import build_module
     from tests.conftest import tiny_config
@@ -176,7 +176,7 @@ def test_on_the_fly_training_runs_the_waveform_channel_transforms_at_the_feature
     L.seed_everything(0)
     data = data_module(cfg)
     model = build_model(cfg.model, len(data.classes), cfg.features.n_bins, frontend=build_frontend(cfg.features))
-    module = build_module(train_job(cfg), model, data)
+    module = build_module(train_job(job_of(cfg)), model, data)
     assert module.waveform_augment.context["sr"] == cfg.features.sr
     assert list(module.waveform_augment.settings) == ["eq", "lowpass", "reverb"]
     seen = []

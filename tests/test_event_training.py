@@ -15,6 +15,8 @@ import torch
 from omegaconf import OmegaConf, open_dict
 
 from audiocnn.config import compose_config
+from audiocnn.experiment import job_of
+from audiocnn.settings import read_settings
 from audiocnn.data.events import Event
 from audiocnn.data.prepare import read_classes
 from audiocnn.errors import ConfigError, InputError
@@ -195,14 +197,14 @@ def test_an_events_bundle_is_checked_as_untrusted_data(tmp_path):
 def trained_events(tmp_path_factory):
     """A tiny demo_events (32 scenes of 4 s, 2-s windows), a CRNN trained on it for 2 epochs and evaluated:
     (cfg, train summary, test metrics)."""
-    from audiocnn.experiment import ensure_inputs, evaluate_model, train_model
+    from audiocnn.experiment import ensure_inputs, evaluate_model, train_model, job_of
 
     cfg = config(tmp_path_factory.mktemp("events"), "demo_events", "data.clips=32", "data.duration=4.0",
                  "data.max_event_seconds=2.0", "features.window_frames=64", "model=crnn_gru", "model.hidden_size=32",
                  "trainer.max_epochs=2", "tracking.export_onnx=false")
-    ensure_inputs(cfg)
-    summary = train_model(cfg)
-    return cfg, summary, evaluate_model(cfg)
+    ensure_inputs(read_settings(cfg))
+    summary = train_model(job_of(cfg))
+    return cfg, summary, evaluate_model(job_of(cfg))
 
 
 def test_an_events_training_records_the_task_and_logs_a_finite_frame_loss(trained_events):
@@ -291,7 +293,7 @@ def test_a_cnn_is_refused_for_event_data_before_any_training(trained_events, tmp
         cnn.model = compose_config(["model=cnn"]).model
         cnn.paths.models = str(tmp_path / "m")
     with pytest.raises(ConfigError, match=r"^model=cnn: the events task needs a CRNN") as error:
-        train(train_job(cnn))
+        train(train_job(job_of(cnn)))
     assert "\n" not in str(error.value) and not (tmp_path / "m" / "model.pt").exists()
 
 
@@ -318,7 +320,7 @@ def test_an_events_module_with_balanced_class_weights_carries_both_pos_weights(t
     cfg, _, _ = trained_events
     weighted = OmegaConf.merge(cfg, {"trainer": {"class_weights": "balanced"}})
     data = data_module(weighted, time_stride=2)
-    module = build_module(train_job(weighted), load_bundle(Path(cfg.paths.models) / "model.pt")[0], data)
+    module = build_module(train_job(job_of(weighted)), load_bundle(Path(cfg.paths.models) / "model.pt")[0], data)
     assert module.clip_pos_weight.shape == module.frame_pos_weight.shape == (len(data.classes),)
     assert bool((module.frame_pos_weight > module.clip_pos_weight).all())  # events are rarer among frames
     assert "frame_pos_weight" not in module.state_dict()  # recomputed, not checkpointed
@@ -395,7 +397,7 @@ def test_the_logged_pyfunc_serves_events_and_declares_them(trained_events):
     from audiocnn.experiment import log_servable_model
 
     cfg, summary, _ = trained_events
-    run = log_servable_model(cfg, summary)  # what the train stage does after training
+    run = log_servable_model(job_of(cfg), summary)  # what the train stage does after training
     mlflow.set_tracking_uri(cfg.tracking.uri)
     info = mlflow.models.get_model_info(run["model_uri"])
     assert info.signature.outputs == EVENTS_OUTPUT_SCHEMA
@@ -461,14 +463,14 @@ def test_an_events_model_trained_on_the_fly_is_fitted_evaluated_and_predicted_on
     cfg = config(tmp_path, "demo_events", "data.clips=32", "data.duration=4.0", "data.max_event_seconds=2.0",
                  "features.window_frames=64", "features.on_the_fly=true", "model=crnn_gru", "model.hidden_size=32",
                  "trainer.max_epochs=2", "tracking.export_onnx=false")
-    ensure_inputs(cfg)
+    ensure_inputs(read_settings(cfg))
     data = data_module(cfg, time_stride=2)
     x, labels, frames, strong = data.dataset("train", "random").__getitems__([0, 1, 2])
     assert x.shape == (3, 63 * cfg.features.hop_length) and frames.shape == (3, 32, 6) and bool(strong.all())
     assert frames.sum() > 0 and bool((frames.amax(dim=1) <= labels).all())  # only classes of its clip's events
-    summary = train_model(cfg)
+    summary = train_model(job_of(cfg))
     assert summary["events"]["time_stride"] == 2 and len(summary["events"]["post_processing"]["thresholds"]) == 6
-    metrics = evaluate_model(cfg)
+    metrics = evaluate_model(job_of(cfg))
     assert metrics["n_strong_clips"] > 0 and metrics["segment_macro_f1"] is not None
     evaluated = read_strong(Path(cfg.paths.metrics) / "events" / "test_events.tsv").events
     assert evaluated and len(evaluated) == metrics["n_detected_events"]

@@ -120,7 +120,7 @@ def test_explain_cli_writes_a_grad_cam_png(tmp_path, capsys, prepared_store):
 def test_evaluate_writes_every_report_and_explains(tmp_path, prepared_store):
     """Train two epochs with augmentation and a schedule, then evaluate: the whole report set."""
     from audiocnn.evaluation.evaluate import evaluate
-    from audiocnn.experiment import evaluate_job
+    from audiocnn.experiment import evaluate_job, job_of
     from tests.conftest import train
 
     cfg = tiny_config(tmp_path, "augment=combo", "scheduler=cosine",
@@ -129,7 +129,7 @@ def test_evaluate_writes_every_report_and_explains(tmp_path, prepared_store):
     for key in ("raw", "prepared", "features"):  # read the shared tiny store, write models/metrics here
         cfg.paths[key] = prepared_store.paths[key]
     train(cfg)
-    metrics = evaluate(evaluate_job(cfg))
+    metrics = evaluate(evaluate_job(job_of(cfg)))
     out = tmp_path / "metrics"
     saved = json.loads((out / "test.json").read_text())
     for key in ("accuracy", "balanced_accuracy", "macro_f1", "top_k_accuracy", "ece", "accuracy_ci95", "worst_class"):

@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 from mlflow.utils.validation import _validate_metric_name
 
-from audiocnn.experiment import resolve_tracking
+from audiocnn.experiment import resolve_tracking, job_of
 from audiocnn import tracking
 from audiocnn.config import validate_config
 from audiocnn.data.names import csv_cell, read_csv_cell, slug, slug_map
@@ -119,7 +119,7 @@ def test_class_names_with_symbols_train_evaluate_and_log_under_slug_keys(tmp_pat
                         "data.test_fraction=0.25", *FAST, "evaluate.explain=true")
     validate_config(cfg)
     summary = train(cfg)
-    metrics = evaluate(evaluate_job(cfg))
+    metrics = evaluate(evaluate_job(job_of(cfg)))
 
     assert set(metrics["per_class_f1"]) == set(classes)
     test = json.loads((Path(cfg.paths.metrics) / "per_class.json").read_text())

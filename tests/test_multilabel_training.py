@@ -14,6 +14,8 @@ import torch
 from sklearn.metrics import average_precision_score, label_ranking_average_precision_score, precision_recall_curve
 
 from audiocnn.errors import BundleError, ConfigError, InputError
+from audiocnn.experiment import job_of
+from audiocnn.settings import read_settings
 from audiocnn.evaluation.metrics import label_weighted_lrap, multilabel_metrics
 from audiocnn.features import sliding
 from audiocnn.models.bundle import load_bundle, save_bundle
@@ -145,13 +147,13 @@ def test_bundle_task_and_thresholds_are_checked_as_untrusted_data(tmp_path):
 def trained_mix(tmp_path_factory):
     """A tiny demo_mix (36 mixtures), trained for 2 epochs with the rare-label sampler and evaluated:
     (cfg, train summary, test metrics)."""
-    from audiocnn.experiment import ensure_inputs, evaluate_model, train_model
+    from audiocnn.experiment import ensure_inputs, evaluate_model, train_model, job_of
 
     cfg = config(tmp_path_factory.mktemp("mix"), "demo_mix", "data.clips=36", "trainer.max_epochs=2", "model=cnn",
                  "tracking.export_onnx=false", "trainer.sampler=balanced")
-    ensure_inputs(cfg)
-    summary = train_model(cfg)
-    return cfg, summary, evaluate_model(cfg)
+    ensure_inputs(read_settings(cfg))
+    summary = train_model(job_of(cfg))
+    return cfg, summary, evaluate_model(job_of(cfg))
 
 
 def test_a_multilabel_training_stores_thresholds_fitted_on_validation(trained_mix):
@@ -226,7 +228,7 @@ def test_temperature_calibration_on_multilabel_data_is_refused_naming_the_settin
     cfg = cfg.copy()
     cfg.trainer.calibrate = "temperature"
     with pytest.raises(ConfigError, match=r"^trainer.calibrate=temperature: not for multi-label data"):
-        train(train_job(cfg))
+        train(train_job(job_of(cfg)))
 
 
 def test_repeats_and_ensembles_of_multilabel_models_are_refused_in_one_line_before_work(trained_mix):
@@ -243,7 +245,7 @@ def test_repeats_and_ensembles_of_multilabel_models_are_refused_in_one_line_befo
     ensemble = cfg.copy()
     ensemble.ensemble = [cfg.paths.models, cfg.paths.models]
     with pytest.raises(ConfigError, match=r"^ensemble: not yet for multi-label data"):
-        evaluate_ensemble(evaluate_job(ensemble))
+        evaluate_ensemble(evaluate_job(job_of(ensemble)))
 
 
 def test_predict_pyfunc_and_exports_give_the_same_label_sets(trained_mix, tmp_path, capsys):

@@ -16,7 +16,7 @@ from audiocnn.settings import store_settings
 from audiocnn.features.cqt import CQTFrontend
 from audiocnn.features.featurize import featurize
 from audiocnn.models import build_frontend, build_model
-from audiocnn.experiment import data_module
+from audiocnn.experiment import data_module, job_of
 from audiocnn.training.module import Classifier
 from audiocnn.training.optim import optimizer_settings
 from tests.conftest import tiny_config
@@ -88,7 +88,7 @@ def test_train_and_evaluate_on_the_fly_with_trainable_kernels(tmp_path):
     with torch.no_grad():
         logits = model(torch.zeros(2, (cfg.features.window_frames - 1) * cfg.features.hop_length))
     assert logits.shape == (2, len(bundle["classes"]))
-    metrics = evaluate(evaluate_job(cfg))
+    metrics = evaluate(evaluate_job(job_of(cfg)))
     assert metrics["n_clips"] == len(pd.read_csv(Path(cfg.paths.prepared) / "manifest.csv").query("split == 'test'"))
     assert summary["epochs"] >= 1
 

@@ -20,12 +20,12 @@ from tests.conftest import tiny_config, train
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     """A crnn_gru trained 2 epochs on the tiny demo data and evaluated (predictions.csv written)."""
-    from audiocnn.experiment import evaluate_model
+    from audiocnn.experiment import evaluate_model, job_of
 
     root = tmp_path_factory.mktemp("predict")
     cfg = tiny_config(root, "model=crnn_gru", "tracking.export_onnx=true")
     train(cfg)
-    evaluate_model(cfg)
+    evaluate_model(job_of(cfg))
     return cfg, pd.read_csv(root / "metrics" / "predictions.csv", dtype={"actual": str, "predicted": str})
 
 

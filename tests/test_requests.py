@@ -26,6 +26,7 @@ import soundfile as sf
 from mlflow.exceptions import MlflowException
 
 from audiocnn.errors import ConfigError
+from audiocnn.experiment import job_of
 from audiocnn.inference.pyfunc import OUTPUT_SCHEMA, log_audio_model, model_config
 from audiocnn.inference.requests import Limits
 from tests.conftest import tiny_classifier, untrained_bundle
@@ -224,7 +225,7 @@ def test_orchestration_logs_the_model_with_the_serving_config(tmp_path, monkeypa
     monkeypatch.setattr(experiment, "log_audio_model", fake_log)
     monkeypatch.setattr(experiment.tracking, "open_run", lambda cfg, run_id: contextlib.nullcontext())
     cfg = compose_config([f"paths.models={tmp_path}", "serving.max_seconds=30"])
-    experiment.log_servable_model(cfg, {"run_id": "0" * 32})
+    experiment.log_servable_model(job_of(cfg), {"run_id": "0" * 32})
     assert logged["serving"] == {**Limits().as_dict(), "max_seconds": 30}
     with pytest.raises(ConfigError, match="serving.min_sample_rate=0"):
         validate_config(compose_config(["serving.min_sample_rate=0"]))

@@ -19,7 +19,7 @@ from omegaconf import OmegaConf
 
 from audiocnn import tracking
 from audiocnn.evaluation.evaluate import evaluate
-from audiocnn.experiment import evaluate_job
+from audiocnn.experiment import evaluate_job, job_of
 from audiocnn.experiment import run_repeats
 from audiocnn.tracking import owners
 from audiocnn.training import resume
@@ -106,7 +106,7 @@ def test_a_training_killed_mid_run_resumes_to_the_same_model_metrics_and_run(tmp
     assert ours.keys() == theirs.keys()
     for key in ours:
         torch.testing.assert_close(ours[key], theirs[key], rtol=0, atol=1e-6, msg=key)
-    metrics, expected = evaluate(evaluate_job(killed)), evaluate(evaluate_job(whole))
+    metrics, expected = evaluate(evaluate_job(job_of(killed))), evaluate(evaluate_job(job_of(whole)))
     numbers = {k: v for k, v in expected.items() if isinstance(v, float)}
     assert "accuracy" in numbers and {k: metrics[k] for k in numbers} == pytest.approx(numbers, abs=1e-6)
 
@@ -165,7 +165,7 @@ def test_other_settings_or_resume_false_start_afresh_and_say_why(tmp_path, prepa
     crash = {"after": 1}
     crash_when(monkeypatch, lambda settings, out: crash["after"])
     with pytest.raises(RuntimeError, match="crash after epoch 2"):
-        train(train_job(cfg))
+        train(train_job(job_of(cfg)))
     crashed = json.loads((out / resume.STATE).read_text())["run_id"]
     client = MlflowClient(cfg.tracking.uri)
     assert client.get_run(crashed).info.status == "FAILED"
@@ -174,7 +174,7 @@ def test_other_settings_or_resume_false_start_afresh_and_say_why(tmp_path, prepa
 
     capsys.readouterr()
     with pytest.raises(RuntimeError):
-        train(train_job(config(tmp_path, prepared_store, "run", *base, "trainer.resume=false")))
+        train(train_job(job_of(config(tmp_path, prepared_store, "run", *base, "trainer.resume=false"))))
     assert f"train: trainer.resume=false: not resuming {out / resume.LAST} (2 epochs); starting afresh" in \
         capsys.readouterr().out
     second = json.loads((out / resume.STATE).read_text())["run_id"]
@@ -183,7 +183,7 @@ def test_other_settings_or_resume_false_start_afresh_and_say_why(tmp_path, prepa
     crash["after"] = None
     watch = MetricsBeforeCheckpoints()
     crash_when(monkeypatch, lambda settings, out: None, watch)
-    summary = train(train_job(config(tmp_path, prepared_store, "run", *base, "optimizer.lr=0.002")))
+    summary = train(train_job(job_of(config(tmp_path, prepared_store, "run", *base, "optimizer.lr=0.002"))))
     # no checkpoint is ahead of the metrics logged: a kill at any moment loses no train_loss point
     assert watch.seen and all(epochs <= points for epochs, points in watch.seen), watch.seen
     said = [line for line in capsys.readouterr().out.splitlines() if line.startswith("train: not resuming")]

@@ -13,7 +13,7 @@ import torch
 
 from audiocnn.config import compose_config, validate_config
 from audiocnn.evaluation.evaluate import evaluate
-from audiocnn.experiment import evaluate_job
+from audiocnn.experiment import evaluate_job, job_of
 from audiocnn.models.bundle import load_bundle
 from tests.conftest import tiny_config, train
 
@@ -53,7 +53,7 @@ def test_a_tiny_robust_training_trains_evaluates_and_keeps_its_views(prepared_st
                       f"paths.prepared={prepared_store.paths.prepared}", f"paths.raw={prepared_store.paths.raw}")
     validate_config(cfg)
     train(cfg)
-    metrics = evaluate(evaluate_job(cfg))
+    metrics = evaluate(evaluate_job(job_of(cfg)))
     _, bundle = load_bundle(Path(cfg.paths.models) / "model.pt")
     assert bundle["model"]["norm"]["type"] == "none"
     assert all(torch.isfinite(t).all() for t in bundle["state_dict"].values() if t.is_floating_point())

@@ -32,7 +32,7 @@ pytestmark = pytest.mark.slow
 def trained(prepared_store, tmp_path_factory):
     """A tiny model trained with `tracking.log_model=true` and evaluated (predictions.csv)."""
     from audiocnn.evaluation.evaluate import evaluate
-    from audiocnn.experiment import evaluate_job
+    from audiocnn.experiment import evaluate_job, job_of
     from tests.conftest import train
 
     root = tmp_path_factory.mktemp("serving")
@@ -40,7 +40,7 @@ def trained(prepared_store, tmp_path_factory):
                       f"paths.prepared={prepared_store.paths.prepared}",
                       f"paths.features={prepared_store.paths.features}", "tracking.log_model=true")
     summary = train(cfg)
-    evaluate(evaluate_job(cfg))
+    evaluate(evaluate_job(job_of(cfg)))
     os.environ.pop("MLFLOW_TRACKING_URI", None)
     return cfg, summary, pd.read_csv(Path(cfg.paths.metrics) / "predictions.csv")
 

@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from audiocnn.settings import store_settings
+from audiocnn.experiment import job_of
 from audiocnn.errors import NonFiniteError, StoreError
 from audiocnn.features.featurize import featurize, is_featurized, store_problem
 from audiocnn.features.store import FeatureStore, ShardWriter, finished_shards
@@ -98,11 +99,11 @@ def test_a_shard_truncated_to_40_percent_is_refused_then_only_it_is_rewritten(tm
     assert not is_featurized(store_settings(cfg))  # the up-to-date check sees the size
     with pytest.raises(StoreError, match=rf"{name}\.f16 is \d+ bytes, \d+ were written .*run the featurize stage"):
         FeatureStore(root)  # what training opens: one line naming the shard, not a numpy broadcast error
-    from audiocnn.experiment import train_job
+    from audiocnn.experiment import train_job, job_of
     from audiocnn.training.train import train
 
     with pytest.raises(StoreError, match=rf"{name}\.f16 is \d+ bytes") as refused:
-        train(train_job(cfg))
+        train(train_job(job_of(cfg)))
     assert "\n" not in str(refused.value)
 
     assert featurize(store_settings(cfg)) == root
@@ -171,7 +172,7 @@ def test_nan_frames_stop_training_naming_the_clip_and_the_run_is_failed_with_the
     bad = _clips_touching(root, name, first, last)
 
     with pytest.raises(NonFiniteError) as stopped:
-        train(train_job(cfg))
+        train(train_job(job_of(cfg)))
     message = str(stopped.value)
     assert "\n" not in message and "non-finite values" in message and "features.verify=true" in message
     assert any(f"clip {path} " in message for path in bad), (message, bad)

@@ -32,7 +32,7 @@ def test_two_epochs_with_swa_train_and_save_the_averaged_weights(tmp_path, prepa
     from lightning.pytorch.callbacks import StochasticWeightAveraging
 
     from audiocnn.models.bundle import load_bundle, load_state
-    from audiocnn.experiment import train_job
+    from audiocnn.experiment import train_job, job_of
     from audiocnn.training import train as T
 
     cfg = tiny_config(tmp_path, "model=cnn", "+trainer/callbacks=swa", "trainer.callbacks.swa.swa_epoch_start=1",
@@ -48,7 +48,7 @@ def test_two_epochs_with_swa_train_and_save_the_averaged_weights(tmp_path, prepa
         return built["trainer"], checkpoint
 
     monkeypatch.setattr(T, "build_trainer", keep)
-    summary = T.train(train_job(cfg))
+    summary = T.train(train_job(job_of(cfg)))
     swa = [c for c in built["trainer"].callbacks if isinstance(c, StochasticWeightAveraging)]
     assert len(swa) == 1 and int(swa[0].n_averaged) == 2
     assert summary["epochs"] == 2 and summary["best_val_loss"] == summary["best_val_loss"]  # finite, not NaN

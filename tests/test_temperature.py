@@ -20,7 +20,7 @@ from audiocnn.errors import BundleError, ConfigError
 from audiocnn.inference.predictor import Predictor
 from audiocnn.models.bundle import load_bundle, temperature
 from audiocnn.models.scorer import WindowScorer
-from audiocnn.experiment import data_module
+from audiocnn.experiment import data_module, job_of
 from audiocnn.training.temperature import clip_nll, fit_temperature
 from audiocnn.training.windows import window_logits
 from tests.conftest import tiny_config, train, untrained_bundle
@@ -127,7 +127,7 @@ def calibrated(tmp_path_factory):
                       "data.clips_per_class=12", "optimizer.lr=0.003",
                       "evaluate.explain=false", "tracking.export_onnx=false")
     summary = train(cfg)
-    evaluate_model(cfg)
+    evaluate_model(job_of(cfg))
     return cfg, summary
 
 
@@ -163,7 +163,7 @@ def test_evaluate_reports_the_ece_before_and_after_the_temperature(calibrated, t
     uncalibrated.paths.models = str(with_temperature(Path(cfg.paths.models), 1.0, tmp_path / "models"))
     uncalibrated.paths.metrics = str(tmp_path / "metrics")
     (tmp_path / "models" / "run.json").write_text((Path(cfg.paths.models) / "run.json").read_text())
-    at_1 = evaluate(evaluate_job(uncalibrated))
+    at_1 = evaluate(evaluate_job(job_of(uncalibrated)))
     assert at_1["ece"] == report["ece_uncalibrated"] == at_1["ece_uncalibrated"]
     assert at_1["temperature"] == 1.0
     # accuracy is unchanged by T; the confidences are not

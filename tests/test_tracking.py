@@ -11,7 +11,7 @@ from mlflow import MlflowClient
 from omegaconf import OmegaConf
 
 from audiocnn.repeats import run_name_of
-from audiocnn.experiment import resolve_tracking
+from audiocnn.experiment import resolve_tracking, job_of
 from audiocnn import tracking
 from audiocnn.config import compose_config
 from tests.conftest import tiny_config
@@ -242,7 +242,7 @@ def test_a_training_run_that_crashes_is_marked_failed(prepared_store, tmp_path, 
     cfg = tiny_config(tmp_path, f"paths.prepared={prepared_store.paths.prepared}",
                       f"paths.features={prepared_store.paths.features}", "tracking.run_name=crashing")
     with pytest.raises(RuntimeError, match="boom"):
-        train_module.train(train_job(cfg))
+        train_module.train(train_job(job_of(cfg)))
     runs = mlflow.search_runs(experiment_names=[cfg.tracking.experiment], filter_string="run_name = 'crashing'")
     assert list(runs["status"]) == ["FAILED"]
 

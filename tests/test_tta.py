@@ -16,6 +16,7 @@ from omegaconf import open_dict
 from torch import nn
 
 from audiocnn import load_model
+from audiocnn.experiment import job_of
 from audiocnn.cli import main
 from audiocnn.errors import ConfigError
 from audiocnn.models.head import CQTClassifier
@@ -100,7 +101,7 @@ def test_a_shift_as_large_as_the_window_is_refused_naming_it():
 def evaluated(tmp_path_factory):
     """A cnn trained 2 epochs on the tiny demo data, evaluated without `evaluate.tta`, with the identity
     alone and with pitch and time views; {name: (test.json, predictions.csv)} and the config."""
-    from audiocnn.experiment import evaluate_model
+    from audiocnn.experiment import evaluate_model, job_of
 
     root = tmp_path_factory.mktemp("tta")
     cfg = tiny_config(root, "model=cnn", "evaluate.explain=false", "tracking.export_onnx=false")
@@ -113,7 +114,7 @@ def evaluated(tmp_path_factory):
                 del cfg.evaluate["tta"]
             else:
                 cfg.evaluate.tta = tta
-        evaluate_model(cfg)
+        evaluate_model(job_of(cfg))
         out = Path(cfg.paths.metrics)
         runs[name] = (json.loads((out / "test.json").read_text()),
                       pd.read_csv(out / "predictions.csv", dtype={"actual": str, "predicted": str}))
@@ -209,17 +210,17 @@ def test_the_logged_model_scores_with_the_views_of_evaluate_tta_and_is_relogged_
     with open_dict(served):
         served.tracking.log_model = True
         served.evaluate.tta = {"pitch_bins": [-2, 0, 2], "time_frames": [0, 8]}
-    summary = train_model(served, skip_finished=True)  # trained already: only logged
+    summary = train_model(job_of(served), skip_finished=True)  # trained already: only logged
     assert summary["model_config"]["tta"] == {"pitch_bins": [-2, 0, 2], "time_frames": [0, 8]}
     rows = runs["views"][1][:4]
     clips = pd.DataFrame({"audio_base64": [base64.b64encode(Path(p).read_bytes()).decode() for p in rows["path"]]})
     mlflow.set_tracking_uri(cfg.tracking.uri)
     answers = mlflow.pyfunc.load_model(summary["model_uri"]).predict(clips)
     np.testing.assert_allclose([max(a["probabilities"].values()) for a in answers], rows["confidence"], atol=1e-4)
-    assert train_model(served, skip_finished=True)["model_uri"] == summary["model_uri"]  # same views: kept
+    assert train_model(job_of(served), skip_finished=True)["model_uri"] == summary["model_uri"]  # same views: kept
     with open_dict(served):
         served.evaluate.tta = {"pitch_bins": [0], "time_frames": [0]}
-    plain = train_model(served, skip_finished=True)
+    plain = train_model(job_of(served), skip_finished=True)
     assert plain["model_uri"] != summary["model_uri"] and "tta" not in plain["model_config"]
     answers = mlflow.pyfunc.load_model(plain["model_uri"]).predict(clips)
     np.testing.assert_allclose([max(a["probabilities"].values()) for a in answers],

@@ -60,14 +60,14 @@ def test_a_run_logged_to_a_server_shows_in_the_mlflow_ui(server, prepared_store,
 
     from audiocnn.evaluation.evaluate import evaluate
 
-    from audiocnn.experiment import evaluate_job
+    from audiocnn.experiment import evaluate_job, job_of
     from tests.conftest import train
 
     cfg = tiny_config(tmp_path, f"tracking.uri={server}", f"paths.prepared={prepared_store.paths.prepared}",
                       f"paths.features={prepared_store.paths.features}", "tracking.log_model=true",
                       "tracking.export_onnx=false", "tracking.registered_model=null")
     summary = train(cfg, run_name_suffix=f"optimizer.lr=0.002,paths.models={tmp_path}/models")
-    evaluate(evaluate_job(cfg))
+    evaluate(evaluate_job(job_of(cfg)))
     printed = capsys.readouterr().out
     assert summary["tracking_uri"] == server
     run = MlflowClient(tracking_uri=server).get_run(summary["run_id"])

@@ -78,14 +78,14 @@ def test_explain_refuses_a_hostile_model_in_one_line(tmp_path, capsys):
 
 
 def test_ensemble_refuses_a_hostile_member(prepared_store, tmp_path):
-    from audiocnn.experiment import evaluate_model
+    from audiocnn.experiment import evaluate_model, job_of
 
     marker = tmp_path / "pwned"
     folder = write_bundle(hostile_bundles(marker)["nested target in the blocks"][0], tmp_path / "member")
     root = Path(prepared_store.paths.raw).parent
     cfg = tiny_config(root, f"ensemble=[{folder}]", f"paths.metrics={tmp_path / 'metrics'}")
     with pytest.raises(BundleError, match=r"model.blocks\[0\]._target_"):
-        evaluate_model(cfg)
+        evaluate_model(job_of(cfg))
     assert not marker.exists()
 
 
