@@ -12,7 +12,7 @@ import torch
 
 from audiocnn.settings import prepare_settings, store_settings
 from audiocnn.evaluation.calibration import expected_calibration_error
-from audiocnn.experiment import evaluate_model as evaluate
+from audiocnn.experiment import evaluate_model, job_of
 from audiocnn.features.cqt import pick_device
 from audiocnn.models.bundle import load_bundle as load_trained
 from audiocnn.experiment import data_module
@@ -39,7 +39,7 @@ def test_ensemble_averages_member_probabilities(members):
     the metrics built on them (accuracy, ECE)."""
     root, run_id, folder = members
     cfg = tiny_config(root, f"ensemble=[{run_id},{folder}]")
-    metrics = evaluate(cfg)
+    metrics = evaluate_model(job_of(cfg))
 
     data = data_module(cfg)
     probabilities = []
@@ -83,7 +83,7 @@ def test_ensemble_answer_is_the_clipwise_mean_of_confident_members(members, tmp_
     torch.save(bundle, tmp_path / "sharp" / "model.pt")
     sources = [str(tmp_path / "sharp"), folder]
     cfg = tiny_config(root, f"ensemble=[{','.join(sources)}]", f"paths.metrics={tmp_path / 'metrics'}")
-    metrics = evaluate(cfg)
+    metrics = evaluate_model(job_of(cfg))
 
     data = data_module(cfg)
     probabilities = [predict_probabilities(WindowScorer(load_trained(s)[0]), data.test_dataloader(),
@@ -112,4 +112,4 @@ def test_members_on_other_classes_are_refused(members, tmp_path):
     prepare(prepare_settings(other))
     featurize(store_settings(other))
     with pytest.raises(ValueError, match="was trained on classes"):
-        evaluate(other)
+        evaluate_model(job_of(other))
