@@ -95,6 +95,7 @@ def test_a_training_killed_mid_run_resumes_to_the_same_model_metrics_and_run(tmp
 
     output = finish(train_process(killed, tmp_path, "killed"))
     assert f"train: resuming {killed.paths.models} after epoch " in output
+    assert f"Restoring states from the checkpoint path at {last}" in output  # Lightning's fit(ckpt_path="last")
     assert "marked KILLED" in output  # the rerun first closed the run the dead process had left
     summary = json.loads((Path(killed.paths.models) / "run.json").read_text())
     reference = json.loads((Path(whole.paths.models) / "run.json").read_text())

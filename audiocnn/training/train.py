@@ -167,7 +167,8 @@ def build_trainer(settings: TrainerSettings, out: Path, logger: RunLogger | None
     after the epoch's train metrics are logged (`resume.TrainMetricsFirst`); writes are atomic."""
     checkpoint = ModelCheckpoint(dirpath=out, filename="best", monitor="val_loss", mode="min", save_top_k=1,
                                  enable_version_counter=False)
-    # Not `save_last=True`: that rewrites last.ckpt only in epochs where best.ckpt improved.
+    # Not the best checkpoint's `save_last=True`: that writes last.ckpt as validation ends, before the
+    # epoch's train metrics are logged. `trainer.fit(ckpt_path="last")` finds this one.
     last = ModelCheckpoint(dirpath=out, filename=Path(LAST).stem, monitor=None, save_top_k=1, every_n_epochs=1,
                            save_on_train_epoch_end=True, enable_version_counter=False)
     configured = [instantiate(spec) for spec in settings.callbacks.values() if spec]
@@ -457,7 +458,7 @@ def train(job: TrainJob, run_name_suffix: str = "", parent_run_id: str | None = 
         model.clip_output = model_cfg["clip_output"] = "event_pool"  # clips scored as the event pooling trains them
         events = event_settings(features, model)
         data.time_stride = events["time_stride"]
-    transfer = initial_weights(job.model, model) if start.ckpt is None else None  # else the checkpoint has them
+    transfer = None if start.from_last else initial_weights(job.model, model)  # else the checkpoint has them
     freeze(model, job.model.freeze)
     fit_bin_norm(model, data)  # model.norm.type=bin_norm: the train split's per-bin mean and std
     module = build_module(job, model, data)
@@ -506,7 +507,7 @@ def train(job: TrainJob, run_name_suffix: str = "", parent_run_id: str | None = 
         model.load_state_dict(load_state(out / BEST))
         trainer.validate(module, datamodule=data, verbose=False)
     else:
-        trainer.fit(module, datamodule=data, ckpt_path=start.ckpt)
+        trainer.fit(module, datamodule=data, ckpt_path="last" if start.from_last else None)
     summary = after.summary
     if not summary:  # a DDP process other than the main one
         return {}
