@@ -253,17 +253,12 @@ def open_run(store: Store, *, run_id: str | None = None, run_name: str | None = 
     parent was replaced, moves there).
     """
     configure(store)
-    parent = parent_run_id
-    new_tags = None if run_id else {**(tags or {}), **owners.owner_tags()}  # owned from its creation
-    run = mlflow.start_run(run_id=run_id, run_name=None if run_id else run_name, tags=new_tags)
+    run = mlflow.start_run(run_id=run_id, run_name=None if run_id else run_name,
+                           tags=None if run_id else new_run_tags(tags, parent_run_id))  # owned from its creation
     status = "FAILED"  # until the body returns
     try:
         if run_id:
-            claim(mlflow.MlflowClient(), run_id)
-        if parent and parent != run.data.tags.get("mlflow.parentRunId") and parent != run.info.run_id:
-            mlflow.set_tag("mlflow.parentRunId", parent)
-        if tags and run_id:
-            mlflow.set_tags(tags)
+            take_over(mlflow.MlflowClient(), run_id, tags, parent_run_id)
         try:
             yield run
         except BaseException as error:
@@ -283,9 +278,7 @@ def start_parent_run(store: Store, run_name: str, tags: dict | None = None, pare
     cross-validations)."""
     configure(store)
     experiment = mlflow.get_experiment_by_name(store.experiment)
-    tags = {**(tags or {}), **owners.owner_tags(), "mlflow.runName": run_name}
-    if parent_run_id:
-        tags["mlflow.parentRunId"] = parent_run_id
+    tags = {**new_run_tags(tags, parent_run_id), "mlflow.runName": run_name}
     run = mlflow.MlflowClient().create_run(experiment.experiment_id, run_name=run_name, tags=tags)
     mlflow.MlflowClient().log_batch(run.info.run_id, params=[
         mlflow.entities.Param(k, v) for k, v in (params or {}).items()])
