@@ -95,6 +95,7 @@ def test_a_training_killed_mid_run_resumes_to_the_same_model_metrics_and_run(tmp
 
     output = finish(train_process(killed, tmp_path, "killed"))
     assert f"train: resuming {killed.paths.models} after epoch " in output
+    assert f"Restoring states from the checkpoint path at {last}" in output  # Lightning's fit(ckpt_path="last")
     assert "marked KILLED" in output  # the rerun first closed the run the dead process had left
     summary = json.loads((Path(killed.paths.models) / "run.json").read_text())
     reference = json.loads((Path(whole.paths.models) / "run.json").read_text())
@@ -127,8 +128,8 @@ def crash_when(monkeypatch, rule, *callbacks) -> None:
 
     real = train_module.build_trainer
 
-    def build(settings, out, run_id, tracking_uri=None):
-        trainer, checkpoint = real(settings, out, run_id, tracking_uri)
+    def build(settings, out, *args, **kwargs):
+        trainer, checkpoint = real(settings, out, *args, **kwargs)
         trainer.callbacks.extend(callbacks)
         epoch = rule(settings, Path(out))
         if epoch is not None:
@@ -191,6 +192,38 @@ def test_other_settings_or_resume_false_start_afresh_and_say_why(tmp_path, prepa
                     f"(optimizer.lr: {cfg.optimizer.lr} -> 0.002); starting afresh"], said
     assert summary["run_id"] not in (crashed, second) and summary["epochs"] == 3
     assert client.get_run(summary["run_id"]).info.status == "FINISHED"
+    assert running(cfg) == []
+
+
+def test_a_crash_after_fitting_fails_the_run_and_the_rerun_writes_the_model_in_that_run(
+        tmp_path, prepared_store, monkeypatch, capsys):
+    """The work after fitting is inside the run Lightning's logger owns: a crash writing model.pt leaves
+    the run FAILED with the reason and no model.pt; the rerun does not fit again: it validates the best
+    checkpoint, writes model.pt and ends the same run FINISHED."""
+    from audiocnn.experiment import train_job
+    import audiocnn.training.train as train_module
+
+    cfg = config(tmp_path, prepared_store, "after", "model=cnn", "trainer.max_epochs=2", "tracking.export_onnx=false")
+    out = Path(cfg.paths.models)
+
+    def no_space(*args, **kwargs):
+        raise OSError("No space left on device")
+
+    monkeypatch.setattr(train_module, "save_bundle", no_space)
+    with pytest.raises(OSError, match="No space left"):
+        train_module.train(train_job(cfg))
+    state = json.loads((out / resume.STATE).read_text())
+    client = MlflowClient(cfg.tracking.uri)
+    run = client.get_run(state["run_id"])
+    assert state["fit_done"] and state["epochs"] == 2 and not (out / "model.pt").exists()
+    assert run.info.status == "FAILED" and run.data.tags[tracking.FAILURE_TAG] == "OSError: No space left on device"
+
+    monkeypatch.undo()
+    capsys.readouterr()
+    summary = train_module.train(train_job(cfg))
+    assert f"train: resuming MLflow run {state['run_id']}: fitting had ended, writing the model" in capsys.readouterr().out
+    assert summary["run_id"] == state["run_id"] and summary["epochs"] == 2 and (out / "model.pt").exists()
+    assert client.get_run(state["run_id"]).info.status == "FINISHED"
     assert running(cfg) == []
 
 

@@ -12,7 +12,10 @@ dataset. Credentials never are: URIs lose their user info and secret settings th
 The experiment opens in the MLflow UI's model-training view (`EXPERIMENT_KIND`). Runs nest under the
 parent run given as `parent_run_id` (a sweep's, a repeat's).
 Every run records the process that owns it while it is RUNNING (`owners`); opening the store
-(`configure`) marks KILLED the RUNNING runs whose process on this host is gone.
+(`configure`) marks KILLED the RUNNING runs whose process on this host is gone. A run that fails
+records why (`record_failure`). Stages outside Lightning open their run with `open_run`; the train
+stage's run is created, resumed and ended by Lightning's MLflow logger (`audiocnn.training.train`),
+tagged with the same helpers (`new_run_tags`, `take_over`, `record_failure`).
 """
 
 from __future__ import annotations
@@ -189,6 +192,33 @@ def configure(store: Store) -> str:
     return uri
 
 
+def new_run_tags(tags: dict | None = None, parent_run_id: str | None = None) -> dict:
+    """The tags a run is created with: `tags`, this process as its owner (`owners`), and its parent run."""
+    return {**(tags or {}), **owners.owner_tags(), **({"mlflow.parentRunId": parent_run_id} if parent_run_id else {})}
+
+
+def take_over(client, run_id: str, tags: dict | None = None, parent_run_id: str | None = None) -> None:
+    """Run `run_id` resumed by this process: RUNNING again, owned by it (`claim`), with `tags`, and moved
+    under `parent_run_id` when that is another run than its parent (a repeat's after its parent was replaced)."""
+    run = client.get_run(run_id)
+    if run.info.status != "RUNNING":
+        client.update_run(run_id, status="RUNNING")
+    claim(client, run_id)
+    if parent_run_id and parent_run_id not in (run.data.tags.get("mlflow.parentRunId"), run_id):
+        client.set_tag(run_id, "mlflow.parentRunId", parent_run_id)
+    if tags:
+        client.log_batch(run_id, tags=[mlflow.entities.RunTag(k, str(v)) for k, v in tags.items()])
+
+
+def record_failure(client, run_id: str, error: BaseException) -> None:
+    """Why run `run_id` is ending in failure: the error's type and first line as its `audiocnn.failure` tag
+    (`NonFiniteError: ...`), the whole reason as its `audiocnn.end_reason`; no credentials (`redact`)."""
+    reason = redact(f"{type(error).__name__}: {error}".strip().rstrip(":"))
+    first = redact(str(error)).strip().splitlines()
+    client.set_tag(run_id, FAILURE_TAG, f"{type(error).__name__}: {first[0] if first else ''}"[:MAX_TAG_LENGTH])
+    client.set_tag(run_id, owners.END_REASON_TAG, reason[:MAX_PARAM_LENGTH])
+
+
 def claim(client, run_id: str) -> None:
     """Make this process the owner of `run_id` (a run reopened after its process died loses its end reason)."""
     client.log_batch(run_id, tags=[mlflow.entities.RunTag(k, v) for k, v in owners.owner_tags().items()])
@@ -214,31 +244,25 @@ def reopen_run(store: Store, run_id: str) -> bool:
 def open_run(store: Store, *, run_id: str | None = None, run_name: str | None = None,
              tags: dict | None = None, parent_run_id: str | None = None) -> Iterator[mlflow.ActiveRun]:
     """Start (or, with `run_id`, resume: RUNNING again) a run owned by this process (`owners`); a run
-    that raises is marked FAILED (KILLED for Ctrl-C), its error's first line its `audiocnn.failure`
-    tag (`NonFiniteError: ...`) and the whole reason its `audiocnn.end_reason`.
+    that raises is marked FAILED (KILLED for Ctrl-C), with why (`record_failure`). For the stages
+    outside Lightning (evaluate, logging the servable model, parent runs' aggregates); the train stage's
+    run is Lightning's logger's (`training.train.RunLogger`), with the same tags (`new_run_tags`,
+    `take_over`, `record_failure`).
 
     The run is the child of `parent_run_id` (a run resumed under another parent, a repeat's after its
     parent was replaced, moves there).
     """
     configure(store)
-    parent = parent_run_id
-    new_tags = None if run_id else {**(tags or {}), **owners.owner_tags()}  # owned from its creation
-    run = mlflow.start_run(run_id=run_id, run_name=None if run_id else run_name, tags=new_tags)
+    run = mlflow.start_run(run_id=run_id, run_name=None if run_id else run_name,
+                           tags=None if run_id else new_run_tags(tags, parent_run_id))  # owned from its creation
     status = "FAILED"  # until the body returns
     try:
         if run_id:
-            claim(mlflow.MlflowClient(), run_id)
-        if parent and parent != run.data.tags.get("mlflow.parentRunId") and parent != run.info.run_id:
-            mlflow.set_tag("mlflow.parentRunId", parent)
-        if tags and run_id:
-            mlflow.set_tags(tags)
+            take_over(mlflow.MlflowClient(), run_id, tags, parent_run_id)
         try:
             yield run
         except BaseException as error:
-            reason = redact(f"{type(error).__name__}: {error}".strip().rstrip(":"))
-            first = redact(str(error)).strip().splitlines()
-            mlflow.set_tag(FAILURE_TAG, f"{type(error).__name__}: {first[0] if first else ''}"[:MAX_TAG_LENGTH])
-            mlflow.set_tag(owners.END_REASON_TAG, reason[:MAX_PARAM_LENGTH])
+            record_failure(mlflow.MlflowClient(), run.info.run_id, error)
             status = "KILLED" if isinstance(error, KeyboardInterrupt) else "FAILED"
             raise
         status = "FINISHED"
@@ -254,9 +278,7 @@ def start_parent_run(store: Store, run_name: str, tags: dict | None = None, pare
     cross-validations)."""
     configure(store)
     experiment = mlflow.get_experiment_by_name(store.experiment)
-    tags = {**(tags or {}), **owners.owner_tags(), "mlflow.runName": run_name}
-    if parent_run_id:
-        tags["mlflow.parentRunId"] = parent_run_id
+    tags = {**new_run_tags(tags, parent_run_id), "mlflow.runName": run_name}
     run = mlflow.MlflowClient().create_run(experiment.experiment_id, run_name=run_name, tags=tags)
     mlflow.MlflowClient().log_batch(run.info.run_id, params=[
         mlflow.entities.Param(k, v) for k, v in (params or {}).items()])

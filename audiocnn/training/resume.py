@@ -9,7 +9,8 @@ point is then logged twice, at the same step with the same value). The write is 
 through the system temp folder). It holds what Lightning keeps (weights, optimizer, scheduler,
 epoch and step counters, the callbacks' state: early stopping, the best checkpoint) plus what it
 does not: the random number generators (`RngState`) and the training windows' generator
-(`WindowDataModule.state_dict`); `trainer.fit(ckpt_path=last.ckpt)` resumes from it.
+(`WindowDataModule.state_dict`); `trainer.fit(ckpt_path="last")` resumes from it (Lightning finds it
+through the `ModelCheckpoint` that writes it).
 `resume.json` beside it says what the checkpoint was made from: the fingerprint of the settings
 (the resolved config without `paths`, `tracking`, `evaluate`, `serving`, `ensemble` and
 `trainer.resume`, plus the manifest's md5) and the MLflow run. The DDP processes Lightning starts
@@ -139,10 +140,11 @@ def changes(old: dict, new: dict, limit: int = 3) -> str:
 
 @dataclass(frozen=True)
 class Start:
-    """How the train stage starts: `run_id` (None: a new run), `ckpt` (None: epoch 0), `fit_done`
-    (fit had ended: only the bundle is left to write), `message` (printed when not empty)."""
+    """How the train stage starts: `run_id` (None: a new run), `from_last` (fit from `last.ckpt`,
+    `trainer.fit(ckpt_path="last")`; else from epoch 0), `fit_done` (fit had ended: only the bundle is
+    left to write), `message` (printed when not empty)."""
     run_id: str | None = None
-    ckpt: str | None = None
+    from_last: bool = False
     fit_done: bool = False
     epochs: int = 0
     message: str = ""
@@ -208,7 +210,7 @@ def plan(config: Mapping, out: Path, store: tracking.Store) -> Start:
                      message=f"resuming MLflow run {run.info.run_id}: fitting had ended, writing the model")
     done = (f"after epoch {epochs} of {config['trainer']['max_epochs']}" if epochs
             else "from epoch 0 (no checkpoint yet)")
-    return Start(run.info.run_id, str(last) if epochs else None,
+    return Start(run.info.run_id, from_last=bool(epochs),
                  message=f"resuming {out} {done} in MLflow run {run.info.run_id}")
 
 
@@ -219,7 +221,7 @@ def follow(out: Path) -> Start:
     state, last = read_state(out) or {}, out / LAST
     if state.get("fit_done") and not state.get("finished") and (out / BEST).exists():
         return Start(fit_done=True, epochs=int(state.get("epochs", 0)))
-    return Start(ckpt=str(last) if last.exists() else None)
+    return Start(from_last=last.exists())
 
 
 def record(config: Mapping, out: Path, run_id: str, **extra) -> None:

@@ -20,6 +20,16 @@ decoding of frames into events fitted on the val split, `training.event_postproc
 With several processes (`trainer.strategy=ddp trainer.devices=N`, `audiocnn.training.distributed`)
 every process runs the same fit and validation; only the main one logs to MLflow and
 writes `model.pt` and `run.json` (Lightning writes `best.ckpt` from rank 0 only).
+
+The MLflow run is Lightning's: its MLflow logger (`RunLogger`) creates the run (or opens the resumed
+one) as `trainer.fit` sets up and ends it as `fit` returns (FINISHED) or raises (FAILED). The stage's
+own work around it is in callbacks: `RunLifecycle` tags the run with its owner process, takes over a
+resumed run, logs the run's inputs and, on an exception, why the run failed; `AfterFit` does the
+post-fit work (the best weights validated, the temperature / thresholds / event decoding fitted,
+model.pt and run.json written) in Lightning's `teardown` hook, the last before the logger ends the run.
+So the run is FINISHED only once model.pt is written, and a killed stage leaves it RUNNING for
+`tracking.configure` to mark KILLED. When fitting had ended before a kill, the rerun runs Lightning's
+`validate` of the best weights instead of `fit`, with the same callbacks.
 """
 
 from __future__ import annotations
@@ -27,13 +37,13 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Mapping
+from typing import Callable, Mapping
 
 import lightning as L
 import mlflow
 import torch
 from hydra.utils import instantiate
-from lightning.pytorch.callbacks import ModelCheckpoint, StochasticWeightAveraging
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint, StochasticWeightAveraging
 from lightning.pytorch.loggers import MLFlowLogger
 
 from audiocnn import atomic, tracking
@@ -49,6 +59,7 @@ from audiocnn.models.event_pool import capped_time_stride, time_stride
 from audiocnn.models.scorer import WindowScorer
 from audiocnn.models.settings import CNNSettings, CRNNSettings
 from audiocnn.models.summary import summarize
+from audiocnn.tracking import owners
 from audiocnn.training import distributed, resume
 from audiocnn.training.augment import AugmentSettings, SpectrogramAugment, WaveformAugment
 from audiocnn.training.datamodule import LoaderSettings, WindowDataModule
@@ -104,11 +115,31 @@ class TrainJob:
 
 
 class RunLogger(MLFlowLogger):
-    """Lightning's MLflow logger, except that it leaves ending the run to `tracking.open_run`: its
-    own `finalize` marks the run FINISHED when fit returns, before `model.pt` is written."""
+    """Lightning's MLflow logger, the owner of the train stage's run: it creates the run (or opens the
+    resumed one) as Lightning sets up, logs to it, and ends it when Lightning's `fit` or `validate`
+    returns (FINISHED: after `AfterFit` has written model.pt and run.json) or raises (FAILED, with why:
+    `RunLifecycle`). MLflow's run links printed as a run ends are dropped, as for every run audiocnn ends
+    (`tracking.owners.without_run_links`)."""
+
+    @property
+    def started(self) -> bool:
+        """Whether the run is open: Lightning has the logger create (or open) it as a fit or validate sets up."""
+        return self._initialized
 
     def finalize(self, status: str = "success") -> None:
-        pass
+        with owners.without_run_links():
+            super().finalize(status)
+
+
+def run_logger(store: tracking.Store, run_id: str | None, run_name: str, tags: dict,
+               parent_run_id: str | None) -> RunLogger:
+    """The logger of the train stage's run in `store`: with `run_id`, that run resumed (`RunLifecycle`
+    takes it over); else a new run named `run_name`, created with `tags`, this process as its owner and
+    `parent_run_id` as its parent (`tracking.new_run_tags`)."""
+    if run_id:
+        return RunLogger(experiment_name=store.experiment, tracking_uri=store.uri, run_id=run_id)
+    return RunLogger(experiment_name=store.experiment, tracking_uri=store.uri, run_name=run_name,
+                     tags=tracking.new_run_tags(tags, parent_run_id))
 
 
 def processes(trainer: TrainerSettings) -> dict:
@@ -125,33 +156,45 @@ def planned_processes(trainer: TrainerSettings) -> int:
     return trainer.world_size
 
 
-def build_trainer(settings: TrainerSettings, out: Path, run_id: str | None, tracking_uri: str | None = None
+def build_trainer(settings: TrainerSettings, out: Path, logger: RunLogger | None, callbacks: tuple[Callback, ...] = ()
                   ) -> tuple[L.Trainer, ModelCheckpoint]:
     """Lightning Trainer of the `trainer` group `settings`, with `trainer.callbacks` (instantiated from
-    conf/) and the best checkpoint on val_loss kept as `out/best.ckpt` (the stage's own output, so not
-    configurable).
-    `run_id`: the MLflow run Lightning logs to, in the store at `tracking_uri`; None in the processes
-    that do not log (DDP rank > 0).
+    conf/), the train stage's own `callbacks`, and the best checkpoint on val_loss kept as `out/best.ckpt`
+    (the stage's own output, so not configurable).
+    `logger`: the run's (`run_logger`); None in the processes that do not log (DDP rank > 0).
     The loaders split the data across processes themselves (`use_distributed_sampler=False`). The state
     after each epoch is kept as `out/last.ckpt` (with the generators' state) to resume from, written
     after the epoch's train metrics are logged (`resume.TrainMetricsFirst`); writes are atomic."""
     checkpoint = ModelCheckpoint(dirpath=out, filename="best", monitor="val_loss", mode="min", save_top_k=1,
                                  enable_version_counter=False)
-    # Not `save_last=True`: that rewrites last.ckpt only in epochs where best.ckpt improved.
+    # Not the best checkpoint's `save_last=True`: that writes last.ckpt as validation ends, before the
+    # epoch's train metrics are logged. `trainer.fit(ckpt_path="last")` finds this one.
     last = ModelCheckpoint(dirpath=out, filename=Path(LAST).stem, monitor=None, save_top_k=1, every_n_epochs=1,
                            save_on_train_epoch_end=True, enable_version_counter=False)
-    callbacks = [instantiate(spec) for spec in settings.callbacks.values() if spec]
+    configured = [instantiate(spec) for spec in settings.callbacks.values() if spec]
     trainer = L.Trainer(
         **processes(settings), max_epochs=settings.max_epochs,
         precision=resolve_precision(settings.precision, settings.accelerator),
         gradient_clip_val=settings.gradient_clip_val, deterministic=settings.deterministic,
         log_every_n_steps=settings.log_every_n_steps, default_root_dir=out,
-        callbacks=[*callbacks, RngState(), TrainMetricsFirst(), checkpoint, last],
+        callbacks=[*configured, *callbacks, RngState(), TrainMetricsFirst(), checkpoint, last],
         plugins=[AtomicCheckpointIO()],
         use_distributed_sampler=False,
-        logger=RunLogger(tracking_uri=tracking_uri, run_id=run_id) if run_id else False,
+        logger=logger or False,
     )
     return trainer, checkpoint
+
+
+def validate_best(settings: TrainerSettings, module: L.LightningModule, data: WindowDataModule) -> dict:
+    """The validation figures of `module` as it is now (the best checkpoint's weights, or SWA's average), by
+    a Trainer of its own without logger or callbacks: the fit's Trainer is still inside `fit` when
+    `AfterFit` asks (a Trainer runs one entry point at a time). Every process calls it (collective)."""
+    with distributed.quiet_lightning():
+        trainer = L.Trainer(**processes(settings), deterministic=settings.deterministic,
+                            precision=resolve_precision(settings.precision, settings.accelerator),
+                            logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                            enable_model_summary=False, use_distributed_sampler=False)
+    return {k: float(v) for k, v in trainer.validate(module, datamodule=data, verbose=False)[0].items()}
 
 
 def swa_average(trainer: L.Trainer, module: L.LightningModule) -> bool:
@@ -251,43 +294,18 @@ def initial_weights(settings: CNNSettings | CRNNSettings, model: torch.nn.Module
     return transfer
 
 
-def fit(job: TrainJob, model: torch.nn.Module, data: WindowDataModule, run_id: str | None, start: resume.Start):
-    """Fit (from `start.ckpt`; not at all when `start.fit_done`), load the best checkpoint (or SWA's
-    average) into `model` (its front-end's kernels included), validate it.
-
-    Returns (trainer, best validation metrics, epochs). Every DDP process calls this.
-    """
-    out = job.models
-    trainer, checkpoint = build_trainer(job.trainer, out, run_id, job.tracking.uri)
-    module = build_module(job, model, data)
-    epochs, averaged = start.epochs, False
-    if not start.fit_done:
-        trainer.fit(module, datamodule=data, ckpt_path=start.ckpt)
-        epochs = min(trainer.current_epoch, job.trainer.max_epochs)  # not SWA's extra BatchNorm pass
-        if trainer.world_size > 1:
-            print(f"train: process {trainer.global_rank} of {trainer.world_size}: {trainer.global_step} optimizer "
-                  f"steps over {trainer.current_epoch} epochs, {trainer.num_training_batches} batches per epoch")
-        averaged = swa_average(trainer, module)
-        if run_id:
-            resume.record(job.config, out, run_id, fit_done=True, epochs=epochs)
-    best = checkpoint.best_model_path or str(out / BEST)
-    if not averaged:  # every process: validate() is collective
-        model.load_state_dict(load_state(best))
-    best_val = trainer.validate(module, datamodule=data, verbose=False)[0]
-    return trainer, best_val, epochs
-
-
-def fit_calibration(model: torch.nn.Module, data: WindowDataModule, features: FeatureSettings) -> float:
+def fit_calibration(model: torch.nn.Module, data: WindowDataModule, features: FeatureSettings, logger: RunLogger
+                    ) -> float:
     """`trainer.calibrate=temperature`: T fitted on the val split's sliding windows, logged to the run."""
     temperature, before, after = calibrate(model, data.sliding_dataloader("val"), pick_device(features.device))
-    mlflow.log_metrics({"temperature": temperature, "val_nll_uncalibrated": before, "val_nll_calibrated": after})
+    logger.log_metrics({"temperature": temperature, "val_nll_uncalibrated": before, "val_nll_calibrated": after})
     print(f"train: trainer.calibrate=temperature: T={temperature:.4f} on {len(data.rows('val'))} val clips, "
           f"val NLL {before:.4f} -> {after:.4f}")
     return temperature
 
 
-def fit_class_thresholds(model: torch.nn.Module, data: WindowDataModule, features: FeatureSettings
-                         ) -> list[float] | None:
+def fit_class_thresholds(model: torch.nn.Module, data: WindowDataModule, features: FeatureSettings,
+                         logger: RunLogger) -> list[float] | None:
     """Multi-label data: each class's threshold of best F1 on the val clips, logged to the run (None when
     the val split is empty: every class then keeps 0.5 at scoring time)."""
     if len(data.rows("val")) == 0:
@@ -295,13 +313,14 @@ def fit_class_thresholds(model: torch.nn.Module, data: WindowDataModule, feature
         return None
     scorer = WindowScorer(model, floor=math.log(features.amin), multilabel=True)
     thresholds, _, _ = fit_thresholds(scorer, data.sliding_dataloader("val"), pick_device(features.device))
-    mlflow.log_dict(dict(zip(data.classes, thresholds)), "thresholds.json")
+    logger.experiment.log_dict(logger.run_id, dict(zip(data.classes, thresholds)), "thresholds.json")
     print(f"train: per-class thresholds of best F1 on {len(data.rows('val'))} val clips "
           f"(from {min(thresholds):.3f} to {max(thresholds):.3f}), stored in model.pt")
     return thresholds
 
 
-def fit_event_decoding(model: torch.nn.Module, data: WindowDataModule, job: TrainJob, events: dict) -> dict:
+def fit_event_decoding(model: torch.nn.Module, data: WindowDataModule, job: TrainJob, events: dict,
+                       logger: RunLogger) -> dict:
     """Events task: `events` with the decoding fitted on the val split's strong clips
     (`training.event_postprocessing`), logged to the run; unchanged (0.5, no filter at scoring time) when
     the val split has no strong clip."""
@@ -315,30 +334,96 @@ def fit_event_decoding(model: torch.nn.Module, data: WindowDataModule, job: Trai
     post, f1 = fitted
     record = {"thresholds": list(post.thresholds), "median_frames": list(post.median_frames),
               "min_duration": post.min_duration, "min_gap": post.min_gap}
-    mlflow.log_dict({**record, "val_event_f1": dict(zip(data.classes, f1))}, "event_decoding.json")
-    mlflow.log_metric("val_event_f1", round(sum(f1) / len(f1), 4))
+    logger.experiment.log_dict(logger.run_id, {**record, "val_event_f1": dict(zip(data.classes, f1))},
+                               "event_decoding.json")
+    logger.log_metrics({"val_event_f1": round(sum(f1) / len(f1), 4)})
     print(f"train: event decoding fitted on the val split's strong clips: median filters {record['median_frames']} "
           f"frames, thresholds {min(post.thresholds):.3f}..{max(post.thresholds):.3f}; val event-based F1 "
           f"{sum(f1) / len(f1):.4f} macro; stored in model.pt")
     return {**events, "post_processing": record}
 
 
-def log_run_inputs(job: TrainJob, run_id: str, summary_table, transfer) -> None:
+def log_run_inputs(job: TrainJob, logger: RunLogger, summary_table, transfer) -> None:
     """Params, model size and summary, transfer report: what a run resumed already has is not logged again."""
-    logged = mlflow.MlflowClient().get_run(run_id).data
+    client, run_id = logger.experiment, logger.run_id
+    logged = client.get_run(run_id).data
     params = tracking.flatten_config(job.config)
-    mlflow.log_params({k: v for k, v in params.items() if k not in logged.params})
+    client.log_batch(run_id, params=[mlflow.entities.Param(k, v) for k, v in params.items() if k not in logged.params])
     tracking.log_dataset(job.prepare.prepared, job.store.data_name, run_id)  # the Dataset column: the manifest, its MD5
     if "n_parameters" not in logged.metrics:
-        mlflow.log_metrics({"n_parameters": summary_table.total_params, "multiply_adds": summary_table.total_macs})
-        mlflow.log_text(summary_table.table(), "model_summary.txt")
+        logger.log_metrics({"n_parameters": summary_table.total_params, "multiply_adds": summary_table.total_macs})
+        client.log_text(run_id, summary_table.table(), "model_summary.txt")
         if transfer:
-            mlflow.log_dict(vars(transfer), "transfer.json")
+            client.log_dict(run_id, vars(transfer), "transfer.json")
+
+
+class RunLifecycle(Callback):
+    """What the train stage adds to the run Lightning's logger owns (the main process only). As Lightning
+    sets up (the logger has created or opened the run): a resumed run is taken over (RUNNING again, owned
+    by this process, `tags`, under `parent_run_id`: `tracking.take_over`), `resume.json` names the run
+    unless fitting had ended (`resume.record`), and the run's inputs are logged (`log_run_inputs`). When
+    anything in Lightning's `fit` or `validate` raises, why (`tracking.record_failure`), before the logger
+    marks the run FAILED."""
+
+    def __init__(self, job: TrainJob, start: resume.Start, tags: dict, parent_run_id: str | None,
+                 log_inputs: Callable[[RunLogger], None]):
+        self.job, self.start, self.tags, self.parent_run_id = job, start, tags, parent_run_id
+        self.log_inputs = log_inputs
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        logger = trainer.logger
+        if self.start.run_id:
+            tracking.take_over(logger.experiment, logger.run_id, self.tags, self.parent_run_id)
+        if not self.start.fit_done:
+            resume.record(self.job.config, self.job.models, logger.run_id)
+        self.log_inputs(logger)
+
+    def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
+        if trainer.logger.started:  # else Lightning has no run to end
+            tracking.record_failure(trainer.logger.experiment, trainer.logger.run_id, exception)
+
+
+class AfterFit(Callback):
+    """The train stage's work after fitting, in Lightning's `teardown` hook: the last one before Lightning's
+    logger ends the run, so the run is FINISHED only once model.pt and run.json are written, and FAILED
+    (`RunLifecycle`) when this raises. In every process: the best checkpoint (or SWA's average) into the
+    model and its validation (`validate_best`; collective). In the main one (the one with a logger): the
+    temperature, the multi-label thresholds or the event decoding fitted on the val split, `model.pt`,
+    `run.json` (`summary`, also what `train` returns) and `resume.finish`.
+
+    `finish(trainer, best_val, epochs)` does the main process's part. After a fit (`stage="fit"`) the best weights are
+    loaded here and validated; when fitting had ended before (`train` then runs Lightning's `validate` of
+    the best weights), that validation's figures are taken."""
+
+    def __init__(self, job: TrainJob, model: torch.nn.Module, checkpoint: ModelCheckpoint, start: resume.Start,
+                 finish: Callable[[L.Trainer, dict, int], dict] | None):
+        self.job, self.model, self.checkpoint, self.start, self.finish = job, model, checkpoint, start, finish
+        self.summary: dict = {}
+
+    def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        if stage == "validate":  # fitting had ended: `train` validated the best weights
+            best_val = {k: float(v) for k, v in trainer.callback_metrics.items()}
+            epochs = self.start.epochs
+        else:
+            epochs = min(trainer.current_epoch, self.job.trainer.max_epochs)  # not SWA's extra BatchNorm pass
+            if trainer.world_size > 1:
+                print(f"train: process {trainer.global_rank} of {trainer.world_size}: {trainer.global_step} optimizer "
+                      f"steps over {trainer.current_epoch} epochs, {trainer.num_training_batches} batches per epoch")
+            if trainer.logger is not None:
+                resume.record(self.job.config, self.job.models, trainer.logger.run_id, fit_done=True, epochs=epochs)
+            if not swa_average(trainer, pl_module):
+                self.model.load_state_dict(load_state(self.checkpoint.best_model_path or self.job.models / BEST))
+            best_val = validate_best(self.job.trainer, pl_module, trainer.datamodule)
+            if trainer.logger is not None:
+                trainer.logger.log_metrics(best_val, step=trainer.global_step)
+        if self.finish is not None:
+            self.summary = self.finish(trainer, best_val, epochs)
 
 
 def train(job: TrainJob, run_name_suffix: str = "", parent_run_id: str | None = None) -> dict:
     """Fit `job.model` on the train split, early-stopped on validation loss; return a summary.
-    The MLflow run is a child of `parent_run_id` when given (a sweep's, a repeat's).
+    The MLflow run (Lightning's logger's, `RunLogger`) is a child of `parent_run_id` when given (a sweep's,
+    a repeat's).
 
     A rerun in the same `paths.models` with the same settings resumes where a killed one stopped
     (`resume.plan`); `trainer.resume=false` starts afresh. In a DDP process other than the main
@@ -373,44 +458,59 @@ def train(job: TrainJob, run_name_suffix: str = "", parent_run_id: str | None = 
         model.clip_output = model_cfg["clip_output"] = "event_pool"  # clips scored as the event pooling trains them
         events = event_settings(features, model)
         data.time_stride = events["time_stride"]
-    transfer = initial_weights(job.model, model) if start.ckpt is None else None  # else the checkpoint has them
+    transfer = None if start.from_last else initial_weights(job.model, model)  # else the checkpoint has them
     freeze(model, job.model.freeze)
     fit_bin_norm(model, data)  # model.norm.type=bin_norm: the train split's per-bin mean and std
-    if not main:
-        fit(job, model, data, None, start)
-        return {}
-    name = tracking.default_run_name(job.run_name, model_name, job.store.data_name, run_name_suffix)
-    tags = tracking.run_tags(job.store.data_name, model_name, job.prepare.prepared)
-    with tracking.open_run(job.tracking, run_id=start.run_id, run_name=name, tags=tags,
-                           parent_run_id=parent_run_id) as run:
-        run_id = run.info.run_id
-        if not start.fit_done:
-            resume.record(job.config, out, run_id)
+    module = build_module(job, model, data)
+
+    logger, callbacks, finish = None, [], None
+    if main:
+        name = tracking.default_run_name(job.run_name, model_name, job.store.data_name, run_name_suffix)
+        tags = tracking.run_tags(job.store.data_name, model_name, job.prepare.prepared)
+        tracking.configure(job.tracking)  # the experiment, and runs of dead processes marked KILLED
+        logger = run_logger(job.tracking, start.run_id, name, tags, parent_run_id)
         summary_table = summarize(model, features.n_bins, features.window_frames, name=model_name)
-        log_run_inputs(job, run_id, summary_table, transfer)
-        trainer, best_val, epochs = fit(job, model, data, run_id, start)
-        temperature = fit_calibration(model, data, features) if calibrating else 1.0
-        thresholds = fit_class_thresholds(model, data, features) if data.multilabel else None
-        if events:
-            events = fit_event_decoding(model, data, job, events)
-        save_bundle(model.eval().cpu(), model_cfg, dict(front_end), data.classes, out / "model.pt",
-                    temperature=temperature, task=data.task, thresholds=thresholds, events=events)
-        # what the run is ranked by
-        score = EVENTS_SCORE if data.events_task else "val_map" if data.multilabel else "val_acc"
-        summary = {
-            "run_id": run_id, "experiment_id": run.info.experiment_id,
-            "tracking_uri": tracking.redact(job.tracking.uri), "run_name": name,
-            "best_val_loss": best_val["val_loss"], f"best_{score}": best_val[score], "epochs": epochs,
-            "n_parameters": summary_table.total_params, "multiply_adds": summary_table.total_macs,
-            "processes": trainer.world_size, "train_steps": trainer.global_step,  # optimizer steps of each process
-            "fingerprint": resume.fingerprint(job.config), "code": resume.code_digest(), "temperature": temperature,
-            "task": data.task, **({"events": events} if events else {}),
-        }
-        mlflow.log_metrics({"best_val_loss": summary["best_val_loss"], f"best_{score}": summary[f"best_{score}"]})
-        atomic.write_json(out / "run.json", summary)
-        resume.finish(job.config, out, run_id)
-    print(f"train: best val_loss {summary['best_val_loss']:.4f}, {score} {summary[f'best_{score}']:.4f} "
-          f"after {summary['epochs']} epochs; MLflow run {summary['run_id']} ({name})")
+        callbacks.append(RunLifecycle(job, start, tags, parent_run_id,
+                                      lambda logger: log_run_inputs(job, logger, summary_table, transfer)))
+
+        def finish(trainer: L.Trainer, best_val: dict, epochs: int) -> dict:
+            """The main process's post-fit work (`AfterFit`), inside the run."""
+            nonlocal events
+            temperature = fit_calibration(model, data, features, logger) if calibrating else 1.0
+            thresholds = fit_class_thresholds(model, data, features, logger) if data.multilabel else None
+            if events:
+                events = fit_event_decoding(model, data, job, events, logger)
+            save_bundle(model.eval().cpu(), model_cfg, dict(front_end), data.classes, out / "model.pt",
+                        temperature=temperature, task=data.task, thresholds=thresholds, events=events)
+            # what the run is ranked by
+            score = EVENTS_SCORE if data.events_task else "val_map" if data.multilabel else "val_acc"
+            summary = {
+                "run_id": logger.run_id, "experiment_id": logger.experiment_id,
+                "tracking_uri": tracking.redact(job.tracking.uri), "run_name": name,
+                "best_val_loss": best_val["val_loss"], f"best_{score}": best_val[score], "epochs": epochs,
+                "n_parameters": summary_table.total_params, "multiply_adds": summary_table.total_macs,
+                "processes": trainer.world_size, "train_steps": trainer.global_step,  # optimizer steps of each process
+                "fingerprint": resume.fingerprint(job.config), "code": resume.code_digest(),
+                "temperature": temperature, "task": data.task, **({"events": events} if events else {}),
+            }
+            logger.log_metrics({"best_val_loss": summary["best_val_loss"], f"best_{score}": summary[f"best_{score}"]})
+            atomic.write_json(out / "run.json", summary)
+            resume.finish(job.config, out, logger.run_id)
+            print(f"train: best val_loss {summary['best_val_loss']:.4f}, {score} {summary[f'best_{score}']:.4f} "
+                  f"after {summary['epochs']} epochs; MLflow run {summary['run_id']} ({name})")
+            return summary
+
+    trainer, checkpoint = build_trainer(job.trainer, out, logger, tuple(callbacks))
+    after = AfterFit(job, model, checkpoint, start, finish)
+    trainer.callbacks.append(after)
+    if start.fit_done:  # only the model file was left to write: validate the best weights, then AfterFit
+        model.load_state_dict(load_state(out / BEST))
+        trainer.validate(module, datamodule=data, verbose=False)
+    else:
+        trainer.fit(module, datamodule=data, ckpt_path="last" if start.from_last else None)
+    summary = after.summary
+    if not summary:  # a DDP process other than the main one
+        return {}
     url = tracking.ui_url(summary["tracking_uri"], summary["experiment_id"], summary["run_id"])
     if url:
         print(f"train: in the MLflow UI: {url}")
