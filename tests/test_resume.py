@@ -211,7 +211,7 @@ def test_a_crash_after_fitting_fails_the_run_and_the_rerun_writes_the_model_in_t
 
     monkeypatch.setattr(train_module, "save_bundle", no_space)
     with pytest.raises(OSError, match="No space left"):
-        train_module.train(train_job(cfg))
+        train_module.train(train_job(job_of(cfg)))
     state = json.loads((out / resume.STATE).read_text())
     client = MlflowClient(cfg.tracking.uri)
     run = client.get_run(state["run_id"])
@@ -220,7 +220,7 @@ def test_a_crash_after_fitting_fails_the_run_and_the_rerun_writes_the_model_in_t
 
     monkeypatch.undo()
     capsys.readouterr()
-    summary = train_module.train(train_job(cfg))
+    summary = train_module.train(train_job(job_of(cfg)))
     assert f"train: resuming MLflow run {state['run_id']}: fitting had ended, writing the model" in capsys.readouterr().out
     assert summary["run_id"] == state["run_id"] and summary["epochs"] == 2 and (out / "model.pt").exists()
     assert client.get_run(state["run_id"]).info.status == "FINISHED"
