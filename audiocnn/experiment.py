@@ -46,7 +46,8 @@ from audiocnn.inference.pyfunc import log_audio_model, model_config
 from audiocnn.training import distributed, resume
 from audiocnn.training.datamodule import WindowDataModule
 from audiocnn.training.settings import trainer_settings
-from audiocnn.training.train import TrainJob, planned_processes, train
+from audiocnn.training.train import TrainJob, train
+from audiocnn.training.trainer import planned_processes
 from audiocnn.settings import Settings, group, prepare_settings, read_settings
 
 
@@ -114,7 +115,7 @@ def data_module(cfg: DictConfig, time_stride: int | None = None) -> WindowDataMo
 
 
 def processes_of(cfg: DictConfig) -> int:
-    """How many processes `cfg`'s training runs in (`training.train.planned_processes`)."""
+    """How many processes `cfg`'s training runs in (`training.trainer.planned_processes`)."""
     return planned_processes(trainer_settings(group(cfg, "trainer")))
 
 
@@ -190,9 +191,9 @@ def evaluate_model(job: Job) -> dict:
     return evaluate_ensemble(inputs) if inputs.ensemble else evaluate(inputs)
 
 
-def run_repeats(cfg: DictConfig, steps: tuple[str, ...] = ("train", "evaluate"), run_name_suffix: str = "",
+def run_repeats(job: Job, steps: tuple[str, ...] = ("train", "evaluate"), run_name_suffix: str = "",
                 make_inputs: bool = True, parent_run_id: str | None = None) -> dict:
-    """Run `steps` for every fold/seed variant of `cfg` under one MLflow parent run.
+    """Run `steps` for every fold/seed variant of `job` under one MLflow parent run, in its MLflow store.
 
     "train" opens the parent (recorded in `<paths.models>/repeats.json`; a rerun with the same
     settings reopens it and skips the variants already trained, `train_model(skip_finished=True)`)
@@ -204,10 +205,10 @@ def run_repeats(cfg: DictConfig, steps: tuple[str, ...] = ("train", "evaluate"),
     and `seed`), prepared here; all share the feature store of `paths.prepared`'s clips.
     `parent_run_id`: the run the repeats' own parent run is a child of (a sweep's).
     """
-    store = resolve_tracking(cfg)
+    cfg, store = job.cfg, job.store
     if "train" in steps:
         if make_inputs:
-            ensure_inputs(read_settings(cfg))
+            ensure_inputs(job.settings)
         todo = repeats.variants(cfg)
         prepare_variants(cfg, todo)  # all before the first fit, whose DDP processes re-run this
         if not distributed.is_main_process():  # another DDP process: the same fits, nothing else
@@ -227,17 +228,18 @@ def run_repeats(cfg: DictConfig, steps: tuple[str, ...] = ("train", "evaluate"),
             single = repeats.variant_config(cfg, variant)
             if "train" in steps:
                 single.tracking.run_name = repeats.variant_run_name(cfg, variant, run_name_suffix)
-            job = job_of(single, store)
+            variant_job = job_of(single, store)
             if "train" in steps:
-                summary = train_model(job, run_name_suffix=run_name_suffix, skip_finished=True, parent_run_id=parent)
+                summary = train_model(variant_job, run_name_suffix=run_name_suffix, skip_finished=True,
+                                      parent_run_id=parent)
             else:
                 summary = json.loads((Path(single.paths.models) / "run.json").read_text())
-            metrics = evaluate_model(job) if "evaluate" in steps else {}
+            metrics = evaluate_model(variant_job) if "evaluate" in steps else {}
             results.append({"variant": variant, "best_val_acc": validation_score(summary), **metrics})
         if "evaluate" not in steps:  # the evaluate stage reopens the parent
             tracking.end_parent_run(store, parent, "FINISHED")
             return {"best_val_acc": float(np.mean([r["best_val_acc"] for r in results]))}
-        aggregate = repeats.write_aggregate(cfg, results)
+        aggregate = repeats.write_aggregate(cfg, results, job.settings.evaluate.calibration_bins)
         repeats.log_aggregate(cfg, store, parent, aggregate)
     except BaseException as error:
         tracking.end_parent_run(store, parent, "KILLED" if isinstance(error, KeyboardInterrupt) else "FAILED",
@@ -260,7 +262,7 @@ def prepare_variants(cfg: DictConfig, todo: list) -> None:
 def train_stage(cfg: DictConfig) -> dict:
     """DVC's train stage: one model, or every variant when folds/seeds are repeated."""
     if repeats.is_repeated(cfg):
-        return run_repeats(cfg, steps=("train",), make_inputs=False)
+        return run_repeats(job_of(cfg), steps=("train",), make_inputs=False)
     return train_model(job_of(cfg))
 
 
@@ -269,7 +271,7 @@ def evaluate_stage(cfg: DictConfig) -> dict:
     if not distributed.is_main_process():
         return {}
     if repeats.is_repeated(cfg) and not cfg.get("ensemble"):
-        return run_repeats(cfg, steps=("evaluate",))
+        return run_repeats(job_of(cfg), steps=("evaluate",))
     return evaluate_model(job_of(cfg))
 
 
@@ -297,14 +299,14 @@ def run_experiment(cfg: DictConfig) -> float:
         if repeats.is_repeated(cfg):
             if parent:
                 tracking.set_parent(job.store, repeats.resume_parent(cfg)[0], parent)
-            return run_repeats(cfg, steps=("evaluate",))["best_val_acc"]
+            return run_repeats(job, steps=("evaluate",))["best_val_acc"]
         summary = json.loads((Path(cfg.paths.models) / "run.json").read_text())
         if parent:
             tracking.set_parent(job.store, summary["run_id"], parent)
         evaluate_model(job)
         return validation_score(summary)
     if repeats.is_repeated(cfg):
-        return run_repeats(cfg, run_name_suffix=overrides, parent_run_id=parent)["best_val_acc"]
+        return run_repeats(job, run_name_suffix=overrides, parent_run_id=parent)["best_val_acc"]
     ensure_inputs(job.settings)
     summary = train_model(job, run_name_suffix=overrides, skip_finished=True, parent_run_id=parent)
     evaluate_model(job)

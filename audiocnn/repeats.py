@@ -33,7 +33,6 @@ from audiocnn.data.task import is_multilabel
 from audiocnn.errors import ConfigError
 from audiocnn.evaluation.event_report import EVENTS_DIR
 from audiocnn.evaluation.reports import CURVES, write_pooled_reports
-from audiocnn.settings import read_settings
 from audiocnn.training import resume
 
 STATE_FILE = "repeats.json"  # in paths.models: the parent run and the variants, for the evaluate stage
@@ -151,7 +150,7 @@ def aggregate_metrics(results: list[dict]) -> dict:
     return aggregate
 
 
-def write_aggregate(cfg: DictConfig, results: list[dict]) -> dict:
+def write_aggregate(cfg: DictConfig, results: list[dict], calibration_bins: int) -> dict:
     """`test.json` (aggregate, with the worst class of the pooled predictions); the pooled reports of
     `evaluation.reports.write_pooled_reports` (`per_class.json`, `predictions.csv`, the PNGs: all
     variants pooled); `explain/<label>/` (each variant's explanations)."""
@@ -167,7 +166,7 @@ def write_aggregate(cfg: DictConfig, results: list[dict]) -> dict:
     pooled = write_pooled_reports(pd.concat(frames, ignore_index=True), classes, out,
                                   f"{cfg.model.name} on {cfg.data.name}, {len(results)} runs pooled",
                                   f"{aggregate['accuracy']:.3f} +/- {aggregate['accuracy_std']:.3f}",
-                                  read_settings(cfg).evaluate.calibration_bins)
+                                  calibration_bins)
     aggregate["worst_class"] = pooled["worst_class"]
     atomic.write_json(out / "test.json", aggregate)
     for folder in ("explain", CURVES, EVENTS_DIR):  # each run's files side by side under the DVC output folders

@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 from common import benchmark_config, dataset_overrides, machine
 
-from audiocnn.experiment import run_repeats
+from audiocnn.experiment import job_of, run_repeats
 from audiocnn.repeats import variant_config, variants
 
 RESULTS = Path(__file__).parent / "results" / "seeds.json"
@@ -56,7 +56,7 @@ def main() -> None:
         cfg = benchmark_config(work, *dataset_overrides(dataset, args.fsdd_root), f"trainer.seeds={args.seeds}",
                                f"trainer.max_epochs={args.max_epochs}", "tracking.log_model=false",
                                f"paths.models={work}/models", f"paths.metrics={work}/metrics", *args.override)
-        aggregate = run_repeats(cfg, run_name_suffix="seeds")
+        aggregate = run_repeats(job_of(cfg), run_name_suffix="seeds")
         per_seed = []
         for variant in variants(cfg):
             metrics = json.loads((Path(variant_config(cfg, variant).paths.metrics) / "test.json").read_text())

@@ -90,7 +90,7 @@ def test_a_fold_named_like_a_path_writes_nothing_outside_the_paths(tmp_path):
                         *FAST)
     validate_config(cfg)
     resolve_tracking(cfg)
-    aggregate = run_repeats(cfg)
+    aggregate = run_repeats(job_of(cfg))
 
     assert not (tmp_path / "escaped").exists()
     outside = [p for p in tmp_path.rglob("*") if not (p.is_relative_to(out) or p.is_relative_to(data))]

@@ -240,7 +240,7 @@ def test_repeats_and_ensembles_of_multilabel_models_are_refused_in_one_line_befo
     seeds = cfg.copy()
     seeds.trainer.seeds = [0, 1]
     with pytest.raises(ConfigError, match=r"^trainer.seeds=\[0, 1\]: repeats are not yet for multi-label data"):
-        run_repeats(seeds, make_inputs=False)
+        run_repeats(job_of(seeds), make_inputs=False)
     assert not (Path(cfg.paths.models) / "repeats.json").exists() and not (Path(cfg.paths.models) / "seed-0").exists()
     ensemble = cfg.copy()
     ensemble.ensemble = [cfg.paths.models, cfg.paths.models]

@@ -15,7 +15,7 @@ from audiocnn.data.settings import DataSettings
 from audiocnn.config import ConfigError, compose_config, validate_config
 from audiocnn.data.prepare import assign_splits, fold_values
 from audiocnn.evaluation.reports import describe_results
-from audiocnn.experiment import evaluate_stage, run_repeats, train_stage
+from audiocnn.experiment import evaluate_stage, job_of, run_repeats, train_stage
 from audiocnn.repeats import variants
 from tests.conftest import tiny_config
 
@@ -140,7 +140,7 @@ def test_leave_one_speaker_out_on_real_fsdd_recordings(tmp_path):
                           "trainer.max_epochs=1", "model=cnn", "features.num_workers=0", "tracking.log_model=false",
                           f"tracking.uri=sqlite:///{tmp_path / 'mlflow.db'}", *paths])
     validate_config(cfg)
-    aggregate = run_repeats(cfg)
+    aggregate = run_repeats(job_of(cfg))
 
     assert set(aggregate["runs"]) == {"fold-george", "fold-jackson", "fold-theo"}
     for speaker in ("george", "jackson", "theo"):

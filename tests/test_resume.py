@@ -236,7 +236,7 @@ def test_repeats_skip_finished_variants_and_resume_the_interrupted_one_under_the
     # seed 1 crashes after its first epoch (not once it has a checkpoint to resume from)
     crash_when(monkeypatch, lambda settings, out: 0 if out.name == "seed-1" and not (out / resume.LAST).exists() else None)
     with pytest.raises(RuntimeError, match="crash after epoch 1"):
-        run_repeats(cfg, steps=("train",), make_inputs=False)
+        run_repeats(job_of(cfg), steps=("train",), make_inputs=False)
     models = Path(cfg.paths.models)
     parent = json.loads((models / "repeats.json").read_text())["parent_run_id"]
     first = json.loads((models / "seed-0" / "run.json").read_text())["run_id"]
@@ -245,7 +245,7 @@ def test_repeats_skip_finished_variants_and_resume_the_interrupted_one_under_the
     assert client.get_run(parent).info.status == "FAILED"
 
     capsys.readouterr()
-    run_repeats(cfg, steps=("train",), make_inputs=False)
+    run_repeats(job_of(cfg), steps=("train",), make_inputs=False)
     out = capsys.readouterr().out
     assert f"repeats: resuming MLflow parent run {parent}" in out
     assert f"train: {models / 'seed-0'} already holds this training (MLflow run {first}); not trained again" in out

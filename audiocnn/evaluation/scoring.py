@@ -17,7 +17,6 @@ import torch
 from torch import nn
 
 from audiocnn.features import sliding
-from audiocnn.features.cqt import pick_device
 from audiocnn.models.scorer import WindowScorer
 from audiocnn.models.tta import Views
 from audiocnn.training.datamodule import WindowDataModule

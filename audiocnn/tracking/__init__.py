@@ -246,7 +246,7 @@ def open_run(store: Store, *, run_id: str | None = None, run_name: str | None = 
     """Start (or, with `run_id`, resume: RUNNING again) a run owned by this process (`owners`); a run
     that raises is marked FAILED (KILLED for Ctrl-C), with why (`record_failure`). For the stages
     outside Lightning (evaluate, logging the servable model, parent runs' aggregates); the train stage's
-    run is Lightning's logger's (`training.train.RunLogger`), with the same tags (`new_run_tags`,
+    run is Lightning's logger's (`training.run.RunLogger`), with the same tags (`new_run_tags`,
     `take_over`, `record_failure`).
 
     The run is the child of `parent_run_id` (a run resumed under another parent, a repeat's after its

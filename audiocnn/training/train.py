@@ -21,9 +21,9 @@ With several processes (`trainer.strategy=ddp trainer.devices=N`, `audiocnn.trai
 every process runs the same fit and validation; only the main one logs to MLflow and
 writes `model.pt` and `run.json` (Lightning writes `best.ckpt` from rank 0 only).
 
-The MLflow run is Lightning's: its MLflow logger (`RunLogger`) creates the run (or opens the resumed
+The MLflow run is Lightning's: its MLflow logger (`training.run.RunLogger`) creates the run (or opens the resumed
 one) as `trainer.fit` sets up and ends it as `fit` returns (FINISHED) or raises (FAILED). The stage's
-own work around it is in callbacks: `RunLifecycle` tags the run with its owner process, takes over a
+own work around it is in callbacks: `training.run.RunLifecycle` tags the run with its owner process, takes over a
 resumed run, logs the run's inputs and, on an exception, why the run failed; `AfterFit` does the
 post-fit work (the best weights validated, the temperature / thresholds / event decoding fitted,
 model.pt and run.json written) in Lightning's `teardown` hook, the last before the logger ends the run.
@@ -40,11 +40,8 @@ from pathlib import Path
 from typing import Callable, Mapping
 
 import lightning as L
-import mlflow
 import torch
-from hydra.utils import instantiate
-from lightning.pytorch.callbacks import Callback, ModelCheckpoint, StochasticWeightAveraging
-from lightning.pytorch.loggers import MLFlowLogger
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 
 from audiocnn import atomic, tracking
 from audiocnn.data.events import output_frame_seconds
@@ -59,7 +56,6 @@ from audiocnn.models.event_pool import capped_time_stride, time_stride
 from audiocnn.models.scorer import WindowScorer
 from audiocnn.models.settings import CNNSettings, CRNNSettings
 from audiocnn.models.summary import summarize
-from audiocnn.tracking import owners
 from audiocnn.training import distributed, resume
 from audiocnn.training.augment import AugmentSettings, SpectrogramAugment, WaveformAugment
 from audiocnn.training.datamodule import LoaderSettings, WindowDataModule
@@ -68,11 +64,13 @@ from audiocnn.training.events import (OFF_FOR_EVENTS, SCORE as EVENTS_SCORE, Eve
                                      class_pos_weights)
 from audiocnn.training.module import Classifier
 from audiocnn.training.norm_stats import fit_bin_norm
-from audiocnn.training.optim import OptimizerSettings, SchedulerSettings, class_weights, resolve_precision
-from audiocnn.training.resume import BEST, LAST, AtomicCheckpointIO, RngState, TrainMetricsFirst
+from audiocnn.training.optim import OptimizerSettings, SchedulerSettings, class_weights
+from audiocnn.training.resume import BEST
+from audiocnn.training.run import RunLifecycle, RunLogger, log_run_inputs, run_logger
 from audiocnn.training.settings import TrainerSettings
 from audiocnn.training.temperature import calibrate
 from audiocnn.training.thresholds import fit_thresholds
+from audiocnn.training.trainer import build_trainer, swa_average, validate_best
 from audiocnn.training.transfer import freeze, load_matching
 
 
@@ -112,106 +110,6 @@ class TrainJob:
     @property
     def features(self) -> FeatureSettings:
         return self.store.features
-
-
-class RunLogger(MLFlowLogger):
-    """Lightning's MLflow logger, the owner of the train stage's run: it creates the run (or opens the
-    resumed one) as Lightning sets up, logs to it, and ends it when Lightning's `fit` or `validate`
-    returns (FINISHED: after `AfterFit` has written model.pt and run.json) or raises (FAILED, with why:
-    `RunLifecycle`). MLflow's run links printed as a run ends are dropped, as for every run audiocnn ends
-    (`tracking.owners.without_run_links`)."""
-
-    @property
-    def started(self) -> bool:
-        """Whether the run is open: Lightning has the logger create (or open) it as a fit or validate sets up."""
-        return self._initialized
-
-    def finalize(self, status: str = "success") -> None:
-        with owners.without_run_links():
-            super().finalize(status)
-
-
-def run_logger(store: tracking.Store, run_id: str | None, run_name: str, tags: dict,
-               parent_run_id: str | None) -> RunLogger:
-    """The logger of the train stage's run in `store`: with `run_id`, that run resumed (`RunLifecycle`
-    takes it over); else a new run named `run_name`, created with `tags`, this process as its owner and
-    `parent_run_id` as its parent (`tracking.new_run_tags`)."""
-    if run_id:
-        return RunLogger(experiment_name=store.experiment, tracking_uri=store.uri, run_id=run_id)
-    return RunLogger(experiment_name=store.experiment, tracking_uri=store.uri, run_name=run_name,
-                     tags=tracking.new_run_tags(tags, parent_run_id))
-
-
-def processes(trainer: TrainerSettings) -> dict:
-    """Where and how many processes Lightning trains with (`trainer.accelerator/devices/strategy/num_nodes`)."""
-    return {"accelerator": trainer.accelerator, "devices": trainer.devices, "strategy": trainer.strategy,
-            "num_nodes": trainer.num_nodes}
-
-
-def planned_processes(trainer: TrainerSettings) -> int:
-    """How many processes `trainer` trains in (devices x nodes, as Lightning resolves them), starting none."""
-    with distributed.quiet_lightning():
-        trainer = L.Trainer(**processes(trainer), logger=False, enable_checkpointing=False,
-                            enable_progress_bar=False, enable_model_summary=False)
-    return trainer.world_size
-
-
-def build_trainer(settings: TrainerSettings, out: Path, logger: RunLogger | None, callbacks: tuple[Callback, ...] = ()
-                  ) -> tuple[L.Trainer, ModelCheckpoint]:
-    """Lightning Trainer of the `trainer` group `settings`, with `trainer.callbacks` (instantiated from
-    conf/), the train stage's own `callbacks`, and the best checkpoint on val_loss kept as `out/best.ckpt`
-    (the stage's own output, so not configurable).
-    `logger`: the run's (`run_logger`); None in the processes that do not log (DDP rank > 0).
-    The loaders split the data across processes themselves (`use_distributed_sampler=False`). The state
-    after each epoch is kept as `out/last.ckpt` (with the generators' state) to resume from, written
-    after the epoch's train metrics are logged (`resume.TrainMetricsFirst`); writes are atomic."""
-    checkpoint = ModelCheckpoint(dirpath=out, filename="best", monitor="val_loss", mode="min", save_top_k=1,
-                                 enable_version_counter=False)
-    # Not the best checkpoint's `save_last=True`: that writes last.ckpt as validation ends, before the
-    # epoch's train metrics are logged. `trainer.fit(ckpt_path="last")` finds this one.
-    last = ModelCheckpoint(dirpath=out, filename=Path(LAST).stem, monitor=None, save_top_k=1, every_n_epochs=1,
-                           save_on_train_epoch_end=True, enable_version_counter=False)
-    configured = [instantiate(spec) for spec in settings.callbacks.values() if spec]
-    trainer = L.Trainer(
-        **processes(settings), max_epochs=settings.max_epochs,
-        precision=resolve_precision(settings.precision, settings.accelerator),
-        gradient_clip_val=settings.gradient_clip_val, deterministic=settings.deterministic,
-        log_every_n_steps=settings.log_every_n_steps, default_root_dir=out,
-        callbacks=[*configured, *callbacks, RngState(), TrainMetricsFirst(), checkpoint, last],
-        plugins=[AtomicCheckpointIO()],
-        use_distributed_sampler=False,
-        logger=logger or False,
-    )
-    return trainer, checkpoint
-
-
-def validate_best(settings: TrainerSettings, module: L.LightningModule, data: WindowDataModule) -> dict:
-    """The validation figures of `module` as it is now (the best checkpoint's weights, or SWA's average), by
-    a Trainer of its own without logger or callbacks: the fit's Trainer is still inside `fit` when
-    `AfterFit` asks (a Trainer runs one entry point at a time). Every process calls it (collective)."""
-    with distributed.quiet_lightning():
-        trainer = L.Trainer(**processes(settings), deterministic=settings.deterministic,
-                            precision=resolve_precision(settings.precision, settings.accelerator),
-                            logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                            enable_model_summary=False, use_distributed_sampler=False)
-    return {k: float(v) for k, v in trainer.validate(module, datamodule=data, verbose=False)[0].items()}
-
-
-def swa_average(trainer: L.Trainer, module: L.LightningModule) -> bool:
-    """With `trainer.callbacks.swa` (conf/trainer/callbacks/swa.yaml): put SWA's average into `module` and
-    return True, so the stage keeps it instead of best.ckpt; False without the callback or when training
-    stopped (early) before averaging began. Lightning moves the average in itself (and recomputes BatchNorm
-    statistics) only when training reaches max_epochs; after an early stop the parameters are moved here."""
-    swa = next((c for c in trainer.callbacks if isinstance(c, StochasticWeightAveraging)), None)
-    if swa is None:
-        return False
-    averaged = int(swa.n_averaged) if swa.n_averaged is not None else 0
-    if averaged == 0 or swa._average_model is None:
-        print("train: trainer.callbacks.swa: training stopped before swa_epoch_start; keeping the best checkpoint")
-        return False
-    swa.transfer_weights(swa._average_model, module)
-    print(f"train: trainer.callbacks.swa: keeping the average of {averaged} epochs' weights (not best.ckpt)")
-    return True
 
 
 def build_module(job: TrainJob, model: torch.nn.Module, data: WindowDataModule) -> Classifier:
@@ -343,46 +241,6 @@ def fit_event_decoding(model: torch.nn.Module, data: WindowDataModule, job: Trai
     return {**events, "post_processing": record}
 
 
-def log_run_inputs(job: TrainJob, logger: RunLogger, summary_table, transfer) -> None:
-    """Params, model size and summary, transfer report: what a run resumed already has is not logged again."""
-    client, run_id = logger.experiment, logger.run_id
-    logged = client.get_run(run_id).data
-    params = tracking.flatten_config(job.config)
-    client.log_batch(run_id, params=[mlflow.entities.Param(k, v) for k, v in params.items() if k not in logged.params])
-    tracking.log_dataset(job.prepare.prepared, job.store.data_name, run_id)  # the Dataset column: the manifest, its MD5
-    if "n_parameters" not in logged.metrics:
-        logger.log_metrics({"n_parameters": summary_table.total_params, "multiply_adds": summary_table.total_macs})
-        client.log_text(run_id, summary_table.table(), "model_summary.txt")
-        if transfer:
-            client.log_dict(run_id, vars(transfer), "transfer.json")
-
-
-class RunLifecycle(Callback):
-    """What the train stage adds to the run Lightning's logger owns (the main process only). As Lightning
-    sets up (the logger has created or opened the run): a resumed run is taken over (RUNNING again, owned
-    by this process, `tags`, under `parent_run_id`: `tracking.take_over`), `resume.json` names the run
-    unless fitting had ended (`resume.record`), and the run's inputs are logged (`log_run_inputs`). When
-    anything in Lightning's `fit` or `validate` raises, why (`tracking.record_failure`), before the logger
-    marks the run FAILED."""
-
-    def __init__(self, job: TrainJob, start: resume.Start, tags: dict, parent_run_id: str | None,
-                 log_inputs: Callable[[RunLogger], None]):
-        self.job, self.start, self.tags, self.parent_run_id = job, start, tags, parent_run_id
-        self.log_inputs = log_inputs
-
-    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
-        logger = trainer.logger
-        if self.start.run_id:
-            tracking.take_over(logger.experiment, logger.run_id, self.tags, self.parent_run_id)
-        if not self.start.fit_done:
-            resume.record(self.job.config, self.job.models, logger.run_id)
-        self.log_inputs(logger)
-
-    def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
-        if trainer.logger.started:  # else Lightning has no run to end
-            tracking.record_failure(trainer.logger.experiment, trainer.logger.run_id, exception)
-
-
 class AfterFit(Callback):
     """The train stage's work after fitting, in Lightning's `teardown` hook: the last one before Lightning's
     logger ends the run, so the run is FINISHED only once model.pt and run.json are written, and FAILED
@@ -470,8 +328,8 @@ def train(job: TrainJob, run_name_suffix: str = "", parent_run_id: str | None = 
         tracking.configure(job.tracking)  # the experiment, and runs of dead processes marked KILLED
         logger = run_logger(job.tracking, start.run_id, name, tags, parent_run_id)
         summary_table = summarize(model, features.n_bins, features.window_frames, name=model_name)
-        callbacks.append(RunLifecycle(job, start, tags, parent_run_id,
-                                      lambda logger: log_run_inputs(job, logger, summary_table, transfer)))
+        callbacks.append(RunLifecycle(job.config, out, start, tags, parent_run_id, lambda logger: log_run_inputs(
+            job.config, job.prepare.prepared, job.store.data_name, logger, summary_table, transfer)))
 
         def finish(trainer: L.Trainer, best_val: dict, epochs: int) -> dict:
             """The main process's post-fit work (`AfterFit`), inside the run."""
