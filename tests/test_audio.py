@@ -86,18 +86,41 @@ def test_probe_raises_on_a_text_file_named_wav(tmp_path):
         probe_audio(path)
 
 
-def test_read_audio_if_opens_the_file_once_and_decodes_it_whole_only_when_asked(tmp_path, monkeypatch):
+@pytest.mark.parametrize("subtype", ["PCM_16", "FLOAT"])  # read by the standard library's `wave`, by soundfile
+def test_read_audio_if_opens_the_file_once_and_decodes_it_whole_only_when_asked(tmp_path, monkeypatch, subtype):
     """predict reads a short file's header and samples through one open (it opened each file twice)."""
+    import wave as wave_module
+
     from audiocnn.data import audio
 
     path = tmp_path / "tone.wav"
-    sf.write(path, np.stack([_tone(440, 22050, 0.5), _tone(440, 22050, 0.5, 0.1)], axis=1), 22050)
+    sf.write(path, np.stack([_tone(440, 22050, 0.5), _tone(440, 22050, 0.5, 0.1)], axis=1), 22050, subtype=subtype)
     opened = []
-    real = sf.SoundFile
-    monkeypatch.setattr(audio.sf, "SoundFile", lambda *a, **k: opened.append(a[0]) or real(*a, **k))
+    real_soundfile, real_wave = sf.SoundFile, wave_module.open
+    monkeypatch.setattr(audio.sf, "SoundFile", lambda *a, **k: opened.append("soundfile") or real_soundfile(*a, **k))
+    monkeypatch.setattr(audio.wave, "open", lambda *a, **k: (lambda h: h.getsampwidth() == 2 and opened.append("wave")
+                                                               or h)(real_wave(*a, **k)))
     monkeypatch.setattr(audio.sf, "info", lambda *a, **k: pytest.fail("the header is read from the open file"))
     wave, samples = audio.read_audio_if(path, 16000, lambda n: n <= 8000)
-    assert samples == 8000 and len(opened) == 1
+    assert samples == 8000 and opened == ["wave" if subtype == "PCM_16" else "soundfile"]
     monkeypatch.undo()
     np.testing.assert_array_equal(wave, audio.read_audio(path, 16000))  # what decoding it alone gives
     assert audio.read_audio_if(path, 16000, lambda n: n < 8000) == (None, 8000)  # too long: only its length
+
+
+@pytest.mark.parametrize("channels", [1, 2])
+@pytest.mark.parametrize("cut_bytes", [0, 1001])  # whole, and a truncated file (fewer samples than its header says)
+def test_16_bit_wav_read_by_the_standard_library_gives_soundfiles_samples(tmp_path, channels, cut_bytes):
+    from audiocnn.data import audio
+
+    path = tmp_path / "tone.wav"
+    tone = np.stack([_tone(440 * (c + 1), 8000, 0.7, 0.1 * c) for c in range(channels)], axis=1)
+    sf.write(path, tone, 8000, subtype="PCM_16")
+    path.write_bytes(path.read_bytes()[: len(path.read_bytes()) - cut_bytes])
+    data, rate = sf.read(path, dtype="float32", always_2d=True)
+    expected = audio.mono_array(data)
+    for sr in (8000, 16000):
+        wave, samples = audio.read_audio_if(path, sr, lambda n: True)
+        np.testing.assert_array_equal(wave, audio.resample_array(expected, rate, sr))
+        assert samples == len(wave) == audio.clip_samples(path, sr)
+        assert audio.read_audio_if(path, sr, lambda n: False) == (None, audio.clip_samples(path, sr))

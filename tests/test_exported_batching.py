@@ -66,3 +66,47 @@ def test_a_batch_holds_no_more_than_the_file_check_allowed_for(onnx_backend, mon
     assert len(results) == len(clips) and sum(rows * windows for (rows, _), windows in calls) == len(clips)
     assert all(rows * windows <= CHUNK_WINDOWS and rows * samples <= largest for (rows, samples), windows in calls)
     assert max(rows for (rows, _), _ in calls) > CHUNK_WINDOWS // 4  # and they are batched
+
+
+@pytest.mark.parametrize("block", [2, 64])  # blocks of two inputs: the long recording shares no block with the first
+def test_side_by_side_scoring_gives_the_answers_of_one_worker_in_input_order(onnx_backend, monkeypatch, block):
+    """`workers` calls at once (blocks, and a long recording's chunks, in threads): the same answers and windows,
+    in the same order, as one worker."""
+    import audiocnn.inference.exported as exported
+
+    monkeypatch.setattr(exported, "BLOCK_CLIPS", block)
+    items = inputs(onnx_backend) * 3
+    monkeypatch.setattr(onnx_backend, "workers", 1)
+    one = list(onnx_backend.score(items, sample_rate=onnx_backend.sr, keep_windows=True))
+    monkeypatch.setattr(onnx_backend, "workers", 3)
+    side_by_side = list(onnx_backend.score(items, sample_rate=onnx_backend.sr, keep_windows=True))
+    assert [(r.name, r.error) for r in side_by_side] == [(r.name, r.error) for r in one]
+    for a, b in zip(one, side_by_side):
+        if not a.error:
+            np.testing.assert_array_equal(a.probabilities, b.probabilities)
+            assert [s for s, _ in a.windows] == [s for s, _ in b.windows]
+
+
+def test_ordered_map_keeps_the_order_and_reads_at_most_workers_items_ahead():
+    import threading
+    import time
+
+    from audiocnn.inference.exported import ordered_map
+
+    read, threads = [], set()
+
+    def items():
+        for number in range(20):
+            read.append(number)
+            yield number
+
+    def slow_square(number):
+        threads.add(threading.get_ident())
+        time.sleep(0.01 * (number % 3))  # later items finish first
+        return number * number
+
+    taken = []
+    for result in ordered_map(slow_square, items(), workers=2):
+        taken.append(result)
+        assert len(read) <= len(taken) + 2  # bounded: what is read is at most 2 items past what was taken
+    assert taken == [n * n for n in range(20)] and len(threads) == 2

@@ -37,6 +37,7 @@ from __future__ import annotations
 import io
 import math
 import os
+import wave
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -102,7 +103,8 @@ def _tensor(array: np.ndarray):
 
 def mono_array(samples: np.ndarray) -> np.ndarray:
     """`(samples, channels)` floats -> mono float32 `(samples,)`: channel mean, non-finite -> 0."""
-    mono = np.asarray(samples, dtype=np.float32).mean(axis=1, dtype=np.float32)
+    samples = np.asarray(samples, dtype=np.float32)
+    mono = samples[:, 0] if samples.shape[1] == 1 else samples.mean(axis=1, dtype=np.float32)
     return np.nan_to_num(mono, nan=0.0, posinf=0.0, neginf=0.0)
 
 
@@ -147,13 +149,32 @@ def clip_samples(path: str | Path, sr: int) -> int:
 
 def read_audio(path: str | Path, sr: int) -> np.ndarray:
     """Decode the file at `path` to a mono float32 numpy waveform at `sr` Hz: `(samples,)`."""
-    data, file_sr = sf.read(sound_file(path), dtype="float32", always_2d=True)  # (samples, channels)
-    return resample_array(mono_array(require_finite(data)), file_sr, sr)
+    return read_audio_if(path, sr, lambda samples: True)[0]
 
 
 def read_audio_if(path: str | Path, sr: int, whole: Callable[[int], bool]) -> tuple[np.ndarray | None, int]:
     """Open the file once: `(read_audio's waveform (samples,), samples)` when `whole(samples)` says to decode
-    it whole, else `(None, samples)`; `samples` is its length at `sr` from the header (`clip_samples`)."""
+    it whole, else `(None, samples)`; `samples` is its length at `sr` (`clip_samples`).
+
+    A 16-bit PCM WAV file (most recordings) is read by the standard library's `wave`: the same values as
+    soundfile (sample / 32768) in a third of its time on a short clip (21 against 61 us on an FSDD clip).
+    Any other file, or one `wave` cannot parse, is read by soundfile, whose errors are the ones reported."""
+    try:
+        pcm = wave.open(str(path), "rb")
+    except Exception:  # noqa: BLE001 - not a plain PCM WAV file, or unreadable: soundfile says which
+        pcm = None
+    if pcm is not None and pcm.getsampwidth() == 2:
+        with pcm:
+            rate, channels = pcm.getframerate(), pcm.getnchannels()
+            check_file_rate(rate)
+            if not whole(resampled_length(pcm.getnframes(), rate, sr)):  # the header's count: an upper bound
+                return None, clip_samples(path, sr)  # soundfile's count, as `read_segment` reads the file
+            raw = pcm.readframes(pcm.getnframes())  # fewer bytes than the header says in a truncated file
+        data = np.frombuffer(raw[: len(raw) // (2 * channels) * 2 * channels], "<i2").reshape(-1, channels)
+        data = data.astype(np.float32) * np.float32(1 / 32768)
+        return resample_array(mono_array(data), rate, sr), resampled_length(len(data), rate, sr)
+    if pcm is not None:
+        pcm.close()
     with sf.SoundFile(sound_file(path)) as handle:
         check_file_rate(handle.samplerate)
         samples = resampled_length(handle.frames, handle.samplerate, sr)

@@ -16,15 +16,21 @@ through the graph as the rows of one batch. Each row is the chunk it would be al
 rows are independent), so the answers are those of one call per recording; a batch holds at most
 `CHUNK_WINDOWS` windows and the samples of the largest chunk, the sizes the file check allows for
 (`onnx_check.chunk_shapes`).
+
+An ONNX file is scored by `workers` calls side by side (`onnx_check.session_threads`): blocks, and a
+long recording's chunks, go to that many threads (`ordered_map`), each reading its files and running
+the graph while the others do; the answers keep the inputs' order.
 """
 
 from __future__ import annotations
 
 import json
-from pathlib import Path
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from itertools import islice
-from typing import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 
@@ -35,10 +41,10 @@ from audiocnn.inference.chunks import Chunk, Scored, chunks, cut, frame_count
 from audiocnn.data.event_decoding import Detection
 from audiocnn.inference.event_stream import stream_events
 from audiocnn.inference.export_format import CHUNK_WINDOWS, FRAME_OUTPUT, METADATA_KEY, OUTPUTS, output_names
-from audiocnn.inference.onnx_check import check_metadata, chunk_shapes
+from audiocnn.inference.onnx_check import check_metadata, chunk_shapes, session_threads
 from audiocnn.data.task import EVENTS, MULTICLASS, post_processing_of, thresholds_of
 
-BLOCK_CLIPS = 256  # recordings read before their short chunks are batched and scored
+BLOCK_CLIPS = 64  # recordings a block reads before its short chunks are batched and scored
 BLOCK_SAMPLES = 1 << 23  # most decoded samples a block holds (32 MB of float32)
 
 
@@ -56,6 +62,8 @@ class _Pending:
 
 
 class _ExportedBackend:
+    workers = 1  # blocks (and a long recording's chunks) decoded and scored at once, each in a thread
+
     def __init__(self, metadata: dict, where: str = "exported model"):
         metadata = check_metadata(metadata, where)  # classes and features as a model.pt's (features.budget)
         self.classes: list[str] = list(metadata["classes"])
@@ -96,8 +104,10 @@ class _ExportedBackend:
                 ) -> Iterator[tuple[int, np.ndarray]]:
         """(start frame, probabilities `(n_classes,)`) of every window of a recording of `samples`
         samples, chunk by chunk; `source(start, stop)` gives its samples [start, stop), zeros outside."""
-        for chunk in self.chunks(samples, hop):
-            probabilities = self.run(source(chunk.start, chunk.stop)[None], chunk.starts)[0]
+        def run(chunk: Chunk) -> tuple[Chunk, np.ndarray]:
+            return chunk, self.run(source(chunk.start, chunk.stop)[None], chunk.starts)[0]
+
+        for chunk, probabilities in ordered_map(run, self.chunks(samples, hop), self.workers):
             yield from zip((chunk.first + chunk.starts).tolist(), probabilities)
 
     @property
@@ -121,16 +131,22 @@ class _ExportedBackend:
     def score(self, inputs: Sequence, sample_rate: int | None = None, hop: int | None = None,
               keep_windows: bool = False) -> Iterator[Scored]:
         """One `Scored` per input (a path, or a sample array at `sample_rate`), in order; an input that
-        cannot be read gets its `error` and the others go on. Short ones are batched (module docstring)."""
-        block: list[_Pending] = []
-        held = 0  # decoded samples in the block (a running total: summing the block each time was quadratic)
-        for number, item in enumerate(inputs):
-            block.append(self._pending(number, item, sample_rate, hop))
-            held += len(block[-1].wave) if block[-1].wave is not None else 0
-            if len(block) == BLOCK_CLIPS or held > BLOCK_SAMPLES:
-                yield from self._score_block(block, hop, keep_windows)
-                block, held = [], 0
-        yield from self._score_block(block, hop, keep_windows)
+        cannot be read gets its `error` and the others go on. Short ones are batched (module docstring); with
+        `workers` > 1 the blocks are read and scored side by side, in that many threads."""
+        def score_items(items: list[tuple[int, object]]) -> list[Scored]:
+            results, block, held = [], [], 0  # held: decoded samples in the block
+            for number, item in items:
+                block.append(self._pending(number, item, sample_rate, hop))
+                held += len(block[-1].wave) if block[-1].wave is not None else 0
+                if held > BLOCK_SAMPLES:
+                    results += self._score_block(block, hop, keep_windows)
+                    block, held = [], 0
+            return results + list(self._score_block(block, hop, keep_windows))
+
+        items = enumerate(inputs)
+        blocks = iter(lambda: list(islice(items, BLOCK_CLIPS)), [])
+        for results in ordered_map(score_items, blocks, self.workers):
+            yield from results
 
     def _pending(self, number: int, item, sample_rate: int | None, hop: int | None) -> _Pending:
         """`item` decoded (a short recording: its only chunk's samples) or opened (a longer one)."""
@@ -181,6 +197,22 @@ class _ExportedBackend:
             yield result
 
 
+def ordered_map(function: Callable, items: Iterable, workers: int) -> Iterator:
+    """`map(function, items)` run in `workers` threads, in order, with at most `workers` items ahead of the one
+    yielded (memory stays that of `workers` items; `items` is read as the results are taken)."""
+    if workers <= 1:
+        yield from map(function, items)
+        return
+    with ThreadPoolExecutor(workers) as pool:
+        running: deque = deque()
+        for item in items:
+            running.append(pool.submit(function, item))
+            if len(running) > workers:
+                yield running.popleft().result()
+        while running:
+            yield running.popleft().result()
+
+
 def _reason(error: Exception) -> str:
     """An error as the one line a `Scored` carries."""
     return f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
@@ -195,7 +227,8 @@ class OnnxBackend(_ExportedBackend):
         # Checked before onnxruntime sees it (inference/onnx_check.py): operators, metadata, every
         # tensor's size for the chunks `windows` sends; the session is made from the checked bytes.
         content, metadata = check_onnx(Path(path))
-        self.session = open_session(content, path)
+        self.workers, threads = session_threads()
+        self.session = open_session(content, path, threads)
         super().__init__(metadata, str(path))
 
     def run(self, waveform: np.ndarray, starts: np.ndarray) -> np.ndarray:

@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from pathlib import Path
 from typing import Any
 
@@ -302,13 +303,25 @@ class GraphCheck:
         return shapes, total
 
 
-def open_session(content: bytes, where: Any):
-    """An onnxruntime session (CPU) for checked `content`; onnxruntime's own errors as one `BundleError`
-    line. Its log shows errors only (its warnings would break the one-line answer)."""
+def session_threads() -> tuple[int, int]:
+    """(calls run side by side, threads each call uses) on the cores this process may use: up to 4 calls
+    of `cores // calls` threads. On 2 cores, two calls of one thread each scored faster than one call on
+    both (the GRU, the pooling and the small operators do not spread over threads, and reading the next
+    files overlaps scoring; benchmarks/predict.py, docs/results.md)."""
+    cores = len(os.sched_getaffinity(0))
+    calls = max(1, min(4, cores))
+    return calls, max(1, cores // calls)
+
+
+def open_session(content: bytes, where: Any, threads: int = 0):
+    """An onnxruntime session (CPU) for checked `content`, each call on `threads` threads (0: onnxruntime's
+    choice); onnxruntime's own errors as one `BundleError` line. Its log shows errors only (its warnings
+    would break the one-line answer)."""
     import onnxruntime
 
     options = onnxruntime.SessionOptions()
     options.log_severity_level = 3
+    options.intra_op_num_threads = threads
     try:
         return onnxruntime.InferenceSession(content, options, providers=["CPUExecutionProvider"])
     except Exception as error:  # noqa: BLE001 - onnxruntime's Fail, InvalidGraph, InvalidArgument, ...
