@@ -56,8 +56,9 @@ predictor = Predictor.load(sys.argv[1])
 paths = expand_inputs([sys.argv[2]])
 started = time.perf_counter(); waves = [load_audio(p, predictor.sr) for p in paths]; decode = time.perf_counter() - started
 started = time.perf_counter()
-for wave in waves:
-    predictor.frames(wave)
+with torch.inference_mode():
+    for wave in waves:
+        predictor.scorer.frames(wave[None])
 cqt = time.perf_counter() - started
 print(json.dumps({"decode_resample_s": decode, "cqt_s": cqt}))
 """

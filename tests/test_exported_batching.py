@@ -72,9 +72,9 @@ def test_a_batch_holds_no_more_than_the_file_check_allowed_for(onnx_backend, mon
 def test_side_by_side_scoring_gives_the_answers_of_one_worker_in_input_order(onnx_backend, monkeypatch, block):
     """`workers` calls at once (blocks, and a long recording's chunks, in threads): the same answers and windows,
     in the same order, as one worker."""
-    import audiocnn.inference.exported as exported
+    import audiocnn.inference.backend as backend
 
-    monkeypatch.setattr(exported, "BLOCK_CLIPS", block)
+    monkeypatch.setattr(backend, "BLOCK_CLIPS", block)
     items = inputs(onnx_backend) * 3
     monkeypatch.setattr(onnx_backend, "workers", 1)
     one = list(onnx_backend.score(items, sample_rate=onnx_backend.sr, keep_windows=True))
@@ -91,7 +91,7 @@ def test_ordered_map_keeps_the_order_and_reads_at_most_workers_items_ahead():
     import threading
     import time
 
-    from audiocnn.inference.exported import ordered_map
+    from audiocnn.inference.backend import ordered_map
 
     read, threads = [], set()
 

@@ -1,6 +1,6 @@
-"""An events model's events in a recording, streamed: the one loop every backend runs (`Predictor.events`
-for a model.pt, `exported._ExportedBackend.events` for an ONNX or TorchScript file). numpy only: the
-onnxruntime path imports no torch.
+"""An events model's events in a recording, streamed: the one loop every backend runs
+(`inference.backend.Backend.events`: a model.pt's `Predictor`, an ONNX or TorchScript file). numpy only:
+the onnxruntime path imports no torch.
 
     a recording of `samples` samples at features.sr (frame_count(samples, hop) CQT frames, ceil(. / s)
     output frames of s = the model's `time_stride` CQT frames)

@@ -82,7 +82,7 @@ def calibration_paths(calibration: str | Path | Sequence[str]) -> list[str]:
 
 class _Chunks(_ExportedBackend):
     """The (waveform, starts) inputs `audiocnn predict` gives the graph for a recording: the
-    backend's own decoding and chunking (`_ExportedBackend.windows`), recorded instead of run."""
+    backend's own decoding and chunking (`inference.backend.Backend.windows`), recorded instead of run."""
 
     def feeds(self, paths: Sequence[str], most: int) -> list[dict[str, np.ndarray]]:
         self.recorded: list[dict[str, np.ndarray]] = []
