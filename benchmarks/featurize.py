@@ -3,7 +3,7 @@
     .venv/bin/python benchmarks/featurize.py                 # 1,000 FSDD clips, default front-end
     .venv/bin/python benchmarks/featurize.py --clips 3000
 
-Same clips, same work for all three: decode (soundfile), resample to `features.sr`
+Same clips, same work for all three: decode (`audiocnn.data.audio.load_audio`), resample to `features.sr`
 (soxr, `audiocnn.data.audio`), CQT, log, float16, write to disk.
 (a) the project: `audiocnn.features.featurize.featurize` (DataLoader decoding workers,
     length-bucketed batched CQT), timed from the call to the finished store.

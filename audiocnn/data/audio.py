@@ -104,8 +104,11 @@ def _tensor(array: np.ndarray):
 def mono_array(samples: np.ndarray) -> np.ndarray:
     """`(samples, channels)` floats -> mono float32 `(samples,)`: channel mean, non-finite -> 0."""
     samples = np.asarray(samples, dtype=np.float32)
-    mono = samples[:, 0] if samples.shape[1] == 1 else samples.mean(axis=1, dtype=np.float32)
-    return np.nan_to_num(mono, nan=0.0, posinf=0.0, neginf=0.0)
+    mono = samples[:, 0].copy() if samples.shape[1] == 1 else samples.mean(axis=1, dtype=np.float32)
+    bad = ~np.isfinite(mono)  # one pass (`np.nan_to_num` made four, and a copy: 2.3 s on an hour at 8 kHz)
+    if bad.any():
+        mono[bad] = 0.0
+    return mono
 
 
 def require_finite(samples: np.ndarray) -> np.ndarray:
@@ -170,9 +173,10 @@ def read_audio_if(path: str | Path, sr: int, whole: Callable[[int], bool]) -> tu
             if not whole(resampled_length(pcm.getnframes(), rate, sr)):  # the header's count: an upper bound
                 return None, clip_samples(path, sr)  # soundfile's count, as `read_segment` reads the file
             raw = pcm.readframes(pcm.getnframes())  # fewer bytes than the header says in a truncated file
-        data = np.frombuffer(raw[: len(raw) // (2 * channels) * 2 * channels], "<i2").reshape(-1, channels)
-        data = data.astype(np.float32) * np.float32(1 / 32768)
-        return resample_array(mono_array(data), rate, sr), resampled_length(len(data), rate, sr)
+        data = np.frombuffer(raw[: len(raw) // (2 * channels) * 2 * channels], "<i2").astype(np.float32)
+        data *= np.float32(1 / 32768)  # in place: a page of memory costs more here than the arithmetic
+        mono = data if channels == 1 else data.reshape(-1, channels).mean(axis=1, dtype=np.float32)  # finite
+        return resample_array(mono, rate, sr), resampled_length(len(mono), rate, sr)
     if pcm is not None:
         pcm.close()
     with sf.SoundFile(sound_file(path)) as handle:
