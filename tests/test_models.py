@@ -291,3 +291,26 @@ def test_every_model_trains_on_multilabel_targets_and_scores_a_sigmoid_per_class
     probabilities = WindowScorer(model.eval(), multilabel=True).score(x)
     assert probabilities.shape == (4, N_CLASSES) and bool(((probabilities > 0) & (probabilities < 1)).all())
     assert not torch.allclose(probabilities.sum(dim=1), torch.ones(4))  # not a softmax
+
+
+@pytest.mark.parametrize("name", ["cnn", "crnn_gru", "resnet"])
+def test_folding_the_batch_norms_into_the_convs_keeps_the_outputs(name):
+    """`fold_batch_norms` (eager scoring): every conv's norm folded, the outputs those of the unfolded model."""
+    import copy
+
+    from audiocnn.models.blocks import fold_batch_norms
+
+    cfg = compose_config([f"model={name}", "data=fsdd"])
+    torch.manual_seed(0)
+    model = build_model(OmegaConf.to_container(cfg.model, resolve=True), 10, cfg.features.n_bins, cfg.features.top_db)
+    for module in model.modules():  # trained-looking statistics: folding the defaults would change nothing
+        if isinstance(module, nn.BatchNorm2d):
+            module.running_mean.uniform_(-1, 1), module.running_var.uniform_(0.5, 2)
+            module.weight.data.uniform_(0.5, 1.5), module.bias.data.uniform_(-0.5, 0.5)
+    model.eval()
+    x = torch.randn(4, 1, cfg.features.n_bins, cfg.features.window_frames)
+    folded = fold_batch_norms(copy.deepcopy(model))
+    with torch.no_grad():
+        torch.testing.assert_close(folded(x), model(x), atol=1e-5, rtol=1e-5)
+    norms = [m for m in folded.modules() if isinstance(m, nn.BatchNorm2d)]
+    assert len(norms) == 1 and norms[0] is folded.backbone[0]  # only the input norm, which follows no conv

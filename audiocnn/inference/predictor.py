@@ -24,6 +24,7 @@ from audiocnn.features.cqt import LogCQT, pick_device
 from audiocnn.features.plan import chunk_margin
 from audiocnn.inference.backend import Backend
 from audiocnn.inference.graph import ChunkScorer
+from audiocnn.models.blocks import fold_batch_norms
 from audiocnn.models.bundle import load_bundle
 from audiocnn.models.scorer import WindowScorer
 from audiocnn.models.tta import Views
@@ -42,10 +43,11 @@ class Predictor(Backend):
         # kernels), else the CQT the featurize stage computed its frames with.
         cqt = model.frontend.cqt if features.get("on_the_fly") else LogCQT.from_config(features)
         self.device = pick_device(device)
-        # Channels-last conv weights: oneDNN's convolutions and max-pools take about 30% less time per
-        # window on the 2-core CPU (NCHW 1.45-1.93 ms, channels-last 1.08-1.30 ms for the default CRNN;
-        # the answers equal within 1e-7; benchmarks/eager_profile.py). `graph()` turns them back for export.
-        self.model = model.eval().to(self.device, memory_format=torch.channels_last)
+        # Batch norms folded into their convs (`models.blocks.fold_batch_norms`), and channels-last conv
+        # weights: oneDNN's convolutions and max-pools take about 30% less time per window on the 2-core CPU
+        # (NCHW 1.45-1.93 ms, channels-last 1.08-1.30 ms for the default CRNN; the answers equal within 1e-7;
+        # benchmarks/eager_profile.py). `graph()` turns the layout back for export.
+        self.model = fold_batch_norms(model.eval()).to(self.device, memory_format=torch.channels_last)
         self.cqt = cqt.eval().to(self.device)
         super().__init__(bundle["classes"], features, chunk_margin(self.cqt.radius, int(features["hop_length"])),
                          batch_size, bundle)

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any, Mapping
 
 from torch import Tensor, nn
+from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 from audiocnn.errors import ShapeError
 
@@ -185,6 +186,22 @@ class ResidualBlock(nn.Module):
         out = self.relu(self.bn1(self.conv1(x)))
         out = self.relu(self.bn2(self.conv2(out)) + self.shortcut(x))
         return self.tail(out)
+
+
+def fold_batch_norms(model: nn.Module) -> nn.Module:
+    """`model` (in eval mode) with each BatchNorm2d that follows a Conv2d (`ConvBlock`, `ResidualBlock`, a
+    shortcut) folded into that conv: its weights and bias absorb the norm's affine map, as onnxruntime
+    folds them when it loads an exported graph. The same outputs within float rounding, one operator
+    less per block (eager scoring spent 13% of its time in batch norms). In place; returns `model`."""
+    for module in list(model.modules()):
+        if isinstance(module, nn.Sequential):
+            for i in range(len(module) - 1):
+                if isinstance(module[i], nn.Conv2d) and isinstance(module[i + 1], nn.BatchNorm2d):
+                    module[i], module[i + 1] = fuse_conv_bn_eval(module[i], module[i + 1]), nn.Identity()
+        elif isinstance(module, ResidualBlock):
+            module.conv1, module.bn1 = fuse_conv_bn_eval(module.conv1, module.bn1), nn.Identity()
+            module.conv2, module.bn2 = fuse_conv_bn_eval(module.conv2, module.bn2), nn.Identity()
+    return model
 
 
 class PeakNormalize(nn.Module):
