@@ -42,7 +42,7 @@ from audiocnn.features import sliding
 from audiocnn.inference.chunks import Chunk, Scored, chunks, cut, frame_count
 from audiocnn.inference.event_stream import stream_events
 
-BLOCK_CLIPS = 64  # recordings a block reads before its short chunks are batched and scored
+BLOCK_CLIPS = 256  # recordings a block reads before its short chunks are batched and scored
 BLOCK_SAMPLES = 1 << 23  # most decoded samples a block holds (32 MB of float32)
 
 
