@@ -307,7 +307,7 @@ def session_threads() -> tuple[int, int]:
     """(calls run side by side, threads each call uses) on the cores this process may use: up to 4 calls
     of `cores // calls` threads. On 2 cores, two calls of one thread each scored faster than one call on
     both (the GRU, the pooling and the small operators do not spread over threads, and reading the next
-    files overlaps scoring; benchmarks/predict.py, docs/results.md)."""
+    files overlaps scoring; benchmarks/onnx_threads.py, benchmarks/predict.py, docs/results.md)."""
     cores = len(os.sched_getaffinity(0))
     calls = max(1, min(4, cores))
     return calls, max(1, cores // calls)
