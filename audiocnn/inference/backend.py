@@ -65,10 +65,11 @@ class Backend:
     workers = 1  # blocks (and a long recording's chunks) decoded and scored at once, each in a thread
 
     def __init__(self, classes: Sequence[str], features: Mapping, margin: int, max_windows: int,
-                 record: Mapping, task_of: str = "model"):
+                 record: Mapping, kind: str = "model"):
         """`classes`, `features` (the model's feature settings), `margin` (samples of context each side of a
         chunk, `features.plan.chunk_margin`), `max_windows` per call of `run`; `record`: the bundle or the
-        file's metadata, for the task, its thresholds and an events model's decoding."""
+        file's metadata, for the task, its thresholds and an events model's decoding; `kind`: what the
+        messages call it ("model", "file")."""
         self.classes: list[str] = [str(c) for c in classes]
         self.features: dict = dict(features)
         self.sr, self.hop_length = int(self.features["sr"]), int(self.features["hop_length"])
@@ -79,7 +80,7 @@ class Backend:
         self.task, self.thresholds = record.get("task", MULTICLASS), thresholds_of(record, len(self.classes))
         self.event_record = record.get("events") if self.task == EVENTS else None
         self.post_processing = post_processing_of(record, len(self.classes)) if self.event_record else None
-        self.task_of = task_of
+        self.kind = kind
 
     def run(self, waveform: np.ndarray, starts: np.ndarray) -> np.ndarray:
         """(batch, samples) float32 chunk with margins, (n_windows,) int64 -> (batch, n_windows, n_classes)."""
@@ -90,12 +91,12 @@ class Backend:
         raise NotImplementedError
 
     def events(self, item, sample_rate: int | None = None) -> Iterator[Detection]:
-        """An events model's events in one input (a path, or a sample array at `sample_rate`), streamed as
-        chunk by chunk (`inference.event_stream`), from the frame outputs and the decoding stored with the
-        model. `ValueError` (one line) for a file of another task."""
+        """An events model's events in one input (a path, or a sample array at `sample_rate`), streamed chunk
+        by chunk (`inference.event_stream`) from the frame outputs and the decoding stored with the model.
+        `ValueError` (one line) for a model of another task."""
         if self.event_record is None:
             raise ValueError(f"task={self.task}: events need a model trained for sound event detection "
-                             f"(task events, docs/events.md); this {self.task_of} answers per clip")
+                             f"(task events, docs/events.md); this {self.kind} answers per clip")
         source, samples = self.source(item, sample_rate)
         return stream_events(samples, self.features, self.event_record, self.classes, self.post_processing,
                              self.margin, self.chunk_frames, self.max_windows,

@@ -26,7 +26,7 @@ class _ExportedBackend(Backend):
     def __init__(self, metadata: dict, where: str = "exported model"):
         metadata = check_metadata(metadata, where)  # classes and features as a model.pt's (features.budget)
         super().__init__(metadata["classes"], metadata["features"], metadata["margin_samples"], CHUNK_WINDOWS,
-                         metadata, task_of="file")
+                         metadata, kind="file")
         self.outputs = output_names(metadata)
 
 
