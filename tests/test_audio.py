@@ -124,3 +124,23 @@ def test_16_bit_wav_read_by_the_standard_library_gives_soundfiles_samples(tmp_pa
         np.testing.assert_array_equal(wave, audio.resample_array(expected, rate, sr))
         assert samples == len(wave) == audio.clip_samples(path, sr)
         assert audio.read_audio_if(path, sr, lambda n: False) == (None, audio.clip_samples(path, sr))
+
+
+def test_a_wav_with_a_million_chunks_before_its_data_is_left_to_soundfile(tmp_path, monkeypatch):
+    """The standard library walks a WAV file's chunks in Python (a second per 8 MB of empty chunks);
+    only a plain file (`data` among its first chunks) goes to it: this one is soundfile's to refuse."""
+    import struct
+    import wave as wave_module
+
+    from audiocnn.data import audio
+
+    body = b"WAVE" + b"junk\x00\x00\x00\x00" * 1_000_000
+    fmt = struct.pack("<4sIHHIIHH", b"fmt ", 16, 1, 1, 8000, 16000, 2, 16)
+    data = b"data" + struct.pack("<I", 16000) + np.zeros(8000, "<i2").tobytes()
+    path = tmp_path / "chunks.wav"
+    path.write_bytes(b"RIFF" + struct.pack("<I", len(body) + len(fmt) + len(data)) + body + fmt + data)
+    with wave_module.open(str(path)) as pcm:
+        assert pcm.getnframes() == 8000  # `wave` would read it, chunk by chunk
+    monkeypatch.setattr(audio.wave, "open", lambda *a, **k: pytest.fail("the chunks were walked by `wave`"))
+    with pytest.raises(RuntimeError, match="Error opening"):  # soundfile refuses it, as before
+        audio.read_audio(path, 8000)
