@@ -9,8 +9,9 @@ The model is the default `crnn_gru` with FSDD's speech front-end (`data=fsdd`: 8
 `--clips` FSDD recordings (a folder), and one `--hours`-long 8 kHz WAV made of FSDD
 recordings back to back. Each (backend, input) runs `audiocnn predict` in a fresh child
 process (after one warm-up file) and reports audio-seconds per second, the multiple of real
-time and the child's peak RSS. For the eager backend, where the time goes: decode +
-resample alone, the CQT alone, and the rest (windows + model). Writes
+time and the child's peak RSS. For the eager backend, where the time goes, from one more run
+of its own with the decoding and CQT calls timed from inside: decode + resample, the CQT, and
+the rest (windows, model, vote). Writes
 benchmarks/results/predict.json and prints last `fsdd_x=<n> hour_x=<n> hour_rss_mb=<n>` (the
 faster fp32 backend, eager or ONNX, per input).
 """
@@ -48,19 +49,29 @@ print(json.dumps({"seconds": seconds, "audio_seconds": sum(r["duration"] for r i
 """
 
 PARTS = """
-import json, sys, time, torch
-from audiocnn.data.audio import load_audio
+import json, sys, time
+import audiocnn.inference.backend as backend
 from audiocnn.inference.predict import expand_inputs
 from audiocnn.inference.predictor import Predictor
+spent = {"decode_resample_s": 0.0, "cqt_s": 0.0}
+def timed(function, key):  # time spent inside `function`, added to spent[key]
+    def wrapper(*args, **kwargs):
+        started = time.perf_counter()
+        try:
+            return function(*args, **kwargs)
+        finally:
+            spent[key] += time.perf_counter() - started
+    return wrapper
+backend.read_audio_if = timed(backend.read_audio_if, "decode_resample_s")  # whole recordings
+backend.read_segment = timed(backend.read_segment, "decode_resample_s")  # a long one's stretches
 predictor = Predictor.load(sys.argv[1])
+predictor.scorer.chunk_frames = timed(predictor.scorer.chunk_frames, "cqt_s")  # every CQT call of the run
 paths = expand_inputs([sys.argv[2]])
-started = time.perf_counter(); waves = [load_audio(p, predictor.sr) for p in paths]; decode = time.perf_counter() - started
+list(predictor.score(paths[:1]))  # warm-up, as the timed runs
+spent.update(decode_resample_s=0.0, cqt_s=0.0)
 started = time.perf_counter()
-with torch.inference_mode():
-    for wave in waves:
-        predictor.scorer.frames(wave[None])
-cqt = time.perf_counter() - started
-print(json.dumps({"decode_resample_s": decode, "cqt_s": cqt}))
+list(predictor.score(paths))
+print(json.dumps({**spent, "total_s": time.perf_counter() - started}))
 """
 
 
@@ -145,11 +156,12 @@ def main() -> None:
                 row = {"input": input_name, "backend": backend, "files": run["files"], "errors": run["errors"],
                        "audio_seconds": round(run["audio_seconds"], 1), "seconds": round(run["seconds"], 2),
                        "audio_seconds_per_second": round(speed, 1), "peak_rss_mb": rss}
-                if backend == "PyTorch eager":
+                if backend == "PyTorch eager":  # one instrumented run of its own (`PARTS`)
                     row["time_split_s"] = {"decode_resample": round(parts["decode_resample_s"], 2),
                                            "cqt": round(parts["cqt_s"], 2),
-                                           "windows_and_model": round(run["seconds"] - parts["decode_resample_s"]
-                                                                      - parts["cqt_s"], 2)}
+                                           "windows_model_and_vote": round(parts["total_s"] - parts["decode_resample_s"]
+                                                                           - parts["cqt_s"], 2),
+                                           "total": round(parts["total_s"], 2)}
                 rows.append(row)
                 print(f"{input_name:<28} {backend:<14} {speed:9.0f}x real time  {rss:7.0f} MB peak RSS")
     save_results(args.results, {"machine": machine(), "load_average_before": before, "model": "crnn_gru, data=fsdd "
