@@ -62,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.classes < 1:
             raise ConfigError(f"--classes={args.classes}: must be a positive integer")
         cfg = with_tracking_uri(compose_config(args.overrides), user_tracking_uri())
-        validate_config(cfg)
+        settings = validate_config(cfg)
     except ConfigError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
@@ -77,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
 
     module, function = STAGES[args.command]
     try:
-        getattr(import_module(module), function)(cfg)
+        getattr(import_module(module), function)(cfg, settings)
     except InputError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2 if isinstance(error, ConfigError) else 1

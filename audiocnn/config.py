@@ -132,7 +132,8 @@ def with_tracking_uri(cfg: DictConfig, uri: str | None) -> DictConfig:
 def stage_main(stage: Callable[[DictConfig], object], hydra_task: Callable[[DictConfig], object] | None = None):
     """Entry point of a `pipelines/*.py` file.
 
-    `--params FILE` (how dvc.yaml calls it): load FILE, validate, run `stage`.
+    `--params FILE` (how dvc.yaml calls it): load FILE, validate, run `stage(cfg, settings)` with the
+    settings validation read.
     Otherwise: Hydra command line (`key=value` overrides, `-m` sweeps) composed from conf/.
     Every job a sweep will run is validated before the first starts (a bad job fails the
     sweep before any work), and only once: the jobs validated here are handed to the job
@@ -145,8 +146,8 @@ def stage_main(stage: Callable[[DictConfig], object], hydra_task: Callable[[Dict
     try:
         if argv[:1] == ["--params"]:
             cfg = with_tracking_uri(load_params(argv[1] if len(argv) > 1 else "params.yaml"), tracking_uri)
-            validate_config(cfg)
-            return _run(stage, cfg)
+            settings = validate_config(cfg)  # read once: the stage takes them
+            return _run(lambda config: stage(config, settings), cfg)
         for overrides in expand_sweep([a for a in argv if not a.startswith("-")]):
             job = compose_config(overrides)
             validated.add(_job_key(job))

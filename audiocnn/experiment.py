@@ -61,12 +61,14 @@ class Job:
     store: tracking.Store
 
 
-def job_of(cfg: DictConfig, store: tracking.Store | None = None) -> Job:
+def job_of(cfg: DictConfig, store: tracking.Store | None = None, settings: Settings | None = None) -> Job:
     """`cfg` as a `Job`: the MLflow store checked first (with `tracking.required=false` and a server that does
     not answer, the local store the run's params then record), then every setting read. `store`: the one
-    already checked for this `tracking` group (a variant of a repeated experiment: its parent's)."""
+    already checked for this `tracking` group (a variant of a repeated experiment: its parent's); `settings`:
+    `cfg`'s, already read (`validate_config` in `config.stage_main`), read again only if the store moved."""
+    uri = cfg.tracking.uri
     store = store or resolve_tracking(cfg)
-    return Job(cfg, read_settings(cfg), store)
+    return Job(cfg, settings if settings is not None and cfg.tracking.uri == uri else read_settings(cfg), store)
 
 
 def ensure_inputs(settings: Settings) -> None:
@@ -259,20 +261,23 @@ def prepare_variants(cfg: DictConfig, todo: list) -> None:
             prepare(job, classes_problem=classes_problem)
 
 
-def train_stage(cfg: DictConfig) -> dict:
-    """DVC's train stage: one model, or every variant when folds/seeds are repeated."""
+def train_stage(cfg: DictConfig, settings: Settings | None = None) -> dict:
+    """DVC's train stage: one model, or every variant when folds/seeds are repeated. `settings`: `cfg`'s,
+    when already read (`config.stage_main`)."""
+    job = job_of(cfg, settings=settings)
     if repeats.is_repeated(cfg):
-        return run_repeats(job_of(cfg), steps=("train",), make_inputs=False)
-    return train_model(job_of(cfg))
+        return run_repeats(job, steps=("train",), make_inputs=False)
+    return train_model(job)
 
 
-def evaluate_stage(cfg: DictConfig) -> dict:
+def evaluate_stage(cfg: DictConfig, settings: Settings | None = None) -> dict:
     """DVC's evaluate stage: one model's (or an ensemble's) test metrics, or the aggregate over the variants."""
     if not distributed.is_main_process():
         return {}
+    job = job_of(cfg, settings=settings)
     if repeats.is_repeated(cfg) and not cfg.get("ensemble"):
-        return run_repeats(job_of(cfg), steps=("evaluate",))
-    return evaluate_model(job_of(cfg))
+        return run_repeats(job, steps=("evaluate",))
+    return evaluate_model(job)
 
 
 def _job_output_dir() -> tuple[str, str]:

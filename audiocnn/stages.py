@@ -11,15 +11,16 @@ from omegaconf import DictConfig
 from audiocnn.data.prepare import prepare
 from audiocnn.features.budget import classes_problem
 from audiocnn.features.featurize import featurize
-from audiocnn.settings import prepare_settings, store_settings
+from audiocnn.settings import Settings, prepare_settings, store_settings
 
 
-def prepare_stage(cfg: DictConfig):
+def prepare_stage(cfg: DictConfig, settings: Settings | None = None):
     """DVC's prepare stage (`pipelines/prepare.py`, `audiocnn prepare`): `data.prepare.prepare`, refusing more
-    classes than a model file may hold (`features.budget.classes_problem`) before any clip is read."""
-    return prepare(prepare_settings(cfg), classes_problem=classes_problem)
+    classes than a model file may hold (`features.budget.classes_problem`) before any clip is read.
+    `settings`: `cfg`'s, when already read (`config.stage_main`); else only its groups are read."""
+    return prepare(settings.prepare() if settings else prepare_settings(cfg), classes_problem=classes_problem)
 
 
-def featurize_stage(cfg: DictConfig) -> Path:
+def featurize_stage(cfg: DictConfig, settings: Settings | None = None) -> Path:
     """DVC's featurize stage (`pipelines/featurize.py`, `audiocnn featurize`): the store `cfg` names."""
-    return featurize(store_settings(cfg))
+    return featurize(settings.store() if settings else store_settings(cfg))

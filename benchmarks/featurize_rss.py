@@ -42,7 +42,7 @@ def featurize_in_child(work: Path, *overrides: str) -> dict:
                                                  f"paths.features={work / 'features'}", "features.device=cpu",
                                                  *overrides])
     script = ("import resource, sys; sys.argv = ['featurize', '--params', sys.argv[1]]\n"
-              "from audiocnn.config import stage_main\nfrom audiocnn.features.featurize import featurize_stage\n"
+              "from audiocnn.config import stage_main\nfrom audiocnn.stages import featurize_stage\n"
               "stage_main(featurize_stage)\n"
               "print('maxrss_self_kb', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)\n"
               "print('maxrss_workers_kb', resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)")

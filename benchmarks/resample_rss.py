@@ -40,7 +40,7 @@ REPO = Path(__file__).resolve().parent.parent
 # peak (Linux carries it over the fork + exec of `subprocess`), whatever the child uses.
 HWM = "int(next(l for l in open('/proc/self/status') if l.startswith('VmHWM')).split()[1])"
 FEATURIZE = ("import resource, sys; sys.argv = ['featurize', '--params', sys.argv[1]]\n"
-             "from audiocnn.config import stage_main\nfrom audiocnn.features.featurize import featurize_stage\n"
+             "from audiocnn.config import stage_main\nfrom audiocnn.stages import featurize_stage\n"
              "stage_main(featurize_stage)\n"
              f"print('maxrss_self_kb', {HWM})\n"
              "print('maxrss_workers_kb', resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)")

@@ -100,7 +100,7 @@ def _stage_exit(tmp_path, monkeypatch, error: Exception) -> int:
 
     monkeypatch.setattr("sys.argv", ["stage.py", "--params", str(write_params(tmp_path / "params.yaml"))])
 
-    def stage(cfg):
+    def stage(cfg, settings):
         raise error
 
     with pytest.raises(SystemExit) as exit_info:
@@ -164,3 +164,24 @@ def test_a_crashed_sweep_job_lets_the_others_run_and_prints_no_credential(tmp_pa
     captured = capsys.readouterr()
     assert "s3cret" not in captured.err + captured.out
     assert "StageFailed: RuntimeError: API request to http://***@127.0.0.1:5000" in captured.err
+
+
+def test_a_params_stage_reads_its_settings_once(tmp_path, monkeypatch):
+    """`pipelines/*.py --params FILE` (DVC): validation reads the config into `Settings`; the stage takes them
+    (`experiment.job_of(settings=...)`) instead of reading them again."""
+    import sys
+
+    import audiocnn.settings as settings_module
+    from audiocnn.config import stage_main, write_params
+    from audiocnn.experiment import job_of
+
+    params = write_params(tmp_path / "params.yaml", [f"tracking.uri=sqlite:///{tmp_path / 'mlflow.db'}"])
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)  # the user's would replace tracking.uri
+    reads, read = [], settings_module.read_settings
+    monkeypatch.setattr(settings_module, "read_settings", lambda cfg: reads.append(1) or read(cfg))
+    monkeypatch.setattr("audiocnn.experiment.read_settings", settings_module.read_settings)
+    monkeypatch.setattr(sys, "argv", ["train.py", "--params", str(params)])
+    jobs = []
+    stage_main(lambda cfg, settings: jobs.append(job_of(cfg, settings=settings)))
+    assert len(jobs) == 1 and len(reads) == 1
+    assert jobs[0].settings.tracking.uri == f"sqlite:///{tmp_path / 'mlflow.db'}"
