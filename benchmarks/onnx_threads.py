@@ -12,7 +12,6 @@ thread; and one single-threaded call per core run side by side from Python threa
 from __future__ import annotations
 
 import argparse
-import os
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -41,7 +40,7 @@ def main() -> None:
     from audiocnn.inference.export import export_model
     from audiocnn.inference.onnx_check import check_onnx, session_threads
 
-    cores = len(os.sched_getaffinity(0))
+    calls = session_threads()[0]
     with tempfile.TemporaryDirectory() as tmp:
         onnx = export_model(untrained_bundle(Path(tmp) / "model"), "onnx", Path(tmp) / "model.onnx")
         content, metadata = check_onnx(onnx)
@@ -55,12 +54,12 @@ def main() -> None:
         options.intra_op_num_threads = threads
         return onnxruntime.InferenceSession(content, options, providers=["CPUExecutionProvider"])
 
-    print(f"{cores} cores; session_threads() = {session_threads()} (calls side by side, threads per call)")
+    print(f"session_threads() = {session_threads()} (calls side by side, threads per call)")
     print(f"one call, onnxruntime's default threads: {per_window_ms(session(0), feed, args.rounds):.3f} ms per window")
     one = session(1)
     print(f"one call, one thread:                    {per_window_ms(one, feed, args.rounds):.3f} ms per window")
-    print(f"{cores} calls side by side, one thread each: "
-          f"{per_window_ms(one, feed, args.rounds, side_by_side=cores):.3f} ms per window")
+    print(f"{calls} calls side by side, one thread each:  "
+          f"{per_window_ms(one, feed, args.rounds, side_by_side=calls):.3f} ms per window")
 
 
 if __name__ == "__main__":

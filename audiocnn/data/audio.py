@@ -155,9 +155,9 @@ def clip_samples(path: str | Path, sr: int) -> int:
 @contextmanager
 def _pcm16_wav(path: str | Path) -> Iterator[wave.Wave_read | None]:
     """The file opened by `wave` when it is a plain 16-bit PCM WAV, else None. Plain: RIFF/WAVE with its
-    `data` chunk among its first `WAV_CHUNKS` chunks. `wave` walks a file's chunks in Python: one of a
-    million empty chunks took it a second per 8 MB, where soundfile refuses it at once; such a file, and
-    any `wave` cannot parse, goes to soundfile (tests/test_audio.py)."""
+    `data` chunk among its first `WAV_CHUNKS` chunks. `wave` walks a file's chunks in Python, slowly on a
+    file of a million empty chunks, which soundfile refuses at once; such a file, and any `wave` cannot
+    parse, goes to soundfile (tests/test_audio.py)."""
     try:
         file = open(path, "rb")
     except OSError:  # soundfile says why
@@ -196,9 +196,9 @@ def read_audio_if(path: str | Path, sr: int, whole: Callable[[int], bool]) -> tu
     it whole, else `(None, samples)`; `samples` is its length at `sr` (`clip_samples`).
 
     A plain 16-bit PCM WAV file (most recordings; `_pcm16_wav`) is read by the standard library's `wave`:
-    the same values as soundfile (sample / 32768) in about half its time on a short clip (an FSDD clip:
-    about 40 against 112 us, decoding included). Any other file is read by soundfile, whose errors are
-    the ones reported."""
+    the same values as soundfile (sample / 32768) without its per-file cost, which on short clips was a
+    large part of `audiocnn predict`'s time (docs/results.md). Any other file is read by soundfile, whose
+    errors are the ones reported."""
     with _pcm16_wav(path) as pcm:
         if pcm is not None:
             rate, channels = pcm.getframerate(), pcm.getnchannels()

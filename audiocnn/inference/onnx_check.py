@@ -308,7 +308,7 @@ def session_threads() -> tuple[int, int]:
     of `cores // calls` threads. On 2 cores, two calls of one thread each scored faster than one call on
     both (the GRU, the pooling and the small operators do not spread over threads, and reading the next
     files overlaps scoring; benchmarks/onnx_threads.py, benchmarks/predict.py, docs/results.md)."""
-    cores = len(os.sched_getaffinity(0))
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1  # macOS: no affinity
     calls = max(1, min(4, cores))
     return calls, max(1, cores // calls)
 

@@ -75,8 +75,8 @@ class Predictor(Backend):
 
     def short_batches(self, short: list[tuple[np.ndarray, np.ndarray]]) -> list[list[int]]:
         """The short chunks by length, `batch_size` to a CQT call (`score_short`), whatever their lengths:
-        eagerly, one call per length and window starts (the exported files' batches) cost 2.4 times as long
-        on FSDD clips (benchmarks/predict.py, docs/results.md)."""
+        the exported files' batches (one length and window starts each) are small on recordings of many
+        lengths, and a PyTorch call costs more than an onnxruntime one."""
         by_length = sorted(range(len(short)), key=lambda index: len(short[index][0]))
         return [by_length[at: at + self.batch_size] for at in range(0, len(by_length), self.batch_size)]
 
