@@ -144,3 +144,21 @@ def test_a_wav_with_a_million_chunks_before_its_data_is_left_to_soundfile(tmp_pa
     monkeypatch.setattr(audio.wave, "open", lambda *a, **k: pytest.fail("the chunks were walked by `wave`"))
     with pytest.raises(RuntimeError, match="Error opening"):  # soundfile refuses it, as before
         audio.read_audio(path, 8000)
+
+
+def test_a_fifo_among_the_inputs_is_reported_and_the_others_are_scored(tmp_path):
+    """Reading a FIFO waits for a writer (forever, for `predict` on a folder holding one): refused at once,
+    in one line, and the folder's other files are scored."""
+    import os
+
+    from audiocnn import load_model
+    from audiocnn.data.audio import read_audio
+    from tests.conftest import untrained_bundle
+
+    fifo = tmp_path / "a_stream.wav"
+    os.mkfifo(fifo)
+    with pytest.raises(ValueError, match="not a regular file"):
+        read_audio(fifo, 8000)
+    sf.write(tmp_path / "b_tone.wav", _tone(440, 16000, 1.0), 16000, subtype="PCM_16")
+    records = load_model(untrained_bundle(tmp_path / "model")).predict([str(fifo), str(tmp_path / "b_tone.wav")])
+    assert records[0]["error"].startswith("ValueError: not a regular file") and "label" in records[1]

@@ -37,6 +37,7 @@ from __future__ import annotations
 import io
 import math
 import os
+import stat
 import wave
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -69,8 +70,15 @@ class AudioInfo:
 
 def sound_file(path: str | Path) -> str | bytes:
     """`path` as soundfile can open it: soundfile encodes a `str` name strictly, so a name holding
-    bytes that are not UTF-8 (Python's surrogate escapes, e.g. from `os.listdir`) goes as bytes."""
+    bytes that are not UTF-8 (Python's surrogate escapes, e.g. from `os.listdir`) goes as bytes.
+    `ValueError` for a FIFO, socket or device: reading one would wait for a writer or never end."""
     name = str(path)
+    try:
+        mode = os.stat(name).st_mode
+    except OSError:  # missing, unreadable: the opener says why
+        mode = 0
+    if stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode) or stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        raise ValueError("not a regular file (a FIFO, socket or device): reading it could wait forever")
     try:
         name.encode()
     except UnicodeEncodeError:
@@ -159,7 +167,7 @@ def _pcm16_wav(path: str | Path) -> Iterator[wave.Wave_read | None]:
     file of a million empty chunks, which soundfile refuses at once; such a file, and any `wave` cannot
     parse, goes to soundfile (tests/test_audio.py)."""
     try:
-        file = open(path, "rb")
+        file = open(sound_file(path), "rb")
     except OSError:  # soundfile says why
         yield None
         return
