@@ -192,7 +192,7 @@ def fold_batch_norms(model: nn.Module) -> nn.Module:
     """`model` (in eval mode) with each BatchNorm2d that follows a Conv2d (`ConvBlock`, `ResidualBlock`, a
     shortcut) folded into that conv: its weights and bias absorb the norm's affine map, as onnxruntime
     folds them when it loads an exported graph. The same outputs within float rounding, one operator
-    less per block (eager scoring spent 13% of its time in batch norms). In place; returns `model`."""
+    less per block. In place; returns `model`."""
     for module in list(model.modules()):
         if isinstance(module, nn.Sequential):
             for i in range(len(module) - 1):
