@@ -129,7 +129,7 @@ def with_tracking_uri(cfg: DictConfig, uri: str | None) -> DictConfig:
     return cfg
 
 
-def stage_main(stage: Callable[[DictConfig], object], hydra_task: Callable[[DictConfig], object] | None = None):
+def stage_main(stage: Callable[..., object], hydra_task: Callable[[DictConfig], object] | None = None):
     """Entry point of a `pipelines/*.py` file.
 
     `--params FILE` (how dvc.yaml calls it): load FILE, validate, run `stage(cfg, settings)` with the

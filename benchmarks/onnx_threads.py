@@ -44,7 +44,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         onnx = export_model(untrained_bundle(Path(tmp) / "model"), "onnx", Path(tmp) / "model.onnx")
         content, metadata = check_onnx(onnx)
-    hop, window, margin = 128, int(metadata["features"]["window_frames"]), int(metadata["margin_samples"])
+    features, margin = metadata["features"], int(metadata["margin_samples"])
+    hop, window = int(features["hop_length"]), int(features["window_frames"])
     rng = np.random.default_rng(0)
     feed = {"waveform": rng.uniform(-0.1, 0.1, (64, window * hop + 2 * margin)).astype(np.float32),
             "starts": np.zeros(1, np.int64)}

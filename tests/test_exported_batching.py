@@ -111,3 +111,17 @@ def test_ordered_map_keeps_the_order_and_reads_at_most_workers_items_ahead():
         taken.append(result)
         assert len(read) <= len(taken) + 2  # bounded: what is read is at most 2 items past what was taken
     assert taken == [n * n for n in range(20)]
+
+
+@pytest.mark.parametrize("cores, expected", [(1, (1, 1)), (2, (2, 1)), (3, (3, 1)), (16, (4, 4))])
+def test_an_onnx_file_is_scored_by_one_call_per_core_up_to_four(tmp_path, monkeypatch, cores, expected):
+    """`session_threads`: calls side by side and onnxruntime threads per call, from the cores this process may
+    use; the ONNX backend scores with that many workers."""
+    import os
+
+    from audiocnn.inference import onnx_check
+
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(cores)))
+    assert onnx_check.session_threads() == expected
+    untrained_bundle(tmp_path)
+    assert OnnxBackend(export_model(tmp_path, "onnx", tmp_path / "model.onnx")).workers == expected[0]

@@ -39,7 +39,7 @@ from audiocnn.data.audio import read_audio_if, read_segment, samples_array
 from audiocnn.data.event_decoding import Detection
 from audiocnn.data.task import EVENTS, MULTICLASS, post_processing_of, thresholds_of
 from audiocnn.features import sliding
-from audiocnn.inference.chunks import Chunk, Scored, chunks, cut, frame_count
+from audiocnn.inference.chunks import Chunk, Scored, chunk_limits, chunks, cut, frame_count
 from audiocnn.inference.event_stream import stream_events
 
 BLOCK_CLIPS = 256  # recordings a block reads before its short chunks are batched and scored
@@ -75,8 +75,8 @@ class Backend:
         self.sr, self.hop_length = int(self.features["sr"]), int(self.features["hop_length"])
         self.window = int(self.features["window_frames"])
         self.margin, self.max_windows = int(margin), int(max_windows)
-        # frames decoded and scored at once (`features.chunk_seconds`)
-        self.chunk_frames = max(1, int(float(self.features.get("chunk_seconds", 60)) * self.sr) // self.hop_length)
+        # frames decoded and scored at once (`features.chunk_seconds`), and the samples of the longest chunk
+        self.chunk_frames, self.largest_chunk = chunk_limits(self.features, self.margin)
         self.task, self.thresholds = record.get("task", MULTICLASS), thresholds_of(record, len(self.classes))
         self.event_record = record.get("events") if self.task == EVENTS else None
         self.post_processing = post_processing_of(record, len(self.classes)) if self.event_record else None
@@ -170,11 +170,10 @@ class Backend:
         shapes: dict[tuple, list[int]] = {}
         for index, (wave, starts) in enumerate(short):
             shapes.setdefault((len(wave), starts.tobytes()), []).append(index)
-        largest = max(self.chunk_frames, self.window) * self.hop_length + 2 * self.margin
         batches = []
         for same in shapes.values():
             wave, starts = short[same[0]]
-            rows = max(1, min(self.max_windows // len(starts), largest // len(wave)))
+            rows = max(1, min(self.max_windows // len(starts), self.largest_chunk // len(wave)))
             batches += [same[at: at + rows] for at in range(0, len(same), rows)]
         return batches
 

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import itertools
 from dataclasses import dataclass, field
-from typing import Iterable, Iterator
+from typing import Iterable, Iterator, Mapping
 
 import numpy as np
 
@@ -42,6 +42,14 @@ class Chunk:
     stop: int  # end sample, f1 * hop_length + margin (beyond the recording: zeros)
     first: int  # f0: the recording's frame that is the chunk's frame 0
     starts: np.ndarray  # (n_windows,) int64: window start frames, relative to `first`
+
+
+def chunk_limits(features: Mapping, margin: int) -> tuple[int, int]:
+    """(frames a chunk spans at most, samples of the longest chunk) for a model's feature settings and chunk
+    `margin`: `features.chunk_seconds` of frames (at least one window), with the margins."""
+    sr, hop_length, window = int(features["sr"]), int(features["hop_length"]), int(features["window_frames"])
+    max_frames = max(1, int(float(features.get("chunk_seconds", 60)) * sr) // hop_length)
+    return max_frames, max(max_frames, window) * hop_length + 2 * margin
 
 
 def chunks(samples: int, hop_length: int, window: int, margin: int, hop: int | None = None,

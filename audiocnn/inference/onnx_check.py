@@ -44,6 +44,7 @@ from typing import Any
 import numpy as np
 
 from audiocnn.features import budget
+from audiocnn.inference.chunks import chunk_limits
 from audiocnn.inference.export_format import CHUNK_WINDOWS, EXPORT_FORMAT, INPUTS, METADATA_KEY, output_names
 from audiocnn.errors import BundleError
 from audiocnn.data.task import task_problem
@@ -107,10 +108,9 @@ def _key() -> str:
 
 def chunk_shapes(metadata: dict) -> list[tuple[int, int]]:
     """(samples, windows) of the largest and the smallest chunk `inference.chunks` cuts for this model."""
-    f = metadata["features"]
-    hop, window, margin = int(f["hop_length"]), int(f["window_frames"]), int(metadata["margin_samples"])
-    chunk_frames = max(1, int(float(f.get("chunk_seconds", 60)) * int(f["sr"])) // hop)
-    return [(max(chunk_frames, window) * hop + 2 * margin, CHUNK_WINDOWS), (hop + 2 * margin, 1)]
+    margin = int(metadata["margin_samples"])
+    return [(chunk_limits(metadata["features"], margin)[1], CHUNK_WINDOWS),
+            (int(metadata["features"]["hop_length"]) + 2 * margin, 1)]
 
 
 def check_onnx(path: Path) -> tuple[bytes, dict]:

@@ -51,7 +51,7 @@ class Predictor(Backend):
         self.cqt = cqt.eval().to(self.device)
         super().__init__(bundle["classes"], features, chunk_margin(self.cqt.radius, int(features["hop_length"])),
                          batch_size, bundle)
-        self.batch_size, self.floor = batch_size, math.log(features["amin"])  # floor: what frames past a clip hold
+        self.floor = math.log(features["amin"])  # what frames past a clip hold
         self.window_scorer = WindowScorer.for_bundle(self.model, bundle, views)
         self.scorer = ChunkScorer(self.cqt, self.window_scorer, self.window, self.margin,
                                   events=self.event_record is not None)
@@ -74,17 +74,17 @@ class Predictor(Backend):
         return (answer[0] if isinstance(answer, tuple) else answer).float().cpu().numpy()  # events: (clips, frames)
 
     def short_batches(self, short: list[tuple[np.ndarray, np.ndarray]]) -> list[list[int]]:
-        """The short chunks by length, `batch_size` to a CQT call (`score_short`), whatever their lengths:
-        the exported files' batches (one length and window starts each) are small on recordings of many
+        """The short chunks by length, `max_windows` (`batch_size`) to a CQT call (`score_short`), whatever their
+        lengths: the exported files' batches (one length and window starts each) are small on recordings of many
         lengths, and a PyTorch call costs more than an onnxruntime one."""
         by_length = sorted(range(len(short)), key=lambda index: len(short[index][0]))
-        return [by_length[at: at + self.batch_size] for at in range(0, len(by_length), self.batch_size)]
+        return [by_length[at: at + self.max_windows] for at in range(0, len(by_length), self.max_windows)]
 
     @torch.inference_mode()
     def score_short(self, short: list[tuple[np.ndarray, np.ndarray]]) -> list[np.ndarray]:
         """`[(waveform, starts)]` short chunks -> each one's window probabilities `(n_windows, n_classes)`: their
         CQT in one call, zero-padded to the longest (which leaves each chunk's frames as they are alone:
-        beyond its end it holds zeros either way), then their windows, `batch_size` a model call."""
+        beyond its end it holds zeros either way), then their windows, `max_windows` a model call."""
         batch = torch.zeros(len(short), max(len(wave) for wave, _ in short))
         for row, (wave, _) in enumerate(short):
             batch[row, : len(wave)] = torch.from_numpy(wave)
@@ -92,8 +92,8 @@ class Predictor(Backend):
         windows = torch.cat([self.scorer.windows(frames[row: row + 1, :, : (len(wave) - 2 * self.margin) // self.hop_length],
                                                  torch.from_numpy(starts).to(self.device))
                              for row, (wave, starts) in enumerate(short)])  # (all windows, 1, n_bins, window)
-        scored = torch.cat([self.scorer.score(windows[at: at + self.batch_size])
-                            for at in range(0, len(windows), self.batch_size)]).float().cpu().numpy()
+        scored = torch.cat([self.scorer.score(windows[at: at + self.max_windows])
+                            for at in range(0, len(windows), self.max_windows)]).float().cpu().numpy()
         return np.split(scored, np.cumsum([len(starts) for _, starts in short])[:-1])
 
     @torch.inference_mode()
