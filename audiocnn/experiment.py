@@ -30,12 +30,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import mlflow
+from mlflow import MlflowClient
 import numpy as np
+from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from audiocnn import atomic, repeats, sweep, tracking
 from audiocnn.config import REPO_ROOT
-from audiocnn.data.prepare import EVENTS, MULTILABEL, is_prepared, prepare
+from audiocnn.data.prepare import is_prepared, prepare
 from audiocnn.errors import StageFailed
 from audiocnn.evaluation.ensemble import evaluate_ensemble
 from audiocnn.evaluation.evaluate import EvaluateJob, evaluate
@@ -48,6 +50,7 @@ from audiocnn.training.datamodule import WindowDataModule
 from audiocnn.training.settings import trainer_settings
 from audiocnn.training.train import TrainJob, train
 from audiocnn.training.trainer import planned_processes
+from audiocnn.repeats import validation_score
 from audiocnn.settings import Settings, group, prepare_settings, read_settings
 
 
@@ -179,14 +182,6 @@ def train_model(job: Job, run_name_suffix: str = "", skip_finished: bool = False
     return log_servable_model(job, summary) if settings.tracking.log_model and not logged else summary
 
 
-def validation_score(summary: dict) -> float:
-    """What a sweep maximises: a training's best validation accuracy, mAP on multi-label data, or frame F1
-    (macro, at 0.5) on event data."""
-    task = summary.get("task")
-    return (summary["best_val_frame_f1"] if task == EVENTS else summary["best_val_map"] if task == MULTILABEL
-            else summary["best_val_acc"])
-
-
 def evaluate_model(job: Job) -> dict:
     """Test metrics of the model in `paths.models`, or of the ensemble `ensemble=[...]`."""
     inputs = evaluate_job(job)
@@ -237,12 +232,14 @@ def run_repeats(job: Job, steps: tuple[str, ...] = ("train", "evaluate"), run_na
             else:
                 summary = json.loads((Path(single.paths.models) / "run.json").read_text())
             metrics = evaluate_model(variant_job) if "evaluate" in steps else {}
-            results.append({"variant": variant, "best_val_acc": validation_score(summary), **metrics})
+            results.append(repeats.Finished(variant.label, {"best_val_acc": validation_score(summary), **metrics},
+                                            Path(single.paths.metrics), Path(single.paths.prepared) / "classes.json"))
         if "evaluate" not in steps:  # the evaluate stage reopens the parent
             tracking.end_parent_run(store, parent, "FINISHED")
-            return {"best_val_acc": float(np.mean([r["best_val_acc"] for r in results]))}
-        aggregate = repeats.write_aggregate(cfg, results, job.settings.evaluate.calibration_bins)
-        repeats.log_aggregate(cfg, store, parent, aggregate)
+            return {"best_val_acc": float(np.mean([r.metrics["best_val_acc"] for r in results]))}
+        aggregate = repeats.write_aggregate(results, Path(cfg.paths.metrics), f"{cfg.model.name} on {cfg.data.name}",
+                                            job.settings.evaluate.calibration_bins)
+        repeats.log_aggregate(MlflowClient(tracking.configure(store)), parent, Path(cfg.paths.metrics), aggregate)
     except BaseException as error:
         tracking.end_parent_run(store, parent, "KILLED" if isinstance(error, KeyboardInterrupt) else "FAILED",
                                 reason=f"{type(error).__name__}: {error}")
@@ -280,20 +277,20 @@ def evaluate_stage(cfg: DictConfig, settings: Settings | None = None) -> dict:
     return evaluate_model(job)
 
 
-def _job_output_dir() -> tuple[str, str]:
+def run_experiment(cfg: DictConfig) -> float:
+    """One Hydra job: inputs, train, evaluate `cfg`; returns the validation accuracy (what a sweep optimises).
+    In a sweep, its runs are children of the sweep's parent run (`sweep.parent_run_id`), and a job that
+    changes the split (`seed`, `data.*`) prepares its own manifest (`repeats.job_prepared`)."""
     from hydra.core.hydra_config import HydraConfig
 
     hydra = HydraConfig.get()
+    output_dir = hydra.runtime.output_dir
     overrides = ",".join(o for o in hydra.overrides.task if not o.startswith(("model=", "data=")))
-    return hydra.runtime.output_dir, overrides
-
-
-def run_experiment(cfg: DictConfig) -> float:
-    """One Hydra job: inputs, train, evaluate `cfg`; returns the validation accuracy (what a sweep optimises).
-    In a sweep, its runs are children of the sweep's parent run (`sweep.parent_run_id`)."""
-    output_dir, overrides = _job_output_dir()
     cfg.paths.models = f"{output_dir}/model"
     cfg.paths.metrics = f"{output_dir}/metrics"
+    if hydra.mode == RunMode.MULTIRUN:
+        cfg.paths.prepared = str(repeats.job_prepared(Path(output_dir), list(hydra.overrides.task),
+                                                      Path(cfg.paths.prepared)))
     job = job_of(cfg)  # before any work: a tracking server that does not answer ends the job
     parent = sweep.parent_run_id()
     if planned_processes(job.settings.trainer) > 1:

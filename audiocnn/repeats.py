@@ -18,24 +18,31 @@ from __future__ import annotations
 import copy
 import json
 import shutil
+import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import mlflow
 import numpy as np
 import pandas as pd
+import yaml
+from mlflow import MlflowClient
+from mlflow.entities import Metric
 from omegaconf import DictConfig, OmegaConf
 
 from audiocnn import atomic, tracking
 from audiocnn.data.names import slug_map, unescape_columns
 from audiocnn.data.prepare import fold_values, read_classes, read_manifest
-from audiocnn.data.task import is_multilabel
+from audiocnn.data.task import EVENTS, MULTILABEL, is_multilabel
 from audiocnn.errors import ConfigError
 from audiocnn.evaluation.event_report import EVENTS_DIR
 from audiocnn.evaluation.reports import CURVES, write_pooled_reports
 from audiocnn.training import resume
 
+REPEAT_KEYS = ("data.fold", "seed")  # the overrides a sweep repeats an experiment over (`sweep_groups`)
 STATE_FILE = "repeats.json"  # in paths.models: the parent run and the variants, for the evaluate stage
+POOLED_COLUMNS = {"actual", "predicted", "confidence"}  # a single-label predictions.csv, whose rows pool
+TEST_SCORES = ("accuracy", "map", "event_macro_f1")  # a run's test score, by task (the first it has)
+METRICS_PER_BATCH = 1000  # MLflow's limit on the metrics of one log_batch
 
 
 @dataclass(frozen=True)
@@ -63,13 +70,15 @@ def variants(cfg: DictConfig) -> list[Variant]:
     else:
         folds = [None if cfg.data.get("fold") is None else str(cfg.data.fold)]
     seeds = [int(s) for s in cfg.trainer.seeds] if cfg.trainer.get("seeds") else [int(cfg.seed)]
+    return labelled([(fold, seed) for fold in folds for seed in seeds])
+
+
+def labelled(pairs: list[tuple]) -> list[Variant]:
+    """The variants of these (fold, seed) pairs, labelled by what varies among them: `fold-<slug>`, `seed-<n>`."""
+    folds, seeds = list(dict.fromkeys(fold for fold, _ in pairs)), {seed for _, seed in pairs}
     slugs = fold_slugs(folds)
-    result = []
-    for fold in folds:
-        for seed in seeds:
-            parts = ([f"fold-{slugs[fold]}"] if len(folds) > 1 else []) + ([f"seed-{seed}"] if len(seeds) > 1 else [])
-            result.append(Variant("-".join(parts), fold, seed))
-    return result
+    return [Variant("-".join(([f"fold-{slugs[fold]}"] if len(folds) > 1 else []) +
+                             ([f"seed-{seed}"] if len(seeds) > 1 else [])), fold, seed) for fold, seed in pairs]
 
 
 def fold_slugs(folds: list) -> dict:
@@ -137,56 +146,127 @@ def resume_parent(cfg: DictConfig) -> tuple[str, list[Variant]]:
     return state["parent_run_id"], [Variant(**v) for v in state["variants"]]
 
 
-def aggregate_metrics(results: list[dict]) -> dict:
-    """Mean, std (ddof=1) and min over variants of every float metric they all have, plus each variant's."""
-    keys = [k for k, v in results[0].items() if isinstance(v, float) and all(isinstance(r.get(k), float) for r in results)]
+@dataclass(frozen=True)
+class Finished:
+    """A finished run of a repeated experiment: a variant of `run_repeats`, or a job of a sweep over
+    `data.fold` / `seed` (`sweep_groups`)."""
+    label: str     # "seed-1", "fold-x-seed-1": a folder name and a metric key
+    metrics: dict  # its test metrics (test.json) and `best_val_acc`
+    folder: Path   # its metrics folder: test.json, predictions.csv, explain/, curves/, events/
+    classes: Path  # its manifest's classes.json
+
+
+def validation_score(summary: dict) -> float:
+    """What a sweep maximises: a training's best validation accuracy, mAP on multi-label data, or frame F1
+    (macro, at 0.5) on event data."""
+    task = summary.get("task")
+    return (summary["best_val_frame_f1"] if task == EVENTS else summary["best_val_map"] if task == MULTILABEL
+            else summary["best_val_acc"])
+
+
+def aggregate_metrics(results: list[Finished]) -> dict:
+    """Mean, std (ddof=1) and min over runs of every float metric they all have, plus each run's."""
+    first = results[0].metrics
+    keys = [k for k, v in first.items() if isinstance(v, float) and all(isinstance(r.metrics.get(k), float)
+                                                                         for r in results)]
     aggregate: dict = {"n_runs": len(results)}
     for key in keys:
-        values = np.array([r[key] for r in results])
+        values = np.array([r.metrics[key] for r in results])
         aggregate[key] = float(values.mean())
         aggregate[f"{key}_std"] = float(values.std(ddof=1)) if len(values) > 1 else 0.0
         aggregate[f"{key}_min"] = float(values.min())
-    aggregate["runs"] = {r["variant"].label: {k: r[k] for k in keys} for r in results}
+    aggregate["runs"] = {r.label: {k: r.metrics[k] for k in keys} for r in results}
     return aggregate
 
 
-def write_aggregate(cfg: DictConfig, results: list[dict], calibration_bins: int) -> dict:
-    """`test.json` (aggregate, with the worst class of the pooled predictions); the pooled reports of
-    `evaluation.reports.write_pooled_reports` (`per_class.json`, `predictions.csv`, the PNGs: all
-    variants pooled); `explain/<label>/` (each variant's explanations)."""
-    out = Path(cfg.paths.metrics)
+def write_aggregate(results: list[Finished], out: Path, title: str, calibration_bins: int) -> dict:
+    """Into `out`: `test.json` (the aggregate, with the worst class of the pooled predictions); on single-label
+    data the pooled reports of `evaluation.reports.write_pooled_reports` (`per_class.json`, `predictions.csv`,
+    the PNGs: all runs pooled); `explain/<label>/`, `curves/<label>/`, `events/<label>/` (each run's)."""
     aggregate = aggregate_metrics(results)
-    frames = []
-    for result in results:
-        single = variant_config(cfg, result["variant"])
-        frame = pd.read_csv(Path(single.paths.metrics) / "predictions.csv",
-                            dtype={"path": str, "actual": str, "predicted": str}, keep_default_na=False)
-        frames.append(unescape_columns(frame).assign(run=result["variant"].label))
-    classes = json.loads((Path(variant_config(cfg, results[0]["variant"]).paths.prepared) / "classes.json").read_text())
-    pooled = write_pooled_reports(pd.concat(frames, ignore_index=True), classes, out,
-                                  f"{cfg.model.name} on {cfg.data.name}, {len(results)} runs pooled",
-                                  f"{aggregate['accuracy']:.3f} +/- {aggregate['accuracy_std']:.3f}",
-                                  calibration_bins)
-    aggregate["worst_class"] = pooled["worst_class"]
+    frames = [unescape_columns(pd.read_csv(r.folder / "predictions.csv", keep_default_na=False,
+                                           dtype={"path": str, "actual": str, "predicted": str})).assign(run=r.label)
+              for r in results]
+    if all(POOLED_COLUMNS <= set(frame.columns) for frame in frames):
+        pooled = pd.concat(frames, ignore_index=True)
+        classes = json.loads(results[0].classes.read_text())
+        accuracy = f"{aggregate['accuracy']:.3f} +/- {aggregate['accuracy_std']:.3f}"
+        aggregate["worst_class"] = write_pooled_reports(pooled, classes, out, f"{title}, {len(results)} runs pooled",
+                                                        accuracy, calibration_bins)["worst_class"]
     atomic.write_json(out / "test.json", aggregate)
     for folder in ("explain", CURVES, EVENTS_DIR):  # each run's files side by side under the DVC output folders
         (out / folder).mkdir(parents=True, exist_ok=True)
         for result in results:
-            written = Path(variant_config(cfg, result["variant"]).paths.metrics) / folder
-            if written.is_dir():
-                shutil.copytree(written, out / folder / result["variant"].label, dirs_exist_ok=True)
-    print("repeats:\n" + "\n".join(
-        f"  {label:<24} accuracy {m['accuracy']:.4f}  macro-F1 {m.get('macro_f1', float('nan')):.4f}"
-        for label, m in aggregate["runs"].items()))
-    print(f"repeats: test accuracy {aggregate['accuracy']:.4f} +/- {aggregate['accuracy_std']:.4f} "
-          f"(min {aggregate['accuracy_min']:.4f}) over {len(results)} runs -> {out / 'test.json'}")
+            if (result.folder / folder).is_dir():
+                shutil.copytree(result.folder / folder, out / folder / result.label, dirs_exist_ok=True)
+    score = next((key for key in TEST_SCORES if key in aggregate), None)
+    if score:
+        print("repeats:\n" + "\n".join(f"  {label:<24} {score} {m[score]:.4f}" for label, m in aggregate["runs"].items()))
+        print(f"repeats: test {score} {aggregate[score]:.4f} +/- {aggregate[score + '_std']:.4f} "
+              f"(min {aggregate[score + '_min']:.4f}) over {len(results)} runs -> {out / 'test.json'}")
     return aggregate
 
 
-def log_aggregate(cfg: DictConfig, store: tracking.Store, parent: str, aggregate: dict) -> None:
-    with tracking.open_run(store, run_id=parent):
-        mlflow.log_metrics({f"test_{k}": v for k, v in aggregate.items() if isinstance(v, float)})
-        for label, metrics in aggregate["runs"].items():
-            mlflow.log_metrics({f"test_{k}.{label}": v for k, v in metrics.items()})
-        for name in ("test.json", "per_class.json", "predictions.csv", "confusion_matrix.png", "reliability_diagram.png"):
-            mlflow.log_artifact(str(Path(cfg.paths.metrics) / name), artifact_path="evaluation")
+def log_aggregate(client: MlflowClient, run_id: str, out: Path, aggregate: dict, prefix: str = "",
+                  artifact_path: str = "evaluation") -> None:
+    """`aggregate`'s metrics (`<prefix>test_<key>`, each run's as `<prefix>test_<key>.<label>`) and `out`'s
+    reports into the run `run_id`."""
+    metrics = {f"{prefix}test_{k}": v for k, v in aggregate.items() if isinstance(v, float)}
+    metrics.update({f"{prefix}test_{k}.{label}": v for label, m in aggregate["runs"].items() for k, v in m.items()})
+    now = int(time.time() * 1000)
+    items = [Metric(key, value, now, 0) for key, value in metrics.items()]
+    for start in range(0, len(items), METRICS_PER_BATCH):
+        client.log_batch(run_id, metrics=items[start:start + METRICS_PER_BATCH])
+    for name in ("test.json", "per_class.json", "predictions.csv", "confusion_matrix.png", "reliability_diagram.png"):
+        if (out / name).is_file():
+            client.log_artifact(run_id, str(out / name), artifact_path=artifact_path)
+
+
+def parse_overrides(overrides: list[str]) -> dict:
+    """{dotted key or group: Hydra's parsed override} of a job's command-line overrides."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    return {o.key_or_group: o for o in OverridesParser.create().parse_overrides(overrides)}
+
+
+def job_prepared(job_dir: Path, overrides: list[str], shared: Path) -> Path:
+    """The manifest folder of a sweep job: its own (`<job_dir>/prepared`) when its overrides set `seed` or
+    anything of `data` (its split differs from other jobs', which a shared folder would rewrite under
+    them, side by side under a parallel launcher); else the sweep's `paths.prepared` (`shared`)."""
+    keys = parse_overrides(overrides)
+    return job_dir / "prepared" if any(k in ("seed", "data") or k.startswith("data.") for k in keys) else shared
+
+
+def sweep_groups(sweep_dir: Path, shared: Path) -> dict[str, list[Finished]]:
+    """The finished jobs of a Hydra sweep over `data.fold` and/or `seed` (`-m data.fold=0,1,2 seed=0,1`),
+    grouped by the other overrides that vary among its jobs (`model=cnn`; "" when none do). Groups of
+    two runs or more; {} when the sweep varies neither. A job's outputs are Hydra's `.hydra/overrides.yaml`
+    and `audiocnn.experiment.run_experiment`'s `model/run.json` and `metrics/` in its folder; a job without
+    them (it failed) is left out. `shared`: the sweep's `paths.prepared`."""
+    jobs = [(file.parent.parent, yaml.safe_load(file.read_text()) or [])
+            for file in sorted(sweep_dir.glob("*/.hydra/overrides.yaml"))]
+    parsed = [parse_overrides(overrides) for _, overrides in jobs]
+    varying = {key for key in set().union(*parsed) if len({str(p[key].input_line) if key in p else None
+                                                              for p in parsed}) > 1}
+    if not varying & set(REPEAT_KEYS):
+        return {}
+    members: dict[str, list] = {}
+    for (folder, overrides), keys in zip(jobs, parsed):
+        if not ((folder / "metrics" / "test.json").is_file() and (folder / "model" / "run.json").is_file()):
+            continue
+        setting = " ".join(keys[k].input_line for k in sorted(varying - set(REPEAT_KEYS)) if k in keys)
+        fold, seed = (str(keys[k].value()) if k in keys else None for k in REPEAT_KEYS)
+        members.setdefault(setting, []).append((folder, overrides, fold, seed))
+    groups = {}
+    for setting, finished in members.items():
+        if len(finished) < 2:
+            continue
+        variants = labelled([(fold, seed) for _, _, fold, seed in finished])
+        if len({variant.label for variant in variants}) < len(variants):  # `seed=0,0`: the same run twice
+            variants, finished = zip(*dict(zip((v.label for v in variants), zip(variants, finished))).values())
+        groups[setting] = [Finished(variant.label, {
+            **json.loads((folder / "metrics" / "test.json").read_text()),
+            "best_val_acc": validation_score(json.loads((folder / "model" / "run.json").read_text()))},
+            folder / "metrics", job_prepared(folder, overrides, shared) / "classes.json")
+            for variant, (folder, overrides, _, _) in zip(variants, finished)]
+    return groups

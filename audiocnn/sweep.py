@@ -24,8 +24,9 @@ from hydra.experimental.callback import Callback
 from mlflow import MlflowClient
 from omegaconf import DictConfig
 
-from audiocnn import atomic, tracking
+from audiocnn import atomic, repeats, tracking
 from audiocnn.config import user_tracking_uri, with_tracking_uri
+from audiocnn.data.names import slug_map
 from audiocnn.errors import ConfigError
 from audiocnn.tracking import names, owners
 
@@ -87,6 +88,19 @@ def format_table(jobs: list[dict]) -> str:
     lines += [f"| {rank} | {job['overrides'] or '(defaults)'} | {number(job['val_acc'])} | "
               f"{number(job['test_acc'])} | {job['status']} | {job['run_id']} |"
               for rank, job in enumerate(jobs, start=1)]
+    return "\n".join(lines)
+
+
+def repeats_table(rows: list[tuple[str, dict]]) -> str:
+    """Markdown table of (setting, `repeats.aggregate_metrics`) rows, best mean validation score first:
+    rank | setting | runs | val score | test score mean +/- std | test score min."""
+    lines = ["| rank | setting | runs | val score | test score | test min |", "|---|---|---|---|---|---|"]
+    for rank, (setting, aggregate) in enumerate(sorted(rows, key=lambda row: -row[1].get("best_val_acc", 0.0)), 1):
+        test = next((key for key in repeats.TEST_SCORES if key in aggregate), None)
+        shown = (f"{test} {aggregate[test]:.4f} +/- {aggregate[test + '_std']:.4f} | {aggregate[test + '_min']:.4f}"
+                 if test else "- | -")
+        lines.append(f"| {rank} | {setting} | {aggregate['n_runs']} | {aggregate.get('best_val_acc', float('nan')):.4f} "
+                     f"| {shown} |")
     return "\n".join(lines)
 
 
@@ -157,7 +171,31 @@ class SweepParentRun(Callback):
             if best["test_acc"] is not None:
                 self.client.log_metric(self.run_id, "test_accuracy", best["test_acc"])
             self.client.set_tag(self.run_id, "best_run_id", best["run_id"])
+        if sweep_dir.is_dir():
+            self._aggregate_repeats(config, sweep_dir)
         self._end("FINISHED")  # the table says which jobs failed
+
+    def _aggregate_repeats(self, config: DictConfig, sweep_dir: Path) -> None:
+        """A sweep over `data.fold` / `seed`: each group of jobs that differ only in those
+        (`repeats.sweep_groups`) aggregated as a repeated experiment is, into `<sweep dir>/repeats/<group>/`
+        and the parent run (metrics `repeats/<group>/test_<key>`, files under `repeats/<group>/`); the
+        groups ranked by mean validation score in `repeats_results.md`."""
+        groups = repeats.sweep_groups(sweep_dir, Path(config.paths.prepared))
+        slugs = slug_map([setting or "all" for setting in groups], "setting")
+        rows = []
+        for setting, results in groups.items():
+            slug = slugs[setting or "all"]
+            out = sweep_dir / "repeats" / slug
+            aggregate = repeats.write_aggregate(results, out, f"{setting or config.model.name} on {config.data.name}",
+                                                config.evaluate.calibration_bins)
+            repeats.log_aggregate(self.client, self.run_id, out, aggregate, prefix=f"repeats/{slug}/",
+                                  artifact_path=f"repeats/{slug}")
+            rows.append((setting or "(all jobs)", aggregate))
+        if rows:
+            table = repeats_table(rows)
+            print(f"sweep: {len(rows)} settings repeated over data.fold / seed, best mean validation score first\n{table}")
+            self.client.log_text(self.run_id, table + "\n", "repeats_results.md")
+            atomic.write_text(sweep_dir / "repeats_results.md", table + "\n")
 
     def _end(self, status: str) -> None:
         if self.run_id is None:

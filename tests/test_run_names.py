@@ -11,7 +11,7 @@ from audiocnn.config import compose_config
 from audiocnn.tracking import names
 
 # What a Hydra job of a cross-validation on a CSV passes as its run name suffix
-# (`experiment._job_output_dir`: every override but model= and data=, joined by commas).
+# (`experiment.run_experiment`: every override but model= and data=, joined by commas).
 CSV_CV_SUFFIX = ",".join([
     "data.csv=/home/someone/recordings/list.csv", "data.protocol=cv", "optimizer.lr=3e-4",
     "paths.raw=/mnt/audio/raw", "paths.models=outputs/m", "tracking.uri=http://admin:hunter2@mlflow.lan:5000",

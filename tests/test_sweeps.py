@@ -96,6 +96,28 @@ def test_joblib_launcher_runs_jobs_in_parallel_processes(project):
     assert len(children) == 2 and {c.info.status for c in children} == {"FINISHED"}
 
 
+def test_seeds_as_a_parallel_multirun_are_aggregated_under_the_sweep_parent(project):
+    """`-m seed=0,1` on the joblib launcher: each job prepares its own manifest (its seed), both share the
+    feature store, and the sweep's end aggregates them as `trainer.seeds` would (tests/test_sweep_repeats.py)."""
+    overrides = ["model=cnn", "seed=0,1", *FAST]
+    sweep_dir = project / "data/hydra/multirun/seeds"
+    result = run([sys.executable, "pipelines/train.py", "-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2",
+                  f"hydra.sweep.dir={sweep_dir}", *overrides], project)
+    client, parent, children = sweep_runs(project, " ".join(overrides))
+    assert parent.info.status == "FINISHED" and len(children) == 2
+    for job in ("0", "1"):
+        overrides_of_job = yaml.safe_load((sweep_dir / job / ".hydra/overrides.yaml").read_text())
+        seed = next(int(o.split("=")[1]) for o in overrides_of_job if o.startswith("seed="))
+        assert json.loads((sweep_dir / job / "prepared/settings.json").read_text())["seed"] == seed
+    report = json.loads((sweep_dir / "repeats/all/test.json").read_text())
+    assert report["n_runs"] == 2 and set(report["runs"]) == {"seed-0", "seed-1"}
+    tests = sorted(c.data.metrics["test_accuracy"] for c in children)
+    assert sorted(m["accuracy"] for m in report["runs"].values()) == pytest.approx(tests)
+    assert parent.data.metrics["repeats/all/test_accuracy"] == pytest.approx(sum(tests) / 2)
+    assert "repeats/all/test.json" in {f.path for f in client.list_artifacts(parent.info.run_id, "repeats/all")}
+    assert "| 1 | (all jobs) | 2 |" in result.stdout
+
+
 def test_slurm_launcher_machinery_runs_each_job_as_a_submitit_process(project):
     """hydra/launcher=slurm_local: the submitit machinery of the SLURM launcher, with local processes."""
     overrides = ["model=cnn", "optimizer.lr=1e-3,3e-4", "seed=3", *FAST]  # seed: not the joblib sweep's overrides

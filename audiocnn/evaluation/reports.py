@@ -191,7 +191,7 @@ def write_pooled_reports(predictions: pd.DataFrame, classes: list[str], out: Pat
     actual = torch.tensor(predictions["actual"].map(number).to_numpy())
     predicted = torch.tensor(predictions["predicted"].map(number).to_numpy())
     metrics = classification_metrics(predicted, actual, classes)
-    confidence, correct = predictions["confidence"].to_numpy(), (predicted == actual).numpy()
+    confidence, correct = predictions["confidence"].to_numpy(dtype=float, copy=True), (predicted == actual).numpy()
     metrics["ece"] = round(confidence_calibration_error(confidence, correct, n_bins), 4)
     metrics["calibration"] = confidence_bins(confidence, correct, n_bins)
     _write_class_reports(metrics, classes, out, title, accuracy, pooled_over_runs=predictions["run"].nunique())
