@@ -185,3 +185,13 @@ def test_a_params_stage_reads_its_settings_once(tmp_path, monkeypatch):
     stage_main(lambda cfg, settings: jobs.append(job_of(cfg, settings=settings)))
     assert len(jobs) == 1 and len(reads) == 1
     assert jobs[0].settings.tracking.uri == f"sqlite:///{tmp_path / 'mlflow.db'}"
+    # DVC's train and evaluate stages themselves (the training and scoring replaced by what records their job)
+    from audiocnn.experiment import evaluate_stage, train_stage
+
+    monkeypatch.setattr("audiocnn.experiment.train_model", lambda job: jobs.append(job))
+    monkeypatch.setattr("audiocnn.experiment.evaluate_model", lambda job: jobs.append(job))
+    for stage in (train_stage, evaluate_stage):
+        reads.clear()
+        stage_main(stage)
+        assert len(reads) == 1, stage.__name__
+    assert len(jobs) == 3 and all(job.settings.run.seed == jobs[0].settings.run.seed for job in jobs)

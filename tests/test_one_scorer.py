@@ -189,3 +189,12 @@ def test_every_scorer_takes_its_views_and_temperature_from_the_one_window_scorer
         np.testing.assert_allclose(evaluate_scores(tta).numpy(), WindowScorer(
             predictor.model, floor=predictor.floor, temperature=2.0)(
             torch.full((1, 1, 84, predictor.window), predictor.floor))[0].detach().numpy(), atol=1e-6)
+
+
+def test_the_eager_scorer_runs_its_model_with_each_convs_batch_norm_folded_in(predictor):
+    """`Predictor` scores with `models.blocks.fold_batch_norms` applied (its outputs are the unfolded model's:
+    tests/test_models.py): no conv is followed by a batch norm any more; only the input norm, after no conv,
+    stays."""
+    modules = list(predictor.model.modules())
+    assert sum(isinstance(m, torch.nn.Conv2d) for m in modules) >= 2
+    assert sum(isinstance(m, torch.nn.BatchNorm2d) for m in modules) <= 1
