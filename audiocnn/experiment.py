@@ -30,9 +30,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import mlflow
-from mlflow import MlflowClient
 import numpy as np
 from hydra.types import RunMode
+from mlflow import MlflowClient
 from omegaconf import DictConfig, OmegaConf
 
 from audiocnn import atomic, repeats, sweep, tracking
@@ -50,7 +50,6 @@ from audiocnn.training.datamodule import WindowDataModule
 from audiocnn.training.settings import trainer_settings
 from audiocnn.training.train import TrainJob, train
 from audiocnn.training.trainer import planned_processes
-from audiocnn.repeats import validation_score
 from audiocnn.settings import Settings, group, prepare_settings, read_settings
 
 
@@ -232,8 +231,9 @@ def run_repeats(job: Job, steps: tuple[str, ...] = ("train", "evaluate"), run_na
             else:
                 summary = json.loads((Path(single.paths.models) / "run.json").read_text())
             metrics = evaluate_model(variant_job) if "evaluate" in steps else {}
-            results.append(repeats.Finished(variant.label, {"best_val_acc": validation_score(summary), **metrics},
-                                            Path(single.paths.metrics), Path(single.paths.prepared) / "classes.json"))
+            scores = {"best_val_acc": repeats.validation_score(summary), **metrics}
+            results.append(repeats.Finished(variant.label, scores, Path(single.paths.metrics),
+                                            Path(single.paths.prepared) / "classes.json"))
         if "evaluate" not in steps:  # the evaluate stage reopens the parent
             tracking.end_parent_run(store, parent, "FINISHED")
             return {"best_val_acc": float(np.mean([r.metrics["best_val_acc"] for r in results]))}
@@ -306,13 +306,13 @@ def run_experiment(cfg: DictConfig) -> float:
         if parent:
             tracking.set_parent(job.store, summary["run_id"], parent)
         evaluate_model(job)
-        return validation_score(summary)
+        return repeats.validation_score(summary)
     if repeats.is_repeated(cfg):
         return run_repeats(job, run_name_suffix=overrides, parent_run_id=parent)["best_val_acc"]
     ensure_inputs(job.settings)
     summary = train_model(job, run_name_suffix=overrides, skip_finished=True, parent_run_id=parent)
     evaluate_model(job)
-    return validation_score(summary)
+    return repeats.validation_score(summary)
 
 
 def train_in_processes(cfg: DictConfig, params: Path, run_name_suffix: str = "") -> None:

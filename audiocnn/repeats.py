@@ -237,23 +237,29 @@ def job_prepared(job_dir: Path, overrides: list[str], shared: Path) -> Path:
     return job_dir / "prepared" if any(k in ("seed", "data") or k.startswith("data.") for k in keys) else shared
 
 
-def sweep_groups(sweep_dir: Path, shared: Path) -> dict[str, list[Finished]]:
+def sweep_groups(sweep_dir: Path, shared: Path, run_ids: set[str]) -> dict[str, list[Finished]]:
     """The finished jobs of a Hydra sweep over `data.fold` and/or `seed` (`-m data.fold=0,1,2 seed=0,1`),
     grouped by the other overrides that vary among its jobs (`model=cnn`; "" when none do). Groups of
     two runs or more; {} when the sweep varies neither. A job's outputs are Hydra's `.hydra/overrides.yaml`
-    and `audiocnn.experiment.run_experiment`'s `model/run.json` and `metrics/` in its folder; a job without
-    them (it failed) is left out. `shared`: the sweep's `paths.prepared`."""
-    jobs = [(file.parent.parent, yaml.safe_load(file.read_text()) or [])
-            for file in sorted(sweep_dir.glob("*/.hydra/overrides.yaml"))]
+    and `audiocnn.experiment.run_experiment`'s `model/run.json` and `metrics/test.json` in its folder; only
+    jobs whose training run is one of `run_ids` (the sweep's child runs: not the folders an earlier sweep
+    into the same `hydra.sweep.dir` left) and that were evaluated count. `shared`: the sweep's `paths.prepared`."""
+    jobs = []
+    for file in sorted(sweep_dir.glob("*/.hydra/overrides.yaml")):
+        folder = file.parent.parent
+        try:
+            run_id = json.loads((folder / "model" / "run.json").read_text())["run_id"]
+        except (OSError, ValueError, KeyError):  # failed before its model, or repeats of its own
+            continue
+        if run_id in run_ids and (folder / "metrics" / "test.json").is_file():
+            jobs.append((folder, yaml.safe_load(file.read_text()) or []))
     parsed = [parse_overrides(overrides) for _, overrides in jobs]
-    varying = {key for key in set().union(*parsed) if len({str(p[key].input_line) if key in p else None
+    varying = {key for key in set().union(*parsed) if len({p[key].input_line if key in p else None
                                                               for p in parsed}) > 1}
     if not varying & set(REPEAT_KEYS):
         return {}
     members: dict[str, list] = {}
     for (folder, overrides), keys in zip(jobs, parsed):
-        if not ((folder / "metrics" / "test.json").is_file() and (folder / "model" / "run.json").is_file()):
-            continue
         setting = " ".join(keys[k].input_line for k in sorted(varying - set(REPEAT_KEYS)) if k in keys)
         fold, seed = (str(keys[k].value()) if k in keys else None for k in REPEAT_KEYS)
         members.setdefault(setting, []).append((folder, overrides, fold, seed))

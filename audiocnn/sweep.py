@@ -172,15 +172,15 @@ class SweepParentRun(Callback):
                 self.client.log_metric(self.run_id, "test_accuracy", best["test_acc"])
             self.client.set_tag(self.run_id, "best_run_id", best["run_id"])
         if sweep_dir.is_dir():
-            self._aggregate_repeats(config, sweep_dir)
+            self._aggregate_repeats(config, sweep_dir, {job["run_id"] for job in jobs})
         self._end("FINISHED")  # the table says which jobs failed
 
-    def _aggregate_repeats(self, config: DictConfig, sweep_dir: Path) -> None:
+    def _aggregate_repeats(self, config: DictConfig, sweep_dir: Path, run_ids: set[str]) -> None:
         """A sweep over `data.fold` / `seed`: each group of jobs that differ only in those
         (`repeats.sweep_groups`) aggregated as a repeated experiment is, into `<sweep dir>/repeats/<group>/`
         and the parent run (metrics `repeats/<group>/test_<key>`, files under `repeats/<group>/`); the
         groups ranked by mean validation score in `repeats_results.md`."""
-        groups = repeats.sweep_groups(sweep_dir, Path(config.paths.prepared))
+        groups = repeats.sweep_groups(sweep_dir, Path(config.paths.prepared), run_ids)
         slugs = slug_map([setting or "all" for setting in groups], "setting")
         rows = []
         for setting, results in groups.items():

@@ -26,14 +26,14 @@ CLASSES = ["no", "yes"]
 
 
 def finished_job(sweep: Path, number: int, overrides: list[str], val: float, hits: list[bool],
-                 shared: Path | None = None, evaluated: bool = True) -> Path:
+                 shared: Path | None = None, evaluated: bool = True, run_id: str | None = None) -> Path:
     """A job folder as `run_experiment` leaves it: Hydra's overrides, `model/run.json`, `metrics/` (test.json,
     predictions.csv: one row of class `yes` per hit or miss, and one right `no`), and its manifest's classes.json."""
     job = sweep / str(number)
     (job / ".hydra").mkdir(parents=True)
     (job / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(overrides))
     (job / "model").mkdir()
-    (job / "model" / "run.json").write_text(json.dumps({"best_val_acc": val, "run_id": f"run-{number}"}))
+    (job / "model" / "run.json").write_text(json.dumps({"best_val_acc": val, "run_id": run_id or f"run-{number}"}))
     prepared = job_prepared(job, overrides, shared or sweep / "shared")
     prepared.mkdir(parents=True, exist_ok=True)
     (prepared / "classes.json").write_text(json.dumps(CLASSES))
@@ -69,7 +69,9 @@ def test_jobs_that_differ_in_fold_and_seed_group_by_their_other_overrides(tmp_pa
                 finished_job(sweep, number, overrides, val=0.5 + 0.1 * seed, hits=hits,
                              evaluated=(model, fold, seed) != ("vgg", "b", 1))
                 number += 1
-    groups = sweep_groups(sweep, tmp_path / "shared")
+    finished_job(sweep, number, ["model=cnn", "data.fold=c", "seed=0"], val=1.0, hits=[True],
+                 run_id="run-of-an-earlier-sweep-into-this-folder")
+    groups = sweep_groups(sweep, tmp_path / "shared", {f"run-{n}" for n in range(number)})
 
     assert set(groups) == {"model=cnn", "model=vgg"}  # trainer.max_epochs=1 is every job's: not a setting
     cnn = groups["model=cnn"]
@@ -101,14 +103,14 @@ def test_a_sweep_that_repeats_neither_folds_nor_seeds_has_no_groups(tmp_path):
     sweep = tmp_path / "multirun"
     for number, lr in enumerate(("0.1", "0.01")):
         finished_job(sweep, number, [f"optimizer.lr={lr}", "seed=3"], val=0.5, hits=[True, False])
-    assert sweep_groups(sweep, tmp_path / "shared") == {}
+    assert sweep_groups(sweep, tmp_path / "shared", {"run-0", "run-1"}) == {}
 
 
 def test_the_same_fold_and_seed_twice_is_one_run_and_a_fold_named_like_a_path_stays_inside(tmp_path):
     sweep = tmp_path / "multirun"
     for number, fold in enumerate(("/../../escape", "b", "b")):
         finished_job(sweep, number, [f"data.fold={fold}"], val=0.5, hits=[True, number == 1])
-    (runs,) = sweep_groups(sweep, tmp_path / "shared").values()
+    (runs,) = sweep_groups(sweep, tmp_path / "shared", {"run-0", "run-1", "run-2"}).values()
     assert [run.label for run in runs] == ["fold-escape", "fold-b"]
     write_aggregate(runs, tmp_path / "out", "cnn on demo", calibration_bins=5)
     assert (tmp_path / "out" / "explain" / "fold-escape" / "saliency.png").is_file()
@@ -125,8 +127,12 @@ def test_the_sweep_end_logs_each_repeated_setting_under_the_parent_run(tmp_path,
         callback.on_multirun_start(config)
         parent = callback.run_id
         for number, (model, seed) in enumerate((m, s) for m in ("cnn", "vgg") for s in (0, 1)):
+            with tracking.open_run(tracking.store_of(config.tracking), run_name=f"job-{number}",
+                                   parent_run_id=parent) as child:
+                pass
             finished_job(sweep, number, [f"model={model}", f"seed={seed}"], val=0.9 if model == "vgg" else 0.6,
-                         hits=[True, seed == 1, model == "vgg"], shared=Path(config.paths.prepared))
+                         hits=[True, seed == 1, model == "vgg"], shared=Path(config.paths.prepared),
+                         run_id=child.info.run_id)
         callback.on_multirun_end(config)
     finally:
         atexit.unregister(callback._end)
