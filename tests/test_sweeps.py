@@ -101,6 +101,7 @@ def test_seeds_as_a_parallel_multirun_are_aggregated_under_the_sweep_parent(proj
     feature store, and the sweep's end aggregates them as `trainer.seeds` would (tests/test_sweep_repeats.py)."""
     overrides = ["model=cnn", "seed=0,1", *FAST]
     sweep_dir = project / "data/hydra/multirun/seeds"
+    stores = {path: path.stat().st_mtime_ns for path in (project / "data/features").glob("*/store.json")}
     result = run([sys.executable, "pipelines/train.py", "-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2",
                   f"hydra.sweep.dir={sweep_dir}", *overrides], project)
     client, parent, children = sweep_runs(project, " ".join(overrides))
@@ -109,6 +110,7 @@ def test_seeds_as_a_parallel_multirun_are_aggregated_under_the_sweep_parent(proj
         overrides_of_job = yaml.safe_load((sweep_dir / job / ".hydra/overrides.yaml").read_text())
         seed = next(int(o.split("=")[1]) for o in overrides_of_job if o.startswith("seed="))
         assert json.loads((sweep_dir / job / "prepared/settings.json").read_text())["seed"] == seed
+    assert len(stores) == 1 and stores == {path: path.stat().st_mtime_ns for path in stores}  # kept, not rebuilt
     report = json.loads((sweep_dir / "repeats/all/test.json").read_text())
     assert report["n_runs"] == 2 and set(report["runs"]) == {"seed-0", "seed-1"}
     tests = sorted(c.data.metrics["test_accuracy"] for c in children)
