@@ -117,26 +117,32 @@ def test_the_same_fold_and_seed_twice_is_one_run_and_a_fold_named_like_a_path_st
     assert not (tmp_path / "escape").exists()
 
 
-def test_the_sweep_end_logs_each_repeated_setting_under_the_parent_run(tmp_path, monkeypatch, capsys):
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    config = sweep_config(tmp_path, ["model=cnn,vgg", "seed=0,1"])
+def sweep_end(tmp_path: Path, key: str, values: tuple[str, str]) -> tuple[Path, MlflowClient, str]:
+    """A sweep `-m <key>=<values> seed=0,1` through the real callback: its start, four finished jobs (children
+    of its parent run; the second value's jobs score better), its end. Returns (sweep dir, client, parent)."""
+    config = sweep_config(tmp_path, [f"{key}={','.join(values)}", "seed=0,1"])
     sweep = tmp_path / "multirun"
     sweep.mkdir()
     callback = SweepParentRun()
     try:
         callback.on_multirun_start(config)
-        parent = callback.run_id
-        for number, (model, seed) in enumerate((m, s) for m in ("cnn", "vgg") for s in (0, 1)):
+        for number, (value, seed) in enumerate((v, s) for v in values for s in (0, 1)):
             with tracking.open_run(tracking.store_of(config.tracking), run_name=f"job-{number}",
-                                   parent_run_id=parent) as child:
+                                   parent_run_id=callback.run_id) as child:
                 pass
-            finished_job(sweep, number, [f"model={model}", f"seed={seed}"], val=0.9 if model == "vgg" else 0.6,
-                         hits=[True, seed == 1, model == "vgg"], shared=Path(config.paths.prepared),
-                         run_id=child.info.run_id)
+            better = value == values[1]
+            finished_job(sweep, number, [f"{key}={value}", f"seed={seed}"], val=0.9 if better else 0.6,
+                         hits=[True, seed == 1, better], shared=Path(config.paths.prepared), run_id=child.info.run_id)
+        parent = callback.run_id
         callback.on_multirun_end(config)
     finally:
         atexit.unregister(callback._end)
-    client = MlflowClient(tracking_uri=tracking.anchored(config.tracking.uri))
+    return sweep, MlflowClient(tracking_uri=tracking.anchored(config.tracking.uri)), parent
+
+
+def test_the_sweep_end_logs_each_repeated_setting_under_the_parent_run(tmp_path, monkeypatch, capsys):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    sweep, client, parent = sweep_end(tmp_path, "model", ("cnn", "vgg"))
     run = client.get_run(parent)
     assert run.info.status == "FINISHED"
     vgg = json.loads((sweep / "repeats" / "model_vgg" / "test.json").read_text())
@@ -151,3 +157,13 @@ def test_the_sweep_end_logs_each_repeated_setting_under_the_parent_run(tmp_path,
     assert table.splitlines()[3].startswith("| 2 | model=cnn | 2 | 0.6000 |")
     assert Path(client.download_artifacts(parent, "repeats_results.md", str(tmp_path))).read_text() == table
     assert "sweep: 2 settings repeated over data.fold / seed" in capsys.readouterr().out
+
+
+def test_a_setting_named_like_a_path_stays_in_the_sweep_folder_and_makes_valid_metric_keys(tmp_path, monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    sweep, client, parent = sweep_end(tmp_path, "tracking.run_name", ("'/../../../evil x'", "'..'"))
+    folders = sorted(p.name for p in (sweep / "repeats").iterdir())
+    assert len(folders) == 2 and all((sweep / "repeats" / name / "test.json").is_file() for name in folders)
+    assert not any(any(folder.glob("evil*")) for folder in (sweep / "repeats").parents[:5])  # where ../ leads
+    keys = [k for k in client.get_run(parent).data.metrics if k.startswith("repeats/")]
+    assert {k.split("/")[1] for k in keys} == set(folders)
