@@ -233,7 +233,7 @@ def run_repeats(job: Job, steps: tuple[str, ...] = ("train", "evaluate"), run_na
             metrics = evaluate_model(variant_job) if "evaluate" in steps else {}
             scores = {"best_val_acc": repeats.validation_score(summary), **metrics}
             results.append(repeats.Finished(variant.label, scores, Path(single.paths.metrics),
-                                            Path(single.paths.prepared) / "classes.json"))
+                                            Path(single.paths.prepared)))
         if "evaluate" not in steps:  # the evaluate stage reopens the parent
             tracking.end_parent_run(store, parent, "FINISHED")
             return {"best_val_acc": float(np.mean([r.metrics["best_val_acc"] for r in results]))}

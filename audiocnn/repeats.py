@@ -40,7 +40,6 @@ from audiocnn.training import resume
 
 REPEAT_KEYS = ("data.fold", "seed")  # the overrides a sweep repeats an experiment over (`sweep_groups`)
 STATE_FILE = "repeats.json"  # in paths.models: the parent run and the variants, for the evaluate stage
-POOLED_COLUMNS = {"actual", "predicted", "confidence"}  # a single-label predictions.csv, whose rows pool
 TEST_SCORES = ("accuracy", "map", "event_macro_f1")  # a run's test score, by task (the first it has)
 METRICS_PER_BATCH = 1000  # MLflow's limit on the metrics of one log_batch
 
@@ -152,8 +151,8 @@ class Finished:
     `data.fold` / `seed` (`sweep_groups`)."""
     label: str     # "seed-1", "fold-x-seed-1": a folder name and a metric key
     metrics: dict  # its test metrics (test.json) and `best_val_acc`
-    folder: Path   # its metrics folder: test.json, predictions.csv, explain/, curves/, events/
-    classes: Path  # its manifest's classes.json
+    folder: Path    # its metrics folder: test.json, predictions.csv, explain/, curves/, events/
+    prepared: Path  # its manifest's folder (classes.json)
 
 
 def validation_score(summary: dict) -> float:
@@ -180,16 +179,15 @@ def aggregate_metrics(results: list[Finished]) -> dict:
 
 
 def write_aggregate(results: list[Finished], out: Path, title: str, calibration_bins: int) -> dict:
-    """Into `out`: `test.json` (the aggregate, with the worst class of the pooled predictions); on single-label
-    data the pooled reports of `evaluation.reports.write_pooled_reports` (`per_class.json`, `predictions.csv`,
-    the PNGs: all runs pooled); `explain/<label>/`, `curves/<label>/`, `events/<label>/` (each run's)."""
+    """Into `out`: `test.json` (the aggregate); on single-label data also the pooled reports of
+    `evaluation.reports.write_pooled_reports` (`per_class.json`, `predictions.csv`, the PNGs: all runs
+    pooled; test.json's `worst_class` is theirs), not yet on multi-label and event data, whose pooled reports
+    would need each run's probabilities; `explain/<label>/`, `curves/<label>/`, `events/<label>/` (each run's)."""
     aggregate = aggregate_metrics(results)
-    frames = [unescape_columns(pd.read_csv(r.folder / "predictions.csv", keep_default_na=False,
-                                           dtype={"path": str, "actual": str, "predicted": str})).assign(run=r.label)
-              for r in results]
-    if all(POOLED_COLUMNS <= set(frame.columns) for frame in frames):
-        pooled = pd.concat(frames, ignore_index=True)
-        classes = json.loads(results[0].classes.read_text())
+    classes, task = read_classes(results[0].prepared)
+    if not is_multilabel(task):
+        pooled = pd.concat([unescape_columns(pd.read_csv(r.folder / "predictions.csv", keep_default_na=False, dtype={
+            "path": str, "actual": str, "predicted": str})).assign(run=r.label) for r in results], ignore_index=True)
         accuracy = f"{aggregate['accuracy']:.3f} +/- {aggregate['accuracy_std']:.3f}"
         aggregate["worst_class"] = write_pooled_reports(pooled, classes, out, f"{title}, {len(results)} runs pooled",
                                                         accuracy, calibration_bins)["worst_class"]
@@ -201,7 +199,8 @@ def write_aggregate(results: list[Finished], out: Path, title: str, calibration_
                 shutil.copytree(result.folder / folder, out / folder / result.label, dirs_exist_ok=True)
     score = next((key for key in TEST_SCORES if key in aggregate), None)
     if score:
-        print("repeats:\n" + "\n".join(f"  {label:<24} {score} {m[score]:.4f}" for label, m in aggregate["runs"].items()))
+        print("repeats:\n" + "\n".join(f"  {label:<24} {score} {m[score]:.4f}"
+                                        for label, m in aggregate["runs"].items()))
         print(f"repeats: test {score} {aggregate[score]:.4f} +/- {aggregate[score + '_std']:.4f} "
               f"(min {aggregate[score + '_min']:.4f}) over {len(results)} runs -> {out / 'test.json'}")
     return aggregate
@@ -273,6 +272,6 @@ def sweep_groups(sweep_dir: Path, shared: Path, run_ids: set[str]) -> dict[str, 
         groups[setting] = [Finished(variant.label, {
             **json.loads((folder / "metrics" / "test.json").read_text()),
             "best_val_acc": validation_score(json.loads((folder / "model" / "run.json").read_text()))},
-            folder / "metrics", job_prepared(folder, overrides, shared) / "classes.json")
+            folder / "metrics", job_prepared(folder, overrides, shared))
             for variant, (folder, overrides, _, _) in zip(variants, finished)]
     return groups

@@ -99,8 +99,8 @@ def repeats_table(rows: list[tuple[str, dict]]) -> str:
         test = next((key for key in repeats.TEST_SCORES if key in aggregate), None)
         shown = (f"{test} {aggregate[test]:.4f} +/- {aggregate[test + '_std']:.4f} | {aggregate[test + '_min']:.4f}"
                  if test else "- | -")
-        lines.append(f"| {rank} | {setting} | {aggregate['n_runs']} | {aggregate.get('best_val_acc', float('nan')):.4f} "
-                     f"| {shown} |")
+        val = aggregate.get("best_val_acc", float("nan"))
+        lines.append(f"| {rank} | {setting} | {aggregate['n_runs']} | {val:.4f} | {shown} |")
     return "\n".join(lines)
 
 
@@ -193,7 +193,8 @@ class SweepParentRun(Callback):
             rows.append((setting or "(all jobs)", aggregate))
         if rows:
             table = repeats_table(rows)
-            print(f"sweep: {len(rows)} settings repeated over data.fold / seed, best mean validation score first\n{table}")
+            print(f"sweep: {len(rows)} settings repeated over data.fold / seed, best mean validation score first\n"
+                  f"{table}")
             self.client.log_text(self.run_id, table + "\n", "repeats_results.md")
             atomic.write_text(sweep_dir / "repeats_results.md", table + "\n")
 

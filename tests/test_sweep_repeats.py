@@ -78,7 +78,7 @@ def test_jobs_that_differ_in_fold_and_seed_group_by_their_other_overrides(tmp_pa
     assert [run.label for run in cnn] == ["fold-a-seed-0", "fold-a-seed-1", "fold-b-seed-0", "fold-b-seed-1"]
     assert [run.metrics["best_val_acc"] for run in cnn] == pytest.approx([0.5, 0.6, 0.5, 0.6])
     assert cnn[2].metrics["accuracy"] == pytest.approx(4 / 5)
-    assert cnn[0].classes == sweep / "0" / "prepared" / "classes.json"  # seed and fold: its own manifest
+    assert cnn[0].prepared == sweep / "0" / "prepared"  # seed and fold: its own manifest
     # the job that failed before its evaluation is left out; the rest of its group is aggregated
     assert [run.label for run in groups["model=vgg"]] == ["fold-a-seed-0", "fold-a-seed-1", "fold-b-seed-0"]
 
@@ -97,6 +97,23 @@ def test_jobs_that_differ_in_fold_and_seed_group_by_their_other_overrides(tmp_pa
     assert aggregate["worst_class"]["recall"] == pytest.approx((yes.actual == yes.predicted).mean(), abs=1e-4)
     assert (out / "confusion_matrix.png").stat().st_size > 0
     assert sorted(p.name for p in (out / "explain").iterdir()) == [run.label for run in cnn]
+
+
+def test_multilabel_runs_aggregate_their_metrics_without_pooling_label_sets_as_classes(tmp_path):
+    """Multi-label (and event) runs' predictions.csv holds label sets (`a;b`): they are not pooled as single
+    labels; their metrics are aggregated."""
+    sweep = tmp_path / "multirun"
+    for number, seed in enumerate((0, 1)):
+        job = finished_job(sweep, number, [f"seed={seed}"], val=0.5, hits=[True])
+        (job / "prepared" / "classes.json").write_text(json.dumps({"task": "multilabel", "classes": ["a", "b"]}))
+        pd.DataFrame({"path": ["x.wav"], "actual": ["a;b"], "predicted": ["a"], "top": ["a"], "confidence": [0.9]}
+                     ).to_csv(job / "metrics" / "predictions.csv", index=False)
+        (job / "metrics" / "test.json").write_text(json.dumps({"task": "multilabel", "map": 0.5 + 0.25 * seed}))
+    (runs,) = sweep_groups(sweep, tmp_path / "shared", {"run-0", "run-1"}).values()
+    aggregate = write_aggregate(runs, tmp_path / "out", "crnn_gru on demo_mix", calibration_bins=5)
+    assert aggregate["map"] == pytest.approx(0.625) and aggregate["map_std"] == pytest.approx(0.25 / 2 ** 0.5)
+    assert "worst_class" not in aggregate and not (tmp_path / "out" / "per_class.json").exists()
+    assert json.loads((tmp_path / "out" / "test.json").read_text())["runs"]["seed-1"]["map"] == 0.75
 
 
 def test_a_sweep_that_repeats_neither_folds_nor_seeds_has_no_groups(tmp_path):
