@@ -41,7 +41,6 @@ from audiocnn.training import resume
 REPEAT_KEYS = ("data.fold", "seed")  # the overrides a sweep repeats an experiment over (`sweep_groups`)
 STATE_FILE = "repeats.json"  # in paths.models: the parent run and the variants, for the evaluate stage
 TEST_SCORES = ("accuracy", "map", "event_macro_f1")  # a run's test score, by task (the first it has)
-METRICS_PER_BATCH = 1000  # MLflow's limit on the metrics of one log_batch
 
 
 @dataclass(frozen=True)
@@ -213,9 +212,7 @@ def log_aggregate(client: MlflowClient, run_id: str, out: Path, aggregate: dict,
     metrics = {f"{prefix}test_{k}": v for k, v in aggregate.items() if isinstance(v, float)}
     metrics.update({f"{prefix}test_{k}.{label}": v for label, m in aggregate["runs"].items() for k, v in m.items()})
     now = int(time.time() * 1000)
-    items = [Metric(key, value, now, 0) for key, value in metrics.items()]
-    for start in range(0, len(items), METRICS_PER_BATCH):
-        client.log_batch(run_id, metrics=items[start:start + METRICS_PER_BATCH])
+    client.log_batch(run_id, metrics=[Metric(key, value, now, 0) for key, value in metrics.items()])  # MLflow splits it
     for name in ("test.json", "per_class.json", "predictions.csv", "confusion_matrix.png", "reliability_diagram.png"):
         if (out / name).is_file():
             client.log_artifact(run_id, str(out / name), artifact_path=artifact_path)
@@ -243,35 +240,33 @@ def sweep_groups(sweep_dir: Path, shared: Path, run_ids: set[str]) -> dict[str, 
     and `audiocnn.experiment.run_experiment`'s `model/run.json` and `metrics/test.json` in its folder; only
     jobs whose training run is one of `run_ids` (the sweep's child runs: not the folders an earlier sweep
     into the same `hydra.sweep.dir` left) and that were evaluated count. `shared`: the sweep's `paths.prepared`."""
-    jobs = []
+    jobs = []  # (folder, overrides, run.json)
     for file in sorted(sweep_dir.glob("*/.hydra/overrides.yaml")):
         folder = file.parent.parent
         try:
-            run_id = json.loads((folder / "model" / "run.json").read_text())["run_id"]
-        except (OSError, ValueError, KeyError):  # failed before its model, or repeats of its own
+            summary = json.loads((folder / "model" / "run.json").read_text())
+        except (OSError, ValueError):  # failed before its model, or repeats of its own
             continue
-        if run_id in run_ids and (folder / "metrics" / "test.json").is_file():
-            jobs.append((folder, yaml.safe_load(file.read_text()) or []))
-    parsed = [parse_overrides(overrides) for _, overrides in jobs]
+        if summary.get("run_id") in run_ids and (folder / "metrics" / "test.json").is_file():
+            jobs.append((folder, yaml.safe_load(file.read_text()) or [], summary))
+    parsed = [parse_overrides(overrides) for _, overrides, _ in jobs]
     varying = {key for key in set().union(*parsed) if len({p[key].input_line if key in p else None
                                                               for p in parsed}) > 1}
     if not varying & set(REPEAT_KEYS):
         return {}
     members: dict[str, list] = {}
-    for (folder, overrides), keys in zip(jobs, parsed):
+    for job, keys in zip(jobs, parsed):
         setting = " ".join(keys[k].input_line for k in sorted(varying - set(REPEAT_KEYS)) if k in keys)
         fold, seed = (str(keys[k].value()) if k in keys else None for k in REPEAT_KEYS)
-        members.setdefault(setting, []).append((folder, overrides, fold, seed))
+        members.setdefault(setting, []).append((job, fold, seed))
     groups = {}
     for setting, finished in members.items():
-        if len(finished) < 2:
-            continue
-        variants = labelled([(fold, seed) for _, _, fold, seed in finished])
-        if len({variant.label for variant in variants}) < len(variants):  # `seed=0,0`: the same run twice
-            variants, finished = zip(*dict(zip((v.label for v in variants), zip(variants, finished))).values())
-        groups[setting] = [Finished(variant.label, {
-            **json.loads((folder / "metrics" / "test.json").read_text()),
-            "best_val_acc": validation_score(json.loads((folder / "model" / "run.json").read_text()))},
-            folder / "metrics", job_prepared(folder, overrides, shared))
-            for variant, (folder, overrides, _, _) in zip(variants, finished)]
+        runs: dict[str, Finished] = {}
+        for variant, ((folder, overrides, summary), _, _) in zip(labelled([pair for _, *pair in finished]), finished):
+            metrics = {**json.loads((folder / "metrics" / "test.json").read_text()),
+                       "best_val_acc": validation_score(summary)}
+            runs.setdefault(variant.label, Finished(variant.label, metrics, folder / "metrics",  # `seed=0,0`: once
+                                                    job_prepared(folder, overrides, shared)))
+        if len(runs) > 1:
+            groups[setting] = list(runs.values())
     return groups

@@ -95,12 +95,11 @@ def repeats_table(rows: list[tuple[str, dict]]) -> str:
     """Markdown table of (setting, `repeats.aggregate_metrics`) rows, best mean validation score first:
     rank | setting | runs | val score | test score mean +/- std | test score min."""
     lines = ["| rank | setting | runs | val score | test score | test min |", "|---|---|---|---|---|---|"]
-    for rank, (setting, aggregate) in enumerate(sorted(rows, key=lambda row: -row[1].get("best_val_acc", 0.0)), 1):
+    for rank, (setting, aggregate) in enumerate(sorted(rows, key=lambda row: -row[1]["best_val_acc"]), 1):
         test = next((key for key in repeats.TEST_SCORES if key in aggregate), None)
         shown = (f"{test} {aggregate[test]:.4f} +/- {aggregate[test + '_std']:.4f} | {aggregate[test + '_min']:.4f}"
                  if test else "- | -")
-        val = aggregate.get("best_val_acc", float("nan"))
-        lines.append(f"| {rank} | {setting} | {aggregate['n_runs']} | {val:.4f} | {shown} |")
+        lines.append(f"| {rank} | {setting} | {aggregate['n_runs']} | {aggregate['best_val_acc']:.4f} | {shown} |")
     return "\n".join(lines)
 
 
